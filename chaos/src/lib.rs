@@ -1,0 +1,1 @@
+//! Tandem chaos harness: fault proxy, process, disk and clock faults, workloads and checkers.

@@ -1,0 +1,1 @@
+//! Tandem coordinator: raft node, sled raft storage, peer transport, state machine, leases, audit chain, admin API.

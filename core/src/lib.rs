@@ -1,0 +1,16 @@
+//! Tandem core: the pieces every other crate stands on.
+//!
+//! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
+//! - [`frame`]: the frame codec, the unit on the wire and in the journal.
+//! - [`config`]: the topology config (TOML) and its validation.
+//! - [`clock`]: the `Clock` that tests and the chaos harness can skew.
+//! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
+
+pub mod clock;
+pub mod ids;
+
+/// Generated gRPC code for the `tandem.v1` protocol.
+#[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+pub mod proto {
+    tonic::include_proto!("tandem.v1");
+}

@@ -1,0 +1,1 @@
+//! Tandem replicator: capture sources, journal, shipper, receiver/applier, merkle verify and resync.

@@ -1,0 +1,1 @@
+//! Tandem runbooks: the runbook model, parser and validator, planner and executor.
