@@ -7,7 +7,9 @@
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
 pub mod clock;
+pub mod frame;
 pub mod ids;
+pub mod mixed;
 
 /// Generated gRPC code for the `tandem.v1` protocol.
 #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
