@@ -1,0 +1,7 @@
+//! One module per subcommand, each with `run(args) -> Result<()>`.
+
+pub mod config;
+pub mod demo;
+pub mod local;
+pub mod node;
+pub mod status;

@@ -1,0 +1,187 @@
+//! Local process management: start the nodes of a topology as child processes in their own
+//! process group, with `DIR/NODE.pid` and `DIR/NODE.log`, and stop or signal them by pid file.
+
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A node started by [`start_node`].
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Node name.
+    pub name: String,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// Path of the pid file of `name` in `dir`.
+pub fn pid_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.pid"))
+}
+
+/// Path of the log file of `name` in `dir`.
+pub fn log_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.log"))
+}
+
+/// Starts `tandem node --config CONFIG --name NAME` detached in its own process group, logging
+/// to `DIR/NAME.log` (appended) and writing `DIR/NAME.pid`.
+pub fn start_node(config: &Path, name: &str, dir: &Path) -> Result<Started> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe().context("finding the tandem binary")?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file(dir, name))
+        .with_context(|| format!("opening {}", log_file(dir, name).display()))?;
+    let log2 = log.try_clone()?;
+    let child = Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .arg("--name")
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting node {name}"))?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    fs::write(pid_file(dir, name), format!("{pid}\n"))
+        .with_context(|| format!("writing {}", pid_file(dir, name).display()))?;
+    // The child is not waited for here: `local down` stops it by pid. Dropping `Child` does
+    // not kill it.
+    drop(child);
+    Ok(Started {
+        name: name.to_owned(),
+        pid,
+    })
+}
+
+/// Reads the pid recorded for `name` in `dir`.
+pub fn read_pid(dir: &Path, name: &str) -> Result<i32> {
+    let p = pid_file(dir, name);
+    let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid: {:?}", p.display(), text.trim()))
+}
+
+/// All pid files in `dir`, as (node name, pid).
+pub fn pids_in(dir: &Path) -> Result<Vec<(String, i32)>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("pid") {
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                out.push((name.to_owned(), read_pid(dir, name)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sends `sig` to `pid`; Ok(false) if the process does not exist.
+pub fn signal(pid: i32, sig: i32) -> Result<bool> {
+    if pid <= 0 {
+        bail!("refusing to signal pid {pid}");
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 targets one process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc == 0 {
+        Ok(true)
+    } else {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(err).with_context(|| format!("signalling pid {pid}"))
+        }
+    }
+}
+
+/// True while `pid` exists (and is not a zombie we could reap).
+pub fn alive(pid: i32) -> bool {
+    reap();
+    signal(pid, 0).unwrap_or(false)
+}
+
+/// Reaps any exited children of this process so they do not linger as zombies.
+fn reap() {
+    loop {
+        // SAFETY: waitpid with WNOHANG and a null status pointer is always sound.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if rc <= 0 {
+            break;
+        }
+    }
+}
+
+/// Stops `pid`: SIGTERM, then SIGKILL after `grace`.
+pub fn stop(pid: i32, grace: Duration) -> Result<()> {
+    if !signal(pid, libc::SIGTERM)? {
+        return Ok(());
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(pid, libc::SIGKILL)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Stops every node with a pid file in `dir` and removes the pid files.
+pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
+    let mut stopped = Vec::new();
+    for (name, pid) in pids_in(dir)? {
+        stop(pid, Duration::from_secs(5))?;
+        let _ = fs::remove_file(pid_file(dir, &name));
+        stopped.push(name);
+    }
+    Ok(stopped)
+}
+
+/// Resolves a `host:port` listen address.
+pub fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))
+}
+
+/// Waits until something accepts TCP connections on `addr`, or the deadline passes.
+pub fn wait_listening(addr: SocketAddr, pid: i32, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if !alive(pid) {
+            bail!("process {pid} exited before listening on {addr}");
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,17 @@
+//! Logging through `tracing`: human-readable by default, JSON lines with `--log-format json`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber (stderr).
+pub fn init(format: &str, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

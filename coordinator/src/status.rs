@@ -1,0 +1,139 @@
+//! The cluster status document: what `tandem status --json` prints and the admin API returns.
+//!
+//! Field names are a stable interface (documented in README.md, "Status JSON"); add fields,
+//! never rename them.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole cluster as one coordinator sees it (the leader's view when one is reachable).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster name from the topology.
+    pub cluster: String,
+    /// The coordinator that produced this document.
+    pub answered_by: String,
+    /// Name of the current raft leader, if known.
+    pub leader: Option<String>,
+    /// Current raft term.
+    pub term: u64,
+    /// Raft commit index on the answering node.
+    pub commit_index: u64,
+    /// Raft applied index on the answering node.
+    pub applied_index: u64,
+    /// True when the answer comes from a follower that could not reach the leader: RPO and
+    /// liveness may be stale.
+    pub stale: bool,
+    /// The coordinators.
+    pub members: Vec<MemberStatus>,
+    /// The sites and their liveness.
+    pub sites: Vec<SiteStatus>,
+    /// The protection groups.
+    pub groups: Vec<GroupStatus>,
+    /// Number of records in the audit chain.
+    pub audit_len: u64,
+    /// blake3 hash (hex) of the last audit record.
+    pub audit_head: String,
+}
+
+/// One coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Node name.
+    pub name: String,
+    /// Raft id.
+    pub id: u64,
+    /// Site it runs at.
+    pub site: String,
+    /// gRPC address.
+    pub address: String,
+    /// `leader`, `follower`, or `unknown`.
+    pub role: String,
+}
+
+/// One site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteStatus {
+    /// Site name.
+    pub name: String,
+    /// Witness sites hold no data.
+    pub witness: bool,
+    /// `up`, `down` or `unknown`.
+    pub status: String,
+    /// Milliseconds since the leader last heard from a replicator at this site, if ever.
+    pub last_heartbeat_ago_ms: Option<i64>,
+}
+
+/// One protection group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// Site that is primary now.
+    pub primary: String,
+    /// Site that holds the replica now.
+    pub replica: String,
+    /// Current epoch (fencing token).
+    pub epoch: u64,
+    /// `sync` or `async`.
+    pub mode: String,
+    /// `protected`, `degraded`, `failing-over`, `failed-over`, `drilling`, `resyncing`, ...
+    pub state: String,
+    /// Why the group is in its state, when not protected.
+    pub reason: String,
+    /// RPO now in milliseconds: how much data would be lost if the primary died now.
+    pub rpo_ms: i64,
+    /// RPO target in milliseconds.
+    pub rpo_target_ms: i64,
+    /// RTO target in milliseconds.
+    pub rto_target_ms: i64,
+    /// Replication is paused by an operator or a runbook.
+    pub paused: bool,
+    /// Last seq captured at the primary.
+    pub last_captured_seq: u64,
+    /// Last seq durable on the replica.
+    pub durable_seq: u64,
+    /// Bytes captured but not yet durable on the replica.
+    pub bytes_pending: u64,
+    /// Shipping throughput, bytes per second (compressed, on the wire).
+    pub throughput_bps: f64,
+    /// Raw bytes captured since the primary replicator started.
+    pub bytes_raw: u64,
+    /// Bytes shipped on the wire since the primary replicator started.
+    pub bytes_shipped: u64,
+    /// The primary's lease.
+    pub lease: Option<LeaseStatus>,
+    /// The data-loss window (RPO at the moment of loss) of the last unplanned failover, ms.
+    pub last_failover_loss_ms: Option<i64>,
+    /// The resources of the group.
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// A primary lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The replicator holding it.
+    pub holder: String,
+    /// Epoch it was granted in.
+    pub epoch: u64,
+    /// Expiry, unix ms.
+    pub expires_ms: i64,
+    /// Milliseconds left (negative when expired).
+    pub remaining_ms: i64,
+    /// `active`, `revoked` or `released`.
+    pub status: String,
+}
+
+/// One resource of a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Resource name.
+    pub name: String,
+    /// `volume`, `sqlite` or `postgres`.
+    pub kind: String,
+    /// Path at the current primary site.
+    pub primary_path: String,
+    /// Path at the current replica site.
+    pub replica_path: String,
+    /// For volumes: the NBD URL clients write to (at the current primary).
+    pub nbd_url: Option<String>,
+}
