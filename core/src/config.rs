@@ -1682,7 +1682,12 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
         check_name(d, &path, "site", &s.name);
         check_unique(d, &mut seen, &path, "site name", &s.name);
     }
-    let site_names: Vec<&str> = t.sites.iter().map(|s| s.name.as_str()).collect();
+    let mut site_names: Vec<&str> = Vec::new();
+    for s in &t.sites {
+        if !site_names.contains(&s.name.as_str()) {
+            site_names.push(&s.name);
+        }
+    }
     let unknown_site = |name: &str| {
         format!(
             "unknown site \"{name}\"; sites are: {}",
@@ -2728,6 +2733,12 @@ replica_path = "b/disk0.img"
                 ("groups[0].resources[0].size", 45),
             ],
             "\n{err}"
+        );
+        let unknown = diags.iter().find(|d| d.path == "nodes[1].site").unwrap();
+        assert!(
+            unknown.message.ends_with("sites are: hanoi, hcm"),
+            "{}",
+            unknown.message
         );
         // One line per diagnostic, each FILE:LINE:COL: path: message.
         let shown = err.to_string();
