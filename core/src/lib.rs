@@ -7,6 +7,7 @@
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
 pub mod clock;
+pub mod config;
 pub mod frame;
 pub mod ids;
 pub mod mixed;
