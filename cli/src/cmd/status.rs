@@ -1,0 +1,229 @@
+//! `tandem status`: the cluster, its groups and their RPO, as a table, JSON, or a live view.
+
+use crate::exit::bad_input;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tandem_coordinator::status::ClusterStatus;
+use tandem_core::config::Topology;
+use tandem_core::proto::coordinator_client::CoordinatorClient;
+use tandem_core::proto::StatusRequest;
+
+/// Arguments of `tandem status`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The topology file (the coordinators are dialled in file order).
+    #[arg(long, short, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A coordinator address to ask instead (`127.0.0.1:7101`); may be repeated.
+    #[arg(long)]
+    pub addr: Vec<String>,
+    /// Print the status document as JSON (schema in README.md, "Status JSON").
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Runs `tandem status`.
+pub fn run(a: Args) -> Result<()> {
+    let addrs = coordinator_addrs(a.config.as_ref(), &a.addr)?;
+    let rt = runtime()?;
+    loop {
+        let st = rt.block_on(fetch(&addrs))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&st)?);
+        } else {
+            if a.watch {
+                // Clear the screen and home the cursor.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&st, a.watch));
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A small multi-threaded runtime for the CLI's client calls.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The coordinator addresses to dial: `--addr` values, else the topology's coordinators.
+pub fn coordinator_addrs(config: Option<&PathBuf>, addrs: &[String]) -> Result<Vec<String>> {
+    if !addrs.is_empty() {
+        return Ok(addrs.to_vec());
+    }
+    let Some(config) = config else {
+        return Err(bad_input(
+            "give --config FILE (or TANDEM_CONFIG) or --addr HOST:PORT",
+        ));
+    };
+    let topo = Topology::load(config).map_err(|e| bad_input(e.to_string()))?;
+    Ok(addrs_of(&topo))
+}
+
+/// The coordinator listen addresses of a topology, in file order.
+pub fn addrs_of(topo: &Topology) -> Vec<String> {
+    topo.coordinators()
+        .iter()
+        .map(|c| c.node.listen.clone())
+        .collect()
+}
+
+/// Asks each coordinator in turn for the status until one answers.
+pub async fn fetch(addrs: &[String]) -> Result<ClusterStatus> {
+    let mut last = None;
+    for addr in addrs {
+        match fetch_one(addr).await {
+            Ok(st) => return Ok(st),
+            Err(e) => last = Some(e.context(format!("coordinator {addr}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address to ask")))
+}
+
+async fn fetch_one(addr: &str) -> Result<ClusterStatus> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3));
+    let mut c = CoordinatorClient::new(ep.connect().await?);
+    let reply = c.status(StatusRequest {}).await?.into_inner();
+    serde_json::from_str(&reply.json).context("decoding the status document")
+}
+
+/// Waits until a coordinator of `topo` reports a leader.
+pub fn wait_for_leader(topo: &Topology, timeout: Duration) -> Result<ClusterStatus> {
+    let addrs = addrs_of(topo);
+    let rt = runtime()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(st) = rt.block_on(fetch(&addrs)) {
+            if st.leader.is_some() {
+                return Ok(st);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no coordinator leader after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ms(v: i64) -> String {
+    if v < 1000 {
+        format!("{v}ms")
+    } else {
+        format!("{:.1}s", v as f64 / 1000.0)
+    }
+}
+
+fn rate(bps: f64) -> String {
+    if bps >= 1e6 {
+        format!("{:.1} MB/s", bps / 1e6)
+    } else if bps >= 1e3 {
+        format!("{:.1} kB/s", bps / 1e3)
+    } else {
+        format!("{bps:.0} B/s")
+    }
+}
+
+/// Renders the status as the human table (`colour` adds ANSI colours for RPO vs target).
+pub fn render(st: &ClusterStatus, colour: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "cluster {}  leader {}  term {}  commit {}  (answered by {}{})",
+        st.cluster,
+        st.leader.as_deref().unwrap_or("NONE"),
+        st.term,
+        st.commit_index,
+        st.answered_by,
+        if st.stale { ", STALE: leader unreachable" } else { "" }
+    );
+    let members: Vec<String> = st
+        .members
+        .iter()
+        .map(|m| format!("{}({})", m.name, m.role))
+        .collect();
+    let _ = writeln!(o, "coordinators: {}", members.join("  "));
+    let sites: Vec<String> = st
+        .sites
+        .iter()
+        .map(|s| {
+            format!(
+                "{}{}: {}",
+                s.name,
+                if s.witness { " (witness)" } else { "" },
+                s.status
+            )
+        })
+        .collect();
+    let _ = writeln!(o, "sites: {}", sites.join("  "));
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:<8} {:<8} {:>5} {:<6} {:<13} {:>9} {:>8} {:>12} {:>12}  lease",
+        "GROUP", "PRIMARY", "REPLICA", "EPOCH", "MODE", "STATE", "RPO", "TARGET", "PENDING", "THROUGHPUT"
+    );
+    for g in &st.groups {
+        let over = g.rpo_ms > g.rpo_target_ms;
+        let rpo = ms(g.rpo_ms);
+        let rpo = if colour {
+            format!(
+                "{}{:>9}\x1b[0m",
+                if over { "\x1b[31m" } else { "\x1b[32m" },
+                rpo
+            )
+        } else {
+            format!("{rpo:>9}")
+        };
+        let lease = match &g.lease {
+            Some(l) => format!("{} {} ({})", l.holder, l.status, ms(l.remaining_ms.max(0))),
+            None => "none".into(),
+        };
+        let _ = writeln!(
+            o,
+            "{:<10} {:<8} {:<8} {:>5} {:<6} {:<13} {} {:>8} {:>12} {:>12}  {}",
+            g.name,
+            g.primary,
+            g.replica,
+            g.epoch,
+            g.mode,
+            g.state,
+            rpo,
+            ms(g.rpo_target_ms),
+            format!("{} B", g.bytes_pending),
+            rate(g.throughput_bps),
+            lease
+        );
+        if !g.reason.is_empty() {
+            let _ = writeln!(o, "{:<10} reason: {}", "", g.reason);
+        }
+        for r in &g.resources {
+            let _ = writeln!(
+                o,
+                "{:<10} {} {}  primary {}  replica {}{}",
+                "",
+                r.kind,
+                r.name,
+                r.primary_path,
+                r.replica_path,
+                r.nbd_url
+                    .as_ref()
+                    .map(|u| format!("  nbd {u}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    o
+}
