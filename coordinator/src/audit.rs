@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(rec.hash, GOLDEN_HASH);
     }
 
-    const GOLDEN_HASH: &str = "GOLDEN";
+    const GOLDEN_HASH: &str = "d6c8ef2de345fd0b16b9debfa322e8201db1a3add3917ea8b27056493ce16da6";
 
     #[test]
     fn tampered_detail_byte_is_named_by_index() {
