@@ -11,6 +11,9 @@
 //! that depend on them are sent; the state machine itself is not persisted, it is rebuilt on
 //! restart from the last stored snapshot plus the committed log after it.
 
+// As raft-rs itself does: protobuf-2 messages are built field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod log;
 pub mod node;
 pub mod storage;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
-    Snapshot,
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
@@ -108,8 +107,14 @@ type Reply = oneshot::Sender<Result<Committed, RaftError>>;
 /// Commands to the raft thread.
 pub(crate) enum Cmd {
     Step(Box<Message>),
-    Propose { data: Vec<u8>, reply: Reply },
-    ChangeMembership { change: MembershipChange, reply: Reply },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply,
+    },
     Unreachable(u64),
     Snapshot(u64, SnapshotStatus),
     Shutdown,
@@ -189,7 +194,10 @@ impl<SM> RaftHandle<SM> {
         })
     }
 
-    async fn wait(&self, rx: oneshot::Receiver<Result<Committed, RaftError>>) -> Result<Committed, RaftError> {
+    async fn wait(
+        &self,
+        rx: oneshot::Receiver<Result<Committed, RaftError>>,
+    ) -> Result<Committed, RaftError> {
         let after = self.inner.propose_timeout;
         match tokio::time::timeout(after, rx).await {
             Err(_) => Err(RaftError::Timeout { after }),
@@ -217,7 +225,10 @@ impl<SM> RaftHandle<SM> {
     /// # Errors
     /// As [`RaftHandle::propose`], plus [`RaftError::ConfChangeRejected`]. A change proposed
     /// while another is in flight is dropped by raft-rs: [`RaftError::ProposalDropped`].
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<Committed, RaftError> {
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Committed, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::ChangeMembership { change, reply })?;
         self.wait(rx).await
@@ -432,12 +443,11 @@ impl<SM: StateMachine> Node<SM> {
     ) -> Result<Self, RaftError> {
         let storage = open_with_retry(cfg)?;
         let mut peers = storage.peers()?;
-        if storage.is_fresh() {
-            if !cfg.join {
-                let mut cs = raft::prelude::ConfState::default();
-                cs.voters = cfg.peers.keys().copied().collect();
-                storage.set_conf_state(&cs, 0)?;
-            }
+        if storage.is_fresh() && !cfg.join {
+            // Every initial voter bootstraps with the same conf state: all of `cfg.peers`.
+            let mut cs = raft::prelude::ConfState::default();
+            cs.voters = cfg.peers.keys().copied().collect();
+            storage.set_conf_state(&cs, 0)?;
         }
         let snap = storage.snapshot_metadata();
         if snap.index > 0 {
@@ -671,7 +681,9 @@ impl<SM: StateMachine> Node<SM> {
         let data = snap.data.clone();
         self.storage.apply_snapshot(snap)?;
         let (peers, sm_bytes) = decode_snapshot_data(&data).map_err(RaftError::Restore)?;
-        lock(&self.sm).restore(sm_bytes).map_err(RaftError::Restore)?;
+        lock(&self.sm)
+            .restore(sm_bytes)
+            .map_err(RaftError::Restore)?;
         let mut all = peers;
         all.extend(std::mem::take(&mut self.peers));
         self.storage.set_peers(&all)?;
@@ -684,7 +696,11 @@ impl<SM: StateMachine> Node<SM> {
         let rest = self.pending.split_off(&(index + 1));
         for (i, p) in std::mem::replace(&mut self.pending, rest) {
             let _ = p.reply.send(Err(RaftError::OutcomeUnknown { index: i }));
-            tracing::debug!(node = self.id, index = i, "proposal overtaken by a snapshot");
+            tracing::debug!(
+                node = self.id,
+                index = i,
+                "proposal overtaken by a snapshot"
+            );
         }
         tracing::info!(node = self.id, index, "installed raft snapshot");
         Ok(())
@@ -796,7 +812,11 @@ impl<SM: StateMachine> Node<SM> {
         let compact_to = (self.applied + 1).saturating_sub(keep);
         self.storage.compact(compact_to)?;
         self.last_snapshot = self.applied;
-        tracing::debug!(node = self.id, index = self.applied, "raft snapshot taken, log compacted");
+        tracing::debug!(
+            node = self.id,
+            index = self.applied,
+            "raft snapshot taken, log compacted"
+        );
         Ok(())
     }
 
@@ -838,7 +858,9 @@ mod tests {
     fn snapshot_data_with_unknown_version_is_refused() {
         let mut data = encode_snapshot_data(&BTreeMap::new(), b"x");
         data[0] = 9;
-        assert!(decode_snapshot_data(&data).unwrap_err().contains("version 9"));
+        assert!(decode_snapshot_data(&data)
+            .unwrap_err()
+            .contains("version 9"));
         assert!(decode_snapshot_data(&[]).is_err());
     }
 }

@@ -128,7 +128,10 @@ pub fn seal(payload: &[u8]) -> Vec<u8> {
 /// Checks and strips the storage envelope; the error says what was wrong.
 pub fn open_sealed(value: &[u8]) -> Result<&[u8], String> {
     if value.len() < HEADER {
-        return Err(format!("value of {} bytes is shorter than the header", value.len()));
+        return Err(format!(
+            "value of {} bytes is shorter than the header",
+            value.len()
+        ));
     }
     if value[..2] != MAGIC {
         return Err(format!("bad magic {:02x?}", &value[..2]));
@@ -440,11 +443,9 @@ impl SledStorage {
         hs.commit = hs.commit.max(meta.index);
         let cs = meta.get_conf_state().clone();
         let mut cs_p = meta.index.to_be_bytes().to_vec();
-        cs_p.extend_from_slice(&cs.write_to_bytes().map_err(|source| {
-            StorageError::Encode {
-                what: "conf state",
-                source,
-            }
+        cs_p.extend_from_slice(&cs.write_to_bytes().map_err(|source| StorageError::Encode {
+            what: "conf state",
+            source,
         })?);
         let mut batch = sled::Batch::default();
         for i in first..=m.last_index {
@@ -482,7 +483,9 @@ impl SledStorage {
         if index + 1 < first || index > last || index < snap_index {
             return Err(StorageError::SnapshotIndexOutOfRange { index, first, last });
         }
-        let term = self.term(index).map_err(|e| corrupt(&entry_key(index), e.to_string()))?;
+        let term = self
+            .term(index)
+            .map_err(|e| corrupt(&entry_key(index), e.to_string()))?;
         let mut meta = SnapshotMetadata::default();
         meta.index = index;
         meta.term = term;
@@ -629,14 +632,12 @@ impl Storage for SledStorage {
         }
         let mut out = Vec::new();
         let mut size = 0u64;
-        let mut expect = low;
-        for kv in self.db.range(entry_key(low)..entry_key(high)) {
+        for (expect, kv) in (low..).zip(self.db.range(entry_key(low)..entry_key(high))) {
             let (k, v) = kv.map_err(StorageError::from)?;
             let e: Entry = decode_pb(&k, &v)?;
             if e.index != expect {
                 return Err(corrupt(&entry_key(expect), "missing inside the log range").into());
             }
-            expect += 1;
             size += u64::from(e.compute_size());
             if !out.is_empty() && max_size.is_some_and(|max| size > max) {
                 break;
@@ -731,7 +732,10 @@ mod tests {
         want.extend_from_slice(b"abc");
         assert_eq!(sealed, want);
         // blake3("abc") starts with 6437b3ac38465133 (published test vector).
-        assert_eq!(&sealed[3..11], &[0x64, 0x37, 0xb3, 0xac, 0x38, 0x46, 0x51, 0x33]);
+        assert_eq!(
+            &sealed[3..11],
+            &[0x64, 0x37, 0xb3, 0xac, 0x38, 0x46, 0x51, 0x33]
+        );
         assert_eq!(open_sealed(&sealed).unwrap(), b"abc");
     }
 
@@ -741,7 +745,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(open_sealed(&bad).is_err(), "#{i}: flipped byte not detected");
+            assert!(
+                open_sealed(&bad).is_err(),
+                "#{i}: flipped byte not detected"
+            );
         }
         assert!(open_sealed(&sealed[..5]).is_err());
     }
@@ -770,7 +777,10 @@ mod tests {
         let b = encode_peers(&peers);
         assert_eq!(decode_peers(&b).unwrap(), (peers, b.len()));
         for cut in 0..b.len() {
-            assert!(decode_peers(&b[..cut]).is_err(), "#{cut}: truncation accepted");
+            assert!(
+                decode_peers(&b[..cut]).is_err(),
+                "#{cut}: truncation accepted"
+            );
         }
     }
 
@@ -816,7 +826,10 @@ mod tests {
         assert_eq!(snap.get_metadata().index, 2);
         assert_eq!(snap.get_metadata().term, 1);
         assert_eq!(&snap.data[..], b"state@2");
-        assert_eq!(s.peers().unwrap().get(&1).map(String::as_str), Some("http://a"));
+        assert_eq!(
+            s.peers().unwrap().get(&1).map(String::as_str),
+            Some("http://a")
+        );
     }
 
     #[test]
@@ -841,7 +854,8 @@ mod tests {
         let s = storage_3_to_5();
         s.append(&[new_entry(6, 6)]).unwrap();
         let sz = |i: u64| u64::from(new_entry(i, i).compute_size());
-        let tests: Vec<(u64, u64, Option<u64>, raft::Result<Vec<Entry>>)> = vec![
+        type Case = (u64, u64, Option<u64>, raft::Result<Vec<Entry>>);
+        let tests: Vec<Case> = vec![
             (
                 2,
                 6,
@@ -982,14 +996,20 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 10);
         assert_eq!(s.term(10).unwrap(), 7);
         assert_eq!(s.hard_state().commit, 10);
-        assert_eq!(s.conf_state(), (s.snapshot_metadata().take_conf_state(), 10));
+        assert_eq!(
+            s.conf_state(),
+            (s.snapshot_metadata().take_conf_state(), 10)
+        );
         assert_eq!(s.snapshot_data().unwrap(), b"leader state");
         let mut stale = Snapshot::default();
         stale.mut_metadata().index = 4;
         stale.mut_metadata().term = 4;
         assert!(matches!(
             s.apply_snapshot(stale),
-            Err(StorageError::SnapshotOutOfDate { index: 4, first: 11 })
+            Err(StorageError::SnapshotOutOfDate {
+                index: 4,
+                first: 11
+            })
         ));
     }
 

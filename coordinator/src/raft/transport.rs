@@ -108,10 +108,17 @@ impl RaftPeer for PeerService {
             match self.inbound.try_send(Cmd::Step(Box::new(msg))) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    tracing::warn!(node = self.id, from = env.from_id, "raft inbox full, message dropped");
+                    tracing::warn!(
+                        node = self.id,
+                        from = env.from_id,
+                        "raft inbox full, message dropped"
+                    );
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    return Err(Status::unavailable(format!("raft node {} is shut down", self.id)));
+                    return Err(Status::unavailable(format!(
+                        "raft node {} is shut down",
+                        self.id
+                    )));
                 }
             }
         }
