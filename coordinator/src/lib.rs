@@ -1,11 +1,17 @@
-//! Tandem coordinator: raft node, sled raft storage, peer transport, state machine, leases, audit chain, admin API.
-
+//! Tandem coordinator: the Raft cluster that decides who is primary, tracks RPO, and keeps the
+//! audit chain.
 //!
+//! - [`state`]: the replicated state machine (`apply(state, command) -> events`), pure and
 //!   deterministic: topology, roles, epochs, leases, RPO history.
 //! - [`audit`]: the blake3-chained audit log kept in that state, and its verifier.
+//! - [`raft`]: the raft-rs node (sled storage, tonic peer transport, `RaftHandle`).
+//! - [`server`]: the coordinator process: raft + state machine + admin API + failure detector.
+//! - [`status`]: the status document the admin API returns.
 //! - [`error`]: the crate's error type.
-//! - [`state`]: the replicated state machine (`apply(state, command) -> events`), pure and
+
 pub mod audit;
 pub mod error;
+pub mod raft;
+pub mod server;
 pub mod state;
 pub mod status;

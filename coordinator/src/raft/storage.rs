@@ -1,0 +1,1027 @@
+//! Durable raft log storage: raft-rs's `Storage` trait over one sled tree.
+//!
+//! Layout (one tree, so every multi-key change is one atomic `sled::Batch`):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `e` + big-endian u64 index | `eraftpb::Entry` |
+//! | `m:hard_state` | `eraftpb::HardState` |
+//! | `m:conf_state` | u64 BE index of the entry that produced it + `eraftpb::ConfState` |
+//! | `m:truncated` | u64 BE index + u64 BE term of the last discarded entry |
+//! | `m:snap_meta` | `eraftpb::SnapshotMetadata` |
+//! | `m:snap_data` | snapshot bytes |
+//! | `m:peers` | the peer address map (see [`encode_peers`]) |
+//!
+//! Every value is wrapped in an envelope: magic `TR`, version byte, the first 8 bytes of the
+//! blake3 hash of the payload, then the payload. Writes are buffered by sled; [`SledStorage::flush`]
+//! makes them durable and must be called by a single flusher (the raft task), see STACK-NOTES 6.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use protobuf::Message as PbMessage;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage};
+
+/// Errors of the sled raft storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled failed (I/O, corruption detected by sled, lock held by another process).
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value failed its envelope check or could not be decoded.
+    #[error("corrupt value at key {key}: {reason}")]
+    Corrupt {
+        /// The sled key, printed escaped.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A protobuf value could not be encoded.
+    #[error("encoding {what}: {source}")]
+    Encode {
+        /// Which value.
+        what: &'static str,
+        /// The protobuf error.
+        source: protobuf::ProtobufError,
+    },
+    /// Entries were appended below the first index still kept.
+    #[error("append at index {index} overwrites compacted log (first kept index {first})")]
+    AppendCompacted {
+        /// First index of the appended batch.
+        index: u64,
+        /// First index still in the log.
+        first: u64,
+    },
+    /// Entries were appended after a gap.
+    #[error("append at index {index} leaves a gap after last index {last}")]
+    AppendGap {
+        /// First index of the appended batch.
+        index: u64,
+        /// Last index in the log.
+        last: u64,
+    },
+    /// Appended entries were not consecutive.
+    #[error("appended entries not consecutive at index {index}")]
+    AppendNotConsecutive {
+        /// The index where the batch broke.
+        index: u64,
+    },
+    /// A snapshot older than the log's first index was applied.
+    #[error("snapshot at index {index} is older than the log (first kept index {first})")]
+    SnapshotOutOfDate {
+        /// Snapshot index.
+        index: u64,
+        /// First index of the log.
+        first: u64,
+    },
+    /// A snapshot was requested at an index the log does not hold.
+    #[error("cannot snapshot at index {index}: log holds {first}..={last}")]
+    SnapshotIndexOutOfRange {
+        /// Requested index.
+        index: u64,
+        /// First index of the log (the entry before it has a known term).
+        first: u64,
+        /// Last index of the log.
+        last: u64,
+    },
+    /// Compaction was asked to discard entries not covered by the stored snapshot or not written.
+    #[error("cannot compact to {index}: snapshot covers up to {snapshot}, last index {last}")]
+    CompactOutOfRange {
+        /// Requested compact index (entries below it would be discarded).
+        index: u64,
+        /// Index of the stored snapshot.
+        snapshot: u64,
+        /// Last index of the log.
+        last: u64,
+    },
+}
+
+impl StorageError {
+    /// Whether retrying the same call may succeed (only sled I/O errors).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Sled(sled::Error::Io(_)))
+    }
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(e: StorageError) -> Self {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}
+
+const MAGIC: [u8; 2] = *b"TR";
+const VERSION: u8 = 1;
+const HEADER: usize = 2 + 1 + 8;
+
+/// Wraps a payload in the storage envelope (magic, version, checksum).
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&blake3::hash(payload).as_bytes()[..8]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks and strips the storage envelope; the error says what was wrong.
+pub fn open_sealed(value: &[u8]) -> Result<&[u8], String> {
+    if value.len() < HEADER {
+        return Err(format!(
+            "value of {} bytes is shorter than the header",
+            value.len()
+        ));
+    }
+    if value[..2] != MAGIC {
+        return Err(format!("bad magic {:02x?}", &value[..2]));
+    }
+    if value[2] != VERSION {
+        return Err(format!("unsupported version {}", value[2]));
+    }
+    let payload = &value[HEADER..];
+    if blake3::hash(payload).as_bytes()[..8] != value[3..HEADER] {
+        return Err("checksum mismatch".to_string());
+    }
+    Ok(payload)
+}
+
+/// Encodes a peer address map: count, then (id, length, utf-8 address) each, all big-endian.
+pub fn encode_peers(peers: &BTreeMap<u64, String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
+    for (id, addr) in peers {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(addr.len() as u32).to_be_bytes());
+        out.extend_from_slice(addr.as_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_peers`]; returns the map and the number of bytes consumed.
+pub fn decode_peers(buf: &[u8]) -> Result<(BTreeMap<u64, String>, usize), String> {
+    fn take<'a>(buf: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], String> {
+        let end = pos
+            .checked_add(n)
+            .filter(|e| *e <= buf.len())
+            .ok_or_else(|| format!("peer map truncated at byte {pos}"))?;
+        let s = &buf[*pos..end];
+        *pos = end;
+        Ok(s)
+    }
+    let mut pos = 0;
+    let u32_at = |pos: &mut usize| -> Result<u32, String> {
+        let b = take(buf, pos, 4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let count = u32_at(&mut pos)?;
+    let mut peers = BTreeMap::new();
+    for _ in 0..count {
+        let b = take(buf, &mut pos, 8)?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(b);
+        let len = u32_at(&mut pos)? as usize;
+        let at = pos;
+        let addr = std::str::from_utf8(take(buf, &mut pos, len)?)
+            .map_err(|_| format!("peer address at byte {at} is not utf-8"))?;
+        peers.insert(u64::from_be_bytes(id), addr.to_string());
+    }
+    Ok((peers, pos))
+}
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+const K_HARD_STATE: &[u8] = b"m:hard_state";
+const K_CONF_STATE: &[u8] = b"m:conf_state";
+const K_TRUNCATED: &[u8] = b"m:truncated";
+const K_SNAP_META: &[u8] = b"m:snap_meta";
+const K_SNAP_DATA: &[u8] = b"m:snap_data";
+const K_PEERS: &[u8] = b"m:peers";
+
+fn key_name(key: &[u8]) -> String {
+    if key.len() == 9 && key[0] == b'e' {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&key[1..]);
+        format!("entry {}", u64::from_be_bytes(b))
+    } else {
+        String::from_utf8_lossy(key).into_owned()
+    }
+}
+
+fn corrupt(key: &[u8], reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        key: key_name(key),
+        reason: reason.into(),
+    }
+}
+
+fn encode_pb<M: PbMessage>(what: &'static str, m: &M) -> Result<Vec<u8>, StorageError> {
+    m.write_to_bytes()
+        .map(|b| seal(&b))
+        .map_err(|source| StorageError::Encode { what, source })
+}
+
+fn decode_pb<M: PbMessage + Default>(key: &[u8], value: &[u8]) -> Result<M, StorageError> {
+    let payload = open_sealed(value).map_err(|r| corrupt(key, r))?;
+    let mut m = M::default();
+    m.merge_from_bytes(payload)
+        .map_err(|e| corrupt(key, e.to_string()))?;
+    Ok(m)
+}
+
+fn u64_pair(key: &[u8], value: &[u8]) -> Result<(u64, u64), StorageError> {
+    let p = open_sealed(value).map_err(|r| corrupt(key, r))?;
+    if p.len() != 16 {
+        return Err(corrupt(key, format!("expected 16 bytes, got {}", p.len())));
+    }
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&p[..8]);
+    b.copy_from_slice(&p[8..]);
+    Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+fn seal_u64_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut p = [0u8; 16];
+    p[..8].copy_from_slice(&a.to_be_bytes());
+    p[8..].copy_from_slice(&b.to_be_bytes());
+    seal(&p)
+}
+
+/// The in-memory mirror of the small metadata, so `Storage` reads do not touch sled.
+#[derive(Debug, Default, Clone)]
+struct Meta {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index of the entry whose application produced `conf_state` (0 = bootstrap / snapshot).
+    conf_index: u64,
+    /// (index, term) of the last discarded entry; `first_index = truncated.0 + 1`.
+    truncated: (u64, u64),
+    /// Last index held (equals `truncated.0` when the log is empty).
+    last_index: u64,
+    snap_meta: SnapshotMetadata,
+}
+
+/// Raft log, hard state, conf state and the latest snapshot, kept in sled.
+///
+/// Cloning is cheap and shares the same database; only the raft task writes.
+#[derive(Clone)]
+pub struct SledStorage {
+    db: sled::Db,
+    meta: Arc<RwLock<Meta>>,
+}
+
+impl SledStorage {
+    /// Opens (or creates) the storage in `dir`, reading the state back from disk.
+    ///
+    /// # Errors
+    /// sled errors (including the directory being locked by another open instance) and
+    /// corrupt values.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Self::from_db(db)
+    }
+
+    /// Opens a storage over an existing sled database (used by tests with temporary dbs).
+    ///
+    /// # Errors
+    /// Corrupt values.
+    pub fn from_db(db: sled::Db) -> Result<Self, StorageError> {
+        let mut meta = Meta::default();
+        if let Some(v) = db.get(K_HARD_STATE)? {
+            meta.hard_state = decode_pb(K_HARD_STATE, &v)?;
+        }
+        if let Some(v) = db.get(K_CONF_STATE)? {
+            let p = open_sealed(&v).map_err(|r| corrupt(K_CONF_STATE, r))?;
+            if p.len() < 8 {
+                return Err(corrupt(K_CONF_STATE, "shorter than its index"));
+            }
+            let mut ix = [0u8; 8];
+            ix.copy_from_slice(&p[..8]);
+            meta.conf_index = u64::from_be_bytes(ix);
+            let mut cs = ConfState::default();
+            cs.merge_from_bytes(&p[8..])
+                .map_err(|e| corrupt(K_CONF_STATE, e.to_string()))?;
+            meta.conf_state = cs;
+        }
+        if let Some(v) = db.get(K_TRUNCATED)? {
+            meta.truncated = u64_pair(K_TRUNCATED, &v)?;
+        }
+        if let Some(v) = db.get(K_SNAP_META)? {
+            meta.snap_meta = decode_pb(K_SNAP_META, &v)?;
+        }
+        meta.last_index = meta.truncated.0;
+        if let Some((k, v)) = db.scan_prefix(b"e").next_back().transpose()? {
+            let e: Entry = decode_pb(&k, &v)?;
+            meta.last_index = meta.last_index.max(e.index);
+        }
+        Ok(SledStorage {
+            db,
+            meta: Arc::new(RwLock::new(meta)),
+        })
+    }
+
+    fn rl(&self) -> RwLockReadGuard<'_, Meta> {
+        self.meta.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wl(&self) -> RwLockWriteGuard<'_, Meta> {
+        self.meta.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether nothing was ever stored (a fresh data directory).
+    pub fn is_fresh(&self) -> bool {
+        let m = self.rl();
+        m.conf_state == ConfState::default()
+            && m.last_index == 0
+            && m.hard_state == HardState::default()
+    }
+
+    /// Appends entries, first removing any stored entries from `ents[0].index` on (a
+    /// conflicting suffix).
+    ///
+    /// # Errors
+    /// The batch starts below the first kept index or after a gap, is not consecutive, or
+    /// sled fails.
+    pub fn append(&self, ents: &[Entry]) -> Result<(), StorageError> {
+        let Some(first_new) = ents.first() else {
+            return Ok(());
+        };
+        let mut m = self.wl();
+        let first = m.truncated.0 + 1;
+        if first_new.index < first {
+            return Err(StorageError::AppendCompacted {
+                index: first_new.index,
+                first,
+            });
+        }
+        if first_new.index > m.last_index + 1 {
+            return Err(StorageError::AppendGap {
+                index: first_new.index,
+                last: m.last_index,
+            });
+        }
+        let mut batch = sled::Batch::default();
+        for i in first_new.index..=m.last_index {
+            batch.remove(&entry_key(i));
+        }
+        let mut expect = first_new.index;
+        for e in ents {
+            if e.index != expect {
+                return Err(StorageError::AppendNotConsecutive { index: e.index });
+            }
+            expect += 1;
+            batch.insert(&entry_key(e.index), encode_pb("entry", e)?);
+        }
+        self.db.apply_batch(batch)?;
+        m.last_index = expect - 1;
+        Ok(())
+    }
+
+    /// Saves the hard state (term, vote, commit).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn set_hardstate(&self, hs: &HardState) -> Result<(), StorageError> {
+        let v = encode_pb("hard state", hs)?;
+        let mut m = self.wl();
+        self.db.insert(K_HARD_STATE, v)?;
+        m.hard_state = hs.clone();
+        Ok(())
+    }
+
+    /// Saves only the commit index of the hard state (from a `LightReady`).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn set_commit(&self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.hard_state();
+        hs.commit = commit;
+        self.set_hardstate(&hs)
+    }
+
+    /// Saves the conf state produced by applying the entry at `index` (0 for bootstrap).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn set_conf_state(&self, cs: &ConfState, index: u64) -> Result<(), StorageError> {
+        let body = cs.write_to_bytes().map_err(|source| StorageError::Encode {
+            what: "conf state",
+            source,
+        })?;
+        let mut p = index.to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        let mut m = self.wl();
+        self.db.insert(K_CONF_STATE, seal(&p))?;
+        m.conf_state = cs.clone();
+        m.conf_index = index;
+        Ok(())
+    }
+
+    /// Replaces the whole log with a snapshot received from the leader: stores its metadata
+    /// and data, drops every entry, and takes its conf state.
+    ///
+    /// # Errors
+    /// The snapshot is older than the log's first index, or sled fails.
+    pub fn apply_snapshot(&self, mut snap: Snapshot) -> Result<(), StorageError> {
+        let meta = snap.take_metadata();
+        let mut m = self.wl();
+        let first = m.truncated.0 + 1;
+        if meta.index < first {
+            return Err(StorageError::SnapshotOutOfDate {
+                index: meta.index,
+                first,
+            });
+        }
+        let mut hs = m.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let cs = meta.get_conf_state().clone();
+        let mut cs_p = meta.index.to_be_bytes().to_vec();
+        cs_p.extend_from_slice(&cs.write_to_bytes().map_err(|source| StorageError::Encode {
+            what: "conf state",
+            source,
+        })?);
+        let mut batch = sled::Batch::default();
+        for i in first..=m.last_index {
+            batch.remove(&entry_key(i));
+        }
+        batch.insert(K_SNAP_META, encode_pb("snapshot metadata", &meta)?);
+        batch.insert(K_SNAP_DATA, seal(&snap.data));
+        batch.insert(K_TRUNCATED, seal_u64_pair(meta.index, meta.term));
+        batch.insert(K_HARD_STATE, encode_pb("hard state", &hs)?);
+        batch.insert(K_CONF_STATE, seal(&cs_p));
+        self.db.apply_batch(batch)?;
+        m.hard_state = hs;
+        m.conf_state = cs;
+        m.conf_index = meta.index;
+        m.truncated = (meta.index, meta.term);
+        m.last_index = meta.index;
+        m.snap_meta = meta;
+        Ok(())
+    }
+
+    /// Stores a snapshot of the state machine taken at `index` (which must be applied).
+    ///
+    /// # Errors
+    /// `index` is not in the log (or older than the stored snapshot), or sled fails.
+    pub fn create_snapshot(
+        &self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let (first, last, snap_index) = {
+            let m = self.rl();
+            (m.truncated.0 + 1, m.last_index, m.snap_meta.index)
+        };
+        if index + 1 < first || index > last || index < snap_index {
+            return Err(StorageError::SnapshotIndexOutOfRange { index, first, last });
+        }
+        let term = self
+            .term(index)
+            .map_err(|e| corrupt(&entry_key(index), e.to_string()))?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let mut batch = sled::Batch::default();
+        batch.insert(K_SNAP_META, encode_pb("snapshot metadata", &meta)?);
+        batch.insert(K_SNAP_DATA, seal(&data));
+        self.db.apply_batch(batch)?;
+        self.wl().snap_meta = meta;
+        Ok(())
+    }
+
+    /// Discards every entry below `compact_index`, keeping the term of `compact_index - 1`.
+    ///
+    /// Only entries covered by the stored snapshot can be discarded, so a follower that
+    /// needs them can always be sent that snapshot instead.
+    ///
+    /// # Errors
+    /// `compact_index - 1` is past the stored snapshot or the last index, or sled fails.
+    pub fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
+        let (first, last, snap_index) = {
+            let m = self.rl();
+            (m.truncated.0 + 1, m.last_index, m.snap_meta.index)
+        };
+        if compact_index <= first {
+            return Ok(());
+        }
+        if compact_index > last + 1 || compact_index - 1 > snap_index {
+            return Err(StorageError::CompactOutOfRange {
+                index: compact_index,
+                snapshot: snap_index,
+                last,
+            });
+        }
+        let term = self
+            .term(compact_index - 1)
+            .map_err(|e| corrupt(&entry_key(compact_index - 1), e.to_string()))?;
+        let mut batch = sled::Batch::default();
+        for i in first..compact_index {
+            batch.remove(&entry_key(i));
+        }
+        batch.insert(K_TRUNCATED, seal_u64_pair(compact_index - 1, term));
+        let mut m = self.wl();
+        self.db.apply_batch(batch)?;
+        m.truncated = (compact_index - 1, term);
+        Ok(())
+    }
+
+    /// Stores the peer address map (initial peers plus those added by conf changes).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, String>) -> Result<(), StorageError> {
+        self.db.insert(K_PEERS, seal(&encode_peers(peers)))?;
+        Ok(())
+    }
+
+    /// Reads the stored peer address map (empty if none).
+    ///
+    /// # Errors
+    /// Corrupt value or sled fails.
+    pub fn peers(&self) -> Result<BTreeMap<u64, String>, StorageError> {
+        match self.db.get(K_PEERS)? {
+            None => Ok(BTreeMap::new()),
+            Some(v) => {
+                let p = open_sealed(&v).map_err(|r| corrupt(K_PEERS, r))?;
+                decode_peers(p)
+                    .map(|(m, _)| m)
+                    .map_err(|r| corrupt(K_PEERS, r))
+            }
+        }
+    }
+
+    /// Makes every write so far durable (fsync). Only one thread may call it (STACK-NOTES 6).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.rl().hard_state.clone()
+    }
+
+    /// The stored conf state and the index of the entry that produced it.
+    pub fn conf_state(&self) -> (ConfState, u64) {
+        let m = self.rl();
+        (m.conf_state.clone(), m.conf_index)
+    }
+
+    /// Metadata of the stored snapshot (index 0 when none).
+    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.rl().snap_meta.clone()
+    }
+
+    /// The stored snapshot's data (empty when none).
+    ///
+    /// # Errors
+    /// Corrupt value or sled fails.
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
+        match self.db.get(K_SNAP_DATA)? {
+            None => Ok(Vec::new()),
+            Some(v) => Ok(open_sealed(&v)
+                .map_err(|r| corrupt(K_SNAP_DATA, r))?
+                .to_vec()),
+        }
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        let key = entry_key(index);
+        match self.db.get(key)? {
+            Some(v) => decode_pb(&key, &v),
+            None => Err(corrupt(&key, "missing entry inside the log range")),
+        }
+    }
+}
+
+impl Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let m = self.rl();
+        Ok(RaftState::new(m.hard_state.clone(), m.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let (first, last) = {
+            let m = self.rl();
+            (m.truncated.0 + 1, m.last_index)
+        };
+        if low < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for (expect, kv) in (low..).zip(self.db.range(entry_key(low)..entry_key(high))) {
+            let (k, v) = kv.map_err(StorageError::from)?;
+            let e: Entry = decode_pb(&k, &v)?;
+            if e.index != expect {
+                return Err(corrupt(&entry_key(expect), "missing inside the log range").into());
+            }
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() && high > low {
+            return Err(corrupt(&entry_key(low), "missing inside the log range").into());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (truncated, last) = {
+            let m = self.rl();
+            (m.truncated, m.last_index)
+        };
+        if idx == truncated.0 {
+            return Ok(truncated.1);
+        }
+        if idx < truncated.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot_metadata();
+        if meta.index < request_index || (meta.index == 0 && self.rl().truncated.0 > 0) {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = self.snapshot_data()?.into();
+        snap.set_metadata(meta);
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.term = term;
+        e.index = index;
+        e
+    }
+
+    fn temp_db() -> sled::Db {
+        sled::Config::new().temporary(true).open().unwrap()
+    }
+
+    /// A storage holding entries 3..=5 (terms 3..=5) after a snapshot at (2, 2).
+    fn storage_3_to_5() -> SledStorage {
+        let s = SledStorage::from_db(temp_db()).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 2;
+        snap.mut_metadata().term = 2;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.apply_snapshot(snap).unwrap();
+        s.append(&[new_entry(3, 3), new_entry(4, 4), new_entry(5, 5)])
+            .unwrap();
+        s
+    }
+
+    fn all_entries(s: &SledStorage) -> Vec<Entry> {
+        let first = s.first_index().unwrap();
+        let last = s.last_index().unwrap();
+        s.entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .unwrap()
+    }
+
+    #[test]
+    fn envelope_golden_bytes() {
+        let sealed = seal(b"abc");
+        let mut want = b"TR\x01".to_vec();
+        want.extend_from_slice(&blake3::hash(b"abc").as_bytes()[..8]);
+        want.extend_from_slice(b"abc");
+        assert_eq!(sealed, want);
+        // blake3("abc") starts with 6437b3ac38465133 (published test vector).
+        assert_eq!(
+            &sealed[3..11],
+            &[0x64, 0x37, 0xb3, 0xac, 0x38, 0x46, 0x51, 0x33]
+        );
+        assert_eq!(open_sealed(&sealed).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn envelope_detects_corruption() {
+        let sealed = seal(b"hello raft");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                open_sealed(&bad).is_err(),
+                "#{i}: flipped byte not detected"
+            );
+        }
+        assert!(open_sealed(&sealed[..5]).is_err());
+    }
+
+    #[test]
+    fn corrupt_entry_on_disk_is_reported_not_returned() {
+        let db = temp_db();
+        let s = SledStorage::from_db(db.clone()).unwrap();
+        s.append(&[new_entry(1, 1), new_entry(2, 1)]).unwrap();
+        let key = entry_key(2);
+        let mut v = db.get(key).unwrap().unwrap().to_vec();
+        let n = v.len();
+        v[n - 1] ^= 0xff;
+        db.insert(key, v).unwrap();
+        let err = s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap_err();
+        assert!(err.to_string().contains("entry 2"), "got {err}");
+    }
+
+    #[test]
+    fn peers_round_trip_and_truncation_is_refused() {
+        let mut peers = BTreeMap::new();
+        peers.insert(1, "http://127.0.0.1:7101".to_string());
+        peers.insert(7, "http://[::1]:9".to_string());
+        let b = encode_peers(&peers);
+        assert_eq!(decode_peers(&b).unwrap(), (peers, b.len()));
+        for cut in 0..b.len() {
+            assert!(
+                decode_peers(&b[..cut]).is_err(),
+                "#{cut}: truncation accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn restart_keeps_log_hardstate_confstate_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStorage::open(dir.path()).unwrap();
+            assert!(s.is_fresh());
+            let mut cs = ConfState::default();
+            cs.voters = vec![1, 2, 3];
+            s.set_conf_state(&cs, 0).unwrap();
+            s.append(&[new_entry(1, 1), new_entry(2, 1), new_entry(3, 2)])
+                .unwrap();
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.vote = 3;
+            hs.commit = 2;
+            s.set_hardstate(&hs).unwrap();
+            s.create_snapshot(2, cs, b"state@2".to_vec()).unwrap();
+            s.compact(2).unwrap();
+            let mut peers = BTreeMap::new();
+            peers.insert(1, "http://a".to_string());
+            s.set_peers(&peers).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert!(!s.is_fresh());
+        let rs = s.initial_state().unwrap();
+        assert_eq!(rs.hard_state.term, 2);
+        assert_eq!(rs.hard_state.vote, 3);
+        assert_eq!(rs.hard_state.commit, 2);
+        assert_eq!(rs.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(s.first_index().unwrap(), 2);
+        assert_eq!(s.last_index().unwrap(), 3);
+        assert_eq!(s.term(1).unwrap(), 1);
+        assert_eq!(
+            all_entries(&s),
+            vec![new_entry(2, 1), new_entry(3, 2)],
+            "log after restart"
+        );
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 2);
+        assert_eq!(snap.get_metadata().term, 1);
+        assert_eq!(&snap.data[..], b"state@2");
+        assert_eq!(
+            s.peers().unwrap().get(&1).map(String::as_str),
+            Some("http://a")
+        );
+    }
+
+    #[test]
+    fn term_reports_compacted_and_unavailable() {
+        let s = storage_3_to_5();
+        let tests = [
+            (1, Err(raft::Error::Store(raft::StorageError::Compacted))),
+            (2, Ok(2)),
+            (3, Ok(3)),
+            (4, Ok(4)),
+            (5, Ok(5)),
+            (6, Err(raft::Error::Store(raft::StorageError::Unavailable))),
+        ];
+        for (i, (idx, want)) in tests.into_iter().enumerate() {
+            let got = s.term(idx);
+            assert_eq!(got, want, "#{i}: term({idx}): expect {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn entries_respects_range_and_max_size() {
+        let s = storage_3_to_5();
+        s.append(&[new_entry(6, 6)]).unwrap();
+        let sz = |i: u64| u64::from(new_entry(i, i).compute_size());
+        type Case = (u64, u64, Option<u64>, raft::Result<Vec<Entry>>);
+        let tests: Vec<Case> = vec![
+            (
+                2,
+                6,
+                None,
+                Err(raft::Error::Store(raft::StorageError::Compacted)),
+            ),
+            (3, 4, None, Ok(vec![new_entry(3, 3)])),
+            (4, 6, None, Ok(vec![new_entry(4, 4), new_entry(5, 5)])),
+            (
+                4,
+                7,
+                None,
+                Ok(vec![new_entry(4, 4), new_entry(5, 5), new_entry(6, 6)]),
+            ),
+            (4, 7, Some(0), Ok(vec![new_entry(4, 4)])),
+            (
+                4,
+                7,
+                Some(sz(4) + sz(5)),
+                Ok(vec![new_entry(4, 4), new_entry(5, 5)]),
+            ),
+            (
+                4,
+                7,
+                Some(sz(4) + sz(5) + sz(6) - 1),
+                Ok(vec![new_entry(4, 4), new_entry(5, 5)]),
+            ),
+            (
+                4,
+                7,
+                Some(sz(4) + sz(5) + sz(6)),
+                Ok(vec![new_entry(4, 4), new_entry(5, 5), new_entry(6, 6)]),
+            ),
+            (
+                4,
+                8,
+                None,
+                Err(raft::Error::Store(raft::StorageError::Unavailable)),
+            ),
+        ];
+        for (i, (lo, hi, max, want)) in tests.into_iter().enumerate() {
+            let got = s.entries(lo, hi, max, GetEntriesContext::empty(false));
+            assert_eq!(got, want, "#{i}: entries({lo}, {hi}, {max:?})");
+        }
+    }
+
+    #[test]
+    fn append_truncates_conflicting_suffix_and_refuses_gaps() {
+        let tests: Vec<(Vec<Entry>, Option<Vec<Entry>>)> = vec![
+            (
+                vec![new_entry(3, 3), new_entry(4, 4), new_entry(5, 5)],
+                Some(vec![new_entry(3, 3), new_entry(4, 4), new_entry(5, 5)]),
+            ),
+            (
+                vec![new_entry(3, 3), new_entry(4, 6), new_entry(5, 6)],
+                Some(vec![new_entry(3, 3), new_entry(4, 6), new_entry(5, 6)]),
+            ),
+            (
+                vec![new_entry(6, 5)],
+                Some(vec![
+                    new_entry(3, 3),
+                    new_entry(4, 4),
+                    new_entry(5, 5),
+                    new_entry(6, 5),
+                ]),
+            ),
+            (
+                vec![new_entry(4, 5)],
+                Some(vec![new_entry(3, 3), new_entry(4, 5)]),
+            ),
+            // overwriting compacted entries is refused
+            (vec![new_entry(2, 3), new_entry(3, 3)], None),
+            // a gap is refused
+            (vec![new_entry(7, 6)], None),
+            // non-consecutive batch is refused
+            (vec![new_entry(5, 6), new_entry(7, 6)], None),
+        ];
+        for (i, (ents, want)) in tests.into_iter().enumerate() {
+            let s = storage_3_to_5();
+            let res = s.append(&ents);
+            match want {
+                Some(want) => {
+                    assert!(res.is_ok(), "#{i}: append failed: {res:?}");
+                    assert_eq!(all_entries(&s), want, "#{i}");
+                    assert_eq!(s.last_index().unwrap(), want.last().unwrap().index);
+                }
+                None => {
+                    assert!(res.is_err(), "#{i}: append accepted");
+                    assert_eq!(all_entries(&s).len(), 3, "#{i}: log changed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_discards_only_snapshotted_prefix() {
+        // (compact index, expected first index, expected remaining entries)
+        let tests = [(2, 3, 3), (3, 3, 3), (4, 4, 2), (5, 5, 1), (6, 6, 0)];
+        for (i, (idx, wfirst, wlen)) in tests.into_iter().enumerate() {
+            let s = storage_3_to_5();
+            let cs = s.conf_state().0;
+            s.create_snapshot(5, cs, b"x".to_vec()).unwrap();
+            s.compact(idx).unwrap();
+            assert_eq!(s.first_index().unwrap(), wfirst, "#{i}: first index");
+            assert_eq!(all_entries(&s).len(), wlen, "#{i}: remaining");
+            assert_eq!(s.term(wfirst - 1).unwrap(), wfirst - 1, "#{i}: kept term");
+            assert_eq!(s.last_index().unwrap(), 5, "#{i}: last index");
+        }
+    }
+
+    #[test]
+    fn compaction_past_the_snapshot_is_refused() {
+        let s = storage_3_to_5();
+        assert!(matches!(
+            s.compact(4),
+            Err(StorageError::CompactOutOfRange { snapshot: 2, .. })
+        ));
+        let cs = s.conf_state().0;
+        s.create_snapshot(4, cs, Vec::new()).unwrap();
+        s.compact(5).unwrap();
+        assert!(s.compact(7).is_err(), "compacting past the last index");
+        assert_eq!(
+            s.entries(3, 6, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        );
+    }
+
+    #[test]
+    fn apply_snapshot_replaces_log_and_refuses_stale() {
+        let s = storage_3_to_5();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 10;
+        snap.mut_metadata().term = 7;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        snap.data = b"leader state".to_vec().into();
+        s.apply_snapshot(snap).unwrap();
+        assert_eq!(s.first_index().unwrap(), 11);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(s.term(10).unwrap(), 7);
+        assert_eq!(s.hard_state().commit, 10);
+        assert_eq!(
+            s.conf_state(),
+            (s.snapshot_metadata().take_conf_state(), 10)
+        );
+        assert_eq!(s.snapshot_data().unwrap(), b"leader state");
+        let mut stale = Snapshot::default();
+        stale.mut_metadata().index = 4;
+        stale.mut_metadata().term = 4;
+        assert!(matches!(
+            s.apply_snapshot(stale),
+            Err(StorageError::SnapshotOutOfDate {
+                index: 4,
+                first: 11
+            })
+        ));
+    }
+
+    #[test]
+    fn snapshot_older_than_request_is_temporarily_unavailable() {
+        let s = storage_3_to_5();
+        assert_eq!(
+            s.snapshot(3, 1),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
+        );
+        assert_eq!(s.snapshot(2, 1).unwrap().get_metadata().index, 2);
+    }
+}

@@ -1,0 +1,399 @@
+//! Raft cluster tests: real nodes, sled storage and tonic transport on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tandem_coordinator::raft::{
+    peer_service, start, RaftError, RaftHandle, RaftNodeConfig, Role, StateMachine,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+/// Records every applied command, so nodes can be compared entry by entry.
+#[derive(Default)]
+struct LogSm {
+    applied: Vec<(u64, Vec<u8>)>,
+    /// Length of `applied` after each restore (not part of the replicated state).
+    restores: Vec<usize>,
+}
+
+impl StateMachine for LogSm {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        self.applied.push((index, data.to_vec()));
+        format!("applied#{}", self.applied.len()).into_bytes()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.applied).unwrap()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.applied = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        self.restores.push(self.applied.len());
+        Ok(())
+    }
+}
+
+struct Running {
+    handle: RaftHandle<LogSm>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct Cluster {
+    peers: BTreeMap<u64, String>,
+    addrs: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, Option<Running>>,
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    async fn new(n: u64, snapshot_every: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listeners = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            peers.insert(id, format!("http://{addr}"));
+            addrs.insert(id, addr);
+            listeners.insert(id, l);
+        }
+        let mut c = Cluster {
+            peers,
+            addrs,
+            nodes: BTreeMap::new(),
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            snapshot_every,
+        };
+        for (id, l) in listeners {
+            c.launch(id, l).await;
+        }
+        c
+    }
+
+    async fn launch(&mut self, id: u64, listener: TcpListener) {
+        let mut cfg = RaftNodeConfig::new(id, self.peers.clone(), self.dir.join(format!("n{id}")));
+        cfg.tick = Duration::from_millis(25);
+        cfg.election_tick = 10;
+        cfg.heartbeat_tick = 2;
+        cfg.snapshot_every = self.snapshot_every;
+        cfg.propose_timeout = Duration::from_secs(3);
+        let handle = start(cfg, LogSm::default()).await.unwrap();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let svc = peer_service(&handle);
+        let server = tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        self.nodes.insert(
+            id,
+            Some(Running {
+                handle,
+                stop,
+                server,
+            }),
+        );
+    }
+
+    fn handle(&self, id: u64) -> &RaftHandle<LogSm> {
+        &self.nodes[&id].as_ref().unwrap().handle
+    }
+
+    fn live(&self) -> impl Iterator<Item = &RaftHandle<LogSm>> {
+        self.nodes.values().flatten().map(|r| &r.handle)
+    }
+
+    async fn stop(&mut self, id: u64) {
+        let r = self.nodes.get_mut(&id).unwrap().take().unwrap();
+        r.handle.shutdown().await.unwrap();
+        let _ = r.stop.send(());
+        // Graceful shutdown would wait for peers' long-lived streams; the listener closes
+        // when the accept loop is dropped, and open streams fail once the node is gone.
+        r.server.abort();
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let addr = self.addrs[&id];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebind {addr}: {e}"),
+            }
+        };
+        self.launch(id, listener).await;
+    }
+
+    /// Waits until one live node is leader and every live node in `among` knows it.
+    async fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let st: Vec<_> = self.live().map(|h| h.status()).collect();
+            if let Some(l) = st.iter().find(|s| s.role == Role::Leader) {
+                if st.iter().filter(|s| s.role == Role::Leader).count() == 1 {
+                    return l.id;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {within:?}: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes on whichever node is leader, retrying on leader changes; returns the index.
+    async fn propose(&self, data: &[u8], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self
+                .leader(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            match self.handle(l).propose(data.to_vec()).await {
+                Ok(c) => return c.index,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("proposal {data:?} failed: {e}"),
+            }
+        }
+    }
+
+    /// The commands applied on node `id`, in order.
+    fn applied(&self, id: u64) -> Vec<Vec<u8>> {
+        let sm = self.handle(id).state_machine();
+        let sm = sm.lock().unwrap();
+        sm.applied.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// Waits until every live node has applied `index`, then checks they applied the same
+    /// commands in the same order.
+    async fn converge(&self, index: u64) -> Vec<Vec<u8>> {
+        for h in self.live() {
+            h.wait_applied(index, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("node {} did not apply {index}: {e}", h.id()));
+        }
+        let ids: Vec<u64> = self.live().map(|h| h.id()).collect();
+        let first = self.applied(ids[0]);
+        for id in &ids[1..] {
+            let other = self.applied(*id);
+            let n = first.len().min(other.len());
+            assert_eq!(
+                first[..n],
+                other[..n],
+                "node {id} diverged from node {}",
+                ids[0]
+            );
+        }
+        first
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if self.nodes[&id].is_some() {
+                self.stop(id).await;
+            }
+        }
+    }
+}
+
+fn cmd(i: usize) -> Vec<u8> {
+    format!("cmd-{i}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_apply_the_same_sequence() {
+    // 1. Start three voters on a fresh data dir.
+    let c = Cluster::new(3, 1000).await;
+    let leader = c.leader(Duration::from_secs(5)).await;
+
+    // 2. Proposals on the leader commit and reply with their own entry's result.
+    let mut last = 0;
+    for i in 0..20 {
+        let r = c.handle(leader).propose(cmd(i)).await.unwrap();
+        assert!(r.index > last, "indexes must grow");
+        last = r.index;
+        let sm = c.handle(leader).state_machine();
+        let pos = sm
+            .lock()
+            .unwrap()
+            .applied
+            .iter()
+            .position(|(ix, _)| *ix == r.index)
+            .unwrap();
+        assert_eq!(r.reply, format!("applied#{}", pos + 1).into_bytes());
+    }
+
+    // 3. A follower refuses at once and names the leader.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    match c.handle(follower).propose(b"x".to_vec()).await {
+        Err(RaftError::NotLeader { leader: Some(l) }) => assert_eq!(l, leader),
+        other => panic!("follower accepted or gave a wrong error: {other:?}"),
+    }
+
+    // 4. Every node applied the same 20 commands in order.
+    let applied = c.converge(last).await;
+    assert_eq!(applied, (0..20).map(cmd).collect::<Vec<_>>());
+    let st = c.handle(leader).status();
+    assert_eq!(st.voters, vec![1, 2, 3]);
+    assert_eq!(st.leader_id, Some(leader));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_new_leader_and_old_leader_catches_up_by_snapshot() {
+    // 1. Three nodes, snapshot and compact every 5 entries.
+    let mut c = Cluster::new(3, 5).await;
+    for i in 0..3 {
+        c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    let old = c.leader(Duration::from_secs(5)).await;
+    let applied_before = c.applied(old).len();
+
+    // 2. Stop the leader; a new one is elected within a few seconds.
+    let t = Instant::now();
+    c.stop(old).await;
+    let new = c.leader(Duration::from_secs(5)).await;
+    assert_ne!(new, old);
+    eprintln!(
+        "new leader {new} elected {:?} after stopping {old}",
+        t.elapsed()
+    );
+
+    // 3. Proposals during the outage commit (enough to compact past the old leader's log).
+    let mut last = 0;
+    for i in 3..23 {
+        last = c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    assert!(c.handle(new).status().snapshot_index > applied_before as u64);
+
+    // 4. Restart the old leader from its data dir: it catches up, by snapshot.
+    c.restart(old).await;
+    let applied = c.converge(last).await;
+    assert_eq!(applied, (0..23).map(cmd).collect::<Vec<_>>());
+    let restores = c
+        .handle(old)
+        .state_machine()
+        .lock()
+        .unwrap()
+        .restores
+        .clone();
+    assert!(
+        restores.iter().any(|n| *n > applied_before),
+        "old leader never installed a newer snapshot: restores {restores:?}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_commit_while_majority_does() {
+    // 1. Three nodes; isolate the leader from both followers.
+    let c = Cluster::new(3, 1000).await;
+    let first = c.propose(b"before", Duration::from_secs(5)).await;
+    c.converge(first).await;
+    let old = c.leader(Duration::from_secs(5)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    c.handle(old).block_peers(&others);
+    for id in &others {
+        c.handle(*id).block_peers(&[old]);
+    }
+
+    // 2. A proposal on the isolated leader cannot commit.
+    let lost = {
+        let h = c.handle(old).clone();
+        tokio::spawn(async move { h.propose(b"lost".to_vec()).await })
+    };
+
+    // 3. Meanwhile the majority elects a leader and commits.
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(8);
+    let new = loop {
+        let l = others
+            .iter()
+            .find(|id| c.handle(**id).status().role == Role::Leader);
+        if let Some(l) = l {
+            break *l;
+        }
+        assert!(Instant::now() < deadline, "majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let idx = c
+        .handle(new)
+        .propose(b"majority".to_vec())
+        .await
+        .unwrap()
+        .index;
+    eprintln!(
+        "majority leader {new} committed {:?} after the partition",
+        t.elapsed()
+    );
+    // With check_quorum the isolated node steps down within an election timeout.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while c.handle(old).status().role == Role::Leader {
+        assert!(
+            Instant::now() < deadline,
+            "isolated leader did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !lost.is_finished(),
+        "minority proposal finished before healing"
+    );
+
+    // 4. Heal: the minority's entry is overwritten and its proposer told so, not left hanging.
+    for h in c.live() {
+        h.unblock_all();
+    }
+    let res = lost.await.unwrap();
+    assert!(
+        matches!(res, Err(RaftError::ProposalDropped { .. })),
+        "minority proposal: {res:?}"
+    );
+    let applied = c.converge(idx).await;
+    assert!(applied.contains(&b"majority".to_vec()));
+    assert!(!applied.contains(&b"lost".to_vec()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_committing_with_two_down() {
+    // 1. Five nodes commit.
+    let mut c = Cluster::new(5, 1000).await;
+    let idx = c.propose(b"five", Duration::from_secs(5)).await;
+    c.converge(idx).await;
+
+    // 2. Kill two, the leader among them.
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let other = (1..=5).find(|id| *id != leader).unwrap();
+    c.stop(leader).await;
+    c.stop(other).await;
+
+    // 3. The remaining three still commit.
+    let mut last = 0;
+    for i in 0..5 {
+        last = c.propose(&cmd(i), Duration::from_secs(8)).await;
+    }
+    let applied = c.converge(last).await;
+    assert_eq!(applied.len(), 6);
+    c.shutdown().await;
+}
