@@ -594,12 +594,15 @@ async fn export_name_enters_transmission_and_unknown_name_closes() {
     server.stop().await;
 }
 
+/// (what, command, flags, offset, length, payload, expected error)
+type Case = (&'static str, u16, u16, u64, u32, Vec<u8>, Errno);
+
 #[tokio::test]
 async fn transmission_errors_follow_the_spec() {
     let server = Server::start().await;
     let mut c = Raw::connect(server.addr).await;
     c.go("disk0").await;
-    let cases: Vec<(&str, u16, u16, u64, u32, Vec<u8>, Errno)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "write in range",
             proto::CMD_WRITE,
