@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(request.data.len() <= proto::MAX_PAYLOAD as usize);
         let mut encoded = Vec::with_capacity(used);
         proto::encode_request(&request.header, &request.data, &mut encoded);
-        assert_eq!(&encoded[..], &rest[..used], "request does not re-encode to its bytes");
+        assert_eq!(
+            &encoded[..],
+            &rest[..used],
+            "request does not re-encode to its bytes"
+        );
         for writable in [false, true] {
             if let Ok(proto::Command::Read { len, .. }) =
                 proto::check_request(&request.header, 64 << 20, writable)
