@@ -329,6 +329,12 @@ async fn read_only_export_refuses_qemu_writes_but_serves_reads() {
         "write to a read-only export succeeded: {}",
         describe(&out)
     );
+    // qemu refuses a read-write open of an export advertised READ_ONLY.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "unexpected failure: {}",
+        describe(&out)
+    );
     let out = qemu_io(
         &server.url("disk0"),
         &["-r"],
@@ -366,6 +372,12 @@ async fn fenced_export_refuses_qemu_writes_but_serves_reads() {
         "write to a fenced export succeeded: {}",
         describe(&out)
     );
+    // qemu refuses a read-write open of an export advertised READ_ONLY.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "unexpected failure: {}",
+        describe(&out)
+    );
     let out = qemu_io(
         &server.url("disk0"),
         &["-r"],
@@ -387,6 +399,11 @@ async fn unknown_export_fails_cleanly_and_the_server_keeps_serving() {
     assert!(
         !out.status.success(),
         "unknown export opened: {}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no export named \"nope\""),
+        "the client did not get NBD_REP_ERR_UNKNOWN with its message: {}",
         describe(&out)
     );
     let out = qemu_io(
