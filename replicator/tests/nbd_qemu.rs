@@ -25,7 +25,7 @@ struct Server {
     volume: Arc<FileVolume>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -61,7 +61,7 @@ impl Server {
             volume,
             stop,
             task,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -73,12 +73,14 @@ impl Server {
         std::fs::read(&self.path).unwrap()
     }
 
-    async fn stop(self) {
+    /// Stops the server and waits for it; returns the image's folder so it outlives the stop.
+    async fn stop(self) -> tempfile::TempDir {
         self.stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("server did not stop within 10 s")
             .unwrap();
+        self.dir
     }
 }
 
@@ -777,10 +779,36 @@ async fn shutdown_closes_idle_connections_and_serve_returns() {
     let mut idle = Raw::connect(server.addr).await;
     idle.go("disk0").await;
     let mut negotiating = Raw::connect(server.addr).await;
+    // A client stalled in the middle of a write payload must not hold up shutdown.
+    let mut stalled = Raw::connect(server.addr).await;
+    stalled.go("disk0").await;
+    let mut out = Vec::new();
+    let write = RequestHeader {
+        flags: 0,
+        kind: proto::CMD_WRITE,
+        handle: 1,
+        offset: 0,
+        length: 4096,
+    };
+    proto::encode_request(&write, &[0xee; 4096], &mut out);
+    stalled
+        .stream
+        .write_all(&out[..proto::REQUEST_HEADER_LEN + 100])
+        .await
+        .unwrap();
     let addr = server.addr;
-    server.stop().await;
+    let path = server.path.clone();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _dir = server.stop().await;
     assert!(idle.closed().await);
     assert!(negotiating.closed().await);
+    assert!(stalled.closed().await);
+    assert!(
+        std::fs::read(&path).unwrap()[..4096]
+            .iter()
+            .all(|&b| b == 0),
+        "a half-received write was applied"
+    );
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "listener still open after shutdown"

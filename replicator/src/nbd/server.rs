@@ -5,7 +5,8 @@
 //! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and at most [`MAX_CONNECTIONS`]
 //! connections are served at once. Shutdown: when the watch value turns `true` (or its sender
 //! is dropped) the server stops accepting, every connection finishes the request it is
-//! handling, replies, and closes; [`serve`] returns once all connections are gone.
+//! handling, replies, and closes; [`serve`] returns once all connections are gone (or after
+//! [`SHUTDOWN_GRACE`], when the stragglers are aborted).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,10 @@ use crate::volume::VolumeBackend;
 
 /// Most connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 128;
+
+/// How long shutdown waits for connections to finish their current request (a backend that
+/// hangs, or a client that stops reading replies) before aborting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Socket buffer size for each direction of a connection.
 const IO_BUFFER: usize = 128 * 1024;
@@ -85,10 +90,21 @@ pub async fn serve(
         connections = tasks.len(),
         "nbd server shutting down; draining connections"
     );
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            warn!(error = %e, "nbd connection task panicked");
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                warn!(error = %e, "nbd connection task panicked");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = tasks.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "nbd connections still busy after the grace period; aborting them"
+        );
+        tasks.shutdown().await;
     }
 }
 
@@ -153,8 +169,20 @@ impl Connection {
         if read == 0 {
             return Ok(false);
         }
-        self.reader.read_exact(&mut buf[1..]).await?;
-        Ok(true)
+        self.read_rest(&mut buf[1..]).await
+    }
+
+    /// Reads exactly `buf.len()` bytes; returns false if shutdown is requested first (a
+    /// half-received request was never acknowledged, so dropping it loses nothing).
+    async fn read_rest(&mut self, buf: &mut [u8]) -> Result<bool, NbdError> {
+        tokio::select! {
+            biased;
+            read = self.reader.read_exact(buf) => {
+                read?;
+                Ok(true)
+            }
+            () = shutdown_requested(&mut self.shutdown) => Ok(false),
+        }
     }
 
     /// Sends and clears the staged output.
@@ -187,7 +215,9 @@ impl Connection {
             // Length is checked against MAX_OPTION_LEN before this allocation.
             let header = proto::parse_option_header(&header)?;
             let mut payload = vec![0u8; header.length as usize];
-            self.reader.read_exact(&mut payload).await?;
+            if !self.read_rest(&mut payload).await? {
+                return Ok(Negotiated::Closed);
+            }
             let option = match proto::parse_option(header.option, &payload) {
                 Ok(option) => option,
                 Err(e) if header.option == proto::OPT_EXPORT_NAME => return Err(e.into()),
@@ -278,7 +308,9 @@ impl Connection {
             let mut data = Vec::new();
             if header.payload_len() > 0 {
                 data = vec![0u8; header.payload_len()];
-                self.reader.read_exact(&mut data).await?;
+                if !self.read_rest(&mut data).await? {
+                    return Ok(());
+                }
             }
             let command = match proto::check_request(&header, backend.size(), backend.writable()) {
                 Ok(Command::Disconnect) => return Ok(()),
