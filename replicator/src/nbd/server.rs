@@ -194,8 +194,17 @@ impl Connection {
     }
 
     fn stage_option_error(&mut self, option: u32, reply_type: u32, message: &str) {
-        let message = &message.as_bytes()[..message.len().min(proto::MAX_NAME_LEN)];
-        proto::encode_option_reply(option, reply_type, message, &mut self.out);
+        // Error strings are limited like every NBD string; cut on a character boundary.
+        let mut end = message.len().min(proto::MAX_NAME_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        proto::encode_option_reply(
+            option,
+            reply_type,
+            &message.as_bytes()[..end],
+            &mut self.out,
+        );
     }
 
     /// The handshake and option haggling (fixed newstyle).
