@@ -1,0 +1,119 @@
+//! NBD capture source: Tandem serves protected volumes over the NBD protocol so that every
+//! write passes through a [`VolumeBackend`](crate::volume::VolumeBackend) (and so through the
+//! journal).
+//!
+//! - [`proto`]: pure wire format (parsers, validation, reply encoders); no I/O.
+//! - [`server`]: the TCP server; the only module here that touches sockets.
+
+pub mod proto;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::volume::VolumeBackend;
+
+pub use server::serve;
+
+/// Errors of the NBD server and its export table.
+#[derive(Debug, Error)]
+pub enum NbdError {
+    /// Socket I/O failed (includes the client closing mid-message).
+    #[error("nbd socket i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol; the session was closed.
+    #[error("nbd protocol violation: {0}")]
+    Protocol(#[from] proto::ProtoError),
+    /// `NBD_OPT_EXPORT_NAME` named an export that does not exist; the spec allows only closing.
+    #[error("client asked for unknown export {name:?} with NBD_OPT_EXPORT_NAME")]
+    UnknownExport {
+        /// The requested name.
+        name: String,
+    },
+    /// An export name given to [`ExportMap::insert`] cannot be served.
+    #[error("invalid export name {name:?}: {reason}")]
+    InvalidExportName {
+        /// The name.
+        name: String,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+}
+
+impl NbdError {
+    /// Whether a client may succeed by reconnecting (socket trouble), as opposed to a request
+    /// that will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, NbdError::Io(_))
+    }
+}
+
+/// The exports a server offers, by name. Names are listed in sorted order by `NBD_OPT_LIST`.
+#[derive(Default, Clone)]
+pub struct ExportMap {
+    exports: BTreeMap<String, Arc<dyn VolumeBackend>>,
+}
+
+impl std::fmt::Debug for ExportMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportMap")
+            .field("names", &self.exports.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ExportMap {
+    /// An empty export table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) an export.
+    ///
+    /// # Errors
+    /// `InvalidExportName` when the name is over 4096 bytes or contains NUL.
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        backend: Arc<dyn VolumeBackend>,
+    ) -> Result<(), NbdError> {
+        let name = name.into();
+        if name.len() > proto::MAX_NAME_LEN {
+            return Err(NbdError::InvalidExportName {
+                name,
+                reason: "longer than 4096 bytes",
+            });
+        }
+        if name.contains('\0') {
+            return Err(NbdError::InvalidExportName {
+                name,
+                reason: "contains NUL",
+            });
+        }
+        self.exports.insert(name, backend);
+        Ok(())
+    }
+
+    /// The backend of an export.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn VolumeBackend>> {
+        self.exports.get(name)
+    }
+
+    /// Export names in sorted order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.exports.keys().map(String::as_str)
+    }
+
+    /// Number of exports.
+    pub fn len(&self) -> usize {
+        self.exports.len()
+    }
+
+    /// True when there are no exports.
+    pub fn is_empty(&self) -> bool {
+        self.exports.is_empty()
+    }
+}

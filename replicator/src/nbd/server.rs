@@ -1,0 +1,402 @@
+//! NBD TCP server: accepts connections, negotiates an export (fixed newstyle), then serves
+//! transmission requests against the export's [`VolumeBackend`], one request at a time.
+//!
+//! Memory per connection is bounded: requests are handled in order, so at most one request's
+//! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and at most [`MAX_CONNECTIONS`]
+//! connections are served at once. Shutdown: when the watch value turns `true` (or its sender
+//! is dropped) the server stops accepting, every connection finishes the request it is
+//! handling, replies, and closes; [`serve`] returns once all connections are gone (or after
+//! [`SHUTDOWN_GRACE`], when the stragglers are aborted).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::proto::{self, ClientOption, Command, Errno};
+use super::{ExportMap, NbdError};
+use crate::volume::VolumeBackend;
+
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// How long shutdown waits for connections to finish their current request (a backend that
+/// hangs, or a client that stops reading replies) before aborting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Socket buffer size for each direction of a connection.
+const IO_BUFFER: usize = 128 * 1024;
+
+/// Serves `exports` on `listener` until `shutdown` turns true (or its sender is dropped), then
+/// waits for every connection to finish its current request and close.
+///
+/// Accept errors (such as running out of file descriptors) are logged and retried after a
+/// short pause; connection errors are logged and end only that connection.
+pub async fn serve(
+    listener: TcpListener,
+    exports: Arc<ExportMap>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, exports = exports.len(), "nbd server listening");
+    }
+    loop {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done {
+                warn!(error = %e, "nbd connection task panicked");
+            }
+        }
+        let permit = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => break,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // the semaphore is never closed; stop if it somehow is
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let exports = Arc::clone(&exports);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    match handle_connection(stream, peer, exports, shutdown).await {
+                        Ok(()) => debug!(%peer, "nbd connection closed"),
+                        Err(e) => warn!(%peer, error = %e, "nbd connection ended with an error"),
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "nbd accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    info!(
+        connections = tasks.len(),
+        "nbd server shutting down; draining connections"
+    );
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                warn!(error = %e, "nbd connection task panicked");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = tasks.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "nbd connections still busy after the grace period; aborting them"
+        );
+        tasks.shutdown().await;
+    }
+}
+
+/// Resolves once shutdown is requested: the value is true, or the sender is gone.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    // An Err means the sender was dropped: nobody can ever ask us to keep running.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+struct Connection {
+    peer: SocketAddr,
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    shutdown: watch::Receiver<bool>,
+    out: Vec<u8>,
+}
+
+/// What the negotiation phase ended with.
+enum Negotiated {
+    /// Enter transmission on this export.
+    Export(Arc<dyn VolumeBackend>),
+    /// The client aborted, closed, or the server is shutting down.
+    Closed,
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    exports: Arc<ExportMap>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NbdError> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut conn = Connection {
+        peer,
+        reader: BufReader::with_capacity(IO_BUFFER, r),
+        writer: BufWriter::with_capacity(IO_BUFFER, w),
+        shutdown,
+        out: Vec::with_capacity(256),
+    };
+    debug!(%peer, "nbd connection accepted");
+    let result = match conn.negotiate(&exports).await {
+        Ok(Negotiated::Export(backend)) => conn.transmit(backend.as_ref()).await,
+        Ok(Negotiated::Closed) => Ok(()),
+        Err(e) => Err(e),
+    };
+    // Best effort: the client may already be gone.
+    let _ = conn.writer.flush().await;
+    let _ = conn.writer.shutdown().await;
+    result
+}
+
+impl Connection {
+    /// Reads exactly `buf.len()` bytes, unless shutdown is requested first or the client closes
+    /// cleanly before the first byte. Returns false in those two cases.
+    async fn read_message(&mut self, buf: &mut [u8]) -> Result<bool, NbdError> {
+        let read = tokio::select! {
+            biased;
+            () = shutdown_requested(&mut self.shutdown) => return Ok(false),
+            read = self.reader.read(&mut buf[..1]) => read?,
+        };
+        if read == 0 {
+            return Ok(false);
+        }
+        self.read_rest(&mut buf[1..]).await
+    }
+
+    /// Reads exactly `buf.len()` bytes; returns false if shutdown is requested first (a
+    /// half-received request was never acknowledged, so dropping it loses nothing).
+    async fn read_rest(&mut self, buf: &mut [u8]) -> Result<bool, NbdError> {
+        tokio::select! {
+            biased;
+            read = self.reader.read_exact(buf) => {
+                read?;
+                Ok(true)
+            }
+            () = shutdown_requested(&mut self.shutdown) => Ok(false),
+        }
+    }
+
+    /// Sends and clears the staged output.
+    async fn send_out(&mut self) -> Result<(), NbdError> {
+        self.writer.write_all(&self.out).await?;
+        self.writer.flush().await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn stage_option_error(&mut self, option: u32, reply_type: u32, message: &str) {
+        // Error strings are limited like every NBD string; cut on a character boundary.
+        let mut end = message.len().min(proto::MAX_NAME_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        proto::encode_option_reply(
+            option,
+            reply_type,
+            &message.as_bytes()[..end],
+            &mut self.out,
+        );
+    }
+
+    /// The handshake and option haggling (fixed newstyle).
+    async fn negotiate(&mut self, exports: &ExportMap) -> Result<Negotiated, NbdError> {
+        proto::encode_greeting(&mut self.out);
+        self.send_out().await?;
+        let mut flags = [0u8; 4];
+        if !self.read_message(&mut flags).await? {
+            return Ok(Negotiated::Closed);
+        }
+        let client = proto::parse_client_flags(&flags)?;
+        loop {
+            let mut header = [0u8; proto::OPTION_HEADER_LEN];
+            if !self.read_message(&mut header).await? {
+                return Ok(Negotiated::Closed);
+            }
+            // Length is checked against MAX_OPTION_LEN before this allocation.
+            let header = proto::parse_option_header(&header)?;
+            let mut payload = vec![0u8; header.length as usize];
+            if !self.read_rest(&mut payload).await? {
+                return Ok(Negotiated::Closed);
+            }
+            let option = match proto::parse_option(header.option, &payload) {
+                Ok(option) => option,
+                Err(e) if header.option == proto::OPT_EXPORT_NAME => return Err(e.into()),
+                Err(e) => {
+                    debug!(peer = %self.peer, error = %e, "invalid option");
+                    self.stage_option_error(header.option, proto::REP_ERR_INVALID, &e.to_string());
+                    self.send_out().await?;
+                    continue;
+                }
+            };
+            match option {
+                ClientOption::ExportName(name) => {
+                    let Some(backend) = exports.get(&name) else {
+                        return Err(NbdError::UnknownExport { name });
+                    };
+                    let flags =
+                        proto::transmission_flags(backend.writable(), backend.can_multi_conn());
+                    proto::encode_export_name_reply(
+                        backend.size(),
+                        flags,
+                        client.no_zeroes,
+                        &mut self.out,
+                    );
+                    self.send_out().await?;
+                    info!(peer = %self.peer, export = %name, "nbd client entered transmission");
+                    return Ok(Negotiated::Export(Arc::clone(backend)));
+                }
+                ClientOption::Abort => {
+                    proto::encode_option_reply(
+                        proto::OPT_ABORT,
+                        proto::REP_ACK,
+                        &[],
+                        &mut self.out,
+                    );
+                    // The client may close before reading the ACK; that is fine.
+                    let _ = self.send_out().await;
+                    return Ok(Negotiated::Closed);
+                }
+                ClientOption::List => {
+                    for name in exports.names() {
+                        proto::encode_rep_server(name, &mut self.out);
+                    }
+                    proto::encode_option_reply(proto::OPT_LIST, proto::REP_ACK, &[], &mut self.out);
+                    self.send_out().await?;
+                }
+                ClientOption::Info(request) | ClientOption::Go(request) => {
+                    let go = header.option == proto::OPT_GO;
+                    let Some(backend) = exports.get(&request.name) else {
+                        let message = format!("no export named {:?}", request.name);
+                        self.stage_option_error(header.option, proto::REP_ERR_UNKNOWN, &message);
+                        self.send_out().await?;
+                        continue;
+                    };
+                    let flags =
+                        proto::transmission_flags(backend.writable(), backend.can_multi_conn());
+                    proto::encode_info_export(header.option, backend.size(), flags, &mut self.out);
+                    if request.requests.contains(&proto::INFO_BLOCK_SIZE) {
+                        proto::encode_info_block_size(
+                            header.option,
+                            proto::BLOCK_SIZE,
+                            &mut self.out,
+                        );
+                    }
+                    proto::encode_option_reply(header.option, proto::REP_ACK, &[], &mut self.out);
+                    self.send_out().await?;
+                    if go {
+                        info!(peer = %self.peer, export = %request.name, "nbd client entered transmission");
+                        return Ok(Negotiated::Export(Arc::clone(backend)));
+                    }
+                }
+                ClientOption::Unsupported(option) => {
+                    self.stage_option_error(option, proto::REP_ERR_UNSUP, "option not supported");
+                    self.send_out().await?;
+                }
+            }
+        }
+    }
+
+    /// The transmission phase: one request at a time, simple replies.
+    async fn transmit(&mut self, backend: &dyn VolumeBackend) -> Result<(), NbdError> {
+        loop {
+            let mut raw = [0u8; proto::REQUEST_HEADER_LEN];
+            if !self.read_message(&mut raw).await? {
+                return Ok(());
+            }
+            // Bad magic or an oversized write payload: framing cannot continue, close.
+            let header = proto::parse_request_header(&raw)?;
+            let mut data = Vec::new();
+            if header.payload_len() > 0 {
+                data = vec![0u8; header.payload_len()];
+                if !self.read_rest(&mut data).await? {
+                    return Ok(());
+                }
+            }
+            let command = match proto::check_request(&header, backend.size(), backend.writable()) {
+                Ok(Command::Disconnect) => return Ok(()),
+                Ok(command) => command,
+                Err(errno) => {
+                    debug!(peer = %self.peer, ?header, ?errno, "request refused");
+                    self.reply(header.handle, Err(errno)).await?;
+                    continue;
+                }
+            };
+            let result = execute(backend, command, data).await.map_err(|e| {
+                warn!(peer = %self.peer, ?header, error = %e, "volume request failed");
+                e.nbd_errno()
+            });
+            self.reply(header.handle, result).await?;
+        }
+    }
+
+    async fn reply(&mut self, handle: u64, result: Result<Vec<u8>, Errno>) -> Result<(), NbdError> {
+        match result {
+            Ok(data) => {
+                proto::encode_simple_reply(Errno::OK, handle, &mut self.out);
+                self.writer.write_all(&self.out).await?;
+                self.writer.write_all(&data).await?;
+            }
+            Err(errno) => {
+                proto::encode_simple_reply(errno, handle, &mut self.out);
+                self.writer.write_all(&self.out).await?;
+            }
+        }
+        self.out.clear();
+        self.writer.flush().await?;
+        Ok(())
+    }
+}
+
+/// Runs one validated command; returns the read data (empty for other commands).
+async fn execute(
+    backend: &dyn VolumeBackend,
+    command: Command,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, crate::volume::VolumeError> {
+    match command {
+        Command::Read { offset, len } => {
+            let data = backend.read(offset, len).await?;
+            if data.len() != len as usize {
+                return Err(crate::volume::VolumeError::Backend {
+                    what: format!(
+                        "backend returned {} bytes for a {len}-byte read at offset {offset}",
+                        data.len()
+                    ),
+                    retryable: false,
+                    errno: Errno::EIO,
+                });
+            }
+            Ok(data)
+        }
+        Command::Write { offset, fua, .. } => {
+            backend.write(offset, data, fua).await?;
+            Ok(Vec::new())
+        }
+        Command::WriteZeroes { offset, len, fua } => {
+            backend.write_zeroes(offset, len, fua).await?;
+            Ok(Vec::new())
+        }
+        Command::Trim { offset, len, fua } => {
+            backend.trim(offset, len).await?;
+            if fua {
+                backend.flush().await?;
+            }
+            Ok(Vec::new())
+        }
+        Command::Flush => {
+            backend.flush().await?;
+            Ok(Vec::new())
+        }
+        // Handled by the caller; nothing to do here.
+        Command::Disconnect => Ok(Vec::new()),
+    }
+}
