@@ -81,6 +81,11 @@ impl Cluster {
 
     async fn launch(&mut self, id: u64, listener: TcpListener) {
         let mut cfg = RaftNodeConfig::new(id, self.peers.clone(), self.dir.join(format!("n{id}")));
+        cfg.join = !self.peers.contains_key(&id);
+        if cfg.join {
+            cfg.peers
+                .insert(id, format!("http://{}", listener.local_addr().unwrap()));
+        }
         cfg.tick = Duration::from_millis(25);
         cfg.election_tick = 10;
         cfg.heartbeat_tick = 2;
@@ -228,8 +233,11 @@ async fn three_nodes_elect_a_leader_and_apply_the_same_sequence() {
 
     // 2. Proposals on the leader commit and reply with their own entry's result.
     let mut last = 0;
+    let mut lat = Vec::new();
     for i in 0..20 {
+        let t = Instant::now();
         let r = c.handle(leader).propose(cmd(i)).await.unwrap();
+        lat.push(t.elapsed());
         assert!(r.index > last, "indexes must grow");
         last = r.index;
         let sm = c.handle(leader).state_machine();
@@ -242,6 +250,12 @@ async fn three_nodes_elect_a_leader_and_apply_the_same_sequence() {
             .unwrap();
         assert_eq!(r.reply, format!("applied#{}", pos + 1).into_bytes());
     }
+
+    lat.sort();
+    eprintln!(
+        "propose latency (debug build, 3 nodes, fsync): median {:?}, max {:?}",
+        lat[10], lat[19]
+    );
 
     // 3. A follower refuses at once and names the leader.
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -395,5 +409,55 @@ async fn five_nodes_keep_committing_with_two_down() {
     }
     let applied = c.converge(last).await;
     assert_eq!(applied.len(), 6);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_voter_catches_up_by_snapshot_and_then_votes() {
+    use tandem_coordinator::raft::MembershipChange;
+    // 1. Three nodes commit some commands.
+    let mut c = Cluster::new(3, 1000).await;
+    for i in 0..5 {
+        c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+
+    // 2. Start node 4 empty (join) and add it as a voter through the leader.
+    let l4 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr4 = format!("http://{}", l4.local_addr().unwrap());
+    c.addrs.insert(4, l4.local_addr().unwrap());
+    c.launch(4, l4).await;
+    let leader = c.leader(Duration::from_secs(5)).await;
+    c.handle(leader)
+        .change_membership(MembershipChange::AddVoter { id: 4, addr: addr4 })
+        .await
+        .unwrap();
+
+    // 3. Node 4 catches up and everyone sees four voters.
+    let last = c.propose(b"after-join", Duration::from_secs(5)).await;
+    let applied = c.converge(last).await;
+    assert_eq!(applied.len(), 6);
+    assert_eq!(c.applied(4), applied);
+    assert_eq!(c.handle(4).status().voters, vec![1, 2, 3, 4]);
+    assert!(!c
+        .handle(4)
+        .state_machine()
+        .lock()
+        .unwrap()
+        .restores
+        .is_empty());
+
+    // 4. Remove node 1; the rest keep committing.
+    let leader = c.leader(Duration::from_secs(5)).await;
+    c.handle(leader)
+        .change_membership(MembershipChange::RemoveVoter { id: 1 })
+        .await
+        .unwrap();
+    if leader == 1 {
+        c.stop(1).await;
+    }
+    let last = c.propose(b"after-remove", Duration::from_secs(8)).await;
+    let st = c.handle(4);
+    st.wait_applied(last, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(st.status().voters, vec![2, 3, 4]);
     c.shutdown().await;
 }

@@ -326,9 +326,10 @@ fn open_with_retry(cfg: &RaftNodeConfig) -> Result<SledStorage, RaftError> {
 /// Starts a raft node: opens (or bootstraps) its storage in `cfg.data_dir`, rebuilds the
 /// state machine from the last snapshot, and spawns the raft thread and peer senders.
 ///
-/// On a fresh data dir every initial voter starts with the same conf state (all of
-/// `cfg.peers`), so no bootstrap leader is needed; with `cfg.join` the node starts empty and
-/// waits to be added. On restart the stored state wins (`cfg.peers` only updates addresses).
+/// On a fresh data dir every initial voter starts from the same snapshot at index 1 whose
+/// conf state holds all of `cfg.peers` (and the state machine's empty state), so no bootstrap
+/// leader is needed; with `cfg.join` the node starts empty and waits to be added, then
+/// catches up by snapshot. On restart the stored state wins (`cfg.peers` only updates addresses).
 /// Must be called inside a tokio runtime.
 ///
 /// # Errors
@@ -444,10 +445,15 @@ impl<SM: StateMachine> Node<SM> {
         let storage = open_with_retry(cfg)?;
         let mut peers = storage.peers()?;
         if storage.is_fresh() && !cfg.join {
-            // Every initial voter bootstraps with the same conf state: all of `cfg.peers`.
-            let mut cs = raft::prelude::ConfState::default();
-            cs.voters = cfg.peers.keys().copied().collect();
-            storage.set_conf_state(&cs, 0)?;
+            // As five_mem_node: every initial voter starts from the same snapshot at index 1
+            // holding all of `cfg.peers`, so nodes added later must catch up by a snapshot
+            // (the log alone does not carry the initial configuration).
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 1;
+            snap.mut_metadata().term = 1;
+            snap.mut_metadata().mut_conf_state().voters = cfg.peers.keys().copied().collect();
+            snap.data = encode_snapshot_data(&cfg.peers, &lock(&sm).snapshot()).into();
+            storage.apply_snapshot(snap)?;
         }
         let snap = storage.snapshot_metadata();
         if snap.index > 0 {
@@ -801,7 +807,8 @@ impl<SM: StateMachine> Node<SM> {
     /// log, keeping a tail of `snapshot_every / 4` entries so a follower that is only a
     /// little behind still catches up from the log.
     fn snapshot_if_due(&mut self) -> Result<(), RaftError> {
-        if self.applied < self.last_snapshot + self.snapshot_every {
+        let wanted = self.storage.take_snapshot_wanted() && self.applied > self.last_snapshot;
+        if !wanted && self.applied < self.last_snapshot + self.snapshot_every {
             return Ok(());
         }
         let sm_bytes = lock(&self.sm).snapshot();

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protobuf::Message as PbMessage;
@@ -274,6 +275,9 @@ struct Meta {
 pub struct SledStorage {
     db: sled::Db,
     meta: Arc<RwLock<Meta>>,
+    /// Set when raft asked for a snapshot the stored one cannot serve (too old, or taken
+    /// before the recipient joined); the node then takes a fresh one.
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 impl SledStorage {
@@ -323,6 +327,7 @@ impl SledStorage {
         Ok(SledStorage {
             db,
             meta: Arc::new(RwLock::new(meta)),
+            snapshot_wanted: Arc::default(),
         })
     }
 
@@ -597,6 +602,11 @@ impl SledStorage {
         }
     }
 
+    /// Whether raft asked for a newer snapshot than the stored one; clears the flag.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
+
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
         let key = entry_key(index);
         match self.db.get(key)? {
@@ -675,9 +685,12 @@ impl Storage for SledStorage {
         Ok(self.rl().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.snapshot_metadata();
-        if meta.index < request_index || (meta.index == 0 && self.rl().truncated.0 > 0) {
+        let cs = meta.get_conf_state();
+        let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if meta.index < request_index || meta.index == 0 || !knows_to {
+            self.snapshot_wanted.store(true, Ordering::Release);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -1022,6 +1035,18 @@ mod tests {
                 raft::StorageError::SnapshotTemporarilyUnavailable
             ))
         );
+        assert!(s.take_snapshot_wanted());
         assert_eq!(s.snapshot(2, 1).unwrap().get_metadata().index, 2);
+        assert!(!s.take_snapshot_wanted());
+    }
+
+    #[test]
+    fn snapshot_taken_before_recipient_joined_is_not_served() {
+        let s = storage_3_to_5();
+        assert!(
+            s.snapshot(0, 4).is_err(),
+            "node 4 is not in the snapshot's conf state"
+        );
+        assert!(s.take_snapshot_wanted());
     }
 }
