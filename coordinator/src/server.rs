@@ -1,0 +1,892 @@
+//! The coordinator process: the raft node with the replicated state machine, the admin API
+//! (status, audit, propose, heartbeat, operate), the failure detector, RPO sampling and the
+//! failover/switchover procedures. Every decision goes through raft; this module only stamps
+//! time, forwards to the leader and waits.
+
+use crate::raft::{self, RaftError, RaftHandle, RaftNodeConfig, StateMachine};
+use crate::state::{
+    self, ClusterSettings, Command, GroupSpec, GroupState, LeaseStatus as StLease, Mode,
+    SiteSpec, SiteStatus, State, COORDINATOR_ACTOR,
+};
+use crate::status::{
+    ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus, SiteStatus as StSite,
+};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_core::clock::{Clock, SystemClock};
+use tandem_core::config::{NodeRole, ResourceKind, Topology};
+use tandem_core::proto::coordinator_client::CoordinatorClient;
+use tandem_core::proto::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
+use tandem_core::proto::{
+    AuditReply, AuditRequest, GroupLease, HeartbeatReply, HeartbeatRequest, OperateReply,
+    OperateRequest, ProposeReply, ProposeRequest, StatusReply, StatusRequest,
+};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+/// Errors of the coordinator process.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node is not a coordinator of the topology.
+    #[error("{0}")]
+    Topology(String),
+    /// Raft failed to start.
+    #[error("raft: {0}")]
+    Raft(#[from] RaftError),
+    /// The gRPC server failed.
+    #[error("grpc server on {addr}: {source}")]
+    Serve {
+        /// Listen address.
+        addr: String,
+        /// Cause.
+        source: tonic::transport::Error,
+    },
+    /// I/O (data dir).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The replicated state machine as raft-rs sees it: JSON commands in, JSON results out.
+#[derive(Debug, Default)]
+pub struct CoordinatorSm {
+    /// The state.
+    pub state: State,
+}
+
+impl StateMachine for CoordinatorSm {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        let out = match serde_json::from_slice::<Command>(data) {
+            Ok(cmd) => match state::apply(&mut self.state, &cmd) {
+                Ok(events) => json!({ "ok": events }),
+                Err(rej) => json!({ "rejected": rej, "message": rej.to_string() }),
+            },
+            Err(e) => json!({ "rejected": null, "message": format!("undecodable command: {e}") }),
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.state.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = State::restore(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Live (not replicated) figures the leader keeps from replicator heartbeats.
+#[derive(Debug, Default, Clone)]
+struct LiveGroup {
+    rpo_ms: i64,
+    last_captured_seq: u64,
+    durable_seq: u64,
+    bytes_pending: u64,
+    bytes_raw: u64,
+    bytes_shipped: u64,
+    throughput_bps: f64,
+    reported_ms: i64,
+    reporter: String,
+    reporter_role: String,
+    reporter_epoch: u64,
+    reporter_state: String,
+    reason: String,
+    /// Epoch and time at which a replicator last reported itself primary and ready.
+    primary_ready: Option<(u64, String, i64)>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    /// node -> last heartbeat (unix ms, leader clock)
+    node_seen: HashMap<String, i64>,
+    groups: HashMap<String, LiveGroup>,
+    /// When this node last became leader (failure-detector grace).
+    leader_since_ms: Option<i64>,
+    last_rpo_sample_ms: i64,
+    failovers_running: HashMap<String, i64>,
+}
+
+struct Inner {
+    topo: Topology,
+    name: String,
+    raft: RaftHandle<CoordinatorSm>,
+    clock: SystemClock,
+    live: Mutex<Live>,
+    /// raft id -> coordinator node name
+    names: BTreeMap<u64, String>,
+}
+
+/// A handle to the running coordinator, for the admin API implementation.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the coordinator node `name` of `topo` until `shutdown` resolves.
+///
+/// # Errors
+/// The node is not a coordinator, its data dir cannot be made, raft does not start, or its
+/// listen address cannot be served.
+pub async fn run(
+    topo: Topology,
+    name: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let node = topo
+        .node(&name)
+        .filter(|n| n.role == NodeRole::Coordinator)
+        .ok_or_else(|| ServerError::Topology(format!("{name} is not a coordinator")))?
+        .clone();
+    let id = topo
+        .raft_id(&name)
+        .ok_or_else(|| ServerError::Topology(format!("{name} has no raft id")))?;
+    let mut peers = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    for c in topo.coordinators() {
+        peers.insert(c.raft_id, format!("http://{}", c.node.listen));
+        names.insert(c.raft_id, c.node.name.clone());
+    }
+    let data_dir = topo.node_data_dir(&node);
+    std::fs::create_dir_all(&data_dir)?;
+    let mut cfg = RaftNodeConfig::new(id, peers, data_dir.join("raft"));
+    cfg.snapshot_every = 2000;
+    let handle = raft::start(cfg, CoordinatorSm::default()).await?;
+    let inner = Arc::new(Inner {
+        topo: topo.clone(),
+        name: name.clone(),
+        raft: handle.clone(),
+        clock: SystemClock::new(),
+        live: Mutex::new(Live::default()),
+        names,
+    });
+    let coord = Coordinator {
+        inner: inner.clone(),
+    };
+    let addr: SocketAddr = node
+        .listen
+        .parse()
+        .map_err(|e| ServerError::Topology(format!("{}: bad listen address: {e}", node.listen)))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let bg = tokio::spawn(background(coord.clone(), stop_rx.clone()));
+    info!(node = %name, %addr, raft_id = id, "coordinator listening");
+    let api = CoordinatorServer::new(coord.clone());
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft::peer_service(&handle))
+        .add_service(api)
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = bg.await;
+    let _ = handle.shutdown().await;
+    result.map_err(|source| ServerError::Serve {
+        addr: node.listen.clone(),
+        source,
+    })
+}
+
+impl Coordinator {
+    fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn is_leader(&self) -> bool {
+        let st = self.inner.raft.status();
+        st.leader_id == Some(st.id)
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let st = self.inner.raft.status();
+        let leader = st.leader_id?;
+        if leader == st.id {
+            return None;
+        }
+        let name = self.inner.names.get(&leader)?;
+        self.inner
+            .topo
+            .node(name)
+            .map(|n| format!("http://{}", n.listen))
+    }
+
+    async fn leader_client(&self) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
+        let addr = self
+            .leader_addr()
+            .ok_or_else(|| Status::unavailable("no coordinator leader known (no quorum?)"))?;
+        let ep = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(60));
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("leader {addr} unreachable: {e}")))?;
+        Ok(CoordinatorClient::new(ch))
+    }
+
+    /// Proposes a command on this node (which must be the leader); returns the events.
+    async fn propose(&self, mut cmd: Value) -> Result<Value, Status> {
+        if let Some(obj) = cmd.as_object_mut() {
+            obj.insert("at_ms".into(), json!(self.now_ms()));
+        }
+        let parsed: Command = serde_json::from_value(cmd)
+            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
+        let bytes = serde_json::to_vec(&parsed).map_err(|e| Status::internal(e.to_string()))?;
+        let committed = self.inner.raft.propose(bytes).await.map_err(|e| match e {
+            RaftError::NotLeader { .. } => Status::unavailable(format!("not the leader: {e}")),
+            other => Status::unavailable(other.to_string()),
+        })?;
+        let reply: Value = serde_json::from_slice(&committed.reply)
+            .map_err(|e| Status::internal(format!("bad apply reply: {e}")))?;
+        if let Some(events) = reply.get("ok") {
+            Ok(events.clone())
+        } else {
+            let msg = reply
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("refused")
+                .to_owned();
+            Err(Status::failed_precondition(msg))
+        }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let sm = self.inner.raft.state_machine();
+        let guard = lock(&sm);
+        f(&guard.state)
+    }
+
+    fn bootstrap_command(&self) -> Value {
+        let t = &self.inner.topo;
+        let settings = ClusterSettings {
+            lease_ttl_ms: t.cluster.lease_ttl.as_millis(),
+            drift_margin_ms: t.cluster.drift_margin.as_millis(),
+            detect_after_ms: t.cluster.detect_after.as_millis(),
+        };
+        let sites: Vec<SiteSpec> = t
+            .sites
+            .iter()
+            .map(|s| SiteSpec {
+                name: s.name.clone(),
+                witness: s.witness,
+            })
+            .collect();
+        let groups: Vec<GroupSpec> = t
+            .groups
+            .iter()
+            .map(|g| GroupSpec {
+                name: g.name.clone(),
+                primary: g.primary.clone(),
+                replica: g.replica.clone(),
+                mode: match g.mode {
+                    tandem_core::config::Mode::Sync => Mode::Sync,
+                    tandem_core::config::Mode::Async => Mode::Async,
+                },
+                rpo_target_ms: g.rpo_target.as_millis(),
+            })
+            .collect();
+        json!({
+            "op": "bootstrap", "at_ms": 0, "actor": self.inner.name,
+            "settings": settings, "sites": sites, "groups": groups,
+        })
+    }
+
+    fn status_doc(&self, stale: bool) -> ClusterStatus {
+        let rs = self.inner.raft.status();
+        let now = self.now_ms();
+        let live = lock(&self.inner.live);
+        let t = &self.inner.topo;
+        let members = t
+            .coordinators()
+            .iter()
+            .map(|c| MemberStatus {
+                name: c.node.name.clone(),
+                id: c.raft_id,
+                site: c.node.site.clone(),
+                address: c.node.listen.clone(),
+                role: if rs.leader_id == Some(c.raft_id) {
+                    "leader".into()
+                } else if rs.leader_id.is_some() {
+                    "follower".into()
+                } else {
+                    "unknown".into()
+                },
+            })
+            .collect();
+        self.read(|s| {
+            let sites = t
+                .sites
+                .iter()
+                .map(|site| {
+                    let st = s.site(&site.name);
+                    let last = t
+                        .nodes
+                        .iter()
+                        .filter(|n| n.site == site.name && n.role == NodeRole::Replicator)
+                        .filter_map(|n| live.node_seen.get(&n.name).copied())
+                        .max();
+                    StSite {
+                        name: site.name.clone(),
+                        witness: site.witness,
+                        status: match st.map(|x| x.status) {
+                            Some(SiteStatus::Up) => "up".into(),
+                            Some(SiteStatus::Down) => "down".into(),
+                            _ => "unknown".into(),
+                        },
+                        last_heartbeat_ago_ms: last.map(|l| now - l),
+                    }
+                })
+                .collect();
+            let groups = t
+                .groups
+                .iter()
+                .filter_map(|cg| {
+                    let g = s.group(&cg.name)?;
+                    let lg = live.groups.get(&cg.name).cloned().unwrap_or_default();
+                    let fresh = now - lg.reported_ms < 3 * t.cluster.heartbeat_interval.as_millis() as i64 + 1000;
+                    // RPO now: the primary's live figure while it reports; once it is silent
+                    // the data at risk keeps growing with the silence.
+                    let rpo_ms = if lg.reported_ms == 0 {
+                        g.progress.rpo_ms as i64
+                    } else if fresh || lg.rpo_ms == 0 {
+                        lg.rpo_ms
+                    } else {
+                        lg.rpo_ms + (now - lg.reported_ms)
+                    };
+                    let resources = cg
+                        .resources
+                        .iter()
+                        .map(|r| {
+                            let primary_path = t
+                                .resource_path(cg, r, &g.primary_site)
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default();
+                            let replica_path = t
+                                .resource_path(cg, r, &g.replica_site)
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default();
+                            let nbd_url = match r.kind {
+                                ResourceKind::Volume { .. } => t
+                                    .replicators_at(&g.primary_site)
+                                    .iter()
+                                    .find_map(|n| n.nbd_listen.clone())
+                                    .map(|a| format!("nbd://{a}/{}", r.name)),
+                                _ => None,
+                            };
+                            ResourceStatus {
+                                name: r.name.clone(),
+                                kind: r.kind.name().into(),
+                                primary_path,
+                                replica_path,
+                                nbd_url,
+                            }
+                        })
+                        .collect();
+                    Some(GroupStatus {
+                        name: g.name.clone(),
+                        primary: g.primary_site.clone(),
+                        replica: g.replica_site.clone(),
+                        epoch: g.epoch.0,
+                        mode: match g.mode {
+                            Mode::Sync => "sync".into(),
+                            Mode::Async => "async".into(),
+                        },
+                        state: g.state.as_str().into(),
+                        reason: if g.reason.is_empty() { lg.reason.clone() } else { g.reason.clone() },
+                        rpo_ms,
+                        rpo_target_ms: g.rpo_target_ms as i64,
+                        rto_target_ms: cg.rto_target.as_millis() as i64,
+                        paused: g.paused,
+                        last_captured_seq: lg.last_captured_seq.max(g.progress.last_captured_seq.0),
+                        durable_seq: lg.durable_seq.max(g.progress.durable_seq.0),
+                        bytes_pending: lg.bytes_pending,
+                        throughput_bps: if fresh { lg.throughput_bps } else { 0.0 },
+                        bytes_raw: lg.bytes_raw,
+                        bytes_shipped: lg.bytes_shipped,
+                        lease: g.lease.as_ref().map(|l| LeaseStatus {
+                            holder: l.holder.clone(),
+                            epoch: l.epoch.0,
+                            expires_ms: l.expires_ms,
+                            remaining_ms: l.expires_ms - now,
+                            status: match l.status {
+                                StLease::Active => "active".into(),
+                                StLease::Revoked { .. } => "revoked".into(),
+                                StLease::Released { .. } => "released".into(),
+                            },
+                        }),
+                        last_failover_loss_ms: g.last_failover.as_ref().map(|w| w.rpo_ms as i64),
+                        resources,
+                    })
+                })
+                .collect();
+            ClusterStatus {
+                cluster: t.cluster.name.clone(),
+                answered_by: self.inner.name.clone(),
+                leader: rs.leader_id.and_then(|l| self.inner.names.get(&l).cloned()),
+                term: rs.term,
+                commit_index: rs.commit,
+                applied_index: rs.applied,
+                stale,
+                members,
+                sites,
+                groups,
+                audit_len: s.audit().len() as u64,
+                audit_head: s.audit().head_hash().to_owned(),
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorApi for Coordinator {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let mut stale = false;
+        if !self.is_leader() {
+            if let Ok(mut c) = self.leader_client().await {
+                if let Ok(r) = c.status(StatusRequest {}).await {
+                    return Ok(r);
+                }
+            }
+            stale = true;
+        }
+        let doc = self.status_doc(stale);
+        let json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(StatusReply { json }))
+    }
+
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) } as usize;
+        let records = self.read(|s| {
+            s.audit_range(r.from_index, limit)
+                .iter()
+                .filter_map(|rec| serde_json::to_string(rec).ok())
+                .collect()
+        });
+        Ok(Response::new(AuditReply { records }))
+    }
+
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+        if !self.is_leader() {
+            let mut c = self.leader_client().await?;
+            return c.propose(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let cmd: Value = serde_json::from_str(&r.command)
+            .map_err(|e| Status::invalid_argument(format!("command is not JSON: {e}")))?;
+        let events = self.propose(cmd).await?;
+        Ok(Response::new(ProposeReply {
+            index: self.inner.raft.status().commit,
+            events: events.to_string(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        if !self.is_leader() {
+            let mut c = self.leader_client().await?;
+            return c.heartbeat(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let now = self.now_ms();
+        {
+            let mut live = lock(&self.inner.live);
+            live.node_seen.insert(r.node.clone(), now);
+            for p in &r.groups {
+                let e = live.groups.entry(p.group.clone()).or_default();
+                if p.role == "primary" {
+                    e.rpo_ms = if p.oldest_unacked_ms > 0 {
+                        (now - p.oldest_unacked_ms).max(0)
+                    } else {
+                        0
+                    };
+                    e.last_captured_seq = p.last_captured_seq;
+                    e.durable_seq = p.durable_seq;
+                    e.bytes_pending = p.bytes_pending;
+                    e.bytes_raw = p.bytes_raw;
+                    e.bytes_shipped = p.bytes_shipped;
+                    e.throughput_bps = p.throughput_bps;
+                    e.reported_ms = now;
+                    e.reporter = r.node.clone();
+                    e.reporter_role = p.role.clone();
+                    e.reporter_epoch = p.epoch;
+                    e.reporter_state = p.state.clone();
+                    e.reason = p.reason.clone();
+                    if p.state == "ready" {
+                        e.primary_ready = Some((p.epoch, r.node.clone(), now));
+                    }
+                }
+            }
+        }
+        // Commit the progress (for data-loss windows and evidence), then leases.
+        let progress: Vec<Value> = r
+            .groups
+            .iter()
+            .filter(|p| p.role == "primary" || p.role == "replica")
+            .map(|p| {
+                let rpo = if p.oldest_unacked_ms > 0 {
+                    (now - p.oldest_unacked_ms).max(0)
+                } else {
+                    0
+                };
+                json!({
+                    "group": p.group, "role": p.role, "epoch": p.epoch,
+                    "last_captured_seq": p.last_captured_seq, "durable_seq": p.durable_seq,
+                    "rpo_ms": rpo, "bytes_pending": p.bytes_pending,
+                })
+            })
+            .collect();
+        let _ = self
+            .propose(json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress}))
+            .await;
+        let t0 = self.now_ms();
+        for p in r.groups.iter().filter(|p| p.role == "primary") {
+            let (holder, active) = self.read(|s| {
+                s.group(&p.group)
+                    .and_then(|g| g.lease.as_ref())
+                    .map(|l| (l.holder.clone(), matches!(l.status, StLease::Active) && l.expires_ms > t0))
+                    .unwrap_or_default()
+            });
+            let op = if holder == r.node && active {
+                "renew_lease"
+            } else {
+                "acquire_lease"
+            };
+            if let Err(e) = self
+                .propose(json!({"op": op, "group": p.group, "node": r.node, "site": r.site, "epoch": p.epoch}))
+                .await
+            {
+                tracing::debug!(group = %p.group, node = %r.node, "lease {op} refused: {}", e.message());
+            }
+        }
+        let now = self.now_ms();
+        let leases = self.read(|s| {
+            s.groups()
+                .values()
+                .map(|g| {
+                    let mine = g.lease.as_ref().filter(|l| {
+                        l.holder == r.node && matches!(l.status, StLease::Active) && l.expires_ms > now
+                    });
+                    GroupLease {
+                        group: g.name.clone(),
+                        epoch: g.epoch.0,
+                        primary: g.primary_site.clone(),
+                        replica: g.replica_site.clone(),
+                        lease_expires_ms: mine.map(|l| l.expires_ms).unwrap_or(0),
+                        state: g.state.as_str().into(),
+                        paused: g.paused,
+                        lease_remaining_ms: mine.map(|l| l.expires_ms - now).unwrap_or(0),
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(HeartbeatReply {
+            leases,
+            leader: self.inner.name.clone(),
+        }))
+    }
+
+    async fn operate(&self, req: Request<OperateRequest>) -> Result<Response<OperateReply>, Status> {
+        if !self.is_leader() {
+            let mut c = self.leader_client().await?;
+            return c.operate(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let actor = if r.actor.is_empty() { "operator".to_owned() } else { r.actor.clone() };
+        let report = match r.op.as_str() {
+            "failover" => self.failover(&r.group, &actor, &r.reason, None).await?,
+            "switchover" => self.switchover(&r.group, &actor, &r.reason).await?,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown operation {other:?} (failover | switchover)"
+                )))
+            }
+        };
+        Ok(Response::new(OperateReply {
+            json: report.to_string(),
+        }))
+    }
+}
+
+impl Coordinator {
+    /// Unplanned failover of `group` to its replica site: fence, wait out the old lease, promote,
+    /// wait until the new primary replicator reports ready. `detected_ms` is when the outage was
+    /// detected (RTO starts there), or now for an ordered failover.
+    async fn failover(
+        &self,
+        group: &str,
+        actor: &str,
+        reason: &str,
+        detected_ms: Option<i64>,
+    ) -> Result<Value, Status> {
+        let t_start = detected_ms.unwrap_or_else(|| self.now_ms());
+        let (to_site, from_site, loss_rpo) = self
+            .read(|s| s.group(group).map(|g| (g.replica_site.clone(), g.primary_site.clone(), g.progress.rpo_ms)))
+            .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
+        let mut steps = Vec::new();
+        let reason = if reason.is_empty() { "unplanned failover" } else { reason };
+        self.propose(json!({"op": "set_group_state", "group": group, "state": "failing-over", "reason": reason, "actor": actor}))
+            .await?;
+        let t_fence = self.now_ms();
+        self.propose(json!({"op": "fence", "group": group, "actor": actor, "reason": reason}))
+            .await?;
+        steps.push(json!({"step": "fence", "at_ms": t_fence, "ms": self.now_ms() - t_fence}));
+        let t_wait = self.now_ms();
+        let allowed = self.read(|s| s.promotion_allowed_at(group)).unwrap_or(0);
+        let wait = (allowed - self.now_ms()).max(0);
+        if wait > 0 {
+            info!(group, wait_ms = wait, "waiting out the old primary's lease before promoting");
+            tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
+        }
+        steps.push(json!({"step": "lease_wait", "at_ms": t_wait, "ms": self.now_ms() - t_wait}));
+        let t_promote = self.now_ms();
+        let mut tries = 0;
+        let events = loop {
+            match self
+                .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": false}))
+                .await
+            {
+                Ok(ev) => break ev,
+                Err(e) if tries < 20 && e.message().contains("live") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        steps.push(json!({"step": "promote", "at_ms": t_promote, "ms": self.now_ms() - t_promote}));
+        let new_epoch = self.read(|s| s.group(group).map(|g| g.epoch.0)).unwrap_or(0);
+        let t_check = self.now_ms();
+        let ready = self.wait_primary_ready(group, new_epoch, Duration::from_secs(30)).await;
+        steps.push(json!({"step": "check", "at_ms": t_check, "ms": self.now_ms() - t_check, "ok": ready}));
+        let rto_ms = self.now_ms() - t_start;
+        let loss = events
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["event"] == "promoted"))
+            .map(|e| e["loss"].clone())
+            .unwrap_or(Value::Null);
+        let report = json!({
+            "op": "failover", "group": group, "from": from_site, "to": to_site, "epoch": new_epoch,
+            "detected_ms": t_start, "rto_ms": rto_ms, "ready": ready,
+            "detection_to_start_ms": t_fence - t_start,
+            "data_loss_window": loss, "rpo_at_loss_ms": loss_rpo, "steps": steps,
+        });
+        let _ = self
+            .propose(json!({"op": "record", "actor": actor, "kind": "operation", "group": group, "detail": report}))
+            .await
+            .map_err(|e| warn!("could not audit the failover report: {}", e.message()));
+        if !ready {
+            return Err(Status::deadline_exceeded(format!(
+                "group {group} promoted to {to_site} (epoch {new_epoch}) but no replicator there reported ready within 30s"
+            )));
+        }
+        Ok(report)
+    }
+
+    /// Planned switchover: the primary stops intake, drains to RPO 0 and releases its lease;
+    /// then the replica site is promoted with zero data loss.
+    async fn switchover(&self, group: &str, actor: &str, reason: &str) -> Result<Value, Status> {
+        let t_start = self.now_ms();
+        let (to_site, from_site) = self
+            .read(|s| s.group(group).map(|g| (g.replica_site.clone(), g.primary_site.clone())))
+            .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
+        let reason = if reason.is_empty() { "planned switchover" } else { reason };
+        self.propose(json!({"op": "set_group_state", "group": group, "state": "switching-over", "reason": reason, "actor": actor}))
+            .await?;
+        // The primary sees `switching-over` in its next heartbeat reply, stops intake, drains
+        // and releases its lease. Wait for that (or for the lease to run out).
+        let t_drain = self.now_ms();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let released = self.read(|s| {
+                s.group(group)
+                    .and_then(|g| g.lease.as_ref())
+                    .map(|l| matches!(l.status, StLease::Released { .. }))
+                    .unwrap_or(true)
+            });
+            if released {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = self
+                    .propose(json!({"op": "set_group_state", "group": group, "state": "protected", "reason": "switchover aborted: primary did not drain", "actor": actor}))
+                    .await;
+                return Err(Status::deadline_exceeded("the primary did not drain and release its lease within 60s; switchover aborted"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let drain_ms = self.now_ms() - t_drain;
+        let t_promote = self.now_ms();
+        let events = self
+            .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": true}))
+            .await?;
+        let promote_ms = self.now_ms() - t_promote;
+        let new_epoch = self.read(|s| s.group(group).map(|g| g.epoch.0)).unwrap_or(0);
+        let t_check = self.now_ms();
+        let ready = self.wait_primary_ready(group, new_epoch, Duration::from_secs(30)).await;
+        let report = json!({
+            "op": "switchover", "group": group, "from": from_site, "to": to_site, "epoch": new_epoch,
+            "rto_ms": self.now_ms() - t_start, "ready": ready,
+            "steps": [
+                {"step": "drain_and_release", "ms": drain_ms},
+                {"step": "promote", "ms": promote_ms},
+                {"step": "check", "ms": self.now_ms() - t_check, "ok": ready},
+            ],
+            "events": events,
+        });
+        let _ = self
+            .propose(json!({"op": "record", "actor": actor, "kind": "operation", "group": group, "detail": report}))
+            .await;
+        Ok(report)
+    }
+
+    async fn wait_primary_ready(&self, group: &str, epoch: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ok = {
+                let live = lock(&self.inner.live);
+                live.groups
+                    .get(group)
+                    .and_then(|g| g.primary_ready.as_ref())
+                    .is_some_and(|(e, _, _)| *e == epoch)
+            };
+            if ok {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The leader's periodic work: bootstrap, failure detection, RPO samples, automatic failover.
+async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !c.is_leader() {
+            lock(&c.inner.live).leader_since_ms = None;
+            continue;
+        }
+        let now = c.now_ms();
+        let since = {
+            let mut live = lock(&c.inner.live);
+            *live.leader_since_ms.get_or_insert(now)
+        };
+        let bootstrapped = c.read(|s| s.settings().is_some() && c.inner.topo.groups.iter().all(|g| s.group(&g.name).is_some()));
+        if !bootstrapped {
+            if let Err(e) = c.propose(c.bootstrap_command()).await {
+                warn!("bootstrap refused: {}", e.message());
+            }
+            continue;
+        }
+        detect_failures(&c, now, since).await;
+        sample_rpo(&c, now).await;
+    }
+}
+
+async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
+    let t = &c.inner.topo;
+    let detect = t.cluster.detect_after.as_millis() as i64;
+    for site in t.sites.iter().filter(|s| !s.witness) {
+        let reps: Vec<String> = t.replicators_at(&site.name).iter().map(|n| n.name.clone()).collect();
+        if reps.is_empty() {
+            continue;
+        }
+        let last = {
+            let live = lock(&c.inner.live);
+            reps.iter().filter_map(|n| live.node_seen.get(n).copied()).max()
+        };
+        // A new leader gives every site a full detection window before declaring it down.
+        let last = last.unwrap_or(leader_since).max(leader_since);
+        let status = c.read(|s| s.site(&site.name).map(|x| x.status));
+        let silent = now - last > detect;
+        if silent && status != Some(SiteStatus::Down) {
+            warn!(site = %site.name, silent_ms = now - last, "site declared down");
+            let _ = c.propose(json!({"op": "site_down", "site": site.name})).await;
+            start_auto_failovers(c, &site.name, now).await;
+        } else if !silent && status == Some(SiteStatus::Down) {
+            info!(site = %site.name, "site is back up");
+            let _ = c.propose(json!({"op": "site_up", "site": site.name})).await;
+        } else if silent {
+            start_auto_failovers(c, &site.name, now).await;
+        }
+    }
+}
+
+async fn start_auto_failovers(c: &Coordinator, site: &str, detected_ms: i64) {
+    for g in c.inner.topo.groups.iter().filter(|g| g.auto_failover) {
+        let (primary, state, rpo) = match c.read(|s| {
+            s.group(&g.name)
+                .map(|x| (x.primary_site.clone(), x.state, x.progress.rpo_ms))
+        }) {
+            Some(v) => v,
+            None => continue,
+        };
+        if primary != site || !matches!(state, GroupState::Protected | GroupState::Degraded) {
+            continue;
+        }
+        if let Some(max) = g.max_data_loss {
+            if rpo > max.as_millis() {
+                warn!(group = %g.name, rpo_ms = rpo, "automatic failover would lose more than max_data_loss: waiting for an operator");
+                continue;
+            }
+        }
+        {
+            let mut live = lock(&c.inner.live);
+            if live.failovers_running.contains_key(&g.name) {
+                continue;
+            }
+            live.failovers_running.insert(g.name.clone(), detected_ms);
+        }
+        let c2 = c.clone();
+        let name = g.name.clone();
+        let detect = c.inner.topo.cluster.detect_after.as_millis() as i64;
+        tokio::spawn(async move {
+            info!(group = %name, "automatic failover started");
+            // RTO counts from the moment the outage began to be detected.
+            let began = detected_ms - detect;
+            match c2.failover(&name, COORDINATOR_ACTOR, "automatic failover: primary site down", Some(began)).await {
+                Ok(r) => info!(group = %name, rto_ms = %r["rto_ms"], "automatic failover done"),
+                Err(e) => warn!(group = %name, "automatic failover failed: {}", e.message()),
+            }
+            lock(&c2.inner.live).failovers_running.remove(&name);
+        });
+    }
+}
+
+async fn sample_rpo(c: &Coordinator, now: i64) {
+    let interval = c.inner.topo.cluster.rpo_sample_interval.as_millis() as i64;
+    let due = {
+        let mut live = lock(&c.inner.live);
+        if now - live.last_rpo_sample_ms >= interval {
+            live.last_rpo_sample_ms = now;
+            true
+        } else {
+            false
+        }
+    };
+    if !due {
+        return;
+    }
+    let doc = c.status_doc(false);
+    for g in doc.groups {
+        let _ = c
+            .propose(json!({"op": "rpo_sample", "group": g.name, "rpo_ms": g.rpo_ms.max(0)}))
+            .await;
+    }
+}
