@@ -37,6 +37,16 @@ enum Command {
     /// Check and inspect topology config files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
+    /// Pause replication of a group (recorded in the audit chain).
+    Pause(cmd::ops::GroupArgs),
+    /// Resume replication of a paused group.
+    Resume(cmd::ops::GroupArgs),
+    /// Unplanned failover: fence the primary, wait out its lease, promote the replica site.
+    Failover(cmd::ops::GroupArgs),
+    /// Planned switchover: drain to RPO 0, release the lease, swap roles with zero data loss.
+    Switchover(cmd::ops::GroupArgs),
+    /// Print the audit chain.
+    Audit(cmd::ops::AuditArgs),
     /// Run the whole product on this machine: three coordinators, two sites, a live
     /// workload, a failover, printed RPO/RTO and an evidence folder.
     Demo(cmd::demo::Args),
@@ -52,6 +62,11 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Config(c) => cmd::config::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Pause(a) => cmd::ops::pause(a),
+        Command::Resume(a) => cmd::ops::resume(a),
+        Command::Failover(a) => cmd::ops::operate("failover", a),
+        Command::Switchover(a) => cmd::ops::operate("switchover", a),
+        Command::Audit(a) => cmd::ops::audit(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

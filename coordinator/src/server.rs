@@ -5,8 +5,8 @@
 
 use crate::raft::{self, RaftError, RaftHandle, RaftNodeConfig, StateMachine};
 use crate::state::{
-    self, ClusterSettings, Command, GroupSpec, GroupState, LeaseStatus as StLease, Mode,
-    SiteSpec, SiteStatus, State, COORDINATOR_ACTOR,
+    self, ClusterSettings, Command, GroupSpec, GroupState, LeaseStatus as StLease, Mode, SiteSpec,
+    SiteStatus, State, COORDINATOR_ACTOR,
 };
 use crate::status::{
     ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus, SiteStatus as StSite,
@@ -350,7 +350,8 @@ impl Coordinator {
                 .filter_map(|cg| {
                     let g = s.group(&cg.name)?;
                     let lg = live.groups.get(&cg.name).cloned().unwrap_or_default();
-                    let fresh = now - lg.reported_ms < 3 * t.cluster.heartbeat_interval.as_millis() as i64 + 1000;
+                    let fresh = now - lg.reported_ms
+                        < 3 * t.cluster.heartbeat_interval.as_millis() as i64 + 1000;
                     // RPO now: the primary's live figure while it reports; once it is silent
                     // the data at risk keeps growing with the silence.
                     let rpo_ms = if lg.reported_ms == 0 {
@@ -399,7 +400,11 @@ impl Coordinator {
                             Mode::Async => "async".into(),
                         },
                         state: g.state.as_str().into(),
-                        reason: if g.reason.is_empty() { lg.reason.clone() } else { g.reason.clone() },
+                        reason: if g.reason.is_empty() {
+                            lg.reason.clone()
+                        } else {
+                            g.reason.clone()
+                        },
                         rpo_ms,
                         rpo_target_ms: g.rpo_target_ms as i64,
                         rto_target_ms: cg.rto_target.as_millis() as i64,
@@ -463,7 +468,11 @@ impl CoordinatorApi for Coordinator {
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
         let r = req.into_inner();
-        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) } as usize;
+        let limit = if r.limit == 0 {
+            1000
+        } else {
+            r.limit.min(10_000)
+        } as usize;
         let records = self.read(|s| {
             s.audit_range(r.from_index, limit)
                 .iter()
@@ -473,7 +482,10 @@ impl CoordinatorApi for Coordinator {
         Ok(Response::new(AuditReply { records }))
     }
 
-    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
         if !self.is_leader() {
             let mut c = self.leader_client().await?;
             return c.propose(req.into_inner()).await;
@@ -546,14 +558,21 @@ impl CoordinatorApi for Coordinator {
             })
             .collect();
         let _ = self
-            .propose(json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress}))
+            .propose(
+                json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress}),
+            )
             .await;
         let t0 = self.now_ms();
         for p in r.groups.iter().filter(|p| p.role == "primary") {
             let (holder, active) = self.read(|s| {
                 s.group(&p.group)
                     .and_then(|g| g.lease.as_ref())
-                    .map(|l| (l.holder.clone(), matches!(l.status, StLease::Active) && l.expires_ms > t0))
+                    .map(|l| {
+                        (
+                            l.holder.clone(),
+                            matches!(l.status, StLease::Active) && l.expires_ms > t0,
+                        )
+                    })
                     .unwrap_or_default()
             });
             let op = if holder == r.node && active {
@@ -574,7 +593,9 @@ impl CoordinatorApi for Coordinator {
                 .values()
                 .map(|g| {
                     let mine = g.lease.as_ref().filter(|l| {
-                        l.holder == r.node && matches!(l.status, StLease::Active) && l.expires_ms > now
+                        l.holder == r.node
+                            && matches!(l.status, StLease::Active)
+                            && l.expires_ms > now
                     });
                     GroupLease {
                         group: g.name.clone(),
@@ -595,13 +616,20 @@ impl CoordinatorApi for Coordinator {
         }))
     }
 
-    async fn operate(&self, req: Request<OperateRequest>) -> Result<Response<OperateReply>, Status> {
+    async fn operate(
+        &self,
+        req: Request<OperateRequest>,
+    ) -> Result<Response<OperateReply>, Status> {
         if !self.is_leader() {
             let mut c = self.leader_client().await?;
             return c.operate(req.into_inner()).await;
         }
         let r = req.into_inner();
-        let actor = if r.actor.is_empty() { "operator".to_owned() } else { r.actor.clone() };
+        let actor = if r.actor.is_empty() {
+            "operator".to_owned()
+        } else {
+            r.actor.clone()
+        };
         let report = match r.op.as_str() {
             "failover" => self.failover(&r.group, &actor, &r.reason, None).await?,
             "switchover" => self.switchover(&r.group, &actor, &r.reason).await?,
@@ -630,10 +658,22 @@ impl Coordinator {
     ) -> Result<Value, Status> {
         let t_start = detected_ms.unwrap_or_else(|| self.now_ms());
         let (to_site, from_site, loss_rpo) = self
-            .read(|s| s.group(group).map(|g| (g.replica_site.clone(), g.primary_site.clone(), g.progress.rpo_ms)))
+            .read(|s| {
+                s.group(group).map(|g| {
+                    (
+                        g.replica_site.clone(),
+                        g.primary_site.clone(),
+                        g.progress.rpo_ms,
+                    )
+                })
+            })
             .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
         let mut steps = Vec::new();
-        let reason = if reason.is_empty() { "unplanned failover" } else { reason };
+        let reason = if reason.is_empty() {
+            "unplanned failover"
+        } else {
+            reason
+        };
         self.propose(json!({"op": "set_group_state", "group": group, "state": "failing-over", "reason": reason, "actor": actor}))
             .await?;
         let t_fence = self.now_ms();
@@ -644,7 +684,11 @@ impl Coordinator {
         let allowed = self.read(|s| s.promotion_allowed_at(group)).unwrap_or(0);
         let wait = (allowed - self.now_ms()).max(0);
         if wait > 0 {
-            info!(group, wait_ms = wait, "waiting out the old primary's lease before promoting");
+            info!(
+                group,
+                wait_ms = wait,
+                "waiting out the old primary's lease before promoting"
+            );
             tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
         }
         steps.push(json!({"step": "lease_wait", "at_ms": t_wait, "ms": self.now_ms() - t_wait}));
@@ -664,10 +708,16 @@ impl Coordinator {
             }
         };
         steps.push(json!({"step": "promote", "at_ms": t_promote, "ms": self.now_ms() - t_promote}));
-        let new_epoch = self.read(|s| s.group(group).map(|g| g.epoch.0)).unwrap_or(0);
+        let new_epoch = self
+            .read(|s| s.group(group).map(|g| g.epoch.0))
+            .unwrap_or(0);
         let t_check = self.now_ms();
-        let ready = self.wait_primary_ready(group, new_epoch, Duration::from_secs(30)).await;
-        steps.push(json!({"step": "check", "at_ms": t_check, "ms": self.now_ms() - t_check, "ok": ready}));
+        let ready = self
+            .wait_primary_ready(group, new_epoch, Duration::from_secs(30))
+            .await;
+        steps.push(
+            json!({"step": "check", "at_ms": t_check, "ms": self.now_ms() - t_check, "ok": ready}),
+        );
         let rto_ms = self.now_ms() - t_start;
         let loss = events
             .as_array()
@@ -681,7 +731,7 @@ impl Coordinator {
             "data_loss_window": loss, "rpo_at_loss_ms": loss_rpo, "steps": steps,
         });
         let _ = self
-            .propose(json!({"op": "record", "actor": actor, "kind": "operation", "group": group, "detail": report}))
+            .propose(json!({"op": "record", "actor": actor, "kind": "operator", "group": group, "detail": report}))
             .await
             .map_err(|e| warn!("could not audit the failover report: {}", e.message()));
         if !ready {
@@ -697,9 +747,16 @@ impl Coordinator {
     async fn switchover(&self, group: &str, actor: &str, reason: &str) -> Result<Value, Status> {
         let t_start = self.now_ms();
         let (to_site, from_site) = self
-            .read(|s| s.group(group).map(|g| (g.replica_site.clone(), g.primary_site.clone())))
+            .read(|s| {
+                s.group(group)
+                    .map(|g| (g.replica_site.clone(), g.primary_site.clone()))
+            })
             .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
-        let reason = if reason.is_empty() { "planned switchover" } else { reason };
+        let reason = if reason.is_empty() {
+            "planned switchover"
+        } else {
+            reason
+        };
         self.propose(json!({"op": "set_group_state", "group": group, "state": "switching-over", "reason": reason, "actor": actor}))
             .await?;
         // The primary sees `switching-over` in its next heartbeat reply, stops intake, drains
@@ -730,9 +787,13 @@ impl Coordinator {
             .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": true}))
             .await?;
         let promote_ms = self.now_ms() - t_promote;
-        let new_epoch = self.read(|s| s.group(group).map(|g| g.epoch.0)).unwrap_or(0);
+        let new_epoch = self
+            .read(|s| s.group(group).map(|g| g.epoch.0))
+            .unwrap_or(0);
         let t_check = self.now_ms();
-        let ready = self.wait_primary_ready(group, new_epoch, Duration::from_secs(30)).await;
+        let ready = self
+            .wait_primary_ready(group, new_epoch, Duration::from_secs(30))
+            .await;
         let report = json!({
             "op": "switchover", "group": group, "from": from_site, "to": to_site, "epoch": new_epoch,
             "rto_ms": self.now_ms() - t_start, "ready": ready,
@@ -744,7 +805,7 @@ impl Coordinator {
             "events": events,
         });
         let _ = self
-            .propose(json!({"op": "record", "actor": actor, "kind": "operation", "group": group, "detail": report}))
+            .propose(json!({"op": "record", "actor": actor, "kind": "operator", "group": group, "detail": report}))
             .await;
         Ok(report)
     }
@@ -787,7 +848,14 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
             let mut live = lock(&c.inner.live);
             *live.leader_since_ms.get_or_insert(now)
         };
-        let bootstrapped = c.read(|s| s.settings().is_some() && c.inner.topo.groups.iter().all(|g| s.group(&g.name).is_some()));
+        let bootstrapped = c.read(|s| {
+            s.settings().is_some()
+                && c.inner
+                    .topo
+                    .groups
+                    .iter()
+                    .all(|g| s.group(&g.name).is_some())
+        });
         if !bootstrapped {
             if let Err(e) = c.propose(c.bootstrap_command()).await {
                 warn!("bootstrap refused: {}", e.message());
@@ -803,13 +871,19 @@ async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
     let t = &c.inner.topo;
     let detect = t.cluster.detect_after.as_millis() as i64;
     for site in t.sites.iter().filter(|s| !s.witness) {
-        let reps: Vec<String> = t.replicators_at(&site.name).iter().map(|n| n.name.clone()).collect();
+        let reps: Vec<String> = t
+            .replicators_at(&site.name)
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
         if reps.is_empty() {
             continue;
         }
         let last = {
             let live = lock(&c.inner.live);
-            reps.iter().filter_map(|n| live.node_seen.get(n).copied()).max()
+            reps.iter()
+                .filter_map(|n| live.node_seen.get(n).copied())
+                .max()
         };
         // A new leader gives every site a full detection window before declaring it down.
         let last = last.unwrap_or(leader_since).max(leader_since);
@@ -817,7 +891,9 @@ async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
         let silent = now - last > detect;
         if silent && status != Some(SiteStatus::Down) {
             warn!(site = %site.name, silent_ms = now - last, "site declared down");
-            let _ = c.propose(json!({"op": "site_down", "site": site.name})).await;
+            let _ = c
+                .propose(json!({"op": "site_down", "site": site.name}))
+                .await;
             start_auto_failovers(c, &site.name, now).await;
         } else if !silent && status == Some(SiteStatus::Down) {
             info!(site = %site.name, "site is back up");
@@ -860,7 +936,15 @@ async fn start_auto_failovers(c: &Coordinator, site: &str, detected_ms: i64) {
             info!(group = %name, "automatic failover started");
             // RTO counts from the moment the outage began to be detected.
             let began = detected_ms - detect;
-            match c2.failover(&name, COORDINATOR_ACTOR, "automatic failover: primary site down", Some(began)).await {
+            match c2
+                .failover(
+                    &name,
+                    COORDINATOR_ACTOR,
+                    "automatic failover: primary site down",
+                    Some(began),
+                )
+                .await
+            {
                 Ok(r) => info!(group = %name, rto_ms = %r["rto_ms"], "automatic failover done"),
                 Err(e) => warn!(group = %name, "automatic failover failed: {}", e.message()),
             }

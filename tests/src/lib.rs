@@ -1,1 +1,279 @@
-//! Helpers for end-to-end tests.
+//! Helpers for end-to-end tests: locate the `tandem` binary, write topologies on free loopback
+//! ports, start and signal real node processes, and ask the real CLI for status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `tandem` binary built next to the test executable (`cargo build --bins`).
+pub fn tandem_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/test-xxxx -> target/debug/tandem
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("tandem");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bins` before the tests (README: Run the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A topology written to a temp folder with fresh ports.
+pub struct Topo {
+    /// The folder (config, data, logs, pid files).
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// Coordinator names, in raft-id order.
+    pub coordinators: Vec<String>,
+    /// node name -> gRPC address.
+    pub addrs: Vec<(String, String)>,
+    /// node name -> NBD address (replicators).
+    pub nbd: Vec<(String, String)>,
+}
+
+/// Options for [`Topo::new`].
+pub struct TopoOpts {
+    /// Coordinators per site, in order hanoi, hcm, danang (witness).
+    pub coords: [usize; 3],
+    /// Mode of the volume group.
+    pub mode: &'static str,
+    /// Volume size in MiB.
+    pub volume_mib: u64,
+    /// Automatic failover of the volume group.
+    pub auto_failover: bool,
+    /// Lease TTL.
+    pub lease_ttl: &'static str,
+}
+
+impl Default for TopoOpts {
+    fn default() -> Self {
+        TopoOpts {
+            coords: [1, 1, 1],
+            mode: "sync",
+            volume_mib: 16,
+            auto_failover: false,
+            lease_ttl: "2s",
+        }
+    }
+}
+
+impl Topo {
+    /// Writes a two-site topology (hanoi primary, hcm replica, danang witness) with one volume
+    /// group `vol` (resource `disk0`).
+    pub fn new(o: TopoOpts) -> Topo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "[cluster]\nname = \"test\"\nlease_ttl = \"{}\"\ndrift_margin = \"300ms\"\nheartbeat_interval = \"200ms\"\ndetect_after = \"1500ms\"\nrpo_sample_interval = \"2s\"\n",
+            o.lease_ttl
+        );
+        for (s, w) in [("hanoi", false), ("hcm", false), ("danang", true)] {
+            let _ = writeln!(t, "[[sites]]\nname = \"{s}\"\nwitness = {w}\n");
+        }
+        let mut coordinators = Vec::new();
+        let mut addrs = Vec::new();
+        let mut nbd = Vec::new();
+        for (i, site) in ["hanoi", "hcm", "danang"].iter().enumerate() {
+            for k in 0..o.coords[i] {
+                let name = format!("{site}-coord{}", k + 1);
+                let addr = format!("127.0.0.1:{}", free_port());
+                let _ = writeln!(
+                    t,
+                    "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"coordinator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\n"
+                );
+                coordinators.push(name.clone());
+                addrs.push((name, addr));
+            }
+        }
+        for site in ["hanoi", "hcm"] {
+            let name = format!("{site}-rep");
+            let addr = format!("127.0.0.1:{}", free_port());
+            let nbd_addr = format!("127.0.0.1:{}", free_port());
+            let _ = writeln!(
+                t,
+                "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"replicator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\nnbd_listen = \"{nbd_addr}\"\n"
+            );
+            addrs.push((name.clone(), addr));
+            nbd.push((name, nbd_addr));
+        }
+        let _ = writeln!(
+            t,
+            "[[groups]]\nname = \"vol\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"{}\"\nrpo_target = \"{}\"\nrto_target = \"30s\"\nauto_failover = {}\n\n[[groups.resources]]\nname = \"disk0\"\nkind = \"volume\"\nsize = \"{}MiB\"\npath = \"volumes/hanoi/disk0.img\"\nreplica_path = \"volumes/hcm/disk0.img\"\n",
+            o.mode,
+            if o.mode == "sync" { "0s" } else { "2s" },
+            o.auto_failover,
+            o.volume_mib
+        );
+        let config = dir.path().join("topology.toml");
+        std::fs::write(&config, t).expect("write topology");
+        Topo {
+            dir,
+            config,
+            coordinators,
+            addrs,
+            nbd,
+        }
+    }
+
+    /// gRPC address of a node.
+    pub fn addr(&self, node: &str) -> &str {
+        &self.addrs.iter().find(|(n, _)| n == node).expect("node").1
+    }
+
+    /// NBD address of a replicator.
+    pub fn nbd_addr(&self, node: &str) -> &str {
+        &self.nbd.iter().find(|(n, _)| n == node).expect("node").1
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `tandem ARGS` and returns (exit code, stdout, stderr).
+    pub fn tandem(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(tandem_bin())
+            .args(args)
+            .env("TANDEM_LOG", "warn")
+            .output()
+            .expect("run tandem");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `tandem status --json` asked of the given coordinators (or all).
+    pub fn status(&self, ask: &[&str]) -> Result<Value> {
+        let mut args = vec!["status", "--json"];
+        let addrs: Vec<&str> = if ask.is_empty() {
+            self.coordinators.iter().map(|c| self.addr(c)).collect()
+        } else {
+            ask.iter().map(|c| self.addr(c)).collect()
+        };
+        for a in &addrs {
+            args.push("--addr");
+            args.push(a);
+        }
+        let (code, out, err) = self.tandem(&args);
+        if code != 0 {
+            bail!("tandem status failed ({code}): {err}");
+        }
+        serde_json::from_str(&out).context("status JSON")
+    }
+
+    /// Polls `f` on the status until it returns Some or `timeout` passes.
+    pub fn wait_status<T>(
+        &self,
+        ask: &[&str],
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            match self.status(ask) {
+                Ok(st) => {
+                    if let Some(v) = f(&st) {
+                        return v;
+                    }
+                    last = Some(st.to_string());
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; last status: {last:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A node process started by a test; killed (SIGKILL) on drop.
+pub struct NodeProc {
+    /// Node name.
+    pub name: String,
+    /// The child.
+    pub child: Child,
+}
+
+impl NodeProc {
+    /// Starts `tandem node --config CONFIG --name NAME`, logging to DIR/NAME.log.
+    pub fn start(topo: &Topo, name: &str) -> NodeProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(topo.path().join(format!("{name}.log")))
+            .expect("log file");
+        let child = Command::new(tandem_bin())
+            .args(["node", "--config"])
+            .arg(&topo.config)
+            .args(["--name", name])
+            .env("TANDEM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        NodeProc {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (SIGSTOP / SIGCONT) by running `kill`.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints the tail of every node log in the topology folder (for failing tests).
+pub fn dump_logs(topo: &Topo) {
+    if let Ok(rd) = std::fs::read_dir(topo.path()) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) == Some("log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("==== {} ====", p.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}

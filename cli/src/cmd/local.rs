@@ -48,7 +48,11 @@ pub fn run(cmd: LocalCmd) -> Result<()> {
             for s in &started {
                 println!("{} pid {}", s.name, s.pid);
             }
-            println!("all {} nodes answer; logs in {}", started.len(), a.dir.display());
+            println!(
+                "all {} nodes answer; logs in {}",
+                started.len(),
+                a.dir.display()
+            );
             Ok(())
         }
         LocalCmd::Down(a) => {
@@ -63,8 +67,8 @@ pub fn run(cmd: LocalCmd) -> Result<()> {
 /// coordinators have elected a leader.
 pub fn up(config: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Started>> {
     let topo = Topology::load(config).map_err(|e| bad_input(e.to_string()))?;
-    let config = std::fs::canonicalize(config)
-        .with_context(|| format!("resolving {}", config.display()))?;
+    let config =
+        std::fs::canonicalize(config).with_context(|| format!("resolving {}", config.display()))?;
     let mut started = Vec::new();
     for node in &topo.nodes {
         if let Ok(pid) = proc::read_pid(dir, &node.name) {

@@ -4,4 +4,5 @@ pub mod config;
 pub mod demo;
 pub mod local;
 pub mod node;
+pub mod ops;
 pub mod status;

@@ -149,7 +149,11 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         st.term,
         st.commit_index,
         st.answered_by,
-        if st.stale { ", STALE: leader unreachable" } else { "" }
+        if st.stale {
+            ", STALE: leader unreachable"
+        } else {
+            ""
+        }
     );
     let members: Vec<String> = st
         .members
@@ -173,7 +177,16 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
     let _ = writeln!(
         o,
         "\n{:<10} {:<8} {:<8} {:>5} {:<6} {:<13} {:>9} {:>8} {:>12} {:>12}  lease",
-        "GROUP", "PRIMARY", "REPLICA", "EPOCH", "MODE", "STATE", "RPO", "TARGET", "PENDING", "THROUGHPUT"
+        "GROUP",
+        "PRIMARY",
+        "REPLICA",
+        "EPOCH",
+        "MODE",
+        "STATE",
+        "RPO",
+        "TARGET",
+        "PENDING",
+        "THROUGHPUT"
     );
     for g in &st.groups {
         let over = g.rpo_ms > g.rpo_target_ms;
