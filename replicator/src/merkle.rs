@@ -214,7 +214,7 @@ impl MerkleTree {
         length: u64,
         bytes: &[u8],
     ) -> Result<MerkleTree, MerkleError> {
-        if bytes.len() % HASH_LEN != 0 {
+        if !bytes.len().is_multiple_of(HASH_LEN) {
             return Err(MerkleError::LeavesNotMultiple { len: bytes.len() });
         }
         let count = bytes.len() / HASH_LEN;

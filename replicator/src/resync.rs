@@ -269,10 +269,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ResyncError::Task(e.to_string()))
 }
 
-fn io<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ResyncError + 'a {
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ResyncError + 'a {
     move |source| ResyncError::Io {
         op,
         path: path.to_path_buf(),
@@ -610,10 +607,9 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, vec![7u8; 10_000]).unwrap();
         let path = p.clone();
-        let server = BlockServer::new(move |g: &str, r: &str| {
-            (g == "g" && r == "r").then(|| path.clone())
-        })
-        .with_max_blocks_per_request(4);
+        let server =
+            BlockServer::new(move |g: &str, r: &str| (g == "g" && r == "r").then(|| path.clone()))
+                .with_max_blocks_per_request(4);
         let req = |blocks: Vec<u64>, block_size| ReadBlocksRequest {
             group: "g".into(),
             resource: "r".into(),

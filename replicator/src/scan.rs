@@ -59,10 +59,7 @@ impl ScanError {
     }
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ScanError + 'a {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ScanError + 'a {
     move |source| ScanError::Io {
         op,
         path: path.to_path_buf(),
@@ -458,7 +455,10 @@ mod tests {
         assert_eq!(replica, data);
         assert_eq!(pass.blocks_changed, 41);
         assert_eq!(pass.bytes_changed, data.len() as u64);
-        assert!(batches >= 5, "batches bounded by batch_bytes, got {batches}");
+        assert!(
+            batches >= 5,
+            "batches bounded by batch_bytes, got {batches}"
+        );
         assert_eq!(
             *progress.borrow(),
             ScanProgress {
@@ -479,7 +479,9 @@ mod tests {
         assert_eq!(pass.blocks_changed, 3);
         let offsets: Vec<(u64, usize)> = changes.iter().map(|c| (c.offset, c.data.len())).collect();
         assert_eq!(offsets, vec![(3 * 4096, 2 * 4096), (40 * 4096, 100)]);
-        assert!(changes.iter().all(|c| c.resource == "vol" && c.captured_ms == 1_000));
+        assert!(changes
+            .iter()
+            .all(|c| c.resource == "vol" && c.captured_ms == 1_000));
         apply(&mut replica, &changes);
         assert_eq!(replica, data);
         assert_eq!(pass.root, MerkleTree::from_bytes(bs, &data).unwrap().root());
@@ -562,7 +564,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(first.iter().map(|c| c.data.len()).sum::<usize>(), data.len());
+        assert_eq!(
+            first.iter().map(|c| c.data.len()).sum::<usize>(),
+            data.len()
+        );
         stop_tx.send(true).unwrap();
         let s = tokio::time::timeout(Duration::from_secs(10), handle)
             .await
