@@ -303,19 +303,30 @@ pub async fn resync(
         .clone()
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Hash the local target while the source hashes its copy.
+    let path = target.to_path_buf();
+    let local_task = tokio::task::spawn_blocking(move || -> Result<MerkleTree, ResyncError> {
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(MerkleTree::empty(block_size)?)
+            }
+            _ => Ok(scan::hash_file(&path, block_size)?),
+        }
+    });
     let (source, mut wire) = fetch_tree(&mut client, group, resource, block_size).await?;
+    let local = local_task
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))??;
 
     let path = target.to_path_buf();
-    let (file, local) = blocking(move || -> Result<(File, MerkleTree), ResyncError> {
-        let file = OpenOptions::new()
+    let file = blocking(move || {
+        OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(io("open", &path))?;
-        let tree = scan::hash_file(&path, block_size)?;
-        Ok((file, tree))
+            .map_err(io("open", &path))
     })
     .await??;
     let file = Arc::new(file);
@@ -338,7 +349,9 @@ pub async fn resync(
         .iter()
         .flat_map(|r| r.start..r.end.min(total))
         .collect();
-    let source = Arc::new(source);
+    // One batch is written on the blocking pool while the next is in flight: memory is bounded
+    // by two batches.
+    let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
     for batch in wanted.chunks(per_request) {
         let req = ReadBlocksRequest {
             group: group.to_string(),
@@ -354,15 +367,22 @@ pub async fn resync(
             .into_inner();
         wire += reply.encoded_len() as u64;
         check_blocks(batch, &reply, &source)?;
+        if let Some(previous) = writing.take() {
+            previous
+                .await
+                .map_err(|e| ResyncError::Task(e.to_string()))??;
+        }
         let (f, path) = (file.clone(), target.to_path_buf());
-        blocking(move || -> Result<(), ResyncError> {
+        writing = Some(tokio::task::spawn_blocking(move || {
             for b in &reply.blocks {
                 f.write_all_at(&b.data, b.index * bs)
                     .map_err(io("write", &path))?;
             }
             Ok(())
-        })
-        .await??;
+        }));
+    }
+    if let Some(last) = writing {
+        last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
     }
 
     let path = target.to_path_buf();
