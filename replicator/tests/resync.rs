@@ -295,5 +295,8 @@ async fn resync_of_an_unknown_resource_is_not_found_and_not_retryable() {
         other => panic!("expected an Rpc error, got {other}"),
     }
     assert!(!err.is_retryable());
-    assert!(!dir.path().join("t").exists(), "target created for a refused resync");
+    assert!(
+        !dir.path().join("t").exists(),
+        "target created for a refused resync"
+    );
 }
