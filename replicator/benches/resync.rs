@@ -1,0 +1,319 @@
+//! Resync benchmark: 1 GiB mixed file, 1% of 64 KiB blocks changed, over loopback gRPC.
+//!
+//! Measures (criterion, small samples): `hash_file` speed on 1 GiB, resync time without and
+//! with gRPC zstd, and prints the bytes that crossed the TCP connection (counted by a proxy)
+//! next to `rsync --inplace --no-whole-file --stats` on the same files when rsync is installed.
+//! Files go to `TANDEM_BENCH_DIR` (default: the system temp dir); size with
+//! `TANDEM_BENCH_MIB` (default 1024).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_core::mixed::{mixed, XorShift};
+use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::replication_server::{Replication, ReplicationServer};
+use tandem_core::proto::{
+    MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ShipRequest, ShipResponse,
+};
+use tandem_replicator::resync::{self, BlockServer, ResyncOptions};
+use tandem_replicator::scan;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+const BS: u32 = 64 << 10;
+
+type Resolver = Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
+
+struct BenchReplication {
+    blocks: BlockServer<Resolver>,
+}
+
+#[tonic::async_trait]
+impl Replication for BenchReplication {
+    type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
+
+    async fn ship(
+        &self,
+        _request: Request<Streaming<ShipRequest>>,
+    ) -> Result<Response<Self::ShipStream>, Status> {
+        Err(Status::unimplemented("ship is not served by this bench"))
+    }
+
+    async fn merkle(
+        &self,
+        request: Request<MerkleRequest>,
+    ) -> Result<Response<MerkleReply>, Status> {
+        self.blocks
+            .merkle(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn read_blocks(
+        &self,
+        request: Request<ReadBlocksRequest>,
+    ) -> Result<Response<ReadBlocksReply>, Status> {
+        self.blocks
+            .read_blocks(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Bytes that crossed the proxy, both directions.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Arc<Counter>,
+) {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                counter.0.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A counting TCP proxy in front of `target`; returns its address.
+async fn proxy(target: SocketAddr, counter: Arc<Counter>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            client.set_nodelay(true).unwrap();
+            server.set_nodelay(true).unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, counter.clone()));
+            tokio::spawn(pump(sr, cw, counter.clone()));
+        }
+    });
+    addr
+}
+
+async fn serve(
+    path: &Path,
+    zstd: bool,
+    counter: Arc<Counter>,
+) -> ReplicationClient<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    let resolver: Resolver =
+        Box::new(move |g: &str, r: &str| (g == "g" && r == "vol").then(|| path.clone()));
+    let mut svc = ReplicationServer::new(BenchReplication {
+        blocks: BlockServer::new(resolver),
+    })
+    .max_encoding_message_size(resync::MAX_MESSAGE_BYTES);
+    if zstd {
+        svc = svc.send_compressed(CompressionEncoding::Zstd);
+    }
+    let incoming = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap()
+        .with_nodelay(Some(true));
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(32 << 20)
+            .add_service(svc)
+            .serve_with_incoming(incoming),
+    );
+    let via = proxy(addr, counter).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{via}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20)
+        .connect()
+        .await
+        .unwrap();
+    let client = ReplicationClient::new(channel);
+    if zstd {
+        client.accept_compressed(CompressionEncoding::Zstd)
+    } else {
+        client
+    }
+}
+
+struct Files {
+    _dir: tempfile::TempDir,
+    source: PathBuf,
+    target: PathBuf,
+    len: u64,
+    /// Changed blocks and their target contents, to reset the target before each run.
+    changed: Vec<(u64, Vec<u8>)>,
+}
+
+impl Files {
+    fn make() -> Files {
+        let mib: u64 = std::env::var("TANDEM_BENCH_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let dir = match std::env::var("TANDEM_BENCH_DIR") {
+            Ok(d) => tempfile::tempdir_in(d).unwrap(),
+            Err(_) => tempfile::tempdir().unwrap(),
+        };
+        let len = mib << 20;
+        let source = dir.path().join("source.img");
+        let target = dir.path().join("target.img");
+        let f = std::fs::File::create(&source).unwrap();
+        let chunk = 64u64 << 20;
+        let mut off = 0;
+        while off < len {
+            let n = chunk.min(len - off);
+            f.write_all_at(&mixed(off, n as usize), off).unwrap();
+            off += n;
+        }
+        f.sync_all().unwrap();
+        std::fs::copy(&source, &target).unwrap();
+        let blocks = len / u64::from(BS);
+        let mut rng = XorShift::new(42);
+        let mut set = BTreeSet::new();
+        while (set.len() as u64) < blocks / 100 {
+            set.insert(rng.below(blocks));
+        }
+        let changed = set
+            .into_iter()
+            .map(|i| (i, mixed(1_000_000 + i, BS as usize)))
+            .collect();
+        let files = Files {
+            _dir: dir,
+            source,
+            target,
+            len,
+            changed,
+        };
+        files.reset_target();
+        files
+    }
+
+    fn reset_target(&self) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.target)
+            .unwrap();
+        for (i, data) in &self.changed {
+            f.write_all_at(data, i * u64::from(BS)).unwrap();
+        }
+        f.sync_data().unwrap();
+    }
+}
+
+fn rsync_run(files: &Files) -> Option<(Duration, u64)> {
+    files.reset_target();
+    let started = Instant::now();
+    let out = Command::new("rsync")
+        .args(["--inplace", "--no-whole-file", "--stats"])
+        .arg(&files.source)
+        .arg(&files.target)
+        .output()
+        .ok()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sent = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Total bytes sent: "))
+        .map(|v| v.replace(',', ""))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some((took, sent))
+}
+
+fn bench(c: &mut Criterion) {
+    let files = Files::make();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut g = c.benchmark_group("resync_1pct");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Bytes(files.len));
+    g.bench_function("hash_file", |b| {
+        b.iter(|| scan::hash_file(&files.source, BS).unwrap())
+    });
+
+    for zstd in [false, true] {
+        let counter = Arc::new(Counter::default());
+        let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
+        let name = if zstd { "resync_zstd" } else { "resync" };
+        let mut last = None;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    files.reset_target();
+                    let before = counter.0.load(Ordering::Relaxed);
+                    let started = Instant::now();
+                    let report = rt
+                        .block_on(resync::resync(
+                            &mut client,
+                            "g",
+                            "vol",
+                            &files.target,
+                            BS,
+                            ResyncOptions::default(),
+                        ))
+                        .unwrap();
+                    total += started.elapsed();
+                    let tcp = counter.0.load(Ordering::Relaxed) - before;
+                    last = Some((report, tcp));
+                }
+                total
+            })
+        });
+        if let Some((report, tcp)) = last {
+            println!(
+                "{name}: {} of {} blocks differ; protobuf bytes {} ; TCP bytes both ways {} ; last run {:?}",
+                report.blocks_differing,
+                report.blocks_total,
+                report.bytes_sent_over_wire,
+                tcp,
+                report.duration
+            );
+        }
+    }
+    g.finish();
+
+    let mut runs: Vec<(Duration, u64)> = (0..5).filter_map(|_| rsync_run(&files)).collect();
+    if runs.is_empty() {
+        println!("rsync: not installed or failed; no comparison");
+    } else {
+        runs.sort();
+        let (median, sent) = runs[runs.len() / 2];
+        println!(
+            "rsync --inplace --no-whole-file: median {median:?} of {} runs (min {:?}, max {:?}); Total bytes sent {sent}",
+            runs.len(),
+            runs[0].0,
+            runs[runs.len() - 1].0
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,673 @@
+//! Resync and verify of a resource between replicators: the `Merkle` / `ReadBlocks` client and server.
+//!
+//! Client: [`resync`] fetches the source's leaves, hashes the local target, diffs, pulls only
+//! the differing blocks in bounded batches, writes them, syncs, and re-hashes to prove the roots
+//! are equal. [`verify`] compares two trees and names the differing byte ranges.
+//!
+//! Server: [`BlockServer`] answers `Merkle` and `ReadBlocks` for resources a resolver maps to
+//! files; the replication service delegates those two RPCs to it.
+//!
+//! Compression: the protocol carries raw block bytes. gRPC message compression (zstd) is a
+//! transport choice: the server enables it with `ReplicationServer::send_compressed(Zstd)`,
+//! the client with `ReplicationClient::accept_compressed(Zstd)`; this module works either way.
+
+use crate::merkle::{self, Hash, MerkleError, MerkleTree, MAX_BLOCK_SIZE, MAX_WIRE_LEAVES};
+use crate::scan::{self, ScanError};
+use prost::Message as _;
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::{Block, MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest};
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// Default blocks per `ReadBlocks` request: 64 (4 MiB at 64 KiB blocks).
+pub const DEFAULT_BATCH_BLOCKS: usize = 64;
+
+/// Most block bytes one `ReadBlocks` reply may carry: 16 MiB.
+pub const MAX_REPLY_BYTES: u64 = 16 << 20;
+
+/// Most blocks one `ReadBlocks` request may name (server limit).
+pub const MAX_BLOCKS_PER_REQUEST: usize = 1024;
+
+/// Largest message the resync client accepts: the largest leaves field plus slack.
+pub const MAX_MESSAGE_BYTES: usize = MAX_WIRE_LEAVES * merkle::HASH_LEN + (1 << 20);
+
+/// Errors from resync and verify.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// An RPC failed (could not reach the source, or it said no).
+    #[error("{rpc} for {group}/{resource}: {status}")]
+    Rpc {
+        /// `Merkle` or `ReadBlocks`.
+        rpc: &'static str,
+        /// The group.
+        group: String,
+        /// The resource.
+        resource: String,
+        /// The gRPC status.
+        status: Status,
+    },
+    /// The source's reply broke the protocol (wrong block, bad hash, wrong size).
+    #[error("bad {rpc} reply from source: {reason}")]
+    BadReply {
+        /// Which RPC.
+        rpc: &'static str,
+        /// What was wrong, with the block index where one applies.
+        reason: String,
+    },
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Hashing the local file failed.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// The trees could not be built or compared.
+    #[error("merkle: {0}")]
+    Merkle(#[from] MerkleError),
+    /// After writing every differing block, the target's root still differs from the source's.
+    #[error("target root {target_root} differs from source root {source_root} after resync; differing bytes {ranges}")]
+    RootMismatch {
+        /// Source root, hex.
+        source_root: String,
+        /// Target root, hex.
+        target_root: String,
+        /// The byte ranges still differing.
+        ranges: String,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("resync task failed: {0}")]
+    Task(String),
+}
+
+impl ResyncError {
+    /// Whether running the resync again could succeed (transport failures and local I/O).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ResyncError::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::Unknown
+            ),
+            ResyncError::Io { .. } | ResyncError::RootMismatch { .. } => true,
+            ResyncError::Scan(e) => e.is_retryable(),
+            ResyncError::BadReply { .. } | ResyncError::Merkle(_) | ResyncError::Task(_) => false,
+        }
+    }
+}
+
+/// What a resync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// Blocks in the source.
+    pub blocks_total: u64,
+    /// Blocks that differed and were pulled.
+    pub blocks_differing: u64,
+    /// Byte ranges that differed before the resync (clipped to the longer length).
+    pub differing_bytes: Vec<Range<u64>>,
+    /// Protobuf bytes of every request sent and reply received (leaves included), before gRPC
+    /// compression and without HTTP/2 framing.
+    pub bytes_sent_over_wire: u64,
+    /// Source length; the target now has this length.
+    pub length: u64,
+    /// The common root after the resync.
+    pub root: Hash,
+    /// Wall-clock time of the whole resync, the final re-hash included.
+    pub duration: Duration,
+}
+
+/// Tuning for [`resync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncOptions {
+    /// Blocks per `ReadBlocks` request; lowered so a reply stays under [`MAX_REPLY_BYTES`].
+    pub batch_blocks: usize,
+}
+
+impl Default for ResyncOptions {
+    fn default() -> Self {
+        ResyncOptions {
+            batch_blocks: DEFAULT_BATCH_BLOCKS,
+        }
+    }
+}
+
+/// Hex form of a hash, for reports and errors.
+pub fn hex(hash: &Hash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The result of comparing two trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// True when the roots are equal (same length, same blocks).
+    pub equal: bool,
+    /// Root of side a.
+    pub root_a: Hash,
+    /// Root of side b.
+    pub root_b: Hash,
+    /// Length of side a.
+    pub length_a: u64,
+    /// Length of side b.
+    pub length_b: u64,
+    /// Differing block indexes, coalesced.
+    pub differing_blocks: Vec<Range<u64>>,
+    /// Differing byte ranges, clipped to the longer length.
+    pub differing_bytes: Vec<Range<u64>>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.equal {
+            write!(f, "equal: root {}", hex(&self.root_a))
+        } else {
+            write!(
+                f,
+                "differ: {} blocks, differing bytes {} (lengths {} / {})",
+                merkle::count_blocks(&self.differing_blocks),
+                merkle::describe_byte_ranges(&self.differing_bytes),
+                self.length_a,
+                self.length_b
+            )
+        }
+    }
+}
+
+/// Compares two trees (from both sides of a group, taken at a barrier).
+///
+/// # Errors
+/// [`MerkleError::BlockSizeMismatch`] when the trees use different block sizes.
+pub fn verify(a: &MerkleTree, b: &MerkleTree) -> Result<VerifyReport, MerkleError> {
+    let differing_blocks = merkle::diff(a, b)?;
+    let longer = a.length().max(b.length());
+    let differing_bytes = merkle::byte_ranges(&differing_blocks, a.block_size(), longer);
+    let (root_a, root_b) = (a.root(), b.root());
+    Ok(VerifyReport {
+        equal: root_a == root_b,
+        root_a,
+        root_b,
+        length_a: a.length(),
+        length_b: b.length(),
+        differing_blocks,
+        differing_bytes,
+    })
+}
+
+fn rpc_err(rpc: &'static str, group: &str, resource: &str, status: Status) -> ResyncError {
+    ResyncError::Rpc {
+        rpc,
+        group: group.to_string(),
+        resource: resource.to_string(),
+        status,
+    }
+}
+
+/// Fetches the source's tree with the `Merkle` RPC and checks its root against its leaves.
+///
+/// Returns the tree and the protobuf bytes exchanged.
+///
+/// # Errors
+/// [`ResyncError::Rpc`] when the call fails, [`ResyncError::BadReply`] when the reply's block
+/// size or root does not match its leaves, [`ResyncError::Merkle`] for malformed leaves.
+pub async fn fetch_tree(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    block_size: u32,
+) -> Result<(MerkleTree, u64), ResyncError> {
+    merkle::check_block_size(block_size)?;
+    let req = MerkleRequest {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        block_size,
+    };
+    let req_len = req.encoded_len() as u64;
+    let reply = client
+        .merkle(req)
+        .await
+        .map_err(|s| rpc_err("Merkle", group, resource, s))?
+        .into_inner();
+    let bytes = req_len + reply.encoded_len() as u64;
+    if reply.block_size != block_size {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: format!(
+                "block_size {} but {} was asked",
+                reply.block_size, block_size
+            ),
+        });
+    }
+    let tree = MerkleTree::from_leaves_bytes(reply.block_size, reply.length, &reply.leaves)?;
+    if reply.root.as_slice() != tree.root().as_slice() {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: "root does not match the leaves".to_string(),
+        });
+    }
+    Ok((tree, bytes))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ResyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ResyncError + 'a {
+    move |source| ResyncError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Resyncs the local file `target` to the source's copy of `group`/`resource`.
+///
+/// Only differing blocks move: the source's leaves come with `Merkle`, the target is hashed
+/// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
+/// of [`ResyncOptions::batch_blocks`] (memory bounded by one batch). Each pulled block is
+/// checked against the source's leaf before it is written. The target is created if missing and
+/// set to the source's length; after `fdatasync` it is re-hashed and its root must equal the
+/// source's. The source must not change during the resync (take it at a barrier).
+///
+/// # Errors
+/// [`ResyncError::Rpc`] when a call fails, [`ResyncError::BadReply`] for a block that does not
+/// match the source's leaf, [`ResyncError::Io`] for local file errors,
+/// [`ResyncError::RootMismatch`] when the roots still differ at the end (the source changed).
+pub async fn resync(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    target: &Path,
+    block_size: u32,
+    options: ResyncOptions,
+) -> Result<ResyncReport, ResyncError> {
+    let started = Instant::now();
+    let mut client = client
+        .clone()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Hash the local target while the source hashes its copy.
+    let path = target.to_path_buf();
+    let local_task = tokio::task::spawn_blocking(move || -> Result<MerkleTree, ResyncError> {
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(MerkleTree::empty(block_size)?)
+            }
+            _ => Ok(scan::hash_file(&path, block_size)?),
+        }
+    });
+    let (source, mut wire) = fetch_tree(&mut client, group, resource, block_size).await?;
+    let local = local_task
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))??;
+
+    let path = target.to_path_buf();
+    let file = blocking(move || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))
+    })
+    .await??;
+    let file = Arc::new(file);
+
+    let report = verify(&source, &local)?;
+    let length = source.length();
+    if local.length() != length {
+        let (f, path) = (file.clone(), target.to_path_buf());
+        blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
+    }
+
+    let bs = u64::from(block_size);
+    let per_request = options
+        .batch_blocks
+        .clamp(1, MAX_BLOCKS_PER_REQUEST)
+        .min((MAX_REPLY_BYTES / bs).max(1) as usize);
+    let total = source.block_count();
+    let wanted: Vec<u64> = report
+        .differing_blocks
+        .iter()
+        .flat_map(|r| r.start..r.end.min(total))
+        .collect();
+    // One batch is written on the blocking pool while the next is in flight: memory is bounded
+    // by two batches.
+    let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
+    for batch in wanted.chunks(per_request) {
+        let req = ReadBlocksRequest {
+            group: group.to_string(),
+            resource: resource.to_string(),
+            block_size,
+            blocks: batch.to_vec(),
+        };
+        wire += req.encoded_len() as u64;
+        let reply = client
+            .read_blocks(req)
+            .await
+            .map_err(|s| rpc_err("ReadBlocks", group, resource, s))?
+            .into_inner();
+        wire += reply.encoded_len() as u64;
+        check_blocks(batch, &reply, &source)?;
+        if let Some(previous) = writing.take() {
+            previous
+                .await
+                .map_err(|e| ResyncError::Task(e.to_string()))??;
+        }
+        let (f, path) = (file.clone(), target.to_path_buf());
+        writing = Some(tokio::task::spawn_blocking(move || {
+            for b in &reply.blocks {
+                f.write_all_at(&b.data, b.index * bs)
+                    .map_err(io("write", &path))?;
+            }
+            Ok(())
+        }));
+    }
+    if let Some(last) = writing {
+        last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
+    }
+
+    let path = target.to_path_buf();
+    let after = blocking(move || -> Result<MerkleTree, ResyncError> {
+        file.sync_data().map_err(io("fdatasync", &path))?;
+        Ok(scan::hash_file(&path, block_size)?)
+    })
+    .await??;
+    let check = verify(&source, &after)?;
+    if !check.equal {
+        return Err(ResyncError::RootMismatch {
+            source_root: hex(&check.root_a),
+            target_root: hex(&check.root_b),
+            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
+        });
+    }
+    Ok(ResyncReport {
+        blocks_total: total,
+        blocks_differing: wanted.len() as u64,
+        differing_bytes: report.differing_bytes,
+        bytes_sent_over_wire: wire,
+        length,
+        root: check.root_a,
+        duration: started.elapsed(),
+    })
+}
+
+/// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
+fn check_blocks(
+    asked: &[u64],
+    reply: &ReadBlocksReply,
+    source: &MerkleTree,
+) -> Result<(), ResyncError> {
+    let bad = |reason: String| ResyncError::BadReply {
+        rpc: "ReadBlocks",
+        reason,
+    };
+    if reply.blocks.len() != asked.len() {
+        return Err(bad(format!(
+            "{} blocks for {} asked",
+            reply.blocks.len(),
+            asked.len()
+        )));
+    }
+    for (want, got) in asked.iter().zip(&reply.blocks) {
+        if got.index != *want {
+            return Err(bad(format!("block {} where {} was asked", got.index, want)));
+        }
+        let leaf = source.leaves().get(*want as usize);
+        if leaf != Some(&merkle::leaf_hash(&got.data)) {
+            return Err(bad(format!(
+                "block {} ({} bytes) does not match the source's leaf",
+                got.index,
+                got.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Serves `Merkle` and `ReadBlocks` for resources a resolver maps to local files.
+///
+/// The replication service owns the watermark: `merkle` leaves `MerkleReply::watermark` at 0
+/// for it to fill in. Hashing and reads run on the blocking pool.
+pub struct BlockServer<R> {
+    resolver: Arc<R>,
+    max_blocks_per_request: usize,
+}
+
+impl<R> std::fmt::Debug for BlockServer<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockServer")
+            .field("max_blocks_per_request", &self.max_blocks_per_request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> BlockServer<R>
+where
+    R: Fn(&str, &str) -> Option<PathBuf> + Send + Sync + 'static,
+{
+    /// A server resolving `(group, resource)` to a file with `resolver` (`None` = not served).
+    pub fn new(resolver: R) -> BlockServer<R> {
+        BlockServer {
+            resolver: Arc::new(resolver),
+            max_blocks_per_request: MAX_BLOCKS_PER_REQUEST,
+        }
+    }
+
+    /// Lowers the most blocks one `ReadBlocks` may name (at most [`MAX_BLOCKS_PER_REQUEST`]).
+    pub fn with_max_blocks_per_request(mut self, max: usize) -> BlockServer<R> {
+        self.max_blocks_per_request = max.clamp(1, MAX_BLOCKS_PER_REQUEST);
+        self
+    }
+
+    fn resolve(&self, group: &str, resource: &str, block_size: u32) -> Result<PathBuf, Status> {
+        if block_size == 0 || block_size > MAX_BLOCK_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "block_size {block_size} is out of range 1..={MAX_BLOCK_SIZE}"
+            )));
+        }
+        (self.resolver)(group, resource)
+            .ok_or_else(|| Status::not_found(format!("no resource {group}/{resource} here")))
+    }
+
+    /// Answers `Merkle`: hashes the resource's file and returns its leaves and root.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a bad block size, `not_found` for an unknown resource,
+    /// `resource_exhausted` when the tree has more leaves than the wire allows, `unavailable`
+    /// when the file cannot be read.
+    pub async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status> {
+        let path = self.resolve(&req.group, &req.resource, req.block_size)?;
+        let block_size = req.block_size;
+        let tree = tokio::task::spawn_blocking(move || scan::hash_file(&path, block_size))
+            .await
+            .map_err(|e| Status::internal(format!("hash task failed: {e}")))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if tree.leaves().len() > MAX_WIRE_LEAVES {
+            return Err(Status::resource_exhausted(format!(
+                "{} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks",
+                tree.block_count()
+            )));
+        }
+        Ok(MerkleReply {
+            root: tree.root().to_vec(),
+            length: tree.length(),
+            block_size,
+            leaves: tree.leaves_bytes(),
+            watermark: 0,
+        })
+    }
+
+    /// Answers `ReadBlocks`: the asked blocks in the asked order (the last may be partial).
+    ///
+    /// # Errors
+    /// `invalid_argument` for a bad block size or too many blocks or bytes in one request,
+    /// `not_found` for an unknown resource, `out_of_range` for a block past the end of the file,
+    /// `unavailable` when the file cannot be read.
+    pub async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status> {
+        let path = self.resolve(&req.group, &req.resource, req.block_size)?;
+        let count = req.blocks.len();
+        let bs = u64::from(req.block_size);
+        if count > self.max_blocks_per_request || count as u64 * bs > MAX_REPLY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "{count} blocks of {bs} bytes exceed the limit of {} blocks and {MAX_REPLY_BYTES} bytes per request",
+                self.max_blocks_per_request
+            )));
+        }
+        let blocks = req.blocks;
+        tokio::task::spawn_blocking(move || -> Result<ReadBlocksReply, Status> {
+            let unavailable = |op: &str, e: std::io::Error| {
+                Status::unavailable(format!("{op} {}: {e}", path.display()))
+            };
+            let file = File::open(&path).map_err(|e| unavailable("open", e))?;
+            let length = file.metadata().map_err(|e| unavailable("stat", e))?.len();
+            let mut out = Vec::with_capacity(blocks.len());
+            for index in blocks {
+                let start = index.saturating_mul(bs);
+                if start >= length {
+                    return Err(Status::out_of_range(format!(
+                        "block {index} starts at byte {start}, past the end {length} of {}",
+                        path.display()
+                    )));
+                }
+                let len = bs.min(length - start) as usize;
+                let mut data = vec![0u8; len];
+                file.read_exact_at(&mut data, start)
+                    .map_err(|e| unavailable("read", e))?;
+                out.push(Block { index, data });
+            }
+            Ok(ReadBlocksReply { blocks: out })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn verify_names_the_differing_byte_ranges() {
+        let a = vec![1u8; 5 * 16 + 3];
+        let mut b = a.clone();
+        b[16] = 9;
+        b[2 * 16 + 1] = 9;
+        b[5 * 16] = 9;
+        let ta = MerkleTree::from_bytes(16, &a).unwrap();
+        let tb = MerkleTree::from_bytes(16, &b).unwrap();
+        let r = verify(&ta, &tb).unwrap();
+        assert!(!r.equal);
+        assert_eq!(r.differing_blocks, vec![1..3, 5..6]);
+        assert_eq!(r.differing_bytes, vec![16..48, 80..83]);
+        assert_eq!(
+            r.to_string(),
+            "differ: 3 blocks, differing bytes 0x10..0x30, 0x50..0x53 (lengths 83 / 83)"
+        );
+        let same = verify(&ta, &ta).unwrap();
+        assert!(same.equal && same.differing_blocks.is_empty());
+    }
+
+    #[test]
+    fn verify_of_different_lengths_covers_the_longer_tail() {
+        let a = vec![1u8; 100];
+        let ta = MerkleTree::from_bytes(16, &a).unwrap();
+        let tb = MerkleTree::from_bytes(16, &a[..40]).unwrap();
+        let r = verify(&ta, &tb).unwrap();
+        assert_eq!(r.differing_bytes, vec![32..100]);
+        assert!(!r.equal);
+    }
+
+    #[test]
+    fn check_blocks_refuses_a_block_that_does_not_match_the_leaf() {
+        let src = MerkleTree::from_bytes(4, b"aaaabbbbcc").unwrap();
+        let good = ReadBlocksReply {
+            blocks: vec![
+                Block {
+                    index: 1,
+                    data: b"bbbb".to_vec(),
+                },
+                Block {
+                    index: 2,
+                    data: b"cc".to_vec(),
+                },
+            ],
+        };
+        assert!(check_blocks(&[1, 2], &good, &src).is_ok());
+        let mut bad = good.clone();
+        bad.blocks[1].data = b"cd".to_vec();
+        let err = check_blocks(&[1, 2], &bad, &src).unwrap_err();
+        assert!(err.to_string().contains("block 2"), "{err}");
+        assert!(check_blocks(&[2, 1], &good, &src).is_err());
+        assert!(check_blocks(&[1], &good, &src).is_err());
+    }
+
+    #[tokio::test]
+    async fn block_server_enforces_limits_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).unwrap();
+        let path = p.clone();
+        let server =
+            BlockServer::new(move |g: &str, r: &str| (g == "g" && r == "r").then(|| path.clone()))
+                .with_max_blocks_per_request(4);
+        let req = |blocks: Vec<u64>, block_size| ReadBlocksRequest {
+            group: "g".into(),
+            resource: "r".into(),
+            block_size,
+            blocks,
+        };
+        let reply = server.read_blocks(req(vec![2, 0], 4096)).await.unwrap();
+        assert_eq!(reply.blocks[0].index, 2);
+        assert_eq!(reply.blocks[0].data.len(), 10_000 - 8192);
+        assert_eq!(reply.blocks[1].data.len(), 4096);
+        let too_many = server.read_blocks(req(vec![0; 5], 4096)).await.unwrap_err();
+        assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+        let past = server.read_blocks(req(vec![3], 4096)).await.unwrap_err();
+        assert_eq!(past.code(), tonic::Code::OutOfRange);
+        let big = server
+            .read_blocks(req(vec![0], MAX_BLOCK_SIZE + 1))
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), tonic::Code::InvalidArgument);
+        let missing = server
+            .merkle(MerkleRequest {
+                group: "g".into(),
+                resource: "other".into(),
+                block_size: 4096,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        let m = server
+            .merkle(MerkleRequest {
+                group: "g".into(),
+                resource: "r".into(),
+                block_size: 4096,
+            })
+            .await
+            .unwrap();
+        assert_eq!((m.length, m.leaves.len()), (10_000, 3 * 32));
+        let tree = MerkleTree::from_leaves_bytes(4096, m.length, &m.leaves).unwrap();
+        assert_eq!(m.root, tree.root().to_vec());
+    }
+}

@@ -1,0 +1,302 @@
+//! Resync over real gRPC on loopback: a `BlockServer` behind a minimal `Replication` service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_core::mixed::XorShift;
+use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::replication_server::{Replication, ReplicationServer};
+use tandem_core::proto::{
+    MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ShipRequest, ShipResponse,
+};
+use tandem_replicator::merkle::{self, MerkleTree};
+use tandem_replicator::resync::{self, BlockServer, ResyncError, ResyncOptions};
+use tandem_replicator::scan;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+const BS: u32 = 64 << 10;
+const MIB: usize = 1 << 20;
+
+type Resolver = Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
+
+/// Test-only service: `Merkle` and `ReadBlocks` go to the block server, `Ship` is not served.
+struct TestReplication {
+    blocks: BlockServer<Resolver>,
+}
+
+#[tonic::async_trait]
+impl Replication for TestReplication {
+    type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
+
+    async fn ship(
+        &self,
+        _request: Request<Streaming<ShipRequest>>,
+    ) -> Result<Response<Self::ShipStream>, Status> {
+        Err(Status::unimplemented("ship is not served by this test"))
+    }
+
+    async fn merkle(
+        &self,
+        request: Request<MerkleRequest>,
+    ) -> Result<Response<MerkleReply>, Status> {
+        self.blocks
+            .merkle(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn read_blocks(
+        &self,
+        request: Request<ReadBlocksRequest>,
+    ) -> Result<Response<ReadBlocksReply>, Status> {
+        self.blocks
+            .read_blocks(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Serves `path` as group "g", resource "vol" on 127.0.0.1:0; returns a connected client.
+async fn serve(path: &Path, zstd: bool) -> ReplicationClient<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    let resolver: Resolver =
+        Box::new(move |g: &str, r: &str| (g == "g" && r == "vol").then(|| path.clone()));
+    let mut svc = ReplicationServer::new(TestReplication {
+        blocks: BlockServer::new(resolver),
+    })
+    .max_encoding_message_size(resync::MAX_MESSAGE_BYTES);
+    if zstd {
+        svc = svc
+            .send_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Zstd);
+    }
+    let incoming = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap()
+        .with_nodelay(Some(true));
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = ReplicationClient::new(channel);
+    if zstd {
+        client.accept_compressed(CompressionEncoding::Zstd)
+    } else {
+        client
+    }
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = XorShift::new(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Picks `n` distinct block indexes below `blocks`, sorted.
+fn pick_blocks(seed: u64, blocks: u64, n: usize) -> Vec<u64> {
+    let mut rng = XorShift::new(seed);
+    let mut set = BTreeSet::new();
+    while set.len() < n {
+        set.insert(rng.below(blocks));
+    }
+    set.into_iter().collect()
+}
+
+/// Source and target contents: target = source with `changed` blocks overwritten, then cut or
+/// extended to `target_len`.
+fn make_pair(source_len: usize, target_len: usize, changed: &[u64]) -> (Vec<u8>, Vec<u8>) {
+    let source = noise(1, source_len);
+    let mut target = source.clone();
+    target.resize(target_len, 0xee);
+    for &i in changed {
+        let start = i as usize * BS as usize;
+        let end = (start + BS as usize).min(target.len());
+        if start < end {
+            target[start..end].copy_from_slice(&noise(100 + i, end - start));
+        }
+    }
+    (source, target)
+}
+
+async fn local_tree(path: &Path) -> MerkleTree {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || scan::hash_file(&path, BS))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Writes both files, checks verify names `expected_bytes` before, resyncs, checks the result.
+async fn resync_case(
+    source: &[u8],
+    target: &[u8],
+    expected_bytes: Vec<std::ops::Range<u64>>,
+    zstd: bool,
+) -> resync::ResyncReport {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_path, dst_path) = (dir.path().join("source"), dir.path().join("target"));
+    std::fs::write(&src_path, source).unwrap();
+    std::fs::write(&dst_path, target).unwrap();
+    let client = serve(&src_path, zstd).await;
+    let mut client = client
+        .clone()
+        .max_decoding_message_size(resync::MAX_MESSAGE_BYTES);
+
+    // 1. Verify before: the exact differing byte ranges.
+    let (remote, _) = resync::fetch_tree(&mut client, "g", "vol", BS)
+        .await
+        .unwrap();
+    let before = resync::verify(&remote, &local_tree(&dst_path).await).unwrap();
+    assert!(!before.equal);
+    assert_eq!(before.differing_bytes, expected_bytes, "{before}");
+
+    // 2. Resync.
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        resync::resync(
+            &mut client,
+            "g",
+            "vol",
+            &dst_path,
+            BS,
+            ResyncOptions::default(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // 3. Byte-identical, and verify says equal.
+    assert!(
+        std::fs::read(&dst_path).unwrap() == source,
+        "target differs from source"
+    );
+    let after = resync::verify(&remote, &local_tree(&dst_path).await).unwrap();
+    assert!(after.equal && after.differing_blocks.is_empty(), "{after}");
+    assert_eq!(report.root, remote.root());
+    assert_eq!(report.differing_bytes, expected_bytes);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_moves_only_the_one_percent_of_blocks_that_differ() {
+    let len = 64 * MIB;
+    let blocks = (len / BS as usize) as u64;
+    let changed = pick_blocks(7, blocks, (blocks / 100) as usize);
+    let (source, target) = make_pair(len, len, &changed);
+    let expected = merkle::byte_ranges(&merkle::coalesce(changed.clone()), BS, len as u64);
+    let report = resync_case(&source, &target, expected, false).await;
+    assert_eq!(report.blocks_total, blocks);
+    assert_eq!(report.blocks_differing, changed.len() as u64);
+    let limit = len as u64 * 3 / 100;
+    assert!(
+        report.bytes_sent_over_wire < limit,
+        "{} bytes over the wire, limit {limit}",
+        report.bytes_sent_over_wire
+    );
+    // At least the differing blocks themselves moved.
+    assert!(report.bytes_sent_over_wire >= changed.len() as u64 * u64::from(BS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_extends_a_shorter_target_and_fixes_its_partial_tail() {
+    // Source 64 MiB + 1000 bytes; target 64 MiB - 30000 bytes with two changed blocks.
+    let src_len = 64 * MIB + 1000;
+    let dst_len = 64 * MIB - 30_000;
+    let changed = [3u64, 700];
+    let (source, target) = make_pair(src_len, dst_len, &changed);
+    let last_full = (dst_len / BS as usize) as u64; // the target's partial last block
+    let mut expected_blocks: Vec<u64> = changed.to_vec();
+    expected_blocks.extend(last_full..=(src_len / BS as usize) as u64);
+    let expected = merkle::byte_ranges(
+        &merkle::coalesce(expected_blocks.clone()),
+        BS,
+        src_len as u64,
+    );
+    assert_eq!(
+        expected.last().unwrap(),
+        &(last_full * u64::from(BS)..src_len as u64)
+    );
+    let report = resync_case(&source, &target, expected, false).await;
+    assert_eq!(report.blocks_differing, expected_blocks.len() as u64);
+    assert_eq!(report.length, src_len as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_truncates_a_longer_target_over_zstd() {
+    // Target is 200 KiB longer than the source and differs in block 10: compression on.
+    let src_len = 8 * MIB + 123;
+    let dst_len = src_len + 200 * 1024;
+    let (source, target) = make_pair(src_len, dst_len, &[10]);
+    let last = (src_len / BS as usize) as u64;
+    let expected = merkle::byte_ranges(
+        &merkle::coalesce(
+            [10].into_iter()
+                .chain(last..=(dst_len / BS as usize) as u64),
+        ),
+        BS,
+        dst_len as u64,
+    );
+    let report = resync_case(&source, &target, expected, true).await;
+    // Only blocks 10 and the source's partial last block are pulled; the rest is cut off.
+    assert_eq!(report.blocks_differing, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_creates_a_missing_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = noise(9, 3 * MIB + 5);
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let mut client = serve(&src_path, false).await;
+    let dst = dir.path().join("new-target");
+    let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.blocks_differing, report.blocks_total);
+    assert!(std::fs::read(&dst).unwrap() == source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_of_an_unknown_resource_is_not_found_and_not_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, b"x").unwrap();
+    let mut client = serve(&src_path, false).await;
+    let err = resync::resync(
+        &mut client,
+        "g",
+        "other",
+        &dir.path().join("t"),
+        BS,
+        ResyncOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ResyncError::Rpc { rpc, status, .. } => {
+            assert_eq!((*rpc, status.code()), ("Merkle", tonic::Code::NotFound));
+        }
+        other => panic!("expected an Rpc error, got {other}"),
+    }
+    assert!(!err.is_retryable());
+    assert!(
+        !dir.path().join("t").exists(),
+        "target created for a refused resync"
+    );
+}
