@@ -188,7 +188,7 @@ impl Topo {
         mut f: impl FnMut(&Value) -> Option<T>,
     ) -> T {
         let deadline = Instant::now() + timeout;
-        let mut last = None;
+        let mut last: Option<String>;
         loop {
             match self.status(ask) {
                 Ok(st) => {
