@@ -160,7 +160,10 @@ fn scan_segment(
             if header.meta.first_seq != want {
                 break Some((
                     at as u64,
-                    format!("frame first seq {} where {want} was expected", header.meta.first_seq),
+                    format!(
+                        "frame first seq {} where {want} was expected",
+                        header.meta.first_seq
+                    ),
                     false,
                 ));
             }
@@ -395,7 +398,8 @@ impl Journal {
                     .map_err(|e| ReplicatorError::io("stat", &path, e))?
                     .len();
                 sync_dir(&self.dir)?;
-                let reader = File::open(&path).map_err(|e| ReplicatorError::io("open", &path, e))?;
+                let reader =
+                    File::open(&path).map_err(|e| ReplicatorError::io("open", &path, e))?;
                 self.state().segments.insert(
                     key,
                     Segment {
@@ -406,7 +410,9 @@ impl Journal {
                 w.current = Some((key, file, existing));
             }
             let Some((key, file, cur)) = w.current.as_mut() else {
-                return Err(ReplicatorError::Task("journal writer lost its segment".into()));
+                return Err(ReplicatorError::Task(
+                    "journal writer lost its segment".into(),
+                ));
             };
             file.write_all(&f.bytes)
                 .map_err(|e| ReplicatorError::io("write", segment_path(&self.dir, *key), e))?;
@@ -579,7 +585,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), 1).unwrap();
         write_frames(&j, 4);
-        assert_eq!(j.segment_paths().len(), 4, "a tiny segment size rotates per frame");
+        assert_eq!(
+            j.segment_paths().len(),
+            4,
+            "a tiny segment size rotates per frame"
+        );
         let before = j.entries();
         drop(j);
         let j = open(dir.path(), 1).unwrap();
@@ -659,7 +669,11 @@ mod tests {
         assert!(j.frames_from(Seq(1), usize::MAX).unwrap()[0].0.first_seq == Seq(7));
         j.trim_through(Seq(10)).unwrap();
         assert_eq!(j.pending_bytes(), 0);
-        assert_eq!(j.segment_paths().len(), 1, "the segment being written stays");
+        assert_eq!(
+            j.segment_paths().len(),
+            1,
+            "the segment being written stays"
+        );
         drop(j);
         let j = open(dir.path(), 1).unwrap();
         assert_eq!(j.trimmed_through(), Seq(10));

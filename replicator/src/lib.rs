@@ -10,6 +10,10 @@
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`error`]: the crate's error type.
 
+pub mod apply;
 pub mod error;
 pub mod journal;
 pub mod meta;
+pub mod pipeline;
+pub mod receive;
+pub mod ship;
