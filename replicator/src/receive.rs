@@ -13,7 +13,7 @@ use tandem_core::proto::{
     ship_request, ship_response, MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest,
     ShipRequest, ShipResponse, Welcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -80,10 +80,21 @@ pub trait BlockSource: Send + Sync + 'static {
 }
 
 /// The replica replicator's `Replication` service: a registry of groups by name.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ReplicationService {
     groups: Arc<RwLock<HashMap<String, Arc<ReplicaGroup>>>>,
     blocks: Option<Arc<dyn BlockSource>>,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ReplicationService {
+    fn default() -> Self {
+        ReplicationService {
+            groups: Arc::default(),
+            blocks: None,
+            closed: Arc::new(watch::channel(false).0),
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplicationService {
@@ -105,6 +116,12 @@ impl ReplicationService {
     pub fn with_block_source(mut self, source: Arc<dyn BlockSource>) -> ReplicationService {
         self.blocks = Some(source);
         self
+    }
+
+    /// Ends every open Ship stream (after the batch being applied) and refuses new ones with
+    /// `unavailable`; lets a server shut down gracefully and the groups be reopened.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Registers (or replaces) a group.
@@ -178,10 +195,18 @@ async fn run_stream(
     group: Arc<ReplicaGroup>,
     mut inbound: Streaming<ShipRequest>,
     tx: mpsc::Sender<Result<ShipResponse, Status>>,
+    mut closed: watch::Receiver<bool>,
 ) {
     let mut state = StreamState::default();
     loop {
-        let first = match inbound.message().await {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = async { let _ = closed.wait_for(|c| *c).await; } => {
+                let _ = tx.send(Err(Status::unavailable("replica service closed"))).await;
+                return;
+            }
+        };
+        let first = match msg {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -252,6 +277,9 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<ShipRequest>>,
     ) -> Result<Response<Self::ShipStream>, Status> {
+        if *self.closed.borrow() {
+            return Err(Status::unavailable("replica service closed"));
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ShipRequest {
@@ -284,7 +312,7 @@ impl Replication for ReplicationService {
                         epoch: fence.0,
                     })))
                     .await;
-                tokio::spawn(run_stream(group, inbound, tx));
+                tokio::spawn(run_stream(group, inbound, tx, self.closed.subscribe()));
             }
         }
         Ok(Response::new(ReceiverStream::new(rx)))
