@@ -171,6 +171,14 @@ impl Shared {
         *self.ship_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
+    /// Clears the journal-full mark once the replica has drained the journal below the limit.
+    pub(crate) fn note_trimmed(&self) {
+        let pending = self.journal.pending_bytes() + self.queued_bytes.load(Ordering::SeqCst);
+        if pending < self.journal_max {
+            *self.journal_full.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        }
+    }
+
     fn fenced_error(&self) -> Option<ReplicatorError> {
         self.fenced
             .borrow()

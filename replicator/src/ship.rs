@@ -181,7 +181,7 @@ async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
     });
     let j = Arc::clone(&shared.journal);
     match tokio::task::spawn_blocking(move || j.trim_through(seq)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => shared.note_trimmed(),
         Ok(Err(e)) => tracing::warn!(group = %shared.group, error = %e, "journal trim failed"),
         Err(e) => tracing::warn!(group = %shared.group, error = %e, "journal trim task failed"),
     }
@@ -322,8 +322,9 @@ async fn session(
                     Err(e) => return broken(ReplicatorError::Task(e.to_string()), progressed),
                 };
                 if frames.is_empty() {
-                    // Trimmed below `next` meanwhile (acked elsewhere): wait for news.
-                    let _ = local.changed().await;
+                    // Nothing at or after `next` yet (the replica is ahead of the journal):
+                    // poll again shortly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 for (entry, mut bytes) in frames {
                     if let Some(hook) = &cfg.frame_hook {

@@ -436,8 +436,12 @@ async fn full_journal_refuses_intake_and_degrades_until_the_replica_catches_up()
     let replica = start_replica(rdir.path(), 0).await;
     let shipper = p.start_shipper(ship_cfg(&replica.url()));
     wait_caught_up(&p, 30).await;
+    assert_eq!(
+        p.progress().state,
+        GroupState::Protected,
+        "drained: no longer degraded"
+    );
     p.submit(workload(12, 1)).await.unwrap();
-    assert_eq!(p.progress().state, GroupState::Protected);
     shipper.stop().await;
     replica.shutdown().await;
 }
