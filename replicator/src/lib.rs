@@ -1,15 +1,30 @@
 //! Tandem replicator: capture sources, journal, shipper, receiver/applier, merkle verify and
 //! resync.
 //!
+//! The data path of one protection group:
 //! - [`nbd`]: the NBD server that captures every write of a protected volume.
 //! - [`volume`]: the `VolumeBackend` trait the NBD server writes through, and `FileVolume`.
+//! - [`journal`]: the primary's durable log of frames not yet acknowledged by the replica.
+//! - [`pipeline`]: [`pipeline::GroupPipeline`], where captured changes get seqs, are batched
+//!   into frames, journaled with group commit, and (sync mode) wait for the replica.
+//! - [`ship`]: the shipper task streaming journal frames to the replica replicator over gRPC.
+//! - [`receive`]: the replica's gRPC service and the pure per-frame checks.
+//! - [`apply`]: [`apply::ReplicaGroup`], applying frames to resource files with the watermark.
 //! - [`merkle`]: merkle trees of blake3 block hashes, their diff and wire form (pure).
 //! - [`scan`]: hashing files into trees, and the `scan` capture source built on it.
-//! - [`resync`]: resync and verify of a resource between two replicators over gRPC, client
-//!   and server side.
+//! - [`resync`]: resync and verify of a resource between two replicators over gRPC.
+//! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
+//! - [`error`]: the crate's error type.
 
+pub mod apply;
+pub mod error;
+pub mod journal;
 pub mod merkle;
+pub mod meta;
 pub mod nbd;
+pub mod pipeline;
+pub mod receive;
 pub mod resync;
 pub mod scan;
+pub mod ship;
 pub mod volume;

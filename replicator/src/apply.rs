@@ -1,0 +1,564 @@
+//! The replica side of one group: checks incoming frames in the DESIGN order, applies them to
+//! the resource files in seq order, makes them durable, then moves the watermark.
+//!
+//! Order per batch of frames: check each frame ([`crate::receive::classify`], then decode:
+//! decompressed length and blake3), `pwrite` its changes, fdatasync every touched file, THEN
+//! persist the watermark (`replica.meta`: watermark and epoch fence), THEN acknowledge.
+//! All methods do blocking I/O: call them from `spawn_blocking`.
+
+use crate::error::{ReplicatorError, Result};
+use crate::meta::{read_meta, write_meta};
+use crate::receive::{classify, Verdict};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tandem_core::frame::{Change, ChangeKind, Decoder, FrameHeader};
+use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::proto::{ship_response, Ack, Refusal, ShipResponse};
+
+/// Magic of the replica metadata file.
+pub const REPLICA_META_MAGIC: [u8; 4] = *b"TNDW";
+/// Name of the replica metadata file in the group directory.
+pub const REPLICA_META_FILE: &str = "replica.meta";
+const ZERO_CHUNK: usize = 1 << 20;
+
+#[derive(Debug)]
+struct Resource {
+    path: PathBuf,
+    file: File,
+}
+
+#[derive(Debug)]
+struct Inner {
+    watermark: Seq,
+    fence: Epoch,
+    resources: HashMap<String, Resource>,
+    decoder: Decoder,
+}
+
+/// One group on the replica: its resource files, watermark and epoch fence.
+#[derive(Debug)]
+pub struct ReplicaGroup {
+    name: String,
+    group_id: GroupId,
+    meta_path: PathBuf,
+    inner: Mutex<Inner>,
+    applied_frames: AtomicU64,
+    applied_changes: AtomicU64,
+}
+
+/// Per-stream receive state kept between batches (one per Ship stream).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamState {
+    /// A refusal was sent and the sender has not resent from the watermark yet: later gap
+    /// frames (already in flight) are dropped quietly instead of refused again.
+    pub awaiting_resend: bool,
+    /// A fatal refusal was sent: the stream must end.
+    pub finished: bool,
+}
+
+impl ReplicaGroup {
+    /// Opens the group `name` with its metadata in `dir` and its volume resources at the given
+    /// paths (created when missing).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::BadMetadata`] or [`ReplicatorError::Io`].
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        resources: HashMap<String, PathBuf>,
+    ) -> Result<ReplicaGroup> {
+        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        let meta_path = dir.join(REPLICA_META_FILE);
+        let (watermark, fence) = match read_meta(&meta_path, REPLICA_META_MAGIC, 2)? {
+            Some(v) => (Seq(v[0]), Epoch(v[1])),
+            None => (Seq(0), Epoch(0)),
+        };
+        let mut res = HashMap::new();
+        for (rname, path) in resources {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| ReplicatorError::io("open", &path, e))?;
+            res.insert(rname, Resource { path, file });
+        }
+        Ok(ReplicaGroup {
+            name: name.to_owned(),
+            group_id: GroupId::from_name(name),
+            meta_path,
+            inner: Mutex::new(Inner {
+                watermark,
+                fence,
+                resources: res,
+                decoder: Decoder::new()?,
+            }),
+            applied_frames: AtomicU64::new(0),
+            applied_changes: AtomicU64::new(0),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Highest seq applied and durable here.
+    pub fn watermark(&self) -> Seq {
+        self.inner().watermark
+    }
+
+    /// The epoch fence: frames from older epochs are refused.
+    pub fn epoch(&self) -> Epoch {
+        self.inner().fence
+    }
+
+    /// Frames (or frame tails) applied by this instance since open.
+    pub fn applied_frames(&self) -> u64 {
+        self.applied_frames.load(Ordering::SeqCst)
+    }
+
+    /// Changes applied by this instance since open (a duplicate is never counted).
+    pub fn applied_changes(&self) -> u64 {
+        self.applied_changes.load(Ordering::SeqCst)
+    }
+
+    /// Raises the epoch fence durably (a fence never goes down; a lower value is ignored).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing the metadata.
+    pub fn set_fence(&self, epoch: Epoch) -> Result<()> {
+        let mut inner = self.inner();
+        if epoch > inner.fence {
+            write_meta(
+                &self.meta_path,
+                REPLICA_META_MAGIC,
+                &[inner.watermark.0, epoch.0],
+            )?;
+            inner.fence = epoch;
+        }
+        Ok(())
+    }
+
+    /// Handles a Hello at `epoch`: refuses an older epoch (fatal), raises the fence to a newer
+    /// one, and returns (watermark, fence) for the Welcome.
+    ///
+    /// # Errors
+    /// `Ok(Err(refusal))` for an old epoch; [`ReplicatorError::Io`] raising the fence.
+    pub fn hello(&self, epoch: Epoch) -> Result<std::result::Result<(Seq, Epoch), Refusal>> {
+        let (wm, fence) = {
+            let i = self.inner();
+            (i.watermark, i.fence)
+        };
+        if epoch < fence {
+            return Ok(Err(Refusal {
+                seq: wm.0 + 1,
+                reason: format!("epoch {epoch} is older than the fence {fence}"),
+                resume_from: wm.0 + 1,
+                fatal: true,
+            }));
+        }
+        self.set_fence(epoch)?;
+        Ok(Ok((wm, epoch)))
+    }
+
+    /// Checks and applies a batch of frames received in order on one stream, and returns the
+    /// responses to send: a cumulative Ack (after files and watermark are durable) and at most
+    /// one Refusal.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] when writing or syncing fails: nothing is acknowledged, and the
+    /// in-memory watermark goes back to the durable one.
+    pub fn receive_batch(
+        &self,
+        frames: Vec<Vec<u8>>,
+        stream: &mut StreamState,
+    ) -> Result<Vec<ShipResponse>> {
+        let mut guard = self.inner();
+        let inner: &mut Inner = &mut guard;
+        let durable = inner.watermark;
+        let mut touched = BTreeSet::new();
+        let mut refusal = None;
+        let mut ack = false;
+        let mut frames_applied = 0u64;
+        let mut changes_applied = 0u64;
+        for bytes in frames {
+            let wm = inner.watermark;
+            let refuse = |reason: String, fatal: bool| Refusal {
+                seq: wm.0 + 1,
+                reason,
+                resume_from: wm.0 + 1,
+                fatal,
+            };
+            let header = match FrameHeader::parse(&bytes) {
+                Ok(h) => h,
+                Err(e) => {
+                    refusal = Some(refuse(format!("bad frame header: {e}"), false));
+                    break;
+                }
+            };
+            let skip = match classify(&header, self.group_id, wm, inner.fence) {
+                Verdict::WrongGroup => {
+                    refusal = Some(refuse(
+                        format!("frame of group {} sent to {}", header.meta.group, self.name),
+                        true,
+                    ));
+                    break;
+                }
+                Verdict::OldEpoch => {
+                    refusal = Some(refuse(
+                        format!(
+                            "frame epoch {} is older than the fence {}",
+                            header.meta.epoch, inner.fence
+                        ),
+                        true,
+                    ));
+                    break;
+                }
+                Verdict::Duplicate => {
+                    ack = true;
+                    continue;
+                }
+                Verdict::Gap => {
+                    if !stream.awaiting_resend {
+                        stream.awaiting_resend = true;
+                        refusal = Some(Refusal {
+                            seq: header.meta.first_seq.0,
+                            reason: format!(
+                                "gap: frame starts at {}, watermark is {wm}",
+                                header.meta.first_seq
+                            ),
+                            resume_from: wm.0 + 1,
+                            fatal: false,
+                        });
+                    }
+                    continue;
+                }
+                Verdict::Apply { skip } => skip,
+            };
+            let frame = match inner.decoder.decode_payload(header, &bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    stream.awaiting_resend = true;
+                    refusal = Some(refuse(
+                        format!("frame {}: {e}", header.meta.first_seq),
+                        false,
+                    ));
+                    break;
+                }
+            };
+            stream.awaiting_resend = false;
+            if header.meta.epoch > inner.fence {
+                write_meta(
+                    &self.meta_path,
+                    REPLICA_META_MAGIC,
+                    &[durable.0, header.meta.epoch.0],
+                )?;
+                inner.fence = header.meta.epoch;
+            }
+            let mut failed = None;
+            for (i, c) in frame.changes.iter().enumerate().skip(skip as usize) {
+                let seq = Seq(header.meta.first_seq.0 + i as u64);
+                match apply_change(&self.name, &inner.resources, c, seq) {
+                    Ok(Some(r)) => {
+                        touched.insert(r);
+                    }
+                    Ok(None) => {}
+                    Err(
+                        e @ (ReplicatorError::UnknownResource { .. }
+                        | ReplicatorError::UnsupportedChange { .. }),
+                    ) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        inner.watermark = durable;
+                        return Err(e);
+                    }
+                }
+                inner.watermark = seq;
+                changes_applied += 1;
+            }
+            if let Some(e) = failed {
+                refusal = Some(Refusal {
+                    seq: inner.watermark.0 + 1,
+                    reason: e.to_string(),
+                    resume_from: inner.watermark.0 + 1,
+                    fatal: true,
+                });
+                break;
+            }
+            frames_applied += 1;
+        }
+        if inner.watermark > durable {
+            let fence = inner.fence;
+            if let Err(e) = sync_and_persist(inner, &touched, &self.meta_path, fence) {
+                inner.watermark = durable;
+                return Err(e);
+            }
+            ack = true;
+        }
+        self.applied_frames
+            .fetch_add(frames_applied, Ordering::SeqCst);
+        self.applied_changes
+            .fetch_add(changes_applied, Ordering::SeqCst);
+        let mut out = Vec::new();
+        if ack {
+            out.push(ShipResponse {
+                msg: Some(ship_response::Msg::Ack(Ack {
+                    durable_seq: inner.watermark.0,
+                })),
+            });
+        }
+        if let Some(r) = refusal {
+            stream.finished |= r.fatal;
+            out.push(ShipResponse {
+                msg: Some(ship_response::Msg::Refusal(r)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads `len` bytes at `offset` of a resource (verification and tests).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::UnknownResource`] or [`ReplicatorError::Io`].
+    pub fn read_resource(&self, resource: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let inner = self.inner();
+        let r = inner
+            .resources
+            .get(resource)
+            .ok_or_else(|| ReplicatorError::UnknownResource {
+                group: self.name.clone(),
+                resource: resource.to_owned(),
+            })?;
+        let mut buf = vec![0u8; len];
+        let n = r
+            .file
+            .read_at(&mut buf, offset)
+            .map_err(|e| ReplicatorError::io("read", &r.path, e))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+fn sync_and_persist(
+    inner: &Inner,
+    touched: &BTreeSet<String>,
+    meta_path: &Path,
+    fence: Epoch,
+) -> Result<()> {
+    for name in touched {
+        if let Some(r) = inner.resources.get(name) {
+            r.file
+                .sync_data()
+                .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
+        }
+    }
+    write_meta(meta_path, REPLICA_META_MAGIC, &[inner.watermark.0, fence.0])
+}
+
+/// Applies one change; returns the resource name when a file was written.
+fn apply_change(
+    group: &str,
+    resources: &HashMap<String, Resource>,
+    c: &Change,
+    seq: Seq,
+) -> Result<Option<String>> {
+    if c.kind == ChangeKind::Barrier {
+        // Everything before it is made durable before the batch is acknowledged.
+        return Ok(None);
+    }
+    let r = resources
+        .get(&c.resource)
+        .ok_or_else(|| ReplicatorError::UnknownResource {
+            group: group.to_owned(),
+            resource: c.resource.clone(),
+        })?;
+    match c.kind {
+        ChangeKind::Write => r
+            .file
+            .write_all_at(&c.data, c.offset)
+            .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?,
+        ChangeKind::Trim => {
+            let zeroes = vec![0u8; (c.length as usize).min(ZERO_CHUNK)];
+            let mut done = 0u64;
+            while done < c.length {
+                let n = (c.length - done).min(zeroes.len() as u64) as usize;
+                r.file
+                    .write_all_at(&zeroes[..n], c.offset + done)
+                    .map_err(|e| ReplicatorError::io("pwrite zeroes", &r.path, e))?;
+                done += n as u64;
+            }
+        }
+        other => {
+            return Err(ReplicatorError::UnsupportedChange {
+                seq,
+                kind: format!("{other:?}"),
+                resource: c.resource.clone(),
+            })
+        }
+    }
+    Ok(Some(c.resource.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::frame::{Encoder, FrameMeta};
+
+    fn enc(group: &str, epoch: u64, first: u64, changes: &[Change]) -> Vec<u8> {
+        Encoder::new(1)
+            .unwrap()
+            .encode(
+                FrameMeta {
+                    group: GroupId::from_name(group),
+                    epoch: Epoch(epoch),
+                    first_seq: Seq(first),
+                },
+                changes,
+            )
+            .unwrap()
+    }
+
+    fn setup() -> (tempfile::TempDir, ReplicaGroup) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut res = HashMap::new();
+        res.insert("vol".to_owned(), dir.path().join("vol.img"));
+        let g = ReplicaGroup::open("g", &dir.path().join("meta"), res).unwrap();
+        (dir, g)
+    }
+
+    fn refusal(out: &[ShipResponse]) -> Option<Refusal> {
+        out.iter().find_map(|r| match &r.msg {
+            Some(ship_response::Msg::Refusal(r)) => Some(r.clone()),
+            _ => None,
+        })
+    }
+
+    fn acked(out: &[ShipResponse]) -> Option<u64> {
+        out.iter().find_map(|r| match &r.msg {
+            Some(ship_response::Msg::Ack(a)) => Some(a.durable_seq),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn replica_applies_in_order_and_persists_watermark() {
+        let (dir, g) = setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![1; 10], 0)]);
+        let f2 = enc(
+            "g",
+            1,
+            2,
+            &[
+                Change::write("vol", 5, vec![2; 10], 0),
+                Change::trim("vol", 0, 3, 0),
+                Change::barrier("vol", 0),
+            ],
+        );
+        let out = g.receive_batch(vec![f1.clone(), f2], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(4));
+        assert_eq!(
+            g.read_resource("vol", 0, 15).unwrap(),
+            [0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+        );
+        // A duplicate is acknowledged and not applied again.
+        let out = g.receive_batch(vec![f1], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(4));
+        assert_eq!(g.applied_changes(), 4);
+        drop(g);
+        let mut res = HashMap::new();
+        res.insert("vol".to_owned(), dir.path().join("vol.img"));
+        let g = ReplicaGroup::open("g", &dir.path().join("meta"), res).unwrap();
+        assert_eq!(g.watermark(), Seq(4));
+        assert_eq!(g.epoch(), Epoch(1));
+    }
+
+    #[test]
+    fn replica_refuses_gap_once_and_resumes_from_watermark() {
+        let (_d, g) = setup();
+        let mut st = StreamState::default();
+        let f3 = enc("g", 1, 3, &[Change::write("vol", 0, vec![1; 4], 0)]);
+        let f4 = enc("g", 1, 4, &[Change::write("vol", 0, vec![1; 4], 0)]);
+        let out = g.receive_batch(vec![f3, f4], &mut st).unwrap();
+        let r = refusal(&out).unwrap();
+        assert_eq!((r.resume_from, r.fatal), (1, false));
+        assert_eq!(out.len(), 1, "one refusal for the two gap frames");
+        assert_eq!(g.watermark(), Seq(0));
+    }
+
+    #[test]
+    fn replica_refuses_corrupt_frame_and_accepts_the_resend() {
+        let (_d, g) = setup();
+        let mut st = StreamState::default();
+        let good = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 4096], 0)]);
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let out = g.receive_batch(vec![bad], &mut st).unwrap();
+        let r = refusal(&out).unwrap();
+        assert!(!r.fatal && r.resume_from == 1, "{r:?}");
+        assert_eq!(g.watermark(), Seq(0));
+        let out = g.receive_batch(vec![good], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(1));
+    }
+
+    #[test]
+    fn replica_refuses_frame_from_old_epoch() {
+        let (_d, g) = setup();
+        g.set_fence(Epoch(3)).unwrap();
+        let mut st = StreamState::default();
+        let f = enc("g", 2, 1, &[Change::write("vol", 0, vec![1; 4], 0)]);
+        let out = g.receive_batch(vec![f], &mut st).unwrap();
+        assert!(refusal(&out).unwrap().fatal);
+        assert!(st.finished);
+        assert_eq!(g.watermark(), Seq(0));
+        assert!(g.hello(Epoch(2)).unwrap().is_err());
+        assert_eq!(g.hello(Epoch(4)).unwrap().unwrap(), (Seq(0), Epoch(4)));
+        assert_eq!(g.epoch(), Epoch(4));
+    }
+
+    #[test]
+    fn replica_applies_only_the_new_tail_of_an_overlapping_frame() {
+        let (_d, g) = setup();
+        let mut st = StreamState::default();
+        let a = enc("g", 1, 1, &[Change::write("vol", 0, vec![1; 4], 0)]);
+        g.receive_batch(vec![a], &mut st).unwrap();
+        let b = enc(
+            "g",
+            1,
+            1,
+            &[
+                Change::write("vol", 0, vec![9; 4], 0),
+                Change::write("vol", 4, vec![2; 4], 0),
+            ],
+        );
+        let out = g.receive_batch(vec![b], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(2));
+        assert_eq!(
+            g.read_resource("vol", 0, 8).unwrap(),
+            [1, 1, 1, 1, 2, 2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn replica_refuses_unknown_resource_fatally() {
+        let (_d, g) = setup();
+        let mut st = StreamState::default();
+        let f = enc("g", 1, 1, &[Change::write("nope", 0, vec![1; 4], 0)]);
+        let out = g.receive_batch(vec![f], &mut st).unwrap();
+        assert!(refusal(&out).unwrap().fatal);
+        assert_eq!(g.watermark(), Seq(0));
+    }
+}

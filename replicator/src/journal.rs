@@ -1,0 +1,695 @@
+//! The primary's journal: a durable log of encoded frames not yet acknowledged by the replica.
+//!
+//! Frame bodies live in append-only segment files named by the first seq they hold
+//! (`00000000000000000001.seg`), each a plain concatenation of frames exactly as they go on
+//! the wire (compress once). Frames are self-checking, so opening a journal scans every
+//! segment: a torn tail of the last segment is truncated (and logged), anything else that
+//! fails its checks is [`ReplicatorError::CorruptJournal`]. Small metadata (epoch, next seq,
+//! trimmed-through seq) lives in `journal.meta` (see [`crate::meta`]).
+//!
+//! All methods do blocking I/O: call them from a dedicated thread or `spawn_blocking`.
+//! [`Journal::append`] must be called by one writer only (the pipeline's group-commit thread);
+//! reads and trims may come from any thread.
+
+use crate::error::{ReplicatorError, Result};
+use crate::meta::{read_meta, sync_dir, write_meta};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tandem_core::frame::{Decoder, FrameHeader, HEADER_LEN};
+use tandem_core::ids::{Epoch, GroupId, Seq};
+
+/// Default size at which a segment is closed and a new one started: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Magic of the journal metadata file.
+pub const JOURNAL_META_MAGIC: [u8; 4] = *b"TNDJ";
+/// Name of the journal metadata file inside the journal directory.
+pub const JOURNAL_META_FILE: &str = "journal.meta";
+const SEGMENT_EXT: &str = "seg";
+
+/// Where one journaled frame is and what it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameEntry {
+    /// Seq of the frame's first change.
+    pub first_seq: Seq,
+    /// Seq of the frame's last change.
+    pub last_seq: Seq,
+    /// The segment holding it (named by the first seq of that segment).
+    pub segment: u64,
+    /// Byte offset of the frame in its segment.
+    pub offset: u64,
+    /// Encoded length of the frame.
+    pub len: u32,
+    /// Earliest capture time of the frame's changes, unix ms.
+    pub oldest_capture_ms: i64,
+}
+
+/// A frame handed to [`Journal::append`]: its bytes and what it covers.
+#[derive(Debug, Clone)]
+pub struct NewFrame {
+    /// The encoded frame.
+    pub bytes: Vec<u8>,
+    /// Seq of the first change.
+    pub first_seq: Seq,
+    /// Seq of the last change.
+    pub last_seq: Seq,
+    /// Earliest capture time of its changes, unix ms.
+    pub oldest_capture_ms: i64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+#[derive(Debug)]
+struct State {
+    index: VecDeque<FrameEntry>,
+    segments: BTreeMap<u64, Segment>,
+    next_seq: Seq,
+    epoch: Epoch,
+    trimmed_through: Seq,
+    pending_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Writer {
+    current: Option<(u64, File, u64)>,
+}
+
+/// The durable frame log of one group on the primary.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    group: GroupId,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    writer: Mutex<Writer>,
+}
+
+/// What a scan of one segment found.
+#[derive(Debug)]
+struct SegmentScan {
+    frames: Vec<FrameEntry>,
+    /// Byte length of the valid prefix.
+    valid_len: u64,
+    /// Set when bytes after `valid_len` failed their checks: (offset, reason, reaches_eof).
+    bad: Option<(u64, String, bool)>,
+}
+
+fn segment_path(dir: &Path, key: u64) -> PathBuf {
+    dir.join(format!("{key:020}.{SEGMENT_EXT}"))
+}
+
+/// Scans a segment's bytes frame by frame (pure). A failure is reported with whether the bad
+/// frame reaches the end of the bytes (a torn tail) or is followed by more data.
+fn scan_segment(
+    bytes: &[u8],
+    key: u64,
+    group: GroupId,
+    mut expect: Option<Seq>,
+    decoder: &mut Decoder,
+) -> SegmentScan {
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    let total = bytes.len();
+    let bad = loop {
+        if at == total {
+            break None;
+        }
+        let rest = &bytes[at..];
+        let tail_is_zero = || rest.iter().all(|b| *b == 0);
+        if rest.len() < HEADER_LEN {
+            break Some((at as u64, "partial header".to_owned(), true));
+        }
+        let payload_len = u32::from_le_bytes([rest[40], rest[41], rest[42], rest[43]]) as usize;
+        let frame_len = HEADER_LEN.saturating_add(payload_len);
+        if frame_len > rest.len() {
+            // The declared frame runs past the end: torn, unless the header itself is bad
+            // and data follows (then it is corruption, reported below by parse).
+            match FrameHeader::parse(&rest[..HEADER_LEN]) {
+                Err(tandem_core::frame::FrameError::Truncated { .. }) => {
+                    break Some((at as u64, "frame runs past end of segment".to_owned(), true))
+                }
+                Err(e) => break Some((at as u64, e.to_string(), tail_is_zero())),
+                Ok(_) => break Some((at as u64, "frame runs past end".to_owned(), true)),
+            }
+        }
+        let fb = &rest[..frame_len];
+        let header = match FrameHeader::parse(fb) {
+            Ok(h) => h,
+            Err(e) => break Some((at as u64, e.to_string(), tail_is_zero())),
+        };
+        let reaches_eof = frame_len == rest.len();
+        let frame = match decoder.decode_payload(header, fb) {
+            Ok(f) => f,
+            Err(e) => break Some((at as u64, e.to_string(), reaches_eof)),
+        };
+        if header.meta.group != group {
+            break Some((
+                at as u64,
+                format!("frame of group {} in journal of {group}", header.meta.group),
+                false,
+            ));
+        }
+        if let Some(want) = expect {
+            if header.meta.first_seq != want {
+                break Some((
+                    at as u64,
+                    format!(
+                        "frame first seq {} where {want} was expected",
+                        header.meta.first_seq
+                    ),
+                    false,
+                ));
+            }
+        }
+        if header.change_count == 0 {
+            break Some((at as u64, "empty frame".to_owned(), false));
+        }
+        expect = Some(header.last_seq().next());
+        frames.push(FrameEntry {
+            first_seq: header.meta.first_seq,
+            last_seq: header.last_seq(),
+            segment: key,
+            offset: at as u64,
+            len: frame_len as u32,
+            oldest_capture_ms: frame
+                .changes
+                .iter()
+                .map(|c| c.captured_ms)
+                .min()
+                .unwrap_or(0),
+        });
+        at += frame_len;
+    };
+    SegmentScan {
+        frames,
+        valid_len: at as u64,
+        bad,
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal of `group` in `dir`, scanning every segment.
+    ///
+    /// `epoch` is used when the journal is new; an existing journal keeps its stored epoch
+    /// unless `epoch` is newer. A torn tail of the last segment is truncated and logged.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::CorruptJournal`] for a bad frame that is not a torn tail,
+    /// [`ReplicatorError::BadMetadata`], or [`ReplicatorError::Io`].
+    pub fn open(dir: &Path, group: GroupId, epoch: Epoch, segment_bytes: u64) -> Result<Journal> {
+        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        let meta_path = dir.join(JOURNAL_META_FILE);
+        let (mut stored_epoch, meta_next, trimmed) =
+            match read_meta(&meta_path, JOURNAL_META_MAGIC, 3)? {
+                Some(v) => (Epoch(v[0]), Seq(v[1]), Seq(v[2])),
+                None => (epoch, Seq(1), Seq(0)),
+            };
+        if epoch > stored_epoch {
+            stored_epoch = epoch;
+        }
+        let mut keys = Vec::new();
+        for ent in std::fs::read_dir(dir).map_err(|e| ReplicatorError::io("read dir", dir, e))? {
+            let ent = ent.map_err(|e| ReplicatorError::io("read dir", dir, e))?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(&format!(".{SEGMENT_EXT}")) {
+                if let Ok(k) = stem.parse::<u64>() {
+                    keys.push(k);
+                }
+            }
+        }
+        keys.sort_unstable();
+        let mut decoder = Decoder::new()?;
+        let mut segments = BTreeMap::new();
+        let mut index = VecDeque::new();
+        let mut expect: Option<Seq> = None;
+        let mut last_seq = Seq(0);
+        for (i, key) in keys.iter().copied().enumerate() {
+            let path = segment_path(dir, key);
+            let bytes = std::fs::read(&path).map_err(|e| ReplicatorError::io("read", &path, e))?;
+            let scan = scan_segment(&bytes, key, group, expect, &mut decoder);
+            let is_last = i + 1 == keys.len();
+            if let Some((offset, reason, reaches_eof)) = scan.bad {
+                if !(is_last && reaches_eof) {
+                    return Err(ReplicatorError::CorruptJournal {
+                        path,
+                        offset,
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset,
+                    dropped = bytes.len() as u64 - scan.valid_len,
+                    %reason,
+                    "journal: truncating torn tail"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| ReplicatorError::io("open", &path, e))?;
+                f.set_len(scan.valid_len)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| ReplicatorError::io("truncate", &path, e))?;
+            }
+            if scan.frames.is_empty() && is_last {
+                std::fs::remove_file(&path).map_err(|e| ReplicatorError::io("remove", &path, e))?;
+                sync_dir(dir)?;
+                continue;
+            }
+            if let Some(l) = scan.frames.last() {
+                expect = Some(l.last_seq.next());
+                last_seq = l.last_seq;
+            }
+            for f in scan.frames {
+                if f.last_seq > trimmed {
+                    index.push_back(f);
+                }
+            }
+            let file = File::open(&path).map_err(|e| ReplicatorError::io("open", &path, e))?;
+            segments.insert(
+                key,
+                Segment {
+                    path,
+                    file: Arc::new(file),
+                },
+            );
+        }
+        let next_seq = meta_next.max(last_seq.next()).max(trimmed.next());
+        let pending_bytes = index.iter().map(|e| u64::from(e.len)).sum();
+        Ok(Journal {
+            dir: dir.to_owned(),
+            group,
+            segment_bytes: segment_bytes.max(HEADER_LEN as u64),
+            state: Mutex::new(State {
+                index,
+                segments,
+                next_seq,
+                epoch: stored_epoch,
+                trimmed_through: trimmed,
+                pending_bytes,
+            }),
+            writer: Mutex::new(Writer::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group this journal belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The seq the next change will get.
+    pub fn next_seq(&self) -> Seq {
+        self.state().next_seq
+    }
+
+    /// The epoch stored in the journal.
+    pub fn epoch(&self) -> Epoch {
+        self.state().epoch
+    }
+
+    /// The highest seq trimmed (acknowledged by the replica and dropped).
+    pub fn trimmed_through(&self) -> Seq {
+        self.state().trimmed_through
+    }
+
+    /// Encoded bytes of frames not yet trimmed (not acknowledged by the replica).
+    pub fn pending_bytes(&self) -> u64 {
+        self.state().pending_bytes
+    }
+
+    /// Earliest capture time of any change not yet trimmed, unix ms.
+    pub fn oldest_unacked_capture_ms(&self) -> Option<i64> {
+        self.state().index.front().map(|e| e.oldest_capture_ms)
+    }
+
+    /// The untrimmed frames' entries, oldest first.
+    pub fn entries(&self) -> Vec<FrameEntry> {
+        self.state().index.iter().copied().collect()
+    }
+
+    /// Records a new epoch durably (after a promotion).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing the metadata file.
+    pub fn set_epoch(&self, epoch: Epoch) -> Result<()> {
+        let mut st = self.state();
+        st.epoch = epoch;
+        self.persist_meta(&st)
+    }
+
+    fn persist_meta(&self, st: &State) -> Result<()> {
+        write_meta(
+            &self.dir.join(JOURNAL_META_FILE),
+            JOURNAL_META_MAGIC,
+            &[st.epoch.0, st.next_seq.0, st.trimmed_through.0],
+        )
+    }
+
+    /// Appends frames durably (group commit): writes them all, one fdatasync, then publishes
+    /// them to readers. Only one thread may call this.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::InvalidSubmission`] if the seqs do not continue the journal;
+    /// [`ReplicatorError::Io`] on write or sync failure (the frames are then not published).
+    pub fn append(&self, frames: &[NewFrame]) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expect = self.next_seq();
+        let mut entries = Vec::with_capacity(frames.len());
+        for f in frames {
+            if f.first_seq != expect || f.last_seq < f.first_seq {
+                return Err(ReplicatorError::InvalidSubmission(format!(
+                    "frame seqs {}..={} do not continue the journal at {expect}",
+                    f.first_seq, f.last_seq
+                )));
+            }
+            expect = f.last_seq.next();
+            let len = f.bytes.len() as u64;
+            let rotate = match &w.current {
+                Some((_, _, cur)) => *cur > 0 && cur + len > self.segment_bytes,
+                None => true,
+            };
+            if rotate {
+                if let Some((key, file, _)) = w.current.take() {
+                    file.sync_data().map_err(|e| {
+                        ReplicatorError::io("fdatasync", segment_path(&self.dir, key), e)
+                    })?;
+                }
+                let key = f.first_seq.0;
+                let path = segment_path(&self.dir, key);
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| ReplicatorError::io("create", &path, e))?;
+                let existing = file
+                    .metadata()
+                    .map_err(|e| ReplicatorError::io("stat", &path, e))?
+                    .len();
+                sync_dir(&self.dir)?;
+                let reader =
+                    File::open(&path).map_err(|e| ReplicatorError::io("open", &path, e))?;
+                self.state().segments.insert(
+                    key,
+                    Segment {
+                        path,
+                        file: Arc::new(reader),
+                    },
+                );
+                w.current = Some((key, file, existing));
+            }
+            let Some((key, file, cur)) = w.current.as_mut() else {
+                return Err(ReplicatorError::Task(
+                    "journal writer lost its segment".into(),
+                ));
+            };
+            file.write_all(&f.bytes)
+                .map_err(|e| ReplicatorError::io("write", segment_path(&self.dir, *key), e))?;
+            entries.push(FrameEntry {
+                first_seq: f.first_seq,
+                last_seq: f.last_seq,
+                segment: *key,
+                offset: *cur,
+                len: f.bytes.len() as u32,
+                oldest_capture_ms: f.oldest_capture_ms,
+            });
+            *cur += len;
+        }
+        if let Some((key, file, _)) = &w.current {
+            file.sync_data()
+                .map_err(|e| ReplicatorError::io("fdatasync", segment_path(&self.dir, *key), e))?;
+        }
+        let mut st = self.state();
+        for e in entries {
+            st.pending_bytes += u64::from(e.len);
+            st.index.push_back(e);
+        }
+        st.next_seq = expect;
+        Ok(())
+    }
+
+    /// Reads whole frames covering seqs from `from` on, oldest first, up to about `max_bytes`
+    /// (always at least one frame when there is one).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] reading a segment.
+    pub fn frames_from(&self, from: Seq, max_bytes: usize) -> Result<Vec<(FrameEntry, Vec<u8>)>> {
+        let picks: Vec<(FrameEntry, Arc<File>, PathBuf)> = {
+            let st = self.state();
+            let start = st.index.partition_point(|e| e.last_seq < from);
+            let mut total = 0usize;
+            let mut picks = Vec::new();
+            for e in st.index.iter().skip(start) {
+                if !picks.is_empty() && total + e.len as usize > max_bytes {
+                    break;
+                }
+                let Some(seg) = st.segments.get(&e.segment) else {
+                    break;
+                };
+                total += e.len as usize;
+                picks.push((*e, Arc::clone(&seg.file), seg.path.clone()));
+            }
+            picks
+        };
+        let mut out = Vec::with_capacity(picks.len());
+        for (e, file, path) in picks {
+            let mut buf = vec![0u8; e.len as usize];
+            file.read_exact_at(&mut buf, e.offset)
+                .map_err(|err| ReplicatorError::io("read", &path, err))?;
+            out.push((e, buf));
+        }
+        Ok(out)
+    }
+
+    /// Drops everything through `seq` (acknowledged durable by the replica): index entries
+    /// at once, whole segment files once every frame in them is at or below `seq` (never the
+    /// segment being written).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing metadata or removing a segment.
+    pub fn trim_through(&self, seq: Seq) -> Result<()> {
+        let mut st = self.state();
+        if seq <= st.trimmed_through {
+            return Ok(());
+        }
+        while st.index.front().is_some_and(|e| e.last_seq <= seq) {
+            if let Some(e) = st.index.pop_front() {
+                st.pending_bytes -= u64::from(e.len);
+            }
+        }
+        st.trimmed_through = seq;
+        let keys: Vec<u64> = st.segments.keys().copied().collect();
+        let doomed: Vec<u64> = keys
+            .windows(2)
+            .filter(|w| w[1] <= seq.0.saturating_add(1))
+            .map(|w| w[0])
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        self.persist_meta(&st)?;
+        for k in doomed {
+            if let Some(seg) = st.segments.remove(&k) {
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| ReplicatorError::io("remove", &seg.path, e))?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Paths of the segment files currently held, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.state()
+            .segments
+            .values()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::frame::{Change, Encoder, FrameMeta};
+
+    const G: &str = "g";
+
+    fn frame(enc: &mut Encoder, first: u64, n: u64, fill: u8) -> NewFrame {
+        let changes: Vec<Change> = (0..n)
+            .map(|i| Change::write("vol", i * 4096, vec![fill; 4096], 1_000 + i as i64))
+            .collect();
+        let bytes = enc
+            .encode(
+                FrameMeta {
+                    group: GroupId::from_name(G),
+                    epoch: Epoch(1),
+                    first_seq: Seq(first),
+                },
+                &changes,
+            )
+            .unwrap();
+        NewFrame {
+            bytes,
+            first_seq: Seq(first),
+            last_seq: Seq(first + n - 1),
+            oldest_capture_ms: 1_000,
+        }
+    }
+
+    fn open(dir: &Path, seg: u64) -> Result<Journal> {
+        Journal::open(dir, GroupId::from_name(G), Epoch(1), seg)
+    }
+
+    fn write_frames(j: &Journal, count: u64) -> Vec<NewFrame> {
+        let mut enc = Encoder::new(1).unwrap();
+        let mut out = Vec::new();
+        for i in 0..count {
+            let f = frame(&mut enc, j.next_seq().0, 2, i as u8);
+            j.append(std::slice::from_ref(&f)).unwrap();
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn journal_golden_layout_is_concatenated_frames_in_seq_named_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let frames = write_frames(&j, 3);
+        let seg = dir.path().join("00000000000000000001.seg");
+        let on_disk = std::fs::read(&seg).unwrap();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.bytes.clone()).collect();
+        assert_eq!(on_disk, expected);
+        assert_eq!(&on_disk[..4], b"TNDF");
+        assert_eq!(j.next_seq(), Seq(7));
+        assert_eq!(j.pending_bytes(), expected.len() as u64);
+        let got = j.frames_from(Seq(3), usize::MAX).unwrap();
+        assert_eq!(got.len(), 2, "frames from seq 3 start at the second frame");
+        assert_eq!(got[0].1, frames[1].bytes);
+        assert_eq!(got[0].0.first_seq, Seq(3));
+    }
+
+    #[test]
+    fn journal_rotates_segments_by_size_and_reopens_with_same_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), 1).unwrap();
+        write_frames(&j, 4);
+        assert_eq!(
+            j.segment_paths().len(),
+            4,
+            "a tiny segment size rotates per frame"
+        );
+        let before = j.entries();
+        drop(j);
+        let j = open(dir.path(), 1).unwrap();
+        assert_eq!(j.entries(), before);
+        assert_eq!(j.next_seq(), Seq(9));
+        write_frames(&j, 1);
+        assert_eq!(j.next_seq(), Seq(11));
+    }
+
+    #[test]
+    fn journal_truncates_torn_tail_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let frames = write_frames(&j, 3);
+        drop(j);
+        let seg = dir.path().join("00000000000000000001.seg");
+        let full = std::fs::read(&seg).unwrap();
+        let cut = full.len() - frames[2].bytes.len() / 2;
+        std::fs::write(&seg, &full[..cut]).unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(j.next_seq(), Seq(5), "the torn third frame is gone");
+        assert_eq!(j.entries().len(), 2);
+        let keep = frames[0].bytes.len() + frames[1].bytes.len();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), keep as u64);
+        // Appending after the truncation continues cleanly and survives another reopen.
+        write_frames(&j, 1);
+        drop(j);
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(j.next_seq(), Seq(7));
+    }
+
+    #[test]
+    fn journal_truncates_zero_filled_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        write_frames(&j, 2);
+        drop(j);
+        let seg = dir.path().join("00000000000000000001.seg");
+        let mut b = std::fs::read(&seg).unwrap();
+        let len = b.len();
+        b.resize(len + 8192, 0);
+        std::fs::write(&seg, &b).unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(j.next_seq(), Seq(5));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64);
+    }
+
+    #[test]
+    fn journal_refuses_corrupt_middle_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let frames = write_frames(&j, 4);
+        drop(j);
+        let seg = dir.path().join("00000000000000000001.seg");
+        let mut b = std::fs::read(&seg).unwrap();
+        let second = frames[0].bytes.len();
+        b[second + HEADER_LEN + 10] ^= 0xff; // payload byte of frame 2
+        std::fs::write(&seg, &b).unwrap();
+        match open(dir.path(), DEFAULT_SEGMENT_BYTES) {
+            Err(ReplicatorError::CorruptJournal { offset, .. }) => {
+                assert_eq!(offset, second as u64)
+            }
+            other => panic!("expected CorruptJournal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn journal_trim_drops_acked_frames_and_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), 1).unwrap();
+        write_frames(&j, 5); // seqs 1..=10, one frame per segment
+        assert_eq!(j.segment_paths().len(), 5);
+        j.trim_through(Seq(6)).unwrap();
+        assert_eq!(j.entries().first().map(|e| e.first_seq), Some(Seq(7)));
+        assert_eq!(j.segment_paths().len(), 2, "segments 1, 3, 5 removed");
+        assert!(!dir.path().join("00000000000000000001.seg").exists());
+        assert!(j.frames_from(Seq(1), usize::MAX).unwrap()[0].0.first_seq == Seq(7));
+        j.trim_through(Seq(10)).unwrap();
+        assert_eq!(j.pending_bytes(), 0);
+        assert_eq!(
+            j.segment_paths().len(),
+            1,
+            "the segment being written stays"
+        );
+        drop(j);
+        let j = open(dir.path(), 1).unwrap();
+        assert_eq!(j.trimmed_through(), Seq(10));
+        assert_eq!(j.next_seq(), Seq(11));
+        assert!(j.entries().is_empty(), "acked frames are not served again");
+    }
+
+    #[test]
+    fn journal_refuses_out_of_order_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let mut enc = Encoder::new(1).unwrap();
+        let f = frame(&mut enc, 5, 1, 0);
+        assert!(matches!(
+            j.append(&[f]),
+            Err(ReplicatorError::InvalidSubmission(_))
+        ));
+    }
+}

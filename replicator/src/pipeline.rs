@@ -1,0 +1,591 @@
+//! The primary side of one group: captured changes get seqs, are batched into frames, encoded
+//! off the reactor, journaled with group commit, and acknowledged to the caller when durable
+//! locally (async mode) or on the replica (sync mode).
+//!
+//! Tasks: `submit` → bounded queue → batcher task (assigns seqs, lingers up to
+//! `batch_max_delay` only while the writer is busy, encodes in `spawn_blocking`) → bounded
+//! queue → one writer thread (drains what is queued, one [`Journal::append`] = one fdatasync,
+//! completes every waiter). The shipper ([`crate::ship`]) reads the journal from there.
+
+use crate::error::{ReplicatorError, Result};
+use crate::journal::{Journal, NewFrame, DEFAULT_SEGMENT_BYTES};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_core::frame::{Change, Encoder, FrameMeta, DEFAULT_LEVEL, MAX_RAW_LEN};
+use tandem_core::ids::{Epoch, GroupId, Seq};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// When `submit` returns: DRBD protocol A (async) or C (sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Return once the changes are durable in the local journal.
+    Async,
+    /// Return once the replica has acknowledged the changes durable.
+    Sync,
+}
+
+/// Settings of one group's pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The group name (its [`GroupId`] is derived from it).
+    pub group: String,
+    /// The epoch to write frames in (an existing journal keeps a newer stored epoch).
+    pub epoch: Epoch,
+    /// Directory of the journal.
+    pub dir: PathBuf,
+    /// Most bytes the journal may hold unacknowledged before intake is refused.
+    pub journal_max: u64,
+    /// A frame is closed once its raw changes reach this many bytes.
+    pub batch_max_bytes: usize,
+    /// Longest a batch lingers for more submissions while the writer is busy.
+    pub batch_max_delay: Duration,
+    /// Async or sync acknowledgement.
+    pub mode: Mode,
+    /// zstd level for frames.
+    pub zstd_level: i32,
+    /// Submissions that may wait in the intake queue (backpressure beyond that).
+    pub queue_depth: usize,
+    /// Size at which journal segments rotate.
+    pub segment_bytes: u64,
+}
+
+impl PipelineConfig {
+    /// Defaults: 1 GiB journal, 1 MiB batches, 2 ms linger, async, zstd level 1.
+    pub fn new(group: &str, dir: impl Into<PathBuf>) -> PipelineConfig {
+        PipelineConfig {
+            group: group.to_owned(),
+            epoch: Epoch(1),
+            dir: dir.into(),
+            journal_max: 1 << 30,
+            batch_max_bytes: 1 << 20,
+            batch_max_delay: Duration::from_millis(2),
+            mode: Mode::Async,
+            zstd_level: DEFAULT_LEVEL,
+            queue_depth: 256,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// Health of a group's replication as the primary sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// Shipping normally.
+    Protected,
+    /// Journal full, replica refusing, unreachable, or fenced: see `reason`.
+    Degraded,
+}
+
+impl GroupState {
+    /// The name used in heartbeats (`protected`, `degraded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Protected => "protected",
+            GroupState::Degraded => "degraded",
+        }
+    }
+}
+
+/// A snapshot of a group's replication progress (feeds heartbeats and RPO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Current epoch.
+    pub epoch: Epoch,
+    /// Highest seq durable in the local journal.
+    pub last_captured_seq: Seq,
+    /// Highest seq the replica acknowledged durable.
+    pub durable_on_replica_seq: Seq,
+    /// Capture time of the oldest change not yet durable on the replica (None: caught up).
+    /// RPO now = now − this.
+    pub oldest_unacked_capture_ms: Option<i64>,
+    /// Encoded bytes journaled but not acknowledged.
+    pub bytes_pending: u64,
+    /// Raw change data bytes submitted since open.
+    pub bytes_raw_total: u64,
+    /// Encoded frame bytes sent to the replica since open (resends included).
+    pub bytes_shipped_total: u64,
+    /// Frames sent to the replica since open (resends included).
+    pub frames_shipped: u64,
+    /// Protected or degraded.
+    pub state: GroupState,
+    /// Why degraded (empty when protected).
+    pub reason: String,
+}
+
+impl Progress {
+    /// RPO at `now_ms`, in milliseconds (0 when caught up).
+    pub fn rpo_ms(&self, now_ms: i64) -> i64 {
+        self.oldest_unacked_capture_ms
+            .map_or(0, |t| (now_ms - t).max(0))
+    }
+}
+
+struct Submission {
+    changes: Vec<Change>,
+    raw_bytes: u64,
+    done: oneshot::Sender<Result<Seq>>,
+}
+
+struct WriteJob {
+    frame: NewFrame,
+    raw_bytes: u64,
+    waiters: Vec<(oneshot::Sender<Result<Seq>>, Seq)>,
+}
+
+/// State shared by the pipeline, its tasks and its shipper.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) group: String,
+    pub(crate) group_id: GroupId,
+    pub(crate) journal: Arc<Journal>,
+    journal_max: u64,
+    mode: Mode,
+    epoch: AtomicU64,
+    pub(crate) fenced: watch::Sender<Option<String>>,
+    pub(crate) durable_local: watch::Sender<Seq>,
+    pub(crate) durable_replica: watch::Sender<Seq>,
+    queued_bytes: AtomicU64,
+    inflight_frames: AtomicUsize,
+    bytes_raw_total: AtomicU64,
+    pub(crate) bytes_shipped_total: AtomicU64,
+    pub(crate) frames_shipped: AtomicU64,
+    journal_full: Mutex<bool>,
+    pub(crate) ship_problem: Mutex<Option<String>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn fence(&self, reason: String) {
+        tracing::warn!(group = %self.group, %reason, "pipeline fenced");
+        self.fenced.send_replace(Some(reason));
+    }
+
+    pub(crate) fn set_ship_problem(&self, problem: Option<String>) {
+        *self.ship_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Clears the journal-full mark once the replica has drained the journal below the limit.
+    pub(crate) fn note_trimmed(&self) {
+        let pending = self.journal.pending_bytes() + self.queued_bytes.load(Ordering::SeqCst);
+        if pending < self.journal_max {
+            *self.journal_full.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        }
+    }
+
+    fn fenced_error(&self) -> Option<ReplicatorError> {
+        self.fenced
+            .borrow()
+            .as_ref()
+            .map(|reason| ReplicatorError::Fenced {
+                epoch: self.epoch(),
+                reason: reason.clone(),
+            })
+    }
+}
+
+/// The primary-side data path of one protection group.
+#[derive(Debug)]
+pub struct GroupPipeline {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Submission>>,
+    batcher: Option<JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupPipeline {
+    /// Opens the group's journal in `cfg.dir` (scanning it) and starts the batcher and the
+    /// writer. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// Journal open errors ([`ReplicatorError::CorruptJournal`], I/O, metadata), or a zstd
+    /// context failure.
+    pub async fn open(cfg: PipelineConfig) -> Result<GroupPipeline> {
+        let group_id = GroupId::from_name(&cfg.group);
+        let (dir, epoch, seg) = (cfg.dir.clone(), cfg.epoch, cfg.segment_bytes);
+        let journal =
+            tokio::task::spawn_blocking(move || Journal::open(&dir, group_id, epoch, seg))
+                .await
+                .map_err(|e| ReplicatorError::Task(e.to_string()))??;
+        let journal = Arc::new(journal);
+        let last = Seq(journal.next_seq().0 - 1);
+        let trimmed = journal.trimmed_through();
+        let shared = Arc::new(Shared {
+            group: cfg.group.clone(),
+            group_id,
+            epoch: AtomicU64::new(journal.epoch().0),
+            journal: Arc::clone(&journal),
+            journal_max: cfg.journal_max,
+            mode: cfg.mode,
+            fenced: watch::channel(None).0,
+            durable_local: watch::channel(last).0,
+            durable_replica: watch::channel(trimmed).0,
+            queued_bytes: AtomicU64::new(0),
+            inflight_frames: AtomicUsize::new(0),
+            bytes_raw_total: AtomicU64::new(0),
+            bytes_shipped_total: AtomicU64::new(0),
+            frames_shipped: AtomicU64::new(0),
+            journal_full: Mutex::new(false),
+            ship_problem: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+        });
+        let encoder = Encoder::new(cfg.zstd_level)?;
+        let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+        let (wtx, wrx) = mpsc::channel(4);
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("journal-{}", cfg.group))
+                .spawn(move || writer_loop(shared, wrx))
+                .map_err(|e| ReplicatorError::Task(format!("spawn journal writer: {e}")))?
+        };
+        let batcher = tokio::spawn(batcher_loop(
+            Arc::clone(&shared),
+            rx,
+            wtx,
+            encoder,
+            journal.next_seq(),
+            cfg.batch_max_bytes.max(1),
+            cfg.batch_max_delay,
+        ));
+        Ok(GroupPipeline {
+            shared,
+            tx: Some(tx),
+            batcher: Some(batcher),
+            writer: Some(writer),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// The group name.
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    /// The journal (read-only uses: inspection, tests, resync planning).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.shared.journal
+    }
+
+    /// Submits captured changes; they get consecutive seqs and are batched with concurrent
+    /// submissions into one frame. Returns the seq of the last change once it is durable in
+    /// the journal (async mode) or acknowledged durable by the replica (sync mode).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::JournalFull`] (retryable; the group is degraded),
+    /// [`ReplicatorError::Fenced`], [`ReplicatorError::InvalidSubmission`] (empty or over the
+    /// frame limit), [`ReplicatorError::Closed`], or the journal write error.
+    pub async fn submit(&self, changes: Vec<Change>) -> Result<Seq> {
+        if changes.is_empty() {
+            return Err(ReplicatorError::InvalidSubmission("no changes".into()));
+        }
+        let raw: usize = changes.iter().map(Change::encoded_len).sum();
+        if raw > MAX_RAW_LEN as usize {
+            return Err(ReplicatorError::InvalidSubmission(format!(
+                "{raw} raw bytes exceed the frame limit {MAX_RAW_LEN}"
+            )));
+        }
+        if let Some(e) = self.shared.fenced_error() {
+            return Err(e);
+        }
+        let sh = &self.shared;
+        let pending = sh.journal.pending_bytes() + sh.queued_bytes.load(Ordering::SeqCst);
+        {
+            let mut full = sh.journal_full.lock().unwrap_or_else(|p| p.into_inner());
+            if pending + raw as u64 > sh.journal_max {
+                if !*full {
+                    tracing::warn!(group = %sh.group, pending, max = sh.journal_max, "journal full: refusing intake");
+                }
+                *full = true;
+                return Err(ReplicatorError::JournalFull {
+                    pending,
+                    max: sh.journal_max,
+                });
+            }
+            *full = false;
+        }
+        let data: u64 = changes.iter().map(|c| c.data.len() as u64).sum();
+        sh.queued_bytes.fetch_add(raw as u64, Ordering::SeqCst);
+        let (done, wait) = oneshot::channel();
+        let closed = || ReplicatorError::Closed(sh.group.clone());
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        if tx
+            .send(Submission {
+                changes,
+                raw_bytes: raw as u64,
+                done,
+            })
+            .await
+            .is_err()
+        {
+            sh.queued_bytes.fetch_sub(raw as u64, Ordering::SeqCst);
+            return Err(closed());
+        }
+        sh.bytes_raw_total.fetch_add(data, Ordering::Relaxed);
+        let seq = wait.await.map_err(|_| closed())??;
+        if sh.mode == Mode::Sync {
+            self.wait_replica_durable(seq).await?;
+        }
+        Ok(seq)
+    }
+
+    /// Waits until the replica has acknowledged `seq` durable.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Fenced`] if the pipeline is fenced meanwhile,
+    /// [`ReplicatorError::Closed`] if it shuts down.
+    pub async fn wait_replica_durable(&self, seq: Seq) -> Result<()> {
+        let sh = &self.shared;
+        let mut acked = sh.durable_replica.subscribe();
+        let mut fenced = sh.fenced.subscribe();
+        let mut shutdown = sh.shutdown.subscribe();
+        tokio::select! {
+            r = acked.wait_for(|s| *s >= seq) => r.map(|_| ()).map_err(|_| ReplicatorError::Closed(sh.group.clone())),
+            _ = fenced.wait_for(|f| f.is_some()) => Err(sh.fenced_error().unwrap_or_else(|| ReplicatorError::Closed(sh.group.clone()))),
+            _ = shutdown.wait_for(|s| *s) => Err(ReplicatorError::Closed(sh.group.clone())),
+        }
+    }
+
+    /// A snapshot of progress; RPO now = now − `oldest_unacked_capture_ms`.
+    pub fn progress(&self) -> Progress {
+        let sh = &self.shared;
+        let last = *sh.durable_local.borrow();
+        let acked = *sh.durable_replica.borrow();
+        let oldest = if acked >= last {
+            None
+        } else {
+            sh.journal.oldest_unacked_capture_ms()
+        };
+        let mut reasons = Vec::new();
+        if let Some(f) = sh.fenced.borrow().as_ref() {
+            reasons.push(format!("fenced: {f}"));
+        }
+        if *sh.journal_full.lock().unwrap_or_else(|p| p.into_inner()) {
+            reasons.push(format!("journal full (limit {} bytes)", sh.journal_max));
+        }
+        if let Some(p) = sh
+            .ship_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            reasons.push(p.clone());
+        }
+        Progress {
+            epoch: sh.epoch(),
+            last_captured_seq: last,
+            durable_on_replica_seq: acked,
+            oldest_unacked_capture_ms: oldest,
+            bytes_pending: sh.journal.pending_bytes(),
+            bytes_raw_total: sh.bytes_raw_total.load(Ordering::Relaxed),
+            bytes_shipped_total: sh.bytes_shipped_total.load(Ordering::Relaxed),
+            frames_shipped: sh.frames_shipped.load(Ordering::Relaxed),
+            state: if reasons.is_empty() {
+                GroupState::Protected
+            } else {
+                GroupState::Degraded
+            },
+            reason: reasons.join("; "),
+        }
+    }
+
+    /// Starts a new epoch (after a promotion): stored durably, stamped on every later frame,
+    /// and lifts a fence.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing the journal metadata.
+    pub async fn set_epoch(&self, epoch: Epoch) -> Result<()> {
+        let j = Arc::clone(&self.shared.journal);
+        tokio::task::spawn_blocking(move || j.set_epoch(epoch))
+            .await
+            .map_err(|e| ReplicatorError::Task(e.to_string()))??;
+        self.shared.epoch.store(epoch.0, Ordering::SeqCst);
+        self.shared.fenced.send_replace(None);
+        Ok(())
+    }
+
+    /// Refuses every later submission (the lease was lost); sync-mode waiters fail.
+    pub fn fence(&self, reason: &str) {
+        self.shared.fence(reason.to_owned());
+    }
+
+    /// Stops intake, lets queued submissions finish, stops the shipper(s) and the writer.
+    pub async fn close(mut self) {
+        self.tx = None;
+        if let Some(b) = self.batcher.take() {
+            let _ = b.await;
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+impl Drop for GroupPipeline {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+async fn batcher_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Submission>,
+    wtx: mpsc::Sender<WriteJob>,
+    encoder: Encoder,
+    mut next_seq: Seq,
+    max_bytes: usize,
+    max_delay: Duration,
+) {
+    let mut encoder = Some(encoder);
+    let mut carry: Option<Submission> = None;
+    loop {
+        let first = match carry.take() {
+            Some(s) => s,
+            None => match rx.recv().await {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let mut bytes = first.raw_bytes as usize;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while bytes < max_bytes {
+            let next = match rx.try_recv() {
+                Ok(s) => Some(s),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if max_delay.is_zero() || shared.inflight_frames.load(Ordering::SeqCst) == 0 {
+                        None
+                    } else {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                }
+            };
+            let Some(s) = next else { break };
+            if bytes + s.raw_bytes as usize > MAX_RAW_LEN as usize {
+                carry = Some(s);
+                break;
+            }
+            bytes += s.raw_bytes as usize;
+            batch.push(s);
+        }
+        let first_seq = next_seq;
+        let mut changes = Vec::new();
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut raw_bytes = 0;
+        for s in batch {
+            let n = s.changes.len() as u64;
+            next_seq = Seq(next_seq.0 + n);
+            waiters.push((s.done, Seq(next_seq.0 - 1)));
+            raw_bytes += s.raw_bytes;
+            changes.extend(s.changes);
+        }
+        let meta = FrameMeta {
+            group: shared.group_id,
+            epoch: shared.epoch(),
+            first_seq,
+        };
+        let Some(mut enc) = encoder.take() else { break };
+        let oldest = changes.iter().map(|c| c.captured_ms).min().unwrap_or(0);
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = enc.encode(meta, &changes);
+            (enc, r)
+        })
+        .await;
+        let (enc, encoded) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                fail_waiters(waiters, &ReplicatorError::Task(e.to_string()));
+                break;
+            }
+        };
+        encoder = Some(enc);
+        let bytes = match encoded {
+            Ok(b) => b,
+            Err(e) => {
+                next_seq = first_seq;
+                shared.queued_bytes.fetch_sub(raw_bytes, Ordering::SeqCst);
+                fail_waiters(waiters, &ReplicatorError::Frame(e));
+                continue;
+            }
+        };
+        shared.inflight_frames.fetch_add(1, Ordering::SeqCst);
+        let job = WriteJob {
+            frame: NewFrame {
+                bytes,
+                first_seq,
+                last_seq: Seq(next_seq.0 - 1),
+                oldest_capture_ms: oldest,
+            },
+            raw_bytes,
+            waiters,
+        };
+        if wtx.send(job).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn fail_waiters(waiters: Vec<(oneshot::Sender<Result<Seq>>, Seq)>, e: &ReplicatorError) {
+    for (w, _) in waiters {
+        let _ = w.send(Err(ReplicatorError::Task(e.to_string())));
+    }
+}
+
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
+    while let Some(job) = rx.blocking_recv() {
+        let mut jobs = vec![job];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let frames: Vec<NewFrame> = jobs
+            .iter_mut()
+            .map(|j| NewFrame {
+                bytes: std::mem::take(&mut j.frame.bytes),
+                first_seq: j.frame.first_seq,
+                last_seq: j.frame.last_seq,
+                oldest_capture_ms: j.frame.oldest_capture_ms,
+            })
+            .collect();
+        let result = shared.journal.append(&frames);
+        let raw: u64 = jobs.iter().map(|j| j.raw_bytes).sum();
+        shared.queued_bytes.fetch_sub(raw, Ordering::SeqCst);
+        shared
+            .inflight_frames
+            .fetch_sub(jobs.len(), Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                if let Some(f) = frames.last() {
+                    shared.durable_local.send_replace(f.last_seq);
+                }
+                for j in jobs {
+                    for (w, seq) in j.waiters {
+                        let _ = w.send(Ok(seq));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(group = %shared.group, error = %e, "journal append failed");
+                shared.fence(format!("journal append failed: {e}"));
+                for j in jobs {
+                    fail_waiters(j.waiters, &e);
+                }
+                // Seqs are now out of step with the journal: stop taking work.
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The replica's gRPC endpoint: the [`ReplicationService`] (one per replicator, many groups)
+//! and [`classify`], the pure per-frame decision (group, epoch fence, seq continuity).
+
+use crate::apply::{ReplicaGroup, StreamState};
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use tandem_core::frame::FrameHeader;
+use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::proto::replication_server::{Replication, ReplicationServer};
+use tandem_core::proto::{
+    ship_request, ship_response, MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest,
+    ShipRequest, ShipResponse, Welcome,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest gRPC message accepted or sent on the replication stream (a frame is at most
+/// 64 MiB raw plus zstd overhead).
+pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
+/// HTTP/2 stream window (STACK-NOTES gotcha 5).
+pub const STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 connection window (STACK-NOTES gotcha 5).
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// HTTP/2 frame size (STACK-NOTES gotcha 5).
+pub const H2_FRAME_SIZE: u32 = (1 << 20) - 1;
+/// Most frames the receiver applies under one fdatasync + watermark write.
+const BATCH_FRAMES: usize = 64;
+/// Most bytes the receiver applies under one fdatasync + watermark write.
+const BATCH_BYTES: usize = 16 << 20;
+
+/// What to do with a frame whose header parsed, given the replica's position (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The frame belongs to another group: refuse, fatal.
+    WrongGroup,
+    /// The frame's epoch is older than the fence: refuse, fatal.
+    OldEpoch,
+    /// Every change is at or below the watermark: acknowledge, do not apply.
+    Duplicate,
+    /// The frame starts after watermark+1: refuse, resume from watermark+1.
+    Gap,
+    /// Apply, skipping the first `skip` changes (already applied).
+    Apply {
+        /// Changes at the start of the frame already at or below the watermark.
+        skip: u64,
+    },
+}
+
+/// Decides a frame's fate from its header, in the DESIGN order: group, epoch fence, seq
+/// continuity. Payload checks (decompressed length, blake3) come after, on `Apply` only.
+pub fn classify(header: &FrameHeader, group: GroupId, watermark: Seq, fence: Epoch) -> Verdict {
+    if header.meta.group != group {
+        return Verdict::WrongGroup;
+    }
+    if header.meta.epoch < fence {
+        return Verdict::OldEpoch;
+    }
+    if header.change_count == 0 || header.last_seq() <= watermark {
+        return Verdict::Duplicate;
+    }
+    let first = header.meta.first_seq.0;
+    if first > watermark.0.saturating_add(1) {
+        return Verdict::Gap;
+    }
+    Verdict::Apply {
+        skip: watermark.0 + 1 - first,
+    }
+}
+
+/// What the Merkle and ReadBlocks RPCs are served from (provided by the merkle/resync module).
+#[tonic::async_trait]
+pub trait BlockSource: Send + Sync + 'static {
+    /// Answers a Merkle summary request.
+    async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status>;
+    /// Answers a ReadBlocks request.
+    async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status>;
+}
+
+/// The replica replicator's `Replication` service: a registry of groups by name.
+#[derive(Clone)]
+pub struct ReplicationService {
+    groups: Arc<RwLock<HashMap<String, Arc<ReplicaGroup>>>>,
+    blocks: Option<Arc<dyn BlockSource>>,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ReplicationService {
+    fn default() -> Self {
+        ReplicationService {
+            groups: Arc::default(),
+            blocks: None,
+            closed: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicationService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationService")
+            .field("groups", &self.group_names())
+            .field("blocks", &self.blocks.is_some())
+            .finish()
+    }
+}
+
+impl ReplicationService {
+    /// An empty registry.
+    pub fn new() -> ReplicationService {
+        ReplicationService::default()
+    }
+
+    /// Serves Merkle and ReadBlocks from `source` (without one they answer `unimplemented`).
+    pub fn with_block_source(mut self, source: Arc<dyn BlockSource>) -> ReplicationService {
+        self.blocks = Some(source);
+        self
+    }
+
+    /// Ends every open Ship stream (after the batch being applied) and refuses new ones with
+    /// `unavailable`; lets a server shut down gracefully and the groups be reopened.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Registers (or replaces) a group.
+    pub fn add_group(&self, group: Arc<ReplicaGroup>) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.name().to_owned(), group);
+    }
+
+    /// Unregisters a group, returning it.
+    pub fn remove_group(&self, name: &str) -> Option<Arc<ReplicaGroup>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+
+    /// A registered group.
+    pub fn group(&self, name: &str) -> Option<Arc<ReplicaGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Names of the registered groups.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The tonic server wrapper with message limits raised for whole frames.
+    pub fn into_server(self) -> ReplicationServer<ReplicationService> {
+        ReplicationServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Serves `service` on `listener` with TCP_NODELAY and large fixed HTTP/2 windows
+/// (STACK-NOTES gotchas 4 and 5) until `shutdown` completes.
+///
+/// # Errors
+/// The tonic transport error.
+pub async fn serve(
+    service: ReplicationService,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(H2_FRAME_SIZE)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> {
+    Ok(ShipResponse { msg: Some(msg) })
+}
+
+async fn run_stream(
+    group: Arc<ReplicaGroup>,
+    mut inbound: Streaming<ShipRequest>,
+    tx: mpsc::Sender<Result<ShipResponse, Status>>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let mut state = StreamState::default();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = async { let _ = closed.wait_for(|c| *c).await; } => {
+                let _ = tx.send(Err(Status::unavailable("replica service closed"))).await;
+                return;
+            }
+        };
+        let first = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(group = group.name(), error = %e, "ship stream ended");
+                break;
+            }
+        };
+        let mut frames = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m.msg {
+                Some(ship_request::Msg::Frame(f)) => {
+                    bytes += f.len();
+                    frames.push(f);
+                }
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument("only frames after Hello")))
+                        .await;
+                    return;
+                }
+            }
+            if frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
+                break;
+            }
+            next = match inbound.next().now_or_never() {
+                Some(Some(Ok(m))) => Some(m),
+                _ => None,
+            };
+        }
+        let g = Arc::clone(&group);
+        let joined =
+            tokio::task::spawn_blocking(move || (g.receive_batch(frames, &mut state), state)).await;
+        let (result, st) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        };
+        state = st;
+        match result {
+            Ok(responses) => {
+                for r in responses {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(group = group.name(), error = %e, "apply failed");
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        }
+        if state.finished {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type ShipStream = ReceiverStream<Result<ShipResponse, Status>>;
+
+    async fn ship(
+        &self,
+        request: Request<Streaming<ShipRequest>>,
+    ) -> Result<Response<Self::ShipStream>, Status> {
+        if *self.closed.borrow() {
+            return Err(Status::unavailable("replica service closed"));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(ShipRequest {
+                msg: Some(ship_request::Msg::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the stream must start with Hello")),
+        };
+        let group = self
+            .group(&hello.group)
+            .ok_or_else(|| Status::not_found(format!("no replica group {:?}", hello.group)))?;
+        let (tx, rx) = mpsc::channel(64);
+        let g = Arc::clone(&group);
+        let epoch = Epoch(hello.epoch);
+        let verdict = tokio::task::spawn_blocking(move || g.hello(epoch))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match verdict {
+            Err(refusal) => {
+                tracing::warn!(group = %hello.group, from = %hello.from_node, reason = %refusal.reason, "refusing sender");
+                let _ = tx
+                    .send(response(ship_response::Msg::Refusal(refusal)))
+                    .await;
+            }
+            Ok((watermark, fence)) => {
+                tracing::info!(group = %hello.group, from = %hello.from_node, %watermark, %fence, "ship stream open");
+                let _ = tx
+                    .send(response(ship_response::Msg::Welcome(Welcome {
+                        watermark: watermark.0,
+                        epoch: fence.0,
+                    })))
+                    .await;
+                tokio::spawn(run_stream(group, inbound, tx, self.closed.subscribe()));
+            }
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn merkle(
+        &self,
+        request: Request<MerkleRequest>,
+    ) -> Result<Response<MerkleReply>, Status> {
+        match &self.blocks {
+            Some(b) => b.merkle(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("merkle not wired")),
+        }
+    }
+
+    async fn read_blocks(
+        &self,
+        request: Request<ReadBlocksRequest>,
+    ) -> Result<Response<ReadBlocksReply>, Status> {
+        match &self.blocks {
+            Some(b) => b.read_blocks(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("read_blocks not wired")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tandem_core::frame::{Change, Encoder, FrameMeta};
+
+    fn header(group: &str, epoch: u64, first: u64, n: usize) -> FrameHeader {
+        let changes: Vec<Change> = (0..n)
+            .map(|i| Change::write("v", i as u64, vec![1], 0))
+            .collect();
+        let b = Encoder::new(1)
+            .unwrap()
+            .encode(
+                FrameMeta {
+                    group: GroupId::from_name(group),
+                    epoch: Epoch(epoch),
+                    first_seq: Seq(first),
+                },
+                &changes,
+            )
+            .unwrap();
+        FrameHeader::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn classify_table() {
+        let g = GroupId::from_name("g");
+        let cases = [
+            (header("other", 1, 1, 1), 0, 1, Verdict::WrongGroup),
+            (header("g", 1, 1, 1), 0, 2, Verdict::OldEpoch),
+            (header("g", 2, 1, 1), 0, 2, Verdict::Apply { skip: 0 }),
+            (header("g", 3, 1, 1), 0, 2, Verdict::Apply { skip: 0 }),
+            (header("g", 1, 1, 3), 3, 1, Verdict::Duplicate),
+            (header("g", 1, 1, 3), 2, 1, Verdict::Apply { skip: 2 }),
+            (header("g", 1, 5, 1), 3, 1, Verdict::Gap),
+            (header("g", 1, 4, 2), 3, 1, Verdict::Apply { skip: 0 }),
+        ];
+        for (i, (h, wm, fence, want)) in cases.into_iter().enumerate() {
+            let got = classify(&h, g, Seq(wm), Epoch(fence));
+            assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn classify_never_applies_a_seq_twice_or_skips_one(first in 1u64..50, n in 1usize..5, wm in 0u64..60) {
+            let h = header("g", 1, first, n);
+            match classify(&h, GroupId::from_name("g"), Seq(wm), Epoch(1)) {
+                Verdict::Apply { skip } => {
+                    prop_assert_eq!(first + skip, wm + 1);
+                    prop_assert!(skip < n as u64);
+                }
+                Verdict::Duplicate => prop_assert!(first + n as u64 - 1 <= wm),
+                Verdict::Gap => prop_assert!(first > wm + 1),
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+}

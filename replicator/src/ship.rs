@@ -1,0 +1,347 @@
+//! The shipper: one task per group on the primary that streams journal frames to the replica
+//! replicator (tonic, TCP_NODELAY, large fixed HTTP/2 windows), advances the replica-durable
+//! seq on cumulative Acks, trims the journal, resends after Refusals and reconnects with
+//! backoff. A fatal Refusal (old epoch) fences the pipeline and stops the shipper.
+
+use crate::error::ReplicatorError;
+use crate::pipeline::{GroupPipeline, Shared};
+use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, MAX_MESSAGE_BYTES, STREAM_WINDOW};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_core::ids::Seq;
+use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::{ship_request, ship_response, Hello, ShipRequest};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A hook that may alter a frame just before it is sent (fault injection: tests and chaos).
+pub type FrameHook = Arc<dyn Fn(Seq, &mut Vec<u8>) + Send + Sync>;
+
+/// Settings of a shipper.
+#[derive(Clone)]
+pub struct ShipConfig {
+    /// The replica replicator's URL, `http://HOST:PORT`.
+    pub addr: String,
+    /// This node's name, sent in Hello.
+    pub from_node: String,
+    /// Most encoded bytes sent and not yet acknowledged.
+    pub window_bytes: usize,
+    /// Most frames sent and not yet acknowledged.
+    pub window_frames: usize,
+    /// Consecutive refusals (or failed connections) after which the group is degraded.
+    pub max_refusals: u32,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Fault injection: called on every frame before it is sent.
+    pub frame_hook: Option<FrameHook>,
+}
+
+impl std::fmt::Debug for ShipConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipConfig")
+            .field("addr", &self.addr)
+            .field("from_node", &self.from_node)
+            .field("window_bytes", &self.window_bytes)
+            .field("window_frames", &self.window_frames)
+            .field("max_refusals", &self.max_refusals)
+            .field("frame_hook", &self.frame_hook.is_some())
+            .finish()
+    }
+}
+
+impl ShipConfig {
+    /// Defaults: 8 MiB / 1024 frames window, degraded after 5 refusals, backoff 50 ms..2 s.
+    pub fn new(addr: &str, from_node: &str) -> ShipConfig {
+        ShipConfig {
+            addr: addr.to_owned(),
+            from_node: from_node.to_owned(),
+            window_bytes: 8 << 20,
+            window_frames: 1024,
+            max_refusals: 5,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            frame_hook: None,
+        }
+    }
+}
+
+/// Why a shipper ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipExit {
+    /// Asked to stop, or the pipeline closed.
+    Stopped,
+    /// The replica refused us fatally (old epoch): the pipeline is fenced.
+    Fenced(String),
+}
+
+/// A running shipper.
+#[derive(Debug)]
+pub struct ShipperHandle {
+    task: JoinHandle<ShipExit>,
+    stop: watch::Sender<bool>,
+}
+
+impl ShipperHandle {
+    /// Stops the shipper and waits for it.
+    pub async fn stop(self) -> ShipExit {
+        self.stop.send_replace(true);
+        self.join().await
+    }
+
+    /// Waits for the shipper to end on its own (dropping the handle instead stops it).
+    pub async fn join(self) -> ShipExit {
+        let ShipperHandle { task, stop } = self;
+        let exit = task
+            .await
+            .unwrap_or_else(|e| ShipExit::Fenced(format!("shipper task failed: {e}")));
+        drop(stop);
+        exit
+    }
+
+    /// Whether the shipper has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl GroupPipeline {
+    /// Starts the shipper task of this group towards the replica at `cfg.addr`.
+    pub fn start_shipper(&self, cfg: ShipConfig) -> ShipperHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(self.shared(), cfg, stop_rx));
+        ShipperHandle { task, stop }
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Fatal(String),
+    Broken { reason: String, progressed: bool },
+}
+
+async fn run(shared: Arc<Shared>, cfg: ShipConfig, mut stop: watch::Receiver<bool>) -> ShipExit {
+    let mut backoff = cfg.backoff_min;
+    let mut failures = 0u32;
+    let mut refusals = 0u32;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        if *stop.borrow() || *shutdown.borrow() {
+            return ShipExit::Stopped;
+        }
+        match session(&shared, &cfg, &mut refusals, &mut stop, &mut shutdown).await {
+            SessionEnd::Stopped => return ShipExit::Stopped,
+            SessionEnd::Fatal(reason) => {
+                shared.set_ship_problem(Some(format!("replica refused fatally: {reason}")));
+                shared.fence(format!("replica refused: {reason}"));
+                return ShipExit::Fenced(reason);
+            }
+            SessionEnd::Broken { reason, progressed } => {
+                if progressed {
+                    failures = 0;
+                    backoff = cfg.backoff_min;
+                }
+                failures += 1;
+                tracing::info!(group = %shared.group, addr = %cfg.addr, %reason, failures, "ship stream broken; reconnecting");
+                if failures >= cfg.max_refusals {
+                    shared.set_ship_problem(Some(format!(
+                        "replica {} unreachable ({failures} attempts): {reason}",
+                        cfg.addr
+                    )));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = until_true(&mut stop) => return ShipExit::Stopped,
+                    _ = until_true(&mut shutdown) => return ShipExit::Stopped,
+                }
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+        }
+    }
+}
+
+/// Resolves once the flag is true or its sender is gone (dropping a [`ShipperHandle`] stops
+/// its shipper).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
+    shared.durable_replica.send_if_modified(|s| {
+        if seq > *s {
+            *s = seq;
+            true
+        } else {
+            false
+        }
+    });
+    let j = Arc::clone(&shared.journal);
+    match tokio::task::spawn_blocking(move || j.trim_through(seq)).await {
+        Ok(Ok(())) => shared.note_trimmed(),
+        Ok(Err(e)) => tracing::warn!(group = %shared.group, error = %e, "journal trim failed"),
+        Err(e) => tracing::warn!(group = %shared.group, error = %e, "journal trim task failed"),
+    }
+}
+
+fn broken(reason: impl ToString, progressed: bool) -> SessionEnd {
+    SessionEnd::Broken {
+        reason: reason.to_string(),
+        progressed,
+    }
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    cfg: &ShipConfig,
+    refusals: &mut u32,
+    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let endpoint = match tonic::transport::Endpoint::from_shared(cfg.addr.clone()) {
+        Ok(e) => e
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(H2_FRAME_SIZE),
+        Err(e) => return SessionEnd::Fatal(format!("bad replica address {}: {e}", cfg.addr)),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return broken(format!("connect: {e}"), false),
+    };
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<ShipRequest>(16);
+    let hello = ShipRequest {
+        msg: Some(ship_request::Msg::Hello(Hello {
+            group: shared.group.clone(),
+            epoch: shared.epoch().0,
+            from_node: cfg.from_node.clone(),
+        })),
+    };
+    if tx.send(hello).await.is_err() {
+        return broken("request stream closed", false);
+    }
+    let mut inbound = match client.ship(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            return broken(format!("replica has no group: {}", s.message()), false)
+        }
+        Err(s) => return broken(format!("ship: {s}"), false),
+    };
+    let welcome = match inbound.message().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return broken("stream closed before Welcome", false),
+        Err(s) => return broken(format!("awaiting Welcome: {s}"), false),
+    };
+    let watermark = match welcome.msg {
+        Some(ship_response::Msg::Welcome(w)) => {
+            if w.epoch > shared.epoch().0 {
+                return SessionEnd::Fatal(format!(
+                    "replica is fenced at epoch {}, we are at {}",
+                    w.epoch,
+                    shared.epoch()
+                ));
+            }
+            Seq(w.watermark)
+        }
+        Some(ship_response::Msg::Refusal(r)) if r.fatal => return SessionEnd::Fatal(r.reason),
+        other => return broken(format!("expected Welcome, got {other:?}"), false),
+    };
+    let last_local = *shared.durable_local.borrow();
+    if watermark > last_local {
+        tracing::warn!(group = %shared.group, %watermark, %last_local, "replica is ahead of the journal");
+    }
+    on_acked(shared, watermark).await;
+    let mut acked = watermark;
+    let mut next = watermark.next();
+    let mut progressed = false;
+    let mut inflight: VecDeque<(Seq, usize)> = VecDeque::new();
+    let mut inflight_bytes = 0usize;
+    let mut local = shared.durable_local.subscribe();
+    loop {
+        let have_new = *local.borrow_and_update() >= next;
+        let can_send =
+            have_new && inflight_bytes < cfg.window_bytes && inflight.len() < cfg.window_frames;
+        let budget = cfg.window_bytes.saturating_sub(inflight_bytes).max(1);
+        let journal = Arc::clone(&shared.journal);
+        let from = next;
+        tokio::select! {
+            biased;
+            _ = until_true(stop) => return SessionEnd::Stopped,
+            _ = until_true(shutdown) => return SessionEnd::Stopped,
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(ship_response::Msg::Ack(a)) => {
+                        let d = Seq(a.durable_seq);
+                        if d > acked {
+                            acked = d;
+                            progressed = true;
+                            *refusals = 0;
+                            shared.set_ship_problem(None);
+                            while inflight.front().is_some_and(|(last, _)| *last <= d) {
+                                if let Some((_, len)) = inflight.pop_front() {
+                                    inflight_bytes -= len;
+                                }
+                            }
+                            on_acked(shared, d).await;
+                        }
+                    }
+                    Some(ship_response::Msg::Refusal(r)) => {
+                        if r.fatal {
+                            return SessionEnd::Fatal(r.reason);
+                        }
+                        *refusals += 1;
+                        tracing::warn!(group = %shared.group, seq = r.seq, resume_from = r.resume_from, reason = %r.reason, refusals = *refusals, "replica refused a frame; resending");
+                        if *refusals >= cfg.max_refusals {
+                            shared.set_ship_problem(Some(format!(
+                                "replica refused {} times in a row: {}",
+                                *refusals, r.reason
+                            )));
+                        }
+                        next = Seq(r.resume_from.max(1));
+                        inflight.clear();
+                        inflight_bytes = 0;
+                    }
+                    _ => {}
+                },
+                Ok(None) => return broken("replica closed the stream", progressed),
+                Err(s) => return broken(format!("stream: {s}"), progressed),
+            },
+            _ = local.changed(), if !have_new => {}
+            read = tokio::task::spawn_blocking(move || journal.frames_from(from, budget)), if can_send => {
+                let frames = match read {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return broken(format!("journal read: {e}"), progressed),
+                    Err(e) => return broken(ReplicatorError::Task(e.to_string()), progressed),
+                };
+                if frames.is_empty() {
+                    // Nothing at or after `next` yet (the replica is ahead of the journal):
+                    // poll again shortly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for (entry, mut bytes) in frames {
+                    if let Some(hook) = &cfg.frame_hook {
+                        hook(entry.first_seq, &mut bytes);
+                    }
+                    let len = bytes.len();
+                    let req = ShipRequest { msg: Some(ship_request::Msg::Frame(bytes)) };
+                    if tx.send(req).await.is_err() {
+                        return broken("request stream closed", progressed);
+                    }
+                    next = entry.last_seq.next();
+                    inflight.push_back((entry.last_seq, len));
+                    inflight_bytes += len;
+                    shared.frames_shipped.fetch_add(1, Ordering::Relaxed);
+                    shared.bytes_shipped_total.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
