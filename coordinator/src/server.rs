@@ -562,6 +562,34 @@ impl CoordinatorApi for Coordinator {
                 json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress}),
             )
             .await;
+        // A replica that reports itself in sync with a caught-up primary ends an initial sync
+        // or a post-failover resync: the group is protected again.
+        for p in r
+            .groups
+            .iter()
+            .filter(|p| p.role == "replica" && p.state == "in-sync")
+        {
+            let state = self.read(|s| s.group(&p.group).map(|g| (g.state, g.epoch.0)));
+            let caught_up = {
+                let live = lock(&self.inner.live);
+                live.groups.get(&p.group).is_some_and(|l| {
+                    l.reporter_epoch == p.epoch
+                        && now - l.reported_ms < 5_000
+                        && l.durable_seq >= l.last_captured_seq
+                        && p.durable_seq >= l.last_captured_seq
+                })
+            };
+            if let Some((GroupState::Resyncing | GroupState::FailedOver, epoch)) = state {
+                if caught_up && epoch == p.epoch {
+                    let _ = self
+                        .propose(
+                            json!({"op": "set_group_state", "group": p.group, "state": "protected",
+                            "reason": "replica in sync", "actor": r.node}),
+                        )
+                        .await;
+                }
+            }
+        }
         let t0 = self.now_ms();
         for p in r.groups.iter().filter(|p| p.role == "primary") {
             let (holder, active) = self.read(|s| {

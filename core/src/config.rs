@@ -559,6 +559,11 @@ pub struct Group {
     /// An automatic failover that would lose more than this waits for human approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_data_loss: Option<HumanDuration>,
+    /// Sync groups: how long a write waits for the replica before the group degrades to
+    /// acknowledging on the primary's journal alone (status shows it). Default 5s; `0s` blocks
+    /// writes until the replica answers (DRBD's `fencing resource-and-stonith` behaviour).
+    #[serde(default = "defaults::sync_timeout")]
+    pub sync_timeout: HumanDuration,
     /// Fail over automatically when the primary site is declared down. Default false.
     #[serde(default)]
     pub auto_failover: bool,
@@ -900,6 +905,9 @@ mod defaults {
         HumanDuration::from_secs(3)
     }
     pub(super) fn rpo_sample_interval() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    pub(super) fn sync_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)
     }
     pub(super) fn journal_max() -> ByteSize {

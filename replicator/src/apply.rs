@@ -149,6 +149,18 @@ impl ReplicaGroup {
         Ok(())
     }
 
+    /// Sets the watermark after a resync made the resource files equal to the primary's copy
+    /// as of `seq` (the files must already be durable). Frames after `seq` apply next.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing the metadata.
+    pub fn reset_watermark(&self, seq: Seq) -> Result<()> {
+        let mut inner = self.inner();
+        write_meta(&self.meta_path, REPLICA_META_MAGIC, &[seq.0, inner.fence.0])?;
+        inner.watermark = seq;
+        Ok(())
+    }
+
     /// Handles a Hello at `epoch`: refuses an older epoch (fatal), raises the fence to a newer
     /// one, and returns (watermark, fence) for the Welcome.
     ///

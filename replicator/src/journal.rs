@@ -195,6 +195,22 @@ fn scan_segment(
 }
 
 impl Journal {
+    /// Prepares a NEW journal in `dir` whose first frame will carry `first_seq` (a promoted
+    /// replica continues the group's seq numbering from its watermark). Does nothing when
+    /// `dir` already holds a journal.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`].
+    pub fn init(dir: &Path, epoch: Epoch, first_seq: Seq) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        let meta_path = dir.join(JOURNAL_META_FILE);
+        if meta_path.exists() {
+            return Ok(());
+        }
+        let start = first_seq.0.max(1);
+        write_meta(&meta_path, JOURNAL_META_MAGIC, &[epoch.0, start, start - 1])
+    }
+
     /// Opens (or creates) the journal of `group` in `dir`, scanning every segment.
     ///
     /// `epoch` is used when the journal is new; an existing journal keeps its stored epoch

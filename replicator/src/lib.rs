@@ -3,6 +3,7 @@
 //!
 //! The data path of one protection group:
 //! - [`nbd`]: the NBD server that captures every write of a protected volume.
+//! - [`node`]: the replicator process: roles, leases, heartbeats, NBD exports, resync.
 //! - [`volume`]: the `VolumeBackend` trait the NBD server writes through, and `FileVolume`.
 //! - [`journal`]: the primary's durable log of frames not yet acknowledged by the replica.
 //! - [`pipeline`]: [`pipeline::GroupPipeline`], where captured changes get seqs, are batched
@@ -22,6 +23,7 @@ pub mod journal;
 pub mod merkle;
 pub mod meta;
 pub mod nbd;
+pub mod node;
 pub mod pipeline;
 pub mod receive;
 pub mod resync;

@@ -50,6 +50,11 @@ pub struct PipelineConfig {
     pub queue_depth: usize,
     /// Size at which journal segments rotate.
     pub segment_bytes: u64,
+    /// Sync mode: how long a write waits for the replica's acknowledgement before the group
+    /// degrades to acknowledging on the local journal alone (the replica is unreachable).
+    /// `None` blocks writes until the replica answers. Sync resumes once the replica has
+    /// caught up.
+    pub sync_timeout: Option<Duration>,
 }
 
 impl PipelineConfig {
@@ -66,6 +71,7 @@ impl PipelineConfig {
             zstd_level: DEFAULT_LEVEL,
             queue_depth: 256,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            sync_timeout: None,
         }
     }
 }
@@ -153,6 +159,8 @@ pub(crate) struct Shared {
     pub(crate) bytes_shipped_total: AtomicU64,
     pub(crate) frames_shipped: AtomicU64,
     journal_full: Mutex<bool>,
+    sync_timeout: Option<Duration>,
+    sync_degraded: std::sync::atomic::AtomicBool,
     pub(crate) ship_problem: Mutex<Option<String>>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
@@ -232,6 +240,8 @@ impl GroupPipeline {
             bytes_shipped_total: AtomicU64::new(0),
             frames_shipped: AtomicU64::new(0),
             journal_full: Mutex::new(false),
+            sync_timeout: cfg.sync_timeout,
+            sync_degraded: std::sync::atomic::AtomicBool::new(false),
             ship_problem: Mutex::new(None),
             shutdown: watch::channel(false).0,
         });
@@ -333,7 +343,28 @@ impl GroupPipeline {
         sh.bytes_raw_total.fetch_add(data, Ordering::Relaxed);
         let seq = wait.await.map_err(|_| closed())??;
         if sh.mode == Mode::Sync {
-            self.wait_replica_durable(seq).await?;
+            if sh.sync_degraded.load(Ordering::SeqCst) {
+                if *sh.durable_replica.borrow() >= Seq(seq.0.saturating_sub(1)) {
+                    // The replica caught up: back to synchronous acknowledgements.
+                    sh.sync_degraded.store(false, Ordering::SeqCst);
+                    tracing::info!(group = %sh.group, "replica caught up: sync acknowledgements resume");
+                    self.wait_replica_durable(seq).await?;
+                }
+                return Ok(seq);
+            }
+            match sh.sync_timeout {
+                None => self.wait_replica_durable(seq).await?,
+                Some(t) => {
+                    if tokio::time::timeout(t, self.wait_replica_durable(seq))
+                        .await
+                        .is_err()
+                    {
+                        sh.sync_degraded.store(true, Ordering::SeqCst);
+                        tracing::warn!(group = %sh.group, timeout_ms = t.as_millis() as u64,
+                            "replica did not acknowledge in time: sync group degraded, writes acknowledged on the local journal");
+                    }
+                }
+            }
         }
         Ok(seq)
     }
@@ -368,6 +399,12 @@ impl GroupPipeline {
         let mut reasons = Vec::new();
         if let Some(f) = sh.fenced.borrow().as_ref() {
             reasons.push(format!("fenced: {f}"));
+        }
+        if sh.sync_degraded.load(Ordering::SeqCst) {
+            reasons.push(
+                "sync degraded: the replica is not acknowledging; writes are acknowledged on the local journal only"
+                    .to_owned(),
+            );
         }
         if *sh.journal_full.lock().unwrap_or_else(|p| p.into_inner()) {
             reasons.push(format!("journal full (limit {} bytes)", sh.journal_max));

@@ -129,6 +129,9 @@ pub struct ResyncReport {
     pub root: Hash,
     /// Wall-clock time of the whole resync, the final re-hash included.
     pub duration: Duration,
+    /// The source's watermark when it computed its leaves (`MerkleReply::watermark`): every
+    /// change up to it is in the resynced copy.
+    pub source_watermark: u64,
 }
 
 /// Tuning for [`resync`].
@@ -136,12 +139,19 @@ pub struct ResyncReport {
 pub struct ResyncOptions {
     /// Blocks per `ReadBlocks` request; lowered so a reply stays under [`MAX_REPLY_BYTES`].
     pub batch_blocks: usize,
+    /// The source keeps taking writes during the resync (a live primary): blocks may change
+    /// between its `Merkle` and `ReadBlocks` answers, so pulled blocks are not checked against
+    /// the leaves and the final roots may differ. The caller must then replay the source's
+    /// journal from [`ResyncReport::source_watermark`] + 1, which brings every changed block up
+    /// to date (writes are idempotent and replayed in order).
+    pub live_source: bool,
 }
 
 impl Default for ResyncOptions {
     fn default() -> Self {
         ResyncOptions {
             batch_blocks: DEFAULT_BATCH_BLOCKS,
+            live_source: false,
         }
     }
 }
@@ -229,6 +239,21 @@ pub async fn fetch_tree(
     resource: &str,
     block_size: u32,
 ) -> Result<(MerkleTree, u64), ResyncError> {
+    fetch_tree_at(client, group, resource, block_size)
+        .await
+        .map(|(t, b, _)| (t, b))
+}
+
+/// [`fetch_tree`], also returning the source's watermark at the time it hashed.
+///
+/// # Errors
+/// As [`fetch_tree`].
+pub async fn fetch_tree_at(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    block_size: u32,
+) -> Result<(MerkleTree, u64, u64), ResyncError> {
     merkle::check_block_size(block_size)?;
     let req = MerkleRequest {
         group: group.to_string(),
@@ -258,7 +283,7 @@ pub async fn fetch_tree(
             reason: "root does not match the leaves".to_string(),
         });
     }
-    Ok((tree, bytes))
+    Ok((tree, bytes, reply.watermark))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -313,7 +338,8 @@ pub async fn resync(
             _ => Ok(scan::hash_file(&path, block_size)?),
         }
     });
-    let (source, mut wire) = fetch_tree(&mut client, group, resource, block_size).await?;
+    let (source, mut wire, source_watermark) =
+        fetch_tree_at(&mut client, group, resource, block_size).await?;
     let local = local_task
         .await
         .map_err(|e| ResyncError::Task(e.to_string()))??;
@@ -366,7 +392,7 @@ pub async fn resync(
             .map_err(|s| rpc_err("ReadBlocks", group, resource, s))?
             .into_inner();
         wire += reply.encoded_len() as u64;
-        check_blocks(batch, &reply, &source)?;
+        check_blocks(batch, &reply, &source, options.live_source)?;
         if let Some(previous) = writing.take() {
             previous
                 .await
@@ -392,7 +418,7 @@ pub async fn resync(
     })
     .await??;
     let check = verify(&source, &after)?;
-    if !check.equal {
+    if !check.equal && !options.live_source {
         return Err(ResyncError::RootMismatch {
             source_root: hex(&check.root_a),
             target_root: hex(&check.root_b),
@@ -405,8 +431,9 @@ pub async fn resync(
         differing_bytes: report.differing_bytes,
         bytes_sent_over_wire: wire,
         length,
-        root: check.root_a,
+        root: check.root_b,
         duration: started.elapsed(),
+        source_watermark,
     })
 }
 
@@ -415,6 +442,7 @@ fn check_blocks(
     asked: &[u64],
     reply: &ReadBlocksReply,
     source: &MerkleTree,
+    live_source: bool,
 ) -> Result<(), ResyncError> {
     let bad = |reason: String| ResyncError::BadReply {
         rpc: "ReadBlocks",
@@ -432,7 +460,7 @@ fn check_blocks(
             return Err(bad(format!("block {} where {} was asked", got.index, want)));
         }
         let leaf = source.leaves().get(*want as usize);
-        if leaf != Some(&merkle::leaf_hash(&got.data)) {
+        if !live_source && leaf != Some(&merkle::leaf_hash(&got.data)) {
             return Err(bad(format!(
                 "block {} ({} bytes) does not match the source's leaf",
                 got.index,
@@ -612,13 +640,13 @@ mod tests {
                 },
             ],
         };
-        assert!(check_blocks(&[1, 2], &good, &src).is_ok());
+        assert!(check_blocks(&[1, 2], &good, &src, false).is_ok());
         let mut bad = good.clone();
         bad.blocks[1].data = b"cd".to_vec();
-        let err = check_blocks(&[1, 2], &bad, &src).unwrap_err();
+        let err = check_blocks(&[1, 2], &bad, &src, false).unwrap_err();
         assert!(err.to_string().contains("block 2"), "{err}");
-        assert!(check_blocks(&[2, 1], &good, &src).is_err());
-        assert!(check_blocks(&[1], &good, &src).is_err());
+        assert!(check_blocks(&[2, 1], &good, &src, false).is_err());
+        assert!(check_blocks(&[1], &good, &src, false).is_err());
     }
 
     #[tokio::test]

@@ -41,8 +41,7 @@ pub fn run(a: Args) -> Result<()> {
                 tandem_coordinator::server::run(topo, a.name, shutdown).await?;
             }
             NodeRole::Replicator => {
-                let _ = (topo, shutdown);
-                anyhow::bail!("replicator runtime: not wired yet");
+                tandem_replicator::node::run(topo, a.name, shutdown).await?;
             }
         }
         Ok(())
