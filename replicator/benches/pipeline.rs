@@ -50,17 +50,24 @@ async fn setup(
     let mut cfg = PipelineConfig::new("bench", dir.path().join("journal"));
     cfg.mode = mode;
     let p = Arc::new(GroupPipeline::open(cfg).await.unwrap());
-    let shipper = p.start_shipper(ShipConfig::new(&format!("http://{addr}"), "bench"));
+    let mut sc = ShipConfig::new(&format!("http://{addr}"), "bench");
+    if let Some(mb) = std::env::var("BENCH_WINDOW_MB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        sc.window_bytes = mb << 20;
+    }
+    let shipper = p.start_shipper(sc);
     (dir, p, group, shipper)
 }
 
-async fn async_throughput(secs: u64) {
+async fn async_throughput(secs: u64, submitters: u64) {
     let (_dir, p, group, shipper) = setup(Mode::Async).await;
     let pool: Arc<Vec<Vec<u8>>> = Arc::new((0..1024).map(|i| mixed(i, 64 << 10)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for t in 0..16u64 {
+    for t in 0..submitters {
         let (p, pool, stop) = (Arc::clone(&p), Arc::clone(&pool), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift::new(t + 1);
@@ -102,7 +109,7 @@ async fn async_throughput(secs: u64) {
     rpo.sort_by(|a, b| a.total_cmp(b));
     let mb = pr.bytes_raw_total as f64 / 1e6;
     println!(
-        "async 64 KiB mixed writes, 16 submitters: {:.0} MB raw in {:.2} s (all submitted at {:.2} s) \
+        "async 64 KiB mixed writes, {submitters} submitters: {:.0} MB raw in {:.2} s (all submitted at {:.2} s) \
          = {:.0} MB/s end to end; shipped {:.0} MB in {} frames (ratio {:.2}); replica applied {} changes",
         mb,
         caught_up.as_secs_f64(),
@@ -173,7 +180,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        async_throughput(secs).await;
+        async_throughput(secs, 16).await;
+        async_throughput(secs, 64).await;
         sync_latency(if smoke { 50 } else { 2000 }, 1).await;
         sync_latency(if smoke { 20 } else { 500 }, 8).await;
     });

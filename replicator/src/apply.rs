@@ -3,11 +3,12 @@
 //!
 //! Order per batch of frames: check each frame ([`crate::receive::classify`], then decode:
 //! decompressed length and blake3), `pwrite` its changes, fdatasync every touched file, THEN
-//! persist the watermark (`replica.meta`: watermark and epoch fence), THEN acknowledge.
+//! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
+//! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.
 
 use crate::error::{ReplicatorError, Result};
-use crate::meta::{read_meta, write_meta};
+use crate::meta::SlotFile;
 use crate::receive::{classify, Verdict};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -21,8 +22,9 @@ use tandem_core::proto::{ship_response, Ack, Refusal, ShipResponse};
 
 /// Magic of the replica metadata file.
 pub const REPLICA_META_MAGIC: [u8; 4] = *b"TNDW";
-/// Name of the replica metadata file in the group directory.
-pub const REPLICA_META_FILE: &str = "replica.meta";
+/// Name of the replica metadata file (a [`SlotFile`] of watermark and fence) in the group
+/// directory.
+pub const REPLICA_META_FILE: &str = "replica.slots";
 const ZERO_CHUNK: usize = 1 << 20;
 
 #[derive(Debug)]
@@ -33,6 +35,7 @@ struct Resource {
 
 #[derive(Debug)]
 struct Inner {
+    meta: SlotFile,
     watermark: Seq,
     fence: Epoch,
     resources: HashMap<String, Resource>,
@@ -44,7 +47,6 @@ struct Inner {
 pub struct ReplicaGroup {
     name: String,
     group_id: GroupId,
-    meta_path: PathBuf,
     inner: Mutex<Inner>,
     applied_frames: AtomicU64,
     applied_changes: AtomicU64,
@@ -73,10 +75,8 @@ impl ReplicaGroup {
     ) -> Result<ReplicaGroup> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(REPLICA_META_FILE);
-        let (watermark, fence) = match read_meta(&meta_path, REPLICA_META_MAGIC, 2)? {
-            Some(v) => (Seq(v[0]), Epoch(v[1])),
-            None => (Seq(0), Epoch(0)),
-        };
+        let (meta, v) = SlotFile::open(&meta_path, REPLICA_META_MAGIC, 2, &[0, 0])?;
+        let (watermark, fence) = (Seq(v[0]), Epoch(v[1]));
         let mut res = HashMap::new();
         for (rname, path) in resources {
             let file = OpenOptions::new()
@@ -91,8 +91,8 @@ impl ReplicaGroup {
         Ok(ReplicaGroup {
             name: name.to_owned(),
             group_id: GroupId::from_name(name),
-            meta_path,
             inner: Mutex::new(Inner {
+                meta,
                 watermark,
                 fence,
                 resources: res,
@@ -139,11 +139,8 @@ impl ReplicaGroup {
     pub fn set_fence(&self, epoch: Epoch) -> Result<()> {
         let mut inner = self.inner();
         if epoch > inner.fence {
-            write_meta(
-                &self.meta_path,
-                REPLICA_META_MAGIC,
-                &[inner.watermark.0, epoch.0],
-            )?;
+            let wm = inner.watermark;
+            inner.meta.write(&[wm.0, epoch.0])?;
             inner.fence = epoch;
         }
         Ok(())
@@ -270,11 +267,7 @@ impl ReplicaGroup {
             };
             stream.awaiting_resend = false;
             if header.meta.epoch > inner.fence {
-                write_meta(
-                    &self.meta_path,
-                    REPLICA_META_MAGIC,
-                    &[durable.0, header.meta.epoch.0],
-                )?;
+                inner.meta.write(&[durable.0, header.meta.epoch.0])?;
                 inner.fence = header.meta.epoch;
             }
             let mut failed = None;
@@ -312,8 +305,7 @@ impl ReplicaGroup {
             frames_applied += 1;
         }
         if inner.watermark > durable {
-            let fence = inner.fence;
-            if let Err(e) = sync_and_persist(inner, &touched, &self.meta_path, fence) {
+            if let Err(e) = sync_and_persist(inner, &touched) {
                 inner.watermark = durable;
                 return Err(e);
             }
@@ -363,12 +355,7 @@ impl ReplicaGroup {
     }
 }
 
-fn sync_and_persist(
-    inner: &Inner,
-    touched: &BTreeSet<String>,
-    meta_path: &Path,
-    fence: Epoch,
-) -> Result<()> {
+fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
     for name in touched {
         if let Some(r) = inner.resources.get(name) {
             r.file
@@ -376,7 +363,8 @@ fn sync_and_persist(
                 .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
         }
     }
-    write_meta(meta_path, REPLICA_META_MAGIC, &[inner.watermark.0, fence.0])
+    let (wm, fence) = (inner.watermark, inner.fence);
+    inner.meta.write(&[wm.0, fence.0])
 }
 
 /// Applies one change; returns the resource name when a file was written.

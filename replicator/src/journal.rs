@@ -697,6 +697,45 @@ mod tests {
         assert!(j.entries().is_empty(), "acked frames are not served again");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn scan_keeps_exactly_the_whole_frames_before_any_cut(n in 1u64..6, cut_back in 0usize..3000) {
+            let mut enc = Encoder::new(1).unwrap();
+            let mut bytes = Vec::new();
+            let mut ends = vec![0usize];
+            for i in 0..n {
+                bytes.extend(frame(&mut enc, 1 + 2 * i, 2, i as u8).bytes);
+                ends.push(bytes.len());
+            }
+            let cut = bytes.len().saturating_sub(cut_back);
+            let mut dec = Decoder::new().unwrap();
+            let scan = scan_segment(&bytes[..cut], 1, GroupId::from_name(G), None, &mut dec);
+            let whole = ends.iter().filter(|e| **e <= cut).count() - 1;
+            proptest::prop_assert_eq!(scan.frames.len(), whole);
+            proptest::prop_assert_eq!(scan.valid_len as usize, ends[whole]);
+            match scan.bad {
+                None => proptest::prop_assert_eq!(cut, ends[whole]),
+                Some((_, _, reaches_eof)) => proptest::prop_assert!(reaches_eof, "a cut is a torn tail"),
+            }
+        }
+
+        #[test]
+        fn scan_reports_any_flipped_byte_before_the_last_frame_as_corruption(at in 0usize..1000) {
+            let mut enc = Encoder::new(1).unwrap();
+            let a = frame(&mut enc, 1, 2, 1).bytes;
+            let b = frame(&mut enc, 3, 2, 2).bytes;
+            let pos = at % a.len();
+            let mut bytes = [a.clone(), b].concat();
+            bytes[pos] ^= 0x01;
+            let mut dec = Decoder::new().unwrap();
+            let scan = scan_segment(&bytes, 1, GroupId::from_name(G), None, &mut dec);
+            let (offset, _, reaches_eof) = scan.bad.expect("flip detected");
+            proptest::prop_assert_eq!(offset, 0);
+            proptest::prop_assert!(!reaches_eof, "a bad frame followed by data is not a torn tail");
+            proptest::prop_assert!(scan.frames.is_empty());
+        }
+    }
+
     #[test]
     fn journal_refuses_out_of_order_append() {
         let dir = tempfile::tempdir().unwrap();

@@ -242,9 +242,17 @@ async fn replica_restart_mid_stream_resumes_without_applying_twice() {
             .unwrap(),
     );
     let shipper = p.start_shipper(ship_cfg(&url));
-    // 1. Half the writes, then stop the replica while frames are still in flight.
-    let mut done = submit_all(&p, workload(2, 600), 4).await;
+    // 1. Writes stream in; the replica is stopped while they are still being submitted.
+    let first_half = tokio::spawn({
+        let p = Arc::clone(&p);
+        async move { submit_all(&p, workload(2, 600), 4).await }
+    });
+    while replica.group.watermark() < Seq(100) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let old = replica.shutdown().await;
+    let mut done = first_half.await.unwrap();
+    assert!(old.watermark() < Seq(600), "the replica stopped mid-stream");
     let applied_before = old.applied_changes();
     assert_eq!(
         old.watermark().0,
@@ -288,8 +296,15 @@ async fn primary_reopened_from_its_journal_resumes_shipping() {
     let mut done = submit_all(&p, workload(4, 500), 4).await;
     shipper.stop().await;
     let p = Arc::try_unwrap(p).unwrap();
+    let segments = p.journal().segment_paths();
     p.close().await;
-    // 2. Reopen the primary from its journal; the replica comes back.
+    // 2. A crash mid-append leaves a torn frame at the end of the last segment.
+    let last = segments.last().unwrap();
+    let head = std::fs::read(last).unwrap()[..200].to_vec();
+    let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+    std::io::Write::write_all(&mut f, &head).unwrap();
+    drop(f);
+    // 3. Reopen the primary from its journal (torn tail dropped); the replica comes back.
     let p = Arc::new(
         GroupPipeline::open(cfg(pdir.path(), Mode::Async))
             .await
