@@ -808,6 +808,58 @@ mod tests {
     }
 
     proptest! {
+        /// A replica that applies a prefix in order, restarting from any durable watermark it
+        /// reached, passes; swapping two adjacent applied changes is always caught.
+        #[test]
+        fn replica_prefix_with_restarts_passes_and_any_swap_is_caught(
+            n in 2u64..40,
+            applied in 2usize..40,
+            restarts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..4),
+            swap in any::<proptest::sample::Index>(),
+        ) {
+            let primary: Vec<Seq> = (1..=n).map(|s| Seq(s * 3)).collect();
+            let applied = applied.min(primary.len());
+            let mut log = Vec::new();
+            let mut restart_points: Vec<usize> =
+                restarts.iter().map(|i| i.index(applied)).collect();
+            restart_points.sort_unstable();
+            let mut i = 0;
+            let mut durable = 0usize; // number of changes durable
+            for r in restart_points {
+                while i <= r {
+                    log.push(ReplicaEvent::Applied(primary[i]));
+                    i += 1;
+                }
+                durable = durable.max(r / 2 + 1).min(i);
+                log.push(ReplicaEvent::Watermark(primary[durable - 1]));
+                log.push(ReplicaEvent::Restarted { watermark: primary[durable - 1] });
+                i = durable;
+            }
+            while i < applied {
+                log.push(ReplicaEvent::Applied(primary[i]));
+                i += 1;
+            }
+            prop_assert!(replica_prefix(&primary, &log).ok, "{:?}", log);
+            let applied_at: Vec<usize> = log
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e, ReplicaEvent::Applied(_)))
+                .map(|(k, _)| k)
+                .collect();
+            let pairs: Vec<(usize, usize)> = applied_at
+                .windows(2)
+                .filter(|w| w[1] == w[0] + 1)
+                .map(|w| (w[0], w[1]))
+                .collect();
+            if !pairs.is_empty() {
+                let (a, b) = pairs[swap.index(pairs.len())];
+                log.swap(a, b);
+                prop_assert!(!replica_prefix(&primary, &log).ok, "{:?}", log);
+            }
+        }
+    }
+
+    proptest! {
         /// Sequential writes (one at a time) with the final state holding the last write of
         /// each block always pass; changing one block's final content is always caught.
         #[test]

@@ -228,3 +228,26 @@ fn faults_link_accessors_pick_the_direction() {
     assert_eq!(f.to_client.latency, Duration::from_millis(3));
     assert_eq!(f.link(Direction::ToUpstream), &LinkFaults::default());
 }
+
+#[tokio::test]
+async fn one_way_blackhole_lets_the_other_direction_flow() {
+    let (proxy, mut s) = setup().await;
+    proxy.update(|f| f.to_client.blackhole = Some(Blackhole::Stall));
+    s.write_all(b"one way").await.unwrap();
+    let mut buf = [0u8; 7];
+    let stalled = timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await;
+    assert!(stalled.is_err(), "the reply crossed a one-way partition");
+    let stats = proxy.stats();
+    assert_eq!(
+        stats.bytes(Direction::ToUpstream),
+        7,
+        "requests still reach upstream"
+    );
+    assert_eq!(stats.bytes(Direction::ToClient), 0);
+    proxy.set(Faults::none());
+    timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"one way");
+}
