@@ -17,11 +17,12 @@ fn seed_count() -> u64 {
 fn every_seed_keeps_the_invariants() {
     let n = seed_count();
     let started = Instant::now();
-    let report = sweep(0..n, SimConfig::for_seed);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let report = sweep(0..n, threads, SimConfig::for_seed);
     let secs = started.elapsed().as_secs_f64();
     let t = &report.totals;
     println!(
-        "sim sweep: {} seeds in {secs:.2} s ({:.1} seeds/s), {:.0} steps/seed",
+        "sim sweep: {} seeds on {threads} threads in {secs:.2} s ({:.1} seeds/s), {:.0} steps/seed",
         report.runs,
         report.runs as f64 / secs,
         t.steps as f64 / report.runs.max(1) as f64

@@ -34,7 +34,7 @@ mod workload;
 
 use check::{Broken, Checker};
 use net::Network;
-use node::SimNode;
+use node::{DecodeCache, SimNode};
 use raft::StateRole;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -97,7 +97,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 3,
             steps: 400,
-            quiet_steps: 150,
+            quiet_steps: 120,
             step_ms: 50,
             max_delay_ms: 120,
             drop_per_mille: 50,
@@ -312,11 +312,36 @@ pub struct SweepReport {
     pub totals: SimStats,
 }
 
-/// Runs every seed in `seeds` with `config(seed)`.
-pub fn sweep(seeds: std::ops::Range<u64>, config: impl Fn(u64) -> SimConfig) -> SweepReport {
+/// Runs every seed in `seeds` with `config(seed)`, on `threads` threads (each run is
+/// single-threaded and independent of the others, so the result does not depend on
+/// `threads`).
+pub fn sweep(
+    seeds: std::ops::Range<u64>,
+    threads: usize,
+    config: impl Fn(u64) -> SimConfig + Sync,
+) -> SweepReport {
+    let threads = threads.max(1) as u64;
+    let config = &config;
+    let mut reports: Vec<SimReport> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let seeds = seeds.clone();
+                scope.spawn(move || {
+                    seeds
+                        .filter(|s| s % threads == t)
+                        .map(|s| Sim::run(s, config(s)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    reports.sort_by_key(|r| r.seed);
     let mut out = SweepReport::default();
-    for seed in seeds {
-        let r = Sim::run(seed, config(seed));
+    for r in reports {
         out.runs += 1;
         out.totals.add(&r.stats);
         if let Some(v) = r.violation {
@@ -343,6 +368,7 @@ pub struct Sim {
     stats: SimStats,
     trace: blake3::Hasher,
     failed: Option<Violation>,
+    decoded: DecodeCache,
 }
 
 impl Sim {
@@ -391,6 +417,7 @@ impl Sim {
             stats: SimStats::default(),
             trace,
             failed,
+            decoded: DecodeCache::new(),
             cfg,
         }
     }
@@ -653,7 +680,7 @@ impl Sim {
     fn ready(&mut self, i: usize) -> Result<(), Broken> {
         let id = self.nodes[i].id;
         let (msgs, applied, answers) = self.nodes[i]
-            .handle_ready()
+            .handle_ready(&mut self.decoded)
             .map_err(|e| (Invariant::Harness, e))?;
         for m in msgs {
             self.stats.messages_sent += 1;
@@ -674,7 +701,7 @@ impl Sim {
             self.checker.applied(i, id, e)?;
         }
         if let Some(state) = self.nodes[i].state() {
-            self.checker.audit(i, id, state)?;
+            self.checker.audit(id, state)?;
         }
         for a in answers {
             let Some(c) = self.requests.remove(&a.request) else {
@@ -724,9 +751,37 @@ impl Sim {
                 result = Err(b);
                 break;
             }
-            if let Some(Err(e)) = n.state().map(|s| s.audit().verify()) {
-                result = Err((Invariant::AuditChain, format!("node {}: {e}", n.id)));
-                break;
+        }
+        // The longest chain is verified whole; every other node's chain must be a prefix of it
+        // (same length and head hash as the longest chain at that length).
+        let longest = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.state().map(|s| (n.id, s.audit())))
+            .max_by_key(|(_, a)| a.len());
+        if let (Ok(()), Some((id, chain))) = (&result, longest) {
+            if let Err(e) = chain.verify() {
+                result = Err((Invariant::AuditChain, format!("node {id}: {e}")));
+            }
+            for n in &self.nodes {
+                let Some(mine) = n.state().map(State::audit) else {
+                    continue;
+                };
+                let same = mine.is_empty()
+                    || chain
+                        .records()
+                        .get(mine.len() - 1)
+                        .is_some_and(|r| r.hash == mine.head_hash());
+                if result.is_ok() && !same {
+                    result = Err((
+                        Invariant::AuditChain,
+                        format!(
+                            "node {}: audit chain of {} records is not a prefix of node {id}'s",
+                            n.id,
+                            mine.len()
+                        ),
+                    ));
+                }
             }
         }
         result.map_err(|(invariant, detail)| {

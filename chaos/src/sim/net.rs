@@ -28,11 +28,6 @@ impl Network {
             .collect()
     }
 
-    /// How many messages are in flight.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
     /// Whether `from` can reach `to` now.
     pub fn connected(&self, from: u64, to: u64) -> bool {
         !self.cut.contains(&(from, to))

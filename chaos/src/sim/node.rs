@@ -55,14 +55,25 @@ pub(crate) struct AppliedEntry {
     pub term: u64,
     /// Hash of the entry's data (0 for the empty entry a new leader appends).
     pub data_hash: u64,
-    /// The decoded command, `None` for empty entries.
-    pub command: Option<Command>,
-    /// What applying it did on this node.
-    pub outcome: Option<Result<Vec<Event>, Rejection>>,
     /// Digest of the node's state after applying it.
     pub state_digest: u64,
     /// Every group's (name, epoch, primary site) after applying it.
     pub groups: Vec<(String, u64, String)>,
+}
+
+/// Commands already decoded, by raft index, with the bytes they came from: every node applies
+/// the same entries, so each is parsed once (a node whose bytes differ parses its own).
+pub(crate) type DecodeCache = BTreeMap<u64, (Vec<u8>, Command)>;
+
+fn decode(cache: &mut DecodeCache, index: u64, data: &[u8]) -> Result<Command, String> {
+    if let Some((bytes, cmd)) = cache.get(&index) {
+        if bytes[..] == data[..] {
+            return Ok(cmd.clone());
+        }
+    }
+    let cmd: Command = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    cache.insert(index, (data.to_vec(), cmd.clone()));
+    Ok(cmd)
 }
 
 /// A proposal made through a node, answered when the node applies its index.
@@ -349,6 +360,7 @@ impl SimNode {
     #[allow(clippy::type_complexity)]
     pub fn handle_ready(
         &mut self,
+        cache: &mut DecodeCache,
     ) -> Result<(Vec<Message>, Vec<AppliedEntry>, Vec<Answer>), SimError> {
         let id = self.id;
         let bug = self.bug;
@@ -374,7 +386,7 @@ impl SimNode {
                 "node {id}: unexpected raft snapshot (the simulation never compacts)"
             ));
         }
-        Self::apply_entries(id, bug, l, rd.take_committed_entries(), &mut applied, &mut answers)?;
+        Self::apply_entries(id, bug, l, cache, rd.take_committed_entries(), &mut applied, &mut answers)?;
         if !rd.entries().is_empty() {
             l.storage
                 .wl()
@@ -403,6 +415,7 @@ impl SimNode {
             id,
             bug,
             l,
+            cache,
             light.take_committed_entries(),
             &mut applied,
             &mut answers,
@@ -416,6 +429,7 @@ impl SimNode {
         id: u64,
         bug: Option<Bug>,
         l: &mut Live,
+        cache: &mut DecodeCache,
         entries: Vec<Entry>,
         applied: &mut Vec<AppliedEntry>,
         answers: &mut Vec<Answer>,
@@ -433,14 +447,13 @@ impl SimNode {
                     l.applied, e.index
                 ));
             }
-            let (command, outcome) = if e.data.is_empty() {
-                (None, None)
+            let outcome = if e.data.is_empty() {
+                None
             } else {
-                let cmd: Command = serde_json::from_slice(&e.data).map_err(|err| {
+                let cmd = decode(cache, e.index, &e.data).map_err(|err| {
                     format!("node {id}: entry {} is not a command: {err}", e.index)
                 })?;
-                let outcome = sim_apply(&mut l.state, &cmd, bug);
-                (Some(cmd), Some(outcome))
+                Some(sim_apply(&mut l.state, &cmd, bug))
             };
             l.applied = e.index;
             // Proposals below this index that never showed up were overwritten.
@@ -468,8 +481,6 @@ impl SimNode {
                 } else {
                     hash_bytes(&e.data)
                 },
-                command,
-                outcome,
                 state_digest: state_digest(&l.state),
                 groups: l
                     .state
