@@ -86,3 +86,19 @@ fn promotion_that_ignores_the_lease_is_caught() {
     );
     assert_eq!(again.violation, Some(v));
 }
+
+#[test]
+fn acknowledging_before_fsync_is_caught() {
+    let (seed, v) = first_failure(Bug::AckBeforeFsync, seed_count())
+        .expect("no seed caught acknowledgements sent before fsync");
+    println!("caught: {v}");
+    // Replays to the same violation.
+    let again = Sim::run(
+        seed,
+        SimConfig {
+            bug: Some(Bug::AckBeforeFsync),
+            ..SimConfig::for_seed(seed)
+        },
+    );
+    assert_eq!(again.violation, Some(v));
+}

@@ -71,12 +71,7 @@ impl Checker {
     /// (a) committed entries are identical on every node (logs are prefixes of each other),
     /// and applying them yields the same state; (b) epochs only grow; (c) one primary site per
     /// (group, epoch); (e) an acknowledged entry is what every node applies at its index.
-    pub fn applied(
-        &mut self,
-        node: usize,
-        node_id: u64,
-        e: &AppliedEntry,
-    ) -> Result<(), Broken> {
+    pub fn applied(&mut self, node: usize, node_id: u64, e: &AppliedEntry) -> Result<(), Broken> {
         let pos = usize::try_from(e.index.saturating_sub(1)).unwrap_or(usize::MAX);
         if pos < self.canonical.len() {
             let c = self.canonical[pos];

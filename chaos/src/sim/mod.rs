@@ -142,6 +142,9 @@ pub enum Invariant {
     AckedLost,
     /// (f) An audit chain does not verify.
     AuditChain,
+    /// A node panicked: raft-rs aborts when it finds its log inconsistent with what it
+    /// acknowledged (for example a commit index past its last entry after a lost write).
+    NodePanicked,
     /// The simulation itself failed (a raft call refused what the harness gave it).
     Harness,
 }
@@ -157,6 +160,7 @@ impl Invariant {
             Invariant::TwoLiveLeases => "two-live-leases",
             Invariant::AckedLost => "acked-lost",
             Invariant::AuditChain => "audit-chain",
+            Invariant::NodePanicked => "node-panicked",
             Invariant::Harness => "harness",
         }
     }
@@ -367,6 +371,7 @@ pub struct Sim {
     last_role: Vec<(StateRole, u64)>,
     stats: SimStats,
     trace: blake3::Hasher,
+    trace_buf: Vec<u8>,
     failed: Option<Violation>,
     decoded: DecodeCache,
 }
@@ -404,7 +409,7 @@ impl Sim {
         trace.update(format!("{cfg:?}").as_bytes());
         Sim {
             seed,
-            rng: XorShift::new(seed ^ 0x5EED_0F_7A4D_E401),
+            rng: XorShift::new(seed ^ 0x005E_ED0F_7A4D_E401),
             now: 0,
             step: 0,
             last_role: vec![(StateRole::Follower, 0); nodes.len()],
@@ -416,6 +421,7 @@ impl Sim {
             next_request: 0,
             stats: SimStats::default(),
             trace,
+            trace_buf: Vec::new(),
             failed,
             decoded: DecodeCache::new(),
             cfg,
@@ -445,7 +451,11 @@ impl Sim {
             seed: self.seed,
             violation: self.failed.clone(),
             stats,
-            digest: self.trace.clone().finalize().to_hex().to_string(),
+            digest: {
+                let mut h = self.trace.clone();
+                h.update(&self.trace_buf);
+                h.finalize().to_hex().to_string()
+            },
         }
     }
 
@@ -482,7 +492,16 @@ impl Sim {
         self.now += self.cfg.step_ms;
         self.stats.steps += 1;
         let quiet = self.step > self.cfg.steps;
-        let result = self.run_step(quiet);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_step(quiet)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err((Invariant::NodePanicked, what))
+                });
         if let Err((invariant, detail)) = result {
             let v = Violation {
                 seed: self.seed,
@@ -503,7 +522,11 @@ impl Sim {
 
     fn trace(&mut self, words: &[u64]) {
         for w in words {
-            self.trace.update(&w.to_le_bytes());
+            self.trace_buf.extend_from_slice(&w.to_le_bytes());
+        }
+        if self.trace_buf.len() >= 64 * 1024 {
+            self.trace.update(&self.trace_buf);
+            self.trace_buf.clear();
         }
     }
 
@@ -613,9 +636,7 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) -> Result<(), Broken> {
-        self.nodes[i]
-            .start()
-            .map_err(|e| (Invariant::Harness, e))?;
+        self.nodes[i].start().map_err(|e| (Invariant::Harness, e))?;
         self.checker.restarted(i);
         self.stats.restarts += 1;
         self.trace(&[4, i as u64]);
@@ -816,7 +837,10 @@ mod tests {
         let b = Sim::run(7, short(7));
         assert_eq!(a, b);
         let c = Sim::run(8, short(8));
-        assert_ne!(a.digest, c.digest, "different seeds should give different runs");
+        assert_ne!(
+            a.digest, c.digest,
+            "different seeds should give different runs"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use std::collections::BTreeMap;
-use tandem_coordinator::state::{apply, Command, Event, Rejection, State};
+use std::hash::{Hash, Hasher};
+use tandem_coordinator::state::{apply, Command, Event, LeaseStatus, Rejection, SiteStatus, State};
 
 /// Raft election timeout in ticks (the randomized timeout lies in `[ELECTION_TICK, 2 *
 /// ELECTION_TICK)`).
@@ -140,22 +141,58 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     h
 }
 
+/// FNV-1a as a [`Hasher`], for digests only.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// A cheap digest of what matters in a state: clock, audit head, and every group's roles,
-/// epoch, state and lease.
+/// epoch, state and lease, and every site's status.
 pub(crate) fn state_digest(state: &State) -> u64 {
-    let mut s = format!("{}|{}|{}", state.clock_ms(), state.audit().len(), {
-        state.audit().head_hash()
-    });
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    state.clock_ms().hash(&mut h);
+    state.audit().len().hash(&mut h);
+    state.audit().head_hash().hash(&mut h);
     for (name, g) in state.groups() {
-        s.push_str(&format!(
-            "|{name}:{}:{}:{}:{:?}:{:?}",
-            g.epoch.0, g.primary_site, g.replica_site, g.state, g.lease
-        ));
+        name.hash(&mut h);
+        g.epoch.0.hash(&mut h);
+        g.primary_site.hash(&mut h);
+        g.replica_site.hash(&mut h);
+        g.state.hash(&mut h);
+        g.paused.hash(&mut h);
+        if let Some(l) = &g.lease {
+            l.holder.hash(&mut h);
+            l.site.hash(&mut h);
+            l.epoch.0.hash(&mut h);
+            l.granted_ms.hash(&mut h);
+            l.expires_ms.hash(&mut h);
+            match l.status {
+                LeaseStatus::Active => 1i64.hash(&mut h),
+                LeaseStatus::Revoked { at_ms } => (2i64, at_ms).hash(&mut h),
+                LeaseStatus::Released { at_ms } => (3i64, at_ms).hash(&mut h),
+            }
+        }
     }
     for (name, site) in state.sites() {
-        s.push_str(&format!("|{name}:{:?}", site.status));
+        name.hash(&mut h);
+        let code: u8 = match site.status {
+            SiteStatus::Unknown => 0,
+            SiteStatus::Up => 1,
+            SiteStatus::Down => 2,
+        };
+        code.hash(&mut h);
     }
-    hash_bytes(s.as_bytes())
+    h.finish()
 }
 
 fn role_code(r: StateRole) -> u64 {
@@ -227,7 +264,8 @@ impl SimNode {
     /// Starts it from what its disk holds: a fresh `MemStorage` loaded from the disk, a raft
     /// node with `applied = 0`, and an empty state that replays every committed entry.
     pub fn start(&mut self) -> Result<(), SimError> {
-        let storage = MemStorage::new_with_conf_state(ConfState::from((self.voters.clone(), vec![])));
+        let storage =
+            MemStorage::new_with_conf_state(ConfState::from((self.voters.clone(), vec![])));
         {
             let mut core = storage.wl();
             core.append(&self.disk.entries)
@@ -274,12 +312,10 @@ impl SimNode {
     fn fix_timeout(&mut self) {
         let Some(l) = self.live.as_mut() else { return };
         let r = &mut l.raw.raft;
-        let x = mix(
-            self.seed
-                ^ mix(self.id)
-                ^ mix(self.incarnation << 20)
-                ^ mix(r.term.wrapping_mul(31) ^ role_code(r.state)),
-        );
+        let x = mix(self.seed
+            ^ mix(self.id)
+            ^ mix(self.incarnation << 20)
+            ^ mix(r.term.wrapping_mul(31) ^ role_code(r.state)));
         let span = ELECTION_TICK as u64;
         let want = ELECTION_TICK + usize::try_from(x % span).unwrap_or(0);
         if r.randomized_election_timeout() != want {
@@ -379,14 +415,27 @@ impl SimNode {
         }
         let mut rd = l.raw.ready();
         out.extend(rd.take_messages());
-        if !rd.snapshot().get_metadata().get_conf_state().voters.is_empty()
+        if !rd
+            .snapshot()
+            .get_metadata()
+            .get_conf_state()
+            .voters
+            .is_empty()
             || rd.snapshot().get_metadata().index > 0
         {
             return Err(format!(
                 "node {id}: unexpected raft snapshot (the simulation never compacts)"
             ));
         }
-        Self::apply_entries(id, bug, l, cache, rd.take_committed_entries(), &mut applied, &mut answers)?;
+        Self::apply_entries(
+            id,
+            bug,
+            l,
+            cache,
+            rd.take_committed_entries(),
+            &mut applied,
+            &mut answers,
+        )?;
         if !rd.entries().is_empty() {
             l.storage
                 .wl()

@@ -47,11 +47,19 @@ pub(crate) struct Replicator {
 enum Phase {
     Bootstrap,
     InitialSync,
-    Idle { until: u64 },
+    Idle {
+        until: u64,
+    },
     /// Unplanned: set failing-over, fence, promote (retried while the lease may be live).
-    Failover { stage: u8, deadline: u64 },
+    Failover {
+        stage: u8,
+        deadline: u64,
+    },
     /// Planned: set switching-over, wait for the release, promote with zero loss.
-    Switchover { stage: u8, deadline: u64 },
+    Switchover {
+        stage: u8,
+        deadline: u64,
+    },
     /// Back to protected (after a failover, or after an aborted one).
     Restore,
 }
@@ -167,13 +175,14 @@ impl Workload {
             Client::Operator => self.operator_command(view, now, at_ms, rng),
             Client::Replicator(i) => self.replicator_command(i, view, now, at_ms, rng),
             Client::Detector => {
-                self.detector_next = now + 300 + rng.below(700);
+                self.detector_next = now + 500 + rng.below(1000);
                 view.settings()?;
                 let stale = view.sites().values().find(|s| {
                     !s.witness
                         && s.status == SiteStatus::Up
                         && s.nodes.values().max().is_some_and(|t| {
-                            at_ms.saturating_sub(*t) > i64::try_from(self.settings.detect_after_ms).unwrap_or(i64::MAX)
+                            at_ms.saturating_sub(*t)
+                                > i64::try_from(self.settings.detect_after_ms).unwrap_or(i64::MAX)
                         })
                 });
                 if let Some(s) = stale {
@@ -272,7 +281,11 @@ impl Workload {
                     epoch: g.epoch,
                     last_captured_seq: Seq(r.captured),
                     durable_seq: g.progress.durable_seq,
-                    rpo_ms: if pending == 0 { 0 } else { 50 + rng.below(3000) },
+                    rpo_ms: if pending == 0 {
+                        0
+                    } else {
+                        50 + rng.below(3000)
+                    },
                     bytes_pending: pending * 4096,
                 }],
             })
@@ -350,7 +363,9 @@ impl Workload {
         };
         match op.phase {
             Phase::Bootstrap => None,
-            Phase::InitialSync | Phase::Restore => Some(set_state(GroupState::Protected, "in sync")),
+            Phase::InitialSync | Phase::Restore => {
+                Some(set_state(GroupState::Protected, "in sync"))
+            }
             Phase::Idle { until } => {
                 if now < until {
                     op.next_ms = until;
