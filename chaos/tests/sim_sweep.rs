@@ -102,3 +102,11 @@ fn acknowledging_before_fsync_is_caught() {
     );
     assert_eq!(again.violation, Some(v));
 }
+
+#[test]
+fn sweep_result_does_not_depend_on_thread_count() {
+    let one = sweep(0..12, 1, SimConfig::for_seed);
+    let two = sweep(0..12, 2, SimConfig::for_seed);
+    assert_eq!(one, two);
+    assert_eq!(one.runs, 12);
+}
