@@ -15,6 +15,8 @@
 //! - [`workload`]: a seeded block-writer workload over any async write function.
 //! - [`nbd_client`]: a minimal NBD client (fixed newstyle, `NBD_OPT_GO`, read, write, flush,
 //!   disconnect) so workloads can write through NBD without qemu.
+//! - [`sim`]: a deterministic simulation of the coordinators (raft-rs + the state machine)
+//!   over an in-memory network, swept over seeds with invariants checked after every step.
 //! - [`rng`]: a small seeded PRNG whose output never changes between versions, so a seed
 //!   replays the same workload and the same corruption.
 
@@ -23,6 +25,7 @@ pub mod history;
 pub mod nbd_client;
 pub mod proxy;
 pub mod rng;
+pub mod sim;
 pub mod workload;
 
 use std::io;
