@@ -497,10 +497,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, EvidenceError> {
             supported: MANIFEST_VERSION,
         });
     }
-    let m: Manifest =
-        serde_json::from_value(v).map_err(|e| EvidenceError::ManifestMalformed {
-            reason: e.to_string(),
-        })?;
+    let m: Manifest = serde_json::from_value(v).map_err(|e| EvidenceError::ManifestMalformed {
+        reason: e.to_string(),
+    })?;
     for f in &m.files {
         if !LISTED_FILES.contains(&f.name.as_str()) {
             return Err(EvidenceError::ManifestMalformed {
@@ -528,10 +527,12 @@ pub fn parse_audit_jsonl(bytes: &[u8]) -> Result<Vec<AuditRecord>, EvidenceError
     if bytes.is_empty() {
         return Ok(out);
     }
-    let body = bytes.strip_suffix(b"\n").ok_or(EvidenceError::MalformedLine {
-        line: bytes.split(|b| *b == b'\n').count(),
-        reason: "the last line does not end with a newline".into(),
-    })?;
+    let body = bytes
+        .strip_suffix(b"\n")
+        .ok_or(EvidenceError::MalformedLine {
+            line: bytes.split(|b| *b == b'\n').count(),
+            reason: "the last line does not end with a newline".into(),
+        })?;
     for (n, line) in body.split(|b| *b == b'\n').enumerate() {
         let line_no = n + 1;
         let rec: AuditRecord =
@@ -587,11 +588,7 @@ pub fn check_chain(records: &[AuditRecord], chain: &ChainSummary) -> Result<(), 
         .last()
         .map_or(chain.first_prev_hash.as_str(), |r| r.hash.as_str());
     let checks: [(&'static str, String, String); 4] = [
-        (
-            "first_index",
-            show(chain.first_index),
-            show(found_first),
-        ),
+        ("first_index", show(chain.first_index), show(found_first)),
         ("last_index", show(chain.last_index), show(found_last)),
         (
             "records",
@@ -746,13 +743,13 @@ mod tests {
         let recs = chain(3);
         let bytes = audit_jsonl(&recs);
         assert_eq!(parse_audit_jsonl(&bytes).unwrap(), recs);
-        let mut text = String::from_utf8(bytes).unwrap();
-        text = text.replacen("{\"index\":1,", "{\"index\":1 ,", 1);
+        let original = String::from_utf8(bytes).unwrap();
+        let text = original.replacen("{\"index\":1,", "{\"index\":1 ,", 1);
         assert!(matches!(
             parse_audit_jsonl(text.as_bytes()),
             Err(EvidenceError::NonCanonicalLine { line: 2, index: 1 })
         ));
-        let broken = text.replacen("{\"index\":2,", "{\"index\":2,,", 1);
+        let broken = original.replacen("{\"index\":2,", "{\"index\":2,,", 1);
         assert!(matches!(
             parse_audit_jsonl(broken.as_bytes()),
             Err(EvidenceError::MalformedLine { line: 3, .. })
@@ -780,7 +777,9 @@ mod tests {
         recs[3].actor = "mallory".into();
         assert!(matches!(
             render(&recs, &ExportOptions::default()),
-            Err(EvidenceError::InputChain(ChainError::HashMismatch { index: 3 }))
+            Err(EvidenceError::InputChain(ChainError::HashMismatch {
+                index: 3
+            }))
         ));
     }
 

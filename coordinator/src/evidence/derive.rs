@@ -16,6 +16,10 @@ pub const RUNS_VERSION: u32 = 1;
 /// Header line of `rpo.csv`.
 pub const RPO_CSV_HEADER: &str = "group,at_ms,iso_time,rpo_ms,rpo_target_ms";
 
+/// An approval without a run id is attached to a run of its group that starts at most this long
+/// after it (one hour): approvals are given just before the operation they allow.
+pub const APPROVAL_LEAD_MS: i64 = 3_600_000;
+
 /// What kind of operation a [`Run`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -254,11 +258,15 @@ pub fn rpo_rows(records: &[AuditRecord], rpo_targets_ms: &BTreeMap<String, i64>)
         .filter_map(|r| {
             let group = r.group.clone()?;
             let rpo_ms = r.detail.get("rpo_ms").and_then(Value::as_u64)?;
-            let target_ms = r.detail.get("target_ms").and_then(Value::as_u64).or_else(|| {
-                rpo_targets_ms
-                    .get(&group)
-                    .and_then(|t| u64::try_from(*t).ok())
-            });
+            let target_ms = r
+                .detail
+                .get("target_ms")
+                .and_then(Value::as_u64)
+                .or_else(|| {
+                    rpo_targets_ms
+                        .get(&group)
+                        .and_then(|t| u64::try_from(*t).ok())
+                });
             Some(RpoRow {
                 group,
                 index: r.index,
@@ -542,7 +550,9 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
                             FAILOVER_KINDS,
                         );
                         for x in &idx {
-                            if records.iter().any(|y| y.index == *x && y.kind == AuditKind::Promote)
+                            if records
+                                .iter()
+                                .any(|y| y.index == *x && y.kind == AuditKind::Promote)
                             {
                                 covered_promotes.insert(*x);
                             }
@@ -674,10 +684,7 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
         );
         run.outcome = Some("no report".into());
         run.data_loss_window = r.detail.get("loss").filter(|v| !v.is_null()).cloned();
-        run.rpo_at_loss_ms = run
-            .data_loss_window
-            .as_ref()
-            .and_then(|l| i(l, "rpo_ms"));
+        run.rpo_at_loss_ms = run.data_loss_window.as_ref().and_then(|l| i(l, "rpo_ms"));
         let mut idx = related(
             records,
             r.group.as_deref(),
@@ -709,7 +716,8 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
         };
     }
 
-    // Approvals: by run id, else to the run of the same group whose time span contains them.
+    // Approvals: by run id, else to the first run of the same group that is under way at the
+    // approval or starts at most APPROVAL_LEAD_MS after it.
     for a in &mut approvals {
         let target = a
             .run_id
@@ -720,7 +728,7 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
                     r.kind != RunKind::Operator
                         && r.group.is_some()
                         && r.group == a.group
-                        && r.start_ms <= a.at_ms
+                        && r.start_ms.saturating_sub(APPROVAL_LEAD_MS) <= a.at_ms
                         && a.at_ms <= r.end_ms
                 })
             });

@@ -252,7 +252,9 @@ pub fn render_report(
         manifest
             .from
             .map_or_else(|| "start of chain".to_string(), iso_ms),
-        manifest.to.map_or_else(|| "end of chain".to_string(), iso_ms)
+        manifest
+            .to
+            .map_or_else(|| "end of chain".to_string(), iso_ms)
     );
     let _ = write!(
         o,
