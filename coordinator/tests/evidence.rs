@@ -689,3 +689,50 @@ fn reexport_overwrites_in_place_and_still_verifies() {
     let report = evidence::verify(dir.path()).unwrap();
     assert_eq!(report.records, recs.len() as u64 - 3);
 }
+
+/// Timing of a large export (run with `--ignored --nocapture`): 100k records, 1% operator reports.
+#[test]
+#[ignore]
+fn large_export_and_verify_timing() {
+    let mut c = tandem_coordinator::audit::AuditChain::default();
+    for k in 0..100_000i64 {
+        let g = if k % 2 == 0 { "vol" } else { "db" };
+        if k % 100 == 99 {
+            c.append(
+                T0 + k * 1_000,
+                "alice",
+                AuditKind::Operator,
+                Some(g),
+                json!({"op": "failover", "rto_ms": 3_000, "ready": true,
+                       "steps": [{"step": "fence", "ms": 5}, {"step": "promote", "ms": 9}]}),
+            );
+        } else {
+            c.append(
+                T0 + k * 1_000,
+                "coordinator",
+                AuditKind::RpoSample,
+                Some(g),
+                json!({"rpo_ms": k % 9_000, "target_ms": 5_000, "over_target": k % 9_000 > 5_000}),
+            );
+        }
+    }
+    let t = std::time::Instant::now();
+    tandem_coordinator::audit::verify_chain(c.records()).unwrap();
+    let chain = t.elapsed();
+    let t = std::time::Instant::now();
+    evidence::render(c.records(), &opts()).unwrap();
+    let render = t.elapsed();
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let s = evidence::export(c.records(), &opts(), dir.path()).unwrap();
+    let export = t.elapsed();
+    let t = std::time::Instant::now();
+    evidence::verify(dir.path()).unwrap();
+    let verify = t.elapsed();
+    let bytes: u64 = s.manifest.files.iter().map(|f| f.bytes).sum();
+    println!(
+        "100k records: chain check {chain:?}, render {render:?}, export {export:?}, \
+         verify {verify:?}, {} runs, {bytes} bytes written",
+        s.runs
+    );
+}

@@ -487,7 +487,9 @@ fn add_to_runbook_run(run: &mut Run, r: &AuditRecord, open_steps: &mut BTreeMap<
     });
 }
 
-/// The records of `group` between `from` and `to` (inclusive) with one of `kinds`.
+/// The records of `group` between `from` and `to` (inclusive) with one of `kinds`, before
+/// `before_index`. Committed `at_ms` never decreases along a chain, so the time range is found by
+/// binary search.
 fn related(
     records: &[AuditRecord],
     group: Option<&str>,
@@ -495,17 +497,15 @@ fn related(
     to: i64,
     before_index: u64,
     kinds: &[AuditKind],
-) -> Vec<u64> {
-    records
+) -> Vec<(u64, AuditKind)> {
+    let lo = records.partition_point(|x| x.at_ms < from);
+    let hi = records.partition_point(|x| x.at_ms <= to).max(lo);
+    records[lo..hi]
         .iter()
         .filter(|x| {
-            x.index < before_index
-                && x.group.as_deref() == group
-                && x.at_ms >= from
-                && x.at_ms <= to
-                && kinds.contains(&x.kind)
+            x.index < before_index && x.group.as_deref() == group && kinds.contains(&x.kind)
         })
-        .map(|x| x.index)
+        .map(|x| (x.index, x.kind))
         .collect()
 }
 
@@ -541,7 +541,7 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
                 let run = match kind {
                     Some(kind) => {
                         let mut run = report_run(r, kind);
-                        let mut idx = related(
+                        let idx = related(
                             records,
                             r.group.as_deref(),
                             run.start_ms,
@@ -549,16 +549,13 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
                             r.index,
                             FAILOVER_KINDS,
                         );
-                        for x in &idx {
-                            if records
-                                .iter()
-                                .any(|y| y.index == *x && y.kind == AuditKind::Promote)
-                            {
-                                covered_promotes.insert(*x);
-                            }
-                        }
-                        idx.push(r.index);
-                        run.record_indexes = idx;
+                        covered_promotes.extend(
+                            idx.iter()
+                                .filter(|(_, k)| *k == AuditKind::Promote)
+                                .map(|(x, _)| *x),
+                        );
+                        run.record_indexes = idx.iter().map(|(x, _)| *x).collect();
+                        run.record_indexes.push(r.index);
                         run
                     }
                     None => {
@@ -685,14 +682,17 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
         run.outcome = Some("no report".into());
         run.data_loss_window = r.detail.get("loss").filter(|v| !v.is_null()).cloned();
         run.rpo_at_loss_ms = run.data_loss_window.as_ref().and_then(|l| i(l, "rpo_ms"));
-        let mut idx = related(
+        let mut idx: Vec<u64> = related(
             records,
             r.group.as_deref(),
             began,
             r.at_ms,
             r.index,
             FAILOVER_KINDS,
-        );
+        )
+        .into_iter()
+        .map(|(x, _)| x)
+        .collect();
         idx.push(r.index);
         run.record_indexes = idx;
         runs.push(run);
