@@ -4,6 +4,8 @@
 //! - [`state`]: the replicated state machine (`apply(state, command) -> events`), pure and
 //!   deterministic: topology, roles, epochs, leases, RPO history.
 //! - [`audit`]: the blake3-chained audit log kept in that state, and its verifier.
+//! - [`evidence`]: evidence export for auditors (report, JSONL, runs, RPO CSV, manifest) and its
+//!   verifier.
 //! - [`raft`]: the raft-rs node (sled storage, tonic peer transport, `RaftHandle`).
 //! - [`server`]: the coordinator process: raft + state machine + admin API + failure detector.
 //! - [`status`]: the status document the admin API returns.
@@ -11,6 +13,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod evidence;
 pub mod raft;
 pub mod server;
 pub mod state;
