@@ -153,7 +153,8 @@ impl ReplicaGroup {
     /// [`ReplicatorError::Io`] writing the metadata.
     pub fn reset_watermark(&self, seq: Seq) -> Result<()> {
         let mut inner = self.inner();
-        write_meta(&self.meta_path, REPLICA_META_MAGIC, &[seq.0, inner.fence.0])?;
+        let fence = inner.fence;
+        inner.meta.write(&[seq.0, fence.0])?;
         inner.watermark = seq;
         Ok(())
     }

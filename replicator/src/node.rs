@@ -586,6 +586,16 @@ fn journal_epochs(rt: &NodeRt, group: &str) -> Vec<u64> {
     out
 }
 
+/// The replica watermark stored in `dir`, if this node ever was a replica of the group.
+fn stored_watermark(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(crate::apply::REPLICA_META_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (_, v) = crate::meta::SlotFile::open(&path, crate::apply::REPLICA_META_MAGIC, 2, &[0, 0])?;
+    Ok(v.first().copied())
+}
+
 fn resource_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> {
     g.resources
         .iter()
@@ -662,15 +672,7 @@ async fn become_primary(
     let start = match &g.role {
         Role::Replica { rg: Some(rg), .. } => rg.watermark(),
         _ => {
-            let rdir = replica_dir(rt, &name);
-            match crate::meta::read_meta(
-                &rdir.join(crate::apply::REPLICA_META_FILE),
-                crate::apply::REPLICA_META_MAGIC,
-                2,
-            )? {
-                Some(v) => Seq(v[0]),
-                None => Seq(0),
-            }
+            Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0))
         }
     };
     stop_role(g).await;
@@ -880,12 +882,8 @@ async fn become_replica(
         let _ = std::fs::remove_dir_all(rt.data_dir.join("journal").join(&name));
         return Ok(());
     }
-    let existing = crate::meta::read_meta(
-        &rdir.join(crate::apply::REPLICA_META_FILE),
-        crate::apply::REPLICA_META_MAGIC,
-        2,
-    )?;
-    let needs_resync = was_primary || existing.is_none_or(|v| v[0] == 0);
+    let existing = stored_watermark(&rdir)?;
+    let needs_resync = was_primary || existing.is_none_or(|w| w == 0);
     if !needs_resync {
         let rg = Arc::new(ReplicaGroup::open(&name, &rdir, paths)?);
         rg.set_fence(epoch)?;
