@@ -211,7 +211,9 @@ fn operand_ty(o: &Operand, params: &[Parameter]) -> Result<Ty, ConditionError> {
             None => {
                 return Err(ConditionError {
                     offset: o.offset,
-                    message: format!("unknown parameter \"{name}\": declare it under [[parameters]]"),
+                    message: format!(
+                        "unknown parameter \"{name}\": declare it under [[parameters]]"
+                    ),
                 })
             }
             Some(p) => match p.ty {
@@ -247,9 +249,7 @@ fn check_expr(e: &Expr, params: &[Parameter], errors: &mut Vec<ConditionError>) 
                                 } else {
                                     right.offset
                                 },
-                                message: format!(
-                                    "mode is \"sync\" or \"async\", never \"{s}\""
-                                ),
+                                message: format!("mode is \"sync\" or \"async\", never \"{s}\""),
                             });
                         }
                     }
@@ -261,10 +261,7 @@ fn check_expr(e: &Expr, params: &[Parameter], errors: &mut Vec<ConditionError>) 
             Ok(Ty::Bool) => {}
             Ok(t) => errors.push(ConditionError {
                 offset: o.offset,
-                message: format!(
-                    "{} is not a condition: compare it with == or !=",
-                    t.name()
-                ),
+                message: format!("{} is not a condition: compare it with == or !=", t.name()),
             }),
             Err(err) => errors.push(err),
         },
@@ -546,10 +543,7 @@ mod tests {
 
     #[test]
     fn and_binds_tighter_than_or_and_not_negates() {
-        let c = Condition::parse(
-            r#"mode == "async" or param.force and not param.dry"#,
-        )
-        .unwrap();
+        let c = Condition::parse(r#"mode == "async" or param.force and not param.dry"#).unwrap();
         let mut p = BTreeMap::new();
         p.insert("force".to_string(), ParamValue::Bool(true));
         p.insert("dry".to_string(), ParamValue::Bool(false));
@@ -589,7 +583,10 @@ mod tests {
 
     #[test]
     fn check_reports_unknown_parameters_and_type_mismatches() {
-        let params = [param("skip", ParamType::Bool), param("n", ParamType::Integer)];
+        let params = [
+            param("skip", ParamType::Bool),
+            param("n", ParamType::Integer),
+        ];
         let c = Condition::parse(r#"param.skip == "yes" or param.other or param.n"#).unwrap();
         let errs = c.check(&params);
         let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
@@ -609,7 +606,10 @@ mod tests {
     fn condition_serializes_as_its_text() {
         let c = Condition::parse("param.skip != true").unwrap();
         let v = toml::Value::try_from(TomlWrap { c: c.clone() }).unwrap();
-        assert_eq!(v.get("c").and_then(|v| v.as_str()), Some("param.skip != true"));
+        assert_eq!(
+            v.get("c").and_then(|v| v.as_str()),
+            Some("param.skip != true")
+        );
         let back: TomlWrap = v.try_into().unwrap();
         assert_eq!(back.c, c);
     }

@@ -61,7 +61,9 @@ pub enum RunbookError {
     #[error("{}", display_lines(.0))]
     Invalid(Vec<Diagnostic>),
     /// A parameter the runbook requires (no default) was not given.
-    #[error("parameter \"{name}\" is required (it has no default): pass it with --param {name}=VALUE")]
+    #[error(
+        "parameter \"{name}\" is required (it has no default): pass it with --param {name}=VALUE"
+    )]
     MissingParameter {
         /// The parameter.
         name: String,

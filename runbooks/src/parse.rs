@@ -227,7 +227,11 @@ impl Ctx<'_> {
     fn bounded(&mut self, path: &str, v: &Value<'_>, lo: i64, hi: i64) -> Option<i64> {
         let n = self.integer(path, v)?;
         if n < lo || n > hi {
-            self.err(path, &v.span(), format!("must be between {lo} and {hi}, got {n}"));
+            self.err(
+                path,
+                &v.span(),
+                format!("must be between {lo} and {hi}, got {n}"),
+            );
             return None;
         }
         Some(n)
@@ -439,7 +443,13 @@ impl Runbook {
         let kind = kind.unwrap_or(RunbookKind::Custom);
         let mut diags = cx.diags;
         let map = cx.map;
-        diags.extend(crate::validate::check_steps(kind, &parameters, &steps, &known_ids, &map));
+        diags.extend(crate::validate::check_steps(
+            kind,
+            &parameters,
+            &steps,
+            &known_ids,
+            &map,
+        ));
         sort_diagnostics(&mut diags);
         match name {
             Some(name) if diags.is_empty() => Ok(Runbook {
@@ -491,7 +501,11 @@ fn parse_parameters(cx: &mut Ctx<'_>, v: &Value<'_>) -> Vec<Parameter> {
                 })
             }
             None => {
-                cx.err(&format!("{path}.name"), &item.span(), "missing `name`".to_string());
+                cx.err(
+                    &format!("{path}.name"),
+                    &item.span(),
+                    "missing `name`".to_string(),
+                );
                 None
             }
         };
@@ -499,17 +513,30 @@ fn parse_parameters(cx: &mut Ctx<'_>, v: &Value<'_>) -> Vec<Parameter> {
             Some(v) => {
                 let p = format!("{path}.type");
                 cx.string(&p, v).and_then(|s| {
-                    let ty = [ParamType::String, ParamType::Bool, ParamType::Integer, ParamType::Duration]
-                        .into_iter()
-                        .find(|t| t.as_str() == s);
+                    let ty = [
+                        ParamType::String,
+                        ParamType::Bool,
+                        ParamType::Integer,
+                        ParamType::Duration,
+                    ]
+                    .into_iter()
+                    .find(|t| t.as_str() == s);
                     if ty.is_none() {
-                        cx.err(&p, &v.span(), format!("unknown type \"{s}\": use string, bool, integer or duration"));
+                        cx.err(
+                            &p,
+                            &v.span(),
+                            format!("unknown type \"{s}\": use string, bool, integer or duration"),
+                        );
                     }
                     ty
                 })
             }
             None => {
-                cx.err(&format!("{path}.type"), &item.span(), "missing `type`".to_string());
+                cx.err(
+                    &format!("{path}.type"),
+                    &item.span(),
+                    "missing `type`".to_string(),
+                );
                 None
             }
         };
@@ -520,12 +547,25 @@ fn parse_parameters(cx: &mut Ctx<'_>, v: &Value<'_>) -> Vec<Parameter> {
             (Some(v), Some(ty)) => {
                 let p = format!("{path}.default");
                 let value = match (ty, v.get_ref()) {
-                    (ParamType::String, DeValue::String(s)) => Some(ParamValue::String(s.to_string())),
+                    (ParamType::String, DeValue::String(s)) => {
+                        Some(ParamValue::String(s.to_string()))
+                    }
                     (ParamType::Bool, DeValue::Boolean(b)) => Some(ParamValue::Bool(*b)),
-                    (ParamType::Integer, DeValue::Integer(_)) => cx.integer(&p, v).map(ParamValue::Integer),
-                    (ParamType::Duration, DeValue::String(_)) => cx.duration(&p, v).map(ParamValue::Duration),
+                    (ParamType::Integer, DeValue::Integer(_)) => {
+                        cx.integer(&p, v).map(ParamValue::Integer)
+                    }
+                    (ParamType::Duration, DeValue::String(_)) => {
+                        cx.duration(&p, v).map(ParamValue::Duration)
+                    }
                     _ => {
-                        cx.err(&p, &v.span(), format!("default does not match the parameter's type ({ty}), found {}", v.get_ref().type_str()));
+                        cx.err(
+                            &p,
+                            &v.span(),
+                            format!(
+                                "default does not match the parameter's type ({ty}), found {}",
+                                v.get_ref().type_str()
+                            ),
+                        );
                         None
                     }
                 };
@@ -537,7 +577,12 @@ fn parse_parameters(cx: &mut Ctx<'_>, v: &Value<'_>) -> Vec<Parameter> {
             _ => None,
         };
         if let (Some(name), Some(ty)) = (name, ty) {
-            out.push(Parameter { name, ty, default, description });
+            out.push(Parameter {
+                name,
+                ty,
+                default,
+                description,
+            });
         }
     }
     out
@@ -551,7 +596,8 @@ fn valid_name(n: &str) -> bool {
 
 fn valid_step_id(n: &str) -> bool {
     n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && n.len() <= 63
 }
 
@@ -580,7 +626,11 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
             })
         }
         None => {
-            cx.err(&format!("{path}.id"), &item.span(), "missing `id`".to_string());
+            cx.err(
+                &format!("{path}.id"),
+                &item.span(),
+                "missing `id`".to_string(),
+            );
             None
         }
     };
@@ -591,12 +641,23 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
             let kind = ActionKind::from_name(&name);
             if kind.is_none() {
                 let hint = suggest(&name, ActionKind::ALL.map(ActionKind::as_str));
-                cx.err(&action_path, &v.span(), format!("unknown action \"{name}\"{hint}"));
+                cx.err(
+                    &action_path,
+                    &v.span(),
+                    format!("unknown action \"{name}\"{hint}"),
+                );
             }
             kind
         }),
         None => {
-            cx.err(&action_path, &item.span(), format!("missing `action`: one of {}", ActionKind::ALL.map(ActionKind::as_str).join(", ")));
+            cx.err(
+                &action_path,
+                &item.span(),
+                format!(
+                    "missing `action`: one of {}",
+                    ActionKind::ALL.map(ActionKind::as_str).join(", ")
+                ),
+            );
             None
         }
     };
@@ -635,15 +696,20 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
     let when = match get(t, "when") {
         Some(v) => {
             let p = format!("{path}.when");
-            cx.string(&p, v).and_then(|text| match Condition::parse(&text) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let chars = text[..e.offset.min(text.len())].chars().count();
-                    let d = cx.map.diagnostic_within(&p, chars, format!("bad condition: {}", e.message));
-                    cx.diags.push(d);
-                    None
-                }
-            })
+            cx.string(&p, v)
+                .and_then(|text| match Condition::parse(&text) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let chars = text[..e.offset.min(text.len())].chars().count();
+                        let d = cx.map.diagnostic_within(
+                            &p,
+                            chars,
+                            format!("bad condition: {}", e.message),
+                        );
+                        cx.diags.push(d);
+                        None
+                    }
+                })
         }
         None => None,
     };
@@ -663,7 +729,11 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
 
     let kind = kind?;
     // Arguments.
-    let allowed: Vec<&str> = STEP_FIELDS.iter().copied().chain(kind.arguments().iter().copied()).collect();
+    let allowed: Vec<&str> = STEP_FIELDS
+        .iter()
+        .copied()
+        .chain(kind.arguments().iter().copied())
+        .collect();
     for (k, _) in t.iter() {
         let key = k.get_ref().as_ref();
         if !allowed.contains(&key) {
@@ -674,7 +744,11 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
                 format!("it takes {}", args.join(", "))
             };
             let hint = suggest(key, allowed.iter().copied());
-            cx.err(&join(&path, key), &k.span(), format!("unknown argument \"{key}\" for action \"{kind}\" ({takes}){hint}"));
+            cx.err(
+                &join(&path, key),
+                &k.span(),
+                format!("unknown argument \"{key}\" for action \"{kind}\" ({takes}){hint}"),
+            );
             ok = false;
         }
     }
@@ -694,7 +768,13 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
     };
     if kind.coordinator_only() && site != SiteRef::Coordinator {
         let span = t.get("site").map_or(item.span(), |v| v.span());
-        cx.err(&format!("{path}.site"), &span, format!("\"{kind}\" runs on the coordinator: remove `site` or write site = \"coordinator\""));
+        cx.err(
+            &format!("{path}.site"),
+            &span,
+            format!(
+                "\"{kind}\" runs on the coordinator: remove `site` or write site = \"coordinator\""
+            ),
+        );
         ok = false;
     }
 
@@ -731,7 +811,10 @@ fn parse_retries(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<Retries>
         })
     };
     match v.get_ref() {
-        DeValue::Integer(_) => count_of(cx, path, v).map(|count| Retries { count, ..Retries::NONE }),
+        DeValue::Integer(_) => count_of(cx, path, v).map(|count| Retries {
+            count,
+            ..Retries::NONE
+        }),
         DeValue::Table(t) => {
             cx.unknown_keys(path, t, &["count", "backoff", "max_backoff"], "retries");
             let mut r = Retries::NONE;
@@ -742,16 +825,27 @@ fn parse_retries(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<Retries>
                     None => ok = false,
                 },
                 None => {
-                    cx.err(&format!("{path}.count"), &v.span(), "missing `count`".to_string());
+                    cx.err(
+                        &format!("{path}.count"),
+                        &v.span(),
+                        "missing `count`".to_string(),
+                    );
                     ok = false;
                 }
             }
-            for (key, slot) in [("backoff", &mut r.backoff), ("max_backoff", &mut r.max_backoff)] {
+            for (key, slot) in [
+                ("backoff", &mut r.backoff),
+                ("max_backoff", &mut r.max_backoff),
+            ] {
                 if let Some(d) = get(t, key) {
                     let p = format!("{path}.{key}");
                     match cx.duration(&p, d) {
                         Some(x) if x > MAX_BACKOFF => {
-                            cx.err(&p, &d.span(), format!("{key} must be at most {MAX_BACKOFF}"));
+                            cx.err(
+                                &p,
+                                &d.span(),
+                                format!("{key} must be at most {MAX_BACKOFF}"),
+                            );
                             ok = false;
                         }
                         Some(x) => *slot = x,
@@ -759,9 +853,19 @@ fn parse_retries(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<Retries>
                     }
                 }
             }
+            if get(t, "max_backoff").is_none() {
+                r.max_backoff = r.max_backoff.max(r.backoff);
+            }
             if ok && r.max_backoff < r.backoff {
                 let span = get(t, "max_backoff").map_or(v.span(), |x| x.span());
-                cx.err(&format!("{path}.max_backoff"), &span, format!("max_backoff ({}) is below backoff ({})", r.max_backoff, r.backoff));
+                cx.err(
+                    &format!("{path}.max_backoff"),
+                    &span,
+                    format!(
+                        "max_backoff ({}) is below backoff ({})",
+                        r.max_backoff, r.backoff
+                    ),
+                );
                 ok = false;
             }
             ok.then_some(r)
@@ -780,7 +884,11 @@ fn parse_on_failure(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<OnFai
             return None;
         };
         if items.is_empty() {
-            cx.err(p, &v.span(), "name at least one step, or write on_failure = \"abort\"".to_string());
+            cx.err(
+                p,
+                &v.span(),
+                "name at least one step, or write on_failure = \"abort\"".to_string(),
+            );
             return None;
         }
         let mut ids = Vec::new();
@@ -806,13 +914,21 @@ fn parse_on_failure(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<OnFai
             match get(t, "steps") {
                 Some(s) => list(cx, &format!("{path}.steps"), s),
                 None => {
-                    cx.err(&format!("{path}.steps"), &v.span(), "missing `steps`".to_string());
+                    cx.err(
+                        &format!("{path}.steps"),
+                        &v.span(),
+                        "missing `steps`".to_string(),
+                    );
                     None
                 }
             }
         }
         _ => {
-            cx.wrong_type(path, v, "\"abort\", \"continue\" or { steps = [\"id\", ...] }");
+            cx.wrong_type(
+                path,
+                v,
+                "\"abort\", \"continue\" or { steps = [\"id\", ...] }",
+            );
             None
         }
     }
@@ -829,7 +945,11 @@ fn parse_action(
     let action_span = t.get("action").map_or(0..0, |v| v.span());
     let missing = |cx: &mut Ctx<'_>, arg: &str| {
         let _ = action_path;
-        cx.err(&format!("{path}.{arg}"), &action_span, format!("missing argument `{arg}` for action \"{kind}\""));
+        cx.err(
+            &format!("{path}.{arg}"),
+            &action_span,
+            format!("missing argument `{arg}` for action \"{kind}\""),
+        );
     };
     let arg = |name: &str| (format!("{path}.{name}"), get(t, name));
     macro_rules! required {
@@ -864,16 +984,23 @@ fn parse_action(
         ActionKind::Verify => Action::Verify,
         ActionKind::WaitReplicated => {
             let max_lag = match arg("max_lag") {
-                (p, Some(v)) => cx.bounded(&p, v, 0, i64::MAX).and_then(|n| u64::try_from(n).ok())?,
+                (p, Some(v)) => cx
+                    .bounded(&p, v, 0, i64::MAX)
+                    .and_then(|n| u64::try_from(n).ok())?,
                 (_, None) => 0,
             };
             Action::WaitReplicated { max_lag }
         }
-        ActionKind::Snapshot => Action::Snapshot { name: required!("name", nonempty)? },
+        ActionKind::Snapshot => Action::Snapshot {
+            name: required!("name", nonempty)?,
+        },
         ActionKind::Exec => {
             let command = required!("command", command);
             let env = optional!("env", string_map)?;
-            Action::Exec { command: command?, env: env.unwrap_or_default() }
+            Action::Exec {
+                command: command?,
+                env: env.unwrap_or_default(),
+            }
         }
         ActionKind::Http => {
             let url = required!("url", nonempty);
@@ -886,17 +1013,34 @@ fn parse_action(
             if !METHODS.contains(&method.as_str()) {
                 let p = format!("{path}.method");
                 let span = get(t, "method").map_or(action_span.clone(), |v| v.span());
-                cx.err(&p, &span, format!("unknown method \"{method}\": use {}", METHODS.join(", ")));
+                cx.err(
+                    &p,
+                    &span,
+                    format!("unknown method \"{method}\": use {}", METHODS.join(", ")),
+                );
                 return None;
             }
-            Action::Http { url: url?, method, body, headers: headers.unwrap_or_default(), expect_status }
+            Action::Http {
+                url: url?,
+                method,
+                body,
+                headers: headers.unwrap_or_default(),
+                expect_status,
+            }
         }
-        ActionKind::Approve => Action::Approve { prompt: required!("prompt", nonempty)? },
-        ActionKind::Sleep => Action::Sleep { duration: required!("duration", duration)? },
+        ActionKind::Approve => Action::Approve {
+            prompt: required!("prompt", nonempty)?,
+        },
+        ActionKind::Sleep => Action::Sleep {
+            duration: required!("duration", duration)?,
+        },
         ActionKind::Notify => {
             let message = required!("message", nonempty);
             let channel = optional!("channel", nonempty)?;
-            Action::Notify { message: message?, channel }
+            Action::Notify {
+                message: message?,
+                channel,
+            }
         }
         ActionKind::Check => {
             let command = optional!("command", command)?;
@@ -907,27 +1051,47 @@ fn parse_action(
             let probe = match (command, url) {
                 (Some(command), None) => {
                     if expect_status.is_some() {
-                        let span = get(t, "expect_status").map_or(action_span.clone(), |v| v.span());
-                        cx.err(&format!("{path}.expect_status"), &span, "`expect_status` goes with `url`, not `command`".to_string());
+                        let span =
+                            get(t, "expect_status").map_or(action_span.clone(), |v| v.span());
+                        cx.err(
+                            &format!("{path}.expect_status"),
+                            &span,
+                            "`expect_status` goes with `url`, not `command`".to_string(),
+                        );
                         return None;
                     }
-                    Probe::Command { command, env: env.unwrap_or_default() }
+                    Probe::Command {
+                        command,
+                        env: env.unwrap_or_default(),
+                    }
                 }
                 (None, Some(url)) => {
                     if env.is_some() {
                         let span = get(t, "env").map_or(action_span.clone(), |v| v.span());
-                        cx.err(&format!("{path}.env"), &span, "`env` goes with `command`, not `url`".to_string());
+                        cx.err(
+                            &format!("{path}.env"),
+                            &span,
+                            "`env` goes with `command`, not `url`".to_string(),
+                        );
                         return None;
                     }
                     Probe::Http { url, expect_status }
                 }
                 (Some(_), Some(_)) => {
                     let span = get(t, "url").map_or(action_span.clone(), |v| v.span());
-                    cx.err(&format!("{path}.url"), &span, "a check probes a `command` or a `url`, not both".to_string());
+                    cx.err(
+                        &format!("{path}.url"),
+                        &span,
+                        "a check probes a `command` or a `url`, not both".to_string(),
+                    );
                     return None;
                 }
                 (None, None) => {
-                    cx.err(&format!("{path}.command"), &action_span, "missing argument `command` or `url` for action \"check\"".to_string());
+                    cx.err(
+                        &format!("{path}.command"),
+                        &action_span,
+                        "missing argument `command` or `url` for action \"check\"".to_string(),
+                    );
                     return None;
                 }
             };
@@ -935,7 +1099,6 @@ fn parse_action(
         }
     })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1047,13 +1210,19 @@ handler = true
             Some(ParamValue::Duration(HumanDuration::from_secs(30)))
         );
         assert_eq!(rb.steps[0].retries.count, 3);
-        assert_eq!(rb.steps[0].retries.max_backoff, HumanDuration::from_secs(10));
+        assert_eq!(
+            rb.steps[0].retries.max_backoff,
+            HumanDuration::from_secs(10)
+        );
         let run = &rb.steps[1];
         assert_eq!(run.site, SiteRef::Named("hanoi".into()));
         assert_eq!(run.timeout, HumanDuration::from_secs(90));
         assert!(run.repeatable);
         assert_eq!(run.on_failure, OnFailure::Steps(vec!["cleanup".into()]));
-        assert_eq!(run.when.as_ref().map(|c| c.text()), Some(r#"mode == "sync" and not param.skip"#));
+        assert_eq!(
+            run.when.as_ref().map(|c| c.text()),
+            Some(r#"mode == "sync" and not param.skip"#)
+        );
         match &run.action {
             Action::Exec { command, env } => {
                 assert_eq!(command, &Command::Argv(vec!["echo".into(), "hi".into()]));
@@ -1064,7 +1233,10 @@ handler = true
         assert!(!rb.steps[2].repeatable, "http is not repeatable by default");
         assert_eq!(rb.steps[2].on_failure, OnFailure::Continue);
         match &rb.steps[3].action {
-            Action::Check { probe: Probe::Http { url, expect_status }, interval } => {
+            Action::Check {
+                probe: Probe::Http { url, expect_status },
+                interval,
+            } => {
                 assert_eq!(url, "http://127.0.0.1:1/ready");
                 assert_eq!(*expect_status, Some(200));
                 assert_eq!(*interval, HumanDuration::from_secs(1));
@@ -1236,7 +1408,9 @@ handler = true
         let got = diags("kind = \"drill\"\n");
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got.iter().any(|d| d.contains("name: missing `name`")));
-        assert!(got.iter().any(|d| d.contains("steps: a runbook needs steps")));
+        assert!(got
+            .iter()
+            .any(|d| d.contains("steps: a runbook needs steps")));
     }
 
     #[test]
@@ -1268,7 +1442,10 @@ handler = true
 
     #[test]
     fn suggestions_only_for_near_misses() {
-        assert_eq!(suggest("promte", ["promote", "demote"]), " (did you mean \"promote\"?)");
+        assert_eq!(
+            suggest("promte", ["promote", "demote"]),
+            " (did you mean \"promote\"?)"
+        );
         assert_eq!(suggest("xyzzy", ["promote", "demote"]), "");
     }
 }

@@ -141,14 +141,14 @@ pub fn plan(runbook: &Runbook, cx: &PlanContext) -> Result<Plan, RunbookError> {
     let mut params = BTreeMap::new();
     for p in &runbook.parameters {
         let value = match (cx.params.get(&p.name), &p.default) {
-            (Some(text), _) => p
-                .ty
-                .parse_value(text)
-                .map_err(|message| RunbookError::BadParameter {
-                    name: p.name.clone(),
-                    ty: p.ty,
-                    message,
-                })?,
+            (Some(text), _) => {
+                p.ty.parse_value(text)
+                    .map_err(|message| RunbookError::BadParameter {
+                        name: p.name.clone(),
+                        ty: p.ty,
+                        message,
+                    })?
+            }
             (None, Some(d)) => d.clone(),
             (None, None) => {
                 return Err(RunbookError::MissingParameter {
@@ -180,7 +180,9 @@ pub fn plan(runbook: &Runbook, cx: &PlanContext) -> Result<Plan, RunbookError> {
             OnFailure::Abort => PlannedFailure::Abort,
             OnFailure::Continue => PlannedFailure::Continue,
             // The parser checked every id; an unknown one (a hand-built runbook) is dropped.
-            OnFailure::Steps(ids) => PlannedFailure::Run(ids.iter().filter_map(|id| index_of(id)).collect()),
+            OnFailure::Steps(ids) => {
+                PlannedFailure::Run(ids.iter().filter_map(|id| index_of(id)).collect())
+            }
         };
         let skipped = s
             .when
@@ -238,14 +240,32 @@ impl fmt::Display for Plan {
         writeln!(
             f,
             "runbook {} ({}) for group {}: primary {}, replica {}, mode {}, epoch {}",
-            self.runbook, self.kind, self.group, self.primary, self.replica, self.mode, self.epoch.0
+            self.runbook,
+            self.kind,
+            self.group,
+            self.primary,
+            self.replica,
+            self.mode,
+            self.epoch.0
         )?;
         if !self.params.is_empty() {
-            let ps: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let ps: Vec<String> = self
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             writeln!(f, "parameters: {}", ps.join(", "))?;
         }
         let header = [
-            "#", "id", "action", "site", "timeout", "retries", "repeatable", "on_failure", "note",
+            "#",
+            "id",
+            "action",
+            "site",
+            "timeout",
+            "retries",
+            "repeatable",
+            "on_failure",
+            "note",
         ];
         let rows: Vec<[String; 9]> = self
             .steps
@@ -308,5 +328,191 @@ impl fmt::Display for Plan {
             line(f, row)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ParamValue;
+
+    const TEXT: &str = r#"
+name = "t"
+kind = "switchover"
+
+[[parameters]]
+name = "skip_checks"
+type = "bool"
+default = false
+
+[[parameters]]
+name = "who"
+type = "string"
+
+[[steps]]
+id = "catch-up"
+action = "wait_replicated"
+when = 'mode == "sync"'
+on_failure = { steps = ["aborted"] }
+
+[[steps]]
+id = "fence"
+action = "fence"
+retries = { count = 2, backoff = "1s" }
+
+[[steps]]
+id = "promote"
+action = "promote"
+
+[[steps]]
+id = "demote"
+action = "demote"
+on_failure = "continue"
+
+[[steps]]
+id = "ready"
+action = "check"
+site = "replica"
+command = "true"
+when = "not param.skip_checks"
+
+[[steps]]
+id = "extra"
+action = "exec"
+site = "danang"
+command = "true"
+
+[[steps]]
+id = "aborted"
+action = "notify"
+message = "stopped"
+handler = true
+"#;
+
+    fn cx(mode: Mode, params: &[(&str, &str)]) -> PlanContext {
+        PlanContext {
+            group: "vol".into(),
+            primary_site: "hanoi".into(),
+            replica_site: "hcm".into(),
+            mode,
+            epoch: Epoch(4),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn runbook() -> Runbook {
+        Runbook::parse(TEXT, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn plan_resolves_sites_defaults_and_references() {
+        let p = plan(&runbook(), &cx(Mode::Sync, &[("who", "alice")])).unwrap();
+        let sites: Vec<String> = p.steps.iter().map(|s| s.site.to_string()).collect();
+        assert_eq!(
+            sites,
+            [
+                "hcm",
+                "coordinator",
+                "hcm",
+                "hanoi",
+                "hcm",
+                "danang",
+                "coordinator"
+            ]
+        );
+        let idx: Vec<usize> = p.steps.iter().map(|s| s.index).collect();
+        assert_eq!(idx, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.steps[0].on_failure, PlannedFailure::Run(vec![6]));
+        assert_eq!(p.steps[3].on_failure, PlannedFailure::Continue);
+        assert_eq!(p.params.get("skip_checks"), Some(&ParamValue::Bool(false)));
+        assert_eq!(
+            p.params.get("who"),
+            Some(&ParamValue::String("alice".into()))
+        );
+        assert!(p.steps.iter().all(|s| s.skipped.is_none()));
+        assert_eq!(p.group_id, GroupId::from_name("vol"));
+        let active: Vec<&str> = p.active_steps().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            active,
+            ["catch-up", "fence", "promote", "demote", "ready", "extra"]
+        );
+    }
+
+    #[test]
+    fn when_false_marks_steps_skipped_with_the_reason() {
+        let p = plan(
+            &runbook(),
+            &cx(Mode::Async, &[("who", "a"), ("skip_checks", "true")]),
+        )
+        .unwrap();
+        assert_eq!(p.steps[0].skipped.as_deref(), Some("when mode == \"sync\""));
+        assert_eq!(
+            p.steps[4].skipped.as_deref(),
+            Some("when not param.skip_checks")
+        );
+        assert_eq!(p.steps[1].skipped, None);
+    }
+
+    #[test]
+    fn parameter_errors_are_named() {
+        let rb = runbook();
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![], "parameter \"who\" is required"),
+            (
+                vec![("who", "a"), ("nope", "1")],
+                "has no parameter \"nope\"",
+            ),
+            (
+                vec![("who", "a"), ("skip_checks", "maybe")],
+                "parameter \"skip_checks\" (bool): expected true or false",
+            ),
+        ];
+        for (i, (params, want)) in cases.iter().enumerate() {
+            let err = plan(&rb, &cx(Mode::Sync, params)).unwrap_err().to_string();
+            assert!(err.contains(want), "#{i}: expected {want:?}, got {err:?}");
+        }
+        let mut same = cx(Mode::Sync, &[("who", "a")]);
+        same.replica_site = "hanoi".into();
+        let err = plan(&rb, &same).unwrap_err().to_string();
+        assert!(err.contains("same site"), "{err}");
+    }
+
+    #[test]
+    fn plan_prints_a_table_an_sre_can_read() {
+        let p = plan(&runbook(), &cx(Mode::Async, &[("who", "alice")])).unwrap();
+        let text = p.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "runbook t (switchover) for group vol: primary hanoi, replica hcm, mode async, epoch 4"
+        );
+        assert_eq!(lines[1], "parameters: skip_checks=false, who=alice");
+        assert!(
+            lines[2].starts_with("#  id        action           site             timeout  retries")
+        );
+        assert!(
+            lines[3].contains("catch-up") && lines[3].contains("skipped: when mode == \"sync\"")
+        );
+        assert!(lines[3].contains("hcm (replica)") && lines[3].contains("run aborted"));
+        assert!(lines[4].contains("2 (1s..1m)"), "{}", lines[4]);
+        assert!(
+            lines[5].contains("promote") && lines[5].contains(" no "),
+            "{}",
+            lines[5]
+        );
+        assert!(lines[9].ends_with("on failure only"), "{}", lines[9]);
+        assert_eq!(lines.len(), 10);
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let p = plan(&runbook(), &cx(Mode::Sync, &[("who", "alice")])).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        assert!(json.contains("\"action\":\"wait_replicated\""), "{json}");
     }
 }

@@ -630,10 +630,7 @@ pub fn record(run: &mut RunState, event: RunEvent) -> Result<(), RunbookError> {
         RunEvent::Cancelled { by, at_ms } => {
             if let Some(i) = current {
                 let s = &mut run.steps[i];
-                if matches!(
-                    s.status,
-                    StepStatus::Running | StepStatus::AwaitingApproval
-                ) {
+                if matches!(s.status, StepStatus::Running | StepStatus::AwaitingApproval) {
                     s.status = StepStatus::Failed;
                     s.ended_ms = Some(at_ms);
                     s.awaiting = None;
@@ -750,11 +747,23 @@ mod tests {
     #[test]
     fn steps_run_in_order_and_the_run_succeeds() {
         let mut r = new_run(&[spec(true), spec(false)]);
-        assert_eq!(next_action(&r), NextAction::Start { step: 0, attempt: 1 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 0,
+                attempt: 1
+            }
+        );
         record(&mut r, start(0, 1001)).unwrap();
         assert_eq!(next_action(&r), NextAction::InFlight { step: 0 });
         record(&mut r, ok(0, 1002)).unwrap();
-        assert_eq!(next_action(&r), NextAction::Start { step: 1, attempt: 1 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 1,
+                attempt: 1
+            }
+        );
         record(&mut r, start(1, 1003)).unwrap();
         record(&mut r, ok(1, 1004)).unwrap();
         assert_eq!(next_action(&r), NextAction::Done(RunStatus::Succeeded));
@@ -805,7 +814,13 @@ mod tests {
         let mut r = new_run(&[s, spec(true)]);
         record(&mut r, start(0, 0)).unwrap();
         record(&mut r, fail(0, 1)).unwrap();
-        assert_eq!(next_action(&r), NextAction::Start { step: 1, attempt: 1 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 1,
+                attempt: 1
+            }
+        );
         record(&mut r, start(1, 2)).unwrap();
         record(&mut r, ok(1, 3)).unwrap();
         assert_eq!(r.status, RunStatus::Succeeded);
@@ -824,7 +839,13 @@ mod tests {
         record(&mut r, ok(0, 1)).unwrap();
         record(&mut r, start(1, 2)).unwrap();
         record(&mut r, fail(1, 3)).unwrap();
-        assert_eq!(next_action(&r), NextAction::Start { step: 3, attempt: 1 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 3,
+                attempt: 1
+            }
+        );
         record(&mut r, start(3, 4)).unwrap();
         record(&mut r, ok(3, 5)).unwrap();
         assert_eq!(r.status, RunStatus::Failed { step: 1 });
@@ -887,7 +908,13 @@ mod tests {
         let mut r = new_run(&[spec(true)]);
         record(&mut r, start(0, 0)).unwrap();
         record(&mut r, RunEvent::LeaderChanged { at_ms: 10 }).unwrap();
-        assert_eq!(next_action(&r), NextAction::Start { step: 0, attempt: 2 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 0,
+                attempt: 2
+            }
+        );
         assert_eq!(r.steps[0].interruptions, 1);
         assert_eq!(r.steps[0].failures, 0);
     }
@@ -927,7 +954,13 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(next_action(&r), NextAction::Start { step: 1, attempt: 2 });
+        assert_eq!(
+            next_action(&r),
+            NextAction::Start {
+                step: 1,
+                attempt: 2
+            }
+        );
     }
 
     #[test]
@@ -989,7 +1022,10 @@ mod tests {
 
     #[test]
     fn runbook_hash_is_blake3_hex() {
-        assert_eq!(runbook_hash(b"abc"), blake3::hash(b"abc").to_hex().to_string());
+        assert_eq!(
+            runbook_hash(b"abc"),
+            blake3::hash(b"abc").to_hex().to_string()
+        );
         assert_eq!(runbook_hash(b"abc").len(), 64);
     }
 
@@ -998,7 +1034,9 @@ mod tests {
     // ------------------------------------------------------------------------------------
 
     /// The outcome-relevant part of a run (not times, attempt counts or who approved).
-    fn end_state(r: &RunState) -> (RunStatus, Vec<(StepStatus, u32, String, Option<String>)>) {
+    type StepEnd = (StepStatus, u32, String, Option<String>);
+
+    fn end_state(r: &RunState) -> (RunStatus, Vec<StepEnd>) {
         (
             r.status.clone(),
             r.steps
@@ -1129,18 +1167,22 @@ mod tests {
                 let specs = raw
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (approve, repeatable, retries, of, list, h, sk))| Spec {
-                        approve: approve && i % 3 == 0,
-                        repeatable,
-                        retries,
-                        on_failure: match of {
-                            0 => PlannedFailure::Abort,
-                            1 => PlannedFailure::Continue,
-                            _ => PlannedFailure::Run(list.into_iter().filter(|&j| j != i).collect()),
+                    .map(
+                        |(i, (approve, repeatable, retries, of, list, h, sk))| Spec {
+                            approve: approve && i % 3 == 0,
+                            repeatable,
+                            retries,
+                            on_failure: match of {
+                                0 => PlannedFailure::Abort,
+                                1 => PlannedFailure::Continue,
+                                _ => PlannedFailure::Run(
+                                    list.into_iter().filter(|&j| j != i).collect(),
+                                ),
+                            },
+                            handler: h == 0,
+                            skipped: sk == 0,
                         },
-                        handler: h == 0,
-                        skipped: sk == 0,
-                    })
+                    )
                     .collect();
                 (specs, World { outcome, gate }, interrupts)
             })

@@ -36,7 +36,10 @@ pub(crate) fn check_steps(
         match first.get(p.step.id.as_str()) {
             Some(line) => out.push(map.diagnostic(
                 &path,
-                format!("duplicate step id \"{}\" (first used at line {line})", p.step.id),
+                format!(
+                    "duplicate step id \"{}\" (first used at line {line})",
+                    p.step.id
+                ),
             )),
             None => {
                 first.insert(&p.step.id, map.locate(&path).0);
@@ -52,10 +55,9 @@ pub(crate) fn check_steps(
                 named.insert(id);
                 let path = on_failure_path(map, p.index, j);
                 if *id == p.step.id {
-                    out.push(map.diagnostic(
-                        &path,
-                        format!("step \"{id}\" names itself in on_failure"),
-                    ));
+                    out.push(
+                        map.diagnostic(&path, format!("step \"{id}\" names itself in on_failure")),
+                    );
                 } else if !known_ids.contains(id) {
                     let hint = suggest(id, known_ids.iter().map(String::as_str));
                     out.push(map.diagnostic(
@@ -119,12 +121,14 @@ pub(crate) fn check_steps(
         .any(|p| p.step.action.kind() == ActionKind::Check && !p.step.handler);
     let all_parsed = steps.len() == known_ids.len();
     if !has_check && all_parsed && !steps.is_empty() {
-        out.push(map.diagnostic(
-            "steps",
-            "the runbook has no `check` step: add one that declares the service ready (it \
+        out.push(
+            map.diagnostic(
+                "steps",
+                "the runbook has no `check` step: add one that declares the service ready (it \
              ends the RTO clock)"
-                .to_string(),
-        ));
+                    .to_string(),
+            ),
+        );
     }
 
     // Conditions against the declared parameters.
