@@ -1440,6 +1440,61 @@ handler = true
         assert!(validate_against(&rb, &sites).is_ok());
     }
 
+    proptest::proptest! {
+        /// The parser never panics, and every diagnostic points inside the text, whatever is
+        /// done to a stock runbook.
+        #[test]
+        fn parser_survives_mutations_of_stock_runbooks(
+            which in 0usize..4,
+            edits in proptest::collection::vec((0usize..20_000, 0u8..3, 0usize..12), 1..6),
+        ) {
+            let texts = [
+                crate::library::DRILL,
+                crate::library::SWITCHOVER,
+                crate::library::FAILOVER,
+                crate::library::FAILBACK,
+            ];
+            let mut text: Vec<char> = texts[which].chars().collect();
+            let alphabet = ['"', '\'', '=', '[', ']', '\n', 'x', '1', ' ', '{', '}', '#'];
+            for (at, op, c) in edits {
+                if text.is_empty() {
+                    break;
+                }
+                let at = at % text.len();
+                match op {
+                    0 => {
+                        text.remove(at);
+                    }
+                    1 => text.insert(at, alphabet[c]),
+                    _ => text[at] = alphabet[c],
+                }
+            }
+            let text: String = text.into_iter().collect();
+            let lines = text.lines().count() + 1;
+            match Runbook::parse(&text, "m.toml") {
+                Ok(rb) => {
+                    let cx = crate::plan::PlanContext {
+                        group: "g".into(),
+                        primary_site: "a".into(),
+                        replica_site: "b".into(),
+                        mode: tandem_core::config::Mode::Async,
+                        epoch: tandem_core::ids::Epoch(1),
+                        params: BTreeMap::new(),
+                    };
+                    let _ = crate::plan::plan(&rb, &cx);
+                }
+                Err(RunbookError::Invalid(d)) => {
+                    proptest::prop_assert!(!d.is_empty());
+                    for x in d {
+                        proptest::prop_assert!(x.line >= 1 && x.line <= lines && x.column >= 1, "{x}");
+                    }
+                }
+                Err(RunbookError::Syntax { line, .. }) => proptest::prop_assert!(line >= 1 && line <= lines),
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+    }
+
     #[test]
     fn suggestions_only_for_near_misses() {
         assert_eq!(

@@ -1188,6 +1188,53 @@ mod tests {
             })
     }
 
+    #[test]
+    fn interrupting_at_every_event_of_a_fixed_run_reaches_the_same_end() {
+        // s0 gate (approved), s1 non-repeatable with a retry (fails once), s2 repeatable fails
+        // for good and runs handler s3 (non-repeatable).
+        let mut gate = spec(true);
+        gate.approve = true;
+        let mut s1 = spec(false);
+        s1.retries = 1;
+        let mut s2 = spec(true);
+        s2.on_failure = PlannedFailure::Run(vec![3]);
+        let mut h = spec(false);
+        h.handler = true;
+        let specs = [gate, s1, s2, h];
+        let w = World {
+            outcome: vec![
+                vec![true; 4],
+                vec![false, true, true, true],
+                vec![false; 4],
+                vec![true; 4],
+            ],
+            gate: vec![true; 4],
+        };
+        let (plain, plain_tally) = drive(new_run(&specs), &w, &[]);
+        assert_eq!(plain.status, RunStatus::Failed { step: 2 });
+        assert_eq!(plain_tally.executions, [0, 2, 1, 1]);
+        let mut mid_step = 0;
+        for k in 0..30 {
+            let (resumed, tally) = drive(new_run(&specs), &w, &[k]);
+            assert_eq!(
+                end_state(&resumed),
+                end_state(&plain),
+                "interrupt after event {k}"
+            );
+            for i in [1, 3] {
+                assert!(
+                    tally.executions[i] <= plain_tally.executions[i] + tally.resume_approvals[i],
+                    "interrupt after event {k}: step {i}"
+                );
+            }
+            if tally.executions != plain_tally.executions {
+                mid_step += 1;
+            }
+        }
+        // Some interruption points fell while a step was running.
+        assert!(mid_step >= 3, "{mid_step}");
+    }
+
     proptest! {
         #[test]
         fn interrupted_run_resumes_to_the_same_end_state((specs, world, interrupts) in arb_case()) {
