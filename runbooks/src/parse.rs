@@ -347,6 +347,29 @@ impl Runbook {
         Runbook::parse(&text, &path.display().to_string())
     }
 
+    /// As [`Runbook::load`], also returning the blake3 hash (hex) of the file's bytes, which a
+    /// run records ([`crate::run::runbook_hash`]).
+    ///
+    /// # Errors
+    /// As [`Runbook::load`].
+    pub fn load_hashed(path: &Path) -> Result<(Runbook, String), RunbookError> {
+        let bytes = std::fs::read(path).map_err(|source| RunbookError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let hash = crate::run::runbook_hash(&bytes);
+        let text = String::from_utf8(bytes).map_err(|e| RunbookError::Syntax {
+            file: path.display().to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "not UTF-8 text (first bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        Ok((Runbook::parse(&text, &path.display().to_string())?, hash))
+    }
+
     /// Parses and validates runbook `text`; `file` names it in diagnostics.
     ///
     /// # Errors
@@ -752,7 +775,7 @@ fn parse_step(cx: &mut Ctx<'_>, i: usize, item: &Value<'_>) -> Option<ParsedStep
             ok = false;
         }
     }
-    let action = parse_action(cx, &path, &action_path, kind, t);
+    let action = parse_action(cx, &path, kind, t);
 
     let site = match site_given {
         Some(s) => SiteRef::from_text(&s),
@@ -935,16 +958,9 @@ fn parse_on_failure(cx: &mut Ctx<'_>, path: &str, v: &Value<'_>) -> Option<OnFai
 }
 
 /// Reads the action's arguments from the step table (unknown keys were reported already).
-fn parse_action(
-    cx: &mut Ctx<'_>,
-    path: &str,
-    action_path: &str,
-    kind: ActionKind,
-    t: &DeTable<'_>,
-) -> Option<Action> {
+fn parse_action(cx: &mut Ctx<'_>, path: &str, kind: ActionKind, t: &DeTable<'_>) -> Option<Action> {
     let action_span = t.get("action").map_or(0..0, |v| v.span());
     let missing = |cx: &mut Ctx<'_>, arg: &str| {
-        let _ = action_path;
         cx.err(
             &format!("{path}.{arg}"),
             &action_span,

@@ -481,6 +481,9 @@ pub fn record(run: &mut RunState, event: RunEvent) -> Result<(), RunbookError> {
         event: described.clone(),
         reason: reason.to_string(),
     };
+    if run.steps.len() != run.plan.steps.len() {
+        return Err(reject(run, "the run state does not match its plan"));
+    }
     if run.status != RunStatus::Running {
         if matches!(event, RunEvent::LeaderChanged { .. }) {
             return Ok(());

@@ -127,9 +127,10 @@ fn stock_runbooks_run_to_success_when_every_step_succeeds() {
     for name in ["drill", "switchover", "failover", "failback"] {
         let path = library(name);
         let bytes = std::fs::read(&path).unwrap();
-        let rb = Runbook::load(&path).unwrap();
+        let (rb, hash) = Runbook::load_hashed(&path).unwrap();
+        assert_eq!(hash, runbook_hash(&bytes));
         let p = plan(&rb, &context(&required_params(rb.kind))).unwrap();
-        let mut run = RunState::new("run-1", p, &runbook_hash(&bytes), "alice", 0);
+        let mut run = RunState::new("run-1", p, &hash, "alice", 0);
         let mut ran = Vec::new();
         let mut t = 0;
         loop {
