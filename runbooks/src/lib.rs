@@ -8,7 +8,7 @@
 //! | [`condition`] | the `when` language: parse, type-check against parameters, evaluate (total) |
 //! | [`parse`] | TOML text to [`Runbook`], every problem as a `file:line:column: path: message` [`Diagnostic`] |
 //! | [`validate`] | whole-runbook rules (ids, references, fence before promote, a `check` step) and [`validate_against`] a topology's sites |
-//! | [`plan`] | [`plan()`]: resolve sites and parameters, evaluate `when`, number the steps; a [`Plan`] prints as a table and serializes to JSON |
+//! | [`mod@plan`] | [`plan()`]: resolve sites and parameters, evaluate `when`, number the steps; a [`Plan`] prints as a table and serializes to JSON |
 //! | [`run`] | [`RunState`]: the replicated run object; [`run::next_action`] says what to do, [`run::record`] applies what happened, including leader-change resume rules |
 //! | [`library`] | the stock runbooks of `runbooks/library/`, compiled in |
 //!
