@@ -671,9 +671,7 @@ async fn become_primary(
     // Where the group's seq numbering continues from.
     let start = match &g.role {
         Role::Replica { rg: Some(rg), .. } => rg.watermark(),
-        _ => {
-            Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0))
-        }
+        _ => Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0)),
     };
     stop_role(g).await;
     rt.service.remove_group(&name);
