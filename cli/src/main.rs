@@ -45,6 +45,11 @@ enum Command {
     Failover(cmd::ops::GroupArgs),
     /// Planned switchover: drain to RPO 0, release the lease, swap roles with zero data loss.
     Switchover(cmd::ops::GroupArgs),
+    /// Compare merkle roots of a group's volumes on primary and replica at a barrier.
+    Verify(cmd::verify::Args),
+    /// Export or verify the evidence folder auditors read.
+    #[command(subcommand)]
+    Evidence(cmd::evidence::EvidenceCmd),
     /// Print the audit chain.
     Audit(cmd::ops::AuditArgs),
     /// Run the whole product on this machine: three coordinators, two sites, a live
@@ -67,6 +72,8 @@ fn main() -> ExitCode {
         Command::Failover(a) => cmd::ops::operate("failover", a),
         Command::Switchover(a) => cmd::ops::operate("switchover", a),
         Command::Audit(a) => cmd::ops::audit(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Evidence(c) => cmd::evidence::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,9 @@
 
 pub mod config;
 pub mod demo;
+pub mod evidence;
 pub mod local;
 pub mod node;
 pub mod ops;
 pub mod status;
+pub mod verify;
