@@ -258,10 +258,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| scan::hash_file(&files.source, BS).unwrap())
     });
 
-    for zstd in [false, true] {
+    for (name, zstd, full_rehash) in [
+        ("resync", false, true),
+        ("resync_zstd", true, true),
+        ("resync_readback", false, false),
+    ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
-        let name = if zstd { "resync_zstd" } else { "resync" };
+        let options = ResyncOptions {
+            full_rehash,
+            ..ResyncOptions::default()
+        };
         let mut last = None;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -277,7 +284,7 @@ fn bench(c: &mut Criterion) {
                             "vol",
                             &files.target,
                             BS,
-                            ResyncOptions::default(),
+                            options,
                         ))
                         .unwrap();
                     total += started.elapsed();

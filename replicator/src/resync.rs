@@ -136,12 +136,17 @@ pub struct ResyncReport {
 pub struct ResyncOptions {
     /// Blocks per `ReadBlocks` request; lowered so a reply stays under [`MAX_REPLY_BYTES`].
     pub batch_blocks: usize,
+    /// After writing, re-hash the whole target (true, the default: also catches a concurrent
+    /// writer on the target) or only read back the written blocks and combine their hashes with
+    /// the leaves hashed before (false: one full read less).
+    pub full_rehash: bool,
 }
 
 impl Default for ResyncOptions {
     fn default() -> Self {
         ResyncOptions {
             batch_blocks: DEFAULT_BATCH_BLOCKS,
+            full_rehash: true,
         }
     }
 }
@@ -283,8 +288,9 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Re
 /// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
 /// of [`ResyncOptions::batch_blocks`] (memory bounded by one batch). Each pulled block is
 /// checked against the source's leaf before it is written. The target is created if missing and
-/// set to the source's length; after `fdatasync` it is re-hashed and its root must equal the
-/// source's. The source must not change during the resync (take it at a barrier).
+/// set to the source's length; after `fdatasync` it is re-hashed (see
+/// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
+/// change during the resync (take it at a barrier).
 ///
 /// # Errors
 /// [`ResyncError::Rpc`] when a call fails, [`ResyncError::BadReply`] for a block that does not
@@ -386,9 +392,14 @@ pub async fn resync(
     }
 
     let path = target.to_path_buf();
+    let full_rehash = options.full_rehash;
+    let written = wanted.clone();
     let after = blocking(move || -> Result<MerkleTree, ResyncError> {
         file.sync_data().map_err(io("fdatasync", &path))?;
-        Ok(scan::hash_file(&path, block_size)?)
+        if full_rehash {
+            return Ok(scan::hash_file(&path, block_size)?);
+        }
+        read_back_tree(&file, &path, &local, &written, block_size, length)
     })
     .await??;
     let check = verify(&source, &after)?;
@@ -408,6 +419,34 @@ pub async fn resync(
         root: check.root_a,
         duration: started.elapsed(),
     })
+}
+
+/// The target's tree after a resync without re-reading it all: the leaves hashed before for the
+/// blocks left alone, and the hashes of the written blocks read back from the file.
+fn read_back_tree(
+    file: &File,
+    path: &Path,
+    before: &MerkleTree,
+    written: &[u64],
+    block_size: u32,
+    length: u64,
+) -> Result<MerkleTree, ResyncError> {
+    let total = merkle::block_count(length, block_size);
+    let zero = [0u8; merkle::HASH_LEN];
+    let mut leaves: Vec<Hash> = (0..total)
+        .map(|i| before.leaves().get(i as usize).copied().unwrap_or(zero))
+        .collect();
+    let mut buf = vec![0u8; block_size as usize];
+    for &i in written {
+        let range = merkle::block_range_to_bytes(&(i..i + 1), block_size, length);
+        let data = &mut buf[..(range.end - range.start) as usize];
+        file.read_exact_at(data, range.start)
+            .map_err(io("read back", path))?;
+        if let Some(leaf) = leaves.get_mut(i as usize) {
+            *leaf = merkle::leaf_hash(data);
+        }
+    }
+    Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
 }
 
 /// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
@@ -619,6 +658,35 @@ mod tests {
         assert!(err.to_string().contains("block 2"), "{err}");
         assert!(check_blocks(&[2, 1], &good, &src).is_err());
         assert!(check_blocks(&[1], &good, &src).is_err());
+    }
+
+    #[test]
+    fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let old = vec![1u8; 10 * 4096 + 10];
+        std::fs::write(&p, &old).unwrap();
+        let before = MerkleTree::from_bytes(4096, &old).unwrap();
+        // Grow to 12 blocks + 7 bytes and rewrite blocks 2, 10, 11, 12.
+        let mut new = old.clone();
+        new.resize(12 * 4096 + 7, 0);
+        for i in [2usize, 10, 11, 12] {
+            let end = ((i + 1) * 4096).min(new.len());
+            new[i * 4096..end].fill(i as u8 + 50);
+        }
+        std::fs::write(&p, &new).unwrap();
+        let file = File::open(&p).unwrap();
+        let len = new.len() as u64;
+        let tree = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_eq!(tree, scan::hash_file(&p, 4096).unwrap());
+        // A block that did not land as written shows up in the root.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[9], 2 * 4096).unwrap();
+        let bad = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_ne!(
+            bad.root(),
+            MerkleTree::from_bytes(4096, &new).unwrap().root()
+        );
     }
 
     #[tokio::test]
