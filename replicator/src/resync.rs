@@ -536,15 +536,26 @@ where
     pub async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status> {
         let path = self.resolve(&req.group, &req.resource, req.block_size)?;
         let block_size = req.block_size;
+        let too_many = |blocks: u64| {
+            Status::resource_exhausted(format!(
+                "{blocks} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks"
+            ))
+        };
+        // Refuse before hashing when the file is already too large for one reply.
+        let length = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| Status::unavailable(format!("stat {}: {e}", path.display())))?
+            .len();
+        let blocks = merkle::block_count(length, block_size);
+        if blocks > MAX_WIRE_LEAVES as u64 {
+            return Err(too_many(blocks));
+        }
         let tree = tokio::task::spawn_blocking(move || scan::hash_file(&path, block_size))
             .await
             .map_err(|e| Status::internal(format!("hash task failed: {e}")))?
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if tree.leaves().len() > MAX_WIRE_LEAVES {
-            return Err(Status::resource_exhausted(format!(
-                "{} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks",
-                tree.block_count()
-            )));
+            return Err(too_many(tree.block_count()));
         }
         Ok(MerkleReply {
             root: tree.root().to_vec(),
@@ -735,6 +746,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((m.length, m.leaves.len()), (10_000, 3 * 32));
+        // A (sparse) file with more blocks than a reply may carry is refused before hashing.
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len((MAX_WIRE_LEAVES as u64 + 1) * 4096)
+            .unwrap();
+        let huge = server
+            .merkle(MerkleRequest {
+                group: "g".into(),
+                resource: "r".into(),
+                block_size: 4096,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(huge.code(), tonic::Code::ResourceExhausted);
         let tree = MerkleTree::from_leaves_bytes(4096, m.length, &m.leaves).unwrap();
         assert_eq!(m.root, tree.root().to_vec());
     }
