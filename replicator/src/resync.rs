@@ -286,7 +286,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Re
 ///
 /// Only differing blocks move: the source's leaves come with `Merkle`, the target is hashed
 /// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
-/// of [`ResyncOptions::batch_blocks`] (memory bounded by one batch). Each pulled block is
+/// of [`ResyncOptions::batch_blocks`] (memory bounded by two batches). Each pulled block is
 /// checked against the source's leaf before it is written. The target is created if missing and
 /// set to the source's length; after `fdatasync` it is re-hashed (see
 /// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
