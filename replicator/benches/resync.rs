@@ -257,11 +257,31 @@ fn bench(c: &mut Criterion) {
     g.bench_function("hash_file", |b| {
         b.iter(|| scan::hash_file(&files.source, BS).unwrap())
     });
+    // Baseline: the same leaves from memory (64 MiB buffer hashed 16 times), no reads.
+    let buf = mixed(7, 64 << 20);
+    g.bench_function("hash_memory_baseline", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for _ in 0..files.len / (64 << 20) {
+                for block in buf.chunks(BS as usize) {
+                    n ^= u64::from(tandem_replicator::merkle::leaf_hash(block)[0]);
+                }
+            }
+            n
+        })
+    });
 
-    for zstd in [false, true] {
+    for (name, zstd, full_rehash) in [
+        ("resync", false, true),
+        ("resync_zstd", true, true),
+        ("resync_readback", false, false),
+    ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
-        let name = if zstd { "resync_zstd" } else { "resync" };
+        let options = ResyncOptions {
+            full_rehash,
+            ..ResyncOptions::default()
+        };
         let mut last = None;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -277,7 +297,7 @@ fn bench(c: &mut Criterion) {
                             "vol",
                             &files.target,
                             BS,
-                            ResyncOptions::default(),
+                            options,
                         ))
                         .unwrap();
                     total += started.elapsed();

@@ -145,6 +145,10 @@ pub struct ResyncOptions {
     /// journal from [`ResyncReport::source_watermark`] + 1, which brings every changed block up
     /// to date (writes are idempotent and replayed in order).
     pub live_source: bool,
+    /// After writing, re-hash the whole target (true, the default: also catches a concurrent
+    /// writer on the target) or only read back the written blocks and combine their hashes with
+    /// the leaves hashed before (false: one full read less).
+    pub full_rehash: bool,
 }
 
 impl Default for ResyncOptions {
@@ -152,6 +156,7 @@ impl Default for ResyncOptions {
         ResyncOptions {
             batch_blocks: DEFAULT_BATCH_BLOCKS,
             live_source: false,
+            full_rehash: true,
         }
     }
 }
@@ -306,10 +311,11 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Re
 ///
 /// Only differing blocks move: the source's leaves come with `Merkle`, the target is hashed
 /// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
-/// of [`ResyncOptions::batch_blocks`] (memory bounded by one batch). Each pulled block is
+/// of [`ResyncOptions::batch_blocks`] (memory bounded by two batches). Each pulled block is
 /// checked against the source's leaf before it is written. The target is created if missing and
-/// set to the source's length; after `fdatasync` it is re-hashed and its root must equal the
-/// source's. The source must not change during the resync (take it at a barrier).
+/// set to the source's length; after `fdatasync` it is re-hashed (see
+/// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
+/// change during the resync (take it at a barrier).
 ///
 /// # Errors
 /// [`ResyncError::Rpc`] when a call fails, [`ResyncError::BadReply`] for a block that does not
@@ -412,9 +418,14 @@ pub async fn resync(
     }
 
     let path = target.to_path_buf();
+    let full_rehash = options.full_rehash;
+    let written = wanted.clone();
     let after = blocking(move || -> Result<MerkleTree, ResyncError> {
         file.sync_data().map_err(io("fdatasync", &path))?;
-        Ok(scan::hash_file(&path, block_size)?)
+        if full_rehash {
+            return Ok(scan::hash_file(&path, block_size)?);
+        }
+        read_back_tree(&file, &path, &local, &written, block_size, length)
     })
     .await??;
     let check = verify(&source, &after)?;
@@ -435,6 +446,34 @@ pub async fn resync(
         duration: started.elapsed(),
         source_watermark,
     })
+}
+
+/// The target's tree after a resync without re-reading it all: the leaves hashed before for the
+/// blocks left alone, and the hashes of the written blocks read back from the file.
+fn read_back_tree(
+    file: &File,
+    path: &Path,
+    before: &MerkleTree,
+    written: &[u64],
+    block_size: u32,
+    length: u64,
+) -> Result<MerkleTree, ResyncError> {
+    let total = merkle::block_count(length, block_size);
+    let zero = [0u8; merkle::HASH_LEN];
+    let mut leaves: Vec<Hash> = (0..total)
+        .map(|i| before.leaves().get(i as usize).copied().unwrap_or(zero))
+        .collect();
+    let mut buf = vec![0u8; block_size as usize];
+    for &i in written {
+        let range = merkle::block_range_to_bytes(&(i..i + 1), block_size, length);
+        let data = &mut buf[..(range.end - range.start) as usize];
+        file.read_exact_at(data, range.start)
+            .map_err(io("read back", path))?;
+        if let Some(leaf) = leaves.get_mut(i as usize) {
+            *leaf = merkle::leaf_hash(data);
+        }
+    }
+    Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
 }
 
 /// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
@@ -525,15 +564,26 @@ where
     pub async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status> {
         let path = self.resolve(&req.group, &req.resource, req.block_size)?;
         let block_size = req.block_size;
+        let too_many = |blocks: u64| {
+            Status::resource_exhausted(format!(
+                "{blocks} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks"
+            ))
+        };
+        // Refuse before hashing when the file is already too large for one reply.
+        let length = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| Status::unavailable(format!("stat {}: {e}", path.display())))?
+            .len();
+        let blocks = merkle::block_count(length, block_size);
+        if blocks > MAX_WIRE_LEAVES as u64 {
+            return Err(too_many(blocks));
+        }
         let tree = tokio::task::spawn_blocking(move || scan::hash_file(&path, block_size))
             .await
             .map_err(|e| Status::internal(format!("hash task failed: {e}")))?
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if tree.leaves().len() > MAX_WIRE_LEAVES {
-            return Err(Status::resource_exhausted(format!(
-                "{} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks",
-                tree.block_count()
-            )));
+            return Err(too_many(tree.block_count()));
         }
         Ok(MerkleReply {
             root: tree.root().to_vec(),
@@ -649,6 +699,35 @@ mod tests {
         assert!(check_blocks(&[1], &good, &src, false).is_err());
     }
 
+    #[test]
+    fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let old = vec![1u8; 10 * 4096 + 10];
+        std::fs::write(&p, &old).unwrap();
+        let before = MerkleTree::from_bytes(4096, &old).unwrap();
+        // Grow to 12 blocks + 7 bytes and rewrite blocks 2, 10, 11, 12.
+        let mut new = old.clone();
+        new.resize(12 * 4096 + 7, 0);
+        for i in [2usize, 10, 11, 12] {
+            let end = ((i + 1) * 4096).min(new.len());
+            new[i * 4096..end].fill(i as u8 + 50);
+        }
+        std::fs::write(&p, &new).unwrap();
+        let file = File::open(&p).unwrap();
+        let len = new.len() as u64;
+        let tree = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_eq!(tree, scan::hash_file(&p, 4096).unwrap());
+        // A block that did not land as written shows up in the root.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[9], 2 * 4096).unwrap();
+        let bad = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_ne!(
+            bad.root(),
+            MerkleTree::from_bytes(4096, &new).unwrap().root()
+        );
+    }
+
     #[tokio::test]
     async fn block_server_enforces_limits_and_bounds() {
         let dir = tempfile::tempdir().unwrap();
@@ -695,6 +774,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((m.length, m.leaves.len()), (10_000, 3 * 32));
+        // A (sparse) file with more blocks than a reply may carry is refused before hashing.
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len((MAX_WIRE_LEAVES as u64 + 1) * 4096)
+            .unwrap();
+        let huge = server
+            .merkle(MerkleRequest {
+                group: "g".into(),
+                resource: "r".into(),
+                block_size: 4096,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(huge.code(), tonic::Code::ResourceExhausted);
         let tree = MerkleTree::from_leaves_bytes(4096, m.length, &m.leaves).unwrap();
         assert_eq!(m.root, tree.root().to_vec());
     }

@@ -531,6 +531,36 @@ mod tests {
         assert_eq!(pass.blocks_changed, 0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn replica_fed_by_scan_passes_equals_the_file_after_each_pass(
+            initial in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            edits in proptest::collection::vec((0usize..3500, proptest::prelude::any::<u8>(), 0usize..300), 1..6),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = write_file(&dir, "p", &initial);
+            let mut data = initial.clone();
+            let mut s = Scanner::new("p", &p, MerkleTree::empty(256).unwrap(), Arc::new(ManualClock::new(0)))
+                .with_batch_bytes(512);
+            let mut replica = Vec::new();
+            s.scan_once(&mut |c| apply(&mut replica, &c)).unwrap();
+            proptest::prop_assert_eq!(&replica, &data);
+            for (at, byte, len) in edits {
+                // Overwrite (and maybe extend) `len` bytes at `at`; never shrink.
+                let end = at + len;
+                if data.len() < end {
+                    data.resize(end, 0);
+                }
+                data[at..end].fill(byte);
+                std::fs::write(&p, &data).unwrap();
+                let pass = s.scan_once(&mut |c| apply(&mut replica, &c)).unwrap();
+                proptest::prop_assert_eq!(&replica, &data);
+                proptest::prop_assert_eq!(pass.root, MerkleTree::from_bytes(256, &data).unwrap().root());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn run_scans_until_shutdown_and_returns_the_tree() {
         let dir = tempfile::tempdir().unwrap();
