@@ -811,9 +811,22 @@ impl Coordinator {
         }
         let drain_ms = self.now_ms() - t_drain;
         let t_promote = self.now_ms();
-        let events = self
-            .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": true}))
-            .await?;
+        // The drained primary's last progress reaches the log with its next heartbeat: a
+        // planned promotion is refused until the committed progress shows nothing unreplicated.
+        let mut tries = 0;
+        let events = loop {
+            match self
+                .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": true}))
+                .await
+            {
+                Ok(ev) => break ev,
+                Err(e) if tries < 50 && e.message().contains("durable") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let promote_ms = self.now_ms() - t_promote;
         let new_epoch = self
             .read(|s| s.group(group).map(|g| g.epoch.0))

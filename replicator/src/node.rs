@@ -61,6 +61,55 @@ pub struct RoleCell {
     /// Writers hold it shared from journal to local write; a merkle snapshot holds it
     /// exclusively to read a seq that every local image already reflects.
     inflight: tokio::sync::RwLock<()>,
+    /// Byte ranges being written: overlapping writes go journal-then-image one after the
+    /// other, so the image sees them in journal (seq) order, as the replica does.
+    ranges: RangeLock,
+}
+
+/// A lock on byte ranges of one resource namespace: overlapping holders exclude each other,
+/// disjoint ones run concurrently.
+#[derive(Default)]
+pub struct RangeLock {
+    held: Mutex<Vec<(String, u64, u64)>>,
+    freed: tokio::sync::Notify,
+}
+
+/// A held range; released on drop.
+pub struct RangeGuard<'a> {
+    lock: &'a RangeLock,
+    key: (String, u64, u64),
+}
+
+impl RangeLock {
+    /// Waits until no holder overlaps `[start, end)` of `resource`, then holds it.
+    pub async fn lock(&self, resource: &str, start: u64, end: u64) -> RangeGuard<'_> {
+        loop {
+            let notified = self.freed.notified();
+            {
+                let mut held = lock(&self.held);
+                let busy = held
+                    .iter()
+                    .any(|(r, s, e)| r == resource && *s < end && start < *e);
+                if !busy {
+                    let key = (resource.to_owned(), start, end);
+                    held.push(key.clone());
+                    return RangeGuard { lock: self, key };
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(&self.lock.held);
+        if let Some(i) = held.iter().position(|k| *k == self.key) {
+            held.swap_remove(i);
+        }
+        drop(held);
+        self.lock.freed.notify_waiters();
+    }
 }
 
 impl RoleCell {
@@ -143,6 +192,8 @@ impl VolumeBackend for GroupVolume {
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let _g = self.role.inflight.read().await;
+        let end = offset.saturating_add(data.len() as u64);
+        let _r = self.role.ranges.lock(&self.resource, offset, end).await;
         let change = Change::write(&self.resource, offset, data.clone(), self.clock.now_ms());
         self.capture(change).await?;
         self.file.write(offset, data, fua).await
@@ -150,6 +201,15 @@ impl VolumeBackend for GroupVolume {
 
     async fn trim(&self, offset: u64, len: u32) -> std::result::Result<(), VolumeError> {
         let _g = self.role.inflight.read().await;
+        let _r = self
+            .role
+            .ranges
+            .lock(
+                &self.resource,
+                offset,
+                offset.saturating_add(u64::from(len)),
+            )
+            .await;
         let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
         self.capture(change).await?;
         self.file.trim(offset, len).await
@@ -162,6 +222,15 @@ impl VolumeBackend for GroupVolume {
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let _g = self.role.inflight.read().await;
+        let _r = self
+            .role
+            .ranges
+            .lock(
+                &self.resource,
+                offset,
+                offset.saturating_add(u64::from(len)),
+            )
+            .await;
         let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
         self.capture(change).await?;
         self.file.write_zeroes(offset, len, fua).await

@@ -42,7 +42,9 @@ pub struct Args {
 const VOLUME_GROUP: &str = "vol";
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The embedded local default: hanoi (primary), hcm (replica), danang (witness).
@@ -205,7 +207,10 @@ pub fn run(a: Args) -> Result<()> {
     if !a.keep {
         let _ = proc::stop_all(&run_dir);
     } else {
-        println!("processes left running: stop them with `tandem local down --dir {}`", run_dir.display());
+        println!(
+            "processes left running: stop them with `tandem local down --dir {}`",
+            run_dir.display()
+        );
     }
     result
 }
@@ -217,7 +222,13 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let topo = Topology::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let addrs = crate::cmd::status::addrs_of(&topo);
-    let port_of = |n: &str| ports.iter().find(|(k, _)| k == n).map(|(_, p)| *p).unwrap_or(0);
+    let port_of = |n: &str| {
+        ports
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, p)| *p)
+            .unwrap_or(0)
+    };
     let nbd = |n: &str| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port_of(n))) };
 
     let rt = crate::cmd::status::runtime()?;
@@ -233,7 +244,10 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         });
     }
 
-    say(&format!("1. Starting 3 coordinators and 2 replicators on loopback (folder {})", dir.display()));
+    say(&format!(
+        "1. Starting 3 coordinators and 2 replicators on loopback (folder {})",
+        dir.display()
+    ));
     crate::cmd::local::up(&config, run_dir, Duration::from_secs(60))?;
     let wait = |what: &str, secs: u64, f: &dyn Fn(&GroupStatus) -> bool| -> Result<ClusterStatus> {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -252,7 +266,11 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     let st = wait("initial sync and the primary lease", 120, &|g| {
         g.state == "protected" && g.lease.as_ref().is_some_and(|l| l.status == "active")
     })?;
-    println!("initial sync done in {:.1}s; leader {}", started.elapsed().as_secs_f64(), st.leader.as_deref().unwrap_or("?"));
+    println!(
+        "initial sync done in {:.1}s; leader {}",
+        started.elapsed().as_secs_f64(),
+        st.leader.as_deref().unwrap_or("?")
+    );
 
     say("2. A live workload: 64 KiB writes of mixed data through the primary's NBD export (sync mode)");
     let cfg = WorkloadConfig {
@@ -284,7 +302,14 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
                 bytes_raw = g.bytes_raw;
                 bytes_shipped = g.bytes_shipped;
             }
-            print!("\x1b[2m{}\x1b[0m", render(&st, false).lines().filter(|l| l.starts_with(VOLUME_GROUP)).collect::<Vec<_>>().join("\n"));
+            print!(
+                "\x1b[2m{}\x1b[0m",
+                render(&st, false)
+                    .lines()
+                    .filter(|l| l.starts_with(VOLUME_GROUP))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             println!("   writes ok {}  ", writer.ok.load(Ordering::SeqCst));
         }
     }
@@ -292,7 +317,14 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     say("3. Verify: merkle roots of primary and replica at a barrier");
     writer.stop.store(true, Ordering::SeqCst);
     for w in &workers {
-        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), async { while !w.is_finished() { tokio::time::sleep(Duration::from_millis(20)).await } }).await });
+        let _ = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while !w.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+            })
+            .await
+        });
     }
     let verify1 = crate::cmd::verify::run(crate::cmd::verify::Args {
         group: VOLUME_GROUP.into(),
@@ -302,13 +334,26 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     });
     writer.stop.store(false, Ordering::SeqCst);
     let workers: Vec<_> = (0..4)
-        .map(|i| rt.spawn(writer_task(writer.clone(), rec.clone(), cfg.clone(), 10 + i)))
+        .map(|i| {
+            rt.spawn(writer_task(
+                writer.clone(),
+                rec.clone(),
+                cfg.clone(),
+                10 + i,
+            ))
+        })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
 
-    say("4. Disaster: kill -9 every process of site hanoi (primary replicator and its coordinator)");
+    say(
+        "4. Disaster: kill -9 every process of site hanoi (primary replicator and its coordinator)",
+    );
     let failure_ms = rec.now_ms();
-    let rpo_before = rt.block_on(fetch(&addrs)).ok().and_then(|st| group(&st).map(|g| g.rpo_ms)).unwrap_or(0);
+    let rpo_before = rt
+        .block_on(fetch(&addrs))
+        .ok()
+        .and_then(|st| group(&st).map(|g| g.rpo_ms))
+        .unwrap_or(0);
     if let Ok(st) = rt.block_on(fetch(&addrs)) {
         if let Some(g) = group(&st) {
             bytes_raw = g.bytes_raw;
@@ -321,17 +366,27 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     }
     let killed = Instant::now();
     let st = wait("automatic failover to hcm", 60, &|g| {
-        g.primary == "hcm" && g.lease.as_ref().is_some_and(|l| l.status == "active" && l.holder == "hcm-rep")
+        g.primary == "hcm"
+            && g.lease
+                .as_ref()
+                .is_some_and(|l| l.status == "active" && l.holder == "hcm-rep")
     })?;
-    println!("failover done {:.1}s after the kill; epoch {}", killed.elapsed().as_secs_f64(), group(&st).map(|g| g.epoch).unwrap_or(0));
-    *writer.target.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(NbdPool::new(nbd("hcm-nbd"), "disk0", 4));
+    println!(
+        "failover done {:.1}s after the kill; epoch {}",
+        killed.elapsed().as_secs_f64(),
+        group(&st).map(|g| g.epoch).unwrap_or(0)
+    );
+    *writer.target.write().unwrap_or_else(|p| p.into_inner()) =
+        Arc::new(NbdPool::new(nbd("hcm-nbd"), "disk0", 4));
     std::thread::sleep(Duration::from_secs(3));
 
     say("5. Failback: hanoi returns as replica, resyncs by merkle diff, then a planned switchover");
     for n in ["hanoi-coord", "hanoi-rep"] {
         proc::start_node(&std::fs::canonicalize(&config)?, n, run_dir)?;
     }
-    wait("hanoi resynced and in sync", 120, &|g| g.state == "protected" && g.primary == "hcm")?;
+    wait("hanoi resynced and in sync", 120, &|g| {
+        g.state == "protected" && g.primary == "hcm"
+    })?;
     println!("hanoi is an in-sync replica again");
     let switch = Command::new(std::env::current_exe()?)
         .args(["switchover", VOLUME_GROUP, "--config"])
@@ -340,13 +395,24 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&switch.stdout));
     if !switch.status.success() {
-        bail!("switchover back failed: {}", String::from_utf8_lossy(&switch.stderr));
+        bail!(
+            "switchover back failed: {}",
+            String::from_utf8_lossy(&switch.stderr)
+        );
     }
-    *writer.target.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(NbdPool::new(nbd("hanoi-nbd"), "disk0", 4));
+    *writer.target.write().unwrap_or_else(|p| p.into_inner()) =
+        Arc::new(NbdPool::new(nbd("hanoi-nbd"), "disk0", 4));
     std::thread::sleep(Duration::from_secs(3));
     writer.stop.store(true, Ordering::SeqCst);
     for w in &workers {
-        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), async { while !w.is_finished() { tokio::time::sleep(Duration::from_millis(20)).await } }).await });
+        let _ = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while !w.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+            })
+            .await
+        });
     }
 
     say("6. Checks: verify again, and every acknowledged write against the final image");
@@ -356,13 +422,20 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         timeout_secs: 30,
         actor: "demo".into(),
     });
-    let image = std::fs::read(dir.join("volumes/hanoi/disk0.img")).context("reading the final image")?;
+    let image =
+        std::fs::read(dir.join("volumes/hanoi/disk0.img")).context("reading the final image")?;
     let history = rec.snapshot();
     let final_blocks = |off: u64, len: u64| -> blake3::Hash {
         let (s, e) = (off as usize, (off + len) as usize);
         blake3::hash(image.get(s..e).unwrap_or(&[]))
     };
-    let verdict = lost_acknowledged_writes(&history, &final_blocks, ReplicationMode::Sync, 0, failure_ms);
+    let verdict = lost_acknowledged_writes(
+        &history,
+        &final_blocks,
+        ReplicationMode::Sync,
+        0,
+        failure_ms,
+    );
     let _ = history.save(&dir.join("history.jsonl"));
 
     // RTOs from the audit chain (the coordinators' own measurements).
@@ -373,28 +446,44 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         .map(|r| &r.detail)
         .filter(|d| d.get("rto_ms").is_some())
         .collect();
-    let rto_of = |op: &str| ops.iter().find(|d| d["op"] == op).and_then(|d| d["rto_ms"].as_i64());
+    let rto_of = |op: &str| {
+        ops.iter()
+            .find(|d| d["op"] == op)
+            .and_then(|d| d["rto_ms"].as_i64())
+    };
     let (failover_rto, switchover_rto) = (rto_of("failover"), rto_of("switchover"));
 
     say("7. Evidence for auditors");
     let ev_dir = dir.join("evidence");
-    crate::cmd::evidence::run(crate::cmd::evidence::EvidenceCmd::Export(crate::cmd::evidence::ExportArgs {
-        config: config.clone(),
-        out: ev_dir.clone(),
-        from: None,
-        to: None,
-    }))?;
+    crate::cmd::evidence::run(crate::cmd::evidence::EvidenceCmd::Export(
+        crate::cmd::evidence::ExportArgs {
+            config: config.clone(),
+            out: ev_dir.clone(),
+            from: None,
+            to: None,
+        },
+    ))?;
     let ev_ok = tandem_coordinator::evidence::verify(&ev_dir).is_ok();
 
-    let rto_target = topo.group(VOLUME_GROUP).map(|g| g.rto_target.as_millis() as i64).unwrap_or(0);
-    let ratio = if bytes_shipped > 0 { bytes_raw as f64 / bytes_shipped as f64 } else { 0.0 };
+    let rto_target = topo
+        .group(VOLUME_GROUP)
+        .map(|g| g.rto_target.as_millis() as i64)
+        .unwrap_or(0);
+    let ratio = if bytes_shipped > 0 {
+        bytes_raw as f64 / bytes_shipped as f64
+    } else {
+        0.0
+    };
     let ok_writes = writer.ok.load(Ordering::SeqCst);
     let lost = verdict.violations.len();
     let checks = [
         ("verify before the failure", verify1.is_ok()),
         ("verify after failback", verify2.is_ok()),
         ("no acknowledged write lost (sync)", verdict.ok),
-        ("failover RTO within target", failover_rto.is_some_and(|r| r <= rto_target)),
+        (
+            "failover RTO within target",
+            failover_rto.is_some_and(|r| r <= rto_target),
+        ),
         ("switchover back succeeded", switchover_rto.is_some()),
         ("evidence verifies", ev_ok),
     ];
@@ -426,8 +515,14 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     for v in verdict.violations.iter().take(5) {
         println!("    {v}");
     }
-    println!("  evidence folder: {}  (open report.html)", ev_dir.display());
-    println!("  history of every write: {}", dir.join("history.jsonl").display());
+    println!(
+        "  evidence folder: {}  (open report.html)",
+        ev_dir.display()
+    );
+    println!(
+        "  history of every write: {}",
+        dir.join("history.jsonl").display()
+    );
     println!("  demo took {:.1}s", started.elapsed().as_secs_f64());
     if checks.iter().all(|(_, ok)| *ok) {
         Ok(())

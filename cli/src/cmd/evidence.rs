@@ -52,7 +52,8 @@ pub fn run(cmd: EvidenceCmd) -> Result<()> {
     match cmd {
         EvidenceCmd::Export(a) => export(a),
         EvidenceCmd::Verify(a) => {
-            let report = evidence::verify(&a.dir).with_context(|| format!("{} does not verify", a.dir.display()))?;
+            let report = evidence::verify(&a.dir)
+                .with_context(|| format!("{} does not verify", a.dir.display()))?;
             println!(
                 "{}: OK: {} audit records chain to head {}; files checked: {}; re-derived: {}",
                 a.dir.display(),
@@ -111,7 +112,11 @@ pub async fn fetch_audit(addrs: &[String]) -> Result<Vec<AuditRecord>> {
 
 fn export(a: ExportArgs) -> Result<()> {
     let topo = Topology::load(&a.config).map_err(|e| bad_input(e.to_string()))?;
-    let from_ms = a.from.as_deref().map(|s| parse_time(s, "from")).transpose()?;
+    let from_ms = a
+        .from
+        .as_deref()
+        .map(|s| parse_time(s, "from"))
+        .transpose()?;
     let to_ms = a.to.as_deref().map(|s| parse_time(s, "to")).transpose()?;
     let addrs = crate::cmd::status::addrs_of(&topo);
     let records = runtime()?.block_on(fetch_audit(&addrs))?;
@@ -141,6 +146,10 @@ fn export(a: ExportArgs) -> Result<()> {
         summary.rpo_samples,
         summary.manifest.chain.head_hash
     );
-    println!("open {}/report.html; check with `tandem evidence verify {}`", summary.dir.display(), summary.dir.display());
+    println!(
+        "open {}/report.html; check with `tandem evidence verify {}`",
+        summary.dir.display(),
+        summary.dir.display()
+    );
     Ok(())
 }
