@@ -143,7 +143,7 @@ replica_path = "volumes/hcm/disk0.img"
     Ok((text, ports))
 }
 
-fn group<'a>(st: &'a ClusterStatus) -> Option<&'a GroupStatus> {
+fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
     st.groups.iter().find(|g| g.name == VOLUME_GROUP)
 }
 

@@ -49,8 +49,8 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    async {
+async fn shutdown_signal() {
+    {
         let term = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut s) => {
