@@ -50,6 +50,9 @@ enum Command {
     /// Export or verify the evidence folder auditors read.
     #[command(subcommand)]
     Evidence(cmd::evidence::EvidenceCmd),
+    /// Measure against real local processes (coordinator commits, replication throughput).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
     /// Print the audit chain.
     Audit(cmd::ops::AuditArgs),
     /// Run the whole product on this machine: three coordinators, two sites, a live
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Switchover(a) => cmd::ops::operate("switchover", a),
         Command::Audit(a) => cmd::ops::audit(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Evidence(c) => cmd::evidence::run(c),
     };
     match result {

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `run(args) -> Result<()>`.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod evidence;
