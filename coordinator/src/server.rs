@@ -415,6 +415,7 @@ impl Coordinator {
                         throughput_bps: if fresh { lg.throughput_bps } else { 0.0 },
                         bytes_raw: lg.bytes_raw,
                         bytes_shipped: lg.bytes_shipped,
+                        max_bandwidth_bps: cg.max_bandwidth.map(|b| b.bytes_per_sec),
                         lease: g.lease.as_ref().map(|l| LeaseStatus {
                             holder: l.holder.clone(),
                             epoch: l.epoch.0,

@@ -100,6 +100,8 @@ pub struct GroupStatus {
     pub bytes_raw: u64,
     /// Bytes shipped on the wire since the primary replicator started.
     pub bytes_shipped: u64,
+    /// Bandwidth limit of the replication stream (bytes per second), if configured.
+    pub max_bandwidth_bps: Option<u64>,
     /// The primary's lease.
     pub lease: Option<LeaseStatus>,
     /// The data-loss window (RPO at the moment of loss) of the last unplanned failover, ms.

@@ -245,8 +245,11 @@ impl VolumeBackend for GroupVolume {
         self.file.flush().await
     }
 
+    /// Advertised to NBD clients at connect time: writable while this site is the primary
+    /// (the lease is checked on every write, which fails with EPERM without it).
     fn writable(&self) -> bool {
-        self.role.writable()
+        !self.role.fenced.load(std::sync::atomic::Ordering::SeqCst)
+            && self.role.pipeline().is_some()
     }
 }
 
@@ -771,7 +774,8 @@ async fn become_primary(
         }
     }
     let shipper = peer_replicator(rt, replica_site).map(|addr| {
-        let cfg = ShipConfig::new(&addr, &rt.node.name);
+        let mut cfg = ShipConfig::new(&addr, &rt.node.name);
+        cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);
         pipeline.start_shipper(cfg)
     });
     g.cell

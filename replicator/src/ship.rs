@@ -39,6 +39,8 @@ pub struct ShipConfig {
     pub backoff_max: Duration,
     /// Fault injection: called on every frame before it is sent.
     pub frame_hook: Option<FrameHook>,
+    /// Bandwidth limit on the wire (bytes per second of encoded frames), `None` = unlimited.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl std::fmt::Debug for ShipConfig {
@@ -66,6 +68,7 @@ impl ShipConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             frame_hook: None,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -265,11 +268,18 @@ async fn session(
     let mut inflight: VecDeque<(Seq, usize)> = VecDeque::new();
     let mut inflight_bytes = 0usize;
     let mut local = shared.durable_local.subscribe();
+    // Pacing for `max_bytes_per_sec`: the earliest time the next frame may leave.
+    let mut pace_at = tokio::time::Instant::now();
     loop {
         let have_new = *local.borrow_and_update() >= next;
         let can_send =
             have_new && inflight_bytes < cfg.window_bytes && inflight.len() < cfg.window_frames;
-        let budget = cfg.window_bytes.saturating_sub(inflight_bytes).max(1);
+        let mut budget = cfg.window_bytes.saturating_sub(inflight_bytes).max(1);
+        if let Some(rate) = cfg.max_bytes_per_sec.filter(|r| *r > 0) {
+            // Read about a quarter second of frames at a time, so acks are handled between
+            // paced sends.
+            budget = budget.min((rate as usize / 4).max(64 << 10));
+        }
         let journal = Arc::clone(&shared.journal);
         let from = next;
         tokio::select! {
@@ -331,6 +341,14 @@ async fn session(
                         hook(entry.first_seq, &mut bytes);
                     }
                     let len = bytes.len();
+                    if let Some(rate) = cfg.max_bytes_per_sec.filter(|r| *r > 0) {
+                        let now = tokio::time::Instant::now();
+                        if pace_at > now {
+                            tokio::time::sleep_until(pace_at).await;
+                        }
+                        pace_at = pace_at.max(now)
+                            + Duration::from_secs_f64(len as f64 / rate as f64);
+                    }
                     let req = ShipRequest { msg: Some(ship_request::Msg::Frame(bytes)) };
                     if tx.send(req).await.is_err() {
                         return broken("request stream closed", progressed);

@@ -95,6 +95,18 @@ pub fn up(config: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Started>> 
             })?;
         }
         crate::cmd::status::wait_for_leader(&topo, timeout)?;
+        // Something else may have answered on a node's port (a node left running from another
+        // cluster): every process we started must still be alive.
+        for s in &started {
+            if !proc::alive(s.pid) {
+                anyhow::bail!(
+                    "node {} (pid {}) exited after start; see {}",
+                    s.name,
+                    s.pid,
+                    proc::log_file(dir, &s.name).display()
+                );
+            }
+        }
         Ok(())
     })();
     if let Err(e) = result {
