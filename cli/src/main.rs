@@ -5,6 +5,7 @@ mod cmd;
 mod exit;
 mod local;
 mod logging;
+mod writer;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

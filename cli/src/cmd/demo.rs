@@ -6,18 +6,18 @@
 
 use crate::cmd::status::{fetch, render};
 use crate::local as proc;
+use crate::writer::Writer;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_chaos::checker::{lost_acknowledged_writes, ReplicationMode};
-use tandem_chaos::history::{Op, OpKind, Recorder};
-use tandem_chaos::nbd_client::NbdPool;
-use tandem_chaos::workload::{plan_write, WorkloadConfig};
+use tandem_chaos::history::Recorder;
+use tandem_chaos::workload::WorkloadConfig;
 use tandem_coordinator::status::{ClusterStatus, GroupStatus};
 use tandem_core::config::Topology;
 
@@ -147,47 +147,6 @@ fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
     st.groups.iter().find(|g| g.name == VOLUME_GROUP)
 }
 
-struct Writer {
-    target: RwLock<Arc<NbdPool>>,
-    stop: AtomicBool,
-    next: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-    bytes: AtomicU64,
-}
-
-async fn writer_task(w: Arc<Writer>, rec: Arc<Recorder>, cfg: WorkloadConfig, worker: u64) {
-    let mut process = worker;
-    while !w.stop.load(Ordering::SeqCst) {
-        let i = w.next.fetch_add(1, Ordering::SeqCst);
-        let plan = plan_write(&cfg, i);
-        // Mixed content (text, records, zeroes, noise) so compression is realistic.
-        let data = tandem_core::mixed::mixed(cfg.seed ^ i, plan.data.len());
-        let pool = w.target.read().unwrap_or_else(|p| p.into_inner()).clone();
-        rec.record(Op::write(process, OpKind::Invoke, plan.offset, &data, 0));
-        let r = tokio::time::timeout(cfg.op_timeout, pool.write(plan.offset, &data, false)).await;
-        match r {
-            Ok(Ok(())) => {
-                rec.record(Op::write(process, OpKind::Ok, plan.offset, &data, 0));
-                w.ok.fetch_add(1, Ordering::SeqCst);
-                w.bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
-            }
-            Ok(Err(e)) if e.write_definitely_not_applied() => {
-                rec.record(Op::write(process, OpKind::Fail, plan.offset, &data, 0));
-                w.failed.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            _ => {
-                // Unknown outcome: this process id is retired, as Jepsen does.
-                rec.record(Op::write(process, OpKind::Info, plan.offset, &data, 0));
-                w.failed.fetch_add(1, Ordering::SeqCst);
-                process += 1000;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 fn say(msg: &str) {
     println!("\n\x1b[1m== {msg}\x1b[0m");
 }
@@ -280,17 +239,8 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     };
     let origin = Instant::now();
     let rec = Arc::new(Recorder::new(origin));
-    let writer = Arc::new(Writer {
-        target: RwLock::new(Arc::new(NbdPool::new(nbd("hanoi-nbd"), "disk0", 4))),
-        stop: AtomicBool::new(false),
-        next: AtomicU64::new(0),
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-    });
-    let workers: Vec<_> = (0..4)
-        .map(|i| rt.spawn(writer_task(writer.clone(), rec.clone(), cfg.clone(), i)))
-        .collect();
+    let writer = Writer::new(nbd("hanoi-nbd"), "disk0", cfg, rec.clone());
+    writer.start(&rt, 4);
     let mut max_rpo = 0i64;
     let mut bytes_raw = 0u64;
     let mut bytes_shipped = 0u64;
@@ -315,34 +265,14 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     }
 
     say("3. Verify: merkle roots of primary and replica at a barrier");
-    writer.stop.store(true, Ordering::SeqCst);
-    for w in &workers {
-        let _ = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                while !w.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-            })
-            .await
-        });
-    }
+    writer.stop(&rt);
     let verify1 = crate::cmd::verify::run(crate::cmd::verify::Args {
         group: VOLUME_GROUP.into(),
         config: config.clone(),
         timeout_secs: 30,
         actor: "demo".into(),
     });
-    writer.stop.store(false, Ordering::SeqCst);
-    let workers: Vec<_> = (0..4)
-        .map(|i| {
-            rt.spawn(writer_task(
-                writer.clone(),
-                rec.clone(),
-                cfg.clone(),
-                10 + i,
-            ))
-        })
-        .collect();
+    writer.start(&rt, 4);
     std::thread::sleep(Duration::from_secs(2));
 
     say(
@@ -376,8 +306,7 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         killed.elapsed().as_secs_f64(),
         group(&st).map(|g| g.epoch).unwrap_or(0)
     );
-    *writer.target.write().unwrap_or_else(|p| p.into_inner()) =
-        Arc::new(NbdPool::new(nbd("hcm-nbd"), "disk0", 4));
+    writer.retarget(nbd("hcm-nbd"));
     std::thread::sleep(Duration::from_secs(3));
 
     say("5. Failback: hanoi returns as replica, resyncs by merkle diff, then a planned switchover");
@@ -400,20 +329,9 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
             String::from_utf8_lossy(&switch.stderr)
         );
     }
-    *writer.target.write().unwrap_or_else(|p| p.into_inner()) =
-        Arc::new(NbdPool::new(nbd("hanoi-nbd"), "disk0", 4));
+    writer.retarget(nbd("hanoi-nbd"));
     std::thread::sleep(Duration::from_secs(3));
-    writer.stop.store(true, Ordering::SeqCst);
-    for w in &workers {
-        let _ = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                while !w.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-            })
-            .await
-        });
-    }
+    writer.stop(&rt);
 
     say("6. Checks: verify again, and every acknowledged write against the final image");
     let verify2 = crate::cmd::verify::run(crate::cmd::verify::Args {

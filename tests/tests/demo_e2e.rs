@@ -1,0 +1,44 @@
+//! `tandem demo` end to end (small volume): every promise it checks must hold, exit 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+use tandem_tests::tandem_bin;
+
+#[test]
+fn demo_runs_to_a_green_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(tandem_bin())
+        .args(["demo", "--volume-mib", "16", "--write-secs", "2", "--dir"])
+        .arg(dir.path())
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[PASS] no acknowledged write lost (sync)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[FAIL]"), "{stdout}");
+    // The evidence folder it names verifies on its own.
+    let ev = dir.path().join("evidence");
+    let v = Command::new(tandem_bin())
+        .args(["evidence", "verify"])
+        .arg(&ev)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // No process of the demo is left running.
+    let pids = std::fs::read_dir(dir.path().join("run"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pid")
+        })
+        .count();
+    assert_eq!(pids, 0, "the demo left pid files behind");
+}
