@@ -17,6 +17,7 @@
 //!   disconnect) so workloads can write through NBD without qemu.
 //! - [`sim`]: a deterministic simulation of the coordinators (raft-rs + the state machine)
 //!   over an in-memory network, swept over seeds with invariants checked after every step.
+//! - [`scenario`]: chaos scenarios as TOML (fault timeline + checks).
 //! - [`rng`]: a small seeded PRNG whose output never changes between versions, so a seed
 //!   replays the same workload and the same corruption.
 
@@ -25,6 +26,7 @@ pub mod history;
 pub mod nbd_client;
 pub mod proxy;
 pub mod rng;
+pub mod scenario;
 pub mod sim;
 pub mod workload;
 

@@ -54,6 +54,9 @@ enum Command {
     /// Measure against real local processes (coordinator commits, replication throughput).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// Run fault scenarios against real local processes and check the promises.
+    #[command(subcommand)]
+    Chaos(cmd::chaos::ChaosCmd),
     /// Print the audit chain.
     Audit(cmd::ops::AuditArgs),
     /// Run the whole product on this machine: three coordinators, two sites, a live
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd::ops::audit(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Chaos(c) => cmd::chaos::run(c),
         Command::Evidence(c) => cmd::evidence::run(c),
     };
     match result {

@@ -125,6 +125,9 @@ impl RoleCell {
     }
 
     fn lease_valid(&self) -> bool {
+        if unsafe_skip_lease_check() {
+            return true;
+        }
         lock(&self.lease_deadline).is_some_and(|d| Instant::now() < d)
     }
 
@@ -133,6 +136,15 @@ impl RoleCell {
             && self.lease_valid()
             && self.pipeline().is_some()
     }
+}
+
+/// A deliberately broken build for the chaos harness's own test: with
+/// `TANDEM_UNSAFE_SKIP_LEASE_CHECK=1` a debug build accepts writes without a live lease and
+/// ignores its demotion (it disobeys fencing), which the `primary-paused` scenario must catch.
+/// Release builds ignore the variable.
+fn unsafe_skip_lease_check() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("TANDEM_UNSAFE_SKIP_LEASE_CHECK").is_ok_and(|v| v == "1")
 }
 
 fn refused(resource: &str, why: &str) -> VolumeError {
@@ -711,6 +723,10 @@ async fn reconcile(rt: &Arc<NodeRt>, lease: &GroupLease, sent: Instant) -> Resul
             start_drain(rt, g).await;
         }
     } else if lease.replica == site {
+        if unsafe_skip_lease_check() && matches!(g.role, Role::Primary { .. }) {
+            // The deliberately broken build keeps acting as primary after a demotion.
+            return Ok(());
+        }
         match &g.role {
             Role::Replica { epoch: e, rg, .. } if *e >= epoch => {
                 let _ = rg;

@@ -39,7 +39,8 @@ pub struct Args {
     pub write_secs: u64,
 }
 
-const VOLUME_GROUP: &str = "vol";
+/// The volume group of the embedded topology.
+pub const VOLUME_GROUP: &str = "vol";
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -47,8 +48,14 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// The embedded local default: hanoi (primary), hcm (replica), danang (witness).
-fn topology_text(volume_mib: u64) -> Result<(String, Vec<(String, u16)>)> {
+/// The embedded local default: hanoi (primary), hcm (replica), danang (witness), one volume
+/// group `vol` in `mode`; returns the TOML text and the ports it chose.
+pub fn topology_text(
+    volume_mib: u64,
+    mode: &str,
+    auto_failover: bool,
+) -> Result<(String, Vec<(String, u16)>)> {
+    let rpo = if mode == "sync" { "0s" } else { "2s" };
     let mut ports = Vec::new();
     let mut port = |name: &str| -> Result<u16> {
         let p = free_port()?;
@@ -119,10 +126,11 @@ nbd_listen = "127.0.0.1:{n2}"
 name = "{VOLUME_GROUP}"
 primary = "hanoi"
 replica = "hcm"
-mode = "sync"
-rpo_target = "0s"
+mode = "{mode}"
+rpo_target = "{rpo}"
 rto_target = "15s"
-auto_failover = true
+sync_timeout = "1s"
+auto_failover = {auto_failover}
 allowed_jurisdictions = ["VN"]
 
 [[groups.resources]]
@@ -143,7 +151,8 @@ replica_path = "volumes/hcm/disk0.img"
     Ok((text, ports))
 }
 
-fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
+/// The demo's volume group in a status document.
+pub fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
     st.groups.iter().find(|g| g.name == VOLUME_GROUP)
 }
 
@@ -176,7 +185,7 @@ pub fn run(a: Args) -> Result<()> {
 
 fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let (text, ports) = topology_text(a.volume_mib)?;
+    let (text, ports) = topology_text(a.volume_mib, "sync", true)?;
     let config = dir.join("topology.toml");
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     let topo = Topology::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with `run(args) -> Result<()>`.
 
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod evidence;
