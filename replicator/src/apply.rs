@@ -117,6 +117,33 @@ impl ReplicaGroup {
         self.inner().watermark
     }
 
+    /// Copies every resource file into `dir` (created) while no frame is being applied, so the
+    /// copies reflect exactly the returned watermark; each copy is fdatasync'ed. Blocking: call
+    /// it off the reactor. Used for drill snapshots.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] naming the file.
+    pub fn copy_to(&self, dir: &Path) -> Result<(Seq, Vec<PathBuf>)> {
+        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        let inner = self.inner();
+        let mut names: Vec<&String> = inner.resources.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let src = &inner.resources[name].path;
+            let dst = dir.join(format!("{name}.img"));
+            std::fs::copy(src, &dst).map_err(|e| ReplicatorError::io("copy", &dst, e))?;
+            File::open(&dst)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| ReplicatorError::io("fdatasync", &dst, e))?;
+            out.push(dst);
+        }
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ReplicatorError::io("fsync dir", dir, e))?;
+        Ok((inner.watermark, out))
+    }
+
     /// The epoch fence: frames from older epochs are refused.
     pub fn epoch(&self) -> Epoch {
         self.inner().fence
