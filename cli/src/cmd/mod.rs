@@ -5,4 +5,7 @@ pub mod demo;
 pub mod local;
 pub mod node;
 pub mod ops;
+pub mod probe;
+pub mod runbook;
+pub mod runs;
 pub mod status;
