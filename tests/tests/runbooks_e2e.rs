@@ -27,7 +27,10 @@ fn cluster(topo: &Topo) -> Vec<NodeProc> {
 }
 
 fn addr_args<'a>(topo: &'a Topo, nodes: &[&'a str]) -> Vec<&'a str> {
-    nodes.iter().flat_map(|n| ["--addr", topo.addr(n)]).collect()
+    nodes
+        .iter()
+        .flat_map(|n| ["--addr", topo.addr(n)])
+        .collect()
 }
 
 fn qemu_io(nbd: &str, cmd: &str) -> bool {
@@ -42,7 +45,9 @@ fn run_json(topo: &Topo, id: &str, ask: &[&str]) -> Option<Value> {
     let mut args = vec!["run", "show", id, "--json"];
     args.extend(addr_args(topo, ask));
     let (code, out, _) = topo.tandem(&args);
-    (code == 0).then(|| serde_json::from_str(&out).ok()).flatten()
+    (code == 0)
+        .then(|| serde_json::from_str(&out).ok())
+        .flatten()
 }
 
 fn step_status(run: &Value, step: &str) -> String {
@@ -101,8 +106,14 @@ fn drill_with_writes_running_takes_and_removes_a_copy() {
     }
     assert_eq!(code, 0, "drill failed:\n{out}\n{err}");
     eprintln!("{out}");
-    assert!(out.contains("snapshot") && out.contains("succeeded"), "{out}");
-    assert!(written.load(Ordering::SeqCst) > 5, "the writer did not write");
+    assert!(
+        out.contains("snapshot") && out.contains("succeeded"),
+        "{out}"
+    );
+    assert!(
+        written.load(Ordering::SeqCst) > 5,
+        "the writer did not write"
+    );
     eprintln!("{during} writes during the drill");
     rto_of(&out);
 
@@ -126,9 +137,9 @@ fn drill_with_writes_running_takes_and_removes_a_copy() {
         .find(|r| r["kind"] == "drill" && r["detail"]["phase"] == "start")
         .map(|r| r["detail"]["run_id"].as_str().unwrap().to_string())
         .expect("drill start record");
-    assert!(recs
-        .iter()
-        .any(|r| r["kind"] == "drill" && r["detail"]["phase"] == "end" && r["detail"]["ok"] == true));
+    assert!(recs.iter().any(|r| r["kind"] == "drill"
+        && r["detail"]["phase"] == "end"
+        && r["detail"]["ok"] == true));
     assert!(recs.iter().any(|r| r["kind"] == "runbook_step"
         && r["detail"]["run_id"] == run_id.as_str()
         && r["detail"]["step"] == "snapshot"
@@ -150,7 +161,10 @@ fn switchover_reverses_roles_without_losing_a_write() {
     // 1. Writes at the primary.
     let nbd = topo.nbd_addr("hanoi-rep").to_string();
     for i in 0..8u64 {
-        assert!(qemu_io(&nbd, &format!("write -P {} {} 256k", 0x10 + i, i * 262_144)));
+        assert!(qemu_io(
+            &nbd,
+            &format!("write -P {} {} 256k", 0x10 + i, i * 262_144)
+        ));
     }
 
     // 2. The switchover runs to its end.
@@ -169,7 +183,10 @@ fn switchover_reverses_roles_without_losing_a_write() {
     //    its export.
     let st = topo.status(&[]).unwrap();
     let g = &st["groups"][0];
-    assert_eq!((g["primary"].as_str(), g["replica"].as_str()), (Some("hcm"), Some("hanoi")));
+    assert_eq!(
+        (g["primary"].as_str(), g["replica"].as_str()),
+        (Some("hcm"), Some("hanoi"))
+    );
     let file = std::fs::read(topo.path().join("volumes/hcm/disk0.img")).unwrap();
     for i in 0..8usize {
         let block = &file[i * 262_144..(i + 1) * 262_144];
@@ -243,7 +260,10 @@ fn a_run_survives_the_loss_of_the_coordinator_leader() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the run never reached its approval gate");
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached its approval gate"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -272,13 +292,13 @@ fn a_run_survives_the_loss_of_the_coordinator_leader() {
     if code != 0 {
         dump_logs(&topo);
     }
-    assert_eq!(code, 0, "the run did not finish on the new leader:\n{out}\n{err}");
+    assert_eq!(
+        code, 0,
+        "the run did not finish on the new leader:\n{out}\n{err}"
+    );
     let run = run_json(&topo, &id, &others).unwrap();
     assert_eq!(run["state"]["status"]["status"], "succeeded");
-    assert_eq!(
-        run["state"]["steps"][1]["decided_by"][0], "alice",
-        "{run}"
-    );
+    assert_eq!(run["state"]["steps"][1]["decided_by"][0], "alice", "{run}");
     let st = topo.status(&others).unwrap();
     assert_eq!(st["groups"][0]["primary"], "hcm");
 }

@@ -47,7 +47,12 @@ pub fn run(a: Args) -> Result<()> {
             .and_then(|gs| gs.iter().find(|g| g["name"] == a.group.as_str()))
             .with_context(|| format!("no group {}", a.group))?;
         if g["primary"] != a.site.as_str() {
-            bail!("{} is not the primary of {} (primary: {})", a.site, a.group, g["primary"]);
+            bail!(
+                "{} is not the primary of {} (primary: {})",
+                a.site,
+                a.group,
+                g["primary"]
+            );
         }
         let lease = &g["lease"];
         if lease["status"] != "active" || lease["remaining_ms"].as_i64().unwrap_or(0) <= 0 {
@@ -59,11 +64,14 @@ pub fn run(a: Args) -> Result<()> {
             };
             let rest = url.trim_start_matches("nbd://");
             let (host, export) = rest.split_once('/').unwrap_or((rest, ""));
-            let addr: SocketAddr = host.parse().with_context(|| format!("bad NBD address {url}"))?;
-            let mut client = tokio::time::timeout(Duration::from_secs(3), NbdClient::connect(addr, export))
-                .await
-                .with_context(|| format!("{url}: no answer"))?
-                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            let addr: SocketAddr = host
+                .parse()
+                .with_context(|| format!("bad NBD address {url}"))?;
+            let mut client =
+                tokio::time::timeout(Duration::from_secs(3), NbdClient::connect(addr, export))
+                    .await
+                    .with_context(|| format!("{url}: no answer"))?
+                    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
             if client.read_only() {
                 bail!("{url}: the export is read-only");
             }

@@ -102,7 +102,9 @@ fn context(
     params: BTreeMap<String, String>,
 ) -> Result<PlanContext> {
     let Some(cfg) = config else {
-        return Err(bad_input("give --config FILE (or TANDEM_CONFIG) to plan for a group"));
+        return Err(bad_input(
+            "give --config FILE (or TANDEM_CONFIG) to plan for a group",
+        ));
     };
     let topo = Topology::load(cfg).map_err(|e| bad_input(e.to_string()))?;
     let g = topo

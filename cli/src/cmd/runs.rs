@@ -94,23 +94,48 @@ fn request(op: &str, t: &Target) -> OperateRequest {
     }
 }
 
-/// Sends one `Operate` request to the coordinators and decodes its JSON reply.
+/// Sends one `Operate` request to the coordinators and decodes its JSON reply. While no
+/// leader answers (an election after the leader was lost), retries for up to 20 s.
 async fn operate(addrs: &[String], req: OperateRequest) -> Result<Value> {
-    let mut c = connect(addrs).await?;
     let op = req.op.clone();
-    let r = c
-        .operate(req)
-        .await
-        .map_err(|s| {
-            let e = anyhow::anyhow!("{op}: {}", s.message());
-            if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::NotFound {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = match connect(addrs).await {
+            Ok(mut c) => match c.operate(req.clone()).await {
+                Ok(r) => {
+                    return serde_json::from_str(&r.into_inner().json)
+                        .context("decoding the coordinator's reply")
+                }
+                Err(s) => s,
+            },
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{op}: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let retry = matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        );
+        if retry && Instant::now() < deadline {
+            tracing::debug!("{op}: {}; retrying", status.message());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let e = anyhow::anyhow!("{op}: {}", status.message());
+        return Err(
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ) {
                 e.context(bad_input("refused"))
             } else {
                 e
-            }
-        })?
-        .into_inner();
-    serde_json::from_str(&r.json).context("decoding the coordinator's reply")
+            },
+        );
+    }
 }
 
 /// `tandem failover|switchover|drill|failback GROUP`: start a run of the group's runbook and
@@ -197,10 +222,7 @@ async fn follow(addrs: &[String], id: &str, t: &Target) -> Result<()> {
                 _ => String::new(),
             };
             let action = p["action"]["action"].as_str().unwrap_or("");
-            let mut line = format!(
-                "[{}] {sid:<14} {action:<17} {status:<18} {took}",
-                secs(at)
-            );
+            let mut line = format!("[{}] {sid:<14} {action:<17} {status:<18} {took}", secs(at));
             if let Some(e) = s["error"].as_str() {
                 line.push_str(&format!("  error: {}", first_line(e)));
             } else if status == "succeeded" {
@@ -222,7 +244,10 @@ async fn follow(addrs: &[String], id: &str, t: &Target) -> Result<()> {
                 Some(rto) => {
                     let from = run["rto_from_ms"].as_i64().unwrap_or(started);
                     let note = if from < started {
-                        format!(" (from outage detection, {} ms before the run)", started - from)
+                        format!(
+                            " (from outage detection, {} ms before the run)",
+                            started - from
+                        )
                     } else {
                         " (from the start of the run)".into()
                     };
@@ -254,9 +279,10 @@ pub fn list(a: ListArgs) -> Result<()> {
         "run", "group", "kind", "status", "started", "rto_ms"
     );
     for r in runs.as_array().cloned().unwrap_or_default() {
-        let started = chrono::DateTime::from_timestamp_millis(r["started_ms"].as_i64().unwrap_or(0))
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
+        let started =
+            chrono::DateTime::from_timestamp_millis(r["started_ms"].as_i64().unwrap_or(0))
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
         println!(
             "{:<36} {:<8} {:<11} {:<10} {:<24} {:>9} {}",
             r["run_id"].as_str().unwrap_or(""),
@@ -264,7 +290,10 @@ pub fn list(a: ListArgs) -> Result<()> {
             r["kind"].as_str().unwrap_or(""),
             r["status"]["status"].as_str().unwrap_or(""),
             started,
-            r["rto_ms"].as_i64().map(|x| x.to_string()).unwrap_or("-".into()),
+            r["rto_ms"]
+                .as_i64()
+                .map(|x| x.to_string())
+                .unwrap_or("-".into()),
             r["current_step"].as_str().unwrap_or("-"),
         );
     }
