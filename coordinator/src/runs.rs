@@ -956,7 +956,7 @@ async fn check(
         if ok {
             return Ok(format!("ready after {tries} probe(s)\n{text}"));
         }
-        if tries == 1 || tries % 10 == 0 {
+        if tries == 1 || tries.is_multiple_of(10) {
             info!(run = %run.state.run_id, step = %step.id, tries, "not ready yet: {}", text.trim());
         }
         tokio::time::sleep(Duration::from_millis(interval_ms.max(50))).await;

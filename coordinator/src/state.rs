@@ -4336,7 +4336,7 @@ mod tests {
             apply(&mut s, &c)
         }
         .unwrap();
-        let from = s.audit().len() as usize;
+        let from = s.audit().len();
         {
             let c = run_op(&s, 1_200, "vol", true);
             apply(&mut s, &c)

@@ -234,12 +234,15 @@ struct NodeRtShared {
     paths: HashMap<(String, String), PathBuf>,
 }
 
+/// Maps (group, resource) to the local file.
+type Resolver = Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
+
 /// Serves Merkle and ReadBlocks from this node's local copies, filling in the watermark.
 struct NodeBlocks {
     shared: Arc<NodeRtShared>,
     /// `DATA_DIR/snapshots`: drill copies live in `GROUP/NAME/` below it.
     snapshots: PathBuf,
-    server: BlockServer<Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>>,
+    server: BlockServer<Resolver>,
 }
 
 #[tonic::async_trait]
@@ -423,13 +426,12 @@ pub async fn run(
         paths,
     });
     let resolver_shared = shared.clone();
-    let resolver: Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync> =
-        Box::new(move |g: &str, r: &str| {
-            resolver_shared
-                .paths
-                .get(&(g.to_owned(), r.to_owned()))
-                .cloned()
-        });
+    let resolver: Resolver = Box::new(move |g: &str, r: &str| {
+        resolver_shared
+            .paths
+            .get(&(g.to_owned(), r.to_owned()))
+            .cloned()
+    });
     let blocks = NodeBlocks {
         shared: shared.clone(),
         snapshots: data_dir.join("snapshots"),

@@ -90,7 +90,7 @@ pub fn run(c: RunbookCmd) -> Result<()> {
     }
 }
 
-fn load(file: &PathBuf) -> Result<Runbook> {
+fn load(file: &std::path::Path) -> Result<Runbook> {
     Runbook::load(file).map_err(|e| bad_input(e.to_string()))
 }
 
