@@ -302,3 +302,56 @@ fn a_run_survives_the_loss_of_the_coordinator_leader() {
     let st = topo.status(&others).unwrap();
     assert_eq!(st["groups"][0]["primary"], "hcm");
 }
+
+#[test]
+fn a_repeatable_step_cut_short_by_the_leaders_loss_runs_again_on_the_new_leader() {
+    let topo = Topo::new(TopoOpts::default());
+    // 1. The group's drill runbook is a custom one with a long sleep step.
+    let rb = topo.path().join("slow-drill.toml");
+    std::fs::write(
+        &rb,
+        "name = \"slow-drill\"\nkind = \"drill\"\n\n[[steps]]\nid = \"wait\"\naction = \"sleep\"\nduration = \"3s\"\n\n[[steps]]\nid = \"ready\"\naction = \"check\"\nsite = \"replica\"\ncommand = 'test \"$TANDEM_STEP\" = ready'\ninterval = \"200ms\"\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&topo.config).unwrap().replacen(
+        "auto_failover = false\n",
+        &format!("auto_failover = false\nrunbooks = {{ drill = \"{}\" }}\n", rb.display()),
+        1,
+    );
+    std::fs::write(&topo.config, cfg).unwrap();
+    let mut procs = cluster(&topo);
+    let all: Vec<&str> = topo.coordinators.iter().map(String::as_str).collect();
+
+    // 2. Start it and kill -9 the leader while the sleep step runs.
+    let mut args = vec!["drill", "vol", "--detach"];
+    args.extend(addr_args(&topo, &all));
+    let (code, out, err) = topo.tandem(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = out.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run_json(&topo, &id, &all).is_some_and(|r| step_status(&r, "wait") == "running") {
+        assert!(Instant::now() < deadline, "the sleep step never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader = topo.status(&[]).unwrap()["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    procs.iter_mut().find(|p| p.name == leader).unwrap().kill9();
+    let others: Vec<&str> = all.iter().copied().filter(|n| *n != leader).collect();
+
+    // 3. The new leader runs the step again and finishes the run.
+    let mut args = vec!["run", "follow", &id];
+    args.extend(addr_args(&topo, &others));
+    let (code, out, err) = topo.tandem(&args);
+    if code != 0 {
+        dump_logs(&topo);
+    }
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run = run_json(&topo, &id, &others).unwrap();
+    let wait = &run["state"]["steps"][0];
+    assert_eq!(wait["status"], "succeeded", "{run}");
+    assert_eq!(wait["interruptions"], 1, "{run}");
+    assert_eq!(wait["attempts"], 2, "{run}");
+    assert_eq!(run["state"]["plan"]["runbook"], "slow-drill");
+}
