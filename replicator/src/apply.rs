@@ -481,6 +481,22 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_copy_holds_what_was_applied_and_does_not_follow_later_frames() {
+        let (dir, g) = setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 8], 0)]);
+        g.receive_batch(vec![f1], &mut st).unwrap();
+        let snap = dir.path().join("snapshots/g/drill");
+        let (wm, paths) = g.copy_to(&snap).unwrap();
+        assert_eq!(wm, Seq(1));
+        assert_eq!(paths, vec![snap.join("vol.img")]);
+        let f2 = enc("g", 1, 2, &[Change::write("vol", 0, vec![9; 8], 0)]);
+        g.receive_batch(vec![f2], &mut st).unwrap();
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), vec![7; 8]);
+        assert_eq!(g.read_resource("vol", 0, 8).unwrap(), vec![9; 8]);
+    }
+
+    #[test]
     fn replica_applies_in_order_and_persists_watermark() {
         let (dir, g) = setup();
         let mut st = StreamState::default();
