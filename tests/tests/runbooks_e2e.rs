@@ -315,7 +315,10 @@ fn a_repeatable_step_cut_short_by_the_leaders_loss_runs_again_on_the_new_leader(
     .unwrap();
     let cfg = std::fs::read_to_string(&topo.config).unwrap().replacen(
         "auto_failover = false\n",
-        &format!("auto_failover = false\nrunbooks = {{ drill = \"{}\" }}\n", rb.display()),
+        &format!(
+            "auto_failover = false\nrunbooks = {{ drill = \"{}\" }}\n",
+            rb.display()
+        ),
         1,
     );
     std::fs::write(&topo.config, cfg).unwrap();
