@@ -237,7 +237,12 @@ fn failover_after_losing_the_primary_site_prints_rto() {
 
 #[test]
 fn a_run_survives_the_loss_of_the_coordinator_leader() {
-    let topo = Topo::new(TopoOpts::default());
+    // A lease that outlives a coordinator election, so the primary does not self-fence while
+    // the new leader is chosen.
+    let topo = Topo::new(TopoOpts {
+        lease_ttl: "4s",
+        ..TopoOpts::default()
+    });
     let mut procs = cluster(&topo);
     let all: Vec<&str> = topo.coordinators.iter().map(String::as_str).collect();
 
