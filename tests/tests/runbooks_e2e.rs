@@ -337,7 +337,7 @@ fn a_repeatable_step_cut_short_by_the_leaders_loss_runs_again_on_the_new_leader(
     assert_eq!(code, 0, "{out}\n{err}");
     let id = out.trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !run_json(&topo, &id, &all).is_some_and(|r| step_status(&r, "wait") == "running") {
+    while run_json(&topo, &id, &all).is_none_or(|r| step_status(&r, "wait") != "running") {
         assert!(Instant::now() < deadline, "the sleep step never started");
         std::thread::sleep(Duration::from_millis(100));
     }
