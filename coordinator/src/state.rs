@@ -4352,6 +4352,52 @@ mod tests {
     }
 
     #[test]
+    fn evidence_shows_a_drill_run_with_its_steps_approval_and_rto() {
+        let mut s = booted();
+        let mut plan = drill_plan(&s, "vol");
+        plan.steps[0].action = Action::Approve {
+            prompt: "go?".into(),
+        };
+        let cmd = Command::StartRun {
+            at_ms: 1_000,
+            run_id: "r1".into(),
+            group: "vol".into(),
+            kind: RunbookKind::Drill,
+            runbook_hash: "h".into(),
+            plan,
+            started_by: "alice".into(),
+            rto_from_ms: None,
+        };
+        apply(&mut s, &cmd).unwrap();
+        let mut at = 1_000;
+        while s.run("r1").unwrap().is_running() {
+            at += 100;
+            let c = run_op(&s, at, "vol", true);
+            apply(&mut s, &c).unwrap();
+        }
+        let rto = s.run("r1").unwrap().rto_ms.unwrap();
+        let records = s.audit().range(0, 10_000).to_vec();
+        let doc = crate::evidence::derive::assemble(&records, &BTreeMap::new());
+        let run = doc
+            .runs
+            .iter()
+            .find(|r| r.id == "r1")
+            .expect("run r1 in evidence");
+        assert_eq!(run.kind, crate::evidence::derive::RunKind::Drill);
+        assert_eq!(run.rto_ms, Some(rto));
+        assert_eq!(run.outcome.as_deref(), Some("ok"));
+        assert!(
+            run.steps.iter().any(|st| st.name == "snapshot"),
+            "{:?}",
+            run.steps
+        );
+        assert!(doc
+            .approvals
+            .iter()
+            .any(|a| a.run_id.as_deref() == Some("r1")));
+    }
+
+    #[test]
     fn runs_survive_snapshot_and_restore() {
         let mut s = booted();
         {
