@@ -363,3 +363,54 @@ fn a_repeatable_step_cut_short_by_the_leaders_loss_runs_again_on_the_new_leader(
     assert_eq!(wait["attempts"], 2, "{run}");
     assert_eq!(run["state"]["plan"]["runbook"], "slow-drill");
 }
+
+#[test]
+fn runbook_check_and_plan_report_problems_as_file_line_column_with_exit_2() {
+    let topo = Topo::new(TopoOpts::default());
+    let bad = topo.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\nkind = \"drill\"\n\n[[steps]]\nid = \"a\"\naction = \"promte\"\n",
+    )
+    .unwrap();
+    let bad_s = bad.to_str().unwrap();
+    let (code, _, err) = topo.tandem(&["runbook", "check", bad_s]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{bad_s}:6:10: steps[0].action: unknown action \"promte\""
+        )),
+        "{err}"
+    );
+    let cfg = topo.config.to_str().unwrap();
+    let (code, _, err) =
+        topo.tandem(&["runbook", "plan", bad_s, "--group", "vol", "--config", cfg]);
+    assert_eq!(code, 2, "{err}");
+    // A stock runbook plans for the group (no coordinator running: roles from the file).
+    let stock = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runbooks/library/switchover.toml"
+    );
+    let (code, out, err) = topo.tandem(&[
+        "runbook",
+        "plan",
+        stock,
+        "--group",
+        "vol",
+        "--config",
+        cfg,
+        "--param",
+        "require_approval=true",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("primary hanoi, replica hcm"), "{out}");
+    assert!(
+        out.contains("go-ahead") && !out.contains("skipped: when param.require_approval"),
+        "{out}"
+    );
+    let (code, _, err) = topo.tandem(&[
+        "runbook", "plan", stock, "--group", "vol", "--config", cfg, "--param", "nope=1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no parameter \"nope\""), "{err}");
+}
