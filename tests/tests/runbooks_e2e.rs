@@ -414,3 +414,49 @@ fn runbook_check_and_plan_report_problems_as_file_line_column_with_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no parameter \"nope\""), "{err}");
 }
+
+#[test]
+fn failback_resyncs_the_returning_site_and_makes_it_primary_again() {
+    let topo = Topo::new(TopoOpts {
+        mode: "async",
+        ..TopoOpts::default()
+    });
+    let mut procs = cluster(&topo);
+    let all: Vec<&str> = topo.coordinators.iter().map(String::as_str).collect();
+    let hanoi_nbd = topo.nbd_addr("hanoi-rep").to_string();
+    let hcm_nbd = topo.nbd_addr("hcm-rep").to_string();
+
+    // 1. Data at hanoi, replicated; then hanoi's replicator is lost and hcm takes over.
+    assert!(qemu_io(&hanoi_nbd, "write -P 0x11 0 1M"));
+    topo.wait_status(&[], Duration::from_secs(10), "RPO 0", |st| {
+        let g = &st["groups"][0];
+        (g["rpo_ms"] == 0 && g["durable_seq"] == g["last_captured_seq"]).then_some(())
+    });
+    procs
+        .iter_mut()
+        .find(|p| p.name == "hanoi-rep")
+        .unwrap()
+        .kill9();
+    let mut args = vec!["failover", "vol"];
+    args.extend(addr_args(&topo, &all));
+    let (code, out, err) = topo.tandem(&args);
+    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+
+    // 2. Writes at hcm while hanoi is away.
+    assert!(qemu_io(&hcm_nbd, "write -P 0x22 1M 1M"));
+
+    // 3. hanoi comes back; the failback resyncs it, verifies and switches back.
+    procs.push(NodeProc::start(&topo, "hanoi-rep"));
+    let mut args = vec!["failback", "vol", "--param", "require_approval=false"];
+    args.extend(addr_args(&topo, &all));
+    let (code, out, err) = topo.tandem(&args);
+    if code != 0 {
+        dump_logs(&topo);
+    }
+    assert_eq!(code, 0, "failback failed:\n{out}\n{err}");
+    eprintln!("{out}");
+    let st = topo.status(&[]).unwrap();
+    assert_eq!(st["groups"][0]["primary"], "hanoi");
+    assert!(qemu_io(&hanoi_nbd, "read -P 0x11 0 1M"));
+    assert!(qemu_io(&hanoi_nbd, "read -P 0x22 1M 1M"));
+}
