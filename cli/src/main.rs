@@ -42,10 +42,6 @@ enum Command {
     Pause(cmd::ops::GroupArgs),
     /// Resume replication of a paused group.
     Resume(cmd::ops::GroupArgs),
-    /// Unplanned failover: fence the primary, wait out its lease, promote the replica site.
-    Failover(cmd::ops::GroupArgs),
-    /// Planned switchover: drain to RPO 0, release the lease, swap roles with zero data loss.
-    Switchover(cmd::ops::GroupArgs),
     /// Compare merkle roots of a group's volumes on primary and replica at a barrier.
     Verify(cmd::verify::Args),
     /// Export or verify the evidence folder auditors read.
@@ -57,6 +53,31 @@ enum Command {
     /// Run fault scenarios against real local processes and check the promises.
     #[command(subcommand)]
     Chaos(cmd::chaos::ChaosCmd),
+    /// Unplanned failover: run the group's failover runbook (fence, wait out the lease,
+    /// promote the replica site, check) and follow it.
+    Failover(cmd::runs::StartArgs),
+    /// Planned switchover: run the group's switchover runbook (catch up, stop intake, drain,
+    /// promote with zero data loss, reverse, check) and follow it.
+    Switchover(cmd::runs::StartArgs),
+    /// DR drill: run the group's drill runbook (copy of the replica, check, verify, clean up)
+    /// while replication continues.
+    Drill(cmd::runs::StartArgs),
+    /// Failback: run the group's failback runbook (resync the old primary, verify, switch
+    /// back).
+    Failback(cmd::runs::StartArgs),
+    /// List runbook runs.
+    Runs(cmd::runs::ListArgs),
+    /// Show, follow or cancel one runbook run.
+    #[command(subcommand)]
+    Run(cmd::runs::RunCmd),
+    /// Approve (or reject, or confirm done) a run's step that waits for an operator.
+    Approve(cmd::runs::ApproveArgs),
+    /// Validate runbooks and print their plans.
+    #[command(subcommand)]
+    Runbook(cmd::runbook::RunbookCmd),
+    /// Readiness probe of the stock runbooks: the site is primary with a live lease and its
+    /// NBD exports answer writable.
+    Probe(cmd::probe::Args),
     /// Print the audit chain.
     Audit(cmd::ops::AuditArgs),
     /// Run the whole product on this machine: three coordinators, two sites, a live
@@ -76,8 +97,15 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Pause(a) => cmd::ops::pause(a),
         Command::Resume(a) => cmd::ops::resume(a),
-        Command::Failover(a) => cmd::ops::operate("failover", a),
-        Command::Switchover(a) => cmd::ops::operate("switchover", a),
+        Command::Failover(a) => cmd::runs::start("failover", a),
+        Command::Switchover(a) => cmd::runs::start("switchover", a),
+        Command::Drill(a) => cmd::runs::start("drill", a),
+        Command::Failback(a) => cmd::runs::start("failback", a),
+        Command::Runs(a) => cmd::runs::list(a),
+        Command::Run(c) => cmd::runs::run(c),
+        Command::Approve(a) => cmd::runs::approve(a),
+        Command::Runbook(c) => cmd::runbook::run(c),
+        Command::Probe(a) => cmd::probe::run(a),
         Command::Audit(a) => cmd::ops::audit(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -7,6 +7,8 @@
 //! - [`evidence`]: evidence export for auditors (report, JSONL, runs, RPO CSV, manifest) and its
 //!   verifier.
 //! - [`raft`]: the raft-rs node (sled storage, tonic peer transport, `RaftHandle`).
+//! - [`runs`]: runbook runs on the leader: start, and the executor that commits each step's
+//!   start before running it and its result after.
 //! - [`server`]: the coordinator process: raft + state machine + admin API + failure detector.
 //! - [`status`]: the status document the admin API returns.
 //! - [`error`]: the crate's error type.
@@ -15,6 +17,7 @@ pub mod audit;
 pub mod error;
 pub mod evidence;
 pub mod raft;
+pub mod runs;
 pub mod server;
 pub mod state;
 pub mod status;

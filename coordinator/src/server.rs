@@ -1,7 +1,8 @@
 //! The coordinator process: the raft node with the replicated state machine, the admin API
-//! (status, audit, propose, heartbeat, operate), the failure detector, RPO sampling and the
-//! failover/switchover procedures. Every decision goes through raft; this module only stamps
-//! time, forwards to the leader and waits.
+//! (status, audit, propose, heartbeat, operate), the failure detector and RPO sampling.
+//! Failovers, switchovers, drills and failbacks are runbook runs driven by [`crate::runs`].
+//! Every decision goes through raft; this module only stamps time, forwards to the leader and
+//! waits.
 
 use crate::raft::{self, RaftError, RaftHandle, RaftNodeConfig, StateMachine};
 use crate::state::{
@@ -79,9 +80,26 @@ impl StateMachine for CoordinatorSm {
     }
 }
 
+/// The last report of a group's replica replicator, as the leader heard it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaReport {
+    /// The reporter's epoch.
+    pub epoch: u64,
+    /// The reporting node.
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Its state (`in-sync`, `resyncing`, ...).
+    pub state: String,
+    /// Its durable seq.
+    pub durable_seq: u64,
+    /// When it was heard (leader clock).
+    pub at_ms: i64,
+}
+
 /// Live (not replicated) figures the leader keeps from replicator heartbeats.
 #[derive(Debug, Default, Clone)]
-struct LiveGroup {
+pub(crate) struct LiveGroup {
     rpo_ms: i64,
     last_captured_seq: u64,
     durable_seq: u64,
@@ -97,6 +115,31 @@ struct LiveGroup {
     reason: String,
     /// Epoch and time at which a replicator last reported itself primary and ready.
     primary_ready: Option<(u64, String, i64)>,
+    /// The replica's last report.
+    pub replica: Option<ReplicaReport>,
+}
+
+impl LiveGroup {
+    /// RPO now as the primary last reported it (ms).
+    pub fn rpo_ms(&self) -> i64 {
+        self.rpo_ms
+    }
+    /// Highest seq the primary captured.
+    pub fn last_captured_seq(&self) -> u64 {
+        self.last_captured_seq
+    }
+    /// Highest seq durable on the replica, as the primary knows it.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+    /// When the primary last reported (leader clock).
+    pub fn reported_ms(&self) -> i64 {
+        self.reported_ms
+    }
+    /// The primary reporter's epoch.
+    pub fn reporter_epoch(&self) -> u64 {
+        self.reporter_epoch
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +150,6 @@ struct Live {
     /// When this node last became leader (failure-detector grace).
     leader_since_ms: Option<i64>,
     last_rpo_sample_ms: i64,
-    failovers_running: HashMap<String, i64>,
 }
 
 struct Inner {
@@ -118,6 +160,8 @@ struct Inner {
     live: Mutex<Live>,
     /// raft id -> coordinator node name
     names: BTreeMap<u64, String>,
+    /// Runs this node drives while it leads.
+    drivers: crate::runs::Drivers,
 }
 
 /// A handle to the running coordinator, for the admin API implementation.
@@ -166,6 +210,7 @@ pub async fn run(
         clock: SystemClock::new(),
         live: Mutex::new(Live::default()),
         names,
+        drivers: crate::runs::Drivers::default(),
     });
     let coord = Coordinator {
         inner: inner.clone(),
@@ -194,11 +239,26 @@ pub async fn run(
 }
 
 impl Coordinator {
-    fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
     }
 
-    fn is_leader(&self) -> bool {
+    /// The topology this coordinator runs.
+    pub(crate) fn topo(&self) -> &Topology {
+        &self.inner.topo
+    }
+
+    /// The runs this node drives.
+    pub(crate) fn drivers(&self) -> &crate::runs::Drivers {
+        &self.inner.drivers
+    }
+
+    /// The leader's live figures of a group (from heartbeats).
+    pub(crate) fn live_group(&self, group: &str) -> Option<LiveGroup> {
+        lock(&self.inner.live).groups.get(group).cloned()
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
         let st = self.inner.raft.status();
         st.leader_id == Some(st.id)
     }
@@ -232,7 +292,7 @@ impl Coordinator {
     }
 
     /// Proposes a command on this node (which must be the leader); returns the events.
-    async fn propose(&self, mut cmd: Value) -> Result<Value, Status> {
+    pub(crate) async fn propose(&self, mut cmd: Value) -> Result<Value, Status> {
         if let Some(obj) = cmd.as_object_mut() {
             obj.insert("at_ms".into(), json!(self.now_ms()));
         }
@@ -257,7 +317,7 @@ impl Coordinator {
         }
     }
 
-    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         let sm = self.inner.raft.state_machine();
         let guard = lock(&sm);
         f(&guard.state)
@@ -537,6 +597,15 @@ impl CoordinatorApi for Coordinator {
                     if p.state == "ready" {
                         e.primary_ready = Some((p.epoch, r.node.clone(), now));
                     }
+                } else if p.role == "replica" {
+                    e.replica = Some(ReplicaReport {
+                        epoch: p.epoch,
+                        node: r.node.clone(),
+                        site: r.site.clone(),
+                        state: p.state.clone(),
+                        durable_seq: p.durable_seq,
+                        at_ms: now,
+                    });
                 }
             }
         }
@@ -659,217 +728,10 @@ impl CoordinatorApi for Coordinator {
         } else {
             r.actor.clone()
         };
-        let report = match r.op.as_str() {
-            "failover" => self.failover(&r.group, &actor, &r.reason, None).await?,
-            "switchover" => self.switchover(&r.group, &actor, &r.reason).await?,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown operation {other:?} (failover | switchover)"
-                )))
-            }
-        };
+        let reply = crate::runs::operate(self, &r, &actor).await?;
         Ok(Response::new(OperateReply {
-            json: report.to_string(),
+            json: reply.to_string(),
         }))
-    }
-}
-
-impl Coordinator {
-    /// Unplanned failover of `group` to its replica site: fence, wait out the old lease, promote,
-    /// wait until the new primary replicator reports ready. `detected_ms` is when the outage was
-    /// detected (RTO starts there), or now for an ordered failover.
-    async fn failover(
-        &self,
-        group: &str,
-        actor: &str,
-        reason: &str,
-        detected_ms: Option<i64>,
-    ) -> Result<Value, Status> {
-        let t_start = detected_ms.unwrap_or_else(|| self.now_ms());
-        let (to_site, from_site, loss_rpo) = self
-            .read(|s| {
-                s.group(group).map(|g| {
-                    (
-                        g.replica_site.clone(),
-                        g.primary_site.clone(),
-                        g.progress.rpo_ms,
-                    )
-                })
-            })
-            .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
-        let mut steps = Vec::new();
-        let reason = if reason.is_empty() {
-            "unplanned failover"
-        } else {
-            reason
-        };
-        self.propose(json!({"op": "set_group_state", "group": group, "state": "failing-over", "reason": reason, "actor": actor}))
-            .await?;
-        let t_fence = self.now_ms();
-        self.propose(json!({"op": "fence", "group": group, "actor": actor, "reason": reason}))
-            .await?;
-        steps.push(json!({"step": "fence", "at_ms": t_fence, "ms": self.now_ms() - t_fence}));
-        let t_wait = self.now_ms();
-        let allowed = self.read(|s| s.promotion_allowed_at(group)).unwrap_or(0);
-        let wait = (allowed - self.now_ms()).max(0);
-        if wait > 0 {
-            info!(
-                group,
-                wait_ms = wait,
-                "waiting out the old primary's lease before promoting"
-            );
-            tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
-        }
-        steps.push(json!({"step": "lease_wait", "at_ms": t_wait, "ms": self.now_ms() - t_wait}));
-        let t_promote = self.now_ms();
-        let mut tries = 0;
-        let events = loop {
-            match self
-                .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": false}))
-                .await
-            {
-                Ok(ev) => break ev,
-                Err(e) if tries < 20 && e.message().contains("live") => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        steps.push(json!({"step": "promote", "at_ms": t_promote, "ms": self.now_ms() - t_promote}));
-        let new_epoch = self
-            .read(|s| s.group(group).map(|g| g.epoch.0))
-            .unwrap_or(0);
-        let t_check = self.now_ms();
-        let ready = self
-            .wait_primary_ready(group, new_epoch, Duration::from_secs(30))
-            .await;
-        steps.push(
-            json!({"step": "check", "at_ms": t_check, "ms": self.now_ms() - t_check, "ok": ready}),
-        );
-        let rto_ms = self.now_ms() - t_start;
-        let loss = events
-            .as_array()
-            .and_then(|a| a.iter().find(|e| e["event"] == "promoted"))
-            .map(|e| e["loss"].clone())
-            .unwrap_or(Value::Null);
-        let report = json!({
-            "op": "failover", "group": group, "from": from_site, "to": to_site, "epoch": new_epoch,
-            "detected_ms": t_start, "rto_ms": rto_ms, "ready": ready,
-            "detection_to_start_ms": t_fence - t_start,
-            "data_loss_window": loss, "rpo_at_loss_ms": loss_rpo, "steps": steps,
-        });
-        let _ = self
-            .propose(json!({"op": "record", "actor": actor, "kind": "operator", "group": group, "detail": report}))
-            .await
-            .map_err(|e| warn!("could not audit the failover report: {}", e.message()));
-        if !ready {
-            return Err(Status::deadline_exceeded(format!(
-                "group {group} promoted to {to_site} (epoch {new_epoch}) but no replicator there reported ready within 30s"
-            )));
-        }
-        Ok(report)
-    }
-
-    /// Planned switchover: the primary stops intake, drains to RPO 0 and releases its lease;
-    /// then the replica site is promoted with zero data loss.
-    async fn switchover(&self, group: &str, actor: &str, reason: &str) -> Result<Value, Status> {
-        let t_start = self.now_ms();
-        let (to_site, from_site) = self
-            .read(|s| {
-                s.group(group)
-                    .map(|g| (g.replica_site.clone(), g.primary_site.clone()))
-            })
-            .ok_or_else(|| Status::not_found(format!("no group {group:?}")))?;
-        let reason = if reason.is_empty() {
-            "planned switchover"
-        } else {
-            reason
-        };
-        self.propose(json!({"op": "set_group_state", "group": group, "state": "switching-over", "reason": reason, "actor": actor}))
-            .await?;
-        // The primary sees `switching-over` in its next heartbeat reply, stops intake, drains
-        // and releases its lease. Wait for that (or for the lease to run out).
-        let t_drain = self.now_ms();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let released = self.read(|s| {
-                s.group(group)
-                    .and_then(|g| g.lease.as_ref())
-                    .map(|l| matches!(l.status, StLease::Released { .. }))
-                    .unwrap_or(true)
-            });
-            if released {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = self
-                    .propose(json!({"op": "set_group_state", "group": group, "state": "protected", "reason": "switchover aborted: primary did not drain", "actor": actor}))
-                    .await;
-                return Err(Status::deadline_exceeded("the primary did not drain and release its lease within 60s; switchover aborted"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let drain_ms = self.now_ms() - t_drain;
-        let t_promote = self.now_ms();
-        // The drained primary's last progress reaches the log with its next heartbeat: a
-        // planned promotion is refused until the committed progress shows nothing unreplicated.
-        let mut tries = 0;
-        let events = loop {
-            match self
-                .propose(json!({"op": "promote", "group": group, "to_site": to_site, "actor": actor, "reason": reason, "planned": true}))
-                .await
-            {
-                Ok(ev) => break ev,
-                Err(e) if tries < 50 && e.message().contains("durable") => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let promote_ms = self.now_ms() - t_promote;
-        let new_epoch = self
-            .read(|s| s.group(group).map(|g| g.epoch.0))
-            .unwrap_or(0);
-        let t_check = self.now_ms();
-        let ready = self
-            .wait_primary_ready(group, new_epoch, Duration::from_secs(30))
-            .await;
-        let report = json!({
-            "op": "switchover", "group": group, "from": from_site, "to": to_site, "epoch": new_epoch,
-            "rto_ms": self.now_ms() - t_start, "ready": ready,
-            "steps": [
-                {"step": "drain_and_release", "ms": drain_ms},
-                {"step": "promote", "ms": promote_ms},
-                {"step": "check", "ms": self.now_ms() - t_check, "ok": ready},
-            ],
-            "events": events,
-        });
-        let _ = self
-            .propose(json!({"op": "record", "actor": actor, "kind": "operator", "group": group, "detail": report}))
-            .await;
-        Ok(report)
-    }
-
-    async fn wait_primary_ready(&self, group: &str, epoch: u64, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ok = {
-                let live = lock(&self.inner.live);
-                live.groups
-                    .get(group)
-                    .and_then(|g| g.primary_ready.as_ref())
-                    .is_some_and(|(e, _, _)| *e == epoch)
-            };
-            if ok {
-                return true;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -883,6 +745,7 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
         }
         if !c.is_leader() {
             lock(&c.inner.live).leader_since_ms = None;
+            c.inner.drivers.stop_all();
             continue;
         }
         let now = c.now_ms();
@@ -906,6 +769,7 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
         }
         detect_failures(&c, now, since).await;
         sample_rpo(&c, now).await;
+        crate::runs::drive_all(&c);
     }
 }
 
@@ -964,34 +828,31 @@ async fn start_auto_failovers(c: &Coordinator, site: &str, detected_ms: i64) {
                 continue;
             }
         }
-        {
-            let mut live = lock(&c.inner.live);
-            if live.failovers_running.contains_key(&g.name) {
-                continue;
-            }
-            live.failovers_running.insert(g.name.clone(), detected_ms);
-        }
-        let c2 = c.clone();
-        let name = g.name.clone();
-        let detect = c.inner.topo.cluster.detect_after.as_millis() as i64;
-        tokio::spawn(async move {
-            info!(group = %name, "automatic failover started");
-            // RTO counts from the moment the outage began to be detected.
-            let began = detected_ms - detect;
-            match c2
-                .failover(
-                    &name,
-                    COORDINATOR_ACTOR,
-                    "automatic failover: primary site down",
-                    Some(began),
-                )
-                .await
-            {
-                Ok(r) => info!(group = %name, rto_ms = %r["rto_ms"], "automatic failover done"),
-                Err(e) => warn!(group = %name, "automatic failover failed: {}", e.message()),
-            }
-            lock(&c2.inner.live).failovers_running.remove(&name);
+        let under_way = c.read(|s| {
+            s.runs()
+                .values()
+                .any(|r| r.group == g.name && r.is_running())
         });
+        if under_way {
+            continue;
+        }
+        // RTO counts from the moment the outage began to be detected.
+        let detect = c.inner.topo.cluster.detect_after.as_millis() as i64;
+        let began = detected_ms - detect;
+        info!(group = %g.name, "automatic failover: starting the failover runbook");
+        match crate::runs::start(
+            c,
+            tandem_runbooks::RunbookKind::Failover,
+            &g.name,
+            COORDINATOR_ACTOR,
+            &BTreeMap::new(),
+            Some(began),
+        )
+        .await
+        {
+            Ok(id) => info!(group = %g.name, run = %id, "automatic failover run started"),
+            Err(e) => warn!(group = %g.name, "automatic failover not started: {}", e.message()),
+        }
     }
 }
 

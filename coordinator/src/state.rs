@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_runbooks::run::{self as rb, RunEvent, RunState, RunStatus};
+use tandem_runbooks::{Action, Plan, RunbookKind};
 
 /// How many RPO samples a group keeps (720 = one hour at one sample per 5 s).
 pub const RPO_RING_CAPACITY: usize = 720;
@@ -491,6 +493,38 @@ pub enum Command {
         /// Detail.
         detail: Value,
     },
+    /// Starts a runbook run of `group`: the run object is created from `plan` (made by the
+    /// leader with [`tandem_runbooks::plan()`]) and audited. Refused while another run of the
+    /// group is unfinished, or if the id is taken.
+    StartRun {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// The new run's id (unique).
+        run_id: String,
+        /// Group (must match `plan.group`).
+        group: String,
+        /// What the run does.
+        kind: RunbookKind,
+        /// blake3 (hex) of the runbook file's bytes.
+        runbook_hash: String,
+        /// The resolved plan.
+        plan: Plan,
+        /// Who started it.
+        started_by: String,
+        /// Start of the RTO clock when earlier than `at_ms` (outage detection of an automatic
+        /// failover); `None`: the run's start.
+        rto_from_ms: Option<i64>,
+    },
+    /// Applies one event to a run with [`tandem_runbooks::run::record`]; the event's own time
+    /// is replaced by the command's. Refused (unchanged) when the event does not fit the run.
+    RunEvent {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// The run.
+        run_id: String,
+        /// What happened.
+        event: RunEvent,
+    },
 }
 
 impl Command {
@@ -510,7 +544,9 @@ impl Command {
             | Command::SiteDown { at_ms, .. }
             | Command::SiteUp { at_ms, .. }
             | Command::RpoSample { at_ms, .. }
-            | Command::Record { at_ms, .. } => *at_ms,
+            | Command::Record { at_ms, .. }
+            | Command::StartRun { at_ms, .. }
+            | Command::RunEvent { at_ms, .. } => *at_ms,
         }
     }
 
@@ -531,6 +567,8 @@ impl Command {
             Command::SiteUp { .. } => "site_up",
             Command::RpoSample { .. } => "rpo_sample",
             Command::Record { .. } => "record",
+            Command::StartRun { .. } => "start_run",
+            Command::RunEvent { .. } => "run_event",
         }
     }
 
@@ -551,7 +589,9 @@ impl Command {
             | Command::SiteDown { .. }
             | Command::SiteUp { .. }
             | Command::RpoSample { .. }
-            | Command::Record { .. } => None,
+            | Command::Record { .. }
+            | Command::StartRun { .. }
+            | Command::RunEvent { .. } => None,
         }
     }
 }
@@ -688,6 +728,20 @@ pub enum Event {
         rpo_ms: u64,
         /// Whether it exceeds the group's target.
         over_target: bool,
+    },
+    /// A runbook run was started.
+    RunStarted {
+        /// The run.
+        run_id: String,
+        /// Its group.
+        group: String,
+    },
+    /// An event was applied to a run.
+    RunRecorded {
+        /// The run.
+        run_id: String,
+        /// The run's status after it.
+        status: RunStatus,
     },
     /// An audit record was appended.
     Audited {
@@ -872,6 +926,40 @@ pub enum Rejection {
         /// Group.
         group: String,
     },
+    /// No run has this id.
+    #[error("no run {run_id:?}")]
+    UnknownRun {
+        /// The id given.
+        run_id: String,
+    },
+    /// A run with this id exists already.
+    #[error("run {run_id:?} exists already")]
+    RunExists {
+        /// The id given.
+        run_id: String,
+    },
+    /// Another run of the group has not finished.
+    #[error("group {group}: run {run_id} is still under way")]
+    RunUnderWay {
+        /// Group.
+        group: String,
+        /// The unfinished run.
+        run_id: String,
+    },
+    /// A plan that does not fit the command (another group, no steps).
+    #[error("bad plan: {reason}")]
+    BadPlan {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The event does not fit the run's state; the run is unchanged.
+    #[error("{message}")]
+    RunEventRefused {
+        /// The run.
+        run_id: String,
+        /// Why, from the run state machine.
+        message: String,
+    },
 }
 
 impl Rejection {
@@ -897,6 +985,31 @@ pub struct State {
     sites: BTreeMap<String, Site>,
     groups: BTreeMap<String, Group>,
     audit: AuditChain,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    runs: BTreeMap<String, Run>,
+}
+
+/// A runbook run in the replicated state: the run state machine plus what the coordinators add
+/// (group, kind, RTO).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The group it runs for.
+    pub group: String,
+    /// What it does.
+    pub kind: RunbookKind,
+    /// Start of the RTO clock (the run's start, or outage detection).
+    pub rto_from_ms: i64,
+    /// RTO: from `rto_from_ms` to the end of the first passing `check` step.
+    pub rto_ms: Option<i64>,
+    /// The run state machine.
+    pub state: RunState,
+}
+
+impl Run {
+    /// True while steps remain.
+    pub fn is_running(&self) -> bool {
+        self.state.status == RunStatus::Running
+    }
 }
 
 /// Header of a snapshot, read first so a newer version is refused before its body is parsed.
@@ -981,6 +1094,16 @@ impl State {
             return None;
         }
         Some(lease.expires_ms.saturating_add(self.drift_ms()))
+    }
+
+    /// All runbook runs by id.
+    pub fn runs(&self) -> &BTreeMap<String, Run> {
+        &self.runs
+    }
+
+    /// One run.
+    pub fn run(&self, run_id: &str) -> Option<&Run> {
+        self.runs.get(run_id)
     }
 
     /// The audit chain.
@@ -1169,6 +1292,30 @@ pub fn apply(state: &mut State, cmd: &Command) -> Result<Vec<Event>, Rejection> 
             detail,
             ..
         } => record(state, &mut ev, now, actor, *kind, group.as_deref(), detail),
+        Command::StartRun {
+            run_id,
+            group,
+            kind,
+            runbook_hash,
+            plan,
+            started_by,
+            rto_from_ms,
+            ..
+        } => start_run(
+            state,
+            &mut ev,
+            now,
+            RunStart {
+                run_id,
+                group,
+                kind: *kind,
+                runbook_hash,
+                plan,
+                started_by,
+                rto_from_ms: *rto_from_ms,
+            },
+        ),
+        Command::RunEvent { run_id, event, .. } => run_event(state, &mut ev, now, run_id, event),
     };
     match result {
         Ok(()) => {
@@ -1209,6 +1356,17 @@ fn check_reason(value: &str) -> Result<(), Rejection> {
             field: "reason".into(),
             len: value.len(),
             max: MAX_TEXT_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(Rejection::FieldLength {
+            field: field.to_string(),
+            len: value.len(),
+            max,
         });
     }
     Ok(())
@@ -1317,6 +1475,44 @@ fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_len("site", site, MAX_NAME_LEN)?;
         }
         Command::RpoSample { group, .. } => check_len("group", group, MAX_NAME_LEN)?,
+        Command::StartRun {
+            run_id,
+            group,
+            runbook_hash,
+            plan,
+            started_by,
+            ..
+        } => {
+            check_len("run_id", run_id, MAX_NAME_LEN)?;
+            check_len("group", group, MAX_NAME_LEN)?;
+            check_len("runbook_hash", runbook_hash, MAX_NAME_LEN)?;
+            check_len("started_by", started_by, MAX_NAME_LEN)?;
+            let len = serde_json::to_vec(plan).map_or(usize::MAX, |b| b.len());
+            if len > MAX_DETAIL_BYTES {
+                return Err(Rejection::FieldLength {
+                    field: "plan".into(),
+                    len,
+                    max: MAX_DETAIL_BYTES,
+                });
+            }
+        }
+        Command::RunEvent { run_id, event, .. } => {
+            check_len("run_id", run_id, MAX_NAME_LEN)?;
+            match event {
+                RunEvent::StepSucceeded { output, .. } => {
+                    check_text("output", output, 4 * MAX_TEXT_LEN)?
+                }
+                RunEvent::StepFailed { error, output, .. } => {
+                    check_text("error", error, MAX_TEXT_LEN)?;
+                    check_text("output", output, 4 * MAX_TEXT_LEN)?;
+                }
+                RunEvent::Approved { by, .. }
+                | RunEvent::ConfirmedDone { by, .. }
+                | RunEvent::Rejected { by, .. }
+                | RunEvent::Cancelled { by, .. } => check_len("by", by, MAX_NAME_LEN)?,
+                RunEvent::StepStarted { .. } | RunEvent::LeaderChanged { .. } => {}
+            }
+        }
         Command::Record {
             actor,
             group,
@@ -2208,6 +2404,336 @@ fn record(
     }
     state.record_audit(ev, now, actor, kind, group, detail.clone());
     Ok(())
+}
+
+/// The fields of a [`Command::StartRun`].
+struct RunStart<'a> {
+    run_id: &'a str,
+    group: &'a str,
+    kind: RunbookKind,
+    runbook_hash: &'a str,
+    plan: &'a Plan,
+    started_by: &'a str,
+    rto_from_ms: Option<i64>,
+}
+
+fn start_run(
+    state: &mut State,
+    ev: &mut Vec<Event>,
+    now: i64,
+    start: RunStart<'_>,
+) -> Result<(), Rejection> {
+    get_group(state, start.group)?;
+    if state.runs.contains_key(start.run_id) {
+        return Err(Rejection::RunExists {
+            run_id: start.run_id.to_string(),
+        });
+    }
+    if let Some((id, _)) = state
+        .runs
+        .iter()
+        .find(|(_, r)| r.group == start.group && r.is_running())
+    {
+        return Err(Rejection::RunUnderWay {
+            group: start.group.to_string(),
+            run_id: id.clone(),
+        });
+    }
+    if start.plan.group != start.group {
+        return Err(Rejection::BadPlan {
+            reason: format!(
+                "the plan is for group {}, not {}",
+                start.plan.group, start.group
+            ),
+        });
+    }
+    if start.plan.steps.is_empty() {
+        return Err(Rejection::BadPlan {
+            reason: "the plan has no steps".into(),
+        });
+    }
+    let at = u64::try_from(now).unwrap_or(0);
+    let run_state = RunState::new(
+        start.run_id,
+        start.plan.clone(),
+        start.runbook_hash,
+        start.started_by,
+        at,
+    );
+    let run = Run {
+        group: start.group.to_string(),
+        kind: start.kind,
+        rto_from_ms: start.rto_from_ms.map_or(now, |t| t.min(now)),
+        rto_ms: None,
+        state: run_state,
+    };
+    let mut detail = json!({
+        "run_id": start.run_id,
+        "runbook": start.plan.runbook,
+        "kind": start.kind.as_str(),
+        "started_by": start.started_by,
+        "runbook_hash": start.runbook_hash,
+        "params": to_json(&start.plan.params),
+        "epoch": start.plan.epoch.0,
+        "primary": start.plan.primary,
+        "replica": start.plan.replica,
+        "rto_from_ms": run.rto_from_ms,
+    });
+    let kind = if start.kind == RunbookKind::Drill {
+        detail["phase"] = json!("start");
+        AuditKind::Drill
+    } else {
+        detail["step"] = json!("run");
+        detail["status"] = json!("started");
+        AuditKind::RunbookStep
+    };
+    state.record_audit(ev, now, start.started_by, kind, Some(start.group), detail);
+    ev.push(Event::RunStarted {
+        run_id: start.run_id.to_string(),
+        group: start.group.to_string(),
+    });
+    let finished = !run.is_running();
+    state.runs.insert(start.run_id.to_string(), run);
+    if finished {
+        audit_run_end(state, ev, now, start.run_id);
+    }
+    Ok(())
+}
+
+/// The event with its time replaced by `now` (the leader-stamped, monotonic time).
+fn stamped(event: &RunEvent, now: i64) -> RunEvent {
+    let t = u64::try_from(now).unwrap_or(0);
+    let mut e = event.clone();
+    match &mut e {
+        RunEvent::StepStarted { at_ms, .. }
+        | RunEvent::StepSucceeded { at_ms, .. }
+        | RunEvent::StepFailed { at_ms, .. }
+        | RunEvent::Approved { at_ms, .. }
+        | RunEvent::ConfirmedDone { at_ms, .. }
+        | RunEvent::Rejected { at_ms, .. }
+        | RunEvent::LeaderChanged { at_ms }
+        | RunEvent::Cancelled { at_ms, .. } => *at_ms = t,
+    }
+    e
+}
+
+fn run_event(
+    state: &mut State,
+    ev: &mut Vec<Event>,
+    now: i64,
+    run_id: &str,
+    event: &RunEvent,
+) -> Result<(), Rejection> {
+    let run = state
+        .runs
+        .get(run_id)
+        .ok_or_else(|| Rejection::UnknownRun {
+            run_id: run_id.to_string(),
+        })?;
+    let event = stamped(event, now);
+    let mut next = run.state.clone();
+    let before_current = next.current();
+    rb::record(&mut next, event.clone()).map_err(|e| Rejection::RunEventRefused {
+        run_id: run_id.to_string(),
+        message: e.to_string(),
+    })?;
+    let group = run.group.clone();
+    let runbook = next.plan.runbook.clone();
+    let was_running = run.is_running();
+    let mut rto_ms = run.rto_ms;
+    let rto_from = run.rto_from_ms;
+    let step_info = |i: usize| {
+        let p = next.plan.steps.get(i);
+        let s = next.steps.get(i);
+        (
+            p.map(|p| p.id.clone()).unwrap_or_default(),
+            p.map(|p| p.action.name()).unwrap_or(""),
+            p.map(|p| p.site.to_string()).unwrap_or_default(),
+            s.cloned(),
+        )
+    };
+    let base = |step: &str, action: &str| json!({"run_id": run_id, "runbook": runbook, "step": step, "action": action});
+    let mut records: Vec<(String, AuditKind, Value)> = Vec::new();
+    match &event {
+        RunEvent::StepStarted { step, .. } => {
+            let (id, action, site, s) = step_info(*step);
+            let mut d = base(&id, action);
+            d["status"] = json!("started");
+            d["site"] = json!(site);
+            d["attempt"] = json!(s.map_or(0, |s| s.attempts));
+            records.push((COORDINATOR_ACTOR.into(), AuditKind::RunbookStep, d));
+        }
+        RunEvent::StepSucceeded { step, output, .. } => {
+            let (id, action, _, s) = step_info(*step);
+            let is_check = matches!(
+                next.plan.steps.get(*step).map(|p| &p.action),
+                Some(Action::Check { .. })
+            );
+            if is_check && rto_ms.is_none() {
+                rto_ms = Some(now.saturating_sub(rto_from));
+            }
+            let mut d = base(&id, action);
+            d["status"] = json!("ok");
+            d["ok"] = json!(true);
+            d["ms"] = json!(step_ms(s.as_ref(), now));
+            d["output"] = json!(rb::excerpt(output));
+            if is_check {
+                d["rto_ms"] = json!(rto_ms);
+            }
+            records.push((COORDINATOR_ACTOR.into(), AuditKind::RunbookStep, d));
+        }
+        RunEvent::StepFailed {
+            step,
+            error,
+            output,
+            ..
+        } => {
+            let (id, action, _, s) = step_info(*step);
+            let mut d = base(&id, action);
+            let final_failure = s.as_ref().is_some_and(|s| s.status.is_terminal());
+            d["status"] = json!(if final_failure { "failed" } else { "retry" });
+            if final_failure {
+                d["ok"] = json!(false);
+            } else {
+                d["retry_at_ms"] = json!(s.as_ref().and_then(|s| s.retry_at_ms));
+            }
+            d["ms"] = json!(step_ms(s.as_ref(), now));
+            d["error"] = json!(error);
+            d["output"] = json!(rb::excerpt(output));
+            records.push((COORDINATOR_ACTOR.into(), AuditKind::RunbookStep, d));
+        }
+        RunEvent::Approved { step, by, .. }
+        | RunEvent::ConfirmedDone { step, by, .. }
+        | RunEvent::Rejected { step, by, .. } => {
+            let decision = match &event {
+                RunEvent::Approved { .. } => "approved",
+                RunEvent::ConfirmedDone { .. } => "confirmed-done",
+                _ => "rejected",
+            };
+            let (id, action, _, s) = step_info(*step);
+            let mut d = base(&id, action);
+            d["approver"] = json!(by);
+            d["decision"] = json!(decision);
+            records.push((by.clone(), AuditKind::Approval, d));
+            if let Some(s) = s.as_ref().filter(|s| s.status.is_terminal()) {
+                let ok = s.status == rb::StepStatus::Succeeded;
+                let mut d = base(&id, action);
+                d["status"] = json!(if ok { "ok" } else { "failed" });
+                d["ok"] = json!(ok);
+                d["ms"] = json!(step_ms(Some(s), now));
+                d["decided_by"] = json!(by);
+                records.push((by.clone(), AuditKind::RunbookStep, d));
+            }
+        }
+        RunEvent::LeaderChanged { .. } => {
+            let (id, action, _, s) = before_current.map(step_info).unwrap_or_default();
+            let mut d = base(&id, action);
+            d["event"] = json!("leader_changed");
+            d["step_status"] = json!(s.map(|s| s.status));
+            records.push((COORDINATOR_ACTOR.into(), AuditKind::Note, d));
+        }
+        RunEvent::Cancelled { by, .. } => {
+            let mut d = base("run", "");
+            d["event"] = json!("cancelled");
+            d["by"] = json!(by);
+            records.push((by.clone(), AuditKind::Note, d));
+        }
+    }
+    let status = next.status.clone();
+    if let Some(r) = state.runs.get_mut(run_id) {
+        r.state = next;
+        r.rto_ms = rto_ms;
+    }
+    for (actor, kind, detail) in records {
+        state.record_audit(ev, now, &actor, kind, Some(&group), detail);
+    }
+    ev.push(Event::RunRecorded {
+        run_id: run_id.to_string(),
+        status: status.clone(),
+    });
+    if was_running && status != RunStatus::Running {
+        audit_run_end(state, ev, now, run_id);
+    }
+    Ok(())
+}
+
+/// Milliseconds since the step's first start.
+fn step_ms(s: Option<&rb::StepState>, now: i64) -> i64 {
+    s.and_then(|s| s.started_ms)
+        .map_or(0, |t| now.saturating_sub(i64::try_from(t).unwrap_or(now)))
+}
+
+/// The closing audit records of a run that just ended: the run's end (a `drill` end record for
+/// drills, a `runbook_step` "run" record otherwise) and, for failovers, switchovers and
+/// failbacks, an `operator` report with the RTO and the step timeline.
+fn audit_run_end(state: &mut State, ev: &mut Vec<Event>, now: i64, run_id: &str) {
+    let Some(run) = state.runs.get(run_id) else {
+        return;
+    };
+    let ok = run.state.status == RunStatus::Succeeded;
+    let status = match &run.state.status {
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "ok",
+        RunStatus::Failed { .. } => "failed",
+        RunStatus::Cancelled { .. } => "cancelled",
+    };
+    let group = run.group.clone();
+    let kind = run.kind;
+    let runbook = run.state.plan.runbook.clone();
+    let ms = now.saturating_sub(i64::try_from(run.state.started_ms).unwrap_or(now));
+    let steps: Vec<Value> = run
+        .state
+        .steps
+        .iter()
+        .zip(&run.state.plan.steps)
+        .filter_map(|(s, p)| {
+            let start = i64::try_from(s.started_ms?).ok()?;
+            let end = s
+                .ended_ms
+                .and_then(|e| i64::try_from(e).ok())
+                .unwrap_or(now);
+            Some(json!({
+                "step": p.id, "action": p.action.name(), "at_ms": start,
+                "ms": end.saturating_sub(start), "status": s.status,
+            }))
+        })
+        .collect();
+    let mut records = Vec::new();
+    if kind == RunbookKind::Drill {
+        records.push((
+            AuditKind::Drill,
+            json!({"run_id": run_id, "runbook": runbook, "phase": "end", "status": status,
+                   "ok": ok, "rto_ms": run.rto_ms, "ms": ms}),
+        ));
+    } else {
+        records.push((
+            AuditKind::RunbookStep,
+            json!({"run_id": run_id, "runbook": runbook, "step": "run", "status": status,
+                   "ok": ok, "rto_ms": run.rto_ms, "ms": ms}),
+        ));
+    }
+    if matches!(
+        kind,
+        RunbookKind::Failover | RunbookKind::Switchover | RunbookKind::Failback
+    ) {
+        let g = state.groups.get(&group);
+        let loss = (kind == RunbookKind::Failover)
+            .then(|| g.and_then(|g| g.last_failover.as_ref()).map(to_json))
+            .flatten();
+        records.push((
+            AuditKind::Operator,
+            json!({
+                "op": kind.as_str(), "run_id": run_id, "runbook": runbook, "group": group,
+                "from": run.state.plan.primary, "to": run.state.plan.replica,
+                "epoch": g.map(|g| g.epoch.0), "detected_ms": run.rto_from_ms,
+                "rto_ms": run.rto_ms.unwrap_or(ms), "ready": ok && run.rto_ms.is_some(),
+                "status": status, "data_loss_window": loss, "steps": steps,
+            }),
+        ));
+    }
+    for (k, d) in records {
+        state.record_audit(ev, now, COORDINATOR_ACTOR, k, Some(&group), d);
+    }
 }
 
 #[cfg(test)]
@@ -3286,6 +3812,7 @@ mod tests {
         Rpo(usize, u64),
         Record(Option<usize>, u64),
         Rebootstrap(bool),
+        Run(usize, bool),
     }
 
     fn site_pick() -> impl Strategy<Value = SitePick> {
@@ -3323,8 +3850,9 @@ mod tests {
             1 => (0..SITES.len()).prop_map(Op::SiteDown),
             1 => (0..SITES.len()).prop_map(Op::SiteUp),
             1 => (g.clone(), 0u64..10_000).prop_map(|(a, b)| Op::Rpo(a, b)),
-            1 => (proptest::option::of(g), 0u64..100).prop_map(|(a, b)| Op::Record(a, b)),
+            1 => (proptest::option::of(g.clone()), 0u64..100).prop_map(|(a, b)| Op::Record(a, b)),
             1 => any::<bool>().prop_map(Op::Rebootstrap),
+            3 => (g, any::<bool>()).prop_map(|(a, b)| Op::Run(a, b)),
         ]
     }
 
@@ -3445,6 +3973,7 @@ mod tests {
                 group: GROUPS[*g].into(),
                 rpo_ms: *rpo,
             },
+            Op::Run(g, ok) => run_op(s, at_ms, GROUPS[*g], *ok),
             Op::Record(g, n) => Command::Record {
                 at_ms,
                 actor,
@@ -3595,6 +4124,295 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    // ---- runbook runs ----
+
+    fn drill_plan(s: &State, group: &str) -> Plan {
+        let (primary, replica, epoch) = s
+            .group(group)
+            .map_or(("hanoi".to_string(), "hcm".to_string(), Epoch(1)), |g| {
+                (g.primary_site.clone(), g.replica_site.clone(), g.epoch)
+            });
+        let rb = tandem_runbooks::library::stock(RunbookKind::Drill)
+            .unwrap()
+            .unwrap();
+        tandem_runbooks::plan(
+            &rb,
+            &tandem_runbooks::PlanContext {
+                group: group.into(),
+                primary_site: primary,
+                replica_site: replica,
+                mode: tandem_core::config::Mode::Async,
+                epoch,
+                params: BTreeMap::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn start_run_cmd(s: &State, at_ms: i64, run_id: &str, group: &str) -> Command {
+        Command::StartRun {
+            at_ms,
+            run_id: run_id.into(),
+            group: group.into(),
+            kind: RunbookKind::Drill,
+            runbook_hash: "h".into(),
+            plan: drill_plan(s, group),
+            started_by: "alice".into(),
+            rto_from_ms: None,
+        }
+    }
+
+    /// The command that moves the group's unfinished run one event on (or starts one).
+    fn run_op(s: &State, at_ms: i64, group: &str, ok: bool) -> Command {
+        let running = s
+            .runs()
+            .iter()
+            .find(|(_, r)| r.group == group && r.is_running());
+        let Some((id, run)) = running else {
+            return start_run_cmd(s, at_ms, &format!("{group}-{at_ms}"), group);
+        };
+        let event = match rb::next_action(&run.state) {
+            rb::NextAction::Start { step, .. } | rb::NextAction::RetryAt { step, .. } => {
+                RunEvent::StepStarted { step, at_ms: 0 }
+            }
+            rb::NextAction::InFlight { step } if ok => RunEvent::StepSucceeded {
+                step,
+                at_ms: 0,
+                output: "out".into(),
+            },
+            rb::NextAction::InFlight { step } => RunEvent::StepFailed {
+                step,
+                at_ms: 0,
+                error: "boom".into(),
+                output: String::new(),
+            },
+            rb::NextAction::AwaitApproval { step, .. } => RunEvent::Approved {
+                step,
+                by: "bob".into(),
+                at_ms: 0,
+            },
+            rb::NextAction::Done(_) => RunEvent::LeaderChanged { at_ms: 0 },
+        };
+        Command::RunEvent {
+            at_ms,
+            run_id: id.clone(),
+            event,
+        }
+    }
+
+    fn kinds_since(s: &State, from: usize) -> Vec<AuditKind> {
+        s.audit_range(from as u64, 10_000)
+            .iter()
+            .map(|r| r.kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_run_goes_to_its_end_and_records_rto_at_the_check_step() {
+        let mut s = booted();
+        {
+            let c = start_run_cmd(&s, 1_000, "r1", "vol");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        assert_eq!(kinds_since(&s, 1), vec![AuditKind::Drill]);
+        let mut at = 1_000;
+        while s.run("r1").unwrap().is_running() {
+            at += 100;
+            {
+                let c = run_op(&s, at, "vol", true);
+                apply(&mut s, &c)
+            }
+            .unwrap();
+        }
+        let run = s.run("r1").unwrap();
+        assert_eq!(run.state.status, RunStatus::Succeeded);
+        let check = run
+            .state
+            .plan
+            .steps
+            .iter()
+            .position(|p| p.id == "ready")
+            .unwrap();
+        let check_end = run.state.steps[check].ended_ms.unwrap() as i64;
+        assert_eq!(run.rto_ms, Some(check_end - 1_000));
+        let last = s.audit().range(0, 10_000).last().unwrap().clone();
+        assert_eq!(last.kind, AuditKind::Drill);
+        assert_eq!(last.detail["phase"], "end");
+        assert_eq!(last.detail["rto_ms"], json!(check_end - 1_000));
+        let steps = s
+            .audit()
+            .range(0, 10_000)
+            .iter()
+            .filter(|r| r.kind == AuditKind::RunbookStep)
+            .inspect(|r| assert_eq!(r.detail["run_id"], "r1"))
+            .count();
+        assert!(steps >= 2, "{steps} step records");
+    }
+
+    #[test]
+    fn a_second_run_of_a_group_is_refused_while_one_is_under_way() {
+        let mut s = booted();
+        {
+            let c = start_run_cmd(&s, 1_000, "r1", "vol");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        let err = {
+            let c = start_run_cmd(&s, 1_100, "r2", "vol");
+            apply(&mut s, &c)
+        }
+        .unwrap_err();
+        assert!(matches!(err, Rejection::RunUnderWay { ref run_id, .. } if run_id == "r1"));
+        let err = {
+            let c = start_run_cmd(&s, 1_100, "r1", "db");
+            apply(&mut s, &c)
+        }
+        .unwrap_err();
+        assert!(matches!(err, Rejection::RunExists { .. }));
+        {
+            let c = start_run_cmd(&s, 1_100, "r3", "db");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+    }
+
+    #[test]
+    fn an_event_that_does_not_fit_the_run_is_refused_and_changes_nothing() {
+        let mut s = booted();
+        {
+            let c = start_run_cmd(&s, 1_000, "r1", "vol");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        let before = s.clone();
+        let cmd = Command::RunEvent {
+            at_ms: 2_000,
+            run_id: "r1".into(),
+            event: RunEvent::StepSucceeded {
+                step: 0,
+                at_ms: 0,
+                output: String::new(),
+            },
+        };
+        let err = apply(&mut s, &cmd).unwrap_err();
+        assert!(matches!(err, Rejection::RunEventRefused { .. }), "{err:?}");
+        assert_eq!(s, before);
+        let unknown = Command::RunEvent {
+            at_ms: 2_000,
+            run_id: "nope".into(),
+            event: RunEvent::LeaderChanged { at_ms: 0 },
+        };
+        assert!(matches!(
+            apply(&mut s, &unknown),
+            Err(Rejection::UnknownRun { .. })
+        ));
+    }
+
+    #[test]
+    fn approvals_are_audited_with_the_approver() {
+        let mut s = booted();
+        // A plan whose first step is an approve gate.
+        let mut plan = drill_plan(&s, "vol");
+        plan.steps[0].action = Action::Approve {
+            prompt: "go?".into(),
+        };
+        let cmd = Command::StartRun {
+            at_ms: 1_000,
+            run_id: "r1".into(),
+            group: "vol".into(),
+            kind: RunbookKind::Custom,
+            runbook_hash: "h".into(),
+            plan,
+            started_by: "alice".into(),
+            rto_from_ms: Some(500),
+        };
+        apply(&mut s, &cmd).unwrap();
+        assert_eq!(s.run("r1").unwrap().rto_from_ms, 500);
+        {
+            let c = run_op(&s, 1_100, "vol", true);
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        let from = s.audit().len();
+        {
+            let c = run_op(&s, 1_200, "vol", true);
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        let recs = s.audit_range(from as u64, 100);
+        assert_eq!(recs[0].kind, AuditKind::Approval);
+        assert_eq!(recs[0].actor, "bob");
+        assert_eq!(recs[0].detail["approver"], "bob");
+        assert_eq!(recs[0].detail["run_id"], "r1");
+        assert_eq!(recs[1].kind, AuditKind::RunbookStep);
+        assert_eq!(recs[1].detail["status"], "ok");
+    }
+
+    #[test]
+    fn evidence_shows_a_drill_run_with_its_steps_approval_and_rto() {
+        let mut s = booted();
+        let mut plan = drill_plan(&s, "vol");
+        plan.steps[0].action = Action::Approve {
+            prompt: "go?".into(),
+        };
+        let cmd = Command::StartRun {
+            at_ms: 1_000,
+            run_id: "r1".into(),
+            group: "vol".into(),
+            kind: RunbookKind::Drill,
+            runbook_hash: "h".into(),
+            plan,
+            started_by: "alice".into(),
+            rto_from_ms: None,
+        };
+        apply(&mut s, &cmd).unwrap();
+        let mut at = 1_000;
+        while s.run("r1").unwrap().is_running() {
+            at += 100;
+            let c = run_op(&s, at, "vol", true);
+            apply(&mut s, &c).unwrap();
+        }
+        let rto = s.run("r1").unwrap().rto_ms.unwrap();
+        let records = s.audit().range(0, 10_000).to_vec();
+        let doc = crate::evidence::derive::assemble(&records, &BTreeMap::new());
+        let run = doc
+            .runs
+            .iter()
+            .find(|r| r.id == "r1")
+            .expect("run r1 in evidence");
+        assert_eq!(run.kind, crate::evidence::derive::RunKind::Drill);
+        assert_eq!(run.rto_ms, Some(rto));
+        assert_eq!(run.outcome.as_deref(), Some("ok"));
+        assert!(
+            run.steps.iter().any(|st| st.name == "snapshot"),
+            "{:?}",
+            run.steps
+        );
+        assert!(doc
+            .approvals
+            .iter()
+            .any(|a| a.run_id.as_deref() == Some("r1")));
+    }
+
+    #[test]
+    fn runs_survive_snapshot_and_restore() {
+        let mut s = booted();
+        {
+            let c = start_run_cmd(&s, 1_000, "r1", "vol");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        {
+            let c = run_op(&s, 1_100, "vol", true);
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        let restored = State::restore(&s.snapshot()).unwrap();
+        assert_eq!(restored, s);
+        assert_eq!(restored.run("r1").unwrap().state.steps[0].attempts, 1);
     }
 
     proptest! {

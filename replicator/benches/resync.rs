@@ -22,6 +22,7 @@ use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
     MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ShipRequest, ShipResponse,
+    SnapshotReply, SnapshotRequest,
 };
 use tandem_replicator::resync::{self, BlockServer, ResyncOptions};
 use tandem_replicator::scan;
@@ -68,6 +69,22 @@ impl Replication for BenchReplication {
             .read_blocks(request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        Err(Status::unimplemented("snapshot is not served by this test"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        Err(Status::unimplemented(
+            "delete_snapshot is not served by this test",
+        ))
     }
 }
 

@@ -117,6 +117,33 @@ impl ReplicaGroup {
         self.inner().watermark
     }
 
+    /// Copies every resource file into `dir` (created) while no frame is being applied, so the
+    /// copies reflect exactly the returned watermark; each copy is fdatasync'ed. Blocking: call
+    /// it off the reactor. Used for drill snapshots.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] naming the file.
+    pub fn copy_to(&self, dir: &Path) -> Result<(Seq, Vec<PathBuf>)> {
+        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        let inner = self.inner();
+        let mut names: Vec<&String> = inner.resources.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let src = &inner.resources[name].path;
+            let dst = dir.join(format!("{name}.img"));
+            std::fs::copy(src, &dst).map_err(|e| ReplicatorError::io("copy", &dst, e))?;
+            File::open(&dst)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| ReplicatorError::io("fdatasync", &dst, e))?;
+            out.push(dst);
+        }
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ReplicatorError::io("fsync dir", dir, e))?;
+        Ok((inner.watermark, out))
+    }
+
     /// The epoch fence: frames from older epochs are refused.
     pub fn epoch(&self) -> Epoch {
         self.inner().fence
@@ -451,6 +478,22 @@ mod tests {
             Some(ship_response::Msg::Ack(a)) => Some(a.durable_seq),
             _ => None,
         })
+    }
+
+    #[test]
+    fn snapshot_copy_holds_what_was_applied_and_does_not_follow_later_frames() {
+        let (dir, g) = setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 8], 0)]);
+        g.receive_batch(vec![f1], &mut st).unwrap();
+        let snap = dir.path().join("snapshots/g/drill");
+        let (wm, paths) = g.copy_to(&snap).unwrap();
+        assert_eq!(wm, Seq(1));
+        assert_eq!(paths, vec![snap.join("vol.img")]);
+        let f2 = enc("g", 1, 2, &[Change::write("vol", 0, vec![9; 8], 0)]);
+        g.receive_batch(vec![f2], &mut st).unwrap();
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), vec![7; 8]);
+        assert_eq!(g.read_resource("vol", 0, 8).unwrap(), vec![9; 8]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{
     GroupLease, GroupProgress, HeartbeatRequest, MerkleReply, MerkleRequest, ProposeRequest,
-    ReadBlocksReply, ReadBlocksRequest,
+    ReadBlocksReply, ReadBlocksRequest, SnapshotReply, SnapshotRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -324,6 +324,8 @@ type Resolver = Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
 /// Serves Merkle and ReadBlocks from this node's local copies, filling in the watermark.
 struct NodeBlocks {
     shared: Arc<NodeRtShared>,
+    /// `DATA_DIR/snapshots`: drill copies live in `GROUP/NAME/` below it.
+    snapshots: PathBuf,
     server: BlockServer<Resolver>,
 }
 
@@ -355,6 +357,78 @@ impl BlockSource for NodeBlocks {
         req: ReadBlocksRequest,
     ) -> std::result::Result<ReadBlocksReply, Status> {
         self.server.read_blocks(req).await
+    }
+
+    async fn snapshot(&self, req: SnapshotRequest) -> std::result::Result<SnapshotReply, Status> {
+        let dir = self.snapshot_dir(&req)?;
+        let rg = lock(&self.shared.replicas)
+            .get(&req.group)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "group {:?} is not a replica here: snapshots are taken at the replica",
+                    req.group
+                ))
+            })?;
+        if dir.exists() {
+            return Err(Status::already_exists(format!(
+                "snapshot {} exists",
+                dir.display()
+            )));
+        }
+        let d = dir.clone();
+        let (watermark, paths) = tokio::task::spawn_blocking(move || rg.copy_to(&d))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(group = %req.group, dir = %dir.display(), watermark = watermark.0, "snapshot taken");
+        Ok(SnapshotReply {
+            dir: dir.display().to_string(),
+            paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            watermark: watermark.0,
+        })
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: SnapshotRequest,
+    ) -> std::result::Result<SnapshotReply, Status> {
+        let dir = self.snapshot_dir(&req)?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "remove {}: {e}",
+                    dir.display()
+                )))
+            }
+        }
+        Ok(SnapshotReply {
+            dir: dir.display().to_string(),
+            paths: Vec::new(),
+            watermark: 0,
+        })
+    }
+}
+
+impl NodeBlocks {
+    /// `DATA_DIR/snapshots/GROUP/NAME`, refusing names that could leave that folder.
+    fn snapshot_dir(&self, req: &SnapshotRequest) -> std::result::Result<PathBuf, Status> {
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ok(&req.group) || !ok(&req.name) {
+            return Err(Status::invalid_argument(format!(
+                "bad snapshot group {:?} or name {:?}: letters, digits, '-', '_', '.'",
+                req.group, req.name
+            )));
+        }
+        Ok(self.snapshots.join(&req.group).join(&req.name))
     }
 }
 
@@ -444,6 +518,7 @@ pub async fn run(
     });
     let blocks = NodeBlocks {
         shared: shared.clone(),
+        snapshots: data_dir.join("snapshots"),
         server: BlockServer::new(resolver),
     };
     let service = ReplicationService::new().with_block_source(Arc::new(blocks));

@@ -11,7 +11,7 @@ use tandem_core::ids::{Epoch, GroupId, Seq};
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
     ship_request, ship_response, MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest,
-    ShipRequest, ShipResponse, Welcome,
+    ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -77,6 +77,14 @@ pub trait BlockSource: Send + Sync + 'static {
     async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status>;
     /// Answers a ReadBlocks request.
     async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status>;
+    /// Answers a Snapshot request (a point-in-time copy of a replica group's volumes).
+    async fn snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
+        Err(Status::unimplemented("snapshot is not served here"))
+    }
+    /// Answers a DeleteSnapshot request.
+    async fn delete_snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
+        Err(Status::unimplemented("delete_snapshot is not served here"))
+    }
 }
 
 /// The replica replicator's `Replication` service: a registry of groups by name.
@@ -335,6 +343,29 @@ impl Replication for ReplicationService {
         match &self.blocks {
             Some(b) => b.read_blocks(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("read_blocks not wired")),
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        match &self.blocks {
+            Some(b) => b.snapshot(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("snapshot not wired")),
+        }
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        match &self.blocks {
+            Some(b) => b
+                .delete_snapshot(request.into_inner())
+                .await
+                .map(Response::new),
+            None => Err(Status::unimplemented("delete_snapshot not wired")),
         }
     }
 }

@@ -173,10 +173,13 @@ fn stock_runbooks_run_to_success_when_every_step_succeeds() {
 }
 
 #[test]
-fn switchover_without_ready_command_names_the_missing_parameter() {
-    let rb = Runbook::load(&library("switchover")).unwrap();
-    let err = plan(&rb, &context(&[])).unwrap_err().to_string();
-    assert!(err.contains("\"ready_command\" is required"), "{err}");
+fn ready_command_defaults_to_the_built_in_probe() {
+    for name in ["switchover", "failover", "failback"] {
+        let rb = Runbook::load(&library(name)).unwrap();
+        let p = plan(&rb, &context(&[])).unwrap();
+        let ready = p.params["ready_command"].to_string();
+        assert!(ready.contains("\"$TANDEM_BIN\" probe"), "{name}: {ready}");
+    }
 }
 
 #[test]

@@ -8,5 +8,8 @@ pub mod evidence;
 pub mod local;
 pub mod node;
 pub mod ops;
+pub mod probe;
+pub mod runbook;
+pub mod runs;
 pub mod status;
 pub mod verify;

@@ -50,19 +50,17 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
+            Err(_) => std::future::pending::<()>().await,
         }
-        tracing::info!("shutdown signal received");
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
+    tracing::info!("shutdown signal received");
 }

@@ -1,5 +1,6 @@
-//! Operator commands sent to the coordinators: `pause`, `resume`, `failover`, `switchover`,
-//! `audit`. Who asked is recorded in the audit chain (from `--actor` until mTLS names it).
+//! Operator commands sent to the coordinators: `pause`, `resume`, `audit`; `failover`,
+//! `switchover`, `drill` and `failback` start runbook runs (see `cmd::runs`). Who asked is
+//! recorded in the audit chain (from `--actor` until mTLS names it).
 
 use crate::cmd::status::{coordinator_addrs, runtime};
 use anyhow::{Context, Result};
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::{AuditRequest, OperateRequest, ProposeRequest};
+use tandem_core::proto::{AuditRequest, ProposeRequest};
 use tonic::transport::Channel;
 
 /// Where the coordinators are and who is asking.
@@ -53,7 +54,8 @@ pub struct AuditArgs {
     pub target: Target,
 }
 
-async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
+/// Connects to the first coordinator of `addrs` that answers.
+pub async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
     let mut last = None;
     for a in addrs {
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
@@ -100,46 +102,6 @@ pub fn resume(a: GroupArgs) -> Result<()> {
         json!({"op": "resume_replication", "at_ms": 0, "group": a.group, "actor": a.target.actor, "reason": a.reason}),
     )?;
     println!("resumed {}: {}", a.group, ev);
-    Ok(())
-}
-
-/// Runs `op` (failover | switchover) on the leader and prints its report.
-pub fn operate(op: &str, a: GroupArgs) -> Result<()> {
-    let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
-    let report: Value = runtime()?.block_on(async {
-        let mut c = connect(&addrs).await?;
-        let r = c
-            .operate(OperateRequest {
-                op: op.into(),
-                group: a.group.clone(),
-                to_site: String::new(),
-                actor: a.target.actor.clone(),
-                reason: a.reason.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{op} of {} failed: {}", a.group, s.message()))?
-            .into_inner();
-        serde_json::from_str::<Value>(&r.json).context("decoding the report")
-    })?;
-    println!(
-        "{op} of {}: {} -> {}, epoch {}, RTO {} ms",
-        a.group, report["from"], report["to"], report["epoch"], report["rto_ms"]
-    );
-    if let Some(steps) = report["steps"].as_array() {
-        for s in steps {
-            println!(
-                "  {:<18} {:>6} ms",
-                s["step"].as_str().unwrap_or("?"),
-                s["ms"]
-            );
-        }
-    }
-    if op == "failover" {
-        println!(
-            "  data-loss window (RPO at the moment of loss): {} ms",
-            report["rpo_at_loss_ms"]
-        );
-    }
     Ok(())
 }
 
