@@ -745,34 +745,35 @@ async fn verify(c: &Coordinator, run: &Run) -> StepResult {
         })
         .unwrap_or_default();
     let mut pc = replication_client(&replicator_addr(c, &primary)?).await?;
-    let mut rc = replication_client(&replicator_addr(c, &replica)?).await?;
     let mut attempts = 0u64;
-    let mut mismatches_at_same_seq = 0;
     loop {
         attempts += 1;
         let mut rows = Vec::new();
-        let mut same_seq = true;
         let mut all_match = true;
+        let mut barrier_error = None;
         for res in &resources {
+            // One barrier call: the primary holds intake, lets the replica reach the same seq
+            // and answers both trees, so live writes cannot make equal copies look different.
             let req = MerkleRequest {
                 group: group.into(),
                 resource: res.clone(),
                 block_size: VERIFY_BLOCK_SIZE,
+                barrier: true,
             };
-            let p = pc.merkle(req.clone()).await?.into_inner();
-            let r = rc.merkle(req).await?.into_inner();
-            let m = p.root == r.root && p.length == r.length;
-            same_seq &= p.watermark == r.watermark;
+            let p = match pc.merkle(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    barrier_error = Some(s.message().to_owned());
+                    break;
+                }
+                Err(s) => return Err(s.into()),
+            };
+            let m = p.root == p.peer_root && p.length == p.peer_length;
             all_match &= m;
-            rows.push(json!({"resource": res, "primary_root": hex(&p.root), "replica_root": hex(&r.root),
-                "primary_seq": p.watermark, "replica_seq": r.watermark, "length": p.length, "root_match": m}));
+            rows.push(json!({"resource": res, "primary_root": hex(&p.root), "replica_root": hex(&p.peer_root),
+                "primary_seq": p.watermark, "replica_seq": p.peer_watermark, "length": p.length, "root_match": m}));
         }
-        let settled = all_match
-            || (same_seq && {
-                mismatches_at_same_seq += 1;
-                mismatches_at_same_seq >= 3
-            });
-        if settled {
+        if barrier_error.is_none() {
             let detail = json!({"run_id": run.state.run_id, "group": group, "primary": primary, "replica": replica,
                 "resources": rows, "root_match": all_match, "ok": all_match, "attempts": attempts});
             c.propose(

@@ -316,6 +316,8 @@ struct NodeRtShared {
     replicas: Mutex<HashMap<String, Arc<ReplicaGroup>>>,
     /// (group, resource) -> local path
     paths: HashMap<(String, String), PathBuf>,
+    /// group -> the replica replicator's URL, while this node is the group's primary
+    peers: Mutex<HashMap<String, String>>,
 }
 
 /// Maps (group, resource) to the local file.
@@ -329,12 +331,63 @@ struct NodeBlocks {
     server: BlockServer<Resolver>,
 }
 
+impl NodeBlocks {
+    /// Both copies hashed at one seq: intake is held (writes wait) while the replica catches up
+    /// and both sides hash.
+    async fn merkle_barrier(
+        &self,
+        req: MerkleRequest,
+        cell: Option<Arc<RoleCell>>,
+    ) -> std::result::Result<MerkleReply, Status> {
+        let not_primary =
+            || Status::failed_precondition("a barrier merkle must be asked of the primary");
+        let cell = cell.ok_or_else(not_primary)?;
+        let p = cell.pipeline().ok_or_else(not_primary)?;
+        let peer = lock(&self.shared.peers)
+            .get(&req.group)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition("no replica known for the group"))?;
+        let _hold = cell.inflight.write().await;
+        let seq = p.progress().last_captured_seq;
+        tokio::time::timeout(Duration::from_secs(10), p.wait_replica_durable(seq))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!("the replica did not reach seq {seq} within 10s"))
+            })?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let plain = MerkleRequest {
+            barrier: false,
+            ..req
+        };
+        let mut own = self.server.merkle(plain.clone()).await?;
+        own.watermark = seq.0;
+        let ch = tonic::transport::Endpoint::from_shared(peer.clone())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("replica {peer}: {e}")))?;
+        let mut client = ReplicationClient::new(ch)
+            .max_decoding_message_size(crate::resync::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::resync::MAX_MESSAGE_BYTES);
+        let r = client.merkle(plain).await?.into_inner();
+        own.peer_root = r.root;
+        own.peer_leaves = r.leaves;
+        own.peer_watermark = r.watermark;
+        own.peer_length = r.length;
+        Ok(own)
+    }
+}
+
 #[tonic::async_trait]
 impl BlockSource for NodeBlocks {
     async fn merkle(&self, req: MerkleRequest) -> std::result::Result<MerkleReply, Status> {
         let group = req.group.clone();
         let cell = lock(&self.shared.cells).get(&group).cloned();
         let replica = lock(&self.shared.replicas).get(&group).cloned();
+        if req.barrier {
+            return self.merkle_barrier(req, cell).await;
+        }
         // The watermark must be a seq the image already reflects: take it with no write
         // between journal and image, before hashing starts.
         let watermark = match (&cell, &replica) {
@@ -508,6 +561,7 @@ pub async fn run(
         cells: Mutex::new(cells),
         replicas: Mutex::new(HashMap::new()),
         paths,
+        peers: Mutex::new(HashMap::new()),
     });
     let resolver_shared = shared.clone();
     let resolver: Resolver = Box::new(move |g: &str, r: &str| {
@@ -863,6 +917,9 @@ async fn become_primary(
             let old = journal_dir(rt, &name, Epoch(e));
             let _ = std::fs::remove_dir_all(&old);
         }
+    }
+    if let Some(addr) = peer_replicator(rt, replica_site) {
+        lock(&rt.me.peers).insert(name.clone(), addr);
     }
     let shipper = peer_replicator(rt, replica_site).map(|addr| {
         let mut cfg = ShipConfig::new(&addr, &rt.node.name);

@@ -264,6 +264,7 @@ pub async fn fetch_tree_at(
         group: group.to_string(),
         resource: resource.to_string(),
         block_size,
+        barrier: false,
     };
     let req_len = req.encoded_len() as u64;
     let reply = client
@@ -591,6 +592,7 @@ where
             block_size,
             leaves: tree.leaves_bytes(),
             watermark: 0,
+            ..Default::default()
         })
     }
 
@@ -761,6 +763,7 @@ mod tests {
                 group: "g".into(),
                 resource: "other".into(),
                 block_size: 4096,
+                barrier: false,
             })
             .await
             .unwrap_err();
@@ -770,6 +773,7 @@ mod tests {
                 group: "g".into(),
                 resource: "r".into(),
                 block_size: 4096,
+                barrier: false,
             })
             .await
             .unwrap();
@@ -786,6 +790,7 @@ mod tests {
                 group: "g".into(),
                 resource: "r".into(),
                 block_size: 4096,
+                barrier: false,
             })
             .await
             .unwrap_err();

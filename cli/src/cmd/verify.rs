@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use tandem_core::config::{ResourceKind, Topology};
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::MerkleRequest;
 use tandem_core::proto::ProposeRequest;
 use tandem_replicator::merkle;
-use tandem_replicator::resync::{self, fetch_tree_at};
+use tandem_replicator::merkle::MerkleTree;
+use tandem_replicator::resync;
 
 /// Arguments of `tandem verify`.
 #[derive(Debug, ClapArgs)]
@@ -67,9 +69,8 @@ pub fn run(a: Args) -> Result<()> {
                 .map(|n| n.listen.clone())
                 .with_context(|| format!("no replicator at site {site}"))
         };
-        let (paddr, raddr) = (rep_at(&psite)?, rep_at(&rsite)?);
+        let paddr = rep_at(&psite)?;
         let mut pc = client(&paddr).await?;
-        let mut rc = client(&raddr).await?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let mut results = Vec::new();
         let mut all_equal = true;
@@ -79,20 +80,27 @@ pub fn run(a: Args) -> Result<()> {
                 continue;
             };
             let bs = block_size.bytes() as u32;
-            // A barrier: both sides hashed at the same seq.
+            // A barrier: the primary holds intake, lets the replica reach its seq, and answers
+            // both trees at that seq (writes wait meanwhile, they do not fail).
             let (report, seq) = loop {
-                let (pt, _, pseq) = fetch_tree_at(&mut pc, &a.group, &r.name, bs).await?;
-                let (rt_, _, rseq) = fetch_tree_at(&mut rc, &a.group, &r.name, bs).await?;
-                if pseq == rseq {
-                    break (resync::verify(&pt, &rt_)?, pseq);
+                let req = MerkleRequest {
+                    group: a.group.clone(),
+                    resource: r.name.clone(),
+                    block_size: bs,
+                    barrier: true,
+                };
+                match pc.merkle(req).await {
+                    Ok(rep) => {
+                        let rep = rep.into_inner();
+                        let own = MerkleTree::from_leaves_bytes(rep.block_size, rep.length, &rep.leaves)?;
+                        let peer = MerkleTree::from_leaves_bytes(rep.block_size, rep.peer_length, &rep.peer_leaves)?;
+                        break (resync::verify(&own, &peer)?, rep.watermark);
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(s) => bail!("{}: verify barrier failed: {}", r.name, s.message()),
                 }
-                if Instant::now() > deadline {
-                    bail!(
-                        "{}: no barrier within {}s (primary at seq {pseq}, replica at {rseq}); is the replica keeping up?",
-                        r.name, a.timeout_secs
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             };
             all_equal &= report.equal;
             println!(
