@@ -711,7 +711,7 @@ fn unescape(s: &str, quotes: bool) -> Result<String, String> {
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .find(['{', ' ', '\t'])
         .ok_or_else(|| "sample without a value".to_owned())?;
     let name = &line[..name_end];
     if !valid_metric_name(name) {
