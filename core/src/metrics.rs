@@ -436,7 +436,8 @@ impl Registry {
     }
 
     /// Every family now: registered handles, then collectors' output; families of the same name
-    /// are merged (first help and type win), and the result is sorted by name.
+    /// are merged (first help and type win; a collector family whose type differs from a
+    /// registered one is dropped), empty ones are left out, and the result is sorted by name.
     pub fn gather(&self) -> Vec<Family> {
         let mut out: BTreeMap<String, Family> = BTreeMap::new();
         for (name, r) in lock(&self.metrics).iter() {
@@ -475,7 +476,11 @@ impl Registry {
                 }
             }
         }
-        out.into_values().collect()
+        // A family with no series (a handle-less name, a collector with nothing to report yet)
+        // would only be a HELP/TYPE pair: leave it out.
+        out.into_values()
+            .filter(|f| !f.samples.is_empty())
+            .collect()
     }
 
     /// The text exposition of [`Registry::gather`].
@@ -1038,6 +1043,13 @@ mod tests {
         assert_eq!(exp.value("live", &[("g", "x")]), Some(1.0));
         assert_eq!(exp.value("live", &[("g", "y")]), Some(9.0));
         assert_eq!(r.render().matches("# TYPE live").count(), 1);
+    }
+
+    #[test]
+    fn families_without_series_are_not_rendered() {
+        let r = Registry::new();
+        r.register_collector(|| vec![Family::new("nothing_yet", "n", Kind::Gauge)]);
+        assert_eq!(r.render(), "");
     }
 
     #[test]
