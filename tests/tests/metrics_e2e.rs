@@ -285,16 +285,19 @@ fn steps(topo: &Topo) {
     let (status, _, _) = http_get(topo.metrics_addr(&leader), "/");
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
 
-    // 8. Every metric the dashboard and the alert rules use is exported by some node.
+    // 8. Every metric the dashboard, the alert rules and the operations guide name is exported
+    //    by some node.
     let mut exported: BTreeSet<String> = BTreeSet::new();
     for e in [&c, &f, &p, &r] {
         exported.extend(e.types.keys().cloned());
     }
     let dashboard = std::fs::read_to_string(repo_file("deploy/grafana/tandem.json")).unwrap();
     let alerts = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    let ops = std::fs::read_to_string(repo_file("docs/operations.md")).unwrap();
     let used: BTreeSet<String> = metric_names_in(&dashboard)
         .into_iter()
         .chain(metric_names_in(&alerts))
+        .chain(metric_names_in(&ops))
         .filter(|n| n != "tandem_")
         .collect();
     assert!(used.len() >= 10, "{used:?}");
@@ -309,7 +312,7 @@ fn steps(topo: &Topo) {
             .unwrap_or_else(|| name.clone());
         assert!(
             exported.contains(&base),
-            "{name} is used by deploy/ but no node exports it"
+            "{name} is used by deploy/ or docs/operations.md but no node exports it"
         );
     }
 }
@@ -352,4 +355,21 @@ fn grafana_dashboard_is_valid_json_with_the_documented_panels() {
     ids.dedup();
     assert_eq!(ids.len(), n, "panel ids are unique");
     assert_eq!(n, panels.len(), "every panel has an id");
+}
+
+#[test]
+fn operations_guide_topology_is_a_valid_topology() {
+    let text = std::fs::read_to_string(repo_file("docs/operations.md")).unwrap();
+    let start = text.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topology.toml");
+    std::fs::write(&path, &text[start..end]).unwrap();
+    let topo = tandem_core::config::Topology::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(topo.sites.len(), 3);
+    assert_eq!(topo.coordinators().len(), 3);
+    assert!(
+        topo.nodes.iter().all(|n| n.metrics_listen.is_some()),
+        "every node of the guide has a metrics address"
+    );
 }
