@@ -11,11 +11,13 @@
 //!   start before running it and its result after.
 //! - [`server`]: the coordinator process: raft + state machine + admin API + failure detector.
 //! - [`status`]: the status document the admin API returns.
+//! - [`metrics`]: the Prometheus figures, mapped from the status document at every scrape.
 //! - [`error`]: the crate's error type.
 
 pub mod audit;
 pub mod error;
 pub mod evidence;
+pub mod metrics;
 pub mod raft;
 pub mod runs;
 pub mod server;

@@ -221,6 +221,7 @@ pub async fn run(
         .map_err(|e| ServerError::Topology(format!("{}: bad listen address: {e}", node.listen)))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let bg = tokio::spawn(background(coord.clone(), stop_rx.clone()));
+    serve_metrics(&coord, node.metrics_listen.as_deref(), stop_rx.clone()).await?;
     info!(node = %name, %addr, raft_id = id, "coordinator listening");
     let api = CoordinatorServer::new(coord.clone());
     let result = tonic::transport::Server::builder()
@@ -876,4 +877,25 @@ async fn sample_rpo(c: &Coordinator, now: i64) {
             .propose(json!({"op": "rpo_sample", "group": g.name, "rpo_ms": g.rpo_ms.max(0)}))
             .await;
     }
+}
+
+/// Serves `GET /metrics` on the node's `metrics_listen` address (if set) until `stop`: the
+/// figures are computed from the live status at every scrape.
+async fn serve_metrics(
+    c: &Coordinator,
+    addr: Option<&str>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let registry = tandem_core::metrics::global().clone();
+    let c = c.clone();
+    registry
+        .register_collector(move || crate::metrics::families(&c.status_doc(false), c.is_leader()));
+    let (bound, _task) = tandem_core::metrics::start(addr, registry, stop)
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+    info!(%bound, "metrics listening");
+    Ok(())
 }

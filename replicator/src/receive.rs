@@ -195,6 +195,17 @@ pub async fn serve(
         .await
 }
 
+/// The `tandem_apply_latency_seconds` series of `group`: from receiving a batch of frames to
+/// handing its acknowledgements to the stream (applied, fdatasync'd, watermark written).
+fn apply_latency(group: &str) -> tandem_core::metrics::Histogram {
+    tandem_core::metrics::global().histogram(
+        "tandem_apply_latency_seconds",
+        "Time from receiving a batch of frames on the replica to its acknowledgement.",
+        tandem_core::metrics::LATENCY_BUCKETS,
+        &[("group", group)],
+    )
+}
+
 fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> {
     Ok(ShipResponse { msg: Some(msg) })
 }
@@ -222,6 +233,7 @@ async fn run_stream(
                 break;
             }
         };
+        let received = std::time::Instant::now();
         let mut frames = Vec::new();
         let mut bytes = 0usize;
         let mut next = Some(first);
@@ -264,6 +276,7 @@ async fn run_stream(
                         return;
                     }
                 }
+                apply_latency(group.name()).observe_duration(received.elapsed());
             }
             Err(e) => {
                 tracing::error!(group = group.name(), error = %e, "apply failed");

@@ -44,6 +44,8 @@ pub struct Topo {
     pub addrs: Vec<(String, String)>,
     /// node name -> NBD address (replicators).
     pub nbd: Vec<(String, String)>,
+    /// node name -> `metrics_listen` address (every node, when [`TopoOpts::metrics`] is set).
+    pub metrics: Vec<(String, String)>,
 }
 
 /// Options for [`Topo::new`].
@@ -58,6 +60,8 @@ pub struct TopoOpts {
     pub auto_failover: bool,
     /// Lease TTL.
     pub lease_ttl: &'static str,
+    /// Give every node a `metrics_listen` address on a free port.
+    pub metrics: bool,
 }
 
 impl Default for TopoOpts {
@@ -68,6 +72,7 @@ impl Default for TopoOpts {
             volume_mib: 16,
             auto_failover: false,
             lease_ttl: "2s",
+            metrics: false,
         }
     }
 }
@@ -89,13 +94,23 @@ impl Topo {
         let mut coordinators = Vec::new();
         let mut addrs = Vec::new();
         let mut nbd = Vec::new();
+        let mut metrics = Vec::new();
+        let mut metrics_line = |name: &str| -> String {
+            if !o.metrics {
+                return String::new();
+            }
+            let addr = format!("127.0.0.1:{}", free_port());
+            metrics.push((name.to_owned(), addr.clone()));
+            format!("metrics_listen = \"{addr}\"\n")
+        };
         for (i, site) in ["hanoi", "hcm", "danang"].iter().enumerate() {
             for k in 0..o.coords[i] {
                 let name = format!("{site}-coord{}", k + 1);
                 let addr = format!("127.0.0.1:{}", free_port());
                 let _ = writeln!(
                     t,
-                    "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"coordinator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\n"
+                    "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"coordinator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\n{}",
+                    metrics_line(&name)
                 );
                 coordinators.push(name.clone());
                 addrs.push((name, addr));
@@ -107,7 +122,8 @@ impl Topo {
             let nbd_addr = format!("127.0.0.1:{}", free_port());
             let _ = writeln!(
                 t,
-                "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"replicator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\nnbd_listen = \"{nbd_addr}\"\n"
+                "[[nodes]]\nname = \"{name}\"\nsite = \"{site}\"\nrole = \"replicator\"\nlisten = \"{addr}\"\ndata_dir = \"data/{name}\"\nnbd_listen = \"{nbd_addr}\"\n{}",
+                metrics_line(&name)
             );
             addrs.push((name.clone(), addr));
             nbd.push((name, nbd_addr));
@@ -128,12 +144,23 @@ impl Topo {
             coordinators,
             addrs,
             nbd,
+            metrics,
         }
     }
 
     /// gRPC address of a node.
     pub fn addr(&self, node: &str) -> &str {
         &self.addrs.iter().find(|(n, _)| n == node).expect("node").1
+    }
+
+    /// `metrics_listen` address of a node (topologies written with [`TopoOpts::metrics`]).
+    pub fn metrics_addr(&self, node: &str) -> &str {
+        &self
+            .metrics
+            .iter()
+            .find(|(n, _)| n == node)
+            .expect("node")
+            .1
     }
 
     /// NBD address of a replicator.

@@ -124,8 +124,8 @@ struct Connection {
 
 /// What the negotiation phase ended with.
 enum Negotiated {
-    /// Enter transmission on this export.
-    Export(Arc<dyn VolumeBackend>),
+    /// Enter transmission on this export (name, backend).
+    Export(String, Arc<dyn VolumeBackend>),
     /// The client aborted, closed, or the server is shutting down.
     Closed,
 }
@@ -147,7 +147,14 @@ async fn handle_connection(
     };
     debug!(%peer, "nbd connection accepted");
     let result = match conn.negotiate(&exports).await {
-        Ok(Negotiated::Export(backend)) => conn.transmit(backend.as_ref()).await,
+        Ok(Negotiated::Export(name, backend)) => {
+            let writes = tandem_core::metrics::global().counter(
+                "tandem_nbd_writes_total",
+                "NBD write and write-zeroes requests completed successfully, per export.",
+                &[("export", &name)],
+            );
+            conn.transmit(backend.as_ref(), &writes).await
+        }
         Ok(Negotiated::Closed) => Ok(()),
         Err(e) => Err(e),
     };
@@ -252,7 +259,7 @@ impl Connection {
                     );
                     self.send_out().await?;
                     info!(peer = %self.peer, export = %name, "nbd client entered transmission");
-                    return Ok(Negotiated::Export(Arc::clone(backend)));
+                    return Ok(Negotiated::Export(name, Arc::clone(backend)));
                 }
                 ClientOption::Abort => {
                     proto::encode_option_reply(
@@ -294,7 +301,7 @@ impl Connection {
                     self.send_out().await?;
                     if go {
                         info!(peer = %self.peer, export = %request.name, "nbd client entered transmission");
-                        return Ok(Negotiated::Export(Arc::clone(backend)));
+                        return Ok(Negotiated::Export(request.name, Arc::clone(backend)));
                     }
                 }
                 ClientOption::Unsupported(option) => {
@@ -306,7 +313,11 @@ impl Connection {
     }
 
     /// The transmission phase: one request at a time, simple replies.
-    async fn transmit(&mut self, backend: &dyn VolumeBackend) -> Result<(), NbdError> {
+    async fn transmit(
+        &mut self,
+        backend: &dyn VolumeBackend,
+        writes: &tandem_core::metrics::Counter,
+    ) -> Result<(), NbdError> {
         loop {
             let mut raw = [0u8; proto::REQUEST_HEADER_LEN];
             if !self.read_message(&mut raw).await? {
@@ -330,10 +341,14 @@ impl Connection {
                     continue;
                 }
             };
+            let is_write = matches!(command, Command::Write { .. } | Command::WriteZeroes { .. });
             let result = execute(backend, command, data).await.map_err(|e| {
                 warn!(peer = %self.peer, ?header, error = %e, "volume request failed");
                 e.nbd_errno()
             });
+            if is_write && result.is_ok() {
+                writes.inc();
+            }
             self.reply(header.handle, result).await?;
         }
     }
