@@ -340,7 +340,7 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     let switch = Command::new(std::env::current_exe()?)
         .args(["switchover", VOLUME_GROUP, "--config"])
         .arg(&config)
-        .args(["--actor", "demo", "--reason", "failback to hanoi"])
+        .args(["--actor", "demo"])
         .output()?;
     print!("{}", String::from_utf8_lossy(&switch.stdout));
     if !switch.status.success() {
