@@ -6,6 +6,14 @@
 //! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
 //! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.
+//!
+//! SQLite resources receive `DbPage`/`DbCommit` changes and are applied one WHOLE transaction
+//! at a time: pages are buffered in memory until their commit (at most
+//! [`MAX_DB_TXN_BYTES`]), then written at `(page - 1) * page_size`, the file is cut to the
+//! committed size and its header rewritten for a rollback-journal reader (bytes 18/19 = 1), so
+//! the file is a consistent database at every batch boundary. While a transaction is
+//! buffered, the persisted and acknowledged watermark stays just before its first page, so a
+//! restart resends the whole transaction.
 
 use crate::error::{ReplicatorError, Result};
 use crate::meta::SlotFile;
@@ -26,18 +34,35 @@ pub const REPLICA_META_MAGIC: [u8; 4] = *b"TNDW";
 /// directory.
 pub const REPLICA_META_FILE: &str = "replica.slots";
 const ZERO_CHUNK: usize = 1 << 20;
+/// Largest transaction (sum of buffered page bytes) a SQLite resource accepts; a larger one is
+/// refused fatally.
+pub const MAX_DB_TXN_BYTES: u64 = 256 << 20;
+
+/// Pages of a SQLite transaction received but not yet committed.
+#[derive(Debug)]
+struct PendingTxn {
+    first_seq: Seq,
+    page_size: u32,
+    bytes: u64,
+    pages: std::collections::BTreeMap<u64, Vec<u8>>,
+}
 
 #[derive(Debug)]
 struct Resource {
     path: PathBuf,
     file: File,
+    sqlite: bool,
 }
 
 #[derive(Debug)]
 struct Inner {
     meta: SlotFile,
     watermark: Seq,
+    /// The watermark as persisted and acknowledged (lower than `watermark` while a SQLite
+    /// transaction is buffered).
+    persisted: Seq,
     fence: Epoch,
+    pending: HashMap<String, PendingTxn>,
     resources: HashMap<String, Resource>,
     decoder: Decoder,
 }
@@ -73,6 +98,21 @@ impl ReplicaGroup {
         dir: &Path,
         resources: HashMap<String, PathBuf>,
     ) -> Result<ReplicaGroup> {
+        ReplicaGroup::open_with_sqlite(name, dir, resources, &Default::default())
+    }
+
+    /// Like [`ReplicaGroup::open`], with the resources named in `sqlite` being SQLite
+    /// databases: they take `DbPage`/`DbCommit` changes (whole transactions) instead of
+    /// writes and trims.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::BadMetadata`] or [`ReplicatorError::Io`].
+    pub fn open_with_sqlite(
+        name: &str,
+        dir: &Path,
+        resources: HashMap<String, PathBuf>,
+        sqlite: &std::collections::HashSet<String>,
+    ) -> Result<ReplicaGroup> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(REPLICA_META_FILE);
         let (meta, v) = SlotFile::open(&meta_path, REPLICA_META_MAGIC, 2, &[0, 0])?;
@@ -86,7 +126,8 @@ impl ReplicaGroup {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
-            res.insert(rname, Resource { path, file });
+            let sqlite = sqlite.contains(&rname);
+            res.insert(rname, Resource { path, file, sqlite });
         }
         Ok(ReplicaGroup {
             name: name.to_owned(),
@@ -94,7 +135,9 @@ impl ReplicaGroup {
             inner: Mutex::new(Inner {
                 meta,
                 watermark,
+                persisted: watermark,
                 fence,
+                pending: HashMap::new(),
                 resources: res,
                 decoder: Decoder::new()?,
             }),
@@ -139,7 +182,7 @@ impl ReplicaGroup {
     pub fn set_fence(&self, epoch: Epoch) -> Result<()> {
         let mut inner = self.inner();
         if epoch > inner.fence {
-            let wm = inner.watermark;
+            let wm = inner.persisted;
             inner.meta.write(&[wm.0, epoch.0])?;
             inner.fence = epoch;
         }
@@ -156,6 +199,8 @@ impl ReplicaGroup {
         let fence = inner.fence;
         inner.meta.write(&[seq.0, fence.0])?;
         inner.watermark = seq;
+        inner.persisted = seq;
+        inner.pending.clear();
         Ok(())
     }
 
@@ -195,7 +240,7 @@ impl ReplicaGroup {
     ) -> Result<Vec<ShipResponse>> {
         let mut guard = self.inner();
         let inner: &mut Inner = &mut guard;
-        let durable = inner.watermark;
+        let durable = inner.persisted;
         let mut touched = BTreeSet::new();
         let mut refusal = None;
         let mut ack = false;
@@ -268,26 +313,30 @@ impl ReplicaGroup {
             };
             stream.awaiting_resend = false;
             if header.meta.epoch > inner.fence {
-                inner.meta.write(&[durable.0, header.meta.epoch.0])?;
+                if let Err(e) = inner.meta.write(&[durable.0, header.meta.epoch.0]) {
+                    rollback(inner);
+                    return Err(e);
+                }
                 inner.fence = header.meta.epoch;
             }
             let mut failed = None;
             for (i, c) in frame.changes.iter().enumerate().skip(skip as usize) {
                 let seq = Seq(header.meta.first_seq.0 + i as u64);
-                match apply_change(&self.name, &inner.resources, c, seq) {
+                match apply_change(&self.name, &inner.resources, &mut inner.pending, c, seq) {
                     Ok(Some(r)) => {
                         touched.insert(r);
                     }
                     Ok(None) => {}
                     Err(
                         e @ (ReplicatorError::UnknownResource { .. }
-                        | ReplicatorError::UnsupportedChange { .. }),
+                        | ReplicatorError::UnsupportedChange { .. }
+                        | ReplicatorError::BadDbChange { .. }),
                     ) => {
                         failed = Some(e);
                         break;
                     }
                     Err(e) => {
-                        inner.watermark = durable;
+                        rollback(inner);
                         return Err(e);
                     }
                 }
@@ -298,19 +347,26 @@ impl ReplicaGroup {
                 refusal = Some(Refusal {
                     seq: inner.watermark.0 + 1,
                     reason: e.to_string(),
-                    resume_from: inner.watermark.0 + 1,
+                    resume_from: resume_mark(inner).0 + 1,
                     fatal: true,
                 });
                 break;
             }
             frames_applied += 1;
         }
-        if inner.watermark > durable {
+        if resume_mark(inner) > durable {
             if let Err(e) = sync_and_persist(inner, &touched) {
-                inner.watermark = durable;
+                rollback(inner);
                 return Err(e);
             }
             ack = true;
+        } else if !touched.is_empty() {
+            // Files written while the mark is held back by another resource's buffered
+            // transaction: still durable before anything is acknowledged.
+            if let Err(e) = sync_and_persist(inner, &touched) {
+                rollback(inner);
+                return Err(e);
+            }
         }
         self.applied_frames
             .fetch_add(frames_applied, Ordering::SeqCst);
@@ -320,7 +376,7 @@ impl ReplicaGroup {
         if ack {
             out.push(ShipResponse {
                 msg: Some(ship_response::Msg::Ack(Ack {
-                    durable_seq: inner.watermark.0,
+                    durable_seq: inner.persisted.0,
                 })),
             });
         }
@@ -356,6 +412,23 @@ impl ReplicaGroup {
     }
 }
 
+/// The highest seq that can be persisted: the watermark, or just before the first page of the
+/// oldest buffered SQLite transaction.
+fn resume_mark(inner: &Inner) -> Seq {
+    inner
+        .pending
+        .values()
+        .map(|p| Seq(p.first_seq.0 - 1))
+        .fold(inner.watermark, Seq::min)
+}
+
+/// After a failed batch: back to the persisted watermark, buffered transactions dropped (they
+/// are resent from there).
+fn rollback(inner: &mut Inner) {
+    inner.watermark = inner.persisted;
+    inner.pending.clear();
+}
+
 fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
     for name in touched {
         if let Some(r) = inner.resources.get(name) {
@@ -364,14 +437,17 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
                 .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
         }
     }
-    let (wm, fence) = (inner.watermark, inner.fence);
-    inner.meta.write(&[wm.0, fence.0])
+    let (wm, fence) = (resume_mark(inner), inner.fence);
+    inner.meta.write(&[wm.0, fence.0])?;
+    inner.persisted = wm;
+    Ok(())
 }
 
 /// Applies one change; returns the resource name when a file was written.
 fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
+    pending: &mut HashMap<String, PendingTxn>,
     c: &Change,
     seq: Seq,
 ) -> Result<Option<String>> {
@@ -385,7 +461,23 @@ fn apply_change(
             group: group.to_owned(),
             resource: c.resource.clone(),
         })?;
+    let unsupported = || ReplicatorError::UnsupportedChange {
+        seq,
+        kind: format!("{:?}", c.kind),
+        resource: c.resource.clone(),
+    };
+    if r.sqlite != matches!(c.kind, ChangeKind::DbPage | ChangeKind::DbCommit) {
+        return Err(unsupported());
+    }
     match c.kind {
+        ChangeKind::DbPage => {
+            buffer_page(pending, c, seq)?;
+            return Ok(None);
+        }
+        ChangeKind::DbCommit => {
+            let txn = pending.remove(&c.resource);
+            apply_db_commit(r, &c.resource, txn, c.offset, seq)?;
+        }
         ChangeKind::Write => r
             .file
             .write_all_at(&c.data, c.offset)
@@ -401,15 +493,107 @@ fn apply_change(
                 done += n as u64;
             }
         }
-        other => {
-            return Err(ReplicatorError::UnsupportedChange {
-                seq,
-                kind: format!("{other:?}"),
-                resource: c.resource.clone(),
-            })
-        }
+        ChangeKind::Barrier => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
+}
+
+fn bad_db(seq: Seq, resource: &str, reason: String) -> ReplicatorError {
+    ReplicatorError::BadDbChange {
+        seq,
+        resource: resource.to_owned(),
+        reason,
+    }
+}
+
+/// Buffers one page of a SQLite transaction (page number in `offset`).
+fn buffer_page(pending: &mut HashMap<String, PendingTxn>, c: &Change, seq: Seq) -> Result<()> {
+    let size = c.data.len() as u32;
+    if !(512..=65536).contains(&size) || !size.is_power_of_two() || c.offset == 0 {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!("page {} of {} bytes", c.offset, c.data.len()),
+        ));
+    }
+    let txn = pending
+        .entry(c.resource.clone())
+        .or_insert_with(|| PendingTxn {
+            first_seq: seq,
+            page_size: size,
+            bytes: 0,
+            pages: Default::default(),
+        });
+    if txn.page_size != size {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!(
+                "page {} has {size} bytes, the transaction's pages have {}",
+                c.offset, txn.page_size
+            ),
+        ));
+    }
+    if txn.bytes + u64::from(size) > MAX_DB_TXN_BYTES {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!("transaction over the {MAX_DB_TXN_BYTES}-byte limit"),
+        ));
+    }
+    if txn.pages.insert(c.offset, c.data.clone()).is_none() {
+        txn.bytes += u64::from(size);
+    }
+    Ok(())
+}
+
+/// Writes a whole committed transaction into the database file, cuts the file to `db_size`
+/// pages and rewrites the header for a rollback-journal reader.
+fn apply_db_commit(
+    r: &Resource,
+    resource: &str,
+    txn: Option<PendingTxn>,
+    db_size: u64,
+    seq: Seq,
+) -> Result<()> {
+    use crate::sqlite_wal::{materialise_header, DbHeader, DB_HEADER_LEN};
+    let mut head = [0u8; DB_HEADER_LEN];
+    let page_size = match &txn {
+        Some(t) => u64::from(t.page_size),
+        None => {
+            // A commit without pages: keep the file's page size.
+            r.file
+                .read_exact_at(&mut head, 0)
+                .map_err(|e| ReplicatorError::io("read header", &r.path, e))?;
+            let h = DbHeader::parse(&head).map_err(|e| bad_db(seq, resource, e.to_string()))?;
+            u64::from(h.page_size)
+        }
+    };
+    if db_size == 0 || db_size > u64::from(u32::MAX) {
+        return Err(bad_db(
+            seq,
+            resource,
+            format!("commit size {db_size} pages"),
+        ));
+    }
+    if let Some(t) = &txn {
+        for (pgno, data) in t.pages.range(..=db_size) {
+            r.file
+                .write_all_at(data, (pgno - 1) * page_size)
+                .map_err(|e| ReplicatorError::io("pwrite page", &r.path, e))?;
+        }
+    }
+    r.file
+        .set_len(db_size * page_size)
+        .map_err(|e| ReplicatorError::io("truncate", &r.path, e))?;
+    r.file
+        .read_exact_at(&mut head, 0)
+        .map_err(|e| ReplicatorError::io("read header", &r.path, e))?;
+    DbHeader::parse(&head).map_err(|e| bad_db(seq, resource, format!("after commit: {e}")))?;
+    materialise_header(&mut head, db_size as u32);
+    r.file
+        .write_all_at(&head, 0)
+        .map_err(|e| ReplicatorError::io("pwrite header", &r.path, e))
 }
 
 #[cfg(test)]
