@@ -737,6 +737,126 @@ mod tests {
         );
     }
 
+    fn db_setup() -> (tempfile::TempDir, ReplicaGroup) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut res = HashMap::new();
+        res.insert("db".to_owned(), dir.path().join("r.db"));
+        let sq = ["db".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        (dir, g)
+    }
+
+    fn page(pgno: u64, fill: u8) -> Change {
+        let mut data = vec![fill; 512];
+        if pgno == 1 {
+            data[..16].copy_from_slice(crate::sqlite_wal::DB_MAGIC);
+            data[16..18].copy_from_slice(&512u16.to_be_bytes());
+            data[18] = 2;
+            data[19] = 2;
+        }
+        Change {
+            resource: "db".into(),
+            kind: ChangeKind::DbPage,
+            offset: pgno,
+            length: 512,
+            captured_ms: 0,
+            data,
+        }
+    }
+
+    fn commit(pages: u64) -> Change {
+        Change {
+            resource: "db".into(),
+            kind: ChangeKind::DbCommit,
+            offset: pages,
+            length: 0,
+            captured_ms: 0,
+            data: vec![],
+        }
+    }
+
+    #[test]
+    fn sqlite_transaction_split_over_batches_applies_only_at_commit() {
+        let (dir, g) = db_setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[page(1, 0), page(2, 7), commit(2)]);
+        let out = g.receive_batch(vec![f1], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(3));
+        let file = dir.path().join("r.db");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+        let head = g.read_resource("db", 0, 100).unwrap();
+        assert_eq!(
+            (head[18], head[19]),
+            (1, 1),
+            "materialised for rollback readers"
+        );
+        // The next transaction's pages arrive in one batch, its commit in the next.
+        let f2 = enc("g", 1, 4, &[page(2, 8), page(3, 9)]);
+        let out = g.receive_batch(vec![f2], &mut st).unwrap();
+        assert_eq!(
+            acked(&out),
+            Some(3),
+            "ack held before the buffered transaction"
+        );
+        assert_eq!(g.watermark(), Seq(5));
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [7]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+        let f3 = enc("g", 1, 6, &[commit(3)]);
+        let out = g.receive_batch(vec![f3], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(6));
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [8]);
+        assert_eq!(g.read_resource("db", 1024, 1).unwrap(), [9]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1536);
+    }
+
+    #[test]
+    fn sqlite_replica_restarted_mid_transaction_resumes_before_its_first_page() {
+        let (dir, g) = db_setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[page(1, 0), commit(1), page(1, 0)]);
+        g.receive_batch(vec![f1], &mut st).unwrap();
+        drop(g);
+        let mut res = HashMap::new();
+        res.insert("db".to_owned(), dir.path().join("r.db"));
+        let sq = ["db".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        assert_eq!(g.watermark(), Seq(2));
+    }
+
+    #[test]
+    fn sqlite_resource_refuses_volume_writes_and_volume_refuses_pages() {
+        let (_d, g) = db_setup();
+        let mut st = StreamState::default();
+        let f = enc("g", 1, 1, &[Change::write("db", 0, vec![1; 4], 0)]);
+        assert!(
+            refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+                .unwrap()
+                .fatal
+        );
+        let (_d, g) = setup();
+        let mut p = page(1, 0);
+        p.resource = "vol".into();
+        let f = enc("g", 1, 1, &[p]);
+        let mut st = StreamState::default();
+        assert!(
+            refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+                .unwrap()
+                .fatal
+        );
+    }
+
+    #[test]
+    fn sqlite_page_of_bad_size_is_refused() {
+        let (_d, g) = db_setup();
+        let mut st = StreamState::default();
+        let mut p = page(2, 0);
+        p.data.truncate(500);
+        p.length = 500;
+        let f = enc("g", 1, 1, &[p]);
+        let r = refusal(&g.receive_batch(vec![f], &mut st).unwrap()).unwrap();
+        assert!(r.fatal && r.reason.contains("500 bytes"), "{r:?}");
+    }
+
     #[test]
     fn replica_refuses_unknown_resource_fatally() {
         let (_d, g) = setup();
