@@ -29,7 +29,9 @@
 
 use crate::error::{ReplicatorError, Result};
 use crate::pipeline::GroupPipeline;
-use crate::sqlite_wal::{scan_frames, DbHeader, WalCursor, WalHeader, WalTxn, DB_HEADER_LEN};
+use crate::sqlite_wal::{
+    scan_frames, DbHeader, WalCursor, WalHeader, WalTxn, DB_HEADER_LEN, WAL_HEADER_LEN,
+};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -77,6 +79,8 @@ pub struct SqliteStats {
     pub snapshots: AtomicU64,
     /// Checkpoints this source ran.
     pub checkpoints: AtomicU64,
+    /// Checkpoints skipped because the write lock stayed busy.
+    pub checkpoints_busy: AtomicU64,
     /// WAL restarts (new generations) seen.
     pub wal_restarts: AtomicU64,
     /// Seq of the last change submitted (0: none yet).
@@ -206,25 +210,45 @@ impl SqliteSource {
         }
     }
 
-    /// Reads the WAL file; `None` when it is missing or its header is not (yet) valid.
-    fn read_wal(&self) -> Result<Option<(WalHeader, Vec<u8>)>> {
-        let bytes = match std::fs::read(&self.wal_path) {
-            Ok(b) => b,
+    /// Reads the WAL header and the WAL bytes from `from` (or from the first frame when
+    /// `from` is past the end); `None` when the WAL is missing or its header is not (yet)
+    /// valid.
+    fn read_wal(&self, from: Option<&WalCursor>) -> Result<Option<WalTail>> {
+        let rd = |e| ReplicatorError::io("read", &self.wal_path, e);
+        let file = match File::open(&self.wal_path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ReplicatorError::io("read", &self.wal_path, e)),
+            Err(e) => return Err(rd(e)),
         };
-        if bytes.is_empty() {
+        let len = file.metadata().map_err(rd)?.len();
+        let mut head = [0u8; WAL_HEADER_LEN];
+        if len < WAL_HEADER_LEN as u64 {
             return Ok(None);
         }
-        match WalHeader::parse(&bytes) {
-            Ok(h) if h.page_size == self.page_size => Ok(Some((h, bytes))),
-            Ok(h) => Err(ReplicatorError::Wal {
-                path: self.wal_path.clone(),
-                source: crate::sqlite_wal::WalError::BadPageSize(h.page_size),
-            }),
-            // A header being rewritten at a restart, or an empty WAL: nothing to read yet.
-            Err(_) => Ok(None),
-        }
+        file.read_exact_at(&mut head, 0).map_err(rd)?;
+        let header = match WalHeader::parse(&head) {
+            Ok(h) if h.page_size == self.page_size => h,
+            Ok(h) => {
+                return Err(ReplicatorError::Wal {
+                    path: self.wal_path.clone(),
+                    source: crate::sqlite_wal::WalError::BadPageSize(h.page_size),
+                })
+            }
+            // A header being rewritten at a restart: nothing to read yet.
+            Err(_) => return Ok(None),
+        };
+        let base = match from {
+            Some(c) if c.same_generation(&header) && c.offset <= len => c.offset,
+            _ => WAL_HEADER_LEN as u64,
+        };
+        let mut bytes = vec![0u8; (len - base) as usize];
+        file.read_exact_at(&mut bytes, base).map_err(rd)?;
+        Ok(Some(WalTail {
+            header,
+            len,
+            base,
+            bytes,
+        }))
     }
 
     /// Builds the full-database transaction: every page of the database file with the
@@ -234,17 +258,17 @@ impl SqliteSource {
     /// # Errors
     /// [`ReplicatorError::Io`] or [`ReplicatorError::Wal`] reading the files.
     pub fn snapshot(&mut self) -> Result<Vec<Batch>> {
-        let wal = self.read_wal()?;
+        let wal = self.read_wal(None)?;
         let mut overlay: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut wal_size = None;
         self.cursor = None;
-        if let Some((h, bytes)) = &wal {
-            let start = WalCursor::start(h);
-            let txns = scan_frames(h, &start, &bytes[start.offset as usize..]);
+        if let Some(w) = &wal {
+            let start = WalCursor::start(&w.header);
+            let txns = scan_frames(&w.header, &start, &w.bytes);
             let mut end = start;
             for t in &txns {
                 for &(p, at) in &t.pages {
-                    overlay.insert(p, page_at(bytes, at, h.page_size).to_vec());
+                    overlay.insert(p, w.page(at, self.page_size).to_vec());
                 }
                 wal_size = Some(t.db_size);
                 end = t.end;
@@ -309,8 +333,8 @@ impl SqliteSource {
     /// # Errors
     /// [`ReplicatorError::Io`], [`ReplicatorError::Wal`] or [`ReplicatorError::Sqlite`].
     pub fn poll(&mut self) -> Result<Vec<Batch>> {
-        let (mut out, wal_len) = self.read_new()?;
-        if self.opts.checkpoint_bytes > 0 && wal_len > self.opts.checkpoint_bytes {
+        let (mut out, used) = self.read_new()?;
+        if self.opts.checkpoint_bytes > 0 && used > self.opts.checkpoint_bytes {
             out.extend(self.checkpoint()?);
         }
         Ok(out)
@@ -327,6 +351,7 @@ impl SqliteSource {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
             {
+                self.stats.checkpoints_busy.fetch_add(1, Ordering::Relaxed);
                 return Ok(Vec::new());
             }
             Err(e) => return Err(sql_err(&self.db_path, "begin immediate")(e)),
@@ -362,12 +387,12 @@ impl SqliteSource {
         Ok(out)
     }
 
-    /// Reads new committed transactions; returns them and the WAL file length.
+    /// Reads new committed transactions; returns them and the WAL bytes in use.
     fn read_new(&mut self) -> Result<(Vec<Batch>, u64)> {
-        let Some((h, bytes)) = self.read_wal()? else {
+        let Some(w) = self.read_wal(self.cursor.as_ref())? else {
             return Ok((Vec::new(), 0));
         };
-        let wal_len = bytes.len() as u64;
+        let (h, wal_len) = (w.header, w.len);
         let cursor = match self.cursor {
             Some(c) if c.same_generation(&h) && c.offset <= wal_len => c,
             Some(c) if c.same_generation(&h) => {
@@ -385,27 +410,40 @@ impl SqliteSource {
             }
             None => WalCursor::start(&h),
         };
-        let txns = scan_frames(&h, &cursor, &bytes[cursor.offset as usize..]);
+        // `read_wal` started the tail at the cursor, or at the first frame of a new generation.
+        let skip = cursor.offset.saturating_sub(w.base) as usize;
+        let txns = scan_frames(&h, &cursor, &w.bytes[skip..]);
         let mut out = Vec::new();
         for t in &txns {
-            self.txn_batches(t, &bytes, &mut out);
+            self.txn_batches(t, &w, &mut out);
             self.cursor = Some(t.end);
         }
         if txns.is_empty() {
             self.cursor = Some(cursor);
         }
-        Ok((out, wal_len))
+        // The part of the WAL in use by this generation (the file itself is reused after a
+        // restart and keeps its largest size).
+        let used = self.cursor.map_or(wal_len, |c| c.offset);
+        Ok((out, used))
     }
 
-    fn txn_batches(&self, t: &WalTxn, wal: &[u8], out: &mut Vec<Batch>) {
+    fn txn_batches(&self, t: &WalTxn, wal: &WalTail, out: &mut Vec<Batch>) {
         let ms = now_ms();
         let ps = self.page_size as usize;
-        let mut batch = Vec::with_capacity(t.pages.len() + 1);
+        // Small transactions of one poll share a submission (one journal write for many).
+        let fits = out
+            .last()
+            .is_some_and(|b| (b.len() + t.pages.len()) * ps <= self.opts.max_submit_bytes);
+        let mut batch = if fits {
+            out.pop().unwrap_or_default()
+        } else {
+            Vec::with_capacity(t.pages.len() + 1)
+        };
         for &(p, at) in &t.pages {
             batch.push(db_page(
                 &self.resource,
                 p,
-                page_at(wal, at, self.page_size).to_vec(),
+                wal.page(at, self.page_size).to_vec(),
                 ms,
             ));
             if batch.len() * ps >= self.opts.max_submit_bytes {
@@ -477,8 +515,20 @@ async fn submit_retrying(
     }
 }
 
-fn page_at(wal: &[u8], at: u64, page_size: u32) -> &[u8] {
-    &wal[at as usize..at as usize + page_size as usize]
+/// The WAL header and the bytes of the WAL file from `base` to its end (`len`).
+struct WalTail {
+    header: WalHeader,
+    len: u64,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl WalTail {
+    /// The page image at WAL byte `at` (an offset `scan_frames` returned for these bytes).
+    fn page(&self, at: u64, page_size: u32) -> &[u8] {
+        let i = (at - self.base) as usize;
+        &self.bytes[i..i + page_size as usize]
+    }
 }
 
 fn db_page(resource: &str, pgno: u32, data: Vec<u8>, captured_ms: i64) -> Change {

@@ -1,0 +1,346 @@
+//! SQLite replication end to end in one process: an application writing a WAL-mode database
+//! (rusqlite, or the real `sqlite3` CLI), a `SqliteSource` feeding a `GroupPipeline`, and a
+//! replica `ReplicationService` over loopback gRPC applying whole transactions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rusqlite::{Connection, OpenFlags};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_replicator::apply::ReplicaGroup;
+use tandem_replicator::pipeline::{GroupPipeline, PipelineConfig};
+use tandem_replicator::receive::{serve, ReplicationService};
+use tandem_replicator::ship::ShipConfig;
+use tandem_replicator::sqlite::{SqliteOptions, SqliteSource};
+use tokio::sync::{oneshot, watch};
+
+const GROUP: &str = "g";
+
+struct Replica {
+    svc: ReplicationService,
+    group: Arc<ReplicaGroup>,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    db: PathBuf,
+}
+
+async fn start_replica(dir: &Path) -> Replica {
+    let db = dir.join("replica.db");
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), db.clone());
+    let sqlite: HashSet<String> = ["db".to_owned()].into_iter().collect();
+    let group =
+        Arc::new(ReplicaGroup::open_with_sqlite(GROUP, &dir.join("meta"), res, &sqlite).unwrap());
+    let svc = ReplicationService::new();
+    svc.add_group(Arc::clone(&group));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            serve(svc, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        }
+    });
+    Replica {
+        svc,
+        group,
+        addr,
+        stop,
+        task,
+        db,
+    }
+}
+
+impl Replica {
+    async fn shutdown(self) {
+        self.svc.close();
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// A copy of the replica database taken between two applied batches (the group's lock is
+    /// held while reading), written to `to`.
+    fn consistent_copy(&self, to: &Path) {
+        let bytes = self.group.read_resource("db", 0, 256 << 20).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+}
+
+/// `(rows in log, sum of balances)` of a database, and its integrity check result.
+fn state_of(db: &Path) -> (String, i64, i64) {
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    let has: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'log'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if has == 0 {
+        return (ok, 0, 0);
+    }
+    let (n, s) = c
+        .query_row(
+            "SELECT (SELECT count(*) FROM log), (SELECT coalesce(sum(balance), 0) FROM accounts)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (ok, n, s)
+}
+
+/// The application: `n` transactions (an insert into `log`, an update of one account, every
+/// 50th a new account) on a WAL database with autocheckpoint off. Returns the state after
+/// each commit, `(log rows, sum of balances)`, and the elapsed time.
+fn app_writer(db: &Path, n: usize) -> (Vec<(i64, i64)>, Duration) {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE IF NOT EXISTS accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY, account INTEGER, note TEXT);
+         INSERT INTO accounts(balance) VALUES (0);",
+    )
+    .unwrap();
+    let mut accounts = 1i64;
+    let mut sum = 0i64;
+    let mut states = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n as i64 {
+        let tx = c.unchecked_transaction().unwrap();
+        if i % 50 == 49 {
+            tx.execute("INSERT INTO accounts(balance) VALUES (0)", [])
+                .unwrap();
+            accounts += 1;
+        }
+        let acct = 1 + (i * 7919) % accounts;
+        let amount = (i * 31) % 1000 - 300;
+        tx.execute(
+            "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+            [amount, acct],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO log(account, note) VALUES (?1, ?2)",
+            rusqlite::params![acct, format!("txn {i} {}", "n".repeat((i % 200) as usize))],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        sum += amount;
+        states.push((i + 1, sum));
+    }
+    (states, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_holds_a_prefix_of_commits_and_all_of_them_at_the_end() {
+    const N: usize = 3000;
+    // 0. Baseline: the application alone, no capture.
+    let base = tempfile::tempdir().unwrap();
+    let (_, alone) = app_writer(&base.path().join("alone.db"), N);
+
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let db = pdir.path().join("app.db");
+    // 1. The application creates the database; the source starts (full snapshot first).
+    let (first, _) = app_writer(&db, 10);
+    let replica = start_replica(rdir.path()).await;
+    let p = Arc::new(
+        GroupPipeline::open(PipelineConfig::new(GROUP, pdir.path().join("journal")))
+            .await
+            .unwrap(),
+    );
+    let mut sc = ShipConfig::new(&format!("http://{}", replica.addr), "hanoi-1");
+    sc.backoff_min = Duration::from_millis(20);
+    let shipper = p.start_shipper(sc);
+    let opts = SqliteOptions {
+        poll_interval: Duration::from_millis(20),
+        checkpoint_bytes: 512 << 10,
+        ..SqliteOptions::default()
+    };
+    let src = SqliteSource::open("db", &db, opts).unwrap();
+    let stats = src.stats();
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(src.run(Arc::clone(&p), stopped));
+
+    // 2. The application writes N transactions while the capture runs.
+    let writer = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || app_writer(&db, N)
+    });
+    // 3. Mid-run: a consistent copy of the replica opens and passes its integrity check.
+    let mid = rdir.path().join("mid.db");
+    let mut max_rpo = 0i64;
+    let mut checked_mid = false;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        max_rpo = max_rpo.max(p.progress().rpo_ms(chrono::Utc::now().timestamp_millis()));
+        if !checked_mid {
+            replica.consistent_copy(&mid);
+            let (ok, n, _) = state_of(&mid);
+            assert_eq!(ok, "ok");
+            if n > first.len() as i64 {
+                checked_mid = true;
+                eprintln!("mid-run replica: {n} log rows");
+            }
+        }
+    }
+    let (states, with_capture) = writer.await.unwrap();
+    let committed_at = Instant::now();
+
+    // 4. The replica catches up to every commit.
+    let final_rows = (first.len() + N) as i64;
+    let final_sum = first.last().unwrap().1 + states.last().unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lag = loop {
+        let pr = p.progress();
+        if pr.durable_on_replica_seq >= pr.last_captured_seq {
+            replica.consistent_copy(&mid);
+            if state_of(&mid).1 == final_rows {
+                break committed_at.elapsed();
+            }
+        }
+        assert!(Instant::now() < deadline, "not caught up: {pr:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    shipper.stop().await;
+    let replica_db = replica.db.clone();
+    replica.shutdown().await;
+
+    assert!(checked_mid, "a mid-run copy with rows was checked");
+    // The real sqlite3 CLI reads the replica file itself, in place.
+    let out = std::process::Command::new("/usr/bin/sqlite3")
+        .arg("-readonly")
+        .arg(&replica_db)
+        .arg("PRAGMA integrity_check; SELECT count(*) FROM log; SELECT sum(balance) FROM accounts; PRAGMA journal_mode;")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "ok",
+            &final_rows.to_string(),
+            &final_sum.to_string(),
+            "delete"
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cp, restarts) = (
+        stats.checkpoints.load(Ordering::Relaxed),
+        stats.wal_restarts.load(Ordering::Relaxed),
+    );
+    assert!(
+        cp > 0 && restarts > 0,
+        "checkpoints {cp}, restarts {restarts}"
+    );
+    assert_eq!(
+        stats.snapshots.load(Ordering::Relaxed),
+        1,
+        "only the start snapshot"
+    );
+    eprintln!(
+        "sqlite: {N} txns; alone {:.0} txn/s, with capture {:.0} txn/s; catch-up after last commit {:?}; max RPO sampled {max_rpo} ms; {cp} checkpoints ({} busy), {restarts} WAL restarts, {} txns captured",
+        N as f64 / alone.as_secs_f64(),
+        N as f64 / with_capture.as_secs_f64(),
+        lag,
+        stats.checkpoints_busy.load(Ordering::Relaxed),
+        stats.transactions.load(Ordering::Relaxed),
+    );
+}
+
+/// Every intermediate replica copy must equal the state after one of the commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_copy_taken_during_writes_is_a_commit_prefix() {
+    const N: usize = 1500;
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let db = pdir.path().join("app.db");
+    let replica = start_replica(rdir.path()).await;
+    let p = Arc::new(
+        GroupPipeline::open(PipelineConfig::new(GROUP, pdir.path().join("journal")))
+            .await
+            .unwrap(),
+    );
+    let shipper = p.start_shipper(ShipConfig::new(
+        &format!("http://{}", replica.addr),
+        "hanoi-1",
+    ));
+    // The source opens an empty database (the application has not created it yet).
+    let src = SqliteSource::open(
+        "db",
+        &db,
+        SqliteOptions {
+            poll_interval: Duration::from_millis(10),
+            checkpoint_bytes: 256 << 10,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(src.run(Arc::clone(&p), stopped));
+    let writer = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || app_writer(&db, N)
+    });
+    let copy = rdir.path().join("copy.db");
+    let mut seen = Vec::new();
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        replica.consistent_copy(&copy);
+        let (ok, n, s) = state_of(&copy);
+        assert_eq!(ok, "ok", "copy with {n} rows");
+        seen.push((n, s));
+    }
+    let (states, _) = writer.await.unwrap();
+    for &(n, s) in &seen {
+        if n > 0 {
+            assert_eq!(
+                states[n as usize - 1],
+                (n, s),
+                "replica copy is the state after commit {n}"
+            );
+        }
+    }
+    assert!(
+        seen.iter().filter(|x| x.0 > 0).count() > 3,
+        "several non-empty copies: {seen:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        replica.consistent_copy(&copy);
+        if state_of(&copy).1 == N as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state_of(&copy).2, states.last().unwrap().1);
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    shipper.stop().await;
+    replica.shutdown().await;
+}
