@@ -15,8 +15,9 @@
 //!   checkpoint, starts a new read transaction, then releases the write lock. The next
 //!   application write restarts the WAL (new salts): the source sees the new generation and
 //!   reads it from its first frame.
-//! - Safety net: a new WAL generation whose checkpoint seq is not exactly one more than the
-//!   last one seen, or a WAL shorter than the read position, means frames may have been
+//! - Safety net: a new WAL generation whose salt-1 is not exactly one more than the last one
+//!   seen (SQLite raises salt-1 by one at every restart; the header's checkpoint seq is kept
+//!   per connection and is no use across processes), or a WAL shorter than the read position, means frames may have been
 //!   missed: the source ships a full snapshot again.
 //! - Start: always a full snapshot (database file pages with the committed WAL pages laid
 //!   over them), so a restarted source never depends on state it did not keep.
@@ -30,7 +31,8 @@
 use crate::error::{ReplicatorError, Result};
 use crate::pipeline::GroupPipeline;
 use crate::sqlite_wal::{
-    scan_frames, DbHeader, WalCursor, WalHeader, WalTxn, DB_HEADER_LEN, WAL_HEADER_LEN,
+    next_step, scan_frames, DbHeader, WalCursor, WalHeader, WalStep, WalTxn, DB_HEADER_LEN,
+    WAL_HEADER_LEN,
 };
 use rusqlite::Connection;
 use std::collections::BTreeMap;
@@ -101,6 +103,10 @@ pub struct SqliteSource {
     page_size: u32,
     cursor: Option<WalCursor>,
     stats: Arc<SqliteStats>,
+    /// The database file, opened once after SQLite created it and closed after the
+    /// connections: closing any descriptor of a file drops every POSIX lock this process
+    /// holds on it, SQLite's included, so it is never opened and closed while they live.
+    db_file: File,
 }
 
 impl std::fmt::Debug for SqliteSource {
@@ -143,6 +149,7 @@ impl SqliteSource {
             Ok(c)
         };
         let reader = open("open reader")?;
+        let db_file = File::open(db_path).map_err(|e| ReplicatorError::io("open", db_path, e))?;
         let writer = open("open writer")?;
         let mode: String = reader
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -173,6 +180,7 @@ impl SqliteSource {
             page_size,
             cursor: None,
             stats: Arc::default(),
+            db_file,
         };
         src.pin()?;
         Ok(src)
@@ -275,8 +283,7 @@ impl SqliteSource {
             }
             self.cursor = Some(end);
         }
-        let file =
-            File::open(&self.db_path).map_err(|e| ReplicatorError::io("open", &self.db_path, e))?;
+        let file = &self.db_file;
         let file_len = file
             .metadata()
             .map_err(|e| ReplicatorError::io("stat", &self.db_path, e))?
@@ -393,22 +400,17 @@ impl SqliteSource {
             return Ok((Vec::new(), 0));
         };
         let (h, wal_len) = (w.header, w.len);
-        let cursor = match self.cursor {
-            Some(c) if c.same_generation(&h) && c.offset <= wal_len => c,
-            Some(c) if c.same_generation(&h) => {
-                tracing::warn!(resource = %self.resource, "WAL shorter than the read position: full snapshot");
-                return Ok((self.snapshot()?, wal_len));
-            }
-            Some(c) if h.checkpoint_seq != c.checkpoint_seq.wrapping_add(1) => {
-                tracing::warn!(resource = %self.resource, from = c.checkpoint_seq, to = h.checkpoint_seq,
-                    "WAL restarted more than once between reads: full snapshot");
-                return Ok((self.snapshot()?, wal_len));
-            }
-            Some(_) => {
+        let cursor = match next_step(self.cursor.as_ref(), &h, wal_len) {
+            WalStep::Continue(c) => c,
+            WalStep::Restarted(c) => {
                 self.stats.wal_restarts.fetch_add(1, Ordering::Relaxed);
-                WalCursor::start(&h)
+                c
             }
-            None => WalCursor::start(&h),
+            WalStep::Resnapshot => {
+                tracing::warn!(resource = %self.resource, salt1 = h.salt1,
+                    "WAL frames may have been missed (restarted more than once, or shorter than the read position): full snapshot");
+                return Ok((self.snapshot()?, wal_len));
+            }
         };
         // `read_wal` started the tail at the cursor, or at the first frame of a new generation.
         let skip = cursor.offset.saturating_sub(w.base) as usize;

@@ -212,6 +212,34 @@ impl WalCursor {
     }
 }
 
+/// What a reader at `cursor` must do with the WAL it now sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalStep {
+    /// Same generation: read on from this cursor.
+    Continue(WalCursor),
+    /// The WAL restarted once (salt-1 one higher: SQLite raises it by one at each restart,
+    /// in the shared WAL index, whereas the header's checkpoint seq is counted per connection
+    /// and so is no use across processes): read the new generation from its first frame.
+    Restarted(WalCursor),
+    /// Frames may have been missed (the WAL restarted more than once, or is shorter than the
+    /// read position): ship a full snapshot.
+    Resnapshot,
+}
+
+/// Decides how to read a WAL with header `header` and length `wal_len` from `cursor` (`None`:
+/// nothing read yet, start at the first frame).
+pub fn next_step(cursor: Option<&WalCursor>, header: &WalHeader, wal_len: u64) -> WalStep {
+    match cursor {
+        None => WalStep::Continue(WalCursor::start(header)),
+        Some(c) if c.same_generation(header) && c.offset <= wal_len => WalStep::Continue(*c),
+        Some(c) if c.same_generation(header) => WalStep::Resnapshot,
+        Some(c) if header.salt1 == c.salt1.wrapping_add(1) => {
+            WalStep::Restarted(WalCursor::start(header))
+        }
+        Some(_) => WalStep::Resnapshot,
+    }
+}
+
 /// One committed transaction found in the WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalTxn {
@@ -481,6 +509,31 @@ mod tests {
         let c = all[0].end;
         let rest = scan_frames(&h, &c, &wal[c.offset as usize..]);
         assert_eq!(rest, all[1..].to_vec());
+    }
+
+    #[test]
+    fn next_step_follows_one_restart_and_resnapshots_after_a_gap() {
+        let h = hdr(false, 512);
+        let c = WalCursor {
+            offset: 32 + 536,
+            ..WalCursor::start(&h)
+        };
+        assert_eq!(
+            next_step(None, &h, 0),
+            WalStep::Continue(WalCursor::start(&h))
+        );
+        assert_eq!(next_step(Some(&c), &h, 32 + 536), WalStep::Continue(c));
+        assert_eq!(next_step(Some(&c), &h, 100), WalStep::Resnapshot);
+        let mut once = h;
+        once.salt1 += 1;
+        once.salt2 = 99;
+        assert_eq!(
+            next_step(Some(&c), &once, 32),
+            WalStep::Restarted(WalCursor::start(&once))
+        );
+        let mut twice = once;
+        twice.salt1 += 1;
+        assert_eq!(next_step(Some(&c), &twice, 4096), WalStep::Resnapshot);
     }
 
     #[test]

@@ -253,10 +253,9 @@ async fn replica_holds_a_prefix_of_commits_and_all_of_them_at_the_end() {
         stats.checkpoints.load(Ordering::Relaxed),
         stats.wal_restarts.load(Ordering::Relaxed),
     );
-    assert!(
-        cp > 0 && restarts > 0,
-        "checkpoints {cp}, restarts {restarts}"
-    );
+    // Restarts depend on timing (the application must be idle when a checkpoint completes);
+    // `source_follows_the_wal_restart_after_its_own_checkpoint` checks them step by step.
+    assert!(cp > 0, "checkpoints {cp}");
     assert_eq!(
         stats.snapshots.load(Ordering::Relaxed),
         1,
@@ -343,4 +342,185 @@ async fn every_replica_copy_taken_during_writes_is_a_commit_prefix() {
     run.await.unwrap().unwrap();
     shipper.stop().await;
     replica.shutdown().await;
+}
+
+fn cli(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("/usr/bin/sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The real `sqlite3` CLI is the application (a process per transaction, default
+/// autocheckpoint on); the capture is stopped and restarted half way (a new full snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite3_cli_writer_is_replicated_across_a_capture_restart() {
+    const N: usize = 120;
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let db = pdir.path().join("cli.db");
+    cli(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, s TEXT);",
+    );
+    let replica = start_replica(rdir.path()).await;
+    let p = Arc::new(
+        GroupPipeline::open(PipelineConfig::new(GROUP, pdir.path().join("journal")))
+            .await
+            .unwrap(),
+    );
+    let shipper = p.start_shipper(ShipConfig::new(
+        &format!("http://{}", replica.addr),
+        "hanoi-1",
+    ));
+    let opts = SqliteOptions {
+        poll_interval: Duration::from_millis(10),
+        checkpoint_bytes: 64 << 10,
+        ..SqliteOptions::default()
+    };
+    let write = |from: usize, to: usize| {
+        for i in from..to {
+            cli(
+                &db,
+                &format!(
+                    "PRAGMA busy_timeout=10000; BEGIN; INSERT INTO t(v, s) VALUES ({i}, hex(randomblob(600))); UPDATE t SET v = v + 1 WHERE id = 1; COMMIT;"
+                ),
+            );
+        }
+    };
+    let mut snapshots = 0;
+    for (from, to) in [(0, N / 2), (N / 2, N)] {
+        // 1. A capture runs while the CLI writes half of the transactions.
+        let src = SqliteSource::open("db", &db, opts.clone()).unwrap();
+        let stats = src.stats();
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(src.run(Arc::clone(&p), stopped));
+        while stats.snapshots.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::task::block_in_place(|| write(from, to));
+        // 2. The replica reaches the primary's state, then the capture stops.
+        let want = cli(&db, "SELECT count(*), sum(v), sum(length(s)) FROM t;");
+        let copy = rdir.path().join("copy.db");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            replica.consistent_copy(&copy);
+            if state_of(&copy).0 == "ok"
+                && cli(&copy, "SELECT count(*), sum(v), sum(length(s)) FROM t;") == want
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica did not reach {want}: {:?} {:?} {:?} snapshots {} txns {} restarts {} checkpoints {}",
+                state_of(&copy),
+                cli(&copy, "SELECT count(*), sum(v), sum(length(s)) FROM t;"),
+                p.progress(),
+                stats.snapshots.load(Ordering::Relaxed),
+                stats.transactions.load(Ordering::Relaxed),
+                stats.wal_restarts.load(Ordering::Relaxed),
+                stats.checkpoints.load(Ordering::Relaxed),
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        run.await.unwrap().unwrap();
+        snapshots += stats.snapshots.load(Ordering::Relaxed);
+        assert!(stats.transactions.load(Ordering::Relaxed) > 0);
+    }
+    assert_eq!(snapshots, 2, "one full snapshot per capture start");
+    shipper.stop().await;
+    let replica_db = replica.db.clone();
+    replica.shutdown().await;
+    assert_eq!(
+        cli(
+            &replica_db,
+            "PRAGMA integrity_check; SELECT count(*) FROM t;"
+        ),
+        format!("ok\n{N}\n")
+    );
+}
+
+/// Feeds the source's submissions straight into a replica group as frames.
+fn apply_batches(g: &ReplicaGroup, seq: &mut u64, batches: Vec<Vec<tandem_core::frame::Change>>) {
+    use tandem_core::frame::{Encoder, FrameMeta};
+    use tandem_core::ids::{Epoch, GroupId, Seq};
+    let mut enc = Encoder::new(1).unwrap();
+    let mut st = tandem_replicator::apply::StreamState::default();
+    for b in batches {
+        let n = b.len() as u64;
+        let meta = FrameMeta {
+            group: GroupId::from_name(GROUP),
+            epoch: Epoch(1),
+            first_seq: Seq(*seq + 1),
+        };
+        g.receive_batch(vec![enc.encode(meta, &b).unwrap()], &mut st)
+            .unwrap();
+        *seq += n;
+        assert_eq!(g.watermark(), Seq(*seq));
+    }
+}
+
+/// Step by step, without timers: the source's own checkpoint lets the next application write
+/// restart the WAL (new salts), and the source reads the new generation from its first frame.
+#[test]
+fn source_follows_the_wal_restart_after_its_own_checkpoint() {
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let db = pdir.path().join("app.db");
+    let app = Connection::open(&db).unwrap();
+    app.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT);",
+    )
+    .unwrap();
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), rdir.path().join("r.db"));
+    let sqlite: HashSet<String> = ["db".to_owned()].into_iter().collect();
+    let g = ReplicaGroup::open_with_sqlite(GROUP, &rdir.path().join("meta"), res, &sqlite).unwrap();
+    let mut src = SqliteSource::open("db", &db, SqliteOptions::default()).unwrap();
+    let stats = src.stats();
+    let mut seq = 0;
+    // 1. The start snapshot holds the table.
+    apply_batches(&g, &mut seq, src.snapshot().unwrap());
+    for round in 0..3i64 {
+        // 2. The application commits 40 transactions; the source reads them.
+        for i in 0..40 {
+            app.execute(
+                "INSERT INTO t(s) VALUES (?1)",
+                [format!("{round}-{i}-{}", "x".repeat(500))],
+            )
+            .unwrap();
+        }
+        let batches = src.poll().unwrap();
+        let commits = batches
+            .iter()
+            .flatten()
+            .filter(|c| c.kind == tandem_core::frame::ChangeKind::DbCommit)
+            .count();
+        assert_eq!(commits, 40, "round {round}: one commit per transaction");
+        apply_batches(&g, &mut seq, batches);
+        // 3. The source checkpoints; the application's next write restarts the WAL.
+        assert!(src.checkpoint().unwrap().is_empty(), "nothing new to read");
+        assert_eq!(stats.wal_restarts.load(Ordering::Relaxed), round as u64);
+        let copy = rdir.path().join("copy.db");
+        std::fs::write(&copy, g.read_resource("db", 0, 64 << 20).unwrap()).unwrap();
+        let c = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((ok.as_str(), n), ("ok", 40 * (round + 1)));
+    }
+    assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.snapshots.load(Ordering::Relaxed), 1);
 }
