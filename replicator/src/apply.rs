@@ -11,7 +11,9 @@
 //! at a time: pages are buffered in memory until their commit (at most
 //! [`MAX_DB_TXN_BYTES`]), then written at `(page - 1) * page_size`, the file is cut to the
 //! committed size and its header rewritten for a rollback-journal reader (bytes 18/19 = 1), so
-//! the file is a consistent database at every batch boundary. While a transaction is
+//! the file is a consistent database at every batch boundary; each commit is written under
+//! SQLite's own EXCLUSIVE lock (a connection that only locks), so SQLite readers of the live
+//! replica wait for it instead of seeing half a transaction. While a transaction is
 //! buffered, the persisted and acknowledged watermark stays just before its first page, so a
 //! restart resends the whole transaction.
 
@@ -52,6 +54,9 @@ struct Resource {
     path: PathBuf,
     file: File,
     sqlite: bool,
+    /// For a SQLite resource: a connection used only to take SQLite's EXCLUSIVE lock while a
+    /// transaction is written, so readers of the replica never see half of one.
+    lock: Option<rusqlite::Connection>,
 }
 
 #[derive(Debug)]
@@ -127,7 +132,20 @@ impl ReplicaGroup {
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
             let sqlite = sqlite.contains(&rname);
-            res.insert(rname, Resource { path, file, sqlite });
+            let lock = if sqlite {
+                Some(lock_connection(&path)?)
+            } else {
+                None
+            };
+            res.insert(
+                rname,
+                Resource {
+                    path,
+                    file,
+                    sqlite,
+                    lock,
+                },
+            );
         }
         Ok(ReplicaGroup {
             name: name.to_owned(),
@@ -476,7 +494,30 @@ fn apply_change(
         }
         ChangeKind::DbCommit => {
             let txn = pending.remove(&c.resource);
-            apply_db_commit(r, &c.resource, txn, c.offset, seq)?;
+            // Readers (SQLite, rollback mode) wait while the transaction is written. Only
+            // over a consistent materialised file: SQLite then has nothing to write itself
+            // (on an empty or inconsistent file BEGIN EXCLUSIVE would dirty page 1 and COMMIT
+            // would write it over ours); no reader can read such a file anyway.
+            let mut lock = r.lock.as_ref().filter(|_| materialised(&r.file));
+            if let Some(l) = lock {
+                match l.execute_batch("BEGIN EXCLUSIVE") {
+                    Ok(()) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code != rusqlite::ErrorCode::DatabaseBusy =>
+                    {
+                        // SQLite cannot read the header (not a reader's problem either).
+                        tracing::warn!(resource = %c.resource, error = %e, "replica commit without the SQLite lock");
+                        lock = None;
+                    }
+                    Err(e) => return Err(sqlite_lock_err(&r.path, "begin exclusive", e)),
+                }
+            }
+            let applied = apply_db_commit(r, &c.resource, txn, c.offset, seq);
+            if let Some(lock) = lock {
+                lock.execute_batch("COMMIT")
+                    .map_err(|e| sqlite_lock_err(&r.path, "release exclusive", e))?;
+            }
+            applied?;
         }
         ChangeKind::Write => r
             .file
@@ -496,6 +537,48 @@ fn apply_change(
         ChangeKind::Barrier => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
+}
+
+/// How long a commit waits for readers of the replica database to release their locks.
+const DB_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn lock_connection(path: &Path) -> Result<rusqlite::Connection> {
+    let err = |op| {
+        move |e: rusqlite::Error| ReplicatorError::Sqlite {
+            path: path.to_owned(),
+            op,
+            reason: e.to_string(),
+        }
+    };
+    let c = rusqlite::Connection::open(path).map_err(err("open lock connection"))?;
+    c.busy_timeout(DB_LOCK_TIMEOUT)
+        .map_err(err("busy_timeout"))?;
+    Ok(c)
+}
+
+/// Whether the file is a database this applier materialised: rollback-mode header (18/19 =
+/// 1), valid in-header size, and a length of exactly that many pages.
+fn materialised(file: &File) -> bool {
+    let mut head = [0u8; crate::sqlite_wal::DB_HEADER_LEN];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false;
+    }
+    let Ok(h) = crate::sqlite_wal::DbHeader::parse(&head) else {
+        return false;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    head[18] == 1
+        && head[19] == 1
+        && h.db_size
+            .is_some_and(|n| u64::from(n) * u64::from(h.page_size) == len)
+}
+
+fn sqlite_lock_err(path: &Path, op: &'static str, e: rusqlite::Error) -> ReplicatorError {
+    ReplicatorError::Sqlite {
+        path: path.to_owned(),
+        op,
+        reason: e.to_string(),
+    }
 }
 
 fn bad_db(seq: Seq, resource: &str, reason: String) -> ReplicatorError {
@@ -753,6 +836,7 @@ mod tests {
             data[16..18].copy_from_slice(&512u16.to_be_bytes());
             data[18] = 2;
             data[19] = 2;
+            data[21..24].copy_from_slice(&[64, 32, 32]);
         }
         Change {
             resource: "db".into(),
