@@ -6,6 +6,16 @@
 //! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
 //! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.
+//!
+//! SQLite resources receive `DbPage`/`DbCommit` changes and are applied one WHOLE transaction
+//! at a time: pages are buffered in memory until their commit (at most
+//! [`MAX_DB_TXN_BYTES`]), then written at `(page - 1) * page_size`, the file is cut to the
+//! committed size and its header rewritten for a rollback-journal reader (bytes 18/19 = 1), so
+//! the file is a consistent database at every batch boundary; each commit is written under
+//! SQLite's own EXCLUSIVE lock (a connection that only locks), so SQLite readers of the live
+//! replica wait for it instead of seeing half a transaction. While a transaction is
+//! buffered, the persisted and acknowledged watermark stays just before its first page, so a
+//! restart resends the whole transaction.
 
 use crate::error::{ReplicatorError, Result};
 use crate::meta::SlotFile;
@@ -26,18 +36,38 @@ pub const REPLICA_META_MAGIC: [u8; 4] = *b"TNDW";
 /// directory.
 pub const REPLICA_META_FILE: &str = "replica.slots";
 const ZERO_CHUNK: usize = 1 << 20;
+/// Largest transaction (sum of buffered page bytes) a SQLite resource accepts; a larger one is
+/// refused fatally.
+pub const MAX_DB_TXN_BYTES: u64 = 256 << 20;
+
+/// Pages of a SQLite transaction received but not yet committed.
+#[derive(Debug)]
+struct PendingTxn {
+    first_seq: Seq,
+    page_size: u32,
+    bytes: u64,
+    pages: std::collections::BTreeMap<u64, Vec<u8>>,
+}
 
 #[derive(Debug)]
 struct Resource {
     path: PathBuf,
     file: File,
+    sqlite: bool,
+    /// For a SQLite resource: a connection used only to take SQLite's EXCLUSIVE lock while a
+    /// transaction is written, so readers of the replica never see half of one.
+    lock: Option<rusqlite::Connection>,
 }
 
 #[derive(Debug)]
 struct Inner {
     meta: SlotFile,
     watermark: Seq,
+    /// The watermark as persisted and acknowledged (lower than `watermark` while a SQLite
+    /// transaction is buffered).
+    persisted: Seq,
     fence: Epoch,
+    pending: HashMap<String, PendingTxn>,
     resources: HashMap<String, Resource>,
     decoder: Decoder,
 }
@@ -73,6 +103,21 @@ impl ReplicaGroup {
         dir: &Path,
         resources: HashMap<String, PathBuf>,
     ) -> Result<ReplicaGroup> {
+        ReplicaGroup::open_with_sqlite(name, dir, resources, &Default::default())
+    }
+
+    /// Like [`ReplicaGroup::open`], with the resources named in `sqlite` being SQLite
+    /// databases: they take `DbPage`/`DbCommit` changes (whole transactions) instead of
+    /// writes and trims.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::BadMetadata`] or [`ReplicatorError::Io`].
+    pub fn open_with_sqlite(
+        name: &str,
+        dir: &Path,
+        resources: HashMap<String, PathBuf>,
+        sqlite: &std::collections::HashSet<String>,
+    ) -> Result<ReplicaGroup> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(REPLICA_META_FILE);
         let (meta, v) = SlotFile::open(&meta_path, REPLICA_META_MAGIC, 2, &[0, 0])?;
@@ -86,7 +131,21 @@ impl ReplicaGroup {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
-            res.insert(rname, Resource { path, file });
+            let sqlite = sqlite.contains(&rname);
+            let lock = if sqlite {
+                Some(lock_connection(&path)?)
+            } else {
+                None
+            };
+            res.insert(
+                rname,
+                Resource {
+                    path,
+                    file,
+                    sqlite,
+                    lock,
+                },
+            );
         }
         Ok(ReplicaGroup {
             name: name.to_owned(),
@@ -94,7 +153,9 @@ impl ReplicaGroup {
             inner: Mutex::new(Inner {
                 meta,
                 watermark,
+                persisted: watermark,
                 fence,
+                pending: HashMap::new(),
                 resources: res,
                 decoder: Decoder::new()?,
             }),
@@ -166,7 +227,7 @@ impl ReplicaGroup {
     pub fn set_fence(&self, epoch: Epoch) -> Result<()> {
         let mut inner = self.inner();
         if epoch > inner.fence {
-            let wm = inner.watermark;
+            let wm = inner.persisted;
             inner.meta.write(&[wm.0, epoch.0])?;
             inner.fence = epoch;
         }
@@ -183,6 +244,8 @@ impl ReplicaGroup {
         let fence = inner.fence;
         inner.meta.write(&[seq.0, fence.0])?;
         inner.watermark = seq;
+        inner.persisted = seq;
+        inner.pending.clear();
         Ok(())
     }
 
@@ -222,7 +285,7 @@ impl ReplicaGroup {
     ) -> Result<Vec<ShipResponse>> {
         let mut guard = self.inner();
         let inner: &mut Inner = &mut guard;
-        let durable = inner.watermark;
+        let durable = inner.persisted;
         let mut touched = BTreeSet::new();
         let mut refusal = None;
         let mut ack = false;
@@ -295,26 +358,30 @@ impl ReplicaGroup {
             };
             stream.awaiting_resend = false;
             if header.meta.epoch > inner.fence {
-                inner.meta.write(&[durable.0, header.meta.epoch.0])?;
+                if let Err(e) = inner.meta.write(&[durable.0, header.meta.epoch.0]) {
+                    rollback(inner);
+                    return Err(e);
+                }
                 inner.fence = header.meta.epoch;
             }
             let mut failed = None;
             for (i, c) in frame.changes.iter().enumerate().skip(skip as usize) {
                 let seq = Seq(header.meta.first_seq.0 + i as u64);
-                match apply_change(&self.name, &inner.resources, c, seq) {
+                match apply_change(&self.name, &inner.resources, &mut inner.pending, c, seq) {
                     Ok(Some(r)) => {
                         touched.insert(r);
                     }
                     Ok(None) => {}
                     Err(
                         e @ (ReplicatorError::UnknownResource { .. }
-                        | ReplicatorError::UnsupportedChange { .. }),
+                        | ReplicatorError::UnsupportedChange { .. }
+                        | ReplicatorError::BadDbChange { .. }),
                     ) => {
                         failed = Some(e);
                         break;
                     }
                     Err(e) => {
-                        inner.watermark = durable;
+                        rollback(inner);
                         return Err(e);
                     }
                 }
@@ -325,19 +392,26 @@ impl ReplicaGroup {
                 refusal = Some(Refusal {
                     seq: inner.watermark.0 + 1,
                     reason: e.to_string(),
-                    resume_from: inner.watermark.0 + 1,
+                    resume_from: resume_mark(inner).0 + 1,
                     fatal: true,
                 });
                 break;
             }
             frames_applied += 1;
         }
-        if inner.watermark > durable {
+        if resume_mark(inner) > durable {
             if let Err(e) = sync_and_persist(inner, &touched) {
-                inner.watermark = durable;
+                rollback(inner);
                 return Err(e);
             }
             ack = true;
+        } else if !touched.is_empty() {
+            // Files written while the mark is held back by another resource's buffered
+            // transaction: still durable before anything is acknowledged.
+            if let Err(e) = sync_and_persist(inner, &touched) {
+                rollback(inner);
+                return Err(e);
+            }
         }
         self.applied_frames
             .fetch_add(frames_applied, Ordering::SeqCst);
@@ -347,7 +421,7 @@ impl ReplicaGroup {
         if ack {
             out.push(ShipResponse {
                 msg: Some(ship_response::Msg::Ack(Ack {
-                    durable_seq: inner.watermark.0,
+                    durable_seq: inner.persisted.0,
                 })),
             });
         }
@@ -383,6 +457,23 @@ impl ReplicaGroup {
     }
 }
 
+/// The highest seq that can be persisted: the watermark, or just before the first page of the
+/// oldest buffered SQLite transaction.
+fn resume_mark(inner: &Inner) -> Seq {
+    inner
+        .pending
+        .values()
+        .map(|p| Seq(p.first_seq.0 - 1))
+        .fold(inner.watermark, Seq::min)
+}
+
+/// After a failed batch: back to the persisted watermark, buffered transactions dropped (they
+/// are resent from there).
+fn rollback(inner: &mut Inner) {
+    inner.watermark = inner.persisted;
+    inner.pending.clear();
+}
+
 fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
     for name in touched {
         if let Some(r) = inner.resources.get(name) {
@@ -391,14 +482,17 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
                 .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
         }
     }
-    let (wm, fence) = (inner.watermark, inner.fence);
-    inner.meta.write(&[wm.0, fence.0])
+    let (wm, fence) = (resume_mark(inner), inner.fence);
+    inner.meta.write(&[wm.0, fence.0])?;
+    inner.persisted = wm;
+    Ok(())
 }
 
 /// Applies one change; returns the resource name when a file was written.
 fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
+    pending: &mut HashMap<String, PendingTxn>,
     c: &Change,
     seq: Seq,
 ) -> Result<Option<String>> {
@@ -412,7 +506,46 @@ fn apply_change(
             group: group.to_owned(),
             resource: c.resource.clone(),
         })?;
+    let unsupported = || ReplicatorError::UnsupportedChange {
+        seq,
+        kind: format!("{:?}", c.kind),
+        resource: c.resource.clone(),
+    };
+    if r.sqlite != matches!(c.kind, ChangeKind::DbPage | ChangeKind::DbCommit) {
+        return Err(unsupported());
+    }
     match c.kind {
+        ChangeKind::DbPage => {
+            buffer_page(pending, c, seq)?;
+            return Ok(None);
+        }
+        ChangeKind::DbCommit => {
+            let txn = pending.remove(&c.resource);
+            // Readers (SQLite, rollback mode) wait while the transaction is written. Only
+            // over a consistent materialised file: SQLite then has nothing to write itself
+            // (on an empty or inconsistent file BEGIN EXCLUSIVE would dirty page 1 and COMMIT
+            // would write it over ours); no reader can read such a file anyway.
+            let mut lock = r.lock.as_ref().filter(|_| materialised(&r.file));
+            if let Some(l) = lock {
+                match l.execute_batch("BEGIN EXCLUSIVE") {
+                    Ok(()) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code != rusqlite::ErrorCode::DatabaseBusy =>
+                    {
+                        // SQLite cannot read the header (not a reader's problem either).
+                        tracing::warn!(resource = %c.resource, error = %e, "replica commit without the SQLite lock");
+                        lock = None;
+                    }
+                    Err(e) => return Err(sqlite_lock_err(&r.path, "begin exclusive", e)),
+                }
+            }
+            let applied = apply_db_commit(r, &c.resource, txn, c.offset, seq);
+            if let Some(lock) = lock {
+                lock.execute_batch("COMMIT")
+                    .map_err(|e| sqlite_lock_err(&r.path, "release exclusive", e))?;
+            }
+            applied?;
+        }
         ChangeKind::Write => r
             .file
             .write_all_at(&c.data, c.offset)
@@ -428,15 +561,149 @@ fn apply_change(
                 done += n as u64;
             }
         }
-        other => {
-            return Err(ReplicatorError::UnsupportedChange {
-                seq,
-                kind: format!("{other:?}"),
-                resource: c.resource.clone(),
-            })
-        }
+        ChangeKind::Barrier => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
+}
+
+/// How long a commit waits for readers of the replica database to release their locks.
+const DB_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn lock_connection(path: &Path) -> Result<rusqlite::Connection> {
+    let err = |op| {
+        move |e: rusqlite::Error| ReplicatorError::Sqlite {
+            path: path.to_owned(),
+            op,
+            reason: e.to_string(),
+        }
+    };
+    let c = rusqlite::Connection::open(path).map_err(err("open lock connection"))?;
+    c.busy_timeout(DB_LOCK_TIMEOUT)
+        .map_err(err("busy_timeout"))?;
+    Ok(c)
+}
+
+/// Whether the file is a database this applier materialised: rollback-mode header (18/19 =
+/// 1), valid in-header size, and a length of exactly that many pages.
+fn materialised(file: &File) -> bool {
+    let mut head = [0u8; crate::sqlite_wal::DB_HEADER_LEN];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false;
+    }
+    let Ok(h) = crate::sqlite_wal::DbHeader::parse(&head) else {
+        return false;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    head[18] == 1
+        && head[19] == 1
+        && h.db_size
+            .is_some_and(|n| u64::from(n) * u64::from(h.page_size) == len)
+}
+
+fn sqlite_lock_err(path: &Path, op: &'static str, e: rusqlite::Error) -> ReplicatorError {
+    ReplicatorError::Sqlite {
+        path: path.to_owned(),
+        op,
+        reason: e.to_string(),
+    }
+}
+
+fn bad_db(seq: Seq, resource: &str, reason: String) -> ReplicatorError {
+    ReplicatorError::BadDbChange {
+        seq,
+        resource: resource.to_owned(),
+        reason,
+    }
+}
+
+/// Buffers one page of a SQLite transaction (page number in `offset`).
+fn buffer_page(pending: &mut HashMap<String, PendingTxn>, c: &Change, seq: Seq) -> Result<()> {
+    let size = c.data.len() as u32;
+    if !(512..=65536).contains(&size) || !size.is_power_of_two() || c.offset == 0 {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!("page {} of {} bytes", c.offset, c.data.len()),
+        ));
+    }
+    let txn = pending
+        .entry(c.resource.clone())
+        .or_insert_with(|| PendingTxn {
+            first_seq: seq,
+            page_size: size,
+            bytes: 0,
+            pages: Default::default(),
+        });
+    if txn.page_size != size {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!(
+                "page {} has {size} bytes, the transaction's pages have {}",
+                c.offset, txn.page_size
+            ),
+        ));
+    }
+    if txn.bytes + u64::from(size) > MAX_DB_TXN_BYTES {
+        return Err(bad_db(
+            seq,
+            &c.resource,
+            format!("transaction over the {MAX_DB_TXN_BYTES}-byte limit"),
+        ));
+    }
+    if txn.pages.insert(c.offset, c.data.clone()).is_none() {
+        txn.bytes += u64::from(size);
+    }
+    Ok(())
+}
+
+/// Writes a whole committed transaction into the database file, cuts the file to `db_size`
+/// pages and rewrites the header for a rollback-journal reader.
+fn apply_db_commit(
+    r: &Resource,
+    resource: &str,
+    txn: Option<PendingTxn>,
+    db_size: u64,
+    seq: Seq,
+) -> Result<()> {
+    use crate::sqlite_wal::{materialise_header, DbHeader, DB_HEADER_LEN};
+    let mut head = [0u8; DB_HEADER_LEN];
+    let page_size = match &txn {
+        Some(t) => u64::from(t.page_size),
+        None => {
+            // A commit without pages: keep the file's page size.
+            r.file
+                .read_exact_at(&mut head, 0)
+                .map_err(|e| ReplicatorError::io("read header", &r.path, e))?;
+            let h = DbHeader::parse(&head).map_err(|e| bad_db(seq, resource, e.to_string()))?;
+            u64::from(h.page_size)
+        }
+    };
+    if db_size == 0 || db_size > u64::from(u32::MAX) {
+        return Err(bad_db(
+            seq,
+            resource,
+            format!("commit size {db_size} pages"),
+        ));
+    }
+    if let Some(t) = &txn {
+        for (pgno, data) in t.pages.range(..=db_size) {
+            r.file
+                .write_all_at(data, (pgno - 1) * page_size)
+                .map_err(|e| ReplicatorError::io("pwrite page", &r.path, e))?;
+        }
+    }
+    r.file
+        .set_len(db_size * page_size)
+        .map_err(|e| ReplicatorError::io("truncate", &r.path, e))?;
+    r.file
+        .read_exact_at(&mut head, 0)
+        .map_err(|e| ReplicatorError::io("read header", &r.path, e))?;
+    DbHeader::parse(&head).map_err(|e| bad_db(seq, resource, format!("after commit: {e}")))?;
+    materialise_header(&mut head, db_size as u32);
+    r.file
+        .write_all_at(&head, 0)
+        .map_err(|e| ReplicatorError::io("pwrite header", &r.path, e))
 }
 
 #[cfg(test)]
@@ -594,6 +861,123 @@ mod tests {
             g.read_resource("vol", 0, 8).unwrap(),
             [1, 1, 1, 1, 2, 2, 2, 2]
         );
+    }
+
+    fn db_setup() -> (tempfile::TempDir, ReplicaGroup) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut res = HashMap::new();
+        res.insert("db".to_owned(), dir.path().join("r.db"));
+        let sq = ["db".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        (dir, g)
+    }
+
+    fn page(pgno: u64, fill: u8) -> Change {
+        let mut data = vec![fill; 512];
+        if pgno == 1 {
+            data[..16].copy_from_slice(crate::sqlite_wal::DB_MAGIC);
+            data[16..18].copy_from_slice(&512u16.to_be_bytes());
+            data[18] = 2;
+            data[19] = 2;
+            data[21..24].copy_from_slice(&[64, 32, 32]);
+        }
+        Change {
+            resource: "db".into(),
+            kind: ChangeKind::DbPage,
+            offset: pgno,
+            length: 512,
+            captured_ms: 0,
+            data,
+        }
+    }
+
+    fn commit(pages: u64) -> Change {
+        Change {
+            resource: "db".into(),
+            kind: ChangeKind::DbCommit,
+            offset: pages,
+            length: 0,
+            captured_ms: 0,
+            data: vec![],
+        }
+    }
+
+    #[test]
+    fn sqlite_transaction_split_over_batches_applies_only_at_commit() {
+        let (dir, g) = db_setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[page(1, 0), page(2, 7), commit(2)]);
+        let out = g.receive_batch(vec![f1], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(3));
+        let file = dir.path().join("r.db");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+        let head = g.read_resource("db", 0, 100).unwrap();
+        assert_eq!(
+            (head[18], head[19]),
+            (1, 1),
+            "materialised for rollback readers"
+        );
+        // The next transaction's pages arrive in one batch, its commit in the next.
+        let f2 = enc("g", 1, 4, &[page(2, 8), page(3, 9)]);
+        let out = g.receive_batch(vec![f2], &mut st).unwrap();
+        assert_eq!(acked(&out), None, "nothing new is durable: no ack");
+        assert_eq!(g.watermark(), Seq(5));
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [7]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+        let f3 = enc("g", 1, 6, &[commit(3)]);
+        let out = g.receive_batch(vec![f3], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(6));
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [8]);
+        assert_eq!(g.read_resource("db", 1024, 1).unwrap(), [9]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1536);
+    }
+
+    #[test]
+    fn sqlite_replica_restarted_mid_transaction_resumes_before_its_first_page() {
+        let (dir, g) = db_setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[page(1, 0), commit(1), page(1, 0)]);
+        g.receive_batch(vec![f1], &mut st).unwrap();
+        drop(g);
+        let mut res = HashMap::new();
+        res.insert("db".to_owned(), dir.path().join("r.db"));
+        let sq = ["db".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        assert_eq!(g.watermark(), Seq(2));
+    }
+
+    #[test]
+    fn sqlite_resource_refuses_volume_writes_and_volume_refuses_pages() {
+        let (_d, g) = db_setup();
+        let mut st = StreamState::default();
+        let f = enc("g", 1, 1, &[Change::write("db", 0, vec![1; 4], 0)]);
+        assert!(
+            refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+                .unwrap()
+                .fatal
+        );
+        let (_d, g) = setup();
+        let mut p = page(1, 0);
+        p.resource = "vol".into();
+        let f = enc("g", 1, 1, &[p]);
+        let mut st = StreamState::default();
+        assert!(
+            refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+                .unwrap()
+                .fatal
+        );
+    }
+
+    #[test]
+    fn sqlite_page_of_bad_size_is_refused() {
+        let (_d, g) = db_setup();
+        let mut st = StreamState::default();
+        let mut p = page(2, 0);
+        p.data.truncate(500);
+        p.length = 500;
+        let f = enc("g", 1, 1, &[p]);
+        let r = refusal(&g.receive_batch(vec![f], &mut st).unwrap()).unwrap();
+        assert!(r.fatal && r.reason.contains("500 bytes"), "{r:?}");
     }
 
     #[test]

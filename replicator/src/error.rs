@@ -78,6 +78,35 @@ pub enum ReplicatorError {
         /// Its resource.
         resource: String,
     },
+    /// A database change (page or commit) that cannot be applied as a whole transaction.
+    #[error("change seq {seq} for sqlite resource {resource:?}: {reason}")]
+    BadDbChange {
+        /// Seq of the change.
+        seq: Seq,
+        /// Its resource.
+        resource: String,
+        /// What is wrong (page size, order, transaction too large).
+        reason: String,
+    },
+    /// A SQLite call on a captured database failed.
+    #[error("sqlite {path}: {op}: {reason}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The SQLite error.
+        reason: String,
+    },
+    /// A WAL or database header of a captured database is malformed.
+    #[error("{path}: {source}")]
+    Wal {
+        /// The WAL or database file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: crate::sqlite_wal::WalError,
+    },
     /// The pipeline or one of its tasks has stopped.
     #[error("pipeline for group {0} is closed")]
     Closed(String),

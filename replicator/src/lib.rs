@@ -14,6 +14,9 @@
 //! - [`merkle`]: merkle trees of blake3 block hashes, their diff and wire form (pure).
 //! - [`scan`]: hashing files into trees, and the `scan` capture source built on it.
 //! - [`resync`]: resync and verify of a resource between two replicators over gRPC.
+//! - [`sqlite`]: the `sqlite` capture source, following a live database's WAL (Litestream
+//!   style) and shipping whole transactions as pages + commit.
+//! - [`sqlite_wal`]: pure parsing of SQLite WAL files and database headers.
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`error`]: the crate's error type.
 
@@ -29,4 +32,6 @@ pub mod receive;
 pub mod resync;
 pub mod scan;
 pub mod ship;
+pub mod sqlite;
+pub mod sqlite_wal;
 pub mod volume;

@@ -1,0 +1,556 @@
+//! The `sqlite` capture source: follows a live SQLite database in WAL mode the way Litestream
+//! does and submits every committed transaction to the group pipeline as `DbPage` changes
+//! (one per page, page number in `offset`) followed by one `DbCommit` (database size in pages).
+//!
+//! How it stays correct while the application writes:
+//! - It holds a read transaction on the database at all times (one connection). While it is
+//!   held SQLite cannot restart the WAL: frames are only appended, so frames not yet read are
+//!   never overwritten, whatever checkpoints other connections run (a PASSIVE or automatic
+//!   checkpoint can only copy frames into the database file; RESTART/TRUNCATE wait on us).
+//! - It parses the WAL file itself ([`crate::sqlite_wal`]): salts and cumulative checksums
+//!   verified as SQLite does; only frames up to a commit frame are taken.
+//! - It checkpoints itself when the WAL passes [`SqliteOptions::checkpoint_bytes`]: it takes
+//!   the write lock (`BEGIN IMMEDIATE` on a second connection: application writers wait on
+//!   their busy timeout), reads the rest of the WAL, ends its read transaction, runs a PASSIVE
+//!   checkpoint, starts a new read transaction, then releases the write lock. The next
+//!   application write restarts the WAL (new salts): the source sees the new generation and
+//!   reads it from its first frame.
+//! - Safety net: a new WAL generation whose salt-1 is not exactly one more than the last one
+//!   seen (SQLite raises salt-1 by one at every restart; the header's checkpoint seq is kept
+//!   per connection and is no use across processes), or a WAL shorter than the read position, means frames may have been
+//!   missed: the source ships a full snapshot again.
+//! - Start: always a full snapshot (database file pages with the committed WAL pages laid
+//!   over them), so a restarted source never depends on state it did not keep.
+//!
+//! Requirement on the application: none for correctness; `PRAGMA wal_autocheckpoint=0` is
+//! recommended (as Litestream does) so that checkpoints happen only here, and a busy timeout
+//! (`PRAGMA busy_timeout`) of a few seconds so writers wait out the short write lock taken at
+//! each checkpoint. The WAL file keeps its largest size (it is reused, not truncated) unless
+//! the application sets `journal_size_limit`.
+
+use crate::error::{ReplicatorError, Result};
+use crate::pipeline::GroupPipeline;
+use crate::sqlite_wal::{
+    next_step, scan_frames, DbHeader, WalCursor, WalHeader, WalStep, WalTxn, DB_HEADER_LEN,
+    WAL_HEADER_LEN,
+};
+use rusqlite::Connection;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_core::frame::{Change, ChangeKind};
+use tokio::sync::watch;
+
+/// Settings of one SQLite source.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How often the WAL is read (default 100 ms).
+    pub poll_interval: Duration,
+    /// WAL size in bytes past which the source checkpoints (default 4 MiB; 0 never).
+    pub checkpoint_bytes: u64,
+    /// Busy timeout of the source's connections (default 5 s).
+    pub busy_timeout: Duration,
+    /// Largest submission to the pipeline in page bytes (default 16 MiB); a larger
+    /// transaction is split, the replica buffers it until its commit.
+    pub max_submit_bytes: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            poll_interval: Duration::from_millis(100),
+            checkpoint_bytes: 4 << 20,
+            busy_timeout: Duration::from_secs(5),
+            max_submit_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Counters of a source (shared: readable while [`SqliteSource::run`] owns the source).
+#[derive(Debug, Default)]
+pub struct SqliteStats {
+    /// Transactions captured from the WAL.
+    pub transactions: AtomicU64,
+    /// Pages captured (WAL and snapshots).
+    pub pages: AtomicU64,
+    /// Full snapshots shipped (one at start, more only after a detected discontinuity).
+    pub snapshots: AtomicU64,
+    /// Checkpoints this source ran.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints skipped because the write lock stayed busy.
+    pub checkpoints_busy: AtomicU64,
+    /// WAL restarts (new generations) seen.
+    pub wal_restarts: AtomicU64,
+    /// Seq of the last change submitted (0: none yet).
+    pub last_seq: AtomicU64,
+}
+
+/// One submission: changes that go to the pipeline in one `submit`, in order.
+pub type Batch = Vec<Change>;
+
+/// A live SQLite database followed through its WAL.
+pub struct SqliteSource {
+    resource: String,
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    opts: SqliteOptions,
+    reader: Connection,
+    writer: Connection,
+    page_size: u32,
+    cursor: Option<WalCursor>,
+    stats: Arc<SqliteStats>,
+    /// The database file, opened once after SQLite created it and closed after the
+    /// connections: closing any descriptor of a file drops every POSIX lock this process
+    /// holds on it, SQLite's included, so it is never opened and closed while they live.
+    db_file: File,
+}
+
+impl std::fmt::Debug for SqliteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSource")
+            .field("resource", &self.resource)
+            .field("db_path", &self.db_path)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sql_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl Fn(rusqlite::Error) -> ReplicatorError + 'a {
+    move |e| ReplicatorError::Sqlite {
+        path: path.to_owned(),
+        op,
+        reason: e.to_string(),
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl SqliteSource {
+    /// Opens the database at `db_path` (switching it to WAL mode if needed) for the resource
+    /// `resource` and starts holding a read transaction. Nothing is read yet: call
+    /// [`SqliteSource::snapshot`] (or [`SqliteSource::run`], which does).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Sqlite`] when the database cannot be opened or put in WAL mode.
+    pub fn open(resource: &str, db_path: &Path, opts: SqliteOptions) -> Result<SqliteSource> {
+        let open = |op| -> Result<Connection> {
+            let c = Connection::open(db_path).map_err(sql_err(db_path, op))?;
+            c.busy_timeout(opts.busy_timeout)
+                .map_err(sql_err(db_path, "busy_timeout"))?;
+            Ok(c)
+        };
+        let reader = open("open reader")?;
+        let db_file = File::open(db_path).map_err(|e| ReplicatorError::io("open", db_path, e))?;
+        let writer = open("open writer")?;
+        let mode: String = reader
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql_err(db_path, "journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(ReplicatorError::Sqlite {
+                path: db_path.to_owned(),
+                op: "journal_mode=WAL",
+                reason: format!("journal mode stays {mode}"),
+            });
+        }
+        for c in [&reader, &writer] {
+            c.execute_batch("PRAGMA wal_autocheckpoint=0")
+                .map_err(sql_err(db_path, "wal_autocheckpoint"))?;
+        }
+        let page_size: u32 = reader
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sql_err(db_path, "page_size"))?;
+        let mut wal_path = db_path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let src = SqliteSource {
+            resource: resource.to_owned(),
+            db_path: db_path.to_owned(),
+            wal_path: PathBuf::from(wal_path),
+            opts,
+            reader,
+            writer,
+            page_size,
+            cursor: None,
+            stats: Arc::default(),
+            db_file,
+        };
+        src.pin()?;
+        Ok(src)
+    }
+
+    /// The counters of this source.
+    pub fn stats(&self) -> Arc<SqliteStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Starts the long read transaction that keeps the WAL from restarting under us.
+    fn pin(&self) -> Result<()> {
+        self.reader
+            .execute_batch("BEGIN")
+            .map_err(sql_err(&self.db_path, "begin read"))?;
+        self.reader
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql_err(&self.db_path, "read sqlite_master"))?;
+        Ok(())
+    }
+
+    fn unpin(&self) -> Result<()> {
+        self.reader
+            .execute_batch("COMMIT")
+            .map_err(sql_err(&self.db_path, "end read"))
+    }
+
+    fn wal_err(&self, path: &Path) -> impl Fn(crate::sqlite_wal::WalError) -> ReplicatorError {
+        let path = path.to_owned();
+        move |source| ReplicatorError::Wal {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Reads the WAL header and the WAL bytes from `from` (or from the first frame when
+    /// `from` is past the end); `None` when the WAL is missing or its header is not (yet)
+    /// valid.
+    fn read_wal(&self, from: Option<&WalCursor>) -> Result<Option<WalTail>> {
+        let rd = |e| ReplicatorError::io("read", &self.wal_path, e);
+        let file = match File::open(&self.wal_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(rd(e)),
+        };
+        let len = file.metadata().map_err(rd)?.len();
+        let mut head = [0u8; WAL_HEADER_LEN];
+        if len < WAL_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut head, 0).map_err(rd)?;
+        let header = match WalHeader::parse(&head) {
+            Ok(h) if h.page_size == self.page_size => h,
+            Ok(h) => {
+                return Err(ReplicatorError::Wal {
+                    path: self.wal_path.clone(),
+                    source: crate::sqlite_wal::WalError::BadPageSize(h.page_size),
+                })
+            }
+            // A header being rewritten at a restart: nothing to read yet.
+            Err(_) => return Ok(None),
+        };
+        let base = match from {
+            Some(c) if c.same_generation(&header) && c.offset <= len => c.offset,
+            _ => WAL_HEADER_LEN as u64,
+        };
+        let mut bytes = vec![0u8; (len - base) as usize];
+        file.read_exact_at(&mut bytes, base).map_err(rd)?;
+        Ok(Some(WalTail {
+            header,
+            len,
+            base,
+            bytes,
+        }))
+    }
+
+    /// Builds the full-database transaction: every page of the database file with the
+    /// committed WAL pages laid over it, then the commit. Sets the read position after the
+    /// last committed WAL frame.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] or [`ReplicatorError::Wal`] reading the files.
+    pub fn snapshot(&mut self) -> Result<Vec<Batch>> {
+        let wal = self.read_wal(None)?;
+        let mut overlay: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        let mut wal_size = None;
+        self.cursor = None;
+        if let Some(w) = &wal {
+            let start = WalCursor::start(&w.header);
+            let txns = scan_frames(&w.header, &start, &w.bytes);
+            let mut end = start;
+            for t in &txns {
+                for &(p, at) in &t.pages {
+                    overlay.insert(p, w.page(at, self.page_size).to_vec());
+                }
+                wal_size = Some(t.db_size);
+                end = t.end;
+            }
+            self.cursor = Some(end);
+        }
+        let file = &self.db_file;
+        let file_len = file
+            .metadata()
+            .map_err(|e| ReplicatorError::io("stat", &self.db_path, e))?
+            .len();
+        let db_size = match wal_size {
+            Some(n) => n,
+            None if file_len >= DB_HEADER_LEN as u64 => {
+                let mut head = [0u8; DB_HEADER_LEN];
+                file.read_exact_at(&mut head, 0)
+                    .map_err(|e| ReplicatorError::io("read header", &self.db_path, e))?;
+                let h = DbHeader::parse(&head).map_err(self.wal_err(&self.db_path))?;
+                h.db_size
+                    .unwrap_or((file_len / u64::from(self.page_size)) as u32)
+            }
+            None => 0,
+        };
+        if db_size == 0 {
+            return Ok(Vec::new());
+        }
+        let ps = self.page_size as usize;
+        let ms = now_ms();
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        for p in 1..=db_size {
+            let data = match overlay.remove(&p) {
+                Some(d) => d,
+                None => {
+                    let mut d = vec![0u8; ps];
+                    let off = u64::from(p - 1) * ps as u64;
+                    if off < file_len {
+                        file.read_exact_at(&mut d, off)
+                            .map_err(|e| ReplicatorError::io("read page", &self.db_path, e))?;
+                    }
+                    d
+                }
+            };
+            batch.push(db_page(&self.resource, p, data, ms));
+            if batch.len() * ps >= self.opts.max_submit_bytes {
+                out.push(std::mem::take(&mut batch));
+            }
+        }
+        batch.push(db_commit(&self.resource, db_size, ms));
+        out.push(batch);
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .pages
+            .fetch_add(u64::from(db_size), Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Reads the transactions committed to the WAL since the last call, and checkpoints when
+    /// the WAL has grown past the threshold. Returns the submissions in order.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`], [`ReplicatorError::Wal`] or [`ReplicatorError::Sqlite`].
+    pub fn poll(&mut self) -> Result<Vec<Batch>> {
+        let (mut out, used) = self.read_new()?;
+        if self.opts.checkpoint_bytes > 0 && used > self.opts.checkpoint_bytes {
+            out.extend(self.checkpoint()?);
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints now (see the module doc); returns the transactions read under the write
+    /// lock just before it. `Ok(vec![])` without checkpointing when the write lock is busy.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`], [`ReplicatorError::Wal`] or [`ReplicatorError::Sqlite`].
+    pub fn checkpoint(&mut self) -> Result<Vec<Batch>> {
+        match self.writer.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                self.stats.checkpoints_busy.fetch_add(1, Ordering::Relaxed);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(sql_err(&self.db_path, "begin immediate")(e)),
+        }
+        let res = self.checkpoint_locked();
+        let rolled = self
+            .writer
+            .execute_batch("ROLLBACK")
+            .map_err(sql_err(&self.db_path, "release write lock"));
+        let out = res?;
+        rolled?;
+        Ok(out)
+    }
+
+    fn checkpoint_locked(&mut self) -> Result<Vec<Batch>> {
+        let (out, _) = self.read_new()?;
+        self.unpin()?;
+        let ckpt = self
+            .reader
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(sql_err(&self.db_path, "wal_checkpoint(PASSIVE)"));
+        let pinned = self.pin();
+        let (busy, log, done) = ckpt?;
+        pinned?;
+        tracing::debug!(resource = %self.resource, busy, log, done, "sqlite checkpoint");
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Reads new committed transactions; returns them and the WAL bytes in use.
+    fn read_new(&mut self) -> Result<(Vec<Batch>, u64)> {
+        let Some(w) = self.read_wal(self.cursor.as_ref())? else {
+            return Ok((Vec::new(), 0));
+        };
+        let (h, wal_len) = (w.header, w.len);
+        let cursor = match next_step(self.cursor.as_ref(), &h, wal_len) {
+            WalStep::Continue(c) => c,
+            WalStep::Restarted(c) => {
+                self.stats.wal_restarts.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            WalStep::Resnapshot => {
+                tracing::warn!(resource = %self.resource, salt1 = h.salt1,
+                    "WAL frames may have been missed (restarted more than once, or shorter than the read position): full snapshot");
+                return Ok((self.snapshot()?, wal_len));
+            }
+        };
+        // `read_wal` started the tail at the cursor, or at the first frame of a new generation.
+        let skip = cursor.offset.saturating_sub(w.base) as usize;
+        let txns = scan_frames(&h, &cursor, &w.bytes[skip..]);
+        let mut out = Vec::new();
+        for t in &txns {
+            self.txn_batches(t, &w, &mut out);
+            self.cursor = Some(t.end);
+        }
+        if txns.is_empty() {
+            self.cursor = Some(cursor);
+        }
+        // The part of the WAL in use by this generation (the file itself is reused after a
+        // restart and keeps its largest size).
+        let used = self.cursor.map_or(wal_len, |c| c.offset);
+        Ok((out, used))
+    }
+
+    fn txn_batches(&self, t: &WalTxn, wal: &WalTail, out: &mut Vec<Batch>) {
+        let ms = now_ms();
+        let ps = self.page_size as usize;
+        // Small transactions of one poll share a submission (one journal write for many).
+        let fits = out
+            .last()
+            .is_some_and(|b| (b.len() + t.pages.len()) * ps <= self.opts.max_submit_bytes);
+        let mut batch = if fits {
+            out.pop().unwrap_or_default()
+        } else {
+            Vec::with_capacity(t.pages.len() + 1)
+        };
+        for &(p, at) in &t.pages {
+            batch.push(db_page(
+                &self.resource,
+                p,
+                wal.page(at, self.page_size).to_vec(),
+                ms,
+            ));
+            if batch.len() * ps >= self.opts.max_submit_bytes {
+                out.push(std::mem::take(&mut batch));
+            }
+        }
+        batch.push(db_commit(&self.resource, t.db_size, ms));
+        out.push(batch);
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .pages
+            .fetch_add(t.pages.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs the source: a full snapshot, then every `poll_interval` the new transactions,
+    /// submitted in order to `pipeline`, until `shutdown` turns true. A journal-full refusal
+    /// is retried; any other error ends the run.
+    ///
+    /// # Errors
+    /// The first error reading the database or submitting to the pipeline.
+    pub async fn run(
+        self,
+        pipeline: Arc<GroupPipeline>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let interval = self.opts.poll_interval;
+        let stats = self.stats();
+        let mut src = Some(self);
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let Some(mut s) = src.take() else {
+                return Ok(());
+            };
+            let (s, batches) = tokio::task::spawn_blocking(move || {
+                let r = if first { s.snapshot() } else { s.poll() };
+                (s, r)
+            })
+            .await
+            .map_err(|e| ReplicatorError::Task(e.to_string()))?;
+            src = Some(s);
+            first = false;
+            for b in batches? {
+                let seq = submit_retrying(&pipeline, b, &mut shutdown).await?;
+                stats.last_seq.store(seq.0, Ordering::Relaxed);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+async fn submit_retrying(
+    pipeline: &GroupPipeline,
+    batch: Batch,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<tandem_core::ids::Seq> {
+    loop {
+        match pipeline.submit(batch.clone()).await {
+            Err(e) if e.is_retryable() && !*shutdown.borrow() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The WAL header and the bytes of the WAL file from `base` to its end (`len`).
+struct WalTail {
+    header: WalHeader,
+    len: u64,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl WalTail {
+    /// The page image at WAL byte `at` (an offset `scan_frames` returned for these bytes).
+    fn page(&self, at: u64, page_size: u32) -> &[u8] {
+        let i = (at - self.base) as usize;
+        &self.bytes[i..i + page_size as usize]
+    }
+}
+
+fn db_page(resource: &str, pgno: u32, data: Vec<u8>, captured_ms: i64) -> Change {
+    Change {
+        resource: resource.to_owned(),
+        kind: ChangeKind::DbPage,
+        offset: u64::from(pgno),
+        length: data.len() as u64,
+        captured_ms,
+        data,
+    }
+}
+
+fn db_commit(resource: &str, db_size: u32, captured_ms: i64) -> Change {
+    Change {
+        resource: resource.to_owned(),
+        kind: ChangeKind::DbCommit,
+        offset: u64::from(db_size),
+        length: 0,
+        captured_ms,
+        data: Vec::new(),
+    }
+}
