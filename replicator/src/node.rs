@@ -290,6 +290,8 @@ enum Role {
 struct GroupRt {
     cfg: Group,
     role: Role,
+    /// Stops the SQLite capture sources of this group (primary only).
+    sqlite_stop: Option<watch::Sender<bool>>,
     cell: Arc<RoleCell>,
     last_shipped: u64,
     last_tick: Instant,
@@ -549,6 +551,7 @@ pub async fn run(
             GroupRt {
                 cfg: g.clone(),
                 role: Role::Unknown,
+                sqlite_stop: None,
                 cell,
                 last_shipped: 0,
                 last_tick: Instant::now(),
@@ -637,6 +640,9 @@ pub async fn run(
 }
 
 async fn stop_role(g: &mut GroupRt) {
+    if let Some(stop) = g.sqlite_stop.take() {
+        let _ = stop.send(true);
+    }
     let role = std::mem::replace(&mut g.role, Role::Unknown);
     if let Role::Primary { shipper, .. } = role {
         g.cell.set_pipeline(None);
@@ -824,6 +830,44 @@ fn resource_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> {
         .collect()
 }
 
+/// Names of the group's SQLite resources.
+fn sqlite_names(g: &Group) -> std::collections::HashSet<String> {
+    g.resources
+        .iter()
+        .filter(|r| matches!(r.kind, ResourceKind::Sqlite { .. }))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Local paths of every volume and SQLite resource of the group at this site.
+fn replica_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> {
+    g.resources
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.kind,
+                ResourceKind::Volume { .. } | ResourceKind::Sqlite { .. }
+            )
+        })
+        .filter_map(|r| {
+            rt.topo
+                .resource_path(g, r, &rt.node.site)
+                .map(|p| (r.name.clone(), p))
+        })
+        .collect()
+}
+
+/// Opens the replica side of a group (volumes and SQLite databases).
+fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
+    let paths = replica_paths(rt, g);
+    for p in paths.values() {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        }
+    }
+    ReplicaGroup::open_with_sqlite(&g.name, &replica_dir(rt, &g.name), paths, &sqlite_names(g))
+}
+
 fn peer_replicator(rt: &NodeRt, site: &str) -> Option<String> {
     rt.topo
         .replicators_at(site)
@@ -927,6 +971,42 @@ async fn become_primary(
         cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);
         pipeline.start_shipper(cfg)
     });
+    // SQLite resources: follow each database's WAL into the same pipeline.
+    let names = sqlite_names(&g.cfg);
+    if !names.is_empty() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        for r in g.cfg.resources.iter().filter(|r| names.contains(&r.name)) {
+            let Some(path) = rt.topo.resource_path(&g.cfg, r, &rt.node.site) else {
+                continue;
+            };
+            let (pipeline, stop, res) = (pipeline.clone(), stop_rx.clone(), r.name.clone());
+            tokio::spawn(async move {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let (res2, path2) = (res.clone(), path.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    crate::sqlite::SqliteSource::open(
+                        &res2,
+                        &path2,
+                        crate::sqlite::SqliteOptions::default(),
+                    )
+                })
+                .await;
+                match opened {
+                    Ok(Ok(src)) => {
+                        info!(resource = %res, path = %path.display(), "following the SQLite WAL");
+                        if let Err(e) = src.run(pipeline, stop).await {
+                            warn!(resource = %res, "SQLite capture stopped: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => warn!(resource = %res, "cannot open SQLite database: {e}"),
+                    Err(e) => warn!(resource = %res, "SQLite open task failed: {e}"),
+                }
+            });
+        }
+        g.sqlite_stop = Some(stop_tx);
+    }
     g.cell
         .fenced
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1095,9 +1175,8 @@ async fn become_replica(
         .store(true, std::sync::atomic::Ordering::SeqCst);
     *lock(&g.cell.lease_deadline) = None;
     let rdir = replica_dir(rt, &name);
-    let paths = resource_paths(rt, &g.cfg);
     if let Some(seq) = clean {
-        let rg = Arc::new(ReplicaGroup::open(&name, &rdir, paths)?);
+        let rg = Arc::new(open_replica(rt, &g.cfg)?);
         rg.set_fence(epoch)?;
         rg.reset_watermark(seq)?;
         register_replica(rt, g, epoch, rg);
@@ -1107,7 +1186,7 @@ async fn become_replica(
     let existing = stored_watermark(&rdir)?;
     let needs_resync = was_primary || existing.is_none_or(|w| w == 0);
     if !needs_resync {
-        let rg = Arc::new(ReplicaGroup::open(&name, &rdir, paths)?);
+        let rg = Arc::new(open_replica(rt, &g.cfg)?);
         rg.set_fence(epoch)?;
         register_replica(rt, g, epoch, rg);
         return Ok(());
@@ -1131,14 +1210,11 @@ async fn become_replica(
         loop {
             match resync_from(&rt2, &cfg, &addr).await {
                 Ok(seq) => {
-                    let paths = resource_paths(&rt2, &cfg);
-                    let opened =
-                        ReplicaGroup::open(&cfg.name, &replica_dir(&rt2, &cfg.name), paths)
-                            .and_then(|rg| {
-                                rg.set_fence(epoch)?;
-                                rg.reset_watermark(seq)?;
-                                Ok(rg)
-                            });
+                    let opened = open_replica(&rt2, &cfg).and_then(|rg| {
+                        rg.set_fence(epoch)?;
+                        rg.reset_watermark(seq)?;
+                        Ok(rg)
+                    });
                     match opened {
                         Ok(rg) => {
                             let mut groups = rt2.groups.lock().await;
