@@ -86,26 +86,27 @@ pub fn run(cmd: ChaosCmd) -> Result<()> {
     );
     let mut md = String::from("| scenario | faults | writes acknowledged | lost | max RPO ms | RTO ms | verdict |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for r in &rows {
+        let text = |k: &str| match &r[k] {
+            Value::String(v) => v.clone(),
+            v => v.to_string(),
+        };
+        let cells: Vec<String> = [
+            "scenario",
+            "faults",
+            "acked",
+            "lost",
+            "max_rpo_ms",
+            "rto_ms",
+            "verdict",
+        ]
+        .iter()
+        .map(|k| text(k))
+        .collect();
         println!(
             "{:<30} {:<28} {:>7} {:>5} {:>8} {:>8}  {}",
-            r["scenario"].as_str().unwrap_or(""),
-            r["faults"].as_str().unwrap_or(""),
-            r["acked"],
-            r["lost"],
-            r["max_rpo_ms"],
-            r["rto_ms"],
-            r["verdict"].as_str().unwrap_or("")
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
         );
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            r["scenario"].as_str().unwrap_or(""),
-            r["faults"].as_str().unwrap_or(""),
-            r["acked"],
-            r["lost"],
-            r["max_rpo_ms"],
-            r["rto_ms"],
-            r["verdict"].as_str().unwrap_or("")
-        ));
+        md.push_str(&format!("| {} |\n", cells.join(" | ")));
         if let Some(f) = r["failures"].as_array() {
             for x in f {
                 println!("    {}", x.as_str().unwrap_or(""));
