@@ -112,22 +112,17 @@ pub fn signal(pid: i32, sig: i32) -> Result<bool> {
     }
 }
 
-/// True while `pid` exists (and is not a zombie we could reap).
+/// True while `pid` exists (a child of ours that exited is reaped first, so it does not count
+/// as alive while a zombie).
 pub fn alive(pid: i32) -> bool {
-    reap();
-    signal(pid, 0).unwrap_or(false)
-}
-
-/// Reaps any exited children of this process so they do not linger as zombies.
-fn reap() {
-    loop {
-        // SAFETY: waitpid with WNOHANG and a null status pointer is always sound.
+    if pid > 0 {
+        // SAFETY: waitpid on one pid with WNOHANG and a null status pointer is always sound;
+        // for a pid that is not our child it fails with ECHILD and changes nothing. Only this
+        // pid is reaped, never another child whose status someone else waits for.
         #[allow(unsafe_code)]
-        let rc = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        if rc <= 0 {
-            break;
-        }
+        let _ = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
+    signal(pid, 0).unwrap_or(false)
 }
 
 /// Stops `pid`: SIGTERM, then SIGKILL after `grace`.

@@ -692,7 +692,7 @@ fn reexport_overwrites_in_place_and_still_verifies() {
 
 /// Timing of a large export (run with `--ignored --nocapture`): 100k records, 1% operator reports.
 #[test]
-#[ignore]
+#[ignore = "benchmark, not a check: prints export and verify timings for 100k records; run with --ignored --nocapture"]
 fn large_export_and_verify_timing() {
     let mut c = tandem_coordinator::audit::AuditChain::default();
     for k in 0..100_000i64 {

@@ -989,7 +989,8 @@ impl ConfigError {
     }
 }
 
-fn display_lines(diags: &[Diagnostic]) -> String {
+/// Diagnostics one per line, as `ConfigError::Invalid` (and the runbook errors) print them.
+pub fn display_lines(diags: &[Diagnostic]) -> String {
     let lines: Vec<String> = diags.iter().map(Diagnostic::to_string).collect();
     lines.join("\n")
 }
@@ -1291,8 +1292,9 @@ fn deserialize_group(
 // Diagnostics and spans
 // ---------------------------------------------------------------------------------------------
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset; shared by every TOML parser
+/// that reports `file:line:column` (topology, runbooks).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

@@ -23,6 +23,7 @@ pub mod run;
 pub mod validate;
 
 use std::path::PathBuf;
+use tandem_core::config::display_lines;
 
 pub use condition::{Condition, ConditionEnv, ConditionError};
 pub use model::{
@@ -121,11 +122,6 @@ impl RunbookError {
             _ => &[],
         }
     }
-}
-
-fn display_lines(diags: &[Diagnostic]) -> String {
-    let lines: Vec<String> = diags.iter().map(Diagnostic::to_string).collect();
-    lines.join("\n")
 }
 
 #[cfg(test)]

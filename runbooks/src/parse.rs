@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use std::ops::Range;
 use std::path::Path;
-use tandem_core::config::HumanDuration;
+use tandem_core::config::{line_col, HumanDuration};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -105,18 +105,6 @@ impl SourceMap {
     pub fn file(&self) -> &str {
         &self.file
     }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Sorts diagnostics in file order and drops repeats.
