@@ -24,7 +24,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(name: &str, violations: Vec<String>, notes: Vec<String>) -> Self {
+    pub(crate) fn new(name: &str, violations: Vec<String>, notes: Vec<String>) -> Self {
         Self {
             name: name.to_string(),
             ok: violations.is_empty(),
@@ -260,6 +260,140 @@ pub fn split_brain(history: &History) -> Verdict {
         ));
     }
     Verdict::new("split_brain", violations, notes)
+}
+
+/// Checks that `site` acknowledged no write after `fence_ms` (the end of its last lease, in
+/// history time): a primary cut off from the coordinators must refuse writes once its lease
+/// is over. Only `ok` writes labelled with `site` count; the acknowledgement time is used
+/// (the server answered no later than that).
+pub fn no_ack_after_fence(history: &History, site: &str, fence_ms: u64) -> Verdict {
+    let mut violations = Vec::new();
+    let mut before = 0usize;
+    for op in history.ops() {
+        if op.f != OpFn::Write || op.kind != OpKind::Ok || op.site.as_deref() != Some(site) {
+            continue;
+        }
+        if op.time_ms > fence_ms {
+            violations.push(format!(
+                "{site} acknowledged a write (process {}, offset {}) at {} ms, {} ms after \
+                 its lease ended at {fence_ms} ms",
+                op.process,
+                op.offset.unwrap_or(0),
+                op.time_ms,
+                op.time_ms - fence_ms
+            ));
+        } else {
+            before += 1;
+        }
+    }
+    Verdict::new(
+        "no_ack_after_fence",
+        violations,
+        vec![format!(
+            "{before} writes acknowledged by {site} before its lease ended"
+        )],
+    )
+}
+
+/// One RPO reading taken from the status over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpoSample {
+    /// When, in history time (ms).
+    pub time_ms: u64,
+    /// The RPO reported then, ms.
+    pub rpo_ms: i64,
+}
+
+/// Checks that the RPO rose to at least `min_peak_ms` between `fault_from_ms` and
+/// `fault_until_ms` (the fault really held replication back) and that a reading of at most
+/// `recovered_max_ms` came after `fault_until_ms` (it recovered once the fault was lifted;
+/// 0 = fully caught up). `samples` are in time order.
+pub fn rpo_recovers(
+    samples: &[RpoSample],
+    fault_from_ms: u64,
+    fault_until_ms: u64,
+    min_peak_ms: i64,
+    recovered_max_ms: i64,
+) -> Verdict {
+    let mut violations = Vec::new();
+    let peak = samples
+        .iter()
+        .filter(|s| s.time_ms >= fault_from_ms && s.time_ms <= fault_until_ms)
+        .map(|s| s.rpo_ms)
+        .max();
+    match peak {
+        None => violations.push(format!(
+            "no RPO reading between {fault_from_ms} and {fault_until_ms} ms"
+        )),
+        Some(p) if p < min_peak_ms => violations.push(format!(
+            "RPO peaked at {p} ms while the fault was on, expected at least {min_peak_ms} ms \
+             (the fault did not hold replication back)"
+        )),
+        Some(_) => {}
+    }
+    let recovered = samples
+        .iter()
+        .find(|s| s.time_ms > fault_until_ms && s.rpo_ms <= recovered_max_ms);
+    let mut notes = vec![format!(
+        "peak RPO under the fault: {} ms",
+        peak.unwrap_or(0)
+    )];
+    match recovered {
+        Some(s) => notes.push(format!(
+            "RPO back to {} ms at {} ms, {} ms after the fault was lifted",
+            s.rpo_ms,
+            s.time_ms,
+            s.time_ms - fault_until_ms
+        )),
+        None => violations.push(format!(
+            "RPO never came back to {recovered_max_ms} ms or less after the fault was lifted at \
+             {fault_until_ms} ms (last reading {} ms)",
+            samples.last().map(|s| s.rpo_ms).unwrap_or(0)
+        )),
+    }
+    Verdict::new("rpo_recovers", violations, notes)
+}
+
+/// Checks that corruption injected on a link was noticed and survived: some bytes were
+/// corrupted in flight (`corrupted_bytes`, from the proxy) and the receiver refused frames
+/// that were then re-sent (`refused_frames`, from the sender's log) or the stream broke and
+/// reconnected (`reconnects`). The caller also checks that the data ended identical.
+pub fn corruption_caught(corrupted_bytes: u64, refused_frames: u64, reconnects: u64) -> Verdict {
+    let mut violations = Vec::new();
+    if corrupted_bytes == 0 {
+        violations.push("no byte was corrupted in flight: the fault did not bite".to_owned());
+    } else if refused_frames == 0 && reconnects == 0 {
+        violations.push(format!(
+            "{corrupted_bytes} bytes were corrupted in flight but no frame was refused and the \
+             stream never reconnected: corruption went through unnoticed"
+        ));
+    }
+    Verdict::new(
+        "corruption_caught",
+        violations,
+        vec![format!(
+            "{corrupted_bytes} bytes corrupted in flight, {refused_frames} frames refused and \
+             resent, {reconnects} reconnects"
+        )],
+    )
+}
+
+/// Checks that every node whose journal tail was torn reported truncating it when it
+/// restarted: `logs` holds (node, its log text). A tear without any node is a violation (the
+/// fault never fired).
+pub fn torn_tail_repaired(logs: &[(String, String)]) -> Verdict {
+    let mut violations = Vec::new();
+    if logs.is_empty() {
+        violations.push("no journal tail was torn".to_owned());
+    }
+    for (node, log) in logs {
+        if !log.contains("truncating torn tail") {
+            violations.push(format!(
+                "{node} restarted without truncating its torn journal tail"
+            ));
+        }
+    }
+    Verdict::new("torn_tail_repaired", violations, Vec::new())
 }
 
 /// One epoch seen by one observer (a client process or a site), in the order seen.
@@ -677,6 +811,94 @@ mod tests {
         failed.kind = OpKind::Fail;
         h.append(failed);
         assert!(split_brain(&h).ok);
+    }
+
+    #[test]
+    fn write_acknowledged_by_the_old_primary_after_its_lease_is_caught() {
+        let mut h = History::new();
+        let ok = |site: &str, t: u64| {
+            let mut o = labeled(1, 2, site);
+            o.time_ms = t;
+            o
+        };
+        h.append(ok("east", 900));
+        h.append(ok("west", 1500));
+        let mut failed = ok("east", 1600);
+        failed.kind = OpKind::Fail;
+        h.append(failed);
+        assert!(no_ack_after_fence(&h, "east", 1000).ok);
+        h.append(ok("east", 1200));
+        let v = no_ack_after_fence(&h, "east", 1000);
+        assert!(!v.ok);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("200 ms after"),
+            "{:?}",
+            v.violations
+        );
+    }
+
+    fn rpo(v: &[(u64, i64)]) -> Vec<RpoSample> {
+        v.iter()
+            .map(|&(time_ms, rpo_ms)| RpoSample { time_ms, rpo_ms })
+            .collect()
+    }
+
+    #[test]
+    fn rpo_that_rises_and_recovers_passes() {
+        let s = rpo(&[(0, 0), (1000, 400), (2000, 1500), (3000, 900), (3500, 0)]);
+        let v = rpo_recovers(&s, 500, 3000, 1000, 0);
+        assert!(v.ok, "{:?}", v.violations);
+    }
+
+    #[test]
+    fn rpo_that_never_recovers_or_never_rises_is_caught() {
+        let stuck = rpo(&[(1000, 400), (2000, 1500), (3500, 2500), (4000, 3000)]);
+        let v = rpo_recovers(&stuck, 500, 3000, 1000, 0);
+        assert!(!v.ok);
+        assert!(
+            v.violations[0].contains("never came back"),
+            "{:?}",
+            v.violations
+        );
+        // A tolerance lets a reading of 2500 count; 3000 alone would not.
+        assert!(rpo_recovers(&stuck, 500, 3000, 1000, 2500).ok);
+        assert!(!rpo_recovers(&stuck, 500, 3000, 1000, 2000).ok);
+        let flat = rpo(&[(1000, 0), (2000, 20), (3500, 0)]);
+        let v = rpo_recovers(&flat, 500, 3000, 1000, 0);
+        assert!(
+            v.violations[0].contains("peaked at 20"),
+            "{:?}",
+            v.violations
+        );
+        // A 0 reading before the lift does not count as recovery.
+        let early = rpo(&[(1000, 1500), (2000, 0), (3500, 700)]);
+        assert!(!rpo_recovers(&early, 500, 3000, 1000, 0).ok);
+        assert!(!rpo_recovers(&[], 500, 3000, 1000, 0).ok);
+    }
+
+    #[test]
+    fn corruption_that_nobody_noticed_or_that_never_happened_is_caught() {
+        assert!(corruption_caught(29, 29, 2).ok);
+        assert!(corruption_caught(5, 0, 1).ok);
+        let v = corruption_caught(0, 0, 0);
+        assert!(
+            v.violations[0].contains("did not bite"),
+            "{:?}",
+            v.violations
+        );
+        let v = corruption_caught(12, 0, 0);
+        assert!(v.violations[0].contains("unnoticed"), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn torn_tail_restart_without_truncation_is_caught() {
+        let ok = "... WARN journal: truncating torn tail segment=x".to_owned();
+        assert!(torn_tail_repaired(&[("a".into(), ok.clone())]).ok);
+        let v = torn_tail_repaired(&[("a".into(), ok), ("b".into(), "started".into())]);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0].starts_with("b restarted"));
+        assert!(!torn_tail_repaired(&[]).ok);
     }
 
     #[test]

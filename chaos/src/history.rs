@@ -64,6 +64,8 @@ pub enum OpFn {
     Fault,
     /// A fault was lifted (detail in `note`).
     Heal,
+    /// A database transaction (id in `txn`, the values it wrote in `values`).
+    Txn,
 }
 
 /// One event of a history.
@@ -95,6 +97,12 @@ pub struct Op {
     /// Free text (error message, fault description).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The transaction id (database transactions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<u64>,
+    /// The values a database transaction wrote, one per row, in insertion order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<i64>>,
 }
 
 /// blake3 of `data` as lowercase hex, the form `value_hash` uses.
@@ -116,7 +124,17 @@ impl Op {
             site: None,
             time_ms,
             note: None,
+            txn: None,
+            values: None,
         }
+    }
+
+    /// An event about database transaction `txn` writing `values` (one per row).
+    pub fn txn(process: u64, kind: OpKind, txn: u64, values: &[i64], time_ms: u64) -> Self {
+        let mut op = Self::new(process, kind, OpFn::Txn, time_ms);
+        op.txn = Some(txn);
+        op.values = Some(values.to_vec());
+        op
     }
 
     /// An event about a write of `data` at `offset` (hash and length computed here).

@@ -9,9 +9,14 @@
 //! - [`proxy`]: a TCP fault proxy (latency, jitter, bandwidth, blackhole, reset, slicing,
 //!   bit corruption), changed live through a [`proxy::ProxyHandle`]. The pure parts (token
 //!   bucket, corruption planner) are tested in-file.
+//! - [`mesh`]: one fault proxy per ordered pair of nodes and the per-node topology files that
+//!   make every node dial its peers through them (faults per link, node or site).
 //! - [`history`]: operations and histories as JSON lines, plus a shared recorder with one clock.
 //! - [`checker`]: pure checkers (lost acknowledged writes, split brain, monotonic epochs,
-//!   replica prefix, identical after resync, RTO, double promotion).
+//!   replica prefix, identical after resync, RTO, double promotion, no write acknowledged
+//!   after the lease ended, RPO rising under a fault and recovering).
+//! - [`dbcheck`]: pure checkers for the database workload (committed transactions lost, the
+//!   database a commit prefix with integrity ok, replica identical to the primary).
 //! - [`workload`]: a seeded block-writer workload over any async write function.
 //! - [`nbd_client`]: a minimal NBD client (fixed newstyle, `NBD_OPT_GO`, read, write, flush,
 //!   disconnect) so workloads can write through NBD without qemu.
@@ -22,7 +27,9 @@
 //!   replays the same workload and the same corruption.
 
 pub mod checker;
+pub mod dbcheck;
 pub mod history;
+pub mod mesh;
 pub mod nbd_client;
 pub mod proxy;
 pub mod rng;

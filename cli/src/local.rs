@@ -31,6 +31,16 @@ pub fn log_file(dir: &Path, name: &str) -> PathBuf {
 /// Starts `tandem node --config CONFIG --name NAME` detached in its own process group, logging
 /// to `DIR/NAME.log` (appended) and writing `DIR/NAME.pid`.
 pub fn start_node(config: &Path, name: &str, dir: &Path) -> Result<Started> {
+    start_node_env(config, name, dir, &[])
+}
+
+/// Like [`start_node`], with extra environment variables for the child.
+pub fn start_node_env(
+    config: &Path,
+    name: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<Started> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("finding the tandem binary")?;
     let log = fs::OpenOptions::new()
@@ -45,6 +55,7 @@ pub fn start_node(config: &Path, name: &str, dir: &Path) -> Result<Started> {
         .arg(config)
         .arg("--name")
         .arg(name)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -125,31 +136,31 @@ pub fn alive(pid: i32) -> bool {
     signal(pid, 0).unwrap_or(false)
 }
 
-/// Stops `pid`: SIGTERM, then SIGKILL after `grace`.
-pub fn stop(pid: i32, grace: Duration) -> Result<()> {
-    if !signal(pid, libc::SIGTERM)? {
-        return Ok(());
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !alive(pid) {
-            return Ok(());
+/// Stops every node with a pid file in `dir` and removes the pid files.
+///
+/// All are signalled at once and waited for together (a node exits at most a couple of
+/// seconds after SIGTERM; whatever is left after 5 s is killed).
+pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
+    let nodes = pids_in(dir)?;
+    let mut running = Vec::new();
+    for (_, pid) in &nodes {
+        if signal(*pid, libc::SIGTERM)? {
+            running.push(*pid);
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    signal(pid, libc::SIGKILL)?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
+    while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
-}
-
-/// Stops every node with a pid file in `dir` and removes the pid files.
-pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
+    for pid in running.iter().filter(|p| alive(**p)) {
+        signal(*pid, libc::SIGKILL)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut stopped = Vec::new();
-    for (name, pid) in pids_in(dir)? {
-        stop(pid, Duration::from_secs(5))?;
+    for (name, _) in nodes {
         let _ = fs::remove_file(pid_file(dir, &name));
         stopped.push(name);
     }

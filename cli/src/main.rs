@@ -2,9 +2,13 @@
 //! 1 failed operation, 2 bad usage or bad input.
 
 mod cmd;
+mod dbwriter;
 mod exit;
 mod local;
 mod logging;
+mod progress;
+#[cfg(test)]
+mod reference;
 mod writer;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +25,24 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `tandem=debug`.
     #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
     log: String,
+
+    /// Client identity for calls to the cluster: the certificate `NAME.pem` / `NAME.key` in
+    /// the topology's `[tls] dir` (operator, auditor, viewer, or one you issued).
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_IDENTITY",
+        default_value = "operator"
+    )]
+    identity: String,
+
+    /// Client certificate file (PEM), overriding `--identity`; needs `--key`.
+    #[arg(long, global = true, env = "TANDEM_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// Client private key file (PEM) of `--cert`.
+    #[arg(long, global = true, env = "TANDEM_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -42,8 +64,18 @@ enum Command {
     Pause(cmd::ops::GroupArgs),
     /// Resume replication of a paused group.
     Resume(cmd::ops::GroupArgs),
+    /// Mark a tagged checkpoint in a group's stream (at the primary: a consistent cut).
+    Checkpoint(cmd::pitr::CheckpointArgs),
+    /// List the recovery points the replica's history holds.
+    Checkpoints(cmd::pitr::CheckpointsArgs),
+    /// Build a group's resources as they were at a point in time into a folder at the replica
+    /// site (replication continues); prints time, seq and merkle roots; audited.
+    Recover(cmd::pitr::RecoverArgs),
     /// Compare merkle roots of a group's volumes on primary and replica at a barrier.
     Verify(cmd::verify::Args),
+    /// Resync a group's replica from the primary by merkle diff, with a progress bar
+    /// (joins a resync already running: initial sync, a returning site, a journal overflow).
+    Resync(cmd::resync::Args),
     /// Export or verify the evidence folder auditors read.
     #[command(subcommand)]
     Evidence(cmd::evidence::EvidenceCmd),
@@ -83,13 +115,25 @@ enum Command {
     /// Run the whole product on this machine: three coordinators, two sites, a live
     /// workload, a failover, printed RPO/RTO and an evidence folder.
     Demo(cmd::demo::Args),
+    /// PostgreSQL WAL archiving through the group's stream: archive_command and
+    /// restore_command.
+    #[command(subcommand)]
+    Wal(cmd::wal::WalCmd),
+    /// Certificates for mTLS: a CA, one per node and one per admin role; rotation.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `node` logs to its log file through stdout; everything else logs to stderr.
     logging::init(&cli.log_format, &cli.log);
+    cmd::set_identity(cmd::Identity {
+        name: cli.identity.clone(),
+        cert_key: cli.cert.clone().zip(cli.key.clone()),
+    });
     let result = match cli.command {
+        Command::Certs(c) => cmd::certs::run(c),
         Command::Node(a) => cmd::node::run(a),
         Command::Local(c) => cmd::local::run(c),
         Command::Status(a) => cmd::status::run(a),
@@ -108,9 +152,14 @@ fn main() -> ExitCode {
         Command::Probe(a) => cmd::probe::run(a),
         Command::Audit(a) => cmd::ops::audit(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Checkpoint(a) => cmd::pitr::checkpoint(a),
+        Command::Checkpoints(a) => cmd::pitr::checkpoints(a),
+        Command::Recover(a) => cmd::pitr::recover(a),
+        Command::Resync(a) => cmd::resync::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Chaos(c) => cmd::chaos::run(c),
         Command::Evidence(c) => cmd::evidence::run(c),
+        Command::Wal(c) => cmd::wal::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,5 +168,25 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_reference_in_docs_matches_the_command_definitions() {
+        let text = reference::markdown(Cli::command());
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md");
+        if std::env::var("TANDEM_WRITE_CLI_DOC").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "docs/cli.md is out of date: regenerate with `TANDEM_WRITE_CLI_DOC=1 cargo test -p tandem cli_reference`"
+        );
     }
 }

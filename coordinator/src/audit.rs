@@ -32,6 +32,9 @@ pub enum AuditKind {
     Promote,
     /// A group's state changed (by command or automatically on site loss/return).
     GroupState,
+    /// The primary of a sync group began acknowledging writes without the replica, with the
+    /// coordinators' consent, or went back to synchronous acknowledgements.
+    SyncDegraded,
     /// Replication of a group was paused.
     ReplicationPaused,
     /// Replication of a group was resumed.
@@ -52,13 +55,18 @@ pub enum AuditKind {
     Verify,
     /// A free-form note.
     Note,
+    /// A point-in-time recovery: the recovered point (time, seq) and the merkle roots of the
+    /// recovered copy, so evidence shows exactly which state was recovered.
+    Recover,
 }
 
 impl AuditKind {
     /// Whether a generic `Record` command may use this kind.
     ///
-    /// Kinds that describe decisions of the state machine itself (promotions, leases, fences)
-    /// can only be written by the state machine, so the chain cannot be salted with fake ones.
+    /// Kinds that describe decisions of the state machine itself (promotions, leases, fences,
+    /// sync degradation) can only be written by the state machine, so the chain cannot be
+    /// salted with fake ones. `Refused` is recordable because the admin API records the calls
+    /// it refuses for a certificate's role (only an operator or a coordinator may propose).
     pub fn is_recordable(self) -> bool {
         matches!(
             self,
@@ -68,6 +76,8 @@ impl AuditKind {
                 | AuditKind::Approval
                 | AuditKind::Verify
                 | AuditKind::Note
+                | AuditKind::Recover
+                | AuditKind::Refused
         )
     }
 }
@@ -454,9 +464,13 @@ mod tests {
     #[test]
     fn only_external_kinds_are_recordable() {
         assert!(AuditKind::Verify.is_recordable());
+        assert!(AuditKind::Recover.is_recordable());
         assert!(AuditKind::RunbookStep.is_recordable());
         assert!(!AuditKind::Promote.is_recordable());
         assert!(!AuditKind::LeaseGranted.is_recordable());
-        assert!(!AuditKind::Refused.is_recordable());
+        assert!(!AuditKind::SyncDegraded.is_recordable());
+        assert!(!AuditKind::Fence.is_recordable());
+        // The admin API records the calls it refuses (wrong role) through `Record`.
+        assert!(AuditKind::Refused.is_recordable());
     }
 }

@@ -13,7 +13,7 @@ pub mod derive;
 pub mod html;
 
 use crate::audit::{verify_segment, AuditRecord, ChainError, ZERO_HASH};
-use derive::{RpoRow, RunsDoc};
+use derive::{ResidencyStart, RpoRow, RunsDoc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -52,6 +52,10 @@ pub struct ExportOptions {
     /// When the export was made (unix ms); written into the manifest and report, never read
     /// from a clock here so the output is reproducible.
     pub generated_at_ms: i64,
+    /// Sites and groups as they stood at the window start ([`render`] derives it from the
+    /// records before the window); the residency table starts from it.
+    #[serde(default, skip_serializing_if = "ResidencyStart::is_empty")]
+    pub residency_start: ResidencyStart,
 }
 
 /// Chain summary in the manifest.
@@ -102,6 +106,9 @@ pub struct Manifest {
     pub rto_targets_ms: BTreeMap<String, i64>,
     /// RPO fallback targets used (group → ms).
     pub rpo_targets_ms: BTreeMap<String, i64>,
+    /// Sites and groups as they stood at the window start (from the records before it).
+    #[serde(default, skip_serializing_if = "ResidencyStart::is_empty")]
+    pub residency_start: ResidencyStart,
     /// The exported segment of the chain.
     pub chain: ChainSummary,
     /// Every other file with its size and BLAKE3.
@@ -118,6 +125,7 @@ impl Manifest {
             rto_targets_ms: self.rto_targets_ms.clone(),
             rpo_targets_ms: self.rpo_targets_ms.clone(),
             generated_at_ms: self.generated_at_ms,
+            residency_start: self.residency_start.clone(),
         }
     }
 }
@@ -358,7 +366,8 @@ pub fn render_window(
     first_prev_hash: &str,
     opts: &ExportOptions,
 ) -> Rendered {
-    let runs: RunsDoc = derive::assemble(records, &opts.rto_targets_ms);
+    let mut runs: RunsDoc = derive::assemble(records, &opts.rto_targets_ms);
+    runs.residency = derive::residency(records, &opts.residency_start);
     let rpo: Vec<RpoRow> = derive::rpo_rows(records, &opts.rpo_targets_ms);
     let groups = derive::groups(records, &[&opts.rto_targets_ms, &opts.rpo_targets_ms]);
     let mut manifest = Manifest {
@@ -371,6 +380,7 @@ pub fn render_window(
         to: opts.to_ms,
         rto_targets_ms: opts.rto_targets_ms.clone(),
         rpo_targets_ms: opts.rpo_targets_ms.clone(),
+        residency_start: opts.residency_start.clone(),
         chain: ChainSummary {
             first_index: records.first().map(|r| r.index),
             last_index: records.last().map(|r| r.index),
@@ -423,7 +433,12 @@ pub fn render(records: &[AuditRecord], opts: &ExportOptions) -> Result<Rendered,
         verify_segment(records, first.index, prev).map_err(EvidenceError::InputChain)?;
     }
     let (win, prev) = window(records, opts.from_ms, opts.to_ms)?;
-    Ok(render_window(win, &prev, opts))
+    let before = win.first().map_or(records.len(), |f| {
+        records.partition_point(|r| r.index < f.index)
+    });
+    let mut opts = opts.clone();
+    opts.residency_start = derive::residency_start(&records[..before]);
+    Ok(render_window(win, &prev, &opts))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tandem_core::config::ResourceKind;
 use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{MerkleRequest, OperateRequest, SnapshotRequest};
+use tandem_core::proto::{OperateRequest, SnapshotRequest};
 use tandem_runbooks::run::{self as rb, ApprovalReason, NextAction, RunEvent};
 use tandem_runbooks::{
     plan, validate_against, Action, Command, PlanContext, PlannedStep, Probe, ResolvedSite,
@@ -28,6 +28,11 @@ use tracing::{info, warn};
 
 /// Block size of the Merkle trees a `verify` step compares.
 const VERIFY_BLOCK_SIZE: u32 = 1 << 20;
+/// Merkle block size of the roots a `recover` step records (the same as `tandem recover`'s
+/// default, so both kinds of record compare).
+const RECOVER_BLOCK_SIZE: u32 = 64 << 10;
+/// Blocks of [`VERIFY_BLOCK_SIZE`] hashed under one barrier (64 MiB).
+const VERIFY_CHUNK_BLOCKS: u64 = 64;
 /// Most bytes of an HTTP response read.
 const HTTP_MAX_RESPONSE: usize = 1 << 20;
 /// How often waits poll the state and the live figures.
@@ -193,7 +198,13 @@ pub(crate) async fn operate(
             )
         })),
         "run" => c
-            .read(|s| s.run(&r.run_id).map(|run| serde_json::to_value(run).unwrap_or(Value::Null)))
+            .read(|s| {
+                s.run(&r.run_id).map(|run| {
+                    let mut v = serde_json::to_value(run).unwrap_or(Value::Null);
+                    redact_secrets(&mut v);
+                    v
+                })
+            })
             .ok_or_else(|| Status::not_found(format!("no run {:?}", r.run_id))),
         "approve" | "confirm" | "reject" | "cancel" => {
             let step = if r.op == "cancel" {
@@ -227,6 +238,63 @@ pub(crate) async fn operate(
         other => Err(Status::invalid_argument(format!(
             "unknown operation {other:?} (failover | switchover | drill | failback | runs | run | approve | confirm | reject | cancel)"
         ))),
+    }
+}
+
+/// Header names whose values are credentials: never shown by the admin API.
+const SECRET_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-vault-token",
+];
+
+/// Whether a header carries a credential (the names above, or any with `token`, `secret`,
+/// `password` or `key` in it).
+fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&n.as_str())
+        || ["token", "secret", "password", "key"]
+            .iter()
+            .any(|w| n.contains(w))
+}
+
+/// `http://user:pass@host/p` → `http://***@host/p`: credentials in a URL are never shown.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Replaces credentials in a run's JSON before it leaves the coordinator: the values of secret
+/// `headers` of `http` steps and user:password in `url`s. The executor keeps the real values
+/// (it sends them); status, `tandem run show` and errors never print them.
+pub fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                match (k.as_str(), x) {
+                    ("headers", Value::Object(h)) => {
+                        for (name, value) in h.iter_mut() {
+                            if is_secret_header(name) {
+                                *value = Value::String("<redacted>".into());
+                            }
+                        }
+                    }
+                    ("url", Value::String(u)) => *u = redact_url(u),
+                    (_, x) => redact_secrets(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_secrets),
+        _ => {}
     }
 }
 
@@ -411,6 +479,7 @@ async fn execute(c: &Coordinator, run: &Run, step: &PlannedStep) -> StepResult {
         Action::ResumeReplication => pause(c, run, false).await,
         Action::Verify => verify(c, run).await,
         Action::Snapshot { name } => snapshot(c, run, step, name).await,
+        Action::Recover { name, point } => recover(c, run, step, name, point).await,
         Action::Exec { command, env } => {
             let out = run_command(c, run, step, command, env).await?;
             if out.0 {
@@ -522,12 +591,55 @@ async fn fence(c: &Coordinator, run: &Run) -> StepResult {
 }
 
 /// `promote`: waits out the old lease (`promotion_allowed_at`), then promotes the step's site
-/// (planned for switchover and failback: zero loss required).
+/// (planned for switchover and failback: zero loss required); then every `postgres` resource
+/// of the group at that site leaves recovery (`pg_ctl promote`, waited for).
 async fn promote(c: &Coordinator, run: &Run, step: &PlannedStep) -> StepResult {
     let to_site = match &step.site {
         ResolvedSite::Site(s) => s.clone(),
         ResolvedSite::Coordinator => run.state.plan.replica.clone(),
     };
+    let mut text = promote_group(c, run, &to_site).await?;
+    for line in promote_postgres(c, &run.group, &to_site).await? {
+        text.push('\n');
+        text.push_str(&line);
+    }
+    Ok(text)
+}
+
+/// `pg_ctl promote` of every postgres resource of `group` at `site` (its data directory there),
+/// on this host, as the data directory's owner.
+async fn promote_postgres(
+    c: &Coordinator,
+    group: &str,
+    site: &str,
+) -> Result<Vec<String>, Failure> {
+    let topo = c.topo();
+    let Some(g) = topo.group(group) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for r in &g.resources {
+        let tandem_core::config::ResourceKind::Postgres { bin_dir, .. } = &r.kind else {
+            continue;
+        };
+        let Some(data_dir) = topo.resource_path(g, r, site) else {
+            continue;
+        };
+        let bin = bin_dir.clone();
+        let name = r.name.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            tandem_core::pgctl::promote(&bin, &data_dir, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| Failure::new(format!("pg_ctl promote task: {e}")))?
+        .map_err(|e| Failure::new(format!("postgres resource {name}: {e}")))?;
+        out.push(format!("postgres {name}: {done}"));
+    }
+    Ok(out)
+}
+
+async fn promote_group(c: &Coordinator, run: &Run, to_site: &str) -> StepResult {
+    let to_site = to_site.to_owned();
     let planned = planned_kind(run.kind);
     let t0 = c.now_ms();
     let mut lease_wait_ms = 0;
@@ -703,19 +815,20 @@ fn replicator_addr(c: &Coordinator, site: &str) -> Result<String, Failure> {
 }
 
 async fn replication_client(
+    c: &Coordinator,
     addr: &str,
 ) -> Result<ReplicationClient<tonic::transport::Channel>, Failure> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| Failure::new(format!("{addr}: {e}")))?
+    let net = c.net();
+    let ep = net
+        .endpoint(addr)
+        .map_err(|e| Failure::new(e.to_string()))?
         .connect_timeout(Duration::from_millis(1000))
         .timeout(Duration::from_secs(120));
-    let ch = ep
-        .connect()
+    let ch = net
+        .connect(ep)
         .await
         .map_err(|e| Failure::new(format!("replicator {addr} unreachable: {e}")))?;
-    Ok(ReplicationClient::new(ch)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20))
+    Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch)))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -744,57 +857,50 @@ async fn verify(c: &Coordinator, run: &Run) -> StepResult {
                 .collect()
         })
         .unwrap_or_default();
-    let mut pc = replication_client(&replicator_addr(c, &primary)?).await?;
-    let mut attempts = 0u64;
-    loop {
-        attempts += 1;
-        let mut rows = Vec::new();
-        let mut all_match = true;
-        let mut barrier_error = None;
-        for res in &resources {
-            // One barrier call: the primary holds intake, lets the replica reach the same seq
-            // and answers both trees, so live writes cannot make equal copies look different.
-            let req = MerkleRequest {
-                group: group.into(),
-                resource: res.clone(),
-                block_size: VERIFY_BLOCK_SIZE,
-                barrier: true,
-            };
-            let p = match pc.merkle(req).await {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    barrier_error = Some(s.message().to_owned());
-                    break;
-                }
-                Err(s) => return Err(s.into()),
-            };
-            let m = p.root == p.peer_root && p.length == p.peer_length;
-            all_match &= m;
-            rows.push(json!({"resource": res, "primary_root": hex(&p.root), "replica_root": hex(&p.peer_root),
-                "primary_seq": p.watermark, "replica_seq": p.peer_watermark, "length": p.length, "root_match": m}));
-        }
-        if barrier_error.is_none() {
-            let detail = json!({"run_id": run.state.run_id, "group": group, "primary": primary, "replica": replica,
-                "resources": rows, "root_match": all_match, "ok": all_match, "attempts": attempts});
-            c.propose(
-                json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "verify",
-                "group": group, "detail": detail}),
-            )
-            .await?;
-            let text = serde_json::to_string_pretty(&rows).unwrap_or_default();
-            return if all_match {
-                Ok(format!(
-                    "{} volume(s) identical at both sites\n{text}",
-                    resources.len()
-                ))
-            } else {
-                Err(Failure {
-                    error: "the sites differ".into(),
-                    output: text,
-                })
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut pc = replication_client(c, &replicator_addr(c, &primary)?).await?;
+    let mut rows = Vec::new();
+    let mut all_match = true;
+    for res in &resources {
+        // Barriers chunk by chunk: the primary holds intake while the replica reaches the same
+        // seq and both copies hash one chunk, so live writes cannot make equal copies look
+        // different, and writes pause for one chunk's hashing only. The step's timeout bounds
+        // the retries of a replica that does not catch up.
+        let v = tandem_replicator::resync::verify_chunked(
+            &mut pc,
+            group,
+            res,
+            VERIFY_BLOCK_SIZE,
+            VERIFY_CHUNK_BLOCKS,
+            std::time::Instant::now() + Duration::from_secs(24 * 3600),
+            &mut |_, _| {},
+        )
+        .await
+        .map_err(|e| Failure::new(format!("verify {group}/{res}: {e}")))?;
+        let r = &v.report;
+        all_match &= r.equal;
+        rows.push(json!({"resource": res, "primary_root": hex(&r.root_a), "replica_root": hex(&r.root_b),
+            "primary_seq": v.last_seq, "replica_seq": v.last_seq, "first_seq": v.first_seq, "chunks": v.chunks,
+            "length": r.length_a, "replica_length": r.length_b, "root_match": r.equal,
+            "differing_bytes": tandem_replicator::merkle::describe_byte_ranges(&r.differing_bytes)}));
+    }
+    let detail = json!({"run_id": run.state.run_id, "group": group, "primary": primary, "replica": replica,
+        "resources": rows, "root_match": all_match, "ok": all_match, "attempts": 1});
+    c.propose(
+        json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "verify",
+        "group": group, "detail": detail}),
+    )
+    .await?;
+    let text = serde_json::to_string_pretty(&rows).unwrap_or_default();
+    if all_match {
+        Ok(format!(
+            "{} volume(s) identical at both sites\n{text}",
+            resources.len()
+        ))
+    } else {
+        Err(Failure {
+            error: "the sites differ".into(),
+            output: text,
+        })
     }
 }
 
@@ -809,7 +915,7 @@ async fn snapshot(c: &Coordinator, run: &Run, step: &PlannedStep, name: &str) ->
         ResolvedSite::Site(s) => s.clone(),
         ResolvedSite::Coordinator => run.state.plan.replica.clone(),
     };
-    let mut client = replication_client(&replicator_addr(c, &site)?).await?;
+    let mut client = replication_client(c, &replicator_addr(c, &site)?).await?;
     let req = SnapshotRequest {
         group: run.group.clone(),
         name: snapshot_name(run, name),
@@ -822,6 +928,75 @@ async fn snapshot(c: &Coordinator, run: &Run, step: &PlannedStep, name: &str) ->
         r.dir,
         r.watermark,
         r.paths.join("\n")
+    ))
+}
+
+/// `recover`: the group's resources as they were at a recovery point of the replica's
+/// history, built at the step's site into `DATA_DIR/recovered/GROUP/NAME-RUN`; the point and
+/// the merkle roots of the copy are audited. The first output line is the folder.
+async fn recover(
+    c: &Coordinator,
+    run: &Run,
+    step: &PlannedStep,
+    name: &str,
+    point: &tandem_runbooks::RecoverPoint,
+) -> StepResult {
+    let site = match &step.site {
+        ResolvedSite::Site(s) => s.clone(),
+        ResolvedSite::Coordinator => run.state.plan.replica.clone(),
+    };
+    let mut client = replication_client(c, &replicator_addr(c, &site)?).await?;
+    let (at_ms, tag) = match point {
+        tandem_runbooks::RecoverPoint::Checkpoint(t) => (0, t.clone()),
+        tandem_runbooks::RecoverPoint::Ago(d) => (c.now_ms() - d.as_millis() as i64, String::new()),
+    };
+    let req = tandem_core::proto::RecoverRequest {
+        group: run.group.clone(),
+        at_ms,
+        tag,
+        out_dir: String::new(),
+        block_size: RECOVER_BLOCK_SIZE,
+        name: snapshot_name(run, name),
+    };
+    let r = client.recover(req).await?.into_inner();
+    let p = r
+        .point
+        .as_ref()
+        .ok_or_else(|| Failure::new("the replica answered without a recovery point"))?;
+    let dir = r
+        .resources
+        .first()
+        .and_then(|x| std::path::Path::new(&x.path).parent())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let resources: Vec<Value> = r
+        .resources
+        .iter()
+        .map(|x| json!({"name": x.name, "path": x.path, "length": x.length, "root": hex(&x.root)}))
+        .collect();
+    let point_json =
+        json!({"seq": p.seq, "captured_ms": p.captured_ms, "kind": p.kind, "tag": p.tag});
+    let detail = json!({"run_id": run.state.run_id, "site": site, "out_dir": dir,
+        "point": point_json, "copied_at": r.copied_at, "undone": r.undone,
+        "block_size": r.block_size, "resources": resources});
+    c.propose(
+        json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "recover",
+        "group": run.group, "detail": detail}),
+    )
+    .await?;
+    Ok(format!(
+        "{dir}\npoint seq {} ({}{}) captured at {} ms; copy of seq {}, {} undo records\n{}",
+        p.seq,
+        p.kind,
+        if p.tag.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", p.tag)
+        },
+        p.captured_ms,
+        r.copied_at,
+        r.undone,
+        serde_json::to_string_pretty(&resources).unwrap_or_default()
     ))
 }
 
@@ -982,12 +1157,14 @@ async fn http(
     body: Option<&str>,
     headers: &BTreeMap<String, String>,
 ) -> Result<(u16, String), String> {
+    // Errors name the URL without its credentials (they land in the run and the audit chain).
+    let shown = redact_url(url);
     let rest = match url.strip_prefix("http://") {
         Some(r) => r,
         None if url.starts_with("https://") => {
-            return Err(format!("{url}: https is not supported by the built-in client; use http:// or an exec step (curl)"))
+            return Err(format!("{shown}: https is not supported by the built-in client; use http:// or an exec step (curl)"))
         }
-        None => return Err(format!("{url}: only http:// URLs are supported")),
+        None => return Err(format!("{shown}: only http:// URLs are supported")),
     };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -1000,7 +1177,7 @@ async fn http(
     };
     let mut stream = tokio::net::TcpStream::connect(&addr)
         .await
-        .map_err(|e| format!("{url}: connect {addr}: {e}"))?;
+        .map_err(|e| format!("{shown}: connect {addr}: {e}"))?;
     let body = body.unwrap_or("");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: tandem\r\n");
     for (k, v) in headers {
@@ -1014,21 +1191,22 @@ async fn http(
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("{url}: send: {e}"))?;
+        .map_err(|e| format!("{shown}: send: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("{url}: read: {e}"))?;
+            .map_err(|e| format!("{shown}: read: {e}"))?;
         if n == 0 || buf.len() >= HTTP_MAX_RESPONSE {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
     let text = String::from_utf8_lossy(&buf);
-    let status = parse_status_line(&text).ok_or_else(|| format!("{url}: not an HTTP response"))?;
+    let status =
+        parse_status_line(&text).ok_or_else(|| format!("{shown}: not an HTTP response"))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -1050,6 +1228,26 @@ fn parse_status_line(text: &str) -> Option<u16> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn run_json_never_shows_credentials() {
+        let mut v = json!({"state": {"plan": {"steps": [{"action": {"http": {
+            "url": "http://ops:hunter2@hooks.example/notify?x=1",
+            "headers": {"Authorization": "Bearer s3cr3t-token", "X-Api-Key": "k-123",
+                        "X-Trace": "visible"},
+        }}}]}}});
+        redact_secrets(&mut v);
+        let text = v.to_string();
+        for secret in ["hunter2", "s3cr3t-token", "k-123"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert!(text.contains("visible"), "{text}");
+        assert!(
+            text.contains("http://***@hooks.example/notify?x=1"),
+            "{text}"
+        );
+        assert_eq!(redact_url("http://host:80/a@b"), "http://host:80/a@b");
+    }
 
     #[test]
     fn status_lines_parse_and_garbage_does_not() {

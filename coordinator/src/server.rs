@@ -10,7 +10,8 @@ use crate::state::{
     SiteStatus, State, COORDINATOR_ACTOR,
 };
 use crate::status::{
-    ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus, SiteStatus as StSite,
+    CertStatus, ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
+    SiteStatus as StSite, TlsStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +19,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tandem_core::certs::Role;
 use tandem_core::clock::{Clock, SystemClock};
 use tandem_core::config::{NodeRole, ResourceKind, Topology};
+use tandem_core::net::{Caller, Net};
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
 use tandem_core::proto::{
@@ -95,6 +98,8 @@ pub(crate) struct ReplicaReport {
     pub durable_seq: u64,
     /// When it was heard (leader clock).
     pub at_ms: i64,
+    /// What it says of itself (resync progress, last error).
+    pub reason: String,
 }
 
 /// Live (not replicated) figures the leader keeps from replicator heartbeats.
@@ -113,6 +118,8 @@ pub(crate) struct LiveGroup {
     reporter_epoch: u64,
     reporter_state: String,
     reason: String,
+    /// (oldest recoverable ms, seq) from the replica's history, if it keeps one.
+    history_oldest: Option<(i64, u64)>,
     /// Epoch and time at which a replicator last reported itself primary and ready.
     primary_ready: Option<(u64, String, i64)>,
     /// The replica's last report.
@@ -162,6 +169,23 @@ struct Inner {
     names: BTreeMap<u64, String>,
     /// Runs this node drives while it leads.
     drivers: crate::runs::Drivers,
+    /// How this node dials and serves (plaintext or mTLS).
+    net: Net,
+    /// Certificate not-after per node, from heartbeats.
+    cert_seen: Mutex<BTreeMap<String, i64>>,
+}
+
+/// What a call of the admin API needs from its caller's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Any role (viewer, auditor, operator) or any node: status.
+    Status,
+    /// Auditor or operator, or a coordinator: the audit chain, evidence, run reports.
+    Audit,
+    /// Operator, or a node (replicators propose lease releases and their own records).
+    Propose,
+    /// Operator, or a coordinator (forwarding): runs, drills, switchover, failover, approvals.
+    Operate,
 }
 
 /// A handle to the running coordinator, for the admin API implementation.
@@ -200,8 +224,12 @@ pub async fn run(
     }
     let data_dir = topo.node_data_dir(&node);
     std::fs::create_dir_all(&data_dir)?;
+    let net = Net::for_node(&topo, &name).map_err(|e| ServerError::Topology(e.to_string()))?;
+    net.spawn_reloader();
     let mut cfg = RaftNodeConfig::new(id, peers, data_dir.join("raft"));
     cfg.snapshot_every = 2000;
+    cfg.net = net.clone();
+    cfg.peer_names = names.clone();
     let handle = raft::start(cfg, CoordinatorSm::default()).await?;
     let inner = Arc::new(Inner {
         topo: topo.clone(),
@@ -211,6 +239,8 @@ pub async fn run(
         live: Mutex::new(Live::default()),
         names,
         drivers: crate::runs::Drivers::default(),
+        net: net.clone(),
+        cert_seen: Mutex::new(BTreeMap::new()),
     });
     let coord = Coordinator {
         inner: inner.clone(),
@@ -222,14 +252,14 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let bg = tokio::spawn(background(coord.clone(), stop_rx.clone()));
     serve_metrics(&coord, node.metrics_listen.as_deref(), stop_rx.clone()).await?;
-    info!(node = %name, %addr, raft_id = id, "coordinator listening");
-    let api = CoordinatorServer::new(coord.clone());
-    let result = tonic::transport::Server::builder()
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(node = %name, %addr, raft_id = id, tls = net.is_tls(), "coordinator listening");
+    let api = tandem_core::grpc_limits!(CoordinatorServer::new(coord.clone()));
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(raft::peer_service(&handle))
-        .add_service(api)
-        .serve_with_shutdown(addr, shutdown)
-        .await;
+        .add_service(api);
+    let result = net.serve(router, listener, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = bg.await;
     let _ = handle.shutdown().await;
@@ -281,15 +311,81 @@ impl Coordinator {
         let addr = self
             .leader_addr()
             .ok_or_else(|| Status::unavailable("no coordinator leader known (no quorum?)"))?;
-        let ep = tonic::transport::Endpoint::from_shared(addr.clone())
+        let net = &self.inner.net;
+        let ep = net
+            .endpoint(&addr)
             .map_err(|e| Status::internal(e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(60));
-        let ch = ep
-            .connect()
+        let ch = net
+            .connect(ep)
             .await
             .map_err(|e| Status::unavailable(format!("leader {addr} unreachable: {e}")))?;
-        Ok(CoordinatorClient::new(ch))
+        Ok(tandem_core::grpc_limits!(CoordinatorClient::new(ch)))
+    }
+
+    /// This node's network context.
+    pub(crate) fn net(&self) -> &Net {
+        &self.inner.net
+    }
+
+    fn is_coordinator(&self, node: &str) -> bool {
+        self.inner.names.values().any(|n| n == node)
+    }
+
+    /// Checks the caller's certificate against what `call` needs. Returns the certificate's
+    /// name for a person or tool (the actor to record), `None` for plaintext and nodes. Every
+    /// refusal is recorded in the audit chain (actor, role, call, reason).
+    async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+        need: Need,
+    ) -> Result<Option<String>, Status> {
+        let (actor, role, refusal) = match self.inner.net.caller(req) {
+            Ok(Caller::Anonymous) => return Ok(None),
+            Ok(Caller::Node(n)) => {
+                if self.is_coordinator(&n) || matches!(need, Need::Status | Need::Propose) {
+                    return Ok(None);
+                }
+                let why = format!("node {n} may not call {call}");
+                (n, "node".to_owned(), Status::permission_denied(why))
+            }
+            Ok(Caller::Client { name, role }) => {
+                let ok = match need {
+                    Need::Status => true,
+                    Need::Audit => matches!(role, Role::Operator | Role::Auditor),
+                    Need::Propose | Need::Operate => role == Role::Operator,
+                };
+                if ok {
+                    return Ok(Some(name));
+                }
+                let why = format!("role {role} of {name} may not call {call}");
+                (name, role.to_string(), Status::permission_denied(why))
+            }
+            Err(status) => ("unknown".to_owned(), "none".to_owned(), status),
+        };
+        warn!(%actor, %role, call, reason = refusal.message(), "admin call refused");
+        let cmd = json!({"op": "record", "actor": actor, "kind": "refused", "group": null,
+            "detail": {"call": call, "role": role, "reason": refusal.message()}});
+        if let Err(e) = self.propose_via_leader(cmd, &actor).await {
+            warn!("could not audit a refused call: {}", e.message());
+        }
+        Err(refusal)
+    }
+
+    /// Proposes on the leader, from any node.
+    async fn propose_via_leader(&self, cmd: Value, actor: &str) -> Result<(), Status> {
+        if self.is_leader() {
+            return self.propose(cmd).await.map(|_| ());
+        }
+        let mut c = self.leader_client().await?;
+        c.propose(ProposeRequest {
+            command: cmd.to_string(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Proposes a command on this node (which must be the leader); returns the events.
@@ -337,6 +433,7 @@ impl Coordinator {
             .map(|s| SiteSpec {
                 name: s.name.clone(),
                 witness: s.witness,
+                jurisdiction: s.jurisdiction.clone(),
             })
             .collect();
         let groups: Vec<GroupSpec> = t
@@ -351,12 +448,43 @@ impl Coordinator {
                     tandem_core::config::Mode::Async => Mode::Async,
                 },
                 rpo_target_ms: g.rpo_target.as_millis(),
+                allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             })
             .collect();
         json!({
             "op": "bootstrap", "at_ms": 0, "actor": self.inner.name,
             "settings": settings, "sites": sites, "groups": groups,
         })
+    }
+
+    fn tls_status(&self, now_ms: i64) -> TlsStatus {
+        let net = &self.inner.net;
+        let mut seen = lock(&self.inner.cert_seen).clone();
+        if let Some(at) = net.cert_not_after() {
+            seen.insert(self.inner.name.clone(), at);
+        }
+        if net.is_tls() {
+            // Nodes not heard from: their certificate file, when this machine has it.
+            for n in &self.inner.topo.nodes {
+                if !seen.contains_key(&n.name) {
+                    let p = tandem_core::certs::cert_path(&self.inner.topo.tls.dir, &n.name);
+                    if let Ok(at) = tandem_core::certs::cert_file_not_after(&p) {
+                        seen.insert(n.name.clone(), at);
+                    }
+                }
+            }
+        }
+        TlsStatus {
+            enabled: net.is_tls(),
+            certs: seen
+                .into_iter()
+                .map(|(node, not_after)| CertStatus {
+                    node,
+                    not_after,
+                    expires_in_s: not_after - now_ms / 1000,
+                })
+                .collect(),
+        }
     }
 
     fn status_doc(&self, stale: bool) -> ClusterStatus {
@@ -442,12 +570,30 @@ impl Coordinator {
                                     .map(|a| format!("nbd://{a}/{}", r.name)),
                                 _ => None,
                             };
+                            let (port, bin_dir) = match &r.kind {
+                                ResourceKind::Postgres {
+                                    port,
+                                    replica_port,
+                                    bin_dir,
+                                    ..
+                                } => (
+                                    Some(if g.primary_site == cg.primary {
+                                        *port
+                                    } else {
+                                        *replica_port
+                                    }),
+                                    Some(bin_dir.display().to_string()),
+                                ),
+                                _ => (None, None),
+                            };
                             ResourceStatus {
                                 name: r.name.clone(),
                                 kind: r.kind.name().into(),
                                 primary_path,
                                 replica_path,
                                 nbd_url,
+                                port,
+                                bin_dir,
                             }
                         })
                         .collect();
@@ -461,10 +607,38 @@ impl Coordinator {
                             Mode::Async => "async".into(),
                         },
                         state: g.state.as_str().into(),
-                        reason: if g.reason.is_empty() {
-                            lg.reason.clone()
-                        } else {
-                            g.reason.clone()
+                        reason: {
+                            // The coordinators' reason (site down, failing over), then what
+                            // the primary says of its replication (journal, replica).
+                            let mut reason = g.reason.clone();
+                            if let Some(since) = g.sync_degraded_since {
+                                if !reason.is_empty() {
+                                    reason.push_str("; ");
+                                }
+                                reason.push_str(&format!(
+                                    "sync degraded since {}: writes acknowledged at {} only; no automatic failover",
+                                    crate::evidence::derive::iso_ms(since),
+                                    g.primary_site
+                                ));
+                            }
+                            if !lg.reason.is_empty() && fresh {
+                                if !reason.is_empty() {
+                                    reason.push_str("; ");
+                                }
+                                reason.push_str(&lg.reason);
+                            }
+                            // A replica resyncing says how far it is.
+                            if let Some(r) = lg
+                                .replica
+                                .as_ref()
+                                .filter(|r| r.state == "resyncing" && !r.reason.is_empty())
+                            {
+                                if !reason.is_empty() {
+                                    reason.push_str("; ");
+                                }
+                                reason.push_str(&format!("replica {}: {}", r.site, r.reason));
+                            }
+                            reason
                         },
                         rpo_ms,
                         rpo_target_ms: g.rpo_target_ms as i64,
@@ -476,7 +650,8 @@ impl Coordinator {
                         throughput_bps: if fresh { lg.throughput_bps } else { 0.0 },
                         bytes_raw: lg.bytes_raw,
                         bytes_shipped: lg.bytes_shipped,
-                        max_bandwidth_bps: cg.max_bandwidth.map(|b| b.bytes_per_sec),
+                        max_bandwidth_bps: cg
+                            .bandwidth_at(tandem_core::config::TimeOfDay::of(chrono::Utc::now())),
                         lease: g.lease.as_ref().map(|l| LeaseStatus {
                             holder: l.holder.clone(),
                             epoch: l.epoch.0,
@@ -489,6 +664,9 @@ impl Coordinator {
                             },
                         }),
                         last_failover_loss_ms: g.last_failover.as_ref().map(|w| w.rpo_ms as i64),
+                        history_oldest_ms: lg.history_oldest.map(|h| h.0),
+                        history_oldest_seq: lg.history_oldest.map(|h| h.1),
+                        sync_degraded_since_ms: g.sync_degraded_since,
                         resources,
                     })
                 })
@@ -506,6 +684,7 @@ impl Coordinator {
                 groups,
                 audit_len: s.audit().len() as u64,
                 audit_head: s.audit().head_hash().to_owned(),
+                tls: self.tls_status(now),
             }
         })
     }
@@ -513,7 +692,8 @@ impl Coordinator {
 
 #[tonic::async_trait]
 impl CoordinatorApi for Coordinator {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.authorize(&req, "status", Need::Status).await?;
         let mut stale = false;
         if !self.is_leader() {
             if let Ok(mut c) = self.leader_client().await {
@@ -529,6 +709,7 @@ impl CoordinatorApi for Coordinator {
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        self.authorize(&req, "audit", Need::Audit).await?;
         let r = req.into_inner();
         let limit = if r.limit == 0 {
             1000
@@ -536,10 +717,10 @@ impl CoordinatorApi for Coordinator {
             r.limit.min(10_000)
         } as usize;
         let records = self.read(|s| {
-            s.audit_range(r.from_index, limit)
-                .iter()
-                .filter_map(|rec| serde_json::to_string(rec).ok())
-                .collect()
+            audit_page(
+                s.audit_range(r.from_index, limit),
+                tandem_core::limits::MAX_AUDIT_REPLY_BYTES,
+            )
         });
         Ok(Response::new(AuditReply { records }))
     }
@@ -548,13 +729,24 @@ impl CoordinatorApi for Coordinator {
         &self,
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
+        let who = self.authorize(&req, "propose", Need::Propose).await?;
+        let mut r = req.into_inner();
+        let mut cmd: Value = serde_json::from_str(&r.command)
+            .map_err(|e| Status::invalid_argument(format!("command is not JSON: {e}")))?;
+        if let Some(name) = who {
+            // With TLS, who did it is the certificate's name, never what the client wrote.
+            if let Some(obj) = cmd.as_object_mut() {
+                if obj.contains_key("actor") {
+                    obj.insert("actor".into(), json!(name));
+                }
+            }
+            r.actor = name;
+            r.command = cmd.to_string();
+        }
         if !self.is_leader() {
             let mut c = self.leader_client().await?;
-            return c.propose(req.into_inner()).await;
+            return c.propose(r).await;
         }
-        let r = req.into_inner();
-        let cmd: Value = serde_json::from_str(&r.command)
-            .map_err(|e| Status::invalid_argument(format!("command is not JSON: {e}")))?;
         let events = self.propose(cmd).await?;
         Ok(Response::new(ProposeReply {
             index: self.inner.raft.status().commit,
@@ -566,12 +758,31 @@ impl CoordinatorApi for Coordinator {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        // A heartbeat speaks for node `r.node`: its certificate must name that node (or a
+        // coordinator forwarding it to the leader).
+        let claimed = req.get_ref().node.clone();
+        match self.inner.net.caller(&req)? {
+            Caller::Node(n) if n != claimed && !self.is_coordinator(&n) => {
+                return Err(Status::permission_denied(format!(
+                    "certificate names node {n} but the heartbeat claims to be node {claimed}"
+                )));
+            }
+            Caller::Client { name, role } => {
+                return Err(Status::permission_denied(format!(
+                    "{name} ({role}) is not a node and may not send heartbeats"
+                )));
+            }
+            _ => {}
+        }
         if !self.is_leader() {
             let mut c = self.leader_client().await?;
             return c.heartbeat(req.into_inner()).await;
         }
         let r = req.into_inner();
         let now = self.now_ms();
+        if r.cert_not_after > 0 {
+            lock(&self.inner.cert_seen).insert(r.node.clone(), r.cert_not_after);
+        }
         {
             let mut live = lock(&self.inner.live);
             live.node_seen.insert(r.node.clone(), now);
@@ -579,7 +790,7 @@ impl CoordinatorApi for Coordinator {
                 let e = live.groups.entry(p.group.clone()).or_default();
                 if p.role == "primary" {
                     e.rpo_ms = if p.oldest_unacked_ms > 0 {
-                        (now - p.oldest_unacked_ms).max(0)
+                        now.saturating_sub(p.oldest_unacked_ms).max(0)
                     } else {
                         0
                     };
@@ -606,33 +817,15 @@ impl CoordinatorApi for Coordinator {
                         state: p.state.clone(),
                         durable_seq: p.durable_seq,
                         at_ms: now,
+                        reason: p.reason.clone(),
                     });
+                    e.history_oldest = (p.history_oldest_ms > 0)
+                        .then_some((p.history_oldest_ms, p.history_oldest_seq));
                 }
             }
         }
         // Commit the progress (for data-loss windows and evidence), then leases.
-        let progress: Vec<Value> = r
-            .groups
-            .iter()
-            .filter(|p| p.role == "primary" || p.role == "replica")
-            .map(|p| {
-                let rpo = if p.oldest_unacked_ms > 0 {
-                    (now - p.oldest_unacked_ms).max(0)
-                } else {
-                    0
-                };
-                json!({
-                    "group": p.group, "role": p.role, "epoch": p.epoch,
-                    "last_captured_seq": p.last_captured_seq, "durable_seq": p.durable_seq,
-                    "rpo_ms": rpo, "bytes_pending": p.bytes_pending,
-                })
-            })
-            .collect();
-        let _ = self
-            .propose(
-                json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress}),
-            )
-            .await;
+        let _ = self.propose(heartbeat_command(&r, now)).await;
         // A replica that reports itself in sync with a caught-up primary ends an initial sync
         // or a post-failover resync: the group is protected again.
         for p in r
@@ -719,11 +912,21 @@ impl CoordinatorApi for Coordinator {
         &self,
         req: Request<OperateRequest>,
     ) -> Result<Response<OperateReply>, Status> {
+        let op = req.get_ref().op.clone();
+        let need = if matches!(op.as_str(), "runs" | "run") {
+            Need::Audit
+        } else {
+            Need::Operate
+        };
+        let who = self.authorize(&req, &format!("operate {op}"), need).await?;
+        let mut r = req.into_inner();
+        if let Some(name) = who {
+            r.actor = name;
+        }
         if !self.is_leader() {
             let mut c = self.leader_client().await?;
-            return c.operate(req.into_inner()).await;
+            return c.operate(r).await;
         }
-        let r = req.into_inner();
         let actor = if r.actor.is_empty() {
             "operator".to_owned()
         } else {
@@ -813,14 +1016,24 @@ async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
 
 async fn start_auto_failovers(c: &Coordinator, site: &str, detected_ms: i64) {
     for g in c.inner.topo.groups.iter().filter(|g| g.auto_failover) {
-        let (primary, state, rpo) = match c.read(|s| {
-            s.group(&g.name)
-                .map(|x| (x.primary_site.clone(), x.state, x.progress.rpo_ms))
+        let (primary, state, rpo, sync_degraded) = match c.read(|s| {
+            s.group(&g.name).map(|x| {
+                (
+                    x.primary_site.clone(),
+                    x.state,
+                    x.progress.rpo_ms,
+                    x.sync_degraded_since,
+                )
+            })
         }) {
             Some(v) => v,
             None => continue,
         };
         if primary != site || !matches!(state, GroupState::Protected | GroupState::Degraded) {
+            continue;
+        }
+        if let Some(since) = sync_degraded {
+            warn!(group = %g.name, since_ms = since, "the primary acknowledged writes without the replica: automatic failover would lose them; waiting for an operator");
             continue;
         }
         if let Some(max) = g.max_data_loss {
@@ -898,4 +1111,77 @@ async fn serve_metrics(
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
     info!(%bound, "metrics listening");
     Ok(())
+}
+
+/// The `heartbeat` state-machine command (JSON, without `at_ms`) for a replicator's heartbeat
+/// request received at `now`: the progress of its primary and replica groups, RPO computed
+/// from the oldest unacknowledged capture time. Pure: the `admin_request` fuzz target decodes
+/// arbitrary bytes as a `HeartbeatRequest` and applies the result to a state machine.
+pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Value {
+    let progress: Vec<Value> = r
+        .groups
+        .iter()
+        .filter(|p| p.role == "primary" || p.role == "replica")
+        .map(|p| {
+            let rpo = if p.oldest_unacked_ms > 0 {
+                now.saturating_sub(p.oldest_unacked_ms).max(0)
+            } else {
+                0
+            };
+            json!({
+                "group": p.group, "role": p.role, "epoch": p.epoch,
+                "last_captured_seq": p.last_captured_seq, "durable_seq": p.durable_seq,
+                "rpo_ms": rpo, "bytes_pending": p.bytes_pending,
+            })
+        })
+        .collect();
+    json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress})
+}
+
+/// The records as JSON lines, stopping before the reply would pass `max_bytes` (the first
+/// record is always included, so paging always moves on).
+fn audit_page(records: &[crate::audit::AuditRecord], max_bytes: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for rec in records {
+        let Ok(line) = serde_json::to_string(rec) else {
+            continue;
+        };
+        if !out.is_empty() && bytes + line.len() > max_bytes {
+            break;
+        }
+        bytes += line.len();
+        out.push(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::audit::{AuditChain, AuditKind};
+
+    #[test]
+    fn an_audit_page_stops_at_its_byte_limit_but_always_moves_on() {
+        let mut chain = AuditChain::default();
+        for i in 0..10 {
+            chain.append(
+                i,
+                "ops",
+                AuditKind::Note,
+                None,
+                json!({"text": "x".repeat(1000)}),
+            );
+        }
+        let all = audit_page(chain.records(), usize::MAX);
+        assert_eq!(all.len(), 10);
+        let one = all[0].len();
+        let page = audit_page(chain.records(), one * 3 + one / 2);
+        assert_eq!(page.len(), 3, "three records fit, the fourth would not");
+        assert_eq!(
+            audit_page(chain.records(), 1).len(),
+            1,
+            "never an empty page"
+        );
+    }
 }

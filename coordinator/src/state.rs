@@ -12,7 +12,8 @@
 //! - Rejections: a refused command leaves the state untouched, except that refusals of role,
 //!   epoch and operator commands (`bootstrap`, `release_lease`, `fence`, `promote`,
 //!   `set_group_state`, `pause_replication`, `resume_replication`) append one `refused` audit
-//!   record. Refusals of high-rate commands (`heartbeat`, `acquire_lease`, `renew_lease`,
+//!   record, and so does a `start_run` refused for residency (a plan placing data outside the
+//!   group's `allowed_jurisdictions`). Refusals of high-rate commands (`heartbeat`, `acquire_lease`, `renew_lease`,
 //!   `site_down`, `site_up`, `rpo_sample`, `record`) and of commands over the size limits are not
 //!   recorded, so a retrying replicator cannot flood the chain. `clock_ms` does not advance on a
 //!   refusal.
@@ -30,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::residency;
 use tandem_runbooks::run::{self as rb, RunEvent, RunState, RunStatus};
-use tandem_runbooks::{Action, Plan, RunbookKind};
+use tandem_runbooks::{Action, Plan, ResolvedSite, RunbookKind};
 
 /// How many RPO samples a group keeps (720 = one hour at one sample per 5 s).
 pub const RPO_RING_CAPACITY: usize = 720;
@@ -70,6 +72,9 @@ pub struct SiteSpec {
     pub name: String,
     /// A witness hosts only a coordinator: never a primary or replica.
     pub witness: bool,
+    /// ISO 3166-1 alpha-2 jurisdiction of the site (`VN`), when the topology gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction: Option<String>,
 }
 
 /// Replication mode of a group.
@@ -95,6 +100,9 @@ pub struct GroupSpec {
     pub mode: Mode,
     /// RPO target; samples above it are flagged.
     pub rpo_target_ms: u64,
+    /// When not empty, the only jurisdictions where the group's data may be placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_jurisdictions: Vec<String>,
 }
 
 /// Liveness of a site as seen by the coordinators.
@@ -122,6 +130,9 @@ pub struct Site {
     pub since_ms: Option<i64>,
     /// Last committed heartbeat time of each node of the site.
     pub nodes: BTreeMap<String, i64>,
+    /// ISO 3166-1 alpha-2 jurisdiction of the site, as bootstrapped.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
 }
 
 /// A group's state as operators see it.
@@ -284,6 +295,15 @@ pub struct Group {
     /// Set when a `site_down` moved the group from protected to degraded; `site_up` of that
     /// site moves it back.
     pub degraded_by_site: Option<String>,
+    /// Since when (leader ms) the primary of a sync group acknowledges writes on its own
+    /// journal only, with the coordinators' consent (`sync_degraded`). While set, the replica
+    /// may lack acknowledged writes, so no automatic failover starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_degraded_since: Option<i64>,
+    /// When not empty, the only jurisdictions where the group's data may be placed (fixed at
+    /// bootstrap); promotions and runs that would place data elsewhere are refused.
+    #[serde(default)]
+    pub allowed_jurisdictions: Vec<String>,
 }
 
 /// Role of a replicator in a group.
@@ -419,6 +439,27 @@ pub enum Command {
         /// Planned switchover (zero loss required) or unplanned failover.
         planned: bool,
     },
+    /// The primary of a sync group asks to acknowledge writes without the replica (`on`),
+    /// because the replica stopped acknowledging within `sync_timeout`, or says the replica
+    /// has caught up (`!on`). Accepted only from the holder of the active, unexpired lease in
+    /// the current epoch for `on` (and only while no failover or switchover runs), from a node
+    /// at the primary site in the current epoch for `!on`. While the group is marked, the
+    /// replica may lack acknowledged writes: automatic failovers are refused. A promotion
+    /// clears it.
+    SyncDegraded {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Asking node (the primary replicator).
+        node: String,
+        /// Its site.
+        site: String,
+        /// Its epoch.
+        epoch: Epoch,
+        /// Degrade (`true`) or back to synchronous acknowledgements (`false`).
+        on: bool,
+    },
     /// Sets a group's state and reason (runbooks, policy).
     SetGroupState {
         /// Leader-stamped time.
@@ -538,6 +579,7 @@ impl Command {
             | Command::ReleaseLease { at_ms, .. }
             | Command::Fence { at_ms, .. }
             | Command::Promote { at_ms, .. }
+            | Command::SyncDegraded { at_ms, .. }
             | Command::SetGroupState { at_ms, .. }
             | Command::PauseReplication { at_ms, .. }
             | Command::ResumeReplication { at_ms, .. }
@@ -560,6 +602,7 @@ impl Command {
             Command::ReleaseLease { .. } => "release_lease",
             Command::Fence { .. } => "fence",
             Command::Promote { .. } => "promote",
+            Command::SyncDegraded { .. } => "sync_degraded",
             Command::SetGroupState { .. } => "set_group_state",
             Command::PauseReplication { .. } => "pause_replication",
             Command::ResumeReplication { .. } => "resume_replication",
@@ -586,6 +629,7 @@ impl Command {
             Command::Heartbeat { .. }
             | Command::AcquireLease { .. }
             | Command::RenewLease { .. }
+            | Command::SyncDegraded { .. }
             | Command::SiteDown { .. }
             | Command::SiteUp { .. }
             | Command::RpoSample { .. }
@@ -654,6 +698,17 @@ pub enum Event {
         epoch: Epoch,
         /// New expiry.
         expires_ms: i64,
+    },
+    /// The primary of a sync group acknowledges writes alone (`on`) or synchronously again.
+    SyncDegraded {
+        /// Group.
+        group: String,
+        /// Primary replicator.
+        node: String,
+        /// Epoch.
+        epoch: Epoch,
+        /// Degraded or not.
+        on: bool,
     },
     /// A lease was released by its holder.
     LeaseReleased {
@@ -764,6 +819,14 @@ pub enum Rejection {
     InvalidBootstrap {
         /// What is wrong.
         reason: String,
+    },
+    /// The command would place a group's data at a site outside its allowed jurisdictions.
+    #[error("group {group}: {message}")]
+    Residency {
+        /// Group.
+        group: String,
+        /// What would be placed where (`drill copy site "sg" is in SG, allowed: VN`).
+        message: String,
     },
     /// A bootstrap disagrees with the existing topology.
     #[error("bootstrap conflicts with the existing topology at {field}")]
@@ -937,6 +1000,14 @@ pub enum Rejection {
     RunExists {
         /// The id given.
         run_id: String,
+    },
+    /// An automatic failover of a sync group whose primary acknowledges writes alone.
+    #[error("group {group}: the primary has acknowledged writes without the replica since {since_ms}; automatic failover would lose them (an operator may fail over)")]
+    SyncDegraded {
+        /// Group.
+        group: String,
+        /// Since when.
+        since_ms: i64,
     },
     /// Another run of the group has not finished.
     #[error("group {group}: run {run_id} is still under way")]
@@ -1263,6 +1334,14 @@ pub fn apply(state: &mut State, cmd: &Command) -> Result<Vec<Event>, Rejection> 
             planned,
             ..
         } => promote(state, &mut ev, now, group, to_site, actor, reason, *planned),
+        Command::SyncDegraded {
+            group,
+            node,
+            site,
+            epoch,
+            on,
+            ..
+        } => sync_degraded(state, &mut ev, now, group, node, site, *epoch, *on),
         Command::SetGroupState {
             group,
             state: to,
@@ -1323,7 +1402,18 @@ pub fn apply(state: &mut State, cmd: &Command) -> Result<Vec<Event>, Rejection> 
             Ok(ev)
         }
         Err(rejection) => {
-            if let Some((actor, group)) = cmd.refusal_audit() {
+            let audit = cmd.refusal_audit().or(match (cmd, &rejection) {
+                // A run refused for residency is an operator's attempt to place data where it
+                // may not go: auditors must see it.
+                (
+                    Command::StartRun {
+                        started_by, group, ..
+                    },
+                    Rejection::Residency { .. },
+                ) => Some((started_by.as_str(), Some(group.as_str()))),
+                _ => None,
+            });
+            if let Some((actor, group)) = audit {
                 let detail = json!({
                     "op": cmd.op_name(),
                     "command": to_json(cmd),
@@ -1397,11 +1487,21 @@ fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_count("groups", groups.len())?;
             for s in sites {
                 check_len("sites.name", &s.name, MAX_NAME_LEN)?;
+                if let Some(j) = &s.jurisdiction {
+                    check_len("sites.jurisdiction", j, MAX_NAME_LEN)?;
+                }
             }
             for g in groups {
                 check_len("groups.name", &g.name, MAX_NAME_LEN)?;
                 check_len("groups.primary", &g.primary, MAX_NAME_LEN)?;
                 check_len("groups.replica", &g.replica, MAX_NAME_LEN)?;
+                check_count(
+                    "groups.allowed_jurisdictions",
+                    g.allowed_jurisdictions.len(),
+                )?;
+                for j in &g.allowed_jurisdictions {
+                    check_len("groups.allowed_jurisdictions", j, MAX_NAME_LEN)?;
+                }
             }
         }
         Command::Heartbeat {
@@ -1421,6 +1521,9 @@ fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             group, node, site, ..
         }
         | Command::RenewLease {
+            group, node, site, ..
+        }
+        | Command::SyncDegraded {
             group, node, site, ..
         } => {
             check_len("group", group, MAX_NAME_LEN)?;
@@ -1594,6 +1697,11 @@ fn bootstrap(
                     field: format!("site {} witness", s.name),
                 })
             }
+            Some(existing) if existing.jurisdiction != s.jurisdiction => {
+                return Err(Rejection::BootstrapConflict {
+                    field: format!("site {} jurisdiction", s.name),
+                })
+            }
             Some(_) => {}
             None => {
                 witness_of.insert(&s.name, s.witness);
@@ -1645,8 +1753,37 @@ fn bootstrap(
                         field: format!("group {} rpo_target_ms", g.name),
                     });
                 }
+                if existing.allowed_jurisdictions != g.allowed_jurisdictions {
+                    return Err(Rejection::BootstrapConflict {
+                        field: format!("group {} allowed_jurisdictions", g.name),
+                    });
+                }
             }
             None => new_groups.push(g),
+        }
+    }
+    // Residency of the new groups, against the sites as they will be after this bootstrap.
+    let jurisdiction_of: BTreeMap<&str, Option<&str>> = state
+        .sites
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.jurisdiction.as_deref()))
+        .chain(
+            new_sites
+                .iter()
+                .map(|s| (s.name.as_str(), s.jurisdiction.as_deref())),
+        )
+        .collect();
+    for g in &new_groups {
+        for (what, site) in [("primary", &g.primary), ("replica", &g.replica)] {
+            let j = jurisdiction_of.get(site.as_str()).copied().flatten();
+            if let Some(message) =
+                residency::placement_refusal(what, &g.allowed_jurisdictions, site, j)
+            {
+                return Err(Rejection::Residency {
+                    group: g.name.clone(),
+                    message,
+                });
+            }
         }
     }
     let first = state.settings.is_none();
@@ -1663,6 +1800,7 @@ fn bootstrap(
                 status: SiteStatus::Unknown,
                 since_ms: None,
                 nodes: BTreeMap::new(),
+                jurisdiction: s.jurisdiction.clone(),
             },
         );
     }
@@ -1688,6 +1826,8 @@ fn bootstrap(
                 rpo_samples: VecDeque::new(),
                 last_failover: None,
                 degraded_by_site: None,
+                sync_degraded_since: None,
+                allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             },
         );
     }
@@ -2000,6 +2140,78 @@ fn release_lease(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn sync_degraded(
+    state: &mut State,
+    ev: &mut Vec<Event>,
+    now: i64,
+    group: &str,
+    node: &str,
+    site: &str,
+    epoch: Epoch,
+    on: bool,
+) -> Result<(), Rejection> {
+    check_lease_request(state, group, site, epoch)?;
+    let g = get_group(state, group)?;
+    if g.mode != Mode::Sync {
+        return Err(Rejection::StateForbids {
+            group: group.to_string(),
+            state: g.state,
+            action: "sync_degraded (an async group)".into(),
+        });
+    }
+    if on {
+        if matches!(g.state, GroupState::FailingOver | GroupState::SwitchingOver) {
+            return Err(Rejection::StateForbids {
+                group: group.to_string(),
+                state: g.state,
+                action: "sync_degraded".into(),
+            });
+        }
+        if let Some((id, _)) = state.runs.iter().find(|(_, r)| {
+            r.group == group
+                && r.is_running()
+                && matches!(r.kind, RunbookKind::Failover | RunbookKind::Switchover)
+        }) {
+            return Err(Rejection::RunUnderWay {
+                group: group.to_string(),
+                run_id: id.clone(),
+            });
+        }
+        let no_lease = || Rejection::NoLease {
+            group: group.to_string(),
+            node: node.to_string(),
+            action: "degrade".into(),
+        };
+        let l = g.lease.as_ref().ok_or_else(no_lease)?;
+        if l.holder != node || l.epoch != epoch || l.status != LeaseStatus::Active {
+            return Err(no_lease());
+        }
+        if now >= l.expires_ms {
+            return Err(Rejection::LeaseExpired {
+                group: group.to_string(),
+                node: node.to_string(),
+                expired_ms: l.expires_ms,
+            });
+        }
+    }
+    if g.sync_degraded_since.is_some() == on {
+        return Ok(());
+    }
+    let since = g.sync_degraded_since;
+    let g = group_mut(state, group)?;
+    g.sync_degraded_since = on.then_some(now);
+    ev.push(Event::SyncDegraded {
+        group: group.to_string(),
+        node: node.to_string(),
+        epoch,
+        on,
+    });
+    let detail = json!({"on": on, "epoch": epoch, "since_ms": since});
+    state.record_audit(ev, now, node, AuditKind::SyncDegraded, Some(group), detail);
+    Ok(())
+}
+
 fn fence(
     state: &mut State,
     ev: &mut Vec<Event>,
@@ -2068,6 +2280,7 @@ fn promote(
             site: to_site.to_string(),
         });
     }
+    check_residency(state, group, "promoted", to_site)?;
     if g.replica_site != to_site {
         return Err(Rejection::NotReplicaSite {
             group: group.to_string(),
@@ -2112,6 +2325,7 @@ fn promote(
     };
     g.reason = reason.to_string();
     g.degraded_by_site = None;
+    g.sync_degraded_since = None;
     let pr = &mut g.progress;
     let loss = DataLossWindow {
         at_ms: now,
@@ -2417,6 +2631,48 @@ struct RunStart<'a> {
     rto_from_ms: Option<i64>,
 }
 
+/// Where a plan would place the group's data: its primary and replica sites and the site of
+/// every step that will run (not skipped) and writes data there (a drill copy, a point-in-time
+/// copy, a promotion, reversed replication). A step "at the coordinator" places its copy at
+/// the replica site, as the executor does.
+pub fn plan_placements(plan: &Plan) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("primary".to_string(), plan.primary.clone()),
+        ("replica".to_string(), plan.replica.clone()),
+    ];
+    for step in plan.steps.iter().filter(|s| s.skipped.is_none()) {
+        let what = match &step.action {
+            Action::Snapshot { .. } => "drill copy",
+            Action::Recover { .. } => "point-in-time copy",
+            Action::Promote => "promoted",
+            Action::Reverse => "reverse replication",
+            _ => continue,
+        };
+        let site = match &step.site {
+            ResolvedSite::Site(s) => s.clone(),
+            ResolvedSite::Coordinator => plan.replica.clone(),
+        };
+        out.push((format!("step {} ({what})", step.id), site));
+    }
+    out
+}
+
+/// Refuses placing `group`'s data at `site` (used as `what`) outside its allowed jurisdictions.
+fn check_residency(state: &State, group: &str, what: &str, site: &str) -> Result<(), Rejection> {
+    let g = get_group(state, group)?;
+    let j = state
+        .sites
+        .get(site)
+        .and_then(|s| s.jurisdiction.as_deref());
+    match residency::placement_refusal(what, &g.allowed_jurisdictions, site, j) {
+        Some(message) => Err(Rejection::Residency {
+            group: group.to_string(),
+            message,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn start_run(
     state: &mut State,
     ev: &mut Vec<Event>,
@@ -2439,6 +2695,14 @@ fn start_run(
             run_id: id.clone(),
         });
     }
+    if start.kind == RunbookKind::Failover && start.started_by == COORDINATOR_ACTOR {
+        if let Some(since_ms) = get_group(state, start.group)?.sync_degraded_since {
+            return Err(Rejection::SyncDegraded {
+                group: start.group.to_string(),
+                since_ms,
+            });
+        }
+    }
     if start.plan.group != start.group {
         return Err(Rejection::BadPlan {
             reason: format!(
@@ -2451,6 +2715,9 @@ fn start_run(
         return Err(Rejection::BadPlan {
             reason: "the plan has no steps".into(),
         });
+    }
+    for (what, site) in plan_placements(start.plan) {
+        check_residency(state, start.group, &what, &site)?;
     }
     let at = u64::try_from(now).unwrap_or(0);
     let run_state = RunState::new(
@@ -2653,6 +2920,32 @@ fn run_event(
     });
     if was_running && status != RunStatus::Running {
         audit_run_end(state, ev, now, run_id);
+        // An unplanned failover that ended without promoting (the replica site down too, say)
+        // must not leave the group `failing-over` for good: no lease would ever be granted
+        // again. The fence stands (the epoch was raised); the primary site keeps its role and
+        // its replicator may take a lease in the new epoch.
+        let kind = state.runs.get(run_id).map(|r| r.kind);
+        let still_failing_over =
+            get_group(state, &group).is_ok_and(|g| g.state == GroupState::FailingOver);
+        if kind == Some(RunbookKind::Failover) && still_failing_over {
+            let how = match &status {
+                RunStatus::Cancelled { by } => format!("cancelled by {by}"),
+                _ => "failed".to_string(),
+            };
+            let reason = format!(
+                "failover run {run_id} {how} before a promotion; the primary site keeps its role"
+            );
+            change_group_state(
+                state,
+                ev,
+                now,
+                &group,
+                GroupState::Degraded,
+                &reason,
+                COORDINATOR_ACTOR,
+                None,
+            )?;
+        }
     }
     Ok(())
 }
@@ -2757,6 +3050,7 @@ mod tests {
         SiteSpec {
             name: name.into(),
             witness,
+            jurisdiction: None,
         }
     }
 
@@ -2767,6 +3061,7 @@ mod tests {
             replica: replica.into(),
             mode: Mode::Async,
             rpo_target_ms: 5_000,
+            allowed_jurisdictions: Vec::new(),
         }
     }
 
@@ -4151,6 +4446,198 @@ mod tests {
         .unwrap()
     }
 
+    fn failover_run_cmd(s: &State, at_ms: i64, run_id: &str, by: &str) -> Command {
+        let g = s.group("vol").unwrap();
+        let rb = tandem_runbooks::library::stock(RunbookKind::Failover)
+            .unwrap()
+            .unwrap();
+        let plan = tandem_runbooks::plan(
+            &rb,
+            &tandem_runbooks::PlanContext {
+                group: "vol".into(),
+                primary_site: g.primary_site.clone(),
+                replica_site: g.replica_site.clone(),
+                mode: tandem_core::config::Mode::Sync,
+                epoch: g.epoch,
+                params: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        Command::StartRun {
+            at_ms,
+            run_id: run_id.into(),
+            group: "vol".into(),
+            kind: RunbookKind::Failover,
+            runbook_hash: "h".into(),
+            plan,
+            started_by: by.into(),
+            rto_from_ms: None,
+        }
+    }
+
+    fn degrade(at_ms: i64, node: &str, site: &str, epoch: u64, on: bool) -> Command {
+        Command::SyncDegraded {
+            at_ms,
+            group: "vol".into(),
+            node: node.into(),
+            site: site.into(),
+            epoch: Epoch(epoch),
+            on,
+        }
+    }
+
+    /// `vol` in sync mode, its lease held by `hanoi-rep` from t=10.
+    fn sync_booted() -> State {
+        let mut s = State::new();
+        let mut vol = gspec("vol", "hanoi", "hcm");
+        vol.mode = Mode::Sync;
+        apply(
+            &mut s,
+            &Command::Bootstrap {
+                at_ms: 0,
+                actor: "ops".into(),
+                settings: settings(),
+                sites: vec![site("hanoi", false), site("hcm", false), site("w", true)],
+                groups: vec![vol, gspec("db", "hcm", "hanoi")],
+            },
+        )
+        .unwrap();
+        apply(&mut s, &acquire(10, "vol", "hanoi-rep", "hanoi", 1)).unwrap();
+        s
+    }
+
+    #[test]
+    fn sync_degradation_needs_the_live_lease_and_blocks_automatic_failover_only() {
+        let mut s = sync_booted();
+        // Only the lease holder, at the primary site, in the current epoch, of a sync group.
+        let before = without_audit(&s);
+        for bad in [
+            degrade(20, "other-rep", "hanoi", 1, true),
+            degrade(20, "hcm-rep", "hcm", 1, true),
+            degrade(20, "hanoi-rep", "hanoi", 2, true),
+        ] {
+            assert!(apply(&mut s, &bad).is_err(), "{bad:?}");
+        }
+        let async_group = Command::SyncDegraded {
+            at_ms: 20,
+            group: "db".into(),
+            node: "hcm-rep".into(),
+            site: "hcm".into(),
+            epoch: Epoch(1),
+            on: true,
+        };
+        assert!(apply(&mut s, &async_group).is_err());
+        assert_eq!(without_audit(&s), before, "refusals change nothing");
+        assert_eq!(s.group("vol").unwrap().sync_degraded_since, None);
+
+        apply(&mut s, &degrade(30, "hanoi-rep", "hanoi", 1, true)).unwrap();
+        assert_eq!(s.group("vol").unwrap().sync_degraded_since, Some(30));
+        let n = s.audit().records().len();
+        apply(&mut s, &degrade(40, "hanoi-rep", "hanoi", 1, true)).unwrap();
+        assert_eq!(s.group("vol").unwrap().sync_degraded_since, Some(30));
+        assert_eq!(s.audit().records().len(), n, "a repeat is not audited");
+        assert_eq!(kinds(&s).last(), Some(&AuditKind::SyncDegraded));
+
+        // The coordinators may not fail over on their own now; an operator may.
+        let err = {
+            let c = failover_run_cmd(&s, 50, "auto-1", COORDINATOR_ACTOR);
+            apply(&mut s, &c)
+        };
+        assert!(
+            matches!(err, Err(Rejection::SyncDegraded { since_ms: 30, .. })),
+            "{err:?}"
+        );
+        assert!(!s.runs().contains_key("auto-1"));
+        {
+            let c = failover_run_cmd(&s, 60, "op-1", "alice");
+            apply(&mut s, &c)
+        }
+        .unwrap();
+        // While a failover runs, the primary may not start acknowledging alone.
+        let mut t = s.clone();
+        apply(&mut t, &degrade(70, "hanoi-rep", "hanoi", 1, false)).unwrap();
+        let refused = apply(&mut t, &degrade(80, "hanoi-rep", "hanoi", 1, true));
+        assert!(
+            matches!(refused, Err(Rejection::RunUnderWay { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_failover_that_ends_without_promoting_leaves_the_group_degraded_not_failing_over() {
+        for fail in [true, false] {
+            let mut s = sync_booted();
+            let c = failover_run_cmd(&s, 20, "f-1", COORDINATOR_ACTOR);
+            apply(&mut s, &c).unwrap();
+            let failing = Command::SetGroupState {
+                at_ms: 30,
+                group: "vol".into(),
+                state: GroupState::FailingOver,
+                reason: "run f-1: fencing".into(),
+                actor: COORDINATOR_ACTOR.into(),
+            };
+            apply(&mut s, &failing).unwrap();
+            apply(&mut s, &fence(40, "vol")).unwrap();
+            let mut t = 50;
+            while s.run("f-1").is_some_and(|r| r.is_running()) {
+                let c = if fail {
+                    run_op(&s, t, "vol", false)
+                } else {
+                    Command::RunEvent {
+                        at_ms: t,
+                        run_id: "f-1".into(),
+                        event: RunEvent::Cancelled {
+                            by: "alice".into(),
+                            at_ms: 0,
+                        },
+                    }
+                };
+                let _ = apply(&mut s, &c);
+                t += 60_000;
+                assert!(t < 60_000_000, "the run never ended");
+            }
+            let g = s.group("vol").unwrap();
+            assert_eq!(g.state, GroupState::Degraded, "{}", g.reason);
+            assert!(g.reason.contains("before a promotion"), "{}", g.reason);
+            assert_eq!((g.primary_site.as_str(), g.epoch), ("hanoi", Epoch(2)));
+            // The primary may take a lease in the new epoch again.
+            let now = t + 10_000;
+            apply(&mut s, &acquire(now, "vol", "hanoi-rep", "hanoi", 2)).unwrap();
+        }
+    }
+
+    #[test]
+    fn sync_degradation_clears_on_catch_up_and_on_promotion_and_dies_with_the_lease() {
+        let mut s = sync_booted();
+        apply(&mut s, &degrade(30, "hanoi-rep", "hanoi", 1, true)).unwrap();
+        apply(&mut s, &degrade(40, "hanoi-rep", "hanoi", 1, false)).unwrap();
+        assert_eq!(s.group("vol").unwrap().sync_degraded_since, None);
+        {
+            let c = failover_run_cmd(&s, 50, "auto-1", COORDINATOR_ACTOR);
+            apply(&mut s, &c)
+        }
+        .unwrap();
+
+        let mut s = sync_booted();
+        // After the lease expired nobody can start acknowledging alone; clearing still works.
+        let late = apply(&mut s, &degrade(10 + TTL, "hanoi-rep", "hanoi", 1, true));
+        assert!(
+            matches!(late, Err(Rejection::LeaseExpired { .. })),
+            "{late:?}"
+        );
+        apply(&mut s, &degrade(20, "hanoi-rep", "hanoi", 1, true)).unwrap();
+        apply(&mut s, &degrade(10 + TTL, "hanoi-rep", "hanoi", 1, false)).unwrap();
+        apply(&mut s, &degrade(20 + TTL, "hanoi-rep", "hanoi", 1, false)).unwrap();
+
+        // A promotion (the operator accepted the loss) starts the new epoch undegraded.
+        let mut s = sync_booted();
+        apply(&mut s, &degrade(20, "hanoi-rep", "hanoi", 1, true)).unwrap();
+        apply(&mut s, &promote(10 + TTL + DRIFT, "vol", "hcm", false)).unwrap();
+        assert_eq!(s.group("vol").unwrap().sync_degraded_since, None);
+        let stale = apply(&mut s, &degrade(2_000, "hanoi-rep", "hanoi", 1, false));
+        assert!(stale.is_err(), "the old primary's epoch is over: {stale:?}");
+    }
+
     fn start_run_cmd(s: &State, at_ms: i64, run_id: &str, group: &str) -> Command {
         Command::StartRun {
             at_ms,
@@ -4207,6 +4694,118 @@ mod tests {
             .iter()
             .map(|r| r.kind)
             .collect()
+    }
+
+    /// Bootstrap with sites hanoi and hcm in VN, sg in SG; group `vol` may live only in VN.
+    fn residency_bootstrap(at_ms: i64, jurisdictions: [&str; 3]) -> Command {
+        let mut sites = vec![site("hanoi", false), site("hcm", false), site("sg", false)];
+        for (spec, j) in sites.iter_mut().zip(jurisdictions) {
+            spec.jurisdiction = Some(j.into());
+        }
+        let mut vol = gspec("vol", "hanoi", "hcm");
+        vol.allowed_jurisdictions = vec!["VN".into()];
+        Command::Bootstrap {
+            at_ms,
+            actor: "ops".into(),
+            settings: settings(),
+            sites,
+            groups: vec![vol],
+        }
+    }
+
+    fn booted_with_residency() -> State {
+        let mut s = State::new();
+        apply(&mut s, &residency_bootstrap(0, ["VN", "VN", "SG"])).unwrap();
+        s
+    }
+
+    #[test]
+    fn bootstrap_refuses_a_group_placed_outside_its_jurisdictions() {
+        for (replica_j, ok) in [(Some("SG"), false), (None, false), (Some("VN"), true)] {
+            let mut s = State::new();
+            let mut sites = vec![site("hanoi", false), site("sg", false)];
+            sites[0].jurisdiction = Some("VN".into());
+            sites[1].jurisdiction = replica_j.map(String::from);
+            let mut g = gspec("vol", "hanoi", "sg");
+            g.allowed_jurisdictions = vec!["VN".into()];
+            let cmd = Command::Bootstrap {
+                at_ms: 0,
+                actor: "ops".into(),
+                settings: settings(),
+                sites,
+                groups: vec![g],
+            };
+            let r = apply(&mut s, &cmd);
+            assert_eq!(r.is_ok(), ok, "{replica_j:?}: {r:?}");
+            if !ok {
+                assert!(
+                    matches!(&r, Err(Rejection::Residency { message, .. }) if message.starts_with("replica site \"sg\"")),
+                    "{replica_j:?}: {r:?}"
+                );
+                assert!(s.group("vol").is_none(), "a refused bootstrap adds nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rebootstrap_may_not_change_jurisdictions() {
+        let mut s = booted_with_residency();
+        assert_eq!(
+            apply(&mut s, &residency_bootstrap(1, ["VN", "VN", "SG"])),
+            Ok(vec![]),
+            "the same topology again is a no-op"
+        );
+        let r = apply(&mut s, &residency_bootstrap(2, ["VN", "SG", "SG"]));
+        assert!(
+            matches!(&r, Err(Rejection::BootstrapConflict { field }) if field == "site hcm jurisdiction"),
+            "{r:?}"
+        );
+        assert_eq!(
+            s.site("hcm").and_then(|x| x.jurisdiction.as_deref()),
+            Some("VN")
+        );
+    }
+
+    #[test]
+    fn a_drill_copy_outside_the_jurisdictions_is_refused_and_audited() {
+        let mut s = booted_with_residency();
+        let mut cmd = start_run_cmd(&s, 1_000, "r1", "vol");
+        if let Command::StartRun { plan, .. } = &mut cmd {
+            let step = plan
+                .steps
+                .iter_mut()
+                .find(|p| matches!(p.action, Action::Snapshot { .. }))
+                .unwrap();
+            step.site = ResolvedSite::Site("sg".into());
+        }
+        let before = s.audit().len();
+        let r = apply(&mut s, &cmd);
+        assert!(
+            matches!(&r, Err(Rejection::Residency { group, message })
+                if group == "vol" && message == "step snapshot (drill copy) site \"sg\" is in SG, allowed: VN"),
+            "{r:?}"
+        );
+        assert!(s.run("r1").is_none(), "nothing runs");
+        assert_eq!(kinds_since(&s, before), vec![AuditKind::Refused]);
+        let rec = s.audit().records().last().unwrap();
+        assert_eq!(rec.actor, "alice");
+        assert_eq!(rec.detail["rejection"]["code"], "residency");
+        // The same drill at the replica site (VN) runs.
+        let ok = start_run_cmd(&s, 2_000, "r2", "vol");
+        apply(&mut s, &ok).unwrap();
+        assert!(s.run("r2").is_some());
+    }
+
+    #[test]
+    fn refusals_of_runs_for_other_reasons_stay_unaudited() {
+        let mut s = booted_with_residency();
+        let mut cmd = start_run_cmd(&s, 1_000, "r1", "vol");
+        if let Command::StartRun { plan, .. } = &mut cmd {
+            plan.steps.clear();
+        }
+        let before = s.audit().len();
+        assert!(apply(&mut s, &cmd).is_err());
+        assert_eq!(s.audit().len(), before);
     }
 
     #[test]

@@ -33,6 +33,30 @@ pub struct ClusterStatus {
     pub audit_len: u64,
     /// blake3 hash (hex) of the last audit record.
     pub audit_head: String,
+    /// Transport security: mTLS or plaintext, and certificate expiry per node.
+    #[serde(default)]
+    pub tls: TlsStatus,
+}
+
+/// Transport security as the answering coordinator sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// True when every link uses mutual TLS; false means `[tls] insecure = true` (plaintext,
+    /// unauthenticated: a warning).
+    pub enabled: bool,
+    /// Certificate not-after per node, as far as known (own certificate, heartbeats, files).
+    pub certs: Vec<CertStatus>,
+}
+
+/// One node's certificate expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    /// Node id.
+    pub node: String,
+    /// Not valid after, unix seconds.
+    pub not_after: i64,
+    /// Seconds left until then (negative when expired).
+    pub expires_in_s: i64,
 }
 
 /// One coordinator.
@@ -106,6 +130,17 @@ pub struct GroupStatus {
     pub lease: Option<LeaseStatus>,
     /// The data-loss window (RPO at the moment of loss) of the last unplanned failover, ms.
     pub last_failover_loss_ms: Option<i64>,
+    /// Point-in-time recovery: capture time (unix ms) of the oldest point the replica's
+    /// history can still recover; absent when the group keeps no history.
+    #[serde(default)]
+    pub history_oldest_ms: Option<i64>,
+    /// Seq of that oldest recoverable point.
+    #[serde(default)]
+    pub history_oldest_seq: Option<u64>,
+    /// Sync groups: since when (unix ms) the primary acknowledges writes without the replica,
+    /// with the coordinators' consent; automatic failover is suspended meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_degraded_since_ms: Option<i64>,
     /// The resources of the group.
     pub resources: Vec<ResourceStatus>,
 }
@@ -138,4 +173,10 @@ pub struct ResourceStatus {
     pub replica_path: String,
     /// For volumes: the NBD URL clients write to (at the current primary).
     pub nbd_url: Option<String>,
+    /// For postgres: the server port at the current primary site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// For postgres: the folder of its binaries (`pg_ctl`, `psql`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<String>,
 }

@@ -21,10 +21,38 @@ pub struct SystemClock {
     skew_ms: Arc<AtomicI64>,
 }
 
+/// Environment variable that skews every [`SystemClock`] made by [`SystemClock::new`] in a
+/// process, in milliseconds (may be negative). The chaos harness sets it for one node to give
+/// it a wrong clock; only time taken from a `Clock` moves (timers and leases counted on the
+/// monotonic clock do not). `tandem node` refuses a value that is not an integer.
+pub const SKEW_ENV: &str = "TANDEM_CHAOS_CLOCK_SKEW_MS";
+
+/// The skew [`SKEW_ENV`] asks for: `Ok(0)` when unset.
+///
+/// # Errors
+/// The text of the variable when it is set but not an integer.
+pub fn skew_from_env() -> Result<i64, String> {
+    parse_skew(std::env::var(SKEW_ENV).ok())
+}
+
+/// Parses a value of [`SKEW_ENV`] (`None`: unset, no skew). Pure.
+///
+/// # Errors
+/// The text when it is not an integer.
+pub fn parse_skew(value: Option<String>) -> Result<i64, String> {
+    match value {
+        None => Ok(0),
+        Some(v) => v.trim().parse::<i64>().map_err(|_| v),
+    }
+}
+
 impl SystemClock {
-    /// A system clock with no skew.
+    /// A system clock, skewed by [`SKEW_ENV`] when that is set (an invalid value counts as
+    /// unset here; `tandem node` refuses it before any clock is made).
     pub fn new() -> Self {
-        Self::default()
+        let c = Self::default();
+        c.set_skew_ms(skew_from_env().unwrap_or(0));
+        c
     }
 
     /// Sets the skew added to the system time, in milliseconds (may be negative).
@@ -68,6 +96,18 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skew_values_parse_and_move_the_clock() {
+        assert_eq!(parse_skew(None), Ok(0));
+        assert_eq!(parse_skew(Some(" -60000".into())), Ok(-60_000));
+        assert_eq!(parse_skew(Some("soon".into())), Err("soon".to_owned()));
+        let skewed = SystemClock::default();
+        skewed.set_skew_ms(-60_000);
+        let plain = SystemClock::default();
+        let d = plain.now_ms() - skewed.now_ms();
+        assert!((59_000..=61_000).contains(&d), "{d}");
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

@@ -22,6 +22,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use crate::ids::GroupId;
+use crate::residency;
 
 // ---------------------------------------------------------------------------------------------
 // Humane values
@@ -390,6 +391,79 @@ impl<'de> Deserialize<'de> for Bandwidth {
     }
 }
 
+/// A time of day, `"HH:MM"` in UTC (minutes since midnight inside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(pub u16);
+
+impl TimeOfDay {
+    /// The time of day of `t` (UTC).
+    pub fn of(t: chrono::DateTime<chrono::Utc>) -> TimeOfDay {
+        use chrono::Timelike;
+        TimeOfDay((t.hour() * 60 + t.minute()) as u16)
+    }
+}
+
+impl FromStr for TimeOfDay {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<TimeOfDay, UnitError> {
+        let bad = |why: &str| UnitError::new("time of day", s, why);
+        let (h, m) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| bad("write HH:MM (UTC), e.g. \"08:30\""))?;
+        let h: u16 = h.parse().map_err(|_| bad("hours are not a number"))?;
+        let m: u16 = m.parse().map_err(|_| bad("minutes are not a number"))?;
+        if h > 24 || m > 59 || (h == 24 && m != 0) {
+            return Err(bad("out of range: 00:00 to 24:00"));
+        }
+        Ok(TimeOfDay(h * 60 + m))
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TimeOfDay, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+/// A daily window with its own replication bandwidth cap, as Zerto and AWS DRS offer: less
+/// during office hours, more at night.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    /// Start of the window, `"HH:MM"` UTC.
+    pub from: TimeOfDay,
+    /// End of the window (exclusive), `"HH:MM"` UTC; earlier than `from` crosses midnight.
+    pub to: TimeOfDay,
+    /// The cap inside the window.
+    pub max_bandwidth: Bandwidth,
+}
+
+impl BandwidthWindow {
+    /// Whether `t` falls in the window.
+    pub fn contains(&self, t: TimeOfDay) -> bool {
+        if self.from <= self.to {
+            self.from <= t && t < self.to
+        } else {
+            t >= self.from || t < self.to
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model
 // ---------------------------------------------------------------------------------------------
@@ -409,11 +483,69 @@ pub struct Topology {
     /// The protection groups (`[[groups]]`), in file order.
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// Transport security of every link (`[tls]`); TLS with client certificates unless
+    /// `insecure = true`.
+    #[serde(default)]
+    pub tls: Tls,
     /// The folder relative paths were resolved against: the config file's folder.
     ///
     /// Not part of the file; set by [`Topology::load`] / [`Topology::parse`].
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// Transport security (`[tls]`): mutual TLS on every link, or plaintext behind an explicit
+/// `insecure = true`.
+///
+/// Every node reads `DIR/NODE.pem` and `DIR/NODE.key` (made by `tandem certs init`); peers are
+/// verified against `peer_ca`, people and tools (the CLI) against `client_ca`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Plaintext gRPC on every link. Shown in status and warned about at startup.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The certificate folder (`tandem certs init --out DIR`).
+    #[serde(default = "defaults::tls_dir")]
+    pub dir: PathBuf,
+    /// Roots that node certificates must chain to (default `DIR/roots.pem`); may hold several
+    /// CA certificates (old and new during a CA rotation).
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
+    /// Roots that client (CLI, operator) certificates must chain to (default: `peer_ca`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// How often nodes look for changed certificate files (they also reload on SIGHUP).
+    #[serde(default = "defaults::tls_reload_interval")]
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for Tls {
+    fn default() -> Tls {
+        Tls {
+            insecure: false,
+            dir: defaults::tls_dir(),
+            peer_ca: None,
+            client_ca: None,
+            reload_interval: defaults::tls_reload_interval(),
+        }
+    }
+}
+
+impl Tls {
+    /// The roots file for node certificates.
+    pub fn peer_ca_path(&self) -> PathBuf {
+        self.peer_ca
+            .clone()
+            .unwrap_or_else(|| self.dir.join("roots.pem"))
+    }
+
+    /// The roots file for client certificates.
+    pub fn client_ca_path(&self) -> PathBuf {
+        self.client_ca
+            .clone()
+            .unwrap_or_else(|| self.peer_ca_path())
+    }
 }
 
 /// Cluster-wide name and timings.
@@ -560,7 +692,8 @@ pub struct Group {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_data_loss: Option<HumanDuration>,
     /// Sync groups: how long a write waits for the replica before the group degrades to
-    /// acknowledging on the primary's journal alone (status shows it). Default 5s; `0s` blocks
+    /// acknowledging on the primary's journal alone (status shows it), once the coordinators
+    /// have committed that (no automatic failover while it lasts). Default 5s; `0s` blocks
     /// writes until the replica answers (DRBD's `fencing resource-and-stonith` behaviour).
     #[serde(default = "defaults::sync_timeout")]
     pub sync_timeout: HumanDuration,
@@ -570,9 +703,25 @@ pub struct Group {
     /// Cap on replication traffic; no cap when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth: Option<Bandwidth>,
+    /// Daily windows with their own cap (`[[groups.bandwidth_schedule]]`); the first window
+    /// that holds the time of day wins, `max_bandwidth` applies outside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bandwidth_schedule: Vec<BandwidthWindow>,
     /// Most journal the primary keeps for frames not yet acknowledged. Default 1GiB.
     #[serde(default = "defaults::journal_max")]
     pub journal_max: ByteSize,
+    /// Point-in-time recovery: how far back the replica keeps undo history (`"24h"`); no
+    /// history is kept when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HumanDuration>,
+    /// Most bytes of undo history the replica keeps; the oldest whole segments go first when
+    /// it is exceeded. No size cap when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max: Option<ByteSize>,
+    /// With `history`: how often the replica marks a group-wide checkpoint (a consistent cut of
+    /// the group's stream). Default 5s.
+    #[serde(default = "defaults::checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
     /// When not empty, the only jurisdictions where this group's data may live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_jurisdictions: Vec<String>,
@@ -588,6 +737,16 @@ impl Group {
     /// The group's numeric wire id (derived from its name).
     pub fn id(&self) -> GroupId {
         GroupId::from_name(&self.name)
+    }
+
+    /// The replication cap at time of day `t`, bytes per second (None: no cap).
+    pub fn bandwidth_at(&self, t: TimeOfDay) -> Option<u64> {
+        self.bandwidth_schedule
+            .iter()
+            .find(|w| w.contains(t))
+            .map(|w| w.max_bandwidth)
+            .or(self.max_bandwidth)
+            .map(|b| b.bytes_per_sec)
     }
 
     /// The resource of this group with that name.
@@ -632,6 +791,11 @@ pub enum ResourceKind {
         replica_path: PathBuf,
         /// Merkle block size for verify and resync. Default 64KiB.
         block_size: ByteSize,
+        /// How changes are captured on the primary: through Tandem's NBD export (every write)
+        /// or by a merkle scan of a volume written by others.
+        capture: Capture,
+        /// `scan` capture: how often the volume is re-hashed. Default 5s.
+        scan_interval: HumanDuration,
     },
     /// A SQLite database file (WAL mode), followed like Litestream does.
     Sqlite {
@@ -653,6 +817,29 @@ pub enum ResourceKind {
         /// Folder of `pg_ctl`, `initdb` and friends.
         bin_dir: PathBuf,
     },
+}
+
+/// How a volume's changes are captured on its primary site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// Tandem serves the volume over NBD; every write goes through the journal (RPO of a
+    /// write, sync mode possible).
+    #[default]
+    Nbd,
+    /// Others write the volume (a VM, a database, a file system); a blake3 merkle scan every
+    /// `scan_interval` turns changed blocks into changes (RPO about one interval; the data
+    /// of one pass is crash-consistent only per block).
+    Scan,
+}
+
+impl fmt::Display for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capture::Nbd => "nbd",
+            Capture::Scan => "scan",
+        })
+    }
 }
 
 impl ResourceKind {
@@ -701,6 +888,10 @@ struct RawResource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     block_size: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    capture: Option<Capture>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scan_interval: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replica_data_dir: Option<PathBuf>,
@@ -745,6 +936,8 @@ impl RawResource {
                 if self.kind == RawKind::Sqlite {
                     not_for_kind("size", self.size.is_some());
                     not_for_kind("block_size", self.block_size.is_some());
+                    not_for_kind("capture", self.capture.is_some());
+                    not_for_kind("scan_interval", self.scan_interval.is_some());
                 }
             }
             RawKind::Postgres => {
@@ -752,6 +945,8 @@ impl RawResource {
                 not_for_kind("block_size", self.block_size.is_some());
                 not_for_kind("path", self.path.is_some());
                 not_for_kind("replica_path", self.replica_path.is_some());
+                not_for_kind("capture", self.capture.is_some());
+                not_for_kind("scan_interval", self.scan_interval.is_some());
             }
         }
         let kind = match self.kind {
@@ -774,6 +969,8 @@ impl RawResource {
                         replica_path: self.replica_path.unwrap_or_else(|| path.clone()),
                         path,
                         block_size: self.block_size.unwrap_or(defaults::BLOCK_SIZE),
+                        capture: self.capture.unwrap_or_default(),
+                        scan_interval: self.scan_interval.unwrap_or_else(defaults::scan_interval),
                     }),
                     _ => None,
                 }
@@ -837,12 +1034,16 @@ impl From<&Resource> for RawResource {
                 path,
                 replica_path,
                 block_size,
+                capture,
+                scan_interval,
             } => {
                 raw.kind = RawKind::Volume;
                 raw.size = Some(*size);
                 raw.path = Some(path.clone());
                 raw.replica_path = Some(replica_path.clone());
                 raw.block_size = Some(*block_size);
+                raw.capture = Some(*capture);
+                raw.scan_interval = Some(*scan_interval);
             }
             ResourceKind::Sqlite { path, replica_path } => {
                 raw.kind = RawKind::Sqlite;
@@ -910,8 +1111,20 @@ mod defaults {
     pub(super) fn sync_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)
     }
+    pub(super) fn scan_interval() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
     pub(super) fn journal_max() -> ByteSize {
         ByteSize::gib(1)
+    }
+    pub(super) fn checkpoint_interval() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    pub(super) fn tls_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from("certs")
+    }
+    pub(super) fn tls_reload_interval() -> HumanDuration {
+        HumanDuration::from_secs(2)
     }
     pub(super) const BLOCK_SIZE: ByteSize = ByteSize::kib(64);
 }
@@ -1062,6 +1275,7 @@ impl Topology {
         let mut sites = Vec::new();
         let mut nodes = Vec::new();
         let mut groups = Vec::new();
+        let mut tls = Tls::default();
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "cluster" => cluster = diags.deserialize::<Cluster>("cluster", value),
@@ -1078,9 +1292,16 @@ impl Topology {
                 "groups" => {
                     diags.each("groups", value, &mut groups, deserialize_group);
                 }
+                "tls" => {
+                    if let Some(t) = diags.deserialize::<Tls>("tls", value) {
+                        tls = t;
+                    }
+                }
                 other => diags.push(
                     other,
-                    format!("unknown section `{other}`; expected cluster, sites, nodes or groups"),
+                    format!(
+                        "unknown section `{other}`; expected cluster, sites, nodes, groups or tls"
+                    ),
                 ),
             }
         }
@@ -1110,6 +1331,7 @@ impl Topology {
             sites,
             nodes,
             groups: groups_out,
+            tls,
             base_dir,
         };
         topology.resolve_paths();
@@ -1131,6 +1353,13 @@ impl Topology {
         };
         for node in &mut self.nodes {
             fix(&mut node.data_dir);
+        }
+        fix(&mut self.tls.dir);
+        for p in [&mut self.tls.peer_ca, &mut self.tls.client_ca]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
         }
         for group in &mut self.groups {
             for rb in [
@@ -1491,8 +1720,15 @@ const GROUP_UNITS: &[(&str, Unit)] = &[
     ("max_data_loss", Unit::Duration),
     ("max_bandwidth", Unit::Bandwidth),
     ("journal_max", Unit::Size),
+    ("history", Unit::Duration),
+    ("history_max", Unit::Size),
+    ("checkpoint_interval", Unit::Duration),
 ];
-const RESOURCE_UNITS: &[(&str, Unit)] = &[("size", Unit::Size), ("block_size", Unit::Size)];
+const RESOURCE_UNITS: &[(&str, Unit)] = &[
+    ("size", Unit::Size),
+    ("block_size", Unit::Size),
+    ("scan_interval", Unit::Duration),
+];
 
 /// Checks every humane value in the document, reports each bad one, and replaces it with a
 /// neutral placeholder so that the rest of the file can still be checked.
@@ -1691,6 +1927,13 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
         let path = format!("sites[{i}].name");
         check_name(d, &path, "site", &s.name);
         check_unique(d, &mut seen, &path, "site name", &s.name);
+        if let Some(msg) = s
+            .jurisdiction
+            .as_deref()
+            .and_then(residency::jurisdiction_error)
+        {
+            d.push(&format!("sites[{i}].jurisdiction"), msg);
+        }
     }
     let mut site_names: Vec<&str> = Vec::new();
     for s in &t.sites {
@@ -1813,6 +2056,11 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
         let p = |field: &str| format!("groups[{i}].{field}");
         check_name(d, &p("name"), "group", &g.name);
         check_unique(d, &mut seen, &p("name"), "group name", &g.name);
+        for (k, code) in g.allowed_jurisdictions.iter().enumerate() {
+            if let Some(msg) = residency::jurisdiction_error(code) {
+                d.push(&p(&format!("allowed_jurisdictions[{k}]")), msg);
+            }
+        }
         for field in ["primary", "replica"] {
             let name = if field == "primary" {
                 &g.primary
@@ -1840,19 +2088,13 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
                             ),
                         );
                     }
-                    if !g.allowed_jurisdictions.is_empty() {
-                        let j = site.jurisdiction.as_deref().unwrap_or("");
-                        if !g.allowed_jurisdictions.iter().any(|a| a == j) {
-                            d.push(
-                                &p(field),
-                                format!(
-                                    "site \"{name}\" is in jurisdiction \"{}\", outside this \
-                                     group's allowed_jurisdictions ({})",
-                                    site.jurisdiction.as_deref().unwrap_or("(none)"),
-                                    g.allowed_jurisdictions.join(", ")
-                                ),
-                            );
-                        }
+                    if let Some(msg) = residency::placement_refusal(
+                        field,
+                        &g.allowed_jurisdictions,
+                        name,
+                        site.jurisdiction.as_deref(),
+                    ) {
+                        d.push(&p("allowed_jurisdictions"), msg);
                     }
                 }
             }
@@ -1920,6 +2162,22 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
                 format!("journal_max ({}) must be at least 1MiB", g.journal_max),
             );
         }
+        if g.history_max.is_some_and(|m| m < ByteSize::mib(1)) {
+            d.push(
+                &p("history_max"),
+                "history_max must be at least 1MiB".to_string(),
+            );
+        }
+        if g.history.is_some() && Duration::from(g.checkpoint_interval) < Duration::from_millis(100)
+        {
+            d.push(
+                &p("checkpoint_interval"),
+                format!(
+                    "checkpoint_interval ({}) must be at least 100ms",
+                    g.checkpoint_interval
+                ),
+            );
+        }
         let resources_partial = f.resources_partial.get(k).copied().unwrap_or(false);
         if g.resources.is_empty() && !resources_partial {
             d.push(
@@ -1941,9 +2199,25 @@ fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
                 &r.name,
             );
             if let ResourceKind::Volume {
-                size, block_size, ..
+                size,
+                block_size,
+                capture,
+                scan_interval,
+                ..
             } = &r.kind
             {
+                if *capture == Capture::Scan && scan_interval.as_millis() < 100 {
+                    d.push(
+                        &rp("scan_interval"),
+                        format!("scan_interval ({scan_interval}) must be at least 100ms"),
+                    );
+                }
+                if *capture == Capture::Scan && g.mode == Mode::Sync {
+                    d.push(
+                        &rp("capture"),
+                        "a scanned volume cannot be replicated in sync mode: its writes never pass through Tandem (use capture = \"nbd\" or mode = \"async\")".to_string(),
+                    );
+                }
                 if size.0 == 0 || !size.0.is_multiple_of(512) {
                     d.push(
                         &rp("size"),
@@ -2098,6 +2372,39 @@ replica_path = "b/disk0.img"
         Topology::parse_in(text, "t.toml", PathBuf::from("/etc/tandem"))
     }
 
+    #[test]
+    fn tls_defaults_to_mtls_with_certs_next_to_the_file_and_resolves_paths() {
+        let t = parse(BASE).unwrap();
+        assert!(!t.tls.insecure);
+        assert_eq!(t.tls.dir, PathBuf::from("/etc/tandem/certs"));
+        assert_eq!(
+            t.tls.peer_ca_path(),
+            PathBuf::from("/etc/tandem/certs/roots.pem")
+        );
+        assert_eq!(t.tls.client_ca_path(), t.tls.peer_ca_path());
+        let text = format!("{BASE}\n[tls]\ndir = \"pki\"\nclient_ca = \"/x/clients.pem\"\n");
+        let t = parse(&text).unwrap();
+        assert_eq!(t.tls.dir, PathBuf::from("/etc/tandem/pki"));
+        assert_eq!(
+            t.tls.peer_ca_path(),
+            PathBuf::from("/etc/tandem/pki/roots.pem")
+        );
+        assert_eq!(t.tls.client_ca_path(), PathBuf::from("/x/clients.pem"));
+        let t = parse(&format!("{BASE}\n[tls]\ninsecure = true\n")).unwrap();
+        assert!(t.tls.insecure);
+    }
+
+    #[test]
+    fn an_unknown_tls_field_is_named_with_its_line() {
+        let text = format!("{BASE}\n[tls]\ninsecur = true\n");
+        let d = diagnostics(&text);
+        assert!(
+            d.iter()
+                .any(|d| d.path.starts_with("tls") && d.message.contains("insecur")),
+            "{d:?}"
+        );
+    }
+
     fn diagnostics(text: &str) -> Vec<Diagnostic> {
         match parse(text) {
             Err(ConfigError::Invalid(d)) => d,
@@ -2134,6 +2441,39 @@ replica_path = "b/disk0.img"
         assert_eq!(t.groups[0].journal_max, ByteSize::gib(1));
         assert_eq!(t.groups[0].rpo_target, HumanDuration::ZERO);
         assert!(!t.groups[0].auto_failover);
+    }
+
+    #[test]
+    fn history_fields_parse_and_are_off_by_default() {
+        let t = parse(BASE).unwrap();
+        assert_eq!(t.groups[0].history, None);
+        assert_eq!(t.groups[0].checkpoint_interval, HumanDuration::from_secs(5));
+        let text = edit(
+            BASE,
+            "rto_target = \"30s\"\n",
+            "rto_target = \"30s\"\nhistory = \"24h\"\nhistory_max = \"50GiB\"\ncheckpoint_interval = \"2s\"\n",
+        );
+        let t = parse(&text).unwrap();
+        assert_eq!(t.groups[0].history, Some(HumanDuration::from_secs(86400)));
+        assert_eq!(t.groups[0].history_max, Some(ByteSize::gib(50)));
+        assert_eq!(t.groups[0].checkpoint_interval, HumanDuration::from_secs(2));
+        let bad = edit(
+            BASE,
+            "rto_target = \"30s\"\n",
+            "rto_target = \"30s\"\nhistory = \"1h\"\nhistory_max = \"4KiB\"\n",
+        );
+        assert_diag(
+            &bad,
+            "groups[0].history_max",
+            "history_max = ",
+            "at least 1MiB",
+        );
+        let bad = edit(
+            BASE,
+            "rto_target = \"30s\"\n",
+            "rto_target = \"30s\"\nhistory = \"soon\"\n",
+        );
+        assert_diag(&bad, "groups[0].history", "history = ", "soon");
     }
 
     #[test]
@@ -2456,6 +2796,72 @@ replica_path = "b/disk0.img"
     }
 
     #[test]
+    fn bandwidth_schedule_windows_override_max_bandwidth_by_time_of_day() {
+        let mut text = edit(
+            BASE,
+            "mode = \"sync\"",
+            "mode = \"sync\"\nmax_bandwidth = \"100MB/s\"",
+        );
+        text.push_str(
+            "\n[[groups.bandwidth_schedule]]\nfrom = \"08:00\"\nto = \"18:00\"\nmax_bandwidth = \"10MB/s\"\n\n[[groups.bandwidth_schedule]]\nfrom = \"22:00\"\nto = \"02:00\"\nmax_bandwidth = \"1GB/s\"\n",
+        );
+        let t = parse(&text).unwrap();
+        let g = &t.groups[0];
+        let at = |s: &str| g.bandwidth_at(s.parse().unwrap());
+        assert_eq!(at("07:59"), Some(100_000_000));
+        assert_eq!(at("08:00"), Some(10_000_000));
+        assert_eq!(at("17:59"), Some(10_000_000));
+        assert_eq!(at("18:00"), Some(100_000_000));
+        assert_eq!(at("23:30"), Some(1_000_000_000), "window across midnight");
+        assert_eq!(at("01:59"), Some(1_000_000_000));
+        assert_eq!(at("02:00"), Some(100_000_000));
+        let bad = text.replace("\"22:00\"", "\"25:00\"");
+        let all = display_lines(&diagnostics(&bad));
+        assert!(
+            all.contains("bandwidth_schedule") && all.contains("25:00"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn scan_capture_needs_async_and_a_sane_interval() {
+        let text = edit(
+            BASE,
+            "size = \"1MiB\"",
+            "size = \"1MiB\"\ncapture = \"scan\"\nscan_interval = \"10ms\"",
+        );
+        let all = display_lines(&diagnostics(&text));
+        assert!(
+            all.contains("groups[0].resources[0].capture") && all.contains("sync mode"),
+            "{all}"
+        );
+        assert!(
+            all.contains("groups[0].resources[0].scan_interval") && all.contains("at least 100ms"),
+            "{all}"
+        );
+        let ok = edit(
+            &text,
+            "mode = \"sync\"",
+            "mode = \"async\"\nrpo_target = \"10s\"",
+        )
+        .replace("\"10ms\"", "\"2s\"");
+        let t = parse(&ok).unwrap();
+        match &t.groups[0].resources[0].kind {
+            ResourceKind::Volume {
+                capture,
+                scan_interval,
+                ..
+            } => {
+                assert_eq!(*capture, Capture::Scan);
+                assert_eq!(*scan_interval, HumanDuration::from_secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let sqlite = edit(&ok, "kind = \"volume\"", "kind = \"sqlite\"");
+        assert!(display_lines(&diagnostics(&sqlite)).contains("does not apply to a sqlite"));
+    }
+
+    #[test]
     fn bad_bandwidth_is_reported_with_its_value_and_line() {
         let text = edit(
             BASE,
@@ -2667,9 +3073,49 @@ replica_path = "b/disk0.img"
         );
         assert_diag(
             &text,
-            "groups[0].replica",
-            "replica = \"b\"",
-            "jurisdiction \"SG\"",
+            "groups[0].allowed_jurisdictions",
+            "allowed_jurisdictions = [\"VN\"]",
+            "replica site \"b\" is in SG, allowed: VN",
+        );
+    }
+
+    #[test]
+    fn site_without_jurisdiction_cannot_hold_a_restricted_group() {
+        let text = edit(BASE, "name = \"a\"", "name = \"a\"\njurisdiction = \"VN\"");
+        let text = edit(
+            &text,
+            "mode = \"sync\"",
+            "mode = \"sync\"\nallowed_jurisdictions = [\"VN\"]",
+        );
+        assert_diag(
+            &text,
+            "groups[0].allowed_jurisdictions",
+            "allowed_jurisdictions = [\"VN\"]",
+            "replica site \"b\" has no jurisdiction, allowed: VN",
+        );
+        let both = edit(&text, "name = \"b\"", "name = \"b\"\njurisdiction = \"VN\"");
+        assert!(parse(&both).is_ok(), "both sites in VN is allowed");
+    }
+
+    #[test]
+    fn jurisdiction_codes_must_be_iso_3166_alpha_2() {
+        let text = edit(BASE, "name = \"b\"", "name = \"b\"\njurisdiction = \"vn\"");
+        assert_diag(
+            &text,
+            "sites[1].jurisdiction",
+            "jurisdiction = \"vn\"",
+            "\"VN\"",
+        );
+        let text = edit(
+            BASE,
+            "mode = \"sync\"",
+            "mode = \"sync\"\nallowed_jurisdictions = [\"XX\"]",
+        );
+        assert_diag(
+            &text,
+            "groups[0].allowed_jurisdictions[0]",
+            "allowed_jurisdictions = [\"XX\"]",
+            "not an ISO 3166-1 alpha-2",
         );
     }
 

@@ -70,7 +70,21 @@ pub enum ChangeKind {
     /// A database commit: the pages before it form one transaction; `offset` is the database
     /// size in pages after the commit.
     DbCommit = 5,
+    /// A piece of a PostgreSQL archive file (WAL segment, timeline history, backup label):
+    /// `offset` is the byte offset of the piece in the file, `data` is the file name
+    /// (see [`crate::walfile`]) followed by the bytes.
+    WalChunk = 6,
+    /// A PostgreSQL archive file is complete: `offset` is its size, `data` its file name and
+    /// the blake3 of its whole content (see [`crate::walfile`]). A barrier.
+    WalEnd = 7,
+    /// A group-wide checkpoint marker asked for by an operator: `data` is its tag (UTF-8, at
+    /// most [`MAX_TAG_LEN`] bytes), `resource` is empty. Everything before it in the stream is
+    /// in the checkpoint: a consistent cut of the whole group.
+    Checkpoint = 8,
 }
+
+/// Longest checkpoint tag, in bytes.
+pub const MAX_TAG_LEN: usize = 128;
 
 impl ChangeKind {
     /// Parses the kind byte of a change.
@@ -81,18 +95,34 @@ impl ChangeKind {
             3 => ChangeKind::Barrier,
             4 => ChangeKind::DbPage,
             5 => ChangeKind::DbCommit,
+            6 => ChangeKind::WalChunk,
+            7 => ChangeKind::WalEnd,
+            8 => ChangeKind::Checkpoint,
             _ => return None,
         })
     }
 
     /// True for the kinds whose `data` holds `length` bytes.
     pub fn carries_data(self) -> bool {
-        matches!(self, ChangeKind::Write | ChangeKind::DbPage)
+        matches!(
+            self,
+            ChangeKind::Write
+                | ChangeKind::DbPage
+                | ChangeKind::WalChunk
+                | ChangeKind::WalEnd
+                | ChangeKind::Checkpoint
+        )
     }
 
     /// True for barriers (flush, commit): durable on the replica before acknowledged.
     pub fn is_barrier(self) -> bool {
-        matches!(self, ChangeKind::Barrier | ChangeKind::DbCommit)
+        matches!(
+            self,
+            ChangeKind::Barrier
+                | ChangeKind::DbCommit
+                | ChangeKind::WalEnd
+                | ChangeKind::Checkpoint
+        )
     }
 }
 
@@ -147,6 +177,18 @@ impl Change {
             length: 0,
             captured_ms,
             data: Vec::new(),
+        }
+    }
+
+    /// A group-wide checkpoint marker tagged `tag` (see [`ChangeKind::Checkpoint`]).
+    pub fn checkpoint(tag: &str, captured_ms: i64) -> Change {
+        Change {
+            resource: String::new(),
+            kind: ChangeKind::Checkpoint,
+            offset: 0,
+            length: tag.len() as u64,
+            captured_ms,
+            data: tag.as_bytes().to_vec(),
         }
     }
 
@@ -867,7 +909,7 @@ mod tests {
 
     fn arb_change() -> impl Strategy<Value = Change> {
         (
-            0u8..5,
+            0u8..8,
             "[a-z0-9]{1,12}",
             any::<u64>(),
             any::<u64>(),

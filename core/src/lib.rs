@@ -1,18 +1,30 @@
 //! Tandem core: the pieces every other crate stands on.
 //!
+//! - [`net`]: the one place that makes gRPC channels and servers (plaintext or mutual TLS).
+//! - [`certs`]: the CA and node/role certificates (`tandem certs`), and reading them.
 //! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
 //! - [`frame`]: the frame codec, the unit on the wire and in the journal.
 //! - [`config`]: the topology config (TOML) and its validation.
 //! - [`clock`]: the `Clock` that tests and the chaos harness can skew.
+//! - [`limits`]: hard size limits on everything read from the network (gRPC messages).
 //! - [`metrics`]: the Prometheus registry, text format and `GET /metrics` server.
+//! - [`pgctl`]: PostgreSQL's tools (pg_ctl, pg_controldata, psql) run as the data dir's owner.
+//! - [`walfile`]: PostgreSQL archive files (WAL segments) as changes of the stream.
+//! - [`residency`]: jurisdiction codes and the rule for where a group's data may be placed.
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod frame;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod mixed;
+pub mod net;
+pub mod pgctl;
+pub mod residency;
+pub mod walfile;
 
 /// Generated gRPC code for the `tandem.v1` protocol.
 #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]

@@ -3,6 +3,8 @@
 //! Measures (criterion, small samples): `hash_file` speed on 1 GiB, resync time without and
 //! with gRPC zstd, and prints the bytes that crossed the TCP connection (counted by a proxy)
 //! next to `rsync --inplace --no-whole-file --stats` on the same files when rsync is installed.
+//! Initial sync (`initial_sync_1gib`): the same resync into a missing target, without and with
+//! zstd, next to the raw speed of reading + zstd-1 + blake3 of the source on one core.
 //! Files go to `TANDEM_BENCH_DIR` (default: the system temp dir); size with
 //! `TANDEM_BENCH_MIB` (default 1024).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -43,6 +45,14 @@ struct BenchReplication {
 #[tonic::async_trait]
 impl Replication for BenchReplication {
     type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
+    type ResyncStream = futures::stream::Empty<Result<tandem_core::proto::ResyncProgress, Status>>;
+
+    async fn resync(
+        &self,
+        _request: Request<tandem_core::proto::ResyncRequest>,
+    ) -> Result<Response<Self::ResyncStream>, Status> {
+        Err(Status::unimplemented("resync is not served by this bench"))
+    }
 
     async fn ship(
         &self,
@@ -84,6 +94,36 @@ impl Replication for BenchReplication {
     ) -> Result<Response<SnapshotReply>, Status> {
         Err(Status::unimplemented(
             "delete_snapshot is not served by this test",
+        ))
+    }
+
+    async fn checkpoint(
+        &self,
+        _request: Request<tandem_core::proto::CheckpointRequest>,
+    ) -> Result<Response<tandem_core::proto::CheckpointReply>, Status> {
+        Err(Status::unimplemented("not served by this bench"))
+    }
+
+    async fn checkpoints(
+        &self,
+        _request: Request<tandem_core::proto::CheckpointsRequest>,
+    ) -> Result<Response<tandem_core::proto::CheckpointsReply>, Status> {
+        Err(Status::unimplemented("not served by this bench"))
+    }
+
+    async fn recover(
+        &self,
+        _request: Request<tandem_core::proto::RecoverRequest>,
+    ) -> Result<Response<tandem_core::proto::RecoverReply>, Status> {
+        Err(Status::unimplemented("not served by this bench"))
+    }
+
+    async fn archive_wal(
+        &self,
+        _request: Request<tandem_core::proto::ArchiveWalRequest>,
+    ) -> Result<Response<tandem_core::proto::ArchiveWalReply>, Status> {
+        Err(Status::unimplemented(
+            "archive_wal is not served by this bench",
         ))
     }
 }
@@ -292,6 +332,7 @@ fn bench(c: &mut Criterion) {
         ("resync", false, true),
         ("resync_zstd", true, true),
         ("resync_readback", false, false),
+        ("resync_zstd_readback", true, false),
     ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
@@ -314,7 +355,7 @@ fn bench(c: &mut Criterion) {
                             "vol",
                             &files.target,
                             BS,
-                            options,
+                            options.clone(),
                         ))
                         .unwrap();
                     total += started.elapsed();
@@ -335,6 +376,67 @@ fn bench(c: &mut Criterion) {
             );
         }
     }
+    g.finish();
+
+    // Initial sync: nothing at the target yet; every block moves.
+    let mut g = c.benchmark_group("initial_sync_1gib");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(30));
+    g.throughput(Throughput::Bytes(files.len));
+    g.bench_function("raw_read_zstd1_blake3_one_core", |b| {
+        b.iter(|| {
+            let f = std::fs::File::open(&files.source).unwrap();
+            let mut enc = zstd::bulk::Compressor::new(1).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let (mut off, mut out) = (0u64, 0usize);
+            while off < files.len {
+                let n = f.read_at(&mut buf, off).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out += enc.compress(&buf[..n]).unwrap().len();
+                out ^= blake3::hash(&buf[..n]).as_bytes()[0] as usize;
+                off += n as u64;
+            }
+            out
+        })
+    });
+    let fresh = files.target.with_extension("fresh");
+    for (name, zstd) in [("initial_sync", false), ("initial_sync_zstd", true)] {
+        let counter = Arc::new(Counter::default());
+        let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
+        let mut last = None;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let _ = std::fs::remove_file(&fresh);
+                    let before = counter.0.load(Ordering::Relaxed);
+                    let started = Instant::now();
+                    let report = rt
+                        .block_on(resync::resync(
+                            &mut client,
+                            "g",
+                            "vol",
+                            &fresh,
+                            BS,
+                            ResyncOptions::default(),
+                        ))
+                        .unwrap();
+                    total += started.elapsed();
+                    last = Some((report, counter.0.load(Ordering::Relaxed) - before));
+                }
+                total
+            })
+        });
+        if let Some((report, tcp)) = last {
+            println!(
+                "{name}: {} blocks pulled; TCP bytes both ways {tcp} ; last run {:?}",
+                report.blocks_differing, report.duration
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&fresh);
     g.finish();
 
     let mut runs: Vec<(Duration, u64)> = (0..5).filter_map(|_| rsync_run(&files)).collect();

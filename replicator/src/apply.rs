@@ -18,6 +18,7 @@
 //! restart resends the whole transaction.
 
 use crate::error::{ReplicatorError, Result};
+use crate::history::{History, HistoryConfig, Point, RecordKind, Selector};
 use crate::meta::SlotFile;
 use crate::receive::{classify, Verdict};
 use std::collections::{BTreeSet, HashMap};
@@ -69,7 +70,41 @@ struct Inner {
     fence: Epoch,
     pending: HashMap<String, PendingTxn>,
     resources: HashMap<String, Resource>,
+    /// PostgreSQL resources: their archive folders.
+    archives: HashMap<String, crate::pg_archive::WalArchive>,
     decoder: Decoder,
+    /// Set by [`ReplicaGroup::retire`]: no further batch is applied.
+    retired: bool,
+    /// Point-in-time history (undo records and recovery points), when the group keeps one.
+    history: Option<History>,
+    /// Capture time of the last applied change.
+    last_ms: i64,
+}
+
+/// What [`ReplicaGroup::recover`] built.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The recovery point the copy is at.
+    pub point: Point,
+    /// The live watermark the copy was taken at before rewinding.
+    pub copied_at: Seq,
+    /// Undo records applied.
+    pub undone: u64,
+    /// (resource, file in the output folder, length, merkle root), by resource name.
+    pub resources: Vec<(String, PathBuf, u64, [u8; 32])>,
+}
+
+/// What the history of a replica group holds (for listings and status).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryView {
+    /// Every recovery point, oldest first.
+    pub points: Vec<Point>,
+    /// The oldest point still recoverable.
+    pub oldest: Option<Point>,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// The replica watermark.
+    pub watermark: Seq,
 }
 
 /// One group on the replica: its resource files, watermark and epoch fence.
@@ -157,11 +192,39 @@ impl ReplicaGroup {
                 fence,
                 pending: HashMap::new(),
                 resources: res,
+                archives: HashMap::new(),
                 decoder: Decoder::new()?,
+                history: None,
+                last_ms: 0,
+                retired: false,
             }),
             applied_frames: AtomicU64::new(0),
             applied_changes: AtomicU64::new(0),
         })
+    }
+
+    /// Adds PostgreSQL resources: each takes `WalChunk`/`WalEnd` changes into its archive
+    /// folder (resource name -> folder, created when missing).
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] creating a folder.
+    pub fn with_archives(self, archives: HashMap<String, PathBuf>) -> Result<ReplicaGroup> {
+        {
+            let mut inner = self.inner();
+            for (name, dir) in archives {
+                let a = crate::pg_archive::WalArchive::open(&name, &dir)?;
+                inner.archives.insert(name, a);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The archive folder of a PostgreSQL resource of this group.
+    pub fn archive_dir(&self, resource: &str) -> Option<PathBuf> {
+        self.inner()
+            .archives
+            .get(resource)
+            .map(|a| a.dir().to_owned())
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -205,6 +268,106 @@ impl ReplicaGroup {
         Ok((inner.watermark, out))
     }
 
+    /// Starts keeping point-in-time history in `dir` (segments of undo records and recovery
+    /// points) from the current watermark on; see [`crate::history`].
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] opening or scanning the segments.
+    pub fn enable_history(&self, dir: &Path, cfg: HistoryConfig) -> Result<()> {
+        let mut inner = self.inner();
+        let h = History::open(dir, self.group_id, inner.watermark, cfg)?;
+        inner.history = Some(h);
+        Ok(())
+    }
+
+    /// The oldest recoverable point of the history (cheap: for heartbeats).
+    pub fn history_oldest(&self) -> Option<Point> {
+        self.inner().history.as_ref()?.oldest_point().cloned()
+    }
+
+    /// The history's points, oldest recoverable point and size; `None` without history.
+    pub fn history_view(&self) -> Option<HistoryView> {
+        let inner = self.inner();
+        let h = inner.history.as_ref()?;
+        Some(HistoryView {
+            points: h.points(),
+            oldest: h.oldest_point().cloned(),
+            bytes: h.bytes(),
+            watermark: inner.watermark,
+        })
+    }
+
+    /// Builds the group's resources as they were at the recovery point `sel` into `out`
+    /// (created; must be empty): copies the live files under the apply lock (a cut of the
+    /// stream at the watermark), then, with replication running again, applies the undo
+    /// records back to the point, newest first, and hashes each copy into a merkle tree of
+    /// `block_size` blocks. Files are named `RESOURCE.img`. Blocking: call it off the reactor.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::NoRecoveryPoint`] (no history, no such point, or older than the
+    /// history retains), [`ReplicatorError::CorruptHistory`], [`ReplicatorError::Io`].
+    pub fn recover(&self, sel: &Selector, out: &Path, block_size: u32) -> Result<Recovered> {
+        if out.exists()
+            && std::fs::read_dir(out)
+                .map_err(|e| ReplicatorError::io("read dir", out, e))?
+                .next()
+                .is_some()
+        {
+            return Err(ReplicatorError::NoRecoveryPoint(format!(
+                "output folder {} is not empty",
+                out.display()
+            )));
+        }
+        let (point, upto, segments, copies) = {
+            let inner = self.inner();
+            let h = inner.history.as_ref().ok_or_else(|| {
+                ReplicatorError::NoRecoveryPoint(format!(
+                    "group {} keeps no history (set `history` in its config)",
+                    self.name
+                ))
+            })?;
+            let point =
+                crate::history::select_point(&h.points(), sel, h.oldest_seq(), inner.watermark)
+                    .map_err(ReplicatorError::NoRecoveryPoint)?;
+            let segments = h.snapshot()?;
+            std::fs::create_dir_all(out).map_err(|e| ReplicatorError::io("create dir", out, e))?;
+            let mut names: Vec<&String> = inner.resources.keys().collect();
+            names.sort();
+            let mut copies = Vec::new();
+            for name in names {
+                let dst = out.join(format!("{name}.img"));
+                std::fs::copy(&inner.resources[name].path, &dst)
+                    .map_err(|e| ReplicatorError::io("copy", &dst, e))?;
+                copies.push((name.clone(), dst));
+            }
+            (point, inner.watermark, segments, copies)
+        };
+        let mut files = HashMap::new();
+        for (name, path) in &copies {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| ReplicatorError::io("open", path, e))?;
+            files.insert(name.clone(), (f, path.clone()));
+        }
+        let undone = crate::history::rewind(&segments, point.seq, upto, &files)?;
+        drop(files);
+        crate::meta::sync_dir(out)?;
+        let mut resources = Vec::new();
+        for (name, path) in copies {
+            let tree = crate::scan::hash_file(&path, block_size)
+                .map_err(|e| ReplicatorError::Task(format!("hashing {}: {e}", path.display())))?;
+            resources.push((name, path, tree.length(), tree.root()));
+        }
+        Ok(Recovered {
+            point,
+            copied_at: upto,
+            undone,
+            resources,
+        })
+    }
+
     /// The epoch fence: frames from older epochs are refused.
     pub fn epoch(&self) -> Epoch {
         self.inner().fence
@@ -246,6 +409,12 @@ impl ReplicaGroup {
         inner.watermark = seq;
         inner.persisted = seq;
         inner.pending.clear();
+        if let Some(h) = inner.history.as_mut() {
+            h.reset(seq)?;
+        }
+        for a in inner.archives.values_mut() {
+            a.abandon();
+        }
         Ok(())
     }
 
@@ -271,6 +440,14 @@ impl ReplicaGroup {
         Ok(Ok((wm, epoch)))
     }
 
+    /// Stops applying: waits for the batch being applied (if any) to finish, after which every
+    /// later [`ReplicaGroup::receive_batch`] fails with [`ReplicatorError::Closed`]. A resync
+    /// retires the group before it writes the files, so no older frame lands on a block it
+    /// already brought up to date.
+    pub fn retire(&self) {
+        self.inner().retired = true;
+    }
+
     /// Checks and applies a batch of frames received in order on one stream, and returns the
     /// responses to send: a cumulative Ack (after files and watermark are durable) and at most
     /// one Refusal.
@@ -285,6 +462,9 @@ impl ReplicaGroup {
     ) -> Result<Vec<ShipResponse>> {
         let mut guard = self.inner();
         let inner: &mut Inner = &mut guard;
+        if inner.retired {
+            return Err(ReplicatorError::Closed(self.name.clone()));
+        }
         let durable = inner.persisted;
         let mut touched = BTreeSet::new();
         let mut refusal = None;
@@ -367,7 +547,19 @@ impl ReplicaGroup {
             let mut failed = None;
             for (i, c) in frame.changes.iter().enumerate().skip(skip as usize) {
                 let seq = Seq(header.meta.first_seq.0 + i as u64);
-                match apply_change(&self.name, &inner.resources, &mut inner.pending, c, seq) {
+                let history = inner.history.as_mut();
+                let applied = match inner.archives.get_mut(&c.resource) {
+                    Some(a) => a.apply(c, seq).map(|()| None),
+                    None => apply_change(
+                        &self.name,
+                        &inner.resources,
+                        &mut inner.pending,
+                        history,
+                        c,
+                        seq,
+                    ),
+                };
+                match applied {
                     Ok(Some(r)) => {
                         touched.insert(r);
                     }
@@ -375,7 +567,8 @@ impl ReplicaGroup {
                     Err(
                         e @ (ReplicatorError::UnknownResource { .. }
                         | ReplicatorError::UnsupportedChange { .. }
-                        | ReplicatorError::BadDbChange { .. }),
+                        | ReplicatorError::BadDbChange { .. }
+                        | ReplicatorError::BadWalChange { .. }),
                     ) => {
                         failed = Some(e);
                         break;
@@ -386,6 +579,7 @@ impl ReplicaGroup {
                     }
                 }
                 inner.watermark = seq;
+                inner.last_ms = c.captured_ms;
                 changes_applied += 1;
             }
             if let Some(e) = failed {
@@ -398,6 +592,15 @@ impl ReplicaGroup {
                 break;
             }
             frames_applied += 1;
+        }
+        if inner.watermark > durable {
+            let (wm, ms) = (inner.watermark, inner.last_ms);
+            if let Some(h) = inner.history.as_mut() {
+                if let Err(e) = h.maybe_checkpoint(wm, ms) {
+                    rollback(inner);
+                    return Err(e);
+                }
+            }
         }
         if resume_mark(inner) > durable {
             if let Err(e) = sync_and_persist(inner, &touched) {
@@ -463,7 +666,9 @@ fn resume_mark(inner: &Inner) -> Seq {
     inner
         .pending
         .values()
-        .map(|p| Seq(p.first_seq.0 - 1))
+        .map(|p| p.first_seq)
+        .chain(inner.archives.values().filter_map(|a| a.pending_since()))
+        .map(|s| Seq(s.0 - 1))
         .fold(inner.watermark, Seq::min)
 }
 
@@ -472,6 +677,9 @@ fn resume_mark(inner: &Inner) -> Seq {
 fn rollback(inner: &mut Inner) {
     inner.watermark = inner.persisted;
     inner.pending.clear();
+    for a in inner.archives.values_mut() {
+        a.abandon();
+    }
 }
 
 fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
@@ -482,9 +690,44 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
                 .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
         }
     }
+    if let Some(h) = inner.history.as_mut() {
+        // Undo records before the watermark that covers them.
+        h.sync()?;
+    }
     let (wm, fence) = (resume_mark(inner), inner.fence);
     inner.meta.write(&[wm.0, fence.0])?;
     inner.persisted = wm;
+    if let Some(h) = inner.history.as_mut() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        h.trim(now)?;
+    }
+    Ok(())
+}
+
+/// Keeps what `c` is about to overwrite (`len` bytes at its offset) in the point-in-time
+/// history, when the group keeps one.
+fn keep_undo(
+    history: Option<&mut History>,
+    r: &Resource,
+    c: &Change,
+    seq: Seq,
+    len: u64,
+) -> Result<()> {
+    if let Some(h) = history {
+        h.record_undo(
+            seq,
+            c.captured_ms,
+            &c.resource,
+            &r.file,
+            &r.path,
+            c.offset,
+            len,
+            true,
+        )?;
+    }
     Ok(())
 }
 
@@ -493,11 +736,35 @@ fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
     pending: &mut HashMap<String, PendingTxn>,
+    mut history: Option<&mut History>,
     c: &Change,
     seq: Seq,
 ) -> Result<Option<String>> {
+    // Record only what was not completely recorded before a restart.
+    if history.as_ref().is_some_and(|h| !h.wants(seq)) {
+        history = None;
+    }
     if c.kind == ChangeKind::Barrier {
         // Everything before it is made durable before the batch is acknowledged.
+        if let Some(h) = history {
+            h.record_point(seq, c.captured_ms, RecordKind::Barrier, &c.resource, true)?;
+        }
+        return Ok(None);
+    }
+    if c.kind == ChangeKind::Checkpoint {
+        let tag = std::str::from_utf8(&c.data)
+            .ok()
+            .filter(|t| t.len() <= tandem_core::frame::MAX_TAG_LEN && c.resource.is_empty());
+        let Some(tag) = tag else {
+            return Err(ReplicatorError::UnsupportedChange {
+                seq,
+                kind: "Checkpoint with a bad tag or a resource".into(),
+                resource: c.resource.clone(),
+            });
+        };
+        if let Some(h) = history {
+            h.record_point(seq, c.captured_ms, RecordKind::Tagged, tag, true)?;
+        }
         return Ok(None);
     }
     let r = resources
@@ -539,18 +806,21 @@ fn apply_change(
                     Err(e) => return Err(sqlite_lock_err(&r.path, "begin exclusive", e)),
                 }
             }
-            let applied = apply_db_commit(r, &c.resource, txn, c.offset, seq);
+            let applied = apply_db_commit(r, &c.resource, txn, c, seq, history);
             if let Some(lock) = lock {
                 lock.execute_batch("COMMIT")
                     .map_err(|e| sqlite_lock_err(&r.path, "release exclusive", e))?;
             }
             applied?;
         }
-        ChangeKind::Write => r
-            .file
-            .write_all_at(&c.data, c.offset)
-            .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?,
+        ChangeKind::Write => {
+            keep_undo(history, r, c, seq, c.data.len() as u64)?;
+            r.file
+                .write_all_at(&c.data, c.offset)
+                .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?
+        }
         ChangeKind::Trim => {
+            keep_undo(history, r, c, seq, c.length)?;
             let zeroes = vec![0u8; (c.length as usize).min(ZERO_CHUNK)];
             let mut done = 0u64;
             while done < c.length {
@@ -561,7 +831,10 @@ fn apply_change(
                 done += n as u64;
             }
         }
-        ChangeKind::Barrier => return Err(unsupported()),
+        ChangeKind::Barrier
+        | ChangeKind::Checkpoint
+        | ChangeKind::WalChunk
+        | ChangeKind::WalEnd => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
 }
@@ -663,9 +936,11 @@ fn apply_db_commit(
     r: &Resource,
     resource: &str,
     txn: Option<PendingTxn>,
-    db_size: u64,
+    commit: &Change,
     seq: Seq,
+    history: Option<&mut History>,
 ) -> Result<()> {
+    let db_size = commit.offset;
     use crate::sqlite_wal::{materialise_header, DbHeader, DB_HEADER_LEN};
     let mut head = [0u8; DB_HEADER_LEN];
     let page_size = match &txn {
@@ -685,6 +960,45 @@ fn apply_db_commit(
             resource,
             format!("commit size {db_size} pages"),
         ));
+    }
+    if let Some(h) = history {
+        // Undo: the old bytes of every page written, of the header, and of any tail the
+        // commit cuts off; then the commit itself as a recovery point.
+        let ms = commit.captured_ms;
+        let (file, path) = (&r.file, r.path.as_path());
+        if let Some(t) = &txn {
+            for pgno in t.pages.range(..=db_size).map(|(p, _)| *p) {
+                h.record_undo(
+                    seq,
+                    ms,
+                    resource,
+                    file,
+                    path,
+                    (pgno - 1) * page_size,
+                    page_size,
+                    false,
+                )?;
+            }
+        }
+        h.record_undo(
+            seq,
+            ms,
+            resource,
+            file,
+            path,
+            0,
+            DB_HEADER_LEN as u64,
+            false,
+        )?;
+        let len = file
+            .metadata()
+            .map_err(|e| ReplicatorError::io("stat", path, e))?
+            .len();
+        let new_len = db_size * page_size;
+        if len > new_len {
+            h.record_undo(seq, ms, resource, file, path, new_len, len - new_len, false)?;
+        }
+        h.record_point(seq, ms, RecordKind::Barrier, resource, true)?;
     }
     if let Some(t) = &txn {
         for (pgno, data) in t.pages.range(..=db_size) {
@@ -745,6 +1059,54 @@ mod tests {
             Some(ship_response::Msg::Ack(a)) => Some(a.durable_seq),
             _ => None,
         })
+    }
+
+    #[test]
+    fn an_archive_file_is_acknowledged_only_once_whole_and_a_restart_resends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive");
+        let open = || {
+            let mut arch = HashMap::new();
+            arch.insert("db".to_owned(), archive.clone());
+            ReplicaGroup::open("g", &dir.path().join("meta"), HashMap::new())
+                .unwrap()
+                .with_archives(arch)
+                .unwrap()
+        };
+        let g = open();
+        let data: Vec<u8> = (0..tandem_core::walfile::CHUNK_LEN + 3)
+            .map(|i| i as u8)
+            .collect();
+        let cs = tandem_core::walfile::changes("db", "000000010000000000000001", &data, 0).unwrap();
+        assert_eq!(cs.len(), 3);
+        let mut st = StreamState::default();
+        // The first chunk alone: applied, but nothing acknowledged yet.
+        let out = g
+            .receive_batch(vec![enc("g", 1, 1, &cs[..1])], &mut st)
+            .unwrap();
+        assert_eq!(acked(&out), None);
+        assert_eq!(g.watermark(), Seq(1));
+        // A restart: the watermark is back before the file, which is resent whole.
+        drop(g);
+        let g = open();
+        assert_eq!(g.watermark(), Seq(0));
+        assert!(!archive.join("000000010000000000000001").exists());
+        let out = g.receive_batch(vec![enc("g", 1, 1, &cs)], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(3));
+        assert_eq!(g.archive_dir("db"), Some(archive.clone()));
+        assert_eq!(
+            std::fs::read(archive.join("000000010000000000000001")).unwrap(),
+            data
+        );
+        // A volume change for the postgres resource is refused for good.
+        let out = g
+            .receive_batch(
+                vec![enc("g", 1, 4, &[Change::write("db", 0, vec![1], 0)])],
+                &mut st,
+            )
+            .unwrap();
+        let r = refusal(&out).unwrap();
+        assert!(r.fatal && r.reason.contains("postgres"), "{r:?}");
     }
 
     #[test]

@@ -29,6 +29,19 @@ pub enum ReplicatorError {
         /// What is wrong.
         reason: String,
     },
+    /// A history segment or undo record failed its checks.
+    #[error("corrupt history segment {path} at byte {offset}: {reason}")]
+    CorruptHistory {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad header or record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No recovery point matches what was asked (or the history no longer reaches it).
+    #[error("no recovery point: {0}")]
+    NoRecoveryPoint(String),
     /// A metadata file has a bad magic, version, length or checksum.
     #[error("bad metadata file {path}: {reason}")]
     BadMetadata {
@@ -86,6 +99,16 @@ pub enum ReplicatorError {
         /// Its resource.
         resource: String,
         /// What is wrong (page size, order, transaction too large).
+        reason: String,
+    },
+    /// A PostgreSQL archive change (WAL chunk or end) that cannot be applied.
+    #[error("change seq {seq} for postgres resource {resource:?}: {reason}")]
+    BadWalChange {
+        /// Seq of the change.
+        seq: Seq,
+        /// Its resource.
+        resource: String,
+        /// What is wrong (order, size, checksum of the reassembled file).
         reason: String,
     },
     /// A SQLite call on a captured database failed.

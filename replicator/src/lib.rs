@@ -13,25 +13,34 @@
 //! - [`apply`]: [`apply::ReplicaGroup`], applying frames to resource files with the watermark.
 //! - [`merkle`]: merkle trees of blake3 block hashes, their diff and wire form (pure).
 //! - [`scan`]: hashing files into trees, and the `scan` capture source built on it.
+//! - [`scan_capture`]: the `scan` source wired to a group's pipeline, with its durable tree.
 //! - [`resync`]: resync and verify of a resource between two replicators over gRPC.
 //! - [`sqlite`]: the `sqlite` capture source, following a live database's WAL (Litestream
 //!   style) and shipping whole transactions as pages + commit.
 //! - [`sqlite_wal`]: pure parsing of SQLite WAL files and database headers.
+//! - [`history`]: the replica's point-in-time history: undo records and recovery points in
+//!   segment files, retention, point selection, rewinding a copy (pure codec + file store).
+//! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
+//! - [`validate`]: pure validation of replication requests before a handler acts.
 //! - [`error`]: the crate's error type.
 
 pub mod apply;
 pub mod error;
+pub mod history;
 pub mod journal;
 pub mod merkle;
 pub mod meta;
 pub mod nbd;
 pub mod node;
+pub mod pg_archive;
 pub mod pipeline;
 pub mod receive;
 pub mod resync;
 pub mod scan;
+pub mod scan_capture;
 pub mod ship;
 pub mod sqlite;
 pub mod sqlite_wal;
+pub mod validate;
 pub mod volume;

@@ -22,14 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tandem_core::clock::{Clock, SystemClock};
-use tandem_core::config::{Group, Node, NodeRole, ResourceKind, Topology};
+use tandem_core::config::{Capture, Group, Node, NodeRole, ResourceKind, Topology};
 use tandem_core::frame::{Change, Decoder};
 use tandem_core::ids::{Epoch, Seq};
+use tandem_core::net::Net;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::{ArchiveWalReply, ArchiveWalRequest};
 use tandem_core::proto::{
-    GroupLease, GroupProgress, HeartbeatRequest, MerkleReply, MerkleRequest, ProposeRequest,
-    ReadBlocksReply, ReadBlocksRequest, SnapshotReply, SnapshotRequest,
+    CheckpointReply, CheckpointRequest, CheckpointsReply, CheckpointsRequest, GroupLease,
+    GroupProgress, HeartbeatRequest, MerkleReply, MerkleRequest, ProposeRequest, ReadBlocksReply,
+    ReadBlocksRequest, RecoverReply, RecoverRequest, RecoveredResource, RecoveryPoint,
+    ResyncProgress, ResyncRequest, SnapshotReply, SnapshotRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -64,6 +68,11 @@ pub struct RoleCell {
     /// Byte ranges being written: overlapping writes go journal-then-image one after the
     /// other, so the image sees them in journal (seq) order, as the replica does.
     ranges: RangeLock,
+    /// The group's volume images at this site (fdatasync'd before a journal overflow).
+    images: Mutex<Vec<PathBuf>>,
+    /// Every resource of the group is a volume, so a full journal may be dropped and the
+    /// replica resynced by merkle diff (a database's pages cannot be recovered that way).
+    may_overflow: std::sync::atomic::AtomicBool,
 }
 
 /// A lock on byte ranges of one resource namespace: overlapping holders exclude each other,
@@ -131,10 +140,52 @@ impl RoleCell {
         lock(&self.lease_deadline).is_some_and(|d| Instant::now() < d)
     }
 
-    fn writable(&self) -> bool {
+    pub(crate) fn writable(&self) -> bool {
         !self.fenced.load(std::sync::atomic::Ordering::SeqCst)
             && self.lease_valid()
             && self.pipeline().is_some()
+    }
+
+    /// The journal is full: with no write between journal and image, make the images durable
+    /// and drop the unacknowledged frames, so intake goes on; the replica is resynced by merkle
+    /// diff (the shipper asks it). Returns false when the group may not overflow (it holds a
+    /// database), and intake stays refused.
+    pub(crate) async fn overflow(&self) -> std::result::Result<bool, VolumeError> {
+        if !self.may_overflow.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let _all = self.inflight.write().await;
+        let Some(p) = self.pipeline() else {
+            return Ok(false);
+        };
+        if !p.journal_full() {
+            return Ok(true); // another writer overflowed it meanwhile
+        }
+        let images = lock(&self.images).clone();
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for path in &images {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .sync_data()?;
+            }
+            Ok(())
+        })
+        .await;
+        let fail = |what: String| VolumeError::Backend {
+            what,
+            retryable: true,
+            errno: crate::nbd::proto::Errno::EIO,
+        };
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(fail(format!("fdatasync before journal overflow: {e}"))),
+            Err(e) => return Err(fail(format!("fdatasync task: {e}"))),
+        }
+        p.drop_unacked()
+            .await
+            .map_err(|e| fail(format!("dropping the journal: {e}")))?;
+        Ok(true)
     }
 }
 
@@ -168,22 +219,115 @@ fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
     }
 }
 
+/// A write admitted to the journal: the image write happens under the guards, and then (with
+/// the guards dropped) [`Journaled::acknowledge`] waits for what the mode promises.
+struct Admitted<'a> {
+    guards: (tokio::sync::RwLockReadGuard<'a, ()>, RangeGuard<'a>),
+    journaled: Journaled,
+}
+
+/// A change durable in the local journal, not yet acknowledged to the client.
+struct Journaled {
+    pipeline: Arc<GroupPipeline>,
+    seq: Seq,
+    resource: String,
+}
+
+impl Journaled {
+    /// In sync mode, waits for the replica's durable acknowledgement (or the coordinators'
+    /// consent to degrade). Called without holding the write guards: a merkle snapshot for
+    /// the replica's own resync needs them, and strict sync would otherwise wait forever.
+    async fn acknowledge(self) -> std::result::Result<(), VolumeError> {
+        self.pipeline
+            .await_sync(self.seq)
+            .await
+            .map_err(|e| backend_err(&self.resource, e))
+    }
+}
+
 impl GroupVolume {
-    async fn capture(&self, change: Change) -> std::result::Result<(), VolumeError> {
+    /// Journals the change of bytes `[start, end)` (made by `make`) and returns the guards
+    /// under which the caller writes the image. A full journal overflows (see
+    /// [`RoleCell::overflow`]) and the change is journaled again.
+    async fn admit(
+        &self,
+        start: u64,
+        end: u64,
+        make: &(dyn Fn() -> Change + Send + Sync),
+    ) -> std::result::Result<Admitted<'_>, VolumeError> {
+        let mut tries = 0;
+        loop {
+            let g = self.role.inflight.read().await;
+            let r = self.role.ranges.lock(&self.resource, start, end).await;
+            match self.capture(make()).await {
+                Ok(journaled) => {
+                    return Ok(Admitted {
+                        guards: (g, r),
+                        journaled,
+                    })
+                }
+                Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                    drop((r, g));
+                    tries += 1;
+                    if !self.role.overflow().await? {
+                        return Err(e);
+                    }
+                }
+                Err(CaptureError::JournalFull(e) | CaptureError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn capture(&self, change: Change) -> std::result::Result<Journaled, CaptureError> {
         if !self.role.writable() {
             return Err(refused(
                 &self.resource,
                 "not writable here (not primary, or the lease is not held)",
-            ));
+            )
+            .into());
         }
         let p = self
             .role
             .pipeline()
             .ok_or_else(|| refused(&self.resource, "no pipeline"))?;
-        p.submit(vec![change])
-            .await
-            .map(|_| ())
-            .map_err(|e| backend_err(&self.resource, e))
+        match p.submit_journaled(vec![change]).await {
+            Ok(seq) => Ok(Journaled {
+                pipeline: p,
+                seq,
+                resource: self.resource.clone(),
+            }),
+            Err(e) => {
+                let full = matches!(e, ReplicatorError::JournalFull { .. });
+                let e = backend_err(&self.resource, e);
+                Err(if full {
+                    CaptureError::JournalFull(e)
+                } else {
+                    CaptureError::Other(e)
+                })
+            }
+        }
+    }
+}
+
+/// Why a change was not journaled.
+enum CaptureError {
+    /// The journal is at its limit (the group may overflow and retry).
+    JournalFull(VolumeError),
+    /// Anything else.
+    Other(VolumeError),
+}
+
+impl From<VolumeError> for CaptureError {
+    fn from(e: VolumeError) -> Self {
+        CaptureError::Other(e)
+    }
+}
+
+impl From<CaptureError> for VolumeError {
+    fn from(e: CaptureError) -> Self {
+        match e {
+            CaptureError::JournalFull(e) | CaptureError::Other(e) => e,
+        }
     }
 }
 
@@ -203,28 +347,21 @@ impl VolumeBackend for GroupVolume {
         data: Vec<u8>,
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
-        let _g = self.role.inflight.read().await;
         let end = offset.saturating_add(data.len() as u64);
-        let _r = self.role.ranges.lock(&self.resource, offset, end).await;
-        let change = Change::write(&self.resource, offset, data.clone(), self.clock.now_ms());
-        self.capture(change).await?;
-        self.file.write(offset, data, fua).await
+        let make = || Change::write(&self.resource, offset, data.clone(), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.write(offset, data, fua).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> std::result::Result<(), VolumeError> {
-        let _g = self.role.inflight.read().await;
-        let _r = self
-            .role
-            .ranges
-            .lock(
-                &self.resource,
-                offset,
-                offset.saturating_add(u64::from(len)),
-            )
-            .await;
-        let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        self.capture(change).await?;
-        self.file.trim(offset, len).await
+        let end = offset.saturating_add(u64::from(len));
+        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.trim(offset, len).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
     }
 
     async fn write_zeroes(
@@ -233,26 +370,36 @@ impl VolumeBackend for GroupVolume {
         len: u32,
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
-        let _g = self.role.inflight.read().await;
-        let _r = self
-            .role
-            .ranges
-            .lock(
-                &self.resource,
-                offset,
-                offset.saturating_add(u64::from(len)),
-            )
-            .await;
-        let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        self.capture(change).await?;
-        self.file.write_zeroes(offset, len, fua).await
+        let end = offset.saturating_add(u64::from(len));
+        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.write_zeroes(offset, len, fua).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
     }
 
     async fn flush(&self) -> std::result::Result<(), VolumeError> {
         if self.role.writable() {
-            let _g = self.role.inflight.read().await;
-            self.capture(Change::barrier(&self.resource, self.clock.now_ms()))
-                .await?;
+            let mut tries = 0;
+            let journaled = loop {
+                let g = self.role.inflight.read().await;
+                match self
+                    .capture(Change::barrier(&self.resource, self.clock.now_ms()))
+                    .await
+                {
+                    Ok(j) => break j,
+                    Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                        drop(g);
+                        tries += 1;
+                        if !self.role.overflow().await? {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            self.file.flush().await?;
+            return journaled.acknowledge().await;
         }
         self.file.flush().await
     }
@@ -290,13 +437,17 @@ enum Role {
 struct GroupRt {
     cfg: Group,
     role: Role,
-    /// Stops the SQLite capture sources of this group (primary only).
-    sqlite_stop: Option<watch::Sender<bool>>,
+    /// Stops the SQLite and scan capture sources of this group (primary only).
+    sources_stop: Option<watch::Sender<bool>>,
+    /// The scan capture sources of this group (primary only), for the drain's last pass.
+    scans: Vec<crate::scan_capture::ScanSource>,
     cell: Arc<RoleCell>,
     last_shipped: u64,
     last_tick: Instant,
     throughput: f64,
     last_error: String,
+    /// Progress of the current (or last) resync of this replica.
+    resync: watch::Sender<ResyncProgress>,
 }
 
 struct NodeRt {
@@ -320,6 +471,56 @@ struct NodeRtShared {
     paths: HashMap<(String, String), PathBuf>,
     /// group -> the replica replicator's URL, while this node is the group's primary
     peers: Mutex<HashMap<String, String>>,
+    /// The node itself, once running (the Resync RPC changes its groups' roles).
+    node: std::sync::OnceLock<std::sync::Weak<NodeRt>>,
+    /// (group, resource) of every postgres resource -> its archive pushes, one at a time (the
+    /// replica rebuilds one file at a time per resource).
+    wal_pushes: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// This node's site and its jurisdiction, and each group's allowed jurisdictions: a copy
+    /// this node writes (drill snapshot, recovered copy) lands at this site.
+    residency: Residency,
+    /// How this node dials and serves (plaintext or mTLS).
+    net: Net,
+}
+
+/// Where this node is, for the residency check of the copies it writes.
+#[derive(Default)]
+struct Residency {
+    site: String,
+    jurisdiction: Option<String>,
+    allowed: HashMap<String, Vec<String>>,
+}
+
+impl Residency {
+    fn of(topo: &Topology, node: &Node) -> Residency {
+        Residency {
+            site: node.site.clone(),
+            jurisdiction: topo.site(&node.site).and_then(|s| s.jurisdiction.clone()),
+            allowed: topo
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.allowed_jurisdictions.clone()))
+                .collect(),
+        }
+    }
+
+    /// Refuses writing a `what` copy of `group` here when this site is outside the group's
+    /// allowed jurisdictions (before anything is written).
+    fn check(&self, group: &str, what: &str) -> std::result::Result<(), Status> {
+        let allowed = self.allowed.get(group).map_or(&[][..], |v| v.as_slice());
+        match tandem_core::residency::placement_refusal(
+            what,
+            allowed,
+            &self.site,
+            self.jurisdiction.as_deref(),
+        ) {
+            Some(m) => {
+                warn!(%group, "refused: {m}");
+                Err(Status::permission_denied(format!("group {group}: {m}")))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Maps (group, resource) to the local file.
@@ -363,15 +564,16 @@ impl NodeBlocks {
         };
         let mut own = self.server.merkle(plain.clone()).await?;
         own.watermark = seq.0;
-        let ch = tonic::transport::Endpoint::from_shared(peer.clone())
+        let net = &self.shared.net;
+        let ep = net
+            .endpoint(&peer)
             .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
+            .connect_timeout(Duration::from_secs(1));
+        let ch = net
+            .connect(ep)
             .await
             .map_err(|e| Status::unavailable(format!("replica {peer}: {e}")))?;
-        let mut client = ReplicationClient::new(ch)
-            .max_decoding_message_size(crate::resync::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::resync::MAX_MESSAGE_BYTES);
+        let mut client = tandem_core::grpc_limits!(ReplicationClient::new(ch));
         let r = client.merkle(plain).await?.into_inner();
         own.peer_root = r.root;
         own.peer_leaves = r.leaves;
@@ -389,6 +591,17 @@ impl BlockSource for NodeBlocks {
         let replica = lock(&self.shared.replicas).get(&group).cloned();
         if req.barrier {
             return self.merkle_barrier(req, cell).await;
+        }
+        if req.resource.is_empty() {
+            // Only where a returning replica of a group without volumes continues: the first
+            // seq the primary's journal still holds, minus one.
+            let p = cell.and_then(|c| c.pipeline()).ok_or_else(|| {
+                Status::failed_precondition(format!("group {group:?} is not primary here"))
+            })?;
+            return Ok(MerkleReply {
+                watermark: p.journal().trimmed_through().0,
+                ..MerkleReply::default()
+            });
         }
         // The watermark must be a seq the image already reflects: take it with no write
         // between journal and image, before hashing starts.
@@ -414,8 +627,69 @@ impl BlockSource for NodeBlocks {
         self.server.read_blocks(req).await
     }
 
+    async fn resync(
+        &self,
+        req: ResyncRequest,
+    ) -> std::result::Result<watch::Receiver<ResyncProgress>, Status> {
+        let rt = self
+            .shared
+            .node
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| Status::unavailable("the replicator is starting"))?;
+        let mut groups = rt.groups.lock().await;
+        let g = groups
+            .get_mut(&req.group)
+            .ok_or_else(|| Status::not_found(format!("no group {:?} here", req.group)))?;
+        if let Some(r) = g
+            .cfg
+            .resources
+            .iter()
+            .find(|r| !matches!(r.kind, ResourceKind::Volume { .. }))
+        {
+            return Err(Status::failed_precondition(format!(
+                "group {:?} holds the {} resource {:?}: only volumes are resynced by merkle diff",
+                req.group,
+                r.kind.name(),
+                r.name
+            )));
+        }
+        match &g.role {
+            Role::Replica {
+                resyncing: true, ..
+            } => Ok(g.resync.subscribe()),
+            Role::Replica {
+                epoch,
+                rg: Some(rg),
+                ..
+            } => {
+                let (epoch, rg) = (*epoch, rg.clone());
+                let primary = g
+                    .cfg
+                    .peer_of(&rt.node.site)
+                    .map(str::to_owned)
+                    .ok_or_else(|| Status::internal("the group has no peer site"))?;
+                info!(group = %req.group, reason = %req.reason, "resync asked");
+                rt.service.remove_group(&req.group);
+                lock(&rt.me.replicas).remove(&req.group);
+                // Wait out the batch being applied; no later frame is applied to these files.
+                tokio::task::spawn_blocking(move || rg.retire())
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                start_resync(&rt, g, epoch, &primary, &req.reason)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                Ok(g.resync.subscribe())
+            }
+            _ => Err(Status::failed_precondition(format!(
+                "this replicator is not the replica of {:?}: a resync is asked of the replica",
+                req.group
+            ))),
+        }
+    }
+
     async fn snapshot(&self, req: SnapshotRequest) -> std::result::Result<SnapshotReply, Status> {
         let dir = self.snapshot_dir(&req)?;
+        self.shared.residency.check(&req.group, "drill copy")?;
         let rg = lock(&self.shared.replicas)
             .get(&req.group)
             .cloned()
@@ -444,6 +718,106 @@ impl BlockSource for NodeBlocks {
         })
     }
 
+    async fn checkpoint(
+        &self,
+        req: CheckpointRequest,
+    ) -> std::result::Result<CheckpointReply, Status> {
+        self.mark_checkpoint(req).await
+    }
+
+    async fn checkpoints(
+        &self,
+        req: CheckpointsRequest,
+    ) -> std::result::Result<CheckpointsReply, Status> {
+        let rg = self.replica(&req.group)?;
+        let v = rg.history_view().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "group {:?} keeps no history (set `history` in its config)",
+                req.group
+            ))
+        })?;
+        Ok(CheckpointsReply {
+            points: v
+                .points
+                .iter()
+                .filter(|p| req.barriers || p.kind != crate::history::RecordKind::Barrier)
+                .map(wire_point)
+                .collect(),
+            oldest: v.oldest.as_ref().map(wire_point),
+            history_bytes: v.bytes,
+            watermark: v.watermark.0,
+        })
+    }
+
+    async fn recover(&self, req: RecoverRequest) -> std::result::Result<RecoverReply, Status> {
+        let rg = self.replica(&req.group)?;
+        self.shared
+            .residency
+            .check(&req.group, "point-in-time copy")?;
+        let sel = crate::validate::recover_selector(&req).map_err(Status::invalid_argument)?;
+        let out = if req.out_dir.is_empty() {
+            // The same name rules as snapshots.
+            self.snapshot_dir(&SnapshotRequest {
+                group: req.group.clone(),
+                name: req.name.clone(),
+            })?;
+            let out = self
+                .snapshots
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("recovered")
+                .join(&req.group)
+                .join(&req.name);
+            let out = std::path::absolute(&out)
+                .map_err(|e| Status::internal(format!("{}: {e}", out.display())))?;
+            // A named copy is replaced (a retried runbook step).
+            if out.exists() {
+                std::fs::remove_dir_all(&out)
+                    .map_err(|e| Status::unavailable(format!("remove {}: {e}", out.display())))?;
+            }
+            out
+        } else {
+            PathBuf::from(&req.out_dir)
+        };
+        if !out.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "out_dir {:?} must be an absolute path",
+                req.out_dir
+            )));
+        }
+        let bs = if req.block_size == 0 {
+            64 << 10
+        } else {
+            req.block_size
+        };
+        crate::merkle::check_block_size(bs).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let o = out.clone();
+        let r = tokio::task::spawn_blocking(move || rg.recover(&sel, &o, bs))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                ReplicatorError::NoRecoveryPoint(m) => Status::failed_precondition(m),
+                e => Status::internal(e.to_string()),
+            })?;
+        info!(group = %req.group, seq = r.point.seq.0, dir = %out.display(), undone = r.undone, "recovered to a point in time");
+        Ok(RecoverReply {
+            point: Some(wire_point(&r.point)),
+            copied_at: r.copied_at.0,
+            undone: r.undone,
+            resources: r
+                .resources
+                .into_iter()
+                .map(|(name, path, length, root)| RecoveredResource {
+                    name,
+                    path: path.display().to_string(),
+                    length,
+                    root: root.to_vec(),
+                })
+                .collect(),
+            block_size: bs,
+        })
+    }
+
     async fn delete_snapshot(
         &self,
         req: SnapshotRequest,
@@ -465,24 +839,152 @@ impl BlockSource for NodeBlocks {
             watermark: 0,
         })
     }
+
+    async fn archive_wal(
+        &self,
+        req: ArchiveWalRequest,
+    ) -> std::result::Result<ArchiveWalReply, Status> {
+        let key = (req.group.clone(), req.resource.clone());
+        let one = self.shared.wal_pushes.get(&key).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "group {:?} has no postgres resource {:?} on this replicator",
+                req.group, req.resource
+            ))
+        })?;
+        let now = SystemClock::new().now_ms();
+        let changes = tandem_core::walfile::changes(&req.resource, &req.name, &req.data, now)
+            .map_err(|r| Status::invalid_argument(format!("archive file {:?}: {r}", req.name)))?;
+        let hash = blake3::hash(&req.data).to_hex().to_string();
+        let cell = lock(&self.shared.cells).get(&req.group).cloned();
+        let _one = one.lock().await;
+        let retry = || {
+            Status::failed_precondition(format!(
+                "group {:?} is not writable here (not the primary, no live lease, or intake stopped for a switchover); PostgreSQL will retry",
+                req.group
+            ))
+        };
+        let cell = cell.filter(|c| c.writable()).ok_or_else(retry)?;
+        let p = cell.pipeline().ok_or_else(retry)?;
+        let mut last = Seq(0);
+        {
+            let _g = cell.inflight.read().await;
+            // At most 32 MiB of file per submission: well inside the 64 MiB frame limit.
+            let mut rest = changes.into_iter();
+            loop {
+                let batch: Vec<Change> = rest.by_ref().take(32).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                last = p
+                    .submit(batch)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("{}: {e}", req.name)))?;
+            }
+        }
+        let wait = match req.timeout_ms {
+            0 => Duration::from_secs(60),
+            ms => Duration::from_millis(ms),
+        };
+        tokio::time::timeout(wait, p.wait_replica_durable(last))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "{} journaled at seq {last} but the replica did not acknowledge it durable within {} ms",
+                    req.name,
+                    wait.as_millis()
+                ))
+            })?
+            .map_err(|e| Status::unavailable(format!("{}: {e}", req.name)))?;
+        info!(group = %req.group, resource = %req.resource, file = %req.name, bytes = req.data.len(), seq = last.0, "archive file durable at the replica");
+        Ok(ArchiveWalReply {
+            seq: last.0,
+            blake3: hash,
+        })
+    }
+}
+
+/// The folder where the replica replicator with data folder `node_data_dir` keeps the
+/// PostgreSQL archive files of `resource` of `group` (what `tandem wal fetch` reads).
+pub fn archive_dir(node_data_dir: &Path, group: &str, resource: &str) -> PathBuf {
+    node_data_dir.join("archive").join(group).join(resource)
+}
+
+fn wire_point(p: &crate::history::Point) -> RecoveryPoint {
+    RecoveryPoint {
+        seq: p.seq.0,
+        captured_ms: p.captured_ms,
+        kind: p.kind.as_str().into(),
+        tag: p.tag.clone(),
+    }
 }
 
 impl NodeBlocks {
-    /// `DATA_DIR/snapshots/GROUP/NAME`, refusing names that could leave that folder.
-    fn snapshot_dir(&self, req: &SnapshotRequest) -> std::result::Result<PathBuf, Status> {
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 128
-                && !s.starts_with('.')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
-        if !ok(&req.group) || !ok(&req.name) {
+    fn replica(&self, group: &str) -> std::result::Result<Arc<ReplicaGroup>, Status> {
+        lock(&self.shared.replicas)
+            .get(group)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "group {group:?} is not a replica here: its history is kept at the replica"
+                ))
+            })
+    }
+
+    /// Puts a tagged checkpoint marker into the stream of a primary group and waits (10 s at
+    /// most) until the replica has it durable.
+    async fn mark_checkpoint(
+        &self,
+        req: CheckpointRequest,
+    ) -> std::result::Result<CheckpointReply, Status> {
+        if req.tag.is_empty()
+            || req.tag.len() > tandem_core::frame::MAX_TAG_LEN
+            || req.tag.chars().any(|c| c.is_control())
+        {
             return Err(Status::invalid_argument(format!(
-                "bad snapshot group {:?} or name {:?}: letters, digits, '-', '_', '.'",
-                req.group, req.name
+                "bad checkpoint tag {:?}: 1 to {} bytes, no control characters",
+                req.tag,
+                tandem_core::frame::MAX_TAG_LEN
             )));
         }
+        let not_primary = || {
+            Status::failed_precondition(format!(
+                "group {:?} is not primary here: a checkpoint is marked by the primary",
+                req.group
+            ))
+        };
+        let cell = lock(&self.shared.cells)
+            .get(&req.group)
+            .cloned()
+            .ok_or_else(not_primary)?;
+        if !cell.writable() {
+            return Err(not_primary());
+        }
+        let p = cell.pipeline().ok_or_else(not_primary)?;
+        let now = SystemClock::new().now_ms();
+        let seq = p
+            .submit(vec![Change::checkpoint(&req.tag, now)])
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(10), p.wait_replica_durable(seq))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "checkpoint {:?} is at seq {seq} but the replica did not have it within 10s",
+                    req.tag
+                ))
+            })?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(group = %req.group, tag = %req.tag, seq = seq.0, "checkpoint marked");
+        Ok(CheckpointReply {
+            seq: seq.0,
+            captured_ms: now,
+        })
+    }
+
+    /// `DATA_DIR/snapshots/GROUP/NAME`, refusing names that could leave that folder.
+    fn snapshot_dir(&self, req: &SnapshotRequest) -> std::result::Result<PathBuf, Status> {
+        crate::validate::check_copy_name(&req.group, &req.name)
+            .map_err(Status::invalid_argument)?;
         Ok(self.snapshots.join(&req.group).join(&req.name))
     }
 }
@@ -508,6 +1010,8 @@ pub async fn run(
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| ReplicatorError::io("create dir", &data_dir, e))?;
     let site = node.site.clone();
+    let net = Net::for_node(&topo, &name).map_err(|e| ReplicatorError::Task(e.to_string()))?;
+    net.spawn_reloader();
 
     // Every volume of every group this site takes part in is exported over NBD; an export is
     // writable only while this site is primary with a live lease.
@@ -515,14 +1019,24 @@ pub async fn run(
     let mut groups = BTreeMap::new();
     let mut paths = HashMap::new();
     let mut cells = HashMap::new();
+    let mut wal_pushes = HashMap::new();
     for g in topo
         .groups
         .iter()
         .filter(|g| g.primary == site || g.replica == site)
     {
         let cell = Arc::new(RoleCell::default());
+        cell.may_overflow.store(
+            g.resources
+                .iter()
+                .all(|r| matches!(r.kind, ResourceKind::Volume { .. })),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         for r in &g.resources {
-            if let ResourceKind::Volume { size, .. } = &r.kind {
+            if matches!(r.kind, ResourceKind::Postgres { .. }) {
+                wal_pushes.insert((g.name.clone(), r.name.clone()), Default::default());
+            }
+            if let ResourceKind::Volume { size, capture, .. } = &r.kind {
                 let path = topo.resource_path(g, r, &site).ok_or_else(|| {
                     ReplicatorError::Task(format!("no path for {}/{}", g.name, r.name))
                 })?;
@@ -539,9 +1053,13 @@ pub async fn run(
                     role: cell.clone(),
                     clock: SystemClock::new(),
                 };
-                exports
-                    .insert(&r.name, Arc::new(vol))
-                    .map_err(|e| ReplicatorError::Task(format!("export {}: {e}", r.name)))?;
+                // A scanned volume is written by others, not through an NBD export.
+                if *capture == Capture::Nbd {
+                    exports
+                        .insert(&r.name, Arc::new(vol))
+                        .map_err(|e| ReplicatorError::Task(format!("export {}: {e}", r.name)))?;
+                }
+                lock(&cell.images).push(path.clone());
                 paths.insert((g.name.clone(), r.name.clone()), path);
             }
         }
@@ -551,12 +1069,18 @@ pub async fn run(
             GroupRt {
                 cfg: g.clone(),
                 role: Role::Unknown,
-                sqlite_stop: None,
+                sources_stop: None,
+                scans: Vec::new(),
                 cell,
                 last_shipped: 0,
                 last_tick: Instant::now(),
                 throughput: 0.0,
                 last_error: String::new(),
+                resync: watch::channel(ResyncProgress {
+                    group: g.name.clone(),
+                    ..ResyncProgress::default()
+                })
+                .0,
             },
         );
     }
@@ -565,6 +1089,10 @@ pub async fn run(
         replicas: Mutex::new(HashMap::new()),
         paths,
         peers: Mutex::new(HashMap::new()),
+        node: std::sync::OnceLock::new(),
+        wal_pushes,
+        residency: Residency::of(&topo, &node),
+        net: net.clone(),
     });
     let resolver_shared = shared.clone();
     let resolver: Resolver = Box::new(move |g: &str, r: &str| {
@@ -578,7 +1106,9 @@ pub async fn run(
         snapshots: data_dir.join("snapshots"),
         server: BlockServer::new(resolver),
     };
-    let service = ReplicationService::new().with_block_source(Arc::new(blocks));
+    let service = ReplicationService::new()
+        .with_block_source(Arc::new(blocks))
+        .with_net(net.clone());
     let coordinators = topo
         .coordinators()
         .iter()
@@ -593,6 +1123,7 @@ pub async fn run(
         coordinators,
         me: shared,
     });
+    let _ = rt.me.node.set(Arc::downgrade(&rt));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     serve_metrics(&rt, stop_rx.clone()).await?;
@@ -640,7 +1171,8 @@ pub async fn run(
 }
 
 async fn stop_role(g: &mut GroupRt) {
-    if let Some(stop) = g.sqlite_stop.take() {
+    g.scans.clear();
+    if let Some(stop) = g.sources_stop.take() {
         let _ = stop.send(true);
     }
     let role = std::mem::replace(&mut g.role, Role::Unknown);
@@ -656,6 +1188,11 @@ async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bool>) {
     let every: Duration = rt.topo.cluster.heartbeat_interval.into();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A coordinator behind a cut link must not eat the whole detection window: the failure
+    // detector declares this site down after `detect_after` without a heartbeat, so each try
+    // gets a third of it (the next coordinator is tried right after).
+    let detect: Duration = rt.topo.cluster.detect_after.into();
+    let per_try = (detect / 3).clamp(Duration::from_millis(200), Duration::from_secs(2));
     let mut client: Option<CoordinatorClient<Channel>> = None;
     let mut next = 0usize;
     loop {
@@ -670,7 +1207,7 @@ async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bool>) {
             if client.is_none() {
                 let addr = &rt.coordinators[next % rt.coordinators.len().max(1)];
                 next += 1;
-                client = connect(addr).await;
+                client = connect_within(&rt.me.net, addr, per_try).await;
             }
             if let Some(c) = client.as_mut() {
                 match c.heartbeat(req.clone()).await {
@@ -700,12 +1237,76 @@ async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn connect(addr: &str) -> Option<CoordinatorClient<Channel>> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_owned())
+/// Asks the coordinators (`sync_degraded` command) before a sync group of this node
+/// acknowledges writes without its replica.
+#[derive(Debug)]
+struct CoordinatorConsent {
+    group: String,
+    node: String,
+    site: String,
+    coordinators: Vec<String>,
+    net: Net,
+}
+
+impl crate::pipeline::SyncConsent for CoordinatorConsent {
+    fn ask(&self, epoch: Epoch, degraded: bool) -> crate::pipeline::ConsentFuture {
+        let cmd = serde_json::json!({
+            "op": "sync_degraded", "at_ms": 0, "group": self.group, "node": self.node,
+            "site": self.site, "epoch": epoch.0, "on": degraded,
+        })
+        .to_string();
+        let (node, coordinators, net) = (
+            self.node.clone(),
+            self.coordinators.clone(),
+            self.net.clone(),
+        );
+        Box::pin(async move {
+            let mut why = Vec::new();
+            for addr in &coordinators {
+                let Some(mut c) = connect(&net, addr).await else {
+                    why.push(format!("{addr}: unreachable"));
+                    continue;
+                };
+                let req = ProposeRequest {
+                    command: cmd.clone(),
+                    actor: node.clone(),
+                };
+                match c.propose(req).await {
+                    Ok(_) => return Ok(()),
+                    // The leader refused it: asking another coordinator reaches the same one.
+                    Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                        return Err(format!("refused: {}", e.message()))
+                    }
+                    Err(e) => why.push(format!("{addr}: {}", e.message())),
+                }
+            }
+            Err(why.join("; "))
+        })
+    }
+}
+
+async fn connect(net: &Net, addr: &str) -> Option<CoordinatorClient<Channel>> {
+    connect_within(net, addr, Duration::from_secs(2)).await
+}
+
+/// A coordinator client whose calls time out after `timeout` (connecting: at most 300 ms).
+async fn connect_within(
+    net: &Net,
+    addr: &str,
+    timeout: Duration,
+) -> Option<CoordinatorClient<Channel>> {
+    let ep = net
+        .endpoint(addr)
         .ok()?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(2));
-    ep.connect().await.ok().map(CoordinatorClient::new)
+        .connect_timeout(timeout.min(Duration::from_millis(300)))
+        .timeout(timeout);
+    match net.connect(ep).await {
+        Ok(ch) => Some(tandem_core::grpc_limits!(CoordinatorClient::new(ch))),
+        Err(e) => {
+            tracing::debug!("coordinator {addr}: {e}");
+            None
+        }
+    }
 }
 
 async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
@@ -749,6 +1350,7 @@ async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                     } else {
                         pr.reason.clone()
                     },
+                    ..Default::default()
                 })
             }
             Role::Replica {
@@ -756,6 +1358,16 @@ async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 rg,
                 resyncing,
             } => Some(GroupProgress {
+                history_oldest_ms: rg
+                    .as_ref()
+                    .and_then(|r| r.history_oldest())
+                    .map(|p| p.captured_ms)
+                    .unwrap_or(0),
+                history_oldest_seq: rg
+                    .as_ref()
+                    .and_then(|r| r.history_oldest())
+                    .map(|p| p.seq.0)
+                    .unwrap_or(0),
                 group: name.clone(),
                 role: "replica".into(),
                 epoch: epoch.0,
@@ -765,7 +1377,11 @@ async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 } else {
                     "in-sync".into()
                 },
-                reason: g.last_error.clone(),
+                reason: if *resyncing {
+                    describe_resync(&g.resync.borrow())
+                } else {
+                    g.last_error.clone()
+                },
                 ..Default::default()
             }),
         };
@@ -775,7 +1391,32 @@ async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
         node: rt.node.name.clone(),
         site: rt.node.site.clone(),
         groups: out,
+        cert_not_after: rt.me.net.cert_not_after().unwrap_or(0),
     }
+}
+
+/// One line of resync progress for status: `resync: copying disk0 40% (12/30 blocks)`.
+pub fn describe_resync(p: &ResyncProgress) -> String {
+    let pct = |d: u64, t: u64| (d * 100).checked_div(t).unwrap_or(100);
+    let mut out = match p.phase.as_str() {
+        "hashing" => format!(
+            "resync: hashing {} {}%",
+            p.resource,
+            pct(p.bytes_done, p.bytes_total)
+        ),
+        "copying" => format!(
+            "resync: copying {} {}% ({}/{} blocks)",
+            p.resource,
+            pct(p.bytes_done, p.bytes_total),
+            p.blocks_copied,
+            p.blocks_differing
+        ),
+        other => format!("resync: {other}"),
+    };
+    if !p.error.is_empty() {
+        out.push_str(&format!("; last attempt failed: {}", p.error));
+    }
+    out
 }
 
 fn journal_dir(rt: &NodeRt, group: &str, epoch: Epoch) -> PathBuf {
@@ -787,6 +1428,11 @@ fn journal_dir(rt: &NodeRt, group: &str, epoch: Epoch) -> PathBuf {
 
 fn replica_dir(rt: &NodeRt, group: &str) -> PathBuf {
     rt.data_dir.join("replica").join(group)
+}
+
+/// `DATA_DIR/history/GROUP`: the point-in-time history of a replica group.
+fn history_dir(rt: &NodeRt, group: &str) -> PathBuf {
+    rt.data_dir.join("history").join(group)
 }
 
 /// Epochs of the journals this node kept for `group` (it was primary in those epochs).
@@ -865,7 +1511,41 @@ fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
             std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         }
     }
-    ReplicaGroup::open_with_sqlite(&g.name, &replica_dir(rt, &g.name), paths, &sqlite_names(g))
+    let archives = g
+        .resources
+        .iter()
+        .filter(|r| matches!(r.kind, ResourceKind::Postgres { .. }))
+        .map(|r| (r.name.clone(), archive_dir(&rt.data_dir, &g.name, &r.name)))
+        .collect();
+    let rg = ReplicaGroup::open_with_sqlite(
+        &g.name,
+        &replica_dir(rt, &g.name),
+        paths,
+        &sqlite_names(g),
+    )?
+    .with_archives(archives)?;
+    let hdir = history_dir(rt, &g.name);
+    match g.history {
+        Some(keep) => {
+            let mut cfg =
+                crate::history::HistoryConfig::new(Duration::from(keep).as_millis() as i64);
+            cfg.max_bytes = g.history_max.map(|m| m.bytes());
+            cfg.checkpoint_interval_ms = Duration::from(g.checkpoint_interval).as_millis() as i64;
+            // Segments of about 1/16 of the size cap, so trimming is fine-grained.
+            if let Some(m) = cfg.max_bytes {
+                cfg.segment_bytes = (m / 16).clamp(1 << 20, crate::history::DEFAULT_SEGMENT_BYTES);
+            }
+            rg.enable_history(&hdir, cfg)?;
+        }
+        None => {
+            // History switched off: what is left no longer follows the stream.
+            if hdir.exists() {
+                std::fs::remove_dir_all(&hdir)
+                    .map_err(|e| ReplicatorError::io("remove", &hdir, e))?;
+            }
+        }
+    }
+    Ok(rg)
 }
 
 fn peer_replicator(rt: &NodeRt, site: &str) -> Option<String> {
@@ -933,20 +1613,64 @@ async fn become_primary(
     let name = g.cfg.name.clone();
     info!(group = %name, %epoch, "becoming primary");
     // Where the group's seq numbering continues from.
-    let start = match &g.role {
+    let mut start = match &g.role {
         Role::Replica { rg: Some(rg), .. } => rg.watermark(),
+        Role::Primary { pipeline, .. } => pipeline.progress().last_captured_seq,
         _ => Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0)),
     };
+    // Journals of older epochs are this node's own writes as primary (a replica's are removed
+    // once it is resynced), unless it was a replica since or its copy is half-resynced.
+    let own_old_journals = !matches!(g.role, Role::Replica { .. })
+        && !replica_dir(rt, &name).join(RESYNC_MARKER).exists();
     stop_role(g).await;
     rt.service.remove_group(&name);
     lock(&rt.me.replicas).remove(&name);
+    // The local files now take the primary's writes, with no undo: the replica history of
+    // this site ends here.
+    let hdir = history_dir(rt, &name);
+    if hdir.exists() {
+        std::fs::remove_dir_all(&hdir).map_err(|e| ReplicatorError::io("remove", &hdir, e))?;
+    }
     let dir = journal_dir(rt, &name, epoch);
     let fresh = !dir.exists();
+    if fresh && own_old_journals {
+        // Staying primary into a new epoch (or restarting into one): continue the numbering
+        // after the frames already journaled, so no seq is used twice, and make sure they are
+        // all on the images (a crash may have come between journal and image). A replica that
+        // lacks some of them is behind the new journal's start and is resynced by merkle diff.
+        for e in journal_epochs(rt, &name)
+            .into_iter()
+            .filter(|e| *e < epoch.0)
+        {
+            let old = journal_dir(rt, &name, Epoch(e));
+            let gid = tandem_core::ids::GroupId::from_name(&name);
+            let j = tokio::task::spawn_blocking(move || {
+                Journal::open(&old, gid, Epoch(e), crate::journal::DEFAULT_SEGMENT_BYTES)
+            })
+            .await
+            .map_err(|e| ReplicatorError::Task(e.to_string()))??;
+            let last = Seq(j.next_seq().0.saturating_sub(1));
+            replay_frames(Arc::new(j), &resource_paths(rt, &g.cfg)).await?;
+            if last > start {
+                info!(group = %name, old_epoch = e, %last, was = %start, "numbering continues after the older epoch's journal");
+                start = last;
+            }
+        }
+    }
     Journal::init(&dir, epoch, start.next())?;
     let mut cfg = PipelineConfig::new(&name, &dir);
     cfg.epoch = epoch;
     cfg.journal_max = g.cfg.journal_max.bytes();
     cfg.sync_timeout = (!g.cfg.sync_timeout.is_zero()).then(|| g.cfg.sync_timeout.into());
+    if !rt.coordinators.is_empty() {
+        cfg.sync_consent = Some(Arc::new(CoordinatorConsent {
+            group: name.clone(),
+            node: rt.node.name.clone(),
+            site: rt.node.site.clone(),
+            coordinators: rt.coordinators.clone(),
+            net: rt.me.net.clone(),
+        }));
+    }
     cfg.mode = match g.cfg.mode {
         tandem_core::config::Mode::Sync => Mode::Sync,
         tandem_core::config::Mode::Async => Mode::Async,
@@ -968,13 +1692,48 @@ async fn become_primary(
     }
     let shipper = peer_replicator(rt, replica_site).map(|addr| {
         let mut cfg = ShipConfig::new(&addr, &rt.node.name);
+        cfg.net = rt.me.net.clone();
         cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);
+        if !g.cfg.bandwidth_schedule.is_empty() {
+            let group = g.cfg.clone();
+            cfg.rate_now = Some(Arc::new(move || {
+                group.bandwidth_at(tandem_core::config::TimeOfDay::of(chrono::Utc::now()))
+            }));
+        }
         pipeline.start_shipper(cfg)
     });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Scanned volumes: re-hash every interval, journal the changed blocks.
+    for r in &g.cfg.resources {
+        let ResourceKind::Volume {
+            capture: Capture::Scan,
+            scan_interval,
+            block_size,
+            ..
+        } = &r.kind
+        else {
+            continue;
+        };
+        let Some(path) = rt.topo.resource_path(&g.cfg, r, &rt.node.site) else {
+            continue;
+        };
+        let tree_file = crate::scan_capture::tree_path(&rt.data_dir, &name, &r.name);
+        let src = crate::scan_capture::ScanSource::open(
+            &r.name,
+            &path,
+            &tree_file,
+            epoch,
+            block_size.bytes() as u32,
+            pipeline.clone(),
+        )
+        .await?;
+        info!(resource = %r.name, path = %path.display(), interval = %scan_interval, "scanning the volume for changes");
+        g.scans.push(src.clone());
+        tokio::spawn(src.run((*scan_interval).into(), g.cell.clone(), stop_rx.clone()));
+    }
     // SQLite resources: follow each database's WAL into the same pipeline.
     let names = sqlite_names(&g.cfg);
     if !names.is_empty() {
-        let (stop_tx, stop_rx) = watch::channel(false);
         for r in g.cfg.resources.iter().filter(|r| names.contains(&r.name)) {
             let Some(path) = rt.topo.resource_path(&g.cfg, r, &rt.node.site) else {
                 continue;
@@ -1005,8 +1764,8 @@ async fn become_primary(
                 }
             });
         }
-        g.sqlite_stop = Some(stop_tx);
     }
+    g.sources_stop = Some(stop_tx);
     g.cell
         .fenced
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1023,7 +1782,13 @@ async fn become_primary(
 
 /// Re-applies the journal's unacknowledged frames to the local images, in order (idempotent).
 async fn replay_journal(p: &GroupPipeline, paths: &HashMap<String, PathBuf>) -> Result<()> {
-    let journal = p.journal().clone();
+    replay_frames(p.journal().clone(), paths).await
+}
+
+/// Writes every untrimmed frame of `journal` onto the local images, in order, and fdatasyncs
+/// them. Idempotent: replaying a suffix of the write history onto an image that already
+/// holds it changes nothing.
+async fn replay_frames(journal: Arc<Journal>, paths: &HashMap<String, PathBuf>) -> Result<()> {
     let paths = paths.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::os::unix::fs::FileExt;
@@ -1115,6 +1880,21 @@ async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
             // Wait out writes between journal and image.
             let _g = cell.inflight.write().await;
         }
+        // Scanned volumes: one last pass, so what their writers wrote before the switchover
+        // is on the replica too.
+        let scans = {
+            let groups = rt2.groups.lock().await;
+            groups
+                .get(&group)
+                .map(|g| g.scans.clone())
+                .unwrap_or_default()
+        };
+        for s in scans {
+            if let Err(e) = s.pass().await {
+                warn!(%group, "drain: last scan pass failed: {e}");
+                return;
+            }
+        }
         let last = pipeline.progress().last_captured_seq;
         if let Err(e) = pipeline.wait_replica_durable(last).await {
             warn!(%group, "drain failed: {e}");
@@ -1133,7 +1913,7 @@ async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
             "op": "release_lease", "at_ms": 0, "group": group, "node": rt2.node.name, "epoch": epoch.0,
         });
         for addr in &rt2.coordinators {
-            if let Some(mut c) = connect(addr).await {
+            if let Some(mut c) = connect(&rt2.me.net, addr).await {
                 let r = c
                     .propose(ProposeRequest {
                         command: cmd.to_string(),
@@ -1184,31 +1964,63 @@ async fn become_replica(
         return Ok(());
     }
     let existing = stored_watermark(&rdir)?;
-    let needs_resync = was_primary || existing.is_none_or(|w| w == 0);
-    if !needs_resync {
+    let why = if was_primary {
+        "the old primary returns as replica"
+    } else if rdir.join(RESYNC_MARKER).exists() {
+        "a resync was interrupted"
+    } else if existing.is_none_or(|w| w == 0) {
+        "initial sync"
+    } else {
         let rg = Arc::new(open_replica(rt, &g.cfg)?);
         rg.set_fence(epoch)?;
         register_replica(rt, g, epoch, rg);
         return Ok(());
-    }
-    // Bring this copy to the primary's by merkle diff while the primary keeps writing, then
-    // continue from the primary's seq at the time it hashed.
-    g.role = Role::Replica {
-        epoch,
-        rg: None,
-        resyncing: true,
     };
+    start_resync(rt, g, epoch, primary_site, why)
+}
+
+/// Name of the marker file in the replica folder while a resync rewrites the files: a copy
+/// left half-resynced by a crash is resynced again, never trusted.
+const RESYNC_MARKER: &str = "RESYNCING";
+
+/// Brings this copy of `g` to the primary's by merkle diff while the primary keeps writing,
+/// then registers the replica to continue from the primary's seq at hashing time. Retries
+/// until it succeeds or the role changes; progress goes to `g.resync`.
+fn start_resync(
+    rt: &Arc<NodeRt>,
+    g: &mut GroupRt,
+    epoch: Epoch,
+    primary_site: &str,
+    why: &str,
+) -> Result<()> {
     let Some(addr) = peer_replicator(rt, primary_site) else {
         return Err(ReplicatorError::Task(format!(
             "no replicator at {primary_site}"
         )));
     };
+    let rdir = replica_dir(rt, &g.cfg.name);
+    std::fs::create_dir_all(&rdir).map_err(|e| ReplicatorError::io("create dir", &rdir, e))?;
+    let now_ms = SystemClock::new().now_ms().max(0) as u64;
+    crate::meta::write_meta(&rdir.join(RESYNC_MARKER), *b"RSYN", &[now_ms])?;
+    info!(group = %g.cfg.name, %why, "resync starting");
+    g.role = Role::Replica {
+        epoch,
+        rg: None,
+        resyncing: true,
+    };
+    let started = Instant::now();
+    let progress = g.resync.clone();
+    progress.send_replace(ResyncProgress {
+        group: g.cfg.name.clone(),
+        phase: "hashing".into(),
+        ..ResyncProgress::default()
+    });
     let rt2 = rt.clone();
     let cfg = g.cfg.clone();
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            match resync_from(&rt2, &cfg, &addr).await {
+            match resync_from(&rt2, &cfg, &addr, &progress, started).await {
                 Ok(seq) => {
                     let opened = open_replica(&rt2, &cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
@@ -1229,8 +2041,23 @@ async fn become_replica(
                                     let _ = std::fs::remove_dir_all(
                                         rt2.data_dir.join("journal").join(&cfg.name),
                                     );
+                                    let marker = replica_dir(&rt2, &cfg.name).join(RESYNC_MARKER);
+                                    let removed = std::fs::remove_file(&marker)
+                                        .map_err(|e| ReplicatorError::io("remove", &marker, e))
+                                        .and_then(|()| {
+                                            crate::meta::sync_dir(&replica_dir(&rt2, &cfg.name))
+                                        });
+                                    if let Err(e) = removed {
+                                        warn!(group = %cfg.name, "removing {}: {e}", marker.display());
+                                    }
                                     register_replica(&rt2, g, epoch, Arc::new(rg));
                                     g.last_error.clear();
+                                    progress.send_modify(|p| {
+                                        p.phase = "done".into();
+                                        p.seq = seq.0;
+                                        p.error.clear();
+                                        p.elapsed_ms = started.elapsed().as_millis() as u64;
+                                    });
                                 }
                             }
                             return;
@@ -1240,6 +2067,7 @@ async fn become_replica(
                 }
                 Err(e) => {
                     warn!(group = %cfg.name, "resync from {addr} failed (will retry): {e}");
+                    progress.send_modify(|p| p.error = e.to_string());
                     if let Some(g) = rt2.groups.lock().await.get_mut(&cfg.name) {
                         if !matches!(
                             g.role,
@@ -1248,6 +2076,7 @@ async fn become_replica(
                                 ..
                             }
                         ) {
+                            progress.send_modify(|p| p.phase = "failed".into());
                             return;
                         }
                         g.last_error = format!("resync: {e}");
@@ -1273,15 +2102,28 @@ fn register_replica(rt: &NodeRt, g: &mut GroupRt, epoch: Epoch, rg: Arc<ReplicaG
 
 /// Resyncs every volume of `g` from the primary replicator at `addr`; returns the seq the copy
 /// now reflects (the smallest of the primary's watermarks, taken before each hash).
-async fn resync_from(rt: &NodeRt, g: &Group, addr: &str) -> Result<Seq> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_owned())
+async fn resync_from(
+    rt: &NodeRt,
+    g: &Group,
+    addr: &str,
+    progress: &watch::Sender<ResyncProgress>,
+    started: Instant,
+) -> Result<Seq> {
+    let net = &rt.me.net;
+    let ep = net
+        .endpoint(addr)
         .map_err(|e| ReplicatorError::Task(e.to_string()))?
         .connect_timeout(Duration::from_secs(1));
-    let ch = ep.connect().await.map_err(|e| ReplicatorError::Transport {
-        addr: addr.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut client = ReplicationClient::new(ch);
+    let ch = net
+        .connect(ep)
+        .await
+        .map_err(|e| ReplicatorError::Transport {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+    // Blocks and leaves cross the WAN zstd-compressed (the server compresses when asked).
+    let mut client = tandem_core::grpc_limits!(ReplicationClient::new(ch))
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
     let mut seq: Option<u64> = None;
     for r in &g.resources {
         let ResourceKind::Volume { block_size, .. } = &r.kind else {
@@ -1290,8 +2132,24 @@ async fn resync_from(rt: &NodeRt, g: &Group, addr: &str) -> Result<Seq> {
         let Some(path) = rt.topo.resource_path(g, r, &rt.node.site) else {
             continue;
         };
+        let (tx, name) = (progress.clone(), r.name.clone());
         let opts = ResyncOptions {
             live_source: true,
+            // A live source's roots may differ at the end anyway (the journal replay after
+            // the resync brings the copy up to date), so read back only the written blocks.
+            full_rehash: false,
+            progress: Some(Arc::new(move |t: resync::ResyncTick| {
+                tx.send_modify(|p| {
+                    p.phase = t.phase.into();
+                    p.resource = name.clone();
+                    p.bytes_done = t.bytes_done;
+                    p.bytes_total = t.bytes_total;
+                    p.blocks_differing = t.blocks_differing;
+                    p.blocks_copied = t.blocks_copied;
+                    p.wire_bytes = t.wire_bytes;
+                    p.elapsed_ms = started.elapsed().as_millis() as u64;
+                })
+            })),
             ..ResyncOptions::default()
         };
         let report = resync::resync(
@@ -1314,6 +2172,29 @@ async fn resync_from(rt: &NodeRt, g: &Group, addr: &str) -> Result<Seq> {
             from_seq = report.source_watermark, "resynced from the primary"
         );
         seq = Some(seq.map_or(report.source_watermark, |s| s.min(report.source_watermark)));
+    }
+    let only_postgres = g
+        .resources
+        .iter()
+        .all(|r| matches!(r.kind, ResourceKind::Postgres { .. }));
+    if seq.is_none() && only_postgres {
+        // Nothing to diff: an archive folder needs no resync (a standby is rebuilt from a base
+        // backup). Continue from what the primary's journal still holds, so a returning old
+        // primary does not ask for frames the journal has trimmed.
+        let r = client
+            .merkle(MerkleRequest {
+                group: g.name.clone(),
+                resource: String::new(),
+                block_size: 0,
+                barrier: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| ReplicatorError::Transport {
+                addr: addr.to_owned(),
+                reason: s.message().to_owned(),
+            })?;
+        seq = Some(r.into_inner().watermark);
     }
     Ok(Seq(seq.unwrap_or(0)))
 }

@@ -27,6 +27,25 @@ pub enum Mode {
     Sync,
 }
 
+/// The future a [`SyncConsent`] answers with.
+pub type ConsentFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send + 'static>,
+>;
+
+/// Asks the coordinators to agree before a sync group acknowledges writes without its
+/// replica, and tells them when it is synchronous again.
+///
+/// Why: a primary that degrades on its own, cut off from the coordinators, acknowledges
+/// writes the replica never gets, and the majority then promotes that replica: acknowledged
+/// writes are lost. With consent committed first, the coordinators know not to fail over
+/// automatically; without it, writes keep waiting (until the replica answers or the lease
+/// ends and fences the pipeline).
+pub trait SyncConsent: Send + Sync + std::fmt::Debug {
+    /// Commits "acknowledging alone" (`degraded`) or "synchronous again" (`!degraded`) for
+    /// `epoch`; `Err` with the reason when refused or unreachable (it is asked again).
+    fn ask(&self, epoch: Epoch, degraded: bool) -> ConsentFuture;
+}
+
 /// Settings of one group's pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -55,6 +74,9 @@ pub struct PipelineConfig {
     /// `None` blocks writes until the replica answers. Sync resumes once the replica has
     /// caught up.
     pub sync_timeout: Option<Duration>,
+    /// Sync mode: who must agree before the group degrades after `sync_timeout`. `None`
+    /// degrades without asking (a pipeline with no coordinators: tests, benches).
+    pub sync_consent: Option<Arc<dyn SyncConsent>>,
 }
 
 impl PipelineConfig {
@@ -72,6 +94,7 @@ impl PipelineConfig {
             queue_depth: 256,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             sync_timeout: None,
+            sync_consent: None,
         }
     }
 }
@@ -161,8 +184,26 @@ pub(crate) struct Shared {
     journal_full: Mutex<bool>,
     sync_timeout: Option<Duration>,
     sync_degraded: std::sync::atomic::AtomicBool,
+    /// Whether the pipeline wants the coordinators to hold it degraded (`true`) or not.
+    degrade_wanted: watch::Sender<bool>,
+    /// What the coordinators last committed (`true`: degraded, consent given).
+    degrade_granted: watch::Sender<bool>,
+    has_consent: bool,
     pub(crate) ship_problem: Mutex<Option<String>>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Set by [`GroupPipeline::drop_unacked`] until the replica is past `through`.
+    overflow: Mutex<Option<Overflow>>,
+}
+
+/// Frames dropped from a full journal: the replica must be resynced past `through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Overflow {
+    /// Highest dropped seq.
+    through: Seq,
+    /// Capture time of the oldest change dropped (keeps RPO honest while it is missing).
+    oldest_ms: Option<i64>,
+    /// Encoded bytes dropped, over every overflow since the replica was last in step.
+    dropped_bytes: u64,
 }
 
 impl Shared {
@@ -177,6 +218,22 @@ impl Shared {
 
     pub(crate) fn set_ship_problem(&self, problem: Option<String>) {
         *self.ship_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Clears the overflow mark once the replica acknowledged everything that was dropped.
+    pub(crate) fn note_acked(&self, seq: Seq) {
+        // Every write acknowledged alone is on the replica now: synchronous again, even if no
+        // write comes to notice it. (A submit that saw the flag set has a seq ≤ durable_local
+        // here, so ≤ `seq`.)
+        if seq >= *self.durable_local.borrow() && self.sync_degraded.swap(false, Ordering::SeqCst) {
+            self.degrade_wanted.send_replace(false);
+            tracing::info!(group = %self.group, %seq, "replica caught up: sync acknowledgements resume");
+        }
+        let mut o = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        if o.is_some_and(|o| seq >= o.through) {
+            tracing::info!(group = %self.group, %seq, "replica is past the dropped frames: journal overflow over");
+            *o = None;
+        }
     }
 
     /// Clears the journal-full mark once the replica has drained the journal below the limit.
@@ -242,9 +299,16 @@ impl GroupPipeline {
             journal_full: Mutex::new(false),
             sync_timeout: cfg.sync_timeout,
             sync_degraded: std::sync::atomic::AtomicBool::new(false),
+            degrade_wanted: watch::channel(false).0,
+            degrade_granted: watch::channel(false).0,
+            has_consent: cfg.sync_consent.is_some(),
             ship_problem: Mutex::new(None),
             shutdown: watch::channel(false).0,
+            overflow: Mutex::new(None),
         });
+        if let Some(consent) = cfg.sync_consent.clone() {
+            tokio::spawn(consent_loop(Arc::clone(&shared), consent));
+        }
         let encoder = Encoder::new(cfg.zstd_level)?;
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
         let (wtx, wrx) = mpsc::channel(4);
@@ -295,6 +359,19 @@ impl GroupPipeline {
     /// [`ReplicatorError::Fenced`], [`ReplicatorError::InvalidSubmission`] (empty or over the
     /// frame limit), [`ReplicatorError::Closed`], or the journal write error.
     pub async fn submit(&self, changes: Vec<Change>) -> Result<Seq> {
+        let seq = self.submit_journaled(changes).await?;
+        self.await_sync(seq).await?;
+        Ok(seq)
+    }
+
+    /// The first half of [`Self::submit`]: returns once the changes are durable in the local
+    /// journal, in either mode. A sync caller then answers its client only after
+    /// [`Self::await_sync`]; in between it may finish local work (the image write) without
+    /// holding anything the replica's recovery needs.
+    ///
+    /// # Errors
+    /// As [`Self::submit`], except those of waiting for the replica.
+    pub async fn submit_journaled(&self, changes: Vec<Change>) -> Result<Seq> {
         if changes.is_empty() {
             return Err(ReplicatorError::InvalidSubmission("no changes".into()));
         }
@@ -311,7 +388,9 @@ impl GroupPipeline {
         let pending = sh.journal.pending_bytes() + sh.queued_bytes.load(Ordering::SeqCst);
         {
             let mut full = sh.journal_full.lock().unwrap_or_else(|p| p.into_inner());
-            if pending + raw as u64 > sh.journal_max {
+            // An empty journal always takes one submission (it is bounded by the frame
+            // limit), so a write larger than the limit is not refused forever.
+            if pending > 0 && pending + raw as u64 > sh.journal_max {
                 if !*full {
                     tracing::warn!(group = %sh.group, pending, max = sh.journal_max, "journal full: refusing intake");
                 }
@@ -341,16 +420,27 @@ impl GroupPipeline {
             return Err(closed());
         }
         sh.bytes_raw_total.fetch_add(data, Ordering::Relaxed);
-        let seq = wait.await.map_err(|_| closed())??;
+        wait.await.map_err(|_| closed())?
+    }
+
+    /// The second half of [`Self::submit`]: in sync mode waits until the replica has `seq`
+    /// durable (or, after `sync_timeout`, until the coordinators agreed to degrade); returns at
+    /// once in async mode.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Fenced`] or [`ReplicatorError::Closed`] while waiting.
+    pub async fn await_sync(&self, seq: Seq) -> Result<()> {
+        let sh = &self.shared;
         if sh.mode == Mode::Sync {
             if sh.sync_degraded.load(Ordering::SeqCst) {
                 if *sh.durable_replica.borrow() >= Seq(seq.0.saturating_sub(1)) {
                     // The replica caught up: back to synchronous acknowledgements.
                     sh.sync_degraded.store(false, Ordering::SeqCst);
+                    sh.degrade_wanted.send_replace(false);
                     tracing::info!(group = %sh.group, "replica caught up: sync acknowledgements resume");
                     self.wait_replica_durable(seq).await?;
                 }
-                return Ok(seq);
+                return Ok(());
             }
             match sh.sync_timeout {
                 None => self.wait_replica_durable(seq).await?,
@@ -359,14 +449,41 @@ impl GroupPipeline {
                         .await
                         .is_err()
                     {
-                        sh.sync_degraded.store(true, Ordering::SeqCst);
-                        tracing::warn!(group = %sh.group, timeout_ms = t.as_millis() as u64,
-                            "replica did not acknowledge in time: sync group degraded, writes acknowledged on the local journal");
+                        self.degrade_after_timeout(seq, t).await?;
                     }
                 }
             }
         }
-        Ok(seq)
+        Ok(())
+    }
+
+    /// The replica did not acknowledge `seq` within the sync timeout `t`: acknowledge on the
+    /// local journal from now on, but only once the coordinators agreed (when there are any);
+    /// until then keep waiting for the replica. Errors as [`Self::wait_replica_durable`].
+    async fn degrade_after_timeout(&self, seq: Seq, t: Duration) -> Result<()> {
+        let sh = &self.shared;
+        if sh.has_consent && !sh.sync_degraded.load(Ordering::SeqCst) {
+            sh.degrade_wanted.send_replace(true);
+            let mut granted = sh.degrade_granted.subscribe();
+            tokio::select! {
+                r = self.wait_replica_durable(seq) => {
+                    if !sh.sync_degraded.load(Ordering::SeqCst) {
+                        sh.degrade_wanted.send_replace(false);
+                    }
+                    return r;
+                }
+                r = granted.wait_for(|g| *g) => {
+                    if r.is_err() {
+                        return Err(ReplicatorError::Closed(sh.group.clone()));
+                    }
+                }
+            }
+        }
+        if !sh.sync_degraded.swap(true, Ordering::SeqCst) {
+            tracing::warn!(group = %sh.group, timeout_ms = t.as_millis() as u64, consent = sh.has_consent,
+                "replica did not acknowledge in time: sync group degraded, writes acknowledged on the local journal");
+        }
+        Ok(())
     }
 
     /// Waits until the replica has acknowledged `seq` durable.
@@ -391,18 +508,34 @@ impl GroupPipeline {
         let sh = &self.shared;
         let last = *sh.durable_local.borrow();
         let acked = *sh.durable_replica.borrow();
+        let overflow = *sh.overflow.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = if acked >= last {
             None
         } else {
-            sh.journal.oldest_unacked_capture_ms()
+            let journal = sh.journal.oldest_unacked_capture_ms();
+            match overflow.and_then(|o| o.oldest_ms) {
+                Some(o) => Some(journal.map_or(o, |j| j.min(o))),
+                None => journal,
+            }
         };
         let mut reasons = Vec::new();
+        if let Some(o) = overflow {
+            reasons.push(format!(
+                "journal overflow: {} bytes of frames through seq {} dropped at the {} byte limit; the replica is resynced by merkle diff",
+                o.dropped_bytes, o.through, sh.journal_max
+            ));
+        }
         if let Some(f) = sh.fenced.borrow().as_ref() {
             reasons.push(format!("fenced: {f}"));
         }
         if sh.sync_degraded.load(Ordering::SeqCst) {
             reasons.push(
                 "sync degraded: the replica is not acknowledging; writes are acknowledged on the local journal only"
+                    .to_owned(),
+            );
+        } else if *sh.degrade_wanted.borrow() {
+            reasons.push(
+                "sync: the replica is not acknowledging; writes wait until it does or the coordinators agree to degrade"
                     .to_owned(),
             );
         }
@@ -433,6 +566,53 @@ impl GroupPipeline {
             },
             reason: reasons.join("; "),
         }
+    }
+
+    /// Whether intake is being refused because the journal is at its size limit.
+    pub fn journal_full(&self) -> bool {
+        *self
+            .shared
+            .journal_full
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every journaled frame the replica has not acknowledged, so intake can go on when
+    /// the journal is full: the group stays degraded until the replica, which can no longer
+    /// be sent those frames, has been resynced by merkle diff past them (the shipper asks it
+    /// to). Returns the highest dropped seq.
+    ///
+    /// The caller must guarantee that every dropped change is durable in the local images
+    /// (no write between journal and image, images fdatasync'd): afterwards they exist nowhere
+    /// else on this site.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] writing the journal metadata.
+    pub async fn drop_unacked(&self) -> Result<Seq> {
+        let sh = &self.shared;
+        let last = *sh.durable_local.borrow();
+        let oldest = sh.journal.oldest_unacked_capture_ms();
+        let pending = sh.journal.pending_bytes();
+        let j = Arc::clone(&sh.journal);
+        tokio::task::spawn_blocking(move || j.trim_through(last))
+            .await
+            .map_err(|e| ReplicatorError::Task(e.to_string()))??;
+        {
+            let mut o = sh.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            let prev = o.take();
+            *o = Some(Overflow {
+                through: last,
+                oldest_ms: match (prev.and_then(|p| p.oldest_ms), oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+                dropped_bytes: prev.map_or(0, |p| p.dropped_bytes) + pending,
+            });
+        }
+        sh.note_trimmed();
+        tracing::warn!(group = %sh.group, through = last.0, bytes = pending, max = sh.journal_max,
+            "journal full: dropped the unacknowledged frames (they are in the local images); the replica will be resynced by merkle diff");
+        Ok(last)
     }
 
     /// Starts a new epoch (after a promotion): stored durably, stamped on every later frame,
@@ -471,6 +651,45 @@ impl GroupPipeline {
 impl Drop for GroupPipeline {
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// Brings the coordinators' view of the degradation in line with what the pipeline wants,
+/// one question at a time, retrying refusals and unreachable coordinators, until shutdown.
+async fn consent_loop(sh: Arc<Shared>, consent: Arc<dyn SyncConsent>) {
+    let mut wanted = sh.degrade_wanted.subscribe();
+    let mut shutdown = sh.shutdown.subscribe();
+    let mut failures = 0u32;
+    loop {
+        let want = *wanted.borrow_and_update();
+        if want == *sh.degrade_granted.borrow() {
+            tokio::select! {
+                r = wanted.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let asked = tokio::select! {
+            r = consent.ask(sh.epoch(), want) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match asked {
+            Ok(()) => {
+                failures = 0;
+                tracing::info!(group = %sh.group, degraded = want, "coordinators committed the sync degradation change");
+                sh.degrade_granted.send_replace(want);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(group = %sh.group, degraded = want, failures, "coordinators did not commit the sync degradation change: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }
     }
 }
 

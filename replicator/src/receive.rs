@@ -6,12 +6,16 @@ use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
+use tandem_core::certs::Role;
 use tandem_core::frame::FrameHeader;
 use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::net::{Caller, Net};
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
-    ship_request, ship_response, MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest,
-    ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, Welcome,
+    ship_request, ship_response, ArchiveWalReply, ArchiveWalRequest, CheckpointReply,
+    CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply, MerkleRequest,
+    ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, ResyncProgress,
+    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Largest gRPC message accepted or sent on the replication stream (a frame is at most
 /// 64 MiB raw plus zstd overhead).
-pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
+pub const MAX_MESSAGE_BYTES: usize = tandem_core::limits::MAX_GRPC_MESSAGE_BYTES;
 /// HTTP/2 stream window (STACK-NOTES gotcha 5).
 pub const STREAM_WINDOW: u32 = 16 << 20;
 /// HTTP/2 connection window (STACK-NOTES gotcha 5).
@@ -85,6 +89,32 @@ pub trait BlockSource: Send + Sync + 'static {
     async fn delete_snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
         Err(Status::unimplemented("delete_snapshot is not served here"))
     }
+    /// Answers a Checkpoint request (the primary marks a tagged checkpoint in the stream).
+    async fn checkpoint(&self, _req: CheckpointRequest) -> Result<CheckpointReply, Status> {
+        Err(Status::unimplemented("checkpoint is not served here"))
+    }
+    /// Answers a Checkpoints request (the replica lists its recovery points).
+    async fn checkpoints(&self, _req: CheckpointsRequest) -> Result<CheckpointsReply, Status> {
+        Err(Status::unimplemented("checkpoints is not served here"))
+    }
+    /// Answers a Recover request (the replica builds a copy at a recovery point).
+    async fn recover(&self, _req: RecoverRequest) -> Result<RecoverReply, Status> {
+        Err(Status::unimplemented("recover is not served here"))
+    }
+    /// Starts (or joins) a resync of a replica group from its primary; the receiver sees its
+    /// progress until the phase is `done` or `failed`.
+    async fn resync(&self, _req: ResyncRequest) -> Result<watch::Receiver<ResyncProgress>, Status> {
+        Err(Status::unimplemented("resync is not served here"))
+    }
+    /// Answers an ArchiveWal request (PostgreSQL `archive_command`, on the primary).
+    async fn archive_wal(&self, _req: ArchiveWalRequest) -> Result<ArchiveWalReply, Status> {
+        Err(Status::unimplemented("archive_wal is not served here"))
+    }
+}
+
+/// Whether a resync progress report is the last one (`done` or `failed`).
+pub fn resync_finished(p: &ResyncProgress) -> bool {
+    p.phase == "done" || p.phase == "failed"
 }
 
 /// The replica replicator's `Replication` service: a registry of groups by name.
@@ -93,6 +123,7 @@ pub struct ReplicationService {
     groups: Arc<RwLock<HashMap<String, Arc<ReplicaGroup>>>>,
     blocks: Option<Arc<dyn BlockSource>>,
     closed: Arc<watch::Sender<bool>>,
+    net: Net,
 }
 
 impl Default for ReplicationService {
@@ -101,6 +132,7 @@ impl Default for ReplicationService {
             groups: Arc::default(),
             blocks: None,
             closed: Arc::new(watch::channel(false).0),
+            net: Net::plaintext(),
         }
     }
 }
@@ -167,11 +199,37 @@ impl ReplicationService {
             .collect()
     }
 
-    /// The tonic server wrapper with message limits raised for whole frames.
+    /// Serves and authenticates through `net` (plaintext by default): with TLS a shipper's
+    /// certificate must name the node its Hello claims, and the other calls are open to nodes
+    /// and operators only.
+    pub fn with_net(mut self, net: Net) -> ReplicationService {
+        self.net = net;
+        self
+    }
+
+    /// Refuses callers that are neither a node nor an operator (TLS only).
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match self.net.caller(req)? {
+            Caller::Anonymous | Caller::Node(_) => Ok(()),
+            Caller::Client {
+                role: Role::Operator,
+                ..
+            } => Ok(()),
+            Caller::Client { name, role } => Err(Status::permission_denied(format!(
+                "role {role} of {name} may not call the replication API"
+            ))),
+        }
+    }
+
+    /// The tonic server wrapper with message limits raised for whole frames. Replies are
+    /// zstd-compressed for clients that ask (the resync client does, for `Merkle` leaves and
+    /// `ReadBlocks` blocks; the shipper does not: its frames are compressed already).
     pub fn into_server(self) -> ReplicationServer<ReplicationService> {
         ReplicationServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .send_compressed(tonic::codec::CompressionEncoding::Zstd)
+            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
     }
 }
 
@@ -185,14 +243,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let net = service.net.clone();
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(H2_FRAME_SIZE)
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(service.into_server());
+    net.serve(router, listener, shutdown).await
 }
 
 /// The `tandem_apply_latency_seconds` series of `group`: from receiving a batch of frames to
@@ -278,6 +335,15 @@ async fn run_stream(
                 }
                 apply_latency(group.name()).observe_duration(received.elapsed());
             }
+            Err(crate::error::ReplicatorError::Closed(g)) => {
+                tracing::info!(group = %g, "replica retired (resync): ending the stream");
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "group {g} is resyncing on this replica"
+                    ))))
+                    .await;
+                return;
+            }
             Err(e) => {
                 tracing::error!(group = group.name(), error = %e, "apply failed");
                 let _ = tx.send(Err(Status::internal(e.to_string()))).await;
@@ -293,6 +359,32 @@ async fn run_stream(
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     type ShipStream = ReceiverStream<Result<ShipResponse, Status>>;
+    type ResyncStream = ReceiverStream<Result<ResyncProgress, Status>>;
+
+    async fn resync(
+        &self,
+        request: Request<ResyncRequest>,
+    ) -> Result<Response<Self::ResyncStream>, Status> {
+        self.admit(&request)?;
+        let Some(b) = &self.blocks else {
+            return Err(Status::unimplemented("resync not wired"));
+        };
+        let mut rx = b.resync(request.into_inner()).await?;
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let p = rx.borrow_and_update().clone();
+                let last = resync_finished(&p);
+                if tx.send(Ok(p)).await.is_err() || last {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
 
     async fn ship(
         &self,
@@ -301,6 +393,7 @@ impl Replication for ReplicationService {
         if *self.closed.borrow() {
             return Err(Status::unavailable("replica service closed"));
         }
+        let caller = self.net.caller(&request)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ShipRequest {
@@ -308,6 +401,18 @@ impl Replication for ReplicationService {
             }) => h,
             _ => return Err(Status::invalid_argument("the stream must start with Hello")),
         };
+        // A valid certificate of another node cannot ship as this one.
+        match &caller {
+            Caller::Anonymous => {}
+            Caller::Node(n) if *n == hello.from_node => {}
+            other => {
+                tracing::warn!(group = %hello.group, claimed = %hello.from_node, cert = %other, "refusing ship stream: certificate names another identity");
+                return Err(Status::permission_denied(format!(
+                    "certificate names {other} but the Hello claims to be node {}",
+                    hello.from_node
+                )));
+            }
+        }
         let group = self
             .group(&hello.group)
             .ok_or_else(|| Status::not_found(format!("no replica group {:?}", hello.group)))?;
@@ -343,6 +448,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<MerkleRequest>,
     ) -> Result<Response<MerkleReply>, Status> {
+        self.admit(&request)?;
         match &self.blocks {
             Some(b) => b.merkle(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("merkle not wired")),
@@ -353,6 +459,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ReadBlocksRequest>,
     ) -> Result<Response<ReadBlocksReply>, Status> {
+        self.admit(&request)?;
         match &self.blocks {
             Some(b) => b.read_blocks(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("read_blocks not wired")),
@@ -363,6 +470,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
+        self.admit(&request)?;
         match &self.blocks {
             Some(b) => b.snapshot(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("snapshot not wired")),
@@ -373,12 +481,57 @@ impl Replication for ReplicationService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
+        self.admit(&request)?;
         match &self.blocks {
             Some(b) => b
                 .delete_snapshot(request.into_inner())
                 .await
                 .map(Response::new),
             None => Err(Status::unimplemented("delete_snapshot not wired")),
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointReply>, Status> {
+        self.admit(&request)?;
+        match &self.blocks {
+            Some(b) => b.checkpoint(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("checkpoint not wired")),
+        }
+    }
+
+    async fn checkpoints(
+        &self,
+        request: Request<CheckpointsRequest>,
+    ) -> Result<Response<CheckpointsReply>, Status> {
+        self.admit(&request)?;
+        match &self.blocks {
+            Some(b) => b.checkpoints(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("checkpoints not wired")),
+        }
+    }
+
+    async fn recover(
+        &self,
+        request: Request<RecoverRequest>,
+    ) -> Result<Response<RecoverReply>, Status> {
+        self.admit(&request)?;
+        match &self.blocks {
+            Some(b) => b.recover(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("recover not wired")),
+        }
+    }
+
+    async fn archive_wal(
+        &self,
+        request: Request<ArchiveWalRequest>,
+    ) -> Result<Response<ArchiveWalReply>, Status> {
+        self.admit(&request)?;
+        match &self.blocks {
+            Some(b) => b.archive_wal(request.into_inner()).await.map(Response::new),
+            None => Err(Status::unimplemented("archive_wal not wired")),
         }
     }
 }

@@ -34,8 +34,10 @@ pub const MAX_REPLY_BYTES: u64 = 16 << 20;
 /// Most blocks one `ReadBlocks` request may name (server limit).
 pub const MAX_BLOCKS_PER_REQUEST: usize = 1024;
 
-/// Largest message the resync client accepts: the largest leaves field plus slack.
-pub const MAX_MESSAGE_BYTES: usize = MAX_WIRE_LEAVES * merkle::HASH_LEN + (1 << 20);
+/// Largest message the resync client accepts: the one gRPC limit
+/// ([`tandem_core::limits::MAX_GRPC_MESSAGE_BYTES`]), which holds the largest leaves field.
+pub const MAX_MESSAGE_BYTES: usize = tandem_core::limits::MAX_GRPC_MESSAGE_BYTES;
+const _: () = assert!(MAX_WIRE_LEAVES * merkle::HASH_LEN + (1 << 20) <= MAX_MESSAGE_BYTES);
 
 /// Errors from resync and verify.
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +136,28 @@ pub struct ResyncReport {
     pub source_watermark: u64,
 }
 
+/// Where a resync is, reported to [`ResyncOptions::progress`] as it goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResyncTick {
+    /// `hashing` (the local target) or `copying` (pulling differing blocks).
+    pub phase: &'static str,
+    /// Bytes of the target hashed (hashing) or of the differing blocks pulled (copying).
+    pub bytes_done: u64,
+    /// Bytes to hash (hashing) or of differing blocks to pull (copying).
+    pub bytes_total: u64,
+    /// Blocks found different (known once hashing is done).
+    pub blocks_differing: u64,
+    /// Differing blocks pulled and written so far.
+    pub blocks_copied: u64,
+    /// Protobuf bytes sent and received so far.
+    pub wire_bytes: u64,
+}
+
+/// A callback that receives [`ResyncTick`]s (a progress bar, status, a watch channel).
+pub type ProgressFn = Arc<dyn Fn(ResyncTick) + Send + Sync>;
+
 /// Tuning for [`resync`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ResyncOptions {
     /// Blocks per `ReadBlocks` request; lowered so a reply stays under [`MAX_REPLY_BYTES`].
     pub batch_blocks: usize,
@@ -149,6 +171,19 @@ pub struct ResyncOptions {
     /// writer on the target) or only read back the written blocks and combine their hashes with
     /// the leaves hashed before (false: one full read less).
     pub full_rehash: bool,
+    /// Called as hashing and copying advance (about every 4 MiB hashed, every batch pulled).
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ResyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResyncOptions")
+            .field("batch_blocks", &self.batch_blocks)
+            .field("live_source", &self.live_source)
+            .field("full_rehash", &self.full_rehash)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for ResyncOptions {
@@ -157,6 +192,7 @@ impl Default for ResyncOptions {
             batch_blocks: DEFAULT_BATCH_BLOCKS,
             live_source: false,
             full_rehash: true,
+            progress: None,
         }
     }
 }
@@ -222,6 +258,145 @@ pub fn verify(a: &MerkleTree, b: &MerkleTree) -> Result<VerifyReport, MerkleErro
     })
 }
 
+/// A ranged `Merkle` answer: the leaves of blocks `[first, first + count)` (clipped to the
+/// file), the root over them, and the whole file's length.
+async fn merkle_range(
+    path: PathBuf,
+    block_size: u32,
+    first: u64,
+    count: u64,
+) -> Result<MerkleReply, Status> {
+    if count > MAX_WIRE_LEAVES as u64 {
+        return Err(Status::invalid_argument(format!(
+            "{count} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry"
+        )));
+    }
+    let (leaves, length) =
+        tokio::task::spawn_blocking(move || scan::hash_blocks(&path, block_size, first, count))
+            .await
+            .map_err(|e| Status::internal(format!("hash task failed: {e}")))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+    let bs = u64::from(block_size);
+    let start = (first * bs).min(length);
+    let end = ((first + leaves.len() as u64) * bs).min(length);
+    let mut bytes = Vec::with_capacity(leaves.len() * merkle::HASH_LEN);
+    for l in &leaves {
+        bytes.extend_from_slice(l);
+    }
+    let root = MerkleTree::from_leaves(block_size, end - start, leaves)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .root();
+    Ok(MerkleReply {
+        root: root.to_vec(),
+        length,
+        block_size,
+        leaves: bytes,
+        first_block: first,
+        ..Default::default()
+    })
+}
+
+/// Progress of a chunked verify: blocks compared so far and in all.
+pub type VerifyProgressFn<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// What a chunked verify found: the comparison of the whole trees, and the seqs of the first
+/// and last chunk's barriers.
+#[derive(Debug, Clone)]
+pub struct ChunkedVerify {
+    /// The comparison of the two whole trees.
+    pub report: VerifyReport,
+    /// Seq both sides stood at when the first chunk was hashed.
+    pub first_seq: u64,
+    /// Seq both sides stood at when the last chunk was hashed.
+    pub last_seq: u64,
+    /// Chunks (barriers) it took.
+    pub chunks: u64,
+}
+
+/// Verifies `group`/`resource` by barrier `Merkle` calls on the primary, one chunk of
+/// `chunk_blocks` blocks at a time: for each chunk the primary holds intake only while the
+/// replica catches up and both copies hash that chunk, so writes pause for one chunk, not for
+/// the whole volume. Each chunk is compared at its own seq; the leaves are put together into
+/// both whole trees. A barrier answered `unavailable` (the replica is not caught up yet) is
+/// retried until `deadline`.
+///
+/// # Errors
+/// [`ResyncError::Rpc`] when a call fails for good, [`ResyncError::BadReply`] for a reply
+/// whose leaves do not fit.
+pub async fn verify_chunked(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    block_size: u32,
+    chunk_blocks: u64,
+    deadline: Instant,
+    progress: VerifyProgressFn<'_>,
+) -> Result<ChunkedVerify, ResyncError> {
+    merkle::check_block_size(block_size)?;
+    let chunk = chunk_blocks.clamp(1, MAX_WIRE_LEAVES as u64);
+    let (mut own, mut peer) = (Vec::new(), Vec::new());
+    let (mut own_len, mut peer_len, mut last_seq): (u64, u64, u64);
+    let (mut first_seq, mut chunks) = (None, 0u64);
+    let mut first = 0u64;
+    loop {
+        let req = MerkleRequest {
+            group: group.to_string(),
+            resource: resource.to_string(),
+            block_size,
+            barrier: true,
+            first_block: first,
+            block_count: chunk,
+        };
+        let rep = match client.merkle(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(s) => return Err(rpc_err("Merkle", group, resource, s)),
+        };
+        let bad = |reason: String| ResyncError::BadReply {
+            rpc: "Merkle",
+            reason,
+        };
+        if rep.leaves.len() % merkle::HASH_LEN != 0 || rep.peer_leaves.len() % merkle::HASH_LEN != 0
+        {
+            return Err(bad("leaves are not whole hashes".into()));
+        }
+        let take = |bytes: &[u8], into: &mut Vec<Hash>| {
+            for c in bytes.chunks(merkle::HASH_LEN) {
+                let mut h = [0u8; merkle::HASH_LEN];
+                h.copy_from_slice(c);
+                into.push(h);
+            }
+        };
+        take(&rep.leaves, &mut own);
+        take(&rep.peer_leaves, &mut peer);
+        (own_len, peer_len, last_seq) = (rep.length, rep.peer_length, rep.watermark);
+        first_seq.get_or_insert(rep.watermark);
+        chunks += 1;
+        let total = merkle::block_count(own_len.max(peer_len), block_size);
+        first += chunk;
+        progress(first.min(total), total);
+        if first >= total {
+            break;
+        }
+    }
+    let tree = |leaves: Vec<Hash>, len: u64| {
+        MerkleTree::from_leaves(block_size, len, leaves).map_err(|e| ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: format!("leaves do not fit the length {len}: {e}"),
+        })
+    };
+    let report = verify(&tree(own, own_len)?, &tree(peer, peer_len)?)?;
+    Ok(ChunkedVerify {
+        report,
+        first_seq: first_seq.unwrap_or(0),
+        last_seq,
+        chunks,
+    })
+}
+
 fn rpc_err(rpc: &'static str, group: &str, resource: &str, status: Status) -> ResyncError {
     ResyncError::Rpc {
         rpc,
@@ -265,6 +440,7 @@ pub async fn fetch_tree_at(
         resource: resource.to_string(),
         block_size,
         barrier: false,
+        ..Default::default()
     };
     let req_len = req.encoded_len() as u64;
     let reply = client
@@ -337,12 +513,35 @@ pub async fn resync(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Hash the local target while the source hashes its copy.
     let path = target.to_path_buf();
+    let progress = options.progress.clone();
+    let tick = move |t: ResyncTick| {
+        if let Some(p) = &progress {
+            p(t);
+        }
+    };
+    let hash_tick = tick.clone();
+    let bs64 = u64::from(block_size);
     let local_task = tokio::task::spawn_blocking(move || -> Result<MerkleTree, ResyncError> {
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(MerkleTree::empty(block_size)?)
             }
-            _ => Ok(scan::hash_file(&path, block_size)?),
+            Ok(meta) => {
+                let len = meta.len();
+                Ok(scan::hash_file_with_progress(
+                    &path,
+                    block_size,
+                    &mut |done, _| {
+                        hash_tick(ResyncTick {
+                            phase: "hashing",
+                            bytes_done: (done * bs64).min(len),
+                            bytes_total: len,
+                            ..ResyncTick::default()
+                        })
+                    },
+                )?)
+            }
+            Err(_) => Ok(scan::hash_file(&path, block_size)?),
         }
     });
     let (source, mut wire, source_watermark) =
@@ -385,6 +584,19 @@ pub async fn resync(
     // One batch is written on the blocking pool while the next is in flight: memory is bounded
     // by two batches.
     let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
+    let differing = wanted.len() as u64;
+    let mut copied = 0u64;
+    let copy_tick = |copied: u64, wire: u64| {
+        tick(ResyncTick {
+            phase: "copying",
+            bytes_done: copied * bs,
+            bytes_total: differing * bs,
+            blocks_differing: differing,
+            blocks_copied: copied,
+            wire_bytes: wire,
+        })
+    };
+    copy_tick(0, wire);
     for batch in wanted.chunks(per_request) {
         let req = ReadBlocksRequest {
             group: group.to_string(),
@@ -413,6 +625,8 @@ pub async fn resync(
             }
             Ok(())
         }));
+        copied += batch.len() as u64;
+        copy_tick(copied, wire);
     }
     if let Some(last) = writing {
         last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
@@ -565,6 +779,9 @@ where
     pub async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status> {
         let path = self.resolve(&req.group, &req.resource, req.block_size)?;
         let block_size = req.block_size;
+        if req.block_count > 0 {
+            return merkle_range(path, block_size, req.first_block, req.block_count).await;
+        }
         let too_many = |blocks: u64| {
             Status::resource_exhausted(format!(
                 "{blocks} blocks exceed the {MAX_WIRE_LEAVES} leaves a reply may carry; use larger blocks"
@@ -604,14 +821,9 @@ where
     /// `unavailable` when the file cannot be read.
     pub async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status> {
         let path = self.resolve(&req.group, &req.resource, req.block_size)?;
-        let count = req.blocks.len();
+        crate::validate::check_read_blocks(&req, self.max_blocks_per_request)
+            .map_err(Status::invalid_argument)?;
         let bs = u64::from(req.block_size);
-        if count > self.max_blocks_per_request || count as u64 * bs > MAX_REPLY_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "{count} blocks of {bs} bytes exceed the limit of {} blocks and {MAX_REPLY_BYTES} bytes per request",
-                self.max_blocks_per_request
-            )));
-        }
         let blocks = req.blocks;
         tokio::task::spawn_blocking(move || -> Result<ReadBlocksReply, Status> {
             let unavailable = |op: &str, e: std::io::Error| {
@@ -645,6 +857,45 @@ where
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_ranged_merkle_answers_the_leaves_of_one_chunk_clipped_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let data: Vec<u8> = (0..(10 * 4096 + 100) as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let whole = MerkleTree::from_bytes(4096, &data).unwrap();
+        let p = path.clone();
+        let server = BlockServer::new(move |_: &str, _: &str| Some(p.clone()));
+        let ask = |first, count| MerkleRequest {
+            group: "g".into(),
+            resource: "v".into(),
+            block_size: 4096,
+            first_block: first,
+            block_count: count,
+            ..Default::default()
+        };
+        // Blocks 4..8: four leaves equal to the whole tree's.
+        let r = server.merkle(ask(4, 4)).await.unwrap();
+        assert_eq!((r.first_block, r.length), (4, data.len() as u64));
+        let leaves: Vec<u8> = whole.leaves()[4..8].iter().flatten().copied().collect();
+        assert_eq!(r.leaves, leaves);
+        // The last chunk is clipped: blocks 8, 9 and the partial block 10.
+        let r = server.merkle(ask(8, 100)).await.unwrap();
+        assert_eq!(r.leaves.len(), 3 * 32);
+        assert_eq!(&r.leaves[64..], &whole.leaves()[10]);
+        // Past the end: no leaves.
+        assert!(server.merkle(ask(50, 4)).await.unwrap().leaves.is_empty());
+        // Chunks put together give the whole tree.
+        let mut all = Vec::new();
+        for first in (0..11).step_by(3) {
+            all.extend(server.merkle(ask(first, 3)).await.unwrap().leaves);
+        }
+        let back = MerkleTree::from_leaves_bytes(4096, data.len() as u64, &all).unwrap();
+        assert_eq!(back.root(), whole.root());
+    }
 
     #[test]
     fn verify_names_the_differing_byte_ranges() {
@@ -764,6 +1015,7 @@ mod tests {
                 resource: "other".into(),
                 block_size: 4096,
                 barrier: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -774,6 +1026,7 @@ mod tests {
                 resource: "r".into(),
                 block_size: 4096,
                 barrier: false,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -791,6 +1044,7 @@ mod tests {
                 resource: "r".into(),
                 block_size: 4096,
                 barrier: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -157,6 +157,43 @@ pub fn hash_file_with_progress(
     Ok(MerkleTree::from_leaves(block_size, read_total, leaves)?)
 }
 
+/// Hashes blocks `[first, first + count)` of a file (clipped to its length) and returns their
+/// leaves and the file's length. Reads 4 MiB at a time.
+///
+/// # Errors
+/// [`ScanError::Io`] when the file cannot be opened or read, [`ScanError::Merkle`] for a block
+/// size out of range.
+pub fn hash_blocks(
+    path: &Path,
+    block_size: u32,
+    first: u64,
+    count: u64,
+) -> Result<(Vec<Hash>, u64), ScanError> {
+    merkle::check_block_size(block_size)?;
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let length = file.metadata().map_err(io_err("stat", path))?.len();
+    let bs = u64::from(block_size);
+    let end = first
+        .saturating_add(count)
+        .min(merkle::block_count(length, block_size));
+    let per_read = (READ_CHUNK as u64 / bs).max(1);
+    let mut leaves = Vec::with_capacity(end.saturating_sub(first) as usize);
+    let mut buf = vec![0u8; (per_read * bs) as usize];
+    let mut b = first;
+    while b < end {
+        let n_blocks = per_read.min(end - b);
+        let offset = b * bs;
+        let want = (n_blocks * bs).min(length - offset) as usize;
+        let n = read_full_at(&file, &mut buf[..want], offset).map_err(io_err("read", path))?;
+        leaves.extend(buf[..n].chunks(bs as usize).map(merkle::leaf_hash));
+        if n < want {
+            break; // the file shrank meanwhile
+        }
+        b += n_blocks;
+    }
+    Ok((leaves, length))
+}
+
 /// Progress of the current scan pass, for progress bars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanProgress {

@@ -5,14 +5,15 @@
 
 use crate::error::ReplicatorError;
 use crate::pipeline::{GroupPipeline, Shared};
-use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, MAX_MESSAGE_BYTES, STREAM_WINDOW};
+use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, STREAM_WINDOW};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tandem_core::ids::Seq;
+use tandem_core::net::Net;
 use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{ship_request, ship_response, Hello, ShipRequest};
+use tandem_core::proto::{ship_request, ship_response, Hello, ResyncRequest, ShipRequest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,6 +42,24 @@ pub struct ShipConfig {
     pub frame_hook: Option<FrameHook>,
     /// Bandwidth limit on the wire (bytes per second of encoded frames), `None` = unlimited.
     pub max_bytes_per_sec: Option<u64>,
+    /// When set, asked before every read of the journal for the limit now (a time-of-day
+    /// schedule); overrides `max_bytes_per_sec`.
+    pub rate_now: Option<RateFn>,
+    /// How the replica is dialled: plaintext or mTLS (default plaintext).
+    pub net: Net,
+}
+
+/// The bandwidth limit in force now, bytes per second (`None` = unlimited).
+pub type RateFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+impl ShipConfig {
+    fn limit(&self) -> Option<u64> {
+        match &self.rate_now {
+            Some(f) => f(),
+            None => self.max_bytes_per_sec,
+        }
+        .filter(|r| *r > 0)
+    }
 }
 
 impl std::fmt::Debug for ShipConfig {
@@ -69,6 +88,8 @@ impl ShipConfig {
             backoff_max: Duration::from_secs(2),
             frame_hook: None,
             max_bytes_per_sec: None,
+            rate_now: None,
+            net: Net::plaintext(),
         }
     }
 }
@@ -174,6 +195,7 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
 }
 
 async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
+    shared.note_acked(seq);
     shared.durable_replica.send_if_modified(|s| {
         if seq > *s {
             *s = seq;
@@ -204,22 +226,19 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let endpoint = match tonic::transport::Endpoint::from_shared(cfg.addr.clone()) {
+    let endpoint = match cfg.net.endpoint(&cfg.addr) {
         Ok(e) => e
-            .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(H2_FRAME_SIZE),
         Err(e) => return SessionEnd::Fatal(format!("bad replica address {}: {e}", cfg.addr)),
     };
-    let channel = match endpoint.connect().await {
+    let channel = match cfg.net.connect(endpoint).await {
         Ok(c) => c,
         Err(e) => return broken(format!("connect: {e}"), false),
     };
-    let mut client = ReplicationClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = tandem_core::grpc_limits!(ReplicationClient::new(channel));
     let (tx, rx) = mpsc::channel::<ShipRequest>(16);
     let hello = ShipRequest {
         msg: Some(ship_request::Msg::Hello(Hello {
@@ -258,10 +277,44 @@ async fn session(
         other => return broken(format!("expected Welcome, got {other:?}"), false),
     };
     let last_local = *shared.durable_local.borrow();
-    if watermark > last_local {
-        tracing::warn!(group = %shared.group, %watermark, %last_local, "replica is ahead of the journal");
+    let trimmed = shared.journal.trimmed_through();
+    // Two ways the journal cannot bring the replica up to date, both mended by a merkle
+    // resync from this (live) primary, which then resumes from our seq at hashing time:
+    // - the frames it needs next are gone (dropped when the journal overflowed, or journaled
+    //   in an older epoch this primary continued from);
+    // - it is ahead of the journal: this primary lost frames it had made durable (a disk
+    //   that lied), so its next seqs would name other writes than the replica's.
+    let resync_reason = if watermark > last_local {
+        Some(format!(
+            "the replica is at seq {watermark}, ahead of the primary's journal ({last_local}): the primary lost journaled frames"
+        ))
+    } else if watermark < trimmed {
+        Some(format!(
+            "the primary's journal no longer holds frames {}..={trimmed}",
+            watermark.0 + 1
+        ))
+    } else {
+        None
+    };
+    if resync_reason.is_none() {
+        on_acked(shared, watermark).await;
     }
-    on_acked(shared, watermark).await;
+    if let Some(reason) = resync_reason {
+        let req = ResyncRequest {
+            group: shared.group.clone(),
+            reason: reason.clone(),
+        };
+        return match client.resync(req).await {
+            Ok(mut s) => {
+                let first = s.get_mut().message().await.ok().flatten();
+                tracing::warn!(group = %shared.group, %watermark, %trimmed, %last_local,
+                    phase = first.as_ref().map_or("?", |p| p.phase.as_str()),
+                    "{reason}: asked the replica to resync");
+                broken(format!("{reason}: resync asked"), false)
+            }
+            Err(s) => broken(format!("asking the replica to resync: {s}"), false),
+        };
+    }
     let mut acked = watermark;
     let mut next = watermark.next();
     let mut progressed = false;
@@ -275,7 +328,8 @@ async fn session(
         let can_send =
             have_new && inflight_bytes < cfg.window_bytes && inflight.len() < cfg.window_frames;
         let mut budget = cfg.window_bytes.saturating_sub(inflight_bytes).max(1);
-        if let Some(rate) = cfg.max_bytes_per_sec.filter(|r| *r > 0) {
+        let limit = cfg.limit();
+        if let Some(rate) = limit {
             // Read about a quarter second of frames at a time, so acks are handled between
             // paced sends.
             budget = budget.min((rate as usize / 4).max(64 << 10));
@@ -341,7 +395,7 @@ async fn session(
                         hook(entry.first_seq, &mut bytes);
                     }
                     let len = bytes.len();
-                    if let Some(rate) = cfg.max_bytes_per_sec.filter(|r| *r > 0) {
+                    if let Some(rate) = limit {
                         let now = tokio::time::Instant::now();
                         if pace_at > now {
                             tokio::time::sleep_until(pace_at).await;

@@ -554,3 +554,83 @@ fn db_commit(resource: &str, db_size: u32, captured_ms: i64) -> Change {
         data: Vec::new(),
     }
 }
+
+/// A logical image of a SQLite database for `tandem verify`: its size in pages and the blake3
+/// over its pages in order, with the page-1 header fields that replication legitimately
+/// changes zeroed (bytes 18-19 WAL/rollback format, 24-31 change counter and in-header size,
+/// 92-95 version-valid-for), so a WAL-mode primary and its rollback-mode replica at the same
+/// commit hash alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagesDigest {
+    /// Database size in pages.
+    pub pages: u32,
+    /// blake3 over the pages.
+    pub hash: blake3::Hash,
+}
+
+fn digest<'a>(pages: impl Iterator<Item = &'a [u8]>) -> PagesDigest {
+    let mut h = blake3::Hasher::new();
+    let mut n = 0u32;
+    for (i, p) in pages.enumerate() {
+        if i == 0 && p.len() >= DB_HEADER_LEN {
+            let mut first = p.to_vec();
+            for b in [18usize, 19].into_iter().chain(24..32).chain(92..96) {
+                first[b] = 0;
+            }
+            h.update(&first);
+        } else {
+            h.update(p);
+        }
+        n += 1;
+    }
+    PagesDigest {
+        pages: n,
+        hash: h.finalize(),
+    }
+}
+
+/// The digest of the live (WAL-mode) database at `path` as of its last commit in the WAL: the
+/// database file with the committed WAL pages laid over it, read under a read transaction
+/// (the same image a new capture source starts from). Blocking.
+///
+/// # Errors
+/// [`ReplicatorError::Sqlite`], [`ReplicatorError::Io`] or [`ReplicatorError::Wal`].
+pub fn primary_digest(path: &Path) -> Result<PagesDigest> {
+    let mut src = SqliteSource::open("verify", path, SqliteOptions::default())?;
+    let batches = src.snapshot()?;
+    let d = digest(
+        batches
+            .iter()
+            .flatten()
+            .filter(|c| c.kind == ChangeKind::DbPage)
+            .map(|c| c.data.as_slice()),
+    );
+    src.unpin()?;
+    Ok(d)
+}
+
+/// The digest of a replica database file (rollback mode, written by the applier), read under
+/// SQLite's shared lock so no half-applied transaction is seen. Blocking.
+///
+/// # Errors
+/// [`ReplicatorError::Sqlite`] or [`ReplicatorError::Io`].
+pub fn replica_digest(path: &Path) -> Result<PagesDigest> {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql_err(path, "open read-only"))?;
+    c.busy_timeout(Duration::from_secs(10))
+        .map_err(sql_err(path, "busy_timeout"))?;
+    c.execute_batch("BEGIN")
+        .map_err(sql_err(path, "begin read"))?;
+    let page_size: u32 = c
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(sql_err(path, "page_size"))?;
+    let count: u32 = c
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(sql_err(path, "page_count"))?;
+    let bytes = std::fs::read(path).map_err(|e| ReplicatorError::io("read", path, e))?;
+    c.execute_batch("COMMIT")
+        .map_err(sql_err(path, "end read"))?;
+    let ps = page_size.max(512) as usize;
+    let used = (count as usize * ps).min(bytes.len());
+    Ok(digest(bytes[..used].chunks(ps)))
+}

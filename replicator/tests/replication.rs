@@ -416,6 +416,103 @@ async fn sync_mode_submit_returns_only_once_the_replica_has_it() {
     shipper.stop().await;
 }
 
+/// A coordinator stand-in: answers `ask` with its `grant` switch and records every question.
+#[derive(Debug, Default, Clone)]
+struct FakeConsent {
+    grant: Arc<std::sync::atomic::AtomicBool>,
+    asked: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl tandem_replicator::pipeline::SyncConsent for FakeConsent {
+    fn ask(&self, _epoch: Epoch, degraded: bool) -> tandem_replicator::pipeline::ConsentFuture {
+        let me = self.clone();
+        Box::pin(async move {
+            me.asked.lock().unwrap().push(degraded);
+            if me.grant.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("no coordinator leader".to_owned())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_degrades_after_the_timeout_only_with_consent_and_resumes_after_catch_up() {
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let replica = start_replica(rdir.path(), 0).await;
+    let port = replica.addr.port();
+    let consent = FakeConsent::default();
+    let mut c = cfg(pdir.path(), Mode::Sync);
+    c.sync_timeout = Some(Duration::from_millis(200));
+    c.sync_consent = Some(Arc::new(consent.clone()));
+    let p = Arc::new(GroupPipeline::open(c).await.unwrap());
+    let shipper = p.start_shipper(ship_cfg(&replica.url()));
+    for c in workload(21, 20) {
+        p.submit(vec![c]).await.unwrap();
+    }
+    assert!(
+        consent.asked.lock().unwrap().is_empty(),
+        "no question while in step"
+    );
+    // 1. The replica goes away and the coordinators do not answer: writes keep waiting,
+    //    long past the sync timeout, instead of being acknowledged on the local journal.
+    let group = replica.shutdown().await;
+    drop(group);
+    let pending = tokio::spawn({
+        let p = Arc::clone(&p);
+        async move { p.submit(workload(22, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!pending.is_finished(), "acknowledged without consent");
+    assert!(consent.asked.lock().unwrap().iter().all(|&d| d));
+    assert!(
+        consent.asked.lock().unwrap().len() >= 2,
+        "refusals are asked again"
+    );
+    let pr = p.progress();
+    assert_eq!(pr.state, GroupState::Degraded);
+    assert!(pr.reason.contains("coordinators agree"), "{}", pr.reason);
+    // 2. The coordinators agree: the waiting write and the next ones are acknowledged alone.
+    consent.grant.store(true, Ordering::SeqCst);
+    let seq = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("acknowledged once the coordinators agreed")
+        .unwrap()
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(1), p.submit(workload(23, 1)))
+        .await
+        .expect("degraded: no wait for the replica")
+        .unwrap();
+    assert!(next > seq);
+    assert!(p.progress().reason.contains("sync degraded"));
+    // 3. The replica returns and catches up: synchronous again, and the coordinators are told.
+    let replica = start_replica(rdir.path(), port).await;
+    wait_caught_up(&p, 30).await;
+    let s = p.submit(workload(24, 1)).await.unwrap();
+    assert!(
+        replica.group.watermark() >= s,
+        "sync acknowledgements resumed"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while consent.asked.lock().unwrap().last() != Some(&false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "catch-up not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        p.progress().state,
+        GroupState::Protected,
+        "{:?}",
+        p.progress()
+    );
+    shipper.stop().await;
+    replica.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_journal_refuses_intake_and_degrades_until_the_replica_catches_up() {
     let pdir = tempfile::tempdir().unwrap();

@@ -10,8 +10,8 @@ use tandem_core::mixed::XorShift;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
-    MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ShipRequest, ShipResponse,
-    SnapshotReply, SnapshotRequest,
+    MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ResyncProgress, ResyncRequest,
+    ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest,
 };
 use tandem_replicator::merkle::{self, MerkleTree};
 use tandem_replicator::resync::{self, BlockServer, ResyncError, ResyncOptions};
@@ -33,6 +33,14 @@ struct TestReplication {
 #[tonic::async_trait]
 impl Replication for TestReplication {
     type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
+    type ResyncStream = futures::stream::Empty<Result<ResyncProgress, Status>>;
+
+    async fn resync(
+        &self,
+        _request: Request<ResyncRequest>,
+    ) -> Result<Response<Self::ResyncStream>, Status> {
+        Err(Status::unimplemented("resync is not served by this test"))
+    }
 
     async fn ship(
         &self,
@@ -74,6 +82,39 @@ impl Replication for TestReplication {
     ) -> Result<Response<SnapshotReply>, Status> {
         Err(Status::unimplemented(
             "delete_snapshot is not served by this test",
+        ))
+    }
+
+    async fn checkpoint(
+        &self,
+        _request: Request<tandem_core::proto::CheckpointRequest>,
+    ) -> Result<Response<tandem_core::proto::CheckpointReply>, Status> {
+        Err(Status::unimplemented(
+            "checkpoint is not served by this test",
+        ))
+    }
+
+    async fn checkpoints(
+        &self,
+        _request: Request<tandem_core::proto::CheckpointsRequest>,
+    ) -> Result<Response<tandem_core::proto::CheckpointsReply>, Status> {
+        Err(Status::unimplemented(
+            "checkpoints is not served by this test",
+        ))
+    }
+
+    async fn recover(
+        &self,
+        _request: Request<tandem_core::proto::RecoverRequest>,
+    ) -> Result<Response<tandem_core::proto::RecoverReply>, Status> {
+        Err(Status::unimplemented("recover is not served by this test"))
+    }
+    async fn archive_wal(
+        &self,
+        _request: Request<tandem_core::proto::ArchiveWalRequest>,
+    ) -> Result<Response<tandem_core::proto::ArchiveWalReply>, Status> {
+        Err(Status::unimplemented(
+            "archive_wal is not served by this test",
         ))
     }
 }
@@ -222,6 +263,49 @@ async fn resync_moves_only_the_one_percent_of_blocks_that_differ() {
     );
     // At least the differing blocks themselves moved.
     assert!(report.bytes_sent_over_wire >= changed.len() as u64 * u64::from(BS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_reports_hashing_then_copying_progress_up_to_the_whole() {
+    let len = 16 * MIB;
+    let blocks = (len / BS as usize) as u64;
+    let changed = pick_blocks(3, blocks, 20);
+    let (source, target) = make_pair(len, len, &changed);
+    let expected = merkle::byte_ranges(&merkle::coalesce(changed.clone()), BS, len as u64);
+    let ticks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = ticks.clone();
+    let options = ResyncOptions {
+        batch_blocks: 4,
+        progress: Some(std::sync::Arc::new(move |t: resync::ResyncTick| {
+            sink.lock().unwrap().push(t)
+        })),
+        ..ResyncOptions::default()
+    };
+    resync_case(&source, &target, expected, false, options).await;
+    let ticks = ticks.lock().unwrap().clone();
+    let hashing: Vec<_> = ticks.iter().filter(|t| t.phase == "hashing").collect();
+    let copying: Vec<_> = ticks.iter().filter(|t| t.phase == "copying").collect();
+    assert!(
+        hashing.len() >= 2,
+        "hashing reported as it goes: {hashing:?}"
+    );
+    assert_eq!(hashing.last().unwrap().bytes_done, len as u64);
+    assert!(hashing
+        .windows(2)
+        .all(|w| w[0].bytes_done <= w[1].bytes_done));
+    let first_copy = ticks.iter().position(|t| t.phase == "copying").unwrap();
+    assert!(
+        ticks[first_copy..].iter().all(|t| t.phase == "copying"),
+        "copying comes after hashing"
+    );
+    // 20 blocks in batches of 4: a tick before the first batch and after each of the five.
+    assert_eq!(copying.len(), 6, "{copying:?}");
+    let last = copying.last().unwrap();
+    assert_eq!((last.blocks_copied, last.blocks_differing), (20, 20));
+    assert_eq!(last.bytes_done, last.bytes_total);
+    assert!(copying
+        .windows(2)
+        .all(|w| w[0].wire_bytes < w[1].wire_bytes));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

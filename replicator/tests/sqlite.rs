@@ -115,6 +115,17 @@ fn state_of(db: &Path) -> (String, i64, i64) {
 /// 50th a new account) on a WAL database with autocheckpoint off. Returns the state after
 /// each commit, `(log rows, sum of balances)`, and the elapsed time.
 fn app_writer(db: &Path, n: usize) -> (Vec<(i64, i64)>, Duration) {
+    app_writer_gated(db, n, None)
+}
+
+/// [`app_writer`] that, given `(k, gate)`, stops after `k` commits until the test opens the
+/// gate (at most 60 s), so a check "while the application is writing" cannot be outrun by a
+/// fast machine. The paused time is not counted in the elapsed time.
+fn app_writer_gated(
+    db: &Path,
+    n: usize,
+    gate: Option<(usize, std::sync::mpsc::Receiver<()>)>,
+) -> (Vec<(i64, i64)>, Duration) {
     let c = Connection::open(db).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c.execute_batch(
@@ -128,7 +139,15 @@ fn app_writer(db: &Path, n: usize) -> (Vec<(i64, i64)>, Duration) {
     let mut sum = 0i64;
     let mut states = Vec::with_capacity(n);
     let t0 = Instant::now();
+    let mut paused = Duration::ZERO;
     for i in 0..n as i64 {
+        if let Some((k, rx)) = &gate {
+            if i as usize == *k {
+                let p0 = Instant::now();
+                let _ = rx.recv_timeout(Duration::from_secs(60));
+                paused = p0.elapsed();
+            }
+        }
         let tx = c.unchecked_transaction().unwrap();
         if i % 50 == 49 {
             tx.execute("INSERT INTO accounts(balance) VALUES (0)", [])
@@ -151,7 +170,7 @@ fn app_writer(db: &Path, n: usize) -> (Vec<(i64, i64)>, Duration) {
         sum += amount;
         states.push((i + 1, sum));
     }
-    (states, t0.elapsed())
+    (states, t0.elapsed() - paused)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,10 +204,12 @@ async fn replica_holds_a_prefix_of_commits_and_all_of_them_at_the_end() {
     let (stop, stopped) = watch::channel(false);
     let run = tokio::spawn(src.run(Arc::clone(&p), stopped));
 
-    // 2. The application writes N transactions while the capture runs.
+    // 2. The application writes N transactions while the capture runs; it waits half-way
+    //    until the mid-run check below has seen replicated rows.
+    let (go, gate) = std::sync::mpsc::channel();
     let writer = tokio::task::spawn_blocking({
         let db = db.clone();
-        move || app_writer(&db, N)
+        move || app_writer_gated(&db, N, Some((N / 2, gate)))
     });
     // 3. Mid-run: a consistent copy of the replica opens and passes its integrity check.
     let mid = rdir.path().join("mid.db");
@@ -204,6 +225,7 @@ async fn replica_holds_a_prefix_of_commits_and_all_of_them_at_the_end() {
             if n > first.len() as i64 {
                 checked_mid = true;
                 eprintln!("mid-run replica: {n} log rows");
+                let _ = go.send(());
             }
         }
     }
@@ -304,9 +326,11 @@ async fn every_replica_copy_taken_during_writes_is_a_commit_prefix() {
     .unwrap();
     let (stop, stopped) = watch::channel(false);
     let run = tokio::spawn(src.run(Arc::clone(&p), stopped));
+    // The application waits half-way until several non-empty copies were checked.
+    let (go, gate) = std::sync::mpsc::channel();
     let writer = tokio::task::spawn_blocking({
         let db = db.clone();
-        move || app_writer(&db, N)
+        move || app_writer_gated(&db, N, Some((N / 2, gate)))
     });
     let copy = rdir.path().join("copy.db");
     let mut seen = Vec::new();
@@ -320,6 +344,9 @@ async fn every_replica_copy_taken_during_writes_is_a_commit_prefix() {
         let (ok, n, s) = state_of(&replica.db);
         assert_eq!(ok, "ok", "live replica with {n} rows");
         seen.push((n, s));
+        if seen.iter().filter(|x| x.0 > 0).count() > 3 {
+            let _ = go.send(());
+        }
     }
     let (states, _) = writer.await.unwrap();
     for &(n, s) in &seen {
@@ -530,4 +557,47 @@ fn source_follows_the_wal_restart_after_its_own_checkpoint() {
     }
     assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 3);
     assert_eq!(stats.snapshots.load(Ordering::Relaxed), 1);
+}
+
+/// The verify digest: a WAL-mode primary and its rollback-mode replica hash alike at the same
+/// commit (before and after checkpoints and WAL restarts), and differently once the primary
+/// has a commit the replica lacks.
+#[test]
+fn primary_and_replica_digests_match_at_the_same_commit_only() {
+    use tandem_replicator::sqlite::{primary_digest, replica_digest};
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let db = pdir.path().join("app.db");
+    let app = Connection::open(&db).unwrap();
+    app.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT);",
+    )
+    .unwrap();
+    let rpath = rdir.path().join("r.db");
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), rpath.clone());
+    let sqlite: HashSet<String> = ["db".to_owned()].into_iter().collect();
+    let g = ReplicaGroup::open_with_sqlite(GROUP, &rdir.path().join("meta"), res, &sqlite).unwrap();
+    let mut src = SqliteSource::open("db", &db, SqliteOptions::default()).unwrap();
+    let mut seq = 0;
+    apply_batches(&g, &mut seq, src.snapshot().unwrap());
+    for round in 0..2 {
+        for i in 0..30 {
+            app.execute("INSERT INTO t(s) VALUES (?1)", [format!("{round}-{i}")])
+                .unwrap();
+        }
+        // Not replicated yet: the digests differ.
+        assert_ne!(
+            primary_digest(&db).unwrap(),
+            replica_digest(&rpath).unwrap()
+        );
+        apply_batches(&g, &mut seq, src.poll().unwrap());
+        let p = primary_digest(&db).unwrap();
+        assert_eq!(p, replica_digest(&rpath).unwrap(), "round {round}");
+        assert!(p.pages >= 2);
+        // After the source's checkpoint the image is the same.
+        assert!(src.checkpoint().unwrap().is_empty());
+        assert_eq!(primary_digest(&db).unwrap(), p);
+    }
 }

@@ -27,8 +27,8 @@ use tandem_core::config::display_lines;
 
 pub use condition::{Condition, ConditionEnv, ConditionError};
 pub use model::{
-    Action, ActionKind, Command, OnFailure, ParamType, ParamValue, Parameter, Probe, Retries,
-    Runbook, RunbookKind, SiteRef, Step,
+    Action, ActionKind, Command, OnFailure, ParamType, ParamValue, Parameter, Probe, RecoverPoint,
+    Retries, Runbook, RunbookKind, SiteRef, Step,
 };
 pub use plan::{plan, Plan, PlanContext, PlannedStep, ResolvedSite};
 pub use run::{NextAction, RunEvent, RunOutcome, RunState, RunStatus, StepState, StepStatus};

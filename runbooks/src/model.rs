@@ -385,6 +385,16 @@ pub enum Action {
     },
     /// Compare primary and replica by merkle tree.
     Verify,
+    /// Build the group's resources as they were at a recovery point of the replica's
+    /// point-in-time history into `DATA_DIR/recovered/GROUP/NAME-RUN` at the step's site (the
+    /// replica by default); replication continues. The point and the merkle roots of the copy
+    /// go into the audit chain.
+    Recover {
+        /// Name of the copy.
+        name: String,
+        /// Which point.
+        point: RecoverPoint,
+    },
     /// Run a command on the site's replicator; output is captured into the run.
     Exec {
         /// The command.
@@ -449,6 +459,7 @@ impl Action {
             Action::Reverse => ActionKind::Reverse,
             Action::Snapshot { .. } => ActionKind::Snapshot,
             Action::Verify => ActionKind::Verify,
+            Action::Recover { .. } => ActionKind::Recover,
             Action::Exec { .. } => ActionKind::Exec,
             Action::Http { .. } => ActionKind::Http,
             Action::Approve { .. } => ActionKind::Approve,
@@ -457,6 +468,16 @@ impl Action {
             Action::Check { .. } => ActionKind::Check,
         }
     }
+}
+
+/// Which recovery point a `recover` step rebuilds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverPoint {
+    /// The latest checkpoint with this tag (`tandem checkpoint GROUP --tag TAG`).
+    Checkpoint(String),
+    /// The latest point at or before this long before the step runs.
+    Ago(HumanDuration),
 }
 
 /// The built-in actions, without arguments.
@@ -481,6 +502,8 @@ pub enum ActionKind {
     Snapshot,
     /// See [`Action::Verify`].
     Verify,
+    /// See [`Action::Recover`].
+    Recover,
     /// See [`Action::Exec`].
     Exec,
     /// See [`Action::Http`].
@@ -497,7 +520,7 @@ pub enum ActionKind {
 
 impl ActionKind {
     /// Every action.
-    pub const ALL: [ActionKind; 15] = [
+    pub const ALL: [ActionKind; 16] = [
         ActionKind::Fence,
         ActionKind::WaitReplicated,
         ActionKind::PauseReplication,
@@ -507,6 +530,7 @@ impl ActionKind {
         ActionKind::Reverse,
         ActionKind::Snapshot,
         ActionKind::Verify,
+        ActionKind::Recover,
         ActionKind::Exec,
         ActionKind::Http,
         ActionKind::Approve,
@@ -527,6 +551,7 @@ impl ActionKind {
             ActionKind::Reverse => "reverse",
             ActionKind::Snapshot => "snapshot",
             ActionKind::Verify => "verify",
+            ActionKind::Recover => "recover",
             ActionKind::Exec => "exec",
             ActionKind::Http => "http",
             ActionKind::Approve => "approve",
@@ -546,6 +571,7 @@ impl ActionKind {
         match self {
             ActionKind::WaitReplicated => &["max_lag"],
             ActionKind::Snapshot => &["name"],
+            ActionKind::Recover => &["name", "checkpoint", "ago"],
             ActionKind::Exec => &["command", "env"],
             ActionKind::Http => &["url", "method", "body", "headers", "expect_status"],
             ActionKind::Approve => &["prompt"],
@@ -564,13 +590,16 @@ impl ActionKind {
 
     /// Whether running the action twice is harmless, unless the step says otherwise.
     ///
-    /// Fencing raises the epoch to a target and is idempotent; probes and waits only observe.
-    /// Promote, demote, reverse, snapshot and anything calling out (exec, http, notify) may
-    /// not be safe to repeat.
+    /// Fencing raises the epoch to a target and is idempotent; promote first checks the
+    /// replicated state (done if the site is already primary in a newer epoch) and skips a
+    /// PostgreSQL server already in production; probes and waits only observe. Demote,
+    /// reverse, snapshot and anything calling out (exec, http, notify) may not be safe to
+    /// repeat.
     pub fn default_repeatable(self) -> bool {
         matches!(
             self,
             ActionKind::Fence
+                | ActionKind::Promote
                 | ActionKind::WaitReplicated
                 | ActionKind::PauseReplication
                 | ActionKind::ResumeReplication
@@ -593,6 +622,7 @@ impl ActionKind {
             | ActionKind::Reverse
             | ActionKind::WaitReplicated
             | ActionKind::Snapshot
+            | ActionKind::Recover
             | ActionKind::Verify => Some(SiteRef::Replica),
             ActionKind::Demote | ActionKind::PauseReplication | ActionKind::ResumeReplication => {
                 Some(SiteRef::Primary)

@@ -14,9 +14,9 @@ use toml::Spanned;
 
 use crate::condition::Condition;
 use crate::model::{
-    Action, ActionKind, Command, OnFailure, ParamType, ParamValue, Parameter, Probe, Retries,
-    Runbook, RunbookKind, SiteRef, Step, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT, MAX_BACKOFF,
-    MAX_RETRIES,
+    Action, ActionKind, Command, OnFailure, ParamType, ParamValue, Parameter, Probe, RecoverPoint,
+    Retries, Runbook, RunbookKind, SiteRef, Step, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT,
+    MAX_BACKOFF, MAX_RETRIES,
 };
 use crate::{Diagnostic, RunbookError};
 
@@ -998,6 +998,30 @@ fn parse_action(cx: &mut Ctx<'_>, path: &str, kind: ActionKind, t: &DeTable<'_>)
         ActionKind::Snapshot => Action::Snapshot {
             name: required!("name", nonempty)?,
         },
+        ActionKind::Recover => {
+            let name = required!("name", nonempty);
+            let checkpoint = optional!("checkpoint", nonempty)?;
+            let ago = optional!("ago", duration)?;
+            let point = match (checkpoint, ago) {
+                (Some(tag), None) => RecoverPoint::Checkpoint(tag),
+                (None, Some(d)) => RecoverPoint::Ago(d),
+                (c, _) => {
+                    let span = if c.is_some() {
+                        get(t, "ago").map_or(action_span.clone(), |v| v.span())
+                    } else {
+                        action_span.clone()
+                    };
+                    cx.err(
+                        &format!("{path}.checkpoint"),
+                        &span,
+                        "action \"recover\" needs exactly one of `checkpoint = \"TAG\"` or `ago = \"10m\"`"
+                            .to_string(),
+                    );
+                    return None;
+                }
+            };
+            Action::Recover { name: name?, point }
+        }
         ActionKind::Exec => {
             let command = required!("command", command);
             let env = optional!("env", string_map)?;
@@ -1119,6 +1143,43 @@ mod tests {
             Err(RunbookError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
             Err(e) => vec![e.to_string()],
         }
+    }
+
+    #[test]
+    fn recover_step_takes_exactly_one_point() {
+        let text = format!(
+            "{HEAD}[[steps]]\nid = \"r\"\naction = \"recover\"\nname = \"pitr\"\ncheckpoint = \"before\"\n[[steps]]\nid = \"s\"\naction = \"recover\"\nname = \"x\"\nago = \"10m\"\n{CHECK}"
+        );
+        let rb = Runbook::parse(&text, "rb.toml").unwrap();
+        assert_eq!(
+            rb.steps[0].action,
+            Action::Recover {
+                name: "pitr".into(),
+                point: RecoverPoint::Checkpoint("before".into())
+            }
+        );
+        assert_eq!(
+            rb.steps[1].action,
+            Action::Recover {
+                name: "x".into(),
+                point: RecoverPoint::Ago(HumanDuration::from_secs(600))
+            }
+        );
+        let both = format!("{HEAD}[[steps]]\nid = \"r\"\naction = \"recover\"\nname = \"p\"\ncheckpoint = \"a\"\nago = \"1m\"\n{CHECK}");
+        let d = diags(&both);
+        assert!(
+            d.iter().any(|m| m.starts_with(
+                "rb.toml:8:7: steps[0].checkpoint: action \"recover\" needs exactly one"
+            )),
+            "{d:?}"
+        );
+        let none =
+            format!("{HEAD}[[steps]]\nid = \"r\"\naction = \"recover\"\nname = \"p\"\n{CHECK}");
+        assert!(
+            diags(&none).iter().any(|m| m.contains("needs exactly one")),
+            "{:?}",
+            diags(&none)
+        );
     }
 
     #[test]

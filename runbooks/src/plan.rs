@@ -499,7 +499,7 @@ handler = true
         assert!(lines[3].contains("hcm (replica)") && lines[3].contains("run aborted"));
         assert!(lines[4].contains("2 (1s..1m)"), "{}", lines[4]);
         assert!(
-            lines[5].contains("promote") && lines[5].contains(" no "),
+            lines[5].contains("promote") && lines[5].contains(" yes "),
             "{}",
             lines[5]
         );

@@ -62,6 +62,13 @@ pub struct TopoOpts {
     pub lease_ttl: &'static str,
     /// Give every node a `metrics_listen` address on a free port.
     pub metrics: bool,
+    /// Extra `key = value` lines for the volume group (`journal_max = "1MiB"`).
+    pub group_extra: &'static str,
+    /// Extra `key = value` lines for the volume resource `disk0` (`capture = "scan"`).
+    pub resource_extra: &'static str,
+    /// Plaintext links (`[tls] insecure = true`) instead of mTLS with certificates generated
+    /// into `DIR/certs`.
+    pub insecure: bool,
 }
 
 impl Default for TopoOpts {
@@ -73,6 +80,9 @@ impl Default for TopoOpts {
             auto_failover: false,
             lease_ttl: "2s",
             metrics: false,
+            group_extra: "",
+            resource_extra: "",
+            insecure: false,
         }
     }
 }
@@ -130,14 +140,22 @@ impl Topo {
         }
         let _ = writeln!(
             t,
-            "[[groups]]\nname = \"vol\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"{}\"\nrpo_target = \"{}\"\nrto_target = \"30s\"\nauto_failover = {}\n\n[[groups.resources]]\nname = \"disk0\"\nkind = \"volume\"\nsize = \"{}MiB\"\npath = \"volumes/hanoi/disk0.img\"\nreplica_path = \"volumes/hcm/disk0.img\"\n",
+            "[[groups]]\nname = \"vol\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"{}\"\nrpo_target = \"{}\"\nrto_target = \"30s\"\nauto_failover = {}\n{}\n\n[[groups.resources]]\nname = \"disk0\"\nkind = \"volume\"\nsize = \"{}MiB\"\npath = \"volumes/hanoi/disk0.img\"\nreplica_path = \"volumes/hcm/disk0.img\"\n{}\n",
             o.mode,
             if o.mode == "sync" { "0s" } else { "2s" },
             o.auto_failover,
-            o.volume_mib
+            o.group_extra,
+            o.volume_mib,
+            o.resource_extra
         );
+        if o.insecure {
+            t.push_str("[tls]\ninsecure = true\n");
+        }
         let config = dir.path().join("topology.toml");
         std::fs::write(&config, t).expect("write topology");
+        if !o.insecure {
+            make_certs(&config);
+        }
         Topo {
             dir,
             config,
@@ -178,6 +196,7 @@ impl Topo {
         let out = Command::new(tandem_bin())
             .args(args)
             .env("TANDEM_LOG", "warn")
+            .env("TANDEM_CONFIG", &self.config)
             .output()
             .expect("run tandem");
         (
@@ -302,5 +321,103 @@ pub fn dump_logs(topo: &Topo) {
                 }
             }
         }
+    }
+}
+
+/// The example topology (examples/two-sites.toml) with a 16 MiB volume and every port moved to
+/// a free one, after `edit` of its text, written into a new temp folder: (folder, config).
+pub fn example_topology(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, PathBuf) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-sites.toml");
+    let mut text = edit(
+        std::fs::read_to_string(example)
+            .expect("examples/two-sites.toml")
+            .replace("256MiB", "16MiB"),
+    );
+    for old in [
+        7101, 7102, 7103, 7104, 7105, 10809, 10810, 9101, 9102, 9103, 9104, 9105,
+    ] {
+        text = text.replace(
+            &format!("127.0.0.1:{old}"),
+            &format!("127.0.0.1:{}", free_port()),
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("topology.toml");
+    std::fs::write(&config, text).expect("write topology");
+    make_certs(&config);
+    (dir, config)
+}
+
+/// Generates the CA, node and role certificates of the topology at `config` into its
+/// `[tls] dir` (nothing when it says `insecure = true`), with the code `tandem certs init`
+/// runs.
+pub fn make_certs(config: &Path) {
+    let topo = tandem_core::config::Topology::load(config).expect("load topology");
+    if topo.tls.insecure {
+        return;
+    }
+    let nodes: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+    tandem_core::certs::init(
+        &topo.tls.dir,
+        &topo.cluster.name,
+        &nodes,
+        tandem_core::certs::DEFAULT_VALIDITY,
+    )
+    .expect("generate certificates");
+}
+
+/// Starts the topology at `config` with `tandem local up --dir run` and fails the test, with
+/// its stderr, if that does not succeed.
+pub fn local_up(config: &Path, run: &Path) {
+    let up = tandem_quiet(&[
+        "local",
+        "up",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--dir",
+        run.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+}
+
+/// Runs `tandem ARGS` with warnings-only logs and returns its output.
+pub fn tandem_quiet(args: &[&str]) -> std::process::Output {
+    Command::new(tandem_bin())
+        .args(args)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .expect("run tandem")
+}
+
+/// Waits up to `timeout` until group `group` in `tandem status --json --config CONFIG`
+/// satisfies `f`; panics naming `what` and the last group status otherwise.
+pub fn wait_group_of(
+    config: &Path,
+    group: &str,
+    what: &str,
+    timeout: Duration,
+    f: &dyn Fn(&Value) -> bool,
+) {
+    let cfg = config.to_string_lossy();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let o = tandem_quiet(&["status", "--json", "--config", &cfg]);
+        let st: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let g = st["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["name"] == group).cloned())
+            .unwrap_or_default();
+        if f(&g) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {g}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -61,3 +61,36 @@ fn unknown_subcommand_is_bad_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn replica_outside_the_allowed_jurisdictions_fails_config_check_naming_the_field() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    // Move the replica site of `vol` (VN only) to Singapore.
+    let broken = text.replacen(
+        "name = \"hcm\"\njurisdiction = \"VN\"",
+        "name = \"hcm\"\njurisdiction = \"SG\"",
+        1,
+    );
+    assert_ne!(broken, text);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("allowed_jurisdictions = [\"VN\"]"))
+        .unwrap()
+        + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sg.toml");
+    std::fs::write(&path, broken).unwrap();
+    let out = Command::new(tandem_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sg.toml:{line}:25: groups[0].allowed_jurisdictions: replica site \"hcm\" is in SG, allowed: VN"
+        )),
+        "{stderr}"
+    );
+}

@@ -20,6 +20,10 @@ fn demo_runs_to_a_green_summary() {
         stdout.contains("[PASS] no acknowledged write lost (sync)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("[PASS] SQLite replica holds every committed transaction, integrity ok"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("[FAIL]"), "{stdout}");
     // The evidence folder it names verifies on its own.
     let ev = dir.path().join("evidence");

@@ -226,3 +226,164 @@ fn sync_mode_keeps_every_acknowledged_write_when_the_primary_dies() {
         );
     }
 }
+
+/// A file of `len` incompressible bytes (xorshift), for writes zstd cannot shrink.
+fn random_file(dir: &std::path::Path, seed: u64, len: usize) -> std::path::PathBuf {
+    let mut rng = tandem_core_rng(seed);
+    let data: Vec<u8> = (0..len / 8).flat_map(|_| rng().to_le_bytes()).collect();
+    let path = dir.join(format!("random-{seed}.img"));
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[test]
+fn a_full_journal_overflows_into_a_merkle_resync_and_tandem_resync_repairs_a_diverged_replica() {
+    if !have_qemu() {
+        return;
+    }
+    let mut c = Cluster::start(TopoOpts {
+        mode: "async",
+        group_extra: "journal_max = \"1MiB\"",
+        ..TopoOpts::default()
+    });
+    let url = c.url("hanoi-rep");
+    // 1. Some writes reach the replica.
+    let out = qemu_write(&url, &writes(21, 20, MIB16));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_caught_up();
+
+    // 2. The replica site's replicator dies; 16 MiB of incompressible data arrives, 16 times the
+    //    journal limit. Intake does not stop: the journal overflows and the group says so.
+    c.proc("hcm-rep").kill9();
+    let src = random_file(c.topo.path(), 22, MIB16 as usize);
+    let out = Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw", "-t", "none"])
+        .arg(&src)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "writes refused with the journal full: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_group(Duration::from_secs(10), "journal overflow reported", |g| {
+        g["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("journal overflow"))
+            && g["rpo_ms"].as_i64() > Some(0)
+    });
+
+    // 3. The replica returns: it can no longer be sent the dropped frames, so the primary asks
+    //    it to resync by merkle diff; then the stream resumes and the copies are identical.
+    c.restart("hcm-rep");
+    c.wait_caught_up();
+    c.assert_identical();
+    assert_eq!(
+        c.image("hcm"),
+        std::fs::read(&src).unwrap(),
+        "replica holds the new data"
+    );
+    c.wait_group(Duration::from_secs(10), "overflow cleared", |g| {
+        !g["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("journal overflow"))
+    });
+
+    // 4. The replica's image is damaged behind Tandem's back (a disk fault): verify sees it,
+    //    `tandem resync` repairs it with a progress report, and verify agrees again.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.topo.path().join("volumes/hcm/disk0.img"))
+            .unwrap();
+        f.write_all_at(&[0x5a; 8192], 3 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    let cfg = c.topo.config.display().to_string();
+    // 1 MiB chunks: 16 barriers, the damage in the fourth.
+    let (code, out, err) = c
+        .topo
+        .tandem(&["verify", "vol", "--config", &cfg, "--chunk-mib", "1"]);
+    assert_eq!(code, 1, "verify must see the damage: {out}\n{err}");
+    assert!(out.contains("DIFFERENT"), "{out}");
+    assert!(
+        out.contains("0x300000..0x310000"),
+        "the damaged block is named: {out}"
+    );
+    assert!(err.contains("verifying disk0"), "progress shown: {err}");
+    let (code, out, err) =
+        c.topo
+            .tandem(&["resync", "vol", "--config", &cfg, "--timeout-secs", "60"]);
+    assert_eq!(code, 0, "resync failed: {out}\n{err}");
+    assert!(out.contains("resynced from the primary"), "{out}");
+    assert!(
+        out.contains("1 differing blocks pulled"),
+        "one 64 KiB block was damaged: {out}"
+    );
+    assert!(err.contains("copying disk0"), "progress shown: {err}");
+    c.wait_caught_up();
+    let (code, out, err) = c.topo.tandem(&["verify", "vol", "--config", &cfg]);
+    assert_eq!(code, 0, "verify after resync: {out}\n{err}");
+    // Writes still replicate after the resync.
+    let out = qemu_write(&url, &writes(23, 20, MIB16));
+    assert!(out.status.success());
+    c.wait_caught_up();
+    c.assert_identical();
+    let (_, audit, _) = c.topo.tandem(&["audit", "--config", &cfg]);
+    assert!(
+        audit.contains("resync"),
+        "resync recorded in the audit chain: {audit}"
+    );
+}
+
+#[test]
+fn a_scanned_volume_written_by_others_reaches_a_byte_identical_replica_across_a_primary_restart() {
+    let mut c = Cluster::start(TopoOpts {
+        mode: "async",
+        resource_extra: "capture = \"scan\"\nscan_interval = \"200ms\"",
+        ..TopoOpts::default()
+    });
+    let primary = c.topo.path().join("volumes/hanoi/disk0.img");
+    let write_direct = |seed: u64, n: usize| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&primary)
+            .unwrap();
+        for (off, len, p) in writes(seed, n, MIB16) {
+            f.write_all_at(&vec![p; len as usize], off).unwrap();
+        }
+    };
+    // 1. Another program writes the primary's image; scan passes ship the changed blocks.
+    write_direct(31, 40);
+    c.wait_caught_up();
+    c.assert_identical();
+    // 2. The primary replicator restarts: it keeps its tree of what it journaled, so it ships
+    //    only what changed meanwhile, and the replica converges again.
+    c.proc("hanoi-rep").kill9();
+    write_direct(32, 40);
+    c.restart("hanoi-rep");
+    c.wait_group(Duration::from_secs(30), "lease back", |g| {
+        g["lease"]["status"] == "active"
+    });
+    c.wait_caught_up();
+    c.assert_identical();
+    let raw = c.topo.status(&[]).unwrap();
+    let g = raw["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "vol")
+        .unwrap()
+        .clone();
+    assert!(
+        g["bytes_raw"].as_u64().unwrap() < MIB16,
+        "after the restart only changed blocks are shipped, not the volume again: {g}"
+    );
+}

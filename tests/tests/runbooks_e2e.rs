@@ -298,7 +298,20 @@ fn a_run_survives_the_loss_of_the_coordinator_leader() {
     });
 
     // 3. The approval goes to the new leader; the run finishes there.
-    let mut args = vec!["approve", &id, "go-ahead", "--actor", "alice"];
+    // With mTLS the approver is the name in the client certificate: alice gets an operator
+    // certificate from the cluster's CA.
+    let certs = topo.path().join("certs");
+    tandem_core::certs::Ca::load(&certs)
+        .unwrap()
+        .issue_client(
+            &certs,
+            "alice",
+            "alice",
+            tandem_core::certs::Role::Operator,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let mut args = vec!["approve", &id, "go-ahead", "--identity", "alice"];
     args.extend(addr_args(&topo, &others));
     let (code, out, err) = topo.tandem(&args);
     assert_eq!(code, 0, "approve failed:\n{out}\n{err}");

@@ -4,7 +4,6 @@
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tandem_tests::{free_port, tandem_bin};
 
 fn sqlite3(args: &[&str]) -> std::process::Output {
     Command::new("sqlite3").args(args).output().unwrap()
@@ -16,67 +15,12 @@ fn sqlite3_cli_commits_reach_a_consistent_replica() {
         eprintln!("SKIPPED: sqlite3 is not installed");
         return;
     }
-    // The example topology, on free ports and with a small volume.
-    let example =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-sites.toml");
-    let mut text = std::fs::read_to_string(example)
-        .unwrap()
-        .replace("256MiB", "16MiB");
-    for old in [
-        7101, 7102, 7103, 7104, 7105, 10809, 10810, 9101, 9102, 9103, 9104, 9105,
-    ] {
-        text = text.replace(
-            &format!("127.0.0.1:{old}"),
-            &format!("127.0.0.1:{}", free_port()),
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("topology.toml");
-    std::fs::write(&config, text).unwrap();
+    let (dir, config) = tandem_tests::example_topology(|t| t);
     let run = dir.path().join("run");
-    let tandem = |args: &[&str]| {
-        Command::new(tandem_bin())
-            .args(args)
-            .env("TANDEM_LOG", "warn")
-            .output()
-            .unwrap()
-    };
-    let up = tandem(&[
-        "local",
-        "up",
-        "--config",
-        config.to_str().unwrap(),
-        "--dir",
-        run.to_str().unwrap(),
-    ]);
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let status = || -> serde_json::Value {
-        let o = tandem(&["status", "--json", "--config", config.to_str().unwrap()]);
-        serde_json::from_slice(&o.stdout).unwrap_or_default()
-    };
-    let db_group = |st: &serde_json::Value| -> serde_json::Value {
-        st["groups"]
-            .as_array()
-            .and_then(|g| g.iter().find(|g| g["name"] == "db").cloned())
-            .unwrap_or_default()
-    };
+    let tandem = tandem_tests::tandem_quiet;
+    tandem_tests::local_up(&config, &run);
     let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let g = db_group(&status());
-            if f(&g) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {g}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        tandem_tests::wait_group_of(&config, "db", what, Duration::from_secs(60), f)
     };
     wait("db protected with a lease", &|g| {
         g["state"] == "protected" && g["lease"]["status"] == "active"
@@ -122,7 +66,15 @@ fn sqlite3_cli_commits_reach_a_consistent_replica() {
         std::thread::sleep(Duration::from_millis(200));
         got = check();
     }
+    // `tandem verify`: blake3 over the primary's pages at its last commit equals the replica's.
+    let v = tandem(&["verify", "db", "--config", config.to_str().unwrap()]);
+    let verify_out = String::from_utf8_lossy(&v.stdout).into_owned();
+    let verify_err = String::from_utf8_lossy(&v.stderr).into_owned();
     let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+    assert!(
+        v.status.success() && verify_out.contains("db/orders: EQUAL"),
+        "verify: {verify_out}\n{verify_err}"
+    );
     assert_eq!(
         got, expected,
         "replica database differs from the committed transactions"

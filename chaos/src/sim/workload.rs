@@ -334,14 +334,17 @@ impl Workload {
                     SiteSpec {
                         name: "hanoi".into(),
                         witness: false,
+                        jurisdiction: Some("VN".into()),
                     },
                     SiteSpec {
                         name: "hcm".into(),
                         witness: false,
+                        jurisdiction: Some("VN".into()),
                     },
                     SiteSpec {
                         name: "danang".into(),
                         witness: true,
+                        jurisdiction: Some("VN".into()),
                     },
                 ],
                 groups: vec![GroupSpec {
@@ -350,6 +353,7 @@ impl Workload {
                     replica: "hcm".into(),
                     mode: Mode::Sync,
                     rpo_target_ms: 1000,
+                    allowed_jurisdictions: vec!["VN".into()],
                 }],
             });
         }

@@ -1,7 +1,8 @@
-//! `tandem bench coordinator|replication`: measurements against real local processes (the
+//! `tandem bench coordinator|replication|recover|sqlite`: measurements against real local processes (the
 //! figures in docs/BENCHMARKS.md come from here and from the criterion benches).
 
 use crate::cmd::status::{fetch, runtime};
+use crate::cmd::ConnectNet;
 use crate::local as proc;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
@@ -23,6 +24,57 @@ pub enum BenchCmd {
     /// Sustained replication throughput through NBD into an async group, with RPO during the
     /// run, against raw zstd level 1 on the same data.
     Replication(ReplArgs),
+    /// Point-in-time recovery: fill a volume, mark a checkpoint, write under load, then
+    /// recover the volume to the checkpoint while the load goes on.
+    Recover(RecoverArgs),
+    /// SQLite transactions per second from one rusqlite connection (WAL mode): without
+    /// replication, then in a replicated group (async and sync), with the replication lag of
+    /// every transaction (commit to visible in the replica's file).
+    Sqlite(SqliteArgs),
+}
+
+/// Arguments of `tandem bench sqlite`.
+#[derive(Debug, ClapArgs)]
+pub struct SqliteArgs {
+    /// Seconds of transactions per run.
+    #[arg(long, default_value = "10")]
+    pub secs: u64,
+    /// Rows inserted by each transaction (about 100 bytes each).
+    #[arg(long, default_value = "4")]
+    pub rows: u64,
+    /// Runs, in order: `none` (no replication), `async`, `sync`.
+    #[arg(long, value_delimiter = ',', default_value = "none,async,sync")]
+    pub modes: Vec<String>,
+    /// How often the replica's file is read to see which transactions it holds (ms); each
+    /// read takes SQLite's shared lock, which the replica's applier waits for.
+    #[arg(long, default_value = "20")]
+    pub sample_ms: u64,
+    /// Folder for the clusters (default: a temp folder, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Arguments of `tandem bench recover`.
+#[derive(Debug, ClapArgs)]
+pub struct RecoverArgs {
+    /// Volume size in MiB (it is filled with mixed data first).
+    #[arg(long, default_value = "1024")]
+    pub volume_mib: u64,
+    /// Seconds of load between the checkpoint and the recovery (the point is this far back).
+    #[arg(long, default_value = "60")]
+    pub load_secs: u64,
+    /// Size of each load write in KiB.
+    #[arg(long, default_value = "64")]
+    pub write_kib: u64,
+    /// Load writes in flight.
+    #[arg(long, default_value = "4")]
+    pub concurrency: usize,
+    /// Most load throughput, MB/s (0 = as fast as it goes).
+    #[arg(long, default_value = "20")]
+    pub load_mb_per_s: u64,
+    /// Folder for the cluster (default: a temp folder, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Arguments of `tandem bench coordinator`.
@@ -57,6 +109,14 @@ pub struct ReplArgs {
     /// `async` or `sync`.
     #[arg(long, default_value = "async")]
     pub mode: String,
+    /// Keep point-in-time history at the replica (`history = "1h"`): the cost of the undo
+    /// records.
+    #[arg(long)]
+    pub history: bool,
+    /// Plaintext links (`[tls] insecure = true`) instead of mTLS: run both to see what TLS
+    /// costs.
+    #[arg(long)]
+    pub insecure: bool,
     /// Folder for the cluster (default: a temp folder, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -67,6 +127,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Coordinator(a) => coordinator(a),
         BenchCmd::Replication(a) => replication(a),
+        BenchCmd::Recover(a) => recover(a),
+        BenchCmd::Sqlite(a) => sqlite(a),
     }
 }
 
@@ -98,7 +160,14 @@ impl Drop for Cluster {
     }
 }
 
-fn cluster(dir: Option<&Path>, mode: &str, volume_mib: u64) -> Result<(Cluster, Vec<String>, u16)> {
+fn cluster(
+    dir: Option<&Path>,
+    mode: &str,
+    volume_mib: u64,
+    group_extra: &str,
+    more_groups: &str,
+    insecure: bool,
+) -> Result<(Cluster, Vec<String>, u16)> {
     let (dir, temp) = match dir {
         Some(d) => (d.to_path_buf(), false),
         None => (
@@ -158,15 +227,22 @@ mode = "{mode}"
 rpo_target = "{rpo}"
 rto_target = "30s"
 journal_max = "4GiB"
+{group_extra}
 [[groups.resources]]
 name = "disk0"
 kind = "volume"
 size = "{volume_mib}MiB"
 path = "volumes/hanoi/disk0.img"
 replica_path = "volumes/hcm/disk0.img"
-"#,
+{more_groups}"#,
         p[0], p[1], p[2], p[3], p[4], p[5]
     );
+    // mTLS on every link unless asked for plaintext (the cost of TLS is `--insecure` vs not).
+    let text = if insecure {
+        format!("{text}\n[tls]\ninsecure = true\n")
+    } else {
+        text
+    };
     let config = dir.join("topology.toml");
     std::fs::write(&config, text)?;
     let c = Cluster {
@@ -203,15 +279,15 @@ async fn leader_client(addrs: &[String]) -> Result<CoordinatorClient<tonic::tran
         .find(|m| m.name == leader)
         .map(|m| m.address.clone())
         .context("leader address")?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let ch = crate::cmd::endpoint(&addr)?
         .tcp_nodelay(true)
-        .connect()
+        .connect_net()
         .await?;
-    Ok(CoordinatorClient::new(ch))
+    Ok(tandem_core::grpc_limits!(CoordinatorClient::new(ch)))
 }
 
 fn coordinator(a: CoordArgs) -> Result<()> {
-    let (c, addrs, _) = cluster(a.dir.as_deref(), "async", 16)?;
+    let (c, addrs, _) = cluster(a.dir.as_deref(), "async", 16, "", "", false)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
         let client = leader_client(&addrs).await?;
@@ -280,7 +356,15 @@ fn replication(a: ReplArgs) -> Result<()> {
     let zstd_mbps = sample.len() as f64 / t.elapsed().as_secs_f64() / 1e6;
     let ratio = sample.len() as f64 / compressed as f64;
 
-    let (c, addrs, nbd_port) = cluster(a.dir.as_deref(), &a.mode, a.volume_mib)?;
+    let extra = if a.history { "history = \"1h\"" } else { "" };
+    let (c, addrs, nbd_port) = cluster(
+        a.dir.as_deref(),
+        &a.mode,
+        a.volume_mib,
+        extra,
+        "",
+        a.insecure,
+    )?;
     let rt = runtime()?;
     let report = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -356,7 +440,7 @@ fn replication(a: ReplArgs) -> Result<()> {
         l.sort_by(|x, y| x.total_cmp(y));
         let e2e = written as f64 / end_to_end_secs / 1e6;
         anyhow::Ok(json!({
-            "mode": a.mode, "write_kib": a.write_kib, "concurrency": a.concurrency,
+            "mode": a.mode, "history": a.history, "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
             "written_mb": written as f64 / 1e6,
             "intake_mb_per_s": written as f64 / write_secs / 1e6,
             "replicated_mb_per_s_end_to_end": e2e,
@@ -377,4 +461,394 @@ fn replication(a: ReplArgs) -> Result<()> {
 fn zstd_compressor() -> Result<impl FnMut(&[u8]) -> Result<usize>> {
     let mut z = zstd::bulk::Compressor::new(1).context("zstd context")?;
     Ok(move |chunk: &[u8]| -> Result<usize> { Ok(z.compress(chunk).context("zstd")?.len()) })
+}
+
+async fn wait_protected_and_caught_up(addrs: &[String], secs: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = fetch(addrs).await?;
+        if let Some(g) = st.groups.first() {
+            if g.state == "protected"
+                && g.lease.is_some()
+                && g.rpo_ms == 0
+                && g.durable_seq >= g.last_captured_seq
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("group not protected and caught up after {secs}s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn replication_client(
+    port: u16,
+) -> Result<tandem_core::proto::replication_client::ReplicationClient<tonic::transport::Channel>> {
+    let ch = crate::cmd::endpoint(&format!("127.0.0.1:{port}"))?
+        .timeout(Duration::from_secs(600))
+        .connect_net()
+        .await?;
+    Ok(tandem_core::grpc_limits!(
+        tandem_core::proto::replication_client::ReplicationClient::new(ch)
+    ))
+}
+
+fn recover(a: RecoverArgs) -> Result<()> {
+    let extra = "history = \"1h\"\ncheckpoint_interval = \"1s\"";
+    let (c, addrs, nbd_port) = cluster(a.dir.as_deref(), "async", a.volume_mib, extra, "", false)?;
+    // The replicator gRPC ports follow the NBD one in `cluster`: hanoi-rep p[3], hcm-rep p[5].
+    let text = std::fs::read_to_string(c.dir.join("topology.toml"))?;
+    let topo = tandem_core::config::Topology::parse(&text, "topology.toml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let port_of = |node: &str| -> Result<u16> {
+        let n = topo
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .context("node in the bench topology")?;
+        n.listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("listen port")
+    };
+    let (primary_port, replica_port) = (port_of("hanoi-rep")?, port_of("hcm-rep")?);
+    let out_dir = std::path::absolute(c.dir.join("recovered"))?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        wait_protected_and_caught_up(&addrs, 120).await.ok();
+        let pool = Arc::new(NbdPool::new(
+            SocketAddr::from(([127, 0, 0, 1], nbd_port)),
+            "disk0",
+            a.concurrency.max(1),
+        ));
+        // 1. Fill the whole volume with mixed data (what is copied at recovery time).
+        let fill_len = 1usize << 20;
+        let t = Instant::now();
+        for i in 0..a.volume_mib {
+            let data = tandem_core::mixed::mixed(1000 + i, fill_len);
+            pool.write(i << 20, &data, false)
+                .await
+                .map_err(|e| anyhow::anyhow!("fill: {e}"))?;
+        }
+        wait_protected_and_caught_up(&addrs, 300).await?;
+        let fill_secs = t.elapsed().as_secs_f64();
+        // 2. The point to go back to.
+        let mut pc = replication_client(primary_port).await?;
+        let cp = pc
+            .checkpoint(tandem_core::proto::CheckpointRequest {
+                group: "vol".into(),
+                tag: "bench".into(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("checkpoint: {}", s.message()))?
+            .into_inner();
+        // 3. Load: random writes for load_secs, and on through the recovery.
+        let write_len = (a.write_kib << 10) as usize;
+        let blocks: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..64)
+                .map(|i| tandem_core::mixed::mixed(100 + i, write_len))
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let slots = (a.volume_mib << 20) / write_len as u64;
+        let per_task_bps = if a.load_mb_per_s == 0 {
+            0.0
+        } else {
+            a.load_mb_per_s as f64 * 1e6 / a.concurrency.max(1) as f64
+        };
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..a.concurrency.max(1) as u64 {
+            let (pool, blocks, stop, bytes) =
+                (pool.clone(), blocks.clone(), stop.clone(), bytes.clone());
+            let n = a.concurrency.max(1) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut i = w;
+                let mut mine = 0u64;
+                let start = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    let off = ((i.wrapping_mul(2654435761)) % slots.max(1)) * write_len as u64;
+                    let data = &blocks[(i % 64) as usize];
+                    if pool.write(off, data, false).await.is_err() {
+                        break;
+                    }
+                    mine += data.len() as u64;
+                    bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+                    i += n;
+                    if per_task_bps > 0.0 {
+                        let due = Duration::from_secs_f64(mine as f64 / per_task_bps);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(a.load_secs)).await;
+        let written_before = bytes.load(Ordering::SeqCst);
+        // 4. Recover to the checkpoint while the load goes on; sample RPO meanwhile.
+        let mut rc = replication_client(replica_port).await?;
+        let rpo_max = Arc::new(AtomicU64::new(0));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (addrs, rpo_max, sampling) = (addrs.clone(), rpo_max.clone(), sampling.clone());
+            tokio::spawn(async move {
+                while sampling.load(Ordering::SeqCst) {
+                    if let Ok(st) = fetch(&addrs).await {
+                        if let Some(g) = st.groups.first() {
+                            rpo_max.fetch_max(g.rpo_ms.max(0) as u64, Ordering::SeqCst);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let before = rc
+            .checkpoints(tandem_core::proto::CheckpointsRequest {
+                group: "vol".into(),
+                barriers: false,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("checkpoints: {}", s.message()))?
+            .into_inner();
+        let t = Instant::now();
+        let r = rc
+            .recover(tandem_core::proto::RecoverRequest {
+                group: "vol".into(),
+                tag: "bench".into(),
+                out_dir: out_dir.display().to_string(),
+                block_size: 64 << 10,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("recover: {}", s.message()))?
+            .into_inner();
+        let recover_secs = t.elapsed().as_secs_f64();
+        let during = bytes.load(Ordering::SeqCst) - written_before;
+        sampling.store(false, Ordering::SeqCst);
+        let _ = sampler.await;
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let point = r.point.clone().unwrap_or_default();
+        anyhow::Ok(json!({
+            "volume_mib": a.volume_mib,
+            "fill_secs": fill_secs,
+            "point_seq": point.seq, "checkpoint_seq": cp.seq,
+            "point_age_secs": t0.elapsed().as_secs_f64() - recover_secs,
+            "load": {"write_kib": a.write_kib, "concurrency": a.concurrency,
+                     "mb_per_s_before": written_before as f64 / a.load_secs as f64 / 1e6,
+                     "mb_per_s_during_recover": during as f64 / recover_secs / 1e6},
+            "history_mb": before.history_bytes as f64 / 1e6,
+            "copied_at_seq": r.copied_at,
+            "undo_records": r.undone,
+            "recover_secs": recover_secs,
+            "rpo_max_ms_during_recover": rpo_max.load(Ordering::SeqCst),
+        }))
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    drop(c);
+    Ok(())
+}
+
+/// One SQLite load run: transactions of `rows` rows from one connection for `secs`, each
+/// commit time pushed to `commits` (index = transaction id - 1). `replicated`: as Tandem
+/// recommends, `wal_autocheckpoint=0` (the source checkpoints); otherwise SQLite's default
+/// automatic checkpoints, as an application without Tandem runs.
+fn sqlite_load(
+    path: &Path,
+    secs: u64,
+    rows: u64,
+    replicated: bool,
+    commits: &Mutex<Vec<Instant>>,
+) -> Result<Vec<f64>> {
+    let mut db =
+        rusqlite::Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    db.busy_timeout(Duration::from_secs(5))?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, txn INTEGER, amount INTEGER, note TEXT);",
+    )?;
+    if replicated {
+        db.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+    }
+    let note = "x".repeat(80);
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    let mut n = 0i64;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        n += 1;
+        let t = Instant::now();
+        let tx = db.transaction()?;
+        for k in 0..rows as i64 {
+            tx.execute(
+                "INSERT INTO orders(txn, amount, note) VALUES (?1, ?2, ?3)",
+                rusqlite::params![n, n * 10 + k, note],
+            )?;
+        }
+        tx.commit()?;
+        commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Instant::now());
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(lat)
+}
+
+/// The SQLite group of `tandem bench sqlite`.
+fn sqlite_group(mode: &str) -> String {
+    let rpo = if mode == "sync" { "0s" } else { "5s" };
+    format!(
+        r#"
+[[groups]]
+name = "db"
+primary = "hanoi"
+replica = "hcm"
+mode = "{mode}"
+rpo_target = "{rpo}"
+rto_target = "30s"
+journal_max = "4GiB"
+
+[[groups.resources]]
+name = "bench"
+kind = "sqlite"
+path = "databases/hanoi/bench.db"
+replica_path = "databases/hcm/bench.db"
+"#
+    )
+}
+
+fn sqlite(a: SqliteArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    for mode in &a.modes {
+        if !matches!(mode.as_str(), "none" | "async" | "sync") {
+            return Err(crate::exit::bad_input(format!(
+                "--modes: {mode:?}: expected none, async or sync"
+            )));
+        }
+    }
+    for mode in &a.modes {
+        let commits = Mutex::new(Vec::new());
+        let report = if mode == "none" {
+            let dir = match &a.dir {
+                Some(d) => d.join("none"),
+                None => {
+                    std::env::temp_dir().join(format!("tandem-bench-sqlite-{}", std::process::id()))
+                }
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let r = sqlite_load(&dir.join("bench.db"), a.secs, a.rows, false, &commits);
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut lat = r?;
+            lat.sort_by(|x, y| x.total_cmp(y));
+            json!({
+                "mode": "none (no replication)",
+                "transactions": lat.len(),
+                "transactions_per_sec": lat.len() as f64 / a.secs as f64,
+                "commit_latency_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99)},
+            })
+        } else {
+            let dir = a.dir.as_ref().map(|d| d.join(mode));
+            let (c, addrs, _) = cluster(dir.as_deref(), mode, 16, "", &sqlite_group(mode), false)?;
+            let rt = runtime()?;
+            let db_of = |st: &tandem_coordinator::status::ClusterStatus| {
+                st.groups.iter().find(|g| g.name == "db").cloned()
+            };
+            let primary = c.dir.join("databases/hanoi/bench.db");
+            let replica = c.dir.join("databases/hcm/bench.db");
+            // Create the database so the source can follow it, then wait for protection.
+            std::fs::create_dir_all(c.dir.join("databases/hanoi"))?;
+            sqlite_load(&primary, 0, a.rows, true, &Mutex::new(Vec::new()))?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let st = rt.block_on(fetch(&addrs))?;
+                if db_of(&st).is_some_and(|g| g.state == "protected" && g.lease.is_some()) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("group db not protected after 120s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let stop = AtomicBool::new(false);
+            let (lat, lags, rpo) = std::thread::scope(|sc| -> Result<_> {
+                // Lag of each transaction: commit to first seen in the replica's file (read
+                // every `sample_ms`, read-only, as an application at the replica site would).
+                let sampler = sc.spawn(|| {
+                    let mut lags = Vec::new();
+                    let mut seen = 0u64;
+                    let mut rpo = Vec::new();
+                    let mut last_status = Instant::now();
+                    let mut stopped_at: Option<Instant> = None;
+                    loop {
+                        let done = stop.load(Ordering::SeqCst);
+                        if done
+                            && stopped_at.get_or_insert_with(Instant::now).elapsed()
+                                > Duration::from_secs(60)
+                        {
+                            // The replica did not catch up: the lags of what it never showed
+                            // are missing from the figures (the report counts them).
+                            break;
+                        }
+                        let n = crate::dbwriter::max_txn(&replica, Duration::from_secs(1))
+                            .unwrap_or(seen);
+                        let now = Instant::now();
+                        let c = commits.lock().unwrap_or_else(|p| p.into_inner());
+                        for t in seen..n.min(c.len() as u64) {
+                            lags.push(now.duration_since(c[t as usize]).as_secs_f64() * 1e3);
+                        }
+                        let total = c.len() as u64;
+                        drop(c);
+                        seen = seen.max(n.min(total));
+                        if !done && last_status.elapsed() > Duration::from_millis(200) {
+                            last_status = Instant::now();
+                            if let Some(g) =
+                                rt.block_on(fetch(&addrs)).ok().as_ref().and_then(db_of)
+                            {
+                                rpo.push(g.rpo_ms as f64);
+                            }
+                        }
+                        if done && seen >= total {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(a.sample_ms.max(1)));
+                    }
+                    (lags, rpo)
+                });
+                let r = sqlite_load(&primary, a.secs, a.rows, true, &commits);
+                stop.store(true, Ordering::SeqCst);
+                let (lags, rpo) = sampler
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("lag sampler panicked"))?;
+                Ok((r?, lags, rpo))
+            })?;
+            let (mut lat, mut lags, mut rpo) = (lat, lags, rpo);
+            lat.sort_by(|x, y| x.total_cmp(y));
+            lags.sort_by(|x, y| x.total_cmp(y));
+            rpo.sort_by(|x, y| x.total_cmp(y));
+            let st = rt.block_on(fetch(&addrs))?;
+            let g = db_of(&st).unwrap_or_default();
+            drop(c);
+            json!({
+                "mode": mode,
+                "sample_ms": a.sample_ms,
+                "transactions": lat.len(),
+                "transactions_per_sec": lat.len() as f64 / a.secs as f64,
+                "commit_latency_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99)},
+                "replication_lag_ms": {"p50": pct(&lags, 0.5), "p99": pct(&lags, 0.99), "max": pct(&lags, 1.0), "transactions_seen_at_replica": lags.len()},
+                "status_rpo_ms": {"p50": pct(&rpo, 0.5), "p99": pct(&rpo, 0.99)},
+                "wire_compression_ratio": if g.bytes_shipped > 0 { g.bytes_raw as f64 / g.bytes_shipped as f64 } else { 0.0 },
+            })
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        reports.push(report);
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use crate::exit::bad_input;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use std::path::PathBuf;
-use tandem_core::config::{NodeRole, Topology};
+use tandem_core::config::NodeRole;
 
 /// `tandem config` subcommands.
 #[derive(Debug, Subcommand)]
@@ -28,7 +28,7 @@ pub fn run(cmd: ConfigCmd) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    let topo = Topology::load(&a.file).map_err(|e| bad_input(e.to_string()))?;
+    let topo = crate::cmd::load_topology(&a.file).map_err(|e| bad_input(e.to_string()))?;
     let coords = topo
         .nodes
         .iter()

@@ -2,6 +2,7 @@
 //! rpo.csv, manifest.json) and its re-check.
 
 use crate::cmd::status::runtime;
+use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tandem_coordinator::audit::AuditRecord;
 use tandem_coordinator::evidence::{self, ExportOptions};
-use tandem_core::config::Topology;
+
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::AuditRequest;
 
@@ -77,17 +78,17 @@ fn parse_time(s: &str, field: &str) -> Result<i64> {
 pub async fn fetch_audit(addrs: &[String]) -> Result<Vec<AuditRecord>> {
     let mut last = None;
     for addr in addrs {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let ep = crate::cmd::endpoint(addr)?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30));
-        let ch = match ep.connect().await {
+        let ch = match ep.connect_net().await {
             Ok(c) => c,
             Err(e) => {
                 last = Some(anyhow::Error::new(e));
                 continue;
             }
         };
-        let mut c = CoordinatorClient::new(ch).max_decoding_message_size(256 << 20);
+        let mut c = tandem_core::grpc_limits!(CoordinatorClient::new(ch));
         let mut out: Vec<AuditRecord> = Vec::new();
         loop {
             let r = c
@@ -111,7 +112,7 @@ pub async fn fetch_audit(addrs: &[String]) -> Result<Vec<AuditRecord>> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let topo = Topology::load(&a.config).map_err(|e| bad_input(e.to_string()))?;
+    let topo = crate::cmd::load_topology(&a.config).map_err(|e| bad_input(e.to_string()))?;
     let from_ms = a
         .from
         .as_deref()
@@ -135,6 +136,7 @@ fn export(a: ExportArgs) -> Result<()> {
             .map(|g| (g.name.clone(), g.rpo_target.as_millis() as i64))
             .collect(),
         generated_at_ms: chrono::Utc::now().timestamp_millis(),
+        residency_start: Default::default(),
     };
     let summary = evidence::export(&records, &opts, &a.out)
         .with_context(|| format!("exporting evidence to {}", a.out.display()))?;

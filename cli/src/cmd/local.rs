@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tandem_core::config::Topology;
 
 /// `tandem local` subcommands.
 #[derive(Debug, Subcommand)]
@@ -66,9 +65,24 @@ pub fn run(cmd: LocalCmd) -> Result<()> {
 /// Starts every node of the topology in `config`, waits until each listens, then until the
 /// coordinators have elected a leader.
 pub fn up(config: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Started>> {
-    let topo = Topology::load(config).map_err(|e| bad_input(e.to_string()))?;
     let config =
         std::fs::canonicalize(config).with_context(|| format!("resolving {}", config.display()))?;
+    up_with(&config, dir, timeout, &|_| config.clone(), &|_| Vec::new())
+}
+
+/// Like [`up`], but node `N` runs with the topology file `node_config(N)` (the chaos runner
+/// gives each node a copy whose peer addresses are fault proxies); `config` is the real
+/// topology, whose listen addresses are waited on; `node_env(N)` are extra environment
+/// variables of node `N`.
+pub fn up_with(
+    config: &Path,
+    dir: &Path,
+    timeout: Duration,
+    node_config: &dyn Fn(&str) -> PathBuf,
+    node_env: &dyn Fn(&str) -> Vec<(String, String)>,
+) -> Result<Vec<Started>> {
+    let topo = crate::cmd::load_topology(config).map_err(|e| bad_input(e.to_string()))?;
+    crate::cmd::certs::ensure(&topo)?;
     let mut started = Vec::new();
     for node in &topo.nodes {
         if let Ok(pid) = proc::read_pid(dir, &node.name) {
@@ -81,7 +95,12 @@ pub fn up(config: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Started>> 
                 );
             }
         }
-        started.push(proc::start_node(&config, &node.name, dir)?);
+        started.push(proc::start_node_env(
+            &node_config(&node.name),
+            &node.name,
+            dir,
+            &node_env(&node.name),
+        )?);
     }
     let result = (|| -> Result<()> {
         for (node, s) in topo.nodes.iter().zip(&started) {

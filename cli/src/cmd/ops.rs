@@ -3,6 +3,7 @@
 //! recorded in the audit chain (from `--actor` until mTLS names it).
 
 use crate::cmd::status::{coordinator_addrs, runtime};
+use crate::cmd::ConnectNet;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
@@ -58,15 +59,32 @@ pub struct AuditArgs {
 pub async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
     let mut last = None;
     for a in addrs {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
+        let ep = crate::cmd::endpoint(a)?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(90));
-        match ep.connect().await {
-            Ok(ch) => return Ok(CoordinatorClient::new(ch)),
+        match ep.connect_net().await {
+            Ok(ch) => return Ok(tandem_core::grpc_limits!(CoordinatorClient::new(ch))),
             Err(e) => last = Some(anyhow::Error::new(e).context(format!("coordinator {a}"))),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address")))
+}
+
+/// Records `cmd` (a `record` command) in the audit chain through the first coordinator that
+/// answers.
+///
+/// # Errors
+/// No coordinator answers, or the proposal is refused.
+pub async fn record(addrs: &[String], actor: &str, cmd: &Value) -> Result<()> {
+    connect(addrs)
+        .await?
+        .propose(ProposeRequest {
+            command: cmd.to_string(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("recording in the audit chain: {}", s.message()))?;
+    Ok(())
 }
 
 fn propose(t: &Target, cmd: Value) -> Result<Value> {

@@ -1,6 +1,7 @@
 //! `tandem probe`: the built-in readiness check of the stock runbooks — the site is the
 //! group's primary with a live lease, and every volume's NBD export there accepts a client,
-//! is writable and answers a read. Exit 0 when ready, 1 when not.
+//! is writable and answers a read; every postgres resource's server there answers a query out
+//! of recovery. Exit 0 when ready, 1 when not.
 
 use crate::cmd::status::runtime;
 use anyhow::{bail, Context, Result};
@@ -10,6 +11,33 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tandem_chaos::nbd_client::NbdClient;
 use tandem_core::proto::StatusRequest;
+
+/// A postgres resource is ready when its server on the primary answers a query and is out of
+/// recovery (`SELECT pg_is_in_recovery()` is false), asked with psql as the data dir's owner.
+async fn probe_postgres(r: &Value) -> Result<()> {
+    let name = r["name"].as_str().unwrap_or_default().to_owned();
+    let data_dir = std::path::PathBuf::from(r["primary_path"].as_str().unwrap_or_default());
+    let bin_dir = std::path::PathBuf::from(
+        r["bin_dir"]
+            .as_str()
+            .unwrap_or(tandem_core::config::DEFAULT_POSTGRES_BIN_DIR),
+    );
+    let port = r["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("postgres resource {name}: no port in the status"))?;
+    let out = tokio::task::spawn_blocking(move || {
+        tandem_core::pgctl::query(&bin_dir, &data_dir, port, "SELECT pg_is_in_recovery()")
+    })
+    .await
+    .context("psql task")?
+    .map_err(|e| anyhow::anyhow!("postgres resource {name}: {e}"))?;
+    if out.trim() != "f" {
+        bail!("postgres resource {name} (port {port}) is still in recovery");
+    }
+    println!("postgres {name}: port {port} answers, out of recovery");
+    Ok(())
+}
 
 /// Arguments of `tandem probe`.
 #[derive(Debug, ClapArgs)]
@@ -59,6 +87,10 @@ pub fn run(a: Args) -> Result<()> {
             bail!("{}: no live lease at {} yet ({})", a.group, a.site, lease);
         }
         for r in g["resources"].as_array().cloned().unwrap_or_default() {
+            if r["kind"] == "postgres" {
+                probe_postgres(&r).await?;
+                continue;
+            }
             let Some(url) = r["nbd_url"].as_str() else {
                 continue;
             };

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tandem_core::config::Topology;
+
 use tandem_core::ids::Epoch;
 use tandem_core::proto::StatusRequest;
 use tandem_runbooks::{plan, validate_against, PlanContext, Runbook};
@@ -50,7 +50,7 @@ pub fn run(c: RunbookCmd) -> Result<()> {
         RunbookCmd::Check { file, config } => {
             let rb = load(&file)?;
             if let Some(cfg) = config {
-                let topo = Topology::load(&cfg).map_err(|e| bad_input(e.to_string()))?;
+                let topo = crate::cmd::load_topology(&cfg).map_err(|e| bad_input(e.to_string()))?;
                 let sites: Vec<String> = topo.sites.iter().map(|s| s.name.clone()).collect();
                 validate_against(&rb, &sites).map_err(|e| bad_input(e.to_string()))?;
             }
@@ -106,7 +106,7 @@ fn context(
             "give --config FILE (or TANDEM_CONFIG) to plan for a group",
         ));
     };
-    let topo = Topology::load(cfg).map_err(|e| bad_input(e.to_string()))?;
+    let topo = crate::cmd::load_topology(cfg).map_err(|e| bad_input(e.to_string()))?;
     let g = topo
         .group(group)
         .ok_or_else(|| bad_input(format!("no group {group:?} in {}", cfg.display())))?;

@@ -94,6 +94,25 @@ fn request(op: &str, t: &Target) -> OperateRequest {
     }
 }
 
+/// Orders a run of the `kind` runbook (`failover`, `switchover`, ...) for `group` as `actor`
+/// and returns the run id without waiting for it (the chaos runner orders runs this way).
+///
+/// # Errors
+/// When no coordinator answers, or the coordinators refuse the run (their message).
+pub async fn order(addrs: &[String], kind: &str, group: &str, actor: &str) -> Result<String> {
+    let req = OperateRequest {
+        op: kind.into(),
+        actor: actor.into(),
+        group: group.into(),
+        ..OperateRequest::default()
+    };
+    let reply = operate(addrs, req).await?;
+    reply["run_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the coordinator did not return a run id")
+}
+
 /// Sends one `Operate` request to the coordinators and decodes its JSON reply. While no
 /// leader answers (an election after the leader was lost), retries for up to 20 s.
 async fn operate(addrs: &[String], req: OperateRequest) -> Result<Value> {

@@ -1,5 +1,6 @@
 //! `tandem status`: the cluster, its groups and their RPO, as a table, JSON, or a live view.
 
+use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -61,6 +62,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// The coordinator addresses to dial: `--addr` values, else the topology's coordinators.
 pub fn coordinator_addrs(config: Option<&PathBuf>, addrs: &[String]) -> Result<Vec<String>> {
     if !addrs.is_empty() {
+        // The topology still says how to dial them (its `[tls]` section and node ids).
+        if let Some(config) = config {
+            crate::cmd::load_topology(config).map_err(|e| bad_input(e.to_string()))?;
+        }
         return Ok(addrs.to_vec());
     }
     let Some(config) = config else {
@@ -68,7 +73,7 @@ pub fn coordinator_addrs(config: Option<&PathBuf>, addrs: &[String]) -> Result<V
             "give --config FILE (or TANDEM_CONFIG) or --addr HOST:PORT",
         ));
     };
-    let topo = Topology::load(config).map_err(|e| bad_input(e.to_string()))?;
+    let topo = crate::cmd::load_topology(config).map_err(|e| bad_input(e.to_string()))?;
     Ok(addrs_of(&topo))
 }
 
@@ -92,11 +97,12 @@ pub async fn fetch(addrs: &[String]) -> Result<ClusterStatus> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address to ask")))
 }
 
-async fn fetch_one(addr: &str) -> Result<ClusterStatus> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// Asks one coordinator for the status.
+pub async fn fetch_one(addr: &str) -> Result<ClusterStatus> {
+    let ep = crate::cmd::endpoint(addr)?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(3));
-    let mut c = CoordinatorClient::new(ep.connect().await?);
+    let mut c = tandem_core::grpc_limits!(CoordinatorClient::new(ep.connect_net().await?));
     let reply = c.status(StatusRequest {}).await?.into_inner();
     serde_json::from_str(&reply.json).context("decoding the status document")
 }
@@ -161,6 +167,25 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         .map(|m| format!("{}({})", m.name, m.role))
         .collect();
     let _ = writeln!(o, "coordinators: {}", members.join("  "));
+    if st.tls.enabled {
+        let soonest = st.tls.certs.iter().min_by_key(|c| c.not_after);
+        let _ = writeln!(
+            o,
+            "tls: mTLS on every link{}",
+            soonest
+                .map(|c| format!(
+                    "; first certificate to expire: {} in {} days",
+                    c.node,
+                    c.expires_in_s.div_euclid(86_400)
+                ))
+                .unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "tls: OFF ([tls] insecure = true): every link is plaintext and unauthenticated"
+        );
+    }
     let sites: Vec<String> = st
         .sites
         .iter()
@@ -222,6 +247,14 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         if !g.reason.is_empty() {
             let _ = writeln!(o, "{:<10} reason: {}", "", g.reason);
         }
+        if let (Some(at), Some(seq)) = (g.history_oldest_ms, g.history_oldest_seq) {
+            let _ = writeln!(
+                o,
+                "{:<10} history: oldest recoverable point seq {seq} at {}",
+                "",
+                crate::cmd::pitr::rfc3339(at)
+            );
+        }
         for r in &g.resources {
             let _ = writeln!(
                 o,
@@ -239,4 +272,36 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         }
     }
     o
+}
+
+/// The replicator listen address at `site` (the first replicator the topology has there).
+///
+/// # Errors
+/// The topology has no replicator at that site.
+pub fn replicator_at(topo: &Topology, site: &str) -> Result<String> {
+    topo.replicators_at(site)
+        .first()
+        .map(|n| n.listen.clone())
+        .with_context(|| format!("no replicator at site {site}"))
+}
+
+/// The site and replicator listen address of the group's current primary (`primary = true`)
+/// or replica, from the cluster status.
+///
+/// # Errors
+/// No coordinator answers, the group is missing from the status, or no replicator is there.
+pub async fn replicator_of(
+    topo: &Topology,
+    addrs: &[String],
+    group: &str,
+    primary: bool,
+) -> Result<(String, String)> {
+    let st = fetch(addrs).await?;
+    let g = st
+        .groups
+        .iter()
+        .find(|g| g.name == group)
+        .with_context(|| format!("group {group:?} missing from the cluster status"))?;
+    let site = if primary { &g.primary } else { &g.replica };
+    Ok((site.clone(), replicator_at(topo, site)?))
 }

@@ -352,6 +352,35 @@ pub fn render_report(
     }
     o.push_str("</table>");
 
+    // Residency: every site that held each group's data during the window.
+    o.push_str(
+        "<h2>Data residency</h2><p>Every site that held each group's data during the window \
+         (primary and replica of every epoch, drill copies, point-in-time copies).</p>\
+         <table><tr><th>group</th><th>allowed jurisdictions</th><th>site</th>\
+         <th>jurisdiction</th><th>held as</th><th>since record</th><th>inside allowed</th></tr>",
+    );
+    for gr in &runs.residency {
+        for h in &gr.sites {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&gr.group),
+                if gr.allowed_jurisdictions.is_empty() {
+                    "anywhere".to_string()
+                } else {
+                    esc(&gr.allowed_jurisdictions.join(", "))
+                },
+                esc(&h.site),
+                h.jurisdiction.as_deref().map_or_else(|| "—".to_string(), esc),
+                esc(&h.held_as.join(", ")),
+                h.first_index
+                    .map_or_else(|| "window start".to_string(), |i| format!("#{i}")),
+                verdict(Some(h.allowed), "yes", "NO"),
+            );
+        }
+    }
+    o.push_str("</table>");
+
     for g in groups {
         let gs = Some(g.as_str());
         let _ = write!(o, "<h2 id=\"g-{0}\">Group {0}</h2>", esc(g));

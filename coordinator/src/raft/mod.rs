@@ -132,6 +132,11 @@ pub struct RaftNodeConfig {
     /// Start with no configuration and wait to be added by [`RaftHandle::change_membership`]
     /// on the leader (the node then catches up by snapshot). Ignored on restart.
     pub join: bool,
+    /// How peers are dialled and served: plaintext or mutual TLS (default plaintext).
+    pub net: tandem_core::net::Net,
+    /// raft id -> node id, to check that a peer's certificate names the node its envelopes
+    /// claim to come from (TLS only).
+    pub peer_names: BTreeMap<u64, String>,
 }
 
 impl RaftNodeConfig {
@@ -148,6 +153,8 @@ impl RaftNodeConfig {
             snapshot_every: 1000,
             propose_timeout: Duration::from_secs(5),
             join: false,
+            net: tandem_core::net::Net::plaintext(),
+            peer_names: BTreeMap::new(),
         }
     }
 

@@ -126,6 +126,8 @@ struct Shared<SM> {
     status: Arc<Mutex<RaftStatus>>,
     sm: Arc<Mutex<SM>>,
     blocked: Blocked,
+    net: tandem_core::net::Net,
+    peer_names: BTreeMap<u64, String>,
     propose_timeout: Duration,
     thread: Mutex<Option<JoinHandle<Result<(), RaftError>>>>,
 }
@@ -179,12 +181,14 @@ impl<SM> RaftHandle<SM> {
         }
     }
 
-    pub(crate) fn transport_parts(&self) -> (u64, SyncSender<Cmd>, Blocked) {
-        (
-            self.inner.id,
-            self.inner.cmd.clone(),
-            Arc::clone(&self.inner.blocked),
-        )
+    pub(crate) fn transport_parts(&self) -> super::transport::Parts {
+        super::transport::Parts {
+            id: self.inner.id,
+            inbound: self.inner.cmd.clone(),
+            blocked: Arc::clone(&self.inner.blocked),
+            net: self.inner.net.clone(),
+            peer_names: self.inner.peer_names.clone(),
+        }
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), RaftError> {
@@ -399,6 +403,8 @@ pub async fn start<SM: StateMachine>(
             status,
             sm,
             blocked,
+            net: cfg.net.clone(),
+            peer_names: cfg.peer_names.clone(),
             propose_timeout: cfg.propose_timeout,
             thread: Mutex::new(Some(thread)),
         }),
@@ -419,6 +425,7 @@ struct Node<SM> {
     cmd_tx: SyncSender<Cmd>,
     rt: tokio::runtime::Handle,
     blocked: Blocked,
+    net: tandem_core::net::Net,
     status: Arc<Mutex<RaftStatus>>,
     peers: BTreeMap<u64, String>,
     senders: HashMap<u64, PeerSender>,
@@ -483,6 +490,7 @@ impl<SM: StateMachine> Node<SM> {
             cmd_tx,
             rt,
             blocked,
+            net: cfg.net.clone(),
             status,
             peers: BTreeMap::new(),
             senders: HashMap::new(),
@@ -506,7 +514,13 @@ impl<SM: StateMachine> Node<SM> {
                 continue;
             }
             if self.peers.get(&id) != Some(&addr) || !self.senders.contains_key(&id) {
-                let sender = PeerSender::spawn(&self.rt, id, addr.clone(), self.cmd_tx.clone());
+                let sender = PeerSender::spawn(
+                    &self.rt,
+                    id,
+                    addr.clone(),
+                    self.cmd_tx.clone(),
+                    self.net.clone(),
+                );
                 self.senders.insert(id, sender);
             }
             self.peers.insert(id, addr);

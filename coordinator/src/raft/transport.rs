@@ -5,7 +5,7 @@
 //! `RaftEnvelope`. protobuf 2.28 has RUSTSEC-2024-0437 (stack overflow on crafted input):
 //! expose this service only to authenticated peers (mTLS or a private network).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,18 +13,19 @@ use std::time::Duration;
 use protobuf::Message as PbMessage;
 use raft::prelude::{Message, MessageType};
 use raft::SnapshotStatus;
+use tandem_core::net::Net;
 use tandem_core::proto::raft_peer_client::RaftPeerClient;
 use tandem_core::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use tandem_core::proto::{RaftEnvelope, RaftSendReply};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::{Cmd, RaftHandle};
 
 /// Largest raft message (snapshots included) accepted or sent.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = tandem_core::limits::MAX_GRPC_MESSAGE_BYTES;
 /// Messages queued per peer before new ones are dropped (raft retransmits).
 pub const PEER_QUEUE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -43,15 +44,28 @@ pub struct PeerService {
     id: u64,
     inbound: SyncSender<Cmd>,
     blocked: Blocked,
+    net: Net,
+    peer_names: BTreeMap<u64, String>,
+}
+
+/// What the transport needs from a running node.
+pub(crate) struct Parts {
+    pub(crate) id: u64,
+    pub(crate) inbound: SyncSender<Cmd>,
+    pub(crate) blocked: Blocked,
+    pub(crate) net: Net,
+    pub(crate) peer_names: BTreeMap<u64, String>,
 }
 
 /// The `RaftPeer` gRPC service of a node, for the node's single tonic server.
 pub fn peer_service<SM>(handle: &RaftHandle<SM>) -> RaftPeerServer<PeerService> {
-    let (id, inbound, blocked) = handle.transport_parts();
+    let p = handle.transport_parts();
     RaftPeerServer::new(PeerService {
-        id,
-        inbound,
-        blocked,
+        id: p.id,
+        inbound: p.inbound,
+        blocked: p.blocked,
+        net: p.net,
+        peer_names: p.peer_names,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -99,8 +113,21 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<RaftSendReply>, Status> {
+        // With TLS the stream's certificate must name the node whose raft id the envelopes
+        // carry: a valid certificate of another node cannot speak as this peer.
+        let caller = self.net.require_node(&request)?;
         let mut stream = request.into_inner();
         while let Some(env) = stream.message().await? {
+            if let Some(cert_node) = &caller {
+                let claimed = self.peer_names.get(&env.from_id);
+                if claimed != Some(cert_node) {
+                    return Err(Status::permission_denied(format!(
+                        "certificate names node {cert_node} but the raft envelope claims raft id {} ({})",
+                        env.from_id,
+                        claimed.map_or("unknown", String::as_str)
+                    )));
+                }
+            }
             let msg = open_envelope(&env, self.id)?;
             if is_blocked(&self.blocked, msg.from) {
                 continue;
@@ -139,9 +166,10 @@ impl PeerSender {
         to: u64,
         addr: String,
         inbound: SyncSender<Cmd>,
+        net: Net,
     ) -> Self {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let task = rt.spawn(run_peer(to, addr, rx, inbound));
+        let task = rt.spawn(run_peer(to, addr, rx, inbound, net));
         PeerSender { tx, task }
     }
 
@@ -162,17 +190,14 @@ fn report(inbound: &SyncSender<Cmd>, cmd: Cmd) {
     let _ = inbound.try_send(cmd);
 }
 
-async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?
-        .tcp_nodelay(true)
+async fn connect(net: &Net, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+    let endpoint = net
+        .endpoint(addr)
+        .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let channel = net.connect(endpoint).await.map_err(|e| e.to_string())?;
     Ok(RaftPeerClient::new(channel)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES))
@@ -191,10 +216,11 @@ async fn run_peer(
     addr: String,
     mut rx: mpsc::Receiver<Message>,
     inbound: SyncSender<Cmd>,
+    net: Net,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let client = match connect(&addr).await {
+        let client = match connect(&net, &addr).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer = to, error = %e, "raft peer unreachable");

@@ -1,0 +1,726 @@
+//! PostgreSQL replication through real processes: a PostgreSQL 15 primary archives its WAL with
+//! `tandem wal push` through the group's stream, a standby restores it with `tandem wal fetch`,
+//! pgbench writes, and the stock switchover runbook promotes the standby, which then holds
+//! every committed transaction.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tandem_tests::{dump_logs, free_port, tandem_bin, NodeProc, Topo, TopoOpts};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The uid PostgreSQL's servers and tools run as (they refuse root).
+const PG_USER: &str = "postgres";
+
+/// Runs a PostgreSQL binary as the `postgres` user.
+fn as_pg(prog: &str, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(Path::new(BIN).join(prog))
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+fn ok(what: &str, o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn psql(port: u16, sql: &str) -> Output {
+    as_pg(
+        "psql",
+        &[
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ],
+    )
+}
+
+/// Stops both servers when the test ends, however it ends.
+struct Servers(Vec<PathBuf>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            if d.join("postmaster.pid").exists() {
+                let _ = as_pg(
+                    "pg_ctl",
+                    &["-D", d.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+                );
+            }
+        }
+    }
+}
+
+fn chown_pg(path: &Path) {
+    let out = Command::new("chown")
+        .args(["-R", &format!("{PG_USER}:{PG_USER}")])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown {}", path.display());
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running cluster (3 coordinators, 2 replicators) with group `pg` (postgres resource `db`:
+/// primary at `pg/hanoi`, standby at `pg/hcm`) and the primary server running, archiving with
+/// `tandem wal push` every `archive_timeout`.
+/// Fields drop in order: the servers stop, then the nodes, then the folder goes.
+struct Env {
+    _servers: Servers,
+    procs: Vec<NodeProc>,
+    topo: Topo,
+    root: PathBuf,
+    primary: PathBuf,
+    standby: PathBuf,
+    p1: u16,
+    p2: u16,
+    hcm_rep: String,
+    tandem: PathBuf,
+    client: PgClient,
+}
+
+fn pg_missing() -> bool {
+    if !Path::new(BIN).join("postgres").exists() || !Path::new(BIN).join("pgbench").exists() {
+        eprintln!(
+            "SKIPPED: PostgreSQL 15 binaries not found in {BIN} (apt-get install postgresql-15)"
+        );
+        return true;
+    }
+    false
+}
+
+fn start_server(dir: &Path) {
+    ok(
+        "pg_ctl start",
+        as_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                dir.to_str().unwrap(),
+                "-l",
+                dir.with_extension("log").to_str().unwrap(),
+                "-w",
+                "-t",
+                "20",
+                "start",
+            ],
+        ),
+    );
+}
+
+/// `archive_command`: `tandem wal push` as the `postgres` user, with the topology (for the
+/// replicators' TLS names and roots) and an operator certificate that user can read.
+fn archive_command(tandem: &Path, rep: &str, client: &PgClient) -> String {
+    format!(
+        "archive_command = 'TANDEM_LOG=warn TANDEM_CONFIG={} TANDEM_CERT={} TANDEM_KEY={} {} wal push %p --addr {rep} --group pg --resource db'\n",
+        client.config.display(),
+        client.cert.display(),
+        client.key.display(),
+        tandem.display()
+    )
+}
+
+/// What `tandem wal push` needs to dial a TLS replicator as the `postgres` user.
+struct PgClient {
+    config: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Copies the operator certificate and key (0600, owned by root) into `dir`, owned by the
+/// `postgres` user, and makes the roots readable: an archive_command runs as that user.
+fn pg_client(config: &Path, dir: &Path) -> PgClient {
+    let topo = tandem_core::config::Topology::load(config).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("operator.pem"), dir.join("operator.key"));
+    std::fs::copy(topo.tls.dir.join("operator.pem"), &cert).unwrap();
+    std::fs::copy(topo.tls.dir.join("operator.key"), &key).unwrap();
+    std::fs::set_permissions(&topo.tls.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let roots = topo.tls.peer_ca_path();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+    chown_pg(dir);
+    chown_pg(&cert);
+    chown_pg(&key);
+    PgClient {
+        config: config.to_owned(),
+        cert,
+        key,
+    }
+}
+
+fn up(archive_timeout: &str) -> Env {
+    let topo = Topo::new(TopoOpts::default());
+    let root = topo.path().to_owned();
+    // The postgres user must reach the data dirs, the archive folder and the tandem binary.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let hanoi_rep = topo.addr("hanoi-rep").to_owned();
+    let hcm_rep = topo.addr("hcm-rep").to_owned();
+    let mut cfg = std::fs::read_to_string(&topo.config).unwrap();
+    cfg.push_str(&format!(
+        "\n[[groups]]\nname = \"pg\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"async\"\nrpo_target = \"10s\"\nrto_target = \"1m\"\n\n[[groups.resources]]\nname = \"db\"\nkind = \"postgres\"\ndata_dir = \"pg/hanoi\"\nreplica_data_dir = \"pg/hcm\"\nport = {p1}\nreplica_port = {p2}\nbin_dir = \"{BIN}\"\n"
+    ));
+    std::fs::write(&topo.config, cfg).unwrap();
+    let pg = root.join("pg");
+    std::fs::create_dir_all(&pg).unwrap();
+    chown_pg(&pg);
+    let client = pg_client(&topo.config, &pg.join("client"));
+    let (primary, standby) = (pg.join("hanoi"), pg.join("hcm"));
+    let _servers = Servers(vec![primary.clone(), standby.clone()]);
+
+    // 1. The cluster: three coordinators, a replicator per site.
+    let mut procs: Vec<NodeProc> = topo
+        .coordinators
+        .iter()
+        .map(|n| NodeProc::start(&topo, n))
+        .collect();
+    procs.push(NodeProc::start(&topo, "hanoi-rep"));
+    procs.push(NodeProc::start(&topo, "hcm-rep"));
+    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+        st["groups"].as_array()?.iter().find(|g| {
+            g["name"] == "pg" && g["state"] == "protected" && g["lease"]["status"] == "active"
+        })?;
+        Some(())
+    });
+
+    // 2. The primary: archive_mode on, every completed segment pushed through tandem.
+    // A copy inside the (0755) test folder: the checkout holding target/ may not be
+    // reachable by the postgres user (a 0700 temporary clone).
+    let tandem = root.join("tandem");
+    std::fs::copy(tandem_bin(), &tandem).unwrap();
+    std::fs::set_permissions(&tandem, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(
+        "initdb",
+        as_pg(
+            "initdb",
+            &[
+                "-D",
+                primary.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                PG_USER,
+                "--no-sync",
+            ],
+        ),
+    );
+    let common = format!(
+        "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_timeout = {archive_timeout}\nwal_retrieve_retry_interval = 200ms\ntimezone = 'UTC'\nlog_timezone = 'UTC'\nmax_wal_senders = 4\nshared_buffers = 32MB\nfsync = on\n",
+        pg.display()
+    );
+    let conf = primary.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "{common}port = {p1}\n{}",
+        archive_command(&tandem, &hanoi_rep, &client)
+    ));
+    std::fs::write(&conf, text).unwrap();
+    start_server(&primary);
+    Env {
+        _servers,
+        procs,
+        topo,
+        root,
+        primary,
+        standby,
+        p1,
+        p2,
+        hcm_rep,
+        tandem,
+        client,
+    }
+}
+
+#[test]
+fn pgbench_commits_survive_a_switchover_to_the_wal_restored_standby() {
+    if pg_missing() {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = up("1s");
+    let Env {
+        ref topo,
+        ref root,
+        ref primary,
+        ref standby,
+        p1,
+        p2,
+        ref hcm_rep,
+        ref tandem,
+        ref client,
+        ..
+    } = env;
+
+    // 3. The standby: a base backup in recovery, fed only from the replica's archive folder.
+    ok(
+        "pg_basebackup",
+        as_pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p1.to_string(),
+                "-D",
+                standby.to_str().unwrap(),
+                "-c",
+                "fast",
+            ],
+        ),
+    );
+    let archive = root.join("data/hcm-rep/archive/pg/db");
+    let conf = standby.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "port = {p2}\n{}restore_command = 'TANDEM_LOG=warn {} wal fetch %f %p --archive {}'\n",
+        archive_command(tandem, hcm_rep, client),
+        tandem.display(),
+        archive.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(standby.join("standby.signal"), b"").unwrap();
+    chown_pg(standby);
+    start_server(standby);
+
+    // 4. Load: pgbench init and a short run.
+    let bench = |args: &[&str]| {
+        let mut a = vec!["-h", "127.0.0.1"];
+        let port = p1.to_string();
+        a.extend(["-p", &port]);
+        a.extend(args);
+        a.push("postgres");
+        ok("pgbench", as_pg("pgbench", &a))
+    };
+    bench(&["-i", "-s", "1", "-q"]);
+    bench(&["-c", "2", "-j", "1", "-T", "3", "-n"]);
+    let facts = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT coalesce(sum(delta), 0) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)";
+    // 4b. `tandem verify` with a query: equal once the standby replayed the archive; a row
+    //     committed a moment ago (not archived yet) makes it differ.
+    let verify = |secs: &str| {
+        topo.tandem(&[
+            "verify",
+            "pg",
+            "--config",
+            topo.config.to_str().unwrap(),
+            "--query",
+            facts,
+            "--timeout-secs",
+            secs,
+        ])
+    };
+    let (code, out, err) = verify("20");
+    assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
+    assert!(out.contains("EQUAL"), "{out}");
+    eprint!("{out}");
+    ok(
+        "one more row",
+        psql(
+            p1,
+            "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
+        ),
+    );
+    let (code, out, err) = verify("0");
+    assert_eq!(
+        code, 1,
+        "verify should see the unarchived row:\n{out}\n{err}"
+    );
+    assert!(out.contains("DIFFERENT"), "{out}");
+    let committed = ok("count on the primary", psql(p1, facts));
+    let rows: u64 = committed.split(' ').next().unwrap().parse().unwrap();
+    assert!(rows > 50, "pgbench committed only {rows} transactions");
+    // The standby replays what the archive holds while replication continues.
+    wait_until(
+        "the standby to replay archived WAL",
+        Duration::from_secs(20),
+        || {
+            let o = psql(
+                p2,
+                "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() IS NOT NULL",
+            );
+            (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "t")
+                .then(String::new)
+        },
+    );
+    assert!(archive.read_dir().unwrap().count() > 0);
+
+    // 5. Switchover through the stock runbook: the drain switches to a new WAL segment (so
+    //    the last commits are archived) and stops the primary; catch-up, fence, promote
+    //    (pg_ctl promote on the standby), reverse, and the postgres readiness probe follow.
+    let drain = format!(
+        "runuser -u {PG_USER} -- {BIN}/psql -X -h 127.0.0.1 -p {p1} -d postgres -c 'SELECT pg_switch_wal()' && runuser -u {PG_USER} -- {BIN}/pg_ctl -D {} -m fast -w stop",
+        primary.display()
+    );
+    let (code, out, err) = topo.tandem(&[
+        "switchover",
+        "pg",
+        "--config",
+        topo.config.to_str().unwrap(),
+        "--param",
+        &format!("drain_command={drain}"),
+    ]);
+    if code != 0 {
+        dump_logs(topo);
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(standby.with_extension("log")).unwrap_or_default()
+        );
+    }
+    assert_eq!(code, 0, "switchover failed:\n{out}\n{err}");
+    eprintln!("{out}");
+
+    // 6. The promoted standby holds every committed transaction.
+    let got = ok("count on the promoted standby", psql(p2, facts));
+    assert_eq!(
+        got, committed,
+        "promoted standby differs from the committed transactions"
+    );
+    assert_eq!(
+        ok("recovery state", psql(p2, "SELECT pg_is_in_recovery()")).trim(),
+        "f"
+    );
+
+    // 7. Replication runs the other way: the new primary's WAL (its timeline history file
+    //    first) reaches the old primary's site through hcm's replicator.
+    ok(
+        "write on the new primary",
+        psql(p2, "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 7, now()); SELECT pg_switch_wal();"),
+    );
+    let back = root.join("data/hanoi-rep/archive/pg/db/00000002.history");
+    wait_until(
+        "the new timeline's history at hanoi",
+        Duration::from_secs(20),
+        || back.exists().then(String::new),
+    );
+    eprintln!(
+        "{rows} pgbench transactions, switchover ok, test took {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(env.procs.len(), 5);
+}
+
+/// Commit timestamps (unix ms) of the COMMIT records in one WAL segment file.
+fn commit_times(segment: &Path) -> Vec<i64> {
+    let out = Command::new(Path::new(BIN).join("pg_waldump"))
+        .arg(segment)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    // pg_waldump exits non-zero at the segment's end when a record continues in the next one.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("desc: COMMIT ").map(|(_, t)| t))
+        .filter_map(|t| {
+            let stamp = t.get(..26)?;
+            chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f")
+                .ok()
+                .map(|d| d.and_utc().timestamp_millis())
+        })
+        .collect()
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Benchmark, not a test (ignored): the PostgreSQL RPO through Tandem for two
+/// `archive_timeout` settings. A rate-limited pgbench (50 tps, 20 s) writes on the primary;
+/// for every committed transaction in an archived segment, the exposure window is the time
+/// from its commit (its WAL COMMIT record's timestamp, read with pg_waldump) until the segment
+/// was durable in the replica's archive folder (the file's mtime, taken just before fsync and
+/// rename). Run with
+/// `cargo test -p tandem-tests --test postgres_e2e -- --ignored --nocapture bench_`.
+#[test]
+#[ignore = "benchmark: run by hand, figures in docs/BENCHMARKS.md"]
+fn bench_postgres_rpo_by_archive_timeout() {
+    if pg_missing() {
+        return;
+    }
+    let timeouts = std::env::var("TANDEM_BENCH_ARCHIVE_TIMEOUTS").unwrap_or("1s,5s".into());
+    let mut rows = Vec::new();
+    for at in timeouts.split(',') {
+        let env = up(at);
+        let port = env.p1.to_string();
+        let bench = |args: &[&str]| {
+            let mut a = vec!["-h", "127.0.0.1", "-p", &port];
+            a.extend(args);
+            a.push("postgres");
+            ok("pgbench", as_pg("pgbench", &a))
+        };
+        bench(&["-i", "-s", "1", "-q"]);
+        let load_start = chrono::Utc::now().timestamp_millis() + 500;
+        std::thread::sleep(Duration::from_millis(500));
+        bench(&["-c", "1", "-j", "1", "-R", "50", "-T", "20", "-n"]);
+        // Close the last segment so the tail is archived, but do not count it: its switch was
+        // forced here, not by archive_timeout.
+        let last = ok(
+            "pg_switch_wal",
+            psql(env.p1, "SELECT pg_walfile_name(pg_switch_wal())"),
+        )
+        .trim()
+        .to_owned();
+        let archive = env.root.join("data/hcm-rep/archive/pg/db");
+        wait_until(
+            "the last segment at the replica",
+            Duration::from_secs(30),
+            || archive.join(&last).exists().then(String::new),
+        );
+        let mut delays = Vec::new();
+        let mut segments = 0;
+        for e in archive.read_dir().unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() != 24 || name.as_str() >= last.as_str() {
+                continue;
+            }
+            let durable = e
+                .metadata()
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let commits: Vec<i64> = commit_times(&e.path())
+                .into_iter()
+                .filter(|c| *c >= load_start)
+                .collect();
+            if !commits.is_empty() {
+                segments += 1;
+            }
+            delays.extend(commits.iter().map(|c| durable - c));
+        }
+        delays.sort_unstable();
+        // archive_command latency, from the primary's log (tandem wal push reports each file).
+        let log = std::fs::read_to_string(env.primary.with_extension("log")).unwrap_or_default();
+        let mut push: Vec<i64> = log
+            .lines()
+            .filter(|l| l.contains("durable at the replica"))
+            .filter_map(|l| l.rsplit_once(" in ")?.1.strip_suffix(" ms")?.parse().ok())
+            .collect();
+        push.sort_unstable();
+        let row = format!(
+            "| {at} | {} commits in {segments} segments | p50 {} ms, p99 {} ms, max {} ms | p50 {} ms, p99 {} ms |",
+            delays.len(),
+            pct(&delays, 0.5),
+            pct(&delays, 0.99),
+            delays.last().copied().unwrap_or(0),
+            pct(&push, 0.5),
+            pct(&push, 0.99),
+        );
+        eprintln!("{row}");
+        rows.push(row);
+        assert!(!delays.is_empty(), "no commits found in the archive");
+        drop(env);
+    }
+    eprintln!("| archive_timeout | measured | commit -> durable at the replica (RPO exposure) | tandem wal push latency |\n| --- | --- | --- | --- |");
+    for r in rows {
+        eprintln!("{r}");
+    }
+}
+
+/// `tandem wal fetch` and `push` answer with the exit codes PostgreSQL reads: 0 copied, 1 not
+/// there (yet) or not pushed, 2 bad input. No PostgreSQL needed.
+#[test]
+fn wal_commands_exit_codes_are_what_archive_and_restore_commands_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(tandem_bin())
+            .args(args)
+            .env("TANDEM_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let dest = dir.path().join("RECOVERYXLOG");
+    let (a, d) = (archive.to_str().unwrap(), dest.to_str().unwrap());
+    let seg = "000000010000000000000003";
+    let (code, err) = run(&["wal", "fetch", seg, d, "--archive", a]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not in the archive"), "{err}");
+    std::fs::write(archive.join(seg), b"segment bytes").unwrap();
+    let (code, err) = run(&["wal", "fetch", seg, d, "--archive", a]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"segment bytes");
+    let (code, err) = run(&["wal", "fetch", "../etc/passwd", d, "--archive", a]);
+    assert_eq!(code, 2, "{err}");
+    // Nothing listens there: PostgreSQL must see a failure and retry.
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let src = archive.join(seg);
+    let (code, err) = run(&[
+        "wal",
+        "push",
+        src.to_str().unwrap(),
+        "--addr",
+        &addr,
+        "--group",
+        "pg",
+        "--resource",
+        "db",
+        "--timeout-secs",
+        "2",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+}
+
+/// After an unplanned failover of a postgres group, the old primary comes back as the replica
+/// and receives the new primary's archive files (it continues from what the new primary's
+/// journal holds instead of asking for trimmed frames). Archive files are pushed with
+/// `tandem wal push` directly; `bin_dir` holds a stand-in `pg_controldata` that reports the
+/// cluster in production, so no PostgreSQL server is needed.
+#[test]
+fn returning_old_primary_receives_archive_files_after_a_failover() {
+    let topo = Topo::new(TopoOpts::default());
+    let root = topo.path().to_owned();
+    let bin = root.join("fake-pg-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = bin.join("pg_controldata");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho 'Database cluster state:               in production'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(root.join("pg/hanoi")).unwrap();
+    std::fs::create_dir_all(root.join("pg/hcm")).unwrap();
+    let mut cfg = std::fs::read_to_string(&topo.config).unwrap();
+    cfg.push_str(&format!(
+        "\n[[groups]]\nname = \"pg\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"async\"\nrpo_target = \"10s\"\nrto_target = \"1m\"\n\n[[groups.resources]]\nname = \"db\"\nkind = \"postgres\"\ndata_dir = \"pg/hanoi\"\nreplica_data_dir = \"pg/hcm\"\nport = {}\nreplica_port = {}\nbin_dir = \"{}\"\n",
+        free_port(),
+        free_port(),
+        bin.display()
+    ));
+    std::fs::write(&topo.config, cfg).unwrap();
+    let mut procs: Vec<NodeProc> = topo
+        .coordinators
+        .iter()
+        .map(|n| NodeProc::start(&topo, n))
+        .collect();
+    procs.push(NodeProc::start(&topo, "hanoi-rep"));
+    procs.push(NodeProc::start(&topo, "hcm-rep"));
+    let group = |st: &serde_json::Value| {
+        st["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["name"] == "pg").cloned())
+    };
+    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+        let g = group(st)?;
+        (g["state"] == "protected" && g["lease"]["status"] == "active").then_some(())
+    });
+    let file = |name: &str, fill: u8| {
+        let p = root.join(name);
+        std::fs::write(&p, vec![fill; 3 << 20]).unwrap();
+        p
+    };
+    let push = |path: &Path, node: &str, secs: &str| {
+        topo.tandem(&[
+            "wal",
+            "push",
+            path.to_str().unwrap(),
+            "--addr",
+            topo.addr(node),
+            "--group",
+            "pg",
+            "--resource",
+            "db",
+            "--timeout-secs",
+            secs,
+        ])
+    };
+    // 1. A file pushed at hanoi is durable at hcm when the push exits 0.
+    let a = file("000000010000000000000001", 1);
+    let (code, _, err) = push(&a, "hanoi-rep", "20");
+    assert_eq!(code, 0, "{err}");
+    let at_hcm = root.join("data/hcm-rep/archive/pg/db");
+    assert_eq!(
+        std::fs::read(at_hcm.join("000000010000000000000001")).unwrap(),
+        vec![1; 3 << 20]
+    );
+    // 2. hanoi is lost; fail over to hcm.
+    let hanoi = procs.iter().position(|p| p.name == "hanoi-rep").unwrap();
+    procs[hanoi].kill9();
+    let (code, out, err) = topo.tandem(&[
+        "failover",
+        "pg",
+        "--config",
+        topo.config.to_str().unwrap(),
+        "--param",
+        "ready_command=true",
+    ]);
+    if code != 0 {
+        dump_logs(&topo);
+    }
+    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+    topo.wait_status(
+        &[],
+        Duration::from_secs(20),
+        "hcm primary with a lease",
+        |st| {
+            let g = group(st)?;
+            (g["primary"] == "hcm" && g["lease"]["status"] == "active").then_some(())
+        },
+    );
+    // 3. With no replica, a push is journaled but not durable there: PostgreSQL must retry.
+    let b = file("00000002.history", 2);
+    let (code, _, err) = push(&b, "hcm-rep", "1");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not acknowledge"), "{err}");
+    // 4. hanoi returns as the replica and receives what hcm journaled meanwhile, and more.
+    procs[hanoi] = NodeProc::start(&topo, "hanoi-rep");
+    let c = file("000000020000000000000002", 3);
+    let (code, _, err) = push(&c, "hcm-rep", "30");
+    if code != 0 {
+        dump_logs(&topo);
+    }
+    assert_eq!(code, 0, "{err}");
+    let at_hanoi = root.join("data/hanoi-rep/archive/pg/db");
+    assert_eq!(
+        std::fs::read(at_hanoi.join("00000002.history")).unwrap(),
+        vec![2; 3 << 20]
+    );
+    assert_eq!(
+        std::fs::read(at_hanoi.join("000000020000000000000002")).unwrap(),
+        vec![3; 3 << 20]
+    );
+}
