@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mixed;
 pub mod net;
 pub mod pgctl;
+pub mod ports;
 pub mod residency;
 pub mod walfile;
 

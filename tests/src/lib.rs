@@ -5,7 +5,6 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,12 +23,10 @@ pub fn tandem_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1, never the same twice in one test process
+/// ([`tandem_core::ports::free_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    tandem_core::ports::free_port().expect("free port")
 }
 
 /// A topology written to a temp folder with fresh ports.

@@ -132,12 +132,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -176,7 +170,9 @@ fn cluster(
         ),
     };
     std::fs::create_dir_all(&dir)?;
-    let p: Vec<u16> = (0..7).map(|_| free_port()).collect::<Result<_>>()?;
+    let p: Vec<u16> = (0..7)
+        .map(|_| tandem_core::ports::free_port())
+        .collect::<std::io::Result<_>>()?;
     let rpo = if mode == "sync" { "0s" } else { "5s" };
     let text = format!(
         r#"[cluster]

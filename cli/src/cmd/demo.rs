@@ -43,12 +43,6 @@ pub struct Args {
 /// The volume group of the embedded topology.
 pub const VOLUME_GROUP: &str = "vol";
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The embedded local default: hanoi (primary), hcm (replica), danang (witness), one volume
 /// group `vol` in `mode`; returns the TOML text and the ports it chose.
 pub fn topology_text(
@@ -59,7 +53,7 @@ pub fn topology_text(
     let rpo = if mode == "sync" { "0s" } else { "2s" };
     let mut ports = Vec::new();
     let mut port = |name: &str| -> Result<u16> {
-        let p = free_port()?;
+        let p = tandem_core::ports::free_port()?;
         ports.push((name.to_owned(), p));
         Ok(p)
     };
