@@ -211,6 +211,53 @@ pub fn db_lost_commits(
     Verdict::new(NAME, violations, notes)
 }
 
+/// Checks that a failback kept the old primary's unreplicated tail aside instead of dropping
+/// it: every transaction committed at `old_site` that the final primary lacks (committed there
+/// but never replicated before the failover) is in `quarantine`, the copy the returning old
+/// primary kept of its database before resyncing it, with exactly its values. `None`: no
+/// quarantine copy was found. (That such transactions were not silently merged into the new
+/// primary is [`db_identical`] and [`db_commit_prefix`] on the final copies.)
+pub fn db_tail_quarantined(
+    history: &History,
+    final_primary: &DbState,
+    quarantine: Option<&DbState>,
+    old_site: &str,
+) -> Verdict {
+    const NAME: &str = "db_tail_quarantined";
+    let mut violations = Vec::new();
+    let recs = txns(history, &mut violations);
+    let (mut tail, mut kept) = (0usize, 0usize);
+    for r in recs.iter().filter(|r| site_of(r) == old_site) {
+        if !matches!(r.outcome, Outcome::Committed(_)) || final_primary.contains_key(&r.txn) {
+            continue;
+        }
+        tail += 1;
+        match quarantine.map(|q| q.get(&r.txn)) {
+            None => {
+                violations.push(format!(
+                    "txn {} committed at {old_site} and missing from the primary, and no quarantine copy exists",
+                    r.txn
+                ));
+                break;
+            }
+            Some(Some(v)) if *v == r.values => kept += 1,
+            Some(Some(v)) => violations.push(format!(
+                "txn {} in the quarantine copy with values {v:?}, written as {:?}",
+                r.txn, r.values
+            )),
+            Some(None) => violations.push(format!(
+                "txn {} committed at {old_site} is neither at the primary nor in the quarantine copy",
+                r.txn
+            )),
+        }
+    }
+    let notes = vec![format!(
+        "{tail} transactions committed at {old_site} never reached the new primary; {kept} of them kept in the quarantine copy{}",
+        quarantine.map_or(" (none found)".to_owned(), |q| format!(" ({} transactions)", q.len()))
+    )];
+    Verdict::new(NAME, violations, notes)
+}
+
 /// Checks that the final replica holds exactly the final primary's transactions.
 pub fn db_identical(primary: &DbState, replica: &DbState) -> Verdict {
     const NAME: &str = "db_identical";
@@ -265,6 +312,32 @@ mod tests {
 
     fn state(txns: impl IntoIterator<Item = u64>) -> DbState {
         txns.into_iter().map(|t| (t, vals(t))).collect()
+    }
+
+    #[test]
+    fn an_unreplicated_tail_must_be_in_the_quarantine_copy() {
+        let mut h = History::new();
+        run(&mut h, "hanoi", 1, 10, 0);
+        run(&mut h, "hcm", 11, 5, 1000);
+        // hcm was promoted holding 1..=7: 8, 9 and 10 are hanoi's unreplicated tail.
+        let primary = state((1..=7).chain(11..=15));
+        let v = db_tail_quarantined(&h, &primary, Some(&state(1..=10)), "hanoi");
+        assert!(v.ok, "{v:?}");
+        assert!(v.notes[0].contains("3 transactions"), "{v:?}");
+        let v = db_tail_quarantined(&h, &primary, None, "hanoi");
+        assert!(
+            !v.ok && v.violations[0].contains("no quarantine copy"),
+            "{v:?}"
+        );
+        let v = db_tail_quarantined(&h, &primary, Some(&state(1..=9)), "hanoi");
+        assert!(!v.ok && v.violations[0].contains("txn 10"), "{v:?}");
+        let mut altered = state(1..=10);
+        altered.insert(9, vec![1]);
+        let v = db_tail_quarantined(&h, &primary, Some(&altered), "hanoi");
+        assert!(!v.ok && v.violations[0].contains("txn 9"), "{v:?}");
+        // Nothing missing: nothing to keep.
+        let all = state(1..=15);
+        assert!(db_tail_quarantined(&h, &all, None, "hanoi").ok);
     }
 
     #[test]

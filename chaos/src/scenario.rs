@@ -213,6 +213,9 @@ pub enum Check {
     /// Database workload: after recovery `tandem verify db` finds the pages equal and the
     /// replica holds exactly the primary's transactions.
     DbIdenticalAfterRecovery,
+    /// Database workload with a failback: the transactions the old primary committed that
+    /// never reached the new primary are in the copy it quarantined before its resync.
+    DbTailQuarantined,
 }
 
 impl Check {
@@ -220,7 +223,10 @@ impl Check {
     pub fn is_database(self) -> bool {
         matches!(
             self,
-            Check::DbNoLostCommits | Check::DbConsistent | Check::DbIdenticalAfterRecovery
+            Check::DbNoLostCommits
+                | Check::DbConsistent
+                | Check::DbIdenticalAfterRecovery
+                | Check::DbTailQuarantined
         )
     }
 }

@@ -58,10 +58,24 @@ struct Resource {
     /// For a SQLite resource: a connection used only to take SQLite's EXCLUSIVE lock while a
     /// transaction is written, so readers of the replica never see half of one.
     lock: Option<rusqlite::Connection>,
+    /// For a SQLite resource: its changes below this seq are skipped. Set by a resync, which
+    /// rebuilds the database from a full snapshot of the primary's starting at this seq, so
+    /// the older transactions still in the stream (increments over a state this copy does not
+    /// hold) are never laid over it.
+    from: Seq,
 }
+
+/// File (in the group's replica folder) keeping [`Resource::from`] of a SQLite resource.
+fn sqlite_from_file(dir: &Path, resource: &str) -> PathBuf {
+    dir.join(format!("sqlite-from-{resource}"))
+}
+
+const SQLITE_FROM_MAGIC: [u8; 4] = *b"SQFR";
 
 #[derive(Debug)]
 struct Inner {
+    /// The group's replica folder (metadata files).
+    dir: PathBuf,
     meta: SlotFile,
     watermark: Seq,
     /// The watermark as persisted and acknowledged (lower than `watermark` while a SQLite
@@ -167,10 +181,13 @@ impl ReplicaGroup {
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
             let sqlite = sqlite.contains(&rname);
-            let lock = if sqlite {
-                Some(lock_connection(&path)?)
+            let (lock, from) = if sqlite {
+                let from =
+                    crate::meta::read_meta(&sqlite_from_file(dir, &rname), SQLITE_FROM_MAGIC, 1)?
+                        .map_or(Seq(0), |v| Seq(v[0]));
+                (Some(lock_connection(&path)?), from)
             } else {
-                None
+                (None, Seq(0))
             };
             res.insert(
                 rname,
@@ -179,6 +196,7 @@ impl ReplicaGroup {
                     file,
                     sqlite,
                     lock,
+                    from,
                 },
             );
         }
@@ -186,6 +204,7 @@ impl ReplicaGroup {
             name: name.to_owned(),
             group_id: GroupId::from_name(name),
             inner: Mutex::new(Inner {
+                dir: dir.to_owned(),
                 meta,
                 watermark,
                 persisted: watermark,
@@ -393,6 +412,30 @@ impl ReplicaGroup {
             let wm = inner.persisted;
             inner.meta.write(&[wm.0, epoch.0])?;
             inner.fence = epoch;
+        }
+        Ok(())
+    }
+
+    /// Makes each named SQLite resource skip its changes below the given seq, durably (see
+    /// [`Resource::from`]); called by a resync before [`Self::reset_watermark`].
+    ///
+    /// # Errors
+    /// [`ReplicatorError::UnknownResource`] for a name that is not a SQLite resource of the
+    /// group, [`ReplicatorError::Io`] writing the metadata.
+    pub fn set_sqlite_from(&self, from: &HashMap<String, Seq>) -> Result<()> {
+        let mut inner = self.inner();
+        let dir = inner.dir.clone();
+        for (name, seq) in from {
+            let r = inner
+                .resources
+                .get_mut(name)
+                .filter(|r| r.sqlite)
+                .ok_or_else(|| ReplicatorError::UnknownResource {
+                    group: self.name.clone(),
+                    resource: name.clone(),
+                })?;
+            crate::meta::write_meta(&sqlite_from_file(&dir, name), SQLITE_FROM_MAGIC, &[seq.0])?;
+            r.from = *seq;
         }
         Ok(())
     }
@@ -780,6 +823,9 @@ fn apply_change(
     };
     if r.sqlite != matches!(c.kind, ChangeKind::DbPage | ChangeKind::DbCommit) {
         return Err(unsupported());
+    }
+    if seq < r.from {
+        return Ok(None);
     }
     match c.kind {
         ChangeKind::DbPage => {
@@ -1262,6 +1308,54 @@ mod tests {
             captured_ms: 0,
             data: vec![],
         }
+    }
+
+    #[test]
+    fn sqlite_resource_skips_changes_below_its_snapshot_seq_across_a_reopen() {
+        let (dir, g) = db_setup();
+        let mut st = StreamState::default();
+        let f1 = enc("g", 1, 1, &[page(1, 0), page(2, 7), commit(2)]);
+        g.receive_batch(vec![f1], &mut st).unwrap();
+        // A resync: the primary's snapshot starts at seq 13; the stream resumes at 10, with an
+        // increment (seqs 10-11) over a state this copy never had, then the snapshot.
+        let from: HashMap<String, Seq> = [("db".to_owned(), Seq(13))].into_iter().collect();
+        g.set_sqlite_from(&from).unwrap();
+        g.reset_watermark(Seq(9)).unwrap();
+        drop(g);
+        let mut res = HashMap::new();
+        res.insert("db".to_owned(), dir.path().join("r.db"));
+        let sq = ["db".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        assert_eq!(g.watermark(), Seq(9));
+        let mut st = StreamState::default();
+        let inc = enc("g", 1, 10, &[page(2, 0xee), commit(2), page(3, 1)]);
+        let out = g.receive_batch(vec![inc], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(12));
+        // The copy keeps its own consistent state until the snapshot: no mix of the two.
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [7]);
+        let snap = enc("g", 1, 13, &[page(1, 0), page(2, 5), page(3, 6), commit(3)]);
+        let out = g.receive_batch(vec![snap], &mut st).unwrap();
+        assert_eq!(acked(&out), Some(16));
+        assert_eq!(
+            g.read_resource("db", 512, 1).unwrap(),
+            [5],
+            "the snapshot's page 2"
+        );
+        assert_eq!(g.read_resource("db", 1024, 1).unwrap(), [6]);
+        // Later changes apply on top.
+        let next = enc("g", 1, 17, &[page(2, 9), commit(3)]);
+        g.receive_batch(vec![next], &mut st).unwrap();
+        assert_eq!(g.read_resource("db", 512, 1).unwrap(), [9]);
+    }
+
+    #[test]
+    fn sqlite_from_names_only_sqlite_resources() {
+        let (_dir, g) = db_setup();
+        let from: HashMap<String, Seq> = [("nope".to_owned(), Seq(3))].into_iter().collect();
+        assert!(matches!(
+            g.set_sqlite_from(&from),
+            Err(ReplicatorError::UnknownResource { .. })
+        ));
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct RoleCell {
     /// Every resource of the group is a volume, so a full journal may be dropped and the
     /// replica resynced by merkle diff (a database's pages cannot be recovered that way).
     may_overflow: std::sync::atomic::AtomicBool,
+    /// The running SQLite sources of the group (primary), by resource: where a returning
+    /// replica's resync asks for fresh snapshots.
+    sqlite_asks: Mutex<HashMap<String, Arc<crate::sqlite::SnapshotAsk>>>,
 }
 
 /// A lock on byte ranges of one resource namespace: overlapping holders exclude each other,
@@ -595,11 +598,28 @@ impl BlockSource for NodeBlocks {
         if req.resource.is_empty() {
             // Only where a returning replica of a group without volumes continues: the first
             // seq the primary's journal still holds, minus one.
-            let p = cell.and_then(|c| c.pipeline()).ok_or_else(|| {
-                Status::failed_precondition(format!("group {group:?} is not primary here"))
-            })?;
+            let not_primary =
+                || Status::failed_precondition(format!("group {group:?} is not primary here"));
+            let cell = cell.ok_or_else(not_primary)?;
+            let p = cell.pipeline().ok_or_else(not_primary)?;
+            let mut snapshot_from = HashMap::new();
+            if req.sqlite_snapshots {
+                let asks: Vec<_> = lock(&cell.sqlite_asks)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (name, ask) in asks {
+                    let seq = ask
+                        .snapshot(Duration::from_secs(30))
+                        .await
+                        .map_err(|e| Status::unavailable(format!("snapshot of {name:?}: {e}")))?;
+                    info!(%group, resource = %name, from = seq.0, "full snapshot journaled for a resyncing replica");
+                    snapshot_from.insert(name, seq.0);
+                }
+            }
             return Ok(MerkleReply {
                 watermark: p.journal().trimmed_through().0,
+                snapshot_from,
                 ..MerkleReply::default()
             });
         }
@@ -645,10 +665,10 @@ impl BlockSource for NodeBlocks {
             .cfg
             .resources
             .iter()
-            .find(|r| !matches!(r.kind, ResourceKind::Volume { .. }))
+            .find(|r| matches!(r.kind, ResourceKind::Postgres { .. }))
         {
             return Err(Status::failed_precondition(format!(
-                "group {:?} holds the {} resource {:?}: only volumes are resynced by merkle diff",
+                "group {:?} holds the {} resource {:?}: only volumes (by merkle diff) and SQLite databases (from a full snapshot) are resynced",
                 req.group,
                 r.kind.name(),
                 r.name
@@ -1734,10 +1754,13 @@ async fn become_primary(
     // SQLite resources: follow each database's WAL into the same pipeline.
     let names = sqlite_names(&g.cfg);
     if !names.is_empty() {
+        lock(&g.cell.sqlite_asks).clear();
         for r in g.cfg.resources.iter().filter(|r| names.contains(&r.name)) {
             let Some(path) = rt.topo.resource_path(&g.cfg, r, &rt.node.site) else {
                 continue;
             };
+            let ask = Arc::new(crate::sqlite::SnapshotAsk::default());
+            lock(&g.cell.sqlite_asks).insert(r.name.clone(), ask.clone());
             let (pipeline, stop, res) = (pipeline.clone(), stop_rx.clone(), r.name.clone());
             tokio::spawn(async move {
                 if let Some(dir) = path.parent() {
@@ -1755,7 +1778,7 @@ async fn become_primary(
                 match opened {
                     Ok(Ok(src)) => {
                         info!(resource = %res, path = %path.display(), "following the SQLite WAL");
-                        if let Err(e) = src.run(pipeline, stop).await {
+                        if let Err(e) = src.with_ask(ask).run(pipeline, stop).await {
                             warn!(resource = %res, "SQLite capture stopped: {e}");
                         }
                     }
@@ -2019,11 +2042,34 @@ fn start_resync(
     let cfg = g.cfg.clone();
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
+        let mut quarantined = sqlite_names(&cfg).is_empty();
         loop {
+            if !quarantined {
+                let (rt3, cfg3) = (rt2.clone(), cfg.clone());
+                let q = tokio::task::spawn_blocking(move || quarantine_sqlite(&rt3, &cfg3, epoch))
+                    .await
+                    .map_err(|e| ReplicatorError::Task(e.to_string()))
+                    .and_then(|r| r);
+                match q {
+                    Ok(_) => quarantined = true,
+                    Err(e) => {
+                        // Nothing is overwritten before its copy is kept.
+                        warn!(group = %cfg.name, "quarantining the SQLite databases before the resync (will retry): {e}");
+                        progress.send_modify(|p| p.error = format!("quarantine: {e}"));
+                        if let Some(g) = rt2.groups.lock().await.get_mut(&cfg.name) {
+                            g.last_error = format!("resync: quarantine: {e}");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(3));
+                        continue;
+                    }
+                }
+            }
             match resync_from(&rt2, &cfg, &addr, &progress, started).await {
-                Ok(seq) => {
+                Ok((seq, from)) => {
                     let opened = open_replica(&rt2, &cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
+                        rg.set_sqlite_from(&from)?;
                         rg.reset_watermark(seq)?;
                         Ok(rg)
                     });
@@ -2100,15 +2146,17 @@ fn register_replica(rt: &NodeRt, g: &mut GroupRt, epoch: Epoch, rg: Arc<ReplicaG
     };
 }
 
-/// Resyncs every volume of `g` from the primary replicator at `addr`; returns the seq the copy
-/// now reflects (the smallest of the primary's watermarks, taken before each hash).
+/// Resyncs every volume of `g` from the primary replicator at `addr` and has the primary
+/// journal a fresh snapshot of every SQLite database; returns the seq the copy continues from
+/// (the smallest of the primary's watermarks taken before each hash, and of the seqs just
+/// before each snapshot) and, per database, the seq its snapshot starts at.
 async fn resync_from(
     rt: &NodeRt,
     g: &Group,
     addr: &str,
     progress: &watch::Sender<ResyncProgress>,
     started: Instant,
-) -> Result<Seq> {
+) -> Result<(Seq, HashMap<String, Seq>)> {
     let net = &rt.me.net;
     let ep = net
         .endpoint(addr)
@@ -2196,7 +2244,109 @@ async fn resync_from(
             })?;
         seq = Some(r.into_inner().watermark);
     }
-    Ok(Seq(seq.unwrap_or(0)))
+    // SQLite databases: the primary journals a fresh full snapshot of each; the copy applies
+    // each database's changes only from its snapshot on (`ReplicaGroup::set_sqlite_from`).
+    let names = sqlite_names(g);
+    let mut from = HashMap::new();
+    if !names.is_empty() {
+        progress.send_modify(|p| {
+            p.phase = "snapshot".into();
+            p.elapsed_ms = started.elapsed().as_millis() as u64;
+        });
+        let r = client
+            .merkle(MerkleRequest {
+                group: g.name.clone(),
+                resource: String::new(),
+                sqlite_snapshots: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| ReplicatorError::Transport {
+                addr: addr.to_owned(),
+                reason: s.message().to_owned(),
+            })?
+            .into_inner();
+        for name in &names {
+            let first =
+                r.snapshot_from
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| ReplicatorError::Transport {
+                        addr: addr.to_owned(),
+                        reason: format!(
+                            "the primary took no snapshot of the SQLite resource {name:?}"
+                        ),
+                    })?;
+            let before = first.saturating_sub(1);
+            seq = Some(seq.map_or(before, |s| s.min(before)));
+            from.insert(name.clone(), Seq(first));
+        }
+        info!(group = %g.name, ?from, "SQLite databases follow the primary's fresh snapshots");
+    }
+    Ok((Seq(seq.unwrap_or(0)), from))
+}
+
+/// Before a resync overwrites them: copies each SQLite database of the group at this site
+/// (its committed WAL included) into `quarantine/GROUP/` under the data folder, once per
+/// epoch, then removes its `-wal` and `-shm` files. The copy keeps what a returning old
+/// primary committed that never reached the replica, for an operator to inspect or merge;
+/// the stale WAL must go, or SQLite would lay its frames over the resynced pages.
+fn quarantine_sqlite(rt: &NodeRt, g: &Group, epoch: Epoch) -> Result<Vec<PathBuf>> {
+    let names = sqlite_names(g);
+    let qdir = rt.data_dir.join("quarantine").join(&g.name);
+    let mut kept = Vec::new();
+    for (name, path) in replica_paths(rt, g) {
+        if !names.contains(&name) {
+            continue;
+        }
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        let shm = PathBuf::from(shm);
+        let prefix = format!("{name}-epoch{}-", epoch.0);
+        let done = std::fs::read_dir(&qdir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        });
+        if len > 0 && !done {
+            std::fs::create_dir_all(&qdir)
+                .map_err(|e| ReplicatorError::io("create dir", &qdir, e))?;
+            let now_ms = SystemClock::new().now_ms().max(0);
+            let out = qdir.join(format!("{prefix}{now_ms}.db"));
+            // A consistent copy through SQLite (WAL content included); a raw copy of the
+            // files when SQLite cannot read it.
+            let vacuumed = rusqlite::Connection::open(&path).and_then(|c| {
+                c.execute("VACUUM INTO ?1", [out.display().to_string()])
+                    .map(|_| ())
+            });
+            if let Err(e) = vacuumed {
+                warn!(group = %g.name, resource = %name, "VACUUM INTO failed ({e}): copying the files as they are");
+                let _ = std::fs::remove_file(&out);
+                std::fs::copy(&path, &out).map_err(|e| ReplicatorError::io("copy", &path, e))?;
+                if wal.exists() {
+                    let mut w = out.as_os_str().to_owned();
+                    w.push("-wal");
+                    std::fs::copy(&wal, PathBuf::from(w))
+                        .map_err(|e| ReplicatorError::io("copy", &wal, e))?;
+                }
+            }
+            crate::meta::sync_dir(&qdir)?;
+            warn!(group = %g.name, resource = %name, copy = %out.display(),
+                "quarantined this site's copy of the database before resyncing it: what it holds that the primary does not is kept there, not merged");
+            kept.push(out);
+        }
+        for f in [&wal, &shm] {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ReplicatorError::io("remove", f, e)),
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// Serves `GET /metrics` on the node's `metrics_listen` address (if set) until `stop`. Gauges

@@ -346,6 +346,7 @@ pub async fn verify_chunked(
             barrier: true,
             first_block: first,
             block_count: chunk,
+            sqlite_snapshots: false,
         };
         let rep = match client.merkle(req).await {
             Ok(r) => r.into_inner(),

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tandem_core::frame::{Change, ChangeKind};
+use tandem_core::ids::Seq;
 use tokio::sync::watch;
 
 /// Settings of one SQLite source.
@@ -92,6 +93,58 @@ pub struct SqliteStats {
 /// One submission: changes that go to the pipeline in one `submit`, in order.
 pub type Batch = Vec<Change>;
 
+/// Asks a running [`SqliteSource`] for a fresh full snapshot of its database, journaled in
+/// the group's stream like any transaction: how a returning replica whose position the
+/// journal no longer holds is brought back (its resync; see [`SnapshotAsk::snapshot`]).
+#[derive(Debug)]
+pub struct SnapshotAsk {
+    asked: AtomicU64,
+    /// (last ask served, seq of the first change of the snapshot taken for it).
+    served: watch::Sender<(u64, Option<Seq>)>,
+}
+
+impl Default for SnapshotAsk {
+    fn default() -> Self {
+        SnapshotAsk {
+            asked: AtomicU64::new(0),
+            served: watch::channel((0, None)).0,
+        }
+    }
+}
+
+impl SnapshotAsk {
+    /// Asks for a snapshot and waits up to `within` until the source has journaled all of it;
+    /// returns the seq of its first change. Every later change of the resource applies on
+    /// top of it, so a replica that applies the resource's changes only from that seq on holds
+    /// exactly the primary's database after each of its commits.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Task`] when the source does not answer in time (not running, or
+    /// blocked on a full journal), or when the database holds no page yet.
+    pub async fn snapshot(&self, within: Duration) -> Result<Seq> {
+        let mut rx = self.served.subscribe();
+        let ask = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let wait = async {
+            loop {
+                let (served, first) = *rx.borrow_and_update();
+                if served >= ask {
+                    return first.ok_or_else(|| {
+                        ReplicatorError::Task("the database holds no page yet".into())
+                    });
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ReplicatorError::Task("the SQLite source stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.map_err(|_| {
+            ReplicatorError::Task(format!(
+                "the SQLite source took no snapshot within {within:?}"
+            ))
+        })?
+    }
+}
+
 /// A live SQLite database followed through its WAL.
 pub struct SqliteSource {
     resource: String,
@@ -107,6 +160,8 @@ pub struct SqliteSource {
     /// connections: closing any descriptor of a file drops every POSIX lock this process
     /// holds on it, SQLite's included, so it is never opened and closed while they live.
     db_file: File,
+    /// Where a resync asks for a fresh snapshot.
+    ask: Arc<SnapshotAsk>,
 }
 
 impl std::fmt::Debug for SqliteSource {
@@ -181,9 +236,16 @@ impl SqliteSource {
             cursor: None,
             stats: Arc::default(),
             db_file,
+            ask: Arc::default(),
         };
         src.pin()?;
         Ok(src)
+    }
+
+    /// Serves snapshot asks made through `ask` (the node keeps it where a resync finds it).
+    pub fn with_ask(mut self, ask: Arc<SnapshotAsk>) -> SqliteSource {
+        self.ask = ask;
+        self
     }
 
     /// The counters of this source.
@@ -473,6 +535,8 @@ impl SqliteSource {
     ) -> Result<()> {
         let interval = self.opts.poll_interval;
         let stats = self.stats();
+        let ask = Arc::clone(&self.ask);
+        let mut served = ask.served.borrow().0;
         let mut src = Some(self);
         let mut first = true;
         loop {
@@ -482,17 +546,35 @@ impl SqliteSource {
             let Some(mut s) = src.take() else {
                 return Ok(());
             };
+            let wanted = ask.asked.load(Ordering::SeqCst);
+            let resnapshot = wanted > served;
             let (s, batches) = tokio::task::spawn_blocking(move || {
-                let r = if first { s.snapshot() } else { s.poll() };
+                let r = if first || resnapshot {
+                    s.snapshot()
+                } else {
+                    s.poll()
+                };
                 (s, r)
             })
             .await
             .map_err(|e| ReplicatorError::Task(e.to_string()))?;
             src = Some(s);
             first = false;
+            let mut first_seq = None;
             for b in batches? {
-                let seq = submit_retrying(&pipeline, b, &mut shutdown).await?;
+                let n = b.len() as u64;
+                // A snapshot asked for a resync is only journaled here: in sync mode waiting
+                // for the replica would wait on the very replica that waits for it.
+                let seq = submit_retrying(&pipeline, b, &mut shutdown, !resnapshot).await?;
+                first_seq.get_or_insert(Seq(seq.0 + 1 - n));
                 stats.last_seq.store(seq.0, Ordering::Relaxed);
+            }
+            if resnapshot {
+                served = wanted;
+                ask.served.send_replace((wanted, first_seq));
+            }
+            if ask.asked.load(Ordering::SeqCst) > served {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -506,9 +588,15 @@ async fn submit_retrying(
     pipeline: &GroupPipeline,
     batch: Batch,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<tandem_core::ids::Seq> {
+    wait_sync: bool,
+) -> Result<Seq> {
     loop {
-        match pipeline.submit(batch.clone()).await {
+        let r = if wait_sync {
+            pipeline.submit(batch.clone()).await
+        } else {
+            pipeline.submit_journaled(batch.clone()).await
+        };
+        match r {
             Err(e) if e.is_retryable() && !*shutdown.borrow() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

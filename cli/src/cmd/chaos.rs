@@ -21,7 +21,7 @@ use tandem_chaos::checker::{
     no_double_promotion, rpo_recovers, split_brain, torn_tail_repaired, EpochObservation,
     Promotion, ReplicationMode, RpoSample,
 };
-use tandem_chaos::dbcheck::{db_commit_prefix, db_identical, db_lost_commits};
+use tandem_chaos::dbcheck::{db_commit_prefix, db_identical, db_lost_commits, db_tail_quarantined};
 use tandem_chaos::history::{History, Recorder};
 use tandem_chaos::mesh::Mesh;
 use tandem_chaos::nbd_client::NbdClient;
@@ -898,7 +898,9 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
     for n in killed.clone() {
         ctx.start(&n)?;
     }
-    let db_failback = s.database && s.checks.contains(&Check::DbIdenticalAfterRecovery);
+    let db_failback = s.database
+        && (s.checks.contains(&Check::DbIdenticalAfterRecovery)
+            || s.checks.contains(&Check::DbTailQuarantined));
     let recovered = (|| -> Result<ClusterStatus> {
         let st_end = wait("recovery: group protected", 90, &|st| {
             group(st).is_some_and(|g| {
@@ -1225,6 +1227,42 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                     "rpo_recovers needs a network fault and a later heal in the timeline".into(),
                 ),
             },
+            Check::DbTailQuarantined => {
+                let Some(d) = &db else {
+                    failures.push(format!("{c:?} needs `database = true`"));
+                    continue;
+                };
+                let Some(f) = &db_final else {
+                    failures.push(format!("{c:?}: no recovery, nothing to judge"));
+                    continue;
+                };
+                let old = g0.primary.clone();
+                let qdir = d.dir.join(format!("data/{old}-rep/quarantine/{DB_GROUP}"));
+                let newest = std::fs::read_dir(&qdir).ok().and_then(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                        .max()
+                });
+                let quarantine = match newest.map(|p| read_db(&p, Duration::from_secs(5))) {
+                    Some(Ok(q)) => Some(q.state),
+                    Some(Err(e)) => {
+                        failures.push(format!("db: quarantine copy unreadable: {e:#}"));
+                        continue;
+                    }
+                    None => None,
+                };
+                match &f.primary_db {
+                    Ok(p) => {
+                        let v = db_tail_quarantined(&history, &p.state, quarantine.as_ref(), &old);
+                        notes.extend(v.notes.iter().map(|n| format!("db: {n}")));
+                        if !v.ok {
+                            failures.push(format!("db: {}", v.violations.join("; ")));
+                        }
+                    }
+                    Err(e) => failures.push(format!("db: final primary unreadable: {e:#}")),
+                }
+            }
             Check::DbNoLostCommits | Check::DbConsistent | Check::DbIdenticalAfterRecovery => {
                 let Some(d) = &db else {
                     failures.push(format!("{c:?} needs `database = true`"));
