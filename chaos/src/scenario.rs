@@ -55,6 +55,12 @@ pub enum FaultAction {
     /// Order a run of the `runbook` runbook (`failover`, `switchover`) of the group through
     /// the admin API, as an operator would; `target` is not used (write `all`).
     Order,
+    /// Set the `Clock` of the target's processes to `skew_ms` off the system time (a bump),
+    /// drifting a further `drift_ms_per_s` every second from then on (default 0).
+    Clock,
+    /// Switch the target's `Clock` between `skew_ms` and no skew every `period` until
+    /// `until` (then no skew).
+    Strobe,
 }
 
 impl FaultAction {
@@ -112,6 +118,12 @@ pub struct Fault {
     /// `torn-tail`: how to tear the tail.
     #[serde(default)]
     pub tear: Tear,
+    /// `clock` / `strobe`: the skew in milliseconds (may be negative).
+    #[serde(default)]
+    pub skew_ms: Option<i64>,
+    /// `clock`: drift in milliseconds per second from the moment of the fault.
+    #[serde(default)]
+    pub drift_ms_per_s: Option<i64>,
 }
 
 /// How `torn-tail` damages the newest journal segment.
@@ -146,6 +158,8 @@ impl Fault {
             bytes: None,
             runbook: None,
             tear: Tear::Cut,
+            skew_ms: None,
+            drift_ms_per_s: None,
         }
     }
 }
@@ -420,6 +434,12 @@ impl Scenario {
                     need("until", f.until.is_some_and(|u| u > f.at && u < s.duration))?;
                 }
                 FaultAction::TornTail => need("bytes", f.bytes.is_some_and(|b| b > 0))?,
+                FaultAction::Clock => need("skew_ms", f.skew_ms.is_some())?,
+                FaultAction::Strobe => {
+                    need("skew_ms", f.skew_ms.is_some_and(|k| k != 0))?;
+                    need("period", f.period.is_some_and(|p| p.as_millis() >= 100))?;
+                    need("until", f.until.is_some_and(|u| u > f.at && u < s.duration))?;
+                }
                 FaultAction::Order => need(
                     "runbook",
                     f.runbook
@@ -443,12 +463,43 @@ impl Scenario {
         Ok(s)
     }
 
+    /// True when a fault moves a clock (`clock`, `strobe`): every node then follows a clock file.
+    pub fn has_clock_faults(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f.action, FaultAction::Clock | FaultAction::Strobe))
+    }
+
     /// The fault timeline with every `flap` expanded into `partition` and `heal` faults
     /// (`partition` at `at`, `heal` one `period` later, and so on; a final `heal` at
     /// `until`), sorted by time (faults at the same time keep their file order).
     pub fn timeline(&self) -> Vec<Fault> {
         let mut out = Vec::new();
         for f in &self.faults {
+            if f.action == FaultAction::Strobe {
+                let (Some(period), Some(until)) = (f.period, f.until) else {
+                    continue; // refused by parse
+                };
+                let step = period.as_millis().max(1);
+                let (mut t, mut on) = (f.at.as_millis(), true);
+                while t < until.as_millis() {
+                    let mut x = f.clone();
+                    x.at = HumanDuration::from_millis(t);
+                    x.action = FaultAction::Clock;
+                    x.skew_ms = Some(if on { f.skew_ms.unwrap_or(0) } else { 0 });
+                    x.drift_ms_per_s = None;
+                    out.push(x);
+                    on = !on;
+                    t += step;
+                }
+                let mut last = f.clone();
+                last.at = until;
+                last.action = FaultAction::Clock;
+                last.skew_ms = Some(0);
+                last.drift_ms_per_s = None;
+                out.push(last);
+                continue;
+            }
             if f.action != FaultAction::Flap {
                 out.push(f.clone());
                 continue;
@@ -587,6 +638,39 @@ target = "site:primary"
         let bad = t.replace("until = \"4s\"", "until = \"9s\"");
         let e = Scenario::parse(&bad, "x.toml").unwrap_err().to_string();
         assert!(e.contains("faults[0].until"), "{e}");
+    }
+
+    #[test]
+    fn strobe_expands_into_clock_faults_and_ends_right() {
+        let t = OK.replace(
+            "at = \"3s\"\naction = \"kill\"\ntarget = \"site:primary\"",
+            "at = \"1s\"\naction = \"strobe\"\ntarget = \"node:hanoi-rep\"\nskew_ms = -700\nperiod = \"500ms\"\nuntil = \"2200ms\"",
+        );
+        let s = Scenario::parse(&t, "x.toml").unwrap();
+        assert!(s.has_clock_faults());
+        let got: Vec<(u64, FaultAction, Option<i64>)> = s
+            .timeline()
+            .iter()
+            .map(|f| (f.at.as_millis(), f.action, f.skew_ms))
+            .collect();
+        use FaultAction::*;
+        assert_eq!(
+            got,
+            vec![
+                (1000, Clock, Some(-700)),
+                (1500, Clock, Some(0)),
+                (2000, Clock, Some(-700)),
+                (2200, Clock, Some(0)),
+            ]
+        );
+        let e = Scenario::parse(&t.replace("skew_ms = -700\n", ""), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("faults[0].skew_ms"), "{e}");
+        let clock = OK.replace("action = \"kill\"", "action = \"clock\"");
+        let e = Scenario::parse(&clock, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("faults[0].skew_ms"), "{e}");
+        assert!(!Scenario::parse(OK, "x.toml").unwrap().has_clock_faults());
     }
 
     #[test]

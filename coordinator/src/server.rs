@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_core::certs::Role;
-use tandem_core::clock::{Clock, SystemClock};
+use tandem_core::clock::{Clock, SlewedClock};
 use tandem_core::config::{NodeRole, ResourceKind, Topology};
 use tandem_core::net::{Caller, Net};
 use tandem_core::proto::coordinator_client::CoordinatorClient;
@@ -163,7 +163,9 @@ struct Inner {
     topo: Topology,
     name: String,
     raft: RaftHandle<CoordinatorSm>,
-    clock: SystemClock,
+    /// Command times (leases, failure detection, audit): slewed, so a step of the system
+    /// clock does not expire every lease at once.
+    clock: SlewedClock,
     live: Mutex<Live>,
     /// raft id -> coordinator node name
     names: BTreeMap<u64, String>,
@@ -235,7 +237,7 @@ pub async fn run(
         topo: topo.clone(),
         name: name.clone(),
         raft: handle.clone(),
-        clock: SystemClock::new(),
+        clock: SlewedClock::new(),
         live: Mutex::new(Live::default()),
         names,
         drivers: crate::runs::Drivers::default(),

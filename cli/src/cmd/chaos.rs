@@ -159,11 +159,13 @@ struct Ctx {
     node_configs: BTreeMap<String, PathBuf>,
     /// Clock skews of the scenario.
     skews: Vec<ClockSkew>,
+    /// Every node follows a clock program file (the scenario has clock faults).
+    clock_files: bool,
 }
 
 /// The environment of node `n`: its clock skew, if the scenario gives it one.
-fn node_env(skews: &[ClockSkew], n: &str) -> Vec<(String, String)> {
-    skews
+fn node_env(skews: &[ClockSkew], clock_dir: Option<&Path>, n: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = skews
         .iter()
         .filter(|c| c.node == n)
         .map(|c| {
@@ -172,7 +174,28 @@ fn node_env(skews: &[ClockSkew], n: &str) -> Vec<(String, String)> {
                 c.skew_ms.to_string(),
             )
         })
-        .collect()
+        .collect();
+    if let Some(dir) = clock_dir {
+        env.push((
+            tandem_core::clock::CLOCK_FILE_ENV.to_owned(),
+            clock_file(dir, n).display().to_string(),
+        ));
+    }
+    env
+}
+
+/// The clock program file of node `n` (see [`tandem_core::clock::CLOCK_FILE_ENV`]).
+fn clock_file(run_dir: &Path, n: &str) -> PathBuf {
+    run_dir.join(format!("clock.{n}"))
+}
+
+/// Writes the clock program of node `n`: `skew_ms` off from now on, drifting `drift` ms/s.
+fn set_clock(run_dir: &Path, n: &str, skew_ms: i64, drift: i64) -> Result<()> {
+    let p = clock_file(run_dir, n);
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, format!("{skew_ms} {drift}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &p))
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 impl Ctx {
@@ -226,7 +249,8 @@ impl Ctx {
     /// Starts (again) node `n` with its own topology file (and clock skew).
     fn start(&self, n: &str) -> Result<()> {
         let config = self.node_configs.get(n).unwrap_or(&self.config);
-        proc::start_node_env(config, n, &self.run_dir, &node_env(&self.skews, n))?;
+        let clocks = self.clock_files.then_some(self.run_dir.as_path());
+        proc::start_node_env(config, n, &self.run_dir, &node_env(&self.skews, clocks, n))?;
         Ok(())
     }
 
@@ -326,6 +350,8 @@ impl Ctx {
             | FaultAction::Resume
             | FaultAction::Restart
             | FaultAction::Order
+            | FaultAction::Clock
+            | FaultAction::Strobe
             | FaultAction::TornTail => 0,
         }
     }
@@ -599,6 +625,14 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
             bail!("clock_skew: no node {:?} in the topology", c.node);
         }
     }
+    let clock_files = s.has_clock_faults();
+    if clock_files {
+        std::fs::create_dir_all(&run_dir)?;
+        for n in &topo.nodes {
+            set_clock(&run_dir, &n.name, 0, 0)?;
+        }
+    }
+    let clock_dir = clock_files.then_some(run_dir.as_path());
     crate::cmd::local::up_with(
         &config,
         &run_dir,
@@ -609,7 +643,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 .cloned()
                 .unwrap_or_else(|| config.clone())
         },
-        &|n| node_env(&s.clock_skew, n),
+        &|n| node_env(&s.clock_skew, clock_dir, n),
     )?;
     let ctx = Ctx {
         rt,
@@ -621,6 +655,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
         mesh,
         node_configs,
         skews: s.clock_skew.clone(),
+        clock_files,
     };
     let wait =
         |what: &str, secs: u64, f: &dyn Fn(&ClusterStatus) -> bool| -> Result<ClusterStatus> {
@@ -835,6 +870,10 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                             paused.retain(|p| p != n);
                         }
                     }
+                    FaultAction::Clock => {
+                        let (skew, drift) = (f.skew_ms.unwrap_or(0), f.drift_ms_per_s.unwrap_or(0));
+                        set_clock(&ctx.run_dir, n, skew, drift)?;
+                    }
                     FaultAction::TornTail => {
                         if !killed.contains(n) {
                             bail!("torn-tail of {n}: kill it first (journals are torn at rest)");
@@ -877,9 +916,14 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
         }
         std::thread::sleep(Duration::from_millis(150));
     }
-    // Recovery: heal every link, resume and restart everything, wait until protected and
-    // caught up.
+    // Recovery: heal every link, set every clock right, resume and restart everything, wait
+    // until protected and caught up.
     ctx.mesh.heal_all();
+    if ctx.clock_files {
+        for n in &ctx.topo.nodes {
+            set_clock(&ctx.run_dir, &n.name, 0, 0)?;
+        }
+    }
     let mut old_primary_refused = None;
     for n in paused.clone() {
         if let Ok(pid) = proc::read_pid(&ctx.run_dir, &n) {
