@@ -476,56 +476,43 @@ impl Scenario {
     pub fn timeline(&self) -> Vec<Fault> {
         let mut out = Vec::new();
         for f in &self.faults {
-            if f.action == FaultAction::Strobe {
-                let (Some(period), Some(until)) = (f.period, f.until) else {
-                    continue; // refused by parse
-                };
-                let step = period.as_millis().max(1);
-                let (mut t, mut on) = (f.at.as_millis(), true);
-                while t < until.as_millis() {
-                    let mut x = f.clone();
-                    x.at = HumanDuration::from_millis(t);
-                    x.action = FaultAction::Clock;
-                    x.skew_ms = Some(if on { f.skew_ms.unwrap_or(0) } else { 0 });
-                    x.drift_ms_per_s = None;
-                    out.push(x);
-                    on = !on;
-                    t += step;
-                }
-                let mut last = f.clone();
-                last.at = until;
-                last.action = FaultAction::Clock;
-                last.skew_ms = Some(0);
-                last.drift_ms_per_s = None;
-                out.push(last);
-                continue;
-            }
-            if f.action != FaultAction::Flap {
+            let (Some(period), Some(until)) = (f.period, f.until) else {
                 out.push(f.clone());
                 continue;
-            }
-            let (Some(period), Some(until)) = (f.period, f.until) else {
-                continue; // refused by parse
             };
+            // The switch times: on at `at`, off one period later, ...; off at `until`.
             let step = period.as_millis().max(1);
-            let mut t = f.at.as_millis();
-            let mut on = true;
+            let mut switches = Vec::new();
+            let (mut t, mut on) = (f.at.as_millis(), true);
             while t < until.as_millis() {
-                let mut x = f.clone();
-                x.at = HumanDuration::from_millis(t);
-                x.action = if on {
-                    FaultAction::Partition
-                } else {
-                    FaultAction::Heal
-                };
-                out.push(x);
+                switches.push((t, on));
                 on = !on;
                 t += step;
             }
-            let mut last = f.clone();
-            last.at = until;
-            last.action = FaultAction::Heal;
-            out.push(last);
+            switches.push((until.as_millis(), false));
+            for (t, on) in switches {
+                let mut x = f.clone();
+                x.at = HumanDuration::from_millis(t);
+                match f.action {
+                    FaultAction::Flap => {
+                        x.action = if on {
+                            FaultAction::Partition
+                        } else {
+                            FaultAction::Heal
+                        };
+                    }
+                    FaultAction::Strobe => {
+                        x.action = FaultAction::Clock;
+                        x.skew_ms = Some(if on { f.skew_ms.unwrap_or(0) } else { 0 });
+                        x.drift_ms_per_s = None;
+                    }
+                    _ => {
+                        out.push(f.clone());
+                        break;
+                    }
+                }
+                out.push(x);
+            }
         }
         out.sort_by_key(|f| f.at);
         out
