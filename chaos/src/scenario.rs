@@ -38,6 +38,9 @@ pub enum FaultAction {
     /// Cut the links between `target` and `peer`, both ways (bytes stall, as over a real
     /// partition that TCP outlives).
     Partition,
+    /// Cut the links one way: bytes `target` sends to `peer` stall, bytes `peer` sends to
+    /// `target` still flow (Jepsen's one-way partition).
+    Cut,
     /// Remove every network fault from the links between `target` and `peer`
     /// (`target = "all"`: from every link).
     Heal,
@@ -61,6 +64,11 @@ pub enum FaultAction {
     /// Switch the target's `Clock` between `skew_ms` and no skew every `period` until
     /// `until` (then no skew).
     Strobe,
+    /// Set failpoint `failpoint` of the target's processes to `actions` (the `fail` crate's
+    /// syntax, e.g. `1*return(lose)`, `sleep(300)`, `off`); needs a build with failpoints.
+    /// A node that crashes at a failpoint counts as killed: `restart` and the recovery start
+    /// it again, with its failpoints cleared.
+    Failpoint,
 }
 
 impl FaultAction {
@@ -69,6 +77,7 @@ impl FaultAction {
         matches!(
             self,
             FaultAction::Partition
+                | FaultAction::Cut
                 | FaultAction::Heal
                 | FaultAction::Corrupt
                 | FaultAction::Bandwidth
@@ -124,6 +133,12 @@ pub struct Fault {
     /// `clock`: drift in milliseconds per second from the moment of the fault.
     #[serde(default)]
     pub drift_ms_per_s: Option<i64>,
+    /// `failpoint`: the failpoint's name (one of `tandem_core::fault::POINTS`).
+    #[serde(default)]
+    pub failpoint: Option<String>,
+    /// `failpoint`: its actions.
+    #[serde(default)]
+    pub actions: Option<String>,
 }
 
 /// How `torn-tail` damages the newest journal segment.
@@ -160,6 +175,8 @@ impl Fault {
             tear: Tear::Cut,
             skew_ms: None,
             drift_ms_per_s: None,
+            failpoint: None,
+            actions: None,
         }
     }
 }
@@ -230,6 +247,9 @@ pub enum Check {
     /// Database workload with a failback: the transactions the old primary committed that
     /// never reached the new primary are in the copy it quarantined before its resync.
     DbTailQuarantined,
+    /// Every `failpoint` fault with a `return` action fired (its node logged it): a scenario
+    /// whose fault never happened proves nothing.
+    FailpointsFired,
 }
 
 impl Check {
@@ -440,6 +460,24 @@ impl Scenario {
                     need("period", f.period.is_some_and(|p| p.as_millis() >= 100))?;
                     need("until", f.until.is_some_and(|u| u > f.at && u < s.duration))?;
                 }
+                FaultAction::Failpoint => {
+                    need(
+                        "failpoint",
+                        f.failpoint
+                            .as_deref()
+                            .is_some_and(tandem_core::fault::known),
+                    )?;
+                    need(
+                        "actions",
+                        f.actions.as_deref().is_some_and(|a| !a.trim().is_empty()),
+                    )?;
+                    if let Some(n) = f.failpoint.as_deref() {
+                        // The runner writes `NAME=ACTIONS` lines: check them as the node will.
+                        let line = format!("{n}={}", f.actions.as_deref().unwrap_or(""));
+                        tandem_core::fault::parse_program(&line)
+                            .map_err(|e| bad(format!("faults[{i}]"), e))?;
+                    }
+                }
                 FaultAction::Order => need(
                     "runbook",
                     f.runbook
@@ -468,6 +506,13 @@ impl Scenario {
         self.faults
             .iter()
             .any(|f| matches!(f.action, FaultAction::Clock | FaultAction::Strobe))
+    }
+
+    /// True when a fault sets a failpoint: every node then follows a failpoint file.
+    pub fn has_failpoints(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.action == FaultAction::Failpoint)
     }
 
     /// The fault timeline with every `flap` expanded into `partition` and `heal` faults
@@ -570,6 +615,35 @@ target = "site:primary"
             .unwrap_err()
             .to_string()
             .contains("x.toml"));
+    }
+
+    #[test]
+    fn failpoint_faults_name_a_known_failpoint_with_actions() {
+        let t = OK.replace("action = \"kill\"", "action = \"failpoint\"");
+        let e = Scenario::parse(&t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("faults[0].failpoint"), "{e}");
+        let t = t.replace(
+            "target = \"site:primary\"",
+            "target = \"primary-replicator\"\nfailpoint = \"journal-before-fsync\"",
+        );
+        let e = Scenario::parse(&t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("faults[0].actions"), "{e}");
+        let ok = t.replace("failpoint = ", "actions = \"1*return(lose)\"\nfailpoint = ");
+        let s = Scenario::parse(&ok, "x.toml").unwrap();
+        assert!(s.has_failpoints());
+        let e = Scenario::parse(
+            &ok.replace("journal-before-fsync", "journal-sometime"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("faults[0].failpoint"), "{e}");
+        // One-way cuts are network faults: they may name a peer.
+        let cut = OK.replace("action = \"kill\"", "action = \"cut\"").replace(
+            "target = \"site:primary\"",
+            "target = \"primary-replicator\"\npeer = \"coordinators\"",
+        );
+        assert!(Scenario::parse(&cut, "x.toml").is_ok());
     }
 
     #[test]

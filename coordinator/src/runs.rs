@@ -394,10 +394,22 @@ async fn drive(c: Coordinator, run_id: String) {
                 info!(run = %run_id, step = %planned.id, action = planned.action.name(), attempt, "step started");
                 let t0 = c.now_ms();
                 let timeout = Duration::from_millis(planned.timeout.as_millis());
-                let result = match tokio::time::timeout(timeout, execute(&c, &run, &planned)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::new(format!("timed out after {}", planned.timeout))),
+                let point = format!("runbook-before-step:{}", planned.action.name());
+                let result = match tandem_core::fault::check(&point) {
+                    Err(e) => Err(Failure::new(e.to_string())),
+                    Ok(()) => {
+                        match tokio::time::timeout(timeout, execute(&c, &run, &planned)).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                Err(Failure::new(format!("timed out after {}", planned.timeout)))
+                            }
+                        }
+                    }
+                };
+                let point = format!("runbook-after-step:{}", planned.action.name());
+                let result = match (result, tandem_core::fault::check(&point)) {
+                    (Ok(_), Err(e)) => Err(Failure::new(e.to_string())),
+                    (r, _) => r,
                 };
                 let ms = c.now_ms() - t0;
                 let event = match result {

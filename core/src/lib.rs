@@ -16,6 +16,7 @@
 pub mod certs;
 pub mod clock;
 pub mod config;
+pub mod fault;
 pub mod frame;
 pub mod ids;
 pub mod limits;

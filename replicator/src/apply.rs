@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use tandem_core::fault;
 use tandem_core::frame::{Change, ChangeKind, Decoder, FrameHeader};
 use tandem_core::ids::{Epoch, GroupId, Seq};
 use tandem_core::proto::{ship_response, Ack, Refusal, ShipResponse};
@@ -665,6 +666,9 @@ impl ReplicaGroup {
             .fetch_add(changes_applied, Ordering::SeqCst);
         let mut out = Vec::new();
         if ack {
+            if let Err(e) = fault::check("replica-before-ack") {
+                return Err(ReplicatorError::io("ack", inner.meta.path(), e));
+            }
             out.push(ShipResponse {
                 msg: Some(ship_response::Msg::Ack(Ack {
                     durable_seq: inner.persisted.0,
@@ -726,6 +730,8 @@ fn rollback(inner: &mut Inner) {
 }
 
 fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
+    fault::check("replica-before-fsync")
+        .map_err(|e| ReplicatorError::io("fdatasync", inner.meta.path(), e))?;
     for name in touched {
         if let Some(r) = inner.resources.get(name) {
             r.file
@@ -737,6 +743,8 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
         // Undo records before the watermark that covers them.
         h.sync()?;
     }
+    fault::check("replica-before-watermark")
+        .map_err(|e| ReplicatorError::io("write watermark", inner.meta.path(), e))?;
     let (wm, fence) = (resume_mark(inner), inner.fence);
     inner.meta.write(&[wm.0, fence.0])?;
     inner.persisted = wm;

@@ -19,6 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tandem_core::fault::{self, Injected};
 use tandem_core::frame::{Decoder, FrameHeader, HEADER_LEN};
 use tandem_core::ids::{Epoch, GroupId, Seq};
 
@@ -78,7 +79,10 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Writer {
+    /// The segment being written: (key, file, length).
     current: Option<(u64, File, u64)>,
+    /// Length of the current segment at its last fdatasync: what a power loss keeps.
+    synced: u64,
 }
 
 /// The durable frame log of one group on the primary.
@@ -424,12 +428,35 @@ impl Journal {
                     },
                 );
                 w.current = Some((key, file, existing));
+                w.synced = existing;
             }
             let Some((key, file, cur)) = w.current.as_mut() else {
                 return Err(ReplicatorError::Task(
                     "journal writer lost its segment".into(),
                 ));
             };
+            if let Some(inj) = fault::hit("journal-write") {
+                let path = segment_path(&self.dir, *key);
+                match inj {
+                    Injected::Enospc => {
+                        // A full disk takes part of a write: half the frame lands.
+                        let _ = file.write_all(&f.bytes[..f.bytes.len() / 2]);
+                        return Err(ReplicatorError::io(
+                            "write",
+                            path,
+                            inj.io_error("journal-write"),
+                        ));
+                    }
+                    Injected::Eio => {
+                        return Err(ReplicatorError::io(
+                            "write",
+                            path,
+                            inj.io_error("journal-write"),
+                        ))
+                    }
+                    Injected::Crash | Injected::LoseUnsynced => fault::crash("journal-write"),
+                }
+            }
             file.write_all(&f.bytes)
                 .map_err(|e| ReplicatorError::io("write", segment_path(&self.dir, *key), e))?;
             entries.push(FrameEntry {
@@ -442,9 +469,41 @@ impl Journal {
             });
             *cur += len;
         }
-        if let Some((key, file, _)) = &w.current {
+        let synced = w.synced;
+        let mut now_synced = None;
+        if let Some((key, file, cur)) = &w.current {
+            let path = segment_path(&self.dir, *key);
+            match fault::hit("journal-before-fsync") {
+                None => {}
+                Some(Injected::Crash) => fault::crash("journal-before-fsync"),
+                Some(Injected::LoseUnsynced) => {
+                    // A power loss: the page cache never reached the disk. What was written
+                    // since the last fdatasync is gone (cut here, as no write reached the
+                    // platter), then the machine is down.
+                    let _ = file.set_len(synced).and_then(|()| file.sync_all());
+                    eprintln!(
+                        "failpoint journal-before-fsync: dropped {} unsynced bytes of {}",
+                        cur - synced,
+                        path.display()
+                    );
+                    fault::crash("journal-before-fsync")
+                }
+                Some(inj @ (Injected::Eio | Injected::Enospc)) => {
+                    return Err(ReplicatorError::io(
+                        "fdatasync",
+                        path,
+                        inj.io_error("journal-before-fsync"),
+                    ))
+                }
+            }
             file.sync_data()
+                .map_err(|e| ReplicatorError::io("fdatasync", path, e))?;
+            now_synced = Some(*cur);
+            fault::check("journal-after-fsync")
                 .map_err(|e| ReplicatorError::io("fdatasync", segment_path(&self.dir, *key), e))?;
+        }
+        if let Some(len) = now_synced {
+            w.synced = len;
         }
         let mut st = self.state();
         for e in entries {

@@ -129,6 +129,11 @@ pub struct SlotFile {
 }
 
 impl SlotFile {
+    /// The file's path (for error messages).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Opens (or creates with `initial`) the slot file at `path` holding `count` values;
     /// returns it with the current values.
     ///

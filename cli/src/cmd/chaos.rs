@@ -25,7 +25,7 @@ use tandem_chaos::dbcheck::{db_commit_prefix, db_identical, db_lost_commits, db_
 use tandem_chaos::history::{History, Recorder};
 use tandem_chaos::mesh::Mesh;
 use tandem_chaos::nbd_client::NbdClient;
-use tandem_chaos::proxy::Direction;
+use tandem_chaos::proxy::{Blackhole, Direction};
 use tandem_chaos::scenario::{Check, ClockSkew, Fault, FaultAction, Scenario, Tear};
 use tandem_chaos::workload::WorkloadConfig;
 use tandem_coordinator::audit::AuditKind;
@@ -161,10 +161,19 @@ struct Ctx {
     skews: Vec<ClockSkew>,
     /// Every node follows a clock program file (the scenario has clock faults).
     clock_files: bool,
+    /// Every node follows a failpoint file (the scenario has failpoint faults).
+    failpoint_files: bool,
 }
 
-/// The environment of node `n`: its clock skew, if the scenario gives it one.
-fn node_env(skews: &[ClockSkew], clock_dir: Option<&Path>, n: &str) -> Vec<(String, String)> {
+/// The environment of node `n`: its clock skew, if the scenario gives it one, and the clock
+/// program and failpoint files it follows (`dir`: the run folder; `failpoints`: the scenario
+/// sets failpoints).
+fn node_env(
+    skews: &[ClockSkew],
+    clock_dir: Option<&Path>,
+    failpoint_dir: Option<&Path>,
+    n: &str,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = skews
         .iter()
         .filter(|c| c.node == n)
@@ -181,7 +190,34 @@ fn node_env(skews: &[ClockSkew], clock_dir: Option<&Path>, n: &str) -> Vec<(Stri
             clock_file(dir, n).display().to_string(),
         ));
     }
+    if let Some(dir) = failpoint_dir {
+        env.push((
+            tandem_core::fault::FAILPOINTS_FILE_ENV.to_owned(),
+            failpoint_file(dir, n).display().to_string(),
+        ));
+    }
     env
+}
+
+/// The failpoint file of node `n` (see [`tandem_core::fault::FAILPOINTS_FILE_ENV`]).
+fn failpoint_file(run_dir: &Path, n: &str) -> PathBuf {
+    run_dir.join(format!("failpoints.{n}"))
+}
+
+/// Writes the failpoints of node `n` (`NAME=ACTIONS` lines; empty: none).
+fn set_failpoints(run_dir: &Path, n: &str, points: &BTreeMap<String, String>) -> Result<()> {
+    let p = failpoint_file(run_dir, n);
+    let tmp = p.with_extension("tmp");
+    let text: String = points.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &p))
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+/// True if the log of node `n` says failpoint `name` fired.
+fn failpoint_fired(run_dir: &Path, n: &str, name: &str) -> bool {
+    let needle = format!("failpoint {name} fired");
+    std::fs::read_to_string(proc::log_file(run_dir, n)).is_ok_and(|t| t.contains(&needle))
 }
 
 /// The clock program file of node `n` (see [`tandem_core::clock::CLOCK_FILE_ENV`]).
@@ -246,11 +282,17 @@ impl Ctx {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    /// Starts (again) node `n` with its own topology file (and clock skew).
+    /// Starts (again) node `n` with its own topology file (and clock skew); a restarted node
+    /// has no failpoint set (the crash a failpoint caused does not come back by itself).
     fn start(&self, n: &str) -> Result<()> {
         let config = self.node_configs.get(n).unwrap_or(&self.config);
         let clocks = self.clock_files.then_some(self.run_dir.as_path());
-        proc::start_node_env(config, n, &self.run_dir, &node_env(&self.skews, clocks, n))?;
+        let failpoints = self.failpoint_files.then_some(self.run_dir.as_path());
+        if self.failpoint_files {
+            set_failpoints(&self.run_dir, n, &BTreeMap::new())?;
+        }
+        let env = node_env(&self.skews, clocks, failpoints, n);
+        proc::start_node_env(config, n, &self.run_dir, &env)?;
         Ok(())
     }
 
@@ -319,6 +361,11 @@ impl Ctx {
         };
         match f.action {
             FaultAction::Partition | FaultAction::Flap => self.mesh.partition(&a, &b),
+            FaultAction::Cut => self.mesh.update(&a, &b, &|x, dir, from_a| {
+                if from_a {
+                    x.link_mut(dir).blackhole = Some(Blackhole::Stall);
+                }
+            }),
             FaultAction::Heal if f.target == "all" && f.peer.is_none() => {
                 self.mesh.heal_all();
                 self.mesh.heal(&a, &a)
@@ -352,6 +399,7 @@ impl Ctx {
             | FaultAction::Order
             | FaultAction::Clock
             | FaultAction::Strobe
+            | FaultAction::Failpoint
             | FaultAction::TornTail => 0,
         }
     }
@@ -633,6 +681,21 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
         }
     }
     let clock_dir = clock_files.then_some(run_dir.as_path());
+    let failpoint_files = s.has_failpoints();
+    if failpoint_files {
+        if !tandem_core::fault::ENABLED {
+            bail!(
+                "{} sets failpoints, but this tandem was built without them: build with \
+                 `cargo build --workspace --bins` (the test build) or `--features tandem/failpoints`",
+                s.name
+            );
+        }
+        std::fs::create_dir_all(&run_dir)?;
+        for n in &topo.nodes {
+            set_failpoints(&run_dir, &n.name, &BTreeMap::new())?;
+        }
+    }
+    let failpoint_dir = failpoint_files.then_some(run_dir.as_path());
     crate::cmd::local::up_with(
         &config,
         &run_dir,
@@ -643,7 +706,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 .cloned()
                 .unwrap_or_else(|| config.clone())
         },
-        &|n| node_env(&s.clock_skew, clock_dir, n),
+        &|n| node_env(&s.clock_skew, clock_dir, failpoint_dir, n),
     )?;
     let ctx = Ctx {
         rt,
@@ -656,6 +719,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
         node_configs,
         skews: s.clock_skew.clone(),
         clock_files,
+        failpoint_files,
     };
     let wait =
         |what: &str, secs: u64, f: &dyn Fn(&ClusterStatus) -> bool| -> Result<ClusterStatus> {
@@ -758,7 +822,25 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
     let mut newest_epoch = epoch0;
     let mut torn: Vec<String> = Vec::new();
     let mut orders_accepted = 0usize;
+    // Failpoints set per node, and (node, failpoint) pairs armed with a `return` action.
+    let mut failpoints: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut armed: Vec<(String, String)> = Vec::new();
     while start.elapsed() < total {
+        if ctx.failpoint_files {
+            // A node that a failpoint crashed counts as killed from the moment it is seen gone.
+            for n in ctx.all_nodes() {
+                if killed.contains(&n) {
+                    continue;
+                }
+                if let Ok(pid) = proc::read_pid(&ctx.run_dir, &n) {
+                    if !proc::alive(pid) {
+                        notes.push(format!("{n} crashed at {} ms (failpoint)", rec.now_ms()));
+                        killed.push(n);
+                        failure_ms.get_or_insert(rec.now_ms());
+                    }
+                }
+            }
+        }
         if let Some(st) = ctx.status() {
             if let Some(g) = group(&st) {
                 let now = rec.now_ms();
@@ -817,7 +899,9 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                     net_until_ms = Some(rec.now_ms());
                 } else {
                     net_from_ms.get_or_insert(rec.now_ms());
-                    if f.action == FaultAction::Partition && failure_ms.is_none() {
+                    if matches!(f.action, FaultAction::Partition | FaultAction::Cut)
+                        && failure_ms.is_none()
+                    {
                         failure_ms = Some(rec.now_ms());
                         primary_outlives_failure = true;
                     }
@@ -874,6 +958,25 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                         let (skew, drift) = (f.skew_ms.unwrap_or(0), f.drift_ms_per_s.unwrap_or(0));
                         set_clock(&ctx.run_dir, n, skew, drift)?;
                     }
+                    FaultAction::Failpoint => {
+                        let (Some(name), Some(actions)) = (&f.failpoint, &f.actions) else {
+                            bail!("failpoint fault without failpoint and actions");
+                        };
+                        let set = failpoints.entry(n.clone()).or_default();
+                        if actions.trim() == "off" {
+                            set.remove(name);
+                        } else {
+                            set.insert(name.clone(), actions.clone());
+                        }
+                        set_failpoints(&ctx.run_dir, n, set)?;
+                        if actions.contains("return") {
+                            armed.push((n.clone(), name.clone()));
+                        }
+                        notes.push(format!(
+                            "{n}: failpoint {name}={actions} at {} ms",
+                            rec.now_ms()
+                        ));
+                    }
                     FaultAction::TornTail => {
                         if !killed.contains(n) {
                             bail!("torn-tail of {n}: kill it first (journals are torn at rest)");
@@ -905,6 +1008,8 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                     .cloned()
                     .collect();
                 for n in &again {
+                    // A restarted node starts with no failpoint set.
+                    failpoints.remove(n);
                     ctx.start(n)?;
                 }
                 killed.retain(|k| !again.contains(k));
@@ -922,6 +1027,21 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
     if ctx.clock_files {
         for n in &ctx.topo.nodes {
             set_clock(&ctx.run_dir, &n.name, 0, 0)?;
+        }
+    }
+    if ctx.failpoint_files {
+        // Failpoints off everywhere, and whatever they crashed is started again below.
+        for n in ctx.all_nodes() {
+            set_failpoints(&ctx.run_dir, &n, &BTreeMap::new())?;
+            if killed.contains(&n) {
+                continue;
+            }
+            if let Ok(pid) = proc::read_pid(&ctx.run_dir, &n) {
+                if !proc::alive(pid) {
+                    notes.push(format!("{n} crashed (failpoint), found at the end"));
+                    killed.push(n);
+                }
+            }
         }
     }
     let mut old_primary_refused = None;
@@ -1397,6 +1517,18 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                                 failures.push(format!("db not identical after recovery: {e:#}"));
                             }
                         }
+                    }
+                }
+            }
+            Check::FailpointsFired => {
+                if armed.is_empty() {
+                    failures.push("failpoints_fired: no failpoint was armed".into());
+                }
+                for (n, name) in &armed {
+                    if failpoint_fired(&ctx.run_dir, n, name) {
+                        notes.push(format!("{n}: failpoint {name} fired"));
+                    } else {
+                        failures.push(format!("failpoint {name} of {n} never fired"));
                     }
                 }
             }
