@@ -60,6 +60,8 @@ struct WriteRec {
     invoke: usize,
     outcome: Outcome,
     hash: Option<blake3::Hash>,
+    /// The site that served it, when labelled.
+    site: Option<String>,
 }
 
 impl WriteRec {
@@ -76,26 +78,16 @@ fn short(h: &blake3::Hash) -> String {
     h.to_hex()[..12].to_string()
 }
 
-/// Checks that no acknowledged write is missing from the final volume.
-///
-/// Writes are grouped by exact byte range (offset, length). For each range the final content
-/// must equal the value of some write that may legitimately be last: one that did not `fail`
-/// and that no *definite* write followed (invoked after it completed). In `Sync` mode every
-/// `ok` write is definite. In `Async` mode an `ok` whose acknowledgement falls within
-/// `reported_rpo_before_failure_ms` before `failure_time_ms` may be lost, so it is treated like
-/// an `info` write (it may or may not be there). Ranges with no definite write are skipped
-/// (their content may still be the initial one). Ranges that partly overlap a different range
-/// cannot be judged by whole-range hashes and are skipped with a note.
-///
-/// `final_blocks(offset, length)` returns the blake3 of the final content of that range.
-pub fn lost_acknowledged_writes(
-    history: &History,
-    final_blocks: &dyn Fn(u64, u64) -> blake3::Hash,
-    mode: ReplicationMode,
-    reported_rpo_before_failure_ms: u64,
-    failure_time_ms: u64,
-) -> Verdict {
-    const NAME: &str = "lost_acknowledged_writes";
+/// The writes of a history grouped by exact byte range, with the ranges that partly overlap
+/// another (which whole-range hashes cannot judge).
+struct WriteRanges {
+    ranges: BTreeMap<(u64, u64), Vec<WriteRec>>,
+    overlapping: BTreeSet<(u64, u64)>,
+    violations: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn write_ranges(history: &History) -> WriteRanges {
     let ops = history.ops();
     let mut violations = Vec::new();
     let mut notes = Vec::new();
@@ -137,11 +129,16 @@ pub fn lost_acknowledged_writes(
                 pair.invoke
             ));
         }
+        let site = invoke
+            .site
+            .clone()
+            .or_else(|| completion.and_then(|c| c.site.clone()));
         ranges.entry((offset, length)).or_default().push(WriteRec {
             process: invoke.process,
             invoke: pair.invoke,
             outcome,
             hash,
+            site,
         });
     }
 
@@ -164,6 +161,41 @@ pub fn lost_acknowledged_writes(
             overlapping.len()
         ));
     }
+
+    WriteRanges {
+        ranges,
+        overlapping,
+        violations,
+        notes,
+    }
+}
+
+/// Checks that no acknowledged write is missing from the final volume.
+///
+/// Writes are grouped by exact byte range (offset, length). For each range the final content
+/// must equal the value of some write that may legitimately be last: one that did not `fail`
+/// and that no *definite* write followed (invoked after it completed). In `Sync` mode every
+/// `ok` write is definite. In `Async` mode an `ok` whose acknowledgement falls within
+/// `reported_rpo_before_failure_ms` before `failure_time_ms` may be lost, so it is treated like
+/// an `info` write (it may or may not be there). Ranges with no definite write are skipped
+/// (their content may still be the initial one). Ranges that partly overlap a different range
+/// cannot be judged by whole-range hashes and are skipped with a note.
+///
+/// `final_blocks(offset, length)` returns the blake3 of the final content of that range.
+pub fn lost_acknowledged_writes(
+    history: &History,
+    final_blocks: &dyn Fn(u64, u64) -> blake3::Hash,
+    mode: ReplicationMode,
+    reported_rpo_before_failure_ms: u64,
+    failure_time_ms: u64,
+) -> Verdict {
+    const NAME: &str = "lost_acknowledged_writes";
+    let WriteRanges {
+        ranges,
+        overlapping,
+        mut violations,
+        mut notes,
+    } = write_ranges(history);
 
     let window_start = failure_time_ms.saturating_sub(reported_rpo_before_failure_ms);
     let definite = |w: &WriteRec| match (w.outcome, mode) {
@@ -224,6 +256,77 @@ pub fn lost_acknowledged_writes(
         "{checked} ranges checked, {without_definite} without a definite acknowledged write"
     ));
     Verdict::new(NAME, violations, notes)
+}
+
+/// Checks that on failback the old primary's unreplicated tail was quarantined, not dropped.
+///
+/// A range is in the tail when `old_site` acknowledged a write to it, no other site ever wrote
+/// it, and the final volume holds none of the old site's values that may be last (as in
+/// [`lost_acknowledged_writes`]): the old primary had a value the new primary never got. Each
+/// such range must be found in the quarantine with one of those values;
+/// `quarantined(offset, length)` gives the blake3 of every copy of the range the quarantine
+/// files hold. Returns the verdict and how many tail ranges there were (a run with none shows
+/// nothing about quarantine).
+pub fn tail_quarantined(
+    history: &History,
+    old_site: &str,
+    final_blocks: &dyn Fn(u64, u64) -> blake3::Hash,
+    quarantined: &dyn Fn(u64, u64) -> Vec<blake3::Hash>,
+) -> (Verdict, usize) {
+    let WriteRanges {
+        ranges,
+        overlapping,
+        mut violations,
+        mut notes,
+    } = write_ranges(history);
+    let mut tail = 0usize;
+    let mut kept = 0usize;
+    for ((offset, length), writes) in &ranges {
+        if overlapping.contains(&(*offset, *length)) {
+            continue;
+        }
+        let ours = |w: &WriteRec| w.site.as_deref() == Some(old_site);
+        if writes.iter().any(|w| !ours(w) && w.outcome != Outcome::Failed)
+            || !writes
+                .iter()
+                .any(|w| ours(w) && matches!(w.outcome, Outcome::Acked { .. }))
+        {
+            continue;
+        }
+        let may_be_last = |x: &WriteRec| {
+            x.outcome != Outcome::Failed
+                && !writes.iter().any(|y| {
+                    matches!(y.outcome, Outcome::Acked { .. })
+                        && x.end() != usize::MAX
+                        && y.invoke > x.end()
+                })
+        };
+        let last: Vec<blake3::Hash> = writes
+            .iter()
+            .filter(|w| may_be_last(w))
+            .filter_map(|w| w.hash)
+            .collect();
+        if last.contains(&final_blocks(*offset, *length)) {
+            continue;
+        }
+        tail += 1;
+        let copies = quarantined(*offset, *length);
+        if copies.iter().any(|h| last.contains(h)) {
+            kept += 1;
+            continue;
+        }
+        violations.push(format!(
+            "block range offset {offset} length {length}: {old_site} acknowledged a value the \
+             final volume does not hold and the quarantine does not keep it ({} copies of the \
+             range there, none of the {} values that may be last)",
+            copies.len(),
+            last.len()
+        ));
+    }
+    notes.push(format!(
+        "{tail} ranges of {old_site}'s unreplicated tail, {kept} of them found in quarantine"
+    ));
+    (Verdict::new("tail_quarantined", violations, notes), tail)
 }
 
 /// Checks that no epoch had `ok` writes from two different sites (two writable primaries).
@@ -660,6 +763,54 @@ mod tests {
 
     fn lost(h: &History, map: &[(u64, u8)]) -> Verdict {
         lost_acknowledged_writes(h, &finals(map), ReplicationMode::Sync, 0, 0)
+    }
+
+    /// Writes labelled with a site (the tail checker tells sites apart).
+    fn site_ev(h: &mut H, site: &str, kind: OpKind, offset: u64, tag: u8) {
+        h.t += 10;
+        h.h.append(Op::write(1, kind, offset, &data(tag), h.t).with_site(site));
+    }
+
+    #[test]
+    fn an_unreplicated_tail_missing_from_quarantine_is_caught() {
+        let mut h = H::new();
+        // hanoi (old primary) writes 1 at 0 and 2 at B; 3 at 2B is also its, replicated.
+        for (off, tag) in [(0, 1), (B, 2), (2 * B, 3)] {
+            site_ev(&mut h, "hanoi", OpKind::Invoke, off, tag);
+            site_ev(&mut h, "hanoi", OpKind::Ok, off, tag);
+        }
+        // After the failover hcm writes 9 at 3B.
+        site_ev(&mut h, "hcm", OpKind::Invoke, 3 * B, 9);
+        site_ev(&mut h, "hcm", OpKind::Ok, 3 * B, 9);
+        // The final volume lacks hanoi's writes at 0 and B (the tail), holds 3 and 9.
+        let fin = finals(&[(2 * B, 3), (3 * B, 9)]);
+        let none = |_: u64, _: u64| Vec::new();
+        let (v, tail) = tail_quarantined(&h.h, "hanoi", &fin, &none);
+        assert_eq!(tail, 2);
+        assert_eq!(v.violations.len(), 2, "{:?}", v.violations);
+        // Only block 0 kept, with the wrong value: still caught, for both.
+        let wrong = |o: u64, l: u64| {
+            if o == 0 {
+                vec![blake3::hash(&vec![7u8; l as usize])]
+            } else {
+                Vec::new()
+            }
+        };
+        let (v, _) = tail_quarantined(&h.h, "hanoi", &fin, &wrong);
+        assert_eq!(v.violations.len(), 2, "{:?}", v.violations);
+        // Both kept with hanoi's values: passes.
+        let kept = |o: u64, l: u64| {
+            let tag = if o == 0 { 1u8 } else { 2 };
+            vec![blake3::hash(&vec![tag; l as usize])]
+        };
+        let (v, tail) = tail_quarantined(&h.h, "hanoi", &fin, &kept);
+        assert!(v.ok, "{:?}", v.violations);
+        assert_eq!(tail, 2);
+        // A range the new primary also wrote is not hanoi's tail to keep.
+        site_ev(&mut h, "hcm", OpKind::Invoke, 0, 8);
+        site_ev(&mut h, "hcm", OpKind::Ok, 0, 8);
+        let (v, tail) = tail_quarantined(&h.h, "hanoi", &finals(&[(0, 8), (2 * B, 3)]), &none);
+        assert_eq!((tail, v.violations.len()), (1, 1), "{:?}", v.violations);
     }
 
     #[test]

@@ -247,6 +247,10 @@ pub enum Check {
     /// Database workload with a failback: the transactions the old primary committed that
     /// never reached the new primary are in the copy it quarantined before its resync.
     DbTailQuarantined,
+    /// After a failback, every range the old primary acknowledged that the final volume does
+    /// not hold (its unreplicated tail) is in the quarantine file its resync wrote; the run
+    /// must have such a tail.
+    TailQuarantined,
     /// Every `failpoint` fault with a `return` action fired (its node logged it): a scenario
     /// whose fault never happened proves nothing.
     FailpointsFired,

@@ -119,6 +119,9 @@ enum Command {
     /// restore_command.
     #[command(subcommand)]
     Wal(cmd::wal::WalCmd),
+    /// What a failback resync kept of the old primary's volume blocks before overwriting them.
+    #[command(subcommand)]
+    Quarantine(cmd::quarantine::QuarantineCmd),
     /// Certificates for mTLS: a CA, one per node and one per admin role; rotation.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCmd),
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
         Command::Chaos(c) => cmd::chaos::run(c),
         Command::Evidence(c) => cmd::evidence::run(c),
         Command::Wal(c) => cmd::wal::run(c),
+        Command::Quarantine(c) => cmd::quarantine::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ pub mod nbd;
 pub mod node;
 pub mod pg_archive;
 pub mod pipeline;
+pub mod quarantine;
 pub mod receive;
 pub mod resync;
 pub mod scan;

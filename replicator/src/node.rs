@@ -2040,6 +2040,9 @@ fn start_resync(
     });
     let rt2 = rt.clone();
     let cfg = g.cfg.clone();
+    // A copy with a journal was a primary: what its volumes hold that the new primary does
+    // not (the unreplicated tail) is kept in quarantine before the resync overwrites it.
+    let keep_tail = (!journal_epochs(rt, &cfg.name).is_empty()).then_some(epoch);
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         let mut quarantined = sqlite_names(&cfg).is_empty();
@@ -2065,7 +2068,7 @@ fn start_resync(
                     }
                 }
             }
-            match resync_from(&rt2, &cfg, &addr, &progress, started).await {
+            match resync_from(&rt2, &cfg, &addr, &progress, started, keep_tail).await {
                 Ok((seq, from)) => {
                     let opened = open_replica(&rt2, &cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
@@ -2156,6 +2159,7 @@ async fn resync_from(
     addr: &str,
     progress: &watch::Sender<ResyncProgress>,
     started: Instant,
+    keep_tail: Option<Epoch>,
 ) -> Result<(Seq, HashMap<String, Seq>)> {
     let net = &rt.me.net;
     let ep = net
@@ -2198,6 +2202,13 @@ async fn resync_from(
                     p.elapsed_ms = started.elapsed().as_millis() as u64;
                 })
             })),
+            quarantine: keep_tail.map(|e| {
+                let ms = SystemClock::new().now_ms().max(0);
+                rt.data_dir
+                    .join("quarantine")
+                    .join(&g.name)
+                    .join(format!("{}-epoch{}-{ms}.blocks", r.name, e.0))
+            }),
             ..ResyncOptions::default()
         };
         let report = resync::resync(
@@ -2219,6 +2230,10 @@ async fn resync_from(
             wire_bytes = report.bytes_sent_over_wire, ms = report.duration.as_millis() as u64,
             from_seq = report.source_watermark, "resynced from the primary"
         );
+        if let Some(q) = &report.quarantine {
+            warn!(group = %g.name, resource = %r.name, blocks = report.quarantined_blocks, copy = %q.display(),
+                "quarantined the old content of the blocks this resync overwrote: what this copy held that the primary does not is kept there, not merged");
+        }
         seq = Some(seq.map_or(report.source_watermark, |s| s.min(report.source_watermark)));
     }
     let only_postgres = g

@@ -12,6 +12,7 @@
 //! the client with `ReplicationClient::accept_compressed(Zstd)`; this module works either way.
 
 use crate::merkle::{self, Hash, MerkleError, MerkleTree, MAX_BLOCK_SIZE, MAX_WIRE_LEAVES};
+use crate::quarantine::QuarantineWriter;
 use crate::scan::{self, ScanError};
 use prost::Message as _;
 use std::fs::{File, OpenOptions};
@@ -92,6 +93,10 @@ pub enum ResyncError {
     /// A blocking task panicked or was cancelled.
     #[error("resync task failed: {0}")]
     Task(String),
+    /// The old content of a block could not be kept before it was to be overwritten (nothing
+    /// was overwritten).
+    #[error("quarantine: {0}")]
+    Quarantine(String),
 }
 
 impl ResyncError {
@@ -106,7 +111,9 @@ impl ResyncError {
                     | tonic::Code::ResourceExhausted
                     | tonic::Code::Unknown
             ),
-            ResyncError::Io { .. } | ResyncError::RootMismatch { .. } => true,
+            ResyncError::Io { .. }
+            | ResyncError::RootMismatch { .. }
+            | ResyncError::Quarantine(_) => true,
             ResyncError::Scan(e) => e.is_retryable(),
             ResyncError::BadReply { .. } | ResyncError::Merkle(_) | ResyncError::Task(_) => false,
         }
@@ -134,6 +141,10 @@ pub struct ResyncReport {
     /// The source's watermark when it computed its leaves (`MerkleReply::watermark`): every
     /// change up to it is in the resynced copy.
     pub source_watermark: u64,
+    /// Blocks whose old content was kept in the quarantine file before they were overwritten.
+    pub quarantined_blocks: u64,
+    /// The quarantine file, when one was written.
+    pub quarantine: Option<PathBuf>,
 }
 
 /// Where a resync is, reported to [`ResyncOptions::progress`] as it goes.
@@ -173,6 +184,9 @@ pub struct ResyncOptions {
     pub full_rehash: bool,
     /// Called as hashing and copying advance (about every 4 MiB hashed, every batch pulled).
     pub progress: Option<ProgressFn>,
+    /// Keep the old content of every block before it is overwritten in this file (see
+    /// [`crate::quarantine`]): a failback, where the target is the old primary's copy.
+    pub quarantine: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ResyncOptions {
@@ -182,6 +196,7 @@ impl std::fmt::Debug for ResyncOptions {
             .field("live_source", &self.live_source)
             .field("full_rehash", &self.full_rehash)
             .field("progress", &self.progress.is_some())
+            .field("quarantine", &self.quarantine)
             .finish()
     }
 }
@@ -193,6 +208,7 @@ impl Default for ResyncOptions {
             live_source: false,
             full_rehash: true,
             progress: None,
+            quarantine: None,
         }
     }
 }
@@ -566,22 +582,47 @@ pub async fn resync(
 
     let report = verify(&source, &local)?;
     let length = source.length();
-    if local.length() != length {
-        let (f, path) = (file.clone(), target.to_path_buf());
-        blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
-    }
-
     let bs = u64::from(block_size);
-    let per_request = options
-        .batch_blocks
-        .clamp(1, MAX_BLOCKS_PER_REQUEST)
-        .min((MAX_REPLY_BYTES / bs).max(1) as usize);
     let total = source.block_count();
     let wanted: Vec<u64> = report
         .differing_blocks
         .iter()
         .flat_map(|r| r.start..r.end.min(total))
         .collect();
+    // A failback keeps what it overwrites: the blocks that differ, and any tail the source
+    // does not have.
+    let local_len = local.length();
+    let keeper = match &options.quarantine {
+        Some(q) if wanted.iter().any(|i| i * bs < local_len) || local_len > length => {
+            let q = q.clone();
+            let w = blocking(move || QuarantineWriter::create(&q, block_size, local_len))
+                .await?
+                .map_err(ResyncError::Quarantine)?;
+            Some(Arc::new(std::sync::Mutex::new(w)))
+        }
+        _ => None,
+    };
+    if let (Some(k), true) = (&keeper, local_len > length) {
+        let (f, path, k) = (file.clone(), target.to_path_buf(), k.clone());
+        blocking(move || {
+            let first = length.div_ceil(bs);
+            let last = local_len.div_ceil(bs);
+            for i in first..last {
+                keep_old(&k, &f, &path, &[i], bs, local_len)?;
+            }
+            Ok::<(), ResyncError>(())
+        })
+        .await??;
+    }
+    if local.length() != length {
+        let (f, path) = (file.clone(), target.to_path_buf());
+        blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
+    }
+
+    let per_request = options
+        .batch_blocks
+        .clamp(1, MAX_BLOCKS_PER_REQUEST)
+        .min((MAX_REPLY_BYTES / bs).max(1) as usize);
     // One batch is written on the blocking pool while the next is in flight: memory is bounded
     // by two batches.
     let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
@@ -618,8 +659,12 @@ pub async fn resync(
                 .await
                 .map_err(|e| ResyncError::Task(e.to_string()))??;
         }
-        let (f, path) = (file.clone(), target.to_path_buf());
+        let (f, path, k) = (file.clone(), target.to_path_buf(), keeper.clone());
         writing = Some(tokio::task::spawn_blocking(move || {
+            if let Some(k) = &k {
+                let indexes: Vec<u64> = reply.blocks.iter().map(|b| b.index).collect();
+                keep_old(k, &f, &path, &indexes, bs, local_len)?;
+            }
             for b in &reply.blocks {
                 f.write_all_at(&b.data, b.index * bs)
                     .map_err(io("write", &path))?;
@@ -661,7 +706,43 @@ pub async fn resync(
         root: check.root_b,
         duration: started.elapsed(),
         source_watermark,
+        quarantined_blocks: keeper.as_ref().map_or(0, |k| {
+            k.lock().unwrap_or_else(|p| p.into_inner()).kept_blocks()
+        }),
+        quarantine: keeper.as_ref().map(|k| {
+            k.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .path()
+                .to_path_buf()
+        }),
     })
+}
+
+/// Reads the current content of blocks `indexes` of the target (those inside its old length
+/// `local_len`) and keeps them durably in the quarantine file, before they are overwritten.
+fn keep_old(
+    keeper: &std::sync::Mutex<QuarantineWriter>,
+    file: &File,
+    path: &Path,
+    indexes: &[u64],
+    bs: u64,
+    local_len: u64,
+) -> Result<(), ResyncError> {
+    let mut old = Vec::new();
+    for &i in indexes {
+        let at = i * bs;
+        if at >= local_len {
+            continue;
+        }
+        let mut buf = vec![0u8; bs.min(local_len - at) as usize];
+        file.read_exact_at(&mut buf, at).map_err(io("read", path))?;
+        old.push((i, buf));
+    }
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keep(&old)
+        .map_err(ResyncError::Quarantine)
 }
 
 /// The target's tree after a resync without re-reading it all: the leaves hashed before for the

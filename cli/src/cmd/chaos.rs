@@ -1176,6 +1176,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 | Check::IdenticalAfterRecovery
                 | Check::RtoWithinTarget
                 | Check::AuditChainValid
+                | Check::TailQuarantined
         );
         if needs_final_state && !recovered {
             continue;
@@ -1518,6 +1519,53 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                             }
                         }
                     }
+                }
+            }
+            Check::TailQuarantined => {
+                let img = std::fs::read(dir.join(format!("volumes/{}/disk0.img", g_end.primary)))?;
+                let f = |off: u64, len: u64| {
+                    blake3::hash(img.get(off as usize..(off + len) as usize).unwrap_or(&[]))
+                };
+                let node = format!("{primary0}-rep");
+                let qdir = ctx
+                    .topo
+                    .node(&node)
+                    .map(|n| ctx.topo.node_data_dir(n).join("quarantine").join(VOLUME_GROUP))
+                    .unwrap_or_default();
+                let mut kept = Vec::new();
+                for p in tandem_replicator::quarantine::files_of(&qdir, "disk0") {
+                    match tandem_replicator::quarantine::read(&p) {
+                        Ok(q) => {
+                            notes.push(format!(
+                                "quarantine {}: {} blocks",
+                                p.display(),
+                                q.blocks.len()
+                            ));
+                            kept.push(q);
+                        }
+                        Err(e) => failures.push(format!("quarantine unreadable: {e}")),
+                    }
+                }
+                let q = |off: u64, len: u64| {
+                    kept.iter()
+                        .filter_map(|k| k.range(off, len))
+                        .map(|b| blake3::hash(&b))
+                        .collect()
+                };
+                let (v, tail) = tandem_chaos::checker::tail_quarantined(&history, &primary0, &f, &q);
+                notes.extend(v.notes.iter().cloned());
+                if g_end.epoch == epoch0 {
+                    failures.push("tail_quarantined: no failover, so no failback to judge".into());
+                } else if tail == 0 {
+                    failures.push(format!(
+                        "tail_quarantined: {primary0} left no unreplicated tail: the run shows nothing about quarantine"
+                    ));
+                }
+                if !v.ok {
+                    failures.push(format!(
+                        "tail not quarantined: {}",
+                        v.violations.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                    ));
                 }
             }
             Check::FailpointsFired => {

@@ -11,6 +11,7 @@ pub mod node;
 pub mod ops;
 pub mod pitr;
 pub mod probe;
+pub mod quarantine;
 pub mod resync;
 pub mod runbook;
 pub mod runs;

@@ -1,0 +1,111 @@
+//! `tandem quarantine show FILE` and `tandem quarantine extract FILE --into IMAGE`: read what a
+//! failback resync kept of the old primary's volume before it overwrote it
+//! (`DATA/quarantine/GROUP/RESOURCE-epochE-MS.blocks`, see `tandem_replicator::quarantine`).
+
+use crate::exit::bad_input;
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use tandem_replicator::quarantine;
+
+/// `tandem quarantine ...`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCmd {
+    /// Print what a quarantine file holds: block size, the old copy's length, and each kept
+    /// block's index, byte offset and blake3 (`--json` for a document).
+    Show(ShowArgs),
+    /// Write the kept blocks into IMAGE at their offsets: run it on a copy of the current
+    /// volume to see the old primary's version of the overwritten blocks.
+    Extract(ExtractArgs),
+}
+
+/// Arguments of `tandem quarantine show`.
+#[derive(Debug, ClapArgs)]
+pub struct ShowArgs {
+    /// The quarantine file.
+    pub file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `tandem quarantine extract`.
+#[derive(Debug, ClapArgs)]
+pub struct ExtractArgs {
+    /// The quarantine file.
+    pub file: PathBuf,
+    /// The image to write the blocks into (created if missing; never the live volume).
+    #[arg(long)]
+    pub into: PathBuf,
+}
+
+/// Runs a `tandem quarantine` subcommand.
+pub fn run(cmd: QuarantineCmd) -> Result<()> {
+    match cmd {
+        QuarantineCmd::Show(a) => {
+            let q = quarantine::read(&a.file).map_err(bad_input)?;
+            let bs = u64::from(q.block_size);
+            if a.json {
+                let blocks: Vec<serde_json::Value> = q
+                    .blocks
+                    .iter()
+                    .map(|(i, d)| {
+                        serde_json::json!({"index": i, "offset": i * bs, "length": d.len(),
+                            "blake3": blake3::hash(d).to_hex().to_string()})
+                    })
+                    .collect();
+                let doc = serde_json::json!({"file": a.file.display().to_string(),
+                    "block_size": q.block_size, "old_length": q.length, "blocks": blocks});
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(());
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{}: {} blocks of {} bytes kept ({} bytes), old copy {} bytes",
+                a.file.display(),
+                q.blocks.len(),
+                q.block_size,
+                q.blocks.iter().map(|(_, d)| d.len() as u64).sum::<u64>(),
+                q.length
+            )?;
+            writeln!(out, "{:>10}  {:>14}  {:>8}  blake3", "block", "offset", "length")?;
+            for (i, d) in &q.blocks {
+                writeln!(
+                    out,
+                    "{i:>10}  {:>14}  {:>8}  {}",
+                    i * bs,
+                    d.len(),
+                    &blake3::hash(d).to_hex()[..16]
+                )?;
+            }
+            Ok(())
+        }
+        QuarantineCmd::Extract(a) => {
+            let q = quarantine::read(&a.file).map_err(bad_input)?;
+            let bs = u64::from(q.block_size);
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&a.into)
+                .with_context(|| format!("opening {}", a.into.display()))?;
+            for (i, d) in &q.blocks {
+                f.write_all_at(d, i * bs)
+                    .with_context(|| format!("writing block {i} into {}", a.into.display()))?;
+            }
+            f.sync_all()
+                .with_context(|| format!("fsync {}", a.into.display()))?;
+            println!(
+                "wrote {} blocks from {} into {}",
+                q.blocks.len(),
+                a.file.display(),
+                a.into.display()
+            );
+            Ok(())
+        }
+    }
+}
