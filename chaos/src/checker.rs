@@ -286,7 +286,9 @@ pub fn tail_quarantined(
             continue;
         }
         let ours = |w: &WriteRec| w.site.as_deref() == Some(old_site);
-        if writes.iter().any(|w| !ours(w) && w.outcome != Outcome::Failed)
+        if writes
+            .iter()
+            .any(|w| !ours(w) && w.outcome != Outcome::Failed)
             || !writes
                 .iter()
                 .any(|w| ours(w) && matches!(w.outcome, Outcome::Acked { .. }))

@@ -61,7 +61,13 @@ impl Quarantine {
         let end = offset.checked_add(len)?;
         while pos < end {
             let index = pos / bs;
-            let data = self.blocks.iter().rev().find(|(i, _)| *i == index)?.1.as_slice();
+            let data = self
+                .blocks
+                .iter()
+                .rev()
+                .find(|(i, _)| *i == index)?
+                .1
+                .as_slice();
             let from = (pos - index * bs) as usize;
             let to = ((end - index * bs).min(bs) as usize).min(data.len());
             if from >= to {
@@ -105,12 +111,16 @@ pub fn decode(bytes: &[u8]) -> Result<Quarantine, QuarantineError> {
         reason,
     };
     if bytes.len() < HEADER_LEN {
-        return Err(err(0, format!("{} bytes: shorter than the header", bytes.len())));
+        return Err(err(
+            0,
+            format!("{} bytes: shorter than the header", bytes.len()),
+        ));
     }
     if bytes[0..4] != MAGIC {
         return Err(err(0, "not a quarantine file (magic is not TQBK)".into()));
     }
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     let u64_at = |o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[o..o + 8]);
@@ -118,7 +128,10 @@ pub fn decode(bytes: &[u8]) -> Result<Quarantine, QuarantineError> {
     };
     let version = u32_at(4);
     if version != VERSION {
-        return Err(err(4, format!("version {version}, this build reads {VERSION}")));
+        return Err(err(
+            4,
+            format!("version {version}, this build reads {VERSION}"),
+        ));
     }
     let block_size = u32_at(8);
     if block_size == 0 || block_size as usize > MAX_RECORD_DATA {
@@ -134,7 +147,10 @@ pub fn decode(bytes: &[u8]) -> Result<Quarantine, QuarantineError> {
         let index = u64_at(at);
         let len = u32_at(at + 8) as usize;
         if len == 0 || len > block_size as usize {
-            return Err(err(at + 8, format!("record of {len} bytes with {block_size}-byte blocks")));
+            return Err(err(
+                at + 8,
+                format!("record of {len} bytes with {block_size}-byte blocks"),
+            ));
         }
         let data_at = at + RECORD_HEAD_LEN;
         if bytes.len() - data_at < len {
@@ -142,7 +158,10 @@ pub fn decode(bytes: &[u8]) -> Result<Quarantine, QuarantineError> {
         }
         let data = &bytes[data_at..data_at + len];
         if blake3::hash(data).as_bytes() != &bytes[at + 12..at + 44] {
-            return Err(err(at + 12, format!("block {index}: blake3 does not match its data")));
+            return Err(err(
+                at + 12,
+                format!("block {index}: blake3 does not match its data"),
+            ));
         }
         blocks.push((index, data.to_vec()));
         at = data_at + len;
@@ -282,14 +301,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("q/disk0-epoch3-17.blocks");
         let mut w = QuarantineWriter::create(&p, 8, 64).unwrap();
-        w.keep(&[(1, vec![1; 8]), (2, vec![0; 8]), (3, vec![3; 8])]).unwrap();
+        w.keep(&[(1, vec![1; 8]), (2, vec![0; 8]), (3, vec![3; 8])])
+            .unwrap();
         w.keep(&[(2, vec![2; 8])]).unwrap();
         assert_eq!((w.kept_blocks(), w.kept_bytes()), (3, 24));
         let q = read(&p).unwrap();
         assert_eq!(q.block_size, 8);
         assert_eq!(q.length, 64);
         assert_eq!(q.blocks.len(), 3, "the zero block is not kept");
-        assert_eq!(q.range(12, 8).unwrap(), [vec![1u8; 4], vec![2u8; 4]].concat());
+        assert_eq!(
+            q.range(12, 8).unwrap(),
+            [vec![1u8; 4], vec![2u8; 4]].concat()
+        );
         assert_eq!(q.range(8, 24).unwrap().len(), 24);
         assert!(q.range(0, 4).is_none(), "block 0 was not kept");
         assert_eq!(files_of(&dir.path().join("q"), "disk0"), vec![p]);
@@ -307,7 +330,11 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         let e = decode(&bad).unwrap_err();
-        assert_eq!(e.offset, (HEADER_LEN + RECORD_HEAD_LEN + 8 + 12) as u64, "{e}");
+        assert_eq!(
+            e.offset,
+            (HEADER_LEN + RECORD_HEAD_LEN + 8 + 12) as u64,
+            "{e}"
+        );
         let e = decode(&good[..good.len() - 3]).unwrap_err();
         assert!(e.reason.contains("truncated"), "{e}");
         let mut bad = good;

@@ -1530,7 +1530,12 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 let qdir = ctx
                     .topo
                     .node(&node)
-                    .map(|n| ctx.topo.node_data_dir(n).join("quarantine").join(VOLUME_GROUP))
+                    .map(|n| {
+                        ctx.topo
+                            .node_data_dir(n)
+                            .join("quarantine")
+                            .join(VOLUME_GROUP)
+                    })
                     .unwrap_or_default();
                 let mut kept = Vec::new();
                 for p in tandem_replicator::quarantine::files_of(&qdir, "disk0") {
@@ -1552,7 +1557,8 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                         .map(|b| blake3::hash(&b))
                         .collect()
                 };
-                let (v, tail) = tandem_chaos::checker::tail_quarantined(&history, &primary0, &f, &q);
+                let (v, tail) =
+                    tandem_chaos::checker::tail_quarantined(&history, &primary0, &f, &q);
                 notes.extend(v.notes.iter().cloned());
                 if g_end.epoch == epoch0 {
                     failures.push("tail_quarantined: no failover, so no failback to judge".into());
@@ -1564,7 +1570,12 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 if !v.ok {
                     failures.push(format!(
                         "tail not quarantined: {}",
-                        v.violations.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                        v.violations
+                            .iter()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     ));
                 }
             }

@@ -72,7 +72,11 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
                 q.blocks.iter().map(|(_, d)| d.len() as u64).sum::<u64>(),
                 q.length
             )?;
-            writeln!(out, "{:>10}  {:>14}  {:>8}  blake3", "block", "offset", "length")?;
+            writeln!(
+                out,
+                "{:>10}  {:>14}  {:>8}  blake3",
+                "block", "offset", "length"
+            )?;
             for (i, d) in &q.blocks {
                 writeln!(
                     out,
