@@ -102,6 +102,19 @@ pub(crate) struct ReplicaReport {
     pub reason: String,
 }
 
+/// Largest RPO (ms) at which a streaming replica counts as caught up for a group to be
+/// protected again: under continuous writes the replica is always a few frames behind.
+pub const IN_SYNC_MAX_RPO_MS: i64 = 1_000;
+
+/// Whether a replica that reports itself in sync has caught up with the primary, from the
+/// primary's last report (`captured`, `acked` by the replica, `rpo_ms`) and the replica's own
+/// durable seq. Pure.
+pub fn replica_caught_up(captured: u64, acked: u64, rpo_ms: i64, replica_durable: u64) -> bool {
+    let everything = acked >= captured && replica_durable >= captured;
+    let streaming = replica_durable >= acked && rpo_ms <= IN_SYNC_MAX_RPO_MS;
+    everything || streaming
+}
+
 /// Live (not replicated) figures the leader keeps from replicator heartbeats.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LiveGroup {
@@ -829,7 +842,10 @@ impl CoordinatorApi for Coordinator {
         // Commit the progress (for data-loss windows and evidence), then leases.
         let _ = self.propose(heartbeat_command(&r, now)).await;
         // A replica that reports itself in sync with a caught-up primary ends an initial sync
-        // or a post-failover resync: the group is protected again.
+        // or a post-failover resync: the group is protected again. Caught up: the replica
+        // holds everything the primary has captured, or (under a steady stream of writes,
+        // where that instant may never come) everything the primary knows it acknowledged,
+        // with the primary's RPO under IN_SYNC_MAX_RPO_MS.
         for p in r
             .groups
             .iter()
@@ -841,8 +857,12 @@ impl CoordinatorApi for Coordinator {
                 live.groups.get(&p.group).is_some_and(|l| {
                     l.reporter_epoch == p.epoch
                         && now - l.reported_ms < 5_000
-                        && l.durable_seq >= l.last_captured_seq
-                        && p.durable_seq >= l.last_captured_seq
+                        && replica_caught_up(
+                            l.last_captured_seq,
+                            l.durable_seq,
+                            l.rpo_ms,
+                            p.durable_seq,
+                        )
                 })
             };
             if let Some((GroupState::Resyncing | GroupState::FailedOver, epoch)) = state {
@@ -1162,6 +1182,21 @@ fn audit_page(records: &[crate::audit::AuditRecord], max_bytes: usize) -> Vec<St
 mod limit_tests {
     use super::*;
     use crate::audit::{AuditChain, AuditKind};
+
+    #[test]
+    fn a_streaming_replica_is_caught_up_without_an_idle_instant() {
+        // Idle and equal.
+        assert!(replica_caught_up(100, 100, 0, 100));
+        // Steady writes: a few frames in flight, RPO 150 ms, the replica holds what it acked.
+        assert!(replica_caught_up(120, 110, 150, 110));
+        // Far behind: RPO of seconds.
+        assert!(!replica_caught_up(5_000, 1_000, 4_000, 1_000));
+        // The replica reports less than the primary saw acknowledged (a stale report).
+        assert!(!replica_caught_up(120, 110, 150, 90));
+        // Exactly at the bound, and just over.
+        assert!(replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS, 110));
+        assert!(!replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS + 1, 110));
+    }
 
     #[test]
     fn an_audit_page_stops_at_its_byte_limit_but_always_moves_on() {
