@@ -36,6 +36,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "primary, journal append: frames durable, before the writes waiting on them are answered",
     ),
     (
+        "primary-before-ack",
+        "primary, NBD: a write is durable (sync: at the replica too), before the client is answered",
+    ),
+    (
+        "replica-before-fence",
+        "a replica copy (the old primary becoming replica, or a Hello from a newer epoch): before a raised epoch fence is persisted",
+    ),
+    (
         "replica-before-fsync",
         "replica, apply: changes written to the resource files, before their fdatasync",
     ),

@@ -410,6 +410,8 @@ impl ReplicaGroup {
     pub fn set_fence(&self, epoch: Epoch) -> Result<()> {
         let mut inner = self.inner();
         if epoch > inner.fence {
+            fault::check("replica-before-fence")
+                .map_err(|e| ReplicatorError::io("persist fence", inner.meta.path(), e))?;
             let wm = inner.persisted;
             inner.meta.write(&[wm.0, epoch.0])?;
             inner.fence = epoch;

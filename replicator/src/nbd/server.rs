@@ -348,6 +348,8 @@ impl Connection {
             });
             if is_write && result.is_ok() {
                 writes.inc();
+                // Durable (and, in sync mode, at the replica) but not yet answered.
+                tandem_core::fault::check("primary-before-ack").map_err(NbdError::Io)?;
             }
             self.reply(header.handle, result).await?;
         }
