@@ -64,6 +64,10 @@ pub enum FaultAction {
     /// Switch the target's `Clock` between `skew_ms` and no skew every `period` until
     /// `until` (then no skew).
     Strobe,
+    /// Flip `bytes` bytes at seeded random offsets of the target's copy of the volume
+    /// (`volumes/SITE/disk0.img`; the target must be killed first): silent corruption at rest,
+    /// which only a verify sees.
+    Bitrot,
     /// Set failpoint `failpoint` of the target's processes to `actions` (the `fail` crate's
     /// syntax, e.g. `1*return(lose)`, `sleep(300)`, `off`); needs a build with failpoints.
     /// A node that crashes at a failpoint counts as killed: `restart` and the recovery start
@@ -251,6 +255,9 @@ pub enum Check {
     /// not hold (its unreplicated tail) is in the quarantine file its resync wrote; the run
     /// must have such a tail.
     TailQuarantined,
+    /// After recovery `tandem verify` finds the copies different (the `bitrot` faults), then
+    /// `tandem resync` repairs them and a second verify finds them equal.
+    BitrotFoundAndRepaired,
     /// Every `failpoint` fault with a `return` action fired (its node logged it): a scenario
     /// whose fault never happened proves nothing.
     FailpointsFired,
@@ -457,7 +464,9 @@ impl Scenario {
                     need("period", f.period.is_some_and(|p| p.as_millis() >= 100))?;
                     need("until", f.until.is_some_and(|u| u > f.at && u < s.duration))?;
                 }
-                FaultAction::TornTail => need("bytes", f.bytes.is_some_and(|b| b > 0))?,
+                FaultAction::TornTail | FaultAction::Bitrot => {
+                    need("bytes", f.bytes.is_some_and(|b| b > 0))?
+                }
                 FaultAction::Clock => need("skew_ms", f.skew_ms.is_some())?,
                 FaultAction::Strobe => {
                     need("skew_ms", f.skew_ms.is_some_and(|k| k != 0))?;

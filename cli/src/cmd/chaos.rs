@@ -400,6 +400,7 @@ impl Ctx {
             | FaultAction::Clock
             | FaultAction::Strobe
             | FaultAction::Failpoint
+            | FaultAction::Bitrot
             | FaultAction::TornTail => 0,
         }
     }
@@ -474,6 +475,33 @@ fn tear_journal_tail(data_dir: &Path, bytes: u64, tear: Tear) -> Result<String> 
         "{what} {n} bytes of {} ({len} bytes)",
         seg.display()
     ))
+}
+
+/// Flips `count` bytes of `img` at offsets drawn from `seed` (each byte XOR 0xFF, fsynced);
+/// returns the offsets, sorted.
+fn rot_volume(img: &Path, count: u64, seed: u64) -> Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .with_context(|| format!("bitrot: opening {}", img.display()))?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        bail!("bitrot: {} is empty", img.display());
+    }
+    let mut rng = tandem_chaos::rng::SplitMix64::for_stream(seed, 0xB17_0707);
+    let mut at: Vec<u64> = (0..count).map(|_| rng.below(len)).collect();
+    at.sort_unstable();
+    at.dedup();
+    for &o in &at {
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, o)?;
+        b[0] ^= 0xFF;
+        f.write_all_at(&b, o)?;
+    }
+    f.sync_all()?;
+    Ok(at)
 }
 
 /// Waits (bounded) until the process of `node` is gone, so its files can be changed.
@@ -825,6 +853,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
     // Failpoints set per node, and (node, failpoint) pairs armed with a `return` action.
     let mut failpoints: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut armed: Vec<(String, String)> = Vec::new();
+    let mut rotted = 0usize;
     while start.elapsed() < total {
         if ctx.failpoint_files {
             // A node that a failpoint crashed counts as killed from the moment it is seen gone.
@@ -957,6 +986,26 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                     FaultAction::Clock => {
                         let (skew, drift) = (f.skew_ms.unwrap_or(0), f.drift_ms_per_s.unwrap_or(0));
                         set_clock(&ctx.run_dir, n, skew, drift)?;
+                    }
+                    FaultAction::Bitrot => {
+                        if !killed.contains(n) {
+                            bail!("bitrot of {n}: kill it first (a volume rots at rest)");
+                        }
+                        wait_dead(&ctx.run_dir, n)?;
+                        let site = ctx
+                            .topo
+                            .node(n)
+                            .map(|x| x.site.clone())
+                            .with_context(|| format!("bitrot: no node {n}"))?;
+                        let img = dir.join(format!("volumes/{site}/disk0.img"));
+                        let at = rot_volume(&img, f.bytes.unwrap_or(1), seed)?;
+                        notes.push(format!(
+                            "{n}: flipped {} bytes of {} (first at offset {})",
+                            at.len(),
+                            img.display(),
+                            at.first().copied().unwrap_or(0)
+                        ));
+                        rotted += at.len();
                     }
                     FaultAction::Failpoint => {
                         let (Some(name), Some(actions)) = (&f.failpoint, &f.actions) else {
@@ -1577,6 +1626,30 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                             .collect::<Vec<_>>()
                             .join("; ")
                     ));
+                }
+            }
+            Check::BitrotFoundAndRepaired => {
+                if rotted == 0 {
+                    failures.push("bitrot_found_and_repaired: no byte was flipped".into());
+                }
+                match verify_group(&ctx, VOLUME_GROUP, &mut notes) {
+                    Ok(()) => failures.push(format!(
+                        "verify found the copies equal after {rotted} bytes of the replica were flipped"
+                    )),
+                    Err(e) => {
+                        notes.push(format!("verify found the rot: {e:#}"));
+                        let repaired = crate::cmd::resync::run(crate::cmd::resync::Args {
+                            group: VOLUME_GROUP.into(),
+                            config: ctx.config.clone(),
+                            timeout_secs: 60,
+                            actor: "chaos".into(),
+                        })
+                        .and_then(|()| verify_group(&ctx, VOLUME_GROUP, &mut notes));
+                        match repaired {
+                            Ok(()) => notes.push("resync repaired it: verify equal".into()),
+                            Err(e) => failures.push(format!("not repaired by resync: {e:#}")),
+                        }
+                    }
                 }
             }
             Check::FailpointsFired => {
