@@ -477,6 +477,23 @@ fn tear_journal_tail(data_dir: &Path, bytes: u64, tear: Tear) -> Result<String> 
     ))
 }
 
+/// Node `n` once its process is gone: faults on its files at rest (`torn-tail`, `bitrot`)
+/// need it killed first.
+fn stopped_node<'a>(
+    ctx: &'a Ctx,
+    killed: &[String],
+    n: &str,
+    what: &str,
+) -> Result<&'a tandem_core::config::Node> {
+    if !killed.iter().any(|k| k == n) {
+        bail!("{what} of {n}: kill it first (it changes files at rest)");
+    }
+    wait_dead(&ctx.run_dir, n)?;
+    ctx.topo
+        .node(n)
+        .with_context(|| format!("{what}: no node {n}"))
+}
+
 /// Flips `count` bytes of `img` at offsets drawn from `seed` (each byte XOR 0xFF, fsynced);
 /// returns the offsets, sorted.
 fn rot_volume(img: &Path, count: u64, seed: u64) -> Result<Vec<u64>> {
@@ -512,7 +529,7 @@ fn wait_dead(run_dir: &Path, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while proc::alive(pid) {
         if Instant::now() > deadline {
-            bail!("{node} (pid {pid}) still runs: kill it before tearing its journal");
+            bail!("{node} (pid {pid}) still runs: kill it before changing its files");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -988,15 +1005,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                         set_clock(&ctx.run_dir, n, skew, drift)?;
                     }
                     FaultAction::Bitrot => {
-                        if !killed.contains(n) {
-                            bail!("bitrot of {n}: kill it first (a volume rots at rest)");
-                        }
-                        wait_dead(&ctx.run_dir, n)?;
-                        let site = ctx
-                            .topo
-                            .node(n)
-                            .map(|x| x.site.clone())
-                            .with_context(|| format!("bitrot: no node {n}"))?;
+                        let site = stopped_node(&ctx, &killed, n, "bitrot")?.site.clone();
                         let img = dir.join(format!("volumes/{site}/disk0.img"));
                         let at = rot_volume(&img, f.bytes.unwrap_or(1), seed)?;
                         notes.push(format!(
@@ -1027,14 +1036,7 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                         ));
                     }
                     FaultAction::TornTail => {
-                        if !killed.contains(n) {
-                            bail!("torn-tail of {n}: kill it first (journals are torn at rest)");
-                        }
-                        wait_dead(&ctx.run_dir, n)?;
-                        let node = ctx
-                            .topo
-                            .node(n)
-                            .with_context(|| format!("torn-tail: no node {n}"))?;
+                        let node = stopped_node(&ctx, &killed, n, "torn-tail")?;
                         let what = tear_journal_tail(
                             &ctx.topo.node_data_dir(node),
                             f.bytes.unwrap_or(1),
