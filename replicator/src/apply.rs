@@ -94,6 +94,10 @@ struct Inner {
     history: Option<History>,
     /// Capture time of the last applied change.
     last_ms: i64,
+    /// Volume ranges written since the last fdatasync (resource, offset, length): what a
+    /// power loss at the `replica-before-fsync` failpoint garbles. Kept only in a build with
+    /// failpoints.
+    unsynced: Vec<(String, u64, u64)>,
 }
 
 /// What [`ReplicaGroup::recover`] built.
@@ -216,6 +220,7 @@ impl ReplicaGroup {
                 decoder: Decoder::new()?,
                 history: None,
                 last_ms: 0,
+                unsynced: Vec::new(),
                 retired: false,
             }),
             applied_frames: AtomicU64::new(0),
@@ -607,6 +612,16 @@ impl ReplicaGroup {
                 };
                 match applied {
                     Ok(Some(r)) => {
+                        if fault::ENABLED {
+                            let len = match c.kind {
+                                ChangeKind::Write => c.data.len() as u64,
+                                ChangeKind::Trim => c.length,
+                                _ => 0,
+                            };
+                            if len > 0 {
+                                inner.unsynced.push((r.clone(), c.offset, len));
+                            }
+                        }
                         touched.insert(r);
                     }
                     Ok(None) => {}
@@ -732,8 +747,18 @@ fn rollback(inner: &mut Inner) {
 }
 
 fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()> {
-    fault::check("replica-before-fsync")
-        .map_err(|e| ReplicatorError::io("fdatasync", inner.meta.path(), e))?;
+    match fault::hit("replica-before-fsync") {
+        None => {}
+        Some(fault::Injected::LoseUnsynced) => lose_unsynced(inner),
+        Some(fault::Injected::Crash) => fault::crash("replica-before-fsync"),
+        Some(inj) => {
+            return Err(ReplicatorError::io(
+                "fdatasync",
+                inner.meta.path(),
+                inj.io_error("replica-before-fsync"),
+            ))
+        }
+    }
     for name in touched {
         if let Some(r) = inner.resources.get(name) {
             r.file
@@ -750,6 +775,7 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
     let (wm, fence) = (resume_mark(inner), inner.fence);
     inner.meta.write(&[wm.0, fence.0])?;
     inner.persisted = wm;
+    inner.unsynced.clear();
     if let Some(h) = inner.history.as_mut() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -758,6 +784,33 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
         h.trim(now)?;
     }
     Ok(())
+}
+
+/// A power loss at the `replica-before-fsync` failpoint: every volume range written since
+/// the last fdatasync reads back as garbage (0xEE; a disk may keep old, new or torn sectors),
+/// made durable, then the process aborts. The watermark still stands before those writes, so
+/// the primary must send them again.
+fn lose_unsynced(inner: &Inner) -> ! {
+    let fill = vec![0xEEu8; 64 << 10];
+    let mut lost = 0u64;
+    for (name, offset, len) in &inner.unsynced {
+        let Some(r) = inner.resources.get(name) else {
+            continue;
+        };
+        let mut done = 0u64;
+        while done < *len {
+            let n = (*len - done).min(fill.len() as u64) as usize;
+            let _ = r.file.write_all_at(&fill[..n], offset + done);
+            done += n as u64;
+        }
+        let _ = r.file.sync_data();
+        lost += len;
+    }
+    eprintln!(
+        "failpoint replica-before-fsync: garbled {lost} unsynced bytes in {} ranges",
+        inner.unsynced.len()
+    );
+    fault::crash("replica-before-fsync")
 }
 
 /// Keeps what `c` is about to overwrite (`len` bytes at its offset) in the point-in-time
