@@ -280,6 +280,13 @@ pub struct SledStorage {
     snapshot_wanted: Arc<AtomicBool>,
 }
 
+/// True for sled's "could not acquire lock" error (EWOULDBLOCK on the folder's lock file).
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(11)
+        || e.to_string().contains("could not acquire lock")
+}
+
 impl SledStorage {
     /// Opens (or creates) the storage in `dir`, reading the state back from disk.
     ///
@@ -287,7 +294,19 @@ impl SledStorage {
     /// sled errors (including the directory being locked by another open instance) and
     /// corrupt values.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new().path(dir).open()?;
+        // sled's flusher thread of a just-closed instance (a restart in the same process, or
+        // a previous process still exiting) can hold the folder's lock a moment longer: wait
+        // for it, bounded, then report the lock.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Err(sled::Error::Io(e)) if tries < 30 && is_lock_busy(&e) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => break r?,
+            }
+        };
         Self::from_db(db)
     }
 
