@@ -642,11 +642,12 @@ impl Coordinator {
                                 }
                                 reason.push_str(&lg.reason);
                             }
-                            // A replica resyncing says how far it is.
+                            // A replica says how far its resync is, its last error, and what
+                            // its failback resync kept in quarantine.
                             if let Some(r) = lg
                                 .replica
                                 .as_ref()
-                                .filter(|r| r.state == "resyncing" && !r.reason.is_empty())
+                                .filter(|r| r.epoch == g.epoch.0 && !r.reason.is_empty())
                             {
                                 if !reason.is_empty() {
                                     reason.push_str("; ");

@@ -449,6 +449,9 @@ struct GroupRt {
     last_tick: Instant,
     throughput: f64,
     last_error: String,
+    /// What the last failback resync kept in quarantine (reported in heartbeats, so status
+    /// shows it), empty when nothing was kept.
+    quarantined: String,
     /// Progress of the current (or last) resync of this replica.
     resync: watch::Sender<ResyncProgress>,
 }
@@ -1096,6 +1099,7 @@ pub async fn run(
                 last_tick: Instant::now(),
                 throughput: 0.0,
                 last_error: String::new(),
+                quarantined: String::new(),
                 resync: watch::channel(ResyncProgress {
                     group: g.name.clone(),
                     ..ResyncProgress::default()
@@ -1400,7 +1404,12 @@ async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 reason: if *resyncing {
                     describe_resync(&g.resync.borrow())
                 } else {
-                    g.last_error.clone()
+                    [g.last_error.as_str(), g.quarantined.as_str()]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 },
                 ..Default::default()
             }),
@@ -2046,6 +2055,7 @@ fn start_resync(
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         let mut quarantined = sqlite_names(&cfg).is_empty();
+        let mut kept: Vec<String> = Vec::new();
         loop {
             if !quarantined {
                 let (rt3, cfg3) = (rt2.clone(), cfg.clone());
@@ -2054,7 +2064,14 @@ fn start_resync(
                     .map_err(|e| ReplicatorError::Task(e.to_string()))
                     .and_then(|r| r);
                 match q {
-                    Ok(_) => quarantined = true,
+                    Ok(paths) => {
+                        quarantined = true;
+                        kept.extend(
+                            paths
+                                .iter()
+                                .map(|p| format!("database copy {}", p.display())),
+                        );
+                    }
                     Err(e) => {
                         // Nothing is overwritten before its copy is kept.
                         warn!(group = %cfg.name, "quarantining the SQLite databases before the resync (will retry): {e}");
@@ -2069,7 +2086,8 @@ fn start_resync(
                 }
             }
             match resync_from(&rt2, &cfg, &addr, &progress, started, keep_tail).await {
-                Ok((seq, from)) => {
+                Ok((seq, from, blocks)) => {
+                    kept.extend(blocks);
                     let opened = open_replica(&rt2, &cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
                         rg.set_sqlite_from(&from)?;
@@ -2101,6 +2119,14 @@ fn start_resync(
                                     }
                                     register_replica(&rt2, g, epoch, Arc::new(rg));
                                     g.last_error.clear();
+                                    g.quarantined = if kept.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(
+                                            "quarantined the old copy's overwritten data: {}",
+                                            kept.join("; ")
+                                        )
+                                    };
                                     progress.send_modify(|p| {
                                         p.phase = "done".into();
                                         p.seq = seq.0;
@@ -2160,7 +2186,8 @@ async fn resync_from(
     progress: &watch::Sender<ResyncProgress>,
     started: Instant,
     keep_tail: Option<Epoch>,
-) -> Result<(Seq, HashMap<String, Seq>)> {
+) -> Result<(Seq, HashMap<String, Seq>, Vec<String>)> {
+    let mut kept = Vec::new();
     let net = &rt.me.net;
     let ep = net
         .endpoint(addr)
@@ -2231,6 +2258,12 @@ async fn resync_from(
             from_seq = report.source_watermark, "resynced from the primary"
         );
         if let Some(q) = &report.quarantine {
+            kept.push(format!(
+                "{} blocks of {} in {}",
+                report.quarantined_blocks,
+                r.name,
+                q.display()
+            ));
             warn!(group = %g.name, resource = %r.name, blocks = report.quarantined_blocks, copy = %q.display(),
                 "quarantined the old content of the blocks this resync overwrote: what this copy held that the primary does not is kept there, not merged");
         }
@@ -2298,7 +2331,7 @@ async fn resync_from(
         }
         info!(group = %g.name, ?from, "SQLite databases follow the primary's fresh snapshots");
     }
-    Ok((Seq(seq.unwrap_or(0)), from))
+    Ok((Seq(seq.unwrap_or(0)), from, kept))
 }
 
 /// Before a resync overwrites them: copies each SQLite database of the group at this site

@@ -1608,6 +1608,27 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                         .map(|b| blake3::hash(&b))
                         .collect()
                 };
+                // Status must say so too (the replica reports it in its heartbeats).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let shown = loop {
+                    let reason = ctx
+                        .status()
+                        .as_ref()
+                        .and_then(group)
+                        .map(|g| g.reason.clone());
+                    match reason {
+                        Some(r) if r.contains("quarantined") => break Some(r),
+                        _ if Instant::now() > deadline => break None,
+                        _ => std::thread::sleep(Duration::from_millis(300)),
+                    }
+                };
+                match shown {
+                    Some(r) => notes.push(format!("status: {r}")),
+                    None if !kept.is_empty() => {
+                        failures.push("tandem status does not show the quarantine".into())
+                    }
+                    None => {}
+                }
                 let (v, tail) =
                     tandem_chaos::checker::tail_quarantined(&history, &primary0, &f, &q);
                 notes.extend(v.notes.iter().cloned());
