@@ -296,6 +296,15 @@ impl Ctx {
         Ok(())
     }
 
+    /// Nodes not in `killed` whose process is gone (a failpoint crashed them).
+    fn crashed(&self, killed: &[String]) -> Vec<String> {
+        self.all_nodes()
+            .into_iter()
+            .filter(|n| !killed.contains(n))
+            .filter(|n| proc::read_pid(&self.run_dir, n).is_ok_and(|pid| !proc::alive(pid)))
+            .collect()
+    }
+
     fn all_nodes(&self) -> Vec<String> {
         self.topo.nodes.iter().map(|n| n.name.clone()).collect()
     }
@@ -874,17 +883,10 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
     while start.elapsed() < total {
         if ctx.failpoint_files {
             // A node that a failpoint crashed counts as killed from the moment it is seen gone.
-            for n in ctx.all_nodes() {
-                if killed.contains(&n) {
-                    continue;
-                }
-                if let Ok(pid) = proc::read_pid(&ctx.run_dir, &n) {
-                    if !proc::alive(pid) {
-                        notes.push(format!("{n} crashed at {} ms (failpoint)", rec.now_ms()));
-                        killed.push(n);
-                        failure_ms.get_or_insert(rec.now_ms());
-                    }
-                }
+            for n in ctx.crashed(&killed) {
+                notes.push(format!("{n} crashed at {} ms (failpoint)", rec.now_ms()));
+                killed.push(n);
+                failure_ms.get_or_insert(rec.now_ms());
             }
         }
         if let Some(st) = ctx.status() {
@@ -1084,15 +1086,10 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
         // Failpoints off everywhere, and whatever they crashed is started again below.
         for n in ctx.all_nodes() {
             set_failpoints(&ctx.run_dir, &n, &BTreeMap::new())?;
-            if killed.contains(&n) {
-                continue;
-            }
-            if let Ok(pid) = proc::read_pid(&ctx.run_dir, &n) {
-                if !proc::alive(pid) {
-                    notes.push(format!("{n} crashed (failpoint), found at the end"));
-                    killed.push(n);
-                }
-            }
+        }
+        for n in ctx.crashed(&killed) {
+            notes.push(format!("{n} crashed (failpoint), found at the end"));
+            killed.push(n);
         }
     }
     let mut old_primary_refused = None;
