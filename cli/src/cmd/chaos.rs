@@ -486,6 +486,10 @@ fn tear_journal_tail(data_dir: &Path, bytes: u64, tear: Tear) -> Result<String> 
     ))
 }
 
+/// How long after the runner notes a failure an acknowledgement the failed primary sent
+/// before it may still be recorded by the client (async loss window).
+const IN_FLIGHT_ACK_MS: u64 = 500;
+
 /// Node `n` once its process is gone: faults on its files at rest (`torn-tail`, `bitrot`)
 /// need it killed first.
 fn stopped_node<'a>(
@@ -1240,8 +1244,10 @@ fn run_one(s: &Scenario, dir: &Path, seed: u64, duration: Option<u64>) -> Result
                 } else {
                     ReplicationMode::Async
                 };
-                let mut window = rpo_before_failure.max(0) as u64 + 1000;
-                let mut failure_at = failure_ms.unwrap_or(u64::MAX);
+                // Acknowledgements sent before a kill reach the client (and its history) a
+                // little after the runner noted the kill: they count as before the failure.
+                let mut window = rpo_before_failure.max(0) as u64 + 1000 + IN_FLIGHT_ACK_MS;
+                let mut failure_at = failure_ms.map_or(u64::MAX, |f| f + IN_FLIGHT_ACK_MS);
                 if let (true, Some(fail), Some(fence)) = (
                     mode == ReplicationMode::Async
                         && primary_outlives_failure
