@@ -46,6 +46,14 @@ struct BenchReplication {
 impl Replication for BenchReplication {
     type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
     type ResyncStream = futures::stream::Empty<Result<tandem_core::proto::ResyncProgress, Status>>;
+    type VerifyStream = futures::stream::Empty<Result<tandem_core::proto::VerifyProgress, Status>>;
+
+    async fn verify(
+        &self,
+        _request: Request<tandem_core::proto::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        Err(Status::unimplemented("verify is not served by this bench"))
+    }
 
     async fn resync(
         &self,

@@ -15,7 +15,8 @@ use tandem_core::proto::{
     ship_request, ship_response, ArchiveWalReply, ArchiveWalRequest, CheckpointReply,
     CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply, MerkleRequest,
     ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, ResyncProgress,
-    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, Welcome,
+    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyProgress,
+    VerifyRequest, Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -360,6 +361,15 @@ async fn run_stream(
 impl Replication for ReplicationService {
     type ShipStream = ReceiverStream<Result<ShipResponse, Status>>;
     type ResyncStream = ReceiverStream<Result<ResyncProgress, Status>>;
+    type VerifyStream = ReceiverStream<Result<VerifyProgress, Status>>;
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        self.admit(&request)?;
+        Err(Status::unimplemented("Verify is not served yet"))
+    }
 
     async fn resync(
         &self,

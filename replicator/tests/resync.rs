@@ -34,6 +34,14 @@ struct TestReplication {
 impl Replication for TestReplication {
     type ShipStream = futures::stream::Empty<Result<ShipResponse, Status>>;
     type ResyncStream = futures::stream::Empty<Result<ResyncProgress, Status>>;
+    type VerifyStream = futures::stream::Empty<Result<tandem_core::proto::VerifyProgress, Status>>;
+
+    async fn verify(
+        &self,
+        _request: Request<tandem_core::proto::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        Err(Status::unimplemented("verify is not served by this test"))
+    }
 
     async fn resync(
         &self,
