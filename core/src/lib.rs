@@ -25,6 +25,7 @@ pub mod mixed;
 pub mod net;
 pub mod pgctl;
 pub mod ports;
+pub mod ranges;
 pub mod residency;
 pub mod walfile;
 

@@ -16,7 +16,6 @@
 //! and block size makes roots of resources of different lengths differ even when the blocks
 //! they have in common are equal.
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 /// Bytes in one hash (leaf or node).
@@ -422,20 +421,7 @@ pub fn byte_ranges(blocks: &[Range<u64>], block_size: u32, length: u64) -> Vec<R
         .collect()
 }
 
-/// Formats byte ranges for a report: `"0x10000..0x30000, 0x50000..0x60000"` (`"none"` when empty).
-pub fn describe_byte_ranges(ranges: &[Range<u64>]) -> String {
-    if ranges.is_empty() {
-        return "none".to_string();
-    }
-    let mut out = String::new();
-    for (i, r) in ranges.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "{:#x}..{:#x}", r.start, r.end);
-    }
-    out
-}
+pub use tandem_core::ranges::describe_byte_ranges;
 
 #[cfg(test)]
 mod tests {
