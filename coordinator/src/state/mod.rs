@@ -48,7 +48,7 @@ mod limits;
 mod machine;
 mod model;
 mod record;
-mod rejection;
+pub(crate) mod rejection;
 mod residency;
 mod role;
 mod rpo;
