@@ -156,10 +156,52 @@ pub(super) fn run_event(
         message: e.to_string(),
     })?;
     let group = run.group.clone();
-    let runbook = next.plan.runbook.clone();
     let was_running = run.is_running();
     let mut rto_ms = run.rto_ms;
-    let rto_from = run.rto_from_ms;
+    if let RunEvent::StepSucceeded { step, .. } = &event {
+        if is_check(&next, *step) && rto_ms.is_none() {
+            rto_ms = Some(now.saturating_sub(run.rto_from_ms));
+        }
+    }
+    let records = event_records(run_id, &next, before_current, &event, now, rto_ms);
+    let status = next.status.clone();
+    if let Some(r) = state.runs.get_mut(run_id) {
+        r.state = next;
+        r.rto_ms = rto_ms;
+    }
+    for (actor, kind, detail) in records {
+        state.record_audit(ev, now, &actor, kind, Some(&group), detail);
+    }
+    ev.push(Event::RunRecorded {
+        run_id: run_id.to_string(),
+        status: status.clone(),
+    });
+    if was_running && status != RunStatus::Running {
+        audit_run_end(state, ev, now, run_id);
+        settle_failover_without_promotion(state, ev, now, run_id, &group, &status)?;
+    }
+    Ok(())
+}
+
+/// Whether step `step` of the run is a `check` (its first pass stops the RTO clock).
+fn is_check(run: &RunState, step: usize) -> bool {
+    matches!(
+        run.plan.steps.get(step).map(|p| &p.action),
+        Some(Action::Check { .. })
+    )
+}
+
+/// The audit records (actor, kind, detail) of one event applied to a run, from the run as it
+/// is after the event (`next`); `before_current` is the step that was current before it.
+fn event_records(
+    run_id: &str,
+    next: &RunState,
+    before_current: Option<usize>,
+    event: &RunEvent,
+    now: i64,
+    rto_ms: Option<i64>,
+) -> Vec<(String, AuditKind, Value)> {
+    let runbook = &next.plan.runbook;
     let step_info = |i: usize| {
         let p = next.plan.steps.get(i);
         let s = next.steps.get(i);
@@ -172,7 +214,7 @@ pub(super) fn run_event(
     };
     let base = |step: &str, action: &str| json!({"run_id": run_id, "runbook": runbook, "step": step, "action": action});
     let mut records: Vec<(String, AuditKind, Value)> = Vec::new();
-    match &event {
+    match event {
         RunEvent::StepStarted { step, .. } => {
             let (id, action, site, s) = step_info(*step);
             let mut d = base(&id, action);
@@ -183,19 +225,12 @@ pub(super) fn run_event(
         }
         RunEvent::StepSucceeded { step, output, .. } => {
             let (id, action, _, s) = step_info(*step);
-            let is_check = matches!(
-                next.plan.steps.get(*step).map(|p| &p.action),
-                Some(Action::Check { .. })
-            );
-            if is_check && rto_ms.is_none() {
-                rto_ms = Some(now.saturating_sub(rto_from));
-            }
             let mut d = base(&id, action);
             d["status"] = json!("ok");
             d["ok"] = json!(true);
             d["ms"] = json!(step_ms(s.as_ref(), now));
             d["output"] = json!(rb::excerpt(output));
-            if is_check {
+            if is_check(next, *step) {
                 d["rto_ms"] = json!(rto_ms);
             }
             records.push((COORDINATOR_ACTOR.into(), AuditKind::RunbookStep, d));
@@ -223,7 +258,7 @@ pub(super) fn run_event(
         RunEvent::Approved { step, by, .. }
         | RunEvent::ConfirmedDone { step, by, .. }
         | RunEvent::Rejected { step, by, .. } => {
-            let decision = match &event {
+            let decision = match event {
                 RunEvent::Approved { .. } => "approved",
                 RunEvent::ConfirmedDone { .. } => "confirmed-done",
                 _ => "rejected",
@@ -257,46 +292,42 @@ pub(super) fn run_event(
             records.push((by.clone(), AuditKind::Note, d));
         }
     }
-    let status = next.status.clone();
-    if let Some(r) = state.runs.get_mut(run_id) {
-        r.state = next;
-        r.rto_ms = rto_ms;
-    }
-    for (actor, kind, detail) in records {
-        state.record_audit(ev, now, &actor, kind, Some(&group), detail);
-    }
-    ev.push(Event::RunRecorded {
-        run_id: run_id.to_string(),
-        status: status.clone(),
-    });
-    if was_running && status != RunStatus::Running {
-        audit_run_end(state, ev, now, run_id);
-        // An unplanned failover that ended without promoting (the replica site down too, say)
-        // must not leave the group `failing-over` for good: no lease would ever be granted
-        // again. The fence stands (the epoch was raised); the primary site keeps its role and
-        // its replicator may take a lease in the new epoch.
-        let kind = state.runs.get(run_id).map(|r| r.kind);
-        let still_failing_over =
-            get_group(state, &group).is_ok_and(|g| g.state == GroupState::FailingOver);
-        if kind == Some(RunbookKind::Failover) && still_failing_over {
-            let how = match &status {
-                RunStatus::Cancelled { by } => format!("cancelled by {by}"),
-                _ => "failed".to_string(),
-            };
-            let reason = format!(
-                "failover run {run_id} {how} before a promotion; the primary site keeps its role"
-            );
-            change_group_state(
-                state,
-                ev,
-                now,
-                &group,
-                GroupState::Degraded,
-                &reason,
-                COORDINATOR_ACTOR,
-                None,
-            )?;
-        }
+    records
+}
+
+/// An unplanned failover that ended without promoting (the replica site down too, say) must
+/// not leave the group `failing-over` for good: no lease would ever be granted again. The
+/// fence stands (the epoch was raised); the primary site keeps its role and its replicator may
+/// take a lease in the new epoch.
+fn settle_failover_without_promotion(
+    state: &mut State,
+    ev: &mut Vec<Event>,
+    now: i64,
+    run_id: &str,
+    group: &str,
+    status: &RunStatus,
+) -> Result<(), Rejection> {
+    let kind = state.runs.get(run_id).map(|r| r.kind);
+    let still_failing_over =
+        get_group(state, group).is_ok_and(|g| g.state == GroupState::FailingOver);
+    if kind == Some(RunbookKind::Failover) && still_failing_over {
+        let how = match status {
+            RunStatus::Cancelled { by } => format!("cancelled by {by}"),
+            _ => "failed".to_string(),
+        };
+        let reason = format!(
+            "failover run {run_id} {how} before a promotion; the primary site keeps its role"
+        );
+        change_group_state(
+            state,
+            ev,
+            now,
+            group,
+            GroupState::Degraded,
+            &reason,
+            COORDINATOR_ACTOR,
+            None,
+        )?;
     }
     Ok(())
 }
