@@ -112,10 +112,12 @@ impl State {
         self.audit.range(from, limit)
     }
 
+    /// The drift margin in ms (0 before bootstrap).
     pub(super) fn drift_ms(&self) -> i64 {
         self.settings.map_or(0, |s| ms(s.drift_margin_ms))
     }
 
+    /// The lease length in ms (0 before bootstrap).
     pub(super) fn ttl_ms(&self) -> i64 {
         self.settings.map_or(0, |s| ms(s.lease_ttl_ms))
     }

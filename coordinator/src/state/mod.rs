@@ -39,6 +39,10 @@
 //! - `residency`: where a group's data may be placed.
 //! - `run`: runbook runs (start, events, closing records).
 //! - `snapshot`: the durable snapshot format (magic, version, checksum).
+//!
+//! Rooms import each other by their own paths (`super::machine::State`), never through this
+//! file; `rejection` is `pub(crate)` so that `crate::error` names it directly. The tests, which
+//! drive [`apply`] as a whole, are in `tests/`, one file per topic.
 
 mod bootstrap;
 mod command;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tandem_runbooks::run::{self as rb, RunEvent, RunState, RunStatus};
 use tandem_runbooks::{Action, Plan, RunbookKind};
 
-/// The fields of a [`Command::StartRun`].
+/// The fields of a [`Command::StartRun`](super::command::Command::StartRun).
 pub(super) struct RunStart<'a> {
     pub(super) run_id: &'a str,
     pub(super) group: &'a str,
