@@ -1,7 +1,7 @@
 //! The coordinator crate's error type.
 
 use crate::audit::ChainError;
-use crate::state::Rejection;
+use crate::state::rejection::Rejection;
 
 /// Everything that can go wrong in the coordinator crate.
 #[derive(Debug, thiserror::Error)]

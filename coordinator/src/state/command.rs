@@ -1,0 +1,316 @@
+//! The commands the state machine accepts (its JSON wire format, `{"op": ...}`), with what
+//! [`apply`](super::apply) needs to know about each: its time, its name and whether its
+//! refusals are audited. Pure data.
+
+use super::model::{ClusterSettings, GroupProgress, GroupSpec, GroupState, SiteSpec};
+use crate::audit::AuditKind;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tandem_core::ids::Epoch;
+use tandem_runbooks::run::RunEvent;
+use tandem_runbooks::{Plan, RunbookKind};
+
+/// A command to the state machine. JSON: `{"op": "<snake_case name>", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets the topology. The first sets the settings; later ones must agree with what exists
+    /// (settings, site witness flags, each group's site pair, mode and RPO target — roles may
+    /// have swapped since) and add new sites and groups. Identical ones are no-ops (no audit).
+    /// New groups start at epoch 1 in `resyncing` ("initial sync") with no lease.
+    Bootstrap {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Who bootstraps.
+        actor: String,
+        /// Cluster settings.
+        settings: ClusterSettings,
+        /// Sites.
+        sites: Vec<SiteSpec>,
+        /// Groups.
+        groups: Vec<GroupSpec>,
+    },
+    /// A batch of heartbeats from `node` at `site`: marks the site up, records the node's time
+    /// and the progress reports of the group's current epoch. Never touches leases.
+    Heartbeat {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Reporting node.
+        node: String,
+        /// Its site.
+        site: String,
+        /// Per-group progress.
+        progress: Vec<GroupProgress>,
+    },
+    /// Asks for the group's lease: granted to a node at the primary site, in the current epoch,
+    /// when no other holder's lease may be live; expiry = now + lease_ttl_ms. Refused while the
+    /// group is failing over or switching over. The current holder acquiring again extends it.
+    AcquireLease {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Asking node.
+        node: String,
+        /// Its site.
+        site: String,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// Extends the holder's active, unexpired lease in the current epoch to now + lease_ttl_ms.
+    /// Refused while failing over.
+    RenewLease {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Holder.
+        node: String,
+        /// Its site.
+        site: String,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// The holder gives its (active or revoked) lease up: it ends now, and a promotion no
+    /// longer waits for it. `epoch` is the lease's epoch.
+    ReleaseLease {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Holder.
+        node: String,
+        /// The lease's epoch.
+        epoch: Epoch,
+    },
+    /// Raises the epoch and revokes the active lease (which still blocks until it expires plus
+    /// the drift margin, because its holder may not know).
+    Fence {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Who fences.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// Promotes the replica site: roles swap, the epoch is raised (always, even after a fence),
+    /// the lease is cleared, the state becomes `protected` (planned) or `failed-over`, and the
+    /// data-loss window is recorded. Refused while the last lease may be live (not released and
+    /// `now < expires_ms + drift_margin_ms`), if `to_site` is not the replica site, is a witness
+    /// or is down, and, when planned, if the last progress shows unreplicated changes.
+    Promote {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Site to promote (must be the replica site).
+        to_site: String,
+        /// Who promotes.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// Planned switchover (zero loss required) or unplanned failover.
+        planned: bool,
+    },
+    /// The primary of a sync group asks to acknowledge writes without the replica (`on`),
+    /// because the replica stopped acknowledging within `sync_timeout`, or says the replica
+    /// has caught up (`!on`). Accepted only from the holder of the active, unexpired lease in
+    /// the current epoch for `on` (and only while no failover or switchover runs), from a node
+    /// at the primary site in the current epoch for `!on`. While the group is marked, the
+    /// replica may lack acknowledged writes: automatic failovers are refused. A promotion
+    /// clears it.
+    SyncDegraded {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Asking node (the primary replicator).
+        node: String,
+        /// Its site.
+        site: String,
+        /// Its epoch.
+        epoch: Epoch,
+        /// Degrade (`true`) or back to synchronous acknowledgements (`false`).
+        on: bool,
+    },
+    /// Sets a group's state and reason (runbooks, policy).
+    SetGroupState {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// New state.
+        state: GroupState,
+        /// Why.
+        reason: String,
+        /// Who.
+        actor: String,
+    },
+    /// Pauses replication of a group (refused if already paused).
+    PauseReplication {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// Resumes replication of a group (refused if not paused).
+    ResumeReplication {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The failure detector declares a site down; protected groups using it become degraded.
+    /// A no-op if already down.
+    SiteDown {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Site.
+        site: String,
+    },
+    /// The failure detector declares a site up; groups it degraded become protected again.
+    /// A no-op if already up.
+    SiteUp {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Site.
+        site: String,
+    },
+    /// Commits an RPO sample into the group's ring, and audits it.
+    RpoSample {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// RPO now.
+        rpo_ms: u64,
+    },
+    /// A generic audit record (operator commands, runbook steps, verify results). Only
+    /// [`AuditKind::is_recordable`] kinds; `detail` may not contain floating-point numbers.
+    Record {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Who.
+        actor: String,
+        /// Kind.
+        kind: AuditKind,
+        /// Group, which must exist when given.
+        group: Option<String>,
+        /// Detail.
+        detail: Value,
+    },
+    /// Starts a runbook run of `group`: the run object is created from `plan` (made by the
+    /// leader with [`tandem_runbooks::plan()`]) and audited. Refused while another run of the
+    /// group is unfinished, or if the id is taken.
+    StartRun {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// The new run's id (unique).
+        run_id: String,
+        /// Group (must match `plan.group`).
+        group: String,
+        /// What the run does.
+        kind: RunbookKind,
+        /// blake3 (hex) of the runbook file's bytes.
+        runbook_hash: String,
+        /// The resolved plan.
+        plan: Plan,
+        /// Who started it.
+        started_by: String,
+        /// Start of the RTO clock when earlier than `at_ms` (outage detection of an automatic
+        /// failover); `None`: the run's start.
+        rto_from_ms: Option<i64>,
+    },
+    /// Applies one event to a run with [`tandem_runbooks::run::record`]; the event's own time
+    /// is replaced by the command's. Refused (unchanged) when the event does not fit the run.
+    RunEvent {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// The run.
+        run_id: String,
+        /// What happened.
+        event: RunEvent,
+    },
+}
+
+impl Command {
+    /// The leader-stamped time of the command.
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Command::Bootstrap { at_ms, .. }
+            | Command::Heartbeat { at_ms, .. }
+            | Command::AcquireLease { at_ms, .. }
+            | Command::RenewLease { at_ms, .. }
+            | Command::ReleaseLease { at_ms, .. }
+            | Command::Fence { at_ms, .. }
+            | Command::Promote { at_ms, .. }
+            | Command::SyncDegraded { at_ms, .. }
+            | Command::SetGroupState { at_ms, .. }
+            | Command::PauseReplication { at_ms, .. }
+            | Command::ResumeReplication { at_ms, .. }
+            | Command::SiteDown { at_ms, .. }
+            | Command::SiteUp { at_ms, .. }
+            | Command::RpoSample { at_ms, .. }
+            | Command::Record { at_ms, .. }
+            | Command::StartRun { at_ms, .. }
+            | Command::RunEvent { at_ms, .. } => *at_ms,
+        }
+    }
+
+    /// The stable JSON name of the command (`promote`).
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::AcquireLease { .. } => "acquire_lease",
+            Command::RenewLease { .. } => "renew_lease",
+            Command::ReleaseLease { .. } => "release_lease",
+            Command::Fence { .. } => "fence",
+            Command::Promote { .. } => "promote",
+            Command::SyncDegraded { .. } => "sync_degraded",
+            Command::SetGroupState { .. } => "set_group_state",
+            Command::PauseReplication { .. } => "pause_replication",
+            Command::ResumeReplication { .. } => "resume_replication",
+            Command::SiteDown { .. } => "site_down",
+            Command::SiteUp { .. } => "site_up",
+            Command::RpoSample { .. } => "rpo_sample",
+            Command::Record { .. } => "record",
+            Command::StartRun { .. } => "start_run",
+            Command::RunEvent { .. } => "run_event",
+        }
+    }
+
+    /// Actor and group to audit a refusal of this command under, or `None` if refusals of this
+    /// command are not audited.
+    pub(super) fn refusal_audit(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            Command::Bootstrap { actor, .. } => Some((actor, None)),
+            Command::ReleaseLease { node, group, .. } => Some((node, Some(group))),
+            Command::Fence { actor, group, .. }
+            | Command::Promote { actor, group, .. }
+            | Command::SetGroupState { actor, group, .. }
+            | Command::PauseReplication { actor, group, .. }
+            | Command::ResumeReplication { actor, group, .. } => Some((actor, Some(group))),
+            Command::Heartbeat { .. }
+            | Command::AcquireLease { .. }
+            | Command::RenewLease { .. }
+            | Command::SyncDegraded { .. }
+            | Command::SiteDown { .. }
+            | Command::SiteUp { .. }
+            | Command::RpoSample { .. }
+            | Command::Record { .. }
+            | Command::StartRun { .. }
+            | Command::RunEvent { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The value types of the replicated state: sites, groups, leases, progress, RPO samples,
+//! data-loss windows and runs, with the enums `Mode`, `GroupState` and `Role`. Pure data: no
+//! decisions, no I/O.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_runbooks::run::{RunState, RunStatus};
+use tandem_runbooks::RunbookKind;
+
+/// How many RPO samples a group keeps (720 = one hour at one sample per 5 s).
+pub const RPO_RING_CAPACITY: usize = 720;
+/// Actor name used for decisions the coordinators take themselves (failure detector).
+pub const COORDINATOR_ACTOR: &str = "coordinator";
+/// The epoch a group starts in.
+pub const FIRST_EPOCH: Epoch = Epoch(1);
+
+/// Cluster-wide timing settings, fixed at bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Lease length granted on every acquire/renew.
+    pub lease_ttl_ms: u64,
+    /// Clock-drift allowance: a lease not released may be live until expiry plus this margin.
+    pub drift_margin_ms: u64,
+    /// How long without heartbeats before the leader's failure detector proposes `site_down`.
+    pub detect_after_ms: u64,
+}
+
+/// A site as declared at bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSpec {
+    /// Site name (`hanoi`).
+    pub name: String,
+    /// A witness hosts only a coordinator: never a primary or replica.
+    pub witness: bool,
+    /// ISO 3166-1 alpha-2 jurisdiction of the site (`VN`), when the topology gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction: Option<String>,
+}
+
+/// Replication mode of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Writes are acknowledged once the replica has them durable (DRBD protocol C).
+    Sync,
+    /// Writes are acknowledged once journaled locally (DRBD protocol A).
+    Async,
+}
+
+/// A group as declared at bootstrap (its initial roles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    /// Group name.
+    pub name: String,
+    /// Initial primary site.
+    pub primary: String,
+    /// Initial replica site.
+    pub replica: String,
+    /// Replication mode.
+    pub mode: Mode,
+    /// RPO target; samples above it are flagged.
+    pub rpo_target_ms: u64,
+    /// When not empty, the only jurisdictions where the group's data may be placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_jurisdictions: Vec<String>,
+}
+
+/// Liveness of a site as seen by the coordinators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteStatus {
+    /// Not heard from since bootstrap.
+    Unknown,
+    /// Heard from (heartbeat or `site_up`).
+    Up,
+    /// Declared down by the failure detector.
+    Down,
+}
+
+/// A site in the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    /// Site name.
+    pub name: String,
+    /// Whether it is a witness (coordinator only).
+    pub witness: bool,
+    /// Up, down or unknown.
+    pub status: SiteStatus,
+    /// When `status` last changed (`None` while unknown).
+    pub since_ms: Option<i64>,
+    /// Last committed heartbeat time of each node of the site.
+    pub nodes: BTreeMap<String, i64>,
+    /// ISO 3166-1 alpha-2 jurisdiction of the site, as bootstrapped.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
+}
+
+/// A group's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupState {
+    /// Replicating within target.
+    Protected,
+    /// Replicating badly or not at all (a site is down, RPO over target).
+    Degraded,
+    /// An unplanned failover is in progress: no new leases.
+    FailingOver,
+    /// The replica site was promoted after an unplanned failover; not protected until failback.
+    FailedOver,
+    /// A DR drill runs on an isolated copy at the replica site.
+    Drilling,
+    /// The replica is being brought back in line (initial sync, merkle resync).
+    Resyncing,
+    /// A planned switchover is in progress: no new leases (the holder may renew until release).
+    SwitchingOver,
+}
+
+impl GroupState {
+    /// The stable name (`failing-over`), as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Protected => "protected",
+            GroupState::Degraded => "degraded",
+            GroupState::FailingOver => "failing-over",
+            GroupState::FailedOver => "failed-over",
+            GroupState::Drilling => "drilling",
+            GroupState::Resyncing => "resyncing",
+            GroupState::SwitchingOver => "switching-over",
+        }
+    }
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseStatus {
+    /// Granted and not revoked or released (it may have expired: compare `expires_ms`).
+    Active,
+    /// Revoked by a fence at `at_ms`; its holder may not know, so it still blocks until expiry
+    /// plus the drift margin.
+    Revoked {
+        /// When it was revoked.
+        at_ms: i64,
+    },
+    /// Given up by its holder at `at_ms`: it ended then.
+    Released {
+        /// When it was released.
+        at_ms: i64,
+    },
+}
+
+/// The lease a primary replicator holds to accept writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Node name of the holder.
+    pub holder: String,
+    /// Site of the holder (the group's primary site when granted).
+    pub site: String,
+    /// Epoch the lease was granted in.
+    pub epoch: Epoch,
+    /// When it was (last) acquired.
+    pub granted_ms: i64,
+    /// When it ends unless renewed.
+    pub expires_ms: i64,
+    /// Active, revoked or released.
+    pub status: LeaseStatus,
+}
+
+/// Last known replication progress of a group (from committed heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epoch the figures belong to.
+    pub epoch: Epoch,
+    /// Highest seq captured at the primary.
+    pub last_captured_seq: Seq,
+    /// Highest seq durable on the replica.
+    pub durable_seq: Seq,
+    /// RPO now, as reported by the primary.
+    pub rpo_ms: u64,
+    /// Bytes journaled and not yet acknowledged.
+    pub bytes_pending: u64,
+    /// When the primary last reported.
+    pub primary_report_ms: Option<i64>,
+    /// When the replica last reported.
+    pub replica_report_ms: Option<i64>,
+}
+
+/// One committed RPO sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpoSample {
+    /// When it was taken.
+    pub at_ms: i64,
+    /// RPO at that time.
+    pub rpo_ms: u64,
+}
+
+/// What a promotion may have lost, from the last progress the coordinators knew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataLossWindow {
+    /// When the promotion was committed.
+    pub at_ms: i64,
+    /// Planned switchover (expected loss 0) or unplanned failover.
+    pub planned: bool,
+    /// The old primary site.
+    pub from_site: String,
+    /// The new primary site.
+    pub to_site: String,
+    /// The epoch the promotion raised to.
+    pub epoch: Epoch,
+    /// Last seq known durable on the replica: the new primary continues from here.
+    pub durable_seq: Seq,
+    /// Last seq known captured at the old primary.
+    pub last_captured_seq: Seq,
+    /// `last_captured_seq - durable_seq`: changes known captured and not replicated.
+    pub lost_changes: u64,
+    /// Last reported RPO: changes younger than this at the old primary may be lost.
+    pub rpo_ms: u64,
+    /// Last reported bytes pending.
+    pub bytes_pending: u64,
+    /// When the old primary last reported (how stale the figures are).
+    pub progress_at_ms: Option<i64>,
+}
+
+/// A protection group in the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// Group name.
+    pub name: String,
+    /// Wire id (`GroupId::from_name`).
+    pub id: GroupId,
+    /// Current primary site.
+    pub primary_site: String,
+    /// Current replica site.
+    pub replica_site: String,
+    /// Current epoch (fencing token); only grows.
+    pub epoch: Epoch,
+    /// Replication mode.
+    pub mode: Mode,
+    /// Operator-visible state.
+    pub state: GroupState,
+    /// Why it is in that state.
+    pub reason: String,
+    /// The most recent lease, whatever its status.
+    pub lease: Option<Lease>,
+    /// Replication paused by an operator.
+    pub paused: bool,
+    /// RPO target.
+    pub rpo_target_ms: u64,
+    /// Last known progress.
+    pub progress: Progress,
+    /// Recent committed RPO samples, oldest first, at most [`RPO_RING_CAPACITY`].
+    pub rpo_samples: VecDeque<RpoSample>,
+    /// Data-loss window of the last promotion.
+    pub last_failover: Option<DataLossWindow>,
+    /// Set when a `site_down` moved the group from protected to degraded; `site_up` of that
+    /// site moves it back.
+    pub degraded_by_site: Option<String>,
+    /// Since when (leader ms) the primary of a sync group acknowledges writes on its own
+    /// journal only, with the coordinators' consent (`sync_degraded`). While set, the replica
+    /// may lack acknowledged writes, so no automatic failover starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_degraded_since: Option<i64>,
+    /// When not empty, the only jurisdictions where the group's data may be placed (fixed at
+    /// bootstrap); promotions and runs that would place data elsewhere are refused.
+    #[serde(default)]
+    pub allowed_jurisdictions: Vec<String>,
+}
+
+/// Role of a replicator in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Captures and ships.
+    Primary,
+    /// Receives and applies.
+    Replica,
+}
+
+/// Progress of one group reported in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupProgress {
+    /// Group name.
+    pub group: String,
+    /// The reporter's role.
+    pub role: Role,
+    /// The reporter's epoch; reports from another epoch than the group's are ignored.
+    pub epoch: Epoch,
+    /// Highest seq captured (primary).
+    pub last_captured_seq: Seq,
+    /// Highest seq durable on the replica.
+    pub durable_seq: Seq,
+    /// RPO now (primary).
+    pub rpo_ms: u64,
+    /// Bytes pending (primary).
+    pub bytes_pending: u64,
+}
+
+/// A runbook run in the replicated state: the run state machine plus what the coordinators add
+/// (group, kind, RTO).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The group it runs for.
+    pub group: String,
+    /// What it does.
+    pub kind: RunbookKind,
+    /// Start of the RTO clock (the run's start, or outage detection).
+    pub rto_from_ms: i64,
+    /// RTO: from `rto_from_ms` to the end of the first passing `check` step.
+    pub rto_ms: Option<i64>,
+    /// The run state machine.
+    pub state: RunState,
+}
+
+impl Run {
+    /// True while steps remain.
+    pub fn is_running(&self) -> bool {
+        self.state.status == RunStatus::Running
+    }
+}

@@ -1,0 +1,119 @@
+//! RPO samples, `record` commands, size limits and paging the audit chain.
+
+use super::*;
+
+#[test]
+fn rpo_ring_is_bounded_and_samples_are_audited() {
+    let mut s = booted();
+    for i in 0..(RPO_RING_CAPACITY as i64 + 10) {
+        let ev = apply(
+            &mut s,
+            &Command::RpoSample {
+                at_ms: i,
+                group: "vol".into(),
+                rpo_ms: if i == 0 { 9_000 } else { 100 },
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            ev[0],
+            Event::RpoSampled {
+                group: "vol".into(),
+                rpo_ms: if i == 0 { 9_000 } else { 100 },
+                over_target: i == 0,
+            }
+        );
+    }
+    let ring = &s.group("vol").unwrap().rpo_samples;
+    assert_eq!(ring.len(), RPO_RING_CAPACITY);
+    assert_eq!(ring.front().unwrap().at_ms, 10);
+    assert_eq!(s.audit().len(), 1 + RPO_RING_CAPACITY + 10);
+}
+
+#[test]
+fn record_refuses_internal_kinds_floats_and_unknown_groups() {
+    let mut s = booted();
+    let rec = |kind, group: Option<&str>, detail| Command::Record {
+        at_ms: 5,
+        actor: "runbook".into(),
+        kind,
+        group: group.map(str::to_string),
+        detail,
+    };
+    assert_eq!(
+        apply(&mut s, &rec(AuditKind::Promote, None, json!({}))),
+        Err(Rejection::KindNotRecordable {
+            kind: AuditKind::Promote
+        })
+    );
+    assert_eq!(
+        apply(&mut s, &rec(AuditKind::Verify, None, json!({"ratio": 0.5}))),
+        Err(Rejection::DetailHasFloat)
+    );
+    assert!(matches!(
+        apply(&mut s, &rec(AuditKind::Verify, Some("ghost"), json!({}))),
+        Err(Rejection::UnknownGroup { .. })
+    ));
+    assert_eq!(s.audit().len(), 1);
+    let ev = apply(
+        &mut s,
+        &rec(AuditKind::Verify, Some("vol"), json!({"root_match": true})),
+    )
+    .unwrap();
+    assert_eq!(
+        ev,
+        vec![Event::Audited {
+            index: 1,
+            kind: AuditKind::Verify
+        }]
+    );
+    assert_eq!(s.audit_range(1, 10)[0].detail["root_match"], json!(true));
+}
+
+#[test]
+fn oversized_fields_are_refused_without_audit() {
+    let mut s = booted();
+    let cmd = Command::Fence {
+        at_ms: 1,
+        group: "vol".into(),
+        actor: "a".repeat(MAX_NAME_LEN + 1),
+        reason: String::new(),
+    };
+    assert!(matches!(
+        apply(&mut s, &cmd),
+        Err(Rejection::FieldLength { ref field, .. }) if field == "actor"
+    ));
+    let cmd = Command::Record {
+        at_ms: 1,
+        actor: "a".into(),
+        kind: AuditKind::Note,
+        group: None,
+        detail: json!("x".repeat(MAX_DETAIL_BYTES)),
+    };
+    assert!(matches!(
+        apply(&mut s, &cmd),
+        Err(Rejection::FieldLength { ref field, .. }) if field == "detail"
+    ));
+    assert_eq!(s.audit().len(), 1);
+}
+
+#[test]
+fn audit_range_pages_the_chain() {
+    let mut s = booted();
+    for i in 0..5 {
+        apply(
+            &mut s,
+            &Command::Record {
+                at_ms: i,
+                actor: "a".into(),
+                kind: AuditKind::Note,
+                group: None,
+                detail: json!(i),
+            },
+        )
+        .unwrap();
+    }
+    let page = s.audit_range(2, 2);
+    assert_eq!(page.iter().map(|r| r.index).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(s.audit_range(6, 2).is_empty());
+}
