@@ -31,7 +31,7 @@ pub struct Runbook {
     pub steps: Vec<Step>,
     /// Where each field sits in the file, for diagnostics after parsing.
     #[serde(skip)]
-    pub(crate) source: crate::parse::SourceMap,
+    pub(crate) source: crate::source::SourceMap,
 }
 
 impl Runbook {

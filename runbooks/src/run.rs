@@ -10,17 +10,14 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::error::RunbookError;
 use crate::model::{Action, ParamValue};
 use crate::plan::{Plan, PlannedFailure};
-use crate::RunbookError;
 
 /// Most bytes of a step's output kept in the run (it is replicated through Raft).
 pub const OUTPUT_EXCERPT_MAX: usize = 4096;
 
-/// The blake3 hash (hex) of a runbook file's bytes, recorded in each run.
-pub fn runbook_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
+pub use crate::parse::runbook_hash;
 
 /// Bounds `output` to [`OUTPUT_EXCERPT_MAX`] bytes, keeping its head and (mostly) its tail,
 /// where errors usually are.
