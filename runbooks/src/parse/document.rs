@@ -618,4 +618,13 @@ handler = true
             }
         }
     }
+
+    #[test]
+    fn runbook_hash_is_blake3_hex() {
+        assert_eq!(
+            runbook_hash(b"abc"),
+            blake3::hash(b"abc").to_hex().to_string()
+        );
+        assert_eq!(runbook_hash(b"abc").len(), 64);
+    }
 }
