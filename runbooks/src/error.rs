@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use tandem_core::config::{display_lines, Diagnostic};
 
-use crate::model::ParamType;
+use crate::model::param::ParamType;
 
 /// Everything that can go wrong loading, validating, planning or running a runbook.
 #[derive(Debug, thiserror::Error)]

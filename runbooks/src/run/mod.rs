@@ -18,8 +18,6 @@ mod next;
 mod output;
 mod record;
 mod state;
-#[cfg(test)]
-mod tests;
 
 pub use self::next::{next_action, NextAction};
 pub use self::output::{excerpt, OUTPUT_EXCERPT_MAX};
@@ -28,3 +26,6 @@ pub use self::state::{
     ApprovalReason, Phase, RunOutcome, RunState, RunStatus, StepState, StepStatus,
 };
 pub use crate::parse::runbook_hash;
+
+#[cfg(test)]
+mod tests;
