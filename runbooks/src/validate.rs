@@ -1,5 +1,8 @@
 //! Whole-runbook rules (unique ids, step references, fencing order, a `check` step,
 //! conditions against parameters) and validation against a topology's sites.
+//!
+//! Pure. Sits below the parser: the parser hands it the steps that parsed (`ParsedStep`)
+//! and the `SourceMap` to locate problems with; it imports nothing of the parser.
 
 use std::collections::{BTreeMap, HashSet};
 
