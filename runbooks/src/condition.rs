@@ -18,7 +18,7 @@ use std::fmt;
 use tandem_core::config::Mode;
 use tandem_core::ids::Epoch;
 
-use crate::model::{ParamType, ParamValue, Parameter};
+use crate::model::param::{ParamType, ParamValue, Parameter};
 
 /// A parsed `when` condition, kept with its source text (which is how it serializes).
 #[derive(Debug, Clone, PartialEq, Eq)]

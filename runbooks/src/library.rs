@@ -1,7 +1,7 @@
 //! The stock runbooks of `runbooks/library/`, compiled into the crate so every binary has them.
 
+use crate::error::RunbookError;
 use crate::model::{Runbook, RunbookKind};
-use crate::RunbookError;
 
 /// The stock drill runbook (`runbooks/library/drill.toml`).
 pub const DRILL: &str = include_str!("../library/drill.toml");

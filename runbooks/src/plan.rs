@@ -8,8 +8,8 @@ use tandem_core::config::{HumanDuration, Mode};
 use tandem_core::ids::{Epoch, GroupId};
 
 use crate::condition::ConditionEnv;
+use crate::error::RunbookError;
 use crate::model::{Action, OnFailure, ParamValue, Retries, Runbook, RunbookKind, SiteRef};
-use crate::RunbookError;
 
 /// What the planner needs to know about the group the runbook will run for.
 #[derive(Debug, Clone, PartialEq, Eq)]

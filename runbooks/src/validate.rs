@@ -1,11 +1,22 @@
 //! Whole-runbook rules (unique ids, step references, fencing order, a `check` step,
 //! conditions against parameters) and validation against a topology's sites.
+//!
+//! Pure. Sits below the parser: the parser hands it the steps that parsed (`ParsedStep`)
+//! and the `SourceMap` to locate problems with; it imports nothing of the parser.
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::model::{ActionKind, OnFailure, Parameter, Runbook, RunbookKind, SiteRef};
-use crate::parse::{sort_diagnostics, suggest, ParsedStep, SourceMap};
-use crate::{Diagnostic, RunbookError};
+use tandem_core::config::Diagnostic;
+
+use crate::error::RunbookError;
+use crate::model::{ActionKind, OnFailure, Parameter, Runbook, RunbookKind, SiteRef, Step};
+use crate::source::{sort_diagnostics, suggest, SourceMap};
+
+/// A step as parsed, before whole-runbook checks, with its index in the file.
+pub(crate) struct ParsedStep {
+    pub(crate) index: usize,
+    pub(crate) step: Step,
+}
 
 /// Path of entry `j` of a step's `on_failure` list, in whichever form the file used.
 fn on_failure_path(map: &SourceMap, i: usize, j: usize) -> String {

@@ -1,226 +1,16 @@
-//! The runbook model: what a parsed runbook file says, as typed values.
+//! The built-in actions: [`Action`] with its arguments, [`ActionKind`] without them (names,
+//! accepted arguments, default site, whether repeating is harmless), and [`SiteRef`], where a
+//! step runs.
+//!
+//! Pure types.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use tandem_core::config::HumanDuration;
 
-use crate::condition::Condition;
-
-/// The most retries a step may declare: more would hide a broken step behind a long wait.
-pub const MAX_RETRIES: u32 = 10;
-/// The longest backoff (initial or maximum) a step may declare.
-pub const MAX_BACKOFF: HumanDuration = HumanDuration::from_secs(3600);
-/// Default step timeout when a step declares none.
-pub const DEFAULT_TIMEOUT: HumanDuration = HumanDuration::from_secs(300);
 /// Default pause between two probes of a `check` step.
 pub const DEFAULT_CHECK_INTERVAL: HumanDuration = HumanDuration::from_secs(2);
-
-/// A runbook: a named, parameterised list of steps for one DR procedure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Runbook {
-    /// Short name (`switchover`).
-    pub name: String,
-    /// What the procedure is for, in a sentence or two.
-    pub description: String,
-    /// Which procedure this is; some checks depend on it.
-    pub kind: RunbookKind,
-    /// Declared parameters, in file order.
-    pub parameters: Vec<Parameter>,
-    /// The steps, in file order.
-    pub steps: Vec<Step>,
-    /// Where each field sits in the file, for diagnostics after parsing.
-    #[serde(skip)]
-    pub(crate) source: crate::parse::SourceMap,
-}
-
-impl Runbook {
-    /// The step with id `id`, if any.
-    pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id == id)
-    }
-
-    /// The parameter named `name`, if declared.
-    pub fn parameter(&self, name: &str) -> Option<&Parameter> {
-        self.parameters.iter().find(|p| p.name == name)
-    }
-}
-
-/// Which DR procedure a runbook implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunbookKind {
-    /// A test failover on an isolated copy at the replica site; replication continues.
-    Drill,
-    /// A planned role swap with zero data loss.
-    Switchover,
-    /// An unplanned role change after the primary is lost.
-    Failover,
-    /// Resync the old primary and switch back to it.
-    Failback,
-    /// Anything else; only the generic checks apply.
-    Custom,
-}
-
-impl RunbookKind {
-    /// Every kind, in the order the docs list them.
-    pub const ALL: [RunbookKind; 5] = [
-        RunbookKind::Drill,
-        RunbookKind::Switchover,
-        RunbookKind::Failover,
-        RunbookKind::Failback,
-        RunbookKind::Custom,
-    ];
-
-    /// The name written in a runbook file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunbookKind::Drill => "drill",
-            RunbookKind::Switchover => "switchover",
-            RunbookKind::Failover => "failover",
-            RunbookKind::Failback => "failback",
-            RunbookKind::Custom => "custom",
-        }
-    }
-}
-
-impl fmt::Display for RunbookKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A declared runbook parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Parameter {
-    /// Name, referenced as `param.NAME` in `when` conditions; `exec` steps see it as
-    /// the environment variable `TANDEM_PARAM_NAME` (upper case).
-    pub name: String,
-    /// Type of its values.
-    pub ty: ParamType,
-    /// Value when the caller gives none; `None` makes the parameter required.
-    pub default: Option<ParamValue>,
-    /// What it controls.
-    pub description: String,
-}
-
-/// Type of a parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    /// Text.
-    String,
-    /// `true` or `false`.
-    Bool,
-    /// A signed 64-bit integer.
-    Integer,
-    /// A humane duration (`"30s"`).
-    Duration,
-}
-
-impl ParamType {
-    /// The name written in a runbook file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParamType::String => "string",
-            ParamType::Bool => "bool",
-            ParamType::Integer => "integer",
-            ParamType::Duration => "duration",
-        }
-    }
-
-    /// Parses a value of this type from command-line text (`true`, `42`, `30s`, any text).
-    ///
-    /// # Errors
-    /// A message naming the expected form when `text` is not a value of this type.
-    pub fn parse_value(self, text: &str) -> Result<ParamValue, String> {
-        match self {
-            ParamType::String => Ok(ParamValue::String(text.to_string())),
-            ParamType::Bool => match text {
-                "true" => Ok(ParamValue::Bool(true)),
-                "false" => Ok(ParamValue::Bool(false)),
-                _ => Err(format!("expected true or false, got \"{text}\"")),
-            },
-            ParamType::Integer => text
-                .parse::<i64>()
-                .map(ParamValue::Integer)
-                .map_err(|_| format!("expected an integer, got \"{text}\"")),
-            ParamType::Duration => text
-                .parse::<HumanDuration>()
-                .map(ParamValue::Duration)
-                .map_err(|e| e.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for ParamType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A parameter value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamValue {
-    /// Text.
-    String(String),
-    /// A boolean.
-    Bool(bool),
-    /// An integer.
-    Integer(i64),
-    /// A duration.
-    Duration(HumanDuration),
-}
-
-impl ParamValue {
-    /// The type of this value.
-    pub fn ty(&self) -> ParamType {
-        match self {
-            ParamValue::String(_) => ParamType::String,
-            ParamValue::Bool(_) => ParamType::Bool,
-            ParamValue::Integer(_) => ParamType::Integer,
-            ParamValue::Duration(_) => ParamType::Duration,
-        }
-    }
-}
-
-impl fmt::Display for ParamValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParamValue::String(s) => f.write_str(s),
-            ParamValue::Bool(b) => write!(f, "{b}"),
-            ParamValue::Integer(i) => write!(f, "{i}"),
-            ParamValue::Duration(d) => write!(f, "{d}"),
-        }
-    }
-}
-
-/// One step of a runbook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    /// Unique id within the runbook (`fence-old-primary`).
-    pub id: String,
-    /// What to do, with the action's arguments.
-    pub action: Action,
-    /// Where it runs.
-    pub site: SiteRef,
-    /// What the step is for, shown in plans.
-    pub description: Option<String>,
-    /// How long one attempt may take before it counts as failed.
-    pub timeout: HumanDuration,
-    /// How often a failed attempt is tried again, and how long to wait between attempts.
-    pub retries: Retries,
-    /// Run the step only when this holds (evaluated when the plan is made).
-    pub when: Option<Condition>,
-    /// What happens when the step has failed and has no retries left.
-    pub on_failure: OnFailure,
-    /// True when running the step twice is harmless; a new coordinator leader repeats a
-    /// repeatable step that may have been under way, and asks for approval otherwise.
-    pub repeatable: bool,
-    /// A handler runs only when another step's `on_failure` names it, never in sequence.
-    pub handler: bool,
-}
 
 /// Where a step runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -255,64 +45,6 @@ impl fmt::Display for SiteRef {
             SiteRef::Primary => f.write_str("primary"),
             SiteRef::Replica => f.write_str("replica"),
             SiteRef::Named(n) => f.write_str(n),
-        }
-    }
-}
-
-/// Retry policy of a step: `count` more attempts after the first, waiting `backoff`, doubled
-/// after each failure, capped at `max_backoff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retries {
-    /// Attempts after the first (0 = no retry); at most [`MAX_RETRIES`].
-    pub count: u32,
-    /// Wait before the first retry.
-    pub backoff: HumanDuration,
-    /// Upper bound of the doubling wait.
-    pub max_backoff: HumanDuration,
-}
-
-impl Retries {
-    /// No retries.
-    pub const NONE: Retries = Retries {
-        count: 0,
-        backoff: HumanDuration::from_secs(1),
-        max_backoff: HumanDuration::from_secs(60),
-    };
-
-    /// Wait before the attempt that follows failure number `failures` (1-based):
-    /// `backoff * 2^(failures-1)`, capped at `max_backoff`.
-    pub fn delay_after(&self, failures: u32) -> HumanDuration {
-        let base = self.backoff.as_millis();
-        let shift = failures.saturating_sub(1).min(32);
-        let ms = base.saturating_mul(1u64 << shift);
-        HumanDuration::from_millis(ms.min(self.max_backoff.as_millis().max(base)))
-    }
-}
-
-impl Default for Retries {
-    fn default() -> Retries {
-        Retries::NONE
-    }
-}
-
-/// What happens when a step has failed and has no retries left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnFailure {
-    /// Stop the run; it ends failed.
-    Abort,
-    /// Mark the step failed and go on with the next step.
-    Continue,
-    /// Run the listed steps that have not run yet (cleanup, rollback), then end the run failed.
-    Steps(Vec<String>),
-}
-
-impl fmt::Display for OnFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OnFailure::Abort => f.write_str("abort"),
-            OnFailure::Continue => f.write_str("continue"),
-            OnFailure::Steps(ids) => write!(f, "run {}", ids.join(",")),
         }
     }
 }
@@ -652,39 +384,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let r = Retries {
-            count: 5,
-            backoff: HumanDuration::from_secs(2),
-            max_backoff: HumanDuration::from_secs(10),
-        };
-        let got: Vec<u64> = (1..=5).map(|n| r.delay_after(n).as_millis()).collect();
-        assert_eq!(got, vec![2000, 4000, 8000, 10_000, 10_000]);
-    }
-
-    #[test]
     fn action_names_round_trip() {
         for k in ActionKind::ALL {
             assert_eq!(ActionKind::from_name(k.as_str()), Some(k));
         }
         assert_eq!(ActionKind::from_name("promte"), None);
-    }
-
-    #[test]
-    fn param_values_parse_by_type() {
-        assert_eq!(
-            ParamType::Bool.parse_value("true"),
-            Ok(ParamValue::Bool(true))
-        );
-        assert!(ParamType::Bool.parse_value("yes").is_err());
-        assert_eq!(
-            ParamType::Integer.parse_value("-3"),
-            Ok(ParamValue::Integer(-3))
-        );
-        assert_eq!(
-            ParamType::Duration.parse_value("30s"),
-            Ok(ParamValue::Duration(HumanDuration::from_secs(30)))
-        );
-        assert!(ParamType::Duration.parse_value("30").is_err());
     }
 }
