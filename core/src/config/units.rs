@@ -533,6 +533,41 @@ mod tests {
     }
 
     #[test]
+    fn values_of_the_wrong_type_are_refused_with_what_was_expected() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)] // only the errors and `s` are looked at
+        struct W {
+            d: Option<HumanDuration>,
+            s: Option<ByteSize>,
+            b: Option<Bandwidth>,
+            t: Option<TimeOfDay>,
+        }
+        let err = |text: &str| toml::from_str::<W>(text).unwrap_err().message().to_string();
+        assert_eq!(
+            err("d = 5"),
+            "invalid type: integer `5`, expected a duration string such as \"250ms\", \"4s\", \"5m\" or \"24h\""
+        );
+        assert_eq!(err("s = -1"), "invalid size -1: must not be negative");
+        assert_eq!(
+            err("s = 1.5"),
+            "invalid type: floating point `1.5`, expected a size such as \"64KiB\", \"256MiB\" or \"1GiB\""
+        );
+        assert_eq!(
+            toml::from_str::<W>("s = 4096").unwrap().s,
+            Some(ByteSize(4096))
+        );
+        assert_eq!(
+            err("b = 5"),
+            "invalid type: integer `5`, expected a bandwidth such as \"100MB/s\""
+        );
+        assert_eq!(err("t = 5"), "invalid type: integer `5`, expected a string");
+        assert_eq!(
+            err("t = \"25:00\""),
+            "invalid time of day \"25:00\": out of range: 00:00 to 24:00"
+        );
+    }
+
+    #[test]
     fn size_parse_errors_name_the_value() {
         let cases = [
             ("1.5GiB", "size", "fractions"),
