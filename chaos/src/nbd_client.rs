@@ -1,14 +1,14 @@
 //! A minimal NBD client: fixed-newstyle handshake with `NBD_OPT_GO`, then read, write, flush
 //! and disconnect with simple replies, one request at a time.
 //!
-//! Wire encoding and parsing reuse the pure helpers of `tandem_replicator::nbd::proto`.
+//! Wire encoding and parsing reuse the pure helpers of `tandem_core::nbd`.
 //! [`NbdPool`] spreads concurrent callers over several connections and reconnects broken ones,
 //! which is what a chaos workload needs when the proxy resets connections.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tandem_replicator::nbd::proto::{
+use tandem_core::nbd::{
     self, InfoRequest, ProtoError, RequestHeader, CLIENT_FLAG_FIXED_NEWSTYLE,
     CLIENT_FLAG_NO_ZEROES, CMD_DISC, CMD_FLAG_FUA, CMD_FLUSH, CMD_READ, CMD_WRITE,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, GREETING_LEN, INFO_EXPORT, MAX_PAYLOAD,
@@ -71,7 +71,7 @@ impl NbdClient {
             .read_exact(&mut greeting)
             .await
             .map_err(|e| ChaosError::io(io("greeting"), e))?;
-        let server_flags = proto::parse_greeting(&greeting).map_err(protocol)?;
+        let server_flags = nbd::parse_greeting(&greeting).map_err(protocol)?;
         if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
             return Err(ChaosError::NbdProtocol {
                 reason: format!("server at {addr} does not offer fixed newstyle"),
@@ -82,11 +82,11 @@ impl NbdClient {
             client_flags |= CLIENT_FLAG_NO_ZEROES;
         }
         let mut out = client_flags.to_be_bytes().to_vec();
-        let go = proto::encode_info_request(&InfoRequest {
+        let go = nbd::encode_info_request(&InfoRequest {
             name: export.to_string(),
             requests: Vec::new(),
         });
-        proto::encode_option(OPT_GO, &go, &mut out);
+        nbd::encode_option(OPT_GO, &go, &mut out);
         stream
             .write_all(&out)
             .await
@@ -99,7 +99,7 @@ impl NbdClient {
                 .read_exact(&mut header)
                 .await
                 .map_err(|e| ChaosError::io(io("option reply"), e))?;
-            let reply = proto::parse_option_reply(&header).map_err(protocol)?;
+            let reply = nbd::parse_option_reply(&header).map_err(protocol)?;
             if reply.length > MAX_OPTION_REPLY {
                 return Err(ChaosError::NbdProtocol {
                     reason: format!(
@@ -203,8 +203,8 @@ impl NbdClient {
             offset,
             length,
         };
-        let mut out = Vec::with_capacity(proto::REQUEST_HEADER_LEN + data.len());
-        proto::encode_request(&header, data, &mut out);
+        let mut out = Vec::with_capacity(nbd::REQUEST_HEADER_LEN + data.len());
+        nbd::encode_request(&header, data, &mut out);
         let addr = self.addr;
         self.stream
             .write_all(&out)
@@ -218,7 +218,7 @@ impl NbdClient {
             .read_exact(&mut reply)
             .await
             .map_err(|e| ChaosError::io(format!("nbd {command} reply from {addr}"), e))?;
-        let reply = proto::parse_simple_reply(&reply).map_err(protocol)?;
+        let reply = nbd::parse_simple_reply(&reply).map_err(protocol)?;
         if reply.handle != handle {
             return Err(ChaosError::NbdProtocol {
                 reason: format!(

@@ -72,10 +72,11 @@ pub enum ChangeKind {
     DbCommit = 5,
     /// A piece of a PostgreSQL archive file (WAL segment, timeline history, backup label):
     /// `offset` is the byte offset of the piece in the file, `data` is the file name
-    /// (see [`crate::walfile`]) followed by the bytes.
+    /// (see the `walfile` module, which builds these changes) followed by the bytes.
     WalChunk = 6,
     /// A PostgreSQL archive file is complete: `offset` is its size, `data` its file name and
-    /// the blake3 of its whole content (see [`crate::walfile`]). A barrier.
+    /// the blake3 of its whole content (see the `walfile` module, which builds these changes).
+    /// A barrier.
     WalEnd = 7,
     /// A group-wide checkpoint marker asked for by an operator: `data` is its tag (UTF-8, at
     /// most [`MAX_TAG_LEN`] bytes), `resource` is empty. Everything before it in the stream is

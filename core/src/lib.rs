@@ -7,6 +7,7 @@
 //! - [`config`]: the topology config (TOML) and its validation.
 //! - [`clock`]: the `Clock` that tests and the chaos harness can skew.
 //! - [`limits`]: hard size limits on everything read from the network (gRPC messages).
+//! - [`nbd`]: the pure NBD wire codec (handshake, requests, replies); no I/O.
 //! - [`metrics`]: the Prometheus registry, text format and `GET /metrics` server.
 //! - [`pgctl`]: PostgreSQL's tools (pg_ctl, pg_controldata, psql) run as the data dir's owner.
 //! - [`walfile`]: PostgreSQL archive files (WAL segments) as changes of the stream.
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod mixed;
+pub mod nbd;
 pub mod net;
 pub mod pgctl;
 pub mod ports;

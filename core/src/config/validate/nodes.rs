@@ -1,0 +1,329 @@
+//! Validation of sites and nodes: names, jurisdictions, each node's site, addresses and data
+//! folder, the coordinator count (an odd quorum of 3 or more) and its spread over sites. Pure.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::super::diagnostic::Diags;
+use super::super::model::{Node, NodeRole, Topology};
+use super::{check_address, check_name, check_unique, unknown_site, Found};
+use crate::residency;
+
+/// Site names (valid, unique) and jurisdiction codes.
+pub(super) fn check_sites(t: &Topology, f: &Found, d: &mut Diags<'_>) {
+    let mut seen = HashMap::new();
+    for (s, i) in t.sites.iter().zip(&f.sites_idx) {
+        let path = format!("sites[{i}].name");
+        check_name(d, &path, "site", &s.name);
+        check_unique(d, &mut seen, &path, "site name", &s.name);
+        if let Some(msg) = s
+            .jurisdiction
+            .as_deref()
+            .and_then(residency::jurisdiction_error)
+        {
+            d.push(&format!("sites[{i}].jurisdiction"), msg);
+        }
+    }
+}
+
+/// Each node: its name, its site (known, and no replicator on a witness), its addresses
+/// (well-formed and never shared) and its data folder (never shared).
+pub(super) fn check_nodes(t: &Topology, f: &Found, d: &mut Diags<'_>) {
+    let mut seen = HashMap::new();
+    let mut addresses = HashMap::new();
+    let mut data_dirs: HashMap<PathBuf, String> = HashMap::new();
+    for (n, i) in t.nodes.iter().zip(&f.nodes_idx) {
+        let p = |field: &str| format!("nodes[{i}].{field}");
+        check_name(d, &p("name"), "node", &n.name);
+        check_unique(d, &mut seen, &p("name"), "node name", &n.name);
+        check_node_site(t, f, d, n, *i);
+        check_node_addresses(d, n, *i, &mut addresses);
+        let dir = t.node_data_dir(n);
+        match data_dirs.get(&dir) {
+            Some(other) => d.push(
+                &p("data_dir"),
+                format!(
+                    "data_dir {} is also node \"{other}\"'s: two nodes must never share state",
+                    dir.display()
+                ),
+            ),
+            None => {
+                data_dirs.insert(dir, n.name.clone());
+            }
+        }
+    }
+}
+
+/// The node's site exists (unless some site entry was unreadable) and, when it is a witness,
+/// the node is not a replicator.
+fn check_node_site(t: &Topology, f: &Found, d: &mut Diags<'_>, n: &Node, i: usize) {
+    let p = |field: &str| format!("nodes[{i}].{field}");
+    match t.site(&n.site) {
+        None if f.sites_partial => {}
+        None => d.push(&p("site"), unknown_site(t, &n.site)),
+        Some(site) if site.witness && n.role == NodeRole::Replicator => d.push(
+            &p("role"),
+            format!(
+                "site \"{}\" is a witness: it hosts only a coordinator, never a replicator \
+                 or data",
+                site.name
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// `listen`, `nbd_listen` (replicators only) and `metrics_listen`: well-formed, and each
+/// address used once in the whole topology (`addresses` maps them to their first line).
+fn check_node_addresses(
+    d: &mut Diags<'_>,
+    n: &Node,
+    i: usize,
+    addresses: &mut HashMap<String, usize>,
+) {
+    let p = |field: &str| format!("nodes[{i}].{field}");
+    let mut addrs = vec![("listen", &n.listen)];
+    if let Some(a) = &n.nbd_listen {
+        addrs.push(("nbd_listen", a));
+        if n.role == NodeRole::Coordinator {
+            d.push(
+                &p("nbd_listen"),
+                "only replicators serve NBD; remove nbd_listen from this coordinator".to_string(),
+            );
+        }
+    }
+    if let Some(a) = &n.metrics_listen {
+        addrs.push(("metrics_listen", a));
+    }
+    for (field, addr) in addrs {
+        check_address(d, &p(field), addr);
+        check_unique(d, addresses, &p(field), "listen address", addr);
+    }
+}
+
+/// An odd number of coordinators, 3 or more (unless some node entry was unreadable).
+pub(super) fn check_coordinator_count(t: &Topology, f: &Found, d: &mut Diags<'_>) {
+    let coordinators = t.coordinators();
+    let count = coordinators.len();
+    if !f.nodes_partial && (count < 3 || count.is_multiple_of(2)) {
+        let why = if count < 3 {
+            "at least 3 are needed so that losing one site or node leaves a quorum"
+        } else {
+            "an even count tolerates no more failures than one fewer and can split evenly"
+        };
+        let names: Vec<&str> = coordinators.iter().map(|c| c.node.name.as_str()).collect();
+        let path = if t.nodes.is_empty() {
+            "nodes"
+        } else {
+            "nodes[0]"
+        };
+        d.push_at(
+            "nodes",
+            d.offset_of(path),
+            format!(
+                "{count} coordinator(s) ({}): use an odd number, 3 or more (3 or 5); {why}",
+                names.join(", ")
+            ),
+        );
+    }
+}
+
+/// With any group on auto_failover, no site may hold a majority of the coordinators: losing
+/// that site would lose the quorum that must decide the failover.
+pub(super) fn check_coordinator_spread(t: &Topology, f: &Found, d: &mut Diags<'_>) {
+    let coordinators = t.coordinators();
+    let count = coordinators.len();
+    let auto = t.groups.iter().any(|g| g.auto_failover);
+    if auto && count >= 3 && !f.nodes_partial {
+        for s in &t.sites {
+            let here = coordinators
+                .iter()
+                .filter(|c| c.node.site == s.name)
+                .count();
+            if here * 2 > count {
+                d.push(
+                    "nodes",
+                    format!(
+                        "site \"{}\" hosts {here} of {count} coordinators: losing it loses the \
+                         quorum, so auto_failover could never happen; spread coordinators so \
+                         that no site holds a majority (use a witness site)",
+                        s.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testutil::*;
+
+    #[test]
+    fn node_on_unknown_site_is_refused() {
+        let text = edit(
+            BASE,
+            "site = \"b\"\nrole = \"replicator\"",
+            "site = \"x\"\nrole = \"replicator\"",
+        );
+        assert_diag(
+            &text,
+            "nodes[4].site",
+            "site = \"x\"",
+            "unknown site \"x\"; sites are: a, b, w",
+        );
+    }
+
+    #[test]
+    fn duplicate_site_names_are_refused() {
+        let text = edit(BASE, "name = \"w\"", "name = \"b\"");
+        // The duplicate is the later entry; its witness node now sits on "b" too.
+        let diags = diagnostics(&text);
+        let d = diags.iter().find(|d| d.path == "sites[2].name").unwrap();
+        assert_eq!(d.line, 11);
+        assert!(d
+            .message
+            .contains("duplicate site name \"b\" (first used at line 8)"));
+    }
+
+    #[test]
+    fn duplicate_node_names_are_refused() {
+        let text = edit(BASE, "name = \"b-rep\"", "name = \"a-rep\"");
+        let diags = diagnostics(&text);
+        let d = diags.iter().find(|d| d.path == "nodes[4].name").unwrap();
+        assert_eq!(d.line, line_of(&text, "name = \"a-rep\"\nsite = \"b\""));
+        assert!(
+            d.message.contains("duplicate node name \"a-rep\""),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_are_refused_across_fields() {
+        let text = edit(
+            BASE,
+            "listen = \"127.0.0.1:7005\"",
+            "listen = \"127.0.0.1:7005\"\nmetrics_listen = \"127.0.0.1:7002\"",
+        );
+        assert_diag(
+            &text,
+            "nodes[4].metrics_listen",
+            "metrics_listen = \"127.0.0.1:7002\"",
+            "duplicate listen address \"127.0.0.1:7002\"",
+        );
+    }
+
+    #[test]
+    fn even_number_of_coordinators_is_refused() {
+        let text = edit(
+            BASE,
+            "name = \"a-rep\"\nsite = \"a\"\nrole = \"replicator\"",
+            "name = \"a-rep\"\nsite = \"a\"\nrole = \"coordinator\"",
+        );
+        // a-rep is now a coordinator: 4 of them, and site a loses its replicator.
+        let diags = diagnostics(&text);
+        let d = diags.iter().find(|d| d.path == "nodes").unwrap();
+        assert_eq!(d.line, line_of(&text, "[[nodes]]\nname = \"a-coord\""));
+        assert!(d.message.starts_with("4 coordinator(s)"), "{}", d.message);
+        assert!(d.message.contains("even"));
+    }
+
+    #[test]
+    fn fewer_than_three_coordinators_is_refused() {
+        let text = edit(
+            BASE,
+            "name = \"w-coord\"\nsite = \"w\"\nrole = \"coordinator\"",
+            "name = \"w-coord\"\nsite = \"w\"\nrole = \"replicator\"",
+        );
+        let diags = diagnostics(&text);
+        let d = diags.iter().find(|d| d.path == "nodes").unwrap();
+        assert_eq!(d.line, line_of(&text, "[[nodes]]\nname = \"a-coord\""));
+        assert!(
+            d.message.starts_with("2 coordinator(s) (a-coord, b-coord)"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn witness_site_hosting_a_replicator_is_refused() {
+        let text = edit(
+            BASE,
+            "name = \"w-coord\"\nsite = \"w\"\nrole = \"coordinator\"",
+            "name = \"w-coord\"\nsite = \"w\"\nrole = \"replicator\"",
+        );
+        assert_diag(
+            &text,
+            "nodes[2].role",
+            "role = \"replicator\"\nlisten = \"127.0.0.1:7003\"",
+            "witness",
+        );
+    }
+
+    #[test]
+    fn auto_failover_with_a_coordinator_majority_at_one_site_is_refused() {
+        let text = edit(
+            BASE,
+            "rto_target = \"30s\"",
+            "rto_target = \"30s\"\nauto_failover = true",
+        );
+        assert!(parse(&text).is_ok());
+        let text = edit(
+            &text,
+            "name = \"w-coord\"\nsite = \"w\"",
+            "name = \"w-coord\"\nsite = \"a\"",
+        );
+        let diags = diagnostics(&text);
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.path == "nodes" && d.message.contains("site \"a\" hosts 2 of 3")),
+            "{diags:?}"
+        );
+    }
+
+    #[test]
+    fn nodes_sharing_a_data_dir_are_refused() {
+        let text = edit(
+            BASE,
+            "data_dir = \"data/b-rep\"",
+            "data_dir = \"data/../data/a-rep\"",
+        );
+        // Not normalised: only the same written path is caught.
+        assert!(parse(&text).is_ok());
+        let text = edit(
+            BASE,
+            "data_dir = \"data/b-rep\"",
+            "data_dir = \"data/a-rep\"",
+        );
+        assert_diag(
+            &text,
+            "nodes[4].data_dir",
+            "data_dir = \"data/a-rep\"\n\n[[groups",
+            "never share",
+        );
+    }
+
+    #[test]
+    fn jurisdiction_codes_must_be_iso_3166_alpha_2() {
+        let text = edit(BASE, "name = \"b\"", "name = \"b\"\njurisdiction = \"vn\"");
+        assert_diag(
+            &text,
+            "sites[1].jurisdiction",
+            "jurisdiction = \"vn\"",
+            "\"VN\"",
+        );
+        let text = edit(
+            BASE,
+            "mode = \"sync\"",
+            "mode = \"sync\"\nallowed_jurisdictions = [\"XX\"]",
+        );
+        assert_diag(
+            &text,
+            "groups[0].allowed_jurisdictions[0]",
+            "allowed_jurisdictions = [\"XX\"]",
+            "not an ISO 3166-1 alpha-2",
+        );
+    }
+}
