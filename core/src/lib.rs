@@ -4,6 +4,8 @@
 //! - [`certs`]: the CA and node/role certificates (`tandem certs`), and reading them.
 //! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
 //! - [`frame`]: the frame codec, the unit on the wire and in the journal.
+//! - [`group`]: a group's mode, a replicator's role and a group's state, defined once.
+//! - [`ranges`]: the one formatter of differing byte ranges and their wire form.
 //! - [`config`]: the topology config (TOML) and its validation.
 //! - [`clock`]: the `Clock` that tests and the chaos harness can skew.
 //! - [`limits`]: hard size limits on everything read from the network (gRPC messages).
@@ -19,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod frame;
+pub mod group;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

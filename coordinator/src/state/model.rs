@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
+pub use tandem_core::group::{GroupState, Mode, Role};
 use tandem_core::ids::{Epoch, GroupId, Seq};
 use tandem_runbooks::run::{RunState, RunStatus};
 use tandem_runbooks::RunbookKind;
@@ -36,16 +37,6 @@ pub struct SiteSpec {
     /// ISO 3166-1 alpha-2 jurisdiction of the site (`VN`), when the topology gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jurisdiction: Option<String>,
-}
-
-/// Replication mode of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Writes are acknowledged once the replica has them durable (DRBD protocol C).
-    Sync,
-    /// Writes are acknowledged once journaled locally (DRBD protocol A).
-    Async,
 }
 
 /// A group as declared at bootstrap (its initial roles).
@@ -94,41 +85,6 @@ pub struct Site {
     /// ISO 3166-1 alpha-2 jurisdiction of the site, as bootstrapped.
     #[serde(default)]
     pub jurisdiction: Option<String>,
-}
-
-/// A group's state as operators see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GroupState {
-    /// Replicating within target.
-    Protected,
-    /// Replicating badly or not at all (a site is down, RPO over target).
-    Degraded,
-    /// An unplanned failover is in progress: no new leases.
-    FailingOver,
-    /// The replica site was promoted after an unplanned failover; not protected until failback.
-    FailedOver,
-    /// A DR drill runs on an isolated copy at the replica site.
-    Drilling,
-    /// The replica is being brought back in line (initial sync, merkle resync).
-    Resyncing,
-    /// A planned switchover is in progress: no new leases (the holder may renew until release).
-    SwitchingOver,
-}
-
-impl GroupState {
-    /// The stable name (`failing-over`), as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupState::Protected => "protected",
-            GroupState::Degraded => "degraded",
-            GroupState::FailingOver => "failing-over",
-            GroupState::FailedOver => "failed-over",
-            GroupState::Drilling => "drilling",
-            GroupState::Resyncing => "resyncing",
-            GroupState::SwitchingOver => "switching-over",
-        }
-    }
 }
 
 /// Where a lease stands.
@@ -265,16 +221,6 @@ pub struct Group {
     /// bootstrap); promotions and runs that would place data elsewhere are refused.
     #[serde(default)]
     pub allowed_jurisdictions: Vec<String>,
-}
-
-/// Role of a replicator in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Captures and ships.
-    Primary,
-    /// Receives and applies.
-    Replica,
 }
 
 /// Progress of one group reported in a heartbeat.

@@ -168,24 +168,7 @@ pub struct Node {
     pub metrics_listen: Option<String>,
 }
 
-/// Replication mode of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Writes are acknowledged once the replica has them durable (DRBD protocol C): RPO 0.
-    Sync,
-    /// Writes are acknowledged once journaled locally (DRBD protocol A): RPO is the lag.
-    Async,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Sync => "sync",
-            Mode::Async => "async",
-        })
-    }
-}
+pub use crate::group::Mode;
 
 /// The runbooks a group uses; `None` means the stock runbook of that name
 /// (`runbooks/library/`).
