@@ -3,7 +3,6 @@
 
 use crate::cmd::status::{fetch, runtime};
 use crate::cmd::ConnectNet;
-use crate::local as proc;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::json;
@@ -13,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_chaos::nbd_client::NbdPool;
+use tandem_chaos::runner::processes as proc;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::ProposeRequest;
 
@@ -793,8 +793,11 @@ fn sqlite(a: SqliteArgs) -> Result<()> {
                             // are missing from the figures (the report counts them).
                             break;
                         }
-                        let n = crate::dbwriter::max_txn(&replica, Duration::from_secs(1))
-                            .unwrap_or(seen);
+                        let n = tandem_chaos::runner::dbwriter::max_txn(
+                            &replica,
+                            Duration::from_secs(1),
+                        )
+                        .unwrap_or(seen);
                         let now = Instant::now();
                         let c = commits.lock().unwrap_or_else(|p| p.into_inner());
                         for t in seen..n.min(c.len() as u64) {

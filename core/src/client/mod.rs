@@ -6,6 +6,7 @@
 //!   operate and order a run, find the leader.
 //! - [`replication`]: [`Replicator`], one replicator: the `Resync` and `Verify` progress
 //!   streams.
+//! - [`verdict`]: the line and the audit detail of a volume's verify verdict.
 //! - [`error`]: [`ClientError`], which says whether the peer could not be reached or said no,
 //!   and names the call and the address.
 //!
@@ -15,6 +16,7 @@
 pub mod coordinator;
 pub mod error;
 pub mod replication;
+pub mod verdict;
 
 pub use self::coordinator::Cluster;
 pub use self::error::ClientError;

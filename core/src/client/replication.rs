@@ -2,14 +2,14 @@
 //! progress streams, each read through a [`ProgressStream`] whose errors say which call and
 //! which address. I/O: gRPC calls only.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
 use super::error::ClientError;
 use crate::net::Net;
 use crate::proto::replication_client::ReplicationClient;
-use crate::proto::{ResyncProgress, ResyncRequest, VerifyProgress, VerifyRequest};
+use crate::proto::{ResyncProgress, ResyncRequest, VerifyProgress, VerifyRequest, VolumeVerdict};
 
 /// How long dialling a replicator may take for a resync.
 const RESYNC_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +47,51 @@ impl<T> ProgressStream<T> {
     pub fn addr(&self) -> &str {
         &self.addr
     }
+}
+
+impl ProgressStream<ResyncProgress> {
+    /// Follows a resync until it says it finished (`done` or `failed`), the server ends the
+    /// stream, or `deadline` passes; `on_progress` sees every message. Returns the last
+    /// message (`None` when the replica sent none).
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] at the deadline (the resync itself goes on), or the status
+    /// the stream ended with.
+    pub async fn follow(
+        &mut self,
+        deadline: Instant,
+        on_progress: &mut (dyn FnMut(&ResyncProgress) + Send),
+    ) -> Result<Option<ResyncProgress>, ClientError> {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match tokio::time::timeout(left, self.next()).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        call: self.call,
+                        addr: self.addr.clone(),
+                        after_ms: started.elapsed().as_millis() as u64,
+                    })
+                }
+                Ok(r) => match r? {
+                    None => return Ok(last),
+                    Some(p) => p,
+                },
+            };
+            on_progress(&msg);
+            let end = resync_finished(&msg);
+            last = Some(msg);
+            if end {
+                return Ok(last);
+            }
+        }
+    }
+}
+
+/// True for the last message of a resync: it is `done` or it `failed`.
+pub fn resync_finished(p: &ResyncProgress) -> bool {
+    p.phase == "done" || p.phase == "failed"
 }
 
 impl Replicator {
@@ -138,5 +183,26 @@ impl Replicator {
             addr: self.addr.clone(),
             inner,
         })
+    }
+
+    /// Runs [`Replicator::verify`] to its end: `on_progress` sees every message; returns the
+    /// verdict of each volume compared, in the order they came.
+    ///
+    /// # Errors
+    /// As [`Replicator::verify`], or the stream ended with an error status.
+    pub async fn verify_volumes(
+        &self,
+        req: VerifyRequest,
+        on_progress: &mut (dyn FnMut(&VerifyProgress) + Send),
+    ) -> Result<Vec<VolumeVerdict>, ClientError> {
+        let mut stream = self.verify(req).await?;
+        let mut out = Vec::new();
+        while let Some(p) = stream.next().await? {
+            on_progress(&p);
+            if let Some(v) = p.verdict {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 }
