@@ -7,6 +7,7 @@ mod logging;
 mod progress;
 #[cfg(test)]
 mod reference;
+mod timefmt;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -214,7 +214,7 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
                 o,
                 "{:<10} history: oldest recoverable point seq {seq} at {}",
                 "",
-                crate::cmd::pitr::rfc3339(at)
+                crate::timefmt::rfc3339(at)
             );
         }
         for r in &g.resources {
