@@ -122,6 +122,8 @@ pub fn start_cluster(s: &Scenario, dir: &Path, host: &Host<'_>) -> Result<Ctx> {
     std::fs::write(&config, &text)?;
     let config = std::fs::canonicalize(&config)?;
     let topo = Topology::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The client's identity needs the certificates before any node is started.
+    proc::ensure_certs(&topo)?;
     let net = (host.net)(&topo)?;
     let client = Cluster::new(net.clone(), addrs_of(&topo));
     let run_dir = dir.join("run");
