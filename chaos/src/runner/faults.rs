@@ -381,3 +381,35 @@ fn wait_dead(run_dir: &Path, node: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_tear_shortens_the_newest_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("journal/vol");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("0001.seg"), [1u8; 100]).unwrap();
+        let what = tear_journal_tail(dir.path(), 10, Tear::Cut).unwrap();
+        assert!(what.starts_with("cut the last 10 bytes"), "{what}");
+        assert_eq!(std::fs::metadata(sub.join("0001.seg")).unwrap().len(), 90);
+        assert!(tear_journal_tail(&dir.path().join("none"), 1, Tear::Cut).is_err());
+    }
+
+    #[test]
+    fn bitrot_flips_the_same_bytes_for_the_same_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::fs::write(&a, vec![0u8; 4096]).unwrap();
+        std::fs::write(&b, vec![0u8; 4096]).unwrap();
+        let at = rot_volume(&a, 5, 7).unwrap();
+        assert_eq!(at, rot_volume(&b, 5, 7).unwrap());
+        let bytes = std::fs::read(&a).unwrap();
+        for o in &at {
+            assert_eq!(bytes[*o as usize], 0xFF, "offset {o}");
+        }
+        assert_eq!(bytes.iter().filter(|b| **b != 0).count(), at.len());
+    }
+}

@@ -98,3 +98,15 @@ pub fn quarantine_shown(ctx: &Ctx) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::first3;
+
+    #[test]
+    fn only_the_first_three_violations_are_named() {
+        let v: Vec<String> = (1..=5).map(|i| format!("v{i}")).collect();
+        assert_eq!(first3(&v), "v1; v2; v3");
+        assert_eq!(first3(&[]), "");
+    }
+}

@@ -84,3 +84,41 @@ pub fn set_clock(run_dir: &Path, n: &str, skew_ms: i64, drift: i64) -> Result<()
         .and_then(|()| std::fs::rename(&tmp, &p))
         .with_context(|| format!("writing {}", p.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_gets_its_own_skew_and_the_files_it_follows() {
+        let skews = vec![ClockSkew {
+            node: "hanoi-rep".into(),
+            skew_ms: -250,
+        }];
+        let dir = Path::new("/run");
+        let env = node_env(&skews, Some(dir), Some(dir), "hanoi-rep");
+        assert!(env.contains(&(tandem_core::clock::SKEW_ENV.to_owned(), "-250".to_owned())));
+        assert!(env.contains(&(
+            tandem_core::clock::CLOCK_FILE_ENV.to_owned(),
+            "/run/clock.hanoi-rep".to_owned()
+        )));
+        assert!(env.contains(&(
+            tandem_core::fault::FAILPOINTS_FILE_ENV.to_owned(),
+            "/run/failpoints.hanoi-rep".to_owned()
+        )));
+        assert!(node_env(&skews, None, None, "hcm-rep").is_empty());
+    }
+
+    #[test]
+    fn failpoints_and_clock_programs_are_written_as_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut points = BTreeMap::new();
+        points.insert("journal.fsync".to_owned(), "return".to_owned());
+        set_failpoints(dir.path(), "n", &points).unwrap();
+        let text = std::fs::read_to_string(failpoint_file(dir.path(), "n")).unwrap();
+        assert_eq!(text, "journal.fsync=return\n");
+        set_clock(dir.path(), "n", 1500, -3).unwrap();
+        let text = std::fs::read_to_string(clock_file(dir.path(), "n")).unwrap();
+        assert_eq!(text, "1500 -3\n");
+    }
+}
