@@ -23,6 +23,8 @@
 //! - [`sim`]: a deterministic simulation of the coordinators (raft-rs + the state machine)
 //!   over an in-memory network, swept over seeds with invariants checked after every step.
 //! - [`scenario`]: chaos scenarios as TOML (fault timeline + checks).
+//! - [`runner`]: the chaos runner: a scenario against real local processes, from bringing
+//!   the cluster up to the report row (`tandem chaos run` only parses and prints).
 //! - [`rng`]: a small seeded PRNG whose output never changes between versions, so a seed
 //!   replays the same workload and the same corruption.
 
@@ -33,6 +35,7 @@ pub mod mesh;
 pub mod nbd_client;
 pub mod proxy;
 pub mod rng;
+pub mod runner;
 pub mod scenario;
 pub mod sim;
 pub mod workload;

@@ -2,14 +2,12 @@
 //! 1 failed operation, 2 bad usage or bad input.
 
 mod cmd;
-mod dbwriter;
 mod exit;
-mod local;
 mod logging;
 mod progress;
 #[cfg(test)]
 mod reference;
-mod writer;
+mod timefmt;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,5 +1,11 @@
 //! A progress bar on stderr for long work (resync, initial sync): redrawn in place on a
 //! terminal, one line per phase change or tenth of the work when stderr is a file or pipe.
+//!
+//! Hand-written rather than `indicatif`: indicatif draws nothing when stderr is not a
+//! terminal, while this bar logs one line per tenth there (what the demo, chaos and CI logs
+//! show), so that path would stay hand-written anyway; what indicatif would replace is the
+//! two-line in-place redraw, not worth its dependency tree. The bar's text is pinned by the
+//! tests below.
 
 use std::io::{IsTerminal, Write};
 

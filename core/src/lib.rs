@@ -1,6 +1,7 @@
 //! Tandem core: the pieces every other crate stands on.
 //!
 //! - [`net`]: the one place that makes gRPC channels and servers (plaintext or mutual TLS).
+//! - [`client`]: the typed cluster client (coordinators and replicators) over gRPC.
 //! - [`certs`]: the CA and node/role certificates (`tandem certs`), and reading them.
 //! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
 //! - [`frame`]: the frame codec, the unit on the wire and in the journal.
@@ -17,6 +18,7 @@
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
 pub mod certs;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fault;

@@ -3,7 +3,6 @@
 
 use crate::cmd::status::{fetch, runtime};
 use crate::cmd::ConnectNet;
-use crate::local as proc;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::json;
@@ -13,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_chaos::nbd_client::NbdPool;
+use tandem_chaos::runner::processes as proc;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::ProposeRequest;
 
@@ -491,6 +491,84 @@ async fn replication_client(
     ))
 }
 
+/// The recover bench's load: `concurrency` tasks writing `write_kib` blocks at spread offsets
+/// (paced to `load_mb_per_s` when set) until `stop`; returns (stop, bytes written, tasks).
+#[allow(clippy::type_complexity)]
+fn spawn_load(
+    a: &RecoverArgs,
+    pool: &Arc<NbdPool>,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let write_len = (a.write_kib << 10) as usize;
+    let blocks: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..64)
+            .map(|i| tandem_core::mixed::mixed(100 + i, write_len))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let slots = (a.volume_mib << 20) / write_len as u64;
+    let per_task_bps = if a.load_mb_per_s == 0 {
+        0.0
+    } else {
+        a.load_mb_per_s as f64 * 1e6 / a.concurrency.max(1) as f64
+    };
+    let mut tasks = Vec::new();
+    for w in 0..a.concurrency.max(1) as u64 {
+        let (pool, blocks, stop, bytes) =
+            (pool.clone(), blocks.clone(), stop.clone(), bytes.clone());
+        let n = a.concurrency.max(1) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            let mut mine = 0u64;
+            let start = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                let off = ((i.wrapping_mul(2654435761)) % slots.max(1)) * write_len as u64;
+                let data = &blocks[(i % 64) as usize];
+                if pool.write(off, data, false).await.is_err() {
+                    break;
+                }
+                mine += data.len() as u64;
+                bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+                i += n;
+                if per_task_bps > 0.0 {
+                    let due = Duration::from_secs_f64(mine as f64 / per_task_bps);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }));
+    }
+    (stop, bytes, tasks)
+}
+
+/// Samples the highest RPO of the first group every 200 ms while the flag is set; returns
+/// (highest RPO, flag, task).
+fn spawn_rpo_sampler(
+    addrs: &[String],
+) -> (Arc<AtomicU64>, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let rpo_max = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (addrs, rpo_max, sampling) = (addrs.to_vec(), rpo_max.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::SeqCst) {
+                if let Ok(st) = fetch(&addrs).await {
+                    if let Some(g) = st.groups.first() {
+                        rpo_max.fetch_max(g.rpo_ms.max(0) as u64, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    (rpo_max, sampling, sampler)
+}
+
 fn recover(a: RecoverArgs) -> Result<()> {
     let extra = "history = \"1h\"\ncheckpoint_interval = \"1s\"";
     let (c, addrs, nbd_port) = cluster(a.dir.as_deref(), "async", a.volume_mib, extra, "", false)?;
@@ -542,67 +620,13 @@ fn recover(a: RecoverArgs) -> Result<()> {
             .map_err(|s| anyhow::anyhow!("checkpoint: {}", s.message()))?
             .into_inner();
         // 3. Load: random writes for load_secs, and on through the recovery.
-        let write_len = (a.write_kib << 10) as usize;
-        let blocks: Arc<Vec<Vec<u8>>> = Arc::new(
-            (0..64)
-                .map(|i| tandem_core::mixed::mixed(100 + i, write_len))
-                .collect(),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let slots = (a.volume_mib << 20) / write_len as u64;
-        let per_task_bps = if a.load_mb_per_s == 0 {
-            0.0
-        } else {
-            a.load_mb_per_s as f64 * 1e6 / a.concurrency.max(1) as f64
-        };
         let t0 = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..a.concurrency.max(1) as u64 {
-            let (pool, blocks, stop, bytes) =
-                (pool.clone(), blocks.clone(), stop.clone(), bytes.clone());
-            let n = a.concurrency.max(1) as u64;
-            tasks.push(tokio::spawn(async move {
-                let mut i = w;
-                let mut mine = 0u64;
-                let start = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    let off = ((i.wrapping_mul(2654435761)) % slots.max(1)) * write_len as u64;
-                    let data = &blocks[(i % 64) as usize];
-                    if pool.write(off, data, false).await.is_err() {
-                        break;
-                    }
-                    mine += data.len() as u64;
-                    bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
-                    i += n;
-                    if per_task_bps > 0.0 {
-                        let due = Duration::from_secs_f64(mine as f64 / per_task_bps);
-                        if let Some(wait) = due.checked_sub(start.elapsed()) {
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                }
-            }));
-        }
+        let (stop, bytes, tasks) = spawn_load(&a, &pool);
         tokio::time::sleep(Duration::from_secs(a.load_secs)).await;
         let written_before = bytes.load(Ordering::SeqCst);
         // 4. Recover to the checkpoint while the load goes on; sample RPO meanwhile.
         let mut rc = replication_client(replica_port).await?;
-        let rpo_max = Arc::new(AtomicU64::new(0));
-        let sampling = Arc::new(AtomicBool::new(true));
-        let sampler = {
-            let (addrs, rpo_max, sampling) = (addrs.clone(), rpo_max.clone(), sampling.clone());
-            tokio::spawn(async move {
-                while sampling.load(Ordering::SeqCst) {
-                    if let Ok(st) = fetch(&addrs).await {
-                        if let Some(g) = st.groups.first() {
-                            rpo_max.fetch_max(g.rpo_ms.max(0) as u64, Ordering::SeqCst);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-        };
+        let (rpo_max, sampling, sampler) = spawn_rpo_sampler(&addrs);
         let before = rc
             .checkpoints(tandem_core::proto::CheckpointsRequest {
                 group: "vol".into(),
@@ -793,8 +817,11 @@ fn sqlite(a: SqliteArgs) -> Result<()> {
                             // are missing from the figures (the report counts them).
                             break;
                         }
-                        let n = crate::dbwriter::max_txn(&replica, Duration::from_secs(1))
-                            .unwrap_or(seen);
+                        let n = tandem_chaos::runner::dbwriter::max_txn(
+                            &replica,
+                            Duration::from_secs(1),
+                        )
+                        .unwrap_or(seen);
                         let now = Instant::now();
                         let c = commits.lock().unwrap_or_else(|p| p.into_inner());
                         for t in seen..n.min(c.len() as u64) {

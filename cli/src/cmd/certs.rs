@@ -3,7 +3,7 @@
 use crate::exit::bad_input;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tandem_core::certs;
 
@@ -82,17 +82,6 @@ fn days(d: u64) -> Result<Duration> {
     Ok(Duration::from_secs(d * 86_400))
 }
 
-/// Makes the certificates of `topo` in `dir` (used by `certs init`, `local up`, `demo`, the
-/// chaos runner and the tests).
-///
-/// # Errors
-/// A file cannot be written.
-pub fn init_for(topo: &tandem_core::config::Topology, dir: &Path, valid: Duration) -> Result<()> {
-    let nodes: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
-    certs::init(dir, &topo.cluster.name, &nodes, valid)?;
-    Ok(())
-}
-
 /// Makes the certificates `topo` needs when its `[tls] dir` has none yet (TLS on only): what
 /// `local up`, `demo` and the chaos runner do, so a fresh run dir works without a step.
 /// Nodes added since get a certificate from the folder's CA.
@@ -100,25 +89,7 @@ pub fn init_for(topo: &tandem_core::config::Topology, dir: &Path, valid: Duratio
 /// # Errors
 /// A file cannot be read or written.
 pub fn ensure(topo: &tandem_core::config::Topology) -> Result<()> {
-    if topo.tls.insecure {
-        return Ok(());
-    }
-    let dir = &topo.tls.dir;
-    if !certs::roots_path(dir).exists() {
-        return init_for(topo, dir, certs::DEFAULT_VALIDITY);
-    }
-    for n in &topo.nodes {
-        if !certs::cert_path(dir, &n.name).exists() {
-            certs::rotate(
-                dir,
-                &topo.cluster.name,
-                &n.name,
-                false,
-                certs::DEFAULT_VALIDITY,
-            )?;
-        }
-    }
-    Ok(())
+    tandem_chaos::runner::processes::ensure_certs(topo)
 }
 
 fn init(a: InitArgs) -> Result<()> {

@@ -6,9 +6,6 @@
 //! Exit 0 only if every promise held.
 
 use crate::cmd::status::{fetch, render};
-use crate::dbwriter::{read_db, DbWriter, ROWS_PER_TXN};
-use crate::local as proc;
-use crate::writer::Writer;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::Value;
@@ -19,6 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_chaos::checker::{lost_acknowledged_writes, ReplicationMode};
 use tandem_chaos::history::Recorder;
+use tandem_chaos::runner::dbwriter::{read_db, DbSnapshot, DbWriter, ROWS_PER_TXN};
+use tandem_chaos::runner::processes as proc;
+use tandem_chaos::runner::topology::{db_group_text, group, topology_text, DB_GROUP, VOLUME_GROUP};
+use tandem_chaos::runner::writer::Writer;
 use tandem_chaos::workload::WorkloadConfig;
 use tandem_coordinator::status::{ClusterStatus, GroupStatus};
 
@@ -38,153 +39,6 @@ pub struct Args {
     /// Seconds of writes before the primary site is lost.
     #[arg(long, default_value = "8")]
     pub write_secs: u64,
-}
-
-/// The volume group of the embedded topology.
-pub const VOLUME_GROUP: &str = "vol";
-
-/// The embedded local default: hanoi (primary), hcm (replica), danang (witness), one volume
-/// group `vol` in `mode`; returns the TOML text and the ports it chose.
-pub fn topology_text(
-    volume_mib: u64,
-    mode: &str,
-    auto_failover: bool,
-) -> Result<(String, Vec<(String, u16)>)> {
-    let rpo = if mode == "sync" { "0s" } else { "2s" };
-    let mut ports = Vec::new();
-    let mut port = |name: &str| -> Result<u16> {
-        let p = tandem_core::ports::free_port()?;
-        ports.push((name.to_owned(), p));
-        Ok(p)
-    };
-    let text = format!(
-        r#"# Written by `tandem demo`: the embedded local default topology.
-[cluster]
-name = "demo"
-lease_ttl = "2s"
-drift_margin = "300ms"
-heartbeat_interval = "250ms"
-detect_after = "1500ms"
-rpo_sample_interval = "1s"
-
-[[sites]]
-name = "hanoi"
-jurisdiction = "VN"
-
-[[sites]]
-name = "hcm"
-jurisdiction = "VN"
-
-[[sites]]
-name = "danang"
-witness = true
-jurisdiction = "VN"
-
-[[nodes]]
-name = "hanoi-coord"
-site = "hanoi"
-role = "coordinator"
-listen = "127.0.0.1:{c1}"
-data_dir = "data/hanoi-coord"
-
-[[nodes]]
-name = "hcm-coord"
-site = "hcm"
-role = "coordinator"
-listen = "127.0.0.1:{c2}"
-data_dir = "data/hcm-coord"
-
-[[nodes]]
-name = "danang-coord"
-site = "danang"
-role = "coordinator"
-listen = "127.0.0.1:{c3}"
-data_dir = "data/danang-coord"
-
-[[nodes]]
-name = "hanoi-rep"
-site = "hanoi"
-role = "replicator"
-listen = "127.0.0.1:{r1}"
-data_dir = "data/hanoi-rep"
-nbd_listen = "127.0.0.1:{n1}"
-
-[[nodes]]
-name = "hcm-rep"
-site = "hcm"
-role = "replicator"
-listen = "127.0.0.1:{r2}"
-data_dir = "data/hcm-rep"
-nbd_listen = "127.0.0.1:{n2}"
-
-[[groups]]
-name = "{VOLUME_GROUP}"
-primary = "hanoi"
-replica = "hcm"
-mode = "{mode}"
-rpo_target = "{rpo}"
-rto_target = "15s"
-sync_timeout = "1s"
-auto_failover = {auto_failover}
-allowed_jurisdictions = ["VN"]
-
-[[groups.resources]]
-name = "disk0"
-kind = "volume"
-size = "{volume_mib}MiB"
-path = "volumes/hanoi/disk0.img"
-replica_path = "volumes/hcm/disk0.img"
-"#,
-        c1 = port("hanoi-coord")?,
-        c2 = port("hcm-coord")?,
-        c3 = port("danang-coord")?,
-        r1 = port("hanoi-rep")?,
-        r2 = port("hcm-rep")?,
-        n1 = port("hanoi-nbd")?,
-        n2 = port("hcm-nbd")?,
-    );
-    Ok((text, ports))
-}
-
-/// The demo's database group: one SQLite database followed through its WAL.
-pub const DB_GROUP: &str = "db";
-
-/// The SQLite group `db` (resource `app`, at `databases/SITE/app.db`), appended to
-/// [`topology_text`]: the demo runs it async without automatic failover (an application commit
-/// never waits for Tandem; the demo fails over the volume group); `tandem chaos run` runs it in
-/// the scenario's mode with its automatic failover.
-pub fn db_group_text(mode: &str, auto_failover: bool) -> String {
-    let rpo = if mode == "sync" { "0s" } else { "2s" };
-    format!(
-        r#"
-[[groups]]
-name = "{DB_GROUP}"
-primary = "hanoi"
-replica = "hcm"
-mode = "{mode}"
-rpo_target = "{rpo}"
-rto_target = "15s"
-sync_timeout = "1s"
-auto_failover = {auto_failover}
-allowed_jurisdictions = ["VN"]
-
-[[groups.resources]]
-name = "app"
-kind = "sqlite"
-path = "databases/hanoi/app.db"
-replica_path = "databases/hcm/app.db"
-"#
-    )
-}
-
-/// The database group in a status document.
-pub fn db_group(st: &ClusterStatus) -> Option<&GroupStatus> {
-    st.groups.iter().find(|g| g.name == DB_GROUP)
-}
-
-/// The demo's volume group in a status document.
-pub fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
-    st.groups.iter().find(|g| g.name == VOLUME_GROUP)
 }
 
 fn say(msg: &str) {
@@ -214,7 +68,110 @@ pub fn run(a: Args) -> Result<()> {
     result
 }
 
-fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
+/// The demo's running cluster and its block writer, shared by its steps.
+struct Demo {
+    started: Instant,
+    dir: PathBuf,
+    run_dir: PathBuf,
+    config: PathBuf,
+    topo: tandem_core::config::Topology,
+    addrs: Vec<String>,
+    ports: Vec<(String, u16)>,
+    rt: tokio::runtime::Runtime,
+    rec: Arc<Recorder>,
+    writer: Option<Arc<Writer>>,
+}
+
+/// What the workload step saw of the groups.
+#[derive(Default)]
+struct Seen {
+    max_rpo: i64,
+    db_max_rpo: i64,
+    bytes_raw: u64,
+    bytes_shipped: u64,
+}
+
+/// The SQLite step: what was committed at hanoi and what the replica at hcm holds.
+struct DbOutcome {
+    committed: Result<(u64, u64)>,
+    check: Result<DbSnapshot>,
+    ok: bool,
+}
+
+/// The final checks: lost writes and the RTOs the coordinators measured.
+struct Finals {
+    verify2: Result<()>,
+    violations: Vec<String>,
+    no_loss: bool,
+    failover_rto: Option<i64>,
+    switchover_rto: Option<i64>,
+}
+
+impl Demo {
+    fn nbd(&self, n: &str) -> SocketAddr {
+        let port = self
+            .ports
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, p)| *p)
+            .unwrap_or(0);
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn writer(&self) -> Result<&Arc<Writer>> {
+        self.writer.as_ref().context("the writer has not started")
+    }
+
+    fn status(&self) -> Result<ClusterStatus> {
+        self.rt.block_on(fetch(&self.addrs))
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        secs: u64,
+        f: &dyn Fn(&GroupStatus) -> bool,
+    ) -> Result<ClusterStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(st) = self.status() {
+                if group(&st).is_some_and(f) {
+                    return Ok(st);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {secs}s waiting for: {what}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `tandem verify vol` as the demo.
+    fn verify(&self) -> Result<()> {
+        crate::cmd::verify::run(crate::cmd::verify::Args {
+            group: VOLUME_GROUP.into(),
+            config: self.config.clone(),
+            timeout_secs: 30,
+            chunk_mib: 64,
+            actor: "demo".into(),
+            query: None,
+        })
+    }
+
+    /// Runs `tandem KIND vol` as a child and prints its output.
+    fn order(&self, kind: &str) -> Result<std::process::Output> {
+        let out = Command::new(std::env::current_exe()?)
+            .args([kind, VOLUME_GROUP, "--config"])
+            .arg(&self.config)
+            .args(["--actor", "demo"])
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        Ok(out)
+    }
+}
+
+/// Step 1: writes the topology and starts every node; waits for the initial sync.
+fn start(a: &Args, dir: &Path, run_dir: &Path) -> Result<Demo> {
     let started = Instant::now();
     let (mut text, ports) = topology_text(a.volume_mib, "sync", true)?;
     text.push_str(&db_group_text("async", false));
@@ -223,15 +180,6 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     let topo = crate::cmd::load_topology(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::cmd::certs::ensure(&topo)?;
     let addrs = crate::cmd::status::addrs_of(&topo);
-    let port_of = |n: &str| {
-        ports
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, p)| *p)
-            .unwrap_or(0)
-    };
-    let nbd = |n: &str| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port_of(n))) };
-
     let rt = crate::cmd::status::runtime()?;
     // Ctrl-C stops every process we started.
     {
@@ -244,27 +192,24 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
             }
         });
     }
-
     say(&format!(
         "1. Starting 3 coordinators and 2 replicators on loopback (folder {})",
         dir.display()
     ));
     crate::cmd::local::up(&config, run_dir, Duration::from_secs(60))?;
-    let wait = |what: &str, secs: u64, f: &dyn Fn(&GroupStatus) -> bool| -> Result<ClusterStatus> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Ok(st) = rt.block_on(fetch(&addrs)) {
-                if group(&st).is_some_and(f) {
-                    return Ok(st);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {secs}s waiting for: {what}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let d = Demo {
+        started,
+        dir: dir.to_path_buf(),
+        run_dir: run_dir.to_path_buf(),
+        config,
+        topo,
+        addrs,
+        ports,
+        rt,
+        rec: Arc::new(Recorder::new(Instant::now())),
+        writer: None,
     };
-    let st = wait("initial sync and the primary lease", 120, &|g| {
+    let st = d.wait("initial sync and the primary lease", 120, &|g| {
         g.state == "protected" && g.lease.as_ref().is_some_and(|l| l.status == "active")
     })?;
     println!(
@@ -272,39 +217,40 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         started.elapsed().as_secs_f64(),
         st.leader.as_deref().unwrap_or("?")
     );
+    Ok(d)
+}
 
+/// Step 2: the block writer and the SQLite writer for `write_secs`, showing the groups.
+fn workload(d: &mut Demo, a: &Args) -> Result<(DbWriter, Seen)> {
     say("2. A live workload: 64 KiB writes of mixed data through the primary's NBD export (sync mode)");
     let cfg = WorkloadConfig {
         blocks_per_write: 16,
         op_timeout: Duration::from_secs(3),
         ..WorkloadConfig::new(42, a.volume_mib << 20)
     };
-    let origin = Instant::now();
-    let rec = Arc::new(Recorder::new(origin));
-    let writer = Writer::new(nbd("hanoi-nbd"), "disk0", cfg, rec.clone());
-    writer.start(&rt, 4);
+    d.rec = Arc::new(Recorder::new(Instant::now()));
+    let writer = Writer::new(d.nbd("hanoi-nbd"), "disk0", cfg, d.rec.clone());
+    writer.start(&d.rt, 4);
+    d.writer = Some(writer.clone());
     println!("   and SQLite transactions into databases/hanoi/app.db (group {DB_GROUP}, async, followed through its WAL)");
-    let mut db_writer = DbWriter::start(
-        dir.join("databases/hanoi/app.db"),
+    let db_writer = DbWriter::start(
+        d.dir.join("databases/hanoi/app.db"),
         "hanoi",
         0,
         Duration::from_millis(10),
         None,
     );
-    let mut db_max_rpo = 0i64;
-    let mut max_rpo = 0i64;
-    let mut bytes_raw = 0u64;
-    let mut bytes_shipped = 0u64;
+    let mut seen = Seen::default();
     for _ in 0..a.write_secs {
         std::thread::sleep(Duration::from_secs(1));
-        if let Ok(st) = rt.block_on(fetch(&addrs)) {
+        if let Ok(st) = d.status() {
             if let Some(g) = group(&st) {
-                max_rpo = max_rpo.max(g.rpo_ms);
-                bytes_raw = g.bytes_raw;
-                bytes_shipped = g.bytes_shipped;
+                seen.max_rpo = seen.max_rpo.max(g.rpo_ms);
+                seen.bytes_raw = g.bytes_raw;
+                seen.bytes_shipped = g.bytes_shipped;
             }
             if let Some(g) = st.groups.iter().find(|g| g.name == DB_GROUP) {
-                db_max_rpo = db_max_rpo.max(g.rpo_ms);
+                seen.db_max_rpo = seen.db_max_rpo.max(g.rpo_ms);
             }
             print!(
                 "\x1b[2m{}\x1b[0m",
@@ -321,33 +267,13 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
             );
         }
     }
+    Ok((db_writer, seen))
+}
 
-    say("3. Verify: merkle roots of primary and replica at a barrier");
-    writer.stop(&rt);
-    let verify1 = crate::cmd::verify::run(crate::cmd::verify::Args {
-        group: VOLUME_GROUP.into(),
-        config: config.clone(),
-        timeout_secs: 30,
-        chunk_mib: 64,
-        actor: "demo".into(),
-        query: None,
-    });
-    writer.start(&rt, 4);
-
-    say("4. DR drill: the drill runbook copies the replica at hcm and checks the copy while replication continues");
-    let drill = Command::new(std::env::current_exe()?)
-        .args(["drill", VOLUME_GROUP, "--config"])
-        .arg(&config)
-        .args(["--actor", "demo"])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&drill.stdout));
-    if !drill.status.success() {
-        println!("drill failed: {}", String::from_utf8_lossy(&drill.stderr));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-
+/// Step 5: stops the SQLite writer and reads the replica's copy once it holds the last commit.
+fn check_sqlite(d: &Demo, mut db_writer: DbWriter) -> DbOutcome {
     say("5. The SQLite replica at hcm: every committed transaction, integrity_check ok, read while replication runs");
-    let db_committed = db_writer.stop().and_then(|c| {
+    let committed = db_writer.stop().and_then(|c| {
         if c == 0 {
             bail!(
                 "the SQLite writer committed nothing: {}",
@@ -356,8 +282,8 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         }
         Ok((c, db_writer.last_committed()))
     });
-    let db_replica = dir.join("databases/hcm/app.db");
-    let db_check = match &db_committed {
+    let db_replica = d.dir.join("databases/hcm/app.db");
+    let check = match &committed {
         Ok((_, last)) => {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
@@ -371,7 +297,7 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         }
         Err(e) => Err(anyhow::anyhow!("the SQLite writer failed: {e:#}")),
     };
-    match (&db_committed, &db_check) {
+    match (&committed, &check) {
         (Ok((n, _)), Ok(s)) => println!(
             "committed {n} transactions at hanoi; the replica at hcm holds {} ({} rows), integrity_check {}",
             s.state.len(),
@@ -381,7 +307,7 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         (_, Err(e)) => println!("replica check failed: {e:#}"),
         (Err(_), _) => {}
     }
-    let db_ok = match (&db_committed, &db_check) {
+    let ok = match (&committed, &check) {
         (Ok((n, last)), Ok(s)) => {
             s.integrity == "ok"
                 && s.max_txn() == *last
@@ -390,28 +316,36 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         }
         _ => false,
     };
+    DbOutcome {
+        committed,
+        check,
+        ok,
+    }
+}
 
+/// Step 6: kill -9 of site hanoi and the automatic failover; returns (failure ms, RPO then).
+fn disaster(d: &Demo, seen: &mut Seen) -> Result<(u64, i64)> {
     say(
         "6. Disaster: kill -9 every process of site hanoi (primary replicator and its coordinator)",
     );
-    let failure_ms = rec.now_ms();
-    let rpo_before = rt
-        .block_on(fetch(&addrs))
+    let failure_ms = d.rec.now_ms();
+    let rpo_before = d
+        .status()
         .ok()
         .and_then(|st| group(&st).map(|g| g.rpo_ms))
         .unwrap_or(0);
-    if let Ok(st) = rt.block_on(fetch(&addrs)) {
+    if let Ok(st) = d.status() {
         if let Some(g) = group(&st) {
-            bytes_raw = g.bytes_raw;
-            bytes_shipped = g.bytes_shipped;
+            seen.bytes_raw = g.bytes_raw;
+            seen.bytes_shipped = g.bytes_shipped;
         }
     }
     for n in ["hanoi-rep", "hanoi-coord"] {
-        let pid = proc::read_pid(run_dir, n)?;
+        let pid = proc::read_pid(&d.run_dir, n)?;
         proc::signal(pid, libc::SIGKILL)?;
     }
     let killed = Instant::now();
-    let st = wait("automatic failover to hcm", 60, &|g| {
+    let st = d.wait("automatic failover to hcm", 60, &|g| {
         g.primary == "hcm"
             && g.lease
                 .as_ref()
@@ -422,45 +356,42 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         killed.elapsed().as_secs_f64(),
         group(&st).map(|g| g.epoch).unwrap_or(0)
     );
-    writer.retarget(nbd("hcm-nbd"));
+    d.writer()?.retarget(d.nbd("hcm-nbd"));
     std::thread::sleep(Duration::from_secs(3));
+    Ok((failure_ms, rpo_before))
+}
 
+/// Step 7: hanoi returns as replica and resyncs; a planned switchover back.
+fn failback(d: &Demo) -> Result<()> {
     say("7. Failback: hanoi returns as replica, resyncs by merkle diff, then a planned switchover");
     for n in ["hanoi-coord", "hanoi-rep"] {
-        proc::start_node(&std::fs::canonicalize(&config)?, n, run_dir)?;
+        proc::start_node(&std::fs::canonicalize(&d.config)?, n, &d.run_dir)?;
     }
-    wait("hanoi resynced and in sync", 120, &|g| {
+    d.wait("hanoi resynced and in sync", 120, &|g| {
         g.state == "protected" && g.primary == "hcm"
     })?;
     println!("hanoi is an in-sync replica again");
-    let switch = Command::new(std::env::current_exe()?)
-        .args(["switchover", VOLUME_GROUP, "--config"])
-        .arg(&config)
-        .args(["--actor", "demo"])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&switch.stdout));
+    let switch = d.order("switchover")?;
     if !switch.status.success() {
         bail!(
             "switchover back failed: {}",
             String::from_utf8_lossy(&switch.stderr)
         );
     }
-    writer.retarget(nbd("hanoi-nbd"));
+    let writer = d.writer()?;
+    writer.retarget(d.nbd("hanoi-nbd"));
     std::thread::sleep(Duration::from_secs(3));
-    writer.stop(&rt);
+    writer.stop(&d.rt);
+    Ok(())
+}
 
+/// Step 8: verify again, every acknowledged write against the final image, the RTOs.
+fn final_checks(d: &Demo, failure_ms: u64) -> Result<Finals> {
     say("8. Checks: verify again, and every acknowledged write against the final image");
-    let verify2 = crate::cmd::verify::run(crate::cmd::verify::Args {
-        group: VOLUME_GROUP.into(),
-        config: config.clone(),
-        timeout_secs: 30,
-        chunk_mib: 64,
-        actor: "demo".into(),
-        query: None,
-    });
+    let verify2 = d.verify();
     let image =
-        std::fs::read(dir.join("volumes/hanoi/disk0.img")).context("reading the final image")?;
-    let history = rec.snapshot();
+        std::fs::read(d.dir.join("volumes/hanoi/disk0.img")).context("reading the final image")?;
+    let history = d.rec.snapshot();
     let final_blocks = |off: u64, len: u64| -> blake3::Hash {
         let (s, e) = (off as usize, (off + len) as usize);
         blake3::hash(image.get(s..e).unwrap_or(&[]))
@@ -472,10 +403,9 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
         0,
         failure_ms,
     );
-    let _ = history.save(&dir.join("history.jsonl"));
-
+    let _ = history.save(&d.dir.join("history.jsonl"));
     // RTOs from the audit chain (the coordinators' own measurements).
-    let records = rt.block_on(crate::cmd::evidence::fetch_audit(&addrs))?;
+    let records = d.rt.block_on(crate::cmd::evidence::fetch_audit(&d.addrs))?;
     let ops: Vec<&Value> = records
         .iter()
         .filter(|r| r.group.as_deref() == Some(VOLUME_GROUP))
@@ -487,55 +417,123 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
             .find(|d| d["op"] == op)
             .and_then(|d| d["rto_ms"].as_i64())
     };
-    let (failover_rto, switchover_rto) = (rto_of("failover"), rto_of("switchover"));
+    Ok(Finals {
+        verify2,
+        no_loss: verdict.ok,
+        violations: verdict.violations,
+        failover_rto: rto_of("failover"),
+        switchover_rto: rto_of("switchover"),
+    })
+}
 
+/// Step 9: the evidence folder; returns it and whether it verifies.
+fn evidence(d: &Demo) -> Result<(PathBuf, bool)> {
     say("9. Evidence for auditors");
-    let ev_dir = dir.join("evidence");
+    let ev_dir = d.dir.join("evidence");
     crate::cmd::evidence::run(crate::cmd::evidence::EvidenceCmd::Export(
         crate::cmd::evidence::ExportArgs {
-            config: config.clone(),
+            config: d.config.clone(),
             out: ev_dir.clone(),
             from: None,
             to: None,
         },
     ))?;
-    let ev_ok = tandem_coordinator::evidence::verify(&ev_dir).is_ok();
+    let ok = tandem_coordinator::evidence::verify(&ev_dir).is_ok();
+    Ok((ev_dir, ok))
+}
 
-    let rto_target = topo
+/// Everything the summary reports.
+struct Outcome {
+    verify1: Result<()>,
+    drill_ok: bool,
+    seen: Seen,
+    rpo_before: i64,
+    db: DbOutcome,
+    finals: Finals,
+    ev_dir: PathBuf,
+    ev_ok: bool,
+}
+
+fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
+    let mut d = start(a, dir, run_dir)?;
+    let (db_writer, mut seen) = workload(&mut d, a)?;
+
+    say("3. Verify: merkle roots of primary and replica at a barrier");
+    d.writer()?.stop(&d.rt);
+    let verify1 = d.verify();
+    d.writer()?.start(&d.rt, 4);
+
+    say("4. DR drill: the drill runbook copies the replica at hcm and checks the copy while replication continues");
+    let drill = d.order("drill")?;
+    if !drill.status.success() {
+        println!("drill failed: {}", String::from_utf8_lossy(&drill.stderr));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let db = check_sqlite(&d, db_writer);
+    let (failure_ms, rpo_before) = disaster(&d, &mut seen)?;
+    failback(&d)?;
+    let finals = final_checks(&d, failure_ms)?;
+    let (ev_dir, ev_ok) = evidence(&d)?;
+    summary(
+        &d,
+        a,
+        Outcome {
+            verify1,
+            drill_ok: drill.status.success(),
+            seen,
+            rpo_before,
+            db,
+            finals,
+            ev_dir,
+            ev_ok,
+        },
+    )
+}
+
+/// The summary: every promise with PASS or FAIL; fails unless all held.
+fn summary(d: &Demo, a: &Args, o: Outcome) -> Result<()> {
+    let writer = d.writer()?;
+    let f = &o.finals;
+    let rto_target = d
+        .topo
         .group(VOLUME_GROUP)
         .map(|g| g.rto_target.as_millis() as i64)
         .unwrap_or(0);
+    let (bytes_raw, bytes_shipped) = (o.seen.bytes_raw, o.seen.bytes_shipped);
     let ratio = if bytes_shipped > 0 {
         bytes_raw as f64 / bytes_shipped as f64
     } else {
         0.0
     };
     let ok_writes = writer.ok.load(Ordering::SeqCst);
-    let lost = verdict.violations.len();
+    let lost = f.violations.len();
     let checks = [
-        ("verify before the failure", verify1.is_ok()),
-        ("drill succeeded", drill.status.success()),
-        ("verify after failback", verify2.is_ok()),
-        ("no acknowledged write lost (sync)", verdict.ok),
+        ("verify before the failure", o.verify1.is_ok()),
+        ("drill succeeded", o.drill_ok),
+        ("verify after failback", f.verify2.is_ok()),
+        ("no acknowledged write lost (sync)", f.no_loss),
         (
             "failover RTO within target",
-            failover_rto.is_some_and(|r| r <= rto_target),
+            f.failover_rto.is_some_and(|r| r <= rto_target),
         ),
-        ("switchover back succeeded", switchover_rto.is_some()),
+        ("switchover back succeeded", f.switchover_rto.is_some()),
         (
             "SQLite replica holds every committed transaction, integrity ok",
-            db_ok,
+            o.db.ok,
         ),
-        ("evidence verifies", ev_ok),
+        ("evidence verifies", o.ev_ok),
     ];
     say("Summary");
     println!("group {VOLUME_GROUP} (sync, {} MiB volume)", a.volume_mib);
-    println!("  RPO target 0 ms          max RPO seen before the failure {max_rpo} ms (at the moment of loss {rpo_before} ms)");
+    println!("  RPO target 0 ms          max RPO seen before the failure {} ms (at the moment of loss {} ms)", o.seen.max_rpo, o.rpo_before);
     println!(
         "  RTO target {:>5} ms     automatic failover {} ms, switchover back {} ms",
         rto_target,
-        failover_rto.map(|v| v.to_string()).unwrap_or("-".into()),
-        switchover_rto.map(|v| v.to_string()).unwrap_or("-".into())
+        f.failover_rto.map(|v| v.to_string()).unwrap_or("-".into()),
+        f.switchover_rto
+            .map(|v| v.to_string())
+            .unwrap_or("-".into())
     );
     println!(
         "  writes acknowledged {ok_writes} ({:.1} MB), failed or unknown during the outages {}",
@@ -545,31 +543,32 @@ fn demo(a: &Args, dir: &Path, run_dir: &Path) -> Result<()> {
     println!("  bytes replicated before the failure {:.1} MB raw, {:.1} MB on the wire (compression {ratio:.2}x)", bytes_raw as f64 / 1e6, bytes_shipped as f64 / 1e6);
     println!("  data lost: {lost} acknowledged writes");
     println!(
-        "group {DB_GROUP} (async, SQLite): RPO target 2000 ms, max RPO seen {db_max_rpo} ms; {} transactions committed, {} on the replica",
-        db_committed.as_ref().map(|(n, _)| n.to_string()).unwrap_or("-".into()),
-        db_check.as_ref().map(|s| s.state.len().to_string()).unwrap_or("-".into())
+        "group {DB_GROUP} (async, SQLite): RPO target 2000 ms, max RPO seen {} ms; {} transactions committed, {} on the replica",
+        o.seen.db_max_rpo,
+        o.db.committed.as_ref().map(|(n, _)| n.to_string()).unwrap_or("-".into()),
+        o.db.check.as_ref().map(|s| s.state.len().to_string()).unwrap_or("-".into())
     );
     for (name, ok) in checks {
         println!("  [{}] {name}", if ok { "PASS" } else { "FAIL" });
     }
-    if let Err(e) = &verify1 {
+    if let Err(e) = &o.verify1 {
         println!("    verify before: {e:#}");
     }
-    if let Err(e) = &verify2 {
+    if let Err(e) = &f.verify2 {
         println!("    verify after: {e:#}");
     }
-    for v in verdict.violations.iter().take(5) {
+    for v in f.violations.iter().take(5) {
         println!("    {v}");
     }
     println!(
         "  evidence folder: {}  (open report.html)",
-        ev_dir.display()
+        o.ev_dir.display()
     );
     println!(
         "  history of every write: {}",
-        dir.join("history.jsonl").display()
+        d.dir.join("history.jsonl").display()
     );
-    println!("  demo took {:.1}s", started.elapsed().as_secs_f64());
+    println!("  demo took {:.1}s", d.started.elapsed().as_secs_f64());
     if checks.iter().all(|(_, ok)| *ok) {
         Ok(())
     } else {

@@ -2,18 +2,13 @@
 //! rpo.csv, manifest.json) and its re-check.
 
 use crate::cmd::status::runtime;
-use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 use tandem_coordinator::audit::AuditRecord;
 use tandem_coordinator::evidence::{self, ExportOptions};
-
-use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::AuditRequest;
 
 /// `tandem evidence` subcommands.
 #[derive(Debug, Subcommand)]
@@ -76,39 +71,7 @@ fn parse_time(s: &str, field: &str) -> Result<i64> {
 
 /// Fetches the whole audit chain from the first coordinator that answers.
 pub async fn fetch_audit(addrs: &[String]) -> Result<Vec<AuditRecord>> {
-    let mut last = None;
-    for addr in addrs {
-        let ep = crate::cmd::endpoint(addr)?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(30));
-        let ch = match ep.connect_net().await {
-            Ok(c) => c,
-            Err(e) => {
-                last = Some(anyhow::Error::new(e));
-                continue;
-            }
-        };
-        let mut c = tandem_core::grpc_limits!(CoordinatorClient::new(ch));
-        let mut out: Vec<AuditRecord> = Vec::new();
-        loop {
-            let r = c
-                .audit(AuditRequest {
-                    from_index: out.len() as u64,
-                    limit: 5000,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("audit from {addr}: {}", s.message()))?
-                .into_inner();
-            if r.records.is_empty() {
-                break;
-            }
-            for rec in r.records {
-                out.push(serde_json::from_str(&rec).context("decoding an audit record")?);
-            }
-        }
-        return Ok(out);
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address")))
+    Ok(crate::cmd::cluster(addrs)?.audit().await?)
 }
 
 fn export(a: ExportArgs) -> Result<()> {

@@ -21,6 +21,7 @@ pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use tandem_core::client::{Cluster, Replicator};
 use tandem_core::config::{ConfigError, Topology};
 use tandem_core::net::{Net, NetError};
 
@@ -123,4 +124,20 @@ impl ConnectNet for tonic::transport::Endpoint {
     async fn connect_net(self) -> Result<tonic::transport::Channel, NetError> {
         net()?.connect(self).await
     }
+}
+
+/// The coordinators at `addrs`, dialled through [`net`].
+///
+/// # Errors
+/// As [`net`].
+pub fn cluster(addrs: &[String]) -> Result<Cluster, NetError> {
+    Ok(Cluster::new(net()?, addrs.to_vec()))
+}
+
+/// The replicator at `addr`, dialled through [`net`].
+///
+/// # Errors
+/// As [`net`].
+pub fn replicator(addr: &str) -> Result<Replicator, NetError> {
+    Ok(Replicator::new(net()?, addr))
 }

@@ -3,12 +3,11 @@
 //! recorded in the audit chain (from `--actor` until mTLS names it).
 
 use crate::cmd::status::{coordinator_addrs, runtime};
-use crate::cmd::ConnectNet;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::time::Duration;
+use tandem_core::client::ClientError;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::{AuditRequest, ProposeRequest};
 use tonic::transport::Channel;
@@ -57,17 +56,8 @@ pub struct AuditArgs {
 
 /// Connects to the first coordinator of `addrs` that answers.
 pub async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
-    let mut last = None;
-    for a in addrs {
-        let ep = crate::cmd::endpoint(a)?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(90));
-        match ep.connect_net().await {
-            Ok(ch) => return Ok(tandem_core::grpc_limits!(CoordinatorClient::new(ch))),
-            Err(e) => last = Some(anyhow::Error::new(e).context(format!("coordinator {a}"))),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address")))
+    let (c, _) = crate::cmd::cluster(addrs)?.connect("connect").await?;
+    Ok(c)
 }
 
 /// Records `cmd` (a `record` command) in the audit chain through the first coordinator that
@@ -76,14 +66,15 @@ pub async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
 /// # Errors
 /// No coordinator answers, or the proposal is refused.
 pub async fn record(addrs: &[String], actor: &str, cmd: &Value) -> Result<()> {
-    connect(addrs)
-        .await?
-        .propose(ProposeRequest {
-            command: cmd.to_string(),
-            actor: actor.to_owned(),
-        })
+    crate::cmd::cluster(addrs)?
+        .propose(cmd, actor)
         .await
-        .map_err(|s| anyhow::anyhow!("recording in the audit chain: {}", s.message()))?;
+        .map_err(|e| match e {
+            e @ ClientError::Refused { .. } => {
+                anyhow::anyhow!("recording in the audit chain: {}", e.peer_message())
+            }
+            e => anyhow::Error::new(e),
+        })?;
     Ok(())
 }
 

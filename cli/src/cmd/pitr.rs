@@ -11,6 +11,7 @@ use crate::cmd::ops::connect;
 use crate::cmd::status::{coordinator_addrs, replicator_of, runtime};
 use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
+use crate::timefmt::rfc3339;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
@@ -113,13 +114,6 @@ async fn client(
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Formats unix ms as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 fn point_json(p: &RecoveryPoint) -> Value {

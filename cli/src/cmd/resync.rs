@@ -4,7 +4,6 @@
 //! a journal overflow) instead of starting a second one.
 
 use crate::cmd::status::{coordinator_addrs, replicator_of, runtime};
-use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
@@ -13,8 +12,8 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{ResyncProgress, ResyncRequest};
+use tandem_core::client::ClientError;
+use tandem_core::proto::ResyncProgress;
 
 /// Arguments of `tandem resync`.
 #[derive(Debug, ClapArgs)]
@@ -46,61 +45,37 @@ pub fn run(a: Args) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let (rsite, raddr) = replicator_of(&topo, &addrs, &a.group, false).await?;
-        let ch = crate::cmd::endpoint(&raddr)?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_net()
+        let replica = crate::cmd::replicator(&raddr)?;
+        let mut stream = replica
+            .resync(&a.group, &format!("tandem resync by {}", a.actor))
             .await
-            .with_context(|| format!("replica replicator {raddr}"))?;
-        let mut client = tandem_core::grpc_limits!(ReplicationClient::new(ch));
-        let req = ResyncRequest {
-            group: a.group.clone(),
-            reason: format!("tandem resync by {}", a.actor),
-        };
-        let mut stream = client
-            .resync(req)
-            .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", raddr, s.message()))?
-            .into_inner();
+            .map_err(|e| match e {
+                e @ ClientError::Unreachable { .. } => {
+                    anyhow::Error::new(e).context(format!("replica replicator {raddr}"))
+                }
+                e => anyhow::anyhow!("{}: {}", raddr, e.peer_message()),
+            })?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let mut bar = Bar::new();
-        let mut last: Option<ResyncProgress> = None;
         let mut last_error = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = match tokio::time::timeout(left, stream.message()).await {
-                Err(_) => {
+        let followed = stream
+            .follow(deadline, &mut |msg| {
+                if !msg.error.is_empty() && msg.error != last_error {
                     bar.finish();
-                    bail!("gave up following after {}s; the resync goes on (tandem status shows it)", a.timeout_secs)
+                    eprintln!("attempt failed (retrying): {}", msg.error);
+                    last_error = msg.error.clone();
                 }
-                Ok(Err(s)) => {
-                    bar.finish();
-                    bail!("resync stream from {raddr}: {}", s.message())
-                }
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(p))) => p,
-            };
-            if !msg.error.is_empty() && msg.error != last_error {
-                bar.finish();
-                eprintln!("attempt failed (retrying): {}", msg.error);
-                last_error = msg.error.clone();
-            }
-            match msg.phase.as_str() {
-                "hashing" => bar.update(&format!("hashing {}", msg.resource), msg.bytes_done, msg.bytes_total, ""),
-                "copying" => bar.update(
-                    &format!("copying {}", msg.resource),
-                    msg.bytes_done,
-                    msg.bytes_total,
-                    &format!("{}/{} blocks", msg.blocks_copied, msg.blocks_differing),
-                ),
-                _ => {}
-            }
-            let end = tandem_replicator::receive::resync_finished(&msg);
-            last = Some(msg);
-            if end {
-                break;
-            }
-        }
+                show(&mut bar, msg);
+            })
+            .await;
         bar.finish();
+        let last = followed.map_err(|e| match e {
+            ClientError::Timeout { .. } => anyhow::anyhow!(
+                "gave up following after {}s; the resync goes on (tandem status shows it)",
+                a.timeout_secs
+            ),
+            e => anyhow::anyhow!("resync stream from {raddr}: {}", e.peer_message()),
+        })?;
         let p = last.context("the replica sent no progress")?;
         if p.phase != "done" {
             bail!("resync of {} {}: {}", a.group, p.phase, p.error);
@@ -123,4 +98,23 @@ pub fn run(a: Args) -> Result<()> {
         crate::cmd::ops::record(&addrs, &a.actor, &cmd).await?;
         Ok(())
     })
+}
+
+/// Draws one progress message on the bar (hashing, then copying).
+fn show(bar: &mut Bar, msg: &ResyncProgress) {
+    match msg.phase.as_str() {
+        "hashing" => bar.update(
+            &format!("hashing {}", msg.resource),
+            msg.bytes_done,
+            msg.bytes_total,
+            "",
+        ),
+        "copying" => bar.update(
+            &format!("copying {}", msg.resource),
+            msg.bytes_done,
+            msg.bytes_total,
+            &format!("{}/{} blocks", msg.blocks_copied, msg.blocks_differing),
+        ),
+        _ => {}
+    }
 }

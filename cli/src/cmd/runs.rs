@@ -2,7 +2,7 @@
 //! coordinator leader and follow it live; `tandem runs` lists runs, `tandem run show ID` shows
 //! one, `tandem approve RUN STEP` answers an approval gate.
 
-use crate::cmd::ops::{connect, Target};
+use crate::cmd::ops::Target;
 use crate::cmd::status::{coordinator_addrs, runtime};
 use crate::exit::bad_input;
 use anyhow::{Context, Result};
@@ -10,6 +10,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tandem_core::client::ClientError;
 use tandem_core::proto::OperateRequest;
 
 /// Arguments of the commands that start a run.
@@ -94,67 +95,24 @@ fn request(op: &str, t: &Target) -> OperateRequest {
     }
 }
 
-/// Orders a run of the `kind` runbook (`failover`, `switchover`, ...) for `group` as `actor`
-/// and returns the run id without waiting for it (the chaos runner orders runs this way).
-///
-/// # Errors
-/// When no coordinator answers, or the coordinators refuse the run (their message).
-pub async fn order(addrs: &[String], kind: &str, group: &str, actor: &str) -> Result<String> {
-    let req = OperateRequest {
-        op: kind.into(),
-        actor: actor.into(),
-        group: group.into(),
-        ..OperateRequest::default()
-    };
-    let reply = operate(addrs, req).await?;
-    reply["run_id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("the coordinator did not return a run id")
-}
-
 /// Sends one `Operate` request to the coordinators and decodes its JSON reply. While no
 /// leader answers (an election after the leader was lost), retries for up to 20 s.
 async fn operate(addrs: &[String], req: OperateRequest) -> Result<Value> {
     let op = req.op.clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = match connect(addrs).await {
-            Ok(mut c) => match c.operate(req.clone()).await {
-                Ok(r) => {
-                    return serde_json::from_str(&r.into_inner().json)
-                        .context("decoding the coordinator's reply")
+    crate::cmd::cluster(addrs)?
+        .operate(req)
+        .await
+        .map_err(|e| match e {
+            ClientError::Refused { code, message, .. } => {
+                let e = anyhow::anyhow!("{op}: {message}");
+                if matches!(code, tonic::Code::InvalidArgument | tonic::Code::NotFound) {
+                    e.context(bad_input("refused"))
+                } else {
+                    e
                 }
-                Err(s) => s,
-            },
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("{op}: {e:#}; retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                continue;
             }
-            Err(e) => return Err(e),
-        };
-        let retry = matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-        );
-        if retry && Instant::now() < deadline {
-            tracing::debug!("{op}: {}; retrying", status.message());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        }
-        let e = anyhow::anyhow!("{op}: {}", status.message());
-        return Err(
-            if matches!(
-                status.code(),
-                tonic::Code::InvalidArgument | tonic::Code::NotFound
-            ) {
-                e.context(bad_input("refused"))
-            } else {
-                e
-            },
-        );
-    }
+            e => anyhow::Error::new(e),
+        })
 }
 
 /// `tandem failover|switchover|drill|failback GROUP`: start a run of the group's runbook and

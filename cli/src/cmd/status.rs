@@ -1,15 +1,12 @@
 //! `tandem status`: the cluster, its groups and their RPO, as a table, JSON, or a live view.
 
-use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tandem_coordinator::status::ClusterStatus;
 use tandem_core::config::Topology;
-use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::StatusRequest;
 
 /// Arguments of `tandem status`.
 #[derive(Debug, ClapArgs)]
@@ -87,42 +84,7 @@ pub fn addrs_of(topo: &Topology) -> Vec<String> {
 
 /// Asks each coordinator in turn for the status until one answers.
 pub async fn fetch(addrs: &[String]) -> Result<ClusterStatus> {
-    let mut last = None;
-    for addr in addrs {
-        match fetch_one(addr).await {
-            Ok(st) => return Ok(st),
-            Err(e) => last = Some(e.context(format!("coordinator {addr}"))),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address to ask")))
-}
-
-/// Asks one coordinator for the status.
-pub async fn fetch_one(addr: &str) -> Result<ClusterStatus> {
-    let ep = crate::cmd::endpoint(addr)?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3));
-    let mut c = tandem_core::grpc_limits!(CoordinatorClient::new(ep.connect_net().await?));
-    let reply = c.status(StatusRequest {}).await?.into_inner();
-    serde_json::from_str(&reply.json).context("decoding the status document")
-}
-
-/// Waits until a coordinator of `topo` reports a leader.
-pub fn wait_for_leader(topo: &Topology, timeout: Duration) -> Result<ClusterStatus> {
-    let addrs = addrs_of(topo);
-    let rt = runtime()?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(st) = rt.block_on(fetch(&addrs)) {
-            if st.leader.is_some() {
-                return Ok(st);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("no coordinator leader after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Ok(crate::cmd::cluster(addrs)?.status().await?)
 }
 
 fn ms(v: i64) -> String {
@@ -252,7 +214,7 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
                 o,
                 "{:<10} history: oldest recoverable point seq {seq} at {}",
                 "",
-                crate::cmd::pitr::rfc3339(at)
+                crate::timefmt::rfc3339(at)
             );
         }
         for r in &g.resources {

@@ -6,7 +6,6 @@
 //! at its last commit equals the replica's.
 
 use crate::cmd::status::{coordinator_addrs, fetch, runtime};
-use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
 use crate::progress::Bar;
 use anyhow::{bail, Context, Result};
@@ -14,12 +13,10 @@ use clap::Args as ClapArgs;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tandem_core::client::verdict::{verdict_detail, verdict_line};
+use tandem_core::client::{ClientError, Replicator};
 use tandem_core::config::{ResourceKind, Topology};
-use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::ProposeRequest;
-use tandem_replicator::merkle;
-use tandem_replicator::resync;
+use tandem_core::proto::VerifyRequest;
 
 /// Arguments of `tandem verify`.
 #[derive(Debug, ClapArgs)]
@@ -212,14 +209,50 @@ async fn verify_postgres(
     }
 }
 
-async fn client(addr: &str) -> Result<ReplicationClient<tonic::transport::Channel>> {
-    let ch = crate::cmd::endpoint(addr)?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(120))
-        .connect_net()
-        .await
-        .with_context(|| format!("replicator {addr}"))?;
-    Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch)))
+/// Verifies one volume through the primary's `Verify` RPC: barriers chunk by chunk (for
+/// each chunk the primary holds intake while the replica reaches its seq and both copies hash
+/// that chunk; writes wait, they do not fail), with a progress bar; prints the verdict line and
+/// returns (equal, audit details).
+#[allow(clippy::too_many_arguments)]
+async fn verify_volume(
+    primary: &Replicator,
+    a: &Args,
+    resource: &str,
+    block_size: tandem_core::config::ByteSize,
+    deadline: Instant,
+    psite: &str,
+    rsite: &str,
+) -> Result<(bool, Vec<serde_json::Value>)> {
+    let bs = block_size.bytes();
+    let chunk_blocks = ((a.chunk_mib << 20) / bs).max(1);
+    let req = VerifyRequest {
+        group: a.group.clone(),
+        resource: resource.to_owned(),
+        block_size: 0,
+        chunk_bytes: chunk_blocks * bs,
+        timeout_ms: (deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64)
+            .max(1),
+    };
+    let mut bar = Bar::new();
+    let label = format!("verifying {resource}");
+    let verdicts = primary
+        .verify_volumes(req, &mut |p| {
+            bar.update(&label, p.bytes_done, p.bytes_total, "")
+        })
+        .await;
+    bar.finish();
+    let verdicts =
+        verdicts.map_err(|e| anyhow::anyhow!("{resource}: verify barrier failed: {e}"))?;
+    let mut equal = true;
+    let mut details = Vec::new();
+    for v in &verdicts {
+        equal &= v.equal;
+        println!("{}", verdict_line(&a.group, v, psite, rsite));
+        details.push(verdict_detail(v, psite, rsite));
+    }
+    Ok((equal, details))
 }
 
 /// Runs `tandem verify`.
@@ -239,14 +272,14 @@ pub fn run(a: Args) -> Result<()> {
             .find(|g| g.name == a.group)
             .context("group missing from status")?;
         let (psite, rsite) = (g.primary.clone(), g.replica.clone());
-        let paddr = crate::cmd::status::replicator_at(&topo, &psite)?;
-        let mut pc = client(&paddr).await?;
+        let primary = crate::cmd::replicator(&crate::cmd::status::replicator_at(&topo, &psite)?)?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let mut results = Vec::new();
         let mut all_equal = true;
         for r in &group.resources {
             if let ResourceKind::Sqlite { .. } = &r.kind {
-                let (equal, detail) = verify_sqlite(&topo, &group, r, &psite, &rsite, deadline).await?;
+                let (equal, detail) =
+                    verify_sqlite(&topo, &group, r, &psite, &rsite, deadline).await?;
                 all_equal &= equal;
                 results.push(detail);
                 continue;
@@ -259,60 +292,25 @@ pub fn run(a: Args) -> Result<()> {
                 continue;
             }
             let ResourceKind::Volume { block_size, .. } = &r.kind else {
-                println!("{}: {} resources are not verified by merkle yet: skipped", r.name, r.kind.name());
+                println!(
+                    "{}: {} resources are not verified by merkle yet: skipped",
+                    r.name,
+                    r.kind.name()
+                );
                 continue;
             };
-            let bs = block_size.bytes() as u32;
-            // Barriers chunk by chunk: for each chunk the primary holds intake while the replica
-            // reaches its seq and both copies hash that chunk (writes wait, they do not fail).
-            let mut bar = Bar::new();
-            let label = format!("verifying {}", r.name);
-            let chunk_blocks = ((a.chunk_mib << 20) / u64::from(bs)).max(1);
-            let v = resync::verify_chunked(&mut pc, &a.group, &r.name, bs, chunk_blocks, deadline, &mut |done, total| {
-                bar.update(&label, done * u64::from(bs), total * u64::from(bs), "")
-            })
-            .await;
-            bar.finish();
-            let v = v.map_err(|e| anyhow::anyhow!("{}: verify barrier failed: {e}", r.name))?;
-            let (report, seq) = (v.report, v.last_seq);
-            all_equal &= report.equal;
-            println!(
-                "{}/{}: {} at seq {seq}: primary ({psite}) root {} | replica ({rsite}) root {}{}",
-                a.group,
-                r.name,
-                if report.equal { "EQUAL" } else { "DIFFERENT" },
-                resync::hex(&report.root_a),
-                resync::hex(&report.root_b),
-                if report.equal {
-                    String::new()
-                } else {
-                    format!("\n  differing bytes: {}", merkle::describe_byte_ranges(&report.differing_bytes))
-                }
-            );
-            results.push(json!({
-                "resource": r.name, "seq": seq, "equal": report.equal,
-                "primary_site": psite, "replica_site": rsite,
-                "primary_root": resync::hex(&report.root_a), "replica_root": resync::hex(&report.root_b),
-                "differing_bytes": merkle::describe_byte_ranges(&report.differing_bytes),
-            }));
+            let (equal, details) =
+                verify_volume(&primary, &a, &r.name, *block_size, deadline, &psite, &rsite).await?;
+            all_equal &= equal;
+            results.extend(details);
         }
         let cmd = json!({
             "op": "record", "at_ms": 0, "actor": a.actor, "kind": "verify", "group": a.group,
             "detail": {"equal": all_equal, "resources": results},
         });
-        let mut cc = None;
-        for addr in &addrs {
-            if let Ok(ep) = crate::cmd::endpoint(addr) {
-                if let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect_net().await {
-                    cc = Some(tandem_core::grpc_limits!(CoordinatorClient::new(ch)));
-                    break;
-                }
-            }
-        }
-        if let Some(mut c) = cc {
-            c.propose(ProposeRequest { command: cmd.to_string(), actor: a.actor.clone() })
-                .await
-                .map_err(|s| anyhow::anyhow!("recording the verify result: {}", s.message()))?;
+        match crate::cmd::cluster(&addrs)?.propose(&cmd, &a.actor).await {
+            Ok(_) | Err(ClientError::Unreachable { .. } | ClientError::NoAddress { .. }) => {}
+            Err(e) => bail!("recording the verify result: {}", e.peer_message()),
         }
         if !all_equal {
             bail!("group {}: replica differs from primary", a.group);

@@ -1,5 +1,8 @@
 //! Local process management: start the nodes of a topology as child processes in their own
-//! process group, with `DIR/NODE.pid` and `DIR/NODE.log`, and stop or signal them by pid file.
+//! process group, with `DIR/NODE.pid` and `DIR/NODE.log`, and stop, kill, pause or resume
+//! them by pid file (`tandem local up|down`, `tandem demo` and the chaos runner). I/O:
+//! processes, pid and log files, TCP probes; errors are `anyhow` (every one ends in a message
+//! to the operator, none is matched on).
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -8,6 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tandem_core::client::Cluster;
+use tandem_core::config::Topology;
 
 /// A node started by [`start_node`].
 #[derive(Debug, Clone)]
@@ -190,4 +195,128 @@ pub fn wait_listening(addr: SocketAddr, pid: i32, timeout: Duration) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Makes the certificates `topo` needs when its `[tls] dir` has none yet (TLS on only): what
+/// `local up`, `demo` and the chaos runner do, so a fresh run dir works without a step.
+/// Nodes added since get a certificate from the folder's CA.
+///
+/// # Errors
+/// A file cannot be read or written.
+pub fn ensure_certs(topo: &Topology) -> Result<()> {
+    use tandem_core::certs;
+    if topo.tls.insecure {
+        return Ok(());
+    }
+    let dir = &topo.tls.dir;
+    if !certs::roots_path(dir).exists() {
+        let nodes: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+        certs::init(dir, &topo.cluster.name, &nodes, certs::DEFAULT_VALIDITY)?;
+        return Ok(());
+    }
+    for n in &topo.nodes {
+        if !certs::cert_path(dir, &n.name).exists() {
+            certs::rotate(
+                dir,
+                &topo.cluster.name,
+                &n.name,
+                false,
+                certs::DEFAULT_VALIDITY,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until a coordinator of `cluster` reports a leader (on a small runtime of its own).
+///
+/// # Errors
+/// No leader within `timeout`.
+pub fn wait_for_leader(cluster: &Cluster, timeout: Duration) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = rt.block_on(cluster.status::<serde_json::Value>());
+        if st.is_ok_and(|st| !st["leader"].is_null()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no coordinator leader after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts every node of `topo` (loaded from `config`), waits until each listens, then until
+/// the coordinators of `cluster` have elected a leader. Node `N` runs with the topology file
+/// `node_config(N)` (the chaos runner gives each node a copy whose peer addresses are fault
+/// proxies) and the extra environment variables `node_env(N)`. On failure every node started
+/// is stopped again.
+///
+/// # Errors
+/// A node already runs from `dir`, cannot start, does not listen within `timeout`, exits
+/// after start, or no leader is elected.
+pub fn up_with(
+    topo: &Topology,
+    cluster: &Cluster,
+    dir: &Path,
+    timeout: Duration,
+    node_config: &dyn Fn(&str) -> PathBuf,
+    node_env: &dyn Fn(&str) -> Vec<(String, String)>,
+) -> Result<Vec<Started>> {
+    ensure_certs(topo)?;
+    let mut started = Vec::new();
+    for node in &topo.nodes {
+        if let Ok(pid) = read_pid(dir, &node.name) {
+            if alive(pid) {
+                bail!(
+                    "node {} already runs as pid {pid} (from {}); run `tandem local down --dir {}` first",
+                    node.name,
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+        started.push(start_node_env(
+            &node_config(&node.name),
+            &node.name,
+            dir,
+            &node_env(&node.name),
+        )?);
+    }
+    let result = (|| -> Result<()> {
+        for (node, s) in topo.nodes.iter().zip(&started) {
+            let addr = resolve(&node.listen)?;
+            wait_listening(addr, s.pid, timeout).with_context(|| {
+                format!(
+                    "node {} did not come up; see {}",
+                    node.name,
+                    log_file(dir, &node.name).display()
+                )
+            })?;
+        }
+        wait_for_leader(cluster, timeout)?;
+        // Something else may have answered on a node's port (a node left running from another
+        // cluster): every process we started must still be alive.
+        for s in &started {
+            if !alive(s.pid) {
+                bail!(
+                    "node {} (pid {}) exited after start; see {}",
+                    s.name,
+                    s.pid,
+                    log_file(dir, &s.name).display()
+                );
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = stop_all(dir);
+        return Err(e);
+    }
+    Ok(started)
 }

@@ -3,13 +3,13 @@
 //! pointed at, re-pointable at the new primary's copy after a failover, recording every
 //! transaction (invoke / ok / fail / info, with its id and values) for the checkers.
 
+use crate::dbcheck::DbState;
+use crate::history::{Op, OpKind, Recorder};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tandem_chaos::dbcheck::DbState;
-use tandem_chaos::history::{Op, OpKind, Recorder};
 use tandem_core::ids::Epoch;
 
 /// Rows each transaction inserts.

@@ -2,13 +2,13 @@
 //! data at seeded offsets through a connection pool it can re-point at a new primary, and
 //! records every operation (invoke / ok / fail / info) for the checkers.
 
+use crate::history::{Op, OpKind, Recorder};
+use crate::nbd_client::NbdPool;
+use crate::workload::{plan_write, WorkloadConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tandem_chaos::history::{Op, OpKind, Recorder};
-use tandem_chaos::nbd_client::NbdPool;
-use tandem_chaos::workload::{plan_write, WorkloadConfig};
 use tandem_core::ids::Epoch;
 
 /// Where a writer writes now, and the label its acknowledged writes get.

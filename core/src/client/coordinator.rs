@@ -1,0 +1,310 @@
+//! [`Cluster`]: the coordinators of a topology, called through typed methods: status, audit,
+//! propose (and record in the audit chain), operate and order a run, and find the leader.
+//! Replies that the coordinators send as JSON documents are decoded into the caller's type
+//! (e.g. `tandem_coordinator::status::ClusterStatus`), so core stays below the coordinator.
+//! I/O: gRPC calls only.
+
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use super::error::ClientError;
+use crate::net::Net;
+use crate::proto::coordinator_client::CoordinatorClient;
+use crate::proto::{AuditRequest, OperateRequest, ProposeReply, ProposeRequest, StatusRequest};
+
+/// How long dialling one coordinator may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a status call may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one audit page may take.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a propose or operate call may take (a run's first step may be slow).
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Records asked for per audit page.
+const AUDIT_PAGE: u64 = 5000;
+/// How long [`Cluster::operate`] keeps trying while no leader answers (an election).
+const OPERATE_RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// The coordinators of a cluster, asked in the order given.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    net: Net,
+    addrs: Vec<String>,
+}
+
+impl Cluster {
+    /// The coordinators at `addrs` (listen addresses, in topology order), dialled through
+    /// `net`.
+    pub fn new(net: Net, addrs: Vec<String>) -> Self {
+        Cluster { net, addrs }
+    }
+
+    /// The coordinator addresses.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    async fn dial(
+        &self,
+        call: &'static str,
+        addr: &str,
+        timeout: Option<Duration>,
+    ) -> Result<CoordinatorClient<Channel>, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            call,
+            addr: addr.to_owned(),
+            reason,
+        };
+        let mut ep = self
+            .net
+            .endpoint(addr)
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(t) = timeout {
+            ep = ep.timeout(t);
+        }
+        let ch = self
+            .net
+            .connect(ep)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(crate::grpc_limits!(CoordinatorClient::new(ch)))
+    }
+
+    /// Connects to the first coordinator that answers (a follower forwards what needs the
+    /// leader); returns it with its address.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] of the last coordinator tried, or
+    /// [`ClientError::NoAddress`].
+    pub async fn connect(
+        &self,
+        call: &'static str,
+    ) -> Result<(CoordinatorClient<Channel>, String), ClientError> {
+        let mut last = ClientError::NoAddress { call };
+        for a in &self.addrs {
+            match self.dial(call, a, Some(CALL_TIMEOUT)).await {
+                Ok(c) => return Ok((c, a.clone())),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The status document of the coordinator at `addr`, decoded as `T`.
+    ///
+    /// # Errors
+    /// Unreachable, refused, or a document that does not decode as `T`.
+    pub async fn status_of<T: DeserializeOwned>(&self, addr: &str) -> Result<T, ClientError> {
+        const CALL: &str = "status";
+        let mut c = self.dial(CALL, addr, Some(STATUS_TIMEOUT)).await?;
+        let reply = c
+            .status(StatusRequest {})
+            .await
+            .map_err(|s| ClientError::refused(CALL, addr, &s))?
+            .into_inner();
+        serde_json::from_str(&reply.json).map_err(|e| ClientError::Decode {
+            call: CALL,
+            addr: addr.to_owned(),
+            reason: format!("decoding the status document: {e}"),
+        })
+    }
+
+    /// The status from the first coordinator (in order) that answers.
+    ///
+    /// # Errors
+    /// The error of the last coordinator asked, or [`ClientError::NoAddress`].
+    pub async fn status<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        let mut last = ClientError::NoAddress { call: "status" };
+        for a in &self.addrs {
+            match self.status_of(a).await {
+                Ok(st) => return Ok(st),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The status of every coordinator that answers within `each`, all asked at once (a
+    /// partitioned coordinator must not hold the caller up); in no particular order.
+    pub async fn statuses<T>(&self, each: Duration) -> Vec<T>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for a in self.addrs.clone() {
+            let me = self.clone();
+            set.spawn(async move {
+                tokio::time::timeout(each, me.status_of::<T>(&a))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(Some(st)) = r {
+                out.push(st);
+            }
+        }
+        out
+    }
+
+    /// The name of the leader, as the first coordinator that answers and is not stale (it
+    /// hears from the leader) reports it; `None` while no coordinator knows one.
+    pub async fn leader(&self) -> Option<String> {
+        for a in &self.addrs {
+            if let Ok(st) = self.status_of::<serde_json::Value>(a).await {
+                let stale = st["stale"].as_bool().unwrap_or(false);
+                if let (false, Some(l)) = (stale, st["leader"].as_str()) {
+                    return Some(l.to_owned());
+                }
+            }
+        }
+        None
+    }
+
+    /// The whole audit chain, page by page, from the first coordinator that can be reached,
+    /// each record decoded as `T`.
+    ///
+    /// # Errors
+    /// No coordinator reachable, the audit call refused, or a record that does not decode.
+    pub async fn audit<T: DeserializeOwned>(&self) -> Result<Vec<T>, ClientError> {
+        const CALL: &str = "audit";
+        let mut last = ClientError::NoAddress { call: CALL };
+        for addr in &self.addrs {
+            let mut c = match self.dial(CALL, addr, Some(AUDIT_TIMEOUT)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let mut out: Vec<T> = Vec::new();
+            loop {
+                let r = c
+                    .audit(AuditRequest {
+                        from_index: out.len() as u64,
+                        limit: AUDIT_PAGE,
+                    })
+                    .await
+                    .map_err(|s| ClientError::refused(CALL, addr, &s))?
+                    .into_inner();
+                if r.records.is_empty() {
+                    break;
+                }
+                for rec in r.records {
+                    out.push(serde_json::from_str(&rec).map_err(|e| ClientError::Decode {
+                        call: CALL,
+                        addr: addr.clone(),
+                        reason: format!("decoding an audit record: {e}"),
+                    })?);
+                }
+            }
+            return Ok(out);
+        }
+        Err(last)
+    }
+
+    /// Proposes `command` (a JSON command of the state machine) as `actor` through the first
+    /// coordinator that answers.
+    ///
+    /// # Errors
+    /// No coordinator reachable, or the proposal refused.
+    pub async fn propose(
+        &self,
+        command: &serde_json::Value,
+        actor: &str,
+    ) -> Result<ProposeReply, ClientError> {
+        const CALL: &str = "propose";
+        let (mut c, addr) = self.connect(CALL).await?;
+        c.propose(ProposeRequest {
+            command: command.to_string(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ClientError::refused(CALL, &addr, &s))
+    }
+
+    /// Records an audit record: proposes `{"op": "record", "at_ms": 0, "actor", "kind",
+    /// "group", "detail"}` as `actor`.
+    ///
+    /// # Errors
+    /// As [`Cluster::propose`].
+    pub async fn record(
+        &self,
+        actor: &str,
+        kind: &str,
+        group: &str,
+        detail: serde_json::Value,
+    ) -> Result<ProposeReply, ClientError> {
+        let cmd = serde_json::json!({
+            "op": "record", "at_ms": 0, "actor": actor, "kind": kind, "group": group,
+            "detail": detail,
+        });
+        self.propose(&cmd, actor).await
+    }
+
+    /// Sends one `Operate` request and decodes its JSON reply as `T`. While no coordinator
+    /// can be reached or none answers as leader (an election after the leader was lost),
+    /// tries again for up to 20 s.
+    ///
+    /// # Errors
+    /// The last error once the 20 s are over, a refusal that retrying cannot change, or a
+    /// reply that does not decode.
+    pub async fn operate<T: DeserializeOwned>(
+        &self,
+        req: OperateRequest,
+    ) -> Result<T, ClientError> {
+        const CALL: &str = "operate";
+        let deadline = Instant::now() + OPERATE_RETRY_FOR;
+        loop {
+            let err = match self.connect(CALL).await {
+                Ok((mut c, addr)) => match c.operate(req.clone()).await {
+                    Ok(r) => {
+                        return serde_json::from_str(&r.into_inner().json).map_err(|e| {
+                            ClientError::Decode {
+                                call: CALL,
+                                addr,
+                                reason: format!("decoding the coordinator's reply: {e}"),
+                            }
+                        })
+                    }
+                    Err(s) => ClientError::refused(CALL, &addr, &s),
+                },
+                Err(e) => e,
+            };
+            if !err.is_retryable() || Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::debug!("{}: {err}; retrying", req.op);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Orders a run of kind `kind` (`failover`, `switchover`, `drill`, `failback`) of
+    /// `group` as `actor`; returns the run id.
+    ///
+    /// # Errors
+    /// As [`Cluster::operate`], or a reply without a run id.
+    pub async fn order(&self, kind: &str, group: &str, actor: &str) -> Result<String, ClientError> {
+        let req = OperateRequest {
+            op: kind.into(),
+            actor: actor.into(),
+            group: group.into(),
+            ..OperateRequest::default()
+        };
+        let reply: serde_json::Value = self.operate(req).await?;
+        reply["run_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Decode {
+                call: "operate",
+                addr: self.addrs.join(","),
+                reason: "the coordinator did not return a run id".into(),
+            })
+    }
+}
