@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tandem_core::config::ResourceKind;
 use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{OperateRequest, SnapshotRequest};
+use tandem_core::proto::{OperateRequest, SnapshotRequest, VerifyRequest, VolumeVerdict};
+use tandem_core::ranges::{describe_byte_ranges, from_wire};
 use tandem_runbooks::run::{self as rb, ApprovalReason, NextAction, RunEvent};
 use tandem_runbooks::{
     plan, validate_against, Action, Command, PlanContext, PlannedStep, Probe, ResolvedSite,
@@ -33,6 +34,9 @@ const VERIFY_BLOCK_SIZE: u32 = 1 << 20;
 const RECOVER_BLOCK_SIZE: u32 = 64 << 10;
 /// Blocks of [`VERIFY_BLOCK_SIZE`] hashed under one barrier (64 MiB).
 const VERIFY_CHUNK_BLOCKS: u64 = 64;
+/// How long the primary's replicator may wait for the replica to reach a barrier during a
+/// `verify`: in effect unbounded, as the step's timeout bounds the whole comparison.
+const VERIFY_BARRIER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most bytes of an HTTP response read.
 const HTTP_MAX_RESPONSE: usize = 1 << 20;
 /// How often waits poll the state and the live figures.
@@ -830,12 +834,24 @@ async fn replication_client(
     c: &Coordinator,
     addr: &str,
 ) -> Result<ReplicationClient<tonic::transport::Channel>, Failure> {
+    replication_client_bounded(c, addr, Some(Duration::from_secs(120))).await
+}
+
+/// A replication client whose requests are bounded by `request_timeout` (`None`: by the
+/// caller, as a streamed `Verify` that runs as long as the step lets it).
+async fn replication_client_bounded(
+    c: &Coordinator,
+    addr: &str,
+    request_timeout: Option<Duration>,
+) -> Result<ReplicationClient<tonic::transport::Channel>, Failure> {
     let net = c.net();
-    let ep = net
+    let mut ep = net
         .endpoint(addr)
         .map_err(|e| Failure::new(e.to_string()))?
-        .connect_timeout(Duration::from_millis(1000))
-        .timeout(Duration::from_secs(120));
+        .connect_timeout(Duration::from_millis(1000));
+    if let Some(t) = request_timeout {
+        ep = ep.timeout(t);
+    }
     let ch = net
         .connect(ep)
         .await
@@ -845,6 +861,30 @@ async fn replication_client(
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One volume compared by the primary's replicator (`Replication.Verify`): the stream read to
+/// its end, and the verdict it gave for `resource`.
+async fn verify_volume(
+    client: &mut ReplicationClient<tonic::transport::Channel>,
+    group: &str,
+    resource: &str,
+) -> Result<VolumeVerdict, Status> {
+    let req = VerifyRequest {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        block_size: VERIFY_BLOCK_SIZE,
+        chunk_bytes: VERIFY_CHUNK_BLOCKS * u64::from(VERIFY_BLOCK_SIZE),
+        timeout_ms: VERIFY_BARRIER_TIMEOUT.as_millis() as u64,
+    };
+    let mut stream = client.verify(req).await?.into_inner();
+    let mut verdict = None;
+    while let Some(p) = stream.message().await? {
+        if let Some(v) = p.verdict.filter(|v| v.resource == resource) {
+            verdict = Some(v);
+        }
+    }
+    verdict.ok_or_else(|| Status::internal("the verify stream ended without a verdict"))
 }
 
 /// `verify`: Merkle roots of every volume at both sites, compared when both sides stand at the
@@ -869,31 +909,22 @@ async fn verify(c: &Coordinator, run: &Run) -> StepResult {
                 .collect()
         })
         .unwrap_or_default();
-    let mut pc = replication_client(c, &replicator_addr(c, &primary)?).await?;
+    let mut pc = replication_client_bounded(c, &replicator_addr(c, &primary)?, None).await?;
     let mut rows = Vec::new();
     let mut all_match = true;
     for res in &resources {
-        // Barriers chunk by chunk: the primary holds intake while the replica reaches the same
-        // seq and both copies hash one chunk, so live writes cannot make equal copies look
-        // different, and writes pause for one chunk's hashing only. The step's timeout bounds
-        // the retries of a replica that does not catch up.
-        let v = tandem_replicator::resync::verify_chunked(
-            &mut pc,
-            group,
-            res,
-            VERIFY_BLOCK_SIZE,
-            VERIFY_CHUNK_BLOCKS,
-            std::time::Instant::now() + Duration::from_secs(24 * 3600),
-            &mut |_, _| {},
-        )
-        .await
-        .map_err(|e| Failure::new(format!("verify {group}/{res}: {e}")))?;
-        let r = &v.report;
-        all_match &= r.equal;
-        rows.push(json!({"resource": res, "primary_root": hex(&r.root_a), "replica_root": hex(&r.root_b),
+        // The primary's replicator barriers chunk by chunk: it holds intake while the replica
+        // reaches the same seq and both copies hash one chunk, so live writes cannot make equal
+        // copies look different, and writes pause for one chunk's hashing only. It retries a
+        // replica that does not catch up; the step's timeout bounds the whole comparison.
+        let v = verify_volume(&mut pc, group, res)
+            .await
+            .map_err(|e| Failure::new(format!("verify {group}/{res}: {e}")))?;
+        all_match &= v.equal;
+        rows.push(json!({"resource": res, "primary_root": hex(&v.primary_root), "replica_root": hex(&v.replica_root),
             "primary_seq": v.last_seq, "replica_seq": v.last_seq, "first_seq": v.first_seq, "chunks": v.chunks,
-            "length": r.length_a, "replica_length": r.length_b, "root_match": r.equal,
-            "differing_bytes": tandem_replicator::merkle::describe_byte_ranges(&r.differing_bytes)}));
+            "length": v.primary_length, "replica_length": v.replica_length, "root_match": v.equal,
+            "differing_bytes": describe_byte_ranges(&from_wire(&v.differing))}));
     }
     let detail = json!({"run_id": run.state.run_id, "group": group, "primary": primary, "replica": replica,
         "resources": rows, "root_match": all_match, "ok": all_match, "attempts": 1});
