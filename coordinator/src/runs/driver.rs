@@ -114,46 +114,7 @@ async fn drive(c: Coordinator, run_id: String) {
                     info!(run = %run_id, step = %planned.id, "waiting for approval: tandem approve {run_id} {}", planned.id);
                     continue;
                 }
-                info!(run = %run_id, step = %planned.id, action = planned.action.name(), attempt, "step started");
-                let t0 = c.now_ms();
-                let timeout = Duration::from_millis(planned.timeout.as_millis());
-                let point = format!("runbook-before-step:{}", planned.action.name());
-                let result = match tandem_core::fault::check(&point) {
-                    Err(e) => Err(Failure::new(e.to_string())),
-                    Ok(()) => {
-                        match tokio::time::timeout(timeout, execute(&c, &run, &planned)).await {
-                            Ok(r) => r,
-                            Err(_) => {
-                                Err(Failure::new(format!("timed out after {}", planned.timeout)))
-                            }
-                        }
-                    }
-                };
-                let point = format!("runbook-after-step:{}", planned.action.name());
-                let result = match (result, tandem_core::fault::check(&point)) {
-                    (Ok(_), Err(e)) => Err(Failure::new(e.to_string())),
-                    (r, _) => r,
-                };
-                let ms = c.now_ms() - t0;
-                let event = match result {
-                    Ok(output) => {
-                        info!(run = %run_id, step = %planned.id, ms, "step succeeded");
-                        RunEvent::StepSucceeded {
-                            step,
-                            at_ms: 0,
-                            output: bound(&output, 16_000),
-                        }
-                    }
-                    Err(f) => {
-                        warn!(run = %run_id, step = %planned.id, ms, "step failed: {}", f.error);
-                        RunEvent::StepFailed {
-                            step,
-                            at_ms: 0,
-                            error: bound(&f.error, 4000),
-                            output: bound(&f.output, 16_000),
-                        }
-                    }
-                };
+                let event = run_attempt(&c, &run, &run_id, step, &planned, attempt).await;
                 // The result must land: retry while this node leads.
                 for _ in 0..50 {
                     if !c.is_leader() {
@@ -164,6 +125,54 @@ async fn drive(c: Coordinator, run_id: String) {
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
+            }
+        }
+    }
+}
+
+/// One attempt of step `step` (the `attempt`th), bounded by its timeout and the fault points
+/// around it; returns the event that records its result.
+async fn run_attempt(
+    c: &Coordinator,
+    run: &Run,
+    run_id: &str,
+    step: usize,
+    planned: &PlannedStep,
+    attempt: u32,
+) -> RunEvent {
+    info!(run = %run_id, step = %planned.id, action = planned.action.name(), attempt, "step started");
+    let t0 = c.now_ms();
+    let timeout = Duration::from_millis(planned.timeout.as_millis());
+    let point = format!("runbook-before-step:{}", planned.action.name());
+    let result = match tandem_core::fault::check(&point) {
+        Err(e) => Err(Failure::new(e.to_string())),
+        Ok(()) => match tokio::time::timeout(timeout, execute(c, run, planned)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::new(format!("timed out after {}", planned.timeout))),
+        },
+    };
+    let point = format!("runbook-after-step:{}", planned.action.name());
+    let result = match (result, tandem_core::fault::check(&point)) {
+        (Ok(_), Err(e)) => Err(Failure::new(e.to_string())),
+        (r, _) => r,
+    };
+    let ms = c.now_ms() - t0;
+    match result {
+        Ok(output) => {
+            info!(run = %run_id, step = %planned.id, ms, "step succeeded");
+            RunEvent::StepSucceeded {
+                step,
+                at_ms: 0,
+                output: bound(&output, 16_000),
+            }
+        }
+        Err(f) => {
+            warn!(run = %run_id, step = %planned.id, ms, "step failed: {}", f.error);
+            RunEvent::StepFailed {
+                step,
+                at_ms: 0,
+                error: bound(&f.error, 4000),
+                output: bound(&f.output, 16_000),
             }
         }
     }
