@@ -247,6 +247,32 @@ pub fn render_report(
     rpo: &[RpoRow],
 ) -> String {
     let mut o = String::with_capacity(64 * 1024);
+    header(&mut o, manifest);
+    let mut by_group: BTreeMap<&str, Vec<&RpoRow>> = BTreeMap::new();
+    for r in rpo {
+        by_group.entry(r.group.as_str()).or_default().push(r);
+    }
+    summary(&mut o, manifest, groups, runs, &by_group);
+    residency(&mut o, runs);
+    for g in groups {
+        let samples = by_group.get(g.as_str()).map_or(&[][..], Vec::as_slice);
+        group_section(&mut o, g, runs, samples);
+    }
+    // Records not tied to a group.
+    if runs.refused.iter().any(|r| r.group.is_none())
+        || runs.approvals.iter().any(|a| a.group.is_none())
+    {
+        o.push_str("<h2>Not tied to a group</h2>");
+        approvals_table(&mut o, runs, None);
+        refused_table(&mut o, runs, None);
+    }
+
+    o.push_str(HOW_TO_VERIFY);
+    o
+}
+
+/// The page's head and the export's identity: cluster, generation time, window, chain.
+fn header(o: &mut String, manifest: &Manifest) {
     let window = format!(
         "{} → {}",
         manifest
@@ -281,13 +307,16 @@ pub fn render_report(
         head = esc(&manifest.chain.head_hash),
         prev = esc(&manifest.chain.first_prev_hash),
     );
+}
 
-    let mut by_group: BTreeMap<&str, Vec<&RpoRow>> = BTreeMap::new();
-    for r in rpo {
-        by_group.entry(r.group.as_str()).or_default().push(r);
-    }
-
-    // Summary.
+/// The summary table: one row per group.
+fn summary(
+    o: &mut String,
+    manifest: &Manifest,
+    groups: &BTreeSet<String>,
+    runs: &RunsDoc,
+    by_group: &BTreeMap<&str, Vec<&RpoRow>>,
+) {
     o.push_str(
         "<h2>Summary</h2><table><tr><th>group</th><th>failovers</th><th>switchovers</th>\
          <th>drills</th><th>runbook runs</th><th>RTO target</th><th>worst RTO</th><th>RTO met</th>\
@@ -351,8 +380,10 @@ pub fn render_report(
         );
     }
     o.push_str("</table>");
+}
 
-    // Residency: every site that held each group's data during the window.
+/// Residency: every site that held each group's data during the window.
+fn residency(o: &mut String, runs: &RunsDoc) {
     o.push_str(
         "<h2>Data residency</h2><p>Every site that held each group's data during the window \
          (primary and replica of every epoch, drill copies, point-in-time copies).</p>\
@@ -380,152 +411,152 @@ pub fn render_report(
         }
     }
     o.push_str("</table>");
+}
 
-    for g in groups {
-        let gs = Some(g.as_str());
-        let _ = write!(o, "<h2 id=\"g-{0}\">Group {0}</h2>", esc(g));
-        // Operations.
-        let gruns: Vec<&Run> = runs
-            .runs
-            .iter()
-            .filter(|r| r.group.as_deref() == gs)
-            .collect();
-        o.push_str("<h3>Operations</h3>");
-        if gruns.is_empty() {
-            o.push_str("<p class=\"na\">No operations in this window.</p>");
-        } else {
-            o.push_str(
-                "<table class=\"rto\"><tr><th>run</th><th>kind</th><th>operation</th><th>by</th>\
-                 <th>start</th><th>end</th><th>RTO achieved</th><th>RTO target</th><th>RTO</th>\
-                 <th>outcome</th><th>data-loss window</th><th>approvals</th><th>records</th></tr>",
-            );
-            for r in &gruns {
-                let loss = match (&r.data_loss_window, r.rpo_at_loss_ms) {
-                    (_, Some(ms)) => format!("RPO at loss {ms} ms"),
-                    (Some(l), None) => l
-                        .get("rpo_ms")
-                        .and_then(serde_json::Value::as_i64)
-                        .map_or_else(|| "recorded".into(), |ms| format!("RPO at loss {ms} ms")),
-                    (None, None) => "—".into(),
-                };
-                let lost = r
-                    .data_loss_window
-                    .as_ref()
-                    .and_then(|l| l.get("lost_changes"))
-                    .and_then(serde_json::Value::as_u64)
-                    .map(|n| format!(", {n} changes"))
-                    .unwrap_or_default();
-                let approvers: Vec<String> = r
-                    .approvals
-                    .iter()
-                    .map(|a| format!("{} ({})", a.approver, a.decision))
-                    .collect();
-                let indexes: Vec<String> =
-                    r.record_indexes.iter().map(|x| format!("#{x}")).collect();
-                let _ = write!(
-                    o,
-                    "<tr class=\"run\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                     <td>{}</td><td class=\"rto-achieved\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                     <td>{}{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&r.id),
-                    r.kind.as_str(),
-                    esc(&r.op),
-                    esc(&r.actor),
-                    esc(&r.start),
-                    esc(&r.end),
-                    opt_ms(r.rto_ms),
-                    opt_ms(r.rto_target_ms),
-                    verdict(r.rto_met, "PASS", "FAIL"),
-                    esc(r.outcome.as_deref().unwrap_or("—")),
-                    esc(&loss),
-                    esc(&lost),
-                    esc(&approvers.join(", ")),
-                    indexes.join(" ")
-                );
-            }
-            o.push_str("</table>");
-            for r in gruns.iter().filter(|r| !r.steps.is_empty()) {
-                let _ = write!(
-                    o,
-                    "<h4>Step timeline: {} {} ({})</h4>",
-                    r.kind.as_str(),
-                    esc(&r.id),
-                    esc(&r.start)
-                );
-                o.push_str(&step_timeline(r));
-            }
-        }
-        // RPO.
-        let samples = by_group.get(g.as_str()).map_or(&[][..], Vec::as_slice);
-        o.push_str("<h3>RPO over time</h3>");
-        o.push_str(&rpo_chart(g, samples));
-        if !samples.is_empty() {
-            let over = samples.iter().filter(|r| r.over_target()).count();
+/// A group's section: its operations, RPO chart, verify results, approvals and refusals.
+fn group_section(o: &mut String, g: &str, runs: &RunsDoc, samples: &[&RpoRow]) {
+    let gs = Some(g);
+    let _ = write!(o, "<h2 id=\"g-{0}\">Group {0}</h2>", esc(g));
+    let gruns: Vec<&Run> = runs
+        .runs
+        .iter()
+        .filter(|r| r.group.as_deref() == gs)
+        .collect();
+    operations(o, &gruns);
+    o.push_str("<h3>RPO over time</h3>");
+    o.push_str(&rpo_chart(g, samples));
+    if !samples.is_empty() {
+        let over = samples.iter().filter(|r| r.over_target()).count();
+        let _ = write!(
+            o,
+            "<p class=\"legend\">{} samples; solid blue: RPO; dashed red: target; red dots: \
+             samples over target ({over}). Every sample is in rpo.csv.</p>",
+            samples.len()
+        );
+    }
+    verify_results(o, runs, gs);
+    approvals_table(o, runs, gs);
+    refused_table(o, runs, gs);
+}
+
+/// A group's verify results.
+fn verify_results(o: &mut String, runs: &RunsDoc, gs: Option<&str>) {
+    let vr: Vec<_> = runs
+        .verify_results
+        .iter()
+        .filter(|v| v.group.as_deref() == gs)
+        .collect();
+    o.push_str("<h3>Verify results</h3>");
+    if vr.is_empty() {
+        o.push_str("<p class=\"na\">No verify results in this window.</p>");
+    } else {
+        o.push_str(
+            "<table class=\"verify\"><tr><th>record</th><th>time</th><th>by</th>\
+             <th>result</th><th>detail</th></tr>",
+        );
+        for v in vr {
             let _ = write!(
                 o,
-                "<p class=\"legend\">{} samples; solid blue: RPO; dashed red: target; red dots: \
-                 samples over target ({over}). Every sample is in rpo.csv.</p>",
-                samples.len()
+                "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                v.index,
+                esc(&v.at),
+                esc(&v.actor),
+                verdict(v.ok, "match", "MISMATCH"),
+                esc(&v.detail.to_string())
             );
         }
-        // Verify results.
-        let vr: Vec<_> = runs
-            .verify_results
-            .iter()
-            .filter(|v| v.group.as_deref() == gs)
-            .collect();
-        o.push_str("<h3>Verify results</h3>");
-        if vr.is_empty() {
-            o.push_str("<p class=\"na\">No verify results in this window.</p>");
-        } else {
-            o.push_str(
-                "<table class=\"verify\"><tr><th>record</th><th>time</th><th>by</th>\
-                 <th>result</th><th>detail</th></tr>",
-            );
-            for v in vr {
-                let _ = write!(
-                    o,
-                    "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                    v.index,
-                    esc(&v.at),
-                    esc(&v.actor),
-                    verdict(v.ok, "match", "MISMATCH"),
-                    esc(&v.detail.to_string())
-                );
-            }
-            o.push_str("</table>");
-        }
-        approvals_table(&mut o, runs, gs);
-        refused_table(&mut o, runs, gs);
+        o.push_str("</table>");
     }
-
-    // Records not tied to a group.
-    if runs.refused.iter().any(|r| r.group.is_none())
-        || runs.approvals.iter().any(|a| a.group.is_none())
-    {
-        o.push_str("<h2>Not tied to a group</h2>");
-        approvals_table(&mut o, runs, None);
-        refused_table(&mut o, runs, None);
-    }
-
-    o.push_str(
-        "<h2>How to verify this evidence</h2><ol>\
-         <li>Run <code>tandem evidence verify DIR</code>: it re-checks the chain and every file \
-         and names the first record or file that does not match.</li>\
-         <li>By hand: compute the BLAKE3 hash of each file (<code>b3sum audit.jsonl runs.json \
-         rpo.csv report.html</code>) and compare with <code>manifest.json</code>.</li>\
-         <li>Each line of <code>audit.jsonl</code> is one record. Its <code>hash</code> must equal \
-         BLAKE3(the 32 bytes of <code>prev_hash</code> ‖ the compact JSON of the record without \
-         <code>hash</code>, fields in the order index, at_ms, actor, kind, group, detail, \
-         prev_hash, object keys inside detail sorted). Each <code>prev_hash</code> must equal the \
-         previous line's <code>hash</code>; the first equals the manifest's \
-         <code>first_prev_hash</code> (all zeros when the window starts at record 0).</li>\
-         <li>The last record's hash must equal the chain head above; compare it with the head the \
-         live cluster reports (<code>tandem audit</code>) to show nothing was cut off.</li>\
-         </ol></body></html>\n",
-    );
-    o
 }
+
+/// A group's operations: the RTO table, then the step timeline of each run with steps.
+fn operations(o: &mut String, gruns: &[&Run]) {
+    o.push_str("<h3>Operations</h3>");
+    if gruns.is_empty() {
+        o.push_str("<p class=\"na\">No operations in this window.</p>");
+        return;
+    }
+    o.push_str(
+        "<table class=\"rto\"><tr><th>run</th><th>kind</th><th>operation</th><th>by</th>\
+         <th>start</th><th>end</th><th>RTO achieved</th><th>RTO target</th><th>RTO</th>\
+         <th>outcome</th><th>data-loss window</th><th>approvals</th><th>records</th></tr>",
+    );
+    for r in gruns {
+        operation_row(o, r);
+    }
+    o.push_str("</table>");
+    for r in gruns.iter().filter(|r| !r.steps.is_empty()) {
+        let _ = write!(
+            o,
+            "<h4>Step timeline: {} {} ({})</h4>",
+            r.kind.as_str(),
+            esc(&r.id),
+            esc(&r.start)
+        );
+        o.push_str(&step_timeline(r));
+    }
+}
+
+/// One run in the operations table.
+fn operation_row(o: &mut String, r: &Run) {
+    let loss = match (&r.data_loss_window, r.rpo_at_loss_ms) {
+        (_, Some(ms)) => format!("RPO at loss {ms} ms"),
+        (Some(l), None) => l
+            .get("rpo_ms")
+            .and_then(serde_json::Value::as_i64)
+            .map_or_else(|| "recorded".into(), |ms| format!("RPO at loss {ms} ms")),
+        (None, None) => "—".into(),
+    };
+    let lost = r
+        .data_loss_window
+        .as_ref()
+        .and_then(|l| l.get("lost_changes"))
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| format!(", {n} changes"))
+        .unwrap_or_default();
+    let approvers: Vec<String> = r
+        .approvals
+        .iter()
+        .map(|a| format!("{} ({})", a.approver, a.decision))
+        .collect();
+    let indexes: Vec<String> = r.record_indexes.iter().map(|x| format!("#{x}")).collect();
+    let _ = write!(
+        o,
+        "<tr class=\"run\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{}</td><td class=\"rto-achieved\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{}{}</td><td>{}</td><td>{}</td></tr>",
+        esc(&r.id),
+        r.kind.as_str(),
+        esc(&r.op),
+        esc(&r.actor),
+        esc(&r.start),
+        esc(&r.end),
+        opt_ms(r.rto_ms),
+        opt_ms(r.rto_target_ms),
+        verdict(r.rto_met, "PASS", "FAIL"),
+        esc(r.outcome.as_deref().unwrap_or("—")),
+        esc(&loss),
+        esc(&lost),
+        esc(&approvers.join(", ")),
+        indexes.join(" ")
+    );
+}
+
+/// How an auditor checks the folder, closing the page.
+const HOW_TO_VERIFY: &str = "<h2>How to verify this evidence</h2><ol>\
+ <li>Run <code>tandem evidence verify DIR</code>: it re-checks the chain and every file \
+ and names the first record or file that does not match.</li>\
+ <li>By hand: compute the BLAKE3 hash of each file (<code>b3sum audit.jsonl runs.json \
+ rpo.csv report.html</code>) and compare with <code>manifest.json</code>.</li>\
+ <li>Each line of <code>audit.jsonl</code> is one record. Its <code>hash</code> must equal \
+ BLAKE3(the 32 bytes of <code>prev_hash</code> ‖ the compact JSON of the record without \
+ <code>hash</code>, fields in the order index, at_ms, actor, kind, group, detail, \
+ prev_hash, object keys inside detail sorted). Each <code>prev_hash</code> must equal the \
+ previous line's <code>hash</code>; the first equals the manifest's \
+ <code>first_prev_hash</code> (all zeros when the window starts at record 0).</li>\
+ <li>The last record's hash must equal the chain head above; compare it with the head the \
+ live cluster reports (<code>tandem audit</code>) to show nothing was cut off.</li>\
+ </ol></body></html>\n";
 
 fn approvals_table(o: &mut String, runs: &RunsDoc, group: Option<&str>) {
     let ap: Vec<_> = runs

@@ -3,6 +3,7 @@
 //! - [`storage`]: [`SledStorage`], raft-rs's `Storage` trait over sled.
 //! - [`node`]: the task that owns the `RawNode` and the [`RaftHandle`] callers use.
 //! - [`transport`]: the `RaftPeer` gRPC service and one bounded sender per peer.
+//! - [`cmd`]: the commands the raft thread takes and what it answers.
 //! - [`log`]: a slog drain that forwards raft-rs's logs to `tracing`.
 //!
 //! Start a node with [`start`], add [`peer_service`] to the node's tonic server, and propose
@@ -14,6 +15,7 @@
 // As raft-rs itself does: protobuf-2 messages are built field by field.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod cmd;
 pub mod log;
 pub mod node;
 pub mod storage;
@@ -23,9 +25,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use node::peer_service;
 pub use node::{start, Committed, MembershipChange, RaftHandle, RaftStatus, Role};
-pub use storage::SledStorage;
-pub use transport::{peer_service, PeerService};
+pub use storage::sled_store::SledStorage;
+pub use transport::PeerService;
 
 /// A deterministic replicated state machine driven by the raft log.
 pub trait StateMachine: Send + 'static {
@@ -87,7 +90,7 @@ pub enum RaftError {
     Config(String),
     /// Storage failed.
     #[error("raft storage: {0}")]
-    Storage(#[from] storage::StorageError),
+    Storage(#[from] storage::error::StorageError),
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),

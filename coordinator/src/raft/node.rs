@@ -15,41 +15,20 @@ use protobuf::Message as PbMessage;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
 };
-use raft::{RawNode, SnapshotStatus, StateRole};
+use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
-use super::storage::{decode_peers, encode_peers, SledStorage, StorageError};
-use super::transport::{is_blocked, Blocked, PeerSender};
+use super::cmd::{is_blocked, Blocked, Cmd, Parts, Reply};
+pub use super::cmd::{Committed, MembershipChange};
+use super::storage::error::StorageError;
+use super::storage::format::{decode_peers, encode_peers};
+use super::storage::sled_store::SledStorage;
+use super::transport::{self, PeerSender, PeerService};
 use super::{RaftError, RaftNodeConfig, StateMachine};
+use tandem_core::proto::raft_peer_server::RaftPeerServer;
 
 /// Capacity of the node's command inbox (inbound raft messages, proposals, reports).
 pub const INBOX: usize = 16 * 1024;
-
-/// A proposal that was applied on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    /// Log index of the entry.
-    pub index: u64,
-    /// What [`StateMachine::apply`] returned for it (empty for membership changes).
-    pub reply: Vec<u8>,
-}
-
-/// A single-step membership change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembershipChange {
-    /// Add a voter reachable at `addr` (`"http://host:port"` of its peer service).
-    AddVoter {
-        /// Raft id of the new node.
-        id: u64,
-        /// Its peer transport address.
-        addr: String,
-    },
-    /// Remove a voter.
-    RemoveVoter {
-        /// Raft id of the node to remove.
-        id: u64,
-    },
-}
 
 /// This node's raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,24 +81,6 @@ pub struct RaftStatus {
     pub running: bool,
 }
 
-type Reply = oneshot::Sender<Result<Committed, RaftError>>;
-
-/// Commands to the raft thread.
-pub(crate) enum Cmd {
-    Step(Box<Message>),
-    Propose {
-        data: Vec<u8>,
-        reply: Reply,
-    },
-    ChangeMembership {
-        change: MembershipChange,
-        reply: Reply,
-    },
-    Unreachable(u64),
-    Snapshot(u64, SnapshotStatus),
-    Shutdown,
-}
-
 struct Shared<SM> {
     id: u64,
     cmd: SyncSender<Cmd>,
@@ -130,6 +91,11 @@ struct Shared<SM> {
     peer_names: BTreeMap<u64, String>,
     propose_timeout: Duration,
     thread: Mutex<Option<JoinHandle<Result<(), RaftError>>>>,
+}
+
+/// The `RaftPeer` gRPC service of a node, for the node's single tonic server.
+pub fn peer_service<SM>(handle: &RaftHandle<SM>) -> RaftPeerServer<PeerService> {
+    transport::service(handle.transport_parts())
 }
 
 /// The cloneable front of a running raft node.
@@ -181,8 +147,8 @@ impl<SM> RaftHandle<SM> {
         }
     }
 
-    pub(crate) fn transport_parts(&self) -> super::transport::Parts {
-        super::transport::Parts {
+    pub(crate) fn transport_parts(&self) -> Parts {
+        Parts {
             id: self.inner.id,
             inbound: self.inner.cmd.clone(),
             blocked: Arc::clone(&self.inner.blocked),

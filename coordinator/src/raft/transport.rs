@@ -5,9 +5,8 @@
 //! `RaftEnvelope`. protobuf 2.28 has RUSTSEC-2024-0437 (stack overflow on crafted input):
 //! expose this service only to authenticated peers (mTLS or a private network).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as PbMessage;
@@ -22,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::node::{Cmd, RaftHandle};
+use super::cmd::{is_blocked, Blocked, Cmd, Parts};
 
 /// Largest raft message (snapshots included) accepted or sent.
 pub const MAX_MESSAGE_BYTES: usize = tandem_core::limits::MAX_GRPC_MESSAGE_BYTES;
@@ -30,13 +29,6 @@ pub const MAX_MESSAGE_BYTES: usize = tandem_core::limits::MAX_GRPC_MESSAGE_BYTES
 pub const PEER_QUEUE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Peers whose traffic is dropped in both directions (fault injection for tests and chaos).
-pub(crate) type Blocked = Arc<RwLock<BTreeSet<u64>>>;
-
-pub(crate) fn is_blocked(blocked: &Blocked, id: u64) -> bool {
-    blocked.read().map(|b| b.contains(&id)).unwrap_or(false)
-}
 
 /// The inbound side: steps envelopes addressed to this node into its raft task.
 #[derive(Clone)]
@@ -48,18 +40,8 @@ pub struct PeerService {
     peer_names: BTreeMap<u64, String>,
 }
 
-/// What the transport needs from a running node.
-pub(crate) struct Parts {
-    pub(crate) id: u64,
-    pub(crate) inbound: SyncSender<Cmd>,
-    pub(crate) blocked: Blocked,
-    pub(crate) net: Net,
-    pub(crate) peer_names: BTreeMap<u64, String>,
-}
-
-/// The `RaftPeer` gRPC service of a node, for the node's single tonic server.
-pub fn peer_service<SM>(handle: &RaftHandle<SM>) -> RaftPeerServer<PeerService> {
-    let p = handle.transport_parts();
+/// The `RaftPeer` gRPC service over what the transport needs from a running node.
+pub(crate) fn service(p: Parts) -> RaftPeerServer<PeerService> {
     RaftPeerServer::new(PeerService {
         id: p.id,
         inbound: p.inbound,

@@ -1,20 +1,6 @@
-//! Durable raft log storage: raft-rs's `Storage` trait over one sled tree.
-//!
-//! Layout (one tree, so every multi-key change is one atomic `sled::Batch`):
-//!
-//! | key | value |
-//! | --- | --- |
-//! | `e` + big-endian u64 index | `eraftpb::Entry` |
-//! | `m:hard_state` | `eraftpb::HardState` |
-//! | `m:conf_state` | u64 BE index of the entry that produced it + `eraftpb::ConfState` |
-//! | `m:truncated` | u64 BE index + u64 BE term of the last discarded entry |
-//! | `m:snap_meta` | `eraftpb::SnapshotMetadata` |
-//! | `m:snap_data` | snapshot bytes |
-//! | `m:peers` | the peer address map (see [`encode_peers`]) |
-//!
-//! Every value is wrapped in an envelope: magic `TR`, version byte, the first 8 bytes of the
-//! blake3 hash of the payload, then the payload. Writes are buffered by sled; [`SledStorage::flush`]
-//! makes them durable and must be called by a single flusher (the raft task), see STACK-NOTES 6.
+//! [`SledStorage`]: raft-rs's `Storage` trait over one sled tree, with an in-memory mirror of
+//! the small metadata. Acts: sled reads, atomic batches and flushes (the raft task is the
+//! single writer and flusher).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,234 +11,12 @@ use protobuf::Message as PbMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 
-/// Errors of the sled raft storage.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// sled failed (I/O, corruption detected by sled, lock held by another process).
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    /// A stored value failed its envelope check or could not be decoded.
-    #[error("corrupt value at key {key}: {reason}")]
-    Corrupt {
-        /// The sled key, printed escaped.
-        key: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// A protobuf value could not be encoded.
-    #[error("encoding {what}: {source}")]
-    Encode {
-        /// Which value.
-        what: &'static str,
-        /// The protobuf error.
-        source: protobuf::ProtobufError,
-    },
-    /// Entries were appended below the first index still kept.
-    #[error("append at index {index} overwrites compacted log (first kept index {first})")]
-    AppendCompacted {
-        /// First index of the appended batch.
-        index: u64,
-        /// First index still in the log.
-        first: u64,
-    },
-    /// Entries were appended after a gap.
-    #[error("append at index {index} leaves a gap after last index {last}")]
-    AppendGap {
-        /// First index of the appended batch.
-        index: u64,
-        /// Last index in the log.
-        last: u64,
-    },
-    /// Appended entries were not consecutive.
-    #[error("appended entries not consecutive at index {index}")]
-    AppendNotConsecutive {
-        /// The index where the batch broke.
-        index: u64,
-    },
-    /// A snapshot older than the log's first index was applied.
-    #[error("snapshot at index {index} is older than the log (first kept index {first})")]
-    SnapshotOutOfDate {
-        /// Snapshot index.
-        index: u64,
-        /// First index of the log.
-        first: u64,
-    },
-    /// A snapshot was requested at an index the log does not hold.
-    #[error("cannot snapshot at index {index}: log holds {first}..={last}")]
-    SnapshotIndexOutOfRange {
-        /// Requested index.
-        index: u64,
-        /// First index of the log (the entry before it has a known term).
-        first: u64,
-        /// Last index of the log.
-        last: u64,
-    },
-    /// Compaction was asked to discard entries not covered by the stored snapshot or not written.
-    #[error("cannot compact to {index}: snapshot covers up to {snapshot}, last index {last}")]
-    CompactOutOfRange {
-        /// Requested compact index (entries below it would be discarded).
-        index: u64,
-        /// Index of the stored snapshot.
-        snapshot: u64,
-        /// Last index of the log.
-        last: u64,
-    },
-}
-
-impl StorageError {
-    /// Whether retrying the same call may succeed (only sled I/O errors).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Sled(sled::Error::Io(_)))
-    }
-}
-
-impl From<StorageError> for raft::Error {
-    fn from(e: StorageError) -> Self {
-        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
-    }
-}
-
-const MAGIC: [u8; 2] = *b"TR";
-const VERSION: u8 = 1;
-const HEADER: usize = 2 + 1 + 8;
-
-/// Wraps a payload in the storage envelope (magic, version, checksum).
-pub fn seal(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&blake3::hash(payload).as_bytes()[..8]);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Checks and strips the storage envelope; the error says what was wrong.
-pub fn open_sealed(value: &[u8]) -> Result<&[u8], String> {
-    if value.len() < HEADER {
-        return Err(format!(
-            "value of {} bytes is shorter than the header",
-            value.len()
-        ));
-    }
-    if value[..2] != MAGIC {
-        return Err(format!("bad magic {:02x?}", &value[..2]));
-    }
-    if value[2] != VERSION {
-        return Err(format!("unsupported version {}", value[2]));
-    }
-    let payload = &value[HEADER..];
-    if blake3::hash(payload).as_bytes()[..8] != value[3..HEADER] {
-        return Err("checksum mismatch".to_string());
-    }
-    Ok(payload)
-}
-
-/// Encodes a peer address map: count, then (id, length, utf-8 address) each, all big-endian.
-pub fn encode_peers(peers: &BTreeMap<u64, String>) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
-    for (id, addr) in peers {
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&(addr.len() as u32).to_be_bytes());
-        out.extend_from_slice(addr.as_bytes());
-    }
-    out
-}
-
-/// Decodes [`encode_peers`]; returns the map and the number of bytes consumed.
-pub fn decode_peers(buf: &[u8]) -> Result<(BTreeMap<u64, String>, usize), String> {
-    fn take<'a>(buf: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], String> {
-        let end = pos
-            .checked_add(n)
-            .filter(|e| *e <= buf.len())
-            .ok_or_else(|| format!("peer map truncated at byte {pos}"))?;
-        let s = &buf[*pos..end];
-        *pos = end;
-        Ok(s)
-    }
-    let mut pos = 0;
-    let u32_at = |pos: &mut usize| -> Result<u32, String> {
-        let b = take(buf, pos, 4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let count = u32_at(&mut pos)?;
-    let mut peers = BTreeMap::new();
-    for _ in 0..count {
-        let b = take(buf, &mut pos, 8)?;
-        let mut id = [0u8; 8];
-        id.copy_from_slice(b);
-        let len = u32_at(&mut pos)? as usize;
-        let at = pos;
-        let addr = std::str::from_utf8(take(buf, &mut pos, len)?)
-            .map_err(|_| format!("peer address at byte {at} is not utf-8"))?;
-        peers.insert(u64::from_be_bytes(id), addr.to_string());
-    }
-    Ok((peers, pos))
-}
-
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'e';
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-const K_HARD_STATE: &[u8] = b"m:hard_state";
-const K_CONF_STATE: &[u8] = b"m:conf_state";
-const K_TRUNCATED: &[u8] = b"m:truncated";
-const K_SNAP_META: &[u8] = b"m:snap_meta";
-const K_SNAP_DATA: &[u8] = b"m:snap_data";
-const K_PEERS: &[u8] = b"m:peers";
-
-fn key_name(key: &[u8]) -> String {
-    if key.len() == 9 && key[0] == b'e' {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&key[1..]);
-        format!("entry {}", u64::from_be_bytes(b))
-    } else {
-        String::from_utf8_lossy(key).into_owned()
-    }
-}
-
-fn corrupt(key: &[u8], reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt {
-        key: key_name(key),
-        reason: reason.into(),
-    }
-}
-
-fn encode_pb<M: PbMessage>(what: &'static str, m: &M) -> Result<Vec<u8>, StorageError> {
-    m.write_to_bytes()
-        .map(|b| seal(&b))
-        .map_err(|source| StorageError::Encode { what, source })
-}
-
-fn decode_pb<M: PbMessage + Default>(key: &[u8], value: &[u8]) -> Result<M, StorageError> {
-    let payload = open_sealed(value).map_err(|r| corrupt(key, r))?;
-    let mut m = M::default();
-    m.merge_from_bytes(payload)
-        .map_err(|e| corrupt(key, e.to_string()))?;
-    Ok(m)
-}
-
-fn u64_pair(key: &[u8], value: &[u8]) -> Result<(u64, u64), StorageError> {
-    let p = open_sealed(value).map_err(|r| corrupt(key, r))?;
-    if p.len() != 16 {
-        return Err(corrupt(key, format!("expected 16 bytes, got {}", p.len())));
-    }
-    let mut a = [0u8; 8];
-    let mut b = [0u8; 8];
-    a.copy_from_slice(&p[..8]);
-    b.copy_from_slice(&p[8..]);
-    Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
-}
-
-fn seal_u64_pair(a: u64, b: u64) -> Vec<u8> {
-    let mut p = [0u8; 16];
-    p[..8].copy_from_slice(&a.to_be_bytes());
-    p[8..].copy_from_slice(&b.to_be_bytes());
-    seal(&p)
-}
+use super::error::StorageError;
+use super::format::{
+    corrupt, decode_pb, decode_peers, encode_pb, encode_peers, entry_key, open_sealed, seal,
+    seal_u64_pair, u64_pair, K_CONF_STATE, K_HARD_STATE, K_PEERS, K_SNAP_DATA, K_SNAP_META,
+    K_TRUNCATED,
+};
 
 /// The in-memory mirror of the small metadata, so `Storage` reads do not touch sled.
 #[derive(Debug, Default, Clone)]
@@ -757,35 +521,6 @@ mod tests {
     }
 
     #[test]
-    fn envelope_golden_bytes() {
-        let sealed = seal(b"abc");
-        let mut want = b"TR\x01".to_vec();
-        want.extend_from_slice(&blake3::hash(b"abc").as_bytes()[..8]);
-        want.extend_from_slice(b"abc");
-        assert_eq!(sealed, want);
-        // blake3("abc") starts with 6437b3ac38465133 (published test vector).
-        assert_eq!(
-            &sealed[3..11],
-            &[0x64, 0x37, 0xb3, 0xac, 0x38, 0x46, 0x51, 0x33]
-        );
-        assert_eq!(open_sealed(&sealed).unwrap(), b"abc");
-    }
-
-    #[test]
-    fn envelope_detects_corruption() {
-        let sealed = seal(b"hello raft");
-        for i in 0..sealed.len() {
-            let mut bad = sealed.clone();
-            bad[i] ^= 0x01;
-            assert!(
-                open_sealed(&bad).is_err(),
-                "#{i}: flipped byte not detected"
-            );
-        }
-        assert!(open_sealed(&sealed[..5]).is_err());
-    }
-
-    #[test]
     fn corrupt_entry_on_disk_is_reported_not_returned() {
         let db = temp_db();
         let s = SledStorage::from_db(db.clone()).unwrap();
@@ -799,21 +534,6 @@ mod tests {
             .entries(1, 3, None, GetEntriesContext::empty(false))
             .unwrap_err();
         assert!(err.to_string().contains("entry 2"), "got {err}");
-    }
-
-    #[test]
-    fn peers_round_trip_and_truncation_is_refused() {
-        let mut peers = BTreeMap::new();
-        peers.insert(1, "http://127.0.0.1:7101".to_string());
-        peers.insert(7, "http://[::1]:9".to_string());
-        let b = encode_peers(&peers);
-        assert_eq!(decode_peers(&b).unwrap(), (peers, b.len()));
-        for cut in 0..b.len() {
-            assert!(
-                decode_peers(&b[..cut]).is_err(),
-                "#{cut}: truncation accepted"
-            );
-        }
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! The evidence views as `runs.json` and `rpo.csv` carry them: runs with their steps and
+//! approvals, verify results, refusals and RPO samples. Types only (serde), no logic.
+
+use super::residency::GroupResidency;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Format name of `runs.json`.
+pub const RUNS_FORMAT: &str = "tandem-evidence-runs";
+
+/// Version of `runs.json` this build writes.
+pub const RUNS_VERSION: u32 = 1;
+
+/// What kind of operation a [`Run`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// An unplanned failover (operator report with `op: failover`, or a promotion with
+    /// `planned: false` that has no report).
+    Failover,
+    /// A planned switchover (operator report with `op: switchover`, or a planned promotion
+    /// without a report).
+    Switchover,
+    /// A DR drill: `drill` records (and the runbook steps and approvals of the same run).
+    Drill,
+    /// A runbook run: `runbook_step` records sharing a run id.
+    Runbook,
+    /// Any other operator command recorded in the chain.
+    Operator,
+}
+
+impl RunKind {
+    /// The stable name (`failover`), as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Failover => "failover",
+            RunKind::Switchover => "switchover",
+            RunKind::Drill => "drill",
+            RunKind::Runbook => "runbook",
+            RunKind::Operator => "operator",
+        }
+    }
+}
+
+/// One step of a run, placed on the run's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Step name.
+    pub name: String,
+    /// Start, in ms after the run's start (clamped at 0).
+    pub offset_ms: i64,
+    /// Duration, when known.
+    pub ms: Option<i64>,
+    /// Status as recorded (`ok`, `failed`, `started`, ...), when recorded.
+    pub status: Option<String>,
+    /// Whether the step succeeded, when recorded (`ok` field or a status of ok/failed).
+    pub ok: Option<bool>,
+    /// The audit record that reported the step (its last record for runbook steps).
+    pub record_index: u64,
+}
+
+/// An approval given to a run or a runbook step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Audit record index.
+    pub index: u64,
+    /// When it was committed (unix ms).
+    pub at_ms: i64,
+    /// When, as RFC 3339 UTC.
+    pub at: String,
+    /// Who gave it: `detail.approver` if present, else the record's actor.
+    pub approver: String,
+    /// The record's actor (who submitted it).
+    pub actor: String,
+    /// Group, if any.
+    pub group: Option<String>,
+    /// `detail.run_id`, if any.
+    pub run_id: Option<String>,
+    /// `detail.runbook`, if any.
+    pub runbook: Option<String>,
+    /// `detail.step`, if any.
+    pub step: Option<String>,
+    /// `detail.decision`, `approved` when absent.
+    pub decision: String,
+    /// `detail.comment` or `detail.reason`, if any.
+    pub comment: Option<String>,
+    /// Id of the run it was attached to (by run id, or by group and time).
+    pub attached_to: Option<String>,
+}
+
+/// One operation assembled from the chain: a failover, switchover, drill, runbook run or other
+/// operator command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Stable id: the run id given by the runbook, else `<kind>-<first record index>`.
+    pub id: String,
+    /// What kind of operation.
+    pub kind: RunKind,
+    /// Operation name (`failover`, the runbook name, the operator command).
+    pub op: String,
+    /// Group, if any.
+    pub group: Option<String>,
+    /// Who ran it (actor of its first record).
+    pub actor: String,
+    /// Start (unix ms): detection time or `end - rto_ms` for reports, first record otherwise.
+    pub start_ms: i64,
+    /// Start as RFC 3339 UTC.
+    pub start: String,
+    /// End (unix ms): the report or last record.
+    pub end_ms: i64,
+    /// End as RFC 3339 UTC.
+    pub end: String,
+    /// RTO achieved, when known.
+    pub rto_ms: Option<i64>,
+    /// The group's RTO target, when one was given.
+    pub rto_target_ms: Option<i64>,
+    /// `rto_ms <= rto_target_ms`, when both are known.
+    pub rto_met: Option<bool>,
+    /// Outcome: `ready`, `not ready`, `ok`, `failed`, `no report`, ... when known.
+    pub outcome: Option<String>,
+    /// Steps on the run's timeline.
+    pub steps: Vec<Step>,
+    /// The data-loss window of a promotion, as recorded.
+    pub data_loss_window: Option<Value>,
+    /// RPO at the moment of loss (failover reports).
+    pub rpo_at_loss_ms: Option<i64>,
+    /// Approvals attached to this run.
+    pub approvals: Vec<Approval>,
+    /// Every audit record that makes up this run (report, fence, promote, state changes, steps).
+    pub record_indexes: Vec<u64>,
+}
+
+/// The result of a `verify` (merkle comparison) recorded in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    /// Audit record index.
+    pub index: u64,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// When, as RFC 3339 UTC.
+    pub at: String,
+    /// Who ran it.
+    pub actor: String,
+    /// Group, if any.
+    pub group: Option<String>,
+    /// Whether source and replica matched (`root_match`, `ok`, `match` or `matched`).
+    pub ok: Option<bool>,
+    /// `detail.run_id`, if any.
+    pub run_id: Option<String>,
+    /// The record's detail.
+    pub detail: Value,
+}
+
+/// A refused command recorded in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Audit record index.
+    pub index: u64,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// When, as RFC 3339 UTC.
+    pub at: String,
+    /// Who asked.
+    pub actor: String,
+    /// Group, if any.
+    pub group: Option<String>,
+    /// The refused command (`promote`).
+    pub op: String,
+    /// Why it was refused.
+    pub message: String,
+}
+
+/// Content of `runs.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunsDoc {
+    /// Always [`RUNS_FORMAT`].
+    pub format: String,
+    /// Always [`RUNS_VERSION`].
+    pub version: u32,
+    /// Every run, ordered by first record index.
+    pub runs: Vec<Run>,
+    /// Every approval, in chain order (also attached to their runs).
+    pub approvals: Vec<Approval>,
+    /// Every verify result, in chain order.
+    pub verify_results: Vec<VerifyResult>,
+    /// Every refused command, in chain order.
+    pub refused: Vec<Refusal>,
+    /// Per group, every site (and jurisdiction) that held its data during the window.
+    #[serde(default)]
+    pub residency: Vec<GroupResidency>,
+}
+
+/// One committed RPO sample, a row of `rpo.csv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpoRow {
+    /// Group.
+    pub group: String,
+    /// Audit record index.
+    pub index: u64,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// RPO at that time.
+    pub rpo_ms: u64,
+    /// Target: the record's `target_ms`, else the export's target for the group.
+    pub target_ms: Option<u64>,
+}
+
+impl RpoRow {
+    /// Whether the sample exceeds its target.
+    pub fn over_target(&self) -> bool {
+        self.target_ms.is_some_and(|t| self.rpo_ms > t)
+    }
+}

@@ -1,0 +1,29 @@
+//! Runbook runs on the coordinator leader: starting a run (load, validate, plan, commit) and
+//! the executor that drives every unfinished run — `StepStarted` is committed through Raft
+//! before a step runs and its result after, so a new leader resumes where the old one stopped.
+//!
+//! The decisions (what is next, what an event does, retries, resume rules) are the pure run
+//! state machine of `tandem_runbooks::run`, applied inside the replicated state
+//! ([`crate::state`]); this module only acts: raft proposals, waits on the leader's live
+//! figures, gRPC calls to replicators, child processes and HTTP calls.
+//!
+//! - [`admin`]: starting runs and the admin API's `Operate`.
+//! - [`driver`]: the executor loop of a run and the dispatch of a step to its action.
+//! - [`drivers`]: the table of driver tasks this node runs while it leads.
+//! - [`failover`]: `fence`, `promote`, `demote`, `reverse`, `wait_replicated`, pause/resume.
+//! - [`replica`]: `verify`, `snapshot`, `recover` (calls to replicators).
+//! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host).
+//! - [`failure`]: what an attempt returns.
+//! - [`redact`]: credentials kept out of what the admin API shows.
+
+pub(crate) mod admin;
+pub(crate) mod driver;
+pub mod drivers;
+mod failover;
+mod failure;
+mod host;
+pub mod redact;
+mod replica;
+
+pub use self::drivers::Drivers;
+pub use self::redact::redact_secrets;

@@ -1,0 +1,228 @@
+//! The coordinator handle: the raft node with the replicated state machine, the leader's live
+//! figures, the run drivers and the network context, shared by the admin API, the background
+//! work and the runbook executor; proposing (on the leader or via it) and reading the state.
+//! Acts: raft proposals and calls to the leader.
+
+use super::live::{Live, LiveGroup};
+use crate::raft::{RaftError, RaftHandle, StateMachine};
+use crate::runs::drivers::Drivers;
+use crate::state::{self, ClusterSettings, Command, GroupSpec, Mode, SiteSpec, State};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_core::clock::{Clock, SlewedClock};
+use tandem_core::config::Topology;
+use tandem_core::net::Net;
+use tandem_core::proto::coordinator_client::CoordinatorClient;
+use tandem_core::proto::ProposeRequest;
+use tonic::Status;
+
+/// The replicated state machine as raft-rs sees it: JSON commands in, JSON results out.
+#[derive(Debug, Default)]
+pub struct CoordinatorSm {
+    /// The state.
+    pub state: State,
+}
+
+impl StateMachine for CoordinatorSm {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        let out = match serde_json::from_slice::<Command>(data) {
+            Ok(cmd) => match state::apply(&mut self.state, &cmd) {
+                Ok(events) => json!({ "ok": events }),
+                Err(rej) => json!({ "rejected": rej, "message": rej.to_string() }),
+            },
+            Err(e) => json!({ "rejected": null, "message": format!("undecodable command: {e}") }),
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.state.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = State::restore(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) topo: Topology,
+    pub(super) name: String,
+    pub(super) raft: RaftHandle<CoordinatorSm>,
+    /// Command times (leases, failure detection, audit): slewed, so a step of the system
+    /// clock does not expire every lease at once.
+    pub(super) clock: SlewedClock,
+    pub(super) live: Mutex<Live>,
+    /// raft id -> coordinator node name
+    pub(super) names: BTreeMap<u64, String>,
+    /// Runs this node drives while it leads.
+    pub(super) drivers: Drivers,
+    /// How this node dials and serves (plaintext or mTLS).
+    pub(super) net: Net,
+    /// Certificate not-after per node, from heartbeats.
+    pub(super) cert_seen: Mutex<BTreeMap<String, i64>>,
+}
+
+/// A handle to the running coordinator, for the admin API implementation.
+#[derive(Clone)]
+pub struct Coordinator {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Coordinator {
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The topology this coordinator runs.
+    pub(crate) fn topo(&self) -> &Topology {
+        &self.inner.topo
+    }
+
+    /// The runs this node drives.
+    pub(crate) fn drivers(&self) -> &Drivers {
+        &self.inner.drivers
+    }
+
+    /// The leader's live figures of a group (from heartbeats).
+    pub(crate) fn live_group(&self, group: &str) -> Option<LiveGroup> {
+        lock(&self.inner.live).groups.get(group).cloned()
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        let st = self.inner.raft.status();
+        st.leader_id == Some(st.id)
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let st = self.inner.raft.status();
+        let leader = st.leader_id?;
+        if leader == st.id {
+            return None;
+        }
+        let name = self.inner.names.get(&leader)?;
+        self.inner
+            .topo
+            .node(name)
+            .map(|n| format!("http://{}", n.listen))
+    }
+
+    pub(super) async fn leader_client(
+        &self,
+    ) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
+        let addr = self
+            .leader_addr()
+            .ok_or_else(|| Status::unavailable("no coordinator leader known (no quorum?)"))?;
+        let net = &self.inner.net;
+        let ep = net
+            .endpoint(&addr)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(60));
+        let ch = net
+            .connect(ep)
+            .await
+            .map_err(|e| Status::unavailable(format!("leader {addr} unreachable: {e}")))?;
+        Ok(tandem_core::grpc_limits!(CoordinatorClient::new(ch)))
+    }
+
+    /// This node's network context.
+    pub(crate) fn net(&self) -> &Net {
+        &self.inner.net
+    }
+
+    pub(super) fn is_coordinator(&self, node: &str) -> bool {
+        self.inner.names.values().any(|n| n == node)
+    }
+
+    /// Checks the caller's certificate against what `call` needs. Returns the certificate's
+    /// name for a person or tool (the actor to record), `None` for plaintext and nodes. Every
+    /// Proposes on the leader, from any node.
+    pub(super) async fn propose_via_leader(&self, cmd: Value, actor: &str) -> Result<(), Status> {
+        if self.is_leader() {
+            return self.propose(cmd).await.map(|_| ());
+        }
+        let mut c = self.leader_client().await?;
+        c.propose(ProposeRequest {
+            command: cmd.to_string(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Proposes a command on this node (which must be the leader); returns the events.
+    pub(crate) async fn propose(&self, mut cmd: Value) -> Result<Value, Status> {
+        if let Some(obj) = cmd.as_object_mut() {
+            obj.insert("at_ms".into(), json!(self.now_ms()));
+        }
+        let parsed: Command = serde_json::from_value(cmd)
+            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
+        let bytes = serde_json::to_vec(&parsed).map_err(|e| Status::internal(e.to_string()))?;
+        let committed = self.inner.raft.propose(bytes).await.map_err(|e| match e {
+            RaftError::NotLeader { .. } => Status::unavailable(format!("not the leader: {e}")),
+            other => Status::unavailable(other.to_string()),
+        })?;
+        let reply: Value = serde_json::from_slice(&committed.reply)
+            .map_err(|e| Status::internal(format!("bad apply reply: {e}")))?;
+        if let Some(events) = reply.get("ok") {
+            Ok(events.clone())
+        } else {
+            let msg = reply
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("refused")
+                .to_owned();
+            Err(Status::failed_precondition(msg))
+        }
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let sm = self.inner.raft.state_machine();
+        let guard = lock(&sm);
+        f(&guard.state)
+    }
+
+    pub(super) fn bootstrap_command(&self) -> Value {
+        let t = &self.inner.topo;
+        let settings = ClusterSettings {
+            lease_ttl_ms: t.cluster.lease_ttl.as_millis(),
+            drift_margin_ms: t.cluster.drift_margin.as_millis(),
+            detect_after_ms: t.cluster.detect_after.as_millis(),
+        };
+        let sites: Vec<SiteSpec> = t
+            .sites
+            .iter()
+            .map(|s| SiteSpec {
+                name: s.name.clone(),
+                witness: s.witness,
+                jurisdiction: s.jurisdiction.clone(),
+            })
+            .collect();
+        let groups: Vec<GroupSpec> = t
+            .groups
+            .iter()
+            .map(|g| GroupSpec {
+                name: g.name.clone(),
+                primary: g.primary.clone(),
+                replica: g.replica.clone(),
+                mode: match g.mode {
+                    tandem_core::config::Mode::Sync => Mode::Sync,
+                    tandem_core::config::Mode::Async => Mode::Async,
+                },
+                rpo_target_ms: g.rpo_target.as_millis(),
+                allowed_jurisdictions: g.allowed_jurisdictions.clone(),
+            })
+            .collect();
+        json!({
+            "op": "bootstrap", "at_ms": 0, "actor": self.inner.name,
+            "settings": settings, "sites": sites, "groups": groups,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! A replicator's heartbeat on the leader: its figures recorded as live, its progress
+//! committed, a caught-up replica's group made protected again, the primary's lease acquired
+//! or renewed, and the leases it holds answered. Acts: raft proposals.
+
+use super::coordinator::{lock, Coordinator};
+use super::live::replica_caught_up;
+use crate::state::{GroupState, LeaseStatus as StLease};
+use serde_json::{json, Value};
+use tandem_core::proto::{GroupLease, HeartbeatRequest};
+
+impl Coordinator {
+    /// A heartbeat on the leader: records the live figures, commits the progress (for
+    /// data-loss windows and evidence), then group states and leases; answers the leases the
+    /// node holds.
+    pub(super) async fn on_heartbeat(&self, r: &HeartbeatRequest) -> Vec<GroupLease> {
+        let now = self.now_ms();
+        if r.cert_not_after > 0 {
+            lock(&self.inner.cert_seen).insert(r.node.clone(), r.cert_not_after);
+        }
+        lock(&self.inner.live).record(r, now);
+        // Commit the progress (for data-loss windows and evidence), then leases.
+        let _ = self.propose(heartbeat_command(r, now)).await;
+        self.protect_caught_up(r, now).await;
+        self.acquire_or_renew_leases(r).await;
+        self.leases_of(&r.node)
+    }
+
+    /// A replica that reports itself in sync with a caught-up primary ends an initial sync
+    /// or a post-failover resync: the group is protected again. Caught up: the replica
+    /// holds everything the primary has captured, or (under a steady stream of writes,
+    /// where that instant may never come) everything the primary knows it acknowledged,
+    /// with the primary's RPO under IN_SYNC_MAX_RPO_MS.
+    async fn protect_caught_up(&self, r: &HeartbeatRequest, now: i64) {
+        for p in r
+            .groups
+            .iter()
+            .filter(|p| p.role == "replica" && p.state == "in-sync")
+        {
+            let state = self.read(|s| s.group(&p.group).map(|g| (g.state, g.epoch.0)));
+            let caught_up = {
+                let live = lock(&self.inner.live);
+                live.groups.get(&p.group).is_some_and(|l| {
+                    l.reporter_epoch == p.epoch
+                        && now - l.reported_ms < 5_000
+                        && replica_caught_up(
+                            l.last_captured_seq,
+                            l.durable_seq,
+                            l.rpo_ms,
+                            p.durable_seq,
+                        )
+                })
+            };
+            if let Some((GroupState::Resyncing | GroupState::FailedOver, epoch)) = state {
+                if caught_up && epoch == p.epoch {
+                    let _ = self
+                        .propose(
+                            json!({"op": "set_group_state", "group": p.group, "state": "protected",
+                            "reason": "replica in sync", "actor": r.node}),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The primary's lease of each group it reports: renewed when it holds it and it is
+    /// active, acquired otherwise (the state decides whether it may).
+    async fn acquire_or_renew_leases(&self, r: &HeartbeatRequest) {
+        let t0 = self.now_ms();
+        for p in r.groups.iter().filter(|p| p.role == "primary") {
+            let (holder, active) = self.read(|s| {
+                s.group(&p.group)
+                    .and_then(|g| g.lease.as_ref())
+                    .map(|l| {
+                        (
+                            l.holder.clone(),
+                            matches!(l.status, StLease::Active) && l.expires_ms > t0,
+                        )
+                    })
+                    .unwrap_or_default()
+            });
+            let op = if holder == r.node && active {
+                "renew_lease"
+            } else {
+                "acquire_lease"
+            };
+            if let Err(e) = self
+                .propose(json!({"op": op, "group": p.group, "node": r.node, "site": r.site, "epoch": p.epoch}))
+                .await
+            {
+                tracing::debug!(group = %p.group, node = %r.node, "lease {op} refused: {}", e.message());
+            }
+        }
+    }
+
+    /// Every group as the heartbeat reply shows it, with the lease `node` holds (if any).
+    fn leases_of(&self, node: &str) -> Vec<GroupLease> {
+        let now = self.now_ms();
+        self.read(|s| {
+            s.groups()
+                .values()
+                .map(|g| {
+                    let mine = g.lease.as_ref().filter(|l| {
+                        l.holder == node
+                            && matches!(l.status, StLease::Active)
+                            && l.expires_ms > now
+                    });
+                    GroupLease {
+                        group: g.name.clone(),
+                        epoch: g.epoch.0,
+                        primary: g.primary_site.clone(),
+                        replica: g.replica_site.clone(),
+                        lease_expires_ms: mine.map(|l| l.expires_ms).unwrap_or(0),
+                        state: g.state.as_str().into(),
+                        paused: g.paused,
+                        lease_remaining_ms: mine.map(|l| l.expires_ms - now).unwrap_or(0),
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+/// The `heartbeat` state-machine command (JSON, without `at_ms`) for a replicator's heartbeat
+/// request received at `now`: the progress of its primary and replica groups, RPO computed
+/// from the oldest unacknowledged capture time. Pure: the `admin_request` fuzz target decodes
+/// arbitrary bytes as a `HeartbeatRequest` and applies the result to a state machine.
+pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Value {
+    let progress: Vec<Value> = r
+        .groups
+        .iter()
+        .filter(|p| p.role == "primary" || p.role == "replica")
+        .map(|p| {
+            let rpo = if p.oldest_unacked_ms > 0 {
+                now.saturating_sub(p.oldest_unacked_ms).max(0)
+            } else {
+                0
+            };
+            json!({
+                "group": p.group, "role": p.role, "epoch": p.epoch,
+                "last_captured_seq": p.last_captured_seq, "durable_seq": p.durable_seq,
+                "rpo_ms": rpo, "bytes_pending": p.bytes_pending,
+            })
+        })
+        .collect();
+    json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress})
+}

@@ -1,0 +1,162 @@
+//! The live (not replicated) figures the leader keeps from replicator heartbeats: each
+//! group's primary report (RPO, seqs, throughput) and replica report, and when each node was
+//! last heard. Pure: recording a heartbeat and deciding whether a replica caught up take
+//! values and touch nothing else.
+
+use std::collections::HashMap;
+use tandem_core::proto::HeartbeatRequest;
+
+/// The last report of a group's replica replicator, as the leader heard it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaReport {
+    /// The reporter's epoch.
+    pub epoch: u64,
+    /// The reporting node.
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Its state (`in-sync`, `resyncing`, ...).
+    pub state: String,
+    /// Its durable seq.
+    pub durable_seq: u64,
+    /// When it was heard (leader clock).
+    pub at_ms: i64,
+    /// What it says of itself (resync progress, last error).
+    pub reason: String,
+}
+
+/// Largest RPO (ms) at which a streaming replica counts as caught up for a group to be
+/// protected again: under continuous writes the replica is always a few frames behind.
+pub const IN_SYNC_MAX_RPO_MS: i64 = 1_000;
+
+/// Whether a replica that reports itself in sync has caught up with the primary, from the
+/// primary's last report (`captured`, `acked` by the replica, `rpo_ms`) and the replica's own
+/// durable seq. Pure.
+pub fn replica_caught_up(captured: u64, acked: u64, rpo_ms: i64, replica_durable: u64) -> bool {
+    let everything = acked >= captured && replica_durable >= captured;
+    let streaming = replica_durable >= acked && rpo_ms <= IN_SYNC_MAX_RPO_MS;
+    everything || streaming
+}
+
+/// Live (not replicated) figures the leader keeps from replicator heartbeats.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LiveGroup {
+    pub(super) rpo_ms: i64,
+    pub(super) last_captured_seq: u64,
+    pub(super) durable_seq: u64,
+    pub(super) bytes_pending: u64,
+    pub(super) bytes_raw: u64,
+    pub(super) bytes_shipped: u64,
+    pub(super) throughput_bps: f64,
+    pub(super) reported_ms: i64,
+    pub(super) reporter: String,
+    pub(super) reporter_role: String,
+    pub(super) reporter_epoch: u64,
+    pub(super) reporter_state: String,
+    pub(super) reason: String,
+    /// (oldest recoverable ms, seq) from the replica's history, if it keeps one.
+    pub(super) history_oldest: Option<(i64, u64)>,
+    /// Epoch and time at which a replicator last reported itself primary and ready.
+    pub(super) primary_ready: Option<(u64, String, i64)>,
+    /// The replica's last report.
+    pub replica: Option<ReplicaReport>,
+}
+
+impl LiveGroup {
+    /// RPO now as the primary last reported it (ms).
+    pub fn rpo_ms(&self) -> i64 {
+        self.rpo_ms
+    }
+    /// Highest seq the primary captured.
+    pub fn last_captured_seq(&self) -> u64 {
+        self.last_captured_seq
+    }
+    /// Highest seq durable on the replica, as the primary knows it.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+    /// When the primary last reported (leader clock).
+    pub fn reported_ms(&self) -> i64 {
+        self.reported_ms
+    }
+    /// The primary reporter's epoch.
+    pub fn reporter_epoch(&self) -> u64 {
+        self.reporter_epoch
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// node -> last heartbeat (unix ms, leader clock)
+    pub(super) node_seen: HashMap<String, i64>,
+    pub(super) groups: HashMap<String, LiveGroup>,
+    /// When this node last became leader (failure-detector grace).
+    pub(super) leader_since_ms: Option<i64>,
+    pub(super) last_rpo_sample_ms: i64,
+}
+
+impl Live {
+    /// Records a heartbeat received at `now`: the node is heard; a primary's report replaces
+    /// its group's figures (RPO from the oldest unacknowledged capture), a replica's its
+    /// group's replica report and recovery horizon.
+    pub(crate) fn record(&mut self, r: &HeartbeatRequest, now: i64) {
+        self.node_seen.insert(r.node.clone(), now);
+        for p in &r.groups {
+            let e = self.groups.entry(p.group.clone()).or_default();
+            if p.role == "primary" {
+                e.rpo_ms = if p.oldest_unacked_ms > 0 {
+                    now.saturating_sub(p.oldest_unacked_ms).max(0)
+                } else {
+                    0
+                };
+                e.last_captured_seq = p.last_captured_seq;
+                e.durable_seq = p.durable_seq;
+                e.bytes_pending = p.bytes_pending;
+                e.bytes_raw = p.bytes_raw;
+                e.bytes_shipped = p.bytes_shipped;
+                e.throughput_bps = p.throughput_bps;
+                e.reported_ms = now;
+                e.reporter = r.node.clone();
+                e.reporter_role = p.role.clone();
+                e.reporter_epoch = p.epoch;
+                e.reporter_state = p.state.clone();
+                e.reason = p.reason.clone();
+                if p.state == "ready" {
+                    e.primary_ready = Some((p.epoch, r.node.clone(), now));
+                }
+            } else if p.role == "replica" {
+                e.replica = Some(ReplicaReport {
+                    epoch: p.epoch,
+                    node: r.node.clone(),
+                    site: r.site.clone(),
+                    state: p.state.clone(),
+                    durable_seq: p.durable_seq,
+                    at_ms: now,
+                    reason: p.reason.clone(),
+                });
+                e.history_oldest = (p.history_oldest_ms > 0)
+                    .then_some((p.history_oldest_ms, p.history_oldest_seq));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streaming_replica_is_caught_up_without_an_idle_instant() {
+        // Idle and equal.
+        assert!(replica_caught_up(100, 100, 0, 100));
+        // Steady writes: a few frames in flight, RPO 150 ms, the replica holds what it acked.
+        assert!(replica_caught_up(120, 110, 150, 110));
+        // Far behind: RPO of seconds.
+        assert!(!replica_caught_up(5_000, 1_000, 4_000, 1_000));
+        // The replica reports less than the primary saw acknowledged (a stale report).
+        assert!(!replica_caught_up(120, 110, 150, 90));
+        // Exactly at the bound, and just over.
+        assert!(replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS, 110));
+        assert!(!replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS + 1, 110));
+    }
+}

@@ -1,0 +1,282 @@
+//! The status document the admin API returns and the metrics are mapped from: members, sites,
+//! groups (RPO now, reason, lease, resources) and TLS certificates, assembled from the
+//! topology, the replicated state and the leader's live figures.
+
+use super::coordinator::{lock, Coordinator};
+use super::live::{Live, LiveGroup};
+use crate::state::{self, LeaseStatus as StLease, Mode, SiteStatus, State};
+use crate::status::{
+    CertStatus, ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
+    SiteStatus as StSite, TlsStatus,
+};
+use tandem_core::config::{self, NodeRole, ResourceKind, Site, Topology};
+
+impl Coordinator {
+    /// The TLS certificates of the nodes: as heard in heartbeats, this node's own, and the
+    /// files of nodes not heard from.
+    fn tls_status(&self, now_ms: i64) -> TlsStatus {
+        let net = &self.inner.net;
+        let mut seen = lock(&self.inner.cert_seen).clone();
+        if let Some(at) = net.cert_not_after() {
+            seen.insert(self.inner.name.clone(), at);
+        }
+        if net.is_tls() {
+            // Nodes not heard from: their certificate file, when this machine has it.
+            for n in &self.inner.topo.nodes {
+                if !seen.contains_key(&n.name) {
+                    let p = tandem_core::certs::cert_path(&self.inner.topo.tls.dir, &n.name);
+                    if let Ok(at) = tandem_core::certs::cert_file_not_after(&p) {
+                        seen.insert(n.name.clone(), at);
+                    }
+                }
+            }
+        }
+        TlsStatus {
+            enabled: net.is_tls(),
+            certs: seen
+                .into_iter()
+                .map(|(node, not_after)| CertStatus {
+                    node,
+                    not_after,
+                    expires_in_s: not_after - now_ms / 1000,
+                })
+                .collect(),
+        }
+    }
+
+    /// The status document as this node sees it (`stale`: a follower that could not reach
+    /// the leader answers from its own copy of the state).
+    pub(crate) fn status_doc(&self, stale: bool) -> ClusterStatus {
+        let rs = self.inner.raft.status();
+        let now = self.now_ms();
+        let live = lock(&self.inner.live);
+        let t = &self.inner.topo;
+        let members = members(t, rs.leader_id);
+        self.read(|s| {
+            let sites = t
+                .sites
+                .iter()
+                .map(|site| site_status(t, s, &live, site, now))
+                .collect();
+            let groups = t
+                .groups
+                .iter()
+                .filter_map(|cg| group_status(t, s, &live, cg, now))
+                .collect();
+            ClusterStatus {
+                cluster: t.cluster.name.clone(),
+                answered_by: self.inner.name.clone(),
+                leader: rs.leader_id.and_then(|l| self.inner.names.get(&l).cloned()),
+                term: rs.term,
+                commit_index: rs.commit,
+                applied_index: rs.applied,
+                stale,
+                members,
+                sites,
+                groups,
+                audit_len: s.audit().len() as u64,
+                audit_head: s.audit().head_hash().to_owned(),
+                tls: self.tls_status(now),
+            }
+        })
+    }
+}
+
+/// The coordinators and their raft role as this node knows the leader.
+fn members(t: &Topology, leader_id: Option<u64>) -> Vec<MemberStatus> {
+    t.coordinators()
+        .iter()
+        .map(|c| MemberStatus {
+            name: c.node.name.clone(),
+            id: c.raft_id,
+            site: c.node.site.clone(),
+            address: c.node.listen.clone(),
+            role: if leader_id == Some(c.raft_id) {
+                "leader".into()
+            } else if leader_id.is_some() {
+                "follower".into()
+            } else {
+                "unknown".into()
+            },
+        })
+        .collect()
+}
+
+/// A site: its status in the state and when a replicator there was last heard.
+fn site_status(t: &Topology, s: &State, live: &Live, site: &Site, now: i64) -> StSite {
+    let st = s.site(&site.name);
+    let last = t
+        .nodes
+        .iter()
+        .filter(|n| n.site == site.name && n.role == NodeRole::Replicator)
+        .filter_map(|n| live.node_seen.get(&n.name).copied())
+        .max();
+    StSite {
+        name: site.name.clone(),
+        witness: site.witness,
+        status: match st.map(|x| x.status) {
+            Some(SiteStatus::Up) => "up".into(),
+            Some(SiteStatus::Down) => "down".into(),
+            _ => "unknown".into(),
+        },
+        last_heartbeat_ago_ms: last.map(|l| now - l),
+    }
+}
+
+/// A group of the topology as the state and the primary's live report show it (`None` when
+/// the state does not know it yet).
+fn group_status(
+    t: &Topology,
+    s: &State,
+    live: &Live,
+    cg: &config::Group,
+    now: i64,
+) -> Option<GroupStatus> {
+    let g = s.group(&cg.name)?;
+    let lg = live.groups.get(&cg.name).cloned().unwrap_or_default();
+    let fresh = now - lg.reported_ms < 3 * t.cluster.heartbeat_interval.as_millis() as i64 + 1000;
+    // RPO now: the primary's live figure while it reports; once it is silent
+    // the data at risk keeps growing with the silence.
+    let rpo_ms = if lg.reported_ms == 0 {
+        g.progress.rpo_ms as i64
+    } else if fresh || lg.rpo_ms == 0 {
+        lg.rpo_ms
+    } else {
+        lg.rpo_ms + (now - lg.reported_ms)
+    };
+    let resources = cg
+        .resources
+        .iter()
+        .map(|r| resource_status(t, cg, g, r))
+        .collect();
+    Some(GroupStatus {
+        name: g.name.clone(),
+        primary: g.primary_site.clone(),
+        replica: g.replica_site.clone(),
+        epoch: g.epoch.0,
+        mode: match g.mode {
+            Mode::Sync => "sync".into(),
+            Mode::Async => "async".into(),
+        },
+        state: g.state.as_str().into(),
+        reason: group_reason(g, &lg, fresh),
+        rpo_ms,
+        rpo_target_ms: g.rpo_target_ms as i64,
+        rto_target_ms: cg.rto_target.as_millis() as i64,
+        paused: g.paused,
+        last_captured_seq: lg.last_captured_seq.max(g.progress.last_captured_seq.0),
+        durable_seq: lg.durable_seq.max(g.progress.durable_seq.0),
+        bytes_pending: lg.bytes_pending,
+        throughput_bps: if fresh { lg.throughput_bps } else { 0.0 },
+        bytes_raw: lg.bytes_raw,
+        bytes_shipped: lg.bytes_shipped,
+        max_bandwidth_bps: cg.bandwidth_at(tandem_core::config::TimeOfDay::of(chrono::Utc::now())),
+        lease: g.lease.as_ref().map(|l| lease_status(l, now)),
+        last_failover_loss_ms: g.last_failover.as_ref().map(|w| w.rpo_ms as i64),
+        history_oldest_ms: lg.history_oldest.map(|h| h.0),
+        history_oldest_seq: lg.history_oldest.map(|h| h.1),
+        sync_degraded_since_ms: g.sync_degraded_since,
+        resources,
+    })
+}
+
+/// Why a group is in its state: the coordinators' reason (site down, failing over), then what
+/// the primary says of its replication (journal, replica), then what the replica says.
+fn group_reason(g: &state::Group, lg: &LiveGroup, fresh: bool) -> String {
+    let mut reason = g.reason.clone();
+    if let Some(since) = g.sync_degraded_since {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&format!(
+            "sync degraded since {}: writes acknowledged at {} only; no automatic failover",
+            crate::evidence::derive::iso_ms(since),
+            g.primary_site
+        ));
+    }
+    if !lg.reason.is_empty() && fresh {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&lg.reason);
+    }
+    // A replica says how far its resync is, its last error, and what
+    // its failback resync kept in quarantine.
+    if let Some(r) = lg
+        .replica
+        .as_ref()
+        .filter(|r| r.epoch == g.epoch.0 && !r.reason.is_empty())
+    {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&format!("replica {}: {}", r.site, r.reason));
+    }
+    reason
+}
+
+/// A lease as the status shows it.
+fn lease_status(l: &state::Lease, now: i64) -> LeaseStatus {
+    LeaseStatus {
+        holder: l.holder.clone(),
+        epoch: l.epoch.0,
+        expires_ms: l.expires_ms,
+        remaining_ms: l.expires_ms - now,
+        status: match l.status {
+            StLease::Active => "active".into(),
+            StLease::Revoked { .. } => "revoked".into(),
+            StLease::Released { .. } => "released".into(),
+        },
+    }
+}
+
+/// A resource of a group: its paths at both sites, its NBD export (volumes, at the primary)
+/// and its port and binaries (postgres).
+fn resource_status(
+    t: &Topology,
+    cg: &config::Group,
+    g: &state::Group,
+    r: &config::Resource,
+) -> ResourceStatus {
+    let primary_path = t
+        .resource_path(cg, r, &g.primary_site)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let replica_path = t
+        .resource_path(cg, r, &g.replica_site)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let nbd_url = match r.kind {
+        ResourceKind::Volume { .. } => t
+            .replicators_at(&g.primary_site)
+            .iter()
+            .find_map(|n| n.nbd_listen.clone())
+            .map(|a| format!("nbd://{a}/{}", r.name)),
+        _ => None,
+    };
+    let (port, bin_dir) = match &r.kind {
+        ResourceKind::Postgres {
+            port,
+            replica_port,
+            bin_dir,
+            ..
+        } => (
+            Some(if g.primary_site == cg.primary {
+                *port
+            } else {
+                *replica_port
+            }),
+            Some(bin_dir.display().to_string()),
+        ),
+        _ => (None, None),
+    };
+    ResourceStatus {
+        name: r.name.clone(),
+        kind: r.kind.name().into(),
+        primary_path,
+        replica_path,
+        nbd_url,
+        port,
+        bin_dir,
+    }
+}
