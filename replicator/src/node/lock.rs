@@ -1,0 +1,54 @@
+//! Locks of the node: the poison-tolerant mutex helper and the byte-range lock that orders
+//! overlapping writes of a volume (journal then image, one after the other). In-memory only.
+
+use std::sync::Mutex;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A lock on byte ranges of one resource namespace: overlapping holders exclude each other,
+/// disjoint ones run concurrently.
+#[derive(Default)]
+pub struct RangeLock {
+    pub(super) held: Mutex<Vec<(String, u64, u64)>>,
+    pub(super) freed: tokio::sync::Notify,
+}
+
+/// A held range; released on drop.
+pub struct RangeGuard<'a> {
+    pub(super) lock: &'a RangeLock,
+    pub(super) key: (String, u64, u64),
+}
+
+impl RangeLock {
+    /// Waits until no holder overlaps `[start, end)` of `resource`, then holds it.
+    pub async fn lock(&self, resource: &str, start: u64, end: u64) -> RangeGuard<'_> {
+        loop {
+            let notified = self.freed.notified();
+            {
+                let mut held = lock(&self.held);
+                let busy = held
+                    .iter()
+                    .any(|(r, s, e)| r == resource && *s < end && start < *e);
+                if !busy {
+                    let key = (resource.to_owned(), start, end);
+                    held.push(key.clone());
+                    return RangeGuard { lock: self, key };
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(&self.lock.held);
+        if let Some(i) = held.iter().position(|k| *k == self.key) {
+            held.swap_remove(i);
+        }
+        drop(held);
+        self.lock.freed.notify_waiters();
+    }
+}
