@@ -3,16 +3,14 @@
 //! overflows a full journal of an all-volume group. Touches the images only to fdatasync them
 //! before an overflow.
 
+use super::decide::{lease_live, write_allowed};
 use super::lock::{lock, RangeLock};
 use crate::pipeline::GroupPipeline;
 use crate::volume::VolumeError;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-/// Keep this much of the lease unused: stop writes before the coordinators' expiry.
-pub(super) const LEASE_SAFETY: Duration = Duration::from_millis(200);
+use std::time::Instant;
 
 /// What the volumes of a group need to know about the group's current role.
 #[derive(Default)]
@@ -52,13 +50,15 @@ impl RoleCell {
         if unsafe_skip_lease_check() {
             return true;
         }
-        lock(&self.lease_deadline).is_some_and(|d| Instant::now() < d)
+        lease_live(*lock(&self.lease_deadline), Instant::now())
     }
 
     pub(crate) fn writable(&self) -> bool {
-        !self.fenced.load(std::sync::atomic::Ordering::SeqCst)
-            && self.lease_valid()
-            && self.pipeline().is_some()
+        write_allowed(
+            self.fenced.load(std::sync::atomic::Ordering::SeqCst),
+            self.lease_valid(),
+            self.pipeline().is_some(),
+        )
     }
 
     /// The journal is full: with no write between journal and image, make the images durable

@@ -52,3 +52,29 @@ impl Drop for RangeGuard<'_> {
         self.lock.freed.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    #[tokio::test]
+    async fn overlapping_ranges_wait_and_disjoint_ones_do_not() {
+        let l = RangeLock::default();
+        let a = l.lock("d", 0, 10).await;
+        let short = Duration::from_millis(50);
+        let b = timeout(short, l.lock("d", 10, 20)).await.expect("adjacent");
+        let c = timeout(short, l.lock("e", 0, 10))
+            .await
+            .expect("other resource");
+        assert!(timeout(short, l.lock("d", 5, 15)).await.is_err(), "overlap");
+        drop(a);
+        assert!(timeout(short, l.lock("d", 5, 15)).await.is_err(), "still b");
+        drop(b);
+        let d = timeout(Duration::from_secs(5), l.lock("d", 5, 15)).await;
+        assert!(d.is_ok(), "free once both holders are gone");
+        drop((c, d));
+        assert!(lock(&l.held).is_empty());
+    }
+}

@@ -28,6 +28,7 @@
 
 mod blocks;
 mod coordinators;
+mod decide;
 mod heartbeat;
 mod layout;
 pub(crate) mod lease;

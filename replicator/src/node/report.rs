@@ -1,6 +1,7 @@
 //! What a heartbeat tells the coordinators: each group's role, epoch, progress, state and
 //! reason, and the one-line resync progress for status. Reads the runtime; no I/O.
 
+use super::decide::{primary_reason, primary_state, replica_reason};
 use super::runtime::{NodeRt, Role};
 use std::time::Instant;
 use tandem_core::proto::{GroupProgress, HeartbeatRequest, ResyncProgress};
@@ -34,18 +35,8 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                     bytes_shipped: pr.bytes_shipped_total,
                     bytes_raw: pr.bytes_raw_total,
                     throughput_bps: g.throughput,
-                    state: if *draining {
-                        "draining".into()
-                    } else if ready {
-                        "ready".into()
-                    } else {
-                        "starting".into()
-                    },
-                    reason: if pr.reason.is_empty() {
-                        g.last_error.clone()
-                    } else {
-                        pr.reason.clone()
-                    },
+                    state: primary_state(*draining, ready).into(),
+                    reason: primary_reason(&pr.reason, &g.last_error),
                     ..Default::default()
                 })
             }
@@ -76,12 +67,7 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 reason: if *resyncing {
                     describe_resync(&g.resync.borrow())
                 } else {
-                    [g.last_error.as_str(), g.quarantined.as_str()]
-                        .iter()
-                        .filter(|s| !s.is_empty())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    replica_reason(&g.last_error, &g.quarantined)
                 },
                 ..Default::default()
             }),

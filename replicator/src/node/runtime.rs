@@ -2,6 +2,7 @@
 //! the parts the gRPC block source shares ([`NodeRtShared`]) and the residency check of the
 //! copies this node writes. Types only (and the pure residency check); no I/O.
 
+use super::decide::Held;
 use super::lease::RoleCell;
 use crate::apply::ReplicaGroup;
 use crate::pipeline::GroupPipeline;
@@ -39,6 +40,24 @@ pub(super) enum Role {
         rg: Option<Arc<ReplicaGroup>>,
         resyncing: bool,
     },
+}
+
+impl Role {
+    /// What [`super::decide::transition`] needs to know of this role.
+    pub(super) fn held(&self) -> Held {
+        match self {
+            Role::Unknown => Held::Unknown,
+            Role::Primary { epoch, .. } => Held::Primary { epoch: *epoch },
+            Role::Replica {
+                epoch,
+                rg,
+                resyncing,
+            } => Held::Replica {
+                epoch: *epoch,
+                open: rg.is_some() && !*resyncing,
+            },
+        }
+    }
 }
 
 pub(super) struct GroupRt {

@@ -4,6 +4,7 @@
 //! a resync). Touches the pipeline and the data folder, and asks the coordinators.
 
 use super::coordinators::connect;
+use super::decide::{replica_start, ReplicaStart};
 use super::layout::{journal_epochs, replica_dir, stored_watermark, RESYNC_MARKER};
 use super::lock::lock;
 use super::replica::{open_replica, register_replica};
@@ -145,17 +146,14 @@ pub(super) async fn become_replica(
         return Ok(());
     }
     let existing = stored_watermark(&rdir)?;
-    let why = if was_primary {
-        "the old primary returns as replica"
-    } else if rdir.join(RESYNC_MARKER).exists() {
-        "a resync was interrupted"
-    } else if existing.is_none_or(|w| w == 0) {
-        "initial sync"
-    } else {
-        let rg = Arc::new(open_replica(rt, &g.cfg)?);
-        rg.set_fence(epoch)?;
-        register_replica(rt, g, epoch, rg);
-        return Ok(());
-    };
-    start_resync(rt, g, epoch, primary_site, why)
+    let interrupted = !was_primary && rdir.join(RESYNC_MARKER).exists();
+    match replica_start(was_primary, interrupted, existing) {
+        ReplicaStart::Resync(why) => start_resync(rt, g, epoch, primary_site, why),
+        ReplicaStart::Reopen => {
+            let rg = Arc::new(open_replica(rt, &g.cfg)?);
+            rg.set_fence(epoch)?;
+            register_replica(rt, g, epoch, rg);
+            Ok(())
+        }
+    }
 }
