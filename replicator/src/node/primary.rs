@@ -14,13 +14,21 @@ use super::transitions::stop_role;
 use crate::error::{ReplicatorError, Result};
 use crate::journal::Journal;
 use crate::pipeline::{GroupPipeline, Mode, PipelineConfig};
-use crate::ship::ShipConfig;
+use crate::ship::{ShipConfig, ShipperHandle};
+use std::path::Path;
 use std::sync::Arc;
 use tandem_core::config::{Capture, ResourceKind};
 use tandem_core::ids::{Epoch, Seq};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// Makes this site the primary of `g` in `epoch`, shipping to the replicator at
+/// `replica_site`: continues the seq numbering, opens the epoch's journal and pipeline, starts
+/// the shipper and the capture sources, and opens the lease gate's pipeline.
+///
+/// # Errors
+/// Reading the stored watermark or older journals, replaying them, opening the journal,
+/// pipeline or a scan source failed.
 pub(super) async fn become_primary(
     rt: &Arc<NodeRt>,
     g: &mut GroupRt,
@@ -51,31 +59,83 @@ pub(super) async fn become_primary(
     let dir = journal_dir(rt, &name, epoch);
     let fresh = !dir.exists();
     if fresh && own_old_journals {
-        // Staying primary into a new epoch (or restarting into one): continue the numbering
-        // after the frames already journaled, so no seq is used twice, and make sure they are
-        // all on the images (a crash may have come between journal and image). A replica that
-        // lacks some of them is behind the new journal's start and is resynced by merkle diff.
-        for e in journal_epochs(rt, &name)
-            .into_iter()
-            .filter(|e| *e < epoch.0)
-        {
-            let old = journal_dir(rt, &name, Epoch(e));
-            let gid = tandem_core::ids::GroupId::from_name(&name);
-            let j = tokio::task::spawn_blocking(move || {
-                Journal::open(&old, gid, Epoch(e), crate::journal::DEFAULT_SEGMENT_BYTES)
-            })
-            .await
-            .map_err(|e| ReplicatorError::Task(e.to_string()))??;
-            let last = Seq(j.next_seq().0.saturating_sub(1));
-            replay_frames(Arc::new(j), &resource_paths(rt, &g.cfg)).await?;
-            if last > start {
-                info!(group = %name, old_epoch = e, %last, was = %start, "numbering continues after the older epoch's journal");
-                start = last;
-            }
-        }
+        start = continue_after_old_journals(rt, g, epoch, start).await?;
     }
     Journal::init(&dir, epoch, start.next())?;
-    let mut cfg = PipelineConfig::new(&name, &dir);
+    let pipeline = open_pipeline(rt, g, epoch, &dir).await?;
+    if !fresh {
+        // A restart: frames journaled before the crash may not have reached the image.
+        replay_journal(&pipeline, &resource_paths(rt, &g.cfg)).await?;
+    }
+    // Journals of older epochs are history now.
+    for e in journal_epochs(rt, &name) {
+        if e < epoch.0 {
+            let old = journal_dir(rt, &name, Epoch(e));
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
+    let shipper = start_shipper(rt, g, &pipeline, replica_site);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    start_scans(rt, g, epoch, &pipeline, &stop_rx).await?;
+    start_sqlite(rt, g, &pipeline, &stop_rx);
+    g.sources_stop = Some(stop_tx);
+    g.cell
+        .fenced
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    g.cell.set_pipeline(Some(pipeline.clone()));
+    g.role = Role::Primary {
+        epoch,
+        pipeline,
+        shipper,
+        drained: None,
+        draining: false,
+    };
+    Ok(())
+}
+
+/// Staying primary into a new epoch (or restarting into one): continue the numbering after
+/// the frames already journaled in older epochs, so no seq is used twice, and make sure they
+/// are all on the images (a crash may have come between journal and image). A replica that
+/// lacks some of them is behind the new journal's start and is resynced by merkle diff.
+/// Returns the seq the numbering continues after.
+async fn continue_after_old_journals(
+    rt: &NodeRt,
+    g: &GroupRt,
+    epoch: Epoch,
+    mut start: Seq,
+) -> Result<Seq> {
+    let name = &g.cfg.name;
+    for e in journal_epochs(rt, name)
+        .into_iter()
+        .filter(|e| *e < epoch.0)
+    {
+        let old = journal_dir(rt, name, Epoch(e));
+        let gid = tandem_core::ids::GroupId::from_name(name);
+        let j = tokio::task::spawn_blocking(move || {
+            Journal::open(&old, gid, Epoch(e), crate::journal::DEFAULT_SEGMENT_BYTES)
+        })
+        .await
+        .map_err(|e| ReplicatorError::Task(e.to_string()))??;
+        let last = Seq(j.next_seq().0.saturating_sub(1));
+        replay_frames(Arc::new(j), &resource_paths(rt, &g.cfg)).await?;
+        if last > start {
+            info!(group = %name, old_epoch = e, %last, was = %start, "numbering continues after the older epoch's journal");
+            start = last;
+        }
+    }
+    Ok(start)
+}
+
+/// Opens the group's pipeline on the journal in `dir` (initialised for `epoch`), with the
+/// group's limits and mode, asking the coordinators' consent before a sync group degrades.
+async fn open_pipeline(
+    rt: &NodeRt,
+    g: &GroupRt,
+    epoch: Epoch,
+    dir: &Path,
+) -> Result<Arc<GroupPipeline>> {
+    let name = &g.cfg.name;
+    let mut cfg = PipelineConfig::new(name, dir);
     cfg.epoch = epoch;
     cfg.journal_max = g.cfg.journal_max.bytes();
     cfg.sync_timeout = (!g.cfg.sync_timeout.is_zero()).then(|| g.cfg.sync_timeout.into());
@@ -92,22 +152,21 @@ pub(super) async fn become_primary(
         tandem_core::config::Mode::Sync => Mode::Sync,
         tandem_core::config::Mode::Async => Mode::Async,
     };
-    let pipeline = Arc::new(GroupPipeline::open(cfg).await?);
-    if !fresh {
-        // A restart: frames journaled before the crash may not have reached the image.
-        replay_journal(&pipeline, &resource_paths(rt, &g.cfg)).await?;
-    }
-    // Journals of older epochs are history now.
-    for e in journal_epochs(rt, &name) {
-        if e < epoch.0 {
-            let old = journal_dir(rt, &name, Epoch(e));
-            let _ = std::fs::remove_dir_all(&old);
-        }
-    }
+    Ok(Arc::new(GroupPipeline::open(cfg).await?))
+}
+
+/// Records the replica replicator at `replica_site` as the group's peer and starts shipping
+/// to it (with the group's bandwidth limit and schedule); none when no replicator is there.
+fn start_shipper(
+    rt: &NodeRt,
+    g: &GroupRt,
+    pipeline: &Arc<GroupPipeline>,
+    replica_site: &str,
+) -> Option<ShipperHandle> {
     if let Some(addr) = peer_replicator(rt, replica_site) {
-        lock(&rt.me.peers).insert(name.clone(), addr);
+        lock(&rt.me.peers).insert(g.cfg.name.clone(), addr);
     }
-    let shipper = peer_replicator(rt, replica_site).map(|addr| {
+    peer_replicator(rt, replica_site).map(|addr| {
         let mut cfg = ShipConfig::new(&addr, &rt.node.name);
         cfg.net = rt.me.net.clone();
         cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);
@@ -118,9 +177,18 @@ pub(super) async fn become_primary(
             }));
         }
         pipeline.start_shipper(cfg)
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Scanned volumes: re-hash every interval, journal the changed blocks.
+    })
+}
+
+/// Scanned volumes: re-hash every interval, journal the changed blocks (until `stop`).
+async fn start_scans(
+    rt: &NodeRt,
+    g: &mut GroupRt,
+    epoch: Epoch,
+    pipeline: &Arc<GroupPipeline>,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<()> {
+    let name = g.cfg.name.clone();
     for r in &g.cfg.resources {
         let ResourceKind::Volume {
             capture: Capture::Scan,
@@ -148,7 +216,16 @@ pub(super) async fn become_primary(
         g.scans.push(src.clone());
         tokio::spawn(src.run((*scan_interval).into(), g.cell.clone(), stop_rx.clone()));
     }
-    // SQLite resources: follow each database's WAL into the same pipeline.
+    Ok(())
+}
+
+/// SQLite resources: follow each database's WAL into the same pipeline (until `stop`).
+fn start_sqlite(
+    rt: &NodeRt,
+    g: &GroupRt,
+    pipeline: &Arc<GroupPipeline>,
+    stop_rx: &watch::Receiver<bool>,
+) {
     let names = sqlite_names(&g.cfg);
     if !names.is_empty() {
         lock(&g.cell.sqlite_asks).clear();
@@ -185,17 +262,4 @@ pub(super) async fn become_primary(
             });
         }
     }
-    g.sources_stop = Some(stop_tx);
-    g.cell
-        .fenced
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    g.cell.set_pipeline(Some(pipeline.clone()));
-    g.role = Role::Primary {
-        epoch,
-        pipeline,
-        shipper,
-        drained: None,
-        draining: false,
-    };
-    Ok(())
 }

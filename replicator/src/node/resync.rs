@@ -10,7 +10,7 @@ use super::runtime::{GroupRt, NodeRt, Role};
 use crate::error::{ReplicatorError, Result};
 use crate::resync::{self, ResyncOptions};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_core::clock::{Clock, SystemClock};
@@ -19,6 +19,7 @@ use tandem_core::ids::{Epoch, Seq};
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{MerkleRequest, ResyncProgress};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 /// Brings this copy of `g` to the primary's by merkle diff while the primary keeps writing,
@@ -183,22 +184,16 @@ pub(super) async fn resync_from(
     started: Instant,
     keep_tail: Option<Epoch>,
 ) -> Result<(Seq, HashMap<String, Seq>, Vec<String>)> {
+    let pull = Pull {
+        rt,
+        g,
+        addr,
+        progress,
+        started,
+        keep_tail,
+    };
     let mut kept = Vec::new();
-    let net = &rt.me.net;
-    let ep = net
-        .endpoint(addr)
-        .map_err(|e| ReplicatorError::Task(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1));
-    let ch = net
-        .connect(ep)
-        .await
-        .map_err(|e| ReplicatorError::Transport {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
-    // Blocks and leaves cross the WAN zstd-compressed (the server compresses when asked).
-    let mut client = tandem_core::grpc_limits!(ReplicationClient::new(ch))
-        .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let mut client = pull.dial().await?;
     let mut seq: Option<u64> = None;
     for r in &g.resources {
         let ResourceKind::Volume { block_size, .. } = &r.kind else {
@@ -207,7 +202,76 @@ pub(super) async fn resync_from(
         let Some(path) = rt.topo.resource_path(g, r, &rt.node.site) else {
             continue;
         };
-        let (tx, name) = (progress.clone(), r.name.clone());
+        let watermark = pull
+            .volume(
+                &mut client,
+                &r.name,
+                &path,
+                block_size.bytes() as u32,
+                &mut kept,
+            )
+            .await?;
+        seq = Some(seq.map_or(watermark, |s| s.min(watermark)));
+    }
+    let only_postgres = g
+        .resources
+        .iter()
+        .all(|r| matches!(r.kind, ResourceKind::Postgres { .. }));
+    if seq.is_none() && only_postgres {
+        seq = Some(pull.journal_start(&mut client).await?);
+    }
+    let from = pull.sqlite_snapshots(&mut client, &mut seq).await?;
+    Ok((Seq(seq.unwrap_or(0)), from, kept))
+}
+
+/// The replica's side of one resync attempt of a group from the primary at `addr`.
+struct Pull<'a> {
+    rt: &'a NodeRt,
+    g: &'a Group,
+    addr: &'a str,
+    progress: &'a watch::Sender<ResyncProgress>,
+    started: Instant,
+    /// Set (to the epoch) when the copy was a primary: what the resync overwrites is kept in
+    /// quarantine.
+    keep_tail: Option<Epoch>,
+}
+
+impl Pull<'_> {
+    fn transport(&self, reason: String) -> ReplicatorError {
+        ReplicatorError::Transport {
+            addr: self.addr.to_owned(),
+            reason,
+        }
+    }
+
+    /// A Replication client of the primary. Blocks and leaves cross the WAN zstd-compressed
+    /// (the server compresses when asked).
+    async fn dial(&self) -> Result<ReplicationClient<Channel>> {
+        let net = &self.rt.me.net;
+        let ep = net
+            .endpoint(self.addr)
+            .map_err(|e| ReplicatorError::Task(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1));
+        let ch = net
+            .connect(ep)
+            .await
+            .map_err(|e| self.transport(e.to_string()))?;
+        Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch))
+            .accept_compressed(tonic::codec::CompressionEncoding::Zstd))
+    }
+
+    /// Resyncs volume `resource` (image at `path`) by merkle diff; notes what it quarantined in
+    /// `kept`; returns the primary's watermark taken before it hashed.
+    async fn volume(
+        &self,
+        client: &mut ReplicationClient<Channel>,
+        resource: &str,
+        path: &Path,
+        block_size: u32,
+        kept: &mut Vec<String>,
+    ) -> Result<u64> {
+        let (rt, g, started) = (self.rt, self.g, self.started);
+        let (tx, name) = (self.progress.clone(), resource.to_owned());
         let opts = ResyncOptions {
             live_source: true,
             // A live source's roots may differ at the end anyway (the journal replay after
@@ -225,30 +289,20 @@ pub(super) async fn resync_from(
                     p.elapsed_ms = started.elapsed().as_millis() as u64;
                 })
             })),
-            quarantine: keep_tail.map(|e| {
+            quarantine: self.keep_tail.map(|e| {
                 let ms = SystemClock::new().now_ms().max(0);
                 rt.data_dir
                     .join("quarantine")
                     .join(&g.name)
-                    .join(format!("{}-epoch{}-{ms}.blocks", r.name, e.0))
+                    .join(format!("{}-epoch{}-{ms}.blocks", resource, e.0))
             }),
             ..ResyncOptions::default()
         };
-        let report = resync::resync(
-            &mut client,
-            &g.name,
-            &r.name,
-            &path,
-            block_size.bytes() as u32,
-            opts,
-        )
-        .await
-        .map_err(|e| ReplicatorError::Transport {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let report = resync::resync(client, &g.name, resource, path, block_size, opts)
+            .await
+            .map_err(|e| self.transport(e.to_string()))?;
         info!(
-            group = %g.name, resource = %r.name,
+            group = %g.name, resource = %resource,
             differing_blocks = report.blocks_differing, total_blocks = report.blocks_total,
             wire_bytes = report.bytes_sent_over_wire, ms = report.duration.as_millis() as u64,
             from_seq = report.source_watermark, "resynced from the primary"
@@ -257,45 +311,49 @@ pub(super) async fn resync_from(
             kept.push(format!(
                 "{} blocks of {} in {}",
                 report.quarantined_blocks,
-                r.name,
+                resource,
                 q.display()
             ));
-            warn!(group = %g.name, resource = %r.name, blocks = report.quarantined_blocks, copy = %q.display(),
+            warn!(group = %g.name, resource = %resource, blocks = report.quarantined_blocks, copy = %q.display(),
                 "quarantined the old content of the blocks this resync overwrote: what this copy held that the primary does not is kept there, not merged");
         }
-        seq = Some(seq.map_or(report.source_watermark, |s| s.min(report.source_watermark)));
+        Ok(report.source_watermark)
     }
-    let only_postgres = g
-        .resources
-        .iter()
-        .all(|r| matches!(r.kind, ResourceKind::Postgres { .. }));
-    if seq.is_none() && only_postgres {
-        // Nothing to diff: an archive folder needs no resync (a standby is rebuilt from a base
-        // backup). Continue from what the primary's journal still holds, so a returning old
-        // primary does not ask for frames the journal has trimmed.
+
+    /// Nothing to diff: an archive folder needs no resync (a standby is rebuilt from a base
+    /// backup). Continue from what the primary's journal still holds, so a returning old
+    /// primary does not ask for frames the journal has trimmed.
+    async fn journal_start(&self, client: &mut ReplicationClient<Channel>) -> Result<u64> {
         let r = client
             .merkle(MerkleRequest {
-                group: g.name.clone(),
+                group: self.g.name.clone(),
                 resource: String::new(),
                 block_size: 0,
                 barrier: false,
                 ..Default::default()
             })
             .await
-            .map_err(|s| ReplicatorError::Transport {
-                addr: addr.to_owned(),
-                reason: s.message().to_owned(),
-            })?;
-        seq = Some(r.into_inner().watermark);
+            .map_err(|s| self.transport(s.message().to_owned()))?;
+        Ok(r.into_inner().watermark)
     }
-    // SQLite databases: the primary journals a fresh full snapshot of each; the copy applies
-    // each database's changes only from its snapshot on (`ReplicaGroup::set_sqlite_from`).
-    let names = sqlite_names(g);
-    let mut from = HashMap::new();
-    if !names.is_empty() {
-        progress.send_modify(|p| {
+
+    /// SQLite databases: the primary journals a fresh full snapshot of each; the copy applies
+    /// each database's changes only from its snapshot on (`ReplicaGroup::set_sqlite_from`).
+    /// Lowers `seq` to just before each snapshot; returns where each database's starts.
+    async fn sqlite_snapshots(
+        &self,
+        client: &mut ReplicationClient<Channel>,
+        seq: &mut Option<u64>,
+    ) -> Result<HashMap<String, Seq>> {
+        let g = self.g;
+        let names = sqlite_names(g);
+        let mut from = HashMap::new();
+        if names.is_empty() {
+            return Ok(from);
+        }
+        self.progress.send_modify(|p| {
             p.phase = "snapshot".into();
-            p.elapsed_ms = started.elapsed().as_millis() as u64;
+            p.elapsed_ms = self.started.elapsed().as_millis() as u64;
         });
         let r = client
             .merkle(MerkleRequest {
@@ -305,29 +363,21 @@ pub(super) async fn resync_from(
                 ..Default::default()
             })
             .await
-            .map_err(|s| ReplicatorError::Transport {
-                addr: addr.to_owned(),
-                reason: s.message().to_owned(),
-            })?
+            .map_err(|s| self.transport(s.message().to_owned()))?
             .into_inner();
         for name in &names {
-            let first =
-                r.snapshot_from
-                    .get(name)
-                    .copied()
-                    .ok_or_else(|| ReplicatorError::Transport {
-                        addr: addr.to_owned(),
-                        reason: format!(
-                            "the primary took no snapshot of the SQLite resource {name:?}"
-                        ),
-                    })?;
+            let first = r.snapshot_from.get(name).copied().ok_or_else(|| {
+                self.transport(format!(
+                    "the primary took no snapshot of the SQLite resource {name:?}"
+                ))
+            })?;
             let before = first.saturating_sub(1);
-            seq = Some(seq.map_or(before, |s| s.min(before)));
+            *seq = Some(seq.map_or(before, |s| s.min(before)));
             from.insert(name.clone(), Seq(first));
         }
         info!(group = %g.name, ?from, "SQLite databases follow the primary's fresh snapshots");
+        Ok(from)
     }
-    Ok((Seq(seq.unwrap_or(0)), from, kept))
 }
 
 /// Before a resync overwrites them: copies each SQLite database of the group at this site
