@@ -4,6 +4,7 @@
 use crate::error::{ReplicatorError, Result};
 use crate::journal::Journal;
 use crate::pipeline::GroupPipeline;
+use crate::volume::zero_fill;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,15 +54,9 @@ pub(super) async fn replay_frames(
                                 .write_all_at(&c.data, c.offset)
                                 .map_err(|e| ReplicatorError::io("replay write", path, e))?,
                             tandem_core::frame::ChangeKind::Trim => {
-                                let zero = vec![0u8; c.length.min(1 << 20) as usize];
-                                let mut off = c.offset;
-                                let end = c.offset + c.length;
-                                while off < end {
-                                    let len = (end - off).min(zero.len() as u64) as usize;
-                                    f.write_all_at(&zero[..len], off)
-                                        .map_err(|e| ReplicatorError::io("replay trim", path, e))?;
-                                    off += len as u64;
-                                }
+                                zero_fill(f, c.offset, c.length, |_, e| {
+                                    ReplicatorError::io("replay trim", path, e)
+                                })?
                             }
                             _ => {}
                         }
