@@ -7,6 +7,7 @@ use super::layout::{
 };
 use super::replica::{open_replica, register_replica};
 use super::runtime::{GroupRt, NodeRt, Role};
+use crate::apply::ReplicaGroup;
 use crate::error::{ReplicatorError, Result};
 use crate::resync::{self, ResyncOptions};
 use std::collections::HashMap;
@@ -54,23 +55,46 @@ pub(super) fn start_resync(
         phase: "hashing".into(),
         ..ResyncProgress::default()
     });
-    let rt2 = rt.clone();
     let cfg = g.cfg.clone();
     // A copy with a journal was a primary: what its volumes hold that the new primary does
     // not (the unreplicated tail) is kept in quarantine before the resync overwrites it.
     let keep_tail = (!journal_epochs(rt, &cfg.name).is_empty()).then_some(epoch);
-    tokio::spawn(async move {
+    let job = ResyncJob {
+        rt: rt.clone(),
+        cfg,
+        addr,
+        epoch,
+        progress,
+        started,
+        keep_tail,
+    };
+    tokio::spawn(job.run());
+    Ok(())
+}
+
+/// One resync of a group at this replica, retried until it succeeds or the role changes.
+struct ResyncJob {
+    rt: Arc<NodeRt>,
+    cfg: Group,
+    /// The primary replicator's URL.
+    addr: String,
+    epoch: Epoch,
+    progress: watch::Sender<ResyncProgress>,
+    started: Instant,
+    keep_tail: Option<Epoch>,
+}
+
+impl ResyncJob {
+    /// Quarantines the SQLite databases (once), resyncs, and registers the replica; retries
+    /// with backoff (200 ms doubling to 3 s).
+    async fn run(self) {
+        let (rt2, cfg, progress, epoch) = (&self.rt, &self.cfg, &self.progress, self.epoch);
         let mut delay = Duration::from_millis(200);
-        let mut quarantined = sqlite_names(&cfg).is_empty();
+        let mut quarantined = sqlite_names(cfg).is_empty();
         let mut kept: Vec<String> = Vec::new();
         loop {
             if !quarantined {
-                let (rt3, cfg3) = (rt2.clone(), cfg.clone());
-                let q = tokio::task::spawn_blocking(move || quarantine_sqlite(&rt3, &cfg3, epoch))
-                    .await
-                    .map_err(|e| ReplicatorError::Task(e.to_string()))
-                    .and_then(|r| r);
-                match q {
+                match self.quarantine_databases().await {
                     Ok(paths) => {
                         quarantined = true;
                         kept.extend(
@@ -92,10 +116,11 @@ pub(super) fn start_resync(
                     }
                 }
             }
-            match resync_from(&rt2, &cfg, &addr, &progress, started, keep_tail).await {
+            let addr = &self.addr;
+            match resync_from(rt2, cfg, addr, progress, self.started, self.keep_tail).await {
                 Ok((seq, from, blocks)) => {
                     kept.extend(blocks);
-                    let opened = open_replica(&rt2, &cfg).and_then(|rg| {
+                    let opened = open_replica(rt2, cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
                         rg.set_sqlite_from(&from)?;
                         rg.reset_watermark(seq)?;
@@ -103,45 +128,7 @@ pub(super) fn start_resync(
                     });
                     match opened {
                         Ok(rg) => {
-                            let mut groups = rt2.groups.lock().await;
-                            if let Some(g) = groups.get_mut(&cfg.name) {
-                                if matches!(
-                                    g.role,
-                                    Role::Replica {
-                                        resyncing: true,
-                                        ..
-                                    }
-                                ) {
-                                    let _ = std::fs::remove_dir_all(
-                                        rt2.data_dir.join("journal").join(&cfg.name),
-                                    );
-                                    let marker = replica_dir(&rt2, &cfg.name).join(RESYNC_MARKER);
-                                    let removed = std::fs::remove_file(&marker)
-                                        .map_err(|e| ReplicatorError::io("remove", &marker, e))
-                                        .and_then(|()| {
-                                            crate::meta::sync_dir(&replica_dir(&rt2, &cfg.name))
-                                        });
-                                    if let Err(e) = removed {
-                                        warn!(group = %cfg.name, "removing {}: {e}", marker.display());
-                                    }
-                                    register_replica(&rt2, g, epoch, Arc::new(rg));
-                                    g.last_error.clear();
-                                    g.quarantined = if kept.is_empty() {
-                                        String::new()
-                                    } else {
-                                        format!(
-                                            "quarantined the old copy's overwritten data: {}",
-                                            kept.join("; ")
-                                        )
-                                    };
-                                    progress.send_modify(|p| {
-                                        p.phase = "done".into();
-                                        p.seq = seq.0;
-                                        p.error.clear();
-                                        p.elapsed_ms = started.elapsed().as_millis() as u64;
-                                    });
-                                }
-                            }
+                            self.finish(rg, seq, &kept).await;
                             return;
                         }
                         Err(e) => warn!(group = %cfg.name, "opening replica after resync: {e}"),
@@ -168,8 +155,62 @@ pub(super) fn start_resync(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(3));
         }
-    });
-    Ok(())
+    }
+
+    /// Keeps a copy of each SQLite database before the resync overwrites it (on the blocking
+    /// pool); returns the copies.
+    async fn quarantine_databases(&self) -> Result<Vec<PathBuf>> {
+        let (rt3, cfg3, epoch) = (self.rt.clone(), self.cfg.clone(), self.epoch);
+        tokio::task::spawn_blocking(move || quarantine_sqlite(&rt3, &cfg3, epoch))
+            .await
+            .map_err(|e| ReplicatorError::Task(e.to_string()))
+            .and_then(|r| r)
+    }
+
+    /// The resync is done and the copy `rg` continues from `seq`: unless the role changed
+    /// meanwhile, drop the old journals and the resync marker, register the replica and
+    /// report what was kept in quarantine.
+    async fn finish(&self, rg: ReplicaGroup, seq: Seq, kept: &[String]) {
+        let (rt2, cfg, progress, epoch) = (&self.rt, &self.cfg, &self.progress, self.epoch);
+        let started = self.started;
+        let mut groups = rt2.groups.lock().await;
+        let Some(g) = groups.get_mut(&cfg.name) else {
+            return;
+        };
+        if !matches!(
+            g.role,
+            Role::Replica {
+                resyncing: true,
+                ..
+            }
+        ) {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(rt2.data_dir.join("journal").join(&cfg.name));
+        let marker = replica_dir(rt2, &cfg.name).join(RESYNC_MARKER);
+        let removed = std::fs::remove_file(&marker)
+            .map_err(|e| ReplicatorError::io("remove", &marker, e))
+            .and_then(|()| crate::meta::sync_dir(&replica_dir(rt2, &cfg.name)));
+        if let Err(e) = removed {
+            warn!(group = %cfg.name, "removing {}: {e}", marker.display());
+        }
+        register_replica(rt2, g, epoch, Arc::new(rg));
+        g.last_error.clear();
+        g.quarantined = if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "quarantined the old copy's overwritten data: {}",
+                kept.join("; ")
+            )
+        };
+        progress.send_modify(|p| {
+            p.phase = "done".into();
+            p.seq = seq.0;
+            p.error.clear();
+            p.elapsed_ms = started.elapsed().as_millis() as u64;
+        });
+    }
 }
 
 /// Resyncs every volume of `g` from the primary replicator at `addr` and has the primary
