@@ -1,31 +1,25 @@
 //! The node's block source for the Replication service: merkle (plain and barrier), block
-//! reads, the Resync RPC, drill snapshots, checkpoints, point-in-time recovery and PostgreSQL
-//! archive pushes, answered from this node's local copies. Touches files and the group
-//! pipelines; the Resync RPC changes a replica group's role.
+//! reads and the Resync RPC, answered from this node's local copies; the copies it writes
+//! (snapshots, recovery, checkpoints) are in `copies`, archive pushes in `archive`. Touches
+//! the local files and the group pipelines; the Resync RPC changes a replica group's role.
 
 use super::lease::RoleCell;
 use super::lock::lock;
 use super::resync::start_resync;
 use super::runtime::{NodeRtShared, Resolver, Role};
-use crate::apply::ReplicaGroup;
-use crate::error::ReplicatorError;
 use crate::receive::BlockSource;
 use crate::resync::BlockServer;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tandem_core::clock::{Clock, SystemClock};
 use tandem_core::config::ResourceKind;
-use tandem_core::frame::Change;
-use tandem_core::ids::Seq;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{ArchiveWalReply, ArchiveWalRequest};
 use tandem_core::proto::{
     CheckpointReply, CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply,
     MerkleRequest, ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest,
-    RecoveredResource, RecoveryPoint, ResyncProgress, ResyncRequest, SnapshotReply,
-    SnapshotRequest,
+    ResyncProgress, ResyncRequest, SnapshotReply, SnapshotRequest,
 };
 use tokio::sync::watch;
 use tonic::Status;
@@ -210,34 +204,7 @@ impl BlockSource for NodeBlocks {
     }
 
     async fn snapshot(&self, req: SnapshotRequest) -> std::result::Result<SnapshotReply, Status> {
-        let dir = self.snapshot_dir(&req)?;
-        self.shared.residency.check(&req.group, "drill copy")?;
-        let rg = lock(&self.shared.replicas)
-            .get(&req.group)
-            .cloned()
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "group {:?} is not a replica here: snapshots are taken at the replica",
-                    req.group
-                ))
-            })?;
-        if dir.exists() {
-            return Err(Status::already_exists(format!(
-                "snapshot {} exists",
-                dir.display()
-            )));
-        }
-        let d = dir.clone();
-        let (watermark, paths) = tokio::task::spawn_blocking(move || rg.copy_to(&d))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        info!(group = %req.group, dir = %dir.display(), watermark = watermark.0, "snapshot taken");
-        Ok(SnapshotReply {
-            dir: dir.display().to_string(),
-            paths: paths.iter().map(|p| p.display().to_string()).collect(),
-            watermark: watermark.0,
-        })
+        self.take_snapshot(req).await
     }
 
     async fn checkpoint(
@@ -251,259 +218,24 @@ impl BlockSource for NodeBlocks {
         &self,
         req: CheckpointsRequest,
     ) -> std::result::Result<CheckpointsReply, Status> {
-        let rg = self.replica(&req.group)?;
-        let v = rg.history_view().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "group {:?} keeps no history (set `history` in its config)",
-                req.group
-            ))
-        })?;
-        Ok(CheckpointsReply {
-            points: v
-                .points
-                .iter()
-                .filter(|p| req.barriers || p.kind != crate::history::RecordKind::Barrier)
-                .map(wire_point)
-                .collect(),
-            oldest: v.oldest.as_ref().map(wire_point),
-            history_bytes: v.bytes,
-            watermark: v.watermark.0,
-        })
+        self.list_checkpoints(req).await
     }
 
     async fn recover(&self, req: RecoverRequest) -> std::result::Result<RecoverReply, Status> {
-        let rg = self.replica(&req.group)?;
-        self.shared
-            .residency
-            .check(&req.group, "point-in-time copy")?;
-        let sel = crate::validate::recover_selector(&req).map_err(Status::invalid_argument)?;
-        let out = if req.out_dir.is_empty() {
-            // The same name rules as snapshots.
-            self.snapshot_dir(&SnapshotRequest {
-                group: req.group.clone(),
-                name: req.name.clone(),
-            })?;
-            let out = self
-                .snapshots
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("recovered")
-                .join(&req.group)
-                .join(&req.name);
-            let out = std::path::absolute(&out)
-                .map_err(|e| Status::internal(format!("{}: {e}", out.display())))?;
-            // A named copy is replaced (a retried runbook step).
-            if out.exists() {
-                std::fs::remove_dir_all(&out)
-                    .map_err(|e| Status::unavailable(format!("remove {}: {e}", out.display())))?;
-            }
-            out
-        } else {
-            PathBuf::from(&req.out_dir)
-        };
-        if !out.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "out_dir {:?} must be an absolute path",
-                req.out_dir
-            )));
-        }
-        let bs = if req.block_size == 0 {
-            64 << 10
-        } else {
-            req.block_size
-        };
-        crate::merkle::check_block_size(bs).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let o = out.clone();
-        let r = tokio::task::spawn_blocking(move || rg.recover(&sel, &o, bs))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e {
-                ReplicatorError::NoRecoveryPoint(m) => Status::failed_precondition(m),
-                e => Status::internal(e.to_string()),
-            })?;
-        info!(group = %req.group, seq = r.point.seq.0, dir = %out.display(), undone = r.undone, "recovered to a point in time");
-        Ok(RecoverReply {
-            point: Some(wire_point(&r.point)),
-            copied_at: r.copied_at.0,
-            undone: r.undone,
-            resources: r
-                .resources
-                .into_iter()
-                .map(|(name, path, length, root)| RecoveredResource {
-                    name,
-                    path: path.display().to_string(),
-                    length,
-                    root: root.to_vec(),
-                })
-                .collect(),
-            block_size: bs,
-        })
+        self.recover_copy(req).await
     }
 
     async fn delete_snapshot(
         &self,
         req: SnapshotRequest,
     ) -> std::result::Result<SnapshotReply, Status> {
-        let dir = self.snapshot_dir(&req)?;
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Status::unavailable(format!(
-                    "remove {}: {e}",
-                    dir.display()
-                )))
-            }
-        }
-        Ok(SnapshotReply {
-            dir: dir.display().to_string(),
-            paths: Vec::new(),
-            watermark: 0,
-        })
+        self.remove_snapshot(req).await
     }
 
     async fn archive_wal(
         &self,
         req: ArchiveWalRequest,
     ) -> std::result::Result<ArchiveWalReply, Status> {
-        let key = (req.group.clone(), req.resource.clone());
-        let one = self.shared.wal_pushes.get(&key).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "group {:?} has no postgres resource {:?} on this replicator",
-                req.group, req.resource
-            ))
-        })?;
-        let now = SystemClock::new().now_ms();
-        let changes = tandem_core::walfile::changes(&req.resource, &req.name, &req.data, now)
-            .map_err(|r| Status::invalid_argument(format!("archive file {:?}: {r}", req.name)))?;
-        let hash = blake3::hash(&req.data).to_hex().to_string();
-        let cell = lock(&self.shared.cells).get(&req.group).cloned();
-        let _one = one.lock().await;
-        let retry = || {
-            Status::failed_precondition(format!(
-                "group {:?} is not writable here (not the primary, no live lease, or intake stopped for a switchover); PostgreSQL will retry",
-                req.group
-            ))
-        };
-        let cell = cell.filter(|c| c.writable()).ok_or_else(retry)?;
-        let p = cell.pipeline().ok_or_else(retry)?;
-        let mut last = Seq(0);
-        {
-            let _g = cell.inflight.read().await;
-            // At most 32 MiB of file per submission: well inside the 64 MiB frame limit.
-            let mut rest = changes.into_iter();
-            loop {
-                let batch: Vec<Change> = rest.by_ref().take(32).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                last = p
-                    .submit(batch)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("{}: {e}", req.name)))?;
-            }
-        }
-        let wait = match req.timeout_ms {
-            0 => Duration::from_secs(60),
-            ms => Duration::from_millis(ms),
-        };
-        tokio::time::timeout(wait, p.wait_replica_durable(last))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "{} journaled at seq {last} but the replica did not acknowledge it durable within {} ms",
-                    req.name,
-                    wait.as_millis()
-                ))
-            })?
-            .map_err(|e| Status::unavailable(format!("{}: {e}", req.name)))?;
-        info!(group = %req.group, resource = %req.resource, file = %req.name, bytes = req.data.len(), seq = last.0, "archive file durable at the replica");
-        Ok(ArchiveWalReply {
-            seq: last.0,
-            blake3: hash,
-        })
-    }
-}
-
-pub(super) fn wire_point(p: &crate::history::Point) -> RecoveryPoint {
-    RecoveryPoint {
-        seq: p.seq.0,
-        captured_ms: p.captured_ms,
-        kind: p.kind.as_str().into(),
-        tag: p.tag.clone(),
-    }
-}
-
-impl NodeBlocks {
-    pub(super) fn replica(&self, group: &str) -> std::result::Result<Arc<ReplicaGroup>, Status> {
-        lock(&self.shared.replicas)
-            .get(group)
-            .cloned()
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "group {group:?} is not a replica here: its history is kept at the replica"
-                ))
-            })
-    }
-
-    /// Puts a tagged checkpoint marker into the stream of a primary group and waits (10 s at
-    /// most) until the replica has it durable.
-    pub(super) async fn mark_checkpoint(
-        &self,
-        req: CheckpointRequest,
-    ) -> std::result::Result<CheckpointReply, Status> {
-        if req.tag.is_empty()
-            || req.tag.len() > tandem_core::frame::MAX_TAG_LEN
-            || req.tag.chars().any(|c| c.is_control())
-        {
-            return Err(Status::invalid_argument(format!(
-                "bad checkpoint tag {:?}: 1 to {} bytes, no control characters",
-                req.tag,
-                tandem_core::frame::MAX_TAG_LEN
-            )));
-        }
-        let not_primary = || {
-            Status::failed_precondition(format!(
-                "group {:?} is not primary here: a checkpoint is marked by the primary",
-                req.group
-            ))
-        };
-        let cell = lock(&self.shared.cells)
-            .get(&req.group)
-            .cloned()
-            .ok_or_else(not_primary)?;
-        if !cell.writable() {
-            return Err(not_primary());
-        }
-        let p = cell.pipeline().ok_or_else(not_primary)?;
-        let now = SystemClock::new().now_ms();
-        let seq = p
-            .submit(vec![Change::checkpoint(&req.tag, now)])
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        tokio::time::timeout(Duration::from_secs(10), p.wait_replica_durable(seq))
-            .await
-            .map_err(|_| {
-                Status::unavailable(format!(
-                    "checkpoint {:?} is at seq {seq} but the replica did not have it within 10s",
-                    req.tag
-                ))
-            })?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        info!(group = %req.group, tag = %req.tag, seq = seq.0, "checkpoint marked");
-        Ok(CheckpointReply {
-            seq: seq.0,
-            captured_ms: now,
-        })
-    }
-
-    /// `DATA_DIR/snapshots/GROUP/NAME`, refusing names that could leave that folder.
-    pub(super) fn snapshot_dir(
-        &self,
-        req: &SnapshotRequest,
-    ) -> std::result::Result<PathBuf, Status> {
-        crate::validate::check_copy_name(&req.group, &req.name)
-            .map_err(Status::invalid_argument)?;
-        Ok(self.snapshots.join(&req.group).join(&req.name))
+        self.push_wal(req).await
     }
 }

@@ -22,12 +22,15 @@
 //! - `primary`, `replica`, `transitions`, `replay`: role changes (become primary, become
 //!   replica, stop a role and drain a switchover, replay journals onto the images).
 //! - `resync`: resync orchestration at a replica (quarantine, merkle resync, retries).
-//! - `blocks`: the node's block source for the Replication service (merkle, Resync RPC,
-//!   snapshots, checkpoints, recovery, archive pushes).
+//! - `blocks`, `copies`, `archive`: the node's block source for the Replication service
+//!   (merkle and the Resync RPC; snapshots, checkpoints and recovered copies; PostgreSQL
+//!   archive pushes).
 //! - `metrics`: the `/metrics` endpoint.
 
+mod archive;
 mod blocks;
 mod coordinators;
+mod copies;
 mod decide;
 mod heartbeat;
 mod layout;
