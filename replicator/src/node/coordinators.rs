@@ -56,6 +56,7 @@ impl crate::pipeline::SyncConsent for CoordinatorConsent {
     }
 }
 
+/// A coordinator client whose calls time out after 2 s.
 pub(super) async fn connect(net: &Net, addr: &str) -> Option<CoordinatorClient<Channel>> {
     connect_within(net, addr, Duration::from_secs(2)).await
 }

@@ -177,6 +177,7 @@ impl NodeBlocks {
     }
 }
 
+/// A recovery point as the Replication service sends it.
 pub(super) fn wire_point(p: &crate::history::Point) -> RecoveryPoint {
     RecoveryPoint {
         seq: p.seq.0,
@@ -187,6 +188,7 @@ pub(super) fn wire_point(p: &crate::history::Point) -> RecoveryPoint {
 }
 
 impl NodeBlocks {
+    /// The open replica group of `group`; refused when this node is not its replica.
     pub(super) fn replica(&self, group: &str) -> std::result::Result<Arc<ReplicaGroup>, Status> {
         lock(&self.shared.replicas)
             .get(group)

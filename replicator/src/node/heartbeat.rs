@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::warn;
 
+/// Sends a heartbeat every `heartbeat_interval` until `stop`, and reconciles every group
+/// with the lease the answering coordinator gave.
 pub(super) async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bool>) {
     let every: Duration = rt.topo.cluster.heartbeat_interval.into();
     let mut tick = tokio::time::interval(every);

@@ -15,6 +15,7 @@ pub fn archive_dir(node_data_dir: &Path, group: &str, resource: &str) -> PathBuf
     node_data_dir.join("archive").join(group).join(resource)
 }
 
+/// `DATA_DIR/journal/GROUP/eEPOCH`: the journal this node keeps as primary in `epoch`.
 pub(super) fn journal_dir(rt: &NodeRt, group: &str, epoch: Epoch) -> PathBuf {
     rt.data_dir
         .join("journal")
@@ -22,6 +23,7 @@ pub(super) fn journal_dir(rt: &NodeRt, group: &str, epoch: Epoch) -> PathBuf {
         .join(format!("e{}", epoch.0))
 }
 
+/// `DATA_DIR/replica/GROUP`: the replica metadata of a group (watermark, resync marker).
 pub(super) fn replica_dir(rt: &NodeRt, group: &str) -> PathBuf {
     rt.data_dir.join("replica").join(group)
 }
@@ -60,6 +62,7 @@ pub(super) fn stored_watermark(dir: &Path) -> Result<Option<u64>> {
     Ok(v.first().copied())
 }
 
+/// Local paths of every volume of the group at this site.
 pub(super) fn resource_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> {
     g.resources
         .iter()
@@ -99,6 +102,7 @@ pub(super) fn replica_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> 
         .collect()
 }
 
+/// The URL of the (first) replicator at `site`.
 pub(super) fn peer_replicator(rt: &NodeRt, site: &str) -> Option<String> {
     rt.topo
         .replicators_at(site)

@@ -35,6 +35,7 @@ pub struct RoleCell {
 }
 
 impl RoleCell {
+    /// The group's pipeline while this site is its primary.
     pub(super) fn pipeline(&self) -> Option<Arc<GroupPipeline>> {
         self.pipeline
             .read()
@@ -42,10 +43,12 @@ impl RoleCell {
             .clone()
     }
 
+    /// Sets (primary) or clears the group's pipeline.
     pub(super) fn set_pipeline(&self, p: Option<Arc<GroupPipeline>>) {
         *self.pipeline.write().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
+    /// The lease is live now (always, in the deliberately broken chaos build).
     pub(super) fn lease_valid(&self) -> bool {
         if unsafe_skip_lease_check() {
             return true;

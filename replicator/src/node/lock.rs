@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+/// Locks `m`, going on through a poisoned lock (the data it guards stays consistent).
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

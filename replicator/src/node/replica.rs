@@ -56,6 +56,7 @@ pub(super) fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
     Ok(rg)
 }
 
+/// Serves `rg` as the group's replica (Replication service, block source) in `epoch`.
 pub(super) fn register_replica(rt: &NodeRt, g: &mut GroupRt, epoch: Epoch, rg: Arc<ReplicaGroup>) {
     rt.service.add_group(rg.clone());
     lock(&rt.me.replicas).insert(g.cfg.name.clone(), rg.clone());

@@ -6,6 +6,7 @@ use super::runtime::{NodeRt, Role};
 use std::time::Instant;
 use tandem_core::proto::{GroupProgress, HeartbeatRequest, ResyncProgress};
 
+/// The heartbeat: every group's role and progress (updating the primaries' throughput).
 pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
     let mut groups = rt.groups.lock().await;
     let mut out = Vec::new();

@@ -217,7 +217,7 @@ impl ResyncJob {
 /// journal a fresh snapshot of every SQLite database; returns the seq the copy continues from
 /// (the smallest of the primary's watermarks taken before each hash, and of the seqs just
 /// before each snapshot) and, per database, the seq its snapshot starts at.
-pub(super) async fn resync_from(
+async fn resync_from(
     rt: &NodeRt,
     g: &Group,
     addr: &str,
@@ -426,7 +426,7 @@ impl Pull<'_> {
 /// epoch, then removes its `-wal` and `-shm` files. The copy keeps what a returning old
 /// primary committed that never reached the replica, for an operator to inspect or merge;
 /// the stale WAL must go, or SQLite would lay its frames over the resynced pages.
-pub(super) fn quarantine_sqlite(rt: &NodeRt, g: &Group, epoch: Epoch) -> Result<Vec<PathBuf>> {
+fn quarantine_sqlite(rt: &NodeRt, g: &Group, epoch: Epoch) -> Result<Vec<PathBuf>> {
     let names = sqlite_names(g);
     let qdir = rt.data_dir.join("quarantine").join(&g.name);
     let mut kept = Vec::new();

@@ -60,6 +60,7 @@ impl Role {
     }
 }
 
+/// One group on this node: its config, role, lease gate and what it reports.
 pub(super) struct GroupRt {
     pub(super) cfg: Group,
     pub(super) role: Role,
@@ -79,6 +80,7 @@ pub(super) struct GroupRt {
     pub(super) resync: watch::Sender<ResyncProgress>,
 }
 
+/// The running node: its config, data folder, Replication service, groups and coordinators.
 pub(super) struct NodeRt {
     pub(super) topo: Topology,
     pub(super) node: Node,
@@ -121,6 +123,7 @@ pub(super) struct Residency {
 }
 
 impl Residency {
+    /// This node's site, its jurisdiction and every group's allowed jurisdictions.
     pub(super) fn of(topo: &Topology, node: &Node) -> Residency {
         Residency {
             site: node.site.clone(),

@@ -16,6 +16,8 @@ use tandem_core::ids::Epoch;
 use tandem_core::proto::ProposeRequest;
 use tracing::{info, warn};
 
+/// Stops the group's role: capture sources, pipeline and shipper (primary); the role
+/// becomes unknown.
 pub(super) async fn stop_role(g: &mut GroupRt) {
     g.scans.clear();
     if let Some(stop) = g.sources_stop.take() {
@@ -30,6 +32,9 @@ pub(super) async fn stop_role(g: &mut GroupRt) {
     }
 }
 
+/// Switchover at the primary: stops intake, then (in a task) waits out in-flight writes,
+/// runs a last scan pass, waits until the replica has every seq, fences the pipeline and
+/// releases the lease. Does nothing when the group is already draining.
 pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
     let Role::Primary {
         epoch,
@@ -114,6 +119,9 @@ pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
     });
 }
 
+/// Makes this site the replica of `g` in `epoch` (primary at `primary_site`): a drained
+/// primary continues from its drained seq, a trusted copy is reopened, anything else is
+/// resynced.
 pub(super) async fn become_replica(
     rt: &Arc<NodeRt>,
     g: &mut GroupRt,

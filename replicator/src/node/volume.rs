@@ -21,6 +21,7 @@ pub struct GroupVolume {
     pub(super) clock: SystemClock,
 }
 
+/// A write refused here (EPERM, retryable: the role may change).
 pub(super) fn refused(resource: &str, why: &str) -> VolumeError {
     VolumeError::Backend {
         what: format!("{resource}: {why}"),
@@ -29,6 +30,7 @@ pub(super) fn refused(resource: &str, why: &str) -> VolumeError {
     }
 }
 
+/// A journal error as an NBD error (ENOSPC for a full journal, EPERM when fenced).
 pub(super) fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
     let errno = match e {
         ReplicatorError::JournalFull { .. } => crate::nbd::proto::Errno::ENOSPC,
@@ -101,6 +103,7 @@ impl GroupVolume {
         }
     }
 
+    /// Journals one change through the lease gate.
     pub(super) async fn capture(
         &self,
         change: Change,
