@@ -10,7 +10,7 @@
 
 use crate::error::{ReplicatorError, Result};
 use crate::merkle::{MerkleTree, HASH_LEN};
-use crate::node::RoleCell;
+use crate::node::lease::RoleCell;
 use crate::pipeline::GroupPipeline;
 use crate::scan::Scanner;
 use std::path::{Path, PathBuf};

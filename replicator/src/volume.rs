@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::nbd::proto::Errno;
 
-/// Zero buffer size used by [`FileVolume::write_zeroes`] and [`FileVolume::trim`].
+/// Zero buffer size of [`zero_fill`] (so of [`FileVolume::write_zeroes`] and [`FileVolume::trim`]).
 const ZERO_CHUNK: usize = 1024 * 1024;
 
 /// Errors from a volume backend.
@@ -330,14 +330,9 @@ impl FileVolume {
         self.check_writable()?;
         self.check_range(op, offset, u64::from(len))?;
         self.blocking(op, move |file, path| {
-            let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
-            let mut done: u64 = 0;
-            while done < u64::from(len) {
-                let n = (u64::from(len) - done).min(zeroes.len() as u64) as usize;
-                file.write_all_at(&zeroes[..n], offset + done)
-                    .map_err(|e| io_error(op, path, offset + done, e))?;
-                done += n as u64;
-            }
+            zero_fill(file, offset, u64::from(len), |at, e| {
+                io_error(op, path, at, e)
+            })?;
             if fua {
                 file.sync_data()
                     .map_err(|e| io_error(op, path, offset, e))?;
@@ -346,6 +341,30 @@ impl FileVolume {
         })
         .await
     }
+}
+
+/// Writes `len` zero bytes at `offset` of `file`, at most 1 MiB per `pwrite` (blocking: call
+/// from the blocking pool). The crate's one zero-fill loop: a volume's trims and
+/// write-zeroes, and their replay onto an image, go through it. `err` turns a failed write
+/// (with the offset it started at) into the caller's error.
+///
+/// # Errors
+/// The first failed write, as `err` makes it.
+pub fn zero_fill<E>(
+    file: &File,
+    offset: u64,
+    len: u64,
+    err: impl Fn(u64, io::Error) -> E,
+) -> Result<(), E> {
+    let zeroes = vec![0u8; (ZERO_CHUNK as u64).min(len) as usize];
+    let mut done: u64 = 0;
+    while done < len {
+        let n = (len - done).min(zeroes.len() as u64) as usize;
+        file.write_all_at(&zeroes[..n], offset + done)
+            .map_err(|e| err(offset + done, e))?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 fn open_error(path: &Path, reason: String) -> VolumeError {
@@ -484,6 +503,32 @@ mod tests {
         let err = vol.write(0, vec![1], false).await.unwrap_err();
         assert!(matches!(err, VolumeError::ReadOnly { .. }));
         assert_eq!(vol.read(0, 4096).await.unwrap(), vec![0; 4096]);
+    }
+
+    #[test]
+    fn zero_fill_zeroes_exactly_the_range_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.img");
+        let len = 3 * ZERO_CHUNK + 5;
+        std::fs::write(&path, vec![0xffu8; len + 20]).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let cases: [(u64, u64); 3] = [(10, 0), (10, 7), (10, len as u64)];
+        for (i, (off, n)) in cases.iter().enumerate() {
+            zero_fill(&f, *off, *n, |_, e| e).unwrap();
+            let got = std::fs::read(&path).unwrap();
+            let zeroed = got.iter().filter(|b| **b == 0).count() as u64;
+            let want = if *n == 0 { 0 } else { *n.max(&7) };
+            assert_eq!(zeroed, want, "#{i}: expect {want} zero bytes got {zeroed}");
+            assert_eq!(got[9], 0xff, "#{i}: the byte before the range is untouched");
+            assert_eq!(
+                got[len + 19],
+                0xff,
+                "#{i}: the byte after the range is untouched"
+            );
+        }
+        let ro = std::fs::File::open(&path).unwrap();
+        let err = zero_fill(&ro, 0, 1, |at, e| (at, e.kind())).unwrap_err();
+        assert_eq!(err.0, 0);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! Replaying journaled frames onto the local images (after a crash between journal and image,
+//! or before a new epoch's numbering continues). Touches the image files; idempotent.
+
+use crate::error::{ReplicatorError, Result};
+use crate::journal::Journal;
+use crate::pipeline::GroupPipeline;
+use crate::volume::zero_fill;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tandem_core::frame::Decoder;
+use tracing::info;
+
+/// Re-applies the journal's unacknowledged frames to the local images, in order (idempotent).
+pub(super) async fn replay_journal(
+    p: &GroupPipeline,
+    paths: &HashMap<String, PathBuf>,
+) -> Result<()> {
+    replay_frames(p.journal().clone(), paths).await
+}
+
+/// Writes every untrimmed frame of `journal` onto the local images, in order, and fdatasyncs
+/// them. Idempotent: replaying a suffix of the write history onto an image that already
+/// holds it changes nothing.
+pub(super) async fn replay_frames(
+    journal: Arc<Journal>,
+    paths: &HashMap<String, PathBuf>,
+) -> Result<()> {
+    let paths = paths.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut dec = Decoder::new()?;
+        let mut files = HashMap::new();
+        for (name, path) in &paths {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| ReplicatorError::io("open", path, e))?;
+            files.insert(name.clone(), (f, path.clone()));
+        }
+        let mut from = journal.trimmed_through().next();
+        let mut n = 0u64;
+        loop {
+            let batch = journal.frames_from(from, 8 << 20)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (entry, bytes) in batch {
+                let frame = dec.decode(&bytes)?;
+                for c in &frame.changes {
+                    if let Some((f, path)) = files.get(&c.resource) {
+                        match c.kind {
+                            tandem_core::frame::ChangeKind::Write => f
+                                .write_all_at(&c.data, c.offset)
+                                .map_err(|e| ReplicatorError::io("replay write", path, e))?,
+                            tandem_core::frame::ChangeKind::Trim => {
+                                zero_fill(f, c.offset, c.length, |_, e| {
+                                    ReplicatorError::io("replay trim", path, e)
+                                })?
+                            }
+                            _ => {}
+                        }
+                        n += 1;
+                    }
+                }
+                from = entry.last_seq.next();
+            }
+        }
+        for (f, path) in files.values() {
+            f.sync_data()
+                .map_err(|e| ReplicatorError::io("fdatasync", path, e))?;
+        }
+        if n > 0 {
+            info!(changes = n, "replayed journal onto the local images");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ReplicatorError::Task(e.to_string()))?
+}

@@ -1,0 +1,167 @@
+//! Role transitions other than taking the primary role (that is the `primary` room): stopping a
+//! group's role (sources, shipper, pipeline), the switchover drain (stop intake, wait for the
+//! replica, release the lease) and becoming the replica (a clean hand-off, a reopened copy, or
+//! a resync). Touches the pipeline and the data folder, and asks the coordinators.
+
+use super::coordinators::connect;
+use super::decide::{replica_start, ReplicaStart};
+use super::layout::{journal_epochs, replica_dir, stored_watermark, RESYNC_MARKER};
+use super::lock::lock;
+use super::replica::{open_replica, register_replica};
+use super::resync::start_resync;
+use super::runtime::{GroupRt, NodeRt, Role};
+use crate::error::Result;
+use std::sync::Arc;
+use tandem_core::ids::Epoch;
+use tandem_core::proto::ProposeRequest;
+use tracing::{info, warn};
+
+/// Stops the group's role: capture sources, pipeline and shipper (primary); the role
+/// becomes unknown.
+pub(super) async fn stop_role(g: &mut GroupRt) {
+    g.scans.clear();
+    if let Some(stop) = g.sources_stop.take() {
+        let _ = stop.send(true);
+    }
+    let role = std::mem::replace(&mut g.role, Role::Unknown);
+    if let Role::Primary { shipper, .. } = role {
+        g.cell.set_pipeline(None);
+        if let Some(s) = shipper {
+            let _ = s.stop().await;
+        }
+    }
+}
+
+/// Switchover at the primary: stops intake, then (in a task) waits out in-flight writes,
+/// runs a last scan pass, waits until the replica has every seq, fences the pipeline and
+/// releases the lease. Does nothing when the group is already draining.
+pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
+    let Role::Primary {
+        epoch,
+        pipeline,
+        drained,
+        draining,
+        ..
+    } = &mut g.role
+    else {
+        return;
+    };
+    if *draining {
+        return;
+    }
+    *draining = true;
+    let _ = drained;
+    info!(group = %g.cfg.name, "switchover: stopping intake and draining to the replica");
+    // Stop intake: no new write is accepted, in-flight ones finish.
+    g.cell
+        .fenced
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (pipeline, epoch, group) = (pipeline.clone(), *epoch, g.cfg.name.clone());
+    let rt2 = rt.clone();
+    tokio::spawn(async move {
+        let cell = {
+            let groups = rt2.groups.lock().await;
+            groups.get(&group).map(|g| g.cell.clone())
+        };
+        if let Some(cell) = &cell {
+            // Wait out writes between journal and image.
+            let _g = cell.inflight.write().await;
+        }
+        // Scanned volumes: one last pass, so what their writers wrote before the switchover
+        // is on the replica too.
+        let scans = {
+            let groups = rt2.groups.lock().await;
+            groups
+                .get(&group)
+                .map(|g| g.scans.clone())
+                .unwrap_or_default()
+        };
+        for s in scans {
+            if let Err(e) = s.pass().await {
+                warn!(%group, "drain: last scan pass failed: {e}");
+                return;
+            }
+        }
+        let last = pipeline.progress().last_captured_seq;
+        if let Err(e) = pipeline.wait_replica_durable(last).await {
+            warn!(%group, "drain failed: {e}");
+            return;
+        }
+        pipeline.fence("switchover: intake stopped, drained");
+        {
+            let mut groups = rt2.groups.lock().await;
+            if let Some(g) = groups.get_mut(&group) {
+                if let Role::Primary { drained, .. } = &mut g.role {
+                    *drained = Some(last);
+                }
+            }
+        }
+        let cmd = serde_json::json!({
+            "op": "release_lease", "at_ms": 0, "group": group, "node": rt2.node.name, "epoch": epoch.0,
+        });
+        for addr in &rt2.coordinators {
+            if let Some(mut c) = connect(&rt2.me.net, addr).await {
+                let r = c
+                    .propose(ProposeRequest {
+                        command: cmd.to_string(),
+                        actor: rt2.node.name.clone(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        info!(%group, seq = last.0, "drained; lease released");
+                        return;
+                    }
+                    Err(e) => warn!(%group, "release_lease via {addr}: {}", e.message()),
+                }
+            }
+        }
+    });
+}
+
+/// Makes this site the replica of `g` in `epoch` (primary at `primary_site`): a drained
+/// primary continues from its drained seq, a trusted copy is reopened, anything else is
+/// resynced.
+pub(super) async fn become_replica(
+    rt: &Arc<NodeRt>,
+    g: &mut GroupRt,
+    epoch: Epoch,
+    primary_site: &str,
+) -> Result<()> {
+    let name = g.cfg.name.clone();
+    info!(group = %name, %epoch, "becoming replica");
+    // A clean hand-off (drained switchover) leaves this copy equal to the new primary's start.
+    let clean = match &g.role {
+        Role::Primary {
+            drained: Some(seq), ..
+        } => Some(*seq),
+        _ => None,
+    };
+    let was_primary =
+        matches!(g.role, Role::Primary { .. }) || !journal_epochs(rt, &name).is_empty();
+    stop_role(g).await;
+    g.cell
+        .fenced
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    *lock(&g.cell.lease_deadline) = None;
+    let rdir = replica_dir(rt, &name);
+    if let Some(seq) = clean {
+        let rg = Arc::new(open_replica(rt, &g.cfg)?);
+        rg.set_fence(epoch)?;
+        rg.reset_watermark(seq)?;
+        register_replica(rt, g, epoch, rg);
+        let _ = std::fs::remove_dir_all(rt.data_dir.join("journal").join(&name));
+        return Ok(());
+    }
+    let existing = stored_watermark(&rdir)?;
+    let interrupted = !was_primary && rdir.join(RESYNC_MARKER).exists();
+    match replica_start(was_primary, interrupted, existing) {
+        ReplicaStart::Resync(why) => start_resync(rt, g, epoch, primary_site, why),
+        ReplicaStart::Reopen => {
+            let rg = Arc::new(open_replica(rt, &g.cfg)?);
+            rg.set_fence(epoch)?;
+            register_replica(rt, g, epoch, rg);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The NBD backend of a protected volume: [`GroupVolume`] journals every change (through the
+//! lease gate) before it writes the local image, and acknowledges it as the group's mode
+//! promises. Touches the image file and the group's pipeline; decides nothing about roles.
+
+use super::lease::RoleCell;
+use super::lock::RangeGuard;
+use crate::error::ReplicatorError;
+use crate::pipeline::GroupPipeline;
+use crate::volume::{FileVolume, VolumeBackend, VolumeError};
+use std::sync::Arc;
+use tandem_core::clock::{Clock, SystemClock};
+use tandem_core::frame::Change;
+use tandem_core::ids::Seq;
+
+/// The write path of one protected volume: journal (and replica, in sync mode) first, then the
+/// local image; writable only while this site is primary and holds a live lease.
+pub struct GroupVolume {
+    pub(super) resource: String,
+    pub(super) file: FileVolume,
+    pub(super) role: Arc<RoleCell>,
+    pub(super) clock: SystemClock,
+}
+
+/// A write refused here (EPERM, retryable: the role may change).
+pub(super) fn refused(resource: &str, why: &str) -> VolumeError {
+    VolumeError::Backend {
+        what: format!("{resource}: {why}"),
+        retryable: true,
+        errno: crate::nbd::proto::Errno::EPERM,
+    }
+}
+
+/// A journal error as an NBD error (ENOSPC for a full journal, EPERM when fenced).
+pub(super) fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
+    let errno = match e {
+        ReplicatorError::JournalFull { .. } => crate::nbd::proto::Errno::ENOSPC,
+        ReplicatorError::Fenced { .. } => crate::nbd::proto::Errno::EPERM,
+        _ => crate::nbd::proto::Errno::EIO,
+    };
+    VolumeError::Backend {
+        what: format!("{resource}: {e}"),
+        retryable: e.is_retryable(),
+        errno,
+    }
+}
+
+/// A write admitted to the journal: the image write happens under the guards, and then (with
+/// the guards dropped) [`Journaled::acknowledge`] waits for what the mode promises.
+pub(super) struct Admitted<'a> {
+    pub(super) guards: (tokio::sync::RwLockReadGuard<'a, ()>, RangeGuard<'a>),
+    pub(super) journaled: Journaled,
+}
+
+/// A change durable in the local journal, not yet acknowledged to the client.
+pub(super) struct Journaled {
+    pub(super) pipeline: Arc<GroupPipeline>,
+    pub(super) seq: Seq,
+    pub(super) resource: String,
+}
+
+impl Journaled {
+    /// In sync mode, waits for the replica's durable acknowledgement (or the coordinators'
+    /// consent to degrade). Called without holding the write guards: a merkle snapshot for
+    /// the replica's own resync needs them, and strict sync would otherwise wait forever.
+    pub(super) async fn acknowledge(self) -> std::result::Result<(), VolumeError> {
+        self.pipeline
+            .await_sync(self.seq)
+            .await
+            .map_err(|e| backend_err(&self.resource, e))
+    }
+}
+
+impl GroupVolume {
+    /// Journals the change of bytes `[start, end)` (made by `make`) and returns the guards
+    /// under which the caller writes the image. A full journal overflows (see
+    /// [`RoleCell::overflow`]) and the change is journaled again.
+    pub(super) async fn admit(
+        &self,
+        start: u64,
+        end: u64,
+        make: &(dyn Fn() -> Change + Send + Sync),
+    ) -> std::result::Result<Admitted<'_>, VolumeError> {
+        let mut tries = 0;
+        loop {
+            let g = self.role.inflight.read().await;
+            let r = self.role.ranges.lock(&self.resource, start, end).await;
+            match self.capture(make()).await {
+                Ok(journaled) => {
+                    return Ok(Admitted {
+                        guards: (g, r),
+                        journaled,
+                    })
+                }
+                Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                    drop((r, g));
+                    tries += 1;
+                    if !self.role.overflow().await? {
+                        return Err(e);
+                    }
+                }
+                Err(CaptureError::JournalFull(e) | CaptureError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Journals one change through the lease gate.
+    pub(super) async fn capture(
+        &self,
+        change: Change,
+    ) -> std::result::Result<Journaled, CaptureError> {
+        if !self.role.writable() {
+            return Err(refused(
+                &self.resource,
+                "not writable here (not primary, or the lease is not held)",
+            )
+            .into());
+        }
+        let p = self
+            .role
+            .pipeline()
+            .ok_or_else(|| refused(&self.resource, "no pipeline"))?;
+        match p.submit_journaled(vec![change]).await {
+            Ok(seq) => Ok(Journaled {
+                pipeline: p,
+                seq,
+                resource: self.resource.clone(),
+            }),
+            Err(e) => {
+                let full = matches!(e, ReplicatorError::JournalFull { .. });
+                let e = backend_err(&self.resource, e);
+                Err(if full {
+                    CaptureError::JournalFull(e)
+                } else {
+                    CaptureError::Other(e)
+                })
+            }
+        }
+    }
+}
+
+/// Why a change was not journaled.
+pub(super) enum CaptureError {
+    /// The journal is at its limit (the group may overflow and retry).
+    JournalFull(VolumeError),
+    /// Anything else.
+    Other(VolumeError),
+}
+
+impl From<VolumeError> for CaptureError {
+    fn from(e: VolumeError) -> Self {
+        CaptureError::Other(e)
+    }
+}
+
+impl From<CaptureError> for VolumeError {
+    fn from(e: CaptureError) -> Self {
+        match e {
+            CaptureError::JournalFull(e) | CaptureError::Other(e) => e,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl VolumeBackend for GroupVolume {
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> std::result::Result<Vec<u8>, VolumeError> {
+        self.file.read(offset, len).await
+    }
+
+    async fn write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> std::result::Result<(), VolumeError> {
+        let end = offset.saturating_add(data.len() as u64);
+        let make = || Change::write(&self.resource, offset, data.clone(), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.write(offset, data, fua).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> std::result::Result<(), VolumeError> {
+        let end = offset.saturating_add(u64::from(len));
+        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.trim(offset, len).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    ) -> std::result::Result<(), VolumeError> {
+        let end = offset.saturating_add(u64::from(len));
+        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, &make).await?;
+        self.file.write_zeroes(offset, len, fua).await?;
+        drop(admitted.guards);
+        admitted.journaled.acknowledge().await
+    }
+
+    async fn flush(&self) -> std::result::Result<(), VolumeError> {
+        if self.role.writable() {
+            let mut tries = 0;
+            let journaled = loop {
+                let g = self.role.inflight.read().await;
+                match self
+                    .capture(Change::barrier(&self.resource, self.clock.now_ms()))
+                    .await
+                {
+                    Ok(j) => break j,
+                    Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                        drop(g);
+                        tries += 1;
+                        if !self.role.overflow().await? {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            self.file.flush().await?;
+            return journaled.acknowledge().await;
+        }
+        self.file.flush().await
+    }
+
+    /// Advertised to NBD clients at connect time: writable while this site is the primary
+    /// (the lease is checked on every write, which fails with EPERM without it).
+    fn writable(&self) -> bool {
+        !self.role.fenced.load(std::sync::atomic::Ordering::SeqCst)
+            && self.role.pipeline().is_some()
+    }
+}
