@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tandem_coordinator::raft::{
-    peer_service, start, RaftError, RaftHandle, RaftNodeConfig, Role, StateMachine,
+    peer_service, start, RaftError, RaftHandle, RaftNodeConfig, RaftRole, StateMachine,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -151,8 +151,8 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let st: Vec<_> = self.live().map(|h| h.status()).collect();
-            if let Some(l) = st.iter().find(|s| s.role == Role::Leader) {
-                if st.iter().filter(|s| s.role == Role::Leader).count() == 1 {
+            if let Some(l) = st.iter().find(|s| s.role == RaftRole::Leader) {
+                if st.iter().filter(|s| s.role == RaftRole::Leader).count() == 1 {
                     return l.id;
                 }
             }
@@ -343,7 +343,7 @@ async fn isolated_leader_cannot_commit_while_majority_does() {
     let new = loop {
         let l = others
             .iter()
-            .find(|id| c.handle(**id).status().role == Role::Leader);
+            .find(|id| c.handle(**id).status().role == RaftRole::Leader);
         if let Some(l) = l {
             break *l;
         }
@@ -362,7 +362,7 @@ async fn isolated_leader_cannot_commit_while_majority_does() {
     );
     // With check_quorum the isolated node steps down within an election timeout.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while c.handle(old).status().role == Role::Leader {
+    while c.handle(old).status().role == RaftRole::Leader {
         assert!(
             Instant::now() < deadline,
             "isolated leader did not step down"

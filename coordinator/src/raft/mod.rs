@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use node::peer_service;
-pub use node::{start, Committed, MembershipChange, RaftHandle, RaftStatus, Role};
+pub use node::{start, Committed, MembershipChange, RaftHandle, RaftRole, RaftStatus};
 pub use storage::sled_store::SledStorage;
 pub use transport::PeerService;
 

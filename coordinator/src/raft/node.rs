@@ -32,7 +32,7 @@ pub const INBOX: usize = 16 * 1024;
 
 /// This node's raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum RaftRole {
     /// Follower.
     Follower,
     /// Pre-vote candidate.
@@ -43,13 +43,13 @@ pub enum Role {
     Leader,
 }
 
-impl From<StateRole> for Role {
+impl From<StateRole> for RaftRole {
     fn from(r: StateRole) -> Self {
         match r {
-            StateRole::Follower => Role::Follower,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::Leader => Role::Leader,
+            StateRole::Follower => RaftRole::Follower,
+            StateRole::PreCandidate => RaftRole::PreCandidate,
+            StateRole::Candidate => RaftRole::Candidate,
+            StateRole::Leader => RaftRole::Leader,
         }
     }
 }
@@ -64,7 +64,7 @@ pub struct RaftStatus {
     /// Current term.
     pub term: u64,
     /// This node's role.
-    pub role: Role,
+    pub role: RaftRole,
     /// Highest index known committed.
     pub commit: u64,
     /// Highest index applied to the state machine.
@@ -317,7 +317,7 @@ pub async fn start<SM: StateMachine>(
         id: cfg.id,
         leader_id: None,
         term: 0,
-        role: Role::Follower,
+        role: RaftRole::Follower,
         commit: 0,
         applied: 0,
         last_index: 0,

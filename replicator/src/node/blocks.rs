@@ -6,7 +6,7 @@
 use super::lease::RoleCell;
 use super::lock::lock;
 use super::resync::start_resync;
-use super::runtime::{NodeRtShared, Resolver, Role};
+use super::runtime::{NodeRtShared, Resolver, RoleState};
 use crate::receive::BlockSource;
 use crate::resync::BlockServer;
 use std::collections::HashMap;
@@ -171,10 +171,10 @@ impl BlockSource for NodeBlocks {
             )));
         }
         match &g.role {
-            Role::Replica {
+            RoleState::Replica {
                 resyncing: true, ..
             } => Ok(g.resync.subscribe()),
-            Role::Replica {
+            RoleState::Replica {
                 epoch,
                 rg: Some(rg),
                 ..

@@ -5,33 +5,12 @@
 //! (`reconcile`, `lease`, `transitions`, `report`) gather the inputs and act on the answer.
 
 use std::time::{Duration, Instant};
+use tandem_core::group::GroupState;
 use tandem_core::ids::Epoch;
 use tandem_core::proto::GroupLease;
 
 /// Keep this much of the lease unused: stop writes before the coordinators' expiry.
 pub(super) const LEASE_SAFETY: Duration = Duration::from_millis(200);
-
-/// The group state a lease carries (`GroupLease.state`), as far as the replicator acts on it;
-/// parsed once where the answer arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GroupPhase {
-    /// `switching-over`: a planned switchover; the primary stops intake, drains to the replica
-    /// and releases its lease.
-    SwitchingOver,
-    /// Any other state (`protected`, `degraded`, `failing-over`, ..., or one this build does
-    /// not know): the replicator follows the roles alone.
-    Other,
-}
-
-impl GroupPhase {
-    /// Parses the coordinators' state name; unknown names are [`GroupPhase::Other`].
-    pub(super) fn parse(state: &str) -> GroupPhase {
-        match state {
-            "switching-over" => GroupPhase::SwitchingOver,
-            _ => GroupPhase::Other,
-        }
-    }
-}
 
 /// Which side of a group the lease gives this site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +30,9 @@ pub(super) struct Told {
     pub(super) epoch: Epoch,
     /// This site's side in it.
     pub(super) side: Side,
-    /// The group's state.
-    pub(super) phase: GroupPhase,
+    /// The group's state, parsed once where the answer arrives (`None` for a name this build
+    /// does not know: the replicator then follows the roles alone).
+    pub(super) phase: Option<GroupState>,
 }
 
 impl Told {
@@ -69,7 +49,7 @@ impl Told {
         Told {
             epoch: Epoch(lease.epoch),
             side,
-            phase: GroupPhase::parse(&lease.state),
+            phase: GroupState::from_name(&lease.state),
         }
     }
 }
@@ -119,7 +99,9 @@ pub(super) fn transition(told: Told, held: Held, disobey_fencing: bool) -> Trans
     match told.side {
         Side::Primary => Transition::Primary {
             take: !matches!(held, Held::Primary { epoch } if epoch == told.epoch),
-            drain: told.phase == GroupPhase::SwitchingOver,
+            // Only a planned switchover drains: the primary stops intake, drains to the replica
+            // and releases its lease; every other state follows the roles alone.
+            drain: told.phase == Some(GroupState::SwitchingOver),
         },
         Side::Replica => match held {
             // The deliberately broken build keeps acting as primary after a demotion.
@@ -228,18 +210,17 @@ mod tests {
     }
 
     #[test]
-    fn group_phase_parses_switching_over_and_keeps_unknown_states_as_other() {
+    fn lease_state_names_parse_to_the_shared_group_state() {
         let cases = [
-            ("switching-over", GroupPhase::SwitchingOver),
-            ("protected", GroupPhase::Other),
-            ("degraded", GroupPhase::Other),
-            ("failing-over", GroupPhase::Other),
-            ("Switching-Over", GroupPhase::Other),
-            ("", GroupPhase::Other),
-            ("some-future-state", GroupPhase::Other),
+            ("switching-over", Some(GroupState::SwitchingOver)),
+            ("protected", Some(GroupState::Protected)),
+            ("failing-over", Some(GroupState::FailingOver)),
+            ("Switching-Over", None),
+            ("", None),
+            ("some-future-state", None),
         ];
         for (i, (s, want)) in cases.iter().enumerate() {
-            let got = GroupPhase::parse(s);
+            let got = Told::of(&lease("a", "b", 1, s), "a").phase;
             assert_eq!(got, *want, "#{i}: expect {want:?} got {got:?} for {s:?}");
         }
     }
@@ -264,7 +245,7 @@ mod tests {
             );
         }
         let s = Told::of(&lease("a", "b", 1, "switching-over"), "a");
-        assert_eq!(s.phase, GroupPhase::SwitchingOver);
+        assert_eq!(s.phase, Some(GroupState::SwitchingOver));
     }
 
     #[test]
@@ -275,7 +256,7 @@ mod tests {
             phase,
         };
         let (p, r, n) = (Side::Primary, Side::Replica, Side::Neither);
-        let (sw, other) = (GroupPhase::SwitchingOver, GroupPhase::Other);
+        let (sw, other) = (Some(GroupState::SwitchingOver), Some(GroupState::Protected));
         let prim = |e| Held::Primary { epoch: Epoch(e) };
         let repl = |e, open| Held::Replica {
             epoch: Epoch(e),

@@ -9,7 +9,7 @@ use super::layout::{
 };
 use super::lock::lock;
 use super::replay::{replay_frames, replay_journal};
-use super::runtime::{GroupRt, NodeRt, Role};
+use super::runtime::{GroupRt, NodeRt, RoleState};
 use super::transitions::stop_role;
 use crate::error::{ReplicatorError, Result};
 use crate::journal::Journal;
@@ -39,13 +39,13 @@ pub(super) async fn become_primary(
     info!(group = %name, %epoch, "becoming primary");
     // Where the group's seq numbering continues from.
     let mut start = match &g.role {
-        Role::Replica { rg: Some(rg), .. } => rg.watermark(),
-        Role::Primary { pipeline, .. } => pipeline.progress().last_captured_seq,
+        RoleState::Replica { rg: Some(rg), .. } => rg.watermark(),
+        RoleState::Primary { pipeline, .. } => pipeline.progress().last_captured_seq,
         _ => Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0)),
     };
     // Journals of older epochs are this node's own writes as primary (a replica's are removed
     // once it is resynced), unless it was a replica since or its copy is half-resynced.
-    let own_old_journals = !matches!(g.role, Role::Replica { .. })
+    let own_old_journals = !matches!(g.role, RoleState::Replica { .. })
         && !replica_dir(rt, &name).join(RESYNC_MARKER).exists();
     stop_role(g).await;
     rt.service.remove_group(&name);
@@ -83,7 +83,7 @@ pub(super) async fn become_primary(
         .fenced
         .store(false, std::sync::atomic::Ordering::SeqCst);
     g.cell.set_pipeline(Some(pipeline.clone()));
-    g.role = Role::Primary {
+    g.role = RoleState::Primary {
         epoch,
         pipeline,
         shipper,

@@ -6,7 +6,7 @@ use super::decide::{lease_deadline, transition, Told, Transition};
 use super::lease::unsafe_skip_lease_check;
 use super::lock::lock;
 use super::primary::become_primary;
-use super::runtime::{NodeRt, Role};
+use super::runtime::{NodeRt, RoleState};
 use super::transitions::{become_replica, start_drain};
 use crate::error::Result;
 use std::sync::Arc;
@@ -37,10 +37,10 @@ pub(super) async fn reconcile(rt: &Arc<NodeRt>, lease: &GroupLease, sent: Instan
             }
         }
         Transition::RaiseFence => {
-            if let Role::Replica { rg: Some(rg), .. } = &g.role {
+            if let RoleState::Replica { rg: Some(rg), .. } = &g.role {
                 let rg = rg.clone();
                 rg.set_fence(epoch)?;
-                g.role = Role::Replica {
+                g.role = RoleState::Replica {
                     epoch,
                     rg: Some(rg),
                     resyncing: false,

@@ -3,7 +3,7 @@
 
 use super::layout::{archive_dir, history_dir, replica_dir, replica_paths, sqlite_names};
 use super::lock::lock;
-use super::runtime::{GroupRt, NodeRt, Role};
+use super::runtime::{GroupRt, NodeRt, RoleState};
 use crate::apply::ReplicaGroup;
 use crate::error::{ReplicatorError, Result};
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub(super) fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
 pub(super) fn register_replica(rt: &NodeRt, g: &mut GroupRt, epoch: Epoch, rg: Arc<ReplicaGroup>) {
     rt.service.add_group(rg.clone());
     lock(&rt.me.replicas).insert(g.cfg.name.clone(), rg.clone());
-    g.role = Role::Replica {
+    g.role = RoleState::Replica {
         epoch,
         rg: Some(rg),
         resyncing: false,

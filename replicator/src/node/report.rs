@@ -2,7 +2,7 @@
 //! reason, and the one-line resync progress for status. Reads the runtime; no I/O.
 
 use super::decide::{primary_reason, primary_state, replica_reason};
-use super::runtime::{NodeRt, Role};
+use super::runtime::{NodeRt, RoleState};
 use std::time::Instant;
 use tandem_core::proto::{GroupProgress, HeartbeatRequest, ResyncProgress};
 
@@ -12,8 +12,8 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
     let mut out = Vec::new();
     for (name, g) in groups.iter_mut() {
         let p = match &g.role {
-            Role::Unknown => None,
-            Role::Primary {
+            RoleState::Unknown => None,
+            RoleState::Primary {
                 epoch,
                 pipeline,
                 draining,
@@ -41,7 +41,7 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                     ..Default::default()
                 })
             }
-            Role::Replica {
+            RoleState::Replica {
                 epoch,
                 rg,
                 resyncing,

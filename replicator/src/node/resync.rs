@@ -6,7 +6,7 @@ use super::layout::{
     journal_epochs, peer_replicator, replica_dir, replica_paths, sqlite_names, RESYNC_MARKER,
 };
 use super::replica::{open_replica, register_replica};
-use super::runtime::{GroupRt, NodeRt, Role};
+use super::runtime::{GroupRt, NodeRt, RoleState};
 use crate::apply::ReplicaGroup;
 use crate::error::{ReplicatorError, Result};
 use crate::resync::{self, ResyncOptions};
@@ -43,7 +43,7 @@ pub(super) fn start_resync(
     let now_ms = SystemClock::new().now_ms().max(0) as u64;
     crate::meta::write_meta(&rdir.join(RESYNC_MARKER), *b"RSYN", &[now_ms])?;
     info!(group = %g.cfg.name, %why, "resync starting");
-    g.role = Role::Replica {
+    g.role = RoleState::Replica {
         epoch,
         rg: None,
         resyncing: true,
@@ -140,7 +140,7 @@ impl ResyncJob {
                     if let Some(g) = rt2.groups.lock().await.get_mut(&cfg.name) {
                         if !matches!(
                             g.role,
-                            Role::Replica {
+                            RoleState::Replica {
                                 resyncing: true,
                                 ..
                             }
@@ -179,7 +179,7 @@ impl ResyncJob {
         };
         if !matches!(
             g.role,
-            Role::Replica {
+            RoleState::Replica {
                 resyncing: true,
                 ..
             }

@@ -1,4 +1,4 @@
-//! The node's runtime state: the per-group role ([`Role`], [`GroupRt`]), the node ([`NodeRt`]),
+//! The node's runtime state: the per-group role ([`RoleState`], [`GroupRt`]), the node ([`NodeRt`]),
 //! the parts the gRPC block source shares ([`NodeRtShared`]) and the residency check of the
 //! copies this node writes. Types only (and the pure residency check); no I/O.
 
@@ -21,7 +21,7 @@ use tonic::Status;
 use tracing::warn;
 
 /// A group's role on this replicator.
-pub(super) enum Role {
+pub(super) enum RoleState {
     /// Not yet told by the coordinators.
     Unknown,
     /// Capturing and shipping in `epoch`.
@@ -42,13 +42,13 @@ pub(super) enum Role {
     },
 }
 
-impl Role {
+impl RoleState {
     /// What [`super::decide::transition`] needs to know of this role.
     pub(super) fn held(&self) -> Held {
         match self {
-            Role::Unknown => Held::Unknown,
-            Role::Primary { epoch, .. } => Held::Primary { epoch: *epoch },
-            Role::Replica {
+            RoleState::Unknown => Held::Unknown,
+            RoleState::Primary { epoch, .. } => Held::Primary { epoch: *epoch },
+            RoleState::Replica {
                 epoch,
                 rg,
                 resyncing,
@@ -63,7 +63,7 @@ impl Role {
 /// One group on this node: its config, role, lease gate and what it reports.
 pub(super) struct GroupRt {
     pub(super) cfg: Group,
-    pub(super) role: Role,
+    pub(super) role: RoleState,
     /// Stops the SQLite and scan capture sources of this group (primary only).
     pub(super) sources_stop: Option<watch::Sender<bool>>,
     /// The scan capture sources of this group (primary only), for the drain's last pass.

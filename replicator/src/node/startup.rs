@@ -6,7 +6,7 @@ use super::heartbeat::heartbeat_loop;
 use super::lease::RoleCell;
 use super::lock::lock;
 use super::metrics::serve_metrics;
-use super::runtime::{GroupRt, NodeRt, NodeRtShared, Residency, Resolver, Role};
+use super::runtime::{GroupRt, NodeRt, NodeRtShared, Residency, Resolver, RoleState};
 use super::transitions::stop_role;
 use super::volume::GroupVolume;
 use crate::error::{ReplicatorError, Result};
@@ -194,7 +194,7 @@ fn open_volume(
 fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
     GroupRt {
         cfg: g.clone(),
-        role: Role::Unknown,
+        role: RoleState::Unknown,
         sources_stop: None,
         scans: Vec::new(),
         cell,

@@ -1,4 +1,4 @@
-//! Role transitions other than taking the primary role (that is the `primary` room): stopping a
+//! RoleState transitions other than taking the primary role (that is the `primary` room): stopping a
 //! group's role (sources, shipper, pipeline), the switchover drain (stop intake, wait for the
 //! replica, release the lease) and becoming the replica (a clean hand-off, a reopened copy, or
 //! a resync). Touches the pipeline and the data folder, and asks the coordinators.
@@ -9,7 +9,7 @@ use super::layout::{journal_epochs, replica_dir, stored_watermark, RESYNC_MARKER
 use super::lock::lock;
 use super::replica::{open_replica, register_replica};
 use super::resync::start_resync;
-use super::runtime::{GroupRt, NodeRt, Role};
+use super::runtime::{GroupRt, NodeRt, RoleState};
 use crate::error::Result;
 use std::sync::Arc;
 use tandem_core::ids::Epoch;
@@ -23,8 +23,8 @@ pub(super) async fn stop_role(g: &mut GroupRt) {
     if let Some(stop) = g.sources_stop.take() {
         let _ = stop.send(true);
     }
-    let role = std::mem::replace(&mut g.role, Role::Unknown);
-    if let Role::Primary { shipper, .. } = role {
+    let role = std::mem::replace(&mut g.role, RoleState::Unknown);
+    if let RoleState::Primary { shipper, .. } = role {
         g.cell.set_pipeline(None);
         if let Some(s) = shipper {
             let _ = s.stop().await;
@@ -36,7 +36,7 @@ pub(super) async fn stop_role(g: &mut GroupRt) {
 /// runs a last scan pass, waits until the replica has every seq, fences the pipeline and
 /// releases the lease. Does nothing when the group is already draining.
 pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
-    let Role::Primary {
+    let RoleState::Primary {
         epoch,
         pipeline,
         drained,
@@ -91,7 +91,7 @@ pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
         {
             let mut groups = rt2.groups.lock().await;
             if let Some(g) = groups.get_mut(&group) {
-                if let Role::Primary { drained, .. } = &mut g.role {
+                if let RoleState::Primary { drained, .. } = &mut g.role {
                     *drained = Some(last);
                 }
             }
@@ -132,13 +132,13 @@ pub(super) async fn become_replica(
     info!(group = %name, %epoch, "becoming replica");
     // A clean hand-off (drained switchover) leaves this copy equal to the new primary's start.
     let clean = match &g.role {
-        Role::Primary {
+        RoleState::Primary {
             drained: Some(seq), ..
         } => Some(*seq),
         _ => None,
     };
     let was_primary =
-        matches!(g.role, Role::Primary { .. }) || !journal_epochs(rt, &name).is_empty();
+        matches!(g.role, RoleState::Primary { .. }) || !journal_epochs(rt, &name).is_empty();
     stop_role(g).await;
     g.cell
         .fenced
