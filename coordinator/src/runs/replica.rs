@@ -7,13 +7,14 @@ use crate::server::coordinator::Coordinator;
 use crate::state::Run;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tandem_core::client::verdict::hex;
+use tandem_core::client::{ClientError, Replicator};
 use tandem_core::config::ResourceKind;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{SnapshotRequest, VerifyRequest, VolumeVerdict};
 use tandem_core::ranges::{describe_byte_ranges, from_wire};
 use tandem_runbooks::run as rb;
 use tandem_runbooks::{Action, PlannedStep, ResolvedSite};
-use tonic::Status;
 
 /// Block size of the Merkle trees a `verify` step compares.
 const VERIFY_BLOCK_SIZE: u32 = 1 << 20;
@@ -45,8 +46,7 @@ async fn replication_client(
     replication_client_bounded(c, addr, Some(Duration::from_secs(120))).await
 }
 
-/// A replication client whose requests are bounded by `request_timeout` (`None`: by the
-/// caller, as a streamed `Verify` that runs as long as the step lets it).
+/// A replication client whose requests are bounded by `request_timeout`.
 async fn replication_client_bounded(
     c: &Coordinator,
     addr: &str,
@@ -67,17 +67,14 @@ async fn replication_client_bounded(
     Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch)))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// One volume compared by the primary's replicator (`Replication.Verify`): the stream read to
-/// its end, and the verdict it gave for `resource`.
+/// One volume compared by the primary's replicator (`Replication.Verify`, through core's
+/// client): the stream read to its end, with no per-request timeout (the step's timeout
+/// bounds it), and the verdict it gave for `resource`.
 async fn verify_volume(
-    client: &mut ReplicationClient<tonic::transport::Channel>,
+    primary: &Replicator,
     group: &str,
     resource: &str,
-) -> Result<VolumeVerdict, Status> {
+) -> Result<VolumeVerdict, ClientError> {
     let req = VerifyRequest {
         group: group.to_string(),
         resource: resource.to_string(),
@@ -85,14 +82,15 @@ async fn verify_volume(
         chunk_bytes: VERIFY_CHUNK_BLOCKS * u64::from(VERIFY_BLOCK_SIZE),
         timeout_ms: VERIFY_BARRIER_TIMEOUT.as_millis() as u64,
     };
-    let mut stream = client.verify(req).await?.into_inner();
-    let mut verdict = None;
-    while let Some(p) = stream.message().await? {
-        if let Some(v) = p.verdict.filter(|v| v.resource == resource) {
-            verdict = Some(v);
-        }
-    }
-    verdict.ok_or_else(|| Status::internal("the verify stream ended without a verdict"))
+    let verdicts = primary.verify_volumes(req, &mut |_| {}).await?;
+    verdicts
+        .into_iter()
+        .find(|v| v.resource == resource)
+        .ok_or_else(|| ClientError::Decode {
+            call: "verify",
+            addr: primary.addr().to_string(),
+            reason: "the verify stream ended without a verdict".into(),
+        })
 }
 
 /// `verify`: Merkle roots of every volume at both sites, compared when both sides stand at the
@@ -117,7 +115,7 @@ pub(super) async fn verify(c: &Coordinator, run: &Run) -> StepResult {
                 .collect()
         })
         .unwrap_or_default();
-    let mut pc = replication_client_bounded(c, &replicator_addr(c, &primary)?, None).await?;
+    let pc = Replicator::new(c.net().clone(), replicator_addr(c, &primary)?);
     let mut rows = Vec::new();
     let mut all_match = true;
     for res in &resources {
@@ -125,7 +123,7 @@ pub(super) async fn verify(c: &Coordinator, run: &Run) -> StepResult {
         // reaches the same seq and both copies hash one chunk, so live writes cannot make equal
         // copies look different, and writes pause for one chunk's hashing only. It retries a
         // replica that does not catch up; the step's timeout bounds the whole comparison.
-        let v = verify_volume(&mut pc, group, res)
+        let v = verify_volume(&pc, group, res)
             .await
             .map_err(|e| Failure::new(format!("verify {group}/{res}: {e}")))?;
         all_match &= v.equal;
