@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tandem_core::config::Diagnostic;
+use tandem_core::config::{nearest, Diagnostic};
 
 /// Where each field of a parsed runbook sits in its file (line and column by field path), so
 /// that checks made after parsing can still point at the text.
@@ -41,16 +41,7 @@ impl SourceMap {
 
     /// Line and column of `path`, or of its nearest ancestor in the file (1:1 when none).
     pub fn locate(&self, path: &str) -> (usize, usize) {
-        let mut p = path;
-        loop {
-            if let Some(lc) = self.at.get(p) {
-                return *lc;
-            }
-            match p.rfind(['.', '[']) {
-                Some(i) => p = &p[..i],
-                None => return (1, 1),
-            }
-        }
+        nearest(path, |p| self.at.get(p).copied()).unwrap_or((1, 1))
     }
 
     /// A diagnostic at `path`.

@@ -78,6 +78,19 @@ impl ConfigError {
     }
 }
 
+/// What `find` knows of `path` (`a.b[2].c`), or of its nearest ancestor (`a.b[2]`, `a.b`,
+/// `a`): how a diagnostic about a field missing from the file finds the place to point at.
+/// Shared by the config loader and the runbook parser.
+pub fn nearest<T>(path: &str, find: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let mut p = path;
+    loop {
+        if let Some(t) = find(p) {
+            return Some(t);
+        }
+        p = &p[..p.rfind(['.', '['])?];
+    }
+}
+
 /// Diagnostics one per line, as `ConfigError::Invalid` (and the runbook errors) print them.
 pub fn display_lines(diags: &[Diagnostic]) -> String {
     let lines: Vec<String> = diags.iter().map(Diagnostic::to_string).collect();
@@ -151,16 +164,7 @@ impl<'t> Diags<'t> {
 
     /// The byte offset of `path`, or of its nearest ancestor present in the file.
     pub(super) fn offset_of(&self, path: &str) -> usize {
-        let mut p = path;
-        loop {
-            if let Some(span) = self.values.get(p) {
-                return span.start;
-            }
-            match p.rfind(['.', '[']) {
-                Some(i) => p = &p[..i],
-                None => return 0,
-            }
-        }
+        nearest(path, |p| self.values.get(p).map(|span| span.start)).unwrap_or(0)
     }
 
     /// The innermost path whose key or value span contains `span`.

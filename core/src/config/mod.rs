@@ -28,7 +28,7 @@ mod testutil;
 mod units;
 mod validate;
 
-pub use diagnostic::{display_lines, line_col, ConfigError, Diagnostic};
+pub use diagnostic::{display_lines, line_col, nearest, ConfigError, Diagnostic};
 pub use model::{
     Capture, Cluster, Coordinator, Group, Mode, Node, NodeRole, Resource, ResourceKind, Runbooks,
     Site, Tls, Topology, DEFAULT_POSTGRES_BIN_DIR,
