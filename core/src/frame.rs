@@ -689,11 +689,7 @@ fn write_header(
     out[76..84].copy_from_slice(&check);
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
+use crate::bytes::le_u64;
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];

@@ -3,6 +3,7 @@
 //! - [`net`]: the one place that makes gRPC channels and servers (plaintext or mutual TLS).
 //! - [`client`]: the typed cluster client (coordinators and replicators) over gRPC.
 //! - [`certs`]: the CA and node/role certificates (`tandem certs`), and reading them.
+//! - [`bytes`]: hex, little-endian reads and the poison-tolerant mutex lock, defined once.
 //! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
 //! - [`frame`]: the frame codec, the unit on the wire and in the journal.
 //! - [`group`]: a group's mode, a replicator's role and a group's state, defined once.
@@ -17,6 +18,7 @@
 //! - [`residency`]: jurisdiction codes and the rule for where a group's data may be placed.
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
+pub mod bytes;
 pub mod certs;
 pub mod client;
 pub mod clock;

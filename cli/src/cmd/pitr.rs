@@ -112,9 +112,7 @@ async fn client(
     ))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use tandem_core::bytes::hex;
 
 fn point_json(p: &RecoveryPoint) -> Value {
     json!({"seq": p.seq, "captured_ms": p.captured_ms, "time": rfc3339(p.captured_ms), "kind": p.kind, "tag": p.tag})

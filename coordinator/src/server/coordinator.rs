@@ -71,9 +71,7 @@ pub struct Coordinator {
     pub(super) inner: Arc<Inner>,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use tandem_core::bytes::lock;
 
 impl Coordinator {
     pub(crate) fn now_ms(&self) -> i64 {

@@ -4,10 +4,7 @@
 use crate::proto::VolumeVerdict;
 use crate::ranges::{describe_byte_ranges, from_wire};
 
-/// Lower-case hex of a merkle root.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::bytes::hex;
 
 /// `GROUP/RES: EQUAL at seq N: primary (SITE) root HEX | replica (SITE) root HEX`, with the
 /// differing byte ranges on a second line when the copies differ.

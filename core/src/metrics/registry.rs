@@ -37,9 +37,7 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::bytes::lock;
 
 /// The process-wide registry that `tandem node` serves on its `metrics_listen` address.
 pub fn global() -> &'static Arc<Registry> {

@@ -3,10 +3,7 @@
 
 use std::sync::Mutex;
 
-/// Locks `m`, going on through a poisoned lock (the data it guards stays consistent).
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use tandem_core::bytes::lock;
 
 /// A lock on byte ranges of one resource namespace: overlapping holders exclude each other,
 /// disjoint ones run concurrently.
