@@ -23,6 +23,8 @@
 //! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`validate`]: pure validation of replication requests before a handler acts.
+//! - [`verify`]: the primary serving `Replication.Verify`: volumes compared chunk by chunk at
+//!   barriers through its own merkle backend.
 //! - [`error`]: the crate's error type.
 
 pub mod apply;
@@ -44,4 +46,5 @@ pub mod ship;
 pub mod sqlite;
 pub mod sqlite_wal;
 pub mod validate;
+pub mod verify;
 pub mod volume;

@@ -1,12 +1,23 @@
-//! The replica's gRPC endpoint: the [`ReplicationService`] (one per replicator, many groups)
-//! and [`classify`], the pure per-frame decision (group, epoch fence, seq continuity).
+//! The replicator's gRPC endpoint: the [`ReplicationService`] (one per replicator, many
+//! groups), which admits callers and routes each RPC: Ship streams to [`stream`], Verify to
+//! [`crate::verify`], the others to a [`BlockSource`]. Also [`classify`], the pure per-frame
+//! decision (group, epoch fence, seq continuity).
+//!
+//! Rooms: [`source`] (the [`BlockSource`] trait), [`stream`] (one Ship stream: batch, apply,
+//! acknowledge).
 
-use crate::apply::{ReplicaGroup, StreamState};
-use futures::{FutureExt, StreamExt};
+pub mod source;
+mod stream;
+
+pub use self::source::{resync_finished, BlockSource};
+use self::stream::{response, run_stream};
+use crate::apply::ReplicaGroup;
+use crate::verify::{Catalog, VerifyStream};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use tandem_core::certs::Role;
+use tandem_core::config::Topology;
 use tandem_core::frame::FrameHeader;
 use tandem_core::ids::{Epoch, GroupId, Seq};
 use tandem_core::net::{Caller, Net};
@@ -15,8 +26,8 @@ use tandem_core::proto::{
     ship_request, ship_response, ArchiveWalReply, ArchiveWalRequest, CheckpointReply,
     CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply, MerkleRequest,
     ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, ResyncProgress,
-    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyProgress,
-    VerifyRequest, Welcome,
+    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyRequest,
+    Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,10 +42,6 @@ pub const STREAM_WINDOW: u32 = 16 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// HTTP/2 frame size (STACK-NOTES gotcha 5).
 pub const H2_FRAME_SIZE: u32 = (1 << 20) - 1;
-/// Most frames the receiver applies under one fdatasync + watermark write.
-const BATCH_FRAMES: usize = 64;
-/// Most bytes the receiver applies under one fdatasync + watermark write.
-const BATCH_BYTES: usize = 16 << 20;
 
 /// What to do with a frame whose header parsed, given the replica's position (pure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,54 +82,13 @@ pub fn classify(header: &FrameHeader, group: GroupId, watermark: Seq, fence: Epo
     }
 }
 
-/// What the Merkle and ReadBlocks RPCs are served from (provided by the merkle/resync module).
-#[tonic::async_trait]
-pub trait BlockSource: Send + Sync + 'static {
-    /// Answers a Merkle summary request.
-    async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status>;
-    /// Answers a ReadBlocks request.
-    async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status>;
-    /// Answers a Snapshot request (a point-in-time copy of a replica group's volumes).
-    async fn snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
-        Err(Status::unimplemented("snapshot is not served here"))
-    }
-    /// Answers a DeleteSnapshot request.
-    async fn delete_snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
-        Err(Status::unimplemented("delete_snapshot is not served here"))
-    }
-    /// Answers a Checkpoint request (the primary marks a tagged checkpoint in the stream).
-    async fn checkpoint(&self, _req: CheckpointRequest) -> Result<CheckpointReply, Status> {
-        Err(Status::unimplemented("checkpoint is not served here"))
-    }
-    /// Answers a Checkpoints request (the replica lists its recovery points).
-    async fn checkpoints(&self, _req: CheckpointsRequest) -> Result<CheckpointsReply, Status> {
-        Err(Status::unimplemented("checkpoints is not served here"))
-    }
-    /// Answers a Recover request (the replica builds a copy at a recovery point).
-    async fn recover(&self, _req: RecoverRequest) -> Result<RecoverReply, Status> {
-        Err(Status::unimplemented("recover is not served here"))
-    }
-    /// Starts (or joins) a resync of a replica group from its primary; the receiver sees its
-    /// progress until the phase is `done` or `failed`.
-    async fn resync(&self, _req: ResyncRequest) -> Result<watch::Receiver<ResyncProgress>, Status> {
-        Err(Status::unimplemented("resync is not served here"))
-    }
-    /// Answers an ArchiveWal request (PostgreSQL `archive_command`, on the primary).
-    async fn archive_wal(&self, _req: ArchiveWalRequest) -> Result<ArchiveWalReply, Status> {
-        Err(Status::unimplemented("archive_wal is not served here"))
-    }
-}
-
-/// Whether a resync progress report is the last one (`done` or `failed`).
-pub fn resync_finished(p: &ResyncProgress) -> bool {
-    p.phase == "done" || p.phase == "failed"
-}
-
 /// The replica replicator's `Replication` service: a registry of groups by name.
 #[derive(Clone)]
 pub struct ReplicationService {
     groups: Arc<RwLock<HashMap<String, Arc<ReplicaGroup>>>>,
     blocks: Option<Arc<dyn BlockSource>>,
+    /// The groups and volumes Verify may name (from the topology).
+    catalog: Option<Arc<Catalog>>,
     closed: Arc<watch::Sender<bool>>,
     net: Net,
 }
@@ -132,6 +98,7 @@ impl Default for ReplicationService {
         ReplicationService {
             groups: Arc::default(),
             blocks: None,
+            catalog: None,
             closed: Arc::new(watch::channel(false).0),
             net: Net::plaintext(),
         }
@@ -156,6 +123,18 @@ impl ReplicationService {
     /// Serves Merkle and ReadBlocks from `source` (without one they answer `unimplemented`).
     pub fn with_block_source(mut self, source: Arc<dyn BlockSource>) -> ReplicationService {
         self.blocks = Some(source);
+        self
+    }
+
+    /// Knows the groups and volumes of `topo`, so that Verify can be served (through the block
+    /// source's barrier `Merkle`); without it Verify answers `unimplemented`.
+    pub fn with_topology(self, topo: &Topology) -> ReplicationService {
+        self.with_catalog(Catalog::from_topology(topo))
+    }
+
+    /// Serves Verify for the groups and volumes of `catalog` (see [`Self::with_topology`]).
+    pub fn with_catalog(mut self, catalog: Catalog) -> ReplicationService {
+        self.catalog = Some(Arc::new(catalog));
         self
     }
 
@@ -253,122 +232,27 @@ pub async fn serve(
     net.serve(router, listener, shutdown).await
 }
 
-/// The `tandem_apply_latency_seconds` series of `group`: from receiving a batch of frames to
-/// handing its acknowledgements to the stream (applied, fdatasync'd, watermark written).
-fn apply_latency(group: &str) -> tandem_core::metrics::Histogram {
-    tandem_core::metrics::global().histogram(
-        "tandem_apply_latency_seconds",
-        "Time from receiving a batch of frames on the replica to its acknowledgement.",
-        tandem_core::metrics::LATENCY_BUCKETS,
-        &[("group", group)],
-    )
-}
-
-fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> {
-    Ok(ShipResponse { msg: Some(msg) })
-}
-
-async fn run_stream(
-    group: Arc<ReplicaGroup>,
-    mut inbound: Streaming<ShipRequest>,
-    tx: mpsc::Sender<Result<ShipResponse, Status>>,
-    mut closed: watch::Receiver<bool>,
-) {
-    let mut state = StreamState::default();
-    loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = async { let _ = closed.wait_for(|c| *c).await; } => {
-                let _ = tx.send(Err(Status::unavailable("replica service closed"))).await;
-                return;
-            }
-        };
-        let first = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(group = group.name(), error = %e, "ship stream ended");
-                break;
-            }
-        };
-        let received = std::time::Instant::now();
-        let mut frames = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.msg {
-                Some(ship_request::Msg::Frame(f)) => {
-                    bytes += f.len();
-                    frames.push(f);
-                }
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument("only frames after Hello")))
-                        .await;
-                    return;
-                }
-            }
-            if frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
-                break;
-            }
-            next = match inbound.next().now_or_never() {
-                Some(Some(Ok(m))) => Some(m),
-                _ => None,
-            };
-        }
-        let g = Arc::clone(&group);
-        let joined =
-            tokio::task::spawn_blocking(move || (g.receive_batch(frames, &mut state), state)).await;
-        let (result, st) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        };
-        state = st;
-        match result {
-            Ok(responses) => {
-                for r in responses {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-                apply_latency(group.name()).observe_duration(received.elapsed());
-            }
-            Err(crate::error::ReplicatorError::Closed(g)) => {
-                tracing::info!(group = %g, "replica retired (resync): ending the stream");
-                let _ = tx
-                    .send(Err(Status::unavailable(format!(
-                        "group {g} is resyncing on this replica"
-                    ))))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(group = group.name(), error = %e, "apply failed");
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        }
-        if state.finished {
-            return;
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     type ShipStream = ReceiverStream<Result<ShipResponse, Status>>;
     type ResyncStream = ReceiverStream<Result<ResyncProgress, Status>>;
-    type VerifyStream = ReceiverStream<Result<VerifyProgress, Status>>;
+    type VerifyStream = VerifyStream;
 
     async fn verify(
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<Self::VerifyStream>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented("Verify is not served yet"))
+        let (Some(blocks), Some(catalog)) = (&self.blocks, &self.catalog) else {
+            return Err(Status::unimplemented(
+                "verify not wired: this service has no topology or merkle backend",
+            ));
+        };
+        let plan = catalog.plan(request.get_ref())?;
+        Ok(Response::new(crate::verify::stream(
+            Arc::clone(blocks),
+            plan,
+        )))
     }
 
     async fn resync(
