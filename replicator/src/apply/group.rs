@@ -344,7 +344,7 @@ impl ReplicaGroup {
     }
 
     /// Makes each named SQLite resource skip its changes below the given seq, durably (see
-    /// [`Resource::from`]); called by a resync before [`Self::reset_watermark`].
+    /// `Resource::from`); called by a resync before [`Self::reset_watermark`].
     ///
     /// # Errors
     /// [`ReplicatorError::UnknownResource`] for a name that is not a SQLite resource of the

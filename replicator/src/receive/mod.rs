@@ -1,9 +1,9 @@
 //! The replicator's gRPC endpoint: the [`ReplicationService`] (one per replicator, many
-//! groups), which admits callers and routes each RPC: Ship streams to [`stream`], Verify to
-//! [`crate::verify`], the others to a [`BlockSource`]. Also [`classify`], the pure per-frame
-//! decision (group, epoch fence, seq continuity).
+//! groups), which admits callers and routes each RPC: Ship streams to `stream`, Verify to
+//! [`crate::verify`], the others to a [`BlockSource`]. Re-exports [`classify`], the pure
+//! per-frame decision, from its room `crate::apply::classify`.
 //!
-//! Rooms: [`source`] (the [`BlockSource`] trait), [`stream`] (one Ship stream: batch, apply,
+//! Rooms: [`source`] (the [`BlockSource`] trait), `stream` (one Ship stream: batch, apply,
 //! acknowledge).
 
 pub mod source;

@@ -58,7 +58,8 @@ pub type ProgressFn = Arc<dyn Fn(ResyncTick) + Send + Sync>;
 /// Tuning for [`super::resync`].
 #[derive(Clone)]
 pub struct ResyncOptions {
-    /// Blocks per `ReadBlocks` request; lowered so a reply stays under [`MAX_REPLY_BYTES`].
+    /// Blocks per `ReadBlocks` request; lowered so a reply stays under
+    /// [`MAX_REPLY_BYTES`](super::limits::MAX_REPLY_BYTES).
     pub batch_blocks: usize,
     /// The source keeps taking writes during the resync (a live primary): blocks may change
     /// between its `Merkle` and `ReadBlocks` answers, so pulled blocks are not checked against
