@@ -324,7 +324,20 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
     })
 }
 
-/// Why the journal cannot bring a replica at `watermark` up to date, if it cannot.
+/// Why the journal cannot bring a replica at `watermark` up to date, if it cannot, with the
+/// journal's bounds that showed it.
+fn resync_reason(shared: &Shared, watermark: Seq) -> Option<ResyncWhy> {
+    let last_local = *shared.durable_local.borrow();
+    let trimmed = shared.journal.trimmed_through();
+    journal_gap(watermark, last_local, trimmed).map(|reason| ResyncWhy {
+        reason,
+        last_local,
+        trimmed,
+    })
+}
+
+/// Whether a replica at `watermark` needs a resync rather than the journal, which holds
+/// frames after `trimmed` up to `last_local` (pure).
 ///
 /// Two ways, both mended by a merkle resync from this (live) primary, which then resumes from
 /// our seq at hashing time:
@@ -332,10 +345,8 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
 ///   in an older epoch this primary continued from);
 /// - it is ahead of the journal: this primary lost frames it had made durable (a disk
 ///   that lied), so its next seqs would name other writes than the replica's.
-fn resync_reason(shared: &Shared, watermark: Seq) -> Option<ResyncWhy> {
-    let last_local = *shared.durable_local.borrow();
-    let trimmed = shared.journal.trimmed_through();
-    let reason = if watermark > last_local {
+fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq) -> Option<String> {
+    if watermark > last_local {
         Some(format!(
             "the replica is at seq {watermark}, ahead of the primary's journal ({last_local}): the primary lost journaled frames"
         ))
@@ -346,12 +357,7 @@ fn resync_reason(shared: &Shared, watermark: Seq) -> Option<ResyncWhy> {
         ))
     } else {
         None
-    };
-    reason.map(|reason| ResyncWhy {
-        reason,
-        last_local,
-        trimmed,
-    })
+    }
 }
 
 /// Why a replica must resync, and the journal's bounds that showed it.
@@ -551,4 +557,30 @@ async fn send_frames(
             .fetch_add(len as u64, Ordering::Relaxed);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_resyncs_only_when_the_journal_cannot_continue_it() {
+        // (watermark, last_local, trimmed) -> resync reason containing
+        let cases = [
+            (5, 10, 3, None),
+            (3, 10, 3, None),
+            (10, 10, 3, None),
+            (0, 0, 0, None),
+            (2, 10, 3, Some("no longer holds frames 3..=3")),
+            (11, 10, 3, Some("ahead of the primary's journal (10)")),
+        ];
+        for (i, (wm, local, trimmed, want)) in cases.into_iter().enumerate() {
+            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed));
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) if g.contains(w) => {}
+                _ => panic!("#{i}: expect {want:?} got {got:?}"),
+            }
+        }
+    }
 }
