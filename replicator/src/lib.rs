@@ -9,8 +9,9 @@
 //! - [`pipeline`]: [`pipeline::GroupPipeline`], where captured changes get seqs, are batched
 //!   into frames, journaled with group commit, and (sync mode) wait for the replica.
 //! - [`ship`]: the shipper task streaming journal frames to the replica replicator over gRPC.
-//! - [`receive`]: the replica's gRPC service and the pure per-frame checks.
-//! - [`apply`]: [`apply::ReplicaGroup`], applying frames to resource files with the watermark.
+//! - [`receive`]: the replicator's gRPC service: Ship streams, Verify, and the block-source RPCs.
+//! - [`apply`]: [`apply::ReplicaGroup`], applying frames to resource files with the watermark,
+//!   after the pure per-frame checks of [`apply::classify`].
 //! - [`merkle`]: merkle trees of blake3 block hashes, their diff and wire form (pure).
 //! - [`scan`]: hashing files into trees, and the `scan` capture source built on it.
 //! - [`scan_capture`]: the `scan` source wired to a group's pipeline, with its durable tree.
@@ -23,6 +24,8 @@
 //! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`validate`]: pure validation of replication requests before a handler acts.
+//! - [`verify`]: the primary serving `Replication.Verify`: volumes compared chunk by chunk at
+//!   barriers through its own merkle backend.
 //! - [`error`]: the crate's error type.
 
 pub mod apply;
@@ -44,4 +47,5 @@ pub mod ship;
 pub mod sqlite;
 pub mod sqlite_wal;
 pub mod validate;
+pub mod verify;
 pub mod volume;

@@ -5,7 +5,7 @@
 //! Tasks: `submit` → bounded queue → batcher task (assigns seqs, lingers up to
 //! `batch_max_delay` only while the writer is busy, encodes in `spawn_blocking`) → bounded
 //! queue → one writer thread (drains what is queued, one [`Journal::append`] = one fdatasync,
-//! completes every waiter). The shipper ([`crate::ship`]) reads the journal from there.
+//! completes every waiter). The shipper (the `ship` room, which depends on this one) reads the journal from there.
 
 use crate::error::{ReplicatorError, Result};
 use crate::journal::{Journal, NewFrame, DEFAULT_SEGMENT_BYTES};

@@ -4,6 +4,7 @@
 //! backoff. A fatal Refusal (old epoch) fences the pipeline and stops the shipper.
 
 use crate::error::ReplicatorError;
+use crate::journal::FrameEntry;
 use crate::pipeline::{GroupPipeline, Shared};
 use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, STREAM_WINDOW};
 use std::collections::VecDeque;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use tandem_core::ids::Seq;
 use tandem_core::net::Net;
 use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{ship_request, ship_response, Hello, ResyncRequest, ShipRequest};
+use tandem_core::proto::{
+    ship_request, ship_response, Hello, ResyncRequest, ShipRequest, ShipResponse,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -226,17 +229,51 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
+    let Opened {
+        mut client,
+        tx,
+        inbound,
+        watermark,
+    } = match open_stream(shared, cfg).await {
+        Ok(o) => o,
+        Err(end) => return end,
+    };
+    if let Some(why) = resync_reason(shared, watermark) {
+        return ask_resync(&mut client, shared, watermark, why).await;
+    }
+    on_acked(shared, watermark).await;
+    stream_frames(
+        shared, cfg, refusals, stop, shutdown, tx, inbound, watermark,
+    )
+    .await
+}
+
+/// A Ship stream the replica welcomed, at its watermark.
+struct Opened {
+    client: ReplicationClient<tonic::transport::Channel>,
+    tx: mpsc::Sender<ShipRequest>,
+    inbound: tonic::Streaming<ShipResponse>,
+    watermark: Seq,
+}
+
+/// Connects, sends Hello and waits for the replica's Welcome (its watermark and fence).
+async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, SessionEnd> {
     let endpoint = match cfg.net.endpoint(&cfg.addr) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(H2_FRAME_SIZE),
-        Err(e) => return SessionEnd::Fatal(format!("bad replica address {}: {e}", cfg.addr)),
+        Err(e) => {
+            return Err(SessionEnd::Fatal(format!(
+                "bad replica address {}: {e}",
+                cfg.addr
+            )))
+        }
     };
     let channel = match cfg.net.connect(endpoint).await {
         Ok(c) => c,
-        Err(e) => return broken(format!("connect: {e}"), false),
+        Err(e) => return Err(broken(format!("connect: {e}"), false)),
     };
     let mut client = tandem_core::grpc_limits!(ReplicationClient::new(channel));
     let (tx, rx) = mpsc::channel::<ShipRequest>(16);
@@ -248,43 +285,68 @@ async fn session(
         })),
     };
     if tx.send(hello).await.is_err() {
-        return broken("request stream closed", false);
+        return Err(broken("request stream closed", false));
     }
     let mut inbound = match client.ship(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::NotFound => {
-            return broken(format!("replica has no group: {}", s.message()), false)
+            return Err(broken(
+                format!("replica has no group: {}", s.message()),
+                false,
+            ))
         }
-        Err(s) => return broken(format!("ship: {s}"), false),
+        Err(s) => return Err(broken(format!("ship: {s}"), false)),
     };
     let welcome = match inbound.message().await {
         Ok(Some(m)) => m,
-        Ok(None) => return broken("stream closed before Welcome", false),
-        Err(s) => return broken(format!("awaiting Welcome: {s}"), false),
+        Ok(None) => return Err(broken("stream closed before Welcome", false)),
+        Err(s) => return Err(broken(format!("awaiting Welcome: {s}"), false)),
     };
     let watermark = match welcome.msg {
         Some(ship_response::Msg::Welcome(w)) => {
             if w.epoch > shared.epoch().0 {
-                return SessionEnd::Fatal(format!(
+                return Err(SessionEnd::Fatal(format!(
                     "replica is fenced at epoch {}, we are at {}",
                     w.epoch,
                     shared.epoch()
-                ));
+                )));
             }
             Seq(w.watermark)
         }
-        Some(ship_response::Msg::Refusal(r)) if r.fatal => return SessionEnd::Fatal(r.reason),
-        other => return broken(format!("expected Welcome, got {other:?}"), false),
+        Some(ship_response::Msg::Refusal(r)) if r.fatal => return Err(SessionEnd::Fatal(r.reason)),
+        other => return Err(broken(format!("expected Welcome, got {other:?}"), false)),
     };
+    Ok(Opened {
+        client,
+        tx,
+        inbound,
+        watermark,
+    })
+}
+
+/// Why the journal cannot bring a replica at `watermark` up to date, if it cannot, with the
+/// journal's bounds that showed it.
+fn resync_reason(shared: &Shared, watermark: Seq) -> Option<ResyncWhy> {
     let last_local = *shared.durable_local.borrow();
     let trimmed = shared.journal.trimmed_through();
-    // Two ways the journal cannot bring the replica up to date, both mended by a merkle
-    // resync from this (live) primary, which then resumes from our seq at hashing time:
-    // - the frames it needs next are gone (dropped when the journal overflowed, or journaled
-    //   in an older epoch this primary continued from);
-    // - it is ahead of the journal: this primary lost frames it had made durable (a disk
-    //   that lied), so its next seqs would name other writes than the replica's.
-    let resync_reason = if watermark > last_local {
+    journal_gap(watermark, last_local, trimmed).map(|reason| ResyncWhy {
+        reason,
+        last_local,
+        trimmed,
+    })
+}
+
+/// Whether a replica at `watermark` needs a resync rather than the journal, which holds
+/// frames after `trimmed` up to `last_local` (pure).
+///
+/// Two ways, both mended by a merkle resync from this (live) primary, which then resumes from
+/// our seq at hashing time:
+/// - the frames it needs next are gone (dropped when the journal overflowed, or journaled
+///   in an older epoch this primary continued from);
+/// - it is ahead of the journal: this primary lost frames it had made durable (a disk
+///   that lied), so its next seqs would name other writes than the replica's.
+fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq) -> Option<String> {
+    if watermark > last_local {
         Some(format!(
             "the replica is at seq {watermark}, ahead of the primary's journal ({last_local}): the primary lost journaled frames"
         ))
@@ -295,39 +357,82 @@ async fn session(
         ))
     } else {
         None
+    }
+}
+
+/// Why a replica must resync, and the journal's bounds that showed it.
+struct ResyncWhy {
+    reason: String,
+    last_local: Seq,
+    trimmed: Seq,
+}
+
+/// Asks the replica to resync (for `why`) and ends the session.
+async fn ask_resync(
+    client: &mut ReplicationClient<tonic::transport::Channel>,
+    shared: &Shared,
+    watermark: Seq,
+    why: ResyncWhy,
+) -> SessionEnd {
+    let ResyncWhy {
+        reason,
+        last_local,
+        trimmed,
+    } = why;
+    let req = ResyncRequest {
+        group: shared.group.clone(),
+        reason: reason.clone(),
     };
-    if resync_reason.is_none() {
-        on_acked(shared, watermark).await;
+    match client.resync(req).await {
+        Ok(mut s) => {
+            let first = s.get_mut().message().await.ok().flatten();
+            tracing::warn!(group = %shared.group, %watermark, %trimmed, %last_local,
+                phase = first.as_ref().map_or("?", |p| p.phase.as_str()),
+                "{reason}: asked the replica to resync");
+            broken(format!("{reason}: resync asked"), false)
+        }
+        Err(s) => broken(format!("asking the replica to resync: {s}"), false),
     }
-    if let Some(reason) = resync_reason {
-        let req = ResyncRequest {
-            group: shared.group.clone(),
-            reason: reason.clone(),
-        };
-        return match client.resync(req).await {
-            Ok(mut s) => {
-                let first = s.get_mut().message().await.ok().flatten();
-                tracing::warn!(group = %shared.group, %watermark, %trimmed, %last_local,
-                    phase = first.as_ref().map_or("?", |p| p.phase.as_str()),
-                    "{reason}: asked the replica to resync");
-                broken(format!("{reason}: resync asked"), false)
-            }
-            Err(s) => broken(format!("asking the replica to resync: {s}"), false),
-        };
-    }
-    let mut acked = watermark;
-    let mut next = watermark.next();
-    let mut progressed = false;
-    let mut inflight: VecDeque<(Seq, usize)> = VecDeque::new();
-    let mut inflight_bytes = 0usize;
+}
+
+/// Frames sent and not yet acknowledged, and where the stream stands.
+struct Flight {
+    acked: Seq,
+    next: Seq,
+    progressed: bool,
+    inflight: VecDeque<(Seq, usize)>,
+    inflight_bytes: usize,
+    /// Pacing for `max_bytes_per_sec`: the earliest time the next frame may leave.
+    pace_at: tokio::time::Instant,
+}
+
+/// Streams journal frames from `watermark + 1` within the window, handling Acks and Refusals,
+/// until the stream breaks or the shipper stops.
+#[allow(clippy::too_many_arguments)]
+async fn stream_frames(
+    shared: &Arc<Shared>,
+    cfg: &ShipConfig,
+    refusals: &mut u32,
+    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+    tx: mpsc::Sender<ShipRequest>,
+    mut inbound: tonic::Streaming<ShipResponse>,
+    watermark: Seq,
+) -> SessionEnd {
+    let mut f = Flight {
+        acked: watermark,
+        next: watermark.next(),
+        progressed: false,
+        inflight: VecDeque::new(),
+        inflight_bytes: 0,
+        pace_at: tokio::time::Instant::now(),
+    };
     let mut local = shared.durable_local.subscribe();
-    // Pacing for `max_bytes_per_sec`: the earliest time the next frame may leave.
-    let mut pace_at = tokio::time::Instant::now();
     loop {
-        let have_new = *local.borrow_and_update() >= next;
+        let have_new = *local.borrow_and_update() >= f.next;
         let can_send =
-            have_new && inflight_bytes < cfg.window_bytes && inflight.len() < cfg.window_frames;
-        let mut budget = cfg.window_bytes.saturating_sub(inflight_bytes).max(1);
+            have_new && f.inflight_bytes < cfg.window_bytes && f.inflight.len() < cfg.window_frames;
+        let mut budget = cfg.window_bytes.saturating_sub(f.inflight_bytes).max(1);
         let limit = cfg.limit();
         if let Some(rate) = limit {
             // Read about a quarter second of frames at a time, so acks are handled between
@@ -335,84 +440,146 @@ async fn session(
             budget = budget.min((rate as usize / 4).max(64 << 10));
         }
         let journal = Arc::clone(&shared.journal);
-        let from = next;
+        let from = f.next;
         tokio::select! {
             biased;
             _ = until_true(stop) => return SessionEnd::Stopped,
             _ = until_true(shutdown) => return SessionEnd::Stopped,
             msg = inbound.message() => match msg {
-                Ok(Some(m)) => match m.msg {
-                    Some(ship_response::Msg::Ack(a)) => {
-                        let d = Seq(a.durable_seq);
-                        if d > acked {
-                            acked = d;
-                            progressed = true;
-                            *refusals = 0;
-                            shared.set_ship_problem(None);
-                            while inflight.front().is_some_and(|(last, _)| *last <= d) {
-                                if let Some((_, len)) = inflight.pop_front() {
-                                    inflight_bytes -= len;
-                                }
-                            }
-                            on_acked(shared, d).await;
-                        }
+                Ok(Some(m)) => {
+                    if let Some(end) = on_reply(shared, cfg, refusals, &mut f, m).await {
+                        return end;
                     }
-                    Some(ship_response::Msg::Refusal(r)) => {
-                        if r.fatal {
-                            return SessionEnd::Fatal(r.reason);
-                        }
-                        *refusals += 1;
-                        tracing::warn!(group = %shared.group, seq = r.seq, resume_from = r.resume_from, reason = %r.reason, refusals = *refusals, "replica refused a frame; resending");
-                        if *refusals >= cfg.max_refusals {
-                            shared.set_ship_problem(Some(format!(
-                                "replica refused {} times in a row: {}",
-                                *refusals, r.reason
-                            )));
-                        }
-                        next = Seq(r.resume_from.max(1));
-                        inflight.clear();
-                        inflight_bytes = 0;
-                    }
-                    _ => {}
-                },
-                Ok(None) => return broken("replica closed the stream", progressed),
-                Err(s) => return broken(format!("stream: {s}"), progressed),
+                }
+                Ok(None) => return broken("replica closed the stream", f.progressed),
+                Err(s) => return broken(format!("stream: {s}"), f.progressed),
             },
             _ = local.changed(), if !have_new => {}
             read = tokio::task::spawn_blocking(move || journal.frames_from(from, budget)), if can_send => {
                 let frames = match read {
-                    Ok(Ok(f)) => f,
-                    Ok(Err(e)) => return broken(format!("journal read: {e}"), progressed),
-                    Err(e) => return broken(ReplicatorError::Task(e.to_string()), progressed),
+                    Ok(Ok(fr)) => fr,
+                    Ok(Err(e)) => return broken(format!("journal read: {e}"), f.progressed),
+                    Err(e) => return broken(ReplicatorError::Task(e.to_string()), f.progressed),
                 };
                 if frames.is_empty() {
                     // Nothing at or after `next` yet (the replica is ahead of the journal):
                     // poll again shortly rather than spin.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                for (entry, mut bytes) in frames {
-                    if let Some(hook) = &cfg.frame_hook {
-                        hook(entry.first_seq, &mut bytes);
-                    }
-                    let len = bytes.len();
-                    if let Some(rate) = limit {
-                        let now = tokio::time::Instant::now();
-                        if pace_at > now {
-                            tokio::time::sleep_until(pace_at).await;
-                        }
-                        pace_at = pace_at.max(now)
-                            + Duration::from_secs_f64(len as f64 / rate as f64);
-                    }
-                    let req = ShipRequest { msg: Some(ship_request::Msg::Frame(bytes)) };
-                    if tx.send(req).await.is_err() {
-                        return broken("request stream closed", progressed);
-                    }
-                    next = entry.last_seq.next();
-                    inflight.push_back((entry.last_seq, len));
-                    inflight_bytes += len;
-                    shared.frames_shipped.fetch_add(1, Ordering::Relaxed);
-                    shared.bytes_shipped_total.fetch_add(len as u64, Ordering::Relaxed);
+                if let Some(end) = send_frames(shared, cfg, &tx, &mut f, frames, limit).await {
+                    return end;
                 }
+            }
+        }
+    }
+}
+
+/// Handles one reply of the replica: an Ack moves the window and trims the journal; a
+/// Refusal rewinds to where the replica resumes (or ends the session when fatal).
+async fn on_reply(
+    shared: &Arc<Shared>,
+    cfg: &ShipConfig,
+    refusals: &mut u32,
+    f: &mut Flight,
+    m: ShipResponse,
+) -> Option<SessionEnd> {
+    match m.msg {
+        Some(ship_response::Msg::Ack(a)) => {
+            let d = Seq(a.durable_seq);
+            if d > f.acked {
+                f.acked = d;
+                f.progressed = true;
+                *refusals = 0;
+                shared.set_ship_problem(None);
+                while f.inflight.front().is_some_and(|(last, _)| *last <= d) {
+                    if let Some((_, len)) = f.inflight.pop_front() {
+                        f.inflight_bytes -= len;
+                    }
+                }
+                on_acked(shared, d).await;
+            }
+        }
+        Some(ship_response::Msg::Refusal(r)) => {
+            if r.fatal {
+                return Some(SessionEnd::Fatal(r.reason));
+            }
+            *refusals += 1;
+            tracing::warn!(group = %shared.group, seq = r.seq, resume_from = r.resume_from, reason = %r.reason, refusals = *refusals, "replica refused a frame; resending");
+            if *refusals >= cfg.max_refusals {
+                shared.set_ship_problem(Some(format!(
+                    "replica refused {} times in a row: {}",
+                    *refusals, r.reason
+                )));
+            }
+            f.next = Seq(r.resume_from.max(1));
+            f.inflight.clear();
+            f.inflight_bytes = 0;
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Sends frames read from the journal (through the frame hook, paced to `limit` bytes/s),
+/// moving the window.
+async fn send_frames(
+    shared: &Shared,
+    cfg: &ShipConfig,
+    tx: &mpsc::Sender<ShipRequest>,
+    f: &mut Flight,
+    frames: Vec<(FrameEntry, Vec<u8>)>,
+    limit: Option<u64>,
+) -> Option<SessionEnd> {
+    for (entry, mut bytes) in frames {
+        if let Some(hook) = &cfg.frame_hook {
+            hook(entry.first_seq, &mut bytes);
+        }
+        let len = bytes.len();
+        if let Some(rate) = limit {
+            let now = tokio::time::Instant::now();
+            if f.pace_at > now {
+                tokio::time::sleep_until(f.pace_at).await;
+            }
+            f.pace_at = f.pace_at.max(now) + Duration::from_secs_f64(len as f64 / rate as f64);
+        }
+        let req = ShipRequest {
+            msg: Some(ship_request::Msg::Frame(bytes)),
+        };
+        if tx.send(req).await.is_err() {
+            return Some(broken("request stream closed", f.progressed));
+        }
+        f.next = entry.last_seq.next();
+        f.inflight.push_back((entry.last_seq, len));
+        f.inflight_bytes += len;
+        shared.frames_shipped.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes_shipped_total
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_resyncs_only_when_the_journal_cannot_continue_it() {
+        // (watermark, last_local, trimmed) -> resync reason containing
+        let cases = [
+            (5, 10, 3, None),
+            (3, 10, 3, None),
+            (10, 10, 3, None),
+            (0, 0, 0, None),
+            (2, 10, 3, Some("no longer holds frames 3..=3")),
+            (11, 10, 3, Some("ahead of the primary's journal (10)")),
+        ];
+        for (i, (wm, local, trimmed, want)) in cases.into_iter().enumerate() {
+            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed));
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) if g.contains(w) => {}
+                _ => panic!("#{i}: expect {want:?} got {got:?}"),
             }
         }
     }

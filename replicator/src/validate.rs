@@ -2,7 +2,7 @@
 //! socket; the `replication_request` fuzz target drives it with arbitrary decoded messages.
 
 use crate::history::Selector;
-use crate::resync::MAX_REPLY_BYTES;
+use crate::resync::limits::MAX_REPLY_BYTES;
 use tandem_core::proto::{ReadBlocksRequest, RecoverRequest};
 
 /// Longest group or copy name accepted in a snapshot or recover request, in bytes.

@@ -1,22 +1,33 @@
-//! The replica's gRPC endpoint: the [`ReplicationService`] (one per replicator, many groups)
-//! and [`classify`], the pure per-frame decision (group, epoch fence, seq continuity).
+//! The replicator's gRPC endpoint: the [`ReplicationService`] (one per replicator, many
+//! groups), which admits callers and routes each RPC: Ship streams to `stream`, Verify to
+//! [`crate::verify`], the others to a [`BlockSource`]. Re-exports [`classify`], the pure
+//! per-frame decision, from its room `crate::apply::classify`.
+//!
+//! Rooms: [`source`] (the [`BlockSource`] trait), `stream` (one Ship stream: batch, apply,
+//! acknowledge).
 
-use crate::apply::{ReplicaGroup, StreamState};
-use futures::{FutureExt, StreamExt};
+pub mod source;
+mod stream;
+
+pub use self::source::{resync_finished, BlockSource};
+use self::stream::{response, run_stream};
+pub use crate::apply::classify::{classify, Verdict};
+use crate::apply::ReplicaGroup;
+use crate::verify::{Catalog, VerifyStream};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use tandem_core::certs::Role;
-use tandem_core::frame::FrameHeader;
-use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::config::Topology;
+use tandem_core::ids::Epoch;
 use tandem_core::net::{Caller, Net};
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
     ship_request, ship_response, ArchiveWalReply, ArchiveWalRequest, CheckpointReply,
     CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply, MerkleRequest,
     ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, ResyncProgress,
-    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyProgress,
-    VerifyRequest, Welcome,
+    ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyRequest,
+    Welcome,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,98 +42,14 @@ pub const STREAM_WINDOW: u32 = 16 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// HTTP/2 frame size (STACK-NOTES gotcha 5).
 pub const H2_FRAME_SIZE: u32 = (1 << 20) - 1;
-/// Most frames the receiver applies under one fdatasync + watermark write.
-const BATCH_FRAMES: usize = 64;
-/// Most bytes the receiver applies under one fdatasync + watermark write.
-const BATCH_BYTES: usize = 16 << 20;
-
-/// What to do with a frame whose header parsed, given the replica's position (pure).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The frame belongs to another group: refuse, fatal.
-    WrongGroup,
-    /// The frame's epoch is older than the fence: refuse, fatal.
-    OldEpoch,
-    /// Every change is at or below the watermark: acknowledge, do not apply.
-    Duplicate,
-    /// The frame starts after watermark+1: refuse, resume from watermark+1.
-    Gap,
-    /// Apply, skipping the first `skip` changes (already applied).
-    Apply {
-        /// Changes at the start of the frame already at or below the watermark.
-        skip: u64,
-    },
-}
-
-/// Decides a frame's fate from its header, in the DESIGN order: group, epoch fence, seq
-/// continuity. Payload checks (decompressed length, blake3) come after, on `Apply` only.
-pub fn classify(header: &FrameHeader, group: GroupId, watermark: Seq, fence: Epoch) -> Verdict {
-    if header.meta.group != group {
-        return Verdict::WrongGroup;
-    }
-    if header.meta.epoch < fence {
-        return Verdict::OldEpoch;
-    }
-    if header.change_count == 0 || header.last_seq() <= watermark {
-        return Verdict::Duplicate;
-    }
-    let first = header.meta.first_seq.0;
-    if first > watermark.0.saturating_add(1) {
-        return Verdict::Gap;
-    }
-    Verdict::Apply {
-        skip: watermark.0 + 1 - first,
-    }
-}
-
-/// What the Merkle and ReadBlocks RPCs are served from (provided by the merkle/resync module).
-#[tonic::async_trait]
-pub trait BlockSource: Send + Sync + 'static {
-    /// Answers a Merkle summary request.
-    async fn merkle(&self, req: MerkleRequest) -> Result<MerkleReply, Status>;
-    /// Answers a ReadBlocks request.
-    async fn read_blocks(&self, req: ReadBlocksRequest) -> Result<ReadBlocksReply, Status>;
-    /// Answers a Snapshot request (a point-in-time copy of a replica group's volumes).
-    async fn snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
-        Err(Status::unimplemented("snapshot is not served here"))
-    }
-    /// Answers a DeleteSnapshot request.
-    async fn delete_snapshot(&self, _req: SnapshotRequest) -> Result<SnapshotReply, Status> {
-        Err(Status::unimplemented("delete_snapshot is not served here"))
-    }
-    /// Answers a Checkpoint request (the primary marks a tagged checkpoint in the stream).
-    async fn checkpoint(&self, _req: CheckpointRequest) -> Result<CheckpointReply, Status> {
-        Err(Status::unimplemented("checkpoint is not served here"))
-    }
-    /// Answers a Checkpoints request (the replica lists its recovery points).
-    async fn checkpoints(&self, _req: CheckpointsRequest) -> Result<CheckpointsReply, Status> {
-        Err(Status::unimplemented("checkpoints is not served here"))
-    }
-    /// Answers a Recover request (the replica builds a copy at a recovery point).
-    async fn recover(&self, _req: RecoverRequest) -> Result<RecoverReply, Status> {
-        Err(Status::unimplemented("recover is not served here"))
-    }
-    /// Starts (or joins) a resync of a replica group from its primary; the receiver sees its
-    /// progress until the phase is `done` or `failed`.
-    async fn resync(&self, _req: ResyncRequest) -> Result<watch::Receiver<ResyncProgress>, Status> {
-        Err(Status::unimplemented("resync is not served here"))
-    }
-    /// Answers an ArchiveWal request (PostgreSQL `archive_command`, on the primary).
-    async fn archive_wal(&self, _req: ArchiveWalRequest) -> Result<ArchiveWalReply, Status> {
-        Err(Status::unimplemented("archive_wal is not served here"))
-    }
-}
-
-/// Whether a resync progress report is the last one (`done` or `failed`).
-pub fn resync_finished(p: &ResyncProgress) -> bool {
-    p.phase == "done" || p.phase == "failed"
-}
 
 /// The replica replicator's `Replication` service: a registry of groups by name.
 #[derive(Clone)]
 pub struct ReplicationService {
     groups: Arc<RwLock<HashMap<String, Arc<ReplicaGroup>>>>,
     blocks: Option<Arc<dyn BlockSource>>,
+    /// The groups and volumes Verify may name (from the topology).
+    catalog: Option<Arc<Catalog>>,
     closed: Arc<watch::Sender<bool>>,
     net: Net,
 }
@@ -132,6 +59,7 @@ impl Default for ReplicationService {
         ReplicationService {
             groups: Arc::default(),
             blocks: None,
+            catalog: None,
             closed: Arc::new(watch::channel(false).0),
             net: Net::plaintext(),
         }
@@ -156,6 +84,18 @@ impl ReplicationService {
     /// Serves Merkle and ReadBlocks from `source` (without one they answer `unimplemented`).
     pub fn with_block_source(mut self, source: Arc<dyn BlockSource>) -> ReplicationService {
         self.blocks = Some(source);
+        self
+    }
+
+    /// Knows the groups and volumes of `topo`, so that Verify can be served (through the block
+    /// source's barrier `Merkle`); without it Verify answers `unimplemented`.
+    pub fn with_topology(self, topo: &Topology) -> ReplicationService {
+        self.with_catalog(Catalog::from_topology(topo))
+    }
+
+    /// Serves Verify for the groups and volumes of `catalog` (see [`Self::with_topology`]).
+    pub fn with_catalog(mut self, catalog: Catalog) -> ReplicationService {
+        self.catalog = Some(Arc::new(catalog));
         self
     }
 
@@ -253,122 +193,27 @@ pub async fn serve(
     net.serve(router, listener, shutdown).await
 }
 
-/// The `tandem_apply_latency_seconds` series of `group`: from receiving a batch of frames to
-/// handing its acknowledgements to the stream (applied, fdatasync'd, watermark written).
-fn apply_latency(group: &str) -> tandem_core::metrics::Histogram {
-    tandem_core::metrics::global().histogram(
-        "tandem_apply_latency_seconds",
-        "Time from receiving a batch of frames on the replica to its acknowledgement.",
-        tandem_core::metrics::LATENCY_BUCKETS,
-        &[("group", group)],
-    )
-}
-
-fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> {
-    Ok(ShipResponse { msg: Some(msg) })
-}
-
-async fn run_stream(
-    group: Arc<ReplicaGroup>,
-    mut inbound: Streaming<ShipRequest>,
-    tx: mpsc::Sender<Result<ShipResponse, Status>>,
-    mut closed: watch::Receiver<bool>,
-) {
-    let mut state = StreamState::default();
-    loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = async { let _ = closed.wait_for(|c| *c).await; } => {
-                let _ = tx.send(Err(Status::unavailable("replica service closed"))).await;
-                return;
-            }
-        };
-        let first = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(group = group.name(), error = %e, "ship stream ended");
-                break;
-            }
-        };
-        let received = std::time::Instant::now();
-        let mut frames = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.msg {
-                Some(ship_request::Msg::Frame(f)) => {
-                    bytes += f.len();
-                    frames.push(f);
-                }
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument("only frames after Hello")))
-                        .await;
-                    return;
-                }
-            }
-            if frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
-                break;
-            }
-            next = match inbound.next().now_or_never() {
-                Some(Some(Ok(m))) => Some(m),
-                _ => None,
-            };
-        }
-        let g = Arc::clone(&group);
-        let joined =
-            tokio::task::spawn_blocking(move || (g.receive_batch(frames, &mut state), state)).await;
-        let (result, st) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        };
-        state = st;
-        match result {
-            Ok(responses) => {
-                for r in responses {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-                apply_latency(group.name()).observe_duration(received.elapsed());
-            }
-            Err(crate::error::ReplicatorError::Closed(g)) => {
-                tracing::info!(group = %g, "replica retired (resync): ending the stream");
-                let _ = tx
-                    .send(Err(Status::unavailable(format!(
-                        "group {g} is resyncing on this replica"
-                    ))))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(group = group.name(), error = %e, "apply failed");
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        }
-        if state.finished {
-            return;
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     type ShipStream = ReceiverStream<Result<ShipResponse, Status>>;
     type ResyncStream = ReceiverStream<Result<ResyncProgress, Status>>;
-    type VerifyStream = ReceiverStream<Result<VerifyProgress, Status>>;
+    type VerifyStream = VerifyStream;
 
     async fn verify(
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<Self::VerifyStream>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented("Verify is not served yet"))
+        let (Some(blocks), Some(catalog)) = (&self.blocks, &self.catalog) else {
+            return Err(Status::unimplemented(
+                "verify not wired: this service has no topology or merkle backend",
+            ));
+        };
+        let plan = catalog.plan(request.get_ref())?;
+        Ok(Response::new(crate::verify::stream(
+            Arc::clone(blocks),
+            plan,
+        )))
     }
 
     async fn resync(
@@ -542,66 +387,6 @@ impl Replication for ReplicationService {
         match &self.blocks {
             Some(b) => b.archive_wal(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("archive_wal not wired")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use tandem_core::frame::{Change, Encoder, FrameMeta};
-
-    fn header(group: &str, epoch: u64, first: u64, n: usize) -> FrameHeader {
-        let changes: Vec<Change> = (0..n)
-            .map(|i| Change::write("v", i as u64, vec![1], 0))
-            .collect();
-        let b = Encoder::new(1)
-            .unwrap()
-            .encode(
-                FrameMeta {
-                    group: GroupId::from_name(group),
-                    epoch: Epoch(epoch),
-                    first_seq: Seq(first),
-                },
-                &changes,
-            )
-            .unwrap();
-        FrameHeader::parse(&b).unwrap()
-    }
-
-    #[test]
-    fn classify_table() {
-        let g = GroupId::from_name("g");
-        let cases = [
-            (header("other", 1, 1, 1), 0, 1, Verdict::WrongGroup),
-            (header("g", 1, 1, 1), 0, 2, Verdict::OldEpoch),
-            (header("g", 2, 1, 1), 0, 2, Verdict::Apply { skip: 0 }),
-            (header("g", 3, 1, 1), 0, 2, Verdict::Apply { skip: 0 }),
-            (header("g", 1, 1, 3), 3, 1, Verdict::Duplicate),
-            (header("g", 1, 1, 3), 2, 1, Verdict::Apply { skip: 2 }),
-            (header("g", 1, 5, 1), 3, 1, Verdict::Gap),
-            (header("g", 1, 4, 2), 3, 1, Verdict::Apply { skip: 0 }),
-        ];
-        for (i, (h, wm, fence, want)) in cases.into_iter().enumerate() {
-            let got = classify(&h, g, Seq(wm), Epoch(fence));
-            assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn classify_never_applies_a_seq_twice_or_skips_one(first in 1u64..50, n in 1usize..5, wm in 0u64..60) {
-            let h = header("g", 1, first, n);
-            match classify(&h, GroupId::from_name("g"), Seq(wm), Epoch(1)) {
-                Verdict::Apply { skip } => {
-                    prop_assert_eq!(first + skip, wm + 1);
-                    prop_assert!(skip < n as u64);
-                }
-                Verdict::Duplicate => prop_assert!(first + n as u64 - 1 <= wm),
-                Verdict::Gap => prop_assert!(first > wm + 1),
-                other => prop_assert!(false, "unexpected {:?}", other),
-            }
         }
     }
 }

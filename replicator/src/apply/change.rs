@@ -1,0 +1,149 @@
+//! One change applied to a resource file: a volume write or trim (its old bytes kept in the
+//! history first), a barrier or checkpoint (a recovery point), or a SQLite page or commit
+//! (handed to [`super::sqlite`]). Blocking file I/O.
+
+use super::sqlite::{apply_db_commit, buffer_page, materialised, sqlite_lock_err};
+use super::state::{PendingTxn, Resource};
+use crate::error::{ReplicatorError, Result};
+use crate::history::{History, RecordKind};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use tandem_core::frame::{Change, ChangeKind};
+use tandem_core::ids::Seq;
+
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Keeps what `c` is about to overwrite (`len` bytes at its offset) in the point-in-time
+/// history, when the group keeps one.
+fn keep_undo(
+    history: Option<&mut History>,
+    r: &Resource,
+    c: &Change,
+    seq: Seq,
+    len: u64,
+) -> Result<()> {
+    if let Some(h) = history {
+        h.record_undo(
+            seq,
+            c.captured_ms,
+            &c.resource,
+            &r.file,
+            &r.path,
+            c.offset,
+            len,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies one change; returns the resource name when a file was written.
+pub(super) fn apply_change(
+    group: &str,
+    resources: &HashMap<String, Resource>,
+    pending: &mut HashMap<String, PendingTxn>,
+    mut history: Option<&mut History>,
+    c: &Change,
+    seq: Seq,
+) -> Result<Option<String>> {
+    // Record only what was not completely recorded before a restart.
+    if history.as_ref().is_some_and(|h| !h.wants(seq)) {
+        history = None;
+    }
+    if c.kind == ChangeKind::Barrier {
+        // Everything before it is made durable before the batch is acknowledged.
+        if let Some(h) = history {
+            h.record_point(seq, c.captured_ms, RecordKind::Barrier, &c.resource, true)?;
+        }
+        return Ok(None);
+    }
+    if c.kind == ChangeKind::Checkpoint {
+        let tag = std::str::from_utf8(&c.data)
+            .ok()
+            .filter(|t| t.len() <= tandem_core::frame::MAX_TAG_LEN && c.resource.is_empty());
+        let Some(tag) = tag else {
+            return Err(ReplicatorError::UnsupportedChange {
+                seq,
+                kind: "Checkpoint with a bad tag or a resource".into(),
+                resource: c.resource.clone(),
+            });
+        };
+        if let Some(h) = history {
+            h.record_point(seq, c.captured_ms, RecordKind::Tagged, tag, true)?;
+        }
+        return Ok(None);
+    }
+    let r = resources
+        .get(&c.resource)
+        .ok_or_else(|| ReplicatorError::UnknownResource {
+            group: group.to_owned(),
+            resource: c.resource.clone(),
+        })?;
+    let unsupported = || ReplicatorError::UnsupportedChange {
+        seq,
+        kind: format!("{:?}", c.kind),
+        resource: c.resource.clone(),
+    };
+    if r.sqlite != matches!(c.kind, ChangeKind::DbPage | ChangeKind::DbCommit) {
+        return Err(unsupported());
+    }
+    if seq < r.from {
+        return Ok(None);
+    }
+    match c.kind {
+        ChangeKind::DbPage => {
+            buffer_page(pending, c, seq)?;
+            return Ok(None);
+        }
+        ChangeKind::DbCommit => {
+            let txn = pending.remove(&c.resource);
+            // Readers (SQLite, rollback mode) wait while the transaction is written. Only
+            // over a consistent materialised file: SQLite then has nothing to write itself
+            // (on an empty or inconsistent file BEGIN EXCLUSIVE would dirty page 1 and COMMIT
+            // would write it over ours); no reader can read such a file anyway.
+            let mut lock = r.lock.as_ref().filter(|_| materialised(&r.file));
+            if let Some(l) = lock {
+                match l.execute_batch("BEGIN EXCLUSIVE") {
+                    Ok(()) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code != rusqlite::ErrorCode::DatabaseBusy =>
+                    {
+                        // SQLite cannot read the header (not a reader's problem either).
+                        tracing::warn!(resource = %c.resource, error = %e, "replica commit without the SQLite lock");
+                        lock = None;
+                    }
+                    Err(e) => return Err(sqlite_lock_err(&r.path, "begin exclusive", e)),
+                }
+            }
+            let applied = apply_db_commit(r, &c.resource, txn, c, seq, history);
+            if let Some(lock) = lock {
+                lock.execute_batch("COMMIT")
+                    .map_err(|e| sqlite_lock_err(&r.path, "release exclusive", e))?;
+            }
+            applied?;
+        }
+        ChangeKind::Write => {
+            keep_undo(history, r, c, seq, c.data.len() as u64)?;
+            r.file
+                .write_all_at(&c.data, c.offset)
+                .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?
+        }
+        ChangeKind::Trim => {
+            keep_undo(history, r, c, seq, c.length)?;
+            let zeroes = vec![0u8; (c.length as usize).min(ZERO_CHUNK)];
+            let mut done = 0u64;
+            while done < c.length {
+                let n = (c.length - done).min(zeroes.len() as u64) as usize;
+                r.file
+                    .write_all_at(&zeroes[..n], c.offset + done)
+                    .map_err(|e| ReplicatorError::io("pwrite zeroes", &r.path, e))?;
+                done += n as u64;
+            }
+        }
+        ChangeKind::Barrier
+        | ChangeKind::Checkpoint
+        | ChangeKind::WalChunk
+        | ChangeKind::WalEnd => return Err(unsupported()),
+    }
+    Ok(Some(c.resource.clone()))
+}

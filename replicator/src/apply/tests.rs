@@ -1,0 +1,386 @@
+//! Tests of a replica group as a whole: batches of frames in, files, watermark and
+//! acknowledgements out.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::error::ReplicatorError;
+use std::collections::HashMap;
+use tandem_core::frame::{Change, ChangeKind};
+use tandem_core::frame::{Encoder, FrameMeta};
+use tandem_core::ids::{Epoch, GroupId, Seq};
+use tandem_core::proto::{ship_response, Refusal, ShipResponse};
+
+fn enc(group: &str, epoch: u64, first: u64, changes: &[Change]) -> Vec<u8> {
+    Encoder::new(1)
+        .unwrap()
+        .encode(
+            FrameMeta {
+                group: GroupId::from_name(group),
+                epoch: Epoch(epoch),
+                first_seq: Seq(first),
+            },
+            changes,
+        )
+        .unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, ReplicaGroup) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = HashMap::new();
+    res.insert("vol".to_owned(), dir.path().join("vol.img"));
+    let g = ReplicaGroup::open("g", &dir.path().join("meta"), res).unwrap();
+    (dir, g)
+}
+
+fn refusal(out: &[ShipResponse]) -> Option<Refusal> {
+    out.iter().find_map(|r| match &r.msg {
+        Some(ship_response::Msg::Refusal(r)) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+fn acked(out: &[ShipResponse]) -> Option<u64> {
+    out.iter().find_map(|r| match &r.msg {
+        Some(ship_response::Msg::Ack(a)) => Some(a.durable_seq),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_archive_file_is_acknowledged_only_once_whole_and_a_restart_resends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let open = || {
+        let mut arch = HashMap::new();
+        arch.insert("db".to_owned(), archive.clone());
+        ReplicaGroup::open("g", &dir.path().join("meta"), HashMap::new())
+            .unwrap()
+            .with_archives(arch)
+            .unwrap()
+    };
+    let g = open();
+    let data: Vec<u8> = (0..tandem_core::walfile::CHUNK_LEN + 3)
+        .map(|i| i as u8)
+        .collect();
+    let cs = tandem_core::walfile::changes("db", "000000010000000000000001", &data, 0).unwrap();
+    assert_eq!(cs.len(), 3);
+    let mut st = StreamState::default();
+    // The first chunk alone: applied, but nothing acknowledged yet.
+    let out = g
+        .receive_batch(vec![enc("g", 1, 1, &cs[..1])], &mut st)
+        .unwrap();
+    assert_eq!(acked(&out), None);
+    assert_eq!(g.watermark(), Seq(1));
+    // A restart: the watermark is back before the file, which is resent whole.
+    drop(g);
+    let g = open();
+    assert_eq!(g.watermark(), Seq(0));
+    assert!(!archive.join("000000010000000000000001").exists());
+    let out = g.receive_batch(vec![enc("g", 1, 1, &cs)], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(3));
+    assert_eq!(g.archive_dir("db"), Some(archive.clone()));
+    assert_eq!(
+        std::fs::read(archive.join("000000010000000000000001")).unwrap(),
+        data
+    );
+    // A volume change for the postgres resource is refused for good.
+    let out = g
+        .receive_batch(
+            vec![enc("g", 1, 4, &[Change::write("db", 0, vec![1], 0)])],
+            &mut st,
+        )
+        .unwrap();
+    let r = refusal(&out).unwrap();
+    assert!(r.fatal && r.reason.contains("postgres"), "{r:?}");
+}
+
+#[test]
+fn snapshot_copy_holds_what_was_applied_and_does_not_follow_later_frames() {
+    let (dir, g) = setup();
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 8], 0)]);
+    g.receive_batch(vec![f1], &mut st).unwrap();
+    let snap = dir.path().join("snapshots/g/drill");
+    let (wm, paths) = g.copy_to(&snap).unwrap();
+    assert_eq!(wm, Seq(1));
+    assert_eq!(paths, vec![snap.join("vol.img")]);
+    let f2 = enc("g", 1, 2, &[Change::write("vol", 0, vec![9; 8], 0)]);
+    g.receive_batch(vec![f2], &mut st).unwrap();
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), vec![7; 8]);
+    assert_eq!(g.read_resource("vol", 0, 8).unwrap(), vec![9; 8]);
+}
+
+#[test]
+fn replica_applies_in_order_and_persists_watermark() {
+    let (dir, g) = setup();
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![1; 10], 0)]);
+    let f2 = enc(
+        "g",
+        1,
+        2,
+        &[
+            Change::write("vol", 5, vec![2; 10], 0),
+            Change::trim("vol", 0, 3, 0),
+            Change::barrier("vol", 0),
+        ],
+    );
+    let out = g.receive_batch(vec![f1.clone(), f2], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(4));
+    assert_eq!(
+        g.read_resource("vol", 0, 15).unwrap(),
+        [0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    );
+    // A duplicate is acknowledged and not applied again.
+    let out = g.receive_batch(vec![f1], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(4));
+    assert_eq!(g.applied_changes(), 4);
+    drop(g);
+    let mut res = HashMap::new();
+    res.insert("vol".to_owned(), dir.path().join("vol.img"));
+    let g = ReplicaGroup::open("g", &dir.path().join("meta"), res).unwrap();
+    assert_eq!(g.watermark(), Seq(4));
+    assert_eq!(g.epoch(), Epoch(1));
+}
+
+#[test]
+fn replica_refuses_gap_once_and_resumes_from_watermark() {
+    let (_d, g) = setup();
+    let mut st = StreamState::default();
+    let f3 = enc("g", 1, 3, &[Change::write("vol", 0, vec![1; 4], 0)]);
+    let f4 = enc("g", 1, 4, &[Change::write("vol", 0, vec![1; 4], 0)]);
+    let out = g.receive_batch(vec![f3, f4], &mut st).unwrap();
+    let r = refusal(&out).unwrap();
+    assert_eq!((r.resume_from, r.fatal), (1, false));
+    assert_eq!(out.len(), 1, "one refusal for the two gap frames");
+    assert_eq!(g.watermark(), Seq(0));
+}
+
+#[test]
+fn replica_refuses_corrupt_frame_and_accepts_the_resend() {
+    let (_d, g) = setup();
+    let mut st = StreamState::default();
+    let good = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 4096], 0)]);
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let out = g.receive_batch(vec![bad], &mut st).unwrap();
+    let r = refusal(&out).unwrap();
+    assert!(!r.fatal && r.resume_from == 1, "{r:?}");
+    assert_eq!(g.watermark(), Seq(0));
+    let out = g.receive_batch(vec![good], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(1));
+}
+
+#[test]
+fn replica_refuses_frame_from_old_epoch() {
+    let (_d, g) = setup();
+    g.set_fence(Epoch(3)).unwrap();
+    let mut st = StreamState::default();
+    let f = enc("g", 2, 1, &[Change::write("vol", 0, vec![1; 4], 0)]);
+    let out = g.receive_batch(vec![f], &mut st).unwrap();
+    assert!(refusal(&out).unwrap().fatal);
+    assert!(st.finished);
+    assert_eq!(g.watermark(), Seq(0));
+    assert!(g.hello(Epoch(2)).unwrap().is_err());
+    assert_eq!(g.hello(Epoch(4)).unwrap().unwrap(), (Seq(0), Epoch(4)));
+    assert_eq!(g.epoch(), Epoch(4));
+}
+
+#[test]
+fn replica_applies_only_the_new_tail_of_an_overlapping_frame() {
+    let (_d, g) = setup();
+    let mut st = StreamState::default();
+    let a = enc("g", 1, 1, &[Change::write("vol", 0, vec![1; 4], 0)]);
+    g.receive_batch(vec![a], &mut st).unwrap();
+    let b = enc(
+        "g",
+        1,
+        1,
+        &[
+            Change::write("vol", 0, vec![9; 4], 0),
+            Change::write("vol", 4, vec![2; 4], 0),
+        ],
+    );
+    let out = g.receive_batch(vec![b], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(2));
+    assert_eq!(
+        g.read_resource("vol", 0, 8).unwrap(),
+        [1, 1, 1, 1, 2, 2, 2, 2]
+    );
+}
+
+fn db_setup() -> (tempfile::TempDir, ReplicaGroup) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), dir.path().join("r.db"));
+    let sq = ["db".to_owned()].into_iter().collect();
+    let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+    (dir, g)
+}
+
+fn page(pgno: u64, fill: u8) -> Change {
+    let mut data = vec![fill; 512];
+    if pgno == 1 {
+        data[..16].copy_from_slice(crate::sqlite_wal::DB_MAGIC);
+        data[16..18].copy_from_slice(&512u16.to_be_bytes());
+        data[18] = 2;
+        data[19] = 2;
+        data[21..24].copy_from_slice(&[64, 32, 32]);
+    }
+    Change {
+        resource: "db".into(),
+        kind: ChangeKind::DbPage,
+        offset: pgno,
+        length: 512,
+        captured_ms: 0,
+        data,
+    }
+}
+
+fn commit(pages: u64) -> Change {
+    Change {
+        resource: "db".into(),
+        kind: ChangeKind::DbCommit,
+        offset: pages,
+        length: 0,
+        captured_ms: 0,
+        data: vec![],
+    }
+}
+
+#[test]
+fn sqlite_resource_skips_changes_below_its_snapshot_seq_across_a_reopen() {
+    let (dir, g) = db_setup();
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[page(1, 0), page(2, 7), commit(2)]);
+    g.receive_batch(vec![f1], &mut st).unwrap();
+    // A resync: the primary's snapshot starts at seq 13; the stream resumes at 10, with an
+    // increment (seqs 10-11) over a state this copy never had, then the snapshot.
+    let from: HashMap<String, Seq> = [("db".to_owned(), Seq(13))].into_iter().collect();
+    g.set_sqlite_from(&from).unwrap();
+    g.reset_watermark(Seq(9)).unwrap();
+    drop(g);
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), dir.path().join("r.db"));
+    let sq = ["db".to_owned()].into_iter().collect();
+    let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+    assert_eq!(g.watermark(), Seq(9));
+    let mut st = StreamState::default();
+    let inc = enc("g", 1, 10, &[page(2, 0xee), commit(2), page(3, 1)]);
+    let out = g.receive_batch(vec![inc], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(12));
+    // The copy keeps its own consistent state until the snapshot: no mix of the two.
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [7]);
+    let snap = enc("g", 1, 13, &[page(1, 0), page(2, 5), page(3, 6), commit(3)]);
+    let out = g.receive_batch(vec![snap], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(16));
+    assert_eq!(
+        g.read_resource("db", 512, 1).unwrap(),
+        [5],
+        "the snapshot's page 2"
+    );
+    assert_eq!(g.read_resource("db", 1024, 1).unwrap(), [6]);
+    // Later changes apply on top.
+    let next = enc("g", 1, 17, &[page(2, 9), commit(3)]);
+    g.receive_batch(vec![next], &mut st).unwrap();
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [9]);
+}
+
+#[test]
+fn sqlite_from_names_only_sqlite_resources() {
+    let (_dir, g) = db_setup();
+    let from: HashMap<String, Seq> = [("nope".to_owned(), Seq(3))].into_iter().collect();
+    assert!(matches!(
+        g.set_sqlite_from(&from),
+        Err(ReplicatorError::UnknownResource { .. })
+    ));
+}
+
+#[test]
+fn sqlite_transaction_split_over_batches_applies_only_at_commit() {
+    let (dir, g) = db_setup();
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[page(1, 0), page(2, 7), commit(2)]);
+    let out = g.receive_batch(vec![f1], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(3));
+    let file = dir.path().join("r.db");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+    let head = g.read_resource("db", 0, 100).unwrap();
+    assert_eq!(
+        (head[18], head[19]),
+        (1, 1),
+        "materialised for rollback readers"
+    );
+    // The next transaction's pages arrive in one batch, its commit in the next.
+    let f2 = enc("g", 1, 4, &[page(2, 8), page(3, 9)]);
+    let out = g.receive_batch(vec![f2], &mut st).unwrap();
+    assert_eq!(acked(&out), None, "nothing new is durable: no ack");
+    assert_eq!(g.watermark(), Seq(5));
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [7]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+    let f3 = enc("g", 1, 6, &[commit(3)]);
+    let out = g.receive_batch(vec![f3], &mut st).unwrap();
+    assert_eq!(acked(&out), Some(6));
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [8]);
+    assert_eq!(g.read_resource("db", 1024, 1).unwrap(), [9]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1536);
+}
+
+#[test]
+fn sqlite_replica_restarted_mid_transaction_resumes_before_its_first_page() {
+    let (dir, g) = db_setup();
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[page(1, 0), commit(1), page(1, 0)]);
+    g.receive_batch(vec![f1], &mut st).unwrap();
+    drop(g);
+    let mut res = HashMap::new();
+    res.insert("db".to_owned(), dir.path().join("r.db"));
+    let sq = ["db".to_owned()].into_iter().collect();
+    let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+    assert_eq!(g.watermark(), Seq(2));
+}
+
+#[test]
+fn sqlite_resource_refuses_volume_writes_and_volume_refuses_pages() {
+    let (_d, g) = db_setup();
+    let mut st = StreamState::default();
+    let f = enc("g", 1, 1, &[Change::write("db", 0, vec![1; 4], 0)]);
+    assert!(
+        refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+            .unwrap()
+            .fatal
+    );
+    let (_d, g) = setup();
+    let mut p = page(1, 0);
+    p.resource = "vol".into();
+    let f = enc("g", 1, 1, &[p]);
+    let mut st = StreamState::default();
+    assert!(
+        refusal(&g.receive_batch(vec![f], &mut st).unwrap())
+            .unwrap()
+            .fatal
+    );
+}
+
+#[test]
+fn sqlite_page_of_bad_size_is_refused() {
+    let (_d, g) = db_setup();
+    let mut st = StreamState::default();
+    let mut p = page(2, 0);
+    p.data.truncate(500);
+    p.length = 500;
+    let f = enc("g", 1, 1, &[p]);
+    let r = refusal(&g.receive_batch(vec![f], &mut st).unwrap()).unwrap();
+    assert!(r.fatal && r.reason.contains("500 bytes"), "{r:?}");
+}
+
+#[test]
+fn replica_refuses_unknown_resource_fatally() {
+    let (_d, g) = setup();
+    let mut st = StreamState::default();
+    let f = enc("g", 1, 1, &[Change::write("nope", 0, vec![1; 4], 0)]);
+    let out = g.receive_batch(vec![f], &mut st).unwrap();
+    assert!(refusal(&out).unwrap().fatal);
+    assert_eq!(g.watermark(), Seq(0));
+}

@@ -1,0 +1,202 @@
+//! Tests of the history as a whole: changes written through a [`History`], copies rewound.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::error::ReplicatorError;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use tandem_core::ids::{GroupId, Seq};
+
+fn open_file(p: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p)
+        .unwrap()
+}
+
+/// Applies writes to a file through the history as the applier does.
+fn write(h: &mut History, f: &File, p: &Path, seq: u64, ms: i64, off: u64, data: &[u8]) {
+    h.record_undo(Seq(seq), ms, "v", f, p, off, data.len() as u64, true)
+        .unwrap();
+    f.write_all_at(data, off).unwrap();
+}
+
+#[test]
+fn rewind_restores_each_point_and_the_length() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    let mut cfg = HistoryConfig::new(3_600_000);
+    cfg.segment_bytes = 200; // several segments
+    let mut h = History::open(&d.path().join("h"), GroupId(1), Seq(0), cfg).unwrap();
+    let mut states = vec![(0u64, Vec::new())];
+    let mut seq = 0;
+    for i in 0..6u8 {
+        seq += 1;
+        write(
+            &mut h,
+            &f,
+            &vp,
+            seq,
+            i as i64,
+            u64::from(i) * 3,
+            &[i + 1; 10],
+        );
+        seq += 1;
+        h.record_point(Seq(seq), i as i64, RecordKind::Barrier, "v", true)
+            .unwrap();
+        states.push((seq, std::fs::read(&vp).unwrap()));
+    }
+    h.sync().unwrap();
+    assert!(h.segment_count() > 2);
+    for (target, want) in &states {
+        let c = d.path().join("copy.img");
+        std::fs::copy(&vp, &c).unwrap();
+        let files = HashMap::from([("v".to_string(), (open_file(&c), c.clone()))]);
+        rewind(&h.snapshot().unwrap(), Seq(*target), Seq(seq), &files).unwrap();
+        assert_eq!(&std::fs::read(&c).unwrap(), want, "target {target}");
+    }
+    // Reopened, the history holds the same points and does not re-record old seqs.
+    let pts = h.points();
+    drop(h);
+    let h = History::open(
+        &d.path().join("h"),
+        GroupId(1),
+        Seq(seq),
+        HistoryConfig::new(3_600_000),
+    )
+    .unwrap();
+    assert_eq!(h.points(), pts);
+    assert!(!h.wants(Seq(seq)) && h.wants(Seq(seq + 1)));
+}
+
+#[test]
+fn one_change_larger_than_a_segment_is_split_into_records_and_rewound() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    // Incompressible, so the records really are about 1 MiB each.
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let old: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    f.write_all_at(&old, 0).unwrap();
+    let mut cfg = HistoryConfig::new(3_600_000);
+    cfg.segment_bytes = 1 << 20;
+    let mut h = History::open(&d.path().join("h"), GroupId(1), Seq(0), cfg).unwrap();
+    h.record_point(Seq(1), 0, RecordKind::Barrier, "v", true)
+        .unwrap();
+    // A 3 MiB trim: three records of one seq.
+    h.record_undo(Seq(2), 1, "v", &f, &vp, 0, 3 << 20, true)
+        .unwrap();
+    f.write_all_at(&vec![0u8; 3 << 20], 0).unwrap();
+    h.sync().unwrap();
+    // Split once after its first record (base 2 holds the rest of seq 2), and not again:
+    // a segment never rotates into another with the same base.
+    assert_eq!(h.segment_count(), 2);
+    assert!(h.bytes() > 3 << 20);
+    let files = HashMap::from([("v".to_string(), (open_file(&vp), vp.clone()))]);
+    let snap = h.snapshot().unwrap();
+    assert_eq!(rewind(&snap, Seq(2), Seq(2), &files).unwrap(), 0);
+    assert_eq!(rewind(&snap, Seq(1), Seq(2), &files).unwrap(), 3);
+    assert!(std::fs::read(&vp).unwrap() == old);
+}
+
+#[test]
+fn torn_tail_is_cut_and_corrupt_old_segment_drops_older_history() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    let mut cfg = HistoryConfig::new(3_600_000);
+    cfg.segment_bytes = 150;
+    let hd = d.path().join("h");
+    let mut h = History::open(&hd, GroupId(1), Seq(0), cfg.clone()).unwrap();
+    for s in 1..=6 {
+        write(&mut h, &f, &vp, s, s as i64, 0, &[s as u8; 20]);
+    }
+    h.sync().unwrap();
+    let segs: Vec<PathBuf> = h.snapshot().unwrap().into_iter().map(|s| s.path).collect();
+    drop(h);
+    // A torn tail on the newest segment: cut, earlier records kept.
+    let newest = segs.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    let fh = OpenOptions::new().write(true).open(newest).unwrap();
+    fh.set_len(len - 3).unwrap();
+    let h = History::open(&hd, GroupId(1), Seq(6), cfg.clone()).unwrap();
+    assert!(h.wants(Seq(6)), "the torn seq is recorded again");
+    assert!(!h.wants(Seq(5)));
+    drop(h);
+    // A flipped byte in the second segment: it and the first are dropped.
+    let mut b = std::fs::read(&segs[1]).unwrap();
+    b[SEGMENT_HEADER_LEN + 10] ^= 1;
+    std::fs::write(&segs[1], b).unwrap();
+    let h = History::open(&hd, GroupId(1), Seq(6), cfg).unwrap();
+    assert_eq!(h.segment_count(), segs.len() - 2);
+    assert!(h.oldest_seq() >= Seq(2));
+}
+
+#[test]
+fn trimming_moves_the_oldest_point_forward_and_keeps_newer_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    let mut cfg = HistoryConfig::new(1000);
+    cfg.segment_bytes = 100;
+    let mut h = History::open(&d.path().join("h"), GroupId(1), Seq(0), cfg).unwrap();
+    for s in 1..=10u64 {
+        write(
+            &mut h,
+            &f,
+            &vp,
+            2 * s - 1,
+            s as i64 * 100,
+            0,
+            &[s as u8; 16],
+        );
+        h.record_point(Seq(2 * s), s as i64 * 100, RecordKind::Barrier, "v", true)
+            .unwrap();
+    }
+    h.sync().unwrap();
+    let before = h.oldest_point().unwrap().clone();
+    let all = h.points();
+    assert_eq!(h.trim(1000).unwrap(), 0, "nothing older than the window");
+    let n = h.trim(1650).unwrap();
+    assert!(n > 0);
+    let after = h.oldest_point().unwrap().clone();
+    assert!(after.seq > before.seq, "{before:?} -> {after:?}");
+    assert!(after.captured_ms >= 650 - 100);
+    // Nothing newer than the oldest point is lost, and rewinding to it works.
+    let kept: Vec<_> = all.iter().filter(|p| p.seq >= after.seq).cloned().collect();
+    assert_eq!(h.points(), kept);
+    let c = d.path().join("copy.img");
+    std::fs::copy(&vp, &c).unwrap();
+    let files = HashMap::from([("v".to_string(), (open_file(&c), c.clone()))]);
+    rewind(&h.snapshot().unwrap(), after.seq, Seq(20), &files).unwrap();
+    let s = after.seq.0 / 2;
+    assert_eq!(std::fs::read(&c).unwrap(), vec![s as u8; 16]);
+    // Too far back: refused, not silently wrong.
+    assert!(matches!(
+        rewind(&h.snapshot().unwrap(), Seq(1), Seq(20), &files),
+        Err(ReplicatorError::NoRecoveryPoint(_))
+    ));
+    // The size cap removes the oldest segments too.
+    let mut h2cfg = HistoryConfig::new(i64::MAX / 4);
+    h2cfg.max_bytes = Some(300);
+    h2cfg.segment_bytes = 100;
+    let mut h2 = History::open(&d.path().join("h2"), GroupId(1), Seq(0), h2cfg).unwrap();
+    for s in 1..=10u64 {
+        write(&mut h2, &f, &vp, s, 0, 0, &[1; 16]);
+    }
+    h2.trim(0).unwrap();
+    assert!(h2.bytes() <= 300 + 200, "{}", h2.bytes());
+}

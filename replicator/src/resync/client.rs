@@ -1,0 +1,539 @@
+//! The resync client: fetches the source's tree, hashes the local target, pulls only the
+//! differing blocks with `ReadBlocks` (keeping what a failback overwrites), writes, syncs and
+//! re-hashes. Network and file I/O.
+
+use super::compare::{hex, verify};
+use super::error::{io, rpc_err, ResyncError};
+use super::limits::{MAX_BLOCKS_PER_REQUEST, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES};
+use super::options::{ResyncOptions, ResyncReport, ResyncTick};
+use crate::merkle::{self, Hash, MerkleTree};
+use crate::quarantine::QuarantineWriter;
+use crate::scan;
+use prost::Message as _;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tandem_core::proto::replication_client::ReplicationClient;
+use tandem_core::proto::{MerkleRequest, ReadBlocksReply, ReadBlocksRequest};
+use tonic::transport::Channel;
+
+/// Fetches the source's tree with the `Merkle` RPC and checks its root against its leaves.
+///
+/// Returns the tree and the protobuf bytes exchanged.
+///
+/// # Errors
+/// [`ResyncError::Rpc`] when the call fails, [`ResyncError::BadReply`] when the reply's block
+/// size or root does not match its leaves, [`ResyncError::Merkle`] for malformed leaves.
+pub async fn fetch_tree(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    block_size: u32,
+) -> Result<(MerkleTree, u64), ResyncError> {
+    fetch_tree_at(client, group, resource, block_size)
+        .await
+        .map(|(t, b, _)| (t, b))
+}
+
+/// [`fetch_tree`], also returning the source's watermark at the time it hashed.
+///
+/// # Errors
+/// As [`fetch_tree`].
+pub async fn fetch_tree_at(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    block_size: u32,
+) -> Result<(MerkleTree, u64, u64), ResyncError> {
+    merkle::check_block_size(block_size)?;
+    let req = MerkleRequest {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        block_size,
+        barrier: false,
+        ..Default::default()
+    };
+    let req_len = req.encoded_len() as u64;
+    let reply = client
+        .merkle(req)
+        .await
+        .map_err(|s| rpc_err("Merkle", group, resource, s))?
+        .into_inner();
+    let bytes = req_len + reply.encoded_len() as u64;
+    if reply.block_size != block_size {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: format!(
+                "block_size {} but {} was asked",
+                reply.block_size, block_size
+            ),
+        });
+    }
+    let tree = MerkleTree::from_leaves_bytes(reply.block_size, reply.length, &reply.leaves)?;
+    if reply.root.as_slice() != tree.root().as_slice() {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: "root does not match the leaves".to_string(),
+        });
+    }
+    Ok((tree, bytes, reply.watermark))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ResyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))
+}
+
+/// Resyncs the local file `target` to the source's copy of `group`/`resource`.
+///
+/// Only differing blocks move: the source's leaves come with `Merkle`, the target is hashed
+/// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
+/// of [`ResyncOptions::batch_blocks`] (memory bounded by two batches). Each pulled block is
+/// checked against the source's leaf before it is written. The target is created if missing and
+/// set to the source's length; after `fdatasync` it is re-hashed (see
+/// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
+/// change during the resync (take it at a barrier).
+///
+/// # Errors
+/// [`ResyncError::Rpc`] when a call fails, [`ResyncError::BadReply`] for a block that does not
+/// match the source's leaf, [`ResyncError::Io`] for local file errors,
+/// [`ResyncError::RootMismatch`] when the roots still differ at the end (the source changed).
+pub async fn resync(
+    client: &mut ReplicationClient<Channel>,
+    group: &str,
+    resource: &str,
+    target: &Path,
+    block_size: u32,
+    options: ResyncOptions,
+) -> Result<ResyncReport, ResyncError> {
+    let started = Instant::now();
+    let mut client = client
+        .clone()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let progress = options.progress.clone();
+    let tick: Tick = Arc::new(move |t: ResyncTick| {
+        if let Some(p) = &progress {
+            p(t);
+        }
+    });
+    // Hash the local target while the source hashes its copy.
+    let local_task = hash_target(target.to_path_buf(), block_size, tick.clone());
+    let (source, wire, source_watermark) =
+        fetch_tree_at(&mut client, group, resource, block_size).await?;
+    let local = local_task
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))??;
+    let file = Arc::new(open_target(target).await?);
+
+    let report = verify(&source, &local)?;
+    let length = source.length();
+    let total = source.block_count();
+    let wanted: Vec<u64> = report
+        .differing_blocks
+        .iter()
+        .flat_map(|r| r.start..r.end.min(total))
+        .collect();
+    let target_file = Target {
+        path: target.to_path_buf(),
+        file: file.clone(),
+        block_size,
+        old_len: local.length(),
+    };
+    let keeper = quarantine_old(&options, &target_file, &wanted, length).await?;
+    if local.length() != length {
+        let (f, path) = (file.clone(), target.to_path_buf());
+        blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
+    }
+    let copy = Copy {
+        group,
+        resource,
+        source: &source,
+        live_source: options.live_source,
+        batch_blocks: options.batch_blocks,
+        keeper: keeper.clone(),
+    };
+    let wire = copy_blocks(&mut client, &copy, &target_file, &wanted, wire, &tick).await?;
+
+    let path = target.to_path_buf();
+    let full_rehash = options.full_rehash;
+    let written = wanted.clone();
+    let after = blocking(move || -> Result<MerkleTree, ResyncError> {
+        file.sync_data().map_err(io("fdatasync", &path))?;
+        if full_rehash {
+            return Ok(scan::hash_file(&path, block_size)?);
+        }
+        read_back_tree(&file, &path, &local, &written, block_size, length)
+    })
+    .await??;
+    let check = verify(&source, &after)?;
+    if !check.equal && !options.live_source {
+        return Err(ResyncError::RootMismatch {
+            source_root: hex(&check.root_a),
+            target_root: hex(&check.root_b),
+            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
+        });
+    }
+    Ok(ResyncReport {
+        blocks_total: total,
+        blocks_differing: wanted.len() as u64,
+        differing_bytes: report.differing_bytes,
+        bytes_sent_over_wire: wire,
+        length,
+        root: check.root_b,
+        duration: started.elapsed(),
+        source_watermark,
+        quarantined_blocks: keeper.as_ref().map_or(0, |k| {
+            k.lock().unwrap_or_else(|p| p.into_inner()).kept_blocks()
+        }),
+        quarantine: keeper.as_ref().map(|k| {
+            k.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .path()
+                .to_path_buf()
+        }),
+    })
+}
+
+/// Reports a [`ResyncTick`] to the caller's [`ResyncOptions::progress`], if any.
+type Tick = Arc<dyn Fn(ResyncTick) + Send + Sync>;
+
+/// The quarantine file a failback keeps overwritten blocks in, shared with the write tasks.
+type Keeper = Arc<std::sync::Mutex<QuarantineWriter>>;
+
+/// The local file being resynced.
+struct Target {
+    path: PathBuf,
+    file: Arc<File>,
+    block_size: u32,
+    /// Its length before the resync.
+    old_len: u64,
+}
+
+/// What the copy of the differing blocks pulls from where.
+struct Copy<'a> {
+    group: &'a str,
+    resource: &'a str,
+    source: &'a MerkleTree,
+    live_source: bool,
+    batch_blocks: usize,
+    keeper: Option<Keeper>,
+}
+
+/// Hashes the local target on the blocking pool (an empty tree when it does not exist yet),
+/// reporting `hashing` ticks.
+fn hash_target(
+    path: PathBuf,
+    block_size: u32,
+    tick: Tick,
+) -> tokio::task::JoinHandle<Result<MerkleTree, ResyncError>> {
+    let bs64 = u64::from(block_size);
+    tokio::task::spawn_blocking(move || -> Result<MerkleTree, ResyncError> {
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(MerkleTree::empty(block_size)?)
+            }
+            Ok(meta) => {
+                let len = meta.len();
+                Ok(scan::hash_file_with_progress(
+                    &path,
+                    block_size,
+                    &mut |done, _| {
+                        tick(ResyncTick {
+                            phase: "hashing",
+                            bytes_done: (done * bs64).min(len),
+                            bytes_total: len,
+                            ..ResyncTick::default()
+                        })
+                    },
+                )?)
+            }
+            Err(_) => Ok(scan::hash_file(&path, block_size)?),
+        }
+    })
+}
+
+/// Opens (creates when missing) the target for reading and writing.
+async fn open_target(target: &Path) -> Result<File, ResyncError> {
+    let path = target.to_path_buf();
+    blocking(move || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))
+    })
+    .await?
+}
+
+/// A failback keeps what it overwrites: opens the quarantine file when a differing block lies
+/// inside the target's old length or the target is longer than the source (`length`), and
+/// keeps that tail at once (it is cut next).
+async fn quarantine_old(
+    options: &ResyncOptions,
+    target: &Target,
+    wanted: &[u64],
+    length: u64,
+) -> Result<Option<Keeper>, ResyncError> {
+    let (bs, block_size, local_len) = (
+        u64::from(target.block_size),
+        target.block_size,
+        target.old_len,
+    );
+    let keeper = match &options.quarantine {
+        Some(q) if wanted.iter().any(|i| i * bs < local_len) || local_len > length => {
+            let q = q.clone();
+            let w = blocking(move || QuarantineWriter::create(&q, block_size, local_len))
+                .await?
+                .map_err(ResyncError::Quarantine)?;
+            Some(Arc::new(std::sync::Mutex::new(w)))
+        }
+        _ => None,
+    };
+    if let (Some(k), true) = (&keeper, local_len > length) {
+        let (f, path, k) = (target.file.clone(), target.path.clone(), k.clone());
+        blocking(move || {
+            let first = length.div_ceil(bs);
+            let last = local_len.div_ceil(bs);
+            for i in first..last {
+                keep_old(&k, &f, &path, &[i], bs, local_len)?;
+            }
+            Ok::<(), ResyncError>(())
+        })
+        .await??;
+    }
+    Ok(keeper)
+}
+
+/// Pulls the `wanted` blocks with `ReadBlocks` in batches and writes them (old content kept
+/// first when quarantining); one batch is written on the blocking pool while the next is in
+/// flight, so memory is bounded by two batches. Returns the protobuf bytes exchanged so far
+/// (`wire` before it).
+async fn copy_blocks(
+    client: &mut ReplicationClient<Channel>,
+    copy: &Copy<'_>,
+    target: &Target,
+    wanted: &[u64],
+    mut wire: u64,
+    tick: &Tick,
+) -> Result<u64, ResyncError> {
+    let (block_size, bs) = (target.block_size, u64::from(target.block_size));
+    let per_request = copy
+        .batch_blocks
+        .clamp(1, MAX_BLOCKS_PER_REQUEST)
+        .min((MAX_REPLY_BYTES / bs).max(1) as usize);
+    let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
+    let differing = wanted.len() as u64;
+    let mut copied = 0u64;
+    let copy_tick = |copied: u64, wire: u64| {
+        tick(ResyncTick {
+            phase: "copying",
+            bytes_done: copied * bs,
+            bytes_total: differing * bs,
+            blocks_differing: differing,
+            blocks_copied: copied,
+            wire_bytes: wire,
+        })
+    };
+    copy_tick(0, wire);
+    for batch in wanted.chunks(per_request) {
+        let req = ReadBlocksRequest {
+            group: copy.group.to_string(),
+            resource: copy.resource.to_string(),
+            block_size,
+            blocks: batch.to_vec(),
+        };
+        wire += req.encoded_len() as u64;
+        let reply = client
+            .read_blocks(req)
+            .await
+            .map_err(|s| rpc_err("ReadBlocks", copy.group, copy.resource, s))?
+            .into_inner();
+        wire += reply.encoded_len() as u64;
+        check_blocks(batch, &reply, copy.source, copy.live_source)?;
+        if let Some(previous) = writing.take() {
+            previous
+                .await
+                .map_err(|e| ResyncError::Task(e.to_string()))??;
+        }
+        let (f, path, k) = (
+            target.file.clone(),
+            target.path.clone(),
+            copy.keeper.clone(),
+        );
+        let local_len = target.old_len;
+        writing = Some(tokio::task::spawn_blocking(move || {
+            if let Some(k) = &k {
+                let indexes: Vec<u64> = reply.blocks.iter().map(|b| b.index).collect();
+                keep_old(k, &f, &path, &indexes, bs, local_len)?;
+            }
+            for b in &reply.blocks {
+                f.write_all_at(&b.data, b.index * bs)
+                    .map_err(io("write", &path))?;
+            }
+            Ok(())
+        }));
+        copied += batch.len() as u64;
+        copy_tick(copied, wire);
+    }
+    if let Some(last) = writing {
+        last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
+    }
+    Ok(wire)
+}
+
+/// Reads the current content of blocks `indexes` of the target (those inside its old length
+/// `local_len`) and keeps them durably in the quarantine file, before they are overwritten.
+fn keep_old(
+    keeper: &std::sync::Mutex<QuarantineWriter>,
+    file: &File,
+    path: &Path,
+    indexes: &[u64],
+    bs: u64,
+    local_len: u64,
+) -> Result<(), ResyncError> {
+    let mut old = Vec::new();
+    for &i in indexes {
+        let at = i * bs;
+        if at >= local_len {
+            continue;
+        }
+        let mut buf = vec![0u8; bs.min(local_len - at) as usize];
+        file.read_exact_at(&mut buf, at).map_err(io("read", path))?;
+        old.push((i, buf));
+    }
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keep(&old)
+        .map_err(ResyncError::Quarantine)
+}
+
+/// The target's tree after a resync without re-reading it all: the leaves hashed before for the
+/// blocks left alone, and the hashes of the written blocks read back from the file.
+fn read_back_tree(
+    file: &File,
+    path: &Path,
+    before: &MerkleTree,
+    written: &[u64],
+    block_size: u32,
+    length: u64,
+) -> Result<MerkleTree, ResyncError> {
+    let total = merkle::block_count(length, block_size);
+    let zero = [0u8; merkle::HASH_LEN];
+    let mut leaves: Vec<Hash> = (0..total)
+        .map(|i| before.leaves().get(i as usize).copied().unwrap_or(zero))
+        .collect();
+    let mut buf = vec![0u8; block_size as usize];
+    for &i in written {
+        let range = merkle::block_range_to_bytes(&(i..i + 1), block_size, length);
+        let data = &mut buf[..(range.end - range.start) as usize];
+        file.read_exact_at(data, range.start)
+            .map_err(io("read back", path))?;
+        if let Some(leaf) = leaves.get_mut(i as usize) {
+            *leaf = merkle::leaf_hash(data);
+        }
+    }
+    Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
+}
+
+/// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
+fn check_blocks(
+    asked: &[u64],
+    reply: &ReadBlocksReply,
+    source: &MerkleTree,
+    live_source: bool,
+) -> Result<(), ResyncError> {
+    let bad = |reason: String| ResyncError::BadReply {
+        rpc: "ReadBlocks",
+        reason,
+    };
+    if reply.blocks.len() != asked.len() {
+        return Err(bad(format!(
+            "{} blocks for {} asked",
+            reply.blocks.len(),
+            asked.len()
+        )));
+    }
+    for (want, got) in asked.iter().zip(&reply.blocks) {
+        if got.index != *want {
+            return Err(bad(format!("block {} where {} was asked", got.index, want)));
+        }
+        let leaf = source.leaves().get(*want as usize);
+        if !live_source && leaf != Some(&merkle::leaf_hash(&got.data)) {
+            return Err(bad(format!(
+                "block {} ({} bytes) does not match the source's leaf",
+                got.index,
+                got.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tandem_core::proto::Block;
+
+    #[test]
+    fn check_blocks_refuses_a_block_that_does_not_match_the_leaf() {
+        let src = MerkleTree::from_bytes(4, b"aaaabbbbcc").unwrap();
+        let good = ReadBlocksReply {
+            blocks: vec![
+                Block {
+                    index: 1,
+                    data: b"bbbb".to_vec(),
+                },
+                Block {
+                    index: 2,
+                    data: b"cc".to_vec(),
+                },
+            ],
+        };
+        assert!(check_blocks(&[1, 2], &good, &src, false).is_ok());
+        let mut bad = good.clone();
+        bad.blocks[1].data = b"cd".to_vec();
+        let err = check_blocks(&[1, 2], &bad, &src, false).unwrap_err();
+        assert!(err.to_string().contains("block 2"), "{err}");
+        assert!(check_blocks(&[2, 1], &good, &src, false).is_err());
+        assert!(check_blocks(&[1], &good, &src, false).is_err());
+    }
+
+    #[test]
+    fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let old = vec![1u8; 10 * 4096 + 10];
+        std::fs::write(&p, &old).unwrap();
+        let before = MerkleTree::from_bytes(4096, &old).unwrap();
+        // Grow to 12 blocks + 7 bytes and rewrite blocks 2, 10, 11, 12.
+        let mut new = old.clone();
+        new.resize(12 * 4096 + 7, 0);
+        for i in [2usize, 10, 11, 12] {
+            let end = ((i + 1) * 4096).min(new.len());
+            new[i * 4096..end].fill(i as u8 + 50);
+        }
+        std::fs::write(&p, &new).unwrap();
+        let file = File::open(&p).unwrap();
+        let len = new.len() as u64;
+        let tree = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_eq!(tree, scan::hash_file(&p, 4096).unwrap());
+        // A block that did not land as written shows up in the root.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[9], 2 * 4096).unwrap();
+        let bad = read_back_tree(&file, &p, &before, &[2, 10, 11, 12], 4096, len).unwrap();
+        assert_ne!(
+            bad.root(),
+            MerkleTree::from_bytes(4096, &new).unwrap().root()
+        );
+    }
+}
