@@ -11,8 +11,6 @@ use std::os::unix::fs::FileExt;
 use tandem_core::frame::{Change, ChangeKind};
 use tandem_core::ids::Seq;
 
-const ZERO_CHUNK: usize = 1 << 20;
-
 /// Keeps what `c` is about to overwrite (`len` bytes at its offset) in the point-in-time
 /// history, when the group keeps one.
 fn keep_undo(
@@ -130,15 +128,9 @@ pub(super) fn apply_change(
         }
         ChangeKind::Trim => {
             keep_undo(history, r, c, seq, c.length)?;
-            let zeroes = vec![0u8; (c.length as usize).min(ZERO_CHUNK)];
-            let mut done = 0u64;
-            while done < c.length {
-                let n = (c.length - done).min(zeroes.len() as u64) as usize;
-                r.file
-                    .write_all_at(&zeroes[..n], c.offset + done)
-                    .map_err(|e| ReplicatorError::io("pwrite zeroes", &r.path, e))?;
-                done += n as u64;
-            }
+            crate::volume::zero_fill(&r.file, c.offset, c.length, |_, e| {
+                ReplicatorError::io("pwrite zeroes", &r.path, e)
+            })?;
         }
         ChangeKind::Barrier
         | ChangeKind::Checkpoint

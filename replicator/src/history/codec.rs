@@ -123,11 +123,7 @@ fn check8(bytes: &[u8]) -> [u8; 8] {
     c
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
+use tandem_core::bytes::le_u64;
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];

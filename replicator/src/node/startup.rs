@@ -245,7 +245,8 @@ fn build_runtime(
     };
     let service = ReplicationService::new()
         .with_block_source(Arc::new(blocks))
-        .with_net(net.clone());
+        .with_net(net.clone())
+        .with_topology(topo);
     let coordinators = topo
         .coordinators()
         .iter()

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 /// Hex form of a hash, for reports and errors.
 pub fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    tandem_core::bytes::hex(hash)
 }
 
 /// The result of comparing two trees.
