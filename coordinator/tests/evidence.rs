@@ -52,8 +52,33 @@ fn set_state(s: &mut State, at_ms: i64, group: &str, state: GroupState) {
 /// A realistic chain, verified before it is returned.
 fn build_chain() -> Vec<AuditRecord> {
     let mut s = State::new();
+    // 1. bootstrap three sites and two groups
+    bootstrap(&mut s);
+    // 2. bring the sites up, protect both groups and lease them on hanoi
+    protect_and_lease(&mut s);
+    // 3. RPO samples every 5 s; vol climbs over its 5 s target in the middle
+    sample_rpo(&mut s);
+    let t = T0 + 1_000 + VOL_SAMPLES as i64 * 5_000;
+    // 4. a refused command: pausing db twice, then resuming
+    pause_twice_and_resume(&mut s, t);
+    // 5. unplanned failover of vol, approved by the DR manager
+    fail_over_vol(&mut s, t);
+    // 6. planned switchover of db (RTO target 2 s, achieved 2.5 s: a FAIL)
+    switch_over_db(&mut s, t);
+    // 7. a drill on db with runbook steps
+    let d = t + 10_000;
+    drill_db(&mut s, d);
+    // 8. more samples after the failover
+    sample_vol_after_failover(&mut s, d);
+    let recs = s.audit().records().to_vec();
+    verify_chain(&recs).unwrap();
+    recs
+}
+
+/// Bootstraps hanoi, hcm and the danang witness with an async `vol` and a sync `db` group.
+fn bootstrap(s: &mut State) {
     ok(
-        &mut s,
+        s,
         Command::Bootstrap {
             at_ms: T0,
             actor: "ops".into(),
@@ -99,9 +124,13 @@ fn build_chain() -> Vec<AuditRecord> {
             ],
         },
     );
+}
+
+/// Brings hanoi and hcm up, marks both groups protected and grants their leases to n1.
+fn protect_and_lease(s: &mut State) {
     for site in ["hanoi", "hcm"] {
         ok(
-            &mut s,
+            s,
             Command::SiteUp {
                 at_ms: T0 + 10,
                 site: site.into(),
@@ -109,9 +138,9 @@ fn build_chain() -> Vec<AuditRecord> {
         );
     }
     for g in ["vol", "db"] {
-        set_state(&mut s, T0 + 20, g, GroupState::Protected);
+        set_state(s, T0 + 20, g, GroupState::Protected);
         ok(
-            &mut s,
+            s,
             Command::AcquireLease {
                 at_ms: T0 + 30,
                 group: g.into(),
@@ -121,12 +150,15 @@ fn build_chain() -> Vec<AuditRecord> {
             },
         );
     }
-    // RPO samples every 5 s; vol climbs over its 5 s target in the middle.
+}
+
+/// Records `VOL_SAMPLES` RPO samples for vol and db, 5 s apart.
+fn sample_rpo(s: &mut State) {
     for k in 0..VOL_SAMPLES as i64 {
         let at = T0 + 1_000 + k * 5_000;
         let vol = 1_000 + (k * 317) % 7_000;
         ok(
-            &mut s,
+            s,
             Command::RpoSample {
                 at_ms: at,
                 group: "vol".into(),
@@ -134,7 +166,7 @@ fn build_chain() -> Vec<AuditRecord> {
             },
         );
         ok(
-            &mut s,
+            s,
             Command::RpoSample {
                 at_ms: at + 1,
                 group: "db".into(),
@@ -142,11 +174,13 @@ fn build_chain() -> Vec<AuditRecord> {
             },
         );
     }
-    let t = T0 + 1_000 + VOL_SAMPLES as i64 * 5_000;
-    // A refused command: pausing twice.
+}
+
+/// Pauses db twice at `t` (the second is refused), then resumes it.
+fn pause_twice_and_resume(s: &mut State, t: i64) {
     for _ in 0..2 {
         let _ = apply(
-            &mut s,
+            s,
             &Command::PauseReplication {
                 at_ms: t,
                 group: "db".into(),
@@ -156,7 +190,7 @@ fn build_chain() -> Vec<AuditRecord> {
         );
     }
     ok(
-        &mut s,
+        s,
         Command::ResumeReplication {
             at_ms: t + 5,
             group: "db".into(),
@@ -164,18 +198,21 @@ fn build_chain() -> Vec<AuditRecord> {
             reason: "done".into(),
         },
     );
-    // Unplanned failover of vol, approved by the DR manager.
+}
+
+/// Approves, fences and promotes vol to hcm, then records the operator report and a verify.
+fn fail_over_vol(s: &mut State, t: i64) {
     record(
-        &mut s,
+        s,
         t + 10,
         "alice",
         AuditKind::Approval,
         "vol",
         json!({"approver": "dr-manager@bank", "decision": "approved", "comment": "site hanoi lost"}),
     );
-    set_state(&mut s, t + 20, "vol", GroupState::FailingOver);
+    set_state(s, t + 20, "vol", GroupState::FailingOver);
     ok(
-        &mut s,
+        s,
         Command::Fence {
             at_ms: t + 30,
             group: "vol".into(),
@@ -185,7 +222,7 @@ fn build_chain() -> Vec<AuditRecord> {
     );
     // The lease (granted at T0+30, 2 s ttl) is long gone.
     ok(
-        &mut s,
+        s,
         Command::Promote {
             at_ms: t + 40,
             group: "vol".into(),
@@ -197,7 +234,7 @@ fn build_chain() -> Vec<AuditRecord> {
     );
     let loss = s.group("vol").unwrap().last_failover.clone().unwrap();
     record(
-        &mut s,
+        s,
         t + 4_020,
         "alice",
         AuditKind::Operator,
@@ -215,17 +252,20 @@ fn build_chain() -> Vec<AuditRecord> {
         }),
     );
     record(
-        &mut s,
+        s,
         t + 5_000,
         "alice",
         AuditKind::Verify,
         "vol",
         json!({"root_match": true, "chunks": 4096, "differing": 0}),
     );
-    // Planned switchover of db (RTO target 2 s, achieved 2.5 s: a FAIL).
-    set_state(&mut s, t + 6_000, "db", GroupState::SwitchingOver);
+}
+
+/// Releases db's lease, promotes it to hcm (planned), then records the report and a verify.
+fn switch_over_db(s: &mut State, t: i64) {
+    set_state(s, t + 6_000, "db", GroupState::SwitchingOver);
     ok(
-        &mut s,
+        s,
         Command::ReleaseLease {
             at_ms: t + 7_000,
             group: "db".into(),
@@ -234,7 +274,7 @@ fn build_chain() -> Vec<AuditRecord> {
         },
     );
     ok(
-        &mut s,
+        s,
         Command::Promote {
             at_ms: t + 7_100,
             group: "db".into(),
@@ -245,7 +285,7 @@ fn build_chain() -> Vec<AuditRecord> {
         },
     );
     record(
-        &mut s,
+        s,
         t + 8_500,
         "bob",
         AuditKind::Operator,
@@ -261,17 +301,19 @@ fn build_chain() -> Vec<AuditRecord> {
         }),
     );
     record(
-        &mut s,
+        s,
         t + 9_000,
         "bob",
         AuditKind::Verify,
         "db",
         json!({"root_match": false, "chunks": 512, "differing": 3}),
     );
-    // A drill on db with runbook steps.
-    let d = t + 10_000;
+}
+
+/// Records drill `drill-7` on db starting at `d`: start, a runbook step, an approval, end.
+fn drill_db(s: &mut State, d: i64) {
     record(
-        &mut s,
+        s,
         d,
         "carol",
         AuditKind::Drill,
@@ -279,7 +321,7 @@ fn build_chain() -> Vec<AuditRecord> {
         json!({"run_id": "drill-7", "runbook": "db-drill", "phase": "start"}),
     );
     record(
-        &mut s,
+        s,
         d + 100,
         "carol",
         AuditKind::RunbookStep,
@@ -287,7 +329,7 @@ fn build_chain() -> Vec<AuditRecord> {
         json!({"run_id": "drill-7", "step": "snapshot replica", "status": "started"}),
     );
     record(
-        &mut s,
+        s,
         d + 900,
         "carol",
         AuditKind::RunbookStep,
@@ -295,7 +337,7 @@ fn build_chain() -> Vec<AuditRecord> {
         json!({"run_id": "drill-7", "step": "snapshot replica", "status": "ok"}),
     );
     record(
-        &mut s,
+        s,
         d + 1_000,
         "dave",
         AuditKind::Approval,
@@ -303,17 +345,20 @@ fn build_chain() -> Vec<AuditRecord> {
         json!({"run_id": "drill-7", "step": "boot copy", "approver": "dave"}),
     );
     record(
-        &mut s,
+        s,
         d + 1_500,
         "carol",
         AuditKind::Drill,
         "db",
         json!({"run_id": "drill-7", "phase": "end", "ok": true}),
     );
-    // More samples after the failover.
+}
+
+/// Records ten more vol RPO samples after the drill.
+fn sample_vol_after_failover(s: &mut State, d: i64) {
     for k in 0..10i64 {
         ok(
-            &mut s,
+            s,
             Command::RpoSample {
                 at_ms: d + 2_000 + k * 5_000,
                 group: "vol".into(),
@@ -321,9 +366,6 @@ fn build_chain() -> Vec<AuditRecord> {
             },
         );
     }
-    let recs = s.audit().records().to_vec();
-    verify_chain(&recs).unwrap();
-    recs
 }
 
 fn opts() -> ExportOptions {

@@ -152,21 +152,46 @@ fn nodes_serve_prometheus_metrics_that_agree_with_status() {
 }
 
 fn steps(topo: &Topo) {
-    let vol = |st: &serde_json::Value| -> Option<serde_json::Value> {
-        st["groups"]
-            .as_array()?
-            .iter()
-            .find(|g| g["name"] == "vol")
-            .cloned()
-    };
+    // 1. (cont.) Wait for vol to be protected with a lease.
     topo.wait_status(
         &[],
         Duration::from_secs(30),
         "vol protected with a lease",
         |st| vol(st).filter(|g| g["state"] == "protected" && g["lease"]["status"] == "active"),
     );
-
     // 2. Writes through the primary's NBD export, until the replica has them all.
+    let (leader, g) = write_until_caught_up(topo);
+    let seq = g["last_captured_seq"].as_f64().unwrap();
+    // 3. The leader coordinator: raft, group, site, lease and audit figures.
+    let c = scrape_leader(topo, &leader, &g);
+    // 4. A follower coordinator answers too, and knows it is not the leader.
+    let f = scrape_follower(topo, &leader);
+    // 5. The primary replicator: NBD writes, bytes, frames, compression, journal, lease.
+    let p = scrape_primary_replicator(topo);
+    // 6. The replica replicator: watermark at the primary's last seq, apply latency.
+    let r = scrape_replica_replicator(topo, seq);
+    // 7. Anything but GET /metrics is 404.
+    only_metrics_is_served(topo, &leader);
+    // 8. Every metric the dashboard, the alert rules and the operations guide name is exported
+    //    by some node.
+    every_used_metric_is_exported(&[&c, &f, &p, &r]);
+}
+
+/// The labels of group `vol`'s series.
+const VOL: [(&str, &str); 1] = [("group", "vol")];
+
+/// Group `vol` in a `tandem status` document.
+fn vol(st: &serde_json::Value) -> Option<serde_json::Value> {
+    st["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "vol")
+        .cloned()
+}
+
+/// Step 2: writes `WRITES` compressible blocks through qemu-io and waits until the replica
+/// has them; returns the leader's name and group `vol`'s status then.
+fn write_until_caught_up(topo: &Topo) -> (String, serde_json::Value) {
     let url = format!("nbd://{}/disk0", topo.nbd_addr("hanoi-rep"));
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "raw", "-t", "none", &url]);
@@ -188,23 +213,24 @@ fn steps(topo: &Topo) {
         .then(|| (st.clone(), g))
     });
     let leader = status["leader"].as_str().unwrap().to_owned();
-    let seq = g["last_captured_seq"].as_f64().unwrap();
+    (leader, g)
+}
 
-    // 3. The leader coordinator: raft, group, site, lease and audit figures.
-    let c = scrape(topo.metrics_addr(&leader));
+/// Step 3: scrapes the leader coordinator and checks its figures against status `g`.
+fn scrape_leader(topo: &Topo, leader: &str, g: &serde_json::Value) -> Exposition {
+    let c = scrape(topo.metrics_addr(leader));
     assert_eq!(has(&c, "tandem_raft_is_leader", Kind::Gauge, &[]), 1.0);
     assert!(has(&c, "tandem_raft_term", Kind::Gauge, &[]) >= 1.0);
     assert!(has(&c, "tandem_raft_commit_index", Kind::Gauge, &[]) >= 1.0);
     assert!(has(&c, "tandem_audit_records", Kind::Gauge, &[]) >= 1.0);
-    let v = [("group", "vol")];
-    let rpo = has(&c, "tandem_group_rpo_seconds", Kind::Gauge, &v);
+    let rpo = has(&c, "tandem_group_rpo_seconds", Kind::Gauge, &VOL);
     assert!((0.0..2.0).contains(&rpo), "rpo {rpo}");
     assert_eq!(
-        has(&c, "tandem_group_rpo_target_seconds", Kind::Gauge, &v),
+        has(&c, "tandem_group_rpo_target_seconds", Kind::Gauge, &VOL),
         2.0
     );
     assert_eq!(
-        has(&c, "tandem_group_epoch", Kind::Gauge, &v),
+        has(&c, "tandem_group_epoch", Kind::Gauge, &VOL),
         g["epoch"].as_f64().unwrap()
     );
     let states: Vec<(String, f64)> = c
@@ -227,17 +253,28 @@ fn steps(topo: &Topo) {
         has(&c, "tandem_site_up", Kind::Gauge, &[("site", "hcm")]),
         1.0
     );
-    let lease = has(&c, "tandem_group_lease_remaining_seconds", Kind::Gauge, &v);
+    let lease = has(
+        &c,
+        "tandem_group_lease_remaining_seconds",
+        Kind::Gauge,
+        &VOL,
+    );
     assert!(lease > 0.0 && lease <= 2.5, "lease {lease}");
+    c
+}
 
-    // 4. A follower coordinator answers too, and knows it is not the leader.
+/// Step 4: scrapes a follower coordinator.
+fn scrape_follower(topo: &Topo, leader: &str) -> Exposition {
     let follower = topo.coordinators.iter().find(|n| **n != leader).unwrap();
     let f = scrape(topo.metrics_addr(follower));
     assert_eq!(has(&f, "tandem_raft_is_leader", Kind::Gauge, &[]), 0.0);
-    has(&f, "tandem_group_epoch", Kind::Gauge, &v);
-    has(&f, "tandem_group_rpo_seconds", Kind::Gauge, &v);
+    has(&f, "tandem_group_epoch", Kind::Gauge, &VOL);
+    has(&f, "tandem_group_rpo_seconds", Kind::Gauge, &VOL);
+    f
+}
 
-    // 5. The primary replicator: NBD writes, bytes, frames, compression, journal, lease.
+/// Step 5: scrapes the primary replicator (hanoi-rep).
+fn scrape_primary_replicator(topo: &Topo) -> Exposition {
     let p = scrape(topo.metrics_addr("hanoi-rep"));
     assert_eq!(
         has(
@@ -262,33 +299,46 @@ fn steps(topo: &Topo) {
     );
     assert!(raw >= (WRITES * WRITE_LEN) as f64, "raw {raw}");
     assert!(wire > 0.0 && wire < raw, "wire {wire} raw {raw}");
-    assert!(has(&p, "tandem_replication_frames_total", Kind::Counter, &v) >= 1.0);
-    let ratio = has(&p, "tandem_compression_ratio", Kind::Gauge, &v);
+    assert!(has(&p, "tandem_replication_frames_total", Kind::Counter, &VOL) >= 1.0);
+    let ratio = has(&p, "tandem_compression_ratio", Kind::Gauge, &VOL);
     assert!((ratio - raw / wire).abs() < 1e-6 && ratio > 1.0, "{ratio}");
-    assert_eq!(has(&p, "tandem_journal_bytes", Kind::Gauge, &v), 0.0);
-    assert!(has(&p, "tandem_journal_max_bytes", Kind::Gauge, &v) > 0.0);
-    let lease = has(&p, "tandem_lease_remaining_seconds", Kind::Gauge, &v);
+    assert_eq!(has(&p, "tandem_journal_bytes", Kind::Gauge, &VOL), 0.0);
+    assert!(has(&p, "tandem_journal_max_bytes", Kind::Gauge, &VOL) > 0.0);
+    let lease = has(&p, "tandem_lease_remaining_seconds", Kind::Gauge, &VOL);
     assert!(lease > 0.0 && lease <= 2.0, "lease {lease}");
-    assert_eq!(has(&p, "tandem_replicator_writable", Kind::Gauge, &v), 1.0);
-
-    // 6. The replica replicator: watermark at the primary's last seq, apply latency.
-    let r = scrape(topo.metrics_addr("hcm-rep"));
-    assert_eq!(has(&r, "tandem_replica_watermark", Kind::Gauge, &v), seq);
-    assert!(check_histogram(&r, "tandem_apply_latency_seconds", &v) >= 1.0);
     assert_eq!(
-        has(&r, "tandem_lease_remaining_seconds", Kind::Gauge, &v),
+        has(&p, "tandem_replicator_writable", Kind::Gauge, &VOL),
+        1.0
+    );
+    p
+}
+
+/// Step 6: scrapes the replica replicator (hcm-rep); its watermark is `seq`.
+fn scrape_replica_replicator(topo: &Topo, seq: f64) -> Exposition {
+    let r = scrape(topo.metrics_addr("hcm-rep"));
+    assert_eq!(has(&r, "tandem_replica_watermark", Kind::Gauge, &VOL), seq);
+    assert!(check_histogram(&r, "tandem_apply_latency_seconds", &VOL) >= 1.0);
+    assert_eq!(
+        has(&r, "tandem_lease_remaining_seconds", Kind::Gauge, &VOL),
         0.0
     );
-    assert_eq!(has(&r, "tandem_replicator_writable", Kind::Gauge, &v), 0.0);
+    assert_eq!(
+        has(&r, "tandem_replicator_writable", Kind::Gauge, &VOL),
+        0.0
+    );
+    r
+}
 
-    // 7. Anything but GET /metrics is 404.
-    let (status, _, _) = http_get(topo.metrics_addr(&leader), "/");
+/// Step 7: the leader's metrics server answers 404 off `/metrics`.
+fn only_metrics_is_served(topo: &Topo, leader: &str) {
+    let (status, _, _) = http_get(topo.metrics_addr(leader), "/");
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+}
 
-    // 8. Every metric the dashboard, the alert rules and the operations guide name is exported
-    //    by some node.
+/// Step 8: every `tandem_` name in deploy/ and docs/operations.md is in one of `scraped`.
+fn every_used_metric_is_exported(scraped: &[&Exposition]) {
     let mut exported: BTreeSet<String> = BTreeSet::new();
-    for e in [&c, &f, &p, &r] {
+    for e in scraped {
         exported.extend(e.types.keys().cloned());
     }
     let dashboard = std::fs::read_to_string(repo_file("deploy/grafana/tandem.json")).unwrap();

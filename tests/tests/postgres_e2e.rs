@@ -271,164 +271,216 @@ fn pgbench_commits_survive_a_switchover_to_the_wal_restored_standby() {
     }
     let t0 = Instant::now();
     let env = up("1s");
-    let Env {
-        ref topo,
-        ref root,
-        ref primary,
-        ref standby,
-        p1,
-        p2,
-        ref hcm_rep,
-        ref tandem,
-        ref client,
-        ..
-    } = env;
 
     // 3. The standby: a base backup in recovery, fed only from the replica's archive folder.
-    ok(
-        "pg_basebackup",
-        as_pg(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p1.to_string(),
-                "-D",
-                standby.to_str().unwrap(),
-                "-c",
-                "fast",
-            ],
-        ),
-    );
-    let archive = root.join("data/hcm-rep/archive/pg/db");
-    let conf = standby.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str(&format!(
-        "port = {p2}\n{}restore_command = 'TANDEM_LOG=warn {} wal fetch %f %p --archive {}'\n",
-        archive_command(tandem, hcm_rep, client),
-        tandem.display(),
-        archive.display()
-    ));
-    std::fs::write(&conf, text).unwrap();
-    std::fs::write(standby.join("standby.signal"), b"").unwrap();
-    chown_pg(standby);
-    start_server(standby);
-
+    let archive = env.start_standby();
     // 4. Load: pgbench init and a short run.
-    let bench = |args: &[&str]| {
-        let mut a = vec!["-h", "127.0.0.1"];
-        let port = p1.to_string();
-        a.extend(["-p", &port]);
-        a.extend(args);
-        a.push("postgres");
-        ok("pgbench", as_pg("pgbench", &a))
-    };
-    bench(&["-i", "-s", "1", "-q"]);
-    bench(&["-c", "2", "-j", "1", "-T", "3", "-n"]);
-    let facts = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT coalesce(sum(delta), 0) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)";
+    env.run_pgbench();
     // 4b. `tandem verify` with a query: equal once the standby replayed the archive; a row
     //     committed a moment ago (not archived yet) makes it differ.
-    let verify = |secs: &str| {
-        topo.tandem(&[
-            "verify",
-            "pg",
-            "--config",
-            topo.config.to_str().unwrap(),
-            "--query",
-            facts,
-            "--timeout-secs",
-            secs,
-        ])
-    };
-    let (code, out, err) = verify("20");
-    assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
-    assert!(out.contains("EQUAL"), "{out}");
-    eprint!("{out}");
-    ok(
-        "one more row",
-        psql(
-            p1,
-            "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
-        ),
-    );
-    let (code, out, err) = verify("0");
-    assert_eq!(
-        code, 1,
-        "verify should see the unarchived row:\n{out}\n{err}"
-    );
-    assert!(out.contains("DIFFERENT"), "{out}");
-    let committed = ok("count on the primary", psql(p1, facts));
-    let rows: u64 = committed.split(' ').next().unwrap().parse().unwrap();
-    assert!(rows > 50, "pgbench committed only {rows} transactions");
+    let (committed, rows) = env.verify_then_commit_one_more_row();
     // The standby replays what the archive holds while replication continues.
-    wait_until(
-        "the standby to replay archived WAL",
-        Duration::from_secs(20),
-        || {
-            let o = psql(
-                p2,
-                "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() IS NOT NULL",
-            );
-            (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "t")
-                .then(String::new)
-        },
-    );
-    assert!(archive.read_dir().unwrap().count() > 0);
-
+    env.wait_for_the_standby_to_replay(&archive);
     // 5. Switchover through the stock runbook: the drain switches to a new WAL segment (so
     //    the last commits are archived) and stops the primary; catch-up, fence, promote
     //    (pg_ctl promote on the standby), reverse, and the postgres readiness probe follow.
-    let drain = format!(
-        "runuser -u {PG_USER} -- {BIN}/psql -X -h 127.0.0.1 -p {p1} -d postgres -c 'SELECT pg_switch_wal()' && runuser -u {PG_USER} -- {BIN}/pg_ctl -D {} -m fast -w stop",
-        primary.display()
-    );
-    let (code, out, err) = topo.tandem(&[
-        "switchover",
-        "pg",
-        "--config",
-        topo.config.to_str().unwrap(),
-        "--param",
-        &format!("drain_command={drain}"),
-    ]);
-    if code != 0 {
-        dump_logs(topo);
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(standby.with_extension("log")).unwrap_or_default()
-        );
-    }
-    assert_eq!(code, 0, "switchover failed:\n{out}\n{err}");
-    eprintln!("{out}");
-
+    env.switch_over();
     // 6. The promoted standby holds every committed transaction.
-    let got = ok("count on the promoted standby", psql(p2, facts));
-    assert_eq!(
-        got, committed,
-        "promoted standby differs from the committed transactions"
-    );
-    assert_eq!(
-        ok("recovery state", psql(p2, "SELECT pg_is_in_recovery()")).trim(),
-        "f"
-    );
-
+    env.check_the_promoted_standby(&committed);
     // 7. Replication runs the other way: the new primary's WAL (its timeline history file
     //    first) reaches the old primary's site through hcm's replicator.
-    ok(
-        "write on the new primary",
-        psql(p2, "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 7, now()); SELECT pg_switch_wal();"),
-    );
-    let back = root.join("data/hanoi-rep/archive/pg/db/00000002.history");
-    wait_until(
-        "the new timeline's history at hanoi",
-        Duration::from_secs(20),
-        || back.exists().then(String::new),
-    );
+    env.check_replication_runs_back();
     eprintln!(
         "{rows} pgbench transactions, switchover ok, test took {} ms",
         t0.elapsed().as_millis()
     );
     assert_eq!(env.procs.len(), 5);
+}
+
+/// The facts compared between primary and standby: pgbench history rows, their delta sum and
+/// the accounts' balance sum.
+const FACTS: &str = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT coalesce(sum(delta), 0) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)";
+
+/// The steps of the switchover test, one per numbered step.
+impl Env {
+    /// Step 3: base-backs up the primary into a standby restoring from hcm's archive folder
+    /// and starts it; returns that folder.
+    fn start_standby(&self) -> PathBuf {
+        let Env {
+            ref root,
+            ref standby,
+            p1,
+            p2,
+            ref hcm_rep,
+            ref tandem,
+            ref client,
+            ..
+        } = *self;
+        ok(
+            "pg_basebackup",
+            as_pg(
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p1.to_string(),
+                    "-D",
+                    standby.to_str().unwrap(),
+                    "-c",
+                    "fast",
+                ],
+            ),
+        );
+        let archive = root.join("data/hcm-rep/archive/pg/db");
+        let conf = standby.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "port = {p2}\n{}restore_command = 'TANDEM_LOG=warn {} wal fetch %f %p --archive {}'\n",
+            archive_command(tandem, hcm_rep, client),
+            tandem.display(),
+            archive.display()
+        ));
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(standby.join("standby.signal"), b"").unwrap();
+        chown_pg(standby);
+        start_server(standby);
+        archive
+    }
+
+    /// Step 4: pgbench init and a 3 s run against the primary.
+    fn run_pgbench(&self) {
+        let p1 = self.p1;
+        let bench = |args: &[&str]| {
+            let mut a = vec!["-h", "127.0.0.1"];
+            let port = p1.to_string();
+            a.extend(["-p", &port]);
+            a.extend(args);
+            a.push("postgres");
+            ok("pgbench", as_pg("pgbench", &a))
+        };
+        bench(&["-i", "-s", "1", "-q"]);
+        bench(&["-c", "2", "-j", "1", "-T", "3", "-n"]);
+    }
+
+    /// Step 4b: `tandem verify` says EQUAL, then DIFFERENT after one more row on the primary;
+    /// returns the primary's facts and its pgbench row count.
+    fn verify_then_commit_one_more_row(&self) -> (String, u64) {
+        let (topo, p1) = (&self.topo, self.p1);
+        let verify = |secs: &str| {
+            topo.tandem(&[
+                "verify",
+                "pg",
+                "--config",
+                topo.config.to_str().unwrap(),
+                "--query",
+                FACTS,
+                "--timeout-secs",
+                secs,
+            ])
+        };
+        let (code, out, err) = verify("20");
+        assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
+        assert!(out.contains("EQUAL"), "{out}");
+        eprint!("{out}");
+        ok(
+            "one more row",
+            psql(
+                p1,
+                "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
+            ),
+        );
+        let (code, out, err) = verify("0");
+        assert_eq!(
+            code, 1,
+            "verify should see the unarchived row:\n{out}\n{err}"
+        );
+        assert!(out.contains("DIFFERENT"), "{out}");
+        let committed = ok("count on the primary", psql(p1, FACTS));
+        let rows: u64 = committed.split(' ').next().unwrap().parse().unwrap();
+        assert!(rows > 50, "pgbench committed only {rows} transactions");
+        (committed, rows)
+    }
+
+    /// Waits for the standby to be in recovery with WAL replayed from a non-empty `archive`.
+    fn wait_for_the_standby_to_replay(&self, archive: &Path) {
+        let p2 = self.p2;
+        wait_until(
+            "the standby to replay archived WAL",
+            Duration::from_secs(20),
+            || {
+                let o = psql(
+                    p2,
+                    "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() IS NOT NULL",
+                );
+                (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "t")
+                    .then(String::new)
+            },
+        );
+        assert!(archive.read_dir().unwrap().count() > 0);
+    }
+
+    /// Step 5: `tandem switchover pg` with a drain that switches WAL and stops the primary.
+    fn switch_over(&self) {
+        let Env {
+            ref topo,
+            ref primary,
+            ref standby,
+            p1,
+            ..
+        } = *self;
+        let drain = format!(
+            "runuser -u {PG_USER} -- {BIN}/psql -X -h 127.0.0.1 -p {p1} -d postgres -c 'SELECT pg_switch_wal()' && runuser -u {PG_USER} -- {BIN}/pg_ctl -D {} -m fast -w stop",
+            primary.display()
+        );
+        let (code, out, err) = topo.tandem(&[
+            "switchover",
+            "pg",
+            "--config",
+            topo.config.to_str().unwrap(),
+            "--param",
+            &format!("drain_command={drain}"),
+        ]);
+        if code != 0 {
+            dump_logs(topo);
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(standby.with_extension("log")).unwrap_or_default()
+            );
+        }
+        assert_eq!(code, 0, "switchover failed:\n{out}\n{err}");
+        eprintln!("{out}");
+    }
+
+    /// Step 6: the promoted standby left recovery and holds the `committed` facts.
+    fn check_the_promoted_standby(&self, committed: &str) {
+        let p2 = self.p2;
+        let got = ok("count on the promoted standby", psql(p2, FACTS));
+        assert_eq!(
+            got, committed,
+            "promoted standby differs from the committed transactions"
+        );
+        assert_eq!(
+            ok("recovery state", psql(p2, "SELECT pg_is_in_recovery()")).trim(),
+            "f"
+        );
+    }
+
+    /// Step 7: a write on the new primary brings its timeline history file to hanoi.
+    fn check_replication_runs_back(&self) {
+        ok(
+            "write on the new primary",
+            psql(self.p2, "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 7, now()); SELECT pg_switch_wal();"),
+        );
+        let back = self
+            .root
+            .join("data/hanoi-rep/archive/pg/db/00000002.history");
+        wait_until(
+            "the new timeline's history at hanoi",
+            Duration::from_secs(20),
+            || back.exists().then(String::new),
+        );
+    }
 }
 
 /// Commit timestamps (unix ms) of the COMMIT records in one WAL segment file.
