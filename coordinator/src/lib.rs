@@ -6,6 +6,8 @@
 //! - [`audit`]: the blake3-chained audit log kept in that state, and its verifier.
 //! - [`evidence`]: evidence export for auditors (report, JSONL, runs, RPO CSV, manifest) and its
 //!   verifier.
+//! - [`handle`]: the shared coordinator handle (propose, read, live figures, run drivers),
+//!   below both `runs` and `server`.
 //! - [`raft`]: the raft-rs node (sled storage, tonic peer transport, `RaftHandle`).
 //! - [`runs`]: runbook runs on the leader: start, and the executor that commits each step's
 //!   start before running it and its result after.
@@ -17,6 +19,7 @@
 pub mod audit;
 pub mod error;
 pub mod evidence;
+pub mod handle;
 pub mod metrics;
 pub mod raft;
 pub mod runs;

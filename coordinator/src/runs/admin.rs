@@ -4,7 +4,7 @@
 
 use super::driver::drive_all;
 use super::redact::redact_secrets;
-use crate::server::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use crate::state::Run;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

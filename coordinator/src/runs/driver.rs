@@ -7,7 +7,7 @@ use super::failover::{demote, fence, pause, promote, reverse, wait_replicated};
 use super::failure::{bound, Failure, StepResult};
 use super::host::{check, expect_text, http, run_command, status_ok};
 use super::replica::{recover, snapshot, verify};
-use crate::server::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use crate::state::Run;
 use serde_json::json;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! live figures; `pg_ctl` runs on this host.
 
 use super::failure::{Failure, StepResult};
-use crate::server::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use crate::state::{GroupState, LeaseStatus, Run};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 use super::failure::{Failure, StepResult};
 use super::redact::redact_url;
 use super::replica::snapshot_of;
-use crate::server::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use crate::state::Run;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -9,7 +9,6 @@
 //!
 //! - [`admin`]: starting runs and the admin API's `Operate`.
 //! - [`driver`]: the executor loop of a run and the dispatch of a step to its action.
-//! - [`drivers`]: the table of driver tasks this node runs while it leads.
 //! - [`failover`]: `fence`, `promote`, `demote`, `reverse`, `wait_replicated`, pause/resume.
 //! - [`replica`]: `verify`, `snapshot`, `recover` (calls to replicators).
 //! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host).
@@ -18,12 +17,11 @@
 
 pub(crate) mod admin;
 pub(crate) mod driver;
-pub mod drivers;
 mod failover;
 mod failure;
 mod host;
 pub mod redact;
 mod replica;
 
-pub use self::drivers::Drivers;
 pub use self::redact::redact_secrets;
+pub use crate::handle::drivers::Drivers;

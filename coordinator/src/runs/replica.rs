@@ -3,7 +3,7 @@
 //! Acts: gRPC calls to replicators and raft proposals.
 
 use super::failure::{Failure, StepResult};
-use crate::server::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use crate::state::Run;
 use serde_json::{json, Value};
 use std::time::Duration;

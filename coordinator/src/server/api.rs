@@ -2,7 +2,7 @@
 //! operations, each authorized, then answered here on the leader or forwarded to it.
 
 use super::authz::Need;
-use super::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use serde_json::{json, Value};
 use tandem_core::proto::coordinator_server::Coordinator as CoordinatorApi;
 use tandem_core::proto::{

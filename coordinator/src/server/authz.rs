@@ -1,7 +1,7 @@
 //! Who may call what: the caller's certificate (node, or a person's role) checked against
 //! what a call of the admin API needs; refusals are recorded in the audit chain.
 
-use super::coordinator::Coordinator;
+use crate::handle::coordinator::Coordinator;
 use serde_json::json;
 use tandem_core::certs::Role;
 use tandem_core::net::Caller;

@@ -2,8 +2,8 @@
 //! committed, a caught-up replica's group made protected again, the primary's lease acquired
 //! or renewed, and the leases it holds answered. Acts: raft proposals.
 
-use super::coordinator::{lock, Coordinator};
-use super::live::replica_caught_up;
+use crate::handle::coordinator::{lock, Coordinator};
+use crate::handle::live::replica_caught_up;
 use crate::state::{GroupState, LeaseStatus as StLease};
 use serde_json::{json, Value};
 use tandem_core::proto::{GroupLease, HeartbeatRequest};

@@ -5,22 +5,20 @@
 //! waits.
 //!
 //! - [`process`]: the process (`run`) and the leader's periodic work.
-//! - [`coordinator`]: the shared handle: propose, read, the leader.
 //! - [`api`]: the admin API's gRPC service.
 //! - [`authz`]: who may call what.
 //! - [`heartbeat`]: a replicator's heartbeat on the leader.
 //! - [`status_doc`]: the status document.
-//! - [`live`]: the leader's live figures from heartbeats (pure).
+//!
+//! The shared handle ([`crate::handle`]) lies below this module and [`crate::runs`].
 
 mod api;
 mod authz;
-pub(crate) mod coordinator;
 mod heartbeat;
-mod live;
 mod process;
 mod status_doc;
 
-pub use self::coordinator::{Coordinator, CoordinatorSm};
 pub use self::heartbeat::heartbeat_command;
-pub use self::live::{replica_caught_up, IN_SYNC_MAX_RPO_MS};
 pub use self::process::{run, ServerError};
+pub use crate::handle::coordinator::{Coordinator, CoordinatorSm};
+pub use crate::handle::live::{replica_caught_up, IN_SYNC_MAX_RPO_MS};

@@ -2,8 +2,8 @@
 //! metrics endpoint, and runs the leader's periodic work (bootstrap, failure detection,
 //! automatic failover, RPO samples, run drivers) until shutdown.
 
-use super::coordinator::{lock, Coordinator, CoordinatorSm, Inner};
-use super::live::Live;
+use crate::handle::coordinator::{lock, Coordinator, CoordinatorSm, Inner};
+use crate::handle::live::Live;
 use crate::raft::{self, RaftError, RaftNodeConfig};
 use crate::state::{GroupState, SiteStatus, COORDINATOR_ACTOR};
 use serde_json::json;
@@ -80,7 +80,7 @@ pub async fn run(
         clock: SlewedClock::new(),
         live: Mutex::new(Live::default()),
         names,
-        drivers: crate::runs::drivers::Drivers::default(),
+        drivers: crate::handle::drivers::Drivers::default(),
         net: net.clone(),
         cert_seen: Mutex::new(BTreeMap::new()),
     });

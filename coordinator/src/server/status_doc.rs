@@ -2,8 +2,8 @@
 //! groups (RPO now, reason, lease, resources) and TLS certificates, assembled from the
 //! topology, the replicated state and the leader's live figures.
 
-use super::coordinator::{lock, Coordinator};
-use super::live::{Live, LiveGroup};
+use crate::handle::coordinator::{lock, Coordinator};
+use crate::handle::live::{Live, LiveGroup};
 use crate::state::{self, LeaseStatus as StLease, Mode, SiteStatus, State};
 use crate::status::{
     CertStatus, ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,

@@ -12,7 +12,7 @@ pub struct Drivers {
 }
 
 impl Drivers {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -3,9 +3,9 @@
 //! work and the runbook executor; proposing (on the leader or via it) and reading the state.
 //! Acts: raft proposals and calls to the leader.
 
+use super::drivers::Drivers;
 use super::live::{Live, LiveGroup};
 use crate::raft::{RaftError, RaftHandle, StateMachine};
-use crate::runs::drivers::Drivers;
 use crate::state::{self, ClusterSettings, Command, GroupSpec, Mode, SiteSpec, State};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -47,31 +47,31 @@ impl StateMachine for CoordinatorSm {
     }
 }
 
-pub(super) struct Inner {
-    pub(super) topo: Topology,
-    pub(super) name: String,
-    pub(super) raft: RaftHandle<CoordinatorSm>,
+pub(crate) struct Inner {
+    pub(crate) topo: Topology,
+    pub(crate) name: String,
+    pub(crate) raft: RaftHandle<CoordinatorSm>,
     /// Command times (leases, failure detection, audit): slewed, so a step of the system
     /// clock does not expire every lease at once.
-    pub(super) clock: SlewedClock,
-    pub(super) live: Mutex<Live>,
+    pub(crate) clock: SlewedClock,
+    pub(crate) live: Mutex<Live>,
     /// raft id -> coordinator node name
-    pub(super) names: BTreeMap<u64, String>,
+    pub(crate) names: BTreeMap<u64, String>,
     /// Runs this node drives while it leads.
-    pub(super) drivers: Drivers,
+    pub(crate) drivers: Drivers,
     /// How this node dials and serves (plaintext or mTLS).
-    pub(super) net: Net,
+    pub(crate) net: Net,
     /// Certificate not-after per node, from heartbeats.
-    pub(super) cert_seen: Mutex<BTreeMap<String, i64>>,
+    pub(crate) cert_seen: Mutex<BTreeMap<String, i64>>,
 }
 
 /// A handle to the running coordinator, for the admin API implementation.
 #[derive(Clone)]
 pub struct Coordinator {
-    pub(super) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-pub(super) use tandem_core::bytes::lock;
+pub(crate) use tandem_core::bytes::lock;
 
 impl Coordinator {
     pub(crate) fn now_ms(&self) -> i64 {
@@ -111,7 +111,7 @@ impl Coordinator {
             .map(|n| format!("http://{}", n.listen))
     }
 
-    pub(super) async fn leader_client(
+    pub(crate) async fn leader_client(
         &self,
     ) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
         let addr = self
@@ -135,14 +135,14 @@ impl Coordinator {
         &self.inner.net
     }
 
-    pub(super) fn is_coordinator(&self, node: &str) -> bool {
+    pub(crate) fn is_coordinator(&self, node: &str) -> bool {
         self.inner.names.values().any(|n| n == node)
     }
 
     /// Checks the caller's certificate against what `call` needs. Returns the certificate's
     /// name for a person or tool (the actor to record), `None` for plaintext and nodes. Every
     /// Proposes on the leader, from any node.
-    pub(super) async fn propose_via_leader(&self, cmd: Value, actor: &str) -> Result<(), Status> {
+    pub(crate) async fn propose_via_leader(&self, cmd: Value, actor: &str) -> Result<(), Status> {
         if self.is_leader() {
             return self.propose(cmd).await.map(|_| ());
         }
@@ -187,7 +187,7 @@ impl Coordinator {
         f(&guard.state)
     }
 
-    pub(super) fn bootstrap_command(&self) -> Value {
+    pub(crate) fn bootstrap_command(&self) -> Value {
         let t = &self.inner.topo;
         let settings = ClusterSettings {
             lease_ttl_ms: t.cluster.lease_ttl.as_millis(),

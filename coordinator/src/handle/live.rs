@@ -41,23 +41,23 @@ pub fn replica_caught_up(captured: u64, acked: u64, rpo_ms: i64, replica_durable
 /// Live (not replicated) figures the leader keeps from replicator heartbeats.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LiveGroup {
-    pub(super) rpo_ms: i64,
-    pub(super) last_captured_seq: u64,
-    pub(super) durable_seq: u64,
-    pub(super) bytes_pending: u64,
-    pub(super) bytes_raw: u64,
-    pub(super) bytes_shipped: u64,
-    pub(super) throughput_bps: f64,
-    pub(super) reported_ms: i64,
-    pub(super) reporter: String,
-    pub(super) reporter_role: String,
-    pub(super) reporter_epoch: u64,
-    pub(super) reporter_state: String,
-    pub(super) reason: String,
+    pub(crate) rpo_ms: i64,
+    pub(crate) last_captured_seq: u64,
+    pub(crate) durable_seq: u64,
+    pub(crate) bytes_pending: u64,
+    pub(crate) bytes_raw: u64,
+    pub(crate) bytes_shipped: u64,
+    pub(crate) throughput_bps: f64,
+    pub(crate) reported_ms: i64,
+    pub(crate) reporter: String,
+    pub(crate) reporter_role: String,
+    pub(crate) reporter_epoch: u64,
+    pub(crate) reporter_state: String,
+    pub(crate) reason: String,
     /// (oldest recoverable ms, seq) from the replica's history, if it keeps one.
-    pub(super) history_oldest: Option<(i64, u64)>,
+    pub(crate) history_oldest: Option<(i64, u64)>,
     /// Epoch and time at which a replicator last reported itself primary and ready.
-    pub(super) primary_ready: Option<(u64, String, i64)>,
+    pub(crate) primary_ready: Option<(u64, String, i64)>,
     /// The replica's last report.
     pub replica: Option<ReplicaReport>,
 }
@@ -88,11 +88,11 @@ impl LiveGroup {
 #[derive(Debug, Default)]
 pub(crate) struct Live {
     /// node -> last heartbeat (unix ms, leader clock)
-    pub(super) node_seen: HashMap<String, i64>,
-    pub(super) groups: HashMap<String, LiveGroup>,
+    pub(crate) node_seen: HashMap<String, i64>,
+    pub(crate) groups: HashMap<String, LiveGroup>,
     /// When this node last became leader (failure-detector grace).
-    pub(super) leader_since_ms: Option<i64>,
-    pub(super) last_rpo_sample_ms: i64,
+    pub(crate) leader_since_ms: Option<i64>,
+    pub(crate) last_rpo_sample_ms: i64,
 }
 
 impl Live {
