@@ -314,7 +314,15 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // 1. Resync of a 1 % difference, beside hashing from disk and from memory.
+    resync_one_percent(c, &files, &rt);
+    // 2. Initial sync (every block moves), beside raw read + zstd-1 + blake3 on one core.
+    initial_sync(c, &files, &rt);
+    // 3. rsync on the same files, as the peer.
+    rsync_comparison(&files);
+}
 
+fn resync_one_percent(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) {
     let mut g = c.benchmark_group("resync_1pct");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
@@ -385,7 +393,9 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+}
 
+fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) {
     // Initial sync: nothing at the target yet; every block moves.
     let mut g = c.benchmark_group("initial_sync_1gib");
     g.sample_size(10);
@@ -446,8 +456,10 @@ fn bench(c: &mut Criterion) {
     }
     let _ = std::fs::remove_file(&fresh);
     g.finish();
+}
 
-    let mut runs: Vec<(Duration, u64)> = (0..5).filter_map(|_| rsync_run(&files)).collect();
+fn rsync_comparison(files: &Files) {
+    let mut runs: Vec<(Duration, u64)> = (0..5).filter_map(|_| rsync_run(files)).collect();
     if runs.is_empty() {
         println!("rsync: not installed or failed; no comparison");
     } else {
