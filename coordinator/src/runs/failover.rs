@@ -3,20 +3,17 @@
 //! replication. Each commits through raft and waits on the replicated state or the leader's
 //! live figures; `pg_ctl` runs on this host.
 
+use super::decide::{decide_fence, planned_kind, FenceAct};
 use super::failure::{Failure, StepResult};
 use crate::handle::coordinator::Coordinator;
 use crate::state::{GroupState, LeaseStatus, Run};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tandem_runbooks::{PlannedStep, ResolvedSite, RunbookKind};
+use tandem_runbooks::{PlannedStep, ResolvedSite};
 use tonic::Status;
 
 /// How often waits poll the state and the live figures.
 const POLL: Duration = Duration::from_millis(100);
-
-fn planned_kind(kind: RunbookKind) -> bool {
-    matches!(kind, RunbookKind::Switchover | RunbookKind::Failback)
-}
 
 async fn set_state(c: &Coordinator, run: &Run, state: &str, reason: &str) -> Result<(), Status> {
     c.propose(json!({"op": "set_group_state", "group": run.group, "state": state,
@@ -25,10 +22,9 @@ async fn set_state(c: &Coordinator, run: &Run, state: &str, reason: &str) -> Res
         .map(|_| ())
 }
 
-/// `fence`. Unplanned runs: the group goes `failing-over` (no lease renewals), then the epoch is
-/// raised and the lease revoked. Planned runs (switchover, failback): the group goes
-/// `switching-over`, which stops intake at the primary; it drains and releases its lease, and the
-/// epoch rises at `promote` (raising it here would make the live primary restart its journal).
+/// `fence`: carries out [`decide_fence`] — the group state first (`switching-over` for planned
+/// runs, `failing-over` for unplanned ones), then, unplanned, the epoch raised and the lease
+/// revoked unless this run already did.
 pub(super) async fn fence(c: &Coordinator, run: &Run) -> StepResult {
     let (state, epoch, lease) = c
         .read(|s| {
@@ -36,44 +32,35 @@ pub(super) async fn fence(c: &Coordinator, run: &Run) -> StepResult {
                 .map(|g| (g.state, g.epoch, g.lease.clone()))
         })
         .ok_or_else(|| Failure::new(format!("no group {}", run.group)))?;
-    if planned_kind(run.kind) {
-        if state != GroupState::SwitchingOver {
-            set_state(
-                c,
-                run,
-                "switching-over",
-                "fence: stop intake at the primary",
-            )
-            .await?;
-        }
-        return Ok(format!(
+    let d = decide_fence(run.kind, state, epoch, lease.as_ref(), run.state.plan.epoch);
+    if let Some(want) = d.set_state {
+        let why = match d.act {
+            FenceAct::StopIntake => "fence: stop intake at the primary",
+            FenceAct::AlreadyFenced | FenceAct::RaiseEpoch => "fence",
+        };
+        set_state(c, run, want.as_str(), why).await?;
+    }
+    match d.act {
+        FenceAct::StopIntake => Ok(format!(
             "intake stopped at {} (group switching-over, epoch {epoch}); the primary drains and releases its lease; the epoch rises at promote",
             run.state.plan.primary
-        ));
+        )),
+        FenceAct::AlreadyFenced => Ok(format!("already fenced: epoch {epoch}")),
+        FenceAct::RaiseEpoch => {
+            c.propose(
+                json!({"op": "fence", "group": run.group, "actor": crate::state::COORDINATOR_ACTOR,
+                "reason": format!("run {}", run.state.run_id)}),
+            )
+            .await?;
+            let after = c
+                .read(|s| s.group(&run.group).map(|g| g.epoch.0))
+                .unwrap_or(0);
+            Ok(format!(
+                "epoch {epoch} -> {after}; lease of {} revoked",
+                lease.map_or("nobody".into(), |l| l.holder)
+            ))
+        }
     }
-    if state != GroupState::FailingOver {
-        set_state(c, run, "failing-over", "fence").await?;
-    }
-    let already = lease.as_ref().is_some_and(|l| {
-        matches!(l.status, LeaseStatus::Revoked { .. })
-            && l.epoch < epoch
-            && epoch > run.state.plan.epoch
-    });
-    if already {
-        return Ok(format!("already fenced: epoch {epoch}"));
-    }
-    c.propose(
-        json!({"op": "fence", "group": run.group, "actor": crate::state::COORDINATOR_ACTOR,
-        "reason": format!("run {}", run.state.run_id)}),
-    )
-    .await?;
-    let after = c
-        .read(|s| s.group(&run.group).map(|g| g.epoch.0))
-        .unwrap_or(0);
-    Ok(format!(
-        "epoch {epoch} -> {after}; lease of {} revoked",
-        lease.map_or("nobody".into(), |l| l.holder)
-    ))
 }
 
 /// `promote`: waits out the old lease (`promotion_allowed_at`), then promotes the step's site

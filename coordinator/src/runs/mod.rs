@@ -9,6 +9,7 @@
 //!
 //! - [`admin`]: starting runs and the admin API's `Operate`.
 //! - [`driver`]: the executor loop of a run and the dispatch of a step to its action.
+//! - [`decide`]: what a `fence` step must do (pure, table-tested).
 //! - [`failover`]: `fence`, `promote`, `demote`, `reverse`, `wait_replicated`, pause/resume.
 //! - [`replica`]: `verify`, `snapshot`, `recover` (calls to replicators).
 //! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host).
@@ -17,6 +18,8 @@
 
 pub(crate) mod admin;
 pub(crate) mod driver;
+
+mod decide;
 mod failover;
 mod failure;
 mod host;
