@@ -18,7 +18,8 @@ pub enum QuarantineCmd {
     /// block's index, byte offset and blake3 (`--json` for a document).
     Show(ShowArgs),
     /// Write the kept blocks into IMAGE at their offsets: run it on a copy of the current
-    /// volume to see the old primary's version of the overwritten blocks.
+    /// volume to see the old primary's version of the overwritten blocks. A file holding a
+    /// block beyond the old copy's length is refused before anything is written.
     Extract(ExtractArgs),
 }
 
@@ -90,15 +91,22 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
         }
         QuarantineCmd::Extract(a) => {
             let q = quarantine::read(&a.file).map_err(bad_input)?;
-            let bs = u64::from(q.block_size);
+            // Every block within the old copy's length before anything is written.
+            let mut at = Vec::with_capacity(q.blocks.len());
+            for (i, d) in &q.blocks {
+                let offset = q
+                    .block_offset(*i, d.len())
+                    .map_err(|e| bad_input(format!("{}: block {i}: {e}", a.file.display())))?;
+                at.push(offset);
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&a.into)
                 .with_context(|| format!("opening {}", a.into.display()))?;
-            for (i, d) in &q.blocks {
-                f.write_all_at(d, i * bs)
+            for ((i, d), offset) in q.blocks.iter().zip(at) {
+                f.write_all_at(d, offset)
                     .with_context(|| format!("writing block {i} into {}", a.into.display()))?;
             }
             f.sync_all()
