@@ -121,3 +121,39 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn extract_refuses_a_block_beyond_the_old_length_before_writing_anything() {
+        let dir = std::env::temp_dir().join(format!("tandem-qx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vol-epoch3-1.blocks");
+        let mut bytes = quarantine::encode_header(8, 64).to_vec();
+        bytes.extend_from_slice(&quarantine::encode_record(1, &[1; 8]));
+        bytes.extend_from_slice(&quarantine::encode_record(8, &[2; 8]));
+        std::fs::write(&file, &bytes).unwrap();
+        let into = dir.join("copy.img");
+        std::fs::write(&into, vec![0u8; 64]).unwrap();
+        let err = run(QuarantineCmd::Extract(ExtractArgs {
+            file: file.clone(),
+            into: into.clone(),
+        }))
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("vol-epoch3-1.blocks: block 8: out of bounds: offset 64 + length 8"),
+            "{msg}"
+        );
+        assert_eq!(crate::exit::code_of(&err), 2, "bad input");
+        assert_eq!(
+            std::fs::read(&into).unwrap(),
+            vec![0u8; 64],
+            "nothing written"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -109,3 +109,72 @@ fn check_change(c: &Change, seq: Seq, path: &Path, size: u64) -> Result<()> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::journal::NewFrame;
+    use tandem_core::frame::{Encoder, FrameMeta};
+    use tandem_core::ids::{Epoch, GroupId};
+
+    fn append(j: &Journal, changes: &[Change]) {
+        let first = j.next_seq();
+        let bytes = Encoder::new(1)
+            .unwrap()
+            .encode(
+                FrameMeta {
+                    group: GroupId::from_name("g"),
+                    epoch: Epoch(1),
+                    first_seq: first,
+                },
+                changes,
+            )
+            .unwrap();
+        j.append(&[NewFrame {
+            bytes,
+            first_seq: first,
+            last_seq: Seq(first.0 + changes.len() as u64 - 1),
+            oldest_capture_ms: 1,
+        }])
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn replay_refuses_a_frame_past_the_image_before_writing_any_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("vol.img");
+        std::fs::write(&img, vec![5u8; 8192]).unwrap();
+        let paths = HashMap::from([("vol".to_owned(), img.clone())]);
+        for (i, bad) in [
+            Change::write("vol", 8190, vec![1; 4], 0),
+            Change::trim("vol", 4096, 1 << 63, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let j = Journal::open(
+                &dir.path().join(format!("j{i}")),
+                GroupId::from_name("g"),
+                Epoch(1),
+                crate::journal::DEFAULT_SEGMENT_BYTES,
+            )
+            .unwrap();
+            append(&j, &[Change::write("vol", 0, vec![9; 16], 0)]);
+            append(&j, &[Change::write("vol", 16, vec![7; 16], 0), bad]);
+            let err = replay_frames(Arc::new(j), &paths).await.unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ReplicatorError::OutOfBounds { seq: Seq(3), .. })
+                    && msg.contains(&img.display().to_string())
+                    && msg.contains("past the size 8192"),
+                "#{i}: expect a named refusal got {msg}"
+            );
+            let got = std::fs::read(&img).unwrap();
+            assert_eq!(got.len(), 8192, "#{i}: the image keeps its size");
+            assert_eq!(&got[16..32], &[5u8; 16], "#{i}: nothing of the bad frame");
+            // The frame before it was replayed (and is idempotent).
+            assert_eq!(&got[..16], &[9u8; 16], "#{i}");
+        }
+    }
+}
