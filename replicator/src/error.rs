@@ -111,6 +111,23 @@ pub enum ReplicatorError {
         /// What is wrong (order, size, checksum of the reassembled file).
         reason: String,
     },
+    /// A volume write or trim reaching past its resource's size (or overflowing): refused
+    /// before anything of its frame touches a file (live apply), or before the journal replay
+    /// writes it.
+    #[error("{kind} seq {seq} on {resource:?} ({}) refused: {source}", .path.display())]
+    OutOfBounds {
+        /// Seq of the change.
+        seq: Seq,
+        /// `write` or `trim`.
+        kind: &'static str,
+        /// Its resource.
+        resource: String,
+        /// The resource's file.
+        path: PathBuf,
+        /// Its range against the resource's size.
+        #[source]
+        source: crate::bounds::BoundsError,
+    },
     /// A SQLite call on a captured database failed.
     #[error("sqlite {path}: {op}: {reason}")]
     Sqlite {

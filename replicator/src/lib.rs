@@ -12,6 +12,8 @@
 //! - [`receive`]: the replicator's gRPC service: Ship streams, Verify, and the block-source RPCs.
 //! - [`apply`]: [`apply::ReplicaGroup`], applying frames to resource files with the watermark,
 //!   after the pure per-frame checks of [`apply::classify`].
+//! - [`bounds`]: the pure bound every applied change is checked against (its range within
+//!   the resource's size).
 //! - [`merkle`]: merkle trees of blake3 block hashes, their diff and wire form (pure).
 //! - [`scan`]: hashing files into trees, and the `scan` capture source built on it.
 //! - [`scan_capture`]: the `scan` source wired to a group's pipeline, with its durable tree.
@@ -29,6 +31,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod apply;
+pub mod bounds;
 pub mod error;
 pub mod history;
 pub mod journal;

@@ -15,6 +15,7 @@
 //! Blocks that read as all zeros are not kept (a never-written or trimmed block has nothing to
 //! lose); a record's data is shorter than the block size only for the last block of the volume.
 
+use crate::bounds::{block_bounds, BoundsError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,16 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
+    /// The byte offset of kept block `index` holding `len` bytes, after checking they lie
+    /// within the old copy's length ([`crate::bounds`]): what `quarantine extract` asks
+    /// before it writes a block. Pure.
+    ///
+    /// # Errors
+    /// [`BoundsError`] naming the offset, length, end and the old copy's length.
+    pub fn block_offset(&self, index: u64, len: usize) -> Result<u64, BoundsError> {
+        block_bounds(index, u64::from(self.block_size), len as u64, self.length)
+    }
+
     /// The old content of `len` bytes at `offset`, if every block covering them was kept (the
     /// last record of a block wins). Pure.
     pub fn range(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
@@ -340,6 +351,18 @@ mod tests {
         let mut bad = good;
         bad[HEADER_LEN + 8] = 99;
         assert!(decode(&bad).unwrap_err().reason.contains("99 bytes"));
+    }
+
+    #[test]
+    fn a_block_beyond_the_old_length_has_no_offset() {
+        let q = decode(&file(&[(7, vec![7; 8]), (8, vec![8; 1])])).unwrap();
+        assert_eq!(q.block_offset(7, 8), Ok(56));
+        let e = q.block_offset(8, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "out of bounds: offset 64 + length 1 ends at 65, past the size 64"
+        );
+        assert!(q.block_offset(u64::MAX / 4, 8).is_err());
     }
 
     proptest! {

@@ -191,8 +191,17 @@ fn frame(first: u64, changes: &[Change]) -> Vec<u8> {
         .unwrap()
 }
 
+/// Opens the replica group over `dir/vol.img`, created at 64 KiB (as the node creates an
+/// image at its configured size) when missing.
 fn open_vol(dir: &Path) -> ReplicaGroup {
-    let res = HashMap::from([("vol".to_owned(), dir.join("vol.img"))]);
+    let vol = dir.join("vol.img");
+    if !vol.exists() {
+        std::fs::File::create(&vol)
+            .unwrap()
+            .set_len(64 << 10)
+            .unwrap();
+    }
+    let res = HashMap::from([("vol".to_owned(), vol)]);
     ReplicaGroup::open(GROUP, &dir.join("meta"), res).unwrap()
 }
 

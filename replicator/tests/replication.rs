@@ -392,6 +392,60 @@ async fn frame_from_older_epoch_is_refused_fatally_and_fences_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_bounds_changes_from_the_primary_are_refused_and_the_image_keeps_its_size() {
+    let cases = [
+        (
+            "a write past the end",
+            Change::write("vol", VOL - 512, vec![0xee; 1024], 1),
+        ),
+        ("a trim of 2^63 bytes", Change::trim("vol", 0, 1 << 63, 1)),
+    ];
+    for (name, bad) in cases {
+        let pdir = tempfile::tempdir().unwrap();
+        let rdir = tempfile::tempdir().unwrap();
+        // 1. The rightful primary (same epoch as the replica's fence) replicates in-bounds writes.
+        let replica = start_replica(rdir.path(), 0).await;
+        let p = Arc::new(
+            GroupPipeline::open(cfg(pdir.path(), Mode::Async))
+                .await
+                .unwrap(),
+        );
+        let shipper = p.start_shipper(ship_cfg(&replica.url()));
+        submit_all(&p, workload(11, 20), 1).await;
+        wait_caught_up(&p, 30).await;
+        let watermark = replica.group.watermark();
+        assert_eq!(watermark, Seq(20), "{name}");
+        let before = std::fs::read(vol_path(rdir.path())).unwrap();
+        // 2. One frame: an in-bounds write, then the out-of-bounds change.
+        p.submit(vec![Change::write("vol", 0, vec![0x11; 4096], 1), bad])
+            .await
+            .unwrap();
+        // 3. The replica refuses it fatally, naming the reason; the shipper stops.
+        let exit = tokio::time::timeout(Duration::from_secs(10), shipper.join())
+            .await
+            .unwrap();
+        let ShipExit::Fenced(reason) = exit else {
+            panic!("{name}: expect a fatal refusal got {exit:?}");
+        };
+        assert!(
+            reason.contains("out of bounds") && reason.contains("past the size 16777216"),
+            "{name}: {reason}"
+        );
+        assert!(
+            reason.contains("seq 22"),
+            "{name}: names the change: {reason}"
+        );
+        // 4. Nothing of the frame landed: watermark, length and bytes are as before.
+        assert_eq!(replica.group.watermark(), watermark, "{name}");
+        let len = std::fs::metadata(vol_path(rdir.path())).unwrap().len();
+        assert_eq!(len, VOL, "{name}: the image keeps its size");
+        let after = std::fs::read(vol_path(rdir.path())).unwrap();
+        assert!(after == before, "{name}: the image is unchanged");
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_submit_returns_only_once_the_replica_has_it() {
     let pdir = tempfile::tempdir().unwrap();
     let rdir = tempfile::tempdir().unwrap();

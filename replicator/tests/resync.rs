@@ -381,6 +381,46 @@ async fn resync_creates_a_missing_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_refuses_a_source_longer_than_the_target_may_be_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = noise(10, MIB + 1);
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let target = noise(11, MIB);
+    let dst = dir.path().join("target");
+    std::fs::write(&dst, &target).unwrap();
+    let mut client = serve(&src_path, false).await;
+    let options = ResyncOptions {
+        max_length: Some(MIB as u64),
+        ..ResyncOptions::default()
+    };
+    let err = resync::resync(&mut client, "g", "vol", &dst, BS, options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ResyncError::OutOfBounds { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("target: source length: out of bounds")
+            && msg.contains("past the size 1048576"),
+        "{msg}"
+    );
+    assert!(
+        std::fs::read(&dst).unwrap() == target,
+        "the target is untouched"
+    );
+    // At the bound exactly, the resync goes through.
+    let options = ResyncOptions {
+        max_length: Some(MIB as u64 + 1),
+        ..ResyncOptions::default()
+    };
+    resync::resync(&mut client, "g", "vol", &dst, BS, options)
+        .await
+        .unwrap();
+    assert!(std::fs::read(&dst).unwrap() == source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_of_an_unknown_resource_is_not_found_and_not_retryable() {
     let dir = tempfile::tempdir().unwrap();
     let src_path = dir.path().join("source");

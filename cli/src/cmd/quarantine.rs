@@ -18,7 +18,8 @@ pub enum QuarantineCmd {
     /// block's index, byte offset and blake3 (`--json` for a document).
     Show(ShowArgs),
     /// Write the kept blocks into IMAGE at their offsets: run it on a copy of the current
-    /// volume to see the old primary's version of the overwritten blocks.
+    /// volume to see the old primary's version of the overwritten blocks. A file holding a
+    /// block beyond the old copy's length is refused before anything is written.
     Extract(ExtractArgs),
 }
 
@@ -90,15 +91,22 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
         }
         QuarantineCmd::Extract(a) => {
             let q = quarantine::read(&a.file).map_err(bad_input)?;
-            let bs = u64::from(q.block_size);
+            // Every block within the old copy's length before anything is written.
+            let mut at = Vec::with_capacity(q.blocks.len());
+            for (i, d) in &q.blocks {
+                let offset = q
+                    .block_offset(*i, d.len())
+                    .map_err(|e| bad_input(format!("{}: block {i}: {e}", a.file.display())))?;
+                at.push(offset);
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&a.into)
                 .with_context(|| format!("opening {}", a.into.display()))?;
-            for (i, d) in &q.blocks {
-                f.write_all_at(d, i * bs)
+            for ((i, d), offset) in q.blocks.iter().zip(at) {
+                f.write_all_at(d, offset)
                     .with_context(|| format!("writing block {i} into {}", a.into.display()))?;
             }
             f.sync_all()
@@ -111,5 +119,41 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn extract_refuses_a_block_beyond_the_old_length_before_writing_anything() {
+        let dir = std::env::temp_dir().join(format!("tandem-qx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vol-epoch3-1.blocks");
+        let mut bytes = quarantine::encode_header(8, 64).to_vec();
+        bytes.extend_from_slice(&quarantine::encode_record(1, &[1; 8]));
+        bytes.extend_from_slice(&quarantine::encode_record(8, &[2; 8]));
+        std::fs::write(&file, &bytes).unwrap();
+        let into = dir.join("copy.img");
+        std::fs::write(&into, vec![0u8; 64]).unwrap();
+        let err = run(QuarantineCmd::Extract(ExtractArgs {
+            file: file.clone(),
+            into: into.clone(),
+        }))
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("vol-epoch3-1.blocks: block 8: out of bounds: offset 64 + length 8"),
+            "{msg}"
+        );
+        assert_eq!(crate::exit::code_of(&err), 2, "bad input");
+        assert_eq!(
+            std::fs::read(&into).unwrap(),
+            vec![0u8; 64],
+            "nothing written"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

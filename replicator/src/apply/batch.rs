@@ -1,8 +1,9 @@
 //! One batch of frames on the replica, in the durability order of the folder's header: check
-//! each frame ([`classify`], then decode), apply its changes, fdatasync every touched file,
-//! THEN persist the watermark, THEN acknowledge. Blocking file I/O under the group's lock.
+//! each frame ([`classify`], then decode, then every change within its volume's size), apply
+//! its changes, fdatasync every touched file, THEN persist the watermark, THEN acknowledge.
+//! Blocking file I/O under the group's lock.
 
-use super::change::apply_change;
+use super::change::{apply_change, check_bounds};
 use super::classify::{classify, Verdict};
 use super::group::{ReplicaGroup, StreamState};
 use super::state::Inner;
@@ -131,6 +132,17 @@ impl ReplicaGroup {
             }
         };
         stream.awaiting_resend = false;
+        // Every change of the frame within its resource's size before any of it (the fence
+        // included) touches a file.
+        if let Err(e) = check_frame_bounds(inner, &header, &frame.changes, skip) {
+            batch.refusal = Some(Refusal {
+                seq: wm.0 + 1,
+                reason: e.to_string(),
+                resume_from: resume_mark(inner).0 + 1,
+                fatal: true,
+            });
+            return Ok(Flow::Stop);
+        }
         if header.meta.epoch > inner.fence {
             inner.meta.write(&[durable.0, header.meta.epoch.0])?;
             inner.fence = header.meta.epoch;
@@ -192,7 +204,8 @@ impl ReplicaGroup {
                     e @ (ReplicatorError::UnknownResource { .. }
                     | ReplicatorError::UnsupportedChange { .. }
                     | ReplicatorError::BadDbChange { .. }
-                    | ReplicatorError::BadWalChange { .. }),
+                    | ReplicatorError::BadWalChange { .. }
+                    | ReplicatorError::OutOfBounds { .. }),
                 ) => return Ok(Some(e)),
                 Err(e) => return Err(e),
             }
@@ -202,6 +215,23 @@ impl ReplicaGroup {
         }
         Ok(None)
     }
+}
+
+/// Checks the changes of a frame to be applied (from `skip` on) against their volumes' sizes:
+/// an out-of-bounds change refuses the whole frame before anything of it is written. No I/O.
+fn check_frame_bounds(
+    inner: &Inner,
+    header: &FrameHeader,
+    changes: &[Change],
+    skip: u64,
+) -> Result<()> {
+    for (i, c) in changes.iter().enumerate().skip(skip as usize) {
+        let seq = Seq(header.meta.first_seq.0 + i as u64);
+        if !inner.archives.contains_key(&c.resource) {
+            check_bounds(&inner.resources, c, seq)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a batch has done so far: the files it wrote, the refusal to send, whether to

@@ -1,9 +1,10 @@
 //! One change applied to a resource file: a volume write or trim (its old bytes kept in the
 //! history first), a barrier or checkpoint (a recovery point), or a SQLite page or commit
-//! (handed to [`super::sqlite`]). Blocking file I/O.
+//! (handed to [`super::sqlite`]). Blocking file I/O, after the bound of [`check_bounds`].
 
 use super::sqlite::{apply_db_commit, buffer_page, materialised, sqlite_lock_err};
 use super::state::{PendingTxn, Resource};
+use crate::bounds::{change_bounds, volume_range};
 use crate::error::{ReplicatorError, Result};
 use crate::history::{History, RecordKind};
 use std::collections::HashMap;
@@ -35,7 +36,36 @@ fn keep_undo(
     Ok(())
 }
 
-/// Applies one change; returns the resource name when a file was written.
+/// Checks a volume write or trim against its resource's size ([`crate::bounds`]); every
+/// other change (SQLite pages, which a commit may grow, archive chunks, barriers, and changes
+/// the applier refuses for another reason) passes here. No I/O.
+///
+/// # Errors
+/// [`ReplicatorError::OutOfBounds`] naming the seq, resource, file, offset, length, end and
+/// size.
+pub(super) fn check_bounds(
+    resources: &HashMap<String, Resource>,
+    c: &Change,
+    seq: Seq,
+) -> Result<()> {
+    let Some((kind, offset, len)) = volume_range(c) else {
+        return Ok(());
+    };
+    let Some((r, size)) = resources.get(&c.resource).and_then(|r| Some((r, r.size?))) else {
+        return Ok(());
+    };
+    change_bounds(offset, len, size).map_err(|source| ReplicatorError::OutOfBounds {
+        seq,
+        kind,
+        resource: c.resource.clone(),
+        path: r.path.clone(),
+        source,
+    })
+}
+
+/// Applies one change; returns the resource name when a file was written. A volume write or
+/// trim is checked against the volume's size before anything (its undo record included) is
+/// written.
 pub(super) fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
@@ -121,12 +151,14 @@ pub(super) fn apply_change(
             applied?;
         }
         ChangeKind::Write => {
+            check_bounds(resources, c, seq)?;
             keep_undo(history, r, c, seq, c.data.len() as u64)?;
             r.file
                 .write_all_at(&c.data, c.offset)
                 .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?
         }
         ChangeKind::Trim => {
+            check_bounds(resources, c, seq)?;
             keep_undo(history, r, c, seq, c.length)?;
             crate::volume::zero_fill(&r.file, c.offset, c.length, |_, e| {
                 ReplicatorError::io("pwrite zeroes", &r.path, e)

@@ -69,6 +69,11 @@ impl ReplicaGroup {
     /// Opens the group `name` with its metadata in `dir` and its volume resources at the given
     /// paths (created when missing).
     ///
+    /// Each volume's size is its file's length now: the node creates every image at its
+    /// configured size before it opens the group, and a write or trim reaching past that size
+    /// is refused as a fatal frame error (a file created here is empty: every change to it is
+    /// refused).
+    ///
     /// # Errors
     /// [`ReplicatorError::BadMetadata`] or [`ReplicatorError::Io`].
     pub fn open(
@@ -105,6 +110,14 @@ impl ReplicaGroup {
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
             let sqlite = sqlite.contains(&rname);
+            let size = if sqlite {
+                None
+            } else {
+                let meta = file
+                    .metadata()
+                    .map_err(|e| ReplicatorError::io("stat", &path, e))?;
+                Some(meta.len())
+            };
             let (lock, from) = if sqlite {
                 let from =
                     crate::meta::read_meta(&sqlite_from_file(dir, &rname), SQLITE_FROM_MAGIC, 1)?
@@ -119,6 +132,7 @@ impl ReplicaGroup {
                     path,
                     file,
                     sqlite,
+                    size,
                     lock,
                     from,
                 },

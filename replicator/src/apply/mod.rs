@@ -2,7 +2,9 @@
 //! the resource files in seq order, makes them durable, then moves the watermark.
 //!
 //! Order per batch of frames: check each frame ([`classify::classify`], then decode:
-//! decompressed length and blake3), `pwrite` its changes, fdatasync every touched file, THEN
+//! decompressed length and blake3, then every volume write and trim within the volume's size,
+//! [`crate::bounds`]: an out-of-bounds change refuses its whole frame, fatally, before any of
+//! it is written), `pwrite` its changes, fdatasync every touched file, THEN
 //! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
 //! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.

@@ -29,6 +29,12 @@ pub(super) struct Resource {
     pub(super) path: PathBuf,
     pub(super) file: File,
     pub(super) sqlite: bool,
+    /// For a volume: its size, fixed when the group opens (the file's length then; the node
+    /// creates every image at its configured size before). A write or trim reaching past it
+    /// is refused ([`crate::bounds`]). `None` for a SQLite database, which a commit may
+    /// legitimately grow (up to the page count its commit declares, at most 2^32 pages of
+    /// 64 KiB).
+    pub(super) size: Option<u64>,
     /// For a SQLite resource: a connection used only to take SQLite's EXCLUSIVE lock while a
     /// transaction is written, so readers of the replica never see half of one.
     pub(super) lock: Option<rusqlite::Connection>,

@@ -24,10 +24,18 @@ fn enc(group: &str, epoch: u64, first: u64, changes: &[Change]) -> Vec<u8> {
         .unwrap()
 }
 
+/// Size of the test volume (its image is created at this size, as the node does).
+const VOL_SIZE: u64 = 64 << 10;
+
 fn setup() -> (tempfile::TempDir, ReplicaGroup) {
     let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(VOL_SIZE)
+        .unwrap();
     let mut res = HashMap::new();
-    res.insert("vol".to_owned(), dir.path().join("vol.img"));
+    res.insert("vol".to_owned(), vol);
     let g = ReplicaGroup::open("g", &dir.path().join("meta"), res).unwrap();
     (dir, g)
 }
@@ -106,7 +114,8 @@ fn snapshot_copy_holds_what_was_applied_and_does_not_follow_later_frames() {
     assert_eq!(paths, vec![snap.join("vol.img")]);
     let f2 = enc("g", 1, 2, &[Change::write("vol", 0, vec![9; 8], 0)]);
     g.receive_batch(vec![f2], &mut st).unwrap();
-    assert_eq!(std::fs::read(&paths[0]).unwrap(), vec![7; 8]);
+    let copy = std::fs::read(&paths[0]).unwrap();
+    assert_eq!((&copy[..8], copy.len() as u64), (&[7u8; 8][..], VOL_SIZE));
     assert_eq!(g.read_resource("vol", 0, 8).unwrap(), vec![9; 8]);
 }
 
@@ -383,4 +392,74 @@ fn replica_refuses_unknown_resource_fatally() {
     let out = g.receive_batch(vec![f], &mut st).unwrap();
     assert!(refusal(&out).unwrap().fatal);
     assert_eq!(g.watermark(), Seq(0));
+}
+
+#[test]
+fn replica_refuses_out_of_bounds_changes_before_any_of_their_frame_is_written() {
+    let (dir, g) = setup();
+    g.enable_history(
+        &dir.path().join("history"),
+        crate::history::HistoryConfig::new(3_600_000),
+    )
+    .unwrap();
+    let vol = dir.path().join("vol.img");
+    let mut st = StreamState::default();
+    let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![1; 8], 0)]);
+    assert_eq!(acked(&g.receive_batch(vec![f1], &mut st).unwrap()), Some(1));
+    let before = std::fs::read(&vol).unwrap();
+    let history_bytes = g.history_view().unwrap().bytes;
+    // Each frame starts with an in-bounds write that must not land either.
+    let cases = [
+        (
+            Change::write("vol", VOL_SIZE - 2, vec![2; 4], 0),
+            "ends at 65538",
+        ),
+        (
+            Change::write("vol", VOL_SIZE, vec![2; 1], 0),
+            "past the size 65536",
+        ),
+        (
+            Change::trim("vol", 0, 1 << 63, 0),
+            "length 9223372036854775808",
+        ),
+        (Change::trim("vol", u64::MAX, 2, 0), "overflows"),
+    ];
+    for (i, (bad, want)) in cases.into_iter().enumerate() {
+        let mut st = StreamState::default();
+        let f = enc(
+            "g",
+            1,
+            2,
+            &[Change::write("vol", 16, vec![3; 16], 0), bad.clone()],
+        );
+        let out = g.receive_batch(vec![f], &mut st).unwrap();
+        let r = refusal(&out).unwrap();
+        assert!(
+            r.fatal && r.reason.contains("out of bounds") && r.reason.contains(want),
+            "#{i}: expect a fatal out-of-bounds refusal naming {want:?} got {r:?}"
+        );
+        assert!(r.reason.contains("seq 3"), "#{i}: names the change: {r:?}");
+        assert_eq!(acked(&out), None, "#{i}");
+        assert!(st.finished, "#{i}: the stream ends");
+        assert_eq!(g.watermark(), Seq(1), "#{i}: the watermark does not move");
+        assert_eq!(
+            std::fs::read(&vol).unwrap(),
+            before,
+            "#{i}: image unchanged"
+        );
+        assert_eq!(
+            g.history_view().unwrap().bytes,
+            history_bytes,
+            "#{i}: nothing recorded in the history"
+        );
+    }
+    // The fence is not raised by a refused frame either.
+    let f = enc("g", 5, 2, &[Change::write("vol", VOL_SIZE, vec![2; 1], 0)]);
+    g.receive_batch(vec![f], &mut StreamState::default())
+        .unwrap();
+    assert_eq!(g.epoch(), Epoch(1));
+    // The last byte is still writable.
+    let f = enc("g", 1, 2, &[Change::write("vol", VOL_SIZE - 1, vec![4], 0)]);
+    assert_eq!(acked(&g.receive_batch(vec![f], &mut st).unwrap()), Some(2));
+    assert_eq!(std::fs::metadata(&vol).unwrap().len(), VOL_SIZE);
 }

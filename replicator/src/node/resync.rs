@@ -237,7 +237,10 @@ async fn resync_from(
     let mut client = pull.dial().await?;
     let mut seq: Option<u64> = None;
     for r in &g.resources {
-        let ResourceKind::Volume { block_size, .. } = &r.kind else {
+        let ResourceKind::Volume {
+            block_size, size, ..
+        } = &r.kind
+        else {
             continue;
         };
         let Some(path) = rt.topo.resource_path(g, r, &rt.node.site) else {
@@ -248,7 +251,7 @@ async fn resync_from(
                 &mut client,
                 &r.name,
                 &path,
-                block_size.bytes() as u32,
+                (block_size.bytes() as u32, size.bytes()),
                 &mut kept,
             )
             .await?;
@@ -301,14 +304,15 @@ impl Pull<'_> {
             .accept_compressed(tonic::codec::CompressionEncoding::Zstd))
     }
 
-    /// Resyncs volume `resource` (image at `path`) by merkle diff; notes what it quarantined in
-    /// `kept`; returns the primary's watermark taken before it hashed.
+    /// Resyncs volume `resource` (image at `path`, `(block size, configured size)`) by merkle
+    /// diff; notes what it quarantined in `kept`; returns the primary's watermark taken before
+    /// it hashed. A primary whose copy is longer than the configured size is refused.
     async fn volume(
         &self,
         client: &mut ReplicationClient<Channel>,
         resource: &str,
         path: &Path,
-        block_size: u32,
+        (block_size, size): (u32, u64),
         kept: &mut Vec<String>,
     ) -> Result<u64> {
         let (rt, g, started) = (self.rt, self.g, self.started);
@@ -337,6 +341,7 @@ impl Pull<'_> {
                     .join(&g.name)
                     .join(format!("{}-epoch{}-{ms}.blocks", resource, e.0))
             }),
+            max_length: Some(size),
             ..ResyncOptions::default()
         };
         let report = resync::resync(client, &g.name, resource, path, block_size, opts)

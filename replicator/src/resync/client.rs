@@ -6,6 +6,7 @@ use super::compare::{hex, verify};
 use super::error::{io, rpc_err, ResyncError};
 use super::limits::{MAX_BLOCKS_PER_REQUEST, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES};
 use super::options::{ResyncOptions, ResyncReport, ResyncTick};
+use crate::bounds::{block_bounds, change_bounds};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::quarantine::QuarantineWriter;
 use crate::scan;
@@ -129,6 +130,13 @@ pub async fn resync(
     let local = local_task
         .await
         .map_err(|e| ResyncError::Task(e.to_string()))??;
+    if let Some(max) = options.max_length {
+        change_bounds(0, source.length(), max).map_err(|e| ResyncError::OutOfBounds {
+            path: target.to_path_buf(),
+            what: "source length".into(),
+            source: e,
+        })?;
+    }
     let file = Arc::new(open_target(target).await?);
 
     let report = verify(&source, &local)?;
@@ -358,6 +366,7 @@ async fn copy_blocks(
             .into_inner();
         wire += reply.encoded_len() as u64;
         check_blocks(batch, &reply, copy.source, copy.live_source)?;
+        check_block_bounds(&reply, bs, copy.source.length(), &target.path)?;
         if let Some(previous) = writing.take() {
             previous
                 .await
@@ -444,6 +453,27 @@ fn read_back_tree(
     Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
 }
 
+/// Checks every block of a `ReadBlocks` reply lies within the source's length (the target's
+/// length once resynced): a live source's blocks are not checked against its leaves, so
+/// their index and length are the wire's. Pure.
+fn check_block_bounds(
+    reply: &ReadBlocksReply,
+    bs: u64,
+    length: u64,
+    path: &Path,
+) -> Result<(), ResyncError> {
+    for b in &reply.blocks {
+        block_bounds(b.index, bs, b.data.len() as u64, length).map_err(|e| {
+            ResyncError::OutOfBounds {
+                path: path.to_path_buf(),
+                what: format!("block {}", b.index),
+                source: e,
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
 fn check_blocks(
     asked: &[u64],
@@ -506,6 +536,32 @@ mod tests {
         assert!(err.to_string().contains("block 2"), "{err}");
         assert!(check_blocks(&[2, 1], &good, &src, false).is_err());
         assert!(check_blocks(&[1], &good, &src, false).is_err());
+    }
+
+    #[test]
+    fn a_pulled_block_past_the_source_length_is_refused_naming_the_file() {
+        let block = |index, len: usize| Block {
+            index,
+            data: vec![7; len],
+        };
+        let p = Path::new("/data/vol.img");
+        let ok = ReadBlocksReply {
+            blocks: vec![block(0, 4), block(2, 2)],
+        };
+        assert!(check_block_bounds(&ok, 4, 10, p).is_ok());
+        for (i, b) in [block(2, 4), block(3, 1), block(u64::MAX / 2, 4)]
+            .into_iter()
+            .enumerate()
+        {
+            let reply = ReadBlocksReply { blocks: vec![b] };
+            let err = check_block_bounds(&reply, 4, 10, p)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/data/vol.img: block ") && err.contains("out of bounds"),
+                "#{i}: expect a named out-of-bounds refusal got {err}"
+            );
+        }
     }
 
     #[test]

@@ -55,6 +55,18 @@ pub enum ResyncError {
         /// The byte ranges still differing.
         ranges: String,
     },
+    /// The source's copy is longer than the target may be, or a pulled block reaches past the
+    /// source's length: refused before it is written ([`crate::bounds`]).
+    #[error("{}: {what}: {source}", .path.display())]
+    OutOfBounds {
+        /// The target file.
+        path: PathBuf,
+        /// `source length` or `block N`.
+        what: String,
+        /// The range against the size.
+        #[source]
+        source: crate::bounds::BoundsError,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("resync task failed: {0}")]
     Task(String),
@@ -80,7 +92,10 @@ impl ResyncError {
             | ResyncError::RootMismatch { .. }
             | ResyncError::Quarantine(_) => true,
             ResyncError::Scan(e) => e.is_retryable(),
-            ResyncError::BadReply { .. } | ResyncError::Merkle(_) | ResyncError::Task(_) => false,
+            ResyncError::BadReply { .. }
+            | ResyncError::OutOfBounds { .. }
+            | ResyncError::Merkle(_)
+            | ResyncError::Task(_) => false,
         }
     }
 }

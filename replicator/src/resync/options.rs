@@ -76,6 +76,9 @@ pub struct ResyncOptions {
     /// Keep the old content of every block before it is overwritten in this file (see
     /// [`crate::quarantine`]): a failback, where the target is the old primary's copy.
     pub quarantine: Option<PathBuf>,
+    /// The largest length the target may have (a volume's configured size): a source whose
+    /// copy is longer is refused before anything is written. `None`: any length.
+    pub max_length: Option<u64>,
 }
 
 impl std::fmt::Debug for ResyncOptions {
@@ -86,6 +89,7 @@ impl std::fmt::Debug for ResyncOptions {
             .field("full_rehash", &self.full_rehash)
             .field("progress", &self.progress.is_some())
             .field("quarantine", &self.quarantine)
+            .field("max_length", &self.max_length)
             .finish()
     }
 }
@@ -98,6 +102,7 @@ impl Default for ResyncOptions {
             full_rehash: true,
             progress: None,
             quarantine: None,
+            max_length: None,
         }
     }
 }
