@@ -360,6 +360,7 @@ impl Connection {
             return Ok(Negotiated::Closed);
         }
         let client = proto::parse_client_flags(&flags)?;
+        let mut refusals = 0u32;
         loop {
             let mut header = [0u8; proto::OPTION_HEADER_LEN];
             if !self.read_message(&mut header).await? {
@@ -433,8 +434,14 @@ impl Connection {
                             Ok(slot) => Some(slot),
                             Err(refusal) => {
                                 // The client may try again (or abort) in this negotiation;
-                                // the handshake timeout still bounds it.
-                                warn!(peer = %self.peer, export = %request.name, %refusal, "nbd client refused: connection cap reached");
+                                // the handshake timeout still bounds it. One warning per
+                                // connection: a client asking in a loop is not a log flood.
+                                refusals += 1;
+                                if refusals == 1 {
+                                    warn!(peer = %self.peer, export = %request.name, %refusal, "nbd client refused: connection cap reached");
+                                } else {
+                                    debug!(peer = %self.peer, %refusal, refusals, "nbd client refused again");
+                                }
                                 let message = format!("too many connections: {refusal}");
                                 self.stage_option_error(
                                     header.option,
