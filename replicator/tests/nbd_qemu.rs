@@ -934,7 +934,7 @@ async fn client_stalled_mid_handshake_is_dropped_after_the_handshake_timeout() {
 async fn silent_client_in_transmission_is_dropped_after_the_idle_timeout() {
     let timeout = Duration::from_secs(1);
     let margin = Duration::from_secs(3);
-    let server = Server::start_opts(opts(|o| o.idle_timeout = timeout)).await;
+    let server = Server::start_opts(opts(|o| o.idle_timeout = Some(timeout))).await;
     let mut c = Raw::connect(server.addr).await;
     c.go("disk0").await;
     // 1. A client that keeps asking, for twice the idle timeout, is never idle.

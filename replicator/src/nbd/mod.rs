@@ -45,7 +45,7 @@ pub enum NbdError {
     },
     /// A connection in transmission sent no request (or stalled mid-request, or did not read
     /// its reply) for the idle timeout; it was closed and its slot freed.
-    #[error("nbd connection idle for {after:?}; closed")]
+    #[error("nbd connection idle or stalled for {after:?}; closed")]
     IdleTimeout {
         /// The idle timeout.
         after: Duration,

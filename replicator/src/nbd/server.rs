@@ -5,8 +5,10 @@
 //! [`MAX_HANDSHAKES`] handshake places and must reach transmission within
 //! [`HANDSHAKE_TIMEOUT`]; a transmission slot ([`Slots`]: [`MAX_CONNECTIONS`] in all,
 //! [`MAX_CONNECTIONS_PER_PEER`] per peer address) is taken only when the client asks to enter
-//! transmission, so idle or half-open sockets cannot lock real clients out; a connection that
-//! sends no request for [`IDLE_TIMEOUT`] is closed (a request being served is not idle time).
+//! transmission, so idle or half-open sockets cannot lock real clients out; a client that
+//! stalls in the middle of a request for [`STALL_TIMEOUT`] is closed. A connection silent
+//! between requests is kept by default ([`IDLE_TIMEOUT`] is `None`): an attached disk may be
+//! quiet for hours, and the slot caps bound what silent connections can hold.
 //! Memory per connection is bounded: requests are handled in order, so at most one request's
 //! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and it is moved, never copied, on its
 //! way to the backend.
@@ -50,9 +52,17 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// A client that stalls mid-handshake is dropped after this and logged with its address.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a connection in transmission may stay silent (no request; a request being read,
-/// served or answered is not idle) before the server closes it and frees its slot.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection in transmission may stay silent between requests before the server
+/// closes it and frees its slot: by default never. A block device attached through NBD (the
+/// Linux nbd driver, a qemu VM disk) sends no keepalive and may be quiet for hours; closing it
+/// fails the application's next I/O unless its client reconnects. Silent connections are
+/// bounded by [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_PEER`] instead.
+pub const IDLE_TIMEOUT: Option<Duration> = None;
+
+/// How long a client may stall in the middle of a request (its write payload not all sent, or
+/// its reply not read) before the server closes it and frees its slot. Serving a request is
+/// the backend's time, not the client's, and does not count.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long shutdown waits for connections to finish their current request (a backend that
 /// hangs, or a client that stops reading replies) before aborting them.
@@ -67,8 +77,10 @@ const IO_BUFFER: usize = 128 * 1024;
 pub struct ServerOptions {
     /// From `accept` to transmission; see [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// Longest silence in transmission; see [`IDLE_TIMEOUT`].
-    pub idle_timeout: Duration,
+    /// Longest silence between requests (`None`: unbounded); see [`IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
+    /// Longest stall inside a request; see [`STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
     /// Transmission slots in all; see [`MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Transmission slots per peer address; see [`MAX_CONNECTIONS_PER_PEER`].
@@ -82,6 +94,7 @@ impl Default for ServerOptions {
         ServerOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
             max_handshakes: MAX_HANDSHAKES,
@@ -230,8 +243,10 @@ struct Connection {
     writer: BufWriter<OwnedWriteHalf>,
     shutdown: watch::Receiver<bool>,
     out: Vec<u8>,
-    /// Bound on each read and write in transmission ([`ServerOptions::idle_timeout`]).
-    idle_timeout: Duration,
+    /// Bound on the wait for the next request ([`ServerOptions::idle_timeout`]).
+    idle_timeout: Option<Duration>,
+    /// Bound on reading a payload and writing a reply ([`ServerOptions::stall_timeout`]).
+    stall_timeout: Duration,
 }
 
 /// What the negotiation phase ended with.
@@ -263,6 +278,7 @@ async fn handle_connection(
         shutdown,
         out: Vec::with_capacity(256),
         idle_timeout: options.idle_timeout,
+        stall_timeout: options.stall_timeout,
     };
     debug!(%peer, "nbd connection accepted");
     let negotiated =
@@ -480,18 +496,23 @@ impl Connection {
         }
     }
 
-    /// The transmission phase: one request at a time, simple replies. Waiting for a request,
-    /// receiving its payload and sending its reply are each bounded by the idle timeout;
-    /// serving it is not (that is the backend's time, not the client's silence).
+    /// The transmission phase: one request at a time, simple replies. Waiting for a request is
+    /// bounded by the idle timeout (none by default); receiving its payload and sending its
+    /// reply by the stall timeout; serving it is not (that is the backend's time, not the
+    /// client's silence).
     async fn transmit(
         &mut self,
         backend: &dyn VolumeBackend,
         writes: &tandem_core::metrics::Counter,
     ) -> Result<(), NbdError> {
-        let limit = self.idle_timeout;
+        let (idle, limit) = (self.idle_timeout, self.stall_timeout);
         loop {
             let mut raw = [0u8; proto::REQUEST_HEADER_LEN];
-            if !bounded(limit, self.read_message(&mut raw)).await? {
+            let got = match idle {
+                Some(idle) => bounded(idle, self.read_message(&mut raw)).await?,
+                None => self.read_message(&mut raw).await?,
+            };
+            if !got {
                 return Ok(());
             }
             // Bad magic or an oversized write payload: framing cannot continue, close.
