@@ -152,16 +152,38 @@ impl Progress {
     }
 }
 
+/// What a submitter hears once its changes are durable: the seq of its last change, and its
+/// changes back when it asked for them ([`GroupPipeline::journal_and_return`]).
+type Done = oneshot::Sender<Result<(Seq, Vec<Change>)>>;
+
 struct Submission {
     changes: Vec<Change>,
     raw_bytes: u64,
-    done: oneshot::Sender<Result<Seq>>,
+    /// Hand the changes back once durable (the caller still needs their data) instead of
+    /// dropping them once encoded.
+    give_back: bool,
+    done: Done,
 }
+
+/// A submitter waiting for the journal: its channel, the seq of its last change, and the
+/// changes it gets back (empty unless it asked for them).
+type Waiter = (Done, Seq, Vec<Change>);
 
 struct WriteJob {
     frame: NewFrame,
     raw_bytes: u64,
-    waiters: Vec<(oneshot::Sender<Result<Seq>>, Seq)>,
+    waiters: Vec<Waiter>,
+}
+
+/// A submission the pipeline did not journal (see [`GroupPipeline::journal_and_return`]).
+#[derive(Debug)]
+pub struct NotJournaled {
+    /// Why.
+    pub error: ReplicatorError,
+    /// The changes, handed back when they were refused at intake (invalid, fenced, journal
+    /// full: the caller may retry with them); empty when the pipeline had already taken them
+    /// (closed, encode or journal failure: not retried).
+    pub changes: Vec<Change>,
 }
 
 /// State shared by the pipeline, its tasks and its shipper.
@@ -372,17 +394,54 @@ impl GroupPipeline {
     /// # Errors
     /// As [`Self::submit`], except those of waiting for the replica.
     pub async fn submit_journaled(&self, changes: Vec<Change>) -> Result<Seq> {
+        self.intake(changes, false)
+            .await
+            .map(|(seq, _)| seq)
+            .map_err(|refused| refused.error)
+    }
+
+    /// As [`Self::submit_journaled`], and hands the changes back once they are durable in the
+    /// local journal, so that a caller that still needs their data (the NBD write path, which
+    /// writes the image after the journal) moves its buffer through the pipeline instead of
+    /// copying it. The changes are held until the journal append instead of being dropped
+    /// once encoded.
+    ///
+    /// # Errors
+    /// As [`Self::submit_journaled`], in a [`NotJournaled`] that carries the changes back
+    /// when they were refused at intake (so a [`ReplicatorError::JournalFull`] can be retried
+    /// with the same buffers).
+    pub async fn journal_and_return(
+        &self,
+        changes: Vec<Change>,
+    ) -> std::result::Result<(Seq, Vec<Change>), NotJournaled> {
+        self.intake(changes, true).await
+    }
+
+    /// Checks a submission at intake (handing the changes back when refused), queues it for
+    /// the batcher and waits until it is durable in the journal.
+    async fn intake(
+        &self,
+        changes: Vec<Change>,
+        give_back: bool,
+    ) -> std::result::Result<(Seq, Vec<Change>), NotJournaled> {
+        let refuse = |error, changes| Err(NotJournaled { error, changes });
         if changes.is_empty() {
-            return Err(ReplicatorError::InvalidSubmission("no changes".into()));
+            return refuse(
+                ReplicatorError::InvalidSubmission("no changes".into()),
+                changes,
+            );
         }
         let raw: usize = changes.iter().map(Change::encoded_len).sum();
         if raw > MAX_RAW_LEN as usize {
-            return Err(ReplicatorError::InvalidSubmission(format!(
-                "{raw} raw bytes exceed the frame limit {MAX_RAW_LEN}"
-            )));
+            return refuse(
+                ReplicatorError::InvalidSubmission(format!(
+                    "{raw} raw bytes exceed the frame limit {MAX_RAW_LEN}"
+                )),
+                changes,
+            );
         }
         if let Some(e) = self.shared.fenced_error() {
-            return Err(e);
+            return refuse(e, changes);
         }
         let sh = &self.shared;
         let pending = sh.journal.pending_bytes() + sh.queued_bytes.load(Ordering::SeqCst);
@@ -395,10 +454,11 @@ impl GroupPipeline {
                     tracing::warn!(group = %sh.group, pending, max = sh.journal_max, "journal full: refusing intake");
                 }
                 *full = true;
-                return Err(ReplicatorError::JournalFull {
+                let error = ReplicatorError::JournalFull {
                     pending,
                     max: sh.journal_max,
-                });
+                };
+                return refuse(error, changes);
             }
             *full = false;
         }
@@ -406,21 +466,26 @@ impl GroupPipeline {
         sh.queued_bytes.fetch_add(raw as u64, Ordering::SeqCst);
         let (done, wait) = oneshot::channel();
         let closed = || ReplicatorError::Closed(sh.group.clone());
-        let tx = self.tx.as_ref().ok_or_else(closed)?;
-        if tx
-            .send(Submission {
-                changes,
-                raw_bytes: raw as u64,
-                done,
-            })
-            .await
-            .is_err()
-        {
+        let Some(tx) = self.tx.as_ref() else {
             sh.queued_bytes.fetch_sub(raw as u64, Ordering::SeqCst);
-            return Err(closed());
+            return refuse(closed(), changes);
+        };
+        let submission = Submission {
+            changes,
+            raw_bytes: raw as u64,
+            give_back,
+            done,
+        };
+        if let Err(mpsc::error::SendError(back)) = tx.send(submission).await {
+            sh.queued_bytes.fetch_sub(raw as u64, Ordering::SeqCst);
+            return refuse(closed(), back.changes);
         }
         sh.bytes_raw_total.fetch_add(data, Ordering::Relaxed);
-        wait.await.map_err(|_| closed())?
+        let lost = |error| NotJournaled {
+            error,
+            changes: Vec::new(),
+        };
+        wait.await.map_err(|_| lost(closed()))?.map_err(lost)
     }
 
     /// The second half of [`Self::submit`]: in sync mode waits until the replica has `seq`
@@ -740,12 +805,13 @@ async fn batcher_loop(
         }
         let first_seq = next_seq;
         let mut changes = Vec::new();
-        let mut waiters = Vec::with_capacity(batch.len());
+        // (channel, last seq, number of changes, give back?) per submission, in batch order.
+        let mut owners = Vec::with_capacity(batch.len());
         let mut raw_bytes = 0;
         for s in batch {
-            let n = s.changes.len() as u64;
-            next_seq = Seq(next_seq.0 + n);
-            waiters.push((s.done, Seq(next_seq.0 - 1)));
+            let n = s.changes.len();
+            next_seq = Seq(next_seq.0 + n as u64);
+            owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back));
             raw_bytes += s.raw_bytes;
             changes.extend(s.changes);
         }
@@ -758,16 +824,20 @@ async fn batcher_loop(
         let oldest = changes.iter().map(|c| c.captured_ms).min().unwrap_or(0);
         let joined = tokio::task::spawn_blocking(move || {
             let r = enc.encode(meta, &changes);
-            (enc, r)
+            (enc, r, changes)
         })
         .await;
-        let (enc, encoded) = match joined {
+        let (enc, encoded, changes) = match joined {
             Ok(x) => x,
             Err(e) => {
+                let waiters = give_back(owners, Vec::new());
                 fail_waiters(waiters, &ReplicatorError::Task(e.to_string()));
                 break;
             }
         };
+        // Moves (never copies) each change back to the submitter that wants it; the others
+        // are dropped here, once encoded, as before.
+        let waiters = give_back(owners, changes);
         encoder = Some(enc);
         let bytes = match encoded {
             Ok(b) => b,
@@ -795,8 +865,21 @@ async fn batcher_loop(
     }
 }
 
-fn fail_waiters(waiters: Vec<(oneshot::Sender<Result<Seq>>, Seq)>, e: &ReplicatorError) {
-    for (w, _) in waiters {
+/// Splits a batch's changes back among its submitters, in batch order: a submitter that asked
+/// for its changes gets them (moved), the others get an empty list.
+fn give_back(owners: Vec<(Done, Seq, usize, bool)>, changes: Vec<Change>) -> Vec<Waiter> {
+    let mut rest = changes.into_iter();
+    owners
+        .into_iter()
+        .map(|(done, seq, n, wants)| {
+            let mine: Vec<Change> = rest.by_ref().take(n).collect();
+            (done, seq, if wants { mine } else { Vec::new() })
+        })
+        .collect()
+}
+
+fn fail_waiters(waiters: Vec<Waiter>, e: &ReplicatorError) {
+    for (w, _, _) in waiters {
         let _ = w.send(Err(ReplicatorError::Task(e.to_string())));
     }
 }
@@ -828,8 +911,8 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
                     shared.durable_local.send_replace(f.last_seq);
                 }
                 for j in jobs {
-                    for (w, seq) in j.waiters {
-                        let _ = w.send(Ok(seq));
+                    for (w, seq, changes) in j.waiters {
+                        let _ = w.send(Ok((seq, changes)));
                     }
                 }
             }
@@ -843,5 +926,99 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(offset: u64, len: usize, byte: u8) -> Change {
+        Change::write("disk0", offset, vec![byte; len], 0)
+    }
+
+    #[tokio::test]
+    async fn journaled_changes_come_back_without_their_data_being_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = GroupPipeline::open(PipelineConfig::new("g", dir.path()))
+            .await
+            .unwrap();
+        // 4 MiB: the buffer that comes back is the one that went in (same heap address).
+        let change = write(0, 4 << 20, 0xab);
+        let sent = change.data.as_ptr();
+        let (seq, back) = p.journal_and_return(vec![change]).await.unwrap();
+        assert_eq!(seq, Seq(1));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].data.as_ptr(), sent, "the payload was copied");
+        assert!(back[0].data.iter().all(|&b| b == 0xab));
+        // Durable before it came back.
+        assert_eq!(*p.shared.durable_local.borrow(), Seq(1));
+    }
+
+    #[tokio::test]
+    async fn batched_submitters_each_get_their_own_changes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(
+            GroupPipeline::open(PipelineConfig::new("g", dir.path()))
+                .await
+                .unwrap(),
+        );
+        let mut tasks = Vec::new();
+        for i in 0..16u8 {
+            let p = Arc::clone(&p);
+            let give = i % 2 == 0;
+            tasks.push(tokio::spawn(async move {
+                let changes = vec![write(u64::from(i) * 4096, 4096, i); 1 + usize::from(i % 3)];
+                let n = changes.len();
+                let (_, back) = if give {
+                    p.journal_and_return(changes).await.unwrap()
+                } else {
+                    (p.submit_journaled(changes).await.unwrap(), Vec::new())
+                };
+                (i, give, n, back)
+            }));
+        }
+        for t in tasks {
+            let (i, give, n, back) = t.await.unwrap();
+            let want = if give { n } else { 0 };
+            assert_eq!(back.len(), want, "#{i}: expect {want} changes back");
+            for c in back {
+                assert_eq!(c.offset, u64::from(i) * 4096, "#{i}: someone else's change");
+                assert!(c.data.iter().all(|&b| b == i), "#{i}: wrong data");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_refused_by_a_full_journal_comes_back_for_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = PipelineConfig::new("g", dir.path());
+        cfg.journal_max = 64 << 10;
+        let p = GroupPipeline::open(cfg).await.unwrap();
+        // An empty journal takes one submission whatever its size; the next is refused.
+        // Incompressible bytes, so the journal really holds more than its limit.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..128 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let first = Change::write("disk0", 0, noise, 0);
+        p.journal_and_return(vec![first]).await.unwrap();
+        let change = write(0, 4096, 2);
+        let sent = change.data.as_ptr();
+        let Err(refused) = p.journal_and_return(vec![change]).await else {
+            panic!("a write past journal_max was journaled");
+        };
+        assert!(
+            matches!(refused.error, ReplicatorError::JournalFull { .. }),
+            "expect JournalFull got {:?}",
+            refused.error
+        );
+        assert_eq!(refused.changes.len(), 1);
+        assert_eq!(refused.changes[0].data.as_ptr(), sent);
     }
 }

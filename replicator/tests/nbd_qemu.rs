@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_replicator::nbd::proto::{self, Errno, InfoRequest, RequestHeader};
-use tandem_replicator::nbd::{serve, ExportMap};
+use tandem_replicator::nbd::{serve_with, ExportMap, ServerOptions};
 use tandem_replicator::volume::{FileVolume, VolumeBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,10 +30,15 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_opts(ServerOptions::default()).await
+    }
+
+    /// A writable server with these limits.
+    async fn start_opts(options: ServerOptions) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk0.img");
         let volume = Arc::new(FileVolume::create(&path, SIZE).unwrap());
-        Self::start_with(dir, path, volume).await
+        Self::start_with(dir, path, volume, options).await
     }
 
     async fn start_read_only() -> Server {
@@ -43,10 +48,15 @@ impl Server {
         content[..65536].fill(0x5a);
         std::fs::write(&path, &content).unwrap();
         let volume = Arc::new(FileVolume::open(&path, true).unwrap());
-        Self::start_with(dir, path, volume).await
+        Self::start_with(dir, path, volume, ServerOptions::default()).await
     }
 
-    async fn start_with(dir: tempfile::TempDir, path: PathBuf, volume: Arc<FileVolume>) -> Server {
+    async fn start_with(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        volume: Arc<FileVolume>,
+        options: ServerOptions,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut exports = ExportMap::new();
@@ -54,7 +64,7 @@ impl Server {
             .insert("disk0", Arc::clone(&volume) as Arc<dyn VolumeBackend>)
             .unwrap();
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, Arc::new(exports), rx));
+        let task = tokio::spawn(serve_with(listener, Arc::new(exports), options, rx));
         Server {
             addr,
             path,
@@ -430,7 +440,17 @@ struct Raw {
 impl Raw {
     /// Connects and completes the greeting with FIXED_NEWSTYLE | NO_ZEROES.
     async fn connect(addr: SocketAddr) -> Raw {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::greet(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// As [`Raw::connect`], from the loopback address `from` (127.x.y.z): another peer.
+    async fn connect_from(addr: SocketAddr, from: [u8; 4]) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        Self::greet(socket.connect(addr).await.unwrap()).await
+    }
+
+    async fn greet(mut stream: TcpStream) -> Raw {
         let mut greeting = [0u8; proto::GREETING_LEN];
         stream.read_exact(&mut greeting).await.unwrap();
         let flags = proto::parse_greeting(&greeting).unwrap();
@@ -813,4 +833,238 @@ async fn shutdown_closes_idle_connections_and_serve_returns() {
         TcpStream::connect(addr).await.is_err(),
         "listener still open after shutdown"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// Hardening: handshake and idle timeouts, handshake places, transmission slots.
+// ------------------------------------------------------------------------------------------
+
+/// Options with every limit at its default except those the test sets.
+fn opts(f: impl FnOnce(&mut ServerOptions)) -> ServerOptions {
+    let mut o = ServerOptions::default();
+    f(&mut o);
+    o
+}
+
+/// Reads (discarding) until EOF or a reset; returns how long that took, or `None` if the
+/// socket was still open after `limit`.
+async fn eof_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+// Multi-threaded: the server accepts while this thread blocks in `connect` (the listen
+// backlog alone may hold fewer than 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_idle_tcp_connections_do_not_lock_qemu_out() {
+    if !have_qemu("two_hundred_idle_tcp_connections_do_not_lock_qemu_out") {
+        return;
+    }
+    let server = Server::start().await;
+    // 1. Two hundred sockets connect and never send a byte: more than the 128 transmission
+    //    slots, fewer than the 256 handshake places.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 2. qemu-io still gets in, well before the idle sockets' handshake timeout (10 s).
+    let cmds = [
+        "write -P 0xab 0 64k".to_string(),
+        "read -P 0xab 0 64k".to_string(),
+    ];
+    let out = tokio::time::timeout(
+        Duration::from_secs(8),
+        qemu_io(&server.url("disk0"), &[], &cmds),
+    )
+    .await
+    .expect("qemu-io was locked out by 200 idle connections");
+    assert_ok(&out, "qemu-io beside 200 idle connections");
+    assert!(server.file()[..65536].iter().all(|&b| b == 0xab));
+    drop(idle);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_stalled_mid_handshake_is_dropped_after_the_handshake_timeout() {
+    let timeout = Duration::from_secs(1);
+    let margin = Duration::from_secs(3);
+    let server = Server::start_opts(opts(|o| o.handshake_timeout = timeout)).await;
+    // 1. Three clients stall at three points: before the flags, mid-flags, mid-option.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut mid_flags = TcpStream::connect(server.addr).await.unwrap();
+    let mut greeting = [0u8; proto::GREETING_LEN];
+    mid_flags.read_exact(&mut greeting).await.unwrap();
+    mid_flags.write_all(&[0, 0]).await.unwrap();
+    let mut mid_option = Raw::connect(server.addr).await;
+    let mut option = Vec::new();
+    proto::encode_option(proto::OPT_LIST, &[], &mut option);
+    mid_option.stream.write_all(&option[..10]).await.unwrap();
+    // 2. Each is closed by the server after the timeout, not before.
+    let stalled = std::time::Instant::now();
+    for (i, stream) in [&mut silent, &mut mid_flags, &mut mid_option.stream]
+        .into_iter()
+        .enumerate()
+    {
+        eof_within(stream, timeout + margin)
+            .await
+            .unwrap_or_else(|| panic!("#{i}: still open after {:?}", timeout + margin));
+        let took = stalled.elapsed();
+        assert!(
+            took + Duration::from_millis(200) >= timeout,
+            "#{i}: dropped after {took:?}, before the {timeout:?} timeout"
+        );
+    }
+    // 3. A client that completes the handshake in time is served.
+    let mut c = Raw::connect(server.addr).await;
+    c.go("disk0").await;
+    let (err, _) = c.request(proto::CMD_FLUSH, 0, 0, 0, &[]).await;
+    assert_eq!(err, Errno::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_client_in_transmission_is_dropped_after_the_idle_timeout() {
+    let timeout = Duration::from_secs(1);
+    let margin = Duration::from_secs(3);
+    let server = Server::start_opts(opts(|o| o.idle_timeout = Some(timeout))).await;
+    let mut c = Raw::connect(server.addr).await;
+    c.go("disk0").await;
+    // 1. A client that keeps asking, for twice the idle timeout, is never idle.
+    let busy = std::time::Instant::now();
+    let mut last_reply = busy;
+    let mut i = 0u8;
+    while busy.elapsed() < 2 * timeout {
+        tokio::time::sleep(timeout / 4).await;
+        let (err, _) = c
+            .request(proto::CMD_WRITE, 0, u64::from(i) * 4096, 4096, &[i; 4096])
+            .await;
+        last_reply = std::time::Instant::now();
+        assert_eq!(err, Errno::OK, "#{i}: write refused");
+        i += 1;
+    }
+    // 2. Once silent, it is closed after the idle timeout (and not long before).
+    eof_within(&mut c.stream, timeout + margin)
+        .await
+        .expect("silent client still connected after the idle timeout");
+    let took = last_reply.elapsed();
+    assert!(
+        took + Duration::from_millis(200) >= timeout,
+        "closed after {took:?}, before the {timeout:?} idle timeout"
+    );
+    // 3. Its writes were all served.
+    let file = server.file();
+    for j in 0..i {
+        let block = &file[usize::from(j) * 4096..(usize::from(j) + 1) * 4096];
+        assert!(block.iter().all(|&b| b == j), "#{j}: write lost");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_caps_refuse_with_an_nbd_error_and_free_slots_on_close() {
+    let server = Server::start_opts(opts(|o| {
+        o.max_connections = 3;
+        o.max_connections_per_peer = 2;
+    }))
+    .await;
+    let go = |name: &str| {
+        proto::encode_info_request(&InfoRequest {
+            name: name.into(),
+            requests: vec![],
+        })
+    };
+    // 1. 127.0.0.1 takes its two slots.
+    let mut a1 = Raw::connect_from(server.addr, [127, 0, 0, 1]).await;
+    a1.go("disk0").await;
+    let mut a2 = Raw::connect_from(server.addr, [127, 0, 0, 1]).await;
+    a2.go("disk0").await;
+    // 2. A third client from 127.0.0.1 is refused during option haggling (NBD_REP_ERR_POLICY)
+    //    and stays in negotiation; qemu-io from there is refused too.
+    let mut a3 = Raw::connect_from(server.addr, [127, 0, 0, 1]).await;
+    let replies = a3.option(proto::OPT_GO, &go("disk0")).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].0, proto::REP_ERR_POLICY);
+    let message = String::from_utf8_lossy(&replies[0].1).to_string();
+    assert!(message.contains("too many connections"), "{message}");
+    if have_qemu("connection_caps_refuse_with_an_nbd_error_and_free_slots_on_close") {
+        let out = qemu_io(&server.url("disk0"), &["-r"], &["read 0 4k".to_string()]).await;
+        assert!(
+            !out.status.success(),
+            "qemu-io got in over the per-peer cap"
+        );
+    }
+    // 3. Another address still gets in (the cap is per peer): the total is now full.
+    let mut b1 = Raw::connect_from(server.addr, [127, 0, 0, 2]).await;
+    b1.go("disk0").await;
+    // 4. Over the total cap: refused from any address; EXPORT_NAME (no error reply) closes.
+    let mut c1 = Raw::connect_from(server.addr, [127, 0, 0, 3]).await;
+    let replies = c1.option(proto::OPT_GO, &go("disk0")).await;
+    assert_eq!(replies[0].0, proto::REP_ERR_POLICY, "{replies:?}");
+    let mut c2 = Raw::connect_from(server.addr, [127, 0, 0, 3]).await;
+    let mut out = Vec::new();
+    proto::encode_option(proto::OPT_EXPORT_NAME, b"disk0", &mut out);
+    c2.stream.write_all(&out).await.unwrap();
+    assert!(c2.closed().await, "EXPORT_NAME over the cap must close");
+    // 5. A slot holder leaves: the refused client asks again on the same connection and
+    //    gets in.
+    drop(a1);
+    let start = std::time::Instant::now();
+    loop {
+        let replies = a3.option(proto::OPT_GO, &go("disk0")).await;
+        if replies.last().unwrap().0 == proto::REP_ACK {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "slot not freed: {replies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (err, _) = a3.request(proto::CMD_FLUSH, 0, 0, 0, &[]).await;
+    assert_eq!(err, Errno::OK);
+    drop((a2, b1, c1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_places_are_capped_and_freed_by_the_handshake_timeout() {
+    let timeout = Duration::from_secs(1);
+    let server = Server::start_opts(opts(|o| {
+        o.max_handshakes = 4;
+        o.handshake_timeout = timeout;
+    }))
+    .await;
+    // 1. Four silent sockets take the four handshake places (each got its greeting).
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut greeting = [0u8; proto::GREETING_LEN];
+        s.read_exact(&mut greeting).await.unwrap();
+        silent.push(s);
+    }
+    // 2. A fifth is closed at once, before any greeting.
+    let mut fifth = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(timeout / 2, fifth.read_to_end(&mut buf))
+        .await
+        .expect("over the handshake cap: not closed at once");
+    assert!(read.is_err() || buf.is_empty(), "got {} bytes", buf.len());
+    // 3. After the timeout the places are free and a real client gets in.
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            eof_within(s, timeout * 4).await.is_some(),
+            "#{i}: silent socket not dropped"
+        );
+    }
+    let mut c = Raw::connect(server.addr).await;
+    c.go("disk0").await;
+    server.stop().await;
 }

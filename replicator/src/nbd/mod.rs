@@ -3,20 +3,24 @@
 //! journal).
 //!
 //! - [`proto`]: pure wire format (parsers, validation, reply encoders); no I/O.
+//! - [`slots`]: connection admission (total and per-peer caps on transmission slots).
 //! - [`server`]: the TCP server; the only module here that touches sockets.
 
 pub mod proto;
 pub mod server;
+pub mod slots;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::volume::VolumeBackend;
 
-pub use server::serve;
+pub use server::{serve, serve_with, ServerOptions};
+pub use slots::SlotRefusal;
 
 /// Errors of the NBD server and its export table.
 #[derive(Debug, Error)]
@@ -33,6 +37,23 @@ pub enum NbdError {
         /// The requested name.
         name: String,
     },
+    /// The client did not reach transmission within the handshake timeout; it was dropped.
+    #[error("nbd client did not finish the handshake within {after:?}; dropped")]
+    HandshakeTimeout {
+        /// The handshake timeout.
+        after: Duration,
+    },
+    /// A connection in transmission sent no request (or stalled mid-request, or did not read
+    /// its reply) for the idle timeout; it was closed and its slot freed.
+    #[error("nbd connection idle or stalled for {after:?}; closed")]
+    IdleTimeout {
+        /// The idle timeout.
+        after: Duration,
+    },
+    /// The client asked for transmission with every slot it may have taken; with
+    /// `NBD_OPT_EXPORT_NAME` (which cannot carry an error) the connection is closed.
+    #[error("nbd client refused: {0}")]
+    TooManyConnections(SlotRefusal),
     /// An export name given to [`ExportMap::insert`] cannot be served.
     #[error("invalid export name {name:?}: {reason}")]
     InvalidExportName {
@@ -47,7 +68,10 @@ impl NbdError {
     /// Whether a client may succeed by reconnecting (socket trouble), as opposed to a request
     /// that will fail the same way again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, NbdError::Io(_))
+        matches!(
+            self,
+            NbdError::Io(_) | NbdError::IdleTimeout { .. } | NbdError::TooManyConnections(_)
+        )
     }
 }
 

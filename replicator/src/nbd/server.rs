@@ -1,30 +1,68 @@
 //! NBD TCP server: accepts connections, negotiates an export (fixed newstyle), then serves
 //! transmission requests against the export's [`VolumeBackend`], one request at a time.
 //!
+//! Bounds (see [`ServerOptions`]): a socket in the handshake holds one of at most
+//! [`MAX_HANDSHAKES`] handshake places and must reach transmission within
+//! [`HANDSHAKE_TIMEOUT`]; a transmission slot ([`Slots`]: [`MAX_CONNECTIONS`] in all,
+//! [`MAX_CONNECTIONS_PER_PEER`] per peer address) is taken only when the client asks to enter
+//! transmission, so idle or half-open sockets cannot lock real clients out; a client that
+//! stalls in the middle of a request for [`STALL_TIMEOUT`] is closed. A connection silent
+//! between requests is kept by default ([`IDLE_TIMEOUT`] is `None`): an attached disk may be
+//! quiet for hours, and the slot caps bound what silent connections can hold.
 //! Memory per connection is bounded: requests are handled in order, so at most one request's
-//! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and at most [`MAX_CONNECTIONS`]
-//! connections are served at once. Shutdown: when the watch value turns `true` (or its sender
-//! is dropped) the server stops accepting, every connection finishes the request it is
-//! handling, replies, and closes; [`serve`] returns once all connections are gone (or after
-//! [`SHUTDOWN_GRACE`], when the stragglers are aborted).
+//! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and it is moved, never copied, on its
+//! way to the backend.
+//!
+//! Shutdown: when the watch value turns `true` (or its sender is dropped) the server stops
+//! accepting, every connection finishes the request it is handling, replies, and closes;
+//! [`serve`] returns once all connections are gone (or after [`SHUTDOWN_GRACE`], when the
+//! stragglers are aborted).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::proto::{self, ClientOption, Command, Errno};
+use super::slots::{Slot, Slots};
 use super::{ExportMap, NbdError};
 use crate::volume::VolumeBackend;
 
-/// Most connections served at once; further clients wait in the listen backlog.
+/// Most connections in transmission at once (all peers). A client over the cap is refused
+/// during option haggling (`NBD_REP_ERR_POLICY` to `NBD_OPT_GO`; `NBD_OPT_EXPORT_NAME`, which
+/// cannot carry an error, is closed).
 pub const MAX_CONNECTIONS: usize = 128;
+
+/// Most connections in transmission at once from one peer address: one host cannot take every
+/// slot.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+
+/// Most sockets in the handshake at once (accepted, not yet in transmission). Larger than
+/// [`MAX_CONNECTIONS`] because each is short-lived ([`HANDSHAKE_TIMEOUT`]); a socket accepted
+/// over this cap is closed at once, before the greeting.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// How long a client has from `accept` to entering transmission (greeting, flags, options).
+/// A client that stalls mid-handshake is dropped after this and logged with its address.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection in transmission may stay silent between requests before the server
+/// closes it and frees its slot: by default never. A block device attached through NBD (the
+/// Linux nbd driver, a qemu VM disk) sends no keepalive and may be quiet for hours; closing it
+/// fails the application's next I/O unless its client reconnects. Silent connections are
+/// bounded by [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_PEER`] instead.
+pub const IDLE_TIMEOUT: Option<Duration> = None;
+
+/// How long a client may stall in the middle of a request (its write payload not all sent, or
+/// its reply not read) before the server closes it and frees its slot. Serving a request is
+/// the backend's time, not the client's, and does not count.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long shutdown waits for connections to finish their current request (a backend that
 /// hangs, or a client that stops reading replies) before aborting them.
@@ -33,20 +71,64 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Socket buffer size for each direction of a connection.
 const IO_BUFFER: usize = 128 * 1024;
 
-/// Serves `exports` on `listener` until `shutdown` turns true (or its sender is dropped), then
-/// waits for every connection to finish its current request and close.
-///
-/// Accept errors (such as running out of file descriptors) are logged and retried after a
-/// short pause; connection errors are logged and end only that connection.
+/// The limits of one NBD server. [`ServerOptions::default`] is what a replicator serves with
+/// (the constants of this module); tests shorten the timeouts and lower the caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// From `accept` to transmission; see [`HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// Longest silence between requests (`None`: unbounded); see [`IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
+    /// Longest stall inside a request; see [`STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
+    /// Transmission slots in all; see [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Transmission slots per peer address; see [`MAX_CONNECTIONS_PER_PEER`].
+    pub max_connections_per_peer: usize,
+    /// Sockets in the handshake at once; see [`MAX_HANDSHAKES`].
+    pub max_handshakes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
+            max_handshakes: MAX_HANDSHAKES,
+        }
+    }
+}
+
+/// Serves `exports` on `listener` with the default [`ServerOptions`] until `shutdown` turns
+/// true (or its sender is dropped); see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<ExportMap>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with(listener, exports, ServerOptions::default(), shutdown).await;
+}
+
+/// Serves `exports` on `listener` within `options` until `shutdown` turns true (or its sender
+/// is dropped), then waits for every connection to finish its current request and close.
+///
+/// Accept errors (such as running out of file descriptors) are logged and retried after a
+/// short pause; connection errors are logged and end only that connection.
+pub async fn serve_with(
+    listener: TcpListener,
+    exports: Arc<ExportMap>,
+    options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(options.max_handshakes));
+    let slots = Slots::new(options.max_connections, options.max_connections_per_peer);
+    let mut refused = RefusalLog::default();
     let mut tasks = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, exports = exports.len(), "nbd server listening");
+        info!(%addr, exports = exports.len(), ?options, "nbd server listening");
     }
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -54,14 +136,6 @@ pub async fn serve(
                 warn!(error = %e, "nbd connection task panicked");
             }
         }
-        let permit = tokio::select! {
-            biased;
-            () = shutdown_requested(&mut shutdown) => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // the semaphore is never closed; stop if it somehow is
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = shutdown_requested(&mut shutdown) => break,
@@ -69,14 +143,29 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Accept first and close what is over the cap: the backlog never fills with
+                // sockets that would be served after everything already waiting.
+                let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    refused.note(peer, options.max_handshakes);
+                    drop(stream);
+                    continue;
+                };
                 let exports = Arc::clone(&exports);
                 let shutdown = shutdown.clone();
+                let slots = slots.clone();
                 tasks.spawn(async move {
-                    match handle_connection(stream, peer, exports, shutdown).await {
+                    let started = Started {
+                        peer,
+                        options,
+                        handshake,
+                    };
+                    match handle_connection(stream, started, exports, slots, shutdown).await {
                         Ok(()) => debug!(%peer, "nbd connection closed"),
+                        Err(e @ NbdError::IdleTimeout { .. }) => {
+                            info!(%peer, error = %e, "nbd connection closed")
+                        }
                         Err(e) => warn!(%peer, error = %e, "nbd connection ended with an error"),
                     }
-                    drop(permit);
                 });
             }
             Err(e) => {
@@ -108,10 +197,44 @@ pub async fn serve(
     }
 }
 
+/// Logs sockets closed because every handshake place was taken: the first at once, then at
+/// most one line a second with the count (a flood must not become a flood of log lines).
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, limit: usize) {
+        self.unlogged += 1;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            warn!(
+                %peer,
+                refused = self.unlogged,
+                limit,
+                "nbd handshake places all taken: closed new connection(s) before the greeting"
+            );
+            self.last = Some(Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
 /// Resolves once shutdown is requested: the value is true, or the sender is gone.
 async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     // An Err means the sender was dropped: nobody can ever ask us to keep running.
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// What a connection task starts with: who, within which limits, and its handshake place.
+struct Started {
+    peer: SocketAddr,
+    options: ServerOptions,
+    handshake: OwnedSemaphorePermit,
 }
 
 struct Connection {
@@ -120,22 +243,32 @@ struct Connection {
     writer: BufWriter<OwnedWriteHalf>,
     shutdown: watch::Receiver<bool>,
     out: Vec<u8>,
+    /// Bound on the wait for the next request ([`ServerOptions::idle_timeout`]).
+    idle_timeout: Option<Duration>,
+    /// Bound on reading a payload and writing a reply ([`ServerOptions::stall_timeout`]).
+    stall_timeout: Duration,
 }
 
 /// What the negotiation phase ended with.
 enum Negotiated {
-    /// Enter transmission on this export (name, backend).
-    Export(String, Arc<dyn VolumeBackend>),
+    /// Enter transmission on this export (name, backend), holding this slot.
+    Export(String, Arc<dyn VolumeBackend>, Slot),
     /// The client aborted, closed, or the server is shutting down.
     Closed,
 }
 
 async fn handle_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    started: Started,
     exports: Arc<ExportMap>,
+    slots: Slots,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NbdError> {
+    let Started {
+        peer,
+        options,
+        handshake,
+    } = started;
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let mut conn = Connection {
@@ -144,23 +277,38 @@ async fn handle_connection(
         writer: BufWriter::with_capacity(IO_BUFFER, w),
         shutdown,
         out: Vec::with_capacity(256),
+        idle_timeout: options.idle_timeout,
+        stall_timeout: options.stall_timeout,
     };
     debug!(%peer, "nbd connection accepted");
-    let result = match conn.negotiate(&exports).await {
-        Ok(Negotiated::Export(name, backend)) => {
+    let negotiated =
+        tokio::time::timeout(options.handshake_timeout, conn.negotiate(&exports, &slots))
+            .await
+            .unwrap_or(Err(NbdError::HandshakeTimeout {
+                after: options.handshake_timeout,
+            }));
+    // The handshake place is free again whatever the outcome.
+    drop(handshake);
+    let result = match negotiated {
+        Ok(Negotiated::Export(name, backend, slot)) => {
             let writes = tandem_core::metrics::global().counter(
                 "tandem_nbd_writes_total",
                 "NBD write and write-zeroes requests completed successfully, per export.",
                 &[("export", &name)],
             );
-            conn.transmit(backend.as_ref(), &writes).await
+            let served = conn.transmit(backend.as_ref(), &writes).await;
+            drop(slot);
+            served
         }
         Ok(Negotiated::Closed) => Ok(()),
         Err(e) => Err(e),
     };
-    // Best effort: the client may already be gone.
-    let _ = conn.writer.flush().await;
-    let _ = conn.writer.shutdown().await;
+    // Best effort and bounded: the client may already be gone, or may not read.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = conn.writer.flush().await;
+        let _ = conn.writer.shutdown().await;
+    })
+    .await;
     result
 }
 
@@ -214,8 +362,13 @@ impl Connection {
         );
     }
 
-    /// The handshake and option haggling (fixed newstyle).
-    async fn negotiate(&mut self, exports: &ExportMap) -> Result<Negotiated, NbdError> {
+    /// The handshake and option haggling (fixed newstyle). A transmission slot is taken only
+    /// here, when the client asks to enter transmission on an export that exists.
+    async fn negotiate(
+        &mut self,
+        exports: &ExportMap,
+        slots: &Slots,
+    ) -> Result<Negotiated, NbdError> {
         proto::encode_greeting(&mut self.out);
         self.send_out().await?;
         let mut flags = [0u8; 4];
@@ -223,6 +376,7 @@ impl Connection {
             return Ok(Negotiated::Closed);
         }
         let client = proto::parse_client_flags(&flags)?;
+        let mut refusals = 0u32;
         loop {
             let mut header = [0u8; proto::OPTION_HEADER_LEN];
             if !self.read_message(&mut header).await? {
@@ -249,6 +403,10 @@ impl Connection {
                     let Some(backend) = exports.get(&name) else {
                         return Err(NbdError::UnknownExport { name });
                     };
+                    // EXPORT_NAME cannot be answered with an error: over a cap, close.
+                    let slot = slots
+                        .try_take(self.peer.ip())
+                        .map_err(NbdError::TooManyConnections)?;
                     let flags =
                         proto::transmission_flags(backend.writable(), backend.can_multi_conn());
                     proto::encode_export_name_reply(
@@ -259,7 +417,7 @@ impl Connection {
                     );
                     self.send_out().await?;
                     info!(peer = %self.peer, export = %name, "nbd client entered transmission");
-                    return Ok(Negotiated::Export(name, Arc::clone(backend)));
+                    return Ok(Negotiated::Export(name, Arc::clone(backend), slot));
                 }
                 ClientOption::Abort => {
                     proto::encode_option_reply(
@@ -287,6 +445,32 @@ impl Connection {
                         self.send_out().await?;
                         continue;
                     };
+                    let slot = if go {
+                        match slots.try_take(self.peer.ip()) {
+                            Ok(slot) => Some(slot),
+                            Err(refusal) => {
+                                // The client may try again (or abort) in this negotiation;
+                                // the handshake timeout still bounds it. One warning per
+                                // connection: a client asking in a loop is not a log flood.
+                                refusals += 1;
+                                if refusals == 1 {
+                                    warn!(peer = %self.peer, export = %request.name, %refusal, "nbd client refused: connection cap reached");
+                                } else {
+                                    debug!(peer = %self.peer, %refusal, refusals, "nbd client refused again");
+                                }
+                                let message = format!("too many connections: {refusal}");
+                                self.stage_option_error(
+                                    header.option,
+                                    proto::REP_ERR_POLICY,
+                                    &message,
+                                );
+                                self.send_out().await?;
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let flags =
                         proto::transmission_flags(backend.writable(), backend.can_multi_conn());
                     proto::encode_info_export(header.option, backend.size(), flags, &mut self.out);
@@ -299,9 +483,9 @@ impl Connection {
                     }
                     proto::encode_option_reply(header.option, proto::REP_ACK, &[], &mut self.out);
                     self.send_out().await?;
-                    if go {
+                    if let Some(slot) = slot {
                         info!(peer = %self.peer, export = %request.name, "nbd client entered transmission");
-                        return Ok(Negotiated::Export(request.name, Arc::clone(backend)));
+                        return Ok(Negotiated::Export(request.name, Arc::clone(backend), slot));
                     }
                 }
                 ClientOption::Unsupported(option) => {
@@ -312,23 +496,33 @@ impl Connection {
         }
     }
 
-    /// The transmission phase: one request at a time, simple replies.
+    /// The transmission phase: one request at a time, simple replies. Waiting for a request is
+    /// bounded by the idle timeout (none by default); receiving its payload and sending its
+    /// reply by the stall timeout; serving it is not (that is the backend's time, not the
+    /// client's silence).
     async fn transmit(
         &mut self,
         backend: &dyn VolumeBackend,
         writes: &tandem_core::metrics::Counter,
     ) -> Result<(), NbdError> {
+        let (idle, limit) = (self.idle_timeout, self.stall_timeout);
         loop {
             let mut raw = [0u8; proto::REQUEST_HEADER_LEN];
-            if !self.read_message(&mut raw).await? {
+            let got = match idle {
+                Some(idle) => bounded(idle, self.read_message(&mut raw)).await?,
+                None => self.read_message(&mut raw).await?,
+            };
+            if !got {
                 return Ok(());
             }
             // Bad magic or an oversized write payload: framing cannot continue, close.
             let header = proto::parse_request_header(&raw)?;
+            // The payload is read into its own buffer and moved from here to the backend
+            // (and by `GroupVolume` into the journal and back to the image): never copied.
             let mut data = Vec::new();
             if header.payload_len() > 0 {
                 data = vec![0u8; header.payload_len()];
-                if !self.read_rest(&mut data).await? {
+                if !bounded(limit, self.read_rest(&mut data)).await? {
                     return Ok(());
                 }
             }
@@ -337,7 +531,7 @@ impl Connection {
                 Ok(command) => command,
                 Err(errno) => {
                     debug!(peer = %self.peer, ?header, ?errno, "request refused");
-                    self.reply(header.handle, Err(errno)).await?;
+                    bounded(limit, self.reply(header.handle, Err(errno))).await?;
                     continue;
                 }
             };
@@ -351,7 +545,7 @@ impl Connection {
                 // Durable (and, in sync mode, at the replica) but not yet answered.
                 tandem_core::fault::check("primary-before-ack").map_err(NbdError::Io)?;
             }
-            self.reply(header.handle, result).await?;
+            bounded(limit, self.reply(header.handle, result)).await?;
         }
     }
 
@@ -371,6 +565,17 @@ impl Connection {
         self.writer.flush().await?;
         Ok(())
     }
+}
+
+/// Runs `io` (a read or write of the socket in transmission), failing with
+/// [`NbdError::IdleTimeout`] if it makes no end within `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = Result<T, NbdError>>,
+) -> Result<T, NbdError> {
+    tokio::time::timeout(limit, io)
+        .await
+        .unwrap_or(Err(NbdError::IdleTimeout { after: limit }))
 }
 
 /// Runs one validated command; returns the read data (empty for other commands).

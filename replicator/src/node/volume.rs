@@ -5,7 +5,7 @@
 use super::lease::RoleCell;
 use super::lock::RangeGuard;
 use crate::error::ReplicatorError;
-use crate::pipeline::GroupPipeline;
+use crate::pipeline::{GroupPipeline, NotJournaled};
 use crate::volume::{FileVolume, VolumeBackend, VolumeError};
 use std::sync::Arc;
 use tandem_core::clock::{Clock, SystemClock};
@@ -49,6 +49,8 @@ pub(super) fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
 pub(super) struct Admitted<'a> {
     pub(super) guards: (tokio::sync::RwLockReadGuard<'a, ()>, RangeGuard<'a>),
     pub(super) journaled: Journaled,
+    /// The journaled change, handed back by the pipeline: its data is what the image gets.
+    pub(super) change: Change,
 }
 
 /// A change durable in the local journal, not yet acknowledged to the client.
@@ -71,43 +73,47 @@ impl Journaled {
 }
 
 impl GroupVolume {
-    /// Journals the change of bytes `[start, end)` (made by `make`) and returns the guards
-    /// under which the caller writes the image. A full journal overflows (see
-    /// [`RoleCell::overflow`]) and the change is journaled again.
+    /// Journals `change` (of bytes `[start, end)`) and returns the guards under which the
+    /// caller writes the image, with the change handed back (its buffer moved through the
+    /// pipeline, not copied). A full journal overflows (see [`RoleCell::overflow`]) and the
+    /// same change, re-stamped, is journaled again.
     pub(super) async fn admit(
         &self,
         start: u64,
         end: u64,
-        make: &(dyn Fn() -> Change + Send + Sync),
+        mut change: Change,
     ) -> std::result::Result<Admitted<'_>, VolumeError> {
         let mut tries = 0;
         loop {
             let g = self.role.inflight.read().await;
             let r = self.role.ranges.lock(&self.resource, start, end).await;
-            match self.capture(make()).await {
-                Ok(journaled) => {
+            match self.capture(change).await {
+                Ok((journaled, change)) => {
                     return Ok(Admitted {
                         guards: (g, r),
                         journaled,
+                        change,
                     })
                 }
-                Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                Err(CaptureError::JournalFull(e, back)) if tries < 3 => {
                     drop((r, g));
                     tries += 1;
                     if !self.role.overflow().await? {
                         return Err(e);
                     }
+                    change = *back;
+                    change.captured_ms = self.clock.now_ms();
                 }
-                Err(CaptureError::JournalFull(e) | CaptureError::Other(e)) => return Err(e),
+                Err(CaptureError::JournalFull(e, _) | CaptureError::Other(e)) => return Err(e),
             }
         }
     }
 
-    /// Journals one change through the lease gate.
+    /// Journals one change through the lease gate; returns it back once durable.
     pub(super) async fn capture(
         &self,
         change: Change,
-    ) -> std::result::Result<Journaled, CaptureError> {
+    ) -> std::result::Result<(Journaled, Change), CaptureError> {
         if !self.role.writable() {
             return Err(refused(
                 &self.resource,
@@ -119,20 +125,30 @@ impl GroupVolume {
             .role
             .pipeline()
             .ok_or_else(|| refused(&self.resource, "no pipeline"))?;
-        match p.submit_journaled(vec![change]).await {
-            Ok(seq) => Ok(Journaled {
-                pipeline: p,
-                seq,
-                resource: self.resource.clone(),
-            }),
-            Err(e) => {
-                let full = matches!(e, ReplicatorError::JournalFull { .. });
-                let e = backend_err(&self.resource, e);
-                Err(if full {
-                    CaptureError::JournalFull(e)
-                } else {
-                    CaptureError::Other(e)
-                })
+        match p.journal_and_return(vec![change]).await {
+            Ok((seq, mut back)) => {
+                let change = back.pop().ok_or_else(|| VolumeError::Backend {
+                    what: format!(
+                        "{}: the journal did not hand the change back",
+                        self.resource
+                    ),
+                    retryable: false,
+                    errno: crate::nbd::proto::Errno::EIO,
+                })?;
+                let journaled = Journaled {
+                    pipeline: p,
+                    seq,
+                    resource: self.resource.clone(),
+                };
+                Ok((journaled, change))
+            }
+            Err(NotJournaled { error, mut changes }) => {
+                let full = matches!(error, ReplicatorError::JournalFull { .. });
+                let e = backend_err(&self.resource, error);
+                match changes.pop() {
+                    Some(change) if full => Err(CaptureError::JournalFull(e, Box::new(change))),
+                    _ => Err(CaptureError::Other(e)),
+                }
             }
         }
     }
@@ -140,8 +156,9 @@ impl GroupVolume {
 
 /// Why a change was not journaled.
 pub(super) enum CaptureError {
-    /// The journal is at its limit (the group may overflow and retry).
-    JournalFull(VolumeError),
+    /// The journal is at its limit (the group may overflow and retry with the change, which
+    /// comes back here).
+    JournalFull(VolumeError, Box<Change>),
     /// Anything else.
     Other(VolumeError),
 }
@@ -155,7 +172,7 @@ impl From<VolumeError> for CaptureError {
 impl From<CaptureError> for VolumeError {
     fn from(e: CaptureError) -> Self {
         match e {
-            CaptureError::JournalFull(e) | CaptureError::Other(e) => e,
+            CaptureError::JournalFull(e, _) | CaptureError::Other(e) => e,
         }
     }
 }
@@ -177,8 +194,11 @@ impl VolumeBackend for GroupVolume {
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(data.len() as u64);
-        let make = || Change::write(&self.resource, offset, data.clone(), self.clock.now_ms());
-        let admitted = self.admit(offset, end, &make).await?;
+        // The buffer moves into the change, through the journal, and back for the image
+        // write: one copy of the payload in memory, never two (the journal is durable first).
+        let change = Change::write(&self.resource, offset, data, self.clock.now_ms());
+        let mut admitted = self.admit(offset, end, change).await?;
+        let data = std::mem::take(&mut admitted.change.data);
         self.file.write(offset, data, fua).await?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
@@ -186,8 +206,8 @@ impl VolumeBackend for GroupVolume {
 
     async fn trim(&self, offset: u64, len: u32) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(u64::from(len));
-        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        let admitted = self.admit(offset, end, &make).await?;
+        let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, change).await?;
         self.file.trim(offset, len).await?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
@@ -200,8 +220,8 @@ impl VolumeBackend for GroupVolume {
         fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(u64::from(len));
-        let make = || Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        let admitted = self.admit(offset, end, &make).await?;
+        let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
+        let admitted = self.admit(offset, end, change).await?;
         self.file.write_zeroes(offset, len, fua).await?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
@@ -216,8 +236,8 @@ impl VolumeBackend for GroupVolume {
                     .capture(Change::barrier(&self.resource, self.clock.now_ms()))
                     .await
                 {
-                    Ok(j) => break j,
-                    Err(CaptureError::JournalFull(e)) if tries < 3 => {
+                    Ok((j, _)) => break j,
+                    Err(CaptureError::JournalFull(e, _)) if tries < 3 => {
                         drop(g);
                         tries += 1;
                         if !self.role.overflow().await? {
