@@ -126,7 +126,7 @@ pub enum ReplicatorError {
         path: PathBuf,
         /// Its range against the resource's size.
         #[source]
-        source: crate::bounds::BoundsError,
+        source: Box<crate::bounds::BoundsError>,
     },
     /// A SQLite call on a captured database failed.
     #[error("sqlite {path}: {op}: {reason}")]

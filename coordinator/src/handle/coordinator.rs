@@ -6,7 +6,7 @@
 use super::drivers::Drivers;
 use super::live::{Live, LiveGroup};
 use crate::raft::{RaftError, RaftHandle, StateMachine};
-use crate::state::{self, ClusterSettings, Command, GroupSpec, Mode, SiteSpec, State};
+use crate::state::{self, ClusterSettings, Command, GroupSpec, SiteSpec, State};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -210,10 +210,7 @@ impl Coordinator {
                 name: g.name.clone(),
                 primary: g.primary.clone(),
                 replica: g.replica.clone(),
-                mode: match g.mode {
-                    tandem_core::config::Mode::Sync => Mode::Sync,
-                    tandem_core::config::Mode::Async => Mode::Async,
-                },
+                mode: g.mode,
                 rpo_target_ms: g.rpo_target.as_millis(),
                 allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             })

@@ -4,7 +4,7 @@
 
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::{Live, LiveGroup};
-use crate::state::{self, LeaseStatus as StLease, Mode, SiteStatus, State};
+use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::status::{
     CertStatus, ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
     SiteStatus as StSite, TlsStatus,
@@ -154,10 +154,7 @@ fn group_status(
         primary: g.primary_site.clone(),
         replica: g.replica_site.clone(),
         epoch: g.epoch.0,
-        mode: match g.mode {
-            Mode::Sync => "sync".into(),
-            Mode::Async => "async".into(),
-        },
+        mode: g.mode.to_string(),
         state: g.state.as_str().into(),
         reason: group_reason(g, &lg, fresh),
         rpo_ms,

@@ -59,7 +59,7 @@ pub(super) fn check_bounds(
         kind,
         resource: c.resource.clone(),
         path: r.path.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 

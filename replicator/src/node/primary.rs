@@ -13,7 +13,7 @@ use super::runtime::{GroupRt, NodeRt, RoleState};
 use super::transitions::stop_role;
 use crate::error::{ReplicatorError, Result};
 use crate::journal::Journal;
-use crate::pipeline::{GroupPipeline, Mode, PipelineConfig};
+use crate::pipeline::{GroupPipeline, PipelineConfig};
 use crate::ship::{ShipConfig, ShipperHandle};
 use std::path::Path;
 use std::sync::Arc;
@@ -148,10 +148,7 @@ async fn open_pipeline(
             net: rt.me.net.clone(),
         }));
     }
-    cfg.mode = match g.cfg.mode {
-        tandem_core::config::Mode::Sync => Mode::Sync,
-        tandem_core::config::Mode::Async => Mode::Async,
-    };
+    cfg.mode = g.cfg.mode;
     Ok(Arc::new(GroupPipeline::open(cfg).await?))
 }
 

@@ -106,7 +106,7 @@ fn check_change(c: &Change, seq: Seq, path: &Path, size: u64) -> Result<()> {
         kind,
         resource: c.resource.clone(),
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 

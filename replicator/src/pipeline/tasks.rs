@@ -1,0 +1,225 @@
+//! The pipeline's tasks: the batcher (assigns seqs, batches, encodes off the reactor), the one
+//! journal writer thread (one append = one fdatasync, then every waiter), and the loop that
+//! brings the coordinators' view of a sync degradation in line with the pipeline's.
+
+use crate::error::ReplicatorError;
+use crate::journal::NewFrame;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_core::frame::{Change, Encoder, FrameMeta, MAX_RAW_LEN};
+use tandem_core::ids::Seq;
+use tokio::sync::mpsc;
+
+use super::config::SyncConsent;
+use super::shared::{Done, Shared, Submission, Waiter, WriteJob};
+
+/// Brings the coordinators' view of the degradation in line with what the pipeline wants,
+/// one question at a time, retrying refusals and unreachable coordinators, until shutdown.
+pub(super) async fn consent_loop(sh: Arc<Shared>, consent: Arc<dyn SyncConsent>) {
+    let mut wanted = sh.degrade_wanted.subscribe();
+    let mut shutdown = sh.shutdown.subscribe();
+    let mut failures = 0u32;
+    loop {
+        let want = *wanted.borrow_and_update();
+        if want == *sh.degrade_granted.borrow() {
+            tokio::select! {
+                r = wanted.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let asked = tokio::select! {
+            r = consent.ask(sh.epoch(), want) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match asked {
+            Ok(()) => {
+                failures = 0;
+                tracing::info!(group = %sh.group, degraded = want, "coordinators committed the sync degradation change");
+                sh.degrade_granted.send_replace(want);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(group = %sh.group, degraded = want, failures, "coordinators did not commit the sync degradation change: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn batcher_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Submission>,
+    wtx: mpsc::Sender<WriteJob>,
+    encoder: Encoder,
+    mut next_seq: Seq,
+    max_bytes: usize,
+    max_delay: Duration,
+) {
+    let mut encoder = Some(encoder);
+    let mut carry: Option<Submission> = None;
+    loop {
+        let first = match carry.take() {
+            Some(s) => s,
+            None => match rx.recv().await {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let mut bytes = first.raw_bytes as usize;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while bytes < max_bytes {
+            let next = match rx.try_recv() {
+                Ok(s) => Some(s),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if max_delay.is_zero() || shared.inflight_frames.load(Ordering::SeqCst) == 0 {
+                        None
+                    } else {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                }
+            };
+            let Some(s) = next else { break };
+            if bytes + s.raw_bytes as usize > MAX_RAW_LEN as usize {
+                carry = Some(s);
+                break;
+            }
+            bytes += s.raw_bytes as usize;
+            batch.push(s);
+        }
+        let first_seq = next_seq;
+        let mut changes = Vec::new();
+        // (channel, last seq, number of changes, give back?) per submission, in batch order.
+        let mut owners = Vec::with_capacity(batch.len());
+        let mut raw_bytes = 0;
+        for s in batch {
+            let n = s.changes.len();
+            next_seq = Seq(next_seq.0 + n as u64);
+            owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back));
+            raw_bytes += s.raw_bytes;
+            changes.extend(s.changes);
+        }
+        let meta = FrameMeta {
+            group: shared.group_id,
+            epoch: shared.epoch(),
+            first_seq,
+        };
+        let Some(mut enc) = encoder.take() else { break };
+        let oldest = changes.iter().map(|c| c.captured_ms).min().unwrap_or(0);
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = enc.encode(meta, &changes);
+            (enc, r, changes)
+        })
+        .await;
+        let (enc, encoded, changes) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                let waiters = give_back(owners, Vec::new());
+                fail_waiters(waiters, &ReplicatorError::Task(e.to_string()));
+                break;
+            }
+        };
+        // Moves (never copies) each change back to the submitter that wants it; the others
+        // are dropped here, once encoded, as before.
+        let waiters = give_back(owners, changes);
+        encoder = Some(enc);
+        let bytes = match encoded {
+            Ok(b) => b,
+            Err(e) => {
+                next_seq = first_seq;
+                shared.queued_bytes.fetch_sub(raw_bytes, Ordering::SeqCst);
+                fail_waiters(waiters, &ReplicatorError::Frame(e));
+                continue;
+            }
+        };
+        shared.inflight_frames.fetch_add(1, Ordering::SeqCst);
+        let job = WriteJob {
+            frame: NewFrame {
+                bytes,
+                first_seq,
+                last_seq: Seq(next_seq.0 - 1),
+                oldest_capture_ms: oldest,
+            },
+            raw_bytes,
+            waiters,
+        };
+        if wtx.send(job).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Splits a batch's changes back among its submitters, in batch order: a submitter that asked
+/// for its changes gets them (moved), the others get an empty list.
+fn give_back(owners: Vec<(Done, Seq, usize, bool)>, changes: Vec<Change>) -> Vec<Waiter> {
+    let mut rest = changes.into_iter();
+    owners
+        .into_iter()
+        .map(|(done, seq, n, wants)| {
+            let mine: Vec<Change> = rest.by_ref().take(n).collect();
+            (done, seq, if wants { mine } else { Vec::new() })
+        })
+        .collect()
+}
+
+fn fail_waiters(waiters: Vec<Waiter>, e: &ReplicatorError) {
+    for (w, _, _) in waiters {
+        let _ = w.send(Err(ReplicatorError::Task(e.to_string())));
+    }
+}
+
+pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>) {
+    while let Some(job) = rx.blocking_recv() {
+        let mut jobs = vec![job];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let frames: Vec<NewFrame> = jobs
+            .iter_mut()
+            .map(|j| NewFrame {
+                bytes: std::mem::take(&mut j.frame.bytes),
+                first_seq: j.frame.first_seq,
+                last_seq: j.frame.last_seq,
+                oldest_capture_ms: j.frame.oldest_capture_ms,
+            })
+            .collect();
+        let result = shared.journal.append(&frames);
+        let raw: u64 = jobs.iter().map(|j| j.raw_bytes).sum();
+        shared.queued_bytes.fetch_sub(raw, Ordering::SeqCst);
+        shared
+            .inflight_frames
+            .fetch_sub(jobs.len(), Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                if let Some(f) = frames.last() {
+                    shared.durable_local.send_replace(f.last_seq);
+                }
+                for j in jobs {
+                    for (w, seq, changes) in j.waiters {
+                        let _ = w.send(Ok((seq, changes)));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(group = %shared.group, error = %e, "journal append failed");
+                shared.fence(format!("journal append failed: {e}"));
+                for j in jobs {
+                    fail_waiters(j.waiters, &e);
+                }
+                // Seqs are now out of step with the journal: stop taking work.
+                break;
+            }
+        }
+    }
+}
