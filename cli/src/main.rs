@@ -69,7 +69,7 @@ enum Command {
     /// Build a group's resources as they were at a point in time into a folder at the replica
     /// site (replication continues); prints time, seq and merkle roots; audited.
     Recover(cmd::pitr::RecoverArgs),
-    /// Compare merkle roots of a group's volumes on primary and replica at a barrier.
+    /// Compare a group's copies on primary and replica: volumes chunk by chunk at barriers.
     Verify(cmd::verify::Args),
     /// Resync a group's replica from the primary by merkle diff, with a progress bar
     /// (joins a resync already running: initial sync, a returning site, a journal overflow).

@@ -130,7 +130,10 @@ pub(crate) fn check_steps(
     let has_check = steps
         .iter()
         .any(|p| p.step.action.kind() == ActionKind::Check && !p.step.handler);
-    let all_parsed = steps.len() == known_ids.len();
+    // Every step id of the file parsed (a broken step might have been the check). Ids, not
+    // step counts: duplicate ids must not turn the rule off.
+    let parsed_ids: HashSet<&str> = steps.iter().map(|p| p.step.id.as_str()).collect();
+    let all_parsed = parsed_ids.len() == known_ids.len();
     if !has_check && all_parsed && !steps.is_empty() {
         out.push(
             map.diagnostic(

@@ -54,7 +54,8 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
                     .blocks
                     .iter()
                     .map(|(i, d)| {
-                        serde_json::json!({"index": i, "offset": i * bs, "length": d.len(),
+                        // A crafted index may not have a byte offset (null): shown, never wrapped.
+                        serde_json::json!({"index": i, "offset": i.checked_mul(bs), "length": d.len(),
                             "blake3": blake3::hash(d).to_hex().to_string()})
                     })
                     .collect();
@@ -82,7 +83,8 @@ pub fn run(cmd: QuarantineCmd) -> Result<()> {
                 writeln!(
                     out,
                     "{i:>10}  {:>14}  {:>8}  {}",
-                    i * bs,
+                    i.checked_mul(bs)
+                        .map_or_else(|| "overflow".to_string(), |o| o.to_string()),
                     d.len(),
                     &blake3::hash(d).to_hex()[..16]
                 )?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::family::{Family, Labels};
 use super::text::format_value;
 
-/// Default latency buckets, in seconds (1 ms to 10 s).
+/// Default latency buckets, in seconds (0.5 ms to 10 s).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];

@@ -491,6 +491,22 @@ handler = true
     }
 
     #[test]
+    fn duplicate_step_ids_do_not_hide_the_missing_check_step() {
+        let step = "\n[[steps]]\nid = \"f\"\naction = \"fence\"\n";
+        let text = format!("{HEAD}{step}{step}");
+        let got = diags(&text);
+        assert!(
+            got.iter().any(|d| d.contains("duplicate step id \"f\"")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|d| d.contains("the runbook has no `check` step")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn failover_promote_needs_a_preceding_fence() {
         let text = format!(
             "name = \"f\"\nkind = \"failover\"\n[[steps]]\nid = \"p\"\naction = \"promote\"\n{CHECK}"
