@@ -68,6 +68,9 @@ pub fn up(config: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Started>> 
     let config =
         std::fs::canonicalize(config).with_context(|| format!("resolving {}", config.display()))?;
     let topo = crate::cmd::load_topology(&config).map_err(|e| bad_input(e.to_string()))?;
+    // The client identity below reads the operator certificate: make the cluster's
+    // certificates first (a fresh folder has none; `up_with` would make them too late).
+    proc::ensure_certs(&topo)?;
     let cluster = crate::cmd::cluster(&crate::cmd::status::addrs_of(&topo))?;
     proc::up_with(&topo, &cluster, dir, timeout, &|_| config.clone(), &|_| {
         Vec::new()
