@@ -48,6 +48,13 @@ impl Replication for BenchReplication {
     type ResyncStream = futures::stream::Empty<Result<tandem_core::proto::ResyncProgress, Status>>;
     type VerifyStream = futures::stream::Empty<Result<tandem_core::proto::VerifyProgress, Status>>;
 
+    async fn run_step(
+        &self,
+        _request: Request<tandem_core::proto::RunStepRequest>,
+    ) -> Result<Response<tandem_core::proto::RunStepReply>, Status> {
+        Err(Status::unimplemented("run_step is not served by this test"))
+    }
+
     async fn verify(
         &self,
         _request: Request<tandem_core::proto::VerifyRequest>,

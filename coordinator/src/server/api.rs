@@ -6,13 +6,70 @@ use crate::handle::coordinator::Coordinator;
 use serde_json::{json, Value};
 use tandem_core::proto::coordinator_server::Coordinator as CoordinatorApi;
 use tandem_core::proto::{
-    AuditReply, AuditRequest, HeartbeatReply, HeartbeatRequest, OperateReply, OperateRequest,
-    ProposeReply, ProposeRequest, StatusReply, StatusRequest,
+    AuditReply, AuditRequest, Decided, GetRunReply, GetRunRequest, GroupCall, HeartbeatReply,
+    HeartbeatRequest, OperateReply, OperateRequest, PlannedStepReply, PlannedStepRequest,
+    ProposeReply, ProposeRequest, RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsReply,
+    RunsRequest, StartRunReply, StartRunRequest, StatusReply, StatusRequest, SyncDegradedRequest,
 };
 use tonic::{Request, Response, Status};
 
 #[tonic::async_trait]
 impl CoordinatorApi for Coordinator {
+    async fn runs(&self, _req: Request<RunsRequest>) -> Result<Response<RunsReply>, Status> {
+        Err(Status::unimplemented("runs"))
+    }
+
+    async fn get_run(&self, _req: Request<GetRunRequest>) -> Result<Response<GetRunReply>, Status> {
+        Err(Status::unimplemented("get_run"))
+    }
+
+    async fn pause(&self, _req: Request<GroupCall>) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("pause"))
+    }
+
+    async fn resume(&self, _req: Request<GroupCall>) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("resume"))
+    }
+
+    async fn start_run(
+        &self,
+        _req: Request<StartRunRequest>,
+    ) -> Result<Response<StartRunReply>, Status> {
+        Err(Status::unimplemented("start_run"))
+    }
+
+    async fn run_action(
+        &self,
+        _req: Request<RunActionRequest>,
+    ) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("run_action"))
+    }
+
+    async fn record(&self, _req: Request<RecordRequest>) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("record"))
+    }
+
+    async fn release_lease(
+        &self,
+        _req: Request<ReleaseLeaseRequest>,
+    ) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("release_lease"))
+    }
+
+    async fn sync_degraded(
+        &self,
+        _req: Request<SyncDegradedRequest>,
+    ) -> Result<Response<Decided>, Status> {
+        Err(Status::unimplemented("sync_degraded"))
+    }
+
+    async fn planned_step(
+        &self,
+        _req: Request<PlannedStepRequest>,
+    ) -> Result<Response<PlannedStepReply>, Status> {
+        Err(Status::unimplemented("planned_step"))
+    }
+
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         self.authorize(&req, "status", Need::Status).await?;
         let mut stale = false;

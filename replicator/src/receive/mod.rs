@@ -199,6 +199,13 @@ impl Replication for ReplicationService {
     type ResyncStream = ReceiverStream<Result<ResyncProgress, Status>>;
     type VerifyStream = VerifyStream;
 
+    async fn run_step(
+        &self,
+        _request: Request<tandem_core::proto::RunStepRequest>,
+    ) -> Result<Response<tandem_core::proto::RunStepReply>, Status> {
+        Err(Status::unimplemented("run_step"))
+    }
+
     async fn verify(
         &self,
         request: Request<VerifyRequest>,
