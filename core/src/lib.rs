@@ -18,6 +18,7 @@
 //! - [`residency`]: jurisdiction codes and the rule for where a group's data may be placed.
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
+pub mod authz;
 pub mod bytes;
 pub mod certs;
 pub mod client;

@@ -1,0 +1,246 @@
+//! Who is calling, as the authorization tables see it: the caller classes (a coordinator, the
+//! replicator of a group's primary or replica site, another replicator, a person's role, a
+//! certificate from another CA, no certificate) and how a checked certificate becomes one.
+//! Pure: the tables themselves live beside the services they guard
+//! (coordinator/src/server/table.rs, replicator/src/receive/authz.rs) and are rendered into
+//! docs/SECURITY.md by a test.
+
+use crate::certs::Role;
+use crate::config::{NodeRole, Topology};
+use crate::net::Caller;
+use std::fmt;
+
+/// A caller class: a column of the authorization tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallerClass {
+    /// A coordinator node of the topology.
+    Coordinator,
+    /// A replicator at the site that is the group's primary now (as the deciding side knows it).
+    PrimaryReplicator,
+    /// A replicator at the site that is the group's replica now.
+    ReplicaReplicator,
+    /// A replicator at neither of the group's sites, a replicator asking about no group, or a
+    /// node certificate whose name the topology does not know.
+    OtherReplicator,
+    /// A person or tool with the operator role.
+    Operator,
+    /// A person or tool with the auditor role.
+    Auditor,
+    /// A person or tool with the viewer role.
+    Viewer,
+    /// A certificate that does not chain to the cluster's CA: refused by the TLS handshake
+    /// before any call is read (so it cannot be recorded under a name).
+    UnknownCa,
+    /// No client certificate: refused by the TLS handshake, as [`CallerClass::UnknownCa`].
+    NoCertificate,
+    /// `[tls] insecure = true`: nobody is authenticated, every call is allowed and recorded
+    /// under the actor [`UNAUTHENTICATED`].
+    Unauthenticated,
+}
+
+/// The actor recorded for calls made without TLS (`[tls] insecure = true`).
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+impl CallerClass {
+    /// Every class, in the tables' column order.
+    pub const ALL: [CallerClass; 10] = [
+        CallerClass::Coordinator,
+        CallerClass::PrimaryReplicator,
+        CallerClass::ReplicaReplicator,
+        CallerClass::OtherReplicator,
+        CallerClass::Operator,
+        CallerClass::Auditor,
+        CallerClass::Viewer,
+        CallerClass::UnknownCa,
+        CallerClass::NoCertificate,
+        CallerClass::Unauthenticated,
+    ];
+
+    /// The column heading used in docs/SECURITY.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallerClass::Coordinator => "coordinator",
+            CallerClass::PrimaryReplicator => "primary replicator",
+            CallerClass::ReplicaReplicator => "replica replicator",
+            CallerClass::OtherReplicator => "other replicator",
+            CallerClass::Operator => "operator",
+            CallerClass::Auditor => "auditor",
+            CallerClass::Viewer => "viewer",
+            CallerClass::UnknownCa => "unknown CA",
+            CallerClass::NoCertificate => "no certificate",
+            CallerClass::Unauthenticated => "insecure (no TLS)",
+        }
+    }
+
+    /// True for the classes the TLS handshake turns away before any call is read.
+    pub fn refused_at_handshake(self) -> bool {
+        matches!(self, CallerClass::UnknownCa | CallerClass::NoCertificate)
+    }
+}
+
+impl fmt::Display for CallerClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The sites a group-scoped call is judged against: the group's primary and replica site as
+/// the deciding side knows them now (the coordinators' state, or what a replica last heard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSites<'a> {
+    /// The site that is primary now.
+    pub primary: &'a str,
+    /// The site that is replica now.
+    pub replica: &'a str,
+}
+
+/// The class of a checked caller. `sites` is `None` for calls about no group; a replicator is
+/// then [`CallerClass::OtherReplicator`] (the tables treat the three replicator classes alike
+/// for such calls).
+pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>) -> CallerClass {
+    match caller {
+        Caller::Anonymous => CallerClass::Unauthenticated,
+        Caller::Client { role, .. } => match role {
+            Role::Operator => CallerClass::Operator,
+            Role::Auditor => CallerClass::Auditor,
+            Role::Viewer => CallerClass::Viewer,
+        },
+        Caller::Node(name) => match topo.node(name) {
+            Some(n) if n.role == NodeRole::Coordinator => CallerClass::Coordinator,
+            Some(n) => match sites {
+                Some(s) if n.site == s.primary => CallerClass::PrimaryReplicator,
+                Some(s) if n.site == s.replica => CallerClass::ReplicaReplicator,
+                _ => CallerClass::OtherReplicator,
+            },
+            None => CallerClass::OtherReplicator,
+        },
+    }
+}
+
+/// The actor to record for a checked caller: the certificate's name (node or person/tool),
+/// or [`UNAUTHENTICATED`] without TLS. Never a name the request carries.
+pub fn actor_of(caller: &Caller) -> String {
+    match caller {
+        Caller::Anonymous => UNAUTHENTICATED.to_owned(),
+        Caller::Node(n) => n.clone(),
+        Caller::Client { name, .. } => name.clone(),
+    }
+}
+
+/// One table as Markdown: a row per call, a column per class, `yes`/`no` cells, and a last
+/// column for what the call is and any condition beyond the class. `allowed(call, class)`
+/// decides each cell.
+pub fn render_markdown<C: Copy>(
+    calls: &[(C, &str, &str)],
+    allowed: impl Fn(C, CallerClass) -> bool,
+) -> String {
+    let mut out = String::from("| call |");
+    for c in CallerClass::ALL {
+        out.push_str(&format!(" {c} |"));
+    }
+    out.push_str(" what / condition |\n|---|");
+    for _ in CallerClass::ALL {
+        out.push_str(":-:|");
+    }
+    out.push_str("---|\n");
+    for (call, name, what) in calls {
+        out.push_str(&format!("| `{name}` |"));
+        for class in CallerClass::ALL {
+            let cell = if class.refused_at_handshake() {
+                "TLS"
+            } else if allowed(*call, class) {
+                "yes"
+            } else {
+                "no"
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push_str(&format!(" {what} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn topo() -> Topology {
+        Topology::parse(
+            include_str!("../../examples/two-sites.toml"),
+            "two-sites.toml",
+        )
+        .expect("example topology parses")
+    }
+
+    #[test]
+    fn certificates_become_classes_by_the_topology_and_the_group_sites() {
+        let t = topo();
+        let coord = t.coordinators()[0].node.name.clone();
+        let rep = |site: &str| t.replicators_at(site)[0].name.clone();
+        let g = &t.groups[0];
+        let sites = GroupSites {
+            primary: &g.primary,
+            replica: &g.replica,
+        };
+        let class = |c: Caller| classify(&t, &c, Some(sites));
+        assert_eq!(class(Caller::Node(coord)), CallerClass::Coordinator);
+        assert_eq!(
+            class(Caller::Node(rep(&g.primary))),
+            CallerClass::PrimaryReplicator
+        );
+        assert_eq!(
+            class(Caller::Node(rep(&g.replica))),
+            CallerClass::ReplicaReplicator
+        );
+        // Roles swap: the same certificate is judged by where the group stands now.
+        let swapped = GroupSites {
+            primary: &g.replica,
+            replica: &g.primary,
+        };
+        assert_eq!(
+            classify(&t, &Caller::Node(rep(&g.replica)), Some(swapped)),
+            CallerClass::PrimaryReplicator
+        );
+        assert_eq!(
+            classify(&t, &Caller::Node(rep(&g.primary)), None),
+            CallerClass::OtherReplicator
+        );
+        assert_eq!(
+            class(Caller::Node("not-in-topology".into())),
+            CallerClass::OtherReplicator
+        );
+        let client = |role| Caller::Client {
+            name: "alice".into(),
+            role,
+        };
+        assert_eq!(class(client(Role::Operator)), CallerClass::Operator);
+        assert_eq!(class(client(Role::Auditor)), CallerClass::Auditor);
+        assert_eq!(class(client(Role::Viewer)), CallerClass::Viewer);
+        assert_eq!(class(Caller::Anonymous), CallerClass::Unauthenticated);
+    }
+
+    #[test]
+    fn the_actor_is_the_certificate_never_the_request() {
+        assert_eq!(actor_of(&Caller::Node("hcm-rep".into())), "hcm-rep");
+        assert_eq!(
+            actor_of(&Caller::Client {
+                name: "alice".into(),
+                role: Role::Operator
+            }),
+            "alice"
+        );
+        assert_eq!(actor_of(&Caller::Anonymous), UNAUTHENTICATED);
+    }
+
+    #[test]
+    fn a_rendered_table_has_a_cell_per_class_and_marks_handshake_refusals() {
+        let md = render_markdown(&[(1u8, "Pause", "pauses")], |_, c| {
+            c == CallerClass::Operator
+        });
+        let row = md.lines().nth(2).unwrap();
+        assert_eq!(row.matches("yes").count(), 1, "{md}");
+        assert_eq!(row.matches("TLS").count(), 2, "{md}");
+        assert_eq!(row.matches(" no ").count(), 7, "{md}");
+    }
+}
