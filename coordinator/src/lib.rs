@@ -22,6 +22,7 @@ pub mod evidence;
 pub mod handle;
 pub mod metrics;
 pub mod raft;
+pub mod refusals;
 pub mod runs;
 pub mod server;
 pub mod state;

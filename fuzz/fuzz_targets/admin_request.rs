@@ -1,7 +1,9 @@
 //! Fuzz the coordinator's admin handlers: arbitrary bytes decoded (prost) as each request
 //! message of the `Coordinator` service, then the pure part of the handler: a `Propose`'s
-//! command JSON and a `Heartbeat`'s progress become a state-machine command, which is applied
-//! to a bootstrapped state. Nothing panics; a refused command changes no group or site.
+//! command JSON (coordinators only), a `Heartbeat`'s progress, a `Record`, `Pause`, `Resume`,
+//! `ReleaseLease` and `SyncDegraded` become a state-machine command (actor and node as the
+//! certificate would give them), which is applied to a bootstrapped state. Nothing panics; a
+//! refused command changes no group or site.
 //!
 //! Input: the first byte picks the message type, the rest is the encoded message.
 #![no_main]
@@ -10,10 +12,12 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
-use tandem_coordinator::server::heartbeat_command;
+use tandem_coordinator::server::{heartbeat_command, record_command};
 use tandem_coordinator::state::{apply, Command, State};
 use tandem_core::proto::{
-    AuditRequest, HeartbeatRequest, OperateRequest, ProposeRequest, StatusRequest,
+    AuditRequest, GetRunRequest, GroupCall, HeartbeatRequest, PlannedStepRequest, ProposeRequest,
+    RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsRequest, StartRunRequest,
+    StatusRequest, SyncDegradedRequest,
 };
 
 /// A state with two VN sites, an SG site and a VN-only group, as a leader would hold it.
@@ -41,7 +45,23 @@ fn booted() -> &'static State {
 
 /// As the leader does: stamp the time, parse the command, apply it (it would go through raft
 /// as the JSON of the parsed command; every node parses that again).
-fn propose(mut cmd: Value, now: i64) {
+fn propose(cmd: Value, now: i64) {
+    let Ok(parsed) = serde_json::from_value::<Command>(cmd) else {
+        return;
+    };
+    apply_typed(parsed, now);
+}
+
+/// A command as the typed handlers make it, stamped and applied through its JSON form.
+fn apply_typed(mut parsed: Command, now: i64) {
+    parsed.stamp(now);
+    let Ok(cmd) = serde_json::to_value(&parsed) else {
+        return;
+    };
+    apply_json(cmd, now);
+}
+
+fn apply_json(mut cmd: Value, now: i64) {
     if let Some(obj) = cmd.as_object_mut() {
         obj.insert("at_ms".into(), json!(now));
     }
@@ -67,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let now = 1_000_000;
-    match kind % 5 {
+    match kind % 12 {
         0 => {
             if let Ok(r) = ProposeRequest::decode(body) {
                 if let Ok(cmd) = serde_json::from_str::<Value>(&r.command) {
@@ -81,7 +101,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            let _ = OperateRequest::decode(body);
+            if let Ok(r) = RecordRequest::decode(body) {
+                if let Ok(cmd) = record_command(&r, "operator") {
+                    apply_typed(cmd, now);
+                }
+            }
         }
         3 => {
             if let Ok(r) = AuditRequest::decode(body) {
@@ -92,6 +116,39 @@ fuzz_target!(|data: &[u8]| {
                 } as usize;
                 let _ = booted().audit_range(r.from_index, limit);
             }
+        }
+        4 => {
+            if let Ok(r) = GroupCall::decode(body) {
+                let (group, reason, actor) = (r.group.clone(), r.reason.clone(), "operator".into());
+                apply_typed(Command::PauseReplication { at_ms: 0, group, actor, reason }, now);
+                let actor = "operator".into();
+                apply_typed(Command::ResumeReplication { at_ms: 0, group: r.group, actor, reason: r.reason }, now);
+            }
+        }
+        5 => {
+            if let Ok(r) = ReleaseLeaseRequest::decode(body) {
+                let epoch = tandem_core::ids::Epoch(r.epoch);
+                apply_typed(Command::ReleaseLease { at_ms: 0, group: r.group, node: "hanoi-rep".into(), epoch }, now);
+            }
+        }
+        6 => {
+            if let Ok(r) = SyncDegradedRequest::decode(body) {
+                let epoch = tandem_core::ids::Epoch(r.epoch);
+                let (node, site) = ("hanoi-rep".into(), "hanoi".into());
+                apply_typed(Command::SyncDegraded { at_ms: 0, group: r.group, node, site, epoch, on: r.on }, now);
+            }
+        }
+        7 => {
+            let _ = StartRunRequest::decode(body).map(|r| r.kind());
+        }
+        8 => {
+            let _ = RunActionRequest::decode(body).map(|r| r.action());
+        }
+        9 => {
+            let _ = (RunsRequest::decode(body), GetRunRequest::decode(body));
+        }
+        10 => {
+            let _ = PlannedStepRequest::decode(body);
         }
         _ => {
             let _ = StatusRequest::decode(body);

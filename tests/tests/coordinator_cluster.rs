@@ -53,8 +53,6 @@ fn leader_loss_and_catch_up(coords: [usize; 3]) {
         "vol",
         "--reason",
         "during-outage",
-        "--actor",
-        "alice",
         "--addr",
         topo.addr(others[0]),
     ]);

@@ -91,10 +91,7 @@ fn apply_network(ctx: &Ctx, f: &Fault, seed: u64, obs: &mut Observed, load: &Loa
 fn apply_order(ctx: &Ctx, f: &Fault, obs: &mut Observed, load: &Load) {
     let kind = f.runbook.as_deref().unwrap_or("failover");
     let at = load.rec.now_ms();
-    match ctx
-        .rt
-        .block_on(ctx.client.order(kind, VOLUME_GROUP, "chaos"))
-    {
+    match ctx.rt.block_on(ctx.client.order(kind, VOLUME_GROUP)) {
         Ok(id) => {
             obs.orders_accepted += 1;
             obs.notes

@@ -5,6 +5,7 @@
 //! the same lines `tandem verify` and `tandem resync` print. I/O: gRPC, stdout.
 
 use std::time::{Duration, Instant};
+use tandem_core::proto::RecordKind;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -103,7 +104,7 @@ fn verify_once(ctx: &Ctx, host: &Host<'_>, name: &str) -> Result<()> {
             }
         }
         let detail = json!({"equal": all_equal, "resources": results});
-        match ctx.client.record(ACTOR, "verify", name, detail).await {
+        match ctx.client.record(RecordKind::Verify, name, &detail).await {
             Ok(_) | Err(ClientError::Unreachable { .. } | ClientError::NoAddress { .. }) => {}
             Err(e) => bail!("recording the verify result: {}", e.peer_message()),
         }
@@ -160,7 +161,7 @@ pub fn resync_group(ctx: &Ctx, name: &str) -> Result<()> {
             "blocks_differing": p.blocks_differing, "wire_bytes": p.wire_bytes,
         });
         ctx.client
-            .record(ACTOR, "operator", name, detail)
+            .record(RecordKind::Operator, name, &detail)
             .await
             .map_err(|e| anyhow::anyhow!("recording in the audit chain: {}", e.peer_message()))?;
         Ok(())

@@ -5,7 +5,7 @@ use crate::cmd::status::{fetch, runtime};
 use crate::cmd::ConnectNet;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tandem_chaos::nbd_client::NbdPool;
 use tandem_chaos::runner::processes as proc;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::ProposeRequest;
+use tandem_core::proto::{RecordKind, RecordRequest};
 
 /// `tandem bench` subcommands.
 #[derive(Debug, Subcommand)]
@@ -287,19 +287,19 @@ fn coordinator(a: CoordArgs) -> Result<()> {
     let rt = runtime()?;
     let report = rt.block_on(async {
         let client = leader_client(&addrs).await?;
-        let cmd = |i: usize| {
-            json!({"op": "record", "at_ms": 0, "actor": "bench", "kind": "note", "group": null,
-                   "detail": {"bench": i}})
-            .to_string()
+        let note = |detail: Value| RecordRequest {
+            kind: RecordKind::Note.into(),
+            group: String::new(),
+            detail_json: detail.to_string(),
         };
         // Latency: one proposal at a time, each committed by a quorum with fsync and applied.
         let mut lat = Vec::with_capacity(a.proposals);
         for i in 0..a.proposals {
             let mut cl = client.clone();
             let t = Instant::now();
-            cl.propose(ProposeRequest { command: cmd(i), actor: "bench".into() })
+            cl.record(note(json!({"bench": i})))
                 .await
-                .map_err(|s| anyhow::anyhow!("propose: {}", s.message()))?;
+                .map_err(|s| anyhow::anyhow!("record: {}", s.message()))?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         lat.sort_by(|x, y| x.total_cmp(y));
@@ -311,10 +311,7 @@ fn coordinator(a: CoordArgs) -> Result<()> {
             let (mut cl, done, n) = (client.clone(), done.clone(), a.proposals);
             tasks.push(tokio::spawn(async move {
                 while done.fetch_add(1, Ordering::SeqCst) < n as u64 {
-                    let c = json!({"op": "record", "at_ms": 0, "actor": "bench", "kind": "note",
-                        "group": null, "detail": {"worker": w}})
-                    .to_string();
-                    if cl.propose(ProposeRequest { command: c, actor: "bench".into() }).await.is_err() {
+                    if cl.record(note(json!({"worker": w}))).await.is_err() {
                         break;
                     }
                 }

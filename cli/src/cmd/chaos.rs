@@ -155,7 +155,6 @@ fn verify_database(config: &Path, group: &str) -> Result<()> {
         config: config.to_path_buf(),
         timeout_secs: 30,
         chunk_mib: 64,
-        actor: "chaos".into(),
         query: None,
     })
 }

@@ -153,7 +153,6 @@ impl Demo {
             config: self.config.clone(),
             timeout_secs: 30,
             chunk_mib: 64,
-            actor: "demo".into(),
             query: None,
         })
     }
@@ -163,7 +162,6 @@ impl Demo {
         let out = Command::new(std::env::current_exe()?)
             .args([kind, VOLUME_GROUP, "--config"])
             .arg(&self.config)
-            .args(["--actor", "demo"])
             .output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
         Ok(out)

@@ -1,15 +1,16 @@
 //! Operator commands sent to the coordinators: `pause`, `resume`, `audit`; `failover`,
 //! `switchover`, `drill` and `failback` start runbook runs (see `cmd::runs`). Who asked is
-//! recorded in the audit chain (from `--actor` until mTLS names it).
+//! what the audit chain records: the identity of the client certificate (`--cert`), never a
+//! name the command line gives.
 
 use crate::cmd::status::{coordinator_addrs, runtime};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args as ClapArgs;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use tandem_core::client::ClientError;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::{AuditRequest, ProposeRequest};
+use tandem_core::proto::{AuditRequest, Decided, RecordKind};
 use tonic::transport::Channel;
 
 /// Where the coordinators are and who is asking.
@@ -21,9 +22,6 @@ pub struct Target {
     /// A coordinator address to ask instead (`127.0.0.1:7101`); may be repeated.
     #[arg(long)]
     pub addr: Vec<String>,
-    /// Who is asking, for the audit chain.
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
 }
 
 /// Arguments of commands on one group.
@@ -60,14 +58,14 @@ pub async fn connect(addrs: &[String]) -> Result<CoordinatorClient<Channel>> {
     Ok(c)
 }
 
-/// Records `cmd` (a `record` command) in the audit chain through the first coordinator that
-/// answers.
+/// Adds a record of `kind` about `group` with `detail` to the audit chain through the first
+/// coordinator that answers; the coordinators record this client's certificate as its actor.
 ///
 /// # Errors
-/// No coordinator answers, or the proposal is refused.
-pub async fn record(addrs: &[String], actor: &str, cmd: &Value) -> Result<()> {
+/// No coordinator answers, or the call is refused.
+pub async fn record(addrs: &[String], kind: RecordKind, group: &str, detail: &Value) -> Result<()> {
     crate::cmd::cluster(addrs)?
-        .propose(cmd, actor)
+        .record(kind, group, detail)
         .await
         .map_err(|e| match e {
             e @ ClientError::Refused { .. } => {
@@ -78,39 +76,39 @@ pub async fn record(addrs: &[String], actor: &str, cmd: &Value) -> Result<()> {
     Ok(())
 }
 
-fn propose(t: &Target, cmd: Value) -> Result<Value> {
-    let addrs = coordinator_addrs(t.config.as_ref(), &t.addr)?;
-    runtime()?.block_on(async {
-        let mut c = connect(&addrs).await?;
-        let r = c
-            .propose(ProposeRequest {
-                command: cmd.to_string(),
-                actor: t.actor.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        serde_json::from_str(&r.events).context("decoding the events")
-    })
+/// The events of a decision, as JSON.
+fn events(d: &Decided) -> Value {
+    Value::Array(
+        d.events
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap_or_else(|_| Value::String(e.clone())))
+            .collect(),
+    )
 }
 
 /// `tandem pause GROUP`: pause replication of a group.
 pub fn pause(a: GroupArgs) -> Result<()> {
-    let ev = propose(
-        &a.target,
-        json!({"op": "pause_replication", "at_ms": 0, "group": a.group, "actor": a.target.actor, "reason": a.reason}),
-    )?;
-    println!("paused {}: {}", a.group, ev);
+    let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
+    let d = runtime()?.block_on(async {
+        crate::cmd::cluster(&addrs)?
+            .pause(&a.group, &a.reason)
+            .await
+            .map_err(|e| anyhow::anyhow!("pause {}: {}", a.group, e.peer_message()))
+    })?;
+    println!("paused {}: {}", a.group, events(&d));
     Ok(())
 }
 
 /// `tandem resume GROUP`: resume replication of a group.
 pub fn resume(a: GroupArgs) -> Result<()> {
-    let ev = propose(
-        &a.target,
-        json!({"op": "resume_replication", "at_ms": 0, "group": a.group, "actor": a.target.actor, "reason": a.reason}),
-    )?;
-    println!("resumed {}: {}", a.group, ev);
+    let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
+    let d = runtime()?.block_on(async {
+        crate::cmd::cluster(&addrs)?
+            .resume(&a.group, &a.reason)
+            .await
+            .map_err(|e| anyhow::anyhow!("resume {}: {}", a.group, e.peer_message()))
+    })?;
+    println!("resumed {}: {}", a.group, events(&d));
     Ok(())
 }
 

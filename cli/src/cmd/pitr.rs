@@ -7,7 +7,6 @@
 //! durable. Listing and recovering are asked of the replica replicator. The recovered point
 //! and its merkle roots are recorded in the audit chain through the coordinators.
 
-use crate::cmd::ops::connect;
 use crate::cmd::status::{coordinator_addrs, replicator_of, runtime};
 use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
@@ -19,9 +18,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 use tandem_core::config::{HumanDuration, Topology};
+use tandem_core::proto::RecordKind;
 use tandem_core::proto::{
-    CheckpointRequest, CheckpointsRequest, ProposeRequest, RecoverReply, RecoverRequest,
-    RecoveryPoint,
+    CheckpointRequest, CheckpointsRequest, RecoverReply, RecoverRequest, RecoveryPoint,
 };
 
 /// Arguments of `tandem checkpoint`.
@@ -80,9 +79,6 @@ pub struct RecoverArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Who asks, for the audit chain.
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
 }
 
 fn load(config: &std::path::Path, group: &str) -> Result<Topology> {
@@ -267,21 +263,15 @@ pub fn recover(a: RecoverArgs) -> Result<()> {
             .map_err(|s| anyhow::anyhow!("recover at the replica ({site}): {}", s.message()))?
             .into_inner();
         let detail = recover_detail(&site, &out.display().to_string(), &r);
-        let cmd = json!({
-            "op": "record", "at_ms": 0, "actor": a.actor, "kind": "recover",
-            "group": a.group, "detail": detail,
-        });
-        let mut cc = connect(&addrs).await?;
-        let audited = cc
-            .propose(ProposeRequest {
-                command: cmd.to_string(),
-                actor: a.actor.clone(),
-            })
+        let audited = crate::cmd::cluster(&addrs)?
+            .record(RecordKind::Recover, &a.group, &detail)
             .await
-            .map_err(|s| {
-                anyhow::anyhow!("recording the recovery in the audit chain: {}", s.message())
-            })?
-            .into_inner();
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "recording the recovery in the audit chain: {}",
+                    e.peer_message()
+                )
+            })?;
         if a.json {
             let mut d = detail;
             d["audit_index"] = json!(audited.index);

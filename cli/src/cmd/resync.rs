@@ -11,6 +11,7 @@ use clap::Args as ClapArgs;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tandem_core::proto::RecordKind;
 
 use tandem_core::client::ClientError;
 use tandem_core::proto::ResyncProgress;
@@ -26,9 +27,6 @@ pub struct Args {
     /// Give up following after this many seconds (the resync itself goes on).
     #[arg(long, default_value = "600")]
     pub timeout_secs: u64,
-    /// Who asks, for the audit chain and the replica's log.
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
 }
 
 /// Runs `tandem resync`.
@@ -47,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         let (rsite, raddr) = replicator_of(&topo, &addrs, &a.group, false).await?;
         let replica = crate::cmd::replicator(&raddr)?;
         let mut stream = replica
-            .resync(&a.group, &format!("tandem resync by {}", a.actor))
+            .resync(&a.group, "tandem resync")
             .await
             .map_err(|e| match e {
                 e @ ClientError::Unreachable { .. } => {
@@ -88,14 +86,11 @@ pub fn run(a: Args) -> Result<()> {
             p.wire_bytes,
             p.seq
         );
-        let cmd = json!({
-            "op": "record", "at_ms": 0, "actor": a.actor, "kind": "operator", "group": a.group,
-            "detail": {
-                "action": "resync", "replica_site": rsite, "seq": p.seq, "elapsed_ms": p.elapsed_ms,
-                "blocks_differing": p.blocks_differing, "wire_bytes": p.wire_bytes,
-            },
+        let detail = json!({
+            "action": "resync", "replica_site": rsite, "seq": p.seq, "elapsed_ms": p.elapsed_ms,
+            "blocks_differing": p.blocks_differing, "wire_bytes": p.wire_bytes,
         });
-        crate::cmd::ops::record(&addrs, &a.actor, &cmd).await?;
+        crate::cmd::ops::record(&addrs, RecordKind::Operator, &a.group, &detail).await?;
         Ok(())
     })
 }

@@ -5,13 +5,14 @@
 use crate::cmd::ops::Target;
 use crate::cmd::status::{coordinator_addrs, runtime};
 use crate::exit::bad_input;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tandem_core::client::coordinator::run_kind;
 use tandem_core::client::ClientError;
-use tandem_core::proto::OperateRequest;
+use tandem_core::proto::{RunAction, RunSummary};
 
 /// Arguments of the commands that start a run.
 #[derive(Debug, ClapArgs)]
@@ -87,32 +88,28 @@ pub struct ApproveArgs {
     pub target: Target,
 }
 
-fn request(op: &str, t: &Target) -> OperateRequest {
-    OperateRequest {
-        op: op.into(),
-        actor: t.actor.clone(),
-        ..OperateRequest::default()
+/// A refusal as the CLI reports it: bad input (exit 2) when the coordinators found the
+/// request itself wrong.
+fn refused(call: &str, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused { code, message, .. } => {
+            let e = anyhow::anyhow!("{call}: {message}");
+            if matches!(code, tonic::Code::InvalidArgument | tonic::Code::NotFound) {
+                e.context(bad_input("refused"))
+            } else {
+                e
+            }
+        }
+        e => anyhow::Error::new(e),
     }
 }
 
-/// Sends one `Operate` request to the coordinators and decodes its JSON reply. While no
-/// leader answers (an election after the leader was lost), retries for up to 20 s.
-async fn operate(addrs: &[String], req: OperateRequest) -> Result<Value> {
-    let op = req.op.clone();
+/// The whole run `id`, as the coordinators hold it (credentials redacted).
+async fn get_run(addrs: &[String], id: &str) -> Result<Value> {
     crate::cmd::cluster(addrs)?
-        .operate(req)
+        .get_run(id)
         .await
-        .map_err(|e| match e {
-            ClientError::Refused { code, message, .. } => {
-                let e = anyhow::anyhow!("{op}: {message}");
-                if matches!(code, tonic::Code::InvalidArgument | tonic::Code::NotFound) {
-                    e.context(bad_input("refused"))
-                } else {
-                    e
-                }
-            }
-            e => anyhow::Error::new(e),
-        })
+        .map_err(|e| refused("run", e))
 }
 
 /// `tandem failover|switchover|drill|failback GROUP`: start a run of the group's runbook and
@@ -127,20 +124,19 @@ pub fn start(kind: &str, a: StartArgs) -> Result<()> {
         params.insert(k.to_string(), v.to_string());
     }
     let rt = runtime()?;
-    let mut req = request(kind, &a.target);
-    req.group = a.group.clone();
-    req.params = params;
-    let reply = rt.block_on(operate(&addrs, req))?;
-    let id = reply["run_id"]
-        .as_str()
-        .context("the coordinator did not return a run id")?
-        .to_string();
+    let k = run_kind(kind).ok_or_else(|| bad_input(format!("unknown run kind {kind:?}")))?;
+    let id = rt.block_on(async {
+        crate::cmd::cluster(&addrs)?
+            .start_run(k, &a.group, params)
+            .await
+            .map_err(|e| refused(kind, e))
+    })?;
     if a.detach {
         println!("{id}");
         return Ok(());
     }
     println!("run {id} started ({kind} of {})", a.group);
-    rt.block_on(follow(&addrs, &id, &a.target))
+    rt.block_on(follow(&addrs, &id))
 }
 
 fn secs(ms: i64) -> String {
@@ -152,13 +148,11 @@ fn first_line(s: &str) -> &str {
 }
 
 /// Polls a run and prints each step change until it ends.
-async fn follow(addrs: &[String], id: &str, t: &Target) -> Result<()> {
+async fn follow(addrs: &[String], id: &str) -> Result<()> {
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut last_ok = Instant::now();
     loop {
-        let mut req = request("run", t);
-        req.run_id = id.to_string();
-        let run = match operate(addrs, req).await {
+        let run = match get_run(addrs, id).await {
             Ok(v) => {
                 last_ok = Instant::now();
                 v
@@ -244,37 +238,56 @@ async fn follow(addrs: &[String], id: &str, t: &Target) -> Result<()> {
 /// `tandem runs`: list runs.
 pub fn list(a: ListArgs) -> Result<()> {
     let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
-    let mut req = request("runs", &a.target);
-    req.group = a.group.clone().unwrap_or_default();
-    let runs = runtime()?.block_on(operate(&addrs, req))?;
+    let group = a.group.clone().unwrap_or_default();
+    let runs = runtime()?.block_on(async {
+        crate::cmd::cluster(&addrs)?
+            .runs(&group)
+            .await
+            .map_err(|e| refused("runs", e))
+    })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        let docs: Vec<Value> = runs.iter().map(summary_json).collect();
+        println!("{}", serde_json::to_string_pretty(&docs)?);
         return Ok(());
     }
     println!(
         "{:<36} {:<8} {:<11} {:<10} {:<24} {:>9} step",
         "run", "group", "kind", "status", "started", "rto_ms"
     );
-    for r in runs.as_array().cloned().unwrap_or_default() {
-        let started =
-            chrono::DateTime::from_timestamp_millis(r["started_ms"].as_i64().unwrap_or(0))
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                .unwrap_or_default();
+    for r in &runs {
+        let started = i64::try_from(r.started_ms)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let rto = if r.rto_ms > 0 {
+            r.rto_ms.to_string()
+        } else {
+            "-".into()
+        };
+        let step = if r.current_step.is_empty() {
+            "-"
+        } else {
+            &r.current_step
+        };
         println!(
-            "{:<36} {:<8} {:<11} {:<10} {:<24} {:>9} {}",
-            r["run_id"].as_str().unwrap_or(""),
-            r["group"].as_str().unwrap_or(""),
-            r["kind"].as_str().unwrap_or(""),
-            r["status"]["status"].as_str().unwrap_or(""),
-            started,
-            r["rto_ms"]
-                .as_i64()
-                .map(|x| x.to_string())
-                .unwrap_or("-".into()),
-            r["current_step"].as_str().unwrap_or("-"),
+            "{:<36} {:<8} {:<11} {:<10} {:<24} {:>9} {step}",
+            r.run_id, r.group, r.kind, r.status, started, rto,
         );
     }
     Ok(())
+}
+
+/// One run of `tandem runs --json`.
+fn summary_json(r: &RunSummary) -> Value {
+    serde_json::json!({
+        "run_id": r.run_id, "group": r.group, "kind": r.kind, "runbook": r.runbook,
+        "status": r.status, "started_ms": r.started_ms,
+        "ended_ms": (r.ended_ms > 0).then_some(r.ended_ms),
+        "rto_ms": (r.rto_ms > 0).then_some(r.rto_ms),
+        "current_step": (!r.current_step.is_empty()).then_some(&r.current_step),
+        "started_by": r.started_by,
+    })
 }
 
 /// `tandem run show|follow|cancel`.
@@ -282,9 +295,7 @@ pub fn run(c: RunCmd) -> Result<()> {
     match c {
         RunCmd::Show { id, json, target } => {
             let addrs = coordinator_addrs(target.config.as_ref(), &target.addr)?;
-            let mut req = request("run", &target);
-            req.run_id = id.clone();
-            let run = runtime()?.block_on(operate(&addrs, req))?;
+            let run = runtime()?.block_on(get_run(&addrs, &id))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&run)?);
                 return Ok(());
@@ -294,13 +305,11 @@ pub fn run(c: RunCmd) -> Result<()> {
         }
         RunCmd::Follow { id, target } => {
             let addrs = coordinator_addrs(target.config.as_ref(), &target.addr)?;
-            runtime()?.block_on(follow(&addrs, &id, &target))
+            runtime()?.block_on(follow(&addrs, &id))
         }
         RunCmd::Cancel { id, target } => {
             let addrs = coordinator_addrs(target.config.as_ref(), &target.addr)?;
-            let mut req = request("cancel", &target);
-            req.run_id = id.clone();
-            runtime()?.block_on(operate(&addrs, req))?;
+            runtime()?.block_on(action(&addrs, &id, RunAction::Cancel, ""))?;
             println!("run {id} cancelled");
             Ok(())
         }
@@ -369,22 +378,23 @@ fn show(id: &str, run: &Value) {
 /// `tandem approve RUN STEP`: approve (or reject, or confirm done) a step waiting for an operator.
 pub fn approve(a: ApproveArgs) -> Result<()> {
     let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
-    let op = if a.reject {
-        "reject"
+    let (act, done) = if a.reject {
+        (RunAction::Reject, "rejected")
     } else if a.confirm_done {
-        "confirm"
+        (RunAction::Confirm, "confirmed done")
     } else {
-        "approve"
+        (RunAction::Approve, "approved")
     };
-    let mut req = request(op, &a.target);
-    req.run_id = a.run.clone();
-    req.step = a.step.clone();
-    runtime()?.block_on(operate(&addrs, req))?;
-    let done = match op {
-        "reject" => "rejected",
-        "confirm" => "confirmed done",
-        _ => "approved",
-    };
+    runtime()?.block_on(action(&addrs, &a.run, act, &a.step))?;
     println!("{done} step {} of run {}", a.step, a.run);
+    Ok(())
+}
+
+/// Sends one run action (approve, confirm, reject, cancel).
+async fn action(addrs: &[String], run: &str, act: RunAction, step: &str) -> Result<()> {
+    crate::cmd::cluster(addrs)?
+        .run_action(run, act, step)
+        .await
+        .map_err(|e| refused(act.as_str_name(), e))?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tandem_core::client::verdict::{verdict_detail, verdict_line};
 use tandem_core::client::{ClientError, Replicator};
 use tandem_core::config::{ResourceKind, Topology};
+use tandem_core::proto::RecordKind;
 use tandem_core::proto::VerifyRequest;
 
 /// Arguments of `tandem verify`.
@@ -33,9 +34,6 @@ pub struct Args {
     /// copies hash one chunk (smaller: shorter pauses, more round trips).
     #[arg(long, default_value = "64", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub chunk_mib: u64,
-    /// Who asks, for the audit chain.
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
     /// For postgres resources: a query whose output must be the same on the primary and on
     /// the standby (compared by blake3), e.g. `SELECT count(*), sum(abalance) FROM
     /// pgbench_accounts`. Without it postgres resources are skipped.
@@ -304,11 +302,11 @@ pub fn run(a: Args) -> Result<()> {
             all_equal &= equal;
             results.extend(details);
         }
-        let cmd = json!({
-            "op": "record", "at_ms": 0, "actor": a.actor, "kind": "verify", "group": a.group,
-            "detail": {"equal": all_equal, "resources": results},
-        });
-        match crate::cmd::cluster(&addrs)?.propose(&cmd, &a.actor).await {
+        let detail = json!({"equal": all_equal, "resources": results});
+        match crate::cmd::cluster(&addrs)?
+            .record(RecordKind::Verify, &a.group, &detail)
+            .await
+        {
             Ok(_) | Err(ClientError::Unreachable { .. } | ClientError::NoAddress { .. }) => {}
             Err(e) => bail!("recording the verify result: {}", e.peer_message()),
         }

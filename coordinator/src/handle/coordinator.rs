@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) net: Net,
     /// Certificate not-after per node, from heartbeats.
     pub(crate) cert_seen: Mutex<BTreeMap<String, i64>>,
+    /// Refused calls counted per (actor, call) window, recorded in aggregate.
+    pub(crate) refusals: Mutex<crate::refusals::Refusals>,
 }
 
 /// A handle to the running coordinator, for the admin API implementation.
@@ -139,30 +141,33 @@ impl Coordinator {
         self.inner.names.values().any(|n| n == node)
     }
 
-    /// Checks the caller's certificate against what `call` needs. Returns the certificate's
-    /// name for a person or tool (the actor to record), `None` for plaintext and nodes. Every
-    /// Proposes on the leader, from any node.
-    pub(crate) async fn propose_via_leader(&self, cmd: Value, actor: &str) -> Result<(), Status> {
+    /// Proposes `cmd` on the leader, from any node (a follower hands it over with Propose).
+    pub(crate) async fn propose_via_leader(&self, cmd: &Command) -> Result<(), Status> {
         if self.is_leader() {
-            return self.propose(cmd).await.map(|_| ());
+            return self.propose_cmd(cmd.clone()).await.map(|_| ());
         }
+        let command = serde_json::to_string(cmd).map_err(|e| Status::internal(e.to_string()))?;
         let mut c = self.leader_client().await?;
-        c.propose(ProposeRequest {
-            command: cmd.to_string(),
-            actor: actor.to_owned(),
-        })
-        .await
-        .map(|_| ())
+        c.propose(ProposeRequest { command }).await.map(|_| ())
     }
 
-    /// Proposes a command on this node (which must be the leader); returns the events.
-    pub(crate) async fn propose(&self, mut cmd: Value) -> Result<Value, Status> {
+    /// Proposes a command given as JSON on this node (which must be the leader); returns the
+    /// events.
+    pub(crate) async fn propose(&self, cmd: Value) -> Result<Value, Status> {
+        let mut cmd = cmd;
         if let Some(obj) = cmd.as_object_mut() {
-            obj.insert("at_ms".into(), json!(self.now_ms()));
+            obj.entry("at_ms").or_insert(json!(0));
         }
         let parsed: Command = serde_json::from_value(cmd)
             .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
-        let bytes = serde_json::to_vec(&parsed).map_err(|e| Status::internal(e.to_string()))?;
+        self.propose_cmd(parsed).await
+    }
+
+    /// Proposes a command on this node (which must be the leader), stamped with the leader's
+    /// time; returns the events.
+    pub(crate) async fn propose_cmd(&self, mut cmd: Command) -> Result<Value, Status> {
+        cmd.stamp(self.now_ms());
+        let bytes = serde_json::to_vec(&cmd).map_err(|e| Status::internal(e.to_string()))?;
         let committed = self.inner.raft.propose(bytes).await.map_err(|e| match e {
             RaftError::NotLeader { .. } => Status::unavailable(format!("not the leader: {e}")),
             other => Status::unavailable(other.to_string()),
@@ -179,6 +184,11 @@ impl Coordinator {
                 .to_owned();
             Err(Status::failed_precondition(msg))
         }
+    }
+
+    /// The raft index committed last (as this node knows it).
+    pub(crate) fn commit_index(&self) -> u64 {
+        self.inner.raft.status().commit
     }
 
     pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {

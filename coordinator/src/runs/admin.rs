@@ -1,14 +1,15 @@
-//! Starting runs and the admin API's `Operate`: load and validate the group's runbook, plan
+//! Starting runs and the admin API's run calls: load and validate the group's runbook, plan
 //! it, commit `start_run`; list and show runs (credentials redacted); commit operators'
 //! approvals, confirmations, rejections and cancellations. Acts through raft proposals only.
 
 use super::driver::drive_all;
 use super::redact::redact_secrets;
 use crate::handle::coordinator::Coordinator;
+use crate::state::Command;
 use crate::state::Run;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use tandem_core::proto::OperateRequest;
+use tandem_core::proto::{RunAction, RunActionRequest, RunKind, RunSummary};
 use tandem_runbooks::run::{self as rb, RunEvent};
 use tandem_runbooks::{plan, validate_against, PlanContext, Runbook, RunbookKind};
 use tonic::Status;
@@ -101,93 +102,124 @@ pub(crate) async fn start(
     Ok(run_id)
 }
 
-/// The admin API's `Operate`: start runs, list and show them, approve, confirm, reject and
-/// cancel their steps.
+/// The runbook kind a StartRun asks for.
 ///
 /// # Errors
-/// An unknown operation, run or step, or whatever starting or committing refused.
-pub(crate) async fn operate(
-    c: &Coordinator,
-    r: &OperateRequest,
-    actor: &str,
-) -> Result<Value, Status> {
-    let kind = match r.op.as_str() {
-        "failover" => Some(RunbookKind::Failover),
-        "switchover" => Some(RunbookKind::Switchover),
-        "drill" => Some(RunbookKind::Drill),
-        "failback" => Some(RunbookKind::Failback),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        let params: BTreeMap<String, String> = r.params.clone().into_iter().collect();
-        let id = start(c, kind, &r.group, actor, &params, None).await?;
-        return Ok(json!({ "run_id": id }));
-    }
-    match r.op.as_str() {
-        "runs" => Ok(c.read(|s| {
-            Value::Array(
-                s.runs()
-                    .iter()
-                    .filter(|(_, run)| r.group.is_empty() || run.group == r.group)
-                    .map(|(id, run)| summary(id, run))
-                    .collect(),
-            )
-        })),
-        "run" => c
-            .read(|s| {
-                s.run(&r.run_id).map(|run| {
-                    let mut v = serde_json::to_value(run).unwrap_or(Value::Null);
-                    redact_secrets(&mut v);
-                    v
-                })
-            })
-            .ok_or_else(|| Status::not_found(format!("no run {:?}", r.run_id))),
-        "approve" | "confirm" | "reject" | "cancel" => {
-            let step = if r.op == "cancel" {
-                0
-            } else {
-                c.read(|s| {
-                    s.run(&r.run_id).map(|run| {
-                        run.state
-                            .plan
-                            .steps
-                            .iter()
-                            .position(|p| p.id == r.step || (p.index + 1).to_string() == r.step)
-                    })
-                })
-                .ok_or_else(|| Status::not_found(format!("no run {:?}", r.run_id)))?
-                .ok_or_else(|| Status::not_found(format!("run {} has no step {:?}", r.run_id, r.step)))?
-            };
-            let at_ms = 0;
-            let by = actor.to_string();
-            let event = match r.op.as_str() {
-                "approve" => RunEvent::Approved { step, by, at_ms },
-                "confirm" => RunEvent::ConfirmedDone { step, by, at_ms },
-                "reject" => RunEvent::Rejected { step, by, at_ms },
-                _ => RunEvent::Cancelled { by, at_ms },
-            };
-            c.propose(json!({"op": "run_event", "run_id": r.run_id, "event": event}))
-                .await?;
-            drive_all(c);
-            Ok(json!({"run_id": r.run_id, "op": r.op, "step": r.step}))
-        }
-        other => Err(Status::invalid_argument(format!(
-            "unknown operation {other:?} (failover | switchover | drill | failback | runs | run | approve | confirm | reject | cancel)"
-        ))),
+/// `InvalidArgument` for an unspecified kind.
+pub(crate) fn run_kind(kind: RunKind) -> Result<RunbookKind, Status> {
+    match kind {
+        RunKind::Failover => Ok(RunbookKind::Failover),
+        RunKind::Switchover => Ok(RunbookKind::Switchover),
+        RunKind::Drill => Ok(RunbookKind::Drill),
+        RunKind::Failback => Ok(RunbookKind::Failback),
+        RunKind::Unspecified => Err(Status::invalid_argument(
+            "StartRun: kind must be failover, switchover, drill or failback",
+        )),
     }
 }
 
+/// The runs (of `group`, or all when empty), as `tandem runs` lists them.
+pub(crate) fn runs(c: &Coordinator, group: &str) -> Vec<RunSummary> {
+    c.read(|s| {
+        s.runs()
+            .iter()
+            .filter(|(_, run)| group.is_empty() || run.group == group)
+            .map(|(id, run)| summary(id, run))
+            .collect()
+    })
+}
+
+/// One run, whole, with credentials redacted.
+///
+/// # Errors
+/// `NotFound` for an unknown run.
+pub(crate) fn get_run(c: &Coordinator, run_id: &str) -> Result<Value, Status> {
+    c.read(|s| {
+        s.run(run_id).map(|run| {
+            let mut v = serde_json::to_value(run).unwrap_or(Value::Null);
+            redact_secrets(&mut v);
+            v
+        })
+    })
+    .ok_or_else(|| Status::not_found(format!("no run {run_id:?}")))
+}
+
+/// An operator's approval, confirmation or rejection of a step, or cancellation of a run,
+/// committed as `actor`; returns the events.
+///
+/// # Errors
+/// An unknown run or step, an unspecified action, or whatever committing refused.
+pub(crate) async fn run_action(
+    c: &Coordinator,
+    r: &RunActionRequest,
+    actor: &str,
+) -> Result<Value, Status> {
+    let action = r.action();
+    if action == RunAction::Unspecified {
+        return Err(Status::invalid_argument(
+            "RunAction: action must be approve, confirm, reject or cancel",
+        ));
+    }
+    let step = if action == RunAction::Cancel {
+        0
+    } else {
+        c.read(|s| {
+            s.run(&r.run_id).map(|run| {
+                run.state
+                    .plan
+                    .steps
+                    .iter()
+                    .position(|p| p.id == r.step || (p.index + 1).to_string() == r.step)
+            })
+        })
+        .ok_or_else(|| Status::not_found(format!("no run {:?}", r.run_id)))?
+        .ok_or_else(|| Status::not_found(format!("run {} has no step {:?}", r.run_id, r.step)))?
+    };
+    let at_ms = 0;
+    let by = actor.to_string();
+    let event = match action {
+        RunAction::Approve => RunEvent::Approved { step, by, at_ms },
+        RunAction::Confirm => RunEvent::ConfirmedDone { step, by, at_ms },
+        RunAction::Reject => RunEvent::Rejected { step, by, at_ms },
+        RunAction::Cancel | RunAction::Unspecified => RunEvent::Cancelled { by, at_ms },
+    };
+    let events = c
+        .propose_cmd(Command::RunEvent {
+            at_ms: 0,
+            run_id: r.run_id.clone(),
+            event,
+        })
+        .await?;
+    drive_all(c);
+    Ok(events)
+}
+
 /// One line of `tandem runs`.
-fn summary(id: &str, run: &Run) -> Value {
+fn summary(id: &str, run: &Run) -> RunSummary {
     let current = run
         .state
         .current()
         .and_then(|i| run.state.plan.steps.get(i))
         .map(|p| p.id.clone());
-    json!({
-        "run_id": id, "group": run.group, "kind": run.kind, "runbook": run.state.plan.runbook,
-        "status": run.state.status, "started_ms": run.state.started_ms,
-        "ended_ms": run.state.ended_ms, "rto_ms": run.rto_ms, "current_step": current,
-        "started_by": run.state.started_by,
-    })
+    RunSummary {
+        run_id: id.to_owned(),
+        group: run.group.clone(),
+        kind: run.kind.as_str().to_owned(),
+        runbook: run.state.plan.runbook.clone(),
+        status: status_name(&run.state.status),
+        started_ms: run.state.started_ms,
+        ended_ms: run.state.ended_ms.unwrap_or(0),
+        rto_ms: run.rto_ms.unwrap_or(0),
+        current_step: current.unwrap_or_default(),
+        started_by: run.state.started_by.clone(),
+    }
+}
+
+/// The name of a run's status (`running`, `succeeded`, ...), as its JSON form tags it.
+fn status_name(status: &tandem_runbooks::run::RunStatus) -> String {
+    let v = serde_json::to_value(status).unwrap_or(Value::Null);
+    v.as_str()
+        .or_else(|| v["status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -2,11 +2,15 @@
 //! committed, a caught-up replica's group made protected again, the primary's lease acquired
 //! or renewed, and the leases it holds answered. Acts: raft proposals.
 
+use super::authz::Who;
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::replica_caught_up;
 use crate::state::{GroupState, LeaseStatus as StLease};
 use serde_json::{json, Value};
+use tandem_core::net::Caller;
 use tandem_core::proto::{GroupLease, HeartbeatRequest};
+use tonic::Status;
+use tracing::warn;
 
 impl Coordinator {
     /// A heartbeat on the leader: records the live figures, commits the progress (for
@@ -144,4 +148,67 @@ pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Value {
         })
         .collect();
     json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress})
+}
+
+impl Coordinator {
+    /// The node a replicator's call speaks for: the certificate's node; without TLS (nobody
+    /// is authenticated) the node the request names, which must be in the topology. With TLS
+    /// a request that names another node is refused.
+    pub(super) fn node_of(&self, who: &Who, claimed: &str) -> Result<String, Status> {
+        match &who.caller {
+            Caller::Node(n) if claimed.is_empty() || claimed == n => Ok(n.clone()),
+            Caller::Node(n) => Err(Status::permission_denied(format!(
+                "certificate names node {n} but the request claims to be node {claimed}"
+            ))),
+            Caller::Anonymous if self.topo().node(claimed).is_some() => Ok(claimed.to_owned()),
+            Caller::Anonymous => Err(Status::invalid_argument(format!(
+                "no node {claimed:?} in the topology"
+            ))),
+            Caller::Client { name, role } => Err(Status::permission_denied(format!(
+                "{name} ({role}) is not a node"
+            ))),
+        }
+    }
+
+    /// The topology's site of `node`.
+    pub(super) fn site_of(&self, node: &str) -> Result<String, Status> {
+        self.topo()
+            .node(node)
+            .map(|n| n.site.clone())
+            .ok_or_else(|| Status::invalid_argument(format!("no node {node:?} in the topology")))
+    }
+
+    /// A heartbeat as the leader may trust it: the node is the certificate's, the site is the
+    /// topology's (never the message's), and only the groups whose site pair holds that site
+    /// are kept (the others are dropped and logged).
+    pub(super) fn checked_heartbeat(
+        &self,
+        mut r: HeartbeatRequest,
+        who: &Who,
+    ) -> Result<HeartbeatRequest, Status> {
+        r.node = self.node_of(who, &r.node)?;
+        r.site = self.site_of(&r.node)?;
+        let site = r.site.clone();
+        let topo = self.topo();
+        let before = r.groups.len();
+        let mut dropped = Vec::new();
+        r.groups.retain(|p| {
+            let ok = topo
+                .group(&p.group)
+                .is_some_and(|g| g.primary == site || g.replica == site);
+            if !ok {
+                dropped.push(p.group.clone());
+            }
+            ok
+        });
+        if r.groups.len() != before {
+            let shown: Vec<String> = dropped
+                .iter()
+                .take(8)
+                .map(|g| g.chars().take(64).collect())
+                .collect();
+            warn!(node = %r.node, %site, dropped = ?shown, "heartbeat reports groups that are not this site's in the topology; ignored");
+        }
+        Ok(r)
+    }
 }

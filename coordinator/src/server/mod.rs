@@ -6,7 +6,7 @@
 //!
 //! - [`process`]: the process (`run`) and the leader's periodic work.
 //! - [`api`]: the admin API's gRPC service.
-//! - [`authz`]: who may call what.
+//! - [`authz`]: who is calling, checked against [`table`], the authorization table.
 //! - [`heartbeat`]: a replicator's heartbeat on the leader.
 //! - [`status_doc`]: the status document.
 //!
@@ -17,7 +17,9 @@ mod authz;
 mod heartbeat;
 mod process;
 mod status_doc;
+pub mod table;
 
+pub use self::api::record_command;
 pub use self::heartbeat::heartbeat_command;
 pub use self::process::{run, ServerError};
 pub use crate::handle::coordinator::{Coordinator, CoordinatorSm};

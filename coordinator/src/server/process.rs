@@ -83,6 +83,7 @@ pub async fn run(
         drivers: crate::handle::drivers::Drivers::default(),
         net: net.clone(),
         cert_seen: Mutex::new(BTreeMap::new()),
+        refusals: Mutex::new(crate::refusals::Refusals::default()),
     });
     let coord = Coordinator {
         inner: inner.clone(),
@@ -93,6 +94,7 @@ pub async fn run(
         .map_err(|e| ServerError::Topology(format!("{}: bad listen address: {e}", node.listen)))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let bg = tokio::spawn(background(coord.clone(), stop_rx.clone()));
+    tokio::spawn(flush_refusals(coord.clone(), stop_rx.clone()));
     serve_metrics(&coord, node.metrics_listen.as_deref(), stop_rx.clone()).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(node = %name, %addr, raft_id = id, tls = net.is_tls(), "coordinator listening");
@@ -109,6 +111,18 @@ pub async fn run(
         addr: node.listen.clone(),
         source,
     })
+}
+
+/// On every coordinator: records the refusals counted in windows that have ended.
+async fn flush_refusals(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        c.flush_refusals().await;
+    }
 }
 
 /// The leader's periodic work: bootstrap, failure detection, RPO samples, automatic failover.

@@ -244,6 +244,29 @@ pub enum Command {
 }
 
 impl Command {
+    /// Sets the leader-stamped time of the command.
+    pub fn stamp(&mut self, now_ms: i64) {
+        match self {
+            Command::Bootstrap { at_ms, .. }
+            | Command::Heartbeat { at_ms, .. }
+            | Command::AcquireLease { at_ms, .. }
+            | Command::RenewLease { at_ms, .. }
+            | Command::ReleaseLease { at_ms, .. }
+            | Command::Fence { at_ms, .. }
+            | Command::Promote { at_ms, .. }
+            | Command::SyncDegraded { at_ms, .. }
+            | Command::SetGroupState { at_ms, .. }
+            | Command::PauseReplication { at_ms, .. }
+            | Command::ResumeReplication { at_ms, .. }
+            | Command::SiteDown { at_ms, .. }
+            | Command::SiteUp { at_ms, .. }
+            | Command::RpoSample { at_ms, .. }
+            | Command::Record { at_ms, .. }
+            | Command::StartRun { at_ms, .. }
+            | Command::RunEvent { at_ms, .. } => *at_ms = now_ms,
+        }
+    }
+
     /// The leader-stamped time of the command.
     pub fn at_ms(&self) -> i64 {
         match self {

@@ -1,5 +1,6 @@
 //! [`Cluster`]: the coordinators of a topology, called through typed methods: status, audit,
-//! propose (and record in the audit chain), operate and order a run, and find the leader.
+//! pause and resume, records in the audit chain, runs (start, act on, list, show), and find
+//! the leader. No call names its caller: the coordinators take it from the certificate.
 //! Replies that the coordinators send as JSON documents are decoded into the caller's type
 //! (e.g. `tandem_coordinator::status::ClusterStatus`), so core stays below the coordinator.
 //! I/O: gRPC calls only.
@@ -12,7 +13,10 @@ use tonic::transport::Channel;
 use super::error::ClientError;
 use crate::net::Net;
 use crate::proto::coordinator_client::CoordinatorClient;
-use crate::proto::{AuditRequest, OperateRequest, ProposeReply, ProposeRequest, StatusRequest};
+use crate::proto::{
+    AuditRequest, Decided, GetRunRequest, GroupCall, RecordKind, RecordRequest, RunAction,
+    RunActionRequest, RunKind, RunSummary, RunsRequest, StartRunRequest, StatusRequest,
+};
 
 /// How long dialling one coordinator may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -20,11 +24,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one audit page may take.
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a propose or operate call may take (a run's first step may be slow).
+/// How long a decision or run call may take (a run's first step may be slow).
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Records asked for per audit page.
 const AUDIT_PAGE: u64 = 5000;
-/// How long [`Cluster::operate`] keeps trying while no leader answers (an election).
+/// How long [`Cluster::call`] keeps trying while no leader answers (an election).
 const OPERATE_RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// The coordinators of a cluster, asked in the order given.
@@ -208,103 +212,198 @@ impl Cluster {
         Err(last)
     }
 
-    /// Proposes `command` (a JSON command of the state machine) as `actor` through the first
-    /// coordinator that answers.
+    /// Sends one call to the first coordinator that answers (a follower forwards it to the
+    /// leader). While none can be reached or none answers as leader (an election after the
+    /// leader was lost), tries again for up to 20 s.
     ///
     /// # Errors
-    /// No coordinator reachable, or the proposal refused.
-    pub async fn propose(
-        &self,
-        command: &serde_json::Value,
-        actor: &str,
-    ) -> Result<ProposeReply, ClientError> {
-        const CALL: &str = "propose";
-        let (mut c, addr) = self.connect(CALL).await?;
-        c.propose(ProposeRequest {
-            command: command.to_string(),
-            actor: actor.to_owned(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| ClientError::refused(CALL, &addr, &s))
-    }
-
-    /// Records an audit record: proposes `{"op": "record", "at_ms": 0, "actor", "kind",
-    /// "group", "detail"}` as `actor`.
-    ///
-    /// # Errors
-    /// As [`Cluster::propose`].
-    pub async fn record(
-        &self,
-        actor: &str,
-        kind: &str,
-        group: &str,
-        detail: serde_json::Value,
-    ) -> Result<ProposeReply, ClientError> {
-        let cmd = serde_json::json!({
-            "op": "record", "at_ms": 0, "actor": actor, "kind": kind, "group": group,
-            "detail": detail,
-        });
-        self.propose(&cmd, actor).await
-    }
-
-    /// Sends one `Operate` request and decodes its JSON reply as `T`. While no coordinator
-    /// can be reached or none answers as leader (an election after the leader was lost),
-    /// tries again for up to 20 s.
-    ///
-    /// # Errors
-    /// The last error once the 20 s are over, a refusal that retrying cannot change, or a
-    /// reply that does not decode.
-    pub async fn operate<T: DeserializeOwned>(
-        &self,
-        req: OperateRequest,
-    ) -> Result<T, ClientError> {
-        const CALL: &str = "operate";
+    /// The last error once the 20 s are over, or a refusal that retrying cannot change.
+    async fn call<R, F, Fut>(&self, call: &'static str, f: F) -> Result<R, ClientError>
+    where
+        F: Fn(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         let deadline = Instant::now() + OPERATE_RETRY_FOR;
         loop {
-            let err = match self.connect(CALL).await {
-                Ok((mut c, addr)) => match c.operate(req.clone()).await {
-                    Ok(r) => {
-                        return serde_json::from_str(&r.into_inner().json).map_err(|e| {
-                            ClientError::Decode {
-                                call: CALL,
-                                addr,
-                                reason: format!("decoding the coordinator's reply: {e}"),
-                            }
-                        })
-                    }
-                    Err(s) => ClientError::refused(CALL, &addr, &s),
+            let err = match self.connect(call).await {
+                Ok((c, addr)) => match f(c).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) => ClientError::refused(call, &addr, &s),
                 },
                 Err(e) => e,
             };
             if !err.is_retryable() || Instant::now() >= deadline {
                 return Err(err);
             }
-            tracing::debug!("{}: {err}; retrying", req.op);
+            tracing::debug!("{call}: {err}; retrying");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
-    /// Orders a run of kind `kind` (`failover`, `switchover`, `drill`, `failback`) of
-    /// `group` as `actor`; returns the run id.
+    /// Pauses replication of `group`. The coordinators record the caller's certificate as
+    /// the actor.
     ///
     /// # Errors
-    /// As [`Cluster::operate`], or a reply without a run id.
-    pub async fn order(&self, kind: &str, group: &str, actor: &str) -> Result<String, ClientError> {
-        let req = OperateRequest {
-            op: kind.into(),
-            actor: actor.into(),
+    /// As [`Cluster::call`].
+    pub async fn pause(&self, group: &str, reason: &str) -> Result<Decided, ClientError> {
+        let req = GroupCall {
             group: group.into(),
-            ..OperateRequest::default()
+            reason: reason.into(),
         };
-        let reply: serde_json::Value = self.operate(req).await?;
-        reply["run_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| ClientError::Decode {
-                call: "operate",
-                addr: self.addrs.join(","),
-                reason: "the coordinator did not return a run id".into(),
+        self.call("Pause", |mut c| {
+            let req = req.clone();
+            async move { c.pause(req).await }
+        })
+        .await
+    }
+
+    /// Resumes replication of `group`.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn resume(&self, group: &str, reason: &str) -> Result<Decided, ClientError> {
+        let req = GroupCall {
+            group: group.into(),
+            reason: reason.into(),
+        };
+        self.call("Resume", |mut c| {
+            let req = req.clone();
+            async move { c.resume(req).await }
+        })
+        .await
+    }
+
+    /// Adds a record of `kind` about `group` (empty: none) with `detail` (a JSON object) to
+    /// the audit chain.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn record(
+        &self,
+        kind: RecordKind,
+        group: &str,
+        detail: &serde_json::Value,
+    ) -> Result<Decided, ClientError> {
+        let req = RecordRequest {
+            kind: kind.into(),
+            group: group.into(),
+            detail_json: detail.to_string(),
+        };
+        self.call("Record", |mut c| {
+            let req = req.clone();
+            async move { c.record(req).await }
+        })
+        .await
+    }
+
+    /// Starts a run of the group's runbook of `kind` with `params`; returns the run id.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn start_run(
+        &self,
+        kind: RunKind,
+        group: &str,
+        params: std::collections::HashMap<String, String>,
+    ) -> Result<String, ClientError> {
+        let req = StartRunRequest {
+            kind: kind.into(),
+            group: group.into(),
+            params,
+            ..StartRunRequest::default()
+        };
+        let r = self
+            .call("StartRun", |mut c| {
+                let req = req.clone();
+                async move { c.start_run(req).await }
             })
+            .await?;
+        Ok(r.run_id)
+    }
+
+    /// Orders a run of kind `kind` (`failover`, `switchover`, `drill`, `failback`) of
+    /// `group`; returns the run id.
+    ///
+    /// # Errors
+    /// An unknown kind, or as [`Cluster::start_run`].
+    pub async fn order(&self, kind: &str, group: &str) -> Result<String, ClientError> {
+        let k = run_kind(kind).ok_or_else(|| ClientError::Decode {
+            call: "StartRun",
+            addr: self.addrs.join(","),
+            reason: format!("unknown run kind {kind:?} (failover | switchover | drill | failback)"),
+        })?;
+        self.start_run(k, group, Default::default()).await
+    }
+
+    /// Approves, confirms or rejects step `step` of run `run_id`, or cancels the run.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn run_action(
+        &self,
+        run_id: &str,
+        action: RunAction,
+        step: &str,
+    ) -> Result<Decided, ClientError> {
+        let req = RunActionRequest {
+            run_id: run_id.into(),
+            action: action.into(),
+            step: step.into(),
+        };
+        self.call("RunAction", |mut c| {
+            let req = req.clone();
+            async move { c.run_action(req).await }
+        })
+        .await
+    }
+
+    /// The runs of `group` (all when empty).
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn runs(&self, group: &str) -> Result<Vec<RunSummary>, ClientError> {
+        let req = RunsRequest {
+            group: group.into(),
+        };
+        let r = self
+            .call("Runs", |mut c| {
+                let req = req.clone();
+                async move { c.runs(req).await }
+            })
+            .await?;
+        Ok(r.runs)
+    }
+
+    /// One run, whole, decoded as `T`.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`], or a document that does not decode.
+    pub async fn get_run<T: DeserializeOwned>(&self, run_id: &str) -> Result<T, ClientError> {
+        const CALL: &str = "GetRun";
+        let req = GetRunRequest {
+            run_id: run_id.into(),
+        };
+        let r = self
+            .call(CALL, |mut c| {
+                let req = req.clone();
+                async move { c.get_run(req).await }
+            })
+            .await?;
+        serde_json::from_str(&r.json).map_err(|e| ClientError::Decode {
+            call: CALL,
+            addr: self.addrs.join(","),
+            reason: format!("decoding the run: {e}"),
+        })
+    }
+}
+
+/// The run kind named `kind` (`failover`, `switchover`, `drill`, `failback`).
+pub fn run_kind(kind: &str) -> Option<RunKind> {
+    match kind {
+        "failover" => Some(RunKind::Failover),
+        "switchover" => Some(RunKind::Switchover),
+        "drill" => Some(RunKind::Drill),
+        "failback" => Some(RunKind::Failback),
+        _ => None,
     }
 }

@@ -5,32 +5,29 @@ use std::time::Duration;
 use tandem_core::ids::Epoch;
 use tandem_core::net::Net;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
-use tandem_core::proto::ProposeRequest;
+use tandem_core::proto::SyncDegradedRequest;
 use tonic::transport::Channel;
 
-/// Asks the coordinators (`sync_degraded` command) before a sync group of this node
+/// Asks the coordinators (the SyncDegraded call; they take the node from this node's
+/// certificate and the site from the topology) before a sync group of this node
 /// acknowledges writes without its replica.
 #[derive(Debug)]
 pub(super) struct CoordinatorConsent {
     pub(super) group: String,
     pub(super) node: String,
-    pub(super) site: String,
     pub(super) coordinators: Vec<String>,
     pub(super) net: Net,
 }
 
 impl crate::pipeline::SyncConsent for CoordinatorConsent {
     fn ask(&self, epoch: Epoch, degraded: bool) -> crate::pipeline::ConsentFuture {
-        let cmd = serde_json::json!({
-            "op": "sync_degraded", "at_ms": 0, "group": self.group, "node": self.node,
-            "site": self.site, "epoch": epoch.0, "on": degraded,
-        })
-        .to_string();
-        let (node, coordinators, net) = (
-            self.node.clone(),
-            self.coordinators.clone(),
-            self.net.clone(),
-        );
+        let req = SyncDegradedRequest {
+            group: self.group.clone(),
+            epoch: epoch.0,
+            on: degraded,
+            node: self.node.clone(),
+        };
+        let (coordinators, net) = (self.coordinators.clone(), self.net.clone());
         Box::pin(async move {
             let mut why = Vec::new();
             for addr in &coordinators {
@@ -38,11 +35,7 @@ impl crate::pipeline::SyncConsent for CoordinatorConsent {
                     why.push(format!("{addr}: unreachable"));
                     continue;
                 };
-                let req = ProposeRequest {
-                    command: cmd.clone(),
-                    actor: node.clone(),
-                };
-                match c.propose(req).await {
+                match c.sync_degraded(req.clone()).await {
                     Ok(_) => return Ok(()),
                     // The leader refused it: asking another coordinator reaches the same one.
                     Err(e) if e.code() == tonic::Code::FailedPrecondition => {

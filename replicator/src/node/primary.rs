@@ -143,7 +143,6 @@ async fn open_pipeline(
         cfg.sync_consent = Some(Arc::new(CoordinatorConsent {
             group: name.clone(),
             node: rt.node.name.clone(),
-            site: rt.node.site.clone(),
             coordinators: rt.coordinators.clone(),
             net: rt.me.net.clone(),
         }));

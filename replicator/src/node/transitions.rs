@@ -13,7 +13,7 @@ use super::runtime::{GroupRt, NodeRt, RoleState};
 use crate::error::Result;
 use std::sync::Arc;
 use tandem_core::ids::Epoch;
-use tandem_core::proto::ProposeRequest;
+use tandem_core::proto::ReleaseLeaseRequest;
 use tracing::{info, warn};
 
 /// Stops the group's role: capture sources, pipeline and shipper (primary); the role
@@ -96,17 +96,14 @@ pub(super) async fn start_drain(rt: &Arc<NodeRt>, g: &mut GroupRt) {
                 }
             }
         }
-        let cmd = serde_json::json!({
-            "op": "release_lease", "at_ms": 0, "group": group, "node": rt2.node.name, "epoch": epoch.0,
-        });
+        let req = ReleaseLeaseRequest {
+            group: group.clone(),
+            epoch: epoch.0,
+            node: rt2.node.name.clone(),
+        };
         for addr in &rt2.coordinators {
             if let Some(mut c) = connect(&rt2.me.net, addr).await {
-                let r = c
-                    .propose(ProposeRequest {
-                        command: cmd.to_string(),
-                        actor: rt2.node.name.clone(),
-                    })
-                    .await;
+                let r = c.release_lease(req.clone()).await;
                 match r {
                     Ok(_) => {
                         info!(%group, seq = last.0, "drained; lease released");
