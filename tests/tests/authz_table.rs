@@ -271,7 +271,16 @@ fn every_caller_class_against_every_call_as_the_table_says() {
                 );
                 continue;
             }
-            match (allowed(call, *class), r) {
+            // PlannedStep is asked about a run that does not exist: with no group to class them
+            // by, the primary's and the replica's replicators are "other replicators" for it.
+            let judged = match (call, class) {
+                (
+                    Call::PlannedStep,
+                    CallerClass::PrimaryReplicator | CallerClass::ReplicaReplicator,
+                ) => CallerClass::OtherReplicator,
+                _ => *class,
+            };
+            match (allowed(call, judged), r) {
                 (true, Err((code, msg))) => assert!(
                     !matches!(
                         code,

@@ -213,8 +213,10 @@ impl CoordinatorApi for Coordinator {
 
     async fn planned_step(
         &self,
-        _req: Request<PlannedStepRequest>,
+        req: Request<PlannedStepRequest>,
     ) -> Result<Response<PlannedStepReply>, Status> {
+        let group = self.read(|s| s.run(&req.get_ref().run_id).map(|r| r.group.clone()));
+        self.gate(&req, Call::PlannedStep, group.as_deref()).await?;
         Err(Status::unimplemented("planned_step"))
     }
 
