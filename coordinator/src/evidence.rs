@@ -154,6 +154,8 @@ pub struct VerifyReport {
     pub files_checked: Vec<String>,
     /// Files rendered again from `audit.jsonl` that matched byte for byte.
     pub files_rederived: Vec<String>,
+    /// Records made without TLS (actor `unauthenticated`).
+    pub unauthenticated: derive::model::Unauthenticated,
 }
 
 /// Why an export or a verification failed; every variant names the file, line, record or field.
@@ -706,6 +708,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, EvidenceError> {
     }
     Ok(VerifyReport {
         records: manifest.chain.records,
+        unauthenticated: derive::model::Unauthenticated::of(&records),
         manifest,
         files_checked,
         files_rederived,
@@ -773,6 +776,38 @@ mod tests {
             parse_audit_jsonl(b"{}"),
             Err(EvidenceError::MalformedLine { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn records_made_without_tls_are_counted_and_flagged_in_the_report_and_verify() {
+        let mut c = AuditChain::default();
+        c.append(1_000, "operator", AuditKind::Note, None, json!({}));
+        c.append(2_000, "unauthenticated", AuditKind::Note, None, json!({}));
+        c.append(
+            3_000,
+            "unauthenticated",
+            AuditKind::Operator,
+            Some("g"),
+            json!({}),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        export(c.records(), &ExportOptions::default(), dir.path()).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            (
+                report.unauthenticated.records,
+                report.unauthenticated.first_index
+            ),
+            (2, 1)
+        );
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(html.contains("id=\"unauthenticated\"") && html.contains("without TLS"));
+        // A window made with TLS says nothing of it, and its runs.json has no such field.
+        let dir = tempfile::tempdir().unwrap();
+        export(&chain(3), &ExportOptions::default(), dir.path()).unwrap();
+        assert!(verify(dir.path()).unwrap().unauthenticated.is_none());
+        let runs = std::fs::read_to_string(dir.path().join("runs.json")).unwrap();
+        assert!(!runs.contains("unauthenticated"), "{runs}");
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub fn run(cmd: EvidenceCmd) -> Result<()> {
                 report.files_checked.join(", "),
                 report.files_rederived.join(", ")
             );
+            let u = &report.unauthenticated;
+            if !u.is_none() {
+                println!(
+                    "WARNING: {} record(s) (#{} to #{}) were made without TLS ([tls] insecure = true): their actor is \"unauthenticated\"; nobody vouches for who acted",
+                    u.records, u.first_index, u.last_index
+                );
+            }
             Ok(())
         }
     }

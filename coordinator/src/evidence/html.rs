@@ -236,7 +236,8 @@ font-weight:bold}.fail{color:#b71c1c;font-weight:bold}.na{color:#777}code,.hash{
 ui-monospace,Consolas,monospace;font-size:.9em;word-break:break-all}.plot{fill:#fafafa;stroke:#999}\
 .grid{stroke:#ddd}.ylab{font-size:10px;text-anchor:end;fill:#555}.xlab{font-size:10px;fill:#555}\
 .end{text-anchor:end}.slab{font-size:11px;text-anchor:end}.sval{font-size:10px;fill:#555}\
-.bar.ok{fill:#43a047}.bar.bad{fill:#e53935}.bar.unk{fill:#90a4ae}.legend{font-size:.85em;color:#555}";
+.bar.ok{fill:#43a047}.bar.bad{fill:#e53935}.bar.unk{fill:#90a4ae}.legend{font-size:.85em;color:#555}\
+.warn{background:#fff3e0;border:2px solid #e65100;padding:.6em 1em;color:#bf360c}";
 
 /// Renders `report.html` from the derived views and the manifest's chain and window fields (the
 /// `files` list is not used, so the report can be rendered before the manifest is complete).
@@ -251,6 +252,16 @@ pub fn render_report(
     let mut by_group: BTreeMap<&str, Vec<&RpoRow>> = BTreeMap::new();
     for r in rpo {
         by_group.entry(r.group.as_str()).or_default().push(r);
+    }
+    if !runs.unauthenticated.is_none() {
+        let u = &runs.unauthenticated;
+        let _ = write!(
+            o,
+            "<p class=\"warn\" id=\"unauthenticated\"><strong>Warning: {} record(s) of this window \
+             (#{} to #{}) were made while the cluster ran without TLS (<code>[tls] insecure = true</code>): \
+             their actor is <code>unauthenticated</code> and nobody vouches for who acted.</strong></p>",
+            u.records, u.first_index, u.last_index
+        );
     }
     summary(&mut o, manifest, groups, runs, &by_group);
     residency(&mut o, runs);

@@ -188,6 +188,44 @@ pub struct RunsDoc {
     /// Per group, every site (and jurisdiction) that held its data during the window.
     #[serde(default)]
     pub residency: Vec<GroupResidency>,
+    /// Records in the window whose actor is `unauthenticated`: made while the cluster ran
+    /// without TLS (`[tls] insecure = true`), so nobody vouches for who acted.
+    #[serde(default, skip_serializing_if = "Unauthenticated::is_none")]
+    pub unauthenticated: Unauthenticated,
+}
+
+/// The records of a window made without TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unauthenticated {
+    /// How many.
+    pub records: u64,
+    /// The first one's index.
+    pub first_index: u64,
+    /// The last one's index.
+    pub last_index: u64,
+}
+
+impl Unauthenticated {
+    /// True when there are none.
+    pub fn is_none(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Counts the records of `records` whose actor is `unauthenticated`.
+    pub fn of(records: &[crate::audit::AuditRecord]) -> Unauthenticated {
+        let mut u = Unauthenticated::default();
+        for r in records
+            .iter()
+            .filter(|r| r.actor == tandem_core::authz::UNAUTHENTICATED)
+        {
+            if u.records == 0 {
+                u.first_index = r.index;
+            }
+            u.records += 1;
+            u.last_index = r.index;
+        }
+        u
+    }
 }
 
 /// One committed RPO sample, a row of `rpo.csv`.

@@ -250,6 +250,7 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
         verify_results,
         refused,
         residency: Vec::new(),
+        unauthenticated: super::model::Unauthenticated::of(records),
     }
 }
 
@@ -384,8 +385,18 @@ fn refusal_of(r: &AuditRecord) -> Refusal {
         at: iso_ms(r.at_ms),
         actor: r.actor.clone(),
         group: r.group.clone(),
-        op: s(d, "op").unwrap_or_default(),
-        message: s(d, "message").unwrap_or_default(),
+        // State-machine refusals name the command and its message; refused calls (aggregated
+        // per actor and call) the call, the reason and how many they stand for.
+        op: s(d, "op").or_else(|| s(d, "call")).unwrap_or_default(),
+        message: match (
+            s(d, "message"),
+            s(d, "reason"),
+            d.get("count").and_then(Value::as_u64),
+        ) {
+            (Some(m), _, _) => m,
+            (None, Some(why), Some(n)) if n > 1 => format!("{why} ({n} refusals in one window)"),
+            (None, why, _) => why.unwrap_or_default(),
+        },
     }
 }
 
