@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             if let Ok(r) = HeartbeatRequest::decode(body) {
-                propose(heartbeat_command(&r, now), now);
+                apply_typed(heartbeat_command(&r, now), now);
             }
         }
         2 => {

@@ -197,7 +197,7 @@ impl Coordinator {
         f(&guard.state)
     }
 
-    pub(crate) fn bootstrap_command(&self) -> Value {
+    pub(crate) fn bootstrap_command(&self) -> Command {
         let t = &self.inner.topo;
         let settings = ClusterSettings {
             lease_ttl_ms: t.cluster.lease_ttl.as_millis(),
@@ -225,9 +225,12 @@ impl Coordinator {
                 allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             })
             .collect();
-        json!({
-            "op": "bootstrap", "at_ms": 0, "actor": self.inner.name,
-            "settings": settings, "sites": sites, "groups": groups,
-        })
+        Command::Bootstrap {
+            at_ms: 0,
+            actor: self.inner.name.clone(),
+            settings,
+            sites,
+            groups,
+        }
     }
 }

@@ -7,7 +7,7 @@ use super::redact::redact_secrets;
 use crate::handle::coordinator::Coordinator;
 use crate::state::Command;
 use crate::state::Run;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use tandem_core::proto::{RunAction, RunActionRequest, RunKind, RunSummary};
 use tandem_runbooks::run::{self as rb, RunEvent};
@@ -92,10 +92,16 @@ pub(crate) async fn start(
     let plan = plan(&rb, &cx).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let now = c.now_ms();
     let run_id = format!("{}-{group}-{now}", kind.as_str());
-    c.propose(json!({
-        "op": "start_run", "run_id": run_id, "group": group, "kind": kind,
-        "runbook_hash": hash, "plan": plan, "started_by": actor, "rto_from_ms": rto_from_ms,
-    }))
+    c.propose_cmd(Command::StartRun {
+        at_ms: 0,
+        run_id: run_id.clone(),
+        group: group.to_string(),
+        kind,
+        runbook_hash: hash,
+        plan,
+        started_by: actor.to_string(),
+        rto_from_ms,
+    })
     .await?;
     info!(run = %run_id, %group, %kind, "run started");
     drive_all(c);

@@ -6,8 +6,9 @@
 use super::decide::{decide_fence, planned_kind, FenceAct};
 use super::failure::{Failure, StepResult};
 use crate::handle::coordinator::Coordinator;
+use crate::state::Command;
 use crate::state::{GroupState, LeaseStatus, Run};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tandem_runbooks::{PlannedStep, ResolvedSite};
 use tonic::Status;
@@ -15,11 +16,21 @@ use tonic::Status;
 /// How often waits poll the state and the live figures.
 const POLL: Duration = Duration::from_millis(100);
 
-async fn set_state(c: &Coordinator, run: &Run, state: &str, reason: &str) -> Result<(), Status> {
-    c.propose(json!({"op": "set_group_state", "group": run.group, "state": state,
-        "reason": format!("run {}: {reason}", run.state.run_id), "actor": crate::state::COORDINATOR_ACTOR}))
-        .await
-        .map(|_| ())
+async fn set_state(
+    c: &Coordinator,
+    run: &Run,
+    state: GroupState,
+    reason: &str,
+) -> Result<(), Status> {
+    c.propose_cmd(Command::SetGroupState {
+        at_ms: 0,
+        group: run.group.clone(),
+        state,
+        reason: format!("run {}: {reason}", run.state.run_id),
+        actor: crate::state::COORDINATOR_ACTOR.into(),
+    })
+    .await
+    .map(|_| ())
 }
 
 /// `fence`: carries out [`decide_fence`] — the group state first (`switching-over` for planned
@@ -38,7 +49,7 @@ pub(super) async fn fence(c: &Coordinator, run: &Run) -> StepResult {
             FenceAct::StopIntake => "fence: stop intake at the primary",
             FenceAct::AlreadyFenced | FenceAct::RaiseEpoch => "fence",
         };
-        set_state(c, run, want.as_str(), why).await?;
+        set_state(c, run, want, why).await?;
     }
     match d.act {
         FenceAct::StopIntake => Ok(format!(
@@ -47,10 +58,12 @@ pub(super) async fn fence(c: &Coordinator, run: &Run) -> StepResult {
         )),
         FenceAct::AlreadyFenced => Ok(format!("already fenced: epoch {epoch}")),
         FenceAct::RaiseEpoch => {
-            c.propose(
-                json!({"op": "fence", "group": run.group, "actor": crate::state::COORDINATOR_ACTOR,
-                "reason": format!("run {}", run.state.run_id)}),
-            )
+            c.propose_cmd(Command::Fence {
+                at_ms: 0,
+                group: run.group.clone(),
+                actor: crate::state::COORDINATOR_ACTOR.into(),
+                reason: format!("run {}", run.state.run_id),
+            })
             .await?;
             let after = c
                 .read(|s| s.group(&run.group).map(|g| g.epoch.0))
@@ -138,8 +151,14 @@ async fn promote_group(c: &Coordinator, run: &Run, to_site: &str) -> StepResult 
         }
         let t_promote = c.now_ms();
         match c
-            .propose(json!({"op": "promote", "group": run.group, "to_site": to_site,
-                "actor": crate::state::COORDINATOR_ACTOR, "reason": format!("run {}", run.state.run_id), "planned": planned}))
+            .propose_cmd(Command::Promote {
+                at_ms: 0,
+                group: run.group.clone(),
+                to_site: to_site.to_string(),
+                actor: crate::state::COORDINATOR_ACTOR.into(),
+                reason: format!("run {}", run.state.run_id),
+                planned,
+            })
             .await
         {
             Ok(events) => {
@@ -148,7 +167,9 @@ async fn promote_group(c: &Coordinator, run: &Run, to_site: &str) -> StepResult 
                     .and_then(|a| a.iter().find(|e| e["event"] == "promoted"))
                     .map(|e| e["loss"].clone())
                     .unwrap_or(Value::Null);
-                let epoch = c.read(|s| s.group(&run.group).map(|g| g.epoch.0)).unwrap_or(0);
+                let epoch = c
+                    .read(|s| s.group(&run.group).map(|g| g.epoch.0))
+                    .unwrap_or(0);
                 return Ok(format!(
                     "{to_site} promoted (epoch {epoch}, planned {planned}); lease_wait_ms={lease_wait_ms} promote_ms={}; data-loss window {loss}",
                     c.now_ms() - t_promote
@@ -170,7 +191,7 @@ pub(super) async fn demote(c: &Coordinator, run: &Run) -> StepResult {
         set_state(
             c,
             run,
-            "switching-over",
+            GroupState::SwitchingOver,
             "demote: stop intake at the primary",
         )
         .await?;
@@ -263,13 +284,27 @@ pub(super) async fn pause(c: &Coordinator, run: &Run, pause: bool) -> StepResult
     } else {
         "resume_replication"
     };
-    match c
-        .propose(
-            json!({"op": op, "group": run.group, "actor": crate::state::COORDINATOR_ACTOR,
-            "reason": format!("run {}", run.state.run_id)}),
-        )
-        .await
-    {
+    let (group, actor, reason) = (
+        run.group.clone(),
+        crate::state::COORDINATOR_ACTOR.to_string(),
+        format!("run {}", run.state.run_id),
+    );
+    let cmd = if pause {
+        Command::PauseReplication {
+            at_ms: 0,
+            group,
+            actor,
+            reason,
+        }
+    } else {
+        Command::ResumeReplication {
+            at_ms: 0,
+            group,
+            actor,
+            reason,
+        }
+    };
+    match c.propose_cmd(cmd).await {
         Ok(_) => Ok(format!("{op}: done")),
         Err(e) if e.message().contains("already paused") || e.message().contains("not paused") => {
             Ok(format!("{op}: {}", e.message()))

@@ -3,7 +3,9 @@
 //! Acts: gRPC calls to replicators and raft proposals.
 
 use super::failure::{Failure, StepResult};
+use crate::audit::AuditKind;
 use crate::handle::coordinator::Coordinator;
+use crate::state::Command;
 use crate::state::Run;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -134,10 +136,13 @@ pub(super) async fn verify(c: &Coordinator, run: &Run) -> StepResult {
     }
     let detail = json!({"run_id": run.state.run_id, "group": group, "primary": primary, "replica": replica,
         "resources": rows, "root_match": all_match, "ok": all_match, "attempts": 1});
-    c.propose(
-        json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "verify",
-        "group": group, "detail": detail}),
-    )
+    c.propose_cmd(Command::Record {
+        at_ms: 0,
+        actor: crate::state::COORDINATOR_ACTOR.into(),
+        kind: AuditKind::Verify,
+        group: Some(group.to_string()),
+        detail,
+    })
     .await?;
     let text = serde_json::to_string_pretty(&rows).unwrap_or_default();
     if all_match {
@@ -233,10 +238,13 @@ pub(super) async fn recover(
     let detail = json!({"run_id": run.state.run_id, "site": site, "out_dir": dir,
         "point": point_json, "copied_at": r.copied_at, "undone": r.undone,
         "block_size": r.block_size, "resources": resources});
-    c.propose(
-        json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "recover",
-        "group": run.group, "detail": detail}),
-    )
+    c.propose_cmd(Command::Record {
+        at_ms: 0,
+        actor: crate::state::COORDINATOR_ACTOR.into(),
+        kind: AuditKind::Recover,
+        group: Some(run.group.clone()),
+        detail,
+    })
     .await?;
     Ok(format!(
         "{dir}\npoint seq {} ({}{}) captured at {} ms; copy of seq {}, {} undo records\n{}",

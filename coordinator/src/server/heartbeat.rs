@@ -5,8 +5,8 @@
 use super::authz::Who;
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::replica_caught_up;
-use crate::state::{GroupState, LeaseStatus as StLease};
-use serde_json::{json, Value};
+use crate::state::{Command, GroupProgress, GroupState, LeaseStatus as StLease, Role};
+use tandem_core::ids::{Epoch, Seq};
 use tandem_core::net::Caller;
 use tandem_core::proto::{GroupLease, HeartbeatRequest};
 use tonic::Status;
@@ -23,7 +23,7 @@ impl Coordinator {
         }
         lock(&self.inner.live).record(r, now);
         // Commit the progress (for data-loss windows and evidence), then leases.
-        let _ = self.propose(heartbeat_command(r, now)).await;
+        let _ = self.propose_cmd(heartbeat_command(r, now)).await;
         self.protect_caught_up(r, now).await;
         self.acquire_or_renew_leases(r).await;
         self.leases_of(&r.node)
@@ -57,10 +57,13 @@ impl Coordinator {
             if let Some((GroupState::Resyncing | GroupState::FailedOver, epoch)) = state {
                 if caught_up && epoch == p.epoch {
                     let _ = self
-                        .propose(
-                            json!({"op": "set_group_state", "group": p.group, "state": "protected",
-                            "reason": "replica in sync", "actor": r.node}),
-                        )
+                        .propose_cmd(Command::SetGroupState {
+                            at_ms: 0,
+                            group: p.group.clone(),
+                            state: GroupState::Protected,
+                            reason: "replica in sync".into(),
+                            actor: r.node.clone(),
+                        })
                         .await;
                 }
             }
@@ -83,15 +86,32 @@ impl Coordinator {
                     })
                     .unwrap_or_default()
             });
-            let op = if holder == r.node && active {
-                "renew_lease"
+            let (group, node, site, epoch) = (
+                p.group.clone(),
+                r.node.clone(),
+                r.site.clone(),
+                Epoch(p.epoch),
+            );
+            let (op, cmd) = if holder == r.node && active {
+                let cmd = Command::RenewLease {
+                    at_ms: 0,
+                    group,
+                    node,
+                    site,
+                    epoch,
+                };
+                ("renew_lease", cmd)
             } else {
-                "acquire_lease"
+                let cmd = Command::AcquireLease {
+                    at_ms: 0,
+                    group,
+                    node,
+                    site,
+                    epoch,
+                };
+                ("acquire_lease", cmd)
             };
-            if let Err(e) = self
-                .propose(json!({"op": op, "group": p.group, "node": r.node, "site": r.site, "epoch": p.epoch}))
-                .await
-            {
+            if let Err(e) = self.propose_cmd(cmd).await {
                 tracing::debug!(group = %p.group, node = %r.node, "lease {op} refused: {}", e.message());
             }
         }
@@ -125,29 +145,43 @@ impl Coordinator {
     }
 }
 
-/// The `heartbeat` state-machine command (JSON, without `at_ms`) for a replicator's heartbeat
-/// request received at `now`: the progress of its primary and replica groups, RPO computed
-/// from the oldest unacknowledged capture time. Pure: the `admin_request` fuzz target decodes
-/// arbitrary bytes as a `HeartbeatRequest` and applies the result to a state machine.
-pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Value {
-    let progress: Vec<Value> = r
+/// The `heartbeat` state-machine command for a replicator's heartbeat request received at
+/// `now`: the progress of its primary and replica groups, RPO computed from the oldest
+/// unacknowledged capture time (reports of another role are dropped). Pure: the
+/// `admin_request` fuzz target decodes arbitrary bytes as a `HeartbeatRequest` and applies the
+/// result to a state machine.
+pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Command {
+    let progress: Vec<GroupProgress> = r
         .groups
         .iter()
-        .filter(|p| p.role == "primary" || p.role == "replica")
-        .map(|p| {
+        .filter_map(|p| {
+            let role = match p.role.as_str() {
+                "primary" => Role::Primary,
+                "replica" => Role::Replica,
+                _ => return None,
+            };
             let rpo = if p.oldest_unacked_ms > 0 {
                 now.saturating_sub(p.oldest_unacked_ms).max(0)
             } else {
                 0
             };
-            json!({
-                "group": p.group, "role": p.role, "epoch": p.epoch,
-                "last_captured_seq": p.last_captured_seq, "durable_seq": p.durable_seq,
-                "rpo_ms": rpo, "bytes_pending": p.bytes_pending,
+            Some(GroupProgress {
+                group: p.group.clone(),
+                role,
+                epoch: Epoch(p.epoch),
+                last_captured_seq: Seq(p.last_captured_seq),
+                durable_seq: Seq(p.durable_seq),
+                rpo_ms: u64::try_from(rpo).unwrap_or(0),
+                bytes_pending: p.bytes_pending,
             })
         })
         .collect();
-    json!({"op": "heartbeat", "node": r.node, "site": r.site, "progress": progress})
+    Command::Heartbeat {
+        at_ms: now,
+        node: r.node.clone(),
+        site: r.site.clone(),
+        progress,
+    }
 }
 
 impl Coordinator {

@@ -5,8 +5,8 @@
 use crate::handle::coordinator::{lock, Coordinator, CoordinatorSm, Inner};
 use crate::handle::live::Live;
 use crate::raft::{self, RaftError, RaftNodeConfig};
+use crate::state::Command;
 use crate::state::{GroupState, SiteStatus, COORDINATOR_ACTOR};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -152,7 +152,7 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
                     .all(|g| s.group(&g.name).is_some())
         });
         if !bootstrapped {
-            if let Err(e) = c.propose(c.bootstrap_command()).await {
+            if let Err(e) = c.propose_cmd(c.bootstrap_command()).await {
                 warn!("bootstrap refused: {}", e.message());
             }
             continue;
@@ -188,12 +188,20 @@ async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
         if silent && status != Some(SiteStatus::Down) {
             warn!(site = %site.name, silent_ms = now - last, "site declared down");
             let _ = c
-                .propose(json!({"op": "site_down", "site": site.name}))
+                .propose_cmd(Command::SiteDown {
+                    at_ms: 0,
+                    site: site.name.clone(),
+                })
                 .await;
             start_auto_failovers(c, &site.name, now).await;
         } else if !silent && status == Some(SiteStatus::Down) {
             info!(site = %site.name, "site is back up");
-            let _ = c.propose(json!({"op": "site_up", "site": site.name})).await;
+            let _ = c
+                .propose_cmd(Command::SiteUp {
+                    at_ms: 0,
+                    site: site.name.clone(),
+                })
+                .await;
         } else if silent {
             start_auto_failovers(c, &site.name, now).await;
         }
@@ -273,7 +281,11 @@ async fn sample_rpo(c: &Coordinator, now: i64) {
     let doc = c.status_doc(false);
     for g in doc.groups {
         let _ = c
-            .propose(json!({"op": "rpo_sample", "group": g.name, "rpo_ms": g.rpo_ms.max(0)}))
+            .propose_cmd(Command::RpoSample {
+                at_ms: 0,
+                group: g.name.clone(),
+                rpo_ms: u64::try_from(g.rpo_ms.max(0)).unwrap_or(0),
+            })
             .await;
     }
 }
