@@ -65,9 +65,9 @@ impl CoordinatorApi for Coordinator {
 
     async fn planned_step(
         &self,
-        _req: Request<PlannedStepRequest>,
+        req: Request<PlannedStepRequest>,
     ) -> Result<Response<PlannedStepReply>, Status> {
-        Err(Status::unimplemented("planned_step"))
+        self.planned_step_call(req).await
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
