@@ -299,6 +299,50 @@ mod tests {
         }
     }
 
+    fn runner() -> StepRunner {
+        StepRunner {
+            node: "hcm-rep".into(),
+            site: "hcm".into(),
+            coordinator_names: HashSet::from(["danang-coord1".to_string()]),
+            coordinators: vec![("danang-coord1".into(), "127.0.0.1:1".into())],
+            cluster: Cluster::new(Net::plaintext(), vec![]),
+            net: Net::plaintext(),
+        }
+    }
+
+    #[test]
+    fn only_the_current_step_of_this_site_with_a_command_is_run() {
+        let r = runner();
+        let req = RunStepRequest {
+            run_id: "r1".into(),
+            step: 2,
+        };
+        let with = |f: &dyn Fn(&mut PlannedStepReply)| {
+            let mut p = plan(1000);
+            p.shell = "true".into();
+            f(&mut p);
+            r.check(&req, &p)
+        };
+        assert!(matches!(with(&|_| {}), Ok(Cmd::Shell(s)) if s == "true"));
+        let argv = with(&|p| p.argv = vec!["/bin/echo".into(), "x".into()]);
+        assert!(matches!(argv, Ok(Cmd::Argv(p, a)) if p == "/bin/echo" && a == ["x"]));
+        let refused: [(&dyn Fn(&mut PlannedStepReply), &str); 5] = [
+            (
+                &|p| p.site = "hanoi".into(),
+                "runs at site hanoi, not at this node's site hcm",
+            ),
+            (&|p| p.current = false, "not the run's current step"),
+            (&|p| p.shell.clear(), "has no command"),
+            (&|p| p.step = 3, "not step 2 of run r1"),
+            (&|p| p.run_id = "r2".into(), "not step 2 of run r1"),
+        ];
+        for (edit, why) in refused {
+            let e = with(edit).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert!(e.message().contains(why), "{} / {why}", e.message());
+        }
+    }
+
     #[test]
     fn the_tail_is_cut_at_a_character_boundary() {
         assert_eq!(tail("abc".into(), 5), "abc");
