@@ -299,6 +299,8 @@ mod tests {
         }
     }
 
+    type Edit = dyn Fn(&mut PlannedStepReply);
+
     fn runner() -> StepRunner {
         StepRunner {
             node: "hcm-rep".into(),
@@ -317,7 +319,7 @@ mod tests {
             run_id: "r1".into(),
             step: 2,
         };
-        let with = |f: &dyn Fn(&mut PlannedStepReply)| {
+        let with = |f: &Edit| {
             let mut p = plan(1000);
             p.shell = "true".into();
             f(&mut p);
@@ -326,7 +328,7 @@ mod tests {
         assert!(matches!(with(&|_| {}), Ok(Cmd::Shell(s)) if s == "true"));
         let argv = with(&|p| p.argv = vec!["/bin/echo".into(), "x".into()]);
         assert!(matches!(argv, Ok(Cmd::Argv(p, a)) if p == "/bin/echo" && a == ["x"]));
-        let refused: [(&dyn Fn(&mut PlannedStepReply), &str); 5] = [
+        let refused: [(&Edit, &str); 5] = [
             (
                 &|p| p.site = "hanoi".into(),
                 "runs at site hanoi, not at this node's site hcm",
