@@ -151,18 +151,6 @@ impl Coordinator {
         c.propose(ProposeRequest { command }).await.map(|_| ())
     }
 
-    /// Proposes a command given as JSON on this node (which must be the leader); returns the
-    /// events.
-    pub(crate) async fn propose(&self, cmd: Value) -> Result<Value, Status> {
-        let mut cmd = cmd;
-        if let Some(obj) = cmd.as_object_mut() {
-            obj.entry("at_ms").or_insert(json!(0));
-        }
-        let parsed: Command = serde_json::from_value(cmd)
-            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
-        self.propose_cmd(parsed).await
-    }
-
     /// Proposes a command on this node (which must be the leader), stamped with the leader's
     /// time; returns the events.
     pub(crate) async fn propose_cmd(&self, mut cmd: Command) -> Result<Value, Status> {

@@ -7,7 +7,9 @@ use super::failover::{demote, fence, pause, promote, reverse, wait_replicated};
 use super::failure::{bound, Failure, StepResult};
 use super::host::{check, expect_text, http, run_command, status_ok};
 use super::replica::{recover, snapshot, verify};
+use crate::audit::AuditKind;
 use crate::handle::coordinator::Coordinator;
+use crate::state::Command;
 use crate::state::Run;
 use serde_json::json;
 use std::time::Duration;
@@ -38,10 +40,12 @@ pub(crate) fn drive_all(c: &Coordinator) {
 
 /// Proposes a run event; `Ok(false)` when the state refused it.
 async fn commit(c: &Coordinator, run_id: &str, event: &RunEvent) -> Result<bool, Status> {
-    match c
-        .propose(json!({"op": "run_event", "run_id": run_id, "event": event}))
-        .await
-    {
+    let cmd = Command::RunEvent {
+        at_ms: 0,
+        run_id: run_id.to_string(),
+        event: event.clone(),
+    };
+    match c.propose_cmd(cmd).await {
         Ok(_) => Ok(true),
         Err(e) if e.code() == tonic::Code::FailedPrecondition => {
             warn!(run = %run_id, "event refused: {}", e.message());
@@ -230,9 +234,14 @@ pub(super) async fn execute(c: &Coordinator, run: &Run, step: &PlannedStep) -> S
         Action::Notify { message, channel } => {
             let channel = channel.clone().unwrap_or_else(|| "default".into());
             info!(run = %run.state.run_id, group, %channel, "NOTIFY: {message}");
-            c.propose(json!({"op": "record", "actor": crate::state::COORDINATOR_ACTOR, "kind": "note", "group": group,
-                "detail": {"run_id": run.state.run_id, "step": step.id, "notify": message, "channel": channel}}))
-                .await?;
+            c.propose_cmd(Command::Record {
+                at_ms: 0,
+                actor: crate::state::COORDINATOR_ACTOR.into(),
+                kind: AuditKind::Note,
+                group: Some(group.to_string()),
+                detail: json!({"run_id": run.state.run_id, "step": step.id, "notify": message, "channel": channel}),
+            })
+            .await?;
             Ok(format!("[{channel}] {message}"))
         }
         // Never executed: committing its start makes it wait for an operator.

@@ -1,23 +1,27 @@
-//! The steps that run on the leader's host: `exec` and `check` commands (with the environment
-//! docs/runbooks.md promises) and plain HTTP/1.1 calls for `http` steps and probes.
-//! Acts: child processes and TCP.
+//! `exec` and `check` commands (with the environment docs/runbooks.md promises): on the leader's
+//! host for a step with no site, on the site's replicator (through [`super::site`]) for a step
+//! at a site; and plain HTTP/1.1 calls for `http` steps and probes. Acts: child processes and
+//! TCP.
 
 use super::failure::{Failure, StepResult};
 use super::redact::redact_url;
 use super::replica::snapshot_of;
+use super::site::run_at_site;
 use crate::handle::coordinator::Coordinator;
 use crate::state::Run;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tandem_runbooks::{Command, PlannedStep, Probe};
+use tandem_runbooks::{Command, PlannedStep, Probe, ResolvedSite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 /// Most bytes of an HTTP response read.
 const HTTP_MAX_RESPONSE: usize = 1 << 20;
 
-/// The environment docs/runbooks.md promises to `exec` and `check` commands.
-fn command_env(
+/// The environment docs/runbooks.md promises to `exec` and `check` commands, but `TANDEM_BIN`,
+/// which the process that runs the command adds (its own executable). Shared by the leader
+/// (steps with no site) and `Coordinator.PlannedStep` (steps a replicator runs).
+pub(crate) fn command_env(
     c: &Coordinator,
     run: &Run,
     step: &PlannedStep,
@@ -46,9 +50,6 @@ fn command_env(
                 .join(","),
         ),
     ];
-    if let Ok(exe) = std::env::current_exe() {
-        env.push(("TANDEM_BIN".into(), exe.display().to_string()));
-    }
     if let Some((name, dir)) = snapshot_of(run) {
         env.push(("TANDEM_SNAPSHOT".into(), name));
         env.push(("TANDEM_SNAPSHOT_PATH".into(), dir));
@@ -62,8 +63,24 @@ fn command_env(
     env
 }
 
-/// Runs a command on this (the coordinator leader's) host: `(exit status 0, stdout + stderr)`.
+/// Runs the command of an `exec` step or a `check` probe where the step belongs: on the
+/// replicator of its site (which reads the command from the committed plan), or on this (the
+/// coordinator leader's) host when it has no site. `(exit status 0, stdout + stderr)`.
 pub(super) async fn run_command(
+    c: &Coordinator,
+    run: &Run,
+    step: &PlannedStep,
+    command: &Command,
+    extra: &BTreeMap<String, String>,
+) -> Result<(bool, String), Failure> {
+    match &step.site {
+        ResolvedSite::Site(site) => run_at_site(c, run, step, site).await,
+        ResolvedSite::Coordinator => run_here(c, run, step, command, extra).await,
+    }
+}
+
+/// Runs a command on this (the coordinator leader's) host: `(exit status 0, stdout + stderr)`.
+async fn run_here(
     c: &Coordinator,
     run: &Run,
     step: &PlannedStep,
@@ -85,9 +102,11 @@ pub(super) async fn run_command(
             x
         }
     };
-    cmd.envs(command_env(c, run, step, extra))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    cmd.envs(command_env(c, run, step, extra));
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.env("TANDEM_BIN", exe);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = cmd
         .output()
         .await

@@ -12,7 +12,9 @@
 //! - [`decide`]: what a `fence` step must do (pure, table-tested).
 //! - [`failover`]: `fence`, `promote`, `demote`, `reverse`, `wait_replicated`, pause/resume.
 //! - [`replica`]: `verify`, `snapshot`, `recover` (calls to replicators).
-//! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host).
+//! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host; commands of a
+//!   step at a site go to [`site`]).
+//! - [`site`]: a step's command run by the replicator of its site (`Replication.RunStep`).
 //! - [`failure`]: what an attempt returns.
 //! - [`redact`]: credentials kept out of what the admin API shows.
 
@@ -25,6 +27,9 @@ mod failure;
 mod host;
 pub mod redact;
 mod replica;
+mod site;
+
+pub(crate) use self::host::command_env;
 
 pub use self::redact::redact_secrets;
 pub use crate::handle::drivers::Drivers;

@@ -217,7 +217,7 @@ impl CoordinatorApi for Coordinator {
     ) -> Result<Response<PlannedStepReply>, Status> {
         let group = self.read(|s| s.run(&req.get_ref().run_id).map(|r| r.group.clone()));
         self.gate(&req, Call::PlannedStep, group.as_deref()).await?;
-        Err(Status::unimplemented("planned_step"))
+        self.planned_step_call(req).await
     }
 
     async fn propose(

@@ -88,13 +88,15 @@ pub const CALLS: [(Call, &str, &str); 14] = [
 ];
 
 /// May a caller of `class` make `call`? Group-scoped calls are classed by the group's sites
-/// as the coordinators' committed state has them now. A coordinator may make every call:
-/// it forwards the calls its own callers made (naming them; the leader checks again), and
-/// coordinators decide the rest.
+/// as the coordinators' committed state has them now. A coordinator may make every call but
+/// `PlannedStep`: it forwards the calls its own callers made (naming them; the leader checks
+/// again), and coordinators decide the rest.
 pub fn allowed(call: Call, class: CallerClass) -> bool {
     use CallerClass as C;
     match class {
-        C::Coordinator | C::Unauthenticated => true,
+        // Coordinators never run steps: only a replicator reads the step it was asked to run.
+        C::Coordinator => call != Call::PlannedStep,
+        C::Unauthenticated => true,
         C::UnknownCa | C::NoCertificate => false,
         C::Operator => !matches!(
             call,

@@ -14,8 +14,9 @@ use super::error::ClientError;
 use crate::net::Net;
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::{
-    AuditRequest, Decided, GetRunRequest, GroupCall, RecordKind, RecordRequest, RunAction,
-    RunActionRequest, RunKind, RunSummary, RunsRequest, StartRunRequest, StatusRequest,
+    AuditRequest, Decided, GetRunRequest, GroupCall, PlannedStepReply, PlannedStepRequest,
+    RecordKind, RecordRequest, RunAction, RunActionRequest, RunKind, RunSummary, RunsRequest,
+    StartRunRequest, StatusRequest,
 };
 
 /// How long dialling one coordinator may take before the next is tried.
@@ -26,6 +27,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a decision or run call may take (a run's first step may be slow).
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a planned-step read may take.
+const PLANNED_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records asked for per audit page.
 const AUDIT_PAGE: u64 = 5000;
 /// How long [`Cluster::call`] keeps trying while no leader answers (an election).
@@ -114,6 +117,63 @@ impl Cluster {
             addr: addr.to_owned(),
             reason: format!("decoding the status document: {e}"),
         })
+    }
+
+    /// Step `step` of run `run_id` as the committed plan of the coordinator at `addr` holds
+    /// it (`Coordinator.PlannedStep`: its command, environment, site and whether it is the
+    /// run's current step).
+    ///
+    /// # Errors
+    /// Unreachable, or refused (no such run or step, or the caller may not read it).
+    pub async fn planned_step_of(
+        &self,
+        addr: &str,
+        run_id: &str,
+        step: u32,
+    ) -> Result<PlannedStepReply, ClientError> {
+        const CALL: &str = "planned_step";
+        let mut c = self.dial(CALL, addr, Some(PLANNED_STEP_TIMEOUT)).await?;
+        let req = PlannedStepRequest {
+            run_id: run_id.to_owned(),
+            step,
+        };
+        c.planned_step(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::refused(CALL, addr, &s))
+    }
+
+    /// [`Self::planned_step_of`] asked of `first` (when given, e.g. the coordinator that is
+    /// asking for the step to run), then of the others in order while they cannot be reached
+    /// or are unavailable; a coordinator that answers "no" is the answer.
+    ///
+    /// # Errors
+    /// The refusal, or the error of the last coordinator tried ([`ClientError::NoAddress`]
+    /// when there is none).
+    pub async fn planned_step(
+        &self,
+        first: Option<&str>,
+        run_id: &str,
+        step: u32,
+    ) -> Result<PlannedStepReply, ClientError> {
+        let mut order: Vec<&str> = first.into_iter().collect();
+        order.extend(
+            self.addrs
+                .iter()
+                .map(String::as_str)
+                .filter(|a| Some(*a) != first),
+        );
+        let mut last = ClientError::NoAddress {
+            call: "planned_step",
+        };
+        for a in order {
+            match self.planned_step_of(a, run_id, step).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_retryable() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     /// The status from the first coordinator (in order) that answers.

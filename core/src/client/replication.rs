@@ -9,10 +9,15 @@ use tonic::transport::Channel;
 use super::error::ClientError;
 use crate::net::Net;
 use crate::proto::replication_client::ReplicationClient;
-use crate::proto::{ResyncProgress, ResyncRequest, VerifyProgress, VerifyRequest, VolumeVerdict};
+use crate::proto::{
+    ResyncProgress, ResyncRequest, RunStepReply, RunStepRequest, VerifyProgress, VerifyRequest,
+    VolumeVerdict,
+};
 
 /// How long dialling a replicator may take for a resync.
 const RESYNC_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long dialling a replicator may take to run a step.
+const RUN_STEP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long dialling a replicator may take for a verify.
 const VERIFY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -183,6 +188,33 @@ impl Replicator {
             addr: self.addr.clone(),
             inner,
         })
+    }
+
+    /// Asks this replicator to run step `step` of run `run_id` on its host
+    /// (`Replication.RunStep`): it reads the step from the coordinators' committed plan and
+    /// answers with the command's exit status and output. The call may take up to
+    /// `timeout` (the step's own bound and some slack).
+    ///
+    /// # Errors
+    /// Unreachable, or the replicator refused (not asked by a coordinator, the step is not
+    /// at its site or not current, or the command could not start).
+    pub async fn run_step(
+        &self,
+        run_id: &str,
+        step: u32,
+        timeout: Duration,
+    ) -> Result<RunStepReply, ClientError> {
+        const CALL: &str = "run_step";
+        let mut c = self.dial(CALL, RUN_STEP_CONNECT_TIMEOUT).await?;
+        let mut req = tonic::Request::new(RunStepRequest {
+            run_id: run_id.to_owned(),
+            step,
+        });
+        req.set_timeout(timeout);
+        c.run_step(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::refused(CALL, &self.addr, &s))
     }
 
     /// Runs [`Replicator::verify`] to its end: `on_progress` sees every message; returns the

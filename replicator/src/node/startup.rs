@@ -11,7 +11,7 @@ use super::transitions::stop_role;
 use super::volume::GroupVolume;
 use crate::error::{ReplicatorError, Result};
 use crate::nbd::{self, ExportMap};
-use crate::receive::ReplicationService;
+use crate::receive::{ReplicationService, StepRunner};
 use crate::resync::BlockServer;
 use crate::volume::FileVolume;
 use std::collections::{BTreeMap, HashMap};
@@ -247,6 +247,10 @@ fn build_runtime(
         .with_block_source(Arc::new(blocks))
         .with_net(net.clone())
         .with_topology(topo);
+    let service = match StepRunner::new(topo, &node.name, net.clone()) {
+        Some(runner) => service.with_step_runner(runner),
+        None => service,
+    };
     let coordinators = topo
         .coordinators()
         .iter()

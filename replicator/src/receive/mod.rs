@@ -4,12 +4,14 @@
 //! per-frame decision, from its room `crate::apply::classify`.
 //!
 //! Rooms: [`source`] (the [`BlockSource`] trait), `stream` (one Ship stream: batch, apply,
-//! acknowledge).
+//! acknowledge), `steps` (RunStep: a runbook step's command, read from the committed plan).
 
 pub mod source;
+mod steps;
 mod stream;
 
 pub use self::source::{resync_finished, BlockSource};
+pub use self::steps::{StepRunner, MAX_STEP_OUTPUT};
 use self::stream::{response, run_stream};
 pub use crate::apply::classify::{classify, Verdict};
 use crate::apply::ReplicaGroup;
@@ -52,6 +54,8 @@ pub struct ReplicationService {
     catalog: Option<Arc<Catalog>>,
     closed: Arc<watch::Sender<bool>>,
     net: Net,
+    /// Runs runbook steps at this node's site (RunStep); without it RunStep is unimplemented.
+    steps: Option<Arc<StepRunner>>,
 }
 
 impl Default for ReplicationService {
@@ -62,6 +66,7 @@ impl Default for ReplicationService {
             catalog: None,
             closed: Arc::new(watch::channel(false).0),
             net: Net::plaintext(),
+            steps: None,
         }
     }
 }
@@ -148,6 +153,12 @@ impl ReplicationService {
         self
     }
 
+    /// Serves RunStep with `runner` (this node's steps, read from the coordinators' plan).
+    pub fn with_step_runner(mut self, runner: StepRunner) -> ReplicationService {
+        self.steps = Some(Arc::new(runner));
+        self
+    }
+
     /// Refuses callers that are neither a node nor an operator (TLS only).
     fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         match self.net.caller(req)? {
@@ -201,9 +212,14 @@ impl Replication for ReplicationService {
 
     async fn run_step(
         &self,
-        _request: Request<tandem_core::proto::RunStepRequest>,
+        request: Request<tandem_core::proto::RunStepRequest>,
     ) -> Result<Response<tandem_core::proto::RunStepReply>, Status> {
-        Err(Status::unimplemented("run_step"))
+        let Some(steps) = &self.steps else {
+            return Err(Status::unimplemented(
+                "run_step: no step runner on this service",
+            ));
+        };
+        steps.run_step(request).await.map(Response::new)
     }
 
     async fn verify(
