@@ -252,7 +252,7 @@ fn only_coordinators_make_a_replicator_run_a_step_and_an_unreachable_site_fails_
         let e = run_step(net, &run_id, 0).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e:?}");
         assert!(
-            e.message().contains(who) && e.message().contains("run_step"),
+            e.message().contains(who) && e.message().contains("RunStep"),
             "{who}: {}",
             e.message()
         );
@@ -296,7 +296,7 @@ fn only_coordinators_make_a_replicator_run_a_step_and_an_unreachable_site_fails_
         let e = planned(net).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e:?}");
         assert!(
-            e.message().contains(who) && e.message().contains("planned_step"),
+            e.message().contains(who) && e.message().contains("PlannedStep"),
             "{who}: {}",
             e.message()
         );

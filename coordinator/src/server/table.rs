@@ -78,7 +78,7 @@ pub const CALLS: [(Call, &str, &str); 14] = [
     (
         Call::PlannedStep,
         "PlannedStep",
-        "the committed step a replicator was asked to run; only for a step planned at the caller's site",
+        "the committed step a replicator was asked to run; only a replicator of the topology, for a step planned at its own site",
     ),
     (
         Call::Propose,
@@ -117,16 +117,15 @@ pub fn allowed(call: Call, class: CallerClass) -> bool {
                 | Call::PlannedStep
         ),
         C::ReplicaReplicator => matches!(call, Call::Status | Call::Heartbeat | Call::PlannedStep),
-        C::OtherReplicator => matches!(call, Call::Status | Call::Heartbeat),
+        // PlannedStep: any replicator may ask; the step must be planned at its own site
+        // (checked against the run in `steps`), which is narrower than the group's pair.
+        C::OtherReplicator => matches!(call, Call::Status | Call::Heartbeat | Call::PlannedStep),
     }
 }
 
 /// Which calls are about one group (and so class a replicator by the group's sites).
 pub fn group_scoped(call: Call) -> bool {
-    matches!(
-        call,
-        Call::ReleaseLease | Call::SyncDegraded | Call::PlannedStep
-    )
+    matches!(call, Call::ReleaseLease | Call::SyncDegraded)
 }
 
 /// The table as Markdown, as docs/SECURITY.md carries it.

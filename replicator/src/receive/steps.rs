@@ -79,7 +79,7 @@ impl StepRunner {
             Caller::Anonymous => None,
             Caller::Node(n) if self.coordinator_names.contains(n) => Some(n.clone()),
             other => {
-                let why = format!("{other} is not a coordinator and may not call run_step");
+                let why = format!("{other} is not a coordinator and may not call RunStep");
                 warn!(node = %self.node, "run_step refused: {why}");
                 return Err(Status::permission_denied(why));
             }
