@@ -235,7 +235,12 @@ async fn qemu_io_writes_over_tls_with_a_cluster_certificate_and_reads_it_back() 
     let server = Server::start(&pki, true, ServerOptions::default()).await;
     // 1. The whole 64 MiB volume, written over TLS.
     let started = Instant::now();
-    let out = qemu_io(server.addr, Some(&pki.good), &["write -P 0x5a 0 64M", "flush"]).await;
+    let out = qemu_io(
+        server.addr,
+        Some(&pki.good),
+        &["write -P 0x5a 0 64M", "flush"],
+    )
+    .await;
     let tls_took = started.elapsed();
     assert!(!qemu_failed(&out), "qemu-io over TLS: {}", describe(&out));
     assert!(
@@ -288,7 +293,11 @@ async fn qemu_io_with_a_certificate_from_another_ca_is_refused_and_writes_nothin
     std::fs::copy(pki.good.join("ca-cert.pem"), bare.join("ca-cert.pem")).unwrap();
     let out = qemu_io(server.addr, Some(&bare), &["write -P 0xee 0 1M"]).await;
     println!("no certificate: {}", describe(&out));
-    assert!(qemu_failed(&out), "no certificate accepted: {}", describe(&out));
+    assert!(
+        qemu_failed(&out),
+        "no certificate accepted: {}",
+        describe(&out)
+    );
     assert_refused_by_server(&out);
     assert!(server.file().iter().all(|&b| b == 0), "the image changed");
     // The server still serves the rightful client.

@@ -437,7 +437,15 @@ mod tests {
         assert_eq!(before_tls(OPT_STARTTLS), BeforeTls::StartTls);
         assert_eq!(before_tls(OPT_ABORT), BeforeTls::Abort);
         assert_eq!(before_tls(OPT_EXPORT_NAME), BeforeTls::Close);
-        for opt in [OPT_LIST, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY, 0, 4, u32::MAX] {
+        for opt in [
+            OPT_LIST,
+            OPT_INFO,
+            OPT_GO,
+            OPT_STRUCTURED_REPLY,
+            0,
+            4,
+            u32::MAX,
+        ] {
             assert_eq!(before_tls(opt), BeforeTls::TlsRequired, "option {opt}");
         }
     }

@@ -22,8 +22,8 @@ use thiserror::Error;
 use crate::volume::VolumeBackend;
 
 pub use server::{serve, serve_with, serve_with_tls, ServerOptions};
-pub use tls::NbdTls;
 pub use slots::SlotRefusal;
+pub use tls::NbdTls;
 
 /// Errors of the NBD server and its export table.
 #[derive(Debug, Error)]
@@ -59,7 +59,9 @@ pub enum NbdError {
     TooManyConnections(SlotRefusal),
     /// The server requires TLS and the client asked for an export with `NBD_OPT_EXPORT_NAME`
     /// before upgrading: that option cannot carry an error, so the connection was closed.
-    #[error("nbd client sent NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a TLS-only server; closed")]
+    #[error(
+        "nbd client sent NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a TLS-only server; closed"
+    )]
     TlsRequired,
     /// The client sent bytes after `NBD_OPT_STARTTLS` without waiting for its reply: they
     /// would be read as plaintext options after the upgrade (an injection); closed.

@@ -74,9 +74,10 @@ pub async fn run(
                 .await
                 .map_err(|e| ReplicatorError::io("bind", Path::new(addr), e))?;
             let tls = if topo.nbd_uses_tls(&node) {
-                Some(nbd::NbdTls::from_net(net.clone()).map_err(|e| {
-                    ReplicatorError::Task(format!("nodes.{name}.nbd_tls: {e}"))
-                })?)
+                Some(
+                    nbd::NbdTls::from_net(net.clone())
+                        .map_err(|e| ReplicatorError::Task(format!("nodes.{name}.nbd_tls: {e}")))?,
+                )
             } else {
                 if !tandem_core::config::is_loopback_address(addr) {
                     warn!(%addr, "NBD is PLAINTEXT and unauthenticated on a non-loopback address (nbd_plaintext_ok = true): anyone who reaches this port can read and write the volumes");

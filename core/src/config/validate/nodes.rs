@@ -398,12 +398,22 @@ mod tests {
             "NBD on 10.0.0.5:10809 would be plaintext and unauthenticated ([tls] insecure = true)",
         );
         let text = with_nbd("0.0.0.0:10809", "", INSECURE);
-        assert_diag(&text, "nodes[3].nbd_listen", "nbd_listen", "nbd_plaintext_ok = true");
+        assert_diag(
+            &text,
+            "nodes[3].nbd_listen",
+            "nbd_listen",
+            "nbd_plaintext_ok = true",
+        );
     }
 
     #[test]
     fn plaintext_nbd_on_loopback_is_allowed_without_a_warning() {
-        for addr in ["127.0.0.1:10809", "127.9.9.9:10809", "[::1]:10809", "localhost:10809"] {
+        for addr in [
+            "127.0.0.1:10809",
+            "127.9.9.9:10809",
+            "[::1]:10809",
+            "localhost:10809",
+        ] {
             let topo = parse(&with_nbd(addr, "", INSECURE)).unwrap();
             let node = topo.node("a-rep").unwrap();
             assert!(!topo.nbd_uses_tls(node), "{addr}");
@@ -448,7 +458,12 @@ mod tests {
     #[test]
     fn nbd_tls_without_certificates_or_without_a_listener_is_refused() {
         let text = with_nbd("127.0.0.1:10809", "\nnbd_tls = true", INSECURE);
-        assert_diag(&text, "nodes[3].nbd_tls", "nbd_tls = true", "insecure = true");
+        assert_diag(
+            &text,
+            "nodes[3].nbd_tls",
+            "nbd_tls = true",
+            "insecure = true",
+        );
         let text = edit(
             BASE,
             "listen = \"127.0.0.1:7004\"",
@@ -468,7 +483,14 @@ mod tests {
         for a in ["127.0.0.1:1", "127.200.0.1:1", "[::1]:1", "LOCALHOST:1"] {
             assert!(lo(a), "{a}");
         }
-        for a in ["0.0.0.0:1", "10.0.0.1:1", "[::]:1", "example.com:1", "128.0.0.1:1", "[::2]:1"] {
+        for a in [
+            "0.0.0.0:1",
+            "10.0.0.1:1",
+            "[::]:1",
+            "example.com:1",
+            "128.0.0.1:1",
+            "[::2]:1",
+        ] {
             assert!(!lo(a), "{a}");
         }
     }
