@@ -124,7 +124,8 @@ fn check_node_nbd(t: &Topology, d: &mut Diags<'_>, n: &Node, i: usize) {
     if n.nbd_tls == Some(true) && t.tls.insecure {
         d.push(
             &p("nbd_tls"),
-            "NBD over TLS needs the cluster's certificates, but [tls] insecure = true; turn              [tls] on or set nbd_tls = false on a loopback nbd_listen"
+            "NBD over TLS needs the cluster's certificates, but [tls] insecure = true; turn \
+             [tls] on or set nbd_tls = false on a loopback nbd_listen"
                 .to_string(),
         );
         return;
@@ -145,7 +146,10 @@ fn check_node_nbd(t: &Topology, d: &mut Diags<'_>, n: &Node, i: usize) {
     d.push(
         &p(field),
         format!(
-            "NBD on {addr} would be plaintext and unauthenticated ({why}): anyone who reaches              the port could read and write the volumes. Listen on loopback (127.0.0.1, [::1]),              use TLS (nbd_tls = true with [tls] on), or set nbd_plaintext_ok = true to accept              the risk"
+            "NBD on {addr} would be plaintext and unauthenticated ({why}): anyone who reaches \
+             the port could read and write the volumes. Listen on loopback (127.0.0.1, [::1]), \
+             use TLS (nbd_tls = true with [tls] on), or set nbd_plaintext_ok = true to accept \
+             the risk"
         ),
     );
 }
@@ -404,6 +408,9 @@ mod tests {
             "nbd_listen",
             "nbd_plaintext_ok = true",
         );
+        for d in diagnostics(&text) {
+            assert!(!d.message.contains("  "), "ragged message: {}", d.message);
+        }
     }
 
     #[test]
