@@ -511,3 +511,78 @@ async fn client_stalled_in_the_tls_handshake_is_dropped_after_the_handshake_time
     assert!(took < timeout, "plaintext after the ACK took {took:?}");
     server.stop().await;
 }
+
+/// A rustls client presenting `cert`/`key` (PEM files), trusting the cluster's roots.
+fn rustls_client(pki: &Pki, cert: &Path, key: &Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certs::read_pem_certs(&certs::roots_path(&pki.certs)).unwrap() {
+        roots.add(CertificateDer::from(der)).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> = certs::read_pem_certs(cert)
+        .unwrap()
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn inside_tls_options_are_served_and_a_second_starttls_is_invalid() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = make_pki(root.path());
+    let server = Server::start(&pki, true, ServerOptions::default()).await;
+    let mut c = greet(server.addr).await;
+    let (reply, _) = option(&mut c, proto::OPT_STARTTLS, &[]).await;
+    assert_eq!(reply, proto::REP_ACK);
+    let connector = rustls_client(
+        &pki,
+        &pki.certs.join("operator.pem"),
+        &pki.certs.join("operator.key"),
+    );
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(NODE).unwrap();
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, c))
+        .await
+        .unwrap()
+        .unwrap();
+    // 1. LIST inside TLS: the export, then ACK.
+    let mut out = Vec::new();
+    proto::encode_option(proto::OPT_LIST, &[], &mut out);
+    tls.write_all(&out).await.unwrap();
+    let mut types = Vec::new();
+    loop {
+        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+        tls.read_exact(&mut h).await.unwrap();
+        let reply = proto::parse_option_reply(&h).unwrap();
+        let mut body = vec![0u8; reply.length as usize];
+        tls.read_exact(&mut body).await.unwrap();
+        types.push(reply.reply_type);
+        if reply.reply_type == proto::REP_ACK {
+            break;
+        }
+    }
+    assert_eq!(types, [proto::REP_SERVER, proto::REP_ACK]);
+    // 2. A second STARTTLS is invalid, and the session goes on.
+    let mut out = Vec::new();
+    proto::encode_option(proto::OPT_STARTTLS, &[], &mut out);
+    tls.write_all(&out).await.unwrap();
+    let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+    tls.read_exact(&mut h).await.unwrap();
+    let reply = proto::parse_option_reply(&h).unwrap();
+    assert_eq!(reply.reply_type, proto::REP_ERR_INVALID);
+    let mut body = vec![0u8; reply.length as usize];
+    tls.read_exact(&mut body).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("already negotiated"));
+    server.stop().await;
+}
