@@ -586,3 +586,42 @@ async fn inside_tls_options_are_served_and_a_second_starttls_is_invalid() {
     assert!(String::from_utf8_lossy(&body).contains("already negotiated"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_read_only_role_certificate_is_refused_every_option_inside_tls() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = make_pki(root.path());
+    let server = Server::start(&pki, true, ServerOptions::default()).await;
+    let mut c = greet(server.addr).await;
+    let (reply, _) = option(&mut c, proto::OPT_STARTTLS, &[]).await;
+    assert_eq!(reply, proto::REP_ACK);
+    let connector = rustls_client(
+        &pki,
+        &pki.certs.join("viewer.pem"),
+        &pki.certs.join("viewer.key"),
+    );
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(NODE).unwrap();
+    let mut tls = connector.connect(name, c).await.unwrap();
+    let go = proto::encode_info_request(&proto::InfoRequest {
+        name: "disk0".into(),
+        requests: vec![],
+    });
+    for (code, payload) in [(proto::OPT_GO, &go[..]), (proto::OPT_LIST, &[][..])] {
+        let mut out = Vec::new();
+        proto::encode_option(code, payload, &mut out);
+        tls.write_all(&out).await.unwrap();
+        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+        tls.read_exact(&mut h).await.unwrap();
+        let reply = proto::parse_option_reply(&h).unwrap();
+        let mut body = vec![0u8; reply.length as usize];
+        tls.read_exact(&mut body).await.unwrap();
+        assert_eq!(reply.reply_type, proto::REP_ERR_POLICY, "option {code}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("viewer (viewer) may not use NBD"),
+            "{:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert!(server.file().iter().all(|&b| b == 0));
+    server.stop().await;
+}

@@ -74,6 +74,10 @@ pub enum NbdError {
     /// not chain to the cluster's roots, not TLS at all, ...).
     #[error("nbd TLS handshake refused: {0}")]
     TlsHandshake(String),
+    /// The client's certificate may not use NBD (a read-only role) and it asked for an export
+    /// with `NBD_OPT_EXPORT_NAME`, which cannot carry an error; closed.
+    #[error("nbd client refused: {0}")]
+    NotAllowed(String),
     /// The server was asked for TLS without certificates to present.
     #[error("nbd TLS configuration: {0}")]
     TlsConfig(String),

@@ -275,6 +275,8 @@ struct Connection {
     tls_on: bool,
     /// Who the client certificate names (TLS only).
     identity: Option<String>,
+    /// Why the client certificate may not use NBD (then every option is refused).
+    refusal: Option<String>,
     shutdown: watch::Receiver<bool>,
     out: Vec<u8>,
     /// Bound on the wait for the next request ([`ServerOptions::idle_timeout`]).
@@ -311,6 +313,7 @@ async fn handle_connection(
         tls_pending: tls,
         tls_on: false,
         identity: None,
+        refusal: None,
         shutdown,
         out: Vec::with_capacity(256),
         idle_timeout: options.idle_timeout,
@@ -405,12 +408,36 @@ impl Connection {
         self.send_out().await?;
         let placeholder: Stream = Box::new(tokio::io::duplex(1).0);
         let plain = std::mem::replace(&mut self.io, buffered(placeholder));
-        let (stream, identity) = tls.upgrade(plain.into_inner().into_inner()).await?;
-        info!(peer = %self.peer, client = %identity, "nbd client upgraded to TLS");
+        let (stream, client) = tls.upgrade(plain.into_inner().into_inner()).await?;
+        match &client.refusal {
+            None => info!(peer = %self.peer, client = %client.name, "nbd client upgraded to TLS"),
+            Some(why) => {
+                warn!(peer = %self.peer, client = %client.name, reason = %why, "nbd client upgraded to TLS but is refused")
+            }
+        }
         self.io = buffered(stream);
         self.tls_on = true;
-        self.identity = Some(identity);
+        self.identity = Some(client.name);
+        self.refusal = client.refusal;
         Ok(())
+    }
+
+    /// After the upgrade, for a certificate that may not use NBD: every option but
+    /// `NBD_OPT_ABORT` is answered `NBD_REP_ERR_POLICY` with the reason (`NBD_OPT_EXPORT_NAME`
+    /// closes). Returns true when the option was answered here.
+    async fn refuse_not_allowed(&mut self, option: u32) -> Result<bool, NbdError> {
+        let Some(why) = self.refusal.clone() else {
+            return Ok(false);
+        };
+        match option {
+            proto::OPT_ABORT => Ok(false),
+            proto::OPT_EXPORT_NAME => Err(NbdError::NotAllowed(why)),
+            _ => {
+                self.stage_option_error(option, proto::REP_ERR_POLICY, &why);
+                self.send_out().await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Before the upgrade on a TLS-only server: answers every option but `NBD_OPT_STARTTLS` and
@@ -476,7 +503,9 @@ impl Connection {
             if !self.read_rest(&mut payload).await? {
                 return Ok(Negotiated::Closed);
             }
-            if self.refuse_before_tls(header.option).await? {
+            if self.refuse_before_tls(header.option).await?
+                || self.refuse_not_allowed(header.option).await?
+            {
                 continue;
             }
             let option = match proto::parse_option(header.option, &payload) {

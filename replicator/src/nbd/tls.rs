@@ -82,27 +82,85 @@ impl NbdTls {
     }
 
     /// Runs the server side of the TLS handshake on `stream` (right after the `NBD_REP_ACK`
-    /// to `NBD_OPT_STARTTLS`). Returns the TLS stream and who the client certificate names.
+    /// to `NBD_OPT_STARTTLS`). Returns the TLS stream and who the client certificate names
+    /// (with the reason it may not use NBD, if it may not).
     ///
     /// # Errors
     /// [`NbdError::TlsHandshake`]: the handshake failed (no client certificate, one from
     /// another CA, an expired one, not TLS at all, ...).
-    pub(super) async fn upgrade(&self, stream: Stream) -> Result<(Stream, String), NbdError> {
+    pub(super) async fn upgrade(&self, stream: Stream) -> Result<(Stream, Peer), NbdError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config()?);
         let tls = acceptor
             .accept(stream)
             .await
             .map_err(|e| NbdError::TlsHandshake(e.to_string()))?;
-        let identity = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|leaf| match certs::parse_cert(leaf) {
-                Ok(info) => info.subject.to_string(),
-                Err(e) => format!("unreadable certificate: {e}"),
-            })
-            .unwrap_or_else(|| "no certificate".to_owned());
-        Ok((Box::new(tls), identity))
+        let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(leaf) => match certs::parse_cert(leaf) {
+                Ok(info) => Peer {
+                    refusal: refusal(&info.subject),
+                    name: info.subject.to_string(),
+                },
+                Err(e) => Peer {
+                    name: format!("unreadable certificate: {e}"),
+                    refusal: Some("the client certificate cannot be read".to_owned()),
+                },
+            },
+            // rustls requires a certificate; this is only a guard.
+            None => Peer {
+                name: "no certificate".to_owned(),
+                refusal: Some("no client certificate".to_owned()),
+            },
+        };
+        Ok((Box::new(tls), peer))
+    }
+}
+
+/// Who an upgraded client is, and why it may not use NBD (if it may not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Peer {
+    /// What its certificate names (`node app-host`, `alice (operator)`).
+    pub(super) name: String,
+    /// Why it is refused every option (`NBD_REP_ERR_POLICY`), or `None`.
+    pub(super) refusal: Option<String>,
+}
+
+/// Which certificates may read and write volumes over NBD: node certificates (a replicator,
+/// or a host certificate issued with `tandem certs rotate --node HOST`) and the operator
+/// role. The auditor and viewer roles are read-only roles of the admin API, and a certificate
+/// that names neither a node nor a role is nobody's: both are refused.
+fn refusal(subject: &certs::CertSubject) -> Option<String> {
+    match subject {
+        certs::CertSubject::Node(_)
+        | certs::CertSubject::Client {
+            role: certs::Role::Operator,
+            ..
+        } => None,
+        other => Some(format!(
+            "the certificate of {other} may not use NBD (node or operator certificates only)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::certs::{CertSubject, Role};
+
+    #[test]
+    fn nodes_and_operators_may_use_nbd_and_read_only_roles_may_not() {
+        assert_eq!(refusal(&CertSubject::Node("app-host".into())), None);
+        let client = |role| CertSubject::Client {
+            name: "x".into(),
+            role,
+        };
+        assert_eq!(refusal(&client(Role::Operator)), None);
+        for role in [Role::Auditor, Role::Viewer] {
+            let why = refusal(&client(role)).unwrap();
+            assert!(
+                why.contains(&format!("x ({role}) may not use NBD")),
+                "{why}"
+            );
+        }
+        assert!(refusal(&CertSubject::Unknown("CN=?".into())).is_some());
     }
 }
