@@ -52,7 +52,8 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 /// over this cap is closed at once, before the greeting.
 pub const MAX_HANDSHAKES: usize = 256;
 
-/// How long a client has from `accept` to entering transmission (greeting, flags, options).
+/// How long a client has from `accept` to entering transmission (greeting, flags, options,
+/// and with TLS the TLS handshake after `NBD_OPT_STARTTLS`).
 /// A client that stalls mid-handshake is dropped after this and logged with its address.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
