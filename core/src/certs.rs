@@ -393,7 +393,12 @@ impl Ca {
         let mut params = CertificateParams::new(sans).map_err(&e)?;
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // keyEncipherment beside digitalSignature: qemu's TLS credentials (NBD over TLS)
+        // refuse a certificate whose critical key usage lacks it.
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = eku.to_vec();
         validity(&mut params, valid_for);
         let cert = params.signed_by(&key, &self.issuer).map_err(&e)?;

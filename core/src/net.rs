@@ -133,6 +133,8 @@ impl Files {
 /// Configurations built from the files; replaced whole on reload.
 struct Loaded {
     server: Arc<rustls::ServerConfig>,
+    /// As `server`, without the HTTP/2 ALPN: for NBD's `STARTTLS`.
+    nbd: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     peer_verifier: Arc<dyn ClientCertVerifier>,
     client_verifier: Arc<dyn ClientCertVerifier>,
@@ -236,6 +238,7 @@ fn load(files: &Files) -> Result<Loaded, NetError> {
         .with_client_cert_verifier(any_verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(config_err(&files.cert))?;
+    let nbd = server.clone();
     server.alpn_protocols = vec![b"h2".to_vec()];
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -246,6 +249,7 @@ fn load(files: &Files) -> Result<Loaded, NetError> {
     client.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         server: Arc::new(server),
+        nbd: Arc::new(nbd),
         client: Arc::new(client),
         peer_verifier: verifier(peer_roots)?,
         client_verifier: verifier(client_roots)?,
@@ -352,6 +356,13 @@ impl Net {
     /// The identity this context presents (node id or client identity); `None` in plaintext.
     pub fn identity(&self) -> Option<&str> {
         self.inner.tls.as_ref().map(|t| t.name.as_str())
+    }
+
+    /// The TLS server configuration for NBD (`NBD_OPT_STARTTLS`), from the files loaded now (a
+    /// reload applies to the next handshake): this process's certificate, and a client
+    /// certificate required that chains to the peer or client roots. `None` in plaintext.
+    pub fn nbd_server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.inner.tls.as_ref().map(|t| current(t).nbd.clone())
     }
 
     /// Not-after of this process's own certificate, unix seconds; `None` in plaintext.

@@ -1,5 +1,8 @@
 //! Fuzzes the NBD request and option parsers: arbitrary bytes must never panic, every parse
 //! must account for the bytes it used, and a parsed request must re-encode to the same bytes.
+//! The option stream also runs through a TLS-only server's negotiation (`NBD_OPT_STARTTLS`):
+//! before the upgrade only STARTTLS and ABORT are ever parsed, EXPORT_NAME ends the session,
+//! and every other option is refused from its code alone.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -41,6 +44,47 @@ fuzz_target!(|data: &[u8]| {
             assert!(name.len() <= proto::MAX_NAME_LEN);
         }
         rest = &rest[used..];
+    }
+
+    // The bytes as the option stream of a TLS-only server, before and after the upgrade.
+    let mut rest = data;
+    let mut upgraded = false;
+    while let Ok(header) = proto::parse_option_header(rest) {
+        let total = proto::OPTION_HEADER_LEN + header.length as usize;
+        let Some(payload) = rest.get(proto::OPTION_HEADER_LEN..total) else {
+            break;
+        };
+        let parsed = proto::parse_option(header.option, payload);
+        if header.option == proto::OPT_STARTTLS {
+            assert_eq!(
+                matches!(parsed, Ok(proto::ClientOption::StartTls)),
+                payload.is_empty(),
+                "STARTTLS parses exactly when its payload is empty"
+            );
+        }
+        if !upgraded {
+            match proto::before_tls(header.option) {
+                proto::BeforeTls::Close => {
+                    assert_eq!(header.option, proto::OPT_EXPORT_NAME);
+                    break;
+                }
+                proto::BeforeTls::Abort => {
+                    assert_eq!(header.option, proto::OPT_ABORT);
+                    break;
+                }
+                proto::BeforeTls::TlsRequired => assert!(![
+                    proto::OPT_STARTTLS,
+                    proto::OPT_ABORT,
+                    proto::OPT_EXPORT_NAME
+                ]
+                .contains(&header.option)),
+                proto::BeforeTls::StartTls => {
+                    assert_eq!(header.option, proto::OPT_STARTTLS);
+                    upgraded = parsed.is_ok();
+                }
+            }
+        }
+        rest = &rest[total..];
     }
 
     // Every option code against the raw bytes as a payload, and the small fixed messages.

@@ -32,7 +32,7 @@ async fn main() {
         path.display()
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve(listener, Arc::new(exports), rx));
+    let server = tokio::spawn(serve(listener, Arc::new(exports), None, rx));
     tokio::signal::ctrl_c().await.expect("ctrl-c handler");
     stop.send(true).expect("server is running");
     server.await.expect("server task");

@@ -43,6 +43,9 @@ fn check(a: CheckArgs) -> Result<()> {
         coords,
         topo.groups.len()
     );
+    for w in topo.nbd_warnings() {
+        eprintln!("WARNING: {w}");
+    }
     for g in &topo.groups {
         println!(
             "  group {}: {} -> {} ({}), {} resources, rpo_target {}, rto_target {}",

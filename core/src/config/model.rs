@@ -163,6 +163,15 @@ pub struct Node {
     /// Replicators only: `host:port` serving NBD exports of the volumes this node is primary for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd_listen: Option<String>,
+    /// Replicators with `nbd_listen`: whether NBD clients must upgrade to TLS
+    /// (`NBD_OPT_STARTTLS`) and present a certificate from the cluster's CA. Unset: on when
+    /// `[tls]` is on and `nbd_listen` is not a loopback address ([`Topology::nbd_uses_tls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_tls: Option<bool>,
+    /// Allows plaintext NBD on an address that is not loopback (then a loud warning at startup
+    /// instead of a config error): anyone who reaches the port can read and write the volumes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nbd_plaintext_ok: bool,
     /// `host:port` serving Prometheus metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
@@ -447,6 +456,24 @@ pub struct Coordinator<'a> {
     pub node: &'a Node,
 }
 
+/// True when `addr` (`host:port`) listens on loopback only: an IPv4 address in 127.0.0.0/8,
+/// `[::1]`, or `localhost`. Anything else (`0.0.0.0`, a hostname, an interface address) may be
+/// reachable from the network.
+pub fn is_loopback_address(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((host, _port)) => host,
+        None => addr,
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Topology {
     /// The site with that name.
     pub fn site(&self, name: &str) -> Option<&Site> {
@@ -486,6 +513,38 @@ impl Topology {
         self.nodes
             .iter()
             .filter(|n| n.site == site && n.role == NodeRole::Replicator)
+            .collect()
+    }
+
+    /// Whether `node`'s NBD listener requires TLS: its `nbd_tls` when set, else on when the
+    /// cluster's `[tls]` is on and `nbd_listen` is not a loopback address.
+    pub fn nbd_uses_tls(&self, node: &Node) -> bool {
+        node.nbd_tls.unwrap_or_else(|| {
+            !self.tls.insecure
+                && node
+                    .nbd_listen
+                    .as_deref()
+                    .is_some_and(|a| !is_loopback_address(a))
+        })
+    }
+
+    /// One line per NBD listener that is plaintext on an address that is not loopback
+    /// (allowed only by `nbd_plaintext_ok = true`): `tandem config check` and the replicator
+    /// print them loudly.
+    pub fn nbd_warnings(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let addr = n.nbd_listen.as_deref()?;
+                (!self.nbd_uses_tls(n) && !is_loopback_address(addr)).then(|| {
+                    format!(
+                        "node {}: NBD on {addr} is PLAINTEXT and unauthenticated \
+                         (nbd_plaintext_ok = true): anyone who reaches the port can read and \
+                         write the volumes",
+                        n.name
+                    )
+                })
+            })
             .collect()
     }
 

@@ -109,6 +109,9 @@ pub enum ClientOption {
     Info(InfoRequest),
     /// `NBD_OPT_GO`: describe an export and enter transmission.
     Go(InfoRequest),
+    /// `NBD_OPT_STARTTLS`: upgrade to TLS (answered `NBD_REP_ACK` by a server with TLS, before
+    /// the TLS handshake on the same socket).
+    StartTls,
     /// Any option this server does not implement (answer `NBD_REP_ERR_UNSUP`).
     Unsupported(u32),
 }
@@ -140,17 +143,17 @@ fn parse_name(option: u32, bytes: &[u8]) -> Result<String, ProtoError> {
 pub fn parse_option(option: u32, payload: &[u8]) -> Result<ClientOption, ProtoError> {
     match option {
         OPT_EXPORT_NAME => Ok(ClientOption::ExportName(parse_name(option, payload)?)),
-        OPT_ABORT | OPT_LIST => {
+        OPT_ABORT | OPT_LIST | OPT_STARTTLS => {
             if !payload.is_empty() {
                 return Err(ProtoError::InvalidOption {
                     option,
                     reason: "payload must be empty",
                 });
             }
-            Ok(if option == OPT_ABORT {
-                ClientOption::Abort
-            } else {
-                ClientOption::List
+            Ok(match option {
+                OPT_ABORT => ClientOption::Abort,
+                OPT_LIST => ClientOption::List,
+                _ => ClientOption::StartTls,
             })
         }
         OPT_INFO | OPT_GO => {
@@ -185,6 +188,34 @@ pub fn parse_option(option: u32, payload: &[u8]) -> Result<ClientOption, ProtoEr
             })
         }
         other => Ok(ClientOption::Unsupported(other)),
+    }
+}
+
+/// What a server that requires TLS does with an option that arrives before the client has
+/// upgraded (NBD spec, "TLS support", and what qemu-nbd and nbdkit do): decided from the option
+/// code alone, before its payload is parsed, so nothing but these four paths is reachable in
+/// plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeTls {
+    /// `NBD_OPT_STARTTLS`: parse it (its payload must be empty), answer `NBD_REP_ACK`, then the
+    /// TLS handshake.
+    StartTls,
+    /// `NBD_OPT_ABORT`: answered as without TLS (the client ends the session).
+    Abort,
+    /// `NBD_OPT_EXPORT_NAME`: it cannot be answered with an error, so the server closes.
+    Close,
+    /// Any other option, known or not: its payload is skipped and it is answered
+    /// `NBD_REP_ERR_TLS_REQD`; the client may go on (and send `NBD_OPT_STARTTLS`).
+    TlsRequired,
+}
+
+/// The gate of a TLS-requiring server before the upgrade; see [`BeforeTls`].
+pub fn before_tls(option: u32) -> BeforeTls {
+    match option {
+        OPT_STARTTLS => BeforeTls::StartTls,
+        OPT_ABORT => BeforeTls::Abort,
+        OPT_EXPORT_NAME => BeforeTls::Close,
+        _ => BeforeTls::TlsRequired,
     }
 }
 
@@ -375,9 +406,11 @@ mod tests {
     }
 
     #[test]
-    fn list_and_abort_with_payload_are_invalid() {
+    fn list_abort_and_starttls_with_payload_are_invalid() {
         assert!(parse_option(OPT_LIST, b"x").is_err());
         assert!(parse_option(OPT_ABORT, b"x").is_err());
+        assert!(parse_option(OPT_STARTTLS, b"x").is_err());
+        assert_eq!(parse_option(OPT_STARTTLS, b""), Ok(ClientOption::StartTls));
         assert_eq!(parse_option(OPT_LIST, b""), Ok(ClientOption::List));
         assert_eq!(parse_option(OPT_ABORT, b""), Ok(ClientOption::Abort));
     }
@@ -385,7 +418,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_recognised_as_unsupported() {
         for opt in [
-            OPT_STARTTLS,
             OPT_STRUCTURED_REPLY,
             OPT_LIST_META_CONTEXT,
             OPT_SET_META_CONTEXT,
@@ -397,6 +429,24 @@ mod tests {
                 parse_option(opt, b"whatever"),
                 Ok(ClientOption::Unsupported(opt))
             );
+        }
+    }
+
+    #[test]
+    fn before_tls_only_starttls_and_abort_pass_and_export_name_closes() {
+        assert_eq!(before_tls(OPT_STARTTLS), BeforeTls::StartTls);
+        assert_eq!(before_tls(OPT_ABORT), BeforeTls::Abort);
+        assert_eq!(before_tls(OPT_EXPORT_NAME), BeforeTls::Close);
+        for opt in [
+            OPT_LIST,
+            OPT_INFO,
+            OPT_GO,
+            OPT_STRUCTURED_REPLY,
+            0,
+            4,
+            u32::MAX,
+        ] {
+            assert_eq!(before_tls(opt), BeforeTls::TlsRequired, "option {opt}");
         }
     }
 

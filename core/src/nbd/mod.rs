@@ -3,7 +3,9 @@
 //! (`tandem_replicator::nbd::server`) and the chaos harness's client own the sockets.
 //!
 //! Reference: the NBD protocol spec (NetworkBlockDevice/nbd `doc/proto.md`), fixed newstyle
-//! negotiation with simple replies only (no structured replies, no TLS, no extended headers).
+//! negotiation with simple replies only (no structured replies, no extended headers); TLS by
+//! `NBD_OPT_STARTTLS` (the gate before the upgrade is [`before_tls`]; the TLS itself is the
+//! server's).
 //!
 //! - [`wire`]: magic numbers, flags, codes, lengths, limits, `Errno`, `ProtoError`.
 //! - [`handshake`]: greeting, client flags, options and option replies.

@@ -47,7 +47,7 @@ pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 /// Option `NBD_OPT_LIST`.
 pub const OPT_LIST: u32 = 3;
-/// Option `NBD_OPT_STARTTLS` (unsupported here).
+/// Option `NBD_OPT_STARTTLS`: upgrade the socket to TLS, then negotiate again inside it.
 pub const OPT_STARTTLS: u32 = 5;
 /// Option `NBD_OPT_INFO`.
 pub const OPT_INFO: u32 = 6;
@@ -74,6 +74,8 @@ pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
 pub const REP_ERR_POLICY: u32 = 0x8000_0002;
 /// Option reply `NBD_REP_ERR_INVALID`.
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
+/// Option reply `NBD_REP_ERR_TLS_REQD`: the server requires TLS before this option.
+pub const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
 /// Option reply `NBD_REP_ERR_UNKNOWN` (no such export).
 pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 /// Option reply `NBD_REP_ERR_SHUTDOWN`.

@@ -5,10 +5,12 @@
 //! - [`proto`]: pure wire format (parsers, validation, reply encoders); no I/O.
 //! - [`slots`]: connection admission (total and per-peer caps on transmission slots).
 //! - [`server`]: the TCP server; the only module here that touches sockets.
+//! - [`tls`]: NBD over TLS (`NBD_OPT_STARTTLS`) with the cluster's certificates.
 
 pub mod proto;
 pub mod server;
 pub mod slots;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -19,8 +21,9 @@ use thiserror::Error;
 
 use crate::volume::VolumeBackend;
 
-pub use server::{serve, serve_with, ServerOptions};
+pub use server::{serve, serve_with, serve_with_tls, ServerOptions};
 pub use slots::SlotRefusal;
+pub use tls::NbdTls;
 
 /// Errors of the NBD server and its export table.
 #[derive(Debug, Error)]
@@ -54,6 +57,30 @@ pub enum NbdError {
     /// `NBD_OPT_EXPORT_NAME` (which cannot carry an error) the connection is closed.
     #[error("nbd client refused: {0}")]
     TooManyConnections(SlotRefusal),
+    /// The server requires TLS and the client asked for an export with `NBD_OPT_EXPORT_NAME`
+    /// before upgrading: that option cannot carry an error, so the connection was closed.
+    #[error(
+        "nbd client sent NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a TLS-only server; closed"
+    )]
+    TlsRequired,
+    /// The client sent bytes after `NBD_OPT_STARTTLS` without waiting for its reply: they
+    /// would be read as plaintext options after the upgrade (an injection); closed.
+    #[error("nbd client sent {bytes} byte(s) after NBD_OPT_STARTTLS before its reply; closed")]
+    StartTlsPipelined {
+        /// How many bytes were waiting.
+        bytes: usize,
+    },
+    /// The TLS handshake after `NBD_OPT_STARTTLS` failed (no client certificate, one that does
+    /// not chain to the cluster's roots, not TLS at all, ...).
+    #[error("nbd TLS handshake refused: {0}")]
+    TlsHandshake(String),
+    /// The client's certificate may not use NBD (a read-only role) and it asked for an export
+    /// with `NBD_OPT_EXPORT_NAME`, which cannot carry an error; closed.
+    #[error("nbd client refused: {0}")]
+    NotAllowed(String),
+    /// The server was asked for TLS without certificates to present.
+    #[error("nbd TLS configuration: {0}")]
+    TlsConfig(String),
     /// An export name given to [`ExportMap::insert`] cannot be served.
     #[error("invalid export name {name:?}: {reason}")]
     InvalidExportName {

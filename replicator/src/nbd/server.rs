@@ -9,6 +9,10 @@
 //! stalls in the middle of a request for [`STALL_TIMEOUT`] is closed. A connection silent
 //! between requests is kept by default ([`IDLE_TIMEOUT`] is `None`): an attached disk may be
 //! quiet for hours, and the slot caps bound what silent connections can hold.
+//! TLS ([`NbdTls`], given to [`serve_with_tls`]): every option before `NBD_OPT_STARTTLS` is
+//! answered `NBD_REP_ERR_TLS_REQD` (`NBD_OPT_ABORT` is served; `NBD_OPT_EXPORT_NAME`, which
+//! cannot carry an error, is closed); after the `NBD_REP_ACK` the TLS handshake runs on the same
+//! socket, inside the handshake timeout, and option haggling continues inside TLS.
 //! Memory per connection is bounded: requests are handled in order, so at most one request's
 //! payload (≤ [`proto::MAX_PAYLOAD`]) is held at a time, and it is moved, never copied, on its
 //! way to the backend.
@@ -23,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -31,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::proto::{self, ClientOption, Command, Errno};
 use super::slots::{Slot, Slots};
+use super::tls::{NbdTls, Stream};
 use super::{ExportMap, NbdError};
 use crate::volume::VolumeBackend;
 
@@ -48,7 +52,8 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 /// over this cap is closed at once, before the greeting.
 pub const MAX_HANDSHAKES: usize = 256;
 
-/// How long a client has from `accept` to entering transmission (greeting, flags, options).
+/// How long a client has from `accept` to entering transmission (greeting, flags, options,
+/// and with TLS the TLS handshake after `NBD_OPT_STARTTLS`).
 /// A client that stalls mid-handshake is dropped after this and logged with its address.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -103,24 +108,37 @@ impl Default for ServerOptions {
 }
 
 /// Serves `exports` on `listener` with the default [`ServerOptions`] until `shutdown` turns
-/// true (or its sender is dropped); see [`serve_with`].
+/// true (or its sender is dropped), requiring TLS when `tls` is given; see [`serve_with_tls`].
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<ExportMap>,
+    tls: Option<NbdTls>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_with(listener, exports, ServerOptions::default(), shutdown).await;
+    serve_with_tls(listener, exports, ServerOptions::default(), tls, shutdown).await;
 }
 
-/// Serves `exports` on `listener` within `options` until `shutdown` turns true (or its sender
-/// is dropped), then waits for every connection to finish its current request and close.
-///
-/// Accept errors (such as running out of file descriptors) are logged and retried after a
-/// short pause; connection errors are logged and end only that connection.
+/// Serves `exports` in plaintext on `listener` within `options`; see [`serve_with_tls`].
 pub async fn serve_with(
     listener: TcpListener,
     exports: Arc<ExportMap>,
     options: ServerOptions,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with_tls(listener, exports, options, None, shutdown).await;
+}
+
+/// Serves `exports` on `listener` within `options` until `shutdown` turns true (or its sender
+/// is dropped), then waits for every connection to finish its current request and close.
+/// With `tls`, every client must upgrade with `NBD_OPT_STARTTLS` (see the module docs).
+///
+/// Accept errors (such as running out of file descriptors) are logged and retried after a
+/// short pause; connection errors are logged and end only that connection.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    exports: Arc<ExportMap>,
+    options: ServerOptions,
+    tls: Option<NbdTls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handshakes = Arc::new(Semaphore::new(options.max_handshakes));
@@ -128,7 +146,7 @@ pub async fn serve_with(
     let mut refused = RefusalLog::default();
     let mut tasks = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, exports = exports.len(), ?options, "nbd server listening");
+        info!(%addr, exports = exports.len(), ?options, tls = tls.is_some(), "nbd server listening");
     }
     loop {
         while let Some(done) = tasks.try_join_next() {
@@ -153,11 +171,13 @@ pub async fn serve_with(
                 let exports = Arc::clone(&exports);
                 let shutdown = shutdown.clone();
                 let slots = slots.clone();
+                let tls = tls.clone();
                 tasks.spawn(async move {
                     let started = Started {
                         peer,
                         options,
                         handshake,
+                        tls,
                     };
                     match handle_connection(stream, started, exports, slots, shutdown).await {
                         Ok(()) => debug!(%peer, "nbd connection closed"),
@@ -235,12 +255,29 @@ struct Started {
     peer: SocketAddr,
     options: ServerOptions,
     handshake: OwnedSemaphorePermit,
+    /// TLS required (`None`: plaintext).
+    tls: Option<NbdTls>,
+}
+
+/// The buffered stream of a connection: reads through the `BufReader`, writes through the
+/// `BufWriter` (one request at a time, so one object serves both directions).
+type Buffered = BufReader<BufWriter<Stream>>;
+
+fn buffered(stream: Stream) -> Buffered {
+    BufReader::with_capacity(IO_BUFFER, BufWriter::with_capacity(IO_BUFFER, stream))
 }
 
 struct Connection {
     peer: SocketAddr,
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    io: Buffered,
+    /// TLS this server requires, until the client has upgraded (then `None`).
+    tls_pending: Option<NbdTls>,
+    /// Whether the connection runs over TLS now.
+    tls_on: bool,
+    /// Who the client certificate names (TLS only).
+    identity: Option<String>,
+    /// Why the client certificate may not use NBD (then every option is refused).
+    refusal: Option<String>,
     shutdown: watch::Receiver<bool>,
     out: Vec<u8>,
     /// Bound on the wait for the next request ([`ServerOptions::idle_timeout`]).
@@ -268,13 +305,16 @@ async fn handle_connection(
         peer,
         options,
         handshake,
+        tls,
     } = started;
     stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
     let mut conn = Connection {
         peer,
-        reader: BufReader::with_capacity(IO_BUFFER, r),
-        writer: BufWriter::with_capacity(IO_BUFFER, w),
+        io: buffered(Box::new(stream)),
+        tls_pending: tls,
+        tls_on: false,
+        identity: None,
+        refusal: None,
         shutdown,
         out: Vec::with_capacity(256),
         idle_timeout: options.idle_timeout,
@@ -305,8 +345,8 @@ async fn handle_connection(
     };
     // Best effort and bounded: the client may already be gone, or may not read.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = conn.writer.flush().await;
-        let _ = conn.writer.shutdown().await;
+        let _ = conn.io.flush().await;
+        let _ = conn.io.shutdown().await;
     })
     .await;
     result
@@ -319,7 +359,7 @@ impl Connection {
         let read = tokio::select! {
             biased;
             () = shutdown_requested(&mut self.shutdown) => return Ok(false),
-            read = self.reader.read(&mut buf[..1]) => read?,
+            read = self.io.read(&mut buf[..1]) => read?,
         };
         if read == 0 {
             return Ok(false);
@@ -332,7 +372,7 @@ impl Connection {
     async fn read_rest(&mut self, buf: &mut [u8]) -> Result<bool, NbdError> {
         tokio::select! {
             biased;
-            read = self.reader.read_exact(buf) => {
+            read = self.io.read_exact(buf) => {
                 read?;
                 Ok(true)
             }
@@ -342,10 +382,83 @@ impl Connection {
 
     /// Sends and clears the staged output.
     async fn send_out(&mut self) -> Result<(), NbdError> {
-        self.writer.write_all(&self.out).await?;
-        self.writer.flush().await?;
+        self.io.write_all(&self.out).await?;
+        self.io.flush().await?;
         self.out.clear();
         Ok(())
+    }
+
+    /// Answers `NBD_OPT_STARTTLS`: an error when this server has no TLS or the connection is
+    /// already upgraded; else `NBD_REP_ACK` and the TLS handshake on the same socket.
+    async fn start_tls(&mut self) -> Result<(), NbdError> {
+        let Some(tls) = self.tls_pending.take() else {
+            let (reply, message) = if self.tls_on {
+                (proto::REP_ERR_INVALID, "TLS is already negotiated")
+            } else {
+                (proto::REP_ERR_UNSUP, "TLS is not configured on this server")
+            };
+            self.stage_option_error(proto::OPT_STARTTLS, reply, message);
+            return self.send_out().await;
+        };
+        // Bytes sent before our ACK would be taken as options inside TLS: refuse them.
+        let waiting = self.io.buffer().len();
+        if waiting > 0 {
+            return Err(NbdError::StartTlsPipelined { bytes: waiting });
+        }
+        proto::encode_option_reply(proto::OPT_STARTTLS, proto::REP_ACK, &[], &mut self.out);
+        self.send_out().await?;
+        let placeholder: Stream = Box::new(tokio::io::duplex(1).0);
+        let plain = std::mem::replace(&mut self.io, buffered(placeholder));
+        let (stream, client) = tls.upgrade(plain.into_inner().into_inner()).await?;
+        match &client.refusal {
+            None => info!(peer = %self.peer, client = %client.name, "nbd client upgraded to TLS"),
+            Some(why) => {
+                warn!(peer = %self.peer, client = %client.name, reason = %why, "nbd client upgraded to TLS but is refused")
+            }
+        }
+        self.io = buffered(stream);
+        self.tls_on = true;
+        self.identity = Some(client.name);
+        self.refusal = client.refusal;
+        Ok(())
+    }
+
+    /// After the upgrade, for a certificate that may not use NBD: every option but
+    /// `NBD_OPT_ABORT` is answered `NBD_REP_ERR_POLICY` with the reason (`NBD_OPT_EXPORT_NAME`
+    /// closes). Returns true when the option was answered here.
+    async fn refuse_not_allowed(&mut self, option: u32) -> Result<bool, NbdError> {
+        let Some(why) = self.refusal.clone() else {
+            return Ok(false);
+        };
+        match option {
+            proto::OPT_ABORT => Ok(false),
+            proto::OPT_EXPORT_NAME => Err(NbdError::NotAllowed(why)),
+            _ => {
+                self.stage_option_error(option, proto::REP_ERR_POLICY, &why);
+                self.send_out().await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Before the upgrade on a TLS-only server: answers every option but `NBD_OPT_STARTTLS` and
+    /// `NBD_OPT_ABORT` with `NBD_REP_ERR_TLS_REQD` (its payload unread beyond its length).
+    /// Returns true when the option was answered here.
+    async fn refuse_before_tls(&mut self, option: u32) -> Result<bool, NbdError> {
+        if self.tls_pending.is_none() {
+            return Ok(false);
+        }
+        match proto::before_tls(option) {
+            proto::BeforeTls::StartTls | proto::BeforeTls::Abort => Ok(false),
+            proto::BeforeTls::Close => Err(NbdError::TlsRequired),
+            proto::BeforeTls::TlsRequired => {
+                debug!(peer = %self.peer, option, "option refused before TLS");
+                let message = format!("option {option} not permitted before NBD_OPT_STARTTLS");
+                self.stage_option_error(option, proto::REP_ERR_TLS_REQD, &message);
+                self.send_out().await?;
+                Ok(true)
+            }
+        }
     }
 
     fn stage_option_error(&mut self, option: u32, reply_type: u32, message: &str) {
@@ -384,9 +497,17 @@ impl Connection {
             }
             // Length is checked against MAX_OPTION_LEN before this allocation.
             let header = proto::parse_option_header(&header)?;
+            if self.tls_pending.is_some() && header.option == proto::OPT_EXPORT_NAME {
+                return Err(NbdError::TlsRequired);
+            }
             let mut payload = vec![0u8; header.length as usize];
             if !self.read_rest(&mut payload).await? {
                 return Ok(Negotiated::Closed);
+            }
+            if self.refuse_before_tls(header.option).await?
+                || self.refuse_not_allowed(header.option).await?
+            {
+                continue;
             }
             let option = match proto::parse_option(header.option, &payload) {
                 Ok(option) => option,
@@ -416,7 +537,7 @@ impl Connection {
                         &mut self.out,
                     );
                     self.send_out().await?;
-                    info!(peer = %self.peer, export = %name, "nbd client entered transmission");
+                    info!(peer = %self.peer, export = %name, tls = self.tls_on, client = self.identity.as_deref().unwrap_or("-"), "nbd client entered transmission");
                     return Ok(Negotiated::Export(name, Arc::clone(backend), slot));
                 }
                 ClientOption::Abort => {
@@ -484,10 +605,11 @@ impl Connection {
                     proto::encode_option_reply(header.option, proto::REP_ACK, &[], &mut self.out);
                     self.send_out().await?;
                     if let Some(slot) = slot {
-                        info!(peer = %self.peer, export = %request.name, "nbd client entered transmission");
+                        info!(peer = %self.peer, export = %request.name, tls = self.tls_on, client = self.identity.as_deref().unwrap_or("-"), "nbd client entered transmission");
                         return Ok(Negotiated::Export(request.name, Arc::clone(backend), slot));
                     }
                 }
+                ClientOption::StartTls => self.start_tls().await?,
                 ClientOption::Unsupported(option) => {
                     self.stage_option_error(option, proto::REP_ERR_UNSUP, "option not supported");
                     self.send_out().await?;
@@ -553,16 +675,16 @@ impl Connection {
         match result {
             Ok(data) => {
                 proto::encode_simple_reply(Errno::OK, handle, &mut self.out);
-                self.writer.write_all(&self.out).await?;
-                self.writer.write_all(&data).await?;
+                self.io.write_all(&self.out).await?;
+                self.io.write_all(&data).await?;
             }
             Err(errno) => {
                 proto::encode_simple_reply(errno, handle, &mut self.out);
-                self.writer.write_all(&self.out).await?;
+                self.io.write_all(&self.out).await?;
             }
         }
         self.out.clear();
-        self.writer.flush().await?;
+        self.io.flush().await?;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use tandem_core::config::{Capture, Group, Node, NodeRole, ResourceKind, Topology
 use tandem_core::net::Net;
 use tandem_core::proto::ResyncProgress;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Runs the replicator node `name` of `topo` until `shutdown` resolves.
 ///
@@ -73,10 +73,22 @@ pub async fn run(
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| ReplicatorError::io("bind", Path::new(addr), e))?;
-            info!(%addr, exports = exports.len(), "NBD exports listening");
+            let tls = if topo.nbd_uses_tls(&node) {
+                Some(
+                    nbd::NbdTls::from_net(net.clone())
+                        .map_err(|e| ReplicatorError::Task(format!("nodes.{name}.nbd_tls: {e}")))?,
+                )
+            } else {
+                if !tandem_core::config::is_loopback_address(addr) {
+                    warn!(%addr, "NBD is PLAINTEXT and unauthenticated on a non-loopback address (nbd_plaintext_ok = true): anyone who reaches this port can read and write the volumes");
+                }
+                None
+            };
+            info!(%addr, exports = exports.len(), tls = tls.is_some(), "NBD exports listening");
             Some(tokio::spawn(nbd::serve(
                 l,
                 Arc::new(exports),
+                tls,
                 stop_rx.clone(),
             )))
         }

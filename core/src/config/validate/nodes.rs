@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::super::diagnostic::Diags;
-use super::super::model::{Node, NodeRole, Topology};
+use super::super::model::{is_loopback_address, Node, NodeRole, Topology};
 use super::{check_address, check_name, check_unique, unknown_site, Found};
 use crate::residency;
 
@@ -38,6 +38,7 @@ pub(super) fn check_nodes(t: &Topology, f: &Found, d: &mut Diags<'_>) {
         check_unique(d, &mut seen, &p("name"), "node name", &n.name);
         check_node_site(t, f, d, n, *i);
         check_node_addresses(d, n, *i, &mut addresses);
+        check_node_nbd(t, d, n, *i);
         let dir = t.node_data_dir(n);
         match data_dirs.get(&dir) {
             Some(other) => d.push(
@@ -99,6 +100,58 @@ fn check_node_addresses(
         check_address(d, &p(field), addr);
         check_unique(d, addresses, &p(field), "listen address", addr);
     }
+}
+
+/// NBD's transport: `nbd_tls` / `nbd_plaintext_ok` only with `nbd_listen`; TLS only with the
+/// cluster's certificates; plaintext only on loopback unless `nbd_plaintext_ok = true` says
+/// the risk is accepted (then [`Topology::nbd_warnings`] has a line for it).
+fn check_node_nbd(t: &Topology, d: &mut Diags<'_>, n: &Node, i: usize) {
+    let p = |field: &str| format!("nodes[{i}].{field}");
+    let Some(addr) = &n.nbd_listen else {
+        for (field, set) in [
+            ("nbd_tls", n.nbd_tls.is_some()),
+            ("nbd_plaintext_ok", n.nbd_plaintext_ok),
+        ] {
+            if set {
+                d.push(
+                    &p(field),
+                    format!("{field} has no effect without nbd_listen; remove it"),
+                );
+            }
+        }
+        return;
+    };
+    if n.nbd_tls == Some(true) && t.tls.insecure {
+        d.push(
+            &p("nbd_tls"),
+            "NBD over TLS needs the cluster's certificates, but [tls] insecure = true; turn \
+             [tls] on or set nbd_tls = false on a loopback nbd_listen"
+                .to_string(),
+        );
+        return;
+    }
+    if t.nbd_uses_tls(n) || is_loopback_address(addr) || n.nbd_plaintext_ok {
+        return;
+    }
+    let why = if n.nbd_tls == Some(false) {
+        "nbd_tls = false"
+    } else {
+        "[tls] insecure = true"
+    };
+    let field = if n.nbd_tls.is_some() {
+        "nbd_tls"
+    } else {
+        "nbd_listen"
+    };
+    d.push(
+        &p(field),
+        format!(
+            "NBD on {addr} would be plaintext and unauthenticated ({why}): anyone who reaches \
+             the port could read and write the volumes. Listen on loopback (127.0.0.1, [::1]), \
+             use TLS (nbd_tls = true with [tls] on), or set nbd_plaintext_ok = true to accept \
+             the risk"
+        ),
+    );
 }
 
 /// An odd number of coordinators, 3 or more (unless some node entry was unreadable).
@@ -325,5 +378,127 @@ mod tests {
             "allowed_jurisdictions = [\"XX\"]",
             "not an ISO 3166-1 alpha-2",
         );
+    }
+
+    /// BASE with `nbd_listen = ADDR` (and `extra` lines) on a-rep, plus `tail` at the end.
+    fn with_nbd(addr: &str, extra: &str, tail: &str) -> String {
+        let text = edit(
+            BASE,
+            "listen = \"127.0.0.1:7004\"",
+            &format!("listen = \"127.0.0.1:7004\"\nnbd_listen = \"{addr}\"{extra}"),
+        );
+        format!("{text}{tail}")
+    }
+
+    const INSECURE: &str = "\n[tls]\ninsecure = true\n";
+
+    #[test]
+    fn plaintext_nbd_on_a_network_address_is_refused() {
+        let text = with_nbd("10.0.0.5:10809", "", INSECURE);
+        assert_diag(
+            &text,
+            "nodes[3].nbd_listen",
+            "nbd_listen = \"10.0.0.5:10809\"",
+            "NBD on 10.0.0.5:10809 would be plaintext and unauthenticated ([tls] insecure = true)",
+        );
+        let text = with_nbd("0.0.0.0:10809", "", INSECURE);
+        assert_diag(
+            &text,
+            "nodes[3].nbd_listen",
+            "nbd_listen",
+            "nbd_plaintext_ok = true",
+        );
+        for d in diagnostics(&text) {
+            assert!(!d.message.contains("  "), "ragged message: {}", d.message);
+        }
+    }
+
+    #[test]
+    fn plaintext_nbd_on_loopback_is_allowed_without_a_warning() {
+        for addr in [
+            "127.0.0.1:10809",
+            "127.9.9.9:10809",
+            "[::1]:10809",
+            "localhost:10809",
+        ] {
+            let topo = parse(&with_nbd(addr, "", INSECURE)).unwrap();
+            let node = topo.node("a-rep").unwrap();
+            assert!(!topo.nbd_uses_tls(node), "{addr}");
+            assert!(topo.nbd_warnings().is_empty(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn nbd_plaintext_ok_allows_a_network_address_with_a_loud_warning() {
+        let text = with_nbd("10.0.0.5:10809", "\nnbd_plaintext_ok = true", INSECURE);
+        let topo = parse(&text).unwrap();
+        let warnings = topo.nbd_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("node a-rep: NBD on 10.0.0.5:10809 is PLAINTEXT"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn nbd_tls_defaults_on_with_cluster_tls_off_the_loopback() {
+        let topo = parse(&with_nbd("10.0.0.5:10809", "", "")).unwrap();
+        assert!(topo.nbd_uses_tls(topo.node("a-rep").unwrap()));
+        assert!(topo.nbd_warnings().is_empty());
+        let topo = parse(&with_nbd("127.0.0.1:10809", "", "")).unwrap();
+        assert!(!topo.nbd_uses_tls(topo.node("a-rep").unwrap()));
+        let topo = parse(&with_nbd("127.0.0.1:10809", "\nnbd_tls = true", "")).unwrap();
+        assert!(topo.nbd_uses_tls(topo.node("a-rep").unwrap()));
+    }
+
+    #[test]
+    fn nbd_tls_false_on_a_network_address_is_refused_at_the_field() {
+        let text = with_nbd("10.0.0.5:10809", "\nnbd_tls = false", "");
+        assert_diag(
+            &text,
+            "nodes[3].nbd_tls",
+            "nbd_tls = false",
+            "would be plaintext and unauthenticated (nbd_tls = false)",
+        );
+    }
+
+    #[test]
+    fn nbd_tls_without_certificates_or_without_a_listener_is_refused() {
+        let text = with_nbd("127.0.0.1:10809", "\nnbd_tls = true", INSECURE);
+        assert_diag(
+            &text,
+            "nodes[3].nbd_tls",
+            "nbd_tls = true",
+            "insecure = true",
+        );
+        let text = edit(
+            BASE,
+            "listen = \"127.0.0.1:7004\"",
+            "listen = \"127.0.0.1:7004\"\nnbd_plaintext_ok = true",
+        );
+        assert_diag(
+            &text,
+            "nodes[3].nbd_plaintext_ok",
+            "nbd_plaintext_ok = true",
+            "no effect without nbd_listen",
+        );
+    }
+
+    #[test]
+    fn loopback_addresses_are_told_from_network_ones() {
+        use crate::config::is_loopback_address as lo;
+        for a in ["127.0.0.1:1", "127.200.0.1:1", "[::1]:1", "LOCALHOST:1"] {
+            assert!(lo(a), "{a}");
+        }
+        for a in [
+            "0.0.0.0:1",
+            "10.0.0.1:1",
+            "[::]:1",
+            "example.com:1",
+            "128.0.0.1:1",
+            "[::2]:1",
+        ] {
+            assert!(!lo(a), "{a}");
+        }
     }
 }
