@@ -207,7 +207,10 @@ fn hello_never_raises_the_fence_above_the_coordinators_epoch() {
     assert!(!r.fatal, "{r:?}");
     assert!(r.reason.contains("newer than the epoch 3"), "{}", r.reason);
     assert_eq!(g.epoch(), Epoch(3));
-    assert_eq!(g.hello(Epoch(3), Epoch(3)).unwrap().unwrap(), (Seq(0), Epoch(3)));
+    assert_eq!(
+        g.hello(Epoch(3), Epoch(3)).unwrap().unwrap(),
+        (Seq(0), Epoch(3))
+    );
 }
 
 #[test]

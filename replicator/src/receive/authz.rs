@@ -73,7 +73,8 @@ impl ReplicationCall {
     /// True when a replicator's class depends on the group's sites for this call (some
     /// replicator class is allowed): the caller is then judged against the group's view.
     pub fn judged_by_sites(self) -> bool {
-        allowed(self, CallerClass::PrimaryReplicator) || allowed(self, CallerClass::ReplicaReplicator)
+        allowed(self, CallerClass::PrimaryReplicator)
+            || allowed(self, CallerClass::ReplicaReplicator)
     }
 }
 
@@ -197,7 +198,13 @@ mod tests {
     use ReplicationCall as R;
 
     fn cell(md: &str, call: &str, class: CallerClass) -> String {
-        let header: Vec<&str> = md.lines().next().unwrap().split('|').map(str::trim).collect();
+        let header: Vec<&str> = md
+            .lines()
+            .next()
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
         let col = header.iter().position(|h| *h == class.as_str()).unwrap();
         let row = md
             .lines()
@@ -237,7 +244,10 @@ mod tests {
         ];
         for (i, (call, class, want)) in cases.iter().enumerate() {
             let got = cell(&md, call, *class);
-            assert_eq!(&got, want, "#{i}: expect {want} got {got} for {call} / {class}\n{md}");
+            assert_eq!(
+                &got, want,
+                "#{i}: expect {want} got {got} for {call} / {class}\n{md}"
+            );
         }
     }
 
@@ -245,7 +255,11 @@ mod tests {
     fn every_call_has_one_row_and_only_coordinator_or_person_calls_ignore_sites() {
         for (i, (call, name, _)) in CALLS.iter().enumerate() {
             assert_eq!(call.as_str(), *name, "#{i}");
-            assert_eq!(CALLS.iter().filter(|(c, _, _)| c == call).count(), 1, "#{i}");
+            assert_eq!(
+                CALLS.iter().filter(|(c, _, _)| c == call).count(),
+                1,
+                "#{i}"
+            );
         }
         assert!(R::Ship.judged_by_sites() && R::ReadBlocks.judged_by_sites());
         assert!(!R::Recover.judged_by_sites() && !R::Resync.judged_by_sites());

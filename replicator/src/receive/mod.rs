@@ -19,9 +19,9 @@ pub mod source;
 mod stream;
 
 pub use self::authz::{replication_table_markdown, ReplicationCall};
+use self::peers::{check_recover_out, Gate};
 pub use self::peers::{GroupView, Views};
 pub use self::source::{resync_finished, BlockSource};
-use self::peers::{check_recover_out, Gate};
 use self::stream::{response, run_stream};
 pub use crate::apply::classify::{classify, Verdict};
 use crate::apply::ReplicaGroup;
@@ -205,6 +205,22 @@ impl ReplicationService {
     }
 }
 
+/// The fatal refusal of a Hello whose epoch is older than the one the coordinators gave this
+/// replica for the group (`current`): the sender has been replaced and must stop.
+fn old_epoch_refusal(group: &ReplicaGroup, epoch: Epoch, current: Epoch) -> Refusal {
+    let wm = group.watermark();
+    Refusal {
+        seq: wm.0 + 1,
+        reason: format!(
+            "epoch {epoch} is older than the epoch {current} the coordinators gave this replica \
+             for group {}",
+            group.name()
+        ),
+        resume_from: wm.0 + 1,
+        fatal: true,
+    }
+}
+
 /// Serves `service` on `listener` with TCP_NODELAY and large fixed HTTP/2 windows
 /// (STACK-NOTES gotchas 4 and 5) until `shutdown` completes.
 ///
@@ -301,9 +317,11 @@ impl Replication for ReplicationService {
             Caller::Anonymous => {}
             Caller::Node(n) if *n == hello.from_node => {}
             other => {
-                tracing::warn!(group = %hello.group, claimed = %hello.from_node, cert = %other, "refusing ship stream: certificate names another identity");
+                let actor = tandem_core::authz::actor_of(other);
+                tracing::warn!(group = %hello.group, claimed = %hello.from_node, %actor, "refused Replication call Ship: certificate names another identity");
                 return Err(Status::permission_denied(format!(
-                    "certificate names {other} but the Hello claims to be node {}",
+                    "certificate {actor} may not call Replication.Ship: its Hello claims to be \
+                     node {}",
                     hello.from_node
                 )));
             }
@@ -325,24 +343,13 @@ impl Replication for ReplicationService {
         let max_epoch = view.as_ref().map_or(Epoch(u64::MAX), |v| v.epoch);
         let verdict = if view.is_some() && epoch < max_epoch {
             // An epoch the coordinators have moved past: the sender is fenced.
-            let wm = group.watermark();
-            Ok(Refusal {
-                seq: wm.0 + 1,
-                reason: format!(
-                    "epoch {epoch} is older than the epoch {max_epoch} the coordinators gave \
-                     this replica for group {}",
-                    hello.group
-                ),
-                resume_from: wm.0 + 1,
-                fatal: true,
-            })
-            .map(Err)
+            Err(old_epoch_refusal(&group, epoch, max_epoch))
         } else {
             tokio::task::spawn_blocking(move || g.hello(epoch, max_epoch))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(e.to_string()))
-        }?;
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
         match verdict {
             Err(refusal) => {
                 tracing::warn!(group = %hello.group, from = %hello.from_node, cert = %caller, reason = %refusal.reason, "refusing sender");
