@@ -12,7 +12,9 @@
 //! - `Recover`: the coordinators' `recover` step and `tandem recover` (operator).
 //! - `Verify`: the coordinators' `verify` step and `tandem verify` (operator).
 //! - `Checkpoint`, `Checkpoints`, `Resync`: `tandem checkpoint`, `checkpoints`, `resync`
-//!   (operator; the chaos runner dials with the CLI's operator identity too).
+//!   (operator; the chaos runner dials with the CLI's operator identity too); `Resync` also
+//!   from the group's primary replicator, whose shipper asks its replica to resync when the
+//!   journal overflowed (`replicator/src/ship.rs`).
 //! - `ArchiveWal`: `tandem wal push` as PostgreSQL's `archive_command`, with the operator
 //!   certificate the docs give the `postgres` user (docs/postgres.md).
 //! - `RunStep`: the coordinator leader (the leader and plan checks are the call's own).
@@ -133,7 +135,8 @@ pub const CALLS: [(ReplicationCall, &str, &str); 12] = [
     (
         ReplicationCall::Resync,
         "Resync",
-        "the replica resyncs the group from its primary (`tandem resync`)",
+        "the replica resyncs the group from its primary (`tandem resync`; the primary's \
+         shipper after a journal overflow)",
     ),
     (
         ReplicationCall::ArchiveWal,
@@ -167,7 +170,8 @@ pub fn allowed(call: ReplicationCall, class: CallerClass) -> bool {
             call,
             R::Snapshot | R::DeleteSnapshot | R::Recover | R::Verify | R::RunStep
         ),
-        C::PrimaryReplicator => matches!(call, R::Ship | R::Merkle | R::ReadBlocks),
+        // The primary's shipper asks its replica to resync after a journal overflow.
+        C::PrimaryReplicator => matches!(call, R::Ship | R::Merkle | R::ReadBlocks | R::Resync),
         C::ReplicaReplicator => matches!(call, R::Merkle | R::ReadBlocks),
         C::OtherReplicator => false,
         C::Operator => matches!(
@@ -230,6 +234,8 @@ mod tests {
             ("Merkle", C::PrimaryReplicator, "yes"),
             ("Merkle", C::Viewer, "no"),
             ("Resync", C::OtherReplicator, "no"),
+            ("Resync", C::PrimaryReplicator, "yes"),
+            ("Resync", C::ReplicaReplicator, "no"),
             ("Resync", C::Operator, "yes"),
             ("Recover", C::Coordinator, "yes"),
             ("Recover", C::PrimaryReplicator, "no"),
@@ -262,7 +268,8 @@ mod tests {
             );
         }
         assert!(R::Ship.judged_by_sites() && R::ReadBlocks.judged_by_sites());
-        assert!(!R::Recover.judged_by_sites() && !R::Resync.judged_by_sites());
+        assert!(R::Resync.judged_by_sites());
+        assert!(!R::Recover.judged_by_sites() && !R::Verify.judged_by_sites());
         // No call is open to auditors, viewers or replicators outside the pair.
         for (call, _, _) in CALLS {
             for class in [C::Auditor, C::Viewer, C::OtherReplicator, C::UnknownCa] {
