@@ -208,7 +208,8 @@ impl Pitr<'_> {
 
     /// Step 5: recovers at tag `before-b`; returns the recovered copy's merkle root.
     fn recover_by_tag(&self, tagged: &Value, at_checkpoint: &[u8], live: &[u8]) -> String {
-        let out_dir = self.topo.path().join("recovered");
+        // Inside the replica replicator's recover root (DATA_DIR/recovered).
+        let out_dir = self.topo.path().join("data/hcm-rep/recovered/cli/before-b");
         let d = out_dir.to_str().unwrap();
         let (code, out, err) = self.topo.tandem(&[
             "recover",
@@ -241,7 +242,7 @@ impl Pitr<'_> {
 
     /// Step 6: recovers at the tagged checkpoint's capture time.
     fn recover_by_time(&self, tagged: &Value, at_checkpoint: &[u8]) {
-        let out_dir2 = self.topo.path().join("recovered-at");
+        let out_dir2 = self.topo.path().join("data/hcm-rep/recovered/cli/at");
         let ms = tagged["captured_ms"].to_string();
         let (code, out, err) = self.topo.tandem(&[
             "recover",
@@ -265,7 +266,11 @@ impl Pitr<'_> {
             "--checkpoint",
             "nope",
             "--out",
-            self.topo.path().join("nope").to_str().unwrap(),
+            self.topo
+                .path()
+                .join("data/hcm-rep/recovered/cli/nope")
+                .to_str()
+                .unwrap(),
             "-c",
             self.cfg,
         ]);

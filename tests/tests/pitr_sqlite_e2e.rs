@@ -88,7 +88,8 @@ fn database_recovered_at_a_checkpoint_through_real_processes() {
         assert!(out.status.success());
         replica_has("ok\n0\n");
         // 3. Recover at the checkpoint: exactly the 40 transactions before it.
-        let out_dir = dir.path().join("recovered");
+        // Inside the replica replicator's recover root (DATA_DIR/recovered).
+        let out_dir = dir.path().join("data/hcm-rep/recovered/cli");
         let o = tandem(&[
             "recover",
             "db",

@@ -586,7 +586,8 @@ fn recover(a: RecoverArgs) -> Result<()> {
             .context("listen port")
     };
     let (primary_port, replica_port) = (port_of("hanoi-rep")?, port_of("hcm-rep")?);
-    let out_dir = std::path::absolute(c.dir.join("recovered"))?;
+    // Inside hcm-rep's recover root (DATA_DIR/recovered): elsewhere is refused.
+    let out_dir = std::path::absolute(c.dir.join("data/hcm-rep/recovered/bench"))?;
     let rt = runtime()?;
     let report = rt.block_on(async {
         wait_protected_and_caught_up(&addrs, 120).await.ok();

@@ -145,6 +145,9 @@ impl Topology {
         };
         for node in &mut self.nodes {
             fix(&mut node.data_dir);
+            if let Some(r) = node.recover_root.as_mut() {
+                fix(r);
+            }
         }
         fix(&mut self.tls.dir);
         for p in [&mut self.tls.peer_ca, &mut self.tls.client_ca]

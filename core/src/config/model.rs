@@ -175,6 +175,11 @@ pub struct Node {
     /// `host:port` serving Prometheus metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Replicators only: the folder point-in-time copies (`Replication.Recover`) are written
+    /// under; an `out_dir` outside it is refused. Absolute after load; `None` means
+    /// `DATA_DIR/recovered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_root: Option<PathBuf>,
 }
 
 pub use crate::group::Mode;
@@ -551,6 +556,15 @@ impl Topology {
     /// The node's data folder, absolute.
     pub fn node_data_dir(&self, node: &Node) -> PathBuf {
         self.base_dir.join(&node.data_dir)
+    }
+
+    /// The folder a replicator writes point-in-time copies under: its `recover_root`, or
+    /// `DATA_DIR/recovered`; absolute.
+    pub fn node_recover_root(&self, node: &Node) -> PathBuf {
+        match &node.recover_root {
+            Some(r) => self.base_dir.join(r),
+            None => self.node_data_dir(node).join("recovered"),
+        }
     }
 
     /// Absolute path of `resource` (image, database file or postgres data dir) of `group` at

@@ -402,12 +402,20 @@ impl ReplicaGroup {
         Ok(())
     }
 
-    /// Handles a Hello at `epoch`: refuses an older epoch (fatal), raises the fence to a newer
-    /// one, and returns (watermark, fence) for the Welcome.
+    /// Handles a Hello at `epoch`: refuses an older epoch than the fence (fatal), refuses a
+    /// newer one than `max_epoch` (the epoch the coordinators gave this replicator for the
+    /// group; not fatal: the sender retries once this replicator has heard it), raises the
+    /// fence to `epoch` otherwise, and returns (watermark, fence) for the Welcome. The fence
+    /// is never raised above `max_epoch`.
     ///
     /// # Errors
-    /// `Ok(Err(refusal))` for an old epoch; [`ReplicatorError::Io`] raising the fence.
-    pub fn hello(&self, epoch: Epoch) -> Result<std::result::Result<(Seq, Epoch), Refusal>> {
+    /// `Ok(Err(refusal))` for an old or too new epoch; [`ReplicatorError::Io`] raising the
+    /// fence.
+    pub fn hello(
+        &self,
+        epoch: Epoch,
+        max_epoch: Epoch,
+    ) -> Result<std::result::Result<(Seq, Epoch), Refusal>> {
         let (wm, fence) = {
             let i = self.inner();
             (i.watermark, i.fence)
@@ -418,6 +426,18 @@ impl ReplicaGroup {
                 reason: format!("epoch {epoch} is older than the fence {fence}"),
                 resume_from: wm.0 + 1,
                 fatal: true,
+            }));
+        }
+        if epoch > max_epoch {
+            return Ok(Err(Refusal {
+                seq: wm.0 + 1,
+                reason: format!(
+                    "epoch {epoch} is newer than the epoch {max_epoch} the coordinators gave \
+                     this replica for group {}: not fenced, refused",
+                    self.name
+                ),
+                resume_from: wm.0 + 1,
+                fatal: false,
             }));
         }
         self.set_fence(epoch)?;

@@ -191,9 +191,26 @@ fn replica_refuses_frame_from_old_epoch() {
     assert!(refusal(&out).unwrap().fatal);
     assert!(st.finished);
     assert_eq!(g.watermark(), Seq(0));
-    assert!(g.hello(Epoch(2)).unwrap().is_err());
-    assert_eq!(g.hello(Epoch(4)).unwrap().unwrap(), (Seq(0), Epoch(4)));
+    assert!(g.hello(Epoch(2), Epoch(4)).unwrap().is_err());
+    assert_eq!(
+        g.hello(Epoch(4), Epoch(4)).unwrap().unwrap(),
+        (Seq(0), Epoch(4))
+    );
     assert_eq!(g.epoch(), Epoch(4));
+}
+
+#[test]
+fn hello_never_raises_the_fence_above_the_coordinators_epoch() {
+    let (_d, g) = setup();
+    g.set_fence(Epoch(3)).unwrap();
+    let r = g.hello(Epoch(u64::MAX), Epoch(3)).unwrap().unwrap_err();
+    assert!(!r.fatal, "{r:?}");
+    assert!(r.reason.contains("newer than the epoch 3"), "{}", r.reason);
+    assert_eq!(g.epoch(), Epoch(3));
+    assert_eq!(
+        g.hello(Epoch(3), Epoch(3)).unwrap().unwrap(),
+        (Seq(0), Epoch(3))
+    );
 }
 
 #[test]

@@ -30,6 +30,10 @@ pub(super) struct NodeBlocks {
     pub(super) shared: Arc<NodeRtShared>,
     /// `DATA_DIR/snapshots`: drill copies live in `GROUP/NAME/` below it.
     pub(super) snapshots: PathBuf,
+    /// The node's recover root (`recover_root`, default `DATA_DIR/recovered`): named
+    /// point-in-time copies live in `GROUP/NAME/` below it, and an explicit `out_dir` must
+    /// lie inside it.
+    pub(super) recovered: PathBuf,
     pub(super) server: BlockServer<Resolver>,
 }
 

@@ -7,7 +7,7 @@ use super::blocks::NodeBlocks;
 use super::lock::lock;
 use crate::apply::ReplicaGroup;
 use crate::error::ReplicatorError;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tandem_core::clock::{Clock, SystemClock};
@@ -96,13 +96,7 @@ impl NodeBlocks {
                 group: req.group.clone(),
                 name: req.name.clone(),
             })?;
-            let out = self
-                .snapshots
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("recovered")
-                .join(&req.group)
-                .join(&req.name);
+            let out = self.recovered.join(&req.group).join(&req.name);
             let out = std::path::absolute(&out)
                 .map_err(|e| Status::internal(format!("{}: {e}", out.display())))?;
             // A named copy is replaced (a retried runbook step).

@@ -6,8 +6,10 @@ use super::coordinators::connect_within;
 use super::reconcile::reconcile;
 use super::report::progress_report;
 use super::runtime::NodeRt;
+use crate::receive::GroupView;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tandem_core::ids::Epoch;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -58,6 +60,17 @@ pub(super) async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bo
             continue;
         };
         for lease in reply.leases {
+            // Known groups only: a name the topology does not hold is not this node's.
+            if rt.topo.group(&lease.group).is_some() {
+                rt.views.learn(
+                    &lease.group,
+                    GroupView {
+                        primary: lease.primary.clone(),
+                        replica: lease.replica.clone(),
+                        epoch: Epoch(lease.epoch),
+                    },
+                );
+            }
             if let Err(e) = reconcile(&rt, &lease, sent).await {
                 warn!(group = %lease.group, "role change failed: {e}");
                 if let Some(g) = rt.groups.lock().await.get_mut(&lease.group) {

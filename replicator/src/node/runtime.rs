@@ -86,6 +86,8 @@ pub(super) struct NodeRt {
     pub(super) node: Node,
     pub(super) data_dir: PathBuf,
     pub(super) service: ReplicationService,
+    /// Each group's sites and epoch as the coordinators last answered (the service reads it).
+    pub(super) views: crate::receive::Views,
     pub(super) groups: tokio::sync::Mutex<BTreeMap<String, GroupRt>>,
     pub(super) coordinators: Vec<String>,
     pub(super) me: Arc<NodeRtShared>,

@@ -11,7 +11,7 @@ use super::transitions::stop_role;
 use super::volume::GroupVolume;
 use crate::error::{ReplicatorError, Result};
 use crate::nbd::{self, ExportMap};
-use crate::receive::{ReplicationService, StepRunner};
+use crate::receive::{ReplicationService, StepRunner, Views};
 use crate::resync::BlockServer;
 use crate::volume::FileVolume;
 use std::collections::{BTreeMap, HashMap};
@@ -250,15 +250,20 @@ fn build_runtime(
             .get(&(g.to_owned(), r.to_owned()))
             .cloned()
     });
+    let recovered = topo.node_recover_root(node);
     let blocks = NodeBlocks {
         shared: shared.clone(),
         snapshots: data_dir.join("snapshots"),
+        recovered: recovered.clone(),
         server: BlockServer::new(resolver),
     };
+    let views = Views::new();
     let service = ReplicationService::new()
         .with_block_source(Arc::new(blocks))
         .with_net(net.clone())
-        .with_topology(topo);
+        .with_topology(topo)
+        .with_views(views.clone())
+        .with_recover_root(recovered);
     let service = match StepRunner::new(topo, &node.name, net.clone()) {
         Some(runner) => service.with_step_runner(runner),
         None => service,
@@ -273,6 +278,7 @@ fn build_runtime(
         node: node.clone(),
         data_dir,
         service,
+        views,
         groups: tokio::sync::Mutex::new(groups),
         coordinators,
         me: shared,

@@ -4,12 +4,25 @@
 //! per-frame decision, from its room `crate::apply::classify`.
 //!
 //! Rooms: [`source`] (the [`BlockSource`] trait), `stream` (one Ship stream: batch, apply,
-//! acknowledge), `steps` (RunStep: a runbook step's command, read from the committed plan).
+//! acknowledge), `steps` (RunStep: a runbook step's command, read from the committed plan),
+//! [`authz`] (who may call what: the table of docs/SECURITY.md), [`peers`] (the
+//! groups' sites and epochs as the coordinators last gave them, the caller checks and the
+//! recover root).
+//!
+//! Every call is authorized first ([`peers::Gate::authorize`]): refused callers get
+//! `permission_denied` naming their certificate and the call, logged at warn (the
+//! coordinators' audit chain is not reachable from here). A Ship stream is accepted only from
+//! a replicator at the group's primary site with the group's current epoch.
 
+pub mod authz;
+pub mod peers;
 pub mod source;
 mod steps;
 mod stream;
 
+pub use self::authz::{replication_table_markdown, ReplicationCall};
+use self::peers::{check_recover_out, Gate};
+pub use self::peers::{GroupView, Views};
 pub use self::source::{resync_finished, BlockSource};
 pub use self::steps::{StepRunner, MAX_STEP_OUTPUT};
 use self::stream::{response, run_stream};
@@ -18,8 +31,8 @@ use crate::apply::ReplicaGroup;
 use crate::verify::{Catalog, VerifyStream};
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use tandem_core::certs::Role;
 use tandem_core::config::Topology;
 use tandem_core::ids::Epoch;
 use tandem_core::net::{Caller, Net};
@@ -27,7 +40,7 @@ use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
     ship_request, ship_response, ArchiveWalReply, ArchiveWalRequest, CheckpointReply,
     CheckpointRequest, CheckpointsReply, CheckpointsRequest, MerkleReply, MerkleRequest,
-    ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, ResyncProgress,
+    ReadBlocksReply, ReadBlocksRequest, RecoverReply, RecoverRequest, Refusal, ResyncProgress,
     ResyncRequest, ShipRequest, ShipResponse, SnapshotReply, SnapshotRequest, VerifyRequest,
     Welcome,
 };
@@ -56,6 +69,10 @@ pub struct ReplicationService {
     net: Net,
     /// Runs runbook steps at this node's site (RunStep); without it RunStep is unimplemented.
     steps: Option<Arc<StepRunner>>,
+    /// The topology and the groups' views the callers are judged by.
+    gate: Gate,
+    /// `Recover` writes only inside this folder (`None`: anywhere absolute; unit tests).
+    recover_root: Option<PathBuf>,
 }
 
 impl Default for ReplicationService {
@@ -67,6 +84,8 @@ impl Default for ReplicationService {
             closed: Arc::new(watch::channel(false).0),
             net: Net::plaintext(),
             steps: None,
+            gate: Gate::default(),
+            recover_root: None,
         }
     }
 }
@@ -94,8 +113,24 @@ impl ReplicationService {
 
     /// Knows the groups and volumes of `topo`, so that Verify can be served (through the block
     /// source's barrier `Merkle`); without it Verify answers `unimplemented`.
-    pub fn with_topology(self, topo: &Topology) -> ReplicationService {
+    /// The topology also places node certificates in the authorization table.
+    pub fn with_topology(mut self, topo: &Topology) -> ReplicationService {
+        self.gate.topo = Some(Arc::new(topo.clone()));
         self.with_catalog(Catalog::from_topology(topo))
+    }
+
+    /// Judges replicators and Ship epochs by `views` (what the coordinators last said of each
+    /// group; the node's heartbeat loop fills it). Without views a service judges replicators
+    /// as outside every group and bounds no Ship epoch (unit tests of single pieces).
+    pub fn with_views(mut self, views: Views) -> ReplicationService {
+        self.gate.views = Some(views);
+        self
+    }
+
+    /// `Recover` writes only strictly inside `root` (after resolving `..` and symlinks).
+    pub fn with_recover_root(mut self, root: PathBuf) -> ReplicationService {
+        self.recover_root = Some(root);
+        self
     }
 
     /// Serves Verify for the groups and volumes of `catalog` (see [`Self::with_topology`]).
@@ -145,9 +180,8 @@ impl ReplicationService {
             .collect()
     }
 
-    /// Serves and authenticates through `net` (plaintext by default): with TLS a shipper's
-    /// certificate must name the node its Hello claims, and the other calls are open to nodes
-    /// and operators only.
+    /// Serves and authenticates through `net` (plaintext by default): with TLS every call is
+    /// judged by the caller's certificate against [`authz::allowed`].
     pub fn with_net(mut self, net: Net) -> ReplicationService {
         self.net = net;
         self
@@ -159,18 +193,16 @@ impl ReplicationService {
         self
     }
 
-    /// Refuses callers that are neither a node nor an operator (TLS only).
-    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        match self.net.caller(req)? {
-            Caller::Anonymous | Caller::Node(_) => Ok(()),
-            Caller::Client {
-                role: Role::Operator,
-                ..
-            } => Ok(()),
-            Caller::Client { name, role } => Err(Status::permission_denied(format!(
-                "role {role} of {name} may not call the replication API"
-            ))),
-        }
+    /// Refuses the caller of `req` for `call` about `group` unless the table allows it;
+    /// returns the group's view when one was needed.
+    fn authorize<T>(
+        &self,
+        call: ReplicationCall,
+        req: &Request<T>,
+        group: &str,
+    ) -> Result<Option<GroupView>, Status> {
+        let caller = self.net.caller(req)?;
+        self.gate.authorize(call, &caller, group)
     }
 
     /// The tonic server wrapper with message limits raised for whole frames. Replies are
@@ -182,6 +214,22 @@ impl ReplicationService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
             .send_compressed(tonic::codec::CompressionEncoding::Zstd)
             .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+    }
+}
+
+/// The fatal refusal of a Hello whose epoch is older than the one the coordinators gave this
+/// replica for the group (`current`): the sender has been replaced and must stop.
+fn old_epoch_refusal(group: &ReplicaGroup, epoch: Epoch, current: Epoch) -> Refusal {
+    let wm = group.watermark();
+    Refusal {
+        seq: wm.0 + 1,
+        reason: format!(
+            "epoch {epoch} is older than the epoch {current} the coordinators gave this replica \
+             for group {}",
+            group.name()
+        ),
+        resume_from: wm.0 + 1,
+        fatal: true,
     }
 }
 
@@ -214,6 +262,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<tandem_core::proto::RunStepRequest>,
     ) -> Result<Response<tandem_core::proto::RunStepReply>, Status> {
+        self.authorize(ReplicationCall::RunStep, &request, "")?;
         let Some(steps) = &self.steps else {
             return Err(Status::unimplemented(
                 "run_step: no step runner on this service",
@@ -226,7 +275,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<Self::VerifyStream>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Verify, &request, &group)?;
         let (Some(blocks), Some(catalog)) = (&self.blocks, &self.catalog) else {
             return Err(Status::unimplemented(
                 "verify not wired: this service has no topology or merkle backend",
@@ -243,7 +293,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ResyncRequest>,
     ) -> Result<Response<Self::ResyncStream>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Resync, &request, &group)?;
         let Some(b) = &self.blocks else {
             return Err(Status::unimplemented("resync not wired"));
         };
@@ -284,26 +335,42 @@ impl Replication for ReplicationService {
             Caller::Anonymous => {}
             Caller::Node(n) if *n == hello.from_node => {}
             other => {
-                tracing::warn!(group = %hello.group, claimed = %hello.from_node, cert = %other, "refusing ship stream: certificate names another identity");
+                let actor = tandem_core::authz::actor_of(other);
+                tracing::warn!(group = %hello.group, claimed = %hello.from_node, %actor, "refused Replication call Ship: certificate names another identity");
                 return Err(Status::permission_denied(format!(
-                    "certificate names {other} but the Hello claims to be node {}",
+                    "certificate {actor} may not call Replication.Ship: its Hello claims to be \
+                     node {}",
                     hello.from_node
                 )));
             }
         }
+        let view = self
+            .gate
+            .authorize(ReplicationCall::Ship, &caller, &hello.group)?;
+        // Plaintext: the caller cannot be placed, but the epoch is still bounded by the view.
+        let view = match (&self.gate.views, view) {
+            (Some(views), None) => Some(views.require(&hello.group)?),
+            (_, v) => v,
+        };
         let group = self
             .group(&hello.group)
             .ok_or_else(|| Status::not_found(format!("no replica group {:?}", hello.group)))?;
         let (tx, rx) = mpsc::channel(64);
         let g = Arc::clone(&group);
         let epoch = Epoch(hello.epoch);
-        let verdict = tokio::task::spawn_blocking(move || g.hello(epoch))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let max_epoch = view.as_ref().map_or(Epoch(u64::MAX), |v| v.epoch);
+        let verdict = if view.is_some() && epoch < max_epoch {
+            // An epoch the coordinators have moved past: the sender is fenced.
+            Err(old_epoch_refusal(&group, epoch, max_epoch))
+        } else {
+            tokio::task::spawn_blocking(move || g.hello(epoch, max_epoch))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
         match verdict {
             Err(refusal) => {
-                tracing::warn!(group = %hello.group, from = %hello.from_node, reason = %refusal.reason, "refusing sender");
+                tracing::warn!(group = %hello.group, from = %hello.from_node, cert = %caller, reason = %refusal.reason, "refusing sender");
                 let _ = tx
                     .send(response(ship_response::Msg::Refusal(refusal)))
                     .await;
@@ -316,7 +383,13 @@ impl Replication for ReplicationService {
                         epoch: fence.0,
                     })))
                     .await;
-                tokio::spawn(run_stream(group, inbound, tx, self.closed.subscribe()));
+                tokio::spawn(run_stream(
+                    group,
+                    inbound,
+                    tx,
+                    self.closed.subscribe(),
+                    self.gate.views.clone(),
+                ));
             }
         }
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -326,7 +399,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<MerkleRequest>,
     ) -> Result<Response<MerkleReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Merkle, &request, &group)?;
         match &self.blocks {
             Some(b) => b.merkle(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("merkle not wired")),
@@ -337,7 +411,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ReadBlocksRequest>,
     ) -> Result<Response<ReadBlocksReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::ReadBlocks, &request, &group)?;
         match &self.blocks {
             Some(b) => b.read_blocks(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("read_blocks not wired")),
@@ -348,7 +423,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Snapshot, &request, &group)?;
         match &self.blocks {
             Some(b) => b.snapshot(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("snapshot not wired")),
@@ -359,7 +435,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::DeleteSnapshot, &request, &group)?;
         match &self.blocks {
             Some(b) => b
                 .delete_snapshot(request.into_inner())
@@ -373,7 +450,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<CheckpointRequest>,
     ) -> Result<Response<CheckpointReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Checkpoint, &request, &group)?;
         match &self.blocks {
             Some(b) => b.checkpoint(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("checkpoint not wired")),
@@ -384,7 +462,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<CheckpointsRequest>,
     ) -> Result<Response<CheckpointsReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Checkpoints, &request, &group)?;
         match &self.blocks {
             Some(b) => b.checkpoints(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("checkpoints not wired")),
@@ -395,7 +474,12 @@ impl Replication for ReplicationService {
         &self,
         request: Request<RecoverRequest>,
     ) -> Result<Response<RecoverReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::Recover, &request, &group)?;
+        let out = &request.get_ref().out_dir;
+        if let (Some(root), false) = (&self.recover_root, out.is_empty()) {
+            check_recover_out(std::path::Path::new(out), root)?;
+        }
         match &self.blocks {
             Some(b) => b.recover(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("recover not wired")),
@@ -406,7 +490,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ArchiveWalRequest>,
     ) -> Result<Response<ArchiveWalReply>, Status> {
-        self.admit(&request)?;
+        let group = request.get_ref().group.clone();
+        self.authorize(ReplicationCall::ArchiveWal, &request, &group)?;
         match &self.blocks {
             Some(b) => b.archive_wal(request.into_inner()).await.map(Response::new),
             None => Err(Status::unimplemented("archive_wal not wired")),

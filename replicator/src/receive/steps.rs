@@ -109,6 +109,17 @@ impl StepRunner {
             })?;
         let command = self.check(&r, &plan)?;
         info!(run = %r.run_id, step = %plan.step_id, asked_by = ?asking, "running a step's command");
+        // The leader's addresses of the coordinators are the leader's view; a command here
+        // (`tandem probe`, `tandem status`) must reach them as this host does.
+        let mut plan = plan;
+        plan.env.insert(
+            "TANDEM_COORDINATORS".into(),
+            self.coordinators
+                .iter()
+                .map(|(_, a)| a.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         run_command(command, &plan, &self.node).await
     }
 

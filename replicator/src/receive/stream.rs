@@ -1,9 +1,11 @@
 //! One Ship stream on the replica: batches the frames that arrived together, applies each batch
 //! on the blocking pool ([`ReplicaGroup::receive_batch`]) and sends its acknowledgements.
 
+use super::peers::Views;
 use crate::apply::{ReplicaGroup, StreamState};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
+use tandem_core::frame::FrameHeader;
 use tandem_core::proto::{ship_request, ship_response, ShipRequest, ShipResponse};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -28,11 +30,34 @@ pub(super) fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> 
     Ok(ShipResponse { msg: Some(msg) })
 }
 
+/// The first frame of `frames` whose epoch is newer than the epoch the coordinators gave this
+/// replicator for `group` (a frame must never raise the fence above it), as a refusal. A frame
+/// whose header does not parse is left to the apply, which refuses it.
+fn frame_above_bound(views: &Views, group: &str, frames: &[Vec<u8>]) -> Option<Status> {
+    let bound = views.get(group).map(|v| v.epoch);
+    frames.iter().find_map(|f| {
+        let e = FrameHeader::parse(f).ok()?.meta.epoch;
+        match bound {
+            Some(b) if e <= b => None,
+            _ => {
+                let b = bound.map_or("none".to_owned(), |b| b.to_string());
+                tracing::warn!(%group, epoch = %e, bound = %b, "refusing a frame above the coordinators' epoch; ending the stream");
+                Some(Status::unavailable(format!(
+                    "frame epoch {e} of group {group} is newer than the epoch {b} the coordinators gave this replica: not applied"
+                )))
+            }
+        }
+    })
+}
+
+/// Runs one Ship stream after its Welcome; with `views`, every frame's epoch is bounded by the
+/// group's current view (see [`frame_above_bound`]).
 pub(super) async fn run_stream(
     group: Arc<ReplicaGroup>,
     mut inbound: Streaming<ShipRequest>,
     tx: mpsc::Sender<Result<ShipResponse, Status>>,
     mut closed: watch::Receiver<bool>,
+    views: Option<Views>,
 ) {
     let mut state = StreamState::default();
     loop {
@@ -75,6 +100,13 @@ pub(super) async fn run_stream(
                 Some(Some(Ok(m))) => Some(m),
                 _ => None,
             };
+        }
+        if let Some(refused) = views
+            .as_ref()
+            .and_then(|v| frame_above_bound(v, group.name(), &frames))
+        {
+            let _ = tx.send(Err(refused)).await;
+            return;
         }
         let g = Arc::clone(&group);
         let joined =

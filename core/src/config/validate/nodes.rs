@@ -39,6 +39,7 @@ pub(super) fn check_nodes(t: &Topology, f: &Found, d: &mut Diags<'_>) {
         check_node_site(t, f, d, n, *i);
         check_node_addresses(d, n, *i, &mut addresses);
         check_node_nbd(t, d, n, *i);
+        check_recover_root(t, d, n, *i);
         let dir = t.node_data_dir(n);
         match data_dirs.get(&dir) {
             Some(other) => d.push(
@@ -52,6 +53,38 @@ pub(super) fn check_nodes(t: &Topology, f: &Found, d: &mut Diags<'_>) {
                 data_dirs.insert(dir, n.name.clone());
             }
         }
+    }
+}
+
+/// `recover_root`: replicators only, and never a folder that holds the node's own data
+/// folder (a recovered copy must not land among the node's state).
+fn check_recover_root(t: &Topology, d: &mut Diags<'_>, n: &Node, i: usize) {
+    let Some(root) = &n.recover_root else {
+        return;
+    };
+    let path = format!("nodes[{i}].recover_root");
+    if n.role != NodeRole::Replicator {
+        d.push(
+            &path,
+            format!(
+                "recover_root is a replicator setting: {} is a {} (point-in-time copies are \
+                 built by the replica's replicator)",
+                n.name, n.role
+            ),
+        );
+        return;
+    }
+    let data = t.node_data_dir(n);
+    if data.starts_with(t.base_dir.join(root)) {
+        d.push(
+            &path,
+            format!(
+                "recover_root {} holds the node's data_dir {}: give a folder of its own \
+                 (default DATA_DIR/recovered)",
+                root.display(),
+                data.display()
+            ),
+        );
     }
 }
 
@@ -211,6 +244,7 @@ pub(super) fn check_coordinator_spread(t: &Topology, f: &Found, d: &mut Diags<'_
 #[cfg(test)]
 mod tests {
     use crate::config::testutil::*;
+    use std::path::PathBuf;
 
     #[test]
     fn node_on_unknown_site_is_refused() {
@@ -355,6 +389,31 @@ mod tests {
             "nodes[4].data_dir",
             "data_dir = \"data/a-rep\"\n\n[[groups",
             "never share",
+        );
+    }
+
+    #[test]
+    fn recover_root_is_a_replicator_folder_outside_its_data_dir() {
+        let text = edit(
+            BASE,
+            "data_dir = \"data/b-rep\"",
+            "data_dir = \"data/b-rep\"\nrecover_root = \"/srv/recovered\"",
+        );
+        let t = parse(&text).unwrap();
+        let n = t.node("b-rep").unwrap();
+        assert_eq!(t.node_recover_root(n), PathBuf::from("/srv/recovered"));
+        let a = t.node("a-rep").unwrap();
+        assert_eq!(t.node_recover_root(a), t.node_data_dir(a).join("recovered"));
+        let text = edit(
+            BASE,
+            "data_dir = \"data/b-rep\"",
+            "data_dir = \"data/b-rep\"\nrecover_root = \"data\"",
+        );
+        assert_diag(
+            &text,
+            "nodes[4].recover_root",
+            "recover_root = \"data\"",
+            "holds the node's data_dir",
         );
     }
 
