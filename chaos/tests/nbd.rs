@@ -38,7 +38,7 @@ async fn tandem_server() -> Server {
         .insert("disk0", volume as Arc<dyn VolumeBackend>)
         .unwrap();
     let (stop, rx) = watch::channel(false);
-    tokio::spawn(serve(listener, Arc::new(exports), rx));
+    tokio::spawn(serve(listener, Arc::new(exports), None, rx));
     Server {
         addr,
         path,

@@ -365,6 +365,18 @@ impl Net {
         self.inner.tls.as_ref().map(|t| current(t).nbd.clone())
     }
 
+    /// The TLS client configuration for NBD (`NBD_OPT_STARTTLS` to a replicator's export), from
+    /// the files loaded now: this process's certificate presented, the server's verified
+    /// against the peer roots; as the gRPC client's without the HTTP/2 ALPN. `None` in
+    /// plaintext.
+    pub fn nbd_client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner.tls.as_ref().map(|t| {
+            let mut config = (*current(t).client).clone();
+            config.alpn_protocols.clear();
+            Arc::new(config)
+        })
+    }
+
     /// Not-after of this process's own certificate, unix seconds; `None` in plaintext.
     pub fn cert_not_after(&self) -> Option<i64> {
         self.inner.tls.as_ref().map(|t| current(t).not_after)

@@ -2,15 +2,85 @@
 //! group's primary with a live lease, and every volume's NBD export there accepts a client,
 //! is writable and answers a read; every postgres resource's server there answers a query out
 //! of recovery. Exit 0 when ready, 1 when not.
+//!
+//! An export whose replicator requires TLS (`nbd_tls`, on by default off the loopback with the
+//! cluster's `[tls]`) is opened with `NBD_OPT_STARTTLS`: the probe presents the CLI's identity
+//! (`--identity`, or `--cert`/`--key` — in a runbook step, the node's own certificate) and
+//! expects the certificate of the replicator whose `nbd_listen` it dials. It learns which
+//! exports need TLS from the topology (`--config` or `TANDEM_CONFIG`).
 
 use crate::cmd::status::runtime;
+use crate::exit::bad_input;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
-use tandem_chaos::nbd_client::NbdClient;
+use tandem_chaos::nbd_client::{NbdClient, NbdClientTls};
+use tandem_chaos::ChaosError;
+use tandem_core::config::Topology;
+use tandem_core::nbd::REP_ERR_TLS_REQD;
 use tandem_core::proto::StatusRequest;
+
+/// How the probe opens the export at `host` (the `HOST:PORT` of an `nbd_url`): over TLS when the
+/// topology's replicator listening there requires it, expecting that replicator's
+/// certificate; plaintext when it does not, or when there is no topology.
+fn nbd_tls(topo: Option<&Topology>, host: &str) -> Result<Option<NbdClientTls>> {
+    let Some(topo) = topo else {
+        return Ok(None);
+    };
+    let Some(node) = topo
+        .nodes
+        .iter()
+        .find(|n| n.nbd_listen.as_deref() == Some(host))
+    else {
+        return Ok(None);
+    };
+    if !topo.nbd_uses_tls(node) {
+        return Ok(None);
+    }
+    let config = crate::cmd::net()
+        .context("the CLI's certificate for NBD over TLS")?
+        .nbd_client_config()
+        .with_context(|| {
+            format!(
+                "node {}: nbd_tls is on but the topology's [tls] is insecure",
+                node.name
+            )
+        })?;
+    Ok(Some(NbdClientTls::new(config, &node.name)?))
+}
+
+/// Opens the export of `url` (`nbd://HOST:PORT/NAME`), over TLS when [`nbd_tls`] says so.
+async fn open_export(url: &str, topo: Option<&Topology>) -> Result<NbdClient> {
+    let rest = url.trim_start_matches("nbd://");
+    let (host, export) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("bad NBD address {url}"))?;
+    let tls = nbd_tls(topo, host).with_context(|| url.to_owned())?;
+    let connect = NbdClient::connect_with(addr, export, tls.as_ref());
+    match tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .with_context(|| format!("{url}: no answer"))?
+    {
+        Ok(c) => Ok(c),
+        Err(
+            e @ ChaosError::NbdRefused {
+                reply_type: REP_ERR_TLS_REQD,
+                ..
+            },
+        ) if topo.is_none() => bail!(
+            "{url}: {e}; give the topology (--config or TANDEM_CONFIG) so that the probe \
+             knows which exports use TLS"
+        ),
+        Err(e) => match &tls {
+            Some(t) => bail!("{url} (TLS, expecting node {}): {e}", t.node()),
+            None => bail!("{url}: {e}"),
+        },
+    }
+}
 
 /// A postgres resource is ready when its server on the primary answers a query and is out of
 /// recovery (`SELECT pg_is_in_recovery()` is false), asked with psql as the data dir's owner.
@@ -51,6 +121,10 @@ pub struct Args {
     /// The site that must be primary.
     #[arg(long)]
     pub site: String,
+    /// The topology, for which NBD exports require TLS (`nbd_tls`) and the certificates to
+    /// present; without it every export is opened in plaintext.
+    #[arg(long, short, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the probe.
@@ -62,6 +136,11 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|x| !x.is_empty())
         .map(str::to_string)
         .collect();
+    let topo = a
+        .config
+        .as_deref()
+        .map(|p| crate::cmd::load_topology(p).map_err(|e| bad_input(e.to_string())))
+        .transpose()?;
     runtime()?.block_on(async {
         let mut c = crate::cmd::ops::connect(&addrs).await?;
         let r = c
@@ -94,16 +173,7 @@ pub fn run(a: Args) -> Result<()> {
             let Some(url) = r["nbd_url"].as_str() else {
                 continue;
             };
-            let rest = url.trim_start_matches("nbd://");
-            let (host, export) = rest.split_once('/').unwrap_or((rest, ""));
-            let addr: SocketAddr = host
-                .parse()
-                .with_context(|| format!("bad NBD address {url}"))?;
-            let mut client =
-                tokio::time::timeout(Duration::from_secs(3), NbdClient::connect(addr, export))
-                    .await
-                    .with_context(|| format!("{url}: no answer"))?
-                    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            let mut client = open_export(url, topo.as_ref()).await?;
             if client.read_only() {
                 bail!("{url}: the export is read-only");
             }
