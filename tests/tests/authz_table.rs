@@ -307,10 +307,14 @@ fn every_caller_class_against_every_call_as_the_table_says() {
         "the walk refused only {} calls",
         expect_refused.len()
     );
-    // Every refusal is in the chain under the certificate's name, once (the first of its window).
+    assert_audited_once(&topo, &expect_refused);
+}
+
+/// Every refusal is in the chain under the certificate's name, once (the first of its window).
+fn assert_audited_once(topo: &Topo, expect_refused: &[(String, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let chain = audit(&topo);
+        let chain = audit(topo);
         let missing: Vec<_> = expect_refused
             .iter()
             .filter(|(actor, call)| {
