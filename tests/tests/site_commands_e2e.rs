@@ -246,7 +246,7 @@ fn only_coordinators_make_a_replicator_run_a_step_and_an_unreachable_site_fails_
     let node = |n: &str| Net::for_node(&t, n).unwrap();
     let person = |n: &str| Net::for_client(&t, n, None).unwrap();
     for (who, net) in [
-        ("node hanoi-rep", node("hanoi-rep")),
+        ("hanoi-rep", node("hanoi-rep")),
         ("operator", person("operator")),
     ] {
         let e = run_step(net, &run_id, 0).unwrap_err();

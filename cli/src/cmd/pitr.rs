@@ -67,7 +67,8 @@ pub struct RecoverArgs {
     /// Recover to the latest checkpoint with this tag.
     #[arg(long)]
     pub checkpoint: Option<String>,
-    /// Folder to build the copy in, at the replica site (created; must be empty).
+    /// Folder to build the copy in, at the replica site (created; must be empty); it must lie
+    /// under that replicator's `recover_root` (default `DATA_DIR/recovered`).
     #[arg(long)]
     pub out: PathBuf,
     /// The topology file.
