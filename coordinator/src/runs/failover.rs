@@ -289,21 +289,7 @@ pub(super) async fn pause(c: &Coordinator, run: &Run, pause: bool) -> StepResult
         crate::state::COORDINATOR_ACTOR.to_string(),
         format!("run {}", run.state.run_id),
     );
-    let cmd = if pause {
-        Command::PauseReplication {
-            at_ms: 0,
-            group,
-            actor,
-            reason,
-        }
-    } else {
-        Command::ResumeReplication {
-            at_ms: 0,
-            group,
-            actor,
-            reason,
-        }
-    };
+    let cmd = Command::pause_or_resume(pause, group, actor, reason);
     match c.propose_cmd(cmd).await {
         Ok(_) => Ok(format!("{op}: done")),
         Err(e) if e.message().contains("already paused") || e.message().contains("not paused") => {

@@ -29,6 +29,20 @@ macro_rules! on_leader {
     };
 }
 
+impl Coordinator {
+    /// Commits a pause or resume of `r.group` as `actor`, on the leader.
+    async fn pause_or_resume(
+        &self,
+        pause: bool,
+        r: GroupCall,
+        actor: String,
+    ) -> Result<Response<Decided>, Status> {
+        let cmd = Command::pause_or_resume(pause, r.group, actor, r.reason);
+        let events = self.propose_cmd(cmd).await?;
+        Ok(Response::new(decided(self, &events)))
+    }
+}
+
 /// The reply to a committed decision.
 fn decided(c: &Coordinator, events: &Value) -> Decided {
     let events = match events {
@@ -94,30 +108,14 @@ impl CoordinatorApi for Coordinator {
         let who = self.gate(&req, Call::Pause, None).await?;
         let r = req.into_inner();
         on_leader!(self, who, r, pause);
-        let events = self
-            .propose_cmd(Command::PauseReplication {
-                at_ms: 0,
-                group: r.group,
-                actor: who.actor,
-                reason: r.reason,
-            })
-            .await?;
-        Ok(Response::new(decided(self, &events)))
+        self.pause_or_resume(true, r, who.actor).await
     }
 
     async fn resume(&self, req: Request<GroupCall>) -> Result<Response<Decided>, Status> {
         let who = self.gate(&req, Call::Resume, None).await?;
         let r = req.into_inner();
         on_leader!(self, who, r, resume);
-        let events = self
-            .propose_cmd(Command::ResumeReplication {
-                at_ms: 0,
-                group: r.group,
-                actor: who.actor,
-                reason: r.reason,
-            })
-            .await?;
-        Ok(Response::new(decided(self, &events)))
+        self.pause_or_resume(false, r, who.actor).await
     }
 
     async fn start_run(

@@ -244,6 +244,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// `pause_replication` (`pause`) or `resume_replication` of `group`, to be stamped.
+    pub fn pause_or_resume(pause: bool, group: String, actor: String, reason: String) -> Command {
+        if pause {
+            Command::PauseReplication {
+                at_ms: 0,
+                group,
+                actor,
+                reason,
+            }
+        } else {
+            Command::ResumeReplication {
+                at_ms: 0,
+                group,
+                actor,
+                reason,
+            }
+        }
+    }
+
     /// Sets the leader-stamped time of the command.
     pub fn stamp(&mut self, now_ms: i64) {
         match self {
