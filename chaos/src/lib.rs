@@ -33,6 +33,7 @@ pub mod dbcheck;
 pub mod history;
 pub mod mesh;
 pub mod nbd_client;
+pub mod powerfs;
 pub mod proxy;
 pub mod rng;
 pub mod runner;

@@ -73,6 +73,19 @@ pub enum FaultAction {
     /// A node that crashes at a failpoint counts as killed: `restart` and the recovery start
     /// it again, with its failpoints cleared.
     Failpoint,
+    /// Cut the power of the target's nodes: kill -9 each process, then drop everything its
+    /// folders on the power-loss file system ([`crate::powerfs`]) did not make durable (with
+    /// `torn_write`, the default, the last unsynced write of each folder keeps a
+    /// sector-aligned prefix). Several faults at the same `at` cut nodes that share a feed.
+    PowerCut,
+    /// Power the target's nodes back on: start again every node of the target this scenario
+    /// cut (or killed), on what their disks kept.
+    PowerRestore,
+    /// Tag a point-in-time checkpoint `tag` (needs `history = true`): the writers stop, the
+    /// primary marks the checkpoint and the replica holds it, the replica's image is hashed
+    /// as the image at the checkpoint, then the writers go on. `recovers_to_checkpoint`
+    /// rebuilds it at the end.
+    Checkpoint,
 }
 
 impl FaultAction {
@@ -143,6 +156,12 @@ pub struct Fault {
     /// `failpoint`: its actions.
     #[serde(default)]
     pub actions: Option<String>,
+    /// `power-cut`: tear the last unsynced write at a sector boundary (default true).
+    #[serde(default)]
+    pub torn_write: Option<bool>,
+    /// `checkpoint`: the tag.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// How `torn-tail` damages the newest journal segment.
@@ -181,6 +200,8 @@ impl Fault {
             drift_ms_per_s: None,
             failpoint: None,
             actions: None,
+            torn_write: None,
+            tag: None,
         }
     }
 }
@@ -261,6 +282,14 @@ pub enum Check {
     /// Every `failpoint` fault with a `return` action fired (its node logged it): a scenario
     /// whose fault never happened proves nothing.
     FailpointsFired,
+    /// Every `checkpoint` of the run is rebuilt at the end by a point-in-time recovery at the
+    /// replica (`tandem recover --checkpoint TAG`), and the recovered image equals the image
+    /// hashed when the checkpoint was taken.
+    RecoversToCheckpoint,
+    /// Every `power-cut` dropped something not yet durable (unsynced bytes or folder
+    /// changes) on at least one of the folders it cut: a cut that found everything synced
+    /// proves nothing.
+    PowerCutsDroppedWrites,
 }
 
 impl Check {
@@ -325,6 +354,10 @@ pub struct Scenario {
     /// `sync_timeout` as `vol`) under a transaction writer that follows its primary.
     #[serde(default)]
     pub database: bool,
+    /// Record point-in-time history at the replica (`history = "1h"`, `checkpoint_interval =
+    /// "1s"` on the volume group); needed by `checkpoint` faults.
+    #[serde(default)]
+    pub history: bool,
 }
 
 /// A node started with a skewed `Clock`.
@@ -491,6 +524,18 @@ impl Scenario {
                             .map_err(|e| bad(format!("faults[{i}]"), e))?;
                     }
                 }
+                FaultAction::Checkpoint => {
+                    need(
+                        "tag",
+                        f.tag.as_deref().is_some_and(|t| !t.trim().is_empty()),
+                    )?;
+                    if !s.history {
+                        return Err(bad(
+                            format!("faults[{i}].action"),
+                            "checkpoint needs `history = true`".into(),
+                        ));
+                    }
+                }
                 FaultAction::Order => need(
                     "runbook",
                     f.runbook
@@ -508,6 +553,27 @@ impl Scenario {
                 ));
             }
         }
+        let has = |a: FaultAction| s.faults.iter().any(|f| f.action == a);
+        if s.checks.contains(&Check::RecoversToCheckpoint) && !has(FaultAction::Checkpoint) {
+            return Err(bad(
+                "checks".into(),
+                "recovers_to_checkpoint needs a `checkpoint` fault".into(),
+            ));
+        }
+        if s.checks.contains(&Check::PowerCutsDroppedWrites) && !has(FaultAction::PowerCut) {
+            return Err(bad(
+                "checks".into(),
+                "power_cuts_dropped_writes needs a `power-cut` fault".into(),
+            ));
+        }
+        if s.database && has(FaultAction::PowerCut) {
+            // SQLite maps its -shm file; the power-loss file system serves files without the
+            // page cache (direct I/O), which shared mappings need.
+            return Err(bad(
+                "database".into(),
+                "power-cut faults do not support the database workload".into(),
+            ));
+        }
         if s.faults.windows(2).any(|w| w[1].at < w[0].at) {
             return Err(bad("faults".into(), "faults must be in time order".into()));
         }
@@ -519,6 +585,14 @@ impl Scenario {
         self.faults
             .iter()
             .any(|f| matches!(f.action, FaultAction::Clock | FaultAction::Strobe))
+    }
+
+    /// True when a fault cuts the power: every node's folders then live on the power-loss
+    /// file system.
+    pub fn has_power_cuts(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.action == FaultAction::PowerCut)
     }
 
     /// True when a fault sets a failpoint: every node then follows a failpoint file.

@@ -102,6 +102,16 @@ pub fn judge(j: &Judge<'_>, c: &Check, out: &mut Findings) -> Result<()> {
         Check::BitrotFoundAndRepaired => bitrot(j, out),
         Check::FailpointsFired => failpoints(j, out),
         Check::CorruptionCaught => corruption(j, out),
+        Check::RecoversToCheckpoint => super::pitr::judge_recoveries(j, out),
+        Check::PowerCutsDroppedWrites => {
+            let idle = j.obs.power_cuts.iter().filter(|d| !**d).count();
+            if j.obs.power_cuts.is_empty() || idle > 0 {
+                out.failures.push(format!(
+                    "{idle} of {} power cuts dropped nothing: they found every write durable",
+                    j.obs.power_cuts.len()
+                ));
+            }
+        }
     }
     Ok(())
 }

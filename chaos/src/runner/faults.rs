@@ -33,14 +33,20 @@ pub fn apply(ctx: &Ctx, f: &Fault, seed: u64, obs: &mut Observed, load: &mut Loa
         apply_order(ctx, f, obs, load);
         return Ok(());
     }
+    if f.action == FaultAction::Checkpoint {
+        return super::pitr::checkpoint(ctx, f, obs, load);
+    }
     let nodes = ctx.nodes_of(&f.target, obs.last_st.as_ref());
     if let (Some(d), FaultAction::Kill) = (load.db.as_ref(), f.action) {
         d.before_kill(&nodes);
     }
+    if f.action == FaultAction::PowerCut {
+        return power_cut(ctx, f, &nodes, obs, load);
+    }
     for n in &nodes {
         apply_to_node(ctx, f, n, seed, obs, load)?;
     }
-    if f.action == FaultAction::Restart {
+    if matches!(f.action, FaultAction::Restart | FaultAction::PowerRestore) {
         // Restart what this scenario killed of the target (the target may have moved:
         // restart every killed node of the named site or role).
         let again: Vec<String> = obs
@@ -58,6 +64,40 @@ pub fn apply(ctx: &Ctx, f: &Fault, seed: u64, obs: &mut Observed, load: &mut Loa
     } else if matches!(f.action, FaultAction::Kill | FaultAction::Pause) {
         obs.failed_at(load.rec.now_ms());
     }
+    Ok(())
+}
+
+/// A power cut of `nodes`: their processes killed, then what their folders had not made
+/// durable dropped; they count as killed (`power-restore`, `restart` and the recovery start
+/// them again).
+fn power_cut(
+    ctx: &Ctx,
+    f: &Fault,
+    nodes: &[String],
+    obs: &mut Observed,
+    load: &Load,
+) -> Result<()> {
+    let Some(feeds) = ctx.power.as_ref() else {
+        bail!("power-cut without power-loss file systems (the scenario was set up without them)");
+    };
+    let reports = feeds.cut(&ctx.topo, &ctx.run_dir, nodes, f.torn_write.unwrap_or(true))?;
+    let now = load.rec.now_ms();
+    for n in nodes {
+        if !obs.killed.contains(n) {
+            obs.killed.push(n.clone());
+        }
+    }
+    let dropped = reports
+        .iter()
+        .any(|(_, r)| super::power::dropped_anything(r));
+    obs.power_cuts.push(dropped);
+    for (folder, r) in &reports {
+        obs.notes.push(format!(
+            "{now} ms: {}",
+            super::power::cut_note(&ctx.dir, folder, r)
+        ));
+    }
+    obs.failed_at(now);
     Ok(())
 }
 
@@ -245,7 +285,10 @@ pub fn network_fault(ctx: &Ctx, f: &Fault, st: Option<&ClusterStatus>, seed: u64
         | FaultAction::Strobe
         | FaultAction::Failpoint
         | FaultAction::Bitrot
-        | FaultAction::TornTail => 0,
+        | FaultAction::TornTail
+        | FaultAction::PowerCut
+        | FaultAction::PowerRestore
+        | FaultAction::Checkpoint => 0,
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`spine`]: one scenario as numbered steps ([`run_scenario`]).
 //! - [`setup`]: bringing the cluster up (topology files, fault mesh, node files, processes).
 //! - [`cluster`]: the running cluster ([`cluster::Ctx`]): status, waits, fault targets.
-//! - [`faults`]: applying each fault of the timeline.
+//! - [`faults`]: applying each fault of the timeline; [`power`]: the power-loss file
+//!   systems under every node and power cuts; [`pitr`]: checkpoints and their recovery.
 //! - [`observe`]: what the runner saw while the faults ran.
 //! - [`load`], [`writer`], [`dbwriter`], [`dbrun`]: the workload writers and their runs.
 //! - [`recovery`]: healing, waking and restarting, then waiting until caught up.
@@ -33,6 +34,8 @@ pub mod judge;
 pub mod load;
 pub mod nodefiles;
 pub mod observe;
+pub mod pitr;
+pub mod power;
 pub mod processes;
 pub mod quarantine;
 pub mod recovery;

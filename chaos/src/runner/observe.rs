@@ -19,6 +19,10 @@ pub struct Observed {
     pub g0: GroupStatus,
     /// Nodes killed (by the scenario or by a failpoint) and not restarted.
     pub killed: Vec<String>,
+    /// For each `power-cut` fault: whether it dropped anything not durable.
+    pub power_cuts: Vec<bool>,
+    /// For each `checkpoint` fault: its tag and the blake3 hash of the replica's image then.
+    pub checkpoints: Vec<(String, String)>,
     /// Nodes paused (SIGSTOP) and not resumed.
     pub paused: Vec<String>,
     /// Epochs as the client saw them.

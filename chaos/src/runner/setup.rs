@@ -14,6 +14,7 @@ use tandem_core::config::Topology;
 use super::cluster::Ctx;
 use super::host::Host;
 use super::nodefiles::{node_env, set_clock, set_failpoints};
+use super::power::Feeds;
 use super::processes as proc;
 use super::topology::{db_group_text, topology_text};
 use crate::mesh::Mesh;
@@ -35,6 +36,23 @@ fn scenario_topology(s: &Scenario) -> Result<(String, Vec<(String, u16)>)> {
     let (mut text, ports) = topology_text(VOLUME_MIB, &s.mode, s.auto_failover)?;
     if s.database {
         text.push_str(&db_group_text(&s.mode, s.auto_failover));
+    }
+    if s.history {
+        // Point-in-time history on the volume group (the first group of the text).
+        let line = "allowed_jurisdictions = [\"VN\"]\n";
+        if !text.contains(line) {
+            bail!(
+                "the embedded topology has no `{}` to add history after",
+                line.trim()
+            );
+        }
+        text = text.replacen(
+            line,
+            &format!(
+                "{line}history = \"1h\"\nhistory_max = \"64MiB\"\ncheckpoint_interval = \"1s\"\n"
+            ),
+            1,
+        );
     }
     if let Some(t) = s.sync_timeout {
         let line = "sync_timeout = \"1s\"";
@@ -134,6 +152,12 @@ pub fn start_cluster(s: &Scenario, dir: &Path, host: &Host<'_>) -> Result<Ctx> {
         .context("starting the async runtime")?;
     let (mesh, node_configs) = start_mesh(s, &rt, &topo, &text, &ports, dir)?;
     let (clock_files, failpoint_files) = prepare_node_files(s, &topo, &run_dir)?;
+    // Power cuts need every node's folders on a power-loss file system before it starts.
+    let power = if s.has_power_cuts() {
+        Some(Feeds::mount_all(&topo, dir, 0x5EED_F00D)?)
+    } else {
+        None
+    };
     let clock_dir = clock_files.then_some(run_dir.as_path());
     let failpoint_dir = failpoint_files.then_some(run_dir.as_path());
     proc::up_with(
@@ -163,5 +187,6 @@ pub fn start_cluster(s: &Scenario, dir: &Path, host: &Host<'_>) -> Result<Ctx> {
         skews: s.clock_skew.clone(),
         clock_files,
         failpoint_files,
+        power,
     })
 }

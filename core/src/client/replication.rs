@@ -10,8 +10,8 @@ use super::error::ClientError;
 use crate::net::Net;
 use crate::proto::replication_client::ReplicationClient;
 use crate::proto::{
-    ResyncProgress, ResyncRequest, RunStepReply, RunStepRequest, VerifyProgress, VerifyRequest,
-    VolumeVerdict,
+    CheckpointReply, CheckpointRequest, RecoverReply, RecoverRequest, ResyncProgress,
+    ResyncRequest, RunStepReply, RunStepRequest, VerifyProgress, VerifyRequest, VolumeVerdict,
 };
 
 /// How long dialling a replicator may take for a resync.
@@ -212,6 +212,37 @@ impl Replicator {
         });
         req.set_timeout(timeout);
         c.run_step(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::refused(CALL, &self.addr, &s))
+    }
+
+    /// Asks this replicator (the group's primary) to mark checkpoint `tag` in the stream of
+    /// `group`; answers once the replica holds it durably.
+    ///
+    /// # Errors
+    /// Unreachable, or the replicator refused (not the primary, no history, timed out).
+    pub async fn checkpoint(&self, group: &str, tag: &str) -> Result<CheckpointReply, ClientError> {
+        const CALL: &str = "checkpoint";
+        let mut c = self.dial(CALL, VERIFY_CONNECT_TIMEOUT).await?;
+        c.checkpoint(CheckpointRequest {
+            group: group.to_owned(),
+            tag: tag.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ClientError::refused(CALL, &self.addr, &s))
+    }
+
+    /// Asks this replicator (the group's replica) to build a point-in-time copy as `req`
+    /// says (`Replication.Recover`).
+    ///
+    /// # Errors
+    /// Unreachable, or the replicator refused (no such point, not the replica, bad folder).
+    pub async fn recover(&self, req: RecoverRequest) -> Result<RecoverReply, ClientError> {
+        const CALL: &str = "recover";
+        let mut c = self.dial(CALL, VERIFY_CONNECT_TIMEOUT).await?;
+        c.recover(req)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| ClientError::refused(CALL, &self.addr, &s))
