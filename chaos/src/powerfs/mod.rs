@@ -33,7 +33,7 @@ use store::DirStore;
 pub const DEFAULT_WRITEBACK_CAP: u64 = 256 << 20;
 
 /// How long [`PowerFs::unmount`] waits for the FUSE thread to end after unmounting.
-const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+const UNMOUNT_WAIT: Duration = Duration::from_secs(1);
 
 /// A mounted power-loss file system. The FUSE session runs on a background thread of this
 /// process; dropping the value unmounts it.
