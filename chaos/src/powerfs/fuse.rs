@@ -24,12 +24,15 @@ const TTL: Duration = Duration::ZERO;
 /// The model a mount serves, shared with [`super::PowerFs`].
 pub type SharedModel = Arc<Mutex<Model<DirStore>>>;
 
+/// One folder listing as `readdir` hands it out: `.`, `..`, then the entries by name.
+type Listing = Vec<(INodeNo, FileType, OsString)>;
+
 /// The `fuser::Filesystem` over a [`SharedModel`].
 #[derive(Debug)]
 pub struct PowerFsFuse {
     model: SharedModel,
     /// Listings taken at `opendir`, so `readdir` offsets stay stable while the folder changes.
-    listings: Mutex<HashMap<u64, Vec<(INodeNo, FileType, OsString)>>>,
+    listings: Mutex<HashMap<u64, Listing>>,
     next_dir_fh: Mutex<u64>,
     uid: u32,
     gid: u32,

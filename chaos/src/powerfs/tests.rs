@@ -11,12 +11,15 @@ use crate::rng::SplitMix64;
 
 type TestResult = Result<(), FsError>;
 
+/// A folder's (live, last-synced) entries in the reference.
+type RefDir = (BTreeMap<String, Ino>, BTreeMap<String, Ino>);
+
 /// The reference: whole copies of each file's live and last-synced bytes, and each folder's
 /// live and last-synced entries. Nothing clever, so it can be trusted.
 #[derive(Debug, Default)]
 struct Reference {
     files: HashMap<Ino, (Vec<u8>, Vec<u8>)>,
-    dirs: HashMap<Ino, (BTreeMap<String, Ino>, BTreeMap<String, Ino>)>,
+    dirs: HashMap<Ino, RefDir>,
 }
 
 impl Reference {
