@@ -216,3 +216,43 @@ fn unmount_while_a_file_is_open_detaches_lazily() -> TestResult {
     assert!(!mnt.join("held").exists(), "mount point still shows the fs");
     Ok(())
 }
+
+/// Not a test: prints write+fdatasync (4 KiB) and sequential 1 MiB write throughput through
+/// the mount and on the backing disk. `cargo test -p tandem-chaos --release --test powerfs
+/// -- --ignored --nocapture powerfs_throughput`.
+#[test]
+#[ignore = "benchmark"]
+fn powerfs_throughput() -> TestResult {
+    let Some(m) = mount()? else { return Ok(()) };
+    let disk = tempfile::tempdir()?;
+    for (label, dir) in [
+        ("powerfs", m.fs.mountpoint().to_path_buf()),
+        ("disk", disk.path().to_path_buf()),
+    ] {
+        let mut f = File::create(dir.join("small"))?;
+        let block = [7u8; 4096];
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            f.write_all(&block)?;
+            f.sync_data()?;
+        }
+        let small = t.elapsed();
+        let mut f = File::create(dir.join("big"))?;
+        let mib = vec![9u8; 1 << 20];
+        let total = 128;
+        let t = std::time::Instant::now();
+        for _ in 0..total {
+            f.write_all(&mib)?;
+        }
+        f.sync_data()?;
+        let big = t.elapsed();
+        println!(
+            "{label}: 4 KiB write+fdatasync {:.1} µs/op ({:.0} ops/s); 1 MiB sequential writes {:.0} MiB/s",
+            small.as_secs_f64() * 1e6 / f64::from(n),
+            f64::from(n) / small.as_secs_f64(),
+            f64::from(total) / big.as_secs_f64()
+        );
+    }
+    m.fs.unmount()
+}
