@@ -25,6 +25,9 @@
 //! - [`scenario`]: chaos scenarios as TOML (fault timeline + checks).
 //! - [`runner`]: the chaos runner: a scenario against real local processes, from bringing
 //!   the cluster up to the report row (`tandem chaos run` only parses and prints).
+//! - [`powerfs`]: a FUSE power-loss file system (unsynced writes and folder changes kept
+//!   apart from the durable state and dropped by a power cut, optionally tearing the last
+//!   write); its pure model is property-tested in-crate.
 //! - [`rng`]: a small seeded PRNG whose output never changes between versions, so a seed
 //!   replays the same workload and the same corruption.
 
