@@ -6,6 +6,15 @@ pub enum StorageError {
     /// sled failed (I/O, corruption detected by sled, lock held by another process).
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// A folder of the store could not be fsynced (its new entries would not survive a
+    /// power loss).
+    #[error("fsync of folder {path}: {source}")]
+    SyncDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A stored value failed its envelope check or could not be decoded.
     #[error("corrupt value at key {key}: {reason}")]
     Corrupt {

@@ -38,10 +38,24 @@ struct Meta {
 #[derive(Clone)]
 pub struct SledStorage {
     db: sled::Db,
+    /// The folder sled keeps its files in (`None` for a temporary database): fsynced with
+    /// every flush, so files sled created or renamed (its log, snapshots, blobs) keep their
+    /// names through a power loss (sled syncs the files, not the folders).
+    dir: Option<std::path::PathBuf>,
     meta: Arc<RwLock<Meta>>,
     /// Set when raft asked for a snapshot the stored one cannot serve (too old, or taken
     /// before the recipient joined); the node then takes a fresh one.
     snapshot_wanted: Arc<AtomicBool>,
+}
+
+/// fsyncs folder `path` so the entries in it are durable.
+fn sync_dir(path: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StorageError::SyncDir {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// True for sled's "could not acquire lock" error (EWOULDBLOCK on the folder's lock file).
@@ -71,7 +85,30 @@ impl SledStorage {
                 r => break r?,
             }
         };
-        Self::from_db(db)
+        let mut s = Self::from_db(db)?;
+        // The folder itself and the folders above it (created by `create_dir_all` on the
+        // first start) must hold their entries too: up to the filesystem root, a few fsyncs
+        // once per open.
+        let mut up = dir.parent();
+        while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(p)?;
+            up = p.parent();
+        }
+        s.dir = Some(dir.to_path_buf());
+        s.sync_dirs()?;
+        Ok(s)
+    }
+
+    /// fsyncs sled's folder and its `blobs` folder (when there is one).
+    fn sync_dirs(&self) -> Result<(), StorageError> {
+        if let Some(d) = &self.dir {
+            sync_dir(d)?;
+            let blobs = d.join("blobs");
+            if blobs.is_dir() {
+                sync_dir(&blobs)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens a storage over an existing sled database (used by tests with temporary dbs).
@@ -109,6 +146,7 @@ impl SledStorage {
         }
         Ok(SledStorage {
             db,
+            dir: None,
             meta: Arc::new(RwLock::new(meta)),
             snapshot_wanted: Arc::default(),
         })
@@ -353,7 +391,7 @@ impl SledStorage {
     /// sled fails.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
-        Ok(())
+        self.sync_dirs()
     }
 
     /// The stored hard state.
