@@ -235,7 +235,7 @@ impl QuarantineWriter {
     pub fn create(path: &Path, block_size: u32, length: u64) -> Result<Self, String> {
         let fail = |op: &str, e: std::io::Error| format!("{op} {}: {e}", path.display());
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| fail("create dir for", e))?;
+        crate::durable_dir::create_dir_durable(dir).map_err(|e| format!("create dir for {}: {e}", path.display()))?;
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
