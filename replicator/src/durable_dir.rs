@@ -31,8 +31,23 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         File::open(parent)
             .and_then(|d| d.sync_all())
             .map_err(|e| ReplicatorError::io("fsync dir", parent, e))?;
+        #[cfg(test)]
+        SYNCED.with(|s| s.borrow_mut().push(parent.to_path_buf()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Folders fsynced by [`create_dir_durable`] on this thread (tests observe the call sites).
+    static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Takes the list of folders fsynced by [`create_dir_durable`] on this thread since the last
+/// call (tests only).
+#[cfg(test)]
+pub(crate) fn take_synced() -> Vec<PathBuf> {
+    SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
 }
 
 /// The components of `dir` that do not exist yet, outermost first (pure but for `exists`).
@@ -65,8 +80,14 @@ mod tests {
             deep.clone(),
         ];
         assert_eq!(missing_components(&deep), want);
+        take_synced();
         create_dir_durable(&deep).unwrap();
         assert!(deep.is_dir());
+        let parents: Vec<PathBuf> = want
+            .iter()
+            .map(|p| p.parent().unwrap().to_owned())
+            .collect();
+        assert_eq!(take_synced(), parents, "each new folder's parent fsynced");
         assert!(missing_components(&deep).is_empty());
         // Existing: nothing to do, no error.
         create_dir_durable(&deep).unwrap();
@@ -77,7 +98,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        let err = create_dir_durable(&file.join("sub")).unwrap_err().to_string();
+        let err = create_dir_durable(&file.join("sub"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sub"), "{err}");
     }
 }

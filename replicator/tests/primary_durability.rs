@@ -138,7 +138,11 @@ async fn the_journal_is_trimmed_only_through_writes_the_images_hold_durably() {
         p.journal().trimmed_through() == Seq(n)
     })
     .await;
-    assert_eq!(synced.load(Ordering::SeqCst), n, "the last trim synced first");
+    assert_eq!(
+        synced.load(Ordering::SeqCst),
+        n,
+        "the last trim synced first"
+    );
     let s = syncs.load(Ordering::SeqCst);
     assert!(s >= 1 && s <= n, "{s} image syncs for {n} writes");
     assert_eq!(p.image_syncs(), s);
@@ -170,14 +174,22 @@ async fn an_image_write_failure_fences_the_group_and_ships_nothing_from_it_on() 
     for s in [s2, s3] {
         let e = p.await_sync(s).await.unwrap_err();
         assert!(
-            matches!(e, ReplicatorError::Fenced { .. }) && e.to_string().contains("image write of seq 2"),
+            matches!(e, ReplicatorError::Fenced { .. })
+                && e.to_string().contains("image write of seq 2"),
             "{s}: {e}"
         );
     }
     let refused = p.submit(vec![write(4)]).await.unwrap_err();
-    assert!(matches!(refused, ReplicatorError::Fenced { .. }), "{refused}");
+    assert!(
+        matches!(refused, ReplicatorError::Fenced { .. }),
+        "{refused}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(replica.group.watermark(), Seq(1), "nothing from seq 2 on shipped");
+    assert_eq!(
+        replica.group.watermark(),
+        Seq(1),
+        "nothing from seq 2 on shipped"
+    );
     let pr = p.progress();
     assert!(
         pr.reason.contains("image write of seq 2 failed") && pr.reason.contains("os error 5"),
@@ -213,7 +225,11 @@ async fn a_write_is_not_acknowledged_after_the_lease_deadline() {
     *d.lock().unwrap() = Some(Instant::now() - Duration::from_millis(1));
     let e = p.await_sync(seq).await.unwrap_err();
     assert!(e.to_string().contains("lease"), "{e}");
-    assert!(p.progress().reason.contains("lease"), "{}", p.progress().reason);
+    assert!(
+        p.progress().reason.contains("lease"),
+        "{}",
+        p.progress().reason
+    );
     // Renewed: acknowledged again (a lease lapse in the same epoch is not a demotion).
     *d.lock().unwrap() = Some(Instant::now() + Duration::from_secs(60));
     let seq = p.submit(vec![write(2)]).await.unwrap();

@@ -197,10 +197,8 @@ impl ReplicaGroup {
             };
             match applied {
                 Ok(Some(r)) => {
-                    if fault::ENABLED {
-                        if len > 0 {
-                            inner.unsynced.push((r.clone(), c.offset, len));
-                        }
+                    if fault::ENABLED && len > 0 {
+                        inner.unsynced.push((r.clone(), c.offset, len));
                     }
                     batch.touched.insert(r);
                 }

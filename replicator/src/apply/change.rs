@@ -77,14 +77,14 @@ pub(super) fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
     pending: &mut HashMap<String, PendingTxn>,
-    mut kept: Option<&mut History>,
+    kept: Option<&mut History>,
     deferred: &mut Deferred,
     c: &mut Change,
     seq: Seq,
 ) -> Result<Option<String>> {
     let keeps_history = kept.is_some();
     // Record only what was not completely recorded before a restart.
-    let mut history = kept.as_deref_mut().filter(|h| h.wants(seq));
+    let mut history = kept.filter(|h| h.wants(seq));
     if c.kind == ChangeKind::Barrier {
         // Everything before it is made durable before the batch is acknowledged.
         if let Some(h) = history {

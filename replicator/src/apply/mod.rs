@@ -30,8 +30,8 @@
 
 mod batch;
 mod change;
-mod deferred;
 pub mod classify;
+mod deferred;
 mod group;
 mod sqlite;
 mod state;

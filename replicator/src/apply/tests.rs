@@ -493,7 +493,10 @@ fn open_two(dir: &std::path::Path) -> ReplicaGroup {
     for name in ["vol", "b"] {
         let p = dir.join(format!("{name}.img"));
         if !p.exists() {
-            std::fs::File::create(&p).unwrap().set_len(VOL_SIZE).unwrap();
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(VOL_SIZE)
+                .unwrap();
         }
         res.insert(name.to_owned(), p);
     }
@@ -566,7 +569,10 @@ fn undo_records_are_durable_before_the_data_they_undo_survives_a_power_loss() {
         img[0]
     );
     let b_img = std::fs::read(out.join("b.img")).unwrap();
-    assert!(b_img.iter().all(|b| *b == 0), "b holds nothing at the checkpoint");
+    assert!(
+        b_img.iter().all(|b| *b == 0),
+        "b holds nothing at the checkpoint"
+    );
 }
 
 /// Writes held until their undo records are durable still see each other in seq order: a
@@ -603,4 +609,41 @@ fn overlapping_changes_in_one_batch_record_each_others_bytes_as_old() {
         let img = std::fs::read(out.join("vol.img")).unwrap();
         assert_eq!(&img[..150], &want[..], "recovered to {tag}");
     }
+}
+
+/// New folders of a replica group (its metadata folder, its history, a recovery's output)
+/// are fsynced in their parents: a power loss cannot take back a folder holding durable files.
+#[test]
+fn new_replica_folders_are_fsynced_in_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(VOL_SIZE)
+        .unwrap();
+    crate::durable_dir::take_synced();
+    let meta = dir.path().join("replica").join("meta");
+    let g = ReplicaGroup::open("g", &meta, HashMap::from([("vol".to_owned(), vol)])).unwrap();
+    let hist = dir.path().join("history");
+    g.enable_history(&hist, crate::history::HistoryConfig::new(3_600_000))
+        .unwrap();
+    let synced = crate::durable_dir::take_synced();
+    for want in [dir.path(), &dir.path().join("replica")] {
+        assert!(
+            synced.iter().any(|p| p == want),
+            "{} not fsynced: {synced:?}",
+            want.display()
+        );
+    }
+    let mut st = StreamState::default();
+    let f = enc("g", 1, 1, &[Change::checkpoint("a", 1)]);
+    g.receive_batch(vec![f], &mut st).unwrap();
+    let out = dir.path().join("recoveries").join("a");
+    g.recover(&crate::history::Selector::Tag("a".into()), &out, 4096)
+        .unwrap();
+    let synced = crate::durable_dir::take_synced();
+    assert!(
+        synced.contains(&dir.path().join("recoveries")),
+        "{synced:?}"
+    );
 }

@@ -224,8 +224,12 @@ impl Shared {
                         self.durability.image_syncs.fetch_add(1, Ordering::SeqCst);
                         self.images_durable_through(covered);
                     }
-                    Ok(Err(e)) => self.image_failed(covered, &format!("fdatasync of the images: {e}")),
-                    Err(e) => tracing::warn!(group = %self.group, error = %e, "image sync task failed; the journal is not trimmed"),
+                    Ok(Err(e)) => {
+                        self.image_failed(covered, &format!("fdatasync of the images: {e}"))
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %self.group, error = %e, "image sync task failed; the journal is not trimmed")
+                    }
                 }
             }
             through = through.min(Seq(self.durability.images_durable.load(Ordering::SeqCst)));
