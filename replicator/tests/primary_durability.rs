@@ -277,3 +277,65 @@ async fn a_sync_write_cut_off_from_the_coordinators_fails_when_the_lease_ends() 
         "answered after {took:?}: at the renewed deadline (600 ms)"
     );
 }
+
+/// What the image sync before each trim round costs (a measurement, not a check): sync-mode
+/// 4 KiB writes through a real image file, with and without the sync. Run with
+/// `cargo test --release -p tandem-replicator --test primary_durability -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn image_sync_before_trim_cost() {
+    for (label, with_sync, writers) in [
+        ("no image sync, 1 writer", false, 1u64),
+        ("image sync, 1 writer", true, 1),
+        ("no image sync, 8 writers", false, 8),
+        ("image sync, 8 writers", true, 8),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = start_replica(dir.path()).await;
+        let p = open(dir.path(), Mode::Sync).await;
+        let img = dir.path().join("primary.img");
+        let f = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap(),
+        );
+        f.set_len(VOL).unwrap();
+        if with_sync {
+            let f = f.clone();
+            p.set_image_sync(Some(Arc::new(move || f.sync_data())));
+        }
+        let shipper = p.start_shipper(replica.ship_cfg());
+        let per = 1000 / writers;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (p, f) = (p.clone(), f.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    let c = write(w * per + i);
+                    let (seq, back, hold) = p.journal_for_image(vec![c]).await.unwrap();
+                    use std::os::unix::fs::FileExt;
+                    f.write_all_at(&back[0].data, back[0].offset).unwrap();
+                    hold.written();
+                    p.await_sync(seq).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let took = start.elapsed();
+        println!(
+            "{label}: {} writes in {took:?} ({:.0} writes/s), {} image syncs",
+            per * writers,
+            (per * writers) as f64 / took.as_secs_f64(),
+            p.image_syncs()
+        );
+        shipper.stop().await;
+        replica.close();
+    }
+}

@@ -647,3 +647,76 @@ fn new_replica_folders_are_fsynced_in_their_parents() {
         "{synced:?}"
     );
 }
+
+/// As [`undo_records_are_durable_before_the_data_they_undo_survives_a_power_loss`], for a
+/// SQLite commit: its pages' old bytes are durable before the pages are written.
+#[test]
+fn a_sqlite_commits_undo_is_durable_before_its_pages_survives_a_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let db2 = dir.path().join("r2.db");
+    let open = || {
+        let res = HashMap::from([
+            ("db".to_owned(), dir.path().join("r.db")),
+            ("db2".to_owned(), db2.clone()),
+        ]);
+        let sq = ["db".to_owned(), "db2".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        g.enable_history(
+            &dir.path().join("history"),
+            crate::history::HistoryConfig::new(3_600_000),
+        )
+        .unwrap();
+        g
+    };
+    let on_db2 = |mut c: Change| {
+        c.resource = "db2".into();
+        c
+    };
+    let g = open();
+    let mut st = StreamState::default();
+    let before = Change::checkpoint("before", 0);
+    let f1 = enc(
+        "g",
+        1,
+        1,
+        &[
+            page(1, 0),
+            page(2, 7),
+            commit(2),
+            on_db2(page(1, 0)),
+            on_db2(commit(1)),
+            before,
+        ],
+    );
+    assert_eq!(acked(&g.receive_batch(vec![f1], &mut st).unwrap()), Some(6));
+    // The commit of `db` reaches the file; `db2` cannot be written (read-only handle), so
+    // the batch stops there, nothing synced after.
+    g.inner().resources.get_mut("db2").unwrap().file = std::fs::File::open(&db2).unwrap();
+    let f2 = enc(
+        "g",
+        1,
+        7,
+        &[page(2, 8), commit(2), on_db2(page(1, 1)), on_db2(commit(1))],
+    );
+    assert!(g.receive_batch(vec![f2.clone()], &mut st).is_err());
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [8]);
+    let (seg, durable) = g.inner().history.as_ref().unwrap().durable_tail().unwrap();
+    drop(g);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(durable)
+        .unwrap();
+    let g = open();
+    let mut st = StreamState::default();
+    assert_eq!(
+        acked(&g.receive_batch(vec![f2], &mut st).unwrap()),
+        Some(10)
+    );
+    let out = dir.path().join("recovered");
+    g.recover(&crate::history::Selector::Tag("before".into()), &out, 4096)
+        .unwrap();
+    let db = std::fs::read(out.join("db.img")).unwrap();
+    assert_eq!(db[512], 7, "page 2 as it was at the checkpoint");
+}
