@@ -40,6 +40,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "primary, NBD: a write is durable (sync: at the replica too), before the client is answered",
     ),
     (
+        "primary-image-write",
+        "primary, NBD: a write is journaled, before it is written to the volume image (eio: the image write fails and the group must fence)",
+    ),
+    (
         "replica-before-fence",
         "a replica copy (the old primary becoming replica, or a Hello from a newer epoch): before a raised epoch fence is persisted",
     ),

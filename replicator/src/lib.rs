@@ -24,6 +24,7 @@
 //! - [`history`]: the replica's point-in-time history: undo records and recovery points in
 //!   segment files, retention, point selection, rewinding a copy (pure codec + file store).
 //! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
+//! - [`durable_dir`]: folders created with their parents fsynced (they survive a power loss).
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`validate`]: pure validation of replication requests before a handler acts.
 //! - [`verify`]: the primary serving `Replication.Verify`: volumes compared chunk by chunk at
@@ -32,6 +33,7 @@
 
 pub mod apply;
 pub mod bounds;
+pub mod durable_dir;
 pub mod error;
 pub mod history;
 pub mod journal;

@@ -235,7 +235,8 @@ impl QuarantineWriter {
     pub fn create(path: &Path, block_size: u32, length: u64) -> Result<Self, String> {
         let fail = |op: &str, e: std::io::Error| format!("{op} {}: {e}", path.display());
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| fail("create dir for", e))?;
+        crate::durable_dir::create_dir_durable(dir)
+            .map_err(|e| format!("create dir for {}: {e}", path.display()))?;
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -311,7 +312,13 @@ mod tests {
     fn a_written_file_reads_back_and_ranges_span_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("q/disk0-epoch3-17.blocks");
+        crate::durable_dir::take_synced();
         let mut w = QuarantineWriter::create(&p, 8, 64).unwrap();
+        assert_eq!(
+            crate::durable_dir::take_synced(),
+            vec![dir.path().to_owned()],
+            "the new quarantine folder is fsynced in its parent"
+        );
         w.keep(&[(1, vec![1; 8]), (2, vec![0; 8]), (3, vec![3; 8])])
             .unwrap();
         w.keep(&[(2, vec![2; 8])]).unwrap();

@@ -207,12 +207,8 @@ async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
             false
         }
     });
-    let j = Arc::clone(&shared.journal);
-    match tokio::task::spawn_blocking(move || j.trim_through(seq)).await {
-        Ok(Ok(())) => shared.note_trimmed(),
-        Ok(Err(e)) => tracing::warn!(group = %shared.group, error = %e, "journal trim failed"),
-        Err(e) => tracing::warn!(group = %shared.group, error = %e, "journal trim task failed"),
-    }
+    // The images are made durable through `seq` before the frames are trimmed.
+    shared.trim_acked(seq).await;
 }
 
 fn broken(reason: impl ToString, progressed: bool) -> SessionEnd {
@@ -461,6 +457,10 @@ async fn stream_frames(
                     Ok(Err(e)) => return broken(format!("journal read: {e}"), f.progressed),
                     Err(e) => return broken(ReplicatorError::Task(e.to_string()), f.progressed),
                 };
+                // Only frames released to the shipper (their image writes done, see the
+                // pipeline's `durability`): the journal may hold later ones already.
+                let mut frames = frames;
+                frames.retain(|(e, _)| e.last_seq <= *shared.durable_local.borrow());
                 if frames.is_empty() {
                     // Nothing at or after `next` yet (the replica is ahead of the journal):
                     // poll again shortly rather than spin.

@@ -404,7 +404,8 @@ impl VolumeBackend for FileVolume {
         self.check_writable()?;
         self.check_range("write", offset, data.len() as u64)?;
         self.blocking("write", move |file, path| {
-            file.write_all_at(&data, offset)
+            tandem_core::fault::check("primary-image-write")
+                .and_then(|()| file.write_all_at(&data, offset))
                 .map_err(|e| io_error("write", path, offset, e))?;
             if fua {
                 file.sync_data()

@@ -1,10 +1,13 @@
 //! One batch of frames on the replica, in the durability order of the folder's header: check
-//! each frame ([`classify`], then decode, then every change within its volume's size), apply
-//! its changes, fdatasync every touched file, THEN persist the watermark, THEN acknowledge.
+//! each frame ([`classify`], then decode, then every change within its volume's size), record
+//! the undo of its changes (with a history), fdatasync the history, THEN write the changes
+//! ([`super::deferred`]), fdatasync every touched file, THEN persist the watermark, THEN
+//! acknowledge.
 //! Blocking file I/O under the group's lock.
 
 use super::change::{apply_change, check_bounds};
 use super::classify::{classify, Verdict};
+use super::deferred::Deferred;
 use super::group::{ReplicaGroup, StreamState};
 use super::state::Inner;
 use crate::error::{ReplicatorError, Result};
@@ -120,7 +123,7 @@ impl ReplicaGroup {
             }
             Verdict::Apply { skip } => skip,
         };
-        let frame = match inner.decoder.decode_payload(header, bytes) {
+        let mut frame = match inner.decoder.decode_payload(header, bytes) {
             Ok(f) => f,
             Err(e) => {
                 stream.awaiting_resend = true;
@@ -147,7 +150,7 @@ impl ReplicaGroup {
             inner.meta.write(&[durable.0, header.meta.epoch.0])?;
             inner.fence = header.meta.epoch;
         }
-        if let Some(e) = self.apply_changes(inner, &header, &frame.changes, skip, batch)? {
+        if let Some(e) = self.apply_changes(inner, &header, &mut frame.changes, skip, batch)? {
             batch.refusal = Some(Refusal {
                 seq: inner.watermark.0 + 1,
                 reason: e.to_string(),
@@ -167,13 +170,19 @@ impl ReplicaGroup {
         &self,
         inner: &mut Inner,
         header: &FrameHeader,
-        changes: &[Change],
+        changes: &mut [Change],
         skip: u64,
         batch: &mut Batch,
     ) -> Result<Option<ReplicatorError>> {
-        for (i, c) in changes.iter().enumerate().skip(skip as usize) {
+        for (i, c) in changes.iter_mut().enumerate().skip(skip as usize) {
             let seq = Seq(header.meta.first_seq.0 + i as u64);
             let history = inner.history.as_mut();
+            // Before a held write takes the data out of the change.
+            let len = match c.kind {
+                ChangeKind::Write => c.data.len() as u64,
+                ChangeKind::Trim => c.length,
+                _ => 0,
+            };
             let applied = match inner.archives.get_mut(&c.resource) {
                 Some(a) => a.apply(c, seq).map(|()| None),
                 None => apply_change(
@@ -181,21 +190,15 @@ impl ReplicaGroup {
                     &inner.resources,
                     &mut inner.pending,
                     history,
+                    &mut batch.deferred,
                     c,
                     seq,
                 ),
             };
             match applied {
                 Ok(Some(r)) => {
-                    if fault::ENABLED {
-                        let len = match c.kind {
-                            ChangeKind::Write => c.data.len() as u64,
-                            ChangeKind::Trim => c.length,
-                            _ => 0,
-                        };
-                        if len > 0 {
-                            inner.unsynced.push((r.clone(), c.offset, len));
-                        }
+                    if fault::ENABLED && len > 0 {
+                        inner.unsynced.push((r.clone(), c.offset, len));
                     }
                     batch.touched.insert(r);
                 }
@@ -234,11 +237,12 @@ fn check_frame_bounds(
     Ok(())
 }
 
-/// What a batch has done so far: the files it wrote, the refusal to send, whether to
-/// acknowledge, and its counts.
+/// What a batch has done so far: the files it wrote, the writes it holds until their undo
+/// records are durable, the refusal to send, whether to acknowledge, and its counts.
 #[derive(Debug, Default)]
 struct Batch {
     touched: BTreeSet<String>,
+    deferred: Deferred,
     refusal: Option<Refusal>,
     ack: bool,
     frames_applied: u64,
@@ -251,9 +255,10 @@ enum Flow {
     Stop,
 }
 
-/// Makes what the batch applied durable: a history checkpoint when the watermark moved, then
-/// every touched file synced and the watermark persisted (which allows the Ack). An `Err`
-/// leaves the caller to roll back.
+/// Makes what the batch applied durable: a history checkpoint when the watermark moved, the
+/// history synced and THEN the held writes written ([`Deferred::flush`]), then every touched
+/// file synced and the watermark persisted (which allows the Ack). An `Err` leaves the caller
+/// to roll back.
 fn make_durable(inner: &mut Inner, durable: Seq, batch: &mut Batch) -> Result<()> {
     if inner.watermark > durable {
         let (wm, ms) = (inner.watermark, inner.last_ms);
@@ -261,6 +266,9 @@ fn make_durable(inner: &mut Inner, durable: Seq, batch: &mut Batch) -> Result<()
             h.maybe_checkpoint(wm, ms)?;
         }
     }
+    batch
+        .deferred
+        .flush(inner.history.as_mut(), &inner.resources)?;
     if resume_mark(inner) > durable {
         sync_and_persist(inner, &batch.touched)?;
         batch.ack = true;
@@ -338,7 +346,8 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
         }
     }
     if let Some(h) = inner.history.as_mut() {
-        // Undo records before the watermark that covers them.
+        // Points recorded since the last flush (the undo records were synced before the data
+        // they undo was written, by `Deferred::flush`), before the watermark covering them.
         h.sync()?;
     }
     fault::check("replica-before-watermark")

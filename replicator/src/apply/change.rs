@@ -2,6 +2,7 @@
 //! history first), a barrier or checkpoint (a recovery point), or a SQLite page or commit
 //! (handed to [`super::sqlite`]). Blocking file I/O, after the bound of [`check_bounds`].
 
+use super::deferred::{Deferred, Op};
 use super::sqlite::{apply_db_commit, buffer_page, materialised, sqlite_lock_err};
 use super::state::{PendingTxn, Resource};
 use crate::bounds::{change_bounds, volume_range};
@@ -66,18 +67,24 @@ pub(super) fn check_bounds(
 /// Applies one change; returns the resource name when a file was written. A volume write or
 /// trim is checked against the volume's size before anything (its undo record included) is
 /// written.
+///
+/// With a history (`deferred` is then where volume writes wait), a volume write's or trim's
+/// old bytes are recorded and its new bytes HELD, not written: [`Deferred::flush`] syncs the
+/// history first (see [`super::deferred`]). A change whose old bytes a held write would
+/// change flushes what is held before its undo record is taken. The data of a held write is
+/// moved out of `c`.
 pub(super) fn apply_change(
     group: &str,
     resources: &HashMap<String, Resource>,
     pending: &mut HashMap<String, PendingTxn>,
-    mut history: Option<&mut History>,
-    c: &Change,
+    kept: Option<&mut History>,
+    deferred: &mut Deferred,
+    c: &mut Change,
     seq: Seq,
 ) -> Result<Option<String>> {
+    let keeps_history = kept.is_some();
     // Record only what was not completely recorded before a restart.
-    if history.as_ref().is_some_and(|h| !h.wants(seq)) {
-        history = None;
-    }
+    let mut history = kept.filter(|h| h.wants(seq));
     if c.kind == ChangeKind::Barrier {
         // Everything before it is made durable before the batch is acknowledged.
         if let Some(h) = history {
@@ -150,19 +157,28 @@ pub(super) fn apply_change(
             }
             applied?;
         }
-        ChangeKind::Write => {
+        ChangeKind::Write | ChangeKind::Trim => {
             check_bounds(resources, c, seq)?;
-            keep_undo(history, r, c, seq, c.data.len() as u64)?;
-            r.file
-                .write_all_at(&c.data, c.offset)
-                .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?
-        }
-        ChangeKind::Trim => {
-            check_bounds(resources, c, seq)?;
-            keep_undo(history, r, c, seq, c.length)?;
-            crate::volume::zero_fill(&r.file, c.offset, c.length, |_, e| {
-                ReplicatorError::io("pwrite zeroes", &r.path, e)
-            })?;
+            let len = if c.kind == ChangeKind::Write {
+                c.data.len() as u64
+            } else {
+                c.length
+            };
+            if !keeps_history {
+                write_now(r, c, len)?;
+                return Ok(Some(c.resource.clone()));
+            }
+            if history.is_some() && deferred.conflicts(&c.resource, c.offset, len) {
+                // Its old bytes are what a held write is about to write: write those first.
+                deferred.flush(history.as_deref_mut(), resources)?;
+            }
+            keep_undo(history, r, c, seq, len)?;
+            let op = if c.kind == ChangeKind::Write {
+                Op::Write(std::mem::take(&mut c.data))
+            } else {
+                Op::Zero(len)
+            };
+            deferred.hold(&c.resource, c.offset, op);
         }
         ChangeKind::Barrier
         | ChangeKind::Checkpoint
@@ -170,4 +186,17 @@ pub(super) fn apply_change(
         | ChangeKind::WalEnd => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
+}
+
+/// Writes a volume change at once (a group without history: no undo record to wait for).
+fn write_now(r: &Resource, c: &Change, len: u64) -> Result<()> {
+    if c.kind == ChangeKind::Write {
+        r.file
+            .write_all_at(&c.data, c.offset)
+            .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))
+    } else {
+        crate::volume::zero_fill(&r.file, c.offset, len, |_, e| {
+            ReplicatorError::io("pwrite zeroes", &r.path, e)
+        })
+    }
 }

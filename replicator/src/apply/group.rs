@@ -96,7 +96,7 @@ impl ReplicaGroup {
         resources: HashMap<String, PathBuf>,
         sqlite: &std::collections::HashSet<String>,
     ) -> Result<ReplicaGroup> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let meta_path = dir.join(REPLICA_META_FILE);
         let (meta, v) = SlotFile::open(&meta_path, REPLICA_META_MAGIC, 2, &[0, 0])?;
         let (watermark, fence) = (Seq(v[0]), Epoch(v[1]));
@@ -206,7 +206,7 @@ impl ReplicaGroup {
     /// # Errors
     /// [`ReplicatorError::Io`] naming the file.
     pub fn copy_to(&self, dir: &Path) -> Result<(Seq, Vec<PathBuf>)> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let inner = self.inner();
         let mut names: Vec<&String> = inner.resources.keys().collect();
         names.sort();
@@ -288,7 +288,7 @@ impl ReplicaGroup {
                 crate::history::select_point(&h.points(), sel, h.oldest_seq(), inner.watermark)
                     .map_err(ReplicatorError::NoRecoveryPoint)?;
             let segments = h.snapshot()?;
-            std::fs::create_dir_all(out).map_err(|e| ReplicatorError::io("create dir", out, e))?;
+            crate::durable_dir::create_dir_durable(out)?;
             let mut names: Vec<&String> = inner.resources.keys().collect();
             names.sort();
             let mut copies = Vec::new();
@@ -298,7 +298,10 @@ impl ReplicaGroup {
                     .map_err(|e| ReplicatorError::io("copy", &dst, e))?;
                 copies.push((name.clone(), dst));
             }
-            (point, inner.watermark, segments, copies)
+            // After a stop between the history sync and the watermark, the files may hold
+            // changes past the watermark: their undo records are durable, so rewind from
+            // there.
+            (point, inner.watermark.max(h.max_seq()), segments, copies)
         };
         let mut files = HashMap::new();
         for (name, path) in &copies {

@@ -4,7 +4,10 @@
 //! Order per batch of frames: check each frame ([`classify::classify`], then decode:
 //! decompressed length and blake3, then every volume write and trim within the volume's size,
 //! [`crate::bounds`]: an out-of-bounds change refuses its whole frame, fatally, before any of
-//! it is written), `pwrite` its changes, fdatasync every touched file, THEN
+//! it is written), with a point-in-time history append the undo records of its changes and
+//! fdatasync the history BEFORE their data is written (`deferred`: unsynced data may reach the
+//! disk at any moment, and must never get there before the record of what it overwrote),
+//! `pwrite` its changes, fdatasync every touched file, THEN
 //! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
 //! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.
@@ -28,6 +31,7 @@
 mod batch;
 mod change;
 pub mod classify;
+mod deferred;
 mod group;
 mod sqlite;
 mod state;

@@ -185,6 +185,8 @@ pub(super) fn apply_db_commit(
             h.record_undo(seq, ms, resource, file, path, new_len, len - new_len, false)?;
         }
         h.record_point(seq, ms, RecordKind::Barrier, resource, true)?;
+        // The undo records durable before any page they undo is written.
+        h.sync()?;
     }
     if let Some(t) = &txn {
         for (pgno, data) in t.pages.range(..=db_size) {

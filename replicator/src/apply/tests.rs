@@ -480,3 +480,243 @@ fn replica_refuses_out_of_bounds_changes_before_any_of_their_frame_is_written() 
     assert_eq!(acked(&g.receive_batch(vec![f], &mut st).unwrap()), Some(2));
     assert_eq!(std::fs::metadata(&vol).unwrap().len(), VOL_SIZE);
 }
+
+/// A group over two 64 KiB volumes, `vol` and `b`, keeping history in `dir/history`.
+fn setup_two_with_history() -> (tempfile::TempDir, ReplicaGroup) {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open_two(dir.path());
+    (dir, g)
+}
+
+fn open_two(dir: &std::path::Path) -> ReplicaGroup {
+    let mut res = HashMap::new();
+    for name in ["vol", "b"] {
+        let p = dir.join(format!("{name}.img"));
+        if !p.exists() {
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(VOL_SIZE)
+                .unwrap();
+        }
+        res.insert(name.to_owned(), p);
+    }
+    let g = ReplicaGroup::open("g", &dir.join("meta"), res).unwrap();
+    g.enable_history(
+        &dir.join("history"),
+        crate::history::HistoryConfig::new(3_600_000),
+    )
+    .unwrap();
+    g
+}
+
+/// A power loss after a batch wrote its data but before anything else was synced: the new
+/// bytes reached the volume (unsynced data may reach the disk at any moment), the history
+/// keeps only what it fdatasync'ed. Re-applied after the restart, the change must not record
+/// its own new bytes as the old ones: a recovery to the checkpoint before it holds the old
+/// bytes.
+#[test]
+fn undo_records_are_durable_before_the_data_they_undo_survives_a_power_loss() {
+    let (dir, g) = setup_two_with_history();
+    let mut st = StreamState::default();
+    let f1 = enc(
+        "g",
+        1,
+        1,
+        &[
+            Change::write("vol", 0, vec![1; 4096], 1000),
+            Change::checkpoint("before", 1001),
+        ],
+    );
+    assert_eq!(acked(&g.receive_batch(vec![f1], &mut st).unwrap()), Some(2));
+    // The batch stops after the write of `vol` reached the file: `b` cannot be written (its
+    // handle is read-only), so nothing of the batch is synced or acknowledged.
+    let b = dir.path().join("b.img");
+    g.inner().resources.get_mut("b").unwrap().file = std::fs::File::open(&b).unwrap();
+    let f2 = enc(
+        "g",
+        1,
+        3,
+        &[
+            Change::write("vol", 0, vec![2; 4096], 2000),
+            Change::write("b", 0, vec![3; 16], 2001),
+        ],
+    );
+    assert!(g.receive_batch(vec![f2.clone()], &mut st).is_err());
+    assert_eq!(g.watermark(), Seq(2));
+    assert_eq!(g.read_resource("vol", 0, 4).unwrap(), vec![2; 4]);
+    // The power loss: the history loses what it never fdatasync'ed.
+    let (seg, durable) = g.inner().history.as_ref().unwrap().durable_tail().unwrap();
+    drop(g);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(durable)
+        .unwrap();
+    // Restarted: the primary resends the batch.
+    let g = open_two(dir.path());
+    let mut st = StreamState::default();
+    assert_eq!(acked(&g.receive_batch(vec![f2], &mut st).unwrap()), Some(4));
+    let out = dir.path().join("recovered");
+    let r = g
+        .recover(&crate::history::Selector::Tag("before".into()), &out, 4096)
+        .unwrap();
+    assert_eq!(r.point.seq, Seq(2));
+    let img = std::fs::read(out.join("vol.img")).unwrap();
+    assert!(
+        img[..4096].iter().all(|b| *b == 1),
+        "the recovered image holds the bytes of the checkpoint, not the later write: first byte {}",
+        img[0]
+    );
+    let b_img = std::fs::read(out.join("b.img")).unwrap();
+    assert!(
+        b_img.iter().all(|b| *b == 0),
+        "b holds nothing at the checkpoint"
+    );
+}
+
+/// Writes held until their undo records are durable still see each other in seq order: a
+/// change overlapping a held one records the held one's bytes as its old bytes (the batch
+/// flushes first), and a batch without overlaps costs one history fdatasync.
+#[test]
+fn overlapping_changes_in_one_batch_record_each_others_bytes_as_old() {
+    let (dir, g) = setup_two_with_history();
+    let mut st = StreamState::default();
+    let f = enc(
+        "g",
+        1,
+        1,
+        &[
+            Change::write("vol", 0, vec![1; 100], 1000),
+            Change::write("b", 0, vec![9; 100], 1000),
+            Change::checkpoint("one", 1001),
+            Change::write("vol", 50, vec![2; 100], 1002),
+            Change::checkpoint("two", 1003),
+            Change::trim("vol", 0, 60, 1004),
+        ],
+    );
+    assert_eq!(acked(&g.receive_batch(vec![f], &mut st).unwrap()), Some(6));
+    let mut want_now = vec![0u8; 60];
+    want_now.extend([2u8; 90]);
+    assert_eq!(g.read_resource("vol", 0, 150).unwrap(), want_now);
+    for (tag, want) in [
+        ("one", [vec![1u8; 100], vec![0; 50]].concat()),
+        ("two", [vec![1u8; 50], vec![2; 100]].concat()),
+    ] {
+        let out = dir.path().join(tag);
+        g.recover(&crate::history::Selector::Tag(tag.into()), &out, 4096)
+            .unwrap();
+        let img = std::fs::read(out.join("vol.img")).unwrap();
+        assert_eq!(&img[..150], &want[..], "recovered to {tag}");
+    }
+}
+
+/// New folders of a replica group (its metadata folder, its history, a recovery's output)
+/// are fsynced in their parents: a power loss cannot take back a folder holding durable files.
+#[test]
+fn new_replica_folders_are_fsynced_in_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(VOL_SIZE)
+        .unwrap();
+    crate::durable_dir::take_synced();
+    let meta = dir.path().join("replica").join("meta");
+    let g = ReplicaGroup::open("g", &meta, HashMap::from([("vol".to_owned(), vol)])).unwrap();
+    let hist = dir.path().join("history");
+    g.enable_history(&hist, crate::history::HistoryConfig::new(3_600_000))
+        .unwrap();
+    let synced = crate::durable_dir::take_synced();
+    for want in [dir.path(), &dir.path().join("replica")] {
+        assert!(
+            synced.iter().any(|p| p == want),
+            "{} not fsynced: {synced:?}",
+            want.display()
+        );
+    }
+    let mut st = StreamState::default();
+    let f = enc("g", 1, 1, &[Change::checkpoint("a", 1)]);
+    g.receive_batch(vec![f], &mut st).unwrap();
+    let out = dir.path().join("recoveries").join("a");
+    g.recover(&crate::history::Selector::Tag("a".into()), &out, 4096)
+        .unwrap();
+    let synced = crate::durable_dir::take_synced();
+    assert!(
+        synced.contains(&dir.path().join("recoveries")),
+        "{synced:?}"
+    );
+}
+
+/// As [`undo_records_are_durable_before_the_data_they_undo_survives_a_power_loss`], for a
+/// SQLite commit: its pages' old bytes are durable before the pages are written.
+#[test]
+fn a_sqlite_commits_undo_is_durable_before_its_pages_survives_a_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let db2 = dir.path().join("r2.db");
+    let open = || {
+        let res = HashMap::from([
+            ("db".to_owned(), dir.path().join("r.db")),
+            ("db2".to_owned(), db2.clone()),
+        ]);
+        let sq = ["db".to_owned(), "db2".to_owned()].into_iter().collect();
+        let g = ReplicaGroup::open_with_sqlite("g", &dir.path().join("meta"), res, &sq).unwrap();
+        g.enable_history(
+            &dir.path().join("history"),
+            crate::history::HistoryConfig::new(3_600_000),
+        )
+        .unwrap();
+        g
+    };
+    let on_db2 = |mut c: Change| {
+        c.resource = "db2".into();
+        c
+    };
+    let g = open();
+    let mut st = StreamState::default();
+    let before = Change::checkpoint("before", 0);
+    let f1 = enc(
+        "g",
+        1,
+        1,
+        &[
+            page(1, 0),
+            page(2, 7),
+            commit(2),
+            on_db2(page(1, 0)),
+            on_db2(commit(1)),
+            before,
+        ],
+    );
+    assert_eq!(acked(&g.receive_batch(vec![f1], &mut st).unwrap()), Some(6));
+    // The commit of `db` reaches the file; `db2` cannot be written (read-only handle), so
+    // the batch stops there, nothing synced after.
+    g.inner().resources.get_mut("db2").unwrap().file = std::fs::File::open(&db2).unwrap();
+    let f2 = enc(
+        "g",
+        1,
+        7,
+        &[page(2, 8), commit(2), on_db2(page(1, 1)), on_db2(commit(1))],
+    );
+    assert!(g.receive_batch(vec![f2.clone()], &mut st).is_err());
+    assert_eq!(g.read_resource("db", 512, 1).unwrap(), [8]);
+    let (seg, durable) = g.inner().history.as_ref().unwrap().durable_tail().unwrap();
+    drop(g);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(durable)
+        .unwrap();
+    let g = open();
+    let mut st = StreamState::default();
+    assert_eq!(
+        acked(&g.receive_batch(vec![f2], &mut st).unwrap()),
+        Some(10)
+    );
+    let out = dir.path().join("recovered");
+    g.recover(&crate::history::Selector::Tag("before".into()), &out, 4096)
+        .unwrap();
+    let db = std::fs::read(out.join("db.img")).unwrap();
+    assert_eq!(db[512], 7, "page 2 as it was at the checkpoint");
+}

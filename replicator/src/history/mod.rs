@@ -8,12 +8,14 @@
 //! stream) and applies the undo records of seqs `P+1 ..= W` to the copy, newest first
 //! ([`rewind`]).
 //!
-//! Crash safety: records are written with `write(2)` before the `pwrite` they undo, so a
-//! killed process leaves both in the page cache in that order; the segment is fdatasync'd
-//! before the watermark covering it is persisted ([`History::sync`]). The last record of each
-//! seq carries [`FLAG_LAST`]; after a restart, seqs up to the last complete one are not
-//! recorded again (their recorded old bytes are the right ones), later seqs are recorded again
-//! (a partial earlier attempt holds the same old bytes: replaying both is harmless).
+//! Crash safety (power loss included): the records of a batch are appended and the segment
+//! is fdatasync'd ([`History::sync`]) BEFORE any of the data they undo is written (the
+//! applier holds those writes back until then), and the watermark is persisted after both. So
+//! whatever new bytes reached a file, the record of the old ones is durable. The last record
+//! of each seq carries [`FLAG_LAST`]; after a restart, seqs up to the last complete one are not
+//! recorded again (their recorded old bytes are the right ones; records past the watermark
+//! are kept for that reason), later seqs are recorded again (their data was never written: a
+//! partial earlier attempt holds the same old bytes, replaying both is harmless).
 //!
 //! Segment file `SSSSSSSSSSSSSSSSSSSS.hist` (base seq, 20 digits): a header, then records.
 //!

@@ -82,6 +82,9 @@ pub struct History {
     max_seq: Seq,
     last_checkpoint_ms: i64,
     dirty: bool,
+    /// Bytes of the active segment as of its last fdatasync (every older segment is synced
+    /// whole before the next one starts): what a power loss keeps.
+    synced: u64,
     total: u64,
     zstd: Zstd,
 }
@@ -109,7 +112,7 @@ impl History {
     /// # Errors
     /// [`ReplicatorError::Io`] naming the file.
     pub fn open(dir: &Path, group: GroupId, watermark: Seq, cfg: HistoryConfig) -> Result<History> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(dir).map_err(|e| ReplicatorError::io("read dir", dir, e))? {
             let e = e.map_err(|e| ReplicatorError::io("read dir", dir, e))?;
@@ -136,6 +139,7 @@ impl History {
             max_seq: watermark,
             last_checkpoint_ms: 0,
             dirty: false,
+            synced: 0,
             total: 0,
         };
         let count = names.len();
@@ -172,8 +176,14 @@ impl History {
             }
         }
         if max_seq > watermark {
-            tracing::warn!(dir = %dir.display(), %watermark, history = %max_seq, "history runs past the watermark: discarded");
-            h.reset(watermark)?;
+            // Undo records are durable before the data they undo is written, and the watermark
+            // is persisted after both: a stop in between leaves records of seqs the files may
+            // already hold. They are kept (dropping them would leave those files' new bytes
+            // with no record of the old ones); the seqs are applied again without being
+            // recorded again. (A resync, which makes the files no longer follow the stream,
+            // resets the history itself.)
+            tracing::info!(dir = %dir.display(), %watermark, history = %max_seq, "history runs past the watermark: kept; those seqs are applied again, not recorded again");
+            h.max_seq = max_seq;
         }
         h.last_checkpoint_ms = h
             .points
@@ -187,6 +197,7 @@ impl History {
                 .append(true)
                 .open(&last.path)
                 .map_err(|e| ReplicatorError::io("open", &last.path, e))?;
+            h.synced = last.bytes;
             h.active = Some(f);
         }
         Ok(h)
@@ -207,6 +218,7 @@ impl History {
         self.last_complete = watermark;
         self.max_seq = watermark;
         self.dirty = false;
+        self.synced = 0;
         sync_dir(&self.dir)
     }
 
@@ -286,6 +298,7 @@ impl History {
                 points: 0,
             });
         }
+        self.synced = bytes;
         self.active = Some(f);
         Ok(())
     }
@@ -389,10 +402,25 @@ impl History {
             if let (Some(f), Some(s)) = (self.active.as_ref(), self.segments.back()) {
                 f.sync_data()
                     .map_err(|e| ReplicatorError::io("fdatasync", &s.path, e))?;
+                self.synced = s.bytes;
             }
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// The highest seq recorded (or the watermark the history was opened or reset at): the
+    /// files may hold changes up to it, even past the watermark after a stop (see
+    /// [`History::open`]).
+    pub fn max_seq(&self) -> Seq {
+        self.max_seq
+    }
+
+    /// The active segment and how many of its bytes were fdatasync'ed: a power loss now keeps
+    /// those and may drop the rest (every older segment is durable whole). `None` before the
+    /// first record.
+    pub fn durable_tail(&self) -> Option<(PathBuf, u64)> {
+        self.segments.back().map(|s| (s.path.clone(), self.synced))
     }
 
     /// Removes whole segments, oldest first, while the oldest is entirely older than the

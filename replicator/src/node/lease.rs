@@ -1,7 +1,8 @@
 //! The lease gate of a group: [`RoleCell`] holds the group's pipeline, lease deadline and fence
-//! flag, and decides (through [`super::decide`]) whether a write may be journaled; it also
-//! overflows a full journal of an all-volume group. Touches the images only to fdatasync them
-//! before an overflow.
+//! flag, and decides (through [`super::decide`]) whether a write may be journaled; it gives
+//! the group's pipeline the lease (re-checked before each acknowledgement) and the fdatasync
+//! of its images (before a journal trim); it also overflows a full journal of an all-volume
+//! group. Touches the images only to fdatasync them.
 
 use super::decide::{lease_live, write_allowed};
 use super::lock::{lock, RangeLock};
@@ -16,7 +17,8 @@ use std::time::Instant;
 #[derive(Default)]
 pub struct RoleCell {
     pub(super) pipeline: RwLock<Option<Arc<GroupPipeline>>>,
-    pub(super) lease_deadline: Mutex<Option<Instant>>,
+    /// Shared with the pipeline, which re-checks it before each acknowledgement.
+    pub(super) lease_deadline: Arc<Mutex<Option<Instant>>>,
     pub(super) fenced: std::sync::atomic::AtomicBool,
     /// Writers hold it shared from journal to local write; a merkle snapshot holds it
     /// exclusively to read a seq that every local image already reflects.
@@ -43,8 +45,23 @@ impl RoleCell {
             .clone()
     }
 
-    /// Sets (primary) or clears the group's pipeline.
+    /// Sets (primary) or clears the group's pipeline. A new pipeline is given the group's
+    /// images to fdatasync before a journal trim, and the lease to re-check before each
+    /// acknowledgement (the deliberately broken chaos build ignores it, as it does here).
     pub(super) fn set_pipeline(&self, p: Option<Arc<GroupPipeline>>) {
+        if let Some(p) = &p {
+            let images = lock(&self.images).clone();
+            if !images.is_empty() {
+                p.set_image_sync(Some(Arc::new(move || sync_images(&images))));
+            }
+            let deadline = Arc::clone(&self.lease_deadline);
+            p.set_lease(Some(Arc::new(move || {
+                if unsafe_skip_lease_check() {
+                    return Some(Instant::now() + std::time::Duration::from_secs(3600));
+                }
+                *lock(&deadline)
+            })));
+        }
         *self.pipeline.write().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
@@ -80,16 +97,7 @@ impl RoleCell {
             return Ok(true); // another writer overflowed it meanwhile
         }
         let images = lock(&self.images).clone();
-        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for path in &images {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)?
-                    .sync_data()?;
-            }
-            Ok(())
-        })
-        .await;
+        let synced = tokio::task::spawn_blocking(move || sync_images(&images)).await;
         let fail = |what: String| VolumeError::Backend {
             what,
             retryable: true,
@@ -105,6 +113,18 @@ impl RoleCell {
             .map_err(|e| fail(format!("dropping the journal: {e}")))?;
         Ok(true)
     }
+}
+
+/// Makes the group's volume images durable (fdatasync each); blocking.
+fn sync_images(images: &[PathBuf]) -> std::io::Result<()> {
+    for path in images {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// A deliberately broken build for the chaos harness's own test: with

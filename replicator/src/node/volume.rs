@@ -5,7 +5,7 @@
 use super::lease::RoleCell;
 use super::lock::RangeGuard;
 use crate::error::ReplicatorError;
-use crate::pipeline::{GroupPipeline, NotJournaled};
+use crate::pipeline::{GroupPipeline, ImageHold, NotJournaled};
 use crate::volume::{FileVolume, VolumeBackend, VolumeError};
 use std::sync::Arc;
 use tandem_core::clock::{Clock, SystemClock};
@@ -58,9 +58,23 @@ pub(super) struct Journaled {
     pub(super) pipeline: Arc<GroupPipeline>,
     pub(super) seq: Seq,
     pub(super) resource: String,
+    /// Its frame is not shipped until the image write is done; a failure fences the group.
+    pub(super) hold: Option<ImageHold>,
 }
 
 impl Journaled {
+    /// The image write of the change ended with `r`: releases its frame to the shipper, or
+    /// fences the group (the replica must never hold a write this image lacks).
+    pub(super) fn imaged<T>(&mut self, r: Result<T, VolumeError>) -> Result<T, VolumeError> {
+        if let Some(hold) = self.hold.take() {
+            match &r {
+                Ok(_) => hold.written(),
+                Err(e) => hold.failed(&e.to_string()),
+            }
+        }
+        r
+    }
+
     /// In sync mode, waits for the replica's durable acknowledgement (or the coordinators'
     /// consent to degrade). Called without holding the write guards: a merkle snapshot for
     /// the replica's own resync needs them, and strict sync would otherwise wait forever.
@@ -125,8 +139,8 @@ impl GroupVolume {
             .role
             .pipeline()
             .ok_or_else(|| refused(&self.resource, "no pipeline"))?;
-        match p.journal_and_return(vec![change]).await {
-            Ok((seq, mut back)) => {
+        match p.journal_for_image(vec![change]).await {
+            Ok((seq, mut back, hold)) => {
                 let change = back.pop().ok_or_else(|| VolumeError::Backend {
                     what: format!(
                         "{}: the journal did not hand the change back",
@@ -139,6 +153,7 @@ impl GroupVolume {
                     pipeline: p,
                     seq,
                     resource: self.resource.clone(),
+                    hold: Some(hold),
                 };
                 Ok((journaled, change))
             }
@@ -199,7 +214,8 @@ impl VolumeBackend for GroupVolume {
         let change = Change::write(&self.resource, offset, data, self.clock.now_ms());
         let mut admitted = self.admit(offset, end, change).await?;
         let data = std::mem::take(&mut admitted.change.data);
-        self.file.write(offset, data, fua).await?;
+        let r = self.file.write(offset, data, fua).await;
+        admitted.journaled.imaged(r)?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
     }
@@ -207,8 +223,9 @@ impl VolumeBackend for GroupVolume {
     async fn trim(&self, offset: u64, len: u32) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(u64::from(len));
         let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        let admitted = self.admit(offset, end, change).await?;
-        self.file.trim(offset, len).await?;
+        let mut admitted = self.admit(offset, end, change).await?;
+        let r = self.file.trim(offset, len).await;
+        admitted.journaled.imaged(r)?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
     }
@@ -221,8 +238,9 @@ impl VolumeBackend for GroupVolume {
     ) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(u64::from(len));
         let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
-        let admitted = self.admit(offset, end, change).await?;
-        self.file.write_zeroes(offset, len, fua).await?;
+        let mut admitted = self.admit(offset, end, change).await?;
+        let r = self.file.write_zeroes(offset, len, fua).await;
+        admitted.journaled.imaged(r)?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
     }
@@ -236,7 +254,11 @@ impl VolumeBackend for GroupVolume {
                     .capture(Change::barrier(&self.resource, self.clock.now_ms()))
                     .await
                 {
-                    Ok((j, _)) => break j,
+                    Ok((mut j, _)) => {
+                        // A barrier writes nothing to the image.
+                        j.imaged(Ok(()))?;
+                        break j;
+                    }
                     Err(CaptureError::JournalFull(e, _)) if tries < 3 => {
                         drop(g);
                         tries += 1;

@@ -9,10 +9,12 @@
 
 //!
 //! Rooms: [`config`] (settings, mode, consent), [`progress`] (what heartbeats report),
-//! `shared` (the state the tasks share), `tasks` (batcher, writer, consent loop), and here the
-//! [`GroupPipeline`] handle.
+//! `shared` (the state the tasks share), `tasks` (batcher, writer, consent loop),
+//! `durability` (image writes before shipping, images durable before a trim, the lease
+//! before an acknowledgement), and here the [`GroupPipeline`] handle.
 
 mod config;
+mod durability;
 mod progress;
 mod shared;
 mod tasks;
@@ -20,6 +22,7 @@ mod tasks;
 mod tests;
 
 pub use self::config::{ConsentFuture, Mode, PipelineConfig, SyncConsent};
+pub use self::durability::{ImageHold, ImageSync, LeaseDeadline};
 pub use self::progress::{GroupState, Progress};
 pub use self::shared::NotJournaled;
 pub(crate) use self::shared::Shared;
@@ -87,6 +90,7 @@ impl GroupPipeline {
             ship_problem: Mutex::new(None),
             shutdown: watch::channel(false).0,
             overflow: Mutex::new(None),
+            durability: Default::default(),
         });
         if let Some(consent) = cfg.sync_consent.clone() {
             tokio::spawn(consent_loop(Arc::clone(&shared), consent));
@@ -154,9 +158,9 @@ impl GroupPipeline {
     /// # Errors
     /// As [`Self::submit`], except those of waiting for the replica.
     pub async fn submit_journaled(&self, changes: Vec<Change>) -> Result<Seq> {
-        self.intake(changes, false)
+        self.intake(changes, false, false)
             .await
-            .map(|(seq, _)| seq)
+            .map(|(seq, _, _)| seq)
             .map_err(|refused| refused.error)
     }
 
@@ -174,7 +178,30 @@ impl GroupPipeline {
         &self,
         changes: Vec<Change>,
     ) -> std::result::Result<(Seq, Vec<Change>), NotJournaled> {
-        self.intake(changes, true).await
+        self.intake(changes, true, false)
+            .await
+            .map(|(seq, changes, _)| (seq, changes))
+    }
+
+    /// As [`Self::journal_and_return`], for a caller that writes the changes to a local image
+    /// next (the NBD write path): their frame is not shipped until the returned
+    /// [`ImageHold`] says the image write is done; a failed (or abandoned) image write fences
+    /// the group, so the replica never holds a write this site lacks.
+    ///
+    /// # Errors
+    /// As [`Self::journal_and_return`].
+    pub async fn journal_for_image(
+        &self,
+        changes: Vec<Change>,
+    ) -> std::result::Result<(Seq, Vec<Change>, ImageHold), NotJournaled> {
+        let (seq, changes, hold) = self.intake(changes, true, true).await?;
+        match hold {
+            Some(hold) => Ok((seq, changes, hold)),
+            None => Err(NotJournaled {
+                error: ReplicatorError::Task("the journal gave no image hold".into()),
+                changes: Vec::new(),
+            }),
+        }
     }
 
     /// Checks a submission at intake (handing the changes back when refused), queues it for
@@ -183,7 +210,8 @@ impl GroupPipeline {
         &self,
         changes: Vec<Change>,
         give_back: bool,
-    ) -> std::result::Result<(Seq, Vec<Change>), NotJournaled> {
+        hold: bool,
+    ) -> std::result::Result<(Seq, Vec<Change>, Option<ImageHold>), NotJournaled> {
         let refuse = |error, changes| Err(NotJournaled { error, changes });
         if changes.is_empty() {
             return refuse(
@@ -234,6 +262,7 @@ impl GroupPipeline {
             changes,
             raw_bytes: raw as u64,
             give_back,
+            hold,
             done,
         };
         if let Err(mpsc::error::SendError(back)) = tx.send(submission).await {
@@ -248,13 +277,29 @@ impl GroupPipeline {
         wait.await.map_err(|_| lost(closed()))?.map_err(lost)
     }
 
-    /// The second half of [`Self::submit`]: in sync mode waits until the replica has `seq`
-    /// durable (or, after `sync_timeout`, until the coordinators agreed to degrade); returns at
-    /// once in async mode.
+    /// The second half of [`Self::submit`], the last step before a write is acknowledged: in
+    /// sync mode waits until the replica has `seq` durable (or, after `sync_timeout`, until
+    /// the coordinators agreed to degrade); returns at once in async mode. Then checks, right
+    /// before the acknowledgement, that the lease (when the pipeline has one, see
+    /// [`Self::set_lease`]) is still live and the group not fenced. A write still waiting when
+    /// the lease ends is answered with an error then (within `lease_ttl` of the coordinators
+    /// going silent), never left waiting.
     ///
     /// # Errors
-    /// [`ReplicatorError::Fenced`] or [`ReplicatorError::Closed`] while waiting.
+    /// [`ReplicatorError::Fenced`] (fenced, an image write failed, or the lease ended) or
+    /// [`ReplicatorError::Closed`].
     pub async fn await_sync(&self, seq: Seq) -> Result<()> {
+        let sh = &self.shared;
+        let waited = tokio::select! {
+            biased;
+            r = self.wait_safe(seq) => r,
+            e = sh.lease_end(seq) => Err(e),
+        };
+        durability::checked(waited, sh.ack_refusal(seq, sh.mode == Mode::Sync))
+    }
+
+    /// Waits until `seq` is as safe as the mode promises (see [`Self::await_sync`]).
+    async fn wait_safe(&self, seq: Seq) -> Result<()> {
         let sh = &self.shared;
         if sh.mode == Mode::Sync {
             if sh.sync_degraded.load(Ordering::SeqCst) {
@@ -353,6 +398,9 @@ impl GroupPipeline {
         if let Some(f) = sh.fenced.borrow().as_ref() {
             reasons.push(format!("fenced: {f}"));
         }
+        if !durability::lease_live(sh.lease_deadline(), std::time::Instant::now()) {
+            reasons.push("lease not live: writes are not acknowledged".to_owned());
+        }
         if sh.sync_degraded.load(Ordering::SeqCst) {
             reasons.push(
                 "sync degraded: the replica is not acknowledging; writes are acknowledged on the local journal only"
@@ -434,6 +482,7 @@ impl GroupPipeline {
                 dropped_bytes: prev.map_or(0, |p| p.dropped_bytes) + pending,
             });
         }
+        sh.images_durable_through(last);
         sh.note_trimmed();
         tracing::warn!(group = %sh.group, through = last.0, bytes = pending, max = sh.journal_max,
             "journal full: dropped the unacknowledged frames (they are in the local images); the replica will be resynced by merkle diff");
@@ -451,8 +500,39 @@ impl GroupPipeline {
             .await
             .map_err(|e| ReplicatorError::Task(e.to_string()))??;
         self.shared.epoch.store(epoch.0, Ordering::SeqCst);
-        self.shared.fenced.send_replace(None);
+        // An image write failure is not lifted by a new epoch: the image lacks a journaled
+        // write until the journal is replayed onto it.
+        if self.shared.image_failure().is_none() {
+            self.shared.fenced.send_replace(None);
+        }
         Ok(())
+    }
+
+    /// Gives the pipeline the fdatasync of the group's volume images, run before a trim
+    /// removes frames whose writes only the journal holds durably (see
+    /// [`crate::pipeline`]'s `durability` room). Without one the journal is trimmed as soon
+    /// as the replica acknowledges (a group with no local images to make durable).
+    pub fn set_image_sync(&self, sync: Option<ImageSync>) {
+        self.shared.set_image_sync(sync);
+    }
+
+    /// Gives the pipeline the lease it acknowledges writes under: no write is acknowledged
+    /// after its deadline (see [`Self::await_sync`]). Without one (`None`, the default) writes
+    /// are acknowledged with no lease (tests, tools without coordinators).
+    pub fn set_lease(&self, lease: Option<LeaseDeadline>) {
+        self.shared.set_lease(lease);
+    }
+
+    /// How many times the images were fdatasync'ed before a journal trim.
+    pub fn image_syncs(&self) -> u64 {
+        self.shared.image_syncs()
+    }
+
+    /// Trims the journal through `seq`, acknowledged durable by the replica, after making the
+    /// images durable through it (see [`Self::set_image_sync`]). The shipper calls it on every
+    /// acknowledgement.
+    pub async fn trim_acked(&self, seq: Seq) {
+        self.shared.trim_acked(seq).await;
     }
 
     /// Refuses every later submission (the lease was lost); sync-mode waiters fail.

@@ -12,10 +12,12 @@ use tandem_core::ids::{Epoch, GroupId, Seq};
 use tokio::sync::{oneshot, watch};
 
 use super::config::Mode;
+use super::durability::{Durability, ImageHold};
 
-/// What a submitter hears once its changes are durable: the seq of its last change, and its
-/// changes back when it asked for them ([`GroupPipeline::journal_and_return`]).
-pub(super) type Done = oneshot::Sender<Result<(Seq, Vec<Change>)>>;
+/// What a submitter hears once its changes are durable: the seq of its last change, its
+/// changes back when it asked for them ([`GroupPipeline::journal_and_return`]), and the hold
+/// on their frame when it writes an image next ([`GroupPipeline::journal_for_image`]).
+pub(super) type Done = oneshot::Sender<Result<(Seq, Vec<Change>, Option<ImageHold>)>>;
 
 pub(super) struct Submission {
     pub(super) changes: Vec<Change>,
@@ -23,12 +25,15 @@ pub(super) struct Submission {
     /// Hand the changes back once durable (the caller still needs their data) instead of
     /// dropping them once encoded.
     pub(super) give_back: bool,
+    /// The submitter writes an image after the journal: its frame is not shipped until it
+    /// says the image write is done ([`ImageHold`]).
+    pub(super) hold: bool,
     pub(super) done: Done,
 }
 
-/// A submitter waiting for the journal: its channel, the seq of its last change, and the
-/// changes it gets back (empty unless it asked for them).
-pub(super) type Waiter = (Done, Seq, Vec<Change>);
+/// A submitter waiting for the journal: its channel, the seq of its last change, the
+/// changes it gets back (empty unless it asked for them), and whether it holds its frame.
+pub(super) type Waiter = (Done, Seq, Vec<Change>, bool);
 
 pub(super) struct WriteJob {
     pub(super) frame: NewFrame,
@@ -76,6 +81,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Set by [`GroupPipeline::drop_unacked`] until the replica is past `through`.
     pub(super) overflow: Mutex<Option<Overflow>>,
+    /// What must hold before a change is let go: image writes before shipping, images
+    /// durable before a trim, the lease before an acknowledgement.
+    pub(super) durability: Durability,
 }
 
 /// Frames dropped from a full journal: the replica must be resynced past `through`.
@@ -127,7 +135,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn fenced_error(&self) -> Option<ReplicatorError> {
+    pub(crate) fn fenced_error(&self) -> Option<ReplicatorError> {
         self.fenced
             .borrow()
             .as_ref()

@@ -12,6 +12,7 @@ use tandem_core::ids::Seq;
 use tokio::sync::mpsc;
 
 use super::config::SyncConsent;
+use super::durability::ImageHold;
 use super::shared::{Done, Shared, Submission, Waiter, WriteJob};
 
 /// Brings the coordinators' view of the degradation in line with what the pipeline wants,
@@ -100,13 +101,14 @@ pub(super) async fn batcher_loop(
         }
         let first_seq = next_seq;
         let mut changes = Vec::new();
-        // (channel, last seq, number of changes, give back?) per submission, in batch order.
+        // (channel, last seq, number of changes, give back?, hold?) per submission, in batch
+        // order.
         let mut owners = Vec::with_capacity(batch.len());
         let mut raw_bytes = 0;
         for s in batch {
             let n = s.changes.len();
             next_seq = Seq(next_seq.0 + n as u64);
-            owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back));
+            owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back, s.hold));
             raw_bytes += s.raw_bytes;
             changes.extend(s.changes);
         }
@@ -160,21 +162,25 @@ pub(super) async fn batcher_loop(
     }
 }
 
+/// A submission as the batcher tracks it: (channel, last seq, number of changes, give back?,
+/// hold?).
+type Owner = (Done, Seq, usize, bool, bool);
+
 /// Splits a batch's changes back among its submitters, in batch order: a submitter that asked
 /// for its changes gets them (moved), the others get an empty list.
-fn give_back(owners: Vec<(Done, Seq, usize, bool)>, changes: Vec<Change>) -> Vec<Waiter> {
+fn give_back(owners: Vec<Owner>, changes: Vec<Change>) -> Vec<Waiter> {
     let mut rest = changes.into_iter();
     owners
         .into_iter()
-        .map(|(done, seq, n, wants)| {
+        .map(|(done, seq, n, wants, hold)| {
             let mine: Vec<Change> = rest.by_ref().take(n).collect();
-            (done, seq, if wants { mine } else { Vec::new() })
+            (done, seq, if wants { mine } else { Vec::new() }, hold)
         })
         .collect()
 }
 
 fn fail_waiters(waiters: Vec<Waiter>, e: &ReplicatorError) {
-    for (w, _, _) in waiters {
+    for (w, _, _, _) in waiters {
         let _ = w.send(Err(ReplicatorError::Task(e.to_string())));
     }
 }
@@ -202,12 +208,21 @@ pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>)
             .fetch_sub(jobs.len(), Ordering::SeqCst);
         match result {
             Ok(()) => {
-                if let Some(f) = frames.last() {
-                    shared.durable_local.send_replace(f.last_seq);
-                }
+                // Released to the shipper at once, or once the image writes of its holders
+                // are done (`durability`).
+                let gated: Vec<(Seq, usize)> = jobs
+                    .iter()
+                    .map(|j| {
+                        let holds = j.waiters.iter().filter(|w| w.3).count();
+                        (j.frame.last_seq, holds)
+                    })
+                    .collect();
+                shared.journaled(&gated);
                 for j in jobs {
-                    for (w, seq, changes) in j.waiters {
-                        let _ = w.send(Ok((seq, changes)));
+                    let frame = j.frame.last_seq;
+                    for (w, seq, changes, hold) in j.waiters {
+                        let hold = hold.then(|| ImageHold::new(Arc::clone(&shared), frame, seq));
+                        let _ = w.send(Ok((seq, changes, hold)));
                     }
                 }
             }
