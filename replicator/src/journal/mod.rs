@@ -4,15 +4,27 @@
 //! (`00000000000000000001.seg`), each a plain concatenation of frames exactly as they go on
 //! the wire (compress once). Frames are self-checking, so opening a journal scans every
 //! segment: a torn tail of the last segment is truncated (and logged), anything else that
-//! fails its checks is [`ReplicatorError::CorruptJournal`]. Small metadata (epoch, next seq,
-//! trimmed-through seq) lives in `journal.meta` (see [`crate::meta`]).
+//! fails its checks is [`ReplicatorError::CorruptJournal`]. Small metadata lives in
+//! `journal.meta` (see [`crate::meta`] and [`JournalMeta`]): epoch, trimmed-through seq, the
+//! seqs reserved so far, the current generation and the generation starts of its history.
+//!
+//! Seqs are never handed out twice, even when the journal loses frames it had made durable:
+//! appends past the reservation first persist a new one ([`RESERVE_SEQS`] more, one metadata
+//! write per range), and an open continues after the reservation, not after the last frame it
+//! found. Each open also starts a new generation (see [`crate::lineage`]), persisted before
+//! the journal writes anything: the seqs between the last frame kept and the reservation's end
+//! are a gap that the generation start announces. A gap between segments is accepted on
+//! reopen only where a generation start (or the trim point) explains it.
 //!
 //! All methods do blocking I/O: call them from a dedicated thread or `spawn_blocking`.
 //! [`Journal::append`] must be called by one writer only (the pipeline's group-commit thread);
 //! reads and trims may come from any thread.
 
 use crate::error::{ReplicatorError, Result};
-use crate::meta::{read_meta, sync_dir, write_meta};
+use crate::lineage::GenerationStart;
+use crate::meta::{read_meta_any, sync_dir, write_meta};
+use self::meta::{new_generation_id, prune_starts};
+pub use self::meta::JournalMeta;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,6 +42,13 @@ pub const JOURNAL_META_MAGIC: [u8; 4] = *b"TNDJ";
 /// Name of the journal metadata file inside the journal directory.
 pub const JOURNAL_META_FILE: &str = "journal.meta";
 const SEGMENT_EXT: &str = "seg";
+
+mod meta;
+/// Seqs reserved by one metadata write: an append past the reservation persists this many more
+/// before it writes.
+pub const RESERVE_SEQS: u64 = 65536;
+/// Most generation starts kept in the metadata (the oldest are dropped beyond it).
+pub const MAX_GENERATION_STARTS: usize = 64;
 
 /// Where one journaled frame is and what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +91,13 @@ struct State {
     index: VecDeque<FrameEntry>,
     segments: BTreeMap<u64, Segment>,
     next_seq: Seq,
+    /// Highest seq durable in the journal (or trimmed): what an open found, then appends.
+    last_seq: Seq,
     epoch: Epoch,
     trimmed_through: Seq,
+    reserved_through: Seq,
+    generation: u64,
+    starts: Vec<GenerationStart>,
     pending_bytes: u64,
 }
 
@@ -206,16 +230,53 @@ impl Journal {
     /// # Errors
     /// [`ReplicatorError::Io`].
     pub fn init(dir: &Path, epoch: Epoch, first_seq: Seq) -> Result<()> {
+        let start = Seq(first_seq.0.max(1) - 1);
+        Journal::init_with(
+            dir,
+            &JournalMeta {
+                epoch,
+                trimmed_through: start,
+                reserved_through: start,
+                generation: 0,
+                starts: Vec::new(),
+            },
+        )
+    }
+
+    /// Prepares a NEW journal in `dir` for `epoch` that continues the history of `older` (the
+    /// same primary's journal of an older epoch, whose frames are on the images): it starts
+    /// trimmed through the last seq `older` holds, after its reservation, with its lineage,
+    /// so a replica at that seq continues without a resync and no seq is handed out twice.
+    /// Does nothing when `dir` already holds a journal.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`].
+    pub fn init_continuing(dir: &Path, epoch: Epoch, older: &Journal) -> Result<()> {
+        let st = older.state();
+        Journal::init_with(
+            dir,
+            &JournalMeta {
+                epoch,
+                trimmed_through: st.last_seq,
+                reserved_through: st.reserved_through.max(st.last_seq),
+                generation: st.generation,
+                starts: st.starts.clone(),
+            },
+        )
+    }
+
+    fn init_with(dir: &Path, meta: &JournalMeta) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(JOURNAL_META_FILE);
         if meta_path.exists() {
             return Ok(());
         }
-        let start = first_seq.0.max(1);
-        write_meta(&meta_path, JOURNAL_META_MAGIC, &[epoch.0, start, start - 1])
+        write_meta(&meta_path, JOURNAL_META_MAGIC, &meta.encode())
     }
 
-    /// Opens (or creates) the journal of `group` in `dir`, scanning every segment.
+    /// Opens (or creates) the journal of `group` in `dir`, scanning every segment, and starts
+    /// a new generation: persisted before this returns (so before any write), its seqs
+    /// starting after the stored reservation.
     ///
     /// `epoch` is used when the journal is new; an existing journal keeps its stored epoch
     /// unless `epoch` is newer. A torn tail of the last segment is truncated and logged.
@@ -226,14 +287,25 @@ impl Journal {
     pub fn open(dir: &Path, group: GroupId, epoch: Epoch, segment_bytes: u64) -> Result<Journal> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(JOURNAL_META_FILE);
-        let (mut stored_epoch, meta_next, trimmed) =
-            match read_meta(&meta_path, JOURNAL_META_MAGIC, 3)? {
-                Some(v) => (Epoch(v[0]), Seq(v[1]), Seq(v[2])),
-                None => (epoch, Seq(1), Seq(0)),
-            };
-        if epoch > stored_epoch {
-            stored_epoch = epoch;
+        let mut meta = match read_meta_any(&meta_path, JOURNAL_META_MAGIC)? {
+            Some(v) => {
+                JournalMeta::decode(&v).map_err(|reason| ReplicatorError::BadMetadata {
+                    path: meta_path.clone(),
+                    reason,
+                })?
+            }
+            None => JournalMeta {
+                epoch,
+                trimmed_through: Seq(0),
+                reserved_through: Seq(0),
+                generation: 0,
+                starts: Vec::new(),
+            },
+        };
+        if epoch > meta.epoch {
+            meta.epoch = epoch;
         }
+        let trimmed = meta.trimmed_through;
         let mut keys = Vec::new();
         for ent in std::fs::read_dir(dir).map_err(|e| ReplicatorError::io("read dir", dir, e))? {
             let ent = ent.map_err(|e| ReplicatorError::io("read dir", dir, e))?;
@@ -254,6 +326,13 @@ impl Journal {
         for (i, key) in keys.iter().copied().enumerate() {
             let path = segment_path(dir, key);
             let bytes = std::fs::read(&path).map_err(|e| ReplicatorError::io("read", &path, e))?;
+            // A segment may start past the seq after the previous one where a generation
+            // start (or the trim point) explains the gap.
+            if expect.is_some_and(|e| key > e.0)
+                && (key <= trimmed.0 + 1 || meta.starts.iter().any(|s| s.first.0 == key))
+            {
+                expect = Some(Seq(key));
+            }
             let scan = scan_segment(&bytes, key, group, expect, &mut decoder);
             let is_last = i + 1 == keys.len();
             if let Some((offset, reason, reaches_eof)) = scan.bad {
@@ -302,22 +381,48 @@ impl Journal {
                 },
             );
         }
-        let next_seq = meta_next.max(last_seq.next()).max(trimmed.next());
+        let last_seq = last_seq.max(trimmed);
+        let reserved = meta.reserved_through.max(last_seq);
+        let generation = new_generation_id(dir, meta.generation);
+        let mut starts = meta.starts;
+        starts.push(GenerationStart {
+            generation,
+            first: reserved.next(),
+            after: last_seq,
+        });
+        prune_starts(&mut starts, trimmed);
+        if reserved.0 > last_seq.0 {
+            tracing::info!(
+                journal = %dir.display(),
+                last = %last_seq,
+                first = %reserved.next(),
+                generation = format!("{generation:016x}"),
+                "journal: new generation continues after the reservation; seqs {}..={reserved} are never handed out",
+                last_seq.0 + 1
+            );
+        }
         let pending_bytes = index.iter().map(|e| u64::from(e.len)).sum();
-        Ok(Journal {
+        let journal = Journal {
             dir: dir.to_owned(),
             group,
             segment_bytes: segment_bytes.max(HEADER_LEN as u64),
             state: Mutex::new(State {
                 index,
                 segments,
-                next_seq,
-                epoch: stored_epoch,
+                next_seq: reserved.next(),
+                last_seq,
+                epoch: meta.epoch,
                 trimmed_through: trimmed,
+                reserved_through: reserved,
+                generation,
+                starts,
                 pending_bytes,
             }),
             writer: Mutex::new(Writer::default()),
-        })
+        };
+        // The generation is durable before anything is written under it.
+        journal.persist_meta(&journal.state())?;
+        Ok(journal)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -329,9 +434,31 @@ impl Journal {
         self.group
     }
 
-    /// The seq the next change will get.
+    /// The seq the next change will get (after an open: past the stored reservation, so
+    /// possibly well after [`Self::last_seq`]).
     pub fn next_seq(&self) -> Seq {
         self.state().next_seq
+    }
+
+    /// The highest seq durable in the journal (or trimmed): the end of its history.
+    pub fn last_seq(&self) -> Seq {
+        self.state().last_seq
+    }
+
+    /// Highest seq reserved durably: no seq at or below it is handed out by a later open.
+    pub fn reserved_through(&self) -> Seq {
+        self.state().reserved_through
+    }
+
+    /// The generation of this open (persisted before anything was written under it).
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// The generation starts of the journal's history, oldest first; the last is
+    /// [`Self::generation`]'s (sent in `Hello`, see [`crate::lineage`]).
+    pub fn lineage(&self) -> Vec<GenerationStart> {
+        self.state().starts.clone()
     }
 
     /// The epoch stored in the journal.
@@ -370,15 +497,39 @@ impl Journal {
     }
 
     fn persist_meta(&self, st: &State) -> Result<()> {
+        let meta = JournalMeta {
+            epoch: st.epoch,
+            trimmed_through: st.trimmed_through,
+            reserved_through: st.reserved_through,
+            generation: st.generation,
+            starts: st.starts.clone(),
+        };
         write_meta(
             &self.dir.join(JOURNAL_META_FILE),
             JOURNAL_META_MAGIC,
-            &[st.epoch.0, st.next_seq.0, st.trimmed_through.0],
+            &meta.encode(),
         )
     }
 
-    /// Appends frames durably (group commit): writes them all, one fdatasync, then publishes
-    /// them to readers. Only one thread may call this.
+    /// Makes sure seqs through `last` are reserved durably before a frame carrying them is
+    /// written: past the reservation, persists [`RESERVE_SEQS`] more (one metadata write).
+    fn reserve_through(&self, last: Seq) -> Result<()> {
+        let mut st = self.state();
+        if last <= st.reserved_through {
+            return Ok(());
+        }
+        let before = st.reserved_through;
+        st.reserved_through = Seq(last.0.saturating_add(RESERVE_SEQS));
+        if let Err(e) = self.persist_meta(&st) {
+            st.reserved_through = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Appends frames durably (group commit): reserves their seqs durably if they are past
+    /// the reservation, writes them all, one fdatasync, then publishes them to readers. Only
+    /// one thread may call this.
     ///
     /// # Errors
     /// [`ReplicatorError::InvalidSubmission`] if the seqs do not continue the journal;
@@ -386,7 +537,6 @@ impl Journal {
     pub fn append(&self, frames: &[NewFrame]) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut expect = self.next_seq();
-        let mut entries = Vec::with_capacity(frames.len());
         for f in frames {
             if f.first_seq != expect || f.last_seq < f.first_seq {
                 return Err(ReplicatorError::InvalidSubmission(format!(
@@ -395,6 +545,10 @@ impl Journal {
                 )));
             }
             expect = f.last_seq.next();
+        }
+        self.reserve_through(Seq(expect.0 - 1))?;
+        let mut entries = Vec::with_capacity(frames.len());
+        for f in frames {
             let len = f.bytes.len() as u64;
             let rotate = match &w.current {
                 Some((_, _, cur)) => *cur > 0 && cur + len > self.segment_bytes,
@@ -510,7 +664,10 @@ impl Journal {
             st.pending_bytes += u64::from(e.len);
             st.index.push_back(e);
         }
-        st.next_seq = expect;
+        if !frames.is_empty() {
+            st.next_seq = expect;
+            st.last_seq = Seq(expect.0 - 1);
+        }
         Ok(())
     }
 
@@ -564,6 +721,7 @@ impl Journal {
             }
         }
         st.trimmed_through = seq;
+        prune_starts(&mut st.starts, seq);
         let keys: Vec<u64> = st.segments.keys().copied().collect();
         let doomed: Vec<u64> = keys
             .windows(2)
@@ -596,6 +754,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::read_meta_any;
     use tandem_core::frame::{Change, Encoder, FrameMeta};
 
     const G: &str = "g";
@@ -669,9 +828,15 @@ mod tests {
         drop(j);
         let j = open(dir.path(), 1).unwrap();
         assert_eq!(j.entries(), before);
-        assert_eq!(j.next_seq(), Seq(9));
+        assert_eq!(j.last_seq(), Seq(8));
+        let first = Seq(2 + RESERVE_SEQS + 1);
+        assert_eq!(j.next_seq(), first, "a reopen continues after the reservation");
         write_frames(&j, 1);
-        assert_eq!(j.next_seq(), Seq(11));
+        assert_eq!(j.last_seq(), Seq(first.0 + 1));
+        drop(j);
+        let j = open(dir.path(), 1).unwrap();
+        let seqs: Vec<u64> = j.entries().iter().map(|e| e.first_seq.0).collect();
+        assert_eq!(seqs, [1, 3, 5, 7, first.0], "the gap at the generation start is accepted");
     }
 
     #[test]
@@ -685,15 +850,17 @@ mod tests {
         let cut = full.len() - frames[2].bytes.len() / 2;
         std::fs::write(&seg, &full[..cut]).unwrap();
         let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(5), "the torn third frame is gone");
+        assert_eq!(j.last_seq(), Seq(4), "the torn third frame is gone");
         assert_eq!(j.entries().len(), 2);
         let keep = frames[0].bytes.len() + frames[1].bytes.len();
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), keep as u64);
         // Appending after the truncation continues cleanly and survives another reopen.
         write_frames(&j, 1);
+        let last = j.last_seq();
         drop(j);
         let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(7));
+        assert_eq!(j.last_seq(), last);
+        assert_eq!(j.entries().len(), 3);
     }
 
     #[test]
@@ -708,7 +875,7 @@ mod tests {
         b.resize(len + 8192, 0);
         std::fs::write(&seg, &b).unwrap();
         let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(5));
+        assert_eq!(j.last_seq(), Seq(4));
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64);
     }
 
@@ -752,8 +919,146 @@ mod tests {
         drop(j);
         let j = open(dir.path(), 1).unwrap();
         assert_eq!(j.trimmed_through(), Seq(10));
-        assert_eq!(j.next_seq(), Seq(11));
+        assert_eq!(j.last_seq(), Seq(10));
+        assert!(j.next_seq() > Seq(10));
         assert!(j.entries().is_empty(), "acked frames are not served again");
+    }
+
+    /// Cuts the last `n` frames of the journal's only segment off: a disk that lost frames
+    /// after their fdatasync (the chaos `torn-tail` fault, `cut`).
+    fn lose_last_frames(dir: &Path, frames: &[NewFrame], n: usize) {
+        let seg = dir.join("00000000000000000001.seg");
+        let full = std::fs::read(&seg).unwrap();
+        let lost: usize = frames[frames.len() - n..].iter().map(|f| f.bytes.len()).sum();
+        std::fs::write(&seg, &full[..full.len() - lost]).unwrap();
+    }
+
+    #[test]
+    fn reopen_after_a_lost_durable_tail_never_reuses_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let frames = write_frames(&j, 3); // seqs 1..=6, all fdatasync'd (and maybe shipped)
+        let handed_out = j.last_seq();
+        drop(j);
+        lose_last_frames(dir.path(), &frames, 2);
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(j.last_seq(), Seq(2), "frames 3..=6 are gone");
+        assert!(
+            j.next_seq() > handed_out,
+            "seqs 3..=6 named writes a replica may hold: next seq {} must be past {handed_out}",
+            j.next_seq()
+        );
+        let start = *j.lineage().last().unwrap();
+        assert_eq!((start.after, start.first), (Seq(2), j.next_seq()));
+        // The new generation's frames land after the gap and survive a reopen.
+        let first = j.next_seq();
+        write_frames(&j, 2);
+        drop(j);
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let seqs: Vec<u64> = j.entries().iter().map(|e| e.first_seq.0).collect();
+        assert_eq!(seqs, [1, first.0, first.0 + 2]);
+        assert!(j.next_seq() > Seq(first.0 + 3));
+    }
+
+    #[test]
+    fn seqs_are_reserved_durably_before_a_frame_carries_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta_path = dir.path().join(JOURNAL_META_FILE);
+        let stored = || {
+            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC).unwrap().unwrap();
+            JournalMeta::decode(&v).unwrap()
+        };
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(stored().reserved_through, Seq(0), "nothing reserved before a write");
+        write_frames(&j, 1); // seqs 1..=2
+        assert_eq!(stored().reserved_through, Seq(2 + RESERVE_SEQS));
+        let before = std::fs::read(&meta_path).unwrap();
+        write_frames(&j, 3);
+        assert_eq!(
+            std::fs::read(&meta_path).unwrap(),
+            before,
+            "appends inside the reservation write no metadata"
+        );
+        // One frame running past the reservation reserves again before it is written.
+        let mut enc = Encoder::new(1).unwrap();
+        let first = j.next_seq();
+        let n = RESERVE_SEQS;
+        let changes: Vec<Change> = (0..n).map(|_| Change::barrier("vol", 1)).collect();
+        let bytes = enc
+            .encode(
+                FrameMeta {
+                    group: GroupId::from_name(G),
+                    epoch: Epoch(1),
+                    first_seq: first,
+                },
+                &changes,
+            )
+            .unwrap();
+        let last = Seq(first.0 + n - 1);
+        j.append(&[NewFrame {
+            bytes,
+            first_seq: first,
+            last_seq: last,
+            oldest_capture_ms: 1,
+        }])
+        .unwrap();
+        assert_eq!(stored().reserved_through, Seq(last.0 + RESERVE_SEQS));
+        // Losing every segment still never hands those seqs out again.
+        drop(j);
+        for p in std::fs::read_dir(dir.path()).unwrap() {
+            let p = p.unwrap().path();
+            if p.extension().is_some_and(|x| x == "seg") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        assert_eq!(j.next_seq(), Seq(last.0 + RESERVE_SEQS + 1));
+    }
+
+    #[test]
+    fn each_open_starts_a_generation_persisted_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta_path = dir.path().join(JOURNAL_META_FILE);
+        let stored = || {
+            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC).unwrap().unwrap();
+            JournalMeta::decode(&v).unwrap()
+        };
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let g1 = j.generation();
+        assert_ne!(g1, 0);
+        assert_eq!(stored().generation, g1, "persisted by open, before any append");
+        assert_eq!(stored().starts, j.lineage());
+        write_frames(&j, 2);
+        drop(j);
+        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        let g2 = j.generation();
+        assert_ne!(g2, g1, "every open is a new generation");
+        assert_eq!(stored().generation, g2);
+        let gens: Vec<u64> = j.lineage().iter().map(|s| s.generation).collect();
+        assert_eq!(gens, [g1, g2]);
+        assert_eq!(j.lineage()[1].after, Seq(4));
+        // Once the replica acknowledged past the second start, the first is dropped.
+        let first2 = j.lineage()[1].first;
+        write_frames(&j, 1);
+        j.trim_through(first2).unwrap();
+        let gens: Vec<u64> = j.lineage().iter().map(|s| s.generation).collect();
+        assert_eq!(gens, [g2]);
+    }
+
+    #[test]
+    fn a_new_epoch_journal_continues_the_older_ones_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = open(&dir.path().join("e1"), DEFAULT_SEGMENT_BYTES).unwrap();
+        write_frames(&old, 2); // 1..=4
+        let next = dir.path().join("e2");
+        Journal::init_continuing(&next, Epoch(2), &old).unwrap();
+        let j = Journal::open(&next, GroupId::from_name(G), Epoch(2), DEFAULT_SEGMENT_BYTES)
+            .unwrap();
+        assert_eq!(j.trimmed_through(), Seq(4));
+        assert_eq!(j.last_seq(), Seq(4));
+        assert_eq!(j.next_seq(), old.reserved_through().next());
+        let gens: Vec<u64> = j.lineage().iter().map(|s| s.generation).collect();
+        assert_eq!(gens, [old.generation(), j.generation()]);
     }
 
     proptest::proptest! {
