@@ -180,7 +180,11 @@ mod tests {
     fn judge_table() {
         // Generation 7 started at 1; 8 reopened after 100 at 65537 (nothing lost); 9
         // reopened after 65540 at 131073, having lost 65541..=65600.
-        let lineage = [start(7, 1, 0), start(8, 65537, 100), start(9, 131073, 65540)];
+        let lineage = [
+            start(7, 1, 0),
+            start(8, 65537, 100),
+            start(9, 131073, 65540),
+        ];
         let accept9 = Judgement::Accept { bind: Some(9) };
         let cases: Vec<(Option<Bound>, u64, u64, Judgement)> = vec![
             (None, 5, 1, accept9.clone()),
@@ -239,9 +243,22 @@ mod tests {
         // 8 kept 7's history through 100; then 9 lost some of it too, keeping only 90.
         let lineage = [start(7, 1, 0), start(8, 65537, 100), start(9, 131073, 90)];
         let j = judge(bound(7, 1), Seq(95), Epoch(1), &lineage);
-        assert!(matches!(j, Judgement::LostTail { kept: Seq(90), primary_generation: 9, .. }), "{j:?}");
+        assert!(
+            matches!(
+                j,
+                Judgement::LostTail {
+                    kept: Seq(90),
+                    primary_generation: 9,
+                    ..
+                }
+            ),
+            "{j:?}"
+        );
         let why = j.reason("g").unwrap_or_default();
-        assert!(why.contains("seqs 91..=95") && why.contains("fail over"), "{why}");
+        assert!(
+            why.contains("seqs 91..=95") && why.contains("fail over"),
+            "{why}"
+        );
     }
 
     #[test]

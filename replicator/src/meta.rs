@@ -310,7 +310,10 @@ mod tests {
         assert_eq!(read_meta(&p, *b"TNDJ", 2).unwrap(), Some(vec![7, 9]));
         assert_eq!(read_meta_any(&p, *b"TNDJ").unwrap(), Some(vec![7, 9]));
         write_meta(&p, *b"TNDJ", &[1, 2, 3, 4, 5]).unwrap();
-        assert_eq!(read_meta_any(&p, *b"TNDJ").unwrap(), Some(vec![1, 2, 3, 4, 5]));
+        assert_eq!(
+            read_meta_any(&p, *b"TNDJ").unwrap(),
+            Some(vec![1, 2, 3, 4, 5])
+        );
         std::fs::write(&p, b"garbage").unwrap();
         assert!(matches!(
             read_meta_any(&p, *b"TNDJ"),

@@ -113,7 +113,6 @@ pub(super) fn new_generation_id(dir: &Path, previous: u64) -> u64 {
     u64::from_le_bytes(b).max(1)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +138,12 @@ mod tests {
         assert_eq!(JournalMeta::decode(&m.encode()), Ok(m));
         let old = JournalMeta::decode(&[2, 11, 7]).unwrap();
         assert_eq!(
-            (old.epoch, old.trimmed_through, old.reserved_through, old.generation),
+            (
+                old.epoch,
+                old.trimmed_through,
+                old.reserved_through,
+                old.generation
+            ),
             (Epoch(2), Seq(7), Seq(10), 0)
         );
         assert!(old.starts.is_empty());
@@ -158,7 +162,12 @@ mod tests {
     #[test]
     fn prune_keeps_the_starts_a_replica_past_the_trim_may_be_bound_to() {
         let all = vec![start(1, 1, 0), start(2, 100, 50), start(3, 200, 150)];
-        let cases = [(0, vec![1, 2, 3]), (99, vec![1, 2, 3]), (100, vec![2, 3]), (500, vec![3])];
+        let cases = [
+            (0, vec![1, 2, 3]),
+            (99, vec![1, 2, 3]),
+            (100, vec![2, 3]),
+            (500, vec![3]),
+        ];
         for (i, (trimmed, want)) in cases.into_iter().enumerate() {
             let mut s = all.clone();
             prune_starts(&mut s, Seq(trimmed));

@@ -20,11 +20,11 @@
 //! [`Journal::append`] must be called by one writer only (the pipeline's group-commit thread);
 //! reads and trims may come from any thread.
 
+pub use self::meta::JournalMeta;
+use self::meta::{new_generation_id, prune_starts};
 use crate::error::{ReplicatorError, Result};
 use crate::lineage::GenerationStart;
 use crate::meta::{read_meta_any, sync_dir, write_meta};
-use self::meta::{new_generation_id, prune_starts};
-pub use self::meta::JournalMeta;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -288,12 +288,10 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(JOURNAL_META_FILE);
         let mut meta = match read_meta_any(&meta_path, JOURNAL_META_MAGIC)? {
-            Some(v) => {
-                JournalMeta::decode(&v).map_err(|reason| ReplicatorError::BadMetadata {
-                    path: meta_path.clone(),
-                    reason,
-                })?
-            }
+            Some(v) => JournalMeta::decode(&v).map_err(|reason| ReplicatorError::BadMetadata {
+                path: meta_path.clone(),
+                reason,
+            })?,
             None => JournalMeta {
                 epoch,
                 trimmed_through: Seq(0),
@@ -830,13 +828,21 @@ mod tests {
         assert_eq!(j.entries(), before);
         assert_eq!(j.last_seq(), Seq(8));
         let first = Seq(2 + RESERVE_SEQS + 1);
-        assert_eq!(j.next_seq(), first, "a reopen continues after the reservation");
+        assert_eq!(
+            j.next_seq(),
+            first,
+            "a reopen continues after the reservation"
+        );
         write_frames(&j, 1);
         assert_eq!(j.last_seq(), Seq(first.0 + 1));
         drop(j);
         let j = open(dir.path(), 1).unwrap();
         let seqs: Vec<u64> = j.entries().iter().map(|e| e.first_seq.0).collect();
-        assert_eq!(seqs, [1, 3, 5, 7, first.0], "the gap at the generation start is accepted");
+        assert_eq!(
+            seqs,
+            [1, 3, 5, 7, first.0],
+            "the gap at the generation start is accepted"
+        );
     }
 
     #[test]
@@ -929,7 +935,10 @@ mod tests {
     fn lose_last_frames(dir: &Path, frames: &[NewFrame], n: usize) {
         let seg = dir.join("00000000000000000001.seg");
         let full = std::fs::read(&seg).unwrap();
-        let lost: usize = frames[frames.len() - n..].iter().map(|f| f.bytes.len()).sum();
+        let lost: usize = frames[frames.len() - n..]
+            .iter()
+            .map(|f| f.bytes.len())
+            .sum();
         std::fs::write(&seg, &full[..full.len() - lost]).unwrap();
     }
 
@@ -965,11 +974,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta_path = dir.path().join(JOURNAL_META_FILE);
         let stored = || {
-            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC).unwrap().unwrap();
+            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC)
+                .unwrap()
+                .unwrap();
             JournalMeta::decode(&v).unwrap()
         };
         let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(stored().reserved_through, Seq(0), "nothing reserved before a write");
+        assert_eq!(
+            stored().reserved_through,
+            Seq(0),
+            "nothing reserved before a write"
+        );
         write_frames(&j, 1); // seqs 1..=2
         assert_eq!(stored().reserved_through, Seq(2 + RESERVE_SEQS));
         let before = std::fs::read(&meta_path).unwrap();
@@ -1020,13 +1035,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta_path = dir.path().join(JOURNAL_META_FILE);
         let stored = || {
-            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC).unwrap().unwrap();
+            let v = read_meta_any(&meta_path, JOURNAL_META_MAGIC)
+                .unwrap()
+                .unwrap();
             JournalMeta::decode(&v).unwrap()
         };
         let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         let g1 = j.generation();
         assert_ne!(g1, 0);
-        assert_eq!(stored().generation, g1, "persisted by open, before any append");
+        assert_eq!(
+            stored().generation,
+            g1,
+            "persisted by open, before any append"
+        );
         assert_eq!(stored().starts, j.lineage());
         write_frames(&j, 2);
         drop(j);
@@ -1052,8 +1073,13 @@ mod tests {
         write_frames(&old, 2); // 1..=4
         let next = dir.path().join("e2");
         Journal::init_continuing(&next, Epoch(2), &old).unwrap();
-        let j = Journal::open(&next, GroupId::from_name(G), Epoch(2), DEFAULT_SEGMENT_BYTES)
-            .unwrap();
+        let j = Journal::open(
+            &next,
+            GroupId::from_name(G),
+            Epoch(2),
+            DEFAULT_SEGMENT_BYTES,
+        )
+        .unwrap();
         assert_eq!(j.trimmed_through(), Seq(4));
         assert_eq!(j.last_seq(), Seq(4));
         assert_eq!(j.next_seq(), old.reserved_through().next());
