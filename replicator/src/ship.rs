@@ -167,8 +167,9 @@ async fn run(shared: Arc<Shared>, cfg: ShipConfig, mut stop: watch::Receiver<boo
         match session(&shared, &cfg, &mut refusals, &mut stop, &mut shutdown).await {
             SessionEnd::Stopped => return ShipExit::Stopped,
             SessionEnd::Fatal(reason) => {
-                shared.set_ship_problem(Some(format!("replica refused fatally: {reason}")));
-                shared.fence(format!("replica refused: {reason}"));
+                // The fence carries the reason (status shows `fenced: ...`): said once.
+                shared.set_ship_problem(None);
+                shared.fence(format!("replication stopped: {reason}"));
                 return ShipExit::Fenced(reason);
             }
             SessionEnd::Broken { reason, progressed } => {
