@@ -6,6 +6,8 @@
 //! - [`node`]: the replicator process: roles, leases, heartbeats, NBD exports, resync.
 //! - [`volume`]: the `VolumeBackend` trait the NBD server writes through, and `FileVolume`.
 //! - [`journal`]: the primary's durable log of frames not yet acknowledged by the replica.
+//! - [`lineage`]: journal generations and the pure check that a replica is a prefix of the
+//!   primary's history (pure).
 //! - [`pipeline`]: [`pipeline::GroupPipeline`], where captured changes get seqs, are batched
 //!   into frames, journaled with group commit, and (sync mode) wait for the replica.
 //! - [`ship`]: the shipper task streaming journal frames to the replica replicator over gRPC.
@@ -37,6 +39,7 @@ pub mod durable_dir;
 pub mod error;
 pub mod history;
 pub mod journal;
+pub mod lineage;
 pub mod merkle;
 pub mod meta;
 pub mod nbd;

@@ -103,6 +103,30 @@ pub fn read_meta(path: &Path, magic: [u8; 4], count: usize) -> Result<Option<Vec
     }
 }
 
+/// Reads a metadata file whose number of values is not fixed (the count is read from its
+/// header); `Ok(None)` when it does not exist.
+///
+/// # Errors
+/// [`ReplicatorError::BadMetadata`] on any failed check, [`ReplicatorError::Io`] on read errors.
+pub fn read_meta_any(path: &Path, magic: [u8; 4]) -> Result<Option<Vec<u64>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let count = match bytes.get(6..8) {
+                Some(c) => u16::from_le_bytes([c[0], c[1]]) as usize,
+                None => 0,
+            };
+            decode_meta(magic, &bytes, count)
+                .map(Some)
+                .map_err(|reason| ReplicatorError::BadMetadata {
+                    path: path.to_owned(),
+                    reason,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReplicatorError::io("read", path, e)),
+    }
+}
+
 /// fsyncs a directory so a rename or a new file in it is durable.
 ///
 /// # Errors
@@ -284,7 +308,17 @@ mod tests {
         assert_eq!(read_meta(&p, *b"TNDJ", 2).unwrap(), None);
         write_meta(&p, *b"TNDJ", &[7, 9]).unwrap();
         assert_eq!(read_meta(&p, *b"TNDJ", 2).unwrap(), Some(vec![7, 9]));
+        assert_eq!(read_meta_any(&p, *b"TNDJ").unwrap(), Some(vec![7, 9]));
+        write_meta(&p, *b"TNDJ", &[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(
+            read_meta_any(&p, *b"TNDJ").unwrap(),
+            Some(vec![1, 2, 3, 4, 5])
+        );
         std::fs::write(&p, b"garbage").unwrap();
+        assert!(matches!(
+            read_meta_any(&p, *b"TNDJ"),
+            Err(ReplicatorError::BadMetadata { .. })
+        ));
         assert!(matches!(
             read_meta(&p, *b"TNDJ", 2),
             Err(ReplicatorError::BadMetadata { .. })

@@ -1,7 +1,10 @@
 //! The shipper: one task per group on the primary that streams journal frames to the replica
 //! replicator (tonic, TCP_NODELAY, large fixed HTTP/2 windows), advances the replica-durable
 //! seq on cumulative Acks, trims the journal, resends after Refusals and reconnects with
-//! backoff. A fatal Refusal (old epoch) fences the pipeline and stops the shipper.
+//! backoff. `Hello` carries the journal's lineage ([`crate::lineage`]). A fatal Refusal (old
+//! epoch, a history the replica's copy is not a prefix of) fences the pipeline and stops the
+//! shipper, as does a replica ahead of the journal (the primary lost frames it had made
+//! durable): the reason is reported until an operator decides.
 
 use crate::error::ReplicatorError;
 use crate::journal::FrameEntry;
@@ -15,7 +18,7 @@ use tandem_core::ids::Seq;
 use tandem_core::net::Net;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{
-    ship_request, ship_response, Hello, ResyncRequest, ShipRequest, ShipResponse,
+    ship_request, ship_response, GenerationStart, Hello, ResyncRequest, ShipRequest, ShipResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -102,7 +105,8 @@ impl ShipConfig {
 pub enum ShipExit {
     /// Asked to stop, or the pipeline closed.
     Stopped,
-    /// The replica refused us fatally (old epoch): the pipeline is fenced.
+    /// The replica refused us fatally (old epoch, not a prefix), or holds frames the journal
+    /// lost: the pipeline is fenced.
     Fenced(String),
 }
 
@@ -163,8 +167,9 @@ async fn run(shared: Arc<Shared>, cfg: ShipConfig, mut stop: watch::Receiver<boo
         match session(&shared, &cfg, &mut refusals, &mut stop, &mut shutdown).await {
             SessionEnd::Stopped => return ShipExit::Stopped,
             SessionEnd::Fatal(reason) => {
-                shared.set_ship_problem(Some(format!("replica refused fatally: {reason}")));
-                shared.fence(format!("replica refused: {reason}"));
+                // The fence carries the reason (status shows `fenced: ...`): said once.
+                shared.set_ship_problem(None);
+                shared.fence(format!("replication stopped: {reason}"));
                 return ShipExit::Fenced(reason);
             }
             SessionEnd::Broken { reason, progressed } => {
@@ -234,8 +239,15 @@ async fn session(
         Ok(o) => o,
         Err(end) => return end,
     };
-    if let Some(why) = resync_reason(shared, watermark) {
-        return ask_resync(&mut client, shared, watermark, why).await;
+    match resync_reason(shared, watermark) {
+        Some(JournalGap::Behind(why)) => {
+            return ask_resync(&mut client, shared, watermark, why).await
+        }
+        Some(JournalGap::Ahead(reason)) => {
+            tracing::error!(group = %shared.group, %watermark, "{reason}");
+            return SessionEnd::Fatal(reason);
+        }
+        None => {}
     }
     on_acked(shared, watermark).await;
     stream_frames(
@@ -273,11 +285,22 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
     };
     let mut client = tandem_core::grpc_limits!(ReplicationClient::new(channel));
     let (tx, rx) = mpsc::channel::<ShipRequest>(16);
+    let lineage = shared
+        .journal
+        .lineage()
+        .iter()
+        .map(|s| GenerationStart {
+            generation: s.generation,
+            first_seq: s.first.0,
+            after_seq: s.after.0,
+        })
+        .collect();
     let hello = ShipRequest {
         msg: Some(ship_request::Msg::Hello(Hello {
             group: shared.group.clone(),
             epoch: shared.epoch().0,
             from_node: cfg.from_node.clone(),
+            lineage,
         })),
     };
     if tx.send(hello).await.is_err() {
@@ -322,35 +345,66 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
 
 /// Why the journal cannot bring a replica at `watermark` up to date, if it cannot, with the
 /// journal's bounds that showed it.
-fn resync_reason(shared: &Shared, watermark: Seq) -> Option<ResyncWhy> {
-    let last_local = *shared.durable_local.borrow();
+fn resync_reason(shared: &Shared, watermark: Seq) -> Option<JournalGap> {
+    // The journal publishes a frame (to `frames_from`) a moment before `durable_local` moves.
+    let last_local = (*shared.durable_local.borrow()).max(shared.journal.last_seq());
     let trimmed = shared.journal.trimmed_through();
-    journal_gap(watermark, last_local, trimmed).map(|reason| ResyncWhy {
-        reason,
-        last_local,
-        trimmed,
+    let gaps = crate::lineage::jumps(&shared.journal.lineage());
+    journal_gap(watermark, last_local, trimmed, &gaps).map(|gap| match gap {
+        Gap::Behind(reason) => JournalGap::Behind(ResyncWhy {
+            reason,
+            last_local,
+            trimmed,
+        }),
+        Gap::Ahead(reason) => JournalGap::Ahead(format!("group {}: {reason}", shared.group)),
     })
 }
 
+/// What [`journal_gap`] found (pure).
+#[derive(Debug, PartialEq, Eq)]
+enum Gap {
+    /// The journal no longer holds what the replica needs next: resync from this primary.
+    Behind(String),
+    /// The replica holds seqs this journal does not: stop until an operator decides.
+    Ahead(String),
+}
+
+/// What the shipper does about a replica the journal cannot continue.
+enum JournalGap {
+    Behind(ResyncWhy),
+    Ahead(String),
+}
+
 /// Whether a replica at `watermark` needs a resync rather than the journal, which holds
-/// frames after `trimmed` up to `last_local` (pure).
+/// frames after `trimmed` up to `last_local`, with the seqs of each of `gaps` (after, first)
+/// never handed out (pure).
 ///
-/// Two ways, both mended by a merkle resync from this (live) primary, which then resumes from
-/// our seq at hashing time:
-/// - the frames it needs next are gone (dropped when the journal overflowed, or journaled
-///   in an older epoch this primary continued from);
-/// - it is ahead of the journal: this primary lost frames it had made durable (a disk
-///   that lied), so its next seqs would name other writes than the replica's.
-fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq) -> Option<String> {
-    if watermark > last_local {
-        Some(format!(
-            "the replica is at seq {watermark}, ahead of the primary's journal ({last_local}): the primary lost journaled frames"
-        ))
+/// - Behind: the frames it needs next are gone (dropped when the journal overflowed, or
+///   journaled in an older epoch this primary continued from); a merkle resync from this
+///   (live) primary mends it, resuming from our seq at hashing time.
+/// - Ahead: its watermark is past the journal's last frame, or inside a gap the journal left
+///   after a reopen: it holds frames this primary lost after making them durable (frames are
+///   shipped only once fdatasync'd). Seqs are never reused, so nothing the replica holds is
+///   overwritten by mistake, but a resync from here would discard writes a sync group
+///   acknowledged: replication stops with this reason until an operator decides.
+fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq, gaps: &[(Seq, Seq)]) -> Option<Gap> {
+    let in_gap = gaps
+        .iter()
+        .find(|(after, first)| watermark > *after && watermark < *first);
+    if watermark > last_local || in_gap.is_some() {
+        let kept = in_gap.map_or(last_local, |(after, _)| *after);
+        Some(Gap::Ahead(format!(
+            "lost durable tail: the replica holds seqs {}..={watermark}, which the primary's journal \
+             lost after making them durable (it holds the history only through seq {kept}); \
+             replication is stopped until an operator decides: fail over to the replica, which \
+             holds them, or resync it from the primary, which discards them",
+            kept.0 + 1
+        )))
     } else if watermark < trimmed {
-        Some(format!(
+        Some(Gap::Behind(format!(
             "the primary's journal no longer holds frames {}..={trimmed}",
             watermark.0 + 1
-        ))
+        )))
     } else {
         None
     }
@@ -564,21 +618,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replica_resyncs_only_when_the_journal_cannot_continue_it() {
-        // (watermark, last_local, trimmed) -> resync reason containing
+    fn a_replica_resyncs_only_when_behind_and_stops_the_group_when_ahead() {
+        // (watermark, last_local, trimmed) -> None, or (ahead?, reason containing)
+        let gaps = [(Seq(20), Seq(65540))];
         let cases = [
             (5, 10, 3, None),
             (3, 10, 3, None),
             (10, 10, 3, None),
             (0, 0, 0, None),
-            (2, 10, 3, Some("no longer holds frames 3..=3")),
-            (11, 10, 3, Some("ahead of the primary's journal (10)")),
+            (20, 65545, 3, None),
+            (65540, 65545, 3, None),
+            (2, 10, 3, Some((false, "no longer holds frames 3..=3"))),
+            (11, 10, 3, Some((true, "holds seqs 11..=11"))),
+            (25, 65545, 3, Some((true, "holds seqs 21..=25"))),
         ];
         for (i, (wm, local, trimmed, want)) in cases.into_iter().enumerate() {
-            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed));
+            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed), &gaps);
             match (want, &got) {
                 (None, None) => {}
-                (Some(w), Some(g)) if g.contains(w) => {}
+                (Some((true, w)), Some(Gap::Ahead(g))) if g.contains(w) => {}
+                (Some((false, w)), Some(Gap::Behind(g))) if g.contains(w) => {}
                 _ => panic!("#{i}: expect {want:?} got {got:?}"),
             }
         }

@@ -162,6 +162,7 @@ fn hello(from: &str, epoch: u64) -> ShipRequest {
             group: "vol".into(),
             epoch,
             from_node: from.into(),
+            lineage: Vec::new(),
         })),
     }
 }

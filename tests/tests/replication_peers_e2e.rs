@@ -60,6 +60,7 @@ fn hostile_stream(epoch: u64) -> Vec<ShipRequest> {
                 group: "vol".into(),
                 epoch,
                 from_node: "danang-coord1".into(),
+                lineage: Vec::new(),
             })),
         },
         ShipRequest {

@@ -206,6 +206,7 @@ fn a_valid_certificate_cannot_speak_as_another_node() {
                 group: "vol".into(),
                 epoch: 1,
                 from_node: "hanoi-rep".into(),
+                lineage: Vec::new(),
             })),
         };
         let e = ReplicationClient::new(ch)

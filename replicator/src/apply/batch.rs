@@ -84,7 +84,7 @@ impl ReplicaGroup {
                 return Ok(Flow::Stop);
             }
         };
-        let skip = match classify(&header, self.group_id, wm, inner.fence) {
+        let skip = match classify(&header, self.group_id, wm, inner.fence, &stream.jumps) {
             Verdict::WrongGroup => {
                 batch.refusal = Some(refuse(
                     format!("frame of group {} sent to {}", header.meta.group, self.name),

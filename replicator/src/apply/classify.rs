@@ -1,5 +1,6 @@
 //! The pure per-frame decision on the replica: given a frame's header and the replica's
-//! position (group, watermark, epoch fence), refuse, skip, or apply from which change. No I/O.
+//! position (group, watermark, epoch fence) and the seq jumps its stream's `Hello` announced,
+//! refuse, skip, or apply from which change. No I/O.
 
 use tandem_core::frame::FrameHeader;
 use tandem_core::ids::{Epoch, GroupId, Seq};
@@ -13,7 +14,8 @@ pub enum Verdict {
     OldEpoch,
     /// Every change is at or below the watermark: acknowledge, do not apply.
     Duplicate,
-    /// The frame starts after watermark+1: refuse, resume from watermark+1.
+    /// The frame starts after watermark+1, and not at a jump its stream announced: refuse,
+    /// resume from watermark+1.
     Gap,
     /// Apply, skipping the first `skip` changes (already applied).
     Apply {
@@ -24,7 +26,17 @@ pub enum Verdict {
 
 /// Decides a frame's fate from its header, in the DESIGN order: group, epoch fence, seq
 /// continuity. Payload checks (decompressed length, blake3) come after, on `Apply` only.
-pub fn classify(header: &FrameHeader, group: GroupId, watermark: Seq, fence: Epoch) -> Verdict {
+///
+/// `jumps` are the (after, first) seq jumps the stream's `Hello` announced (a journal
+/// generation start after a reopen, [`crate::lineage::jumps`]): a frame starting at `first`
+/// when the watermark is exactly `after` continues the history; any other gap is refused.
+pub fn classify(
+    header: &FrameHeader,
+    group: GroupId,
+    watermark: Seq,
+    fence: Epoch,
+    jumps: &[(Seq, Seq)],
+) -> Verdict {
     if header.meta.group != group {
         return Verdict::WrongGroup;
     }
@@ -36,6 +48,9 @@ pub fn classify(header: &FrameHeader, group: GroupId, watermark: Seq, fence: Epo
     }
     let first = header.meta.first_seq.0;
     if first > watermark.0.saturating_add(1) {
+        if jumps.contains(&(watermark, header.meta.first_seq)) {
+            return Verdict::Apply { skip: 0 };
+        }
         return Verdict::Gap;
     }
     Verdict::Apply {
@@ -81,7 +96,26 @@ mod tests {
             (header("g", 1, 4, 2), 3, 1, Verdict::Apply { skip: 0 }),
         ];
         for (i, (h, wm, fence, want)) in cases.into_iter().enumerate() {
-            let got = classify(&h, g, Seq(wm), Epoch(fence));
+            let got = classify(&h, g, Seq(wm), Epoch(fence), &[]);
+            assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_gap_is_applied_only_at_an_announced_jump() {
+        let g = GroupId::from_name("g");
+        let jumps = [(Seq(100), Seq(65537))];
+        let h = header("g", 1, 65537, 2);
+        let cases = [
+            (100, &jumps[..], Verdict::Apply { skip: 0 }),
+            (99, &jumps[..], Verdict::Gap),
+            (101, &jumps[..], Verdict::Gap),
+            (100, &[][..], Verdict::Gap),
+            (65537, &jumps[..], Verdict::Apply { skip: 1 }),
+            (65538, &jumps[..], Verdict::Duplicate),
+        ];
+        for (i, (wm, j, want)) in cases.into_iter().enumerate() {
+            let got = classify(&h, g, Seq(wm), Epoch(1), j);
             assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
         }
     }
@@ -90,7 +124,7 @@ mod tests {
         #[test]
         fn classify_never_applies_a_seq_twice_or_skips_one(first in 1u64..50, n in 1usize..5, wm in 0u64..60) {
             let h = header("g", 1, first, n);
-            match classify(&h, GroupId::from_name("g"), Seq(wm), Epoch(1)) {
+            match classify(&h, GroupId::from_name("g"), Seq(wm), Epoch(1), &[]) {
                 Verdict::Apply { skip } => {
                     prop_assert_eq!(first + skip, wm + 1);
                     prop_assert!(skip < n as u64);

@@ -56,8 +56,11 @@ pub struct ReplicaGroup {
 }
 
 /// Per-stream receive state kept between batches (one per Ship stream).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct StreamState {
+    /// The (after, first) seq jumps the stream's `Hello` announced (journal generation
+    /// starts): the only gaps its frames may cross ([`crate::lineage::jumps`]).
+    pub jumps: Vec<(Seq, Seq)>,
     /// A refusal was sent and the sender has not resent from the watermark yet: later gap
     /// frames (already in flight) are dropped quietly instead of refused again.
     pub awaiting_resend: bool,

@@ -26,18 +26,21 @@
 //! its file names), `group` ([`ReplicaGroup`]: open, fence, copies, history, PITR), `batch`
 //! (one batch of frames in the order above: check, apply, sync, persist, acknowledge),
 //! `change` (one change on a volume: write, trim, barrier, checkpoint), `sqlite` (buffered
-//! SQLite transactions applied whole under the database's lock).
+//! SQLite transactions applied whole under the database's lock), `lineage` (the copy's
+//! binding to a primary's journal generation, judged at each `Hello`).
 
 mod batch;
 mod change;
 pub mod classify;
 mod deferred;
 mod group;
+mod lineage;
 mod sqlite;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub use self::group::{HistoryView, Recovered, ReplicaGroup, StreamState};
+pub use self::lineage::{LINEAGE_META_FILE, LINEAGE_META_MAGIC};
 pub use self::sqlite::MAX_DB_TXN_BYTES;
 pub use self::state::{REPLICA_META_FILE, REPLICA_META_MAGIC};

@@ -59,7 +59,7 @@ pub(super) async fn become_primary(
     let dir = journal_dir(rt, &name, epoch);
     let fresh = !dir.exists();
     if fresh && own_old_journals {
-        start = continue_after_old_journals(rt, g, epoch, start).await?;
+        start = continue_after_old_journals(rt, g, epoch, &dir, start).await?;
     }
     Journal::init(&dir, epoch, start.next())?;
     let pipeline = open_pipeline(rt, g, epoch, &dir).await?;
@@ -94,16 +94,20 @@ pub(super) async fn become_primary(
 }
 
 /// Staying primary into a new epoch (or restarting into one): continue the numbering after
-/// the frames already journaled in older epochs, so no seq is used twice, and make sure they
-/// are all on the images (a crash may have come between journal and image). A replica that
-/// lacks some of them is behind the new journal's start and is resynced by merkle diff.
+/// every seq the older epochs' journals reserved, so no seq is used twice, and make sure their
+/// frames are all on the images (a crash may have come between journal and image). The new
+/// journal in `dir` continues the newest older journal's history (its lineage, trimmed
+/// through its last frame), so a replica at that frame goes on without a resync; a replica
+/// that lacks some of them is behind the new journal's start and is resynced by merkle diff.
 /// Returns the seq the numbering continues after.
 async fn continue_after_old_journals(
     rt: &NodeRt,
     g: &GroupRt,
     epoch: Epoch,
+    dir: &Path,
     mut start: Seq,
 ) -> Result<Seq> {
+    let mut newest: Option<Arc<Journal>> = None;
     let name = &g.cfg.name;
     for e in journal_epochs(rt, name)
         .into_iter()
@@ -116,12 +120,17 @@ async fn continue_after_old_journals(
         })
         .await
         .map_err(|e| ReplicatorError::Task(e.to_string()))??;
-        let last = Seq(j.next_seq().0.saturating_sub(1));
-        replay_frames(Arc::new(j), &resource_paths(rt, &g.cfg)).await?;
+        let j = Arc::new(j);
+        let last = j.reserved_through();
+        replay_frames(Arc::clone(&j), &resource_paths(rt, &g.cfg)).await?;
         if last > start {
-            info!(group = %name, old_epoch = e, %last, was = %start, "numbering continues after the older epoch's journal");
+            info!(group = %name, old_epoch = e, %last, was = %start, "numbering continues after the older epoch's journal reservation");
             start = last;
         }
+        newest = Some(j);
+    }
+    if let Some(j) = newest.filter(|j| j.reserved_through() >= start) {
+        Journal::init_continuing(dir, epoch, &j)?;
     }
     Ok(start)
 }

@@ -123,6 +123,8 @@ impl ResyncJob {
                     let opened = open_replica(rt2, cfg).and_then(|rg| {
                         rg.set_fence(epoch)?;
                         rg.set_sqlite_from(&from)?;
+                        // The copy is the primary's now, whatever history it was bound to.
+                        rg.unbind_lineage()?;
                         rg.reset_watermark(seq)?;
                         Ok(rg)
                     });

@@ -145,6 +145,8 @@ pub(super) async fn become_replica(
     if let Some(seq) = clean {
         let rg = Arc::new(open_replica(rt, &g.cfg)?);
         rg.set_fence(epoch)?;
+        // Equal to the new primary's start: bound to its journal at its first Hello.
+        rg.unbind_lineage()?;
         rg.reset_watermark(seq)?;
         register_replica(rt, g, epoch, rg);
         let _ = std::fs::remove_dir_all(rt.data_dir.join("journal").join(&name));

@@ -64,7 +64,7 @@ impl GroupPipeline {
                 .await
                 .map_err(|e| ReplicatorError::Task(e.to_string()))??;
         let journal = Arc::new(journal);
-        let last = Seq(journal.next_seq().0 - 1);
+        let last = journal.last_seq();
         let trimmed = journal.trimmed_through();
         let shared = Arc::new(Shared {
             group: cfg.group.clone(),

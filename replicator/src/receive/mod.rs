@@ -12,7 +12,9 @@
 //! Every call is authorized first ([`peers::Gate::authorize`]): refused callers get
 //! `permission_denied` naming their certificate and the call, logged at warn (the
 //! coordinators' audit chain is not reachable from here). A Ship stream is accepted only from
-//! a replicator at the group's primary site with the group's current epoch.
+//! a replicator at the group's primary site with the group's current epoch, and only when the
+//! copy is a prefix of the history its `Hello` announces ([`crate::lineage`]): otherwise a
+//! fatal refusal names both generations and seqs, and the primary stops replicating.
 
 pub mod authz;
 pub mod peers;
@@ -27,14 +29,15 @@ pub use self::source::{resync_finished, BlockSource};
 pub use self::steps::{StepRunner, MAX_STEP_OUTPUT};
 use self::stream::{response, run_stream};
 pub use crate::apply::classify::{classify, Verdict};
-use crate::apply::ReplicaGroup;
+use crate::apply::{ReplicaGroup, StreamState};
+use crate::lineage::GenerationStart;
 use crate::verify::{Catalog, VerifyStream};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tandem_core::config::Topology;
-use tandem_core::ids::Epoch;
+use tandem_core::ids::{Epoch, Seq};
 use tandem_core::net::{Caller, Net};
 use tandem_core::proto::replication_server::{Replication, ReplicationServer};
 use tandem_core::proto::{
@@ -233,6 +236,19 @@ fn old_epoch_refusal(group: &ReplicaGroup, epoch: Epoch, current: Epoch) -> Refu
     }
 }
 
+/// The lineage a `Hello` announces, as the pure check takes it.
+fn hello_lineage(hello: &tandem_core::proto::Hello) -> Vec<GenerationStart> {
+    hello
+        .lineage
+        .iter()
+        .map(|s| GenerationStart {
+            generation: s.generation,
+            first: Seq(s.first_seq),
+            after: Seq(s.after_seq),
+        })
+        .collect()
+}
+
 /// Serves `service` on `listener` with TCP_NODELAY and large fixed HTTP/2 windows
 /// (STACK-NOTES gotchas 4 and 5) until `shutdown` completes.
 ///
@@ -368,6 +384,26 @@ impl Replication for ReplicationService {
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::internal(e.to_string()))?
         };
+        let verdict = match verdict {
+            Ok(at) => {
+                let starts = hello_lineage(&hello);
+                let g = Arc::clone(&group);
+                let judged = tokio::task::spawn_blocking(move || g.judge_lineage(epoch, &starts))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                match judged.reason(group.name()) {
+                    None => Ok(at),
+                    Some(reason) => Err(Refusal {
+                        seq: at.0 .0 + 1,
+                        reason,
+                        resume_from: at.0 .0 + 1,
+                        fatal: true,
+                    }),
+                }
+            }
+            refused => refused,
+        };
         match verdict {
             Err(refusal) => {
                 tracing::warn!(group = %hello.group, from = %hello.from_node, cert = %caller, reason = %refusal.reason, "refusing sender");
@@ -383,12 +419,17 @@ impl Replication for ReplicationService {
                         epoch: fence.0,
                     })))
                     .await;
+                let state = StreamState {
+                    jumps: crate::lineage::jumps(&hello_lineage(&hello)),
+                    ..StreamState::default()
+                };
                 tokio::spawn(run_stream(
                     group,
                     inbound,
                     tx,
                     self.closed.subscribe(),
                     self.gate.views.clone(),
+                    state,
                 ));
             }
         }

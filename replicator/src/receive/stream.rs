@@ -50,16 +50,17 @@ fn frame_above_bound(views: &Views, group: &str, frames: &[Vec<u8>]) -> Option<S
     })
 }
 
-/// Runs one Ship stream after its Welcome; with `views`, every frame's epoch is bounded by the
-/// group's current view (see [`frame_above_bound`]).
+/// Runs one Ship stream after its Welcome from `state` (the seq jumps its `Hello` announced);
+/// with `views`, every frame's epoch is bounded by the group's current view (see
+/// [`frame_above_bound`]).
 pub(super) async fn run_stream(
     group: Arc<ReplicaGroup>,
     mut inbound: Streaming<ShipRequest>,
     tx: mpsc::Sender<Result<ShipResponse, Status>>,
     mut closed: watch::Receiver<bool>,
     views: Option<Views>,
+    mut state: StreamState,
 ) {
-    let mut state = StreamState::default();
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,

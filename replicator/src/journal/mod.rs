@@ -4,15 +4,27 @@
 //! (`00000000000000000001.seg`), each a plain concatenation of frames exactly as they go on
 //! the wire (compress once). Frames are self-checking, so opening a journal scans every
 //! segment: a torn tail of the last segment is truncated (and logged), anything else that
-//! fails its checks is [`ReplicatorError::CorruptJournal`]. Small metadata (epoch, next seq,
-//! trimmed-through seq) lives in `journal.meta` (see [`crate::meta`]).
+//! fails its checks is [`ReplicatorError::CorruptJournal`]. Small metadata lives in
+//! `journal.meta` (see [`crate::meta`] and [`JournalMeta`]): epoch, trimmed-through seq, the
+//! seqs reserved so far, the current generation and the generation starts of its history.
+//!
+//! Seqs are never handed out twice, even when the journal loses frames it had made durable:
+//! appends past the reservation first persist a new one ([`RESERVE_SEQS`] more, one metadata
+//! write per range), and an open continues after the reservation, not after the last frame it
+//! found. Each open also starts a new generation (see [`crate::lineage`]), persisted before
+//! the journal writes anything: the seqs between the last frame kept and the reservation's end
+//! are a gap that the generation start announces. A gap between segments is accepted on
+//! reopen only where a generation start (or the trim point) explains it.
 //!
 //! All methods do blocking I/O: call them from a dedicated thread or `spawn_blocking`.
 //! [`Journal::append`] must be called by one writer only (the pipeline's group-commit thread);
 //! reads and trims may come from any thread.
 
+pub use self::meta::JournalMeta;
+use self::meta::{new_generation_id, prune_starts};
 use crate::error::{ReplicatorError, Result};
-use crate::meta::{read_meta, sync_dir, write_meta};
+use crate::lineage::GenerationStart;
+use crate::meta::{read_meta_any, sync_dir, write_meta};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,6 +42,13 @@ pub const JOURNAL_META_MAGIC: [u8; 4] = *b"TNDJ";
 /// Name of the journal metadata file inside the journal directory.
 pub const JOURNAL_META_FILE: &str = "journal.meta";
 const SEGMENT_EXT: &str = "seg";
+
+mod meta;
+/// Seqs reserved by one metadata write: an append past the reservation persists this many more
+/// before it writes.
+pub const RESERVE_SEQS: u64 = 65536;
+/// Most generation starts kept in the metadata (the oldest are dropped beyond it).
+pub const MAX_GENERATION_STARTS: usize = 64;
 
 /// Where one journaled frame is and what it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +91,13 @@ struct State {
     index: VecDeque<FrameEntry>,
     segments: BTreeMap<u64, Segment>,
     next_seq: Seq,
+    /// Highest seq durable in the journal (or trimmed): what an open found, then appends.
+    last_seq: Seq,
     epoch: Epoch,
     trimmed_through: Seq,
+    reserved_through: Seq,
+    generation: u64,
+    starts: Vec<GenerationStart>,
     pending_bytes: u64,
 }
 
@@ -206,16 +230,53 @@ impl Journal {
     /// # Errors
     /// [`ReplicatorError::Io`].
     pub fn init(dir: &Path, epoch: Epoch, first_seq: Seq) -> Result<()> {
+        let start = Seq(first_seq.0.max(1) - 1);
+        Journal::init_with(
+            dir,
+            &JournalMeta {
+                epoch,
+                trimmed_through: start,
+                reserved_through: start,
+                generation: 0,
+                starts: Vec::new(),
+            },
+        )
+    }
+
+    /// Prepares a NEW journal in `dir` for `epoch` that continues the history of `older` (the
+    /// same primary's journal of an older epoch, whose frames are on the images): it starts
+    /// trimmed through the last seq `older` holds, after its reservation, with its lineage,
+    /// so a replica at that seq continues without a resync and no seq is handed out twice.
+    /// Does nothing when `dir` already holds a journal.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`].
+    pub fn init_continuing(dir: &Path, epoch: Epoch, older: &Journal) -> Result<()> {
+        let st = older.state();
+        Journal::init_with(
+            dir,
+            &JournalMeta {
+                epoch,
+                trimmed_through: st.last_seq,
+                reserved_through: st.reserved_through.max(st.last_seq),
+                generation: st.generation,
+                starts: st.starts.clone(),
+            },
+        )
+    }
+
+    fn init_with(dir: &Path, meta: &JournalMeta) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(JOURNAL_META_FILE);
         if meta_path.exists() {
             return Ok(());
         }
-        let start = first_seq.0.max(1);
-        write_meta(&meta_path, JOURNAL_META_MAGIC, &[epoch.0, start, start - 1])
+        write_meta(&meta_path, JOURNAL_META_MAGIC, &meta.encode())
     }
 
-    /// Opens (or creates) the journal of `group` in `dir`, scanning every segment.
+    /// Opens (or creates) the journal of `group` in `dir`, scanning every segment, and starts
+    /// a new generation: persisted before this returns (so before any write), its seqs
+    /// starting after the stored reservation.
     ///
     /// `epoch` is used when the journal is new; an existing journal keeps its stored epoch
     /// unless `epoch` is newer. A torn tail of the last segment is truncated and logged.
@@ -226,14 +287,23 @@ impl Journal {
     pub fn open(dir: &Path, group: GroupId, epoch: Epoch, segment_bytes: u64) -> Result<Journal> {
         std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
         let meta_path = dir.join(JOURNAL_META_FILE);
-        let (mut stored_epoch, meta_next, trimmed) =
-            match read_meta(&meta_path, JOURNAL_META_MAGIC, 3)? {
-                Some(v) => (Epoch(v[0]), Seq(v[1]), Seq(v[2])),
-                None => (epoch, Seq(1), Seq(0)),
-            };
-        if epoch > stored_epoch {
-            stored_epoch = epoch;
+        let mut meta = match read_meta_any(&meta_path, JOURNAL_META_MAGIC)? {
+            Some(v) => JournalMeta::decode(&v).map_err(|reason| ReplicatorError::BadMetadata {
+                path: meta_path.clone(),
+                reason,
+            })?,
+            None => JournalMeta {
+                epoch,
+                trimmed_through: Seq(0),
+                reserved_through: Seq(0),
+                generation: 0,
+                starts: Vec::new(),
+            },
+        };
+        if epoch > meta.epoch {
+            meta.epoch = epoch;
         }
+        let trimmed = meta.trimmed_through;
         let mut keys = Vec::new();
         for ent in std::fs::read_dir(dir).map_err(|e| ReplicatorError::io("read dir", dir, e))? {
             let ent = ent.map_err(|e| ReplicatorError::io("read dir", dir, e))?;
@@ -254,6 +324,13 @@ impl Journal {
         for (i, key) in keys.iter().copied().enumerate() {
             let path = segment_path(dir, key);
             let bytes = std::fs::read(&path).map_err(|e| ReplicatorError::io("read", &path, e))?;
+            // A segment may start past the seq after the previous one where a generation
+            // start (or the trim point) explains the gap.
+            if expect.is_some_and(|e| key > e.0)
+                && (key <= trimmed.0 + 1 || meta.starts.iter().any(|s| s.first.0 == key))
+            {
+                expect = Some(Seq(key));
+            }
             let scan = scan_segment(&bytes, key, group, expect, &mut decoder);
             let is_last = i + 1 == keys.len();
             if let Some((offset, reason, reaches_eof)) = scan.bad {
@@ -302,22 +379,48 @@ impl Journal {
                 },
             );
         }
-        let next_seq = meta_next.max(last_seq.next()).max(trimmed.next());
+        let last_seq = last_seq.max(trimmed);
+        let reserved = meta.reserved_through.max(last_seq);
+        let generation = new_generation_id(dir, meta.generation);
+        let mut starts = meta.starts;
+        starts.push(GenerationStart {
+            generation,
+            first: reserved.next(),
+            after: last_seq,
+        });
+        prune_starts(&mut starts, trimmed);
+        if reserved.0 > last_seq.0 {
+            tracing::info!(
+                journal = %dir.display(),
+                last = %last_seq,
+                first = %reserved.next(),
+                generation = format!("{generation:016x}"),
+                "journal: new generation continues after the reservation; seqs {}..={reserved} are never handed out",
+                last_seq.0 + 1
+            );
+        }
         let pending_bytes = index.iter().map(|e| u64::from(e.len)).sum();
-        Ok(Journal {
+        let journal = Journal {
             dir: dir.to_owned(),
             group,
             segment_bytes: segment_bytes.max(HEADER_LEN as u64),
             state: Mutex::new(State {
                 index,
                 segments,
-                next_seq,
-                epoch: stored_epoch,
+                next_seq: reserved.next(),
+                last_seq,
+                epoch: meta.epoch,
                 trimmed_through: trimmed,
+                reserved_through: reserved,
+                generation,
+                starts,
                 pending_bytes,
             }),
             writer: Mutex::new(Writer::default()),
-        })
+        };
+        // The generation is durable before anything is written under it.
+        journal.persist_meta(&journal.state())?;
+        Ok(journal)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -329,9 +432,31 @@ impl Journal {
         self.group
     }
 
-    /// The seq the next change will get.
+    /// The seq the next change will get (after an open: past the stored reservation, so
+    /// possibly well after [`Self::last_seq`]).
     pub fn next_seq(&self) -> Seq {
         self.state().next_seq
+    }
+
+    /// The highest seq durable in the journal (or trimmed): the end of its history.
+    pub fn last_seq(&self) -> Seq {
+        self.state().last_seq
+    }
+
+    /// Highest seq reserved durably: no seq at or below it is handed out by a later open.
+    pub fn reserved_through(&self) -> Seq {
+        self.state().reserved_through
+    }
+
+    /// The generation of this open (persisted before anything was written under it).
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// The generation starts of the journal's history, oldest first; the last is
+    /// [`Self::generation`]'s (sent in `Hello`, see [`crate::lineage`]).
+    pub fn lineage(&self) -> Vec<GenerationStart> {
+        self.state().starts.clone()
     }
 
     /// The epoch stored in the journal.
@@ -370,15 +495,39 @@ impl Journal {
     }
 
     fn persist_meta(&self, st: &State) -> Result<()> {
+        let meta = JournalMeta {
+            epoch: st.epoch,
+            trimmed_through: st.trimmed_through,
+            reserved_through: st.reserved_through,
+            generation: st.generation,
+            starts: st.starts.clone(),
+        };
         write_meta(
             &self.dir.join(JOURNAL_META_FILE),
             JOURNAL_META_MAGIC,
-            &[st.epoch.0, st.next_seq.0, st.trimmed_through.0],
+            &meta.encode(),
         )
     }
 
-    /// Appends frames durably (group commit): writes them all, one fdatasync, then publishes
-    /// them to readers. Only one thread may call this.
+    /// Makes sure seqs through `last` are reserved durably before a frame carrying them is
+    /// written: past the reservation, persists [`RESERVE_SEQS`] more (one metadata write).
+    fn reserve_through(&self, last: Seq) -> Result<()> {
+        let mut st = self.state();
+        if last <= st.reserved_through {
+            return Ok(());
+        }
+        let before = st.reserved_through;
+        st.reserved_through = Seq(last.0.saturating_add(RESERVE_SEQS));
+        if let Err(e) = self.persist_meta(&st) {
+            st.reserved_through = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Appends frames durably (group commit): reserves their seqs durably if they are past
+    /// the reservation, writes them all, one fdatasync, then publishes them to readers. Only
+    /// one thread may call this.
     ///
     /// # Errors
     /// [`ReplicatorError::InvalidSubmission`] if the seqs do not continue the journal;
@@ -386,7 +535,6 @@ impl Journal {
     pub fn append(&self, frames: &[NewFrame]) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut expect = self.next_seq();
-        let mut entries = Vec::with_capacity(frames.len());
         for f in frames {
             if f.first_seq != expect || f.last_seq < f.first_seq {
                 return Err(ReplicatorError::InvalidSubmission(format!(
@@ -395,6 +543,10 @@ impl Journal {
                 )));
             }
             expect = f.last_seq.next();
+        }
+        self.reserve_through(Seq(expect.0 - 1))?;
+        let mut entries = Vec::with_capacity(frames.len());
+        for f in frames {
             let len = f.bytes.len() as u64;
             let rotate = match &w.current {
                 Some((_, _, cur)) => *cur > 0 && cur + len > self.segment_bytes,
@@ -510,7 +662,10 @@ impl Journal {
             st.pending_bytes += u64::from(e.len);
             st.index.push_back(e);
         }
-        st.next_seq = expect;
+        if !frames.is_empty() {
+            st.next_seq = expect;
+            st.last_seq = Seq(expect.0 - 1);
+        }
         Ok(())
     }
 
@@ -564,6 +719,7 @@ impl Journal {
             }
         }
         st.trimmed_through = seq;
+        prune_starts(&mut st.starts, seq);
         let keys: Vec<u64> = st.segments.keys().copied().collect();
         let doomed: Vec<u64> = keys
             .windows(2)
@@ -594,216 +750,4 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tandem_core::frame::{Change, Encoder, FrameMeta};
-
-    const G: &str = "g";
-
-    fn frame(enc: &mut Encoder, first: u64, n: u64, fill: u8) -> NewFrame {
-        let changes: Vec<Change> = (0..n)
-            .map(|i| Change::write("vol", i * 4096, vec![fill; 4096], 1_000 + i as i64))
-            .collect();
-        let bytes = enc
-            .encode(
-                FrameMeta {
-                    group: GroupId::from_name(G),
-                    epoch: Epoch(1),
-                    first_seq: Seq(first),
-                },
-                &changes,
-            )
-            .unwrap();
-        NewFrame {
-            bytes,
-            first_seq: Seq(first),
-            last_seq: Seq(first + n - 1),
-            oldest_capture_ms: 1_000,
-        }
-    }
-
-    fn open(dir: &Path, seg: u64) -> Result<Journal> {
-        Journal::open(dir, GroupId::from_name(G), Epoch(1), seg)
-    }
-
-    fn write_frames(j: &Journal, count: u64) -> Vec<NewFrame> {
-        let mut enc = Encoder::new(1).unwrap();
-        let mut out = Vec::new();
-        for i in 0..count {
-            let f = frame(&mut enc, j.next_seq().0, 2, i as u8);
-            j.append(std::slice::from_ref(&f)).unwrap();
-            out.push(f);
-        }
-        out
-    }
-
-    #[test]
-    fn journal_golden_layout_is_concatenated_frames_in_seq_named_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        let frames = write_frames(&j, 3);
-        let seg = dir.path().join("00000000000000000001.seg");
-        let on_disk = std::fs::read(&seg).unwrap();
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.bytes.clone()).collect();
-        assert_eq!(on_disk, expected);
-        assert_eq!(&on_disk[..4], b"TNDF");
-        assert_eq!(j.next_seq(), Seq(7));
-        assert_eq!(j.pending_bytes(), expected.len() as u64);
-        let got = j.frames_from(Seq(3), usize::MAX).unwrap();
-        assert_eq!(got.len(), 2, "frames from seq 3 start at the second frame");
-        assert_eq!(got[0].1, frames[1].bytes);
-        assert_eq!(got[0].0.first_seq, Seq(3));
-    }
-
-    #[test]
-    fn journal_rotates_segments_by_size_and_reopens_with_same_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), 1).unwrap();
-        write_frames(&j, 4);
-        assert_eq!(
-            j.segment_paths().len(),
-            4,
-            "a tiny segment size rotates per frame"
-        );
-        let before = j.entries();
-        drop(j);
-        let j = open(dir.path(), 1).unwrap();
-        assert_eq!(j.entries(), before);
-        assert_eq!(j.next_seq(), Seq(9));
-        write_frames(&j, 1);
-        assert_eq!(j.next_seq(), Seq(11));
-    }
-
-    #[test]
-    fn journal_truncates_torn_tail_on_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        let frames = write_frames(&j, 3);
-        drop(j);
-        let seg = dir.path().join("00000000000000000001.seg");
-        let full = std::fs::read(&seg).unwrap();
-        let cut = full.len() - frames[2].bytes.len() / 2;
-        std::fs::write(&seg, &full[..cut]).unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(5), "the torn third frame is gone");
-        assert_eq!(j.entries().len(), 2);
-        let keep = frames[0].bytes.len() + frames[1].bytes.len();
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), keep as u64);
-        // Appending after the truncation continues cleanly and survives another reopen.
-        write_frames(&j, 1);
-        drop(j);
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(7));
-    }
-
-    #[test]
-    fn journal_truncates_zero_filled_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        write_frames(&j, 2);
-        drop(j);
-        let seg = dir.path().join("00000000000000000001.seg");
-        let mut b = std::fs::read(&seg).unwrap();
-        let len = b.len();
-        b.resize(len + 8192, 0);
-        std::fs::write(&seg, &b).unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        assert_eq!(j.next_seq(), Seq(5));
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64);
-    }
-
-    #[test]
-    fn journal_refuses_corrupt_middle_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        let frames = write_frames(&j, 4);
-        drop(j);
-        let seg = dir.path().join("00000000000000000001.seg");
-        let mut b = std::fs::read(&seg).unwrap();
-        let second = frames[0].bytes.len();
-        b[second + HEADER_LEN + 10] ^= 0xff; // payload byte of frame 2
-        std::fs::write(&seg, &b).unwrap();
-        match open(dir.path(), DEFAULT_SEGMENT_BYTES) {
-            Err(ReplicatorError::CorruptJournal { offset, .. }) => {
-                assert_eq!(offset, second as u64)
-            }
-            other => panic!("expected CorruptJournal, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn journal_trim_drops_acked_frames_and_whole_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), 1).unwrap();
-        write_frames(&j, 5); // seqs 1..=10, one frame per segment
-        assert_eq!(j.segment_paths().len(), 5);
-        j.trim_through(Seq(6)).unwrap();
-        assert_eq!(j.entries().first().map(|e| e.first_seq), Some(Seq(7)));
-        assert_eq!(j.segment_paths().len(), 2, "segments 1, 3, 5 removed");
-        assert!(!dir.path().join("00000000000000000001.seg").exists());
-        assert!(j.frames_from(Seq(1), usize::MAX).unwrap()[0].0.first_seq == Seq(7));
-        j.trim_through(Seq(10)).unwrap();
-        assert_eq!(j.pending_bytes(), 0);
-        assert_eq!(
-            j.segment_paths().len(),
-            1,
-            "the segment being written stays"
-        );
-        drop(j);
-        let j = open(dir.path(), 1).unwrap();
-        assert_eq!(j.trimmed_through(), Seq(10));
-        assert_eq!(j.next_seq(), Seq(11));
-        assert!(j.entries().is_empty(), "acked frames are not served again");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn scan_keeps_exactly_the_whole_frames_before_any_cut(n in 1u64..6, cut_back in 0usize..3000) {
-            let mut enc = Encoder::new(1).unwrap();
-            let mut bytes = Vec::new();
-            let mut ends = vec![0usize];
-            for i in 0..n {
-                bytes.extend(frame(&mut enc, 1 + 2 * i, 2, i as u8).bytes);
-                ends.push(bytes.len());
-            }
-            let cut = bytes.len().saturating_sub(cut_back);
-            let mut dec = Decoder::new().unwrap();
-            let scan = scan_segment(&bytes[..cut], 1, GroupId::from_name(G), None, &mut dec);
-            let whole = ends.iter().filter(|e| **e <= cut).count() - 1;
-            proptest::prop_assert_eq!(scan.frames.len(), whole);
-            proptest::prop_assert_eq!(scan.valid_len as usize, ends[whole]);
-            match scan.bad {
-                None => proptest::prop_assert_eq!(cut, ends[whole]),
-                Some((_, _, reaches_eof)) => proptest::prop_assert!(reaches_eof, "a cut is a torn tail"),
-            }
-        }
-
-        #[test]
-        fn scan_reports_any_flipped_byte_before_the_last_frame_as_corruption(at in 0usize..1000) {
-            let mut enc = Encoder::new(1).unwrap();
-            let a = frame(&mut enc, 1, 2, 1).bytes;
-            let b = frame(&mut enc, 3, 2, 2).bytes;
-            let pos = at % a.len();
-            let mut bytes = [a.clone(), b].concat();
-            bytes[pos] ^= 0x01;
-            let mut dec = Decoder::new().unwrap();
-            let scan = scan_segment(&bytes, 1, GroupId::from_name(G), None, &mut dec);
-            let (offset, _, reaches_eof) = scan.bad.expect("flip detected");
-            proptest::prop_assert_eq!(offset, 0);
-            proptest::prop_assert!(!reaches_eof, "a bad frame followed by data is not a torn tail");
-            proptest::prop_assert!(scan.frames.is_empty());
-        }
-    }
-
-    #[test]
-    fn journal_refuses_out_of_order_append() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        let mut enc = Encoder::new(1).unwrap();
-        let f = frame(&mut enc, 5, 1, 0);
-        assert!(matches!(
-            j.append(&[f]),
-            Err(ReplicatorError::InvalidSubmission(_))
-        ));
-    }
-}
+mod tests;
