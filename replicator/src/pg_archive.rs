@@ -44,7 +44,7 @@ impl WalArchive {
     /// # Errors
     /// [`ReplicatorError::Io`] naming the folder.
     pub fn open(resource: &str, dir: &Path) -> Result<WalArchive> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let rd = std::fs::read_dir(dir).map_err(|e| ReplicatorError::io("read dir", dir, e))?;
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {

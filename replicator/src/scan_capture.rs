@@ -107,7 +107,7 @@ pub fn tree_path(data_dir: &Path, group: &str, resource: &str) -> PathBuf {
 
 fn write_tree(path: &Path, epoch: Epoch, tree: &MerkleTree) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let bytes = encode_tree(epoch, tree);

@@ -230,6 +230,7 @@ impl FileVolume {
     /// # Errors
     /// `Open` when the file cannot be created, extended, or is longer than `size`.
     pub fn create(path: &Path, size: u64) -> Result<Self, VolumeError> {
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -252,6 +253,16 @@ impl FileVolume {
                 .map_err(|e| open_error(path, format!("extend to {size} bytes: {e}")))?;
             file.sync_all()
                 .map_err(|e| open_error(path, format!("sync after extend: {e}")))?;
+        }
+        if !existed {
+            // A new image's name must survive a power loss too.
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| open_error(path, format!("fsync of its folder: {e}")))?;
         }
         Ok(Self::from_file(file, path, size, false))
     }

@@ -105,6 +105,7 @@ impl ReplicaGroup {
         let (watermark, fence) = (Seq(v[0]), Epoch(v[1]));
         let mut res = HashMap::new();
         for (rname, path) in resources {
+            let existed = path.exists();
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -112,6 +113,12 @@ impl ReplicaGroup {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| ReplicatorError::io("open", &path, e))?;
+            if !existed {
+                // A new copy's name must survive a power loss too.
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    crate::meta::sync_dir(parent)?;
+                }
+            }
             let sqlite = sqlite.contains(&rname);
             let size = if sqlite {
                 None

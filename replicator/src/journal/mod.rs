@@ -266,7 +266,7 @@ impl Journal {
     }
 
     fn init_with(dir: &Path, meta: &JournalMeta) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let meta_path = dir.join(JOURNAL_META_FILE);
         if meta_path.exists() {
             return Ok(());
@@ -285,7 +285,7 @@ impl Journal {
     /// [`ReplicatorError::CorruptJournal`] for a bad frame that is not a torn tail,
     /// [`ReplicatorError::BadMetadata`], or [`ReplicatorError::Io`].
     pub fn open(dir: &Path, group: GroupId, epoch: Epoch, segment_bytes: u64) -> Result<Journal> {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
         let meta_path = dir.join(JOURNAL_META_FILE);
         let mut meta = match read_meta_any(&meta_path, JOURNAL_META_MAGIC)? {
             Some(v) => JournalMeta::decode(&v).map_err(|reason| ReplicatorError::BadMetadata {

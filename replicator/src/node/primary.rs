@@ -243,7 +243,7 @@ fn start_sqlite(
             let (pipeline, stop, res) = (pipeline.clone(), stop_rx.clone(), r.name.clone());
             tokio::spawn(async move {
                 if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
+                    let _ = crate::durable_dir::create_dir_durable(dir);
                 }
                 let (res2, path2) = (res.clone(), path.clone());
                 let opened = tokio::task::spawn_blocking(move || {

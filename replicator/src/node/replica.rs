@@ -16,7 +16,7 @@ pub(super) fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
     let paths = replica_paths(rt, g);
     for p in paths.values() {
         if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+            crate::durable_dir::create_dir_durable(dir)?;
         }
     }
     let archives = g

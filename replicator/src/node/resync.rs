@@ -39,7 +39,7 @@ pub(super) fn start_resync(
         )));
     };
     let rdir = replica_dir(rt, &g.cfg.name);
-    std::fs::create_dir_all(&rdir).map_err(|e| ReplicatorError::io("create dir", &rdir, e))?;
+    crate::durable_dir::create_dir_durable(&rdir)?;
     let now_ms = SystemClock::new().now_ms().max(0) as u64;
     crate::meta::write_meta(&rdir.join(RESYNC_MARKER), *b"RSYN", &[now_ms])?;
     info!(group = %g.cfg.name, %why, "resync starting");
@@ -454,8 +454,7 @@ fn quarantine_sqlite(rt: &NodeRt, g: &Group, epoch: Epoch) -> Result<Vec<PathBuf
                 .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         });
         if len > 0 && !done {
-            std::fs::create_dir_all(&qdir)
-                .map_err(|e| ReplicatorError::io("create dir", &qdir, e))?;
+            crate::durable_dir::create_dir_durable(&qdir)?;
             let now_ms = SystemClock::new().now_ms().max(0);
             let out = qdir.join(format!("{prefix}{now_ms}.db"));
             // A consistent copy through SQLite (WAL content included); a raw copy of the

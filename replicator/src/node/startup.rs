@@ -44,8 +44,7 @@ pub async fn run(
             ReplicatorError::Task(format!("{name} is not a replicator of the topology"))
         })?;
     let data_dir = topo.node_data_dir(&node);
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| ReplicatorError::io("create dir", &data_dir, e))?;
+    crate::durable_dir::create_dir_durable(&data_dir)?;
     let site = node.site.clone();
     let net = Net::for_node(&topo, &name).map_err(|e| ReplicatorError::Task(e.to_string()))?;
     net.spawn_reloader();
@@ -190,7 +189,7 @@ fn open_volume(
     cell: &Arc<RoleCell>,
 ) -> Result<GroupVolume> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ReplicatorError::io("create dir", dir, e))?;
+        crate::durable_dir::create_dir_durable(dir)?;
     }
     let file = FileVolume::create(path, size)
         .map_err(|e| ReplicatorError::Task(format!("opening volume {}: {e}", path.display())))?;
