@@ -6,9 +6,9 @@ pub enum StorageError {
     /// sled failed (I/O, corruption detected by sled, lock held by another process).
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
-    /// A folder of the store could not be fsynced (its new entries would not survive a
-    /// power loss).
-    #[error("fsync of folder {path}: {source}")]
+    /// A file or folder of the store could not be fsynced (what sled wrote would not
+    /// survive a power loss).
+    #[error("fsync of {path}: {source}")]
     SyncDir {
         /// The folder.
         path: std::path::PathBuf,
