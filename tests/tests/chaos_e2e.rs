@@ -47,36 +47,16 @@ fn chaos_run(files: &[std::path::PathBuf]) -> (bool, String, Vec<serde_json::Val
     )
 }
 
-/// Every scenario must pass. On this shared 2-core machine a scenario fails now and then for
-/// timing reasons (listed in docs/chaos.md); a failed scenario is run once more on its own
-/// and must pass then. The first failure is printed, so it stays visible in the test log.
+/// Every scenario must pass, the first time: a scenario that fails now and then is a defect
+/// (a group that does not come back protected, a process that outlives its scenario), not
+/// noise to run again. `bench/chaos-repeat.sh` runs scenarios many times in a row.
 #[test]
 fn every_scenario_keeps_the_promises() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let files = scenarios();
     let (ok, stdout, rows) = chaos_run(&files);
     assert_eq!(rows.len(), files.len(), "{stdout}");
-    if ok {
-        return;
-    }
-    let failed: Vec<std::path::PathBuf> = rows
-        .iter()
-        .filter(|r| r["verdict"] != "PASS")
-        .filter_map(|r| {
-            let name = r["scenario"].as_str()?;
-            files
-                .iter()
-                .find(|f| f.file_stem().is_some_and(|s| s == name))
-                .cloned()
-        })
-        .collect();
-    eprintln!("first run failed, running {failed:?} once more:\n{stdout}");
-    assert!(!failed.is_empty(), "{stdout}");
-    let (ok2, stdout2, _) = chaos_run(&failed);
-    assert!(
-        ok2,
-        "failed twice:\n{stdout}\n--- second run ---\n{stdout2}"
-    );
+    assert!(ok, "{stdout}");
 }
 
 #[test]
