@@ -6,8 +6,8 @@
 #
 # Each scenario is run N times in a row, one `tandem chaos run` per run, in
 # OUT/SCENARIO/NN (default OUT: a temp folder; set CHAOS_REPEAT_OUT to keep it elsewhere).
-# The folder of a passing run is deleted; a failing run's folder (topology, node logs in
-# run/, history.jsonl, report.json) is kept and named. Prints one line per run with its
+# The folder of a passing run is deleted (kept with CHAOS_REPEAT_KEEP=1); a failing run's
+# folder (topology, node logs in run/, history.jsonl, report.json) is kept and named. Prints one line per run with its
 # time and the load average, then a summary; exits 1 at the first failure.
 #
 # TANDEM: the tandem binary (default target/release/tandem under CARGO_TARGET_DIR or ./target).
@@ -50,7 +50,9 @@ for scenario in "$@"; do
             echo "$name: FAILED at run $i after $((i - 1)) passes in a row; kept: $dir"
             exit 1
         fi
-        rm -rf "$dir"
+        if [ "${CHAOS_REPEAT_KEEP:-0}" != 1 ]; then
+            rm -rf "$dir"
+        fi
     done
     echo "$name: $n/$n passed in a row"
 done

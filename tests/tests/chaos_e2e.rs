@@ -32,6 +32,7 @@ fn chaos_run(files: &[std::path::PathBuf]) -> (bool, String, Vec<serde_json::Val
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_no_process_outlives(out_dir.path());
     let report: serde_json::Value = std::fs::read(out_dir.path().join("report.json"))
         .map(|b| serde_json::from_slice(&b).unwrap())
         .unwrap_or_else(|_| {
@@ -45,6 +46,30 @@ fn chaos_run(files: &[std::path::PathBuf]) -> (bool, String, Vec<serde_json::Val
         stdout,
         report.as_array().cloned().unwrap_or_default(),
     )
+}
+
+/// Every process a scenario started (its command line names a file under `dir`) has ended
+/// by the time `tandem chaos run` returns, whatever the verdict.
+fn assert_no_process_outlives(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.parse::<u32>().is_ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) && !cmd.contains("chaos run") {
+            left.push(format!("{pid}: {cmd}"));
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "processes outlived their scenario: {left:#?}"
+    );
 }
 
 /// Every scenario must pass, the first time: a scenario that fails now and then is a defect
@@ -75,6 +100,7 @@ fn a_replicator_that_ignores_its_lease_is_caught() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_no_process_outlives(out_dir.path());
     assert!(!out.status.success(), "the broken build passed:\n{stdout}");
     // Caught either by the fencing check or because the cluster cannot recover from the split
     // brain the broken replicator causes.

@@ -111,6 +111,27 @@ fn record_started(dir: &Path, pid: i32) {
         .push(pid);
 }
 
+/// Whether `pid` is a child of this process not reaped yet (running or a zombie); reaps
+/// nothing.
+fn our_child(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: `info` is a zeroed siginfo_t that waitid(2) may fill; WNOWAIT leaves a zombie
+    // as it is. It fails with ECHILD for a pid that is not our child (or was reaped).
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    rc == 0
+}
+
 /// Whether `pid` is a child of this process that has not exited (reaping it if it has).
 /// A pid that is not our child (never was, or already reaped and maybe reused) is not.
 fn running_child(pid: i32) -> bool {
@@ -126,28 +147,25 @@ fn running_child(pid: i32) -> bool {
 }
 
 /// Kills (SIGKILL) the process group of every process started for `dir` by this process that
-/// still runs, whether or not a pid file still names it, and reaps them (up to 5 s); forgets
-/// them. Returns the pids that were still running. What a scenario's end does, however it
-/// ends.
+/// still exists, whether or not a pid file still names it, and reaps them (up to 5 s); forgets
+/// them. Returns the pids whose group was killed. What a scenario's end does, however it ends.
 pub fn kill_started(dir: &Path) -> Vec<i32> {
     let pids = STARTED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(dir)
         .unwrap_or_default();
-    let running: Vec<i32> = pids.into_iter().filter(|p| running_child(*p)).collect();
-    for pid in &running {
-        // The whole group: the node and anything it started. Its pgid is its pid (it was
-        // started with `process_group(0)`) and, being our unreaped child, it cannot be reused.
-        // SAFETY: kill(2) has no memory-safety preconditions; -pid targets that one group.
-        #[allow(unsafe_code)]
-        let _ = unsafe { libc::kill(-*pid, libc::SIGKILL) };
-    }
+    // Only our children not reaped yet (running, or zombies): a pid reaped before may name
+    // another process by now.
+    let killed: Vec<i32> = pids
+        .into_iter()
+        .filter(|p| our_child(*p) && signal_group(*p, libc::SIGKILL).unwrap_or(false))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while running.iter().any(|p| running_child(*p)) && Instant::now() < deadline {
+    while killed.iter().any(|p| running_child(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    running
+    killed
 }
 
 /// Reads the pid recorded for `name` in `dir`.
@@ -187,6 +205,30 @@ pub fn signal(pid: i32, sig: i32) -> Result<bool> {
     // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 targets one process.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(pid, sig) };
+    kill_result(rc, pid)
+}
+
+/// Sends `sig` to the process group `pid` leads (a node started here and whatever it
+/// started), or to `pid` alone when it leads none; Ok(false) if it does not exist. The group
+/// is signalled only while `pid` exists (a zombie counts) and leads it, so its id cannot name
+/// another group.
+pub fn signal_group(pid: i32, sig: i32) -> Result<bool> {
+    if pid <= 0 {
+        bail!("refusing to signal pid {pid}");
+    }
+    // SAFETY: getpgid(2) has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    let pgid = unsafe { libc::getpgid(pid) };
+    if pgid != pid {
+        return signal(pid, sig);
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; -pid targets the group pid leads.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(-pid, sig) };
+    kill_result(rc, pid)
+}
+
+fn kill_result(rc: i32, pid: i32) -> Result<bool> {
     if rc == 0 {
         Ok(true)
     } else {
@@ -221,7 +263,7 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
     let nodes = pids_in(dir)?;
     let mut running = Vec::new();
     for (_, pid) in &nodes {
-        if signal(*pid, libc::SIGTERM)? {
+        if signal_group(*pid, libc::SIGTERM)? {
             running.push(*pid);
         }
     }
@@ -230,7 +272,7 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
         std::thread::sleep(Duration::from_millis(20));
     }
     for pid in running.iter().filter(|p| alive(**p)) {
-        signal(*pid, libc::SIGKILL)?;
+        signal_group(*pid, libc::SIGKILL)?;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
@@ -447,7 +489,10 @@ mod tests {
         assert!(scenario_that_fails(&dir, &mut pids).is_err());
         std::thread::sleep(Duration::from_millis(100));
         for p in &pids {
-            assert!(group_members(*p).len() >= 2, "pid {p}: a shell and its children");
+            assert!(
+                group_members(*p).len() >= 2,
+                "pid {p}: a shell and its children"
+            );
         }
         stop_all(&dir).unwrap();
         for p in &pids {
