@@ -148,7 +148,8 @@ fn running_child(pid: i32) -> bool {
 
 /// Kills (SIGKILL) the process group of every process started for `dir` by this process that
 /// still exists, whether or not a pid file still names it, and reaps them (up to 5 s); forgets
-/// them. Returns the pids whose group was killed. What a scenario's end does, however it ends.
+/// them and removes the pid files that named them. Returns the pids whose group was killed.
+/// What a scenario's end does, however it ends.
 pub fn kill_started(dir: &Path) -> Vec<i32> {
     let pids = STARTED
         .lock()
@@ -158,12 +159,19 @@ pub fn kill_started(dir: &Path) -> Vec<i32> {
     // Only our children not reaped yet (running, or zombies): a pid reaped before may name
     // another process by now.
     let killed: Vec<i32> = pids
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|p| our_child(*p) && signal_group(*p, libc::SIGKILL).unwrap_or(false))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while killed.iter().any(|p| running_child(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+    }
+    // Their pid files name pids that are free now: nobody may signal them later.
+    for (name, pid) in pids_in(dir).unwrap_or_default() {
+        if pids.contains(&pid) && !our_child(pid) {
+            let _ = fs::remove_file(pid_file(dir, &name));
+        }
     }
     killed
 }
@@ -517,7 +525,8 @@ mod tests {
         for p in &pids {
             assert!(group_members(*p).is_empty(), "group {p} survived");
         }
-        // Forgotten once killed, and nothing else is touched.
+        // Forgotten once killed, their pid files gone, and nothing else is touched.
+        assert!(pids_in(&dir).unwrap().is_empty());
         assert!(kill_started(&dir).is_empty());
     }
 }
