@@ -22,6 +22,39 @@ use crate::scenario::ClockSkew;
 /// How long one coordinator may take to answer a status call of the runner.
 const STATUS_WAIT: Duration = Duration::from_millis(700);
 
+/// The end of a scenario, however it ends (verdict, error, early return, panic): every
+/// process started for it is killed with its process group and reaped, so none outlives it.
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let left = proc::kill_started(&self.run_dir);
+        if !left.is_empty() {
+            tracing::debug!(run_dir = %self.run_dir.display(), pids = ?left, "killed at the end of the scenario");
+        }
+    }
+}
+
+/// What a timed-out wait last saw of the group: its state and why, roles, seqs, RPO, lease.
+fn last_seen(st: &ClusterStatus) -> String {
+    match group(st) {
+        Some(g) => format!(
+            "group {} {:?} (reason {:?}), primary {} replica {} epoch {}, captured {} durable {} rpo {} ms, lease {}",
+            g.name,
+            g.state,
+            g.reason,
+            g.primary,
+            g.replica,
+            g.epoch,
+            g.last_captured_seq,
+            g.durable_seq,
+            g.rpo_ms,
+            g.lease
+                .as_ref()
+                .map_or("none".to_owned(), |l| format!("{} {}", l.holder, l.status)),
+        ),
+        None => "no group in the status".to_owned(),
+    }
+}
+
 /// A scenario's cluster, started.
 pub struct Ctx {
     /// The runtime of the proxies, the writers and the client calls.
@@ -100,14 +133,17 @@ impl Ctx {
         f: &dyn Fn(&ClusterStatus) -> bool,
     ) -> Result<ClusterStatus> {
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last = None;
         loop {
             if let Some(st) = self.status() {
                 if f(&st) {
                     return Ok(st);
                 }
+                last = Some(st);
             }
             if Instant::now() > deadline {
-                bail!("timed out after {secs}s waiting for {what}");
+                let seen = last.as_ref().map_or("no status".to_owned(), last_seen);
+                bail!("timed out after {secs}s waiting for {what} (last seen: {seen})");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -125,7 +161,8 @@ impl Ctx {
     }
 
     /// Starts (again) node `n` with its own topology file (and clock skew); a restarted node
-    /// has no failpoint set (the crash a failpoint caused does not come back by itself).
+    /// has no failpoint set (the crash a failpoint caused does not come back by itself). A
+    /// node whose process still runs (after up to 2 s for one just killed) is left as it is.
     ///
     /// # Errors
     /// Its failpoint file cannot be written or it cannot start.
@@ -135,6 +172,18 @@ impl Ctx {
         let failpoints = self.failpoint_files.then_some(self.run_dir.as_path());
         if self.failpoint_files {
             set_failpoints(&self.run_dir, n, &BTreeMap::new())?;
+        }
+        if let Ok(pid) = proc::read_pid(&self.run_dir, n) {
+            // A node killed a moment ago may take a little while to go; one that still runs
+            // after that is not started twice (two copies of a node, one no pid file names).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while proc::alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if proc::alive(pid) {
+                tracing::warn!(node = %n, pid, "not started again: it still runs");
+                return Ok(());
+            }
         }
         let env = node_env(&self.skews, clocks, failpoints, n);
         proc::start_node_env(config, n, &self.run_dir, &env)?;

@@ -3,13 +3,21 @@
 //! them by pid file (`tandem local up|down`, `tandem demo` and the chaos runner). I/O:
 //! processes, pid and log files, TCP probes; errors are `anyhow` (every one ends in a message
 //! to the operator, none is matched on).
+//!
+//! Every process started for a folder is also recorded in memory ([`kill_started`]): a pid
+//! file names only the last process of a node, and a node started twice (a restart of a node
+//! that was not dead) would otherwise outlive its scenario. [`stop_all`] and the chaos
+//! runner's cluster (on drop: success, failure, early return or panic) kill every recorded
+//! process group and reap it.
 
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tandem_core::client::Cluster;
 use tandem_core::config::Topology;
@@ -46,21 +54,32 @@ pub fn start_node_env(
     dir: &Path,
     env: &[(String, String)],
 ) -> Result<Started> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("finding the tandem binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .arg("--config")
+        .arg(config)
+        .arg("--name")
+        .arg(name)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    start_process(cmd, name, dir)
+}
+
+/// Starts `cmd` as process `name` of `dir`: detached in a process group of its own, stdin
+/// closed, output appended to `DIR/NAME.log`, its pid in `DIR/NAME.pid` and in the record of
+/// every process started for `dir` ([`kill_started`]).
+///
+/// # Errors
+/// The folder, log or pid file cannot be written, or the process cannot start.
+pub fn start_process(mut cmd: Command, name: &str, dir: &Path) -> Result<Started> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file(dir, name))
         .with_context(|| format!("opening {}", log_file(dir, name).display()))?;
     let log2 = log.try_clone()?;
-    let child = Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(config)
-        .arg("--name")
-        .arg(name)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -68,6 +87,7 @@ pub fn start_node_env(
         .spawn()
         .with_context(|| format!("starting node {name}"))?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
+    record_started(dir, pid);
     fs::write(pid_file(dir, name), format!("{pid}\n"))
         .with_context(|| format!("writing {}", pid_file(dir, name).display()))?;
     // The child is not waited for here: `local down` stops it by pid. Dropping `Child` does
@@ -77,6 +97,83 @@ pub fn start_node_env(
         name: name.to_owned(),
         pid,
     })
+}
+
+/// Every process this process started, by folder (each is the leader of its own group).
+static STARTED: Mutex<BTreeMap<PathBuf, Vec<i32>>> = Mutex::new(BTreeMap::new());
+
+fn record_started(dir: &Path, pid: i32) {
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(dir.to_path_buf())
+        .or_default()
+        .push(pid);
+}
+
+/// Whether `pid` is a child of this process not reaped yet (running or a zombie); reaps
+/// nothing.
+fn our_child(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: `info` is a zeroed siginfo_t that waitid(2) may fill; WNOWAIT leaves a zombie
+    // as it is. It fails with ECHILD for a pid that is not our child (or was reaped).
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    rc == 0
+}
+
+/// Whether `pid` is a child of this process that has not exited (reaping it if it has).
+/// A pid that is not our child (never was, or already reaped and maybe reused) is not.
+fn running_child(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: waitpid on one pid with WNOHANG and a null status pointer is always sound; it
+    // returns 0 for a running child, the pid for a child it just reaped, -1 (ECHILD) for a
+    // pid that is not our child.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    rc == 0
+}
+
+/// Kills (SIGKILL) the process group of every process started for `dir` by this process that
+/// still exists, whether or not a pid file still names it, and reaps them (up to 5 s); forgets
+/// them and removes the pid files that named them. Returns the pids whose group was killed.
+/// What a scenario's end does, however it ends.
+pub fn kill_started(dir: &Path) -> Vec<i32> {
+    let pids = STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(dir)
+        .unwrap_or_default();
+    // Only our children not reaped yet (running, or zombies): a pid reaped before may name
+    // another process by now.
+    let killed: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| our_child(*p) && signal_group(*p, libc::SIGKILL).unwrap_or(false))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while killed.iter().any(|p| running_child(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Their pid files name pids that are free now: nobody may signal them later.
+    for (name, pid) in pids_in(dir).unwrap_or_default() {
+        if pids.contains(&pid) && !our_child(pid) {
+            let _ = fs::remove_file(pid_file(dir, &name));
+        }
+    }
+    killed
 }
 
 /// Reads the pid recorded for `name` in `dir`.
@@ -116,6 +213,30 @@ pub fn signal(pid: i32, sig: i32) -> Result<bool> {
     // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 targets one process.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(pid, sig) };
+    kill_result(rc, pid)
+}
+
+/// Sends `sig` to the process group `pid` leads (a node started here and whatever it
+/// started), or to `pid` alone when it leads none; Ok(false) if it does not exist. The group
+/// is signalled only while `pid` exists (a zombie counts) and leads it, so its id cannot name
+/// another group.
+pub fn signal_group(pid: i32, sig: i32) -> Result<bool> {
+    if pid <= 0 {
+        bail!("refusing to signal pid {pid}");
+    }
+    // SAFETY: getpgid(2) has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    let pgid = unsafe { libc::getpgid(pid) };
+    if pgid != pid {
+        return signal(pid, sig);
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; -pid targets the group pid leads.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(-pid, sig) };
+    kill_result(rc, pid)
+}
+
+fn kill_result(rc: i32, pid: i32) -> Result<bool> {
     if rc == 0 {
         Ok(true)
     } else {
@@ -141,7 +262,8 @@ pub fn alive(pid: i32) -> bool {
     signal(pid, 0).unwrap_or(false)
 }
 
-/// Stops every node with a pid file in `dir` and removes the pid files.
+/// Stops every node with a pid file in `dir` and removes the pid files; kills whatever else
+/// this process started for `dir` ([`kill_started`]).
 ///
 /// All are signalled at once and waited for together (a node exits at most a couple of
 /// seconds after SIGTERM; whatever is left after 5 s is killed).
@@ -149,7 +271,7 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
     let nodes = pids_in(dir)?;
     let mut running = Vec::new();
     for (_, pid) in &nodes {
-        if signal(*pid, libc::SIGTERM)? {
+        if signal_group(*pid, libc::SIGTERM)? {
             running.push(*pid);
         }
     }
@@ -158,12 +280,14 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
         std::thread::sleep(Duration::from_millis(20));
     }
     for pid in running.iter().filter(|p| alive(**p)) {
-        signal(*pid, libc::SIGKILL)?;
+        signal_group(*pid, libc::SIGKILL)?;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What no pid file names any more (a node started twice) ends too.
+    kill_started(dir);
     let mut stopped = Vec::new();
     for (name, _) in nodes {
         let _ = fs::remove_file(pid_file(dir, &name));
@@ -319,4 +443,90 @@ pub fn up_with(
         return Err(e);
     }
     Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A long sleeper that also starts a grandchild in its group.
+    fn sleeper() -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", "sleep 60 & sleep 60; wait"]);
+        c
+    }
+
+    /// The processes of the group led by `pid` that still run (zombies excluded).
+    fn group_members(pgid: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            if rest.len() > 2 && rest[0] != "Z" && rest[2] == pgid.to_string() {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// A scenario-like run: three nodes, one restarted while it still ran (its pid file now
+    /// names only the second copy), then a wait that fails.
+    fn scenario_that_fails(dir: &Path, pids: &mut Vec<i32>) -> Result<()> {
+        for name in ["coord-a", "coord-b", "rep-a"] {
+            pids.push(start_process(sleeper(), name, dir)?.pid);
+        }
+        pids.push(start_process(sleeper(), "coord-b", dir)?.pid);
+        bail!("timed out after 90s waiting for recovery")
+    }
+
+    #[test]
+    fn stop_all_ends_every_process_started_for_the_folder_even_a_node_started_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let mut pids = Vec::new();
+        assert!(scenario_that_fails(&dir, &mut pids).is_err());
+        std::thread::sleep(Duration::from_millis(100));
+        for p in &pids {
+            assert!(
+                group_members(*p).len() >= 2,
+                "pid {p}: a shell and its children"
+            );
+        }
+        stop_all(&dir).unwrap();
+        for p in &pids {
+            assert!(
+                group_members(*p).is_empty(),
+                "process group {p} outlived stop_all: {:?}",
+                group_members(*p)
+            );
+            assert!(!alive(*p));
+        }
+        assert!(pids_in(&dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn kill_started_ends_every_group_of_a_scenario_that_returned_early() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let mut pids = Vec::new();
+        assert!(scenario_that_fails(&dir, &mut pids).is_err());
+        let killed = kill_started(&dir);
+        assert_eq!(killed.len(), pids.len(), "{killed:?} vs {pids:?}");
+        for p in &pids {
+            assert!(group_members(*p).is_empty(), "group {p} survived");
+        }
+        // Forgotten once killed, their pid files gone, and nothing else is touched.
+        assert!(pids_in(&dir).unwrap().is_empty());
+        assert!(kill_started(&dir).is_empty());
+    }
 }

@@ -27,8 +27,8 @@ const TICK: Duration = Duration::from_millis(150);
 /// Runs scenario `s` in `dir` with workload seed `seed` (and `duration` seconds instead of the
 /// scenario's, when given); returns its row of the report (`scenario`, `faults`, `acked`,
 /// `lost`, `db_committed`, `db_lost`, `max_rpo_ms`, `rto_ms`, `verdict`, `failures`,
-/// `notes`). The nodes are left running in `dir/run` (stop them with
-/// [`super::processes::stop_all`]).
+/// `notes`). Every process of the scenario ends when this returns, whatever the verdict or
+/// error (the cluster's drop: [`super::processes::kill_started`]); its logs stay in `dir/run`.
 ///
 /// # Errors
 /// The cluster could not be brought up, or a fault could not be applied.

@@ -1,8 +1,9 @@
 //! The live (not replicated) figures the leader keeps from replicator heartbeats: each
 //! group's primary report (RPO, seqs, throughput) and replica report, and when each node was
-//! last heard. Pure: recording a heartbeat and deciding whether a replica caught up take
-//! values and touch nothing else.
+//! last heard. Pure: recording a heartbeat, deciding whether a replica caught up and whether
+//! that makes its group protected again take values and touch nothing else.
 
+use crate::state::GroupState;
 use std::collections::HashMap;
 use tandem_core::proto::HeartbeatRequest;
 
@@ -36,6 +37,27 @@ pub fn replica_caught_up(captured: u64, acked: u64, rpo_ms: i64, replica_durable
     let everything = acked >= captured && replica_durable >= captured;
     let streaming = replica_durable >= acked && rpo_ms <= IN_SYNC_MAX_RPO_MS;
     everything || streaming
+}
+
+/// Whether a replica that reports itself in sync and has caught up ([`replica_caught_up`],
+/// same epoch) makes a group in `state` protected again; `sites_up`: both of the group's
+/// sites are up in the replicated state. Pure.
+///
+/// It ends an initial sync or a merkle resync (`resyncing`), a failover (`failed-over`), and
+/// any `degraded` once both sites are up. A group degraded by a site's loss is also restored
+/// when that site comes back ([`Command::SiteUp`](crate::state::Command)), but that event
+/// comes once: a group that went `degraded` another way (a failover that ended without a
+/// promotion, the site back before the run ended) would otherwise stay degraded for good,
+/// under a live replica that has everything.
+pub fn in_sync_protects(state: GroupState, sites_up: bool) -> bool {
+    match state {
+        GroupState::Resyncing | GroupState::FailedOver => true,
+        GroupState::Degraded => sites_up,
+        GroupState::Protected
+        | GroupState::FailingOver
+        | GroupState::SwitchingOver
+        | GroupState::Drilling => false,
+    }
 }
 
 /// Live (not replicated) figures the leader keeps from replicator heartbeats.
@@ -90,12 +112,30 @@ pub(crate) struct Live {
     /// node -> last heartbeat (unix ms, leader clock)
     pub(crate) node_seen: HashMap<String, i64>,
     pub(crate) groups: HashMap<String, LiveGroup>,
-    /// When this node last became leader (failure-detector grace).
-    pub(crate) leader_since_ms: Option<i64>,
+    /// The term of this node's leadership and when its background work first saw it
+    /// (failure-detector grace); see [`Live::leader_since`].
+    pub(crate) leader_since: Option<(u64, i64)>,
     pub(crate) last_rpo_sample_ms: i64,
 }
 
 impl Live {
+    /// When this node's leadership in `term` began, as first seen at `now` (the start of the
+    /// failure detector's grace: every site gets a full window to be heard by a new leader).
+    ///
+    /// Keyed by term: a leader that lost its quorum and won a later election is a new leader,
+    /// though its background work may never have seen it lose (a proposal that could not
+    /// commit held it up meanwhile); the heartbeats it heard before are not evidence about
+    /// the sites since, and its grace starts again.
+    pub(crate) fn leader_since(&mut self, term: u64, now: i64) -> i64 {
+        match self.leader_since {
+            Some((t, since)) if t == term => since,
+            _ => {
+                self.leader_since = Some((term, now));
+                now
+            }
+        }
+    }
+
     /// Records a heartbeat received at `now`: the node is heard; a primary's report replaces
     /// its group's figures (RPO from the oldest unacknowledged capture), a replica's its
     /// group's replica report and recovery horizon.
@@ -158,5 +198,49 @@ mod tests {
         // Exactly at the bound, and just over.
         assert!(replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS, 110));
         assert!(!replica_caught_up(120, 110, IN_SYNC_MAX_RPO_MS + 1, 110));
+    }
+
+    #[test]
+    fn a_leader_elected_again_in_a_later_term_gets_a_new_grace() {
+        let mut live = Live::default();
+        assert_eq!(live.leader_since(2, 1_000), 1_000);
+        assert_eq!(
+            live.leader_since(2, 1_200),
+            1_000,
+            "same term: same leadership"
+        );
+        // Quorum lost at 1 400 and won again at 3 700 in term 3, the background loop never
+        // having seen the gap: the grace counts from 3 700, not from 1 000 (which made the
+        // witness declare both restarted sites down the moment it led again).
+        assert_eq!(live.leader_since(3, 3_700), 3_700);
+        assert_eq!(live.leader_since(3, 3_900), 3_700);
+        live.leader_since = None;
+        assert_eq!(live.leader_since(3, 5_000), 5_000, "after a step down seen");
+    }
+
+    #[test]
+    fn a_caught_up_replica_ends_a_degradation_once_both_sites_are_up() {
+        use GroupState::*;
+        let table = [
+            (Resyncing, true, true),
+            (Resyncing, false, true),
+            (FailedOver, true, true),
+            // A failover that ended without a promotion leaves the group degraded; with both
+            // sites up no site's return will ever end it: the in-sync replica must.
+            (Degraded, true, true),
+            // A site still down in the replicated state: its return ends it.
+            (Degraded, false, false),
+            (Protected, true, false),
+            (FailingOver, true, false),
+            (SwitchingOver, true, false),
+            (Drilling, true, false),
+        ];
+        for (i, (state, sites_up, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                in_sync_protects(state, sites_up),
+                want,
+                "#{i}: {state:?} with sites up {sites_up}"
+            );
+        }
     }
 }

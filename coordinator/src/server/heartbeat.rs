@@ -4,8 +4,8 @@
 
 use super::authz::Who;
 use crate::handle::coordinator::{lock, Coordinator};
-use crate::handle::live::replica_caught_up;
-use crate::state::{Command, GroupProgress, GroupState, LeaseStatus as StLease, Role};
+use crate::handle::live::{in_sync_protects, replica_caught_up};
+use crate::state::{Command, GroupProgress, GroupState, LeaseStatus as StLease, Role, SiteStatus};
 use tandem_core::ids::{Epoch, Seq};
 use tandem_core::net::Caller;
 use tandem_core::proto::{GroupLease, HeartbeatRequest};
@@ -29,8 +29,9 @@ impl Coordinator {
         self.leases_of(&r.node)
     }
 
-    /// A replica that reports itself in sync with a caught-up primary ends an initial sync
-    /// or a post-failover resync: the group is protected again. Caught up: the replica
+    /// A replica that reports itself in sync with a caught-up primary ends an initial sync,
+    /// a post-failover resync, or a degradation once both sites are up
+    /// ([`in_sync_protects`]): the group is protected again. Caught up: the replica
     /// holds everything the primary has captured, or (under a steady stream of writes,
     /// where that instant may never come) everything the primary knows it acknowledged,
     /// with the primary's RPO under IN_SYNC_MAX_RPO_MS.
@@ -40,7 +41,13 @@ impl Coordinator {
             .iter()
             .filter(|p| p.role == "replica" && p.state == "in-sync")
         {
-            let state = self.read(|s| s.group(&p.group).map(|g| (g.state, g.epoch.0)));
+            let state = self.read(|s| {
+                s.group(&p.group).map(|g| {
+                    let up = |site: &str| s.site(site).is_some_and(|x| x.status == SiteStatus::Up);
+                    let sites_up = up(&g.primary_site) && up(&g.replica_site);
+                    (g.state, g.epoch.0, sites_up)
+                })
+            });
             let caught_up = {
                 let live = lock(&self.inner.live);
                 live.groups.get(&p.group).is_some_and(|l| {
@@ -54,8 +61,8 @@ impl Coordinator {
                         )
                 })
             };
-            if let Some((GroupState::Resyncing | GroupState::FailedOver, epoch)) = state {
-                if caught_up && epoch == p.epoch {
+            if let Some((state, epoch, sites_up)) = state {
+                if in_sync_protects(state, sites_up) && caught_up && epoch == p.epoch {
                     let _ = self
                         .propose_cmd(Command::SetGroupState {
                             at_ms: 0,

@@ -134,15 +134,13 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
             _ = stop.changed() => return,
         }
         if !c.is_leader() {
-            lock(&c.inner.live).leader_since_ms = None;
+            lock(&c.inner.live).leader_since = None;
             c.inner.drivers.stop_all();
             continue;
         }
         let now = c.now_ms();
-        let since = {
-            let mut live = lock(&c.inner.live);
-            *live.leader_since_ms.get_or_insert(now)
-        };
+        let term = c.inner.raft.status().term;
+        let since = lock(&c.inner.live).leader_since(term, now);
         let bootstrapped = c.read(|s| {
             s.settings().is_some()
                 && c.inner

@@ -4,7 +4,7 @@
 
 use super::event::Event;
 use super::machine::{get_group, to_json, State};
-use super::model::{GroupState, Run, COORDINATOR_ACTOR};
+use super::model::{GroupState, Run, SiteStatus, COORDINATOR_ACTOR};
 use super::rejection::Rejection;
 use super::residency::{check_residency, plan_placements};
 use super::role::change_group_state;
@@ -298,7 +298,8 @@ fn event_records(
 /// An unplanned failover that ended without promoting (the replica site down too, say) must
 /// not leave the group `failing-over` for good: no lease would ever be granted again. The
 /// fence stands (the epoch was raised); the primary site keeps its role and its replicator may
-/// take a lease in the new epoch.
+/// take a lease in the new epoch. The group is `degraded` by the site that is down, if any
+/// (its return protects it again), else until the replica reports itself in sync.
 fn settle_failover_without_promotion(
     state: &mut State,
     ev: &mut Vec<Event>,
@@ -318,6 +319,19 @@ fn settle_failover_without_promotion(
         let reason = format!(
             "failover run {run_id} {how} before a promotion; the primary site keeps its role"
         );
+        // Degraded by whichever of its sites is down, so that its return ends it as any
+        // site's loss; with both up, the replica's next in-sync report does.
+        let down = get_group(state, group).ok().and_then(|g| {
+            [&g.primary_site, &g.replica_site]
+                .into_iter()
+                .find(|site| {
+                    state
+                        .sites
+                        .get(site.as_str())
+                        .is_some_and(|x| x.status == SiteStatus::Down)
+                })
+                .cloned()
+        });
         change_group_state(
             state,
             ev,
@@ -326,7 +340,7 @@ fn settle_failover_without_promotion(
             GroupState::Degraded,
             &reason,
             COORDINATOR_ACTOR,
-            None,
+            down,
         )?;
     }
     Ok(())

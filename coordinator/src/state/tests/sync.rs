@@ -163,6 +163,61 @@ fn a_failover_that_ends_without_promoting_leaves_the_group_degraded_not_failing_
 }
 
 #[test]
+fn a_failover_that_ends_without_promoting_while_the_primary_site_is_down_ends_when_it_returns() {
+    let mut s = sync_booted();
+    let protect = Command::SetGroupState {
+        at_ms: 5,
+        group: "vol".into(),
+        state: GroupState::Protected,
+        reason: "replica in sync".into(),
+        actor: "hcm-rep".into(),
+    };
+    apply(&mut s, &protect).unwrap();
+    // 1. The primary site goes down: degraded by it; the automatic failover starts.
+    apply(
+        &mut s,
+        &Command::SiteDown {
+            at_ms: 10,
+            site: "hanoi".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.group("vol").unwrap().state, GroupState::Degraded);
+    let c = failover_run_cmd(&s, 20, "f-1", COORDINATOR_ACTOR);
+    apply(&mut s, &c).unwrap();
+    let failing = Command::SetGroupState {
+        at_ms: 30,
+        group: "vol".into(),
+        state: GroupState::FailingOver,
+        reason: "run f-1: fencing".into(),
+        actor: COORDINATOR_ACTOR.into(),
+    };
+    apply(&mut s, &failing).unwrap();
+    apply(&mut s, &fence(40, "vol")).unwrap();
+    // 2. The run fails before a promotion (the replica site went too, say).
+    let mut t = 50;
+    while s.run("f-1").is_some_and(|r| r.is_running()) {
+        let c = run_op(&s, t, "vol", false);
+        let _ = apply(&mut s, &c);
+        t += 60_000;
+        assert!(t < 60_000_000, "the run never ended");
+    }
+    let g = s.group("vol").unwrap();
+    assert_eq!(g.state, GroupState::Degraded, "{}", g.reason);
+    assert_eq!(g.degraded_by_site.as_deref(), Some("hanoi"), "{}", g.reason);
+    // 3. The primary site comes back: the group is protected again, as after any site loss.
+    apply(
+        &mut s,
+        &Command::SiteUp {
+            at_ms: t,
+            site: "hanoi".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.group("vol").unwrap().state, GroupState::Protected);
+}
+
+#[test]
 fn sync_degradation_clears_on_catch_up_and_on_promotion_and_dies_with_the_lease() {
     let mut s = sync_booted();
     apply(&mut s, &degrade(30, "hanoi-rep", "hanoi", 1, true)).unwrap();
