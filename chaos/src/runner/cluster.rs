@@ -83,20 +83,9 @@ pub struct Ctx {
     pub clock_files: bool,
     /// Every node follows a failpoint file (the scenario has failpoint faults).
     pub failpoint_files: bool,
-    /// The power-loss file systems under every node (the scenario has power cuts). Declared
-    /// last: dropped (unmounted) after everything else.
+    /// The power-loss file systems under every node (the scenario has power cuts). Unmounted
+    /// when the context drops, after its `Drop` has killed every process of the run.
     pub power: Option<super::power::Feeds>,
-}
-
-impl Drop for Ctx {
-    /// A run on power-loss file systems kills its nodes before the file systems go away
-    /// (a node must never see its folders vanish under it; the caller's `stop_all` would come
-    /// too late).
-    fn drop(&mut self) {
-        if self.power.is_some() {
-            let _ = proc::stop_all(&self.run_dir);
-        }
-    }
 }
 
 impl Ctx {
