@@ -2,9 +2,16 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber (stderr).
+/// Installs the global subscriber (stderr). The FUSE library under the chaos runner's
+/// power-loss file systems logs every mount and every request it does not implement
+/// (`getxattr`) at info and warn; it is held to errors unless the filter names it.
 pub fn init(format: &str, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = if filter.contains("fuser") {
+        filter.to_owned()
+    } else {
+        format!("{filter},fuser=error")
+    };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
