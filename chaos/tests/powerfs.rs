@@ -69,6 +69,10 @@ fn synced_data_survives_a_cut_and_unsynced_data_does_not() -> TestResult {
     let report = m.fs.power_cut(false)?;
     assert_eq!(fs::read(m.path("a"))?, b"durable");
     assert!(!m.path("b").exists(), "b's entry was never synced");
+    let names: Vec<String> = fs::read_dir(m.fs.mountpoint())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, ["a"]);
     assert_eq!(report.bytes_dropped, 7, "{report:?}");
     assert!(report.dir_changes_dropped >= 1, "{report:?}");
     let stats = m.fs.stats();
@@ -255,4 +259,10 @@ fn powerfs_throughput() -> TestResult {
         );
     }
     m.fs.unmount()
+}
+
+#[test]
+fn power_fs_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PowerFs>();
 }

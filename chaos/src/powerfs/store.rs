@@ -1,4 +1,5 @@
-//! Durable file bytes of the power-loss file system: one backing file per inode on the real disk.
+//! Durable file bytes of the power-loss file system: one backing file per inode on the real
+//! disk, or (for tests) in memory.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -93,6 +94,52 @@ impl Store for DirStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(FsError::Io(format!("remove {}: {e}", path.display()))),
         }
+    }
+}
+
+/// A [`Store`] in memory, for tests.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    files: HashMap<Ino, Vec<u8>>,
+}
+
+impl MemStore {
+    /// The bytes kept for `ino` (empty when none).
+    pub fn bytes(&self, ino: Ino) -> &[u8] {
+        self.files.get(&ino).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+impl Store for MemStore {
+    fn read(&mut self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+        let bytes = self.bytes(ino);
+        let start = usize::try_from(offset).map_err(|e| FsError::Io(e.to_string()))?;
+        let src = bytes.get(start..start + buf.len()).ok_or_else(|| {
+            FsError::Io(format!("inode {}: read past the end at {offset}", ino.0))
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        let start = usize::try_from(offset).map_err(|e| FsError::Io(e.to_string()))?;
+        let file = self.files.entry(ino).or_default();
+        if file.len() < start + data.len() {
+            file.resize(start + data.len(), 0);
+        }
+        file[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn set_len(&mut self, ino: Ino, len: u64) -> Result<(), FsError> {
+        let len = usize::try_from(len).map_err(|e| FsError::Io(e.to_string()))?;
+        self.files.entry(ino).or_default().resize(len, 0);
+        Ok(())
+    }
+
+    fn remove(&mut self, ino: Ino) -> Result<(), FsError> {
+        self.files.remove(&ino);
+        Ok(())
     }
 }
 

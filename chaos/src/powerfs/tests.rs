@@ -6,7 +6,8 @@ use std::ffi::OsStr;
 
 use proptest::prelude::*;
 
-use super::model::{tear_point, CutReport, FsError, Ino, Kind, MemStore, Model, ROOT, SECTOR};
+use super::model::{tear_point, CutReport, FsError, Ino, Kind, Model, ROOT, SECTOR};
+use super::store::MemStore;
 use crate::rng::SplitMix64;
 
 type TestResult = Result<(), FsError>;
