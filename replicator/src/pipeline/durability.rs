@@ -17,10 +17,9 @@
 //! The state here is shared by the pipeline's tasks and the write path; the image sync and
 //! the lease are given by the node (`RoleCell::set_pipeline`).
 
-use super::shared::Shared;
 use crate::error::{ReplicatorError, Result};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tandem_core::ids::Seq;
@@ -37,15 +36,45 @@ pub type LeaseDeadline = Arc<dyn Fn() -> Option<Instant> + Send + Sync>;
 pub(crate) struct Durability {
     /// Journaled frames not yet released to the shipper: (last seq, image writes
     /// outstanding), in seq order.
-    gate: Mutex<VecDeque<(Seq, usize)>>,
+    pub(super) gate: Mutex<VecDeque<(Seq, usize)>>,
     /// Why the group is fenced for good (an image write failed).
-    failure: Mutex<Option<String>>,
-    image_sync: Mutex<Option<ImageSync>>,
+    pub(super) failure: Mutex<Option<String>>,
+    pub(super) image_sync: Mutex<Option<ImageSync>>,
     /// Highest seq every image write of which is fdatasync'ed.
-    images_durable: AtomicU64,
+    pub(super) images_durable: AtomicU64,
     /// Image syncs done before trims.
-    image_syncs: AtomicU64,
-    lease: Mutex<Option<LeaseDeadline>>,
+    pub(super) image_syncs: AtomicU64,
+    pub(super) lease: Mutex<Option<LeaseDeadline>>,
+    /// A lease was seen live at least once (a write before the first one waits for it).
+    pub(super) leased: std::sync::atomic::AtomicBool,
+}
+
+/// How long a write made before this pipeline's first lease waits for one (a new primary's
+/// first heartbeat answer normally brings it within one heartbeat interval); then it is
+/// refused as any write without a lease.
+pub(super) const FIRST_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a write does about the lease before it waits to be made safe (pure): `deadline` is
+/// what the pipeline holds (`None`: no lease tracking; `Some(None)`: no lease now),
+/// `leased` whether one was ever live, `waited` how long it has waited for the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FirstLease {
+    /// Go on (a lease is live, was held before, there is no tracking, or the wait is over).
+    Go,
+    /// No lease was ever held: wait for the first one.
+    Wait,
+}
+
+/// See [`FirstLease`] (pure).
+pub(super) fn first_lease(
+    deadline: Option<Option<Instant>>,
+    leased: bool,
+    waited: std::time::Duration,
+) -> FirstLease {
+    match deadline {
+        Some(None) if !leased && waited < FIRST_LEASE_WAIT => FirstLease::Wait,
+        _ => FirstLease::Go,
+    }
 }
 
 impl std::fmt::Debug for Durability {
@@ -57,13 +86,13 @@ impl std::fmt::Debug for Durability {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The frames at the front of `gate` whose image writes are all done are released: returns
 /// the last seq of the last one released, if any (pure).
-fn release_front(gate: &mut VecDeque<(Seq, usize)>) -> Option<Seq> {
+pub(super) fn release_front(gate: &mut VecDeque<(Seq, usize)>) -> Option<Seq> {
     let mut released = None;
     while gate.front().is_some_and(|(_, n)| *n == 0) {
         released = gate.pop_front().map(|(last, _)| last);
@@ -80,18 +109,26 @@ pub(super) fn lease_live(deadline: Option<Option<Instant>>, now: Instant) -> boo
     }
 }
 
+/// Where an [`ImageHold`] reports (the pipeline's shared state).
+pub(super) trait ImageGate: Send + Sync + std::fmt::Debug {
+    /// One image write of `frame` is done.
+    fn release(&self, frame: Seq);
+    /// The image write of `seq` failed: fences the group for good.
+    fn image_failed(&self, seq: Seq, error: &str);
+}
+
 /// A journaled change whose image write is pending: its frame is not shipped until
 /// [`ImageHold::written`]. [`ImageHold::failed`], or dropping it unfinished, fences the group.
 #[derive(Debug)]
 pub struct ImageHold {
-    shared: Arc<Shared>,
+    shared: Arc<dyn ImageGate>,
     frame: Seq,
     seq: Seq,
     done: bool,
 }
 
 impl ImageHold {
-    pub(super) fn new(shared: Arc<Shared>, frame: Seq, seq: Seq) -> ImageHold {
+    pub(super) fn new(shared: Arc<dyn ImageGate>, frame: Seq, seq: Seq) -> ImageHold {
         ImageHold {
             shared,
             frame,
@@ -130,167 +167,6 @@ impl Drop for ImageHold {
     }
 }
 
-impl Shared {
-    /// After a journal append: registers the appended frames with the number of image
-    /// writes each waits for, and releases what can be.
-    pub(super) fn journaled(&self, frames: &[(Seq, usize)]) {
-        let mut gate = lock(&self.durability.gate);
-        gate.extend(frames.iter().copied());
-        self.publish(&mut gate);
-    }
-
-    fn publish(&self, gate: &mut VecDeque<(Seq, usize)>) {
-        if lock(&self.durability.failure).is_some() {
-            return;
-        }
-        if let Some(last) = release_front(gate) {
-            self.durable_local.send_replace(last);
-        }
-    }
-
-    /// One image write of `frame` is done.
-    fn release(&self, frame: Seq) {
-        let mut gate = lock(&self.durability.gate);
-        if let Some(e) = gate.iter_mut().find(|(last, _)| *last == frame) {
-            e.1 = e.1.saturating_sub(1);
-        }
-        self.publish(&mut gate);
-    }
-
-    /// The image write of `seq` failed: fences the group for good.
-    pub(super) fn image_failed(&self, seq: Seq, error: &str) {
-        let reason = format!(
-            "image write of seq {seq} failed after it was journaled: {error}; the group is fenced \
-             (nothing from seq {seq} on is shipped or acknowledged) until the journal is replayed \
-             onto the image"
-        );
-        {
-            let mut f = lock(&self.durability.failure);
-            if f.is_some() {
-                return;
-            }
-            *f = Some(reason.clone());
-        }
-        tracing::error!(group = %self.group, %seq, %error, "image write failed after journaling: group fenced");
-        self.fence(reason);
-    }
-
-    /// Why the group is fenced for good, if it is.
-    pub(super) fn image_failure(&self) -> Option<String> {
-        lock(&self.durability.failure).clone()
-    }
-
-    pub(super) fn set_image_sync(&self, sync: Option<ImageSync>) {
-        *lock(&self.durability.image_sync) = sync;
-    }
-
-    pub(super) fn set_lease(&self, lease: Option<LeaseDeadline>) {
-        *lock(&self.durability.lease) = lease;
-    }
-
-    /// The lease deadline: `None` when the pipeline has no lease (no node: tests, tools),
-    /// `Some(None)` when it holds none.
-    pub(super) fn lease_deadline(&self) -> Option<Option<Instant>> {
-        lock(&self.durability.lease).as_ref().map(|f| f())
-    }
-
-    /// Image syncs done before trims.
-    pub(super) fn image_syncs(&self) -> u64 {
-        self.durability.image_syncs.load(Ordering::SeqCst)
-    }
-
-    /// Every image write through `seq` is durable (the caller synced the images with no write
-    /// between journal and image).
-    pub(super) fn images_durable_through(&self, seq: Seq) {
-        self.durability
-            .images_durable
-            .fetch_max(seq.0, Ordering::SeqCst);
-    }
-
-    /// Trims the journal through `seq`, acknowledged durable by the replica, once the images
-    /// hold every write through it durably: syncs them first when the last sync does not
-    /// cover `seq` (one sync covers every frame released by then). A failed sync fences the
-    /// group and trims nothing more.
-    pub(crate) async fn trim_acked(&self, seq: Seq) {
-        let sync = lock(&self.durability.image_sync).clone();
-        let mut through = seq;
-        if let Some(sync) = sync {
-            let durable = Seq(self.durability.images_durable.load(Ordering::SeqCst));
-            if seq > durable && self.image_failure().is_none() {
-                // Every image write of a released frame has returned: the sync covers them.
-                let covered = *self.durable_local.borrow();
-                match tokio::task::spawn_blocking(move || sync()).await {
-                    Ok(Ok(())) => {
-                        self.durability.image_syncs.fetch_add(1, Ordering::SeqCst);
-                        self.images_durable_through(covered);
-                    }
-                    Ok(Err(e)) => {
-                        self.image_failed(covered, &format!("fdatasync of the images: {e}"))
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %self.group, error = %e, "image sync task failed; the journal is not trimmed")
-                    }
-                }
-            }
-            through = through.min(Seq(self.durability.images_durable.load(Ordering::SeqCst)));
-        }
-        if through <= self.journal.trimmed_through() {
-            return;
-        }
-        let j = Arc::clone(&self.journal);
-        match tokio::task::spawn_blocking(move || j.trim_through(through)).await {
-            Ok(Ok(())) => self.note_trimmed(),
-            Ok(Err(e)) => tracing::warn!(group = %self.group, error = %e, "journal trim failed"),
-            Err(e) => tracing::warn!(group = %self.group, error = %e, "journal trim task failed"),
-        }
-    }
-
-    /// The error to answer a write with instead of acknowledging it, if any: an image
-    /// failure, the lease not live, or a fence (unless, in sync mode, the replica already has
-    /// `seq` durable: it is safe wherever the group goes next).
-    pub(super) fn ack_refusal(&self, seq: Seq, sync_mode: bool) -> Option<ReplicatorError> {
-        let fenced = |reason: String| ReplicatorError::Fenced {
-            epoch: self.epoch(),
-            reason,
-        };
-        if let Some(f) = self.image_failure() {
-            return Some(fenced(f));
-        }
-        if !lease_live(self.lease_deadline(), Instant::now()) {
-            return Some(fenced(format!(
-                "the lease ended before seq {seq} could be acknowledged"
-            )));
-        }
-        let replicated = sync_mode && *self.durable_replica.borrow() >= seq;
-        if replicated {
-            None
-        } else {
-            self.fenced_error()
-        }
-    }
-
-    /// Resolves when the lease ends (never when the pipeline has none): the error a waiting
-    /// write is answered with.
-    pub(super) async fn lease_end(&self, seq: Seq) -> ReplicatorError {
-        loop {
-            match self.lease_deadline() {
-                None => std::future::pending::<()>().await,
-                Some(Some(d)) if Instant::now() < d => {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
-                }
-                Some(_) => {
-                    return ReplicatorError::Fenced {
-                        epoch: self.epoch(),
-                        reason: format!(
-                            "the lease ended while seq {seq} waited to be made safe: not acknowledged"
-                        ),
-                    };
-                }
-            }
-        }
-    }
-}
-
 /// The result of waiting for a write to be safe, checked against the lease once more.
 pub(super) fn checked(r: Result<()>, refusal: Option<ReplicatorError>) -> Result<()> {
     r?;
@@ -313,6 +189,25 @@ mod tests {
         g[0].1 = 0;
         assert_eq!(release_front(&mut g), Some(Seq(9)));
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_write_before_the_first_lease_waits_for_it_bounded_but_not_after_a_lease_ended() {
+        let now = Instant::now();
+        let short = Duration::from_millis(5);
+        assert_eq!(first_lease(Some(None), false, short), FirstLease::Wait);
+        assert_eq!(
+            first_lease(Some(None), false, FIRST_LEASE_WAIT),
+            FirstLease::Go,
+            "bounded"
+        );
+        assert_eq!(
+            first_lease(Some(None), true, short),
+            FirstLease::Go,
+            "a lease that ended is refused at once, not waited for"
+        );
+        assert_eq!(first_lease(Some(Some(now)), false, short), FirstLease::Go);
+        assert_eq!(first_lease(None, false, short), FirstLease::Go);
     }
 
     #[test]

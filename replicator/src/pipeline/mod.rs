@@ -16,6 +16,7 @@
 mod config;
 mod durability;
 mod progress;
+mod release;
 mod shared;
 mod tasks;
 #[cfg(test)]
@@ -283,13 +284,15 @@ impl GroupPipeline {
     /// before the acknowledgement, that the lease (when the pipeline has one, see
     /// [`Self::set_lease`]) is still live and the group not fenced. A write still waiting when
     /// the lease ends is answered with an error then (within `lease_ttl` of the coordinators
-    /// going silent), never left waiting.
+    /// going silent), never left waiting. A write before the pipeline's first lease waits for
+    /// it (bounded) first.
     ///
     /// # Errors
     /// [`ReplicatorError::Fenced`] (fenced, an image write failed, or the lease ended) or
     /// [`ReplicatorError::Closed`].
     pub async fn await_sync(&self, seq: Seq) -> Result<()> {
         let sh = &self.shared;
+        sh.first_lease().await;
         let waited = tokio::select! {
             biased;
             r = self.wait_safe(seq) => r,

@@ -221,7 +221,10 @@ pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>)
                 for j in jobs {
                     let frame = j.frame.last_seq;
                     for (w, seq, changes, hold) in j.waiters {
-                        let hold = hold.then(|| ImageHold::new(Arc::clone(&shared), frame, seq));
+                        let hold = hold.then(|| {
+                            let gate: Arc<dyn super::durability::ImageGate> = shared.clone();
+                            ImageHold::new(gate, frame, seq)
+                        });
                         let _ = w.send(Ok((seq, changes, hold)));
                     }
                 }
