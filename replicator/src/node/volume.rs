@@ -30,6 +30,18 @@ pub(super) fn refused(resource: &str, why: &str) -> VolumeError {
     }
 }
 
+/// An error after a change was journaled (and written to the image) as an NBD error: always
+/// EIO, since the write may still land (pure).
+pub(super) fn after_journal_err(resource: &str, e: ReplicatorError) -> VolumeError {
+    VolumeError::Backend {
+        what: format!(
+            "{resource}: not acknowledged after it was journaled (it may still land): {e}"
+        ),
+        retryable: false,
+        errno: crate::nbd::proto::Errno::EIO,
+    }
+}
+
 /// A journal error as an NBD error (ENOSPC for a full journal, EPERM when fenced).
 pub(super) fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
     let errno = match e {
@@ -78,11 +90,15 @@ impl Journaled {
     /// In sync mode, waits for the replica's durable acknowledgement (or the coordinators'
     /// consent to degrade). Called without holding the write guards: a merkle snapshot for
     /// the replica's own resync needs them, and strict sync would otherwise wait forever.
+    ///
+    /// A refusal here comes after the change was journaled and written to the image: it may
+    /// still reach both copies, so the client hears EIO (outcome unknown), never EPERM, which
+    /// promises the write was not applied.
     pub(super) async fn acknowledge(self) -> std::result::Result<(), VolumeError> {
         self.pipeline
             .await_sync(self.seq)
             .await
-            .map_err(|e| backend_err(&self.resource, e))
+            .map_err(|e| after_journal_err(&self.resource, e))
     }
 }
 
@@ -280,5 +296,31 @@ impl VolumeBackend for GroupVolume {
     fn writable(&self) -> bool {
         !self.role.fenced.load(std::sync::atomic::Ordering::SeqCst)
             && self.role.pipeline().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::ids::Epoch;
+
+    #[test]
+    fn a_refusal_after_journaling_is_eio_never_eperm() {
+        let fenced = || ReplicatorError::Fenced {
+            epoch: Epoch(1),
+            reason: "the lease ended".into(),
+        };
+        let VolumeError::Backend { errno, .. } = after_journal_err("disk0", fenced()) else {
+            panic!("a backend error");
+        };
+        assert_eq!(errno, crate::nbd::proto::Errno::EIO, "it may still land");
+        let VolumeError::Backend { errno, .. } = backend_err("disk0", fenced()) else {
+            panic!("a backend error");
+        };
+        assert_eq!(
+            errno,
+            crate::nbd::proto::Errno::EPERM,
+            "refused before journaling: not applied"
+        );
     }
 }
