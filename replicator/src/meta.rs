@@ -91,16 +91,7 @@ pub fn write_meta(path: &Path, magic: [u8; 4], values: &[u64]) -> Result<()> {
 /// # Errors
 /// [`ReplicatorError::BadMetadata`] on any failed check, [`ReplicatorError::Io`] on read errors.
 pub fn read_meta(path: &Path, magic: [u8; 4], count: usize) -> Result<Option<Vec<u64>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode_meta(magic, &bytes, count)
-            .map(Some)
-            .map_err(|reason| ReplicatorError::BadMetadata {
-                path: path.to_owned(),
-                reason,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReplicatorError::io("read", path, e)),
-    }
+    read_meta_counted(path, magic, Some(count))
 }
 
 /// Reads a metadata file whose number of values is not fixed (the count is read from its
@@ -109,12 +100,21 @@ pub fn read_meta(path: &Path, magic: [u8; 4], count: usize) -> Result<Option<Vec
 /// # Errors
 /// [`ReplicatorError::BadMetadata`] on any failed check, [`ReplicatorError::Io`] on read errors.
 pub fn read_meta_any(path: &Path, magic: [u8; 4]) -> Result<Option<Vec<u64>>> {
+    read_meta_counted(path, magic, None)
+}
+
+/// [`read_meta`] with `count` values, or as many as the header says (`None`).
+fn read_meta_counted(
+    path: &Path,
+    magic: [u8; 4],
+    count: Option<usize>,
+) -> Result<Option<Vec<u64>>> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            let count = match bytes.get(6..8) {
+            let count = count.unwrap_or_else(|| match bytes.get(6..8) {
                 Some(c) => u16::from_le_bytes([c[0], c[1]]) as usize,
                 None => 0,
-            };
+            });
             decode_meta(magic, &bytes, count)
                 .map(Some)
                 .map_err(|reason| ReplicatorError::BadMetadata {

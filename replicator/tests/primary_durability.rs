@@ -282,7 +282,7 @@ async fn a_sync_write_cut_off_from_the_coordinators_fails_when_the_lease_ends() 
 /// 4 KiB writes through a real image file, with and without the sync. Run with
 /// `cargo test --release -p tandem-replicator --test primary_durability -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "benchmark, not a check: prints writes/s with and without the image sync; run with --release --ignored --nocapture"]
 async fn image_sync_before_trim_cost() {
     for (label, with_sync, writers) in [
         ("no image sync, 1 writer", false, 1u64),

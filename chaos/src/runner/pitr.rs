@@ -13,16 +13,8 @@ use super::judge::{Findings, Judge};
 use super::load::Load;
 use super::observe::Observed;
 use super::topology::VOLUME_GROUP;
+use super::verify::replicator_at;
 use crate::scenario::Fault;
-
-/// The listen address of the replicator at `site`.
-fn replicator_at(ctx: &Ctx, site: &str) -> Result<String> {
-    ctx.topo
-        .replicators_at(site)
-        .first()
-        .map(|n| n.listen.clone())
-        .with_context(|| format!("no replicator at site {site}"))
-}
 
 /// The blake3 hash (hex) of the file at `path`.
 fn hash_file(path: &std::path::Path) -> Result<String> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tandem_core::config::{NodeRole, Topology};
@@ -100,17 +100,15 @@ impl Feeds {
                 }
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pids.iter().any(|(_, p)| proc::alive(*p)) {
-            if Instant::now() > deadline {
-                let left: Vec<&str> = pids
-                    .iter()
-                    .filter(|(_, p)| proc::alive(*p))
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                bail!("power cut: {left:?} still alive 5 s after SIGKILL");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let all: Vec<i32> = pids.iter().map(|(_, p)| *p).collect();
+        let left = proc::wait_gone(&all, Duration::from_secs(5));
+        if !left.is_empty() {
+            let names: Vec<&str> = pids
+                .iter()
+                .filter(|(_, p)| left.contains(p))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            bail!("power cut: {names:?} still alive 5 s after SIGKILL");
         }
         let mut out = Vec::new();
         let mut done: Vec<PathBuf> = Vec::new();

@@ -275,17 +275,10 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
             running.push(*pid);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    for pid in wait_gone(&running, Duration::from_secs(5)) {
+        signal_group(pid, libc::SIGKILL)?;
     }
-    for pid in running.iter().filter(|p| alive(**p)) {
-        signal_group(*pid, libc::SIGKILL)?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(&running, Duration::from_secs(5));
     // What no pid file names any more (a node started twice) ends too.
     kill_started(dir);
     let mut stopped = Vec::new();
@@ -294,6 +287,19 @@ pub fn stop_all(dir: &Path) -> Result<Vec<String>> {
         stopped.push(name);
     }
     Ok(stopped)
+}
+
+/// Waits (polling every 10 ms, up to `timeout`) until none of `pids` is alive; returns
+/// those still alive then.
+pub fn wait_gone(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Resolves a `host:port` listen address.

@@ -47,7 +47,7 @@ pub fn verify_group(ctx: &Ctx, host: &Host<'_>, name: &str, notes: &mut Vec<Stri
 }
 
 /// The replicator listen address at `site`.
-fn replicator_at(ctx: &Ctx, site: &str) -> Result<String> {
+pub(super) fn replicator_at(ctx: &Ctx, site: &str) -> Result<String> {
     ctx.topo
         .replicators_at(site)
         .first()
