@@ -37,19 +37,28 @@ pub(super) async fn become_primary(
 ) -> Result<()> {
     let name = g.cfg.name.clone();
     info!(group = %name, %epoch, "becoming primary");
-    // Where the group's seq numbering continues from.
-    let mut start = match &g.role {
-        RoleState::Replica { rg: Some(rg), .. } => rg.watermark(),
-        RoleState::Primary { pipeline, .. } => pipeline.progress().last_captured_seq,
-        _ => Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0)),
+    let replica = match &g.role {
+        RoleState::Replica { rg: Some(rg), .. } => Some(rg.clone()),
+        _ => None,
+    };
+    let captured = match &g.role {
+        RoleState::Primary { pipeline, .. } => Some(pipeline.progress().last_captured_seq),
+        _ => None,
     };
     // Journals of older epochs are this node's own writes as primary (a replica's are removed
     // once it is resynced), unless it was a replica since or its copy is half-resynced.
     let own_old_journals = !matches!(g.role, RoleState::Replica { .. })
         && !replica_dir(rt, &name).join(RESYNC_MARKER).exists();
-    stop_role(g).await;
     rt.service.remove_group(&name);
     lock(&rt.me.replicas).remove(&name);
+    // A replica is retired here: no frame of a stream the old primary opened lands after this.
+    stop_role(g).await;
+    // Where the group's seq numbering continues from: read once nothing more is applied.
+    let mut start = match (replica, captured) {
+        (Some(rg), _) => rg.watermark(),
+        (None, Some(seq)) => seq,
+        (None, None) => Seq(stored_watermark(&replica_dir(rt, &name))?.unwrap_or(0)),
+    };
     // The local files now take the primary's writes, with no undo: the replica history of
     // this site ends here.
     let hdir = history_dir(rt, &name);

@@ -202,7 +202,7 @@ fn open_volume(
 }
 
 /// A group's runtime before the coordinators have said anything.
-fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
+pub(super) fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
     GroupRt {
         cfg: g.clone(),
         role: RoleState::Unknown,

@@ -10,25 +10,42 @@ use super::lock::lock;
 use super::replica::{open_replica, register_replica};
 use super::resync::start_resync;
 use super::runtime::{GroupRt, NodeRt, RoleState};
+use crate::apply::ReplicaGroup;
 use crate::error::Result;
 use std::sync::Arc;
 use tandem_core::ids::Epoch;
 use tandem_core::proto::ReleaseLeaseRequest;
 use tracing::{info, warn};
 
-/// Stops the group's role: capture sources, pipeline and shipper (primary); the role
-/// becomes unknown.
+/// Stops the group's role: capture sources, pipeline and shipper (primary), or the applying
+/// of frames (replica, see [`retire_replica`]); the role becomes unknown.
 pub(super) async fn stop_role(g: &mut GroupRt) {
     g.scans.clear();
     if let Some(stop) = g.sources_stop.take() {
         let _ = stop.send(true);
     }
     let role = std::mem::replace(&mut g.role, RoleState::Unknown);
-    if let RoleState::Primary { shipper, .. } = role {
-        g.cell.set_pipeline(None);
-        if let Some(s) = shipper {
-            let _ = s.stop().await;
+    match role {
+        RoleState::Primary { shipper, .. } => {
+            g.cell.set_pipeline(None);
+            if let Some(s) = shipper {
+                let _ = s.stop().await;
+            }
         }
+        RoleState::Replica { rg: Some(rg), .. } => retire_replica(rg).await,
+        RoleState::Replica { rg: None, .. } | RoleState::Unknown => {}
+    }
+}
+
+/// Ends the applying of frames to a replica's files: waits for the batch being applied, after
+/// which every Ship stream still open on `rg` is refused and ends. Removing the group from the
+/// service only stops new streams: a stream opened earlier holds the group, and over a stalled
+/// link (a partition that TCP outlives) it delivers the old primary's frames seconds later,
+/// onto files that have since become the new primary's.
+pub(super) async fn retire_replica(rg: Arc<ReplicaGroup>) {
+    let name = rg.name().to_owned();
+    if let Err(e) = tokio::task::spawn_blocking(move || rg.retire()).await {
+        warn!(group = %name, error = %e, "retiring the replica failed");
     }
 }
 
@@ -162,5 +179,62 @@ pub(super) async fn become_replica(
             register_replica(rt, g, epoch, rg);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::apply::StreamState;
+    use crate::error::ReplicatorError;
+    use tandem_core::frame::{Change, Encoder, FrameMeta};
+    use tandem_core::ids::{GroupId, Seq};
+
+    fn frame(first: u64, byte: u8) -> Vec<u8> {
+        let meta = FrameMeta {
+            group: GroupId::from_name("vol"),
+            epoch: Epoch(1),
+            first_seq: Seq(first),
+        };
+        let change = Change::write("disk0", 0, vec![byte; 4096], 0);
+        Encoder::new(1).unwrap().encode(meta, &[change]).unwrap()
+    }
+
+    /// The split seen in `partition-sites-replica-majority`: the old primary's Ship stream,
+    /// stalled by a partition, delivered its frames after this site was promoted, onto the
+    /// new primary's image. Leaving the replica role must end every stream on its files.
+    #[tokio::test]
+    async fn leaving_the_replica_role_ends_the_streams_still_open_on_its_files() {
+        let topo = tandem_core::config::Topology::parse(
+            include_str!("../../../examples/two-sites.toml"),
+            "two-sites.toml",
+        )
+        .unwrap();
+        let cfg = topo.groups.iter().find(|g| g.name == "vol").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk0.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let resources = std::collections::HashMap::from([("disk0".to_owned(), image.clone())]);
+        let rg = Arc::new(ReplicaGroup::open("vol", &dir.path().join("meta"), resources).unwrap());
+        let mut stream = StreamState::default();
+        // A stream opened while this site was the replica applies its frames...
+        rg.receive_batch(vec![frame(1, 1)], &mut stream).unwrap();
+        assert_eq!(rg.watermark(), Seq(1));
+        let mut g = super::super::startup::group_rt(cfg, Arc::default());
+        g.role = RoleState::Replica {
+            epoch: Epoch(1),
+            rg: Some(Arc::clone(&rg)),
+            resyncing: false,
+        };
+        stop_role(&mut g).await;
+        // ...and none once the role is gone, though the stream still holds the group.
+        let late = rg.receive_batch(vec![frame(2, 2)], &mut stream);
+        assert!(matches!(late, Err(ReplicatorError::Closed(_))), "{late:?}");
+        assert_eq!(rg.watermark(), Seq(1));
+        assert_eq!(std::fs::read(&image).unwrap()[..4096], [1u8; 4096][..]);
     }
 }

@@ -42,6 +42,19 @@ pub(super) fn after_journal_err(resource: &str, e: ReplicatorError) -> VolumeErr
     }
 }
 
+/// A failed image write of a journaled change as an NBD error: EIO, whatever the file said
+/// (pure).
+pub(super) fn image_write_err(resource: &str, e: VolumeError) -> VolumeError {
+    VolumeError::Backend {
+        what: format!(
+            "{resource}: the image write failed after the change was journaled (it may still \
+             land when the journal is replayed): {e}"
+        ),
+        retryable: false,
+        errno: crate::nbd::proto::Errno::EIO,
+    }
+}
+
 /// A journal error as an NBD error (ENOSPC for a full journal, EPERM when fenced).
 pub(super) fn backend_err(resource: &str, e: ReplicatorError) -> VolumeError {
     let errno = match e {
@@ -77,6 +90,8 @@ pub(super) struct Journaled {
 impl Journaled {
     /// The image write of the change ended with `r`: releases its frame to the shipper, or
     /// fences the group (the replica must never hold a write this image lacks).
+    /// A failed image write answers EIO whatever the file said (ENOSPC, EPERM...): the change
+    /// is journaled, and a restart's replay writes it, so it may still land.
     pub(super) fn imaged<T>(&mut self, r: Result<T, VolumeError>) -> Result<T, VolumeError> {
         if let Some(hold) = self.hold.take() {
             match &r {
@@ -84,7 +99,7 @@ impl Journaled {
                 Err(e) => hold.failed(&e.to_string()),
             }
         }
-        r
+        r.map_err(|e| image_write_err(&self.resource, e))
     }
 
     /// In sync mode, waits for the replica's durable acknowledgement (or the coordinators'
@@ -314,6 +329,18 @@ mod tests {
             panic!("a backend error");
         };
         assert_eq!(errno, crate::nbd::proto::Errno::EIO, "it may still land");
+        let denied = VolumeError::Fenced {
+            path: "disk0.img".into(),
+        };
+        assert_eq!(denied.nbd_errno(), crate::nbd::proto::Errno::EPERM);
+        let VolumeError::Backend { errno, .. } = image_write_err("disk0", denied) else {
+            panic!("a backend error");
+        };
+        assert_eq!(
+            errno,
+            crate::nbd::proto::Errno::EIO,
+            "journaled: replay writes it"
+        );
         let VolumeError::Backend { errno, .. } = backend_err("disk0", fenced()) else {
             panic!("a backend error");
         };

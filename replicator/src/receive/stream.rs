@@ -130,10 +130,10 @@ pub(super) async fn run_stream(
                 apply_latency(group.name()).observe_duration(received.elapsed());
             }
             Err(crate::error::ReplicatorError::Closed(g)) => {
-                tracing::info!(group = %g, "replica retired (resync): ending the stream");
+                tracing::info!(group = %g, "replica retired (resync or promotion): ending the stream");
                 let _ = tx
                     .send(Err(Status::unavailable(format!(
-                        "group {g} is resyncing on this replica"
+                        "group {g} is no longer applied here (the replica is resyncing or was promoted)"
                     ))))
                     .await;
                 return;
