@@ -176,6 +176,19 @@ pub fn kill_started(dir: &Path) -> Vec<i32> {
     killed
 }
 
+/// [`kill_started`] for every folder this process started processes for: what a chaos run
+/// does when it is told to stop (SIGTERM, SIGINT) before its scenarios end their clusters.
+/// Returns the pids whose group was killed.
+pub fn kill_all_started() -> Vec<i32> {
+    let dirs: Vec<PathBuf> = STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    dirs.iter().flat_map(|d| kill_started(d)).collect()
+}
+
 /// Reads the pid recorded for `name` in `dir`.
 pub fn read_pid(dir: &Path, name: &str) -> Result<i32> {
     let p = pid_file(dir, name);

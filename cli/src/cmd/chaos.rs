@@ -38,6 +38,46 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
 }
 
+/// On SIGTERM or SIGINT, kills every node this run started (their process groups, reaped)
+/// and exits 128 + the signal: the nodes run detached in groups of their own, and a runner
+/// stopped from outside (a timeout, ^C) would otherwise leave whole clusters running.
+fn end_clusters_on_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let spawned = std::thread::Builder::new()
+        .name("chaos-signals".into())
+        .spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let code = rt.block_on(async {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return None;
+                };
+                tokio::select! {
+                    _ = term.recv() => Some(128 + libc::SIGTERM),
+                    _ = int.recv() => Some(128 + libc::SIGINT),
+                }
+            });
+            if let Some(code) = code {
+                let killed = proc::kill_all_started();
+                eprintln!(
+                    "stopped: killed the process groups of {} nodes",
+                    killed.len()
+                );
+                std::process::exit(code);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("warning: no signal handler ({e}): a stopped run may leave nodes running");
+    }
+}
+
 /// Runs a `tandem chaos` subcommand.
 pub fn run(cmd: ChaosCmd) -> Result<()> {
     let ChaosCmd::Run(a) = cmd;
@@ -48,6 +88,7 @@ pub fn run(cmd: ChaosCmd) -> Result<()> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    end_clusters_on_signal();
     let mut scenarios = Vec::new();
     for p in &a.scenarios {
         let text =
