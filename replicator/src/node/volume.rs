@@ -237,7 +237,7 @@ impl VolumeBackend for GroupVolume {
         &self,
         offset: u64,
         data: Vec<u8>,
-        fua: bool,
+        _fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(data.len() as u64);
         // The buffer moves into the change, through the journal, and back for the image
@@ -245,7 +245,8 @@ impl VolumeBackend for GroupVolume {
         let change = Change::write(&self.resource, offset, data, self.clock.now_ms());
         let mut admitted = self.admit(offset, end, change).await?;
         let data = std::mem::take(&mut admitted.change.data);
-        let r = self.file.write(offset, data, fua).await;
+        // FUA asks for what the journal already gave: no fdatasync of the image (see flush).
+        let r = self.file.write(offset, data, false).await;
         admitted.journaled.imaged(r)?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
@@ -265,43 +266,26 @@ impl VolumeBackend for GroupVolume {
         &self,
         offset: u64,
         len: u32,
-        fua: bool,
+        _fua: bool,
     ) -> std::result::Result<(), VolumeError> {
         let end = offset.saturating_add(u64::from(len));
         let change = Change::trim(&self.resource, offset, u64::from(len), self.clock.now_ms());
         let mut admitted = self.admit(offset, end, change).await?;
-        let r = self.file.write_zeroes(offset, len, fua).await;
+        let r = self.file.write_zeroes(offset, len, false).await;
         admitted.journaled.imaged(r)?;
         drop(admitted.guards);
         admitted.journaled.acknowledge().await
     }
 
+    /// Nothing is left to make durable: every write this export acknowledged is already
+    /// durable in the group's journal (and, in sync mode, at the replica); after a crash the
+    /// journal is replayed onto the image, and the image is fdatasync'd before the journal
+    /// trims frames that hold its writes. So a flush costs no fdatasync, no barrier frame and
+    /// no round trip to the replica. A copy that is not primary here took no write through
+    /// this export: its flush syncs the image file, as a plain file's would.
     async fn flush(&self) -> std::result::Result<(), VolumeError> {
-        if self.role.writable() {
-            let mut tries = 0;
-            let journaled = loop {
-                let g = self.role.inflight.read().await;
-                match self
-                    .capture(Change::barrier(&self.resource, self.clock.now_ms()))
-                    .await
-                {
-                    Ok((mut j, _)) => {
-                        // A barrier writes nothing to the image.
-                        j.imaged(Ok(()))?;
-                        break j;
-                    }
-                    Err(CaptureError::JournalFull(e, _)) if tries < 3 => {
-                        drop(g);
-                        tries += 1;
-                        if !self.role.overflow().await? {
-                            return Err(e);
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            self.file.flush().await?;
-            return journaled.acknowledge().await;
+        if self.role.pipeline().is_some() {
+            return Ok(());
         }
         self.file.flush().await
     }
