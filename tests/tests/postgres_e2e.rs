@@ -112,6 +112,15 @@ struct Env {
     client: PgClient,
 }
 
+/// Group `pg` of a status document.
+fn pg_group(st: &serde_json::Value) -> Option<serde_json::Value> {
+    st["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "pg")
+        .cloned()
+}
+
 fn pg_missing() -> bool {
     if !Path::new(BIN).join("postgres").exists() || !Path::new(BIN).join("pgbench").exists() {
         eprintln!(
@@ -209,12 +218,19 @@ fn up(archive_timeout: &str) -> Env {
         .collect();
     procs.push(NodeProc::start(&topo, "hanoi-rep"));
     procs.push(NodeProc::start(&topo, "hcm-rep"));
-    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
-        st["groups"].as_array()?.iter().find(|g| {
-            g["name"] == "pg" && g["state"] == "protected" && g["lease"]["status"] == "active"
-        })?;
-        Some(())
-    });
+    // Before PostgreSQL exists the group is not protected: its database's feed is absent.
+    topo.wait_status(
+        &[],
+        Duration::from_secs(20),
+        "pg leased, degraded: no cluster",
+        |st| {
+            let g = pg_group(st)?;
+            (g["lease"]["status"] == "active"
+                && g["state"] == "degraded"
+                && g["resources"][0]["health"]["state"] == "absent")
+                .then_some(())
+        },
+    );
 
     // 2. The primary: archive_mode on, every completed segment pushed through tandem.
     // A copy inside the (0755) test folder: the checkout holding target/ may not be
@@ -249,6 +265,12 @@ fn up(archive_timeout: &str) -> Env {
     ));
     std::fs::write(&conf, text).unwrap();
     start_server(&primary);
+    // 3. Now the database is protected: its WAL is archived.
+    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "protected" && g["resources"][0]["health"]["state"] == "archiving")
+            .then_some(())
+    });
     Env {
         _servers,
         procs,
@@ -295,6 +317,67 @@ fn pgbench_commits_survive_a_switchover_to_the_wal_restored_standby() {
         t0.elapsed().as_millis()
     );
     assert_eq!(env.procs.len(), 5);
+}
+
+/// WAL that PostgreSQL wrote and could not archive counts in the RPO status shows, and a broken
+/// `archive_command` stalls the database's feed: the group is not protected until archiving
+/// works again.
+#[test]
+fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_group() {
+    if pg_missing() {
+        return;
+    }
+    let env = up("1s");
+    let (topo, p1) = (&env.topo, env.p1);
+    // 1. archive_command broken, then commits and a completed segment that cannot be archived.
+    ok(
+        "break archive_command",
+        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    ok(
+        "commits",
+        psql(
+            p1,
+            "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 10000); SELECT pg_switch_wal(); INSERT INTO t VALUES (1)",
+        ),
+    );
+    let committed = Instant::now();
+    // 2. The RPO grows from those commits (at least their age, less one heartbeat); the
+    //    completed segment waits for archiving.
+    let rpo = topo.wait_status(&[], Duration::from_secs(15), "RPO over 2 s", |st| {
+        let g = pg_group(st)?;
+        let rpo = g["rpo_ms"].as_i64()?;
+        let age = committed.elapsed().as_millis() as i64;
+        assert!(
+            rpo >= age - 1_500 || age < 2_000,
+            "status RPO {rpo} ms while the unarchived commits are {age} ms old: {g}"
+        );
+        (rpo > 2_000 && g["resources"][0]["health"]["unarchived_segments"].as_u64()? >= 1)
+            .then_some(rpo)
+    });
+    eprintln!("status RPO {rpo} ms with archive_command failing");
+    // 3. The feed stalls: the group is degraded and says why.
+    topo.wait_status(&[], Duration::from_secs(15), "feed stalled", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "degraded"
+            && g["resources"][0]["health"]["state"] == "stalled"
+            && g["reason"].as_str()?.contains("archive_command failing"))
+        .then_some(())
+    });
+    // 4. archive_command repaired: everything reaches the replica, protected with RPO 0.
+    ok(
+        "repair archive_command",
+        psql(p1, "ALTER SYSTEM RESET archive_command"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    topo.wait_status(&[], Duration::from_secs(30), "protected, RPO 0", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "protected"
+            && g["rpo_ms"] == 0
+            && g["resources"][0]["health"]["state"] == "archiving")
+            .then_some(())
+    });
 }
 
 /// The facts compared between primary and standby: pgbench history rows, their delta sum and
@@ -696,9 +779,10 @@ fn returning_old_primary_receives_archive_files_after_a_failover() {
             .as_array()
             .and_then(|gs| gs.iter().find(|g| g["name"] == "pg").cloned())
     };
-    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+    // No PostgreSQL cluster at hanoi: leased, but not protected.
+    topo.wait_status(&[], Duration::from_secs(20), "pg leased", |st| {
         let g = group(st)?;
-        (g["state"] == "protected" && g["lease"]["status"] == "active").then_some(())
+        (g["state"] == "degraded" && g["lease"]["status"] == "active").then_some(())
     });
     let file = |name: &str, fill: u8| {
         let p = root.join(name);
