@@ -380,6 +380,74 @@ fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_gr
     });
 }
 
+/// An unplanned failover records the WAL PostgreSQL had not archived in its data-loss window:
+/// `last_failover_loss_ms` is the RPO status showed, not 0.
+#[test]
+fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
+    if pg_missing() {
+        return;
+    }
+    let mut env = up("1s");
+    env.start_standby();
+    let (p1, primary) = (env.p1, env.primary.clone());
+    // 1. archive_command broken, then commits that never reach the replica site.
+    ok(
+        "break archive_command",
+        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    ok(
+        "commits",
+        psql(
+            p1,
+            "CREATE TABLE lost(x int); INSERT INTO lost SELECT generate_series(1, 1000)",
+        ),
+    );
+    let shown = env
+        .topo
+        .wait_status(&[], Duration::from_secs(15), "RPO over 2 s", |st| {
+            let rpo = pg_group(st)?["rpo_ms"].as_i64()?;
+            (rpo > 2_000).then_some(rpo)
+        });
+    // 2. hanoi is lost: its replicator and PostgreSQL die.
+    let hanoi = env.procs.iter().position(|p| p.name == "hanoi-rep").unwrap();
+    env.procs[hanoi].kill9();
+    ok(
+        "stop the primary",
+        as_pg(
+            "pg_ctl",
+            &["-D", primary.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+        ),
+    );
+    // 3. Failover to hcm: the recorded window is at least what status showed before the loss.
+    let topo = &env.topo;
+    let (code, out, err) = topo.tandem(&[
+        "failover",
+        "pg",
+        "--config",
+        topo.config.to_str().unwrap(),
+        "--param",
+        "ready_command=true",
+    ]);
+    if code != 0 {
+        dump_logs(topo);
+    }
+    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+    let loss = topo.wait_status(&[], Duration::from_secs(20), "the loss window", |st| {
+        let g = pg_group(st)?;
+        (g["primary"] == "hcm").then_some(())?;
+        g["last_failover_loss_ms"].as_i64()
+    });
+    eprintln!("status RPO {shown} ms before the loss; recorded loss window {loss} ms");
+    assert!(
+        loss >= shown,
+        "recorded data-loss window {loss} ms, status showed RPO {shown} ms before the loss"
+    );
+    // The rows are indeed lost: the promoted standby never saw the table.
+    let o = psql(env.p2, "SELECT count(*) FROM lost");
+    assert!(!o.status.success(), "the unarchived table reached the standby");
+}
+
 /// The facts compared between primary and standby: pgbench history rows, their delta sum and
 /// the accounts' balance sum.
 const FACTS: &str = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT coalesce(sum(delta), 0) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)";
