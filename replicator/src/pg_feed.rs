@@ -141,10 +141,7 @@ impl Tracker {
             );
         }
         if let Some(why) = &obs.unreadable {
-            return bad(
-                FeedState::Unreadable,
-                format!("cannot read pg_wal: {why}"),
-            );
+            return bad(FeedState::Unreadable, format!("cannot read pg_wal: {why}"));
         }
         let durable = obs.done.as_ref().map(|d| d.0.as_str());
         let mut at_risk: Vec<&str> = obs
@@ -159,7 +156,9 @@ impl Tracker {
         at_risk.dedup();
         for name in &at_risk {
             if !self.written_since.contains_key(*name) {
-                let since = self.prev_poll_ms.unwrap_or_else(|| first_poll_bound(obs, name));
+                let since = self
+                    .prev_poll_ms
+                    .unwrap_or_else(|| first_poll_bound(obs, name));
                 self.written_since.insert((*name).to_owned(), since);
             }
         }
@@ -244,7 +243,7 @@ pub fn segment_start(name: &str, seg_size: u64) -> Option<u64> {
     if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    if !seg_size.is_power_of_two() || seg_size < (1 << 20) || seg_size > (1 << 30) {
+    if !seg_size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&seg_size) {
         return None;
     }
     let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
@@ -322,7 +321,10 @@ pub fn observe(
             }
         } else if let Some(seg) = name.strip_suffix(".done") {
             if seg.len() == 24 && obs.done.as_ref().is_none_or(|d| d.0.as_str() < seg) {
-                obs.done = Some((seg.to_owned(), meta.ctime() * 1000 + meta.ctime_nsec() / 1_000_000));
+                obs.done = Some((
+                    seg.to_owned(),
+                    meta.ctime() * 1000 + meta.ctime_nsec() / 1_000_000,
+                ));
             }
         }
     }
@@ -417,16 +419,26 @@ mod tests {
     fn unarchived_wal_counts_from_the_poll_before_it_was_seen() {
         let mut t = Tracker::default();
         // 1. Only the archived segment and a recycled future one: nothing at risk.
-        let h = t.assess(&running(1_000, vec![seg(S1, 900, true), seg(S2, 10, false)]));
+        let h = t.assess(&running(
+            1_000,
+            vec![seg(S1, 900, true), seg(S2, 10, false)],
+        ));
         assert_eq!(h.oldest_unarchived_ms, None, "{h:?}");
         assert!(h.healthy());
         // 2. Commits land in S2 between polls: at risk since the poll at 1000.
-        let h = t.assess(&running(1_500, vec![seg(S1, 900, true), seg(S2, 1_400, true)]));
+        let h = t.assess(&running(
+            1_500,
+            vec![seg(S1, 900, true), seg(S2, 1_400, true)],
+        ));
         assert_eq!(h.oldest_unarchived_ms, Some(1_000), "{h:?}");
         // 3. More writes do not move the bound; S3 starts too.
         let h = t.assess(&running(
             4_000,
-            vec![seg(S1, 900, true), seg(S2, 3_000, true), seg(S3, 3_900, true)],
+            vec![
+                seg(S1, 900, true),
+                seg(S2, 3_000, true),
+                seg(S3, 3_900, true),
+            ],
         ));
         assert_eq!(h.oldest_unarchived_ms, Some(1_000), "{h:?}");
         // 4. S2 archived: the oldest at risk is S3, first seen written at 4000 (poll at 1500
@@ -448,7 +460,11 @@ mod tests {
         t.assess(&running(1_000, vec![seg(S1, 900, true)]));
         let mut o = running(
             3_000,
-            vec![seg(S1, 900, true), seg(S2, 2_000, true), seg(S3, 2_900, true)],
+            vec![
+                seg(S1, 900, true),
+                seg(S2, 2_000, true),
+                seg(S3, 2_900, true),
+            ],
         );
         o.ready = vec![(S2.into(), 2_000)];
         let h = t.assess(&o);
@@ -467,7 +483,10 @@ mod tests {
     #[test]
     fn the_first_poll_bounds_by_the_segment_before() {
         let mut t = Tracker::default();
-        let h = t.assess(&running(5_000, vec![seg(S1, 900, true), seg(S2, 4_000, true)]));
+        let h = t.assess(&running(
+            5_000,
+            vec![seg(S1, 900, true), seg(S2, 4_000, true)],
+        ));
         assert_eq!(h.oldest_unarchived_ms, Some(900));
         // Without the segment before: its own last write (a bound from below).
         let mut t = Tracker::default();

@@ -410,13 +410,24 @@ fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
             (rpo > 2_000).then_some(rpo)
         });
     // 2. hanoi is lost: its replicator and PostgreSQL die.
-    let hanoi = env.procs.iter().position(|p| p.name == "hanoi-rep").unwrap();
+    let hanoi = env
+        .procs
+        .iter()
+        .position(|p| p.name == "hanoi-rep")
+        .unwrap();
     env.procs[hanoi].kill9();
     ok(
         "stop the primary",
         as_pg(
             "pg_ctl",
-            &["-D", primary.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                primary.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         ),
     );
     // 3. Failover to hcm: the recorded window is at least what status showed before the loss.
@@ -445,7 +456,10 @@ fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
     );
     // The rows are indeed lost: the promoted standby never saw the table.
     let o = psql(env.p2, "SELECT count(*) FROM lost");
-    assert!(!o.status.success(), "the unarchived table reached the standby");
+    assert!(
+        !o.status.success(),
+        "the unarchived table reached the standby"
+    );
 }
 
 /// The facts compared between primary and standby: pgbench history rows, their delta sum and

@@ -4,8 +4,8 @@
 
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::{Live, LiveGroup};
-use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::state::GroupState;
+use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::status::{
     CertStatus, ClusterStatus, FeedHealth, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
     SiteStatus as StSite, TlsStatus,
@@ -353,16 +353,34 @@ mod tests {
         let cases = [
             (GroupState::Protected, vec![], "protected", false),
             (GroupState::Protected, vec![feed(true)], "protected", false),
-            (GroupState::Protected, vec![feed(true), feed(false)], "degraded", true),
-            (GroupState::SwitchingOver, vec![feed(false)], "switching-over", true),
-            (GroupState::FailedOver, vec![feed(false)], "failed-over", true),
+            (
+                GroupState::Protected,
+                vec![feed(true), feed(false)],
+                "degraded",
+                true,
+            ),
+            (
+                GroupState::SwitchingOver,
+                vec![feed(false)],
+                "switching-over",
+                true,
+            ),
+            (
+                GroupState::FailedOver,
+                vec![feed(false)],
+                "failed-over",
+                true,
+            ),
         ];
         for (i, (state, feeds, want, why)) in cases.into_iter().enumerate() {
             let (got, reason) = shown_state(state, &feeds);
             assert_eq!(got, want, "#{i}: expect {want} got {got}");
             assert_eq!(reason.is_some(), why, "#{i}: reason {reason:?}");
             if let Some(r) = reason {
-                assert!(r.contains("database db stalled: archive_command failing"), "#{i}: {r}");
+                assert!(
+                    r.contains("database db stalled: archive_command failing"),
+                    "#{i}: {r}"
+                );
             }
         }
     }

@@ -77,14 +77,18 @@ mod tests {
 
     #[test]
     fn a_failed_command_error_quotes_the_tail_of_its_output() {
-        let out = "starting\n\npsql: error: connection to server on socket failed\n[exit status: 2]";
+        let out =
+            "starting\n\npsql: error: connection to server on socket failed\n[exit status: 2]";
         assert_eq!(
             failure_summary(out),
             "the command failed: starting | psql: error: connection to server on socket failed | [exit status: 2]"
         );
         let many: String = (0..20).map(|i| format!("line {i}\n")).collect();
         let s = failure_summary(&many);
-        assert!(s.ends_with("line 15 | line 16 | line 17 | line 18 | line 19"), "{s}");
+        assert!(
+            s.ends_with("line 15 | line 16 | line 17 | line 18 | line 19"),
+            "{s}"
+        );
         assert!(!s.contains("line 14"), "{s}");
         let long = "é".repeat(2_000);
         let s = failure_summary(&long);
