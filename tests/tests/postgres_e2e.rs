@@ -702,7 +702,29 @@ fn bench_postgres_rpo_by_archive_timeout() {
         bench(&["-i", "-s", "1", "-q"]);
         let load_start = chrono::Utc::now().timestamp_millis() + 500;
         std::thread::sleep(Duration::from_millis(500));
-        bench(&["-c", "1", "-j", "1", "-R", "50", "-T", "20", "-n"]);
+        // Status RPO sampled every 100 ms during the load, beside the measured exposure.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut shown: Vec<i64> = std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                let mut v = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(r) = env
+                        .topo
+                        .status(&[])
+                        .ok()
+                        .and_then(|st| pg_group(&st)?["rpo_ms"].as_i64())
+                    {
+                        v.push(r);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                v
+            });
+            bench(&["-c", "1", "-j", "1", "-R", "50", "-T", "20", "-n"]);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            sampler.join().unwrap()
+        });
+        shown.sort_unstable();
         // Close the last segment so the tail is archived, but do not count it: its switch was
         // forced here, not by archive_timeout.
         let last = ok(
@@ -751,20 +773,24 @@ fn bench_postgres_rpo_by_archive_timeout() {
             .collect();
         push.sort_unstable();
         let row = format!(
-            "| {at} | {} commits in {segments} segments | p50 {} ms, p99 {} ms, max {} ms | p50 {} ms, p99 {} ms |",
+            "| {at} | {} commits in {segments} segments | p50 {} ms, p99 {} ms, max {} ms | p50 {} ms, p99 {} ms | p50 {} ms, p99 {} ms, max {} ms ({} samples) |",
             delays.len(),
             pct(&delays, 0.5),
             pct(&delays, 0.99),
             delays.last().copied().unwrap_or(0),
             pct(&push, 0.5),
             pct(&push, 0.99),
+            pct(&shown, 0.5),
+            pct(&shown, 0.99),
+            shown.last().copied().unwrap_or(0),
+            shown.len(),
         );
         eprintln!("{row}");
         rows.push(row);
         assert!(!delays.is_empty(), "no commits found in the archive");
         drop(env);
     }
-    eprintln!("| archive_timeout | measured | commit -> durable at the replica (RPO exposure) | tandem wal push latency |\n| --- | --- | --- | --- |");
+    eprintln!("| archive_timeout | measured | commit -> durable at the replica (RPO exposure) | tandem wal push latency | status RPO (sampled every 100 ms) |\n| --- | --- | --- | --- | --- |");
     for r in rows {
         eprintln!("{r}");
     }
