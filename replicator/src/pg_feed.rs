@@ -42,7 +42,7 @@ pub struct Segment {
 pub struct Observation {
     /// When the folder was read, unix ms.
     pub now_ms: i64,
-    /// `None` when readable; otherwise why not (`absent: ...` when it does not exist).
+    /// `None` when readable; otherwise why not (the OS error, naming the folder).
     pub unreadable: Option<String>,
     /// The folder does not exist: no PostgreSQL cluster at the data directory yet.
     pub absent: bool,
@@ -144,13 +144,15 @@ impl Tracker {
             return bad(FeedState::Unreadable, format!("cannot read pg_wal: {why}"));
         }
         let durable = obs.done.as_ref().map(|d| d.0.as_str());
+        // Written segments after the newest archived one, and every segment waiting for
+        // archive_command (even one before it: PostgreSQL archives in order, but a .ready
+        // file is never durable at the replica).
         let mut at_risk: Vec<&str> = obs
             .segments
             .iter()
-            .filter(|s| s.written)
+            .filter(|s| s.written && Some(s.name.as_str()) > durable)
             .map(|s| s.name.as_str())
             .chain(obs.ready.iter().map(|r| r.0.as_str()))
-            .filter(|n| Some(*n) > durable)
             .collect();
         at_risk.sort_unstable();
         at_risk.dedup();
@@ -478,6 +480,11 @@ mod tests {
         assert_eq!(h.unarchived_segments, 2);
         assert_eq!(h.oldest_unarchived_ms, Some(1_000));
         assert!(h.detail.contains("archive_command failing"), "{}", h.detail);
+        // A segment still waiting while a later one was archived stays at risk.
+        o.done = Some((S3.into(), 7_000));
+        o.ready = vec![(S2.into(), 2_000)];
+        let h = t.assess(&o);
+        assert_eq!(h.oldest_unarchived_ms, Some(1_000), "{h:?}");
     }
 
     #[test]
@@ -520,6 +527,61 @@ mod tests {
         // A clean shutdown: only its checkpoint is left unarchived.
         o.clean_shutdown_redo = Some(S2.into());
         assert_eq!(t.assess(&o).oldest_unarchived_ms, None);
+    }
+
+    #[test]
+    fn observe_reads_status_files_and_page_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        assert!(observe(data, 1, || None).absent);
+        let wal = data.join("pg_wal");
+        std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+        std::fs::write(data.join("postmaster.pid"), b"1").unwrap();
+        let mb = 1u64 << 20;
+        let segment = |name: &str, addr: u64| {
+            let mut head = vec![0u8; 16];
+            if addr > 0 {
+                head[..2].copy_from_slice(&0xD110u16.to_le_bytes());
+                head[8..].copy_from_slice(&addr.to_le_bytes());
+            }
+            std::fs::write(wal.join(name), &head).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(wal.join(name))
+                .unwrap();
+            f.set_len(mb).unwrap();
+        };
+        segment(S1, mb);
+        segment(S2, 2 * mb);
+        // Recycled: still the address of its former life.
+        segment(S3, mb);
+        std::fs::write(wal.join("archive_status").join(format!("{S1}.done")), b"").unwrap();
+        std::fs::write(wal.join("archive_status").join(format!("{S2}.ready")), b"").unwrap();
+        std::fs::write(wal.join("archive_status/00000002.history.ready"), b"").unwrap();
+        let o = observe(data, 5, || {
+            panic!("a running server needs no pg_controldata")
+        });
+        assert!(o.running && !o.absent && o.unreadable.is_none(), "{o:?}");
+        assert_eq!(o.done.as_ref().map(|d| d.0.as_str()), Some(S1));
+        assert_eq!(
+            o.ready.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            [S2]
+        );
+        let mut written: Vec<(&str, bool)> = o
+            .segments
+            .iter()
+            .map(|s| (s.name.as_str(), s.written))
+            .collect();
+        written.sort_unstable();
+        assert_eq!(written, [(S1, true), (S2, true), (S3, false)]);
+        // Stopped with WAL not archived: pg_controldata is asked.
+        std::fs::remove_file(data.join("postmaster.pid")).unwrap();
+        let o = observe(data, 6, || {
+            Some(format!(
+                "Database cluster state: shut down\nLatest checkpoint's REDO WAL file: {S2}\n"
+            ))
+        });
+        assert_eq!(o.clean_shutdown_redo.as_deref(), Some(S2));
     }
 
     #[test]
