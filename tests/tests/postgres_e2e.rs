@@ -462,6 +462,45 @@ fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
     );
 }
 
+/// A failed `exec` step (here the switchover's drain) says why: the tail of the command's
+/// output is in the live output and in `tandem run show`, not only in `--json`.
+#[test]
+fn a_failed_drain_quotes_its_stderr_in_the_live_output_and_run_show() {
+    if pg_missing() {
+        return;
+    }
+    let env = up("1s");
+    let topo = &env.topo;
+    let cfg = topo.config.to_str().unwrap();
+    let (code, out, err) = topo.tandem(&[
+        "switchover",
+        "pg",
+        "--config",
+        cfg,
+        "--param",
+        "drain_command=echo drain-went-wrong-marker >&2; exit 3",
+    ]);
+    assert_ne!(code, 0, "the switchover should fail:\n{out}\n{err}");
+    let live = format!("{out}{err}");
+    assert!(
+        live.contains("the command failed: drain-went-wrong-marker"),
+        "live output:\n{live}"
+    );
+    let (code, list, err) = topo.tandem(&["runs", "--group", "pg", "--json", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let id = runs[0]["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id in {list}"))
+        .to_owned();
+    let (code, show, err) = topo.tandem(&["run", "show", &id, "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        show.contains("the command failed: drain-went-wrong-marker"),
+        "run show:\n{show}"
+    );
+}
+
 /// The facts compared between primary and standby: pgbench history rows, their delta sum and
 /// the accounts' balance sum.
 const FACTS: &str = "SELECT (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT coalesce(sum(delta), 0) FROM pgbench_history) || ' ' || (SELECT sum(abalance) FROM pgbench_accounts)";
