@@ -343,14 +343,14 @@ fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_gr
         ),
     );
     let committed = Instant::now();
-    // 2. The RPO grows from those commits (at least their age, less one heartbeat); the
-    //    completed segment waits for archiving.
+    // 2. The RPO grows from those commits (at least their age, less a margin); the
+    //    completed segment waits for archiving. (Margin: a heartbeat, the status call, load.)
     let rpo = topo.wait_status(&[], Duration::from_secs(15), "RPO over 2 s", |st| {
         let g = pg_group(st)?;
         let rpo = g["rpo_ms"].as_i64()?;
         let age = committed.elapsed().as_millis() as i64;
         assert!(
-            rpo >= age - 1_500 || age < 2_000,
+            rpo >= age - 2_500,
             "status RPO {rpo} ms while the unarchived commits are {age} ms old: {g}"
         );
         (rpo > 2_000 && g["resources"][0]["health"]["unarchived_segments"].as_u64()? >= 1)
