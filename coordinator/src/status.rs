@@ -179,4 +179,29 @@ pub struct ResourceStatus {
     /// For postgres: the folder of its binaries (`pg_ctl`, `psql`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<String>,
+    /// For postgres: its WAL feed at the primary as the primary's replicator last reported it
+    /// (absent while the primary does not report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<FeedHealth>,
+}
+
+/// The feed of a database resource at the primary (PostgreSQL: WAL archiving).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHealth {
+    /// `archiving`, `stalled` (archive_command failing), `stopped` (no server running),
+    /// `absent` (no cluster at the data directory) or `unreadable` (pg_wal cannot be read).
+    pub state: String,
+    /// Only a healthy feed protects the resource: the group is shown `degraded` otherwise.
+    pub healthy: bool,
+    /// The newest WAL segment durable at the replica, if any was seen.
+    pub last_archived: Option<String>,
+    /// When it was archived, unix ms.
+    pub last_archived_ms: Option<i64>,
+    /// Completed WAL segments waiting for archive_command.
+    pub unarchived_segments: u32,
+    /// Age (ms, bounded from above by one poll) of the oldest WAL not durable at the replica;
+    /// counted in the group's `rpo_ms`.
+    pub unarchived_age_ms: Option<i64>,
+    /// One line: what the feed is doing.
+    pub detail: String,
 }

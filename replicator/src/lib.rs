@@ -26,6 +26,7 @@
 //! - [`history`]: the replica's point-in-time history: undo records and recovery points in
 //!   segment files, retention, point selection, rewinding a copy (pure codec + file store).
 //! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
+//! - [`pg_feed`]: the primary's PostgreSQL WAL feed: WAL not archived yet (RPO) and health.
 //! - [`durable_dir`]: folders created with their parents fsynced (they survive a power loss).
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`validate`]: pure validation of replication requests before a handler acts.
@@ -45,6 +46,7 @@ pub mod meta;
 pub mod nbd;
 pub mod node;
 pub mod pg_archive;
+pub mod pg_feed;
 pub mod pipeline;
 pub mod quarantine;
 pub mod receive;

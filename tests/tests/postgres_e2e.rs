@@ -112,6 +112,15 @@ struct Env {
     client: PgClient,
 }
 
+/// Group `pg` of a status document.
+fn pg_group(st: &serde_json::Value) -> Option<serde_json::Value> {
+    st["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "pg")
+        .cloned()
+}
+
 fn pg_missing() -> bool {
     if !Path::new(BIN).join("postgres").exists() || !Path::new(BIN).join("pgbench").exists() {
         eprintln!(
@@ -209,12 +218,19 @@ fn up(archive_timeout: &str) -> Env {
         .collect();
     procs.push(NodeProc::start(&topo, "hanoi-rep"));
     procs.push(NodeProc::start(&topo, "hcm-rep"));
-    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
-        st["groups"].as_array()?.iter().find(|g| {
-            g["name"] == "pg" && g["state"] == "protected" && g["lease"]["status"] == "active"
-        })?;
-        Some(())
-    });
+    // Before PostgreSQL exists the group is not protected: its database's feed is absent.
+    topo.wait_status(
+        &[],
+        Duration::from_secs(20),
+        "pg leased, degraded: no cluster",
+        |st| {
+            let g = pg_group(st)?;
+            (g["lease"]["status"] == "active"
+                && g["state"] == "degraded"
+                && g["resources"][0]["health"]["state"] == "absent")
+                .then_some(())
+        },
+    );
 
     // 2. The primary: archive_mode on, every completed segment pushed through tandem.
     // A copy inside the (0755) test folder: the checkout holding target/ may not be
@@ -249,6 +265,12 @@ fn up(archive_timeout: &str) -> Env {
     ));
     std::fs::write(&conf, text).unwrap();
     start_server(&primary);
+    // 3. Now the database is protected: its WAL is archived.
+    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "protected" && g["resources"][0]["health"]["state"] == "archiving")
+            .then_some(())
+    });
     Env {
         _servers,
         procs,
@@ -295,6 +317,188 @@ fn pgbench_commits_survive_a_switchover_to_the_wal_restored_standby() {
         t0.elapsed().as_millis()
     );
     assert_eq!(env.procs.len(), 5);
+}
+
+/// WAL that PostgreSQL wrote and could not archive counts in the RPO status shows, and a broken
+/// `archive_command` stalls the database's feed: the group is not protected until archiving
+/// works again.
+#[test]
+fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_group() {
+    if pg_missing() {
+        return;
+    }
+    let env = up("1s");
+    let (topo, p1) = (&env.topo, env.p1);
+    // 1. archive_command broken, then commits and a completed segment that cannot be archived.
+    ok(
+        "break archive_command",
+        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    ok(
+        "commits",
+        psql(
+            p1,
+            "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 10000); SELECT pg_switch_wal(); INSERT INTO t VALUES (1)",
+        ),
+    );
+    let committed = Instant::now();
+    // 2. The RPO grows from those commits (at least their age, less a margin); the
+    //    completed segment waits for archiving. (Margin: a heartbeat, the status call, load.)
+    let rpo = topo.wait_status(&[], Duration::from_secs(15), "RPO over 2 s", |st| {
+        let g = pg_group(st)?;
+        let rpo = g["rpo_ms"].as_i64()?;
+        let age = committed.elapsed().as_millis() as i64;
+        assert!(
+            rpo >= age - 2_500,
+            "status RPO {rpo} ms while the unarchived commits are {age} ms old: {g}"
+        );
+        (rpo > 2_000 && g["resources"][0]["health"]["unarchived_segments"].as_u64()? >= 1)
+            .then_some(rpo)
+    });
+    eprintln!("status RPO {rpo} ms with archive_command failing");
+    // 3. The feed stalls: the group is degraded and says why.
+    topo.wait_status(&[], Duration::from_secs(15), "feed stalled", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "degraded"
+            && g["resources"][0]["health"]["state"] == "stalled"
+            && g["reason"].as_str()?.contains("archive_command failing"))
+        .then_some(())
+    });
+    // 4. archive_command repaired: everything reaches the replica, protected with RPO 0.
+    ok(
+        "repair archive_command",
+        psql(p1, "ALTER SYSTEM RESET archive_command"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    topo.wait_status(&[], Duration::from_secs(30), "protected, RPO 0", |st| {
+        let g = pg_group(st)?;
+        (g["state"] == "protected"
+            && g["rpo_ms"] == 0
+            && g["resources"][0]["health"]["state"] == "archiving")
+            .then_some(())
+    });
+}
+
+/// An unplanned failover records the WAL PostgreSQL had not archived in its data-loss window:
+/// `last_failover_loss_ms` is the RPO status showed, not 0.
+#[test]
+fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
+    if pg_missing() {
+        return;
+    }
+    let mut env = up("1s");
+    env.start_standby();
+    let (p1, primary) = (env.p1, env.primary.clone());
+    // 1. archive_command broken, then commits that never reach the replica site.
+    ok(
+        "break archive_command",
+        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
+    );
+    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    ok(
+        "commits",
+        psql(
+            p1,
+            "CREATE TABLE lost(x int); INSERT INTO lost SELECT generate_series(1, 1000)",
+        ),
+    );
+    let shown = env
+        .topo
+        .wait_status(&[], Duration::from_secs(15), "RPO over 2 s", |st| {
+            let rpo = pg_group(st)?["rpo_ms"].as_i64()?;
+            (rpo > 2_000).then_some(rpo)
+        });
+    // 2. hanoi is lost: its replicator and PostgreSQL die.
+    let hanoi = env
+        .procs
+        .iter()
+        .position(|p| p.name == "hanoi-rep")
+        .unwrap();
+    env.procs[hanoi].kill9();
+    ok(
+        "stop the primary",
+        as_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                primary.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        ),
+    );
+    // 3. Failover to hcm: the recorded window is at least what status showed before the loss.
+    let topo = &env.topo;
+    let (code, out, err) = topo.tandem(&[
+        "failover",
+        "pg",
+        "--config",
+        topo.config.to_str().unwrap(),
+        "--param",
+        "ready_command=true",
+    ]);
+    if code != 0 {
+        dump_logs(topo);
+    }
+    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+    let loss = topo.wait_status(&[], Duration::from_secs(20), "the loss window", |st| {
+        let g = pg_group(st)?;
+        (g["primary"] == "hcm").then_some(())?;
+        g["last_failover_loss_ms"].as_i64()
+    });
+    eprintln!("status RPO {shown} ms before the loss; recorded loss window {loss} ms");
+    assert!(
+        loss >= shown,
+        "recorded data-loss window {loss} ms, status showed RPO {shown} ms before the loss"
+    );
+    // The rows are indeed lost: the promoted standby never saw the table.
+    let o = psql(env.p2, "SELECT count(*) FROM lost");
+    assert!(
+        !o.status.success(),
+        "the unarchived table reached the standby"
+    );
+}
+
+/// A failed `exec` step (here the switchover's drain) says why: the tail of the command's
+/// output is in the live output and in `tandem run show`, not only in `--json`.
+#[test]
+fn a_failed_drain_quotes_its_stderr_in_the_live_output_and_run_show() {
+    if pg_missing() {
+        return;
+    }
+    let env = up("1s");
+    let topo = &env.topo;
+    let cfg = topo.config.to_str().unwrap();
+    let (code, out, err) = topo.tandem(&[
+        "switchover",
+        "pg",
+        "--config",
+        cfg,
+        "--param",
+        "drain_command=echo drain-went-wrong-marker >&2; exit 3",
+    ]);
+    assert_ne!(code, 0, "the switchover should fail:\n{out}\n{err}");
+    let live = format!("{out}{err}");
+    assert!(
+        live.contains("the command failed: drain-went-wrong-marker"),
+        "live output:\n{live}"
+    );
+    let (code, list, err) = topo.tandem(&["runs", "--group", "pg", "--json", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let id = runs[0]["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id in {list}"))
+        .to_owned();
+    let (code, show, err) = topo.tandem(&["run", "show", &id, "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        show.contains("the command failed: drain-went-wrong-marker"),
+        "run show:\n{show}"
+    );
 }
 
 /// The facts compared between primary and standby: pgbench history rows, their delta sum and
@@ -537,7 +741,29 @@ fn bench_postgres_rpo_by_archive_timeout() {
         bench(&["-i", "-s", "1", "-q"]);
         let load_start = chrono::Utc::now().timestamp_millis() + 500;
         std::thread::sleep(Duration::from_millis(500));
-        bench(&["-c", "1", "-j", "1", "-R", "50", "-T", "20", "-n"]);
+        // Status RPO sampled every 100 ms during the load, beside the measured exposure.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut shown: Vec<i64> = std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                let mut v = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(r) = env
+                        .topo
+                        .status(&[])
+                        .ok()
+                        .and_then(|st| pg_group(&st)?["rpo_ms"].as_i64())
+                    {
+                        v.push(r);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                v
+            });
+            bench(&["-c", "1", "-j", "1", "-R", "50", "-T", "20", "-n"]);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            sampler.join().unwrap()
+        });
+        shown.sort_unstable();
         // Close the last segment so the tail is archived, but do not count it: its switch was
         // forced here, not by archive_timeout.
         let last = ok(
@@ -586,20 +812,24 @@ fn bench_postgres_rpo_by_archive_timeout() {
             .collect();
         push.sort_unstable();
         let row = format!(
-            "| {at} | {} commits in {segments} segments | p50 {} ms, p99 {} ms, max {} ms | p50 {} ms, p99 {} ms |",
+            "| {at} | {} commits in {segments} segments | p50 {} ms, p99 {} ms, max {} ms | p50 {} ms, p99 {} ms | p50 {} ms, p99 {} ms, max {} ms ({} samples) |",
             delays.len(),
             pct(&delays, 0.5),
             pct(&delays, 0.99),
             delays.last().copied().unwrap_or(0),
             pct(&push, 0.5),
             pct(&push, 0.99),
+            pct(&shown, 0.5),
+            pct(&shown, 0.99),
+            shown.last().copied().unwrap_or(0),
+            shown.len(),
         );
         eprintln!("{row}");
         rows.push(row);
         assert!(!delays.is_empty(), "no commits found in the archive");
         drop(env);
     }
-    eprintln!("| archive_timeout | measured | commit -> durable at the replica (RPO exposure) | tandem wal push latency |\n| --- | --- | --- | --- |");
+    eprintln!("| archive_timeout | measured | commit -> durable at the replica (RPO exposure) | tandem wal push latency | status RPO (sampled every 100 ms) |\n| --- | --- | --- | --- | --- |");
     for r in rows {
         eprintln!("{r}");
     }
@@ -696,9 +926,10 @@ fn returning_old_primary_receives_archive_files_after_a_failover() {
             .as_array()
             .and_then(|gs| gs.iter().find(|g| g["name"] == "pg").cloned())
     };
-    topo.wait_status(&[], Duration::from_secs(20), "pg protected", |st| {
+    // No PostgreSQL cluster at hanoi: leased, but not protected.
+    topo.wait_status(&[], Duration::from_secs(20), "pg leased", |st| {
         let g = group(st)?;
-        (g["state"] == "protected" && g["lease"]["status"] == "active").then_some(())
+        (g["state"] == "degraded" && g["lease"]["status"] == "active").then_some(())
     });
     let file = |name: &str, fill: u8| {
         let p = root.join(name);

@@ -82,6 +82,8 @@ pub(crate) struct LiveGroup {
     pub(crate) primary_ready: Option<(u64, String, i64)>,
     /// The replica's last report.
     pub replica: Option<ReplicaReport>,
+    /// The primary's report of its database resources' own feeds (PostgreSQL archiving).
+    pub(crate) feeds: Vec<tandem_core::proto::ResourceHealth>,
 }
 
 impl LiveGroup {
@@ -161,6 +163,7 @@ impl Live {
                 e.reporter_epoch = p.epoch;
                 e.reporter_state = p.state.clone();
                 e.reason = p.reason.clone();
+                e.feeds = p.resources.clone();
                 if p.state == "ready" {
                     e.primary_ready = Some((p.epoch, r.node.clone(), now));
                 }

@@ -202,7 +202,7 @@ pub(super) async fn execute(c: &Coordinator, run: &Run, step: &PlannedStep) -> S
                 Ok(out.1)
             } else {
                 Err(Failure {
-                    error: "the command failed".into(),
+                    error: tandem_runbooks::run::failure_summary(&out.1),
                     output: out.1,
                 })
             }

@@ -4,9 +4,10 @@
 
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::{Live, LiveGroup};
+use crate::state::GroupState;
 use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::status::{
-    CertStatus, ClusterStatus, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
+    CertStatus, ClusterStatus, FeedHealth, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
     SiteStatus as StSite, TlsStatus,
 };
 use tandem_core::config::{self, NodeRole, ResourceKind, Site, Topology};
@@ -144,19 +145,35 @@ fn group_status(
     } else {
         lg.rpo_ms + (now - lg.reported_ms)
     };
+    let feeds: &[tandem_core::proto::ResourceHealth] = if fresh { &lg.feeds } else { &[] };
     let resources = cg
         .resources
         .iter()
-        .map(|r| resource_status(t, cg, g, r))
+        .map(|r| {
+            let mut st = resource_status(t, cg, g, r);
+            st.health = feeds
+                .iter()
+                .find(|f| f.resource == r.name)
+                .map(|f| feed_health(f, now));
+            st
+        })
         .collect();
+    let (state, feed_reason) = shown_state(g.state, feeds);
+    let mut reason = group_reason(g, &lg, fresh);
+    if let Some(why) = feed_reason {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str(&why);
+    }
     Some(GroupStatus {
         name: g.name.clone(),
         primary: g.primary_site.clone(),
         replica: g.replica_site.clone(),
         epoch: g.epoch.0,
         mode: g.mode.to_string(),
-        state: g.state.as_str().into(),
-        reason: group_reason(g, &lg, fresh),
+        state: state.into(),
+        reason,
         rpo_ms,
         rpo_target_ms: g.rpo_target_ms as i64,
         rto_target_ms: cg.rto_target.as_millis() as i64,
@@ -210,6 +227,43 @@ fn group_reason(g: &state::Group, lg: &LiveGroup, fresh: bool) -> String {
         reason.push_str(&format!("replica {}: {}", r.site, r.reason));
     }
     reason
+}
+
+/// The state status shows for a group in `state`: a `protected` group whose primary reports
+/// a database feed that is not healthy (PostgreSQL not archiving, absent, stopped) is shown
+/// `degraded`, with why. Pure.
+fn shown_state(
+    state: GroupState,
+    feeds: &[tandem_core::proto::ResourceHealth],
+) -> (&'static str, Option<String>) {
+    let bad: Vec<String> = feeds
+        .iter()
+        .filter(|f| !f.healthy)
+        .map(|f| format!("database {} {}: {}", f.resource, f.state, f.detail))
+        .collect();
+    if bad.is_empty() {
+        return (state.as_str(), None);
+    }
+    let shown = if state == GroupState::Protected {
+        GroupState::Degraded
+    } else {
+        state
+    };
+    (shown.as_str(), Some(bad.join("; ")))
+}
+
+/// A resource feed as the status shows it.
+fn feed_health(f: &tandem_core::proto::ResourceHealth, now: i64) -> FeedHealth {
+    FeedHealth {
+        state: f.state.clone(),
+        healthy: f.healthy,
+        last_archived: (!f.last_archived.is_empty()).then(|| f.last_archived.clone()),
+        last_archived_ms: (f.last_archived_ms > 0).then_some(f.last_archived_ms),
+        unarchived_segments: f.unarchived_segments,
+        unarchived_age_ms: (f.oldest_unarchived_ms > 0)
+            .then(|| (now - f.oldest_unarchived_ms).max(0)),
+        detail: f.detail.clone(),
+    }
 }
 
 /// A lease as the status shows it.
@@ -275,5 +329,59 @@ fn resource_status(
         nbd_url,
         port,
         bin_dir,
+        health: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::proto::ResourceHealth;
+
+    fn feed(healthy: bool) -> ResourceHealth {
+        ResourceHealth {
+            resource: "db".into(),
+            state: if healthy { "archiving" } else { "stalled" }.into(),
+            healthy,
+            detail: "archive_command failing".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_protected_group_whose_database_feed_is_unhealthy_is_shown_degraded() {
+        let cases = [
+            (GroupState::Protected, vec![], "protected", false),
+            (GroupState::Protected, vec![feed(true)], "protected", false),
+            (
+                GroupState::Protected,
+                vec![feed(true), feed(false)],
+                "degraded",
+                true,
+            ),
+            (
+                GroupState::SwitchingOver,
+                vec![feed(false)],
+                "switching-over",
+                true,
+            ),
+            (
+                GroupState::FailedOver,
+                vec![feed(false)],
+                "failed-over",
+                true,
+            ),
+        ];
+        for (i, (state, feeds, want, why)) in cases.into_iter().enumerate() {
+            let (got, reason) = shown_state(state, &feeds);
+            assert_eq!(got, want, "#{i}: expect {want} got {got}");
+            assert_eq!(reason.is_some(), why, "#{i}: reason {reason:?}");
+            if let Some(r) = reason {
+                assert!(
+                    r.contains("database db stalled: archive_command failing"),
+                    "#{i}: {r}"
+                );
+            }
+        }
     }
 }

@@ -1,14 +1,19 @@
-//! PostgreSQL archive pushes at the primary: one archive file's changes journaled in
-//! submissions of at most 32 changes, then waited for until the replica has them durable.
-//! One push at a time per resource; touches the group's pipeline only.
+//! PostgreSQL at the primary: archive pushes (one archive file's changes journaled in
+//! submissions of at most 32 changes, then waited for until the replica has them durable; one
+//! push at a time per resource; touches the group's pipeline only), and the poll of each
+//! postgres resource's `pg_wal` folder for the heartbeat ([`pg_feeds`]: WAL not archived yet
+//! and the feed's health, decided in [`crate::pg_feed`]).
 
 use super::blocks::NodeBlocks;
 use super::lock::lock;
+use crate::pg_feed::{observe, Tracker};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tandem_core::clock::{Clock, SystemClock};
+use tandem_core::config::{Group, ResourceKind, Topology};
 use tandem_core::frame::Change;
 use tandem_core::ids::Seq;
-use tandem_core::proto::{ArchiveWalReply, ArchiveWalRequest};
+use tandem_core::proto::{ArchiveWalReply, ArchiveWalRequest, ResourceHealth};
 use tonic::Status;
 use tracing::info;
 
@@ -75,4 +80,45 @@ impl NodeBlocks {
             blake3: hash,
         })
     }
+}
+
+/// Polls the `pg_wal` folder of every postgres resource of primary group `g` at `site`
+/// (blocking reads of a few directory entries and page headers; `pg_controldata` only for a
+/// stopped server with unarchived WAL) and judges each feed with its tracker in `trackers`.
+pub(super) fn pg_feeds(
+    topo: &Topology,
+    site: &str,
+    g: &Group,
+    trackers: &mut BTreeMap<String, Tracker>,
+    now_ms: i64,
+) -> Vec<ResourceHealth> {
+    let mut out = Vec::new();
+    for r in &g.resources {
+        let ResourceKind::Postgres { bin_dir, .. } = &r.kind else {
+            continue;
+        };
+        let Some(data_dir) = topo.resource_path(g, r, site) else {
+            continue;
+        };
+        let controldata = || {
+            let mut cmd = tandem_core::pgctl::command(bin_dir, "pg_controldata", &data_dir).ok()?;
+            cmd.arg("-D").arg(&data_dir).env("LC_ALL", "C");
+            tandem_core::pgctl::run(cmd).ok()
+        };
+        let obs = observe(&data_dir, now_ms, controldata);
+        let h = trackers.entry(r.name.clone()).or_default().assess(&obs);
+        let (last_archived, last_archived_ms) = h.last_archived.clone().unwrap_or_default();
+        out.push(ResourceHealth {
+            resource: r.name.clone(),
+            state: h.state.as_str().into(),
+            healthy: h.healthy(),
+            last_archived,
+            last_archived_ms,
+            unarchived_segments: h.unarchived_segments,
+            oldest_unarchived_ms: h.oldest_unarchived_ms.unwrap_or(0),
+            detail: h.detail,
+        });
+    }
+    trackers.retain(|name, _| g.resources.iter().any(|r| &r.name == name));
+    out
 }

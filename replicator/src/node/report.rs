@@ -1,9 +1,12 @@
 //! What a heartbeat tells the coordinators: each group's role, epoch, progress, state and
-//! reason, and the one-line resync progress for status. Reads the runtime; no I/O.
+//! reason, and the one-line resync progress for status. Reads the runtime, and (primary
+//! groups with postgres resources) their `pg_wal` folders through [`super::archive`].
 
+use super::archive::pg_feeds;
 use super::decide::{primary_reason, primary_state, replica_reason};
 use super::runtime::{NodeRt, RoleState};
 use std::time::Instant;
+use tandem_core::clock::SystemClock;
 use tandem_core::proto::{GroupProgress, HeartbeatRequest, ResyncProgress};
 
 /// The heartbeat: every group's role and progress (updating the primaries' throughput).
@@ -25,12 +28,23 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 g.last_shipped = pr.bytes_shipped_total;
                 g.last_tick = Instant::now();
                 let ready = g.cell.writable() || *draining;
+                let now_ms = tandem_core::clock::Clock::now_ms(&SystemClock::new());
+                let feeds = pg_feeds(&rt.topo, &rt.node.site, &g.cfg, &mut g.pg_feeds, now_ms);
                 Some(GroupProgress {
                     group: name.clone(),
                     role: "primary".into(),
                     epoch: epoch.0,
                     last_captured_seq: pr.last_captured_seq.0,
-                    oldest_unacked_ms: pr.oldest_unacked_capture_ms.unwrap_or(0),
+                    // The oldest change not durable at the replica: in the stream, or
+                    // WAL PostgreSQL wrote and has not archived yet.
+                    oldest_unacked_ms: pr
+                        .oldest_unacked_capture_ms
+                        .into_iter()
+                        .chain(feeds.iter().map(|h| h.oldest_unarchived_ms))
+                        .filter(|t| *t > 0)
+                        .min()
+                        .unwrap_or(0),
+                    resources: feeds,
                     durable_seq: pr.durable_on_replica_seq.0,
                     bytes_pending: pr.bytes_pending,
                     bytes_shipped: pr.bytes_shipped_total,

@@ -78,6 +78,8 @@ pub(super) struct GroupRt {
     pub(super) quarantined: String,
     /// Progress of the current (or last) resync of this replica.
     pub(super) resync: watch::Sender<ResyncProgress>,
+    /// Each postgres resource's WAL feed as the primary's polls saw it (RPO and health).
+    pub(super) pg_feeds: BTreeMap<String, crate::pg_feed::Tracker>,
 }
 
 /// The running node: its config, data folder, Replication service, groups and coordinators.

@@ -219,6 +219,7 @@ pub(super) fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
             ..ResyncProgress::default()
         })
         .0,
+        pg_feeds: Default::default(),
     }
 }
 

@@ -20,7 +20,7 @@ mod record;
 mod state;
 
 pub use self::next::{next_action, NextAction};
-pub use self::output::{excerpt, OUTPUT_EXCERPT_MAX};
+pub use self::output::{excerpt, failure_summary, FAILURE_TAIL_LINES, OUTPUT_EXCERPT_MAX};
 pub use self::record::{record, RunEvent};
 pub use self::state::{
     ApprovalReason, Phase, RunOutcome, RunState, RunStatus, StepState, StepStatus,
