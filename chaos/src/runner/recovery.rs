@@ -17,6 +17,9 @@ use super::topology::{db_group, group};
 use crate::nbd_client::NbdClient;
 use crate::scenario::{Check, Scenario};
 
+/// How long the woken old primary has to answer the write it must refuse.
+const OLD_PRIMARY_ANSWER: Duration = Duration::from_secs(10);
+
 /// True when the group is protected and its primary holds an active lease.
 pub fn protected(g: Option<&GroupStatus>) -> bool {
     g.is_some_and(|g| {
@@ -54,13 +57,23 @@ pub fn wake_all(ctx: &Ctx, s: &Scenario, obs: &mut Observed) -> Result<Option<bo
         }
     }
     if s.checks.contains(&Check::OldPrimaryFenced) {
-        // Right after it wakes, the old primary must refuse a write.
+        // Right after it wakes, the old primary must refuse a write, promptly: a write left
+        // unanswered (a primary that ignores its fence waits for a replica that no longer
+        // takes its frames) is not a refusal.
         let addr = ctx.nbd_of_site(obs.primary0());
         let r = ctx.rt.block_on(async {
-            let mut c = NbdClient::connect(addr, "disk0").await?;
-            c.write(0, &[0x5a; 4096], false).await
+            tokio::time::timeout(OLD_PRIMARY_ANSWER, async {
+                let mut c = NbdClient::connect(addr, "disk0").await?;
+                c.write(0, &[0x5a; 4096], false).await
+            })
+            .await
         });
-        old_primary_refused = Some(r.is_err());
+        old_primary_refused = Some(matches!(r, Ok(Err(_))));
+        if r.is_err() {
+            obs.notes.push(format!(
+                "the woken old primary did not answer a write within {OLD_PRIMARY_ANSWER:?}"
+            ));
+        }
     }
     for n in obs.killed.clone() {
         ctx.start(&n)?;
