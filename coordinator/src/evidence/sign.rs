@@ -216,7 +216,7 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -318,7 +318,7 @@ pub fn check(
         });
     }
     if let Some(list) = coordinators {
-        if !list.iter().any(|n| *n == node) {
+        if !list.contains(&node) {
             return Err(SignError::NotACoordinator {
                 reason: format!(
                     "{node} is not a coordinator (coordinators: {})",
