@@ -82,14 +82,6 @@ fn a_cluster_export_is_signed_and_forgeries_are_refused_under_the_ca() {
     assert!(out.contains("signed by coordinator"), "{out}");
     let head = sign::parse(&std::fs::read(ev.join(sign::SIGNED_HEAD_FILE)).unwrap()).unwrap();
     assert!(topo.coordinators.contains(&head.claim.signer), "{head:?}");
-    if let Some(keep) = std::env::var_os("KEEP_EVIDENCE_TMP") {
-        std::fs::create_dir_all(&keep).unwrap();
-        for f in std::fs::read_dir(&ev).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), Path::new(&keep).join(f.file_name())).unwrap();
-        }
-        std::fs::copy(&ca, Path::new(&keep).join("ca.pem")).unwrap();
-    }
 
     // 3. verify --ca accepts it and names signer, record and time; without --ca it says
     //    authenticity was not checked.
