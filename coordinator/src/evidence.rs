@@ -14,6 +14,8 @@ pub mod derive;
 pub mod html;
 pub mod sign;
 
+pub use sign::verify_signed;
+
 use crate::audit::{verify_segment, AuditRecord, ChainError, ZERO_HASH};
 use derive::{ResidencyStart, RpoRow, RunsDoc};
 use serde::{Deserialize, Serialize};
@@ -161,38 +163,6 @@ pub struct VerifyReport {
     /// `signed-head.json`, parsed, when the manifest lists it (its hash checked; its
     /// signature only by [`verify_signed`]).
     pub signed_head: Option<sign::SignedHead>,
-}
-
-/// [`verify`], then authenticity: the folder must hold `signed-head.json`, and [`sign::check`]
-/// must accept it against the CA certificates `ca_ders` (and, when given, the coordinator
-/// names).
-///
-/// # Errors
-/// As [`verify`]; [`EvidenceError::FileMissing`] for an unsigned folder;
-/// [`EvidenceError::Signed`] naming the refused field.
-pub fn verify_signed(
-    dir: &Path,
-    ca_ders: &[Vec<u8>],
-    coordinators: Option<&[String]>,
-) -> Result<(VerifyReport, sign::Authenticity), EvidenceError> {
-    let report = verify(dir)?;
-    let head = report
-        .signed_head
-        .as_ref()
-        .ok_or_else(|| EvidenceError::FileMissing {
-            name: format!(
-                "{} (the manifest does not list it: the folder is not signed)",
-                sign::SIGNED_HEAD_FILE
-            ),
-        })?;
-    let ok = sign::check(
-        head,
-        &report.manifest.cluster,
-        &report.manifest.chain,
-        ca_ders,
-        coordinators,
-    )?;
-    Ok((report, ok))
 }
 
 /// Why an export or a verification failed; every variant names the file, line, record or field.

@@ -6,7 +6,8 @@
 //! signer, the head's index and hash and the signing time, one `key=value` per line. A verifier
 //! holding only the folder and the cluster CA ([`check`]) proves that a node certificate of that
 //! CA, naming a coordinator, signed exactly the head the folder's chain recomputes to. Pure
-//! functions except [`sign`], which reads no file (the key PEM is passed in).
+//! functions (the key PEM is passed in to [`sign`]) except [`verify_signed`], the thin I/O
+//! layer that reads a folder and applies [`check`].
 
 use super::ChainSummary;
 use serde::{Deserialize, Serialize};
@@ -409,6 +410,38 @@ pub fn head_matches(c: &HeadClaim, chain: &ChainSummary) -> Result<(), SignError
         }),
         Some(_) => Ok(()),
     }
+}
+
+/// [`super::verify`], then authenticity: the folder must hold `signed-head.json`, and [`check`]
+/// must accept it against the CA certificates `ca_ders` (and, when given, the coordinator
+/// names).
+///
+/// # Errors
+/// As [`super::verify`]; [`super::EvidenceError::FileMissing`] for an unsigned folder;
+/// [`super::EvidenceError::Signed`] naming the refused field.
+pub fn verify_signed(
+    dir: &std::path::Path,
+    ca_ders: &[Vec<u8>],
+    coordinators: Option<&[String]>,
+) -> Result<(super::VerifyReport, Authenticity), super::EvidenceError> {
+    let report = super::verify(dir)?;
+    let head = report
+        .signed_head
+        .as_ref()
+        .ok_or_else(|| super::EvidenceError::FileMissing {
+            name: format!(
+                "{} (the manifest does not list it: the folder is not signed)",
+                SIGNED_HEAD_FILE
+            ),
+        })?;
+    let ok = check(
+        head,
+        &report.manifest.cluster,
+        &report.manifest.chain,
+        ca_ders,
+        coordinators,
+    )?;
+    Ok((report, ok))
 }
 
 #[cfg(test)]
