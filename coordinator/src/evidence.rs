@@ -7,10 +7,14 @@
 //! manifest last), and [`verify`] re-checks the chain, the manifest and each file's hash, then
 //! renders the derived files again from `audit.jsonl` and compares them byte for byte, so an
 //! edited file is caught even under a forged manifest. The format is described in
-//! `docs/evidence.md`.
+//! `docs/evidence.md`. Authenticity (`signed-head.json`, the leader's signature over the head)
+//! is [`sign`]'s: [`write_rendered`] adds the file, [`verify_signed`] checks it against a CA.
 
 pub mod derive;
 pub mod html;
+pub mod sign;
+
+pub use sign::verify_signed;
 
 use crate::audit::{verify_segment, AuditRecord, ChainError, ZERO_HASH};
 use derive::{ResidencyStart, RpoRow, RunsDoc};
@@ -156,6 +160,9 @@ pub struct VerifyReport {
     pub files_rederived: Vec<String>,
     /// Records made without TLS (actor `unauthenticated`).
     pub unauthenticated: derive::model::Unauthenticated,
+    /// `signed-head.json`, parsed, when the manifest lists it (its hash checked; its
+    /// signature only by [`verify_signed`]).
+    pub signed_head: Option<sign::SignedHead>,
 }
 
 /// Why an export or a verification failed; every variant names the file, line, record or field.
@@ -246,6 +253,9 @@ pub enum EvidenceError {
         /// BLAKE3 of the file.
         found: String,
     },
+    /// `signed-head.json` is missing, malformed or refused by [`sign::check`].
+    #[error(transparent)]
+    Signed(#[from] sign::SignError),
     /// A file differs from what `audit.jsonl` derives (first differing line given).
     #[error("{name} line {line}: does not match what {AUDIT_FILE} derives")]
     DerivedMismatch {
@@ -275,6 +285,7 @@ impl EvidenceError {
             | EvidenceError::NonCanonicalLine { .. }
             | EvidenceError::Chain { .. }
             | EvidenceError::ChainSummaryMismatch { .. } => Some(AUDIT_FILE),
+            EvidenceError::Signed(_) => Some(sign::SIGNED_HEAD_FILE),
             EvidenceError::FileMissing { name }
             | EvidenceError::FileMismatch { name, .. }
             | EvidenceError::DerivedMismatch { name, .. } => Some(name),
@@ -476,10 +487,31 @@ pub fn export(
     opts: &ExportOptions,
     out_dir: &Path,
 ) -> Result<ExportSummary, EvidenceError> {
-    let rendered = render(records, opts)?;
+    write_rendered(render(records, opts)?, None, out_dir)
+}
+
+/// Writes a [`Rendered`] folder into `out_dir` as [`export`] does, with `signed` (the leader's
+/// signature over the window's head) as `signed-head.json`, listed and hashed in the manifest.
+///
+/// # Errors
+/// [`EvidenceError::Io`] naming the path.
+pub fn write_rendered(
+    mut rendered: Rendered,
+    signed: Option<&sign::SignedHead>,
+    out_dir: &Path,
+) -> Result<ExportSummary, EvidenceError> {
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     for (name, bytes) in &rendered.files {
         write_atomic(out_dir, name, bytes)?;
+    }
+    if let Some(head) = signed {
+        let bytes = head.to_bytes();
+        write_atomic(out_dir, sign::SIGNED_HEAD_FILE, &bytes)?;
+        rendered.manifest.files.push(FileEntry {
+            name: sign::SIGNED_HEAD_FILE.into(),
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+        });
     }
     write_atomic(out_dir, MANIFEST_FILE, &rendered.manifest_bytes())?;
     std::fs::File::open(out_dir)
@@ -518,7 +550,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, EvidenceError> {
         reason: e.to_string(),
     })?;
     for f in &m.files {
-        if !LISTED_FILES.contains(&f.name.as_str()) {
+        if !LISTED_FILES.contains(&f.name.as_str()) && f.name != sign::SIGNED_HEAD_FILE {
             return Err(EvidenceError::ManifestMalformed {
                 reason: format!("files lists {:?}, which is not an evidence file", f.name),
             });
@@ -531,6 +563,19 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, EvidenceError> {
                 reason: format!("files lists {name} {n} times, expected once"),
             });
         }
+    }
+    let n = m
+        .files
+        .iter()
+        .filter(|f| f.name == sign::SIGNED_HEAD_FILE)
+        .count();
+    if n > 1 {
+        return Err(EvidenceError::ManifestMalformed {
+            reason: format!(
+                "files lists {} {n} times, expected at most once",
+                sign::SIGNED_HEAD_FILE
+            ),
+        });
     }
     Ok(m)
 }
@@ -672,6 +717,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, EvidenceError> {
     for entry in &manifest.files {
         let name = LISTED_FILES
             .iter()
+            .chain([sign::SIGNED_HEAD_FILE].iter())
             .find(|n| **n == entry.name)
             .copied()
             .unwrap_or(AUDIT_FILE);
@@ -706,7 +752,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, EvidenceError> {
         }
         files_rederived.push((*name).to_string());
     }
+    let signed_head = match contents.get(sign::SIGNED_HEAD_FILE) {
+        Some(bytes) => Some(sign::parse(bytes)?),
+        None => None,
+    };
     Ok(VerifyReport {
+        signed_head,
         records: manifest.chain.records,
         unauthenticated: derive::model::Unauthenticated::of(&records),
         manifest,

@@ -165,6 +165,14 @@ async fn make(
             })
             .await
             .map(drop),
+        // A head no chain has: an allowed caller passes the gate and the leader refuses to sign.
+        Call::SignAuditHead => c
+            .sign_audit_head(SignAuditHeadRequest {
+                index: 0,
+                hash: "0".repeat(64),
+            })
+            .await
+            .map(drop),
     }
 }
 

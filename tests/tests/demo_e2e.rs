@@ -33,6 +33,20 @@ fn demo_runs_to_a_green_summary() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // And it is authentic: the coordinator leader signed its head with a certificate of the
+    // demo's CA (issue 22).
+    let v = Command::new(tandem_bin())
+        .args(["evidence", "verify"])
+        .arg(&ev)
+        .arg("--ca")
+        .arg(dir.path().join("certs").join("ca.pem"))
+        .arg("--config")
+        .arg(dir.path().join("topology.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    assert!(out.contains("AUTHENTIC: coordinator"), "{out}");
     // No process of the demo is left running.
     let pids = std::fs::read_dir(dir.path().join("run"))
         .unwrap()

@@ -1,5 +1,5 @@
 //! `tandem evidence export|verify`: the auditor's folder (report.html, audit.jsonl, runs.json,
-//! rpo.csv, manifest.json) and its re-check.
+//! rpo.csv, signed-head.json, manifest.json) and its re-check, with `--ca` its authenticity.
 
 use crate::cmd::status::runtime;
 use crate::exit::bad_input;
@@ -8,14 +8,17 @@ use clap::{Args as ClapArgs, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tandem_coordinator::audit::AuditRecord;
-use tandem_coordinator::evidence::{self, ExportOptions};
+use tandem_coordinator::evidence::sign::{self, HeadClaim, SignedHead};
+use tandem_coordinator::evidence::{self, ChainSummary, ExportOptions};
+use tandem_core::proto::SignAuditHeadRequest;
 
 /// `tandem evidence` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum EvidenceCmd {
     /// Write the evidence folder for a time window.
     Export(ExportArgs),
-    /// Re-check a folder: the audit chain, every file's blake3, and every derived file.
+    /// Re-check a folder: the audit chain, every file's blake3, and every derived file; with
+    /// `--ca`, also that a coordinator of that CA signed the chain's head.
     Verify(VerifyArgs),
 }
 
@@ -41,6 +44,18 @@ pub struct ExportArgs {
 pub struct VerifyArgs {
     /// The evidence folder.
     pub dir: PathBuf,
+    /// The cluster CA (PEM, e.g. the `ca.pem` or `roots.pem` of the certificate folder): check
+    /// offline that a node certificate of this CA signed the head of the folder's chain.
+    /// Without it, authenticity is NOT checked.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The topology file: the signer must be one of its coordinators (with `--ca`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The coordinator node names the signer must be one of (comma-separated; with `--ca`,
+    /// instead of `--config`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "config")]
+    pub coordinators: Vec<String>,
 }
 
 /// Runs a `tandem evidence` subcommand.
@@ -50,6 +65,7 @@ pub fn run(cmd: EvidenceCmd) -> Result<()> {
         EvidenceCmd::Verify(a) => {
             let report = evidence::verify(&a.dir)
                 .with_context(|| format!("{} does not verify", a.dir.display()))?;
+            let authentic = authenticity(&a)?;
             println!(
                 "{}: OK: {} audit records chain to head {}; files checked: {}; re-derived: {}",
                 a.dir.display(),
@@ -65,9 +81,58 @@ pub fn run(cmd: EvidenceCmd) -> Result<()> {
                     u.records, u.first_index, u.last_index
                 );
             }
+            match authentic {
+                Some(ok) => {
+                    let c = &ok.claim;
+                    println!(
+                        "AUTHENTIC: coordinator {} signed record {} (hash {}) of cluster {} at {}; its certificate chains to {}",
+                        c.signer,
+                        c.index,
+                        c.hash,
+                        c.cluster,
+                        evidence::derive::iso_ms(c.signed_at_ms),
+                        ok.ca_subject
+                    );
+                    if !ok.coordinator_checked {
+                        println!("NOTE: the signer is a node certificate of this CA; it was not checked to be a coordinator (pass --config or --coordinators)");
+                    }
+                }
+                None => println!(
+                    "WARNING: authenticity NOT checked (no --ca): anyone holding this folder could have rebuilt a consistent chain; pass --ca CA.pem to check the coordinators' signature"
+                ),
+            }
             Ok(())
         }
     }
+}
+
+/// With `--ca`: the signature check of the folder (after the integrity checks it runs first).
+fn authenticity(a: &VerifyArgs) -> Result<Option<sign::Authenticity>> {
+    let Some(ca) = &a.ca else {
+        return Ok(None);
+    };
+    let ca_ders = tandem_core::certs::read_pem_certs(ca).map_err(|e| bad_input(e.to_string()))?;
+    let coordinators: Option<Vec<String>> = match &a.config {
+        Some(path) => {
+            let topo = crate::cmd::load_topology(path).map_err(|e| bad_input(e.to_string()))?;
+            Some(
+                topo.coordinators()
+                    .iter()
+                    .map(|c| c.node.name.clone())
+                    .collect(),
+            )
+        }
+        None => (!a.coordinators.is_empty()).then(|| a.coordinators.clone()),
+    };
+    let (_, ok) =
+        evidence::verify_signed(&a.dir, &ca_ders, coordinators.as_deref()).with_context(|| {
+            format!(
+                "{} is not authentic under {}",
+                a.dir.display(),
+                ca.display()
+            )
+        })?;
+    Ok(Some(ok))
 }
 
 fn parse_time(s: &str, field: &str) -> Result<i64> {
@@ -79,6 +144,46 @@ fn parse_time(s: &str, field: &str) -> Result<i64> {
 /// Fetches the whole audit chain from the first coordinator that answers.
 pub async fn fetch_audit(addrs: &[String]) -> Result<Vec<AuditRecord>> {
     Ok(crate::cmd::cluster(addrs)?.audit().await?)
+}
+
+/// Asks the leader (through any coordinator) to sign the head of `chain`, and checks the reply
+/// is for that head and cluster.
+async fn sign_head(addrs: &[String], cluster: &str, chain: &ChainSummary) -> Result<SignedHead> {
+    let index = chain.last_index.unwrap_or_default();
+    let (mut c, addr) = crate::cmd::cluster(addrs)?
+        .connect("sign_audit_head")
+        .await?;
+    let r = c
+        .sign_audit_head(SignAuditHeadRequest {
+            index,
+            hash: chain.head_hash.clone(),
+        })
+        .await
+        .with_context(|| {
+            format!("SignAuditHead at {addr}: the leader did not sign record {index}")
+        })?
+        .into_inner();
+    if r.index != index || r.hash != chain.head_hash || r.cluster != cluster {
+        anyhow::bail!(
+            "SignAuditHead at {addr}: asked to sign record {index} ({}) of cluster {cluster}, the reply is for record {} ({}) of cluster {}",
+            chain.head_hash, r.index, r.hash, r.cluster
+        );
+    }
+    if r.algorithm != sign::ALGORITHM {
+        anyhow::bail!(
+            "SignAuditHead at {addr}: algorithm {:?}, this build writes {}",
+            r.algorithm,
+            sign::ALGORITHM
+        );
+    }
+    let claim = HeadClaim {
+        cluster: r.cluster,
+        signer: r.signer,
+        index: r.index,
+        hash: r.hash,
+        signed_at_ms: r.signed_at_ms,
+    };
+    Ok(SignedHead::new(claim, &r.signature, r.certificate_pem))
 }
 
 fn export(a: ExportArgs) -> Result<()> {
@@ -108,8 +213,25 @@ fn export(a: ExportArgs) -> Result<()> {
         generated_at_ms: chrono::Utc::now().timestamp_millis(),
         residency_start: Default::default(),
     };
-    let summary = evidence::export(&records, &opts, &a.out)
+    let rendered = evidence::render(&records, &opts)
         .with_context(|| format!("exporting evidence to {}", a.out.display()))?;
+    let signed = if topo.tls.insecure {
+        println!("WARNING: [tls] insecure = true: no node certificate, so the export is NOT signed; `evidence verify --ca` will refuse it");
+        None
+    } else if rendered.manifest.chain.last_index.is_none() {
+        println!("NOTE: the window holds no record: there is no head to sign, so the export is NOT signed");
+        None
+    } else {
+        Some(runtime()?.block_on(sign_head(&addrs, &opts.cluster, &rendered.manifest.chain))?)
+    };
+    let summary = evidence::write_rendered(rendered, signed.as_ref(), &a.out)
+        .with_context(|| format!("exporting evidence to {}", a.out.display()))?;
+    if let Some(h) = &signed {
+        println!(
+            "signed by coordinator {} at {}: record {} (hash {})",
+            h.claim.signer, h.signed_at, h.claim.index, h.claim.hash
+        );
+    }
     println!(
         "evidence written to {}: {} audit records, {} runs, {} RPO samples, chain head {}",
         summary.dir.display(),
@@ -119,7 +241,7 @@ fn export(a: ExportArgs) -> Result<()> {
         summary.manifest.chain.head_hash
     );
     println!(
-        "open {}/report.html; check with `tandem evidence verify {}`",
+        "open {}/report.html; check with `tandem evidence verify {} --ca CA.pem`",
         summary.dir.display(),
         summary.dir.display()
     );

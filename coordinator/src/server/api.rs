@@ -14,7 +14,8 @@ use tandem_core::proto::{
     AuditReply, AuditRequest, Decided, GetRunReply, GetRunRequest, GroupCall, HeartbeatReply,
     HeartbeatRequest, PlannedStepReply, PlannedStepRequest, ProposeReply, ProposeRequest,
     RecordKind, RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsReply, RunsRequest,
-    StartRunReply, StartRunRequest, StatusReply, StatusRequest, SyncDegradedRequest,
+    SignAuditHeadReply, SignAuditHeadRequest, StartRunReply, StartRunRequest, StatusReply,
+    StatusRequest, SyncDegradedRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -215,6 +216,13 @@ impl CoordinatorApi for Coordinator {
     ) -> Result<Response<PlannedStepReply>, Status> {
         self.gate(&req, Call::PlannedStep, None).await?;
         self.planned_step_call(req).await
+    }
+
+    async fn sign_audit_head(
+        &self,
+        req: Request<SignAuditHeadRequest>,
+    ) -> Result<Response<SignAuditHeadReply>, Status> {
+        self.sign_audit_head_call(req).await
     }
 
     async fn propose(

@@ -9,6 +9,7 @@
 //! - [`authz`]: who is calling, checked against [`table`], the authorization table.
 //! - [`heartbeat`]: a replicator's heartbeat on the leader.
 //! - [`status_doc`]: the status document.
+//! - [`sign_head`]: the leader signs an audit-chain head for an evidence export.
 //! - [`steps`]: `PlannedStep`, the committed step a replicator is asked to run.
 //!
 //! The shared handle ([`crate::handle`]) lies below this module and [`crate::runs`].
@@ -17,6 +18,7 @@ mod api;
 mod authz;
 mod heartbeat;
 mod process;
+mod sign_head;
 mod status_doc;
 mod steps;
 pub mod table;

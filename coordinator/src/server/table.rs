@@ -35,10 +35,12 @@ pub enum Call {
     PlannedStep,
     /// A follower hands a state-machine command to the leader.
     Propose,
+    /// The leader signs an audit-chain head for an evidence export.
+    SignAuditHead,
 }
 
 /// Every call with its name and what it is (the table's rows, in order).
-pub const CALLS: [(Call, &str, &str); 14] = [
+pub const CALLS: [(Call, &str, &str); 15] = [
     (Call::Status, "Status", "cluster status"),
     (Call::Audit, "Audit", "pages of the audit chain"),
     (Call::Runs, "Runs", "the list of runbook runs"),
@@ -85,6 +87,11 @@ pub const CALLS: [(Call, &str, &str); 14] = [
         "Propose",
         "a state-machine command handed to the leader (coordinators' own decisions)",
     ),
+    (
+        Call::SignAuditHead,
+        "SignAuditHead",
+        "the leader signs the head of an evidence export (a record in its own chain) with its node key",
+    ),
 ];
 
 /// May a caller of `class` make `call`? Group-scoped calls are classed by the group's sites
@@ -106,7 +113,10 @@ pub fn allowed(call: Call, class: CallerClass) -> bool {
                 | Call::PlannedStep
                 | Call::Propose
         ),
-        C::Auditor => matches!(call, Call::Status | Call::Audit | Call::Runs | Call::GetRun),
+        C::Auditor => matches!(
+            call,
+            Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::SignAuditHead
+        ),
         C::Viewer => call == Call::Status,
         C::PrimaryReplicator => matches!(
             call,
