@@ -746,8 +746,7 @@ fn last_txn(path: &Path) -> Result<u64> {
 
 /// The SQLite group of `tandem bench sqlite` (async: the only mode a SQLite group takes).
 fn sqlite_group() -> String {
-    format!(
-        r#"
+    r#"
 [[groups]]
 name = "db"
 primary = "hanoi"
@@ -763,7 +762,7 @@ kind = "sqlite"
 path = "databases/hanoi/bench.db"
 replica_path = "databases/hcm/bench.db"
 "#
-    )
+    .to_string()
 }
 
 fn sqlite(a: SqliteArgs) -> Result<()> {
