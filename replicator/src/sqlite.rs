@@ -10,8 +10,10 @@
 //! - It parses the WAL file itself ([`crate::sqlite_wal`]): salts and cumulative checksums
 //!   verified as SQLite does; only frames up to a commit frame are taken.
 //! - It checkpoints itself when the WAL passes [`SqliteOptions::checkpoint_bytes`]: it takes
-//!   the write lock (`BEGIN IMMEDIATE` on a second connection: application writers wait on
-//!   their busy timeout), reads the rest of the WAL, ends its read transaction, runs a PASSIVE
+//!   the write lock (`BEGIN IMMEDIATE` on a second connection, tried for at most
+//!   [`SqliteOptions::checkpoint_wait`], else left to the next poll: the capture never waits
+//!   long on a busy writer; application writers wait on their busy timeout while it is held),
+//!   reads the rest of the WAL, ends its read transaction, runs a PASSIVE
 //!   checkpoint, starts a new read transaction, then releases the write lock. The next
 //!   application write restarts the WAL (new salts): the source sees the new generation and
 //!   reads it from its first frame.
@@ -19,6 +21,9 @@
 //!   seen (SQLite raises salt-1 by one at every restart; the header's checkpoint seq is kept
 //!   per connection and is no use across processes), or a WAL shorter than the read position, means frames may have been
 //!   missed: the source ships a full snapshot again.
+//! - Capture time: a transaction carries the start of the previous WAL read (which did not
+//!   see it), a lower bound of the moment the application was told "committed", so the RPO
+//!   counted from it includes the poll interval ([`SqliteOptions::poll_interval`], 10 ms).
 //! - Start: always a full snapshot (database file pages with the committed WAL pages laid
 //!   over them), so a restarted source never depends on state it did not keep.
 //!
