@@ -10,8 +10,10 @@
 //! - It parses the WAL file itself ([`crate::sqlite_wal`]): salts and cumulative checksums
 //!   verified as SQLite does; only frames up to a commit frame are taken.
 //! - It checkpoints itself when the WAL passes [`SqliteOptions::checkpoint_bytes`]: it takes
-//!   the write lock (`BEGIN IMMEDIATE` on a second connection: application writers wait on
-//!   their busy timeout), reads the rest of the WAL, ends its read transaction, runs a PASSIVE
+//!   the write lock (`BEGIN IMMEDIATE` on a second connection, tried for at most
+//!   [`SqliteOptions::checkpoint_wait`], else left to the next poll: the capture never waits
+//!   long on a busy writer; application writers wait on their busy timeout while it is held),
+//!   reads the rest of the WAL, ends its read transaction, runs a PASSIVE
 //!   checkpoint, starts a new read transaction, then releases the write lock. The next
 //!   application write restarts the WAL (new salts): the source sees the new generation and
 //!   reads it from its first frame.
@@ -19,6 +21,9 @@
 //!   seen (SQLite raises salt-1 by one at every restart; the header's checkpoint seq is kept
 //!   per connection and is no use across processes), or a WAL shorter than the read position, means frames may have been
 //!   missed: the source ships a full snapshot again.
+//! - Capture time: a transaction carries the start of the previous WAL read (which did not
+//!   see it), a lower bound of the moment the application was told "committed", so the RPO
+//!   counted from it includes the poll interval ([`SqliteOptions::poll_interval`], 10 ms).
 //! - Start: always a full snapshot (database file pages with the committed WAL pages laid
 //!   over them), so a restarted source never depends on state it did not keep.
 //!
@@ -31,8 +36,8 @@
 use crate::error::{ReplicatorError, Result};
 use crate::pipeline::GroupPipeline;
 use crate::sqlite_wal::{
-    next_step, scan_frames, DbHeader, WalCursor, WalHeader, WalStep, WalTxn, DB_HEADER_LEN,
-    WAL_HEADER_LEN,
+    next_step, scan_frames, valid_frames, DbHeader, WalCursor, WalHeader, WalStep, WalTxn,
+    DB_HEADER_LEN, WAL_HEADER_LEN,
 };
 use rusqlite::Connection;
 use std::collections::BTreeMap;
@@ -49,12 +54,20 @@ use tokio::sync::watch;
 /// Settings of one SQLite source.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
-    /// How often the WAL is read (default 100 ms).
+    /// How often the WAL is read (default 10 ms). A read that finds nothing new costs an
+    /// open, a stat and a 32-byte read. The interval is part of the reported RPO (see
+    /// [`SqliteSource::poll`]).
     pub poll_interval: Duration,
     /// WAL size in bytes past which the source checkpoints (default 4 MiB; 0 never).
     pub checkpoint_bytes: u64,
-    /// Busy timeout of the source's connections (default 5 s).
+    /// Busy timeout of the source's connections (default 5 s), except for the write lock a
+    /// checkpoint takes (see `checkpoint_wait`).
     pub busy_timeout: Duration,
+    /// How long a checkpoint tries to take the application's write lock before it leaves the
+    /// checkpoint to the next poll (default 20 ms). A writer that commits back to back holds
+    /// that lock almost all the time: waiting the full busy timeout for it held the capture
+    /// (and so the replica) seconds behind.
+    pub checkpoint_wait: Duration,
     /// Largest submission to the pipeline in page bytes (default 16 MiB); a larger
     /// transaction is split, the replica buffers it until its commit.
     pub max_submit_bytes: usize,
@@ -63,9 +76,10 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(10),
             checkpoint_bytes: 4 << 20,
             busy_timeout: Duration::from_secs(5),
+            checkpoint_wait: Duration::from_millis(20),
             max_submit_bytes: 16 << 20,
         }
     }
@@ -89,6 +103,12 @@ pub struct SqliteStats {
     /// Seq of the last change submitted (0: none yet).
     pub last_seq: AtomicU64,
 }
+
+/// Frames read from the WAL file at a time (a piece of [`SqliteSource`]'s read).
+const READ_CHUNK_FRAMES: u64 = 256;
+
+/// Pause between two tries of the write lock a checkpoint takes.
+const LOCK_RETRY: Duration = Duration::from_micros(200);
 
 /// One submission: changes that go to the pipeline in one `submit`, in order.
 pub type Batch = Vec<Change>;
@@ -162,6 +182,11 @@ pub struct SqliteSource {
     db_file: File,
     /// Where a resync asks for a fresh snapshot.
     ask: Arc<SnapshotAsk>,
+    /// When the last read of the WAL started (ms since the epoch; `None` before the first).
+    /// A transaction the next read finds was not in the WAL when this one looked, so the
+    /// application was told "committed" after it: it is the capture time the changes carry,
+    /// and the group's RPO counts from it (the poll interval is included, never hidden).
+    last_read_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for SqliteSource {
@@ -206,6 +231,10 @@ impl SqliteSource {
         let reader = open("open reader")?;
         let db_file = File::open(db_path).map_err(|e| ReplicatorError::io("open", db_path, e))?;
         let writer = open("open writer")?;
+        // The write lock is tried without SQLite's busy handler (see `take_write_lock`).
+        writer
+            .busy_timeout(Duration::ZERO)
+            .map_err(sql_err(db_path, "busy_timeout"))?;
         let mode: String = reader
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sql_err(db_path, "journal_mode=WAL"))?;
@@ -237,6 +266,7 @@ impl SqliteSource {
             stats: Arc::default(),
             db_file,
             ask: Arc::default(),
+            last_read_ms: None,
         };
         src.pin()?;
         Ok(src)
@@ -280,9 +310,12 @@ impl SqliteSource {
         }
     }
 
-    /// Reads the WAL header and the WAL bytes from `from` (or from the first frame when
-    /// `from` is past the end); `None` when the WAL is missing or its header is not (yet)
-    /// valid.
+    /// Reads the WAL header and the frames of its generation from `from` (or from the first
+    /// frame when `from` is of another generation or past the end), in pieces of
+    /// [`READ_CHUNK_FRAMES`] frames, up to the first frame that is not part of the generation:
+    /// the file is reused after a restart and keeps its largest size, so its tail is old
+    /// frames that must not be read at every poll. `None` when the WAL is missing or its
+    /// header is not (yet) valid.
     fn read_wal(&self, from: Option<&WalCursor>) -> Result<Option<WalTail>> {
         let rd = |e| ReplicatorError::io("read", &self.wal_path, e);
         let file = match File::open(&self.wal_path) {
@@ -307,12 +340,35 @@ impl SqliteSource {
             // A header being rewritten at a restart: nothing to read yet.
             Err(_) => return Ok(None),
         };
-        let base = match from {
-            Some(c) if c.same_generation(&header) && c.offset <= len => c.offset,
-            _ => WAL_HEADER_LEN as u64,
+        let start = match from {
+            Some(c) if c.same_generation(&header) && c.offset <= len => *c,
+            _ => WalCursor::start(&header),
         };
-        let mut bytes = vec![0u8; (len - base) as usize];
-        file.read_exact_at(&mut bytes, base).map_err(rd)?;
+        let base = start.offset;
+        let flen = header.frame_len() as u64;
+        let mut bytes = Vec::new();
+        let mut at = start;
+        loop {
+            let n = (len - at.offset).min(flen * READ_CHUNK_FRAMES);
+            let n = n - n % flen;
+            if n == 0 {
+                break;
+            }
+            let old = bytes.len();
+            bytes.resize(old + n as usize, 0);
+            file.read_exact_at(&mut bytes[old..], at.offset)
+                .map_err(|e| ReplicatorError::io("read frames", &self.wal_path, e))?;
+            let (valid, checksum) = valid_frames(&header, &at, &bytes[old..]);
+            at = WalCursor {
+                offset: at.offset + valid as u64,
+                checksum,
+                ..at
+            };
+            if (valid as u64) < n {
+                bytes.truncate(old + valid);
+                break;
+            }
+        }
         Ok(Some(WalTail {
             header,
             len,
@@ -328,6 +384,11 @@ impl SqliteSource {
     /// # Errors
     /// [`ReplicatorError::Io`] or [`ReplicatorError::Wal`] reading the files.
     pub fn snapshot(&mut self) -> Result<Vec<Batch>> {
+        let started = now_ms();
+        // A first snapshot holds commits of unknown age: they count from now. A later one
+        // (a resync, a discontinuity) counts from the last read, like any transaction.
+        let ms = self.last_read_ms.unwrap_or(started);
+        self.last_read_ms = Some(started);
         let wal = self.read_wal(None)?;
         let mut overlay: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut wal_size = None;
@@ -366,7 +427,6 @@ impl SqliteSource {
             return Ok(Vec::new());
         }
         let ps = self.page_size as usize;
-        let ms = now_ms();
         let mut out = Vec::new();
         let mut batch = Vec::new();
         for p in 1..=db_size {
@@ -397,7 +457,9 @@ impl SqliteSource {
     }
 
     /// Reads the transactions committed to the WAL since the last call, and checkpoints when
-    /// the WAL has grown past the threshold. Returns the submissions in order.
+    /// the WAL has grown past the threshold. Returns the submissions in order. Their changes
+    /// carry as capture time the start of the previous read (which did not see them), a
+    /// lower bound of their commit time: the RPO counted from it includes the poll interval.
     ///
     /// # Errors
     /// [`ReplicatorError::Io`], [`ReplicatorError::Wal`] or [`ReplicatorError::Sqlite`].
@@ -415,7 +477,8 @@ impl SqliteSource {
     /// # Errors
     /// [`ReplicatorError::Io`], [`ReplicatorError::Wal`] or [`ReplicatorError::Sqlite`].
     pub fn checkpoint(&mut self) -> Result<Vec<Batch>> {
-        match self.writer.execute_batch("BEGIN IMMEDIATE") {
+        let locked = self.take_write_lock();
+        match locked {
             Ok(()) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
@@ -433,6 +496,25 @@ impl SqliteSource {
         let out = res?;
         rolled?;
         Ok(out)
+    }
+
+    /// `BEGIN IMMEDIATE` on the writer connection, tried every [`LOCK_RETRY`] for at most
+    /// `checkpoint_wait`: short, frequent tries catch the moment between two of a busy
+    /// writer's transactions, where SQLite's own busy handler sleeps ever longer and loses
+    /// the race to a writer that commits back to back.
+    fn take_write_lock(&self) -> rusqlite::Result<()> {
+        let until = std::time::Instant::now() + self.opts.checkpoint_wait;
+        loop {
+            match self.writer.execute_batch("BEGIN IMMEDIATE") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                r => return r,
+            }
+        }
     }
 
     fn checkpoint_locked(&mut self) -> Result<Vec<Batch>> {
@@ -458,7 +540,9 @@ impl SqliteSource {
 
     /// Reads new committed transactions; returns them and the WAL bytes in use.
     fn read_new(&mut self) -> Result<(Vec<Batch>, u64)> {
+        let started = now_ms();
         let Some(w) = self.read_wal(self.cursor.as_ref())? else {
+            self.last_read_ms = Some(started);
             return Ok((Vec::new(), 0));
         };
         let (h, wal_len) = (w.header, w.len);
@@ -475,11 +559,13 @@ impl SqliteSource {
             }
         };
         // `read_wal` started the tail at the cursor, or at the first frame of a new generation.
-        let skip = cursor.offset.saturating_sub(w.base) as usize;
+        let skip = (cursor.offset.saturating_sub(w.base) as usize).min(w.bytes.len());
         let txns = scan_frames(&h, &cursor, &w.bytes[skip..]);
+        let ms = self.last_read_ms.unwrap_or(started);
+        self.last_read_ms = Some(started);
         let mut out = Vec::new();
         for t in &txns {
-            self.txn_batches(t, &w, &mut out);
+            self.txn_batches(t, &w, ms, &mut out);
             self.cursor = Some(t.end);
         }
         if txns.is_empty() {
@@ -491,8 +577,7 @@ impl SqliteSource {
         Ok((out, used))
     }
 
-    fn txn_batches(&self, t: &WalTxn, wal: &WalTail, out: &mut Vec<Batch>) {
-        let ms = now_ms();
+    fn txn_batches(&self, t: &WalTxn, wal: &WalTail, ms: i64, out: &mut Vec<Batch>) {
         let ps = self.page_size as usize;
         // Small transactions of one poll share a submission (one journal write for many).
         let fits = out
@@ -721,4 +806,97 @@ pub fn replica_digest(path: &Path) -> Result<PagesDigest> {
     let ps = page_size.max(512) as usize;
     let used = (count as usize * ps).min(bytes.len());
     Ok(digest(bytes[..used].chunks(ps)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The application's connection, as Tandem recommends it (no automatic checkpoints).
+    fn app(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE IF NOT EXISTS t(x INTEGER, pad TEXT);
+             INSERT INTO t VALUES (0, 'first');",
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn a_transaction_counts_from_the_read_that_did_not_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let app = app(&db);
+        let mut src = SqliteSource::open("db", &db, SqliteOptions::default()).unwrap();
+        assert!(!src.snapshot().unwrap().is_empty());
+        let missed_at = now_ms();
+        assert!(src.poll().unwrap().is_empty(), "nothing committed yet");
+        std::thread::sleep(Duration::from_millis(30));
+        app.execute("INSERT INTO t VALUES (1, 'second')", [])
+            .unwrap();
+        let committed_at = now_ms();
+        std::thread::sleep(Duration::from_millis(30));
+        let batches = src.poll().unwrap();
+        let changes: Vec<&Change> = batches.iter().flatten().collect();
+        assert!(!changes.is_empty(), "the commit was not captured");
+        for c in changes {
+            // Counted from no later than the commit (so the RPO includes the wait in the
+            // WAL), and no earlier than the read that missed it.
+            assert!(
+                c.captured_ms <= committed_at,
+                "{:?} captured at {} ms, after its commit at {committed_at} ms",
+                c.kind,
+                c.captured_ms
+            );
+            assert!(
+                c.captured_ms >= missed_at,
+                "{:?} captured at {} ms, before the read that missed it at {missed_at} ms",
+                c.kind,
+                c.captured_ms
+            );
+        }
+    }
+
+    #[test]
+    fn a_due_checkpoint_does_not_wait_out_a_writer_holding_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let app = app(&db);
+        let opts = SqliteOptions {
+            checkpoint_bytes: 1,
+            // The old source waited this long for the write lock, holding every capture.
+            busy_timeout: Duration::from_secs(60),
+            ..SqliteOptions::default()
+        };
+        let mut src = SqliteSource::open("db", &db, opts).unwrap();
+        src.snapshot().unwrap();
+        app.execute("INSERT INTO t VALUES (1, 'second')", [])
+            .unwrap();
+        // Another writer holds the write lock while a checkpoint is due.
+        let other = Connection::open(&db).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let t = Instant::now();
+        let batches = src.poll().unwrap();
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "the poll waited {took:?} for the write lock"
+        );
+        assert!(
+            batches
+                .iter()
+                .flatten()
+                .any(|c| c.kind == ChangeKind::DbCommit),
+            "the transaction read before the checkpoint was not returned"
+        );
+        assert_eq!(src.stats.checkpoints_busy.load(Ordering::Relaxed), 1);
+        assert_eq!(src.stats.checkpoints.load(Ordering::Relaxed), 0);
+        // Once the lock is free the next poll checkpoints.
+        other.execute_batch("ROLLBACK").unwrap();
+        src.poll().unwrap();
+        assert_eq!(src.stats.checkpoints.load(Ordering::Relaxed), 1);
+    }
 }

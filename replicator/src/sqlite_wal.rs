@@ -294,6 +294,32 @@ pub fn scan_frames(header: &WalHeader, cursor: &WalCursor, bytes: &[u8]) -> Vec<
     out
 }
 
+/// How far the frames of the generation of `cursor` run in `bytes` (the WAL file from
+/// `cursor.offset` on): the length of the prefix made of whole frames that carry the
+/// generation's salts and continue its checksum chain, and the running checksum after them.
+/// Lets a reader fetch a long WAL in pieces and stop at the first frame that is not part of
+/// the generation (a WAL file is reused after a restart and keeps its largest size: its tail
+/// holds old frames) instead of reading the whole file at every poll.
+pub fn valid_frames(header: &WalHeader, cursor: &WalCursor, bytes: &[u8]) -> (usize, (u32, u32)) {
+    let flen = header.frame_len();
+    let mut sum = cursor.checksum;
+    let mut pos = 0usize;
+    while pos + flen <= bytes.len() {
+        let f = &bytes[pos..pos + flen];
+        if be32(f, 8) != cursor.salt1 || be32(f, 12) != cursor.salt2 || be32(f, 0) == 0 {
+            break;
+        }
+        let s = wal_checksum(header.big_endian, sum, &f[..8]);
+        let s = wal_checksum(header.big_endian, s, &f[FRAME_HEADER_LEN..]);
+        if (be32(f, 16), be32(f, 20)) != s {
+            break;
+        }
+        sum = s;
+        pos += flen;
+    }
+    (pos, sum)
+}
+
 /// A whole WAL file parsed: its header and its committed transactions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalScan {
@@ -499,6 +525,33 @@ mod tests {
         let mut wal = build(&h, &[(1, 1, 1), (2, 2, 2)]);
         wal[32 + (24 + 512) + 8] ^= 1; // salt-1 of the second frame
         assert_eq!(parse_wal(&wal).unwrap().txns.len(), 1);
+    }
+
+    #[test]
+    fn valid_frames_stops_at_the_first_frame_of_an_old_generation() {
+        let h = hdr(false, 512);
+        let wal = build(&h, &[(1, 0, 1), (2, 2, 2), (3, 3, 3)]);
+        let body = &wal[WAL_HEADER_LEN..];
+        let flen = h.frame_len();
+        let start = WalCursor::start(&h);
+        // All three frames, then the same read over a trailing half frame.
+        assert_eq!(valid_frames(&h, &start, body).0, 3 * flen);
+        assert_eq!(valid_frames(&h, &start, &body[..3 * flen - 7]).0, 2 * flen);
+        // A frame of another generation (new salts) ends the run.
+        let mut h2 = h;
+        h2.salt1 += 1;
+        let old = build(&h2, &[(9, 9, 9)]);
+        let mut mixed = body[..2 * flen].to_vec();
+        mixed.extend_from_slice(&old[WAL_HEADER_LEN..]);
+        let (n, sum) = valid_frames(&h, &start, &mixed);
+        assert_eq!(n, 2 * flen);
+        // The checksum after them continues the chain: the third frame validates from it.
+        let mid = WalCursor {
+            offset: start.offset + n as u64,
+            checksum: sum,
+            ..start
+        };
+        assert_eq!(valid_frames(&h, &mid, &body[2 * flen..]).0, flen);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Validation of a group's resources: at least one, unique names, volume geometry and capture
-//! mode, database ports, and no file used by two resources at one site. Pure.
+//! mode, SQLite only in async groups, database ports, and no file used by two resources at one
+//! site. Pure.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub(super) fn check_resources(
             &r.name,
         );
         check_volume(d, g, r, &here);
+        check_sqlite(d, g, r, &here);
         check_postgres(d, r, &here);
         check_shared_files(t, d, g, r, &here, files);
     }
@@ -82,6 +84,22 @@ fn check_volume(d: &mut Diags<'_>, g: &Group, r: &Resource, here: &str) {
         d.push(
             &rp("block_size"),
             format!("block_size ({block_size}) must be a power of two from 4KiB to 16MiB"),
+        );
+    }
+}
+
+/// A SQLite database only in an async group: Tandem reads its WAL after the application's
+/// COMMIT has returned, so in a sync group the COMMIT would still never wait for the replica
+/// and the group would promise an RPO of 0 it cannot keep.
+fn check_sqlite(d: &mut Diags<'_>, g: &Group, r: &Resource, here: &str) {
+    if matches!(r.kind, ResourceKind::Sqlite { .. }) && g.mode == Mode::Sync {
+        d.push(
+            &format!("{here}.kind"),
+            "a SQLite database cannot be replicated in sync mode: Tandem reads its WAL after \
+             the application's COMMIT has returned, so the COMMIT never waits for the replica \
+             and an RPO of 0 cannot be kept; put it in a group with mode = \"async\" and \
+             the data loss you accept as rpo_target (e.g. \"1s\")"
+                .to_string(),
         );
     }
 }
@@ -202,6 +220,38 @@ mod tests {
         }
         let sqlite = edit(&ok, "kind = \"volume\"", "kind = \"sqlite\"");
         assert!(display_lines(&diagnostics(&sqlite)).contains("does not apply to a sqlite"));
+    }
+
+    #[test]
+    fn sqlite_in_a_sync_group_is_refused_and_async_is_accepted() {
+        let text = edit(
+            BASE,
+            "kind = \"volume\"\nsize = \"1MiB\"",
+            "kind = \"sqlite\"",
+        );
+        assert!(text.contains("mode = \"sync\""), "{text}");
+        let diags = diagnostics(&text);
+        let d = diags
+            .iter()
+            .find(|d| d.path == "groups[0].resources[0].kind")
+            .unwrap_or_else(|| panic!("{}", display_lines(&diags)));
+        assert!(
+            d.message.contains("cannot be replicated in sync mode")
+                && d.message.contains("mode = \"async\"")
+                && d.message.contains("rpo_target"),
+            "{}",
+            d.message
+        );
+        let ok = edit(
+            &text,
+            "mode = \"sync\"",
+            "mode = \"async\"\nrpo_target = \"1s\"",
+        );
+        let t = parse(&ok).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            t.groups[0].resources[0].kind,
+            ResourceKind::Sqlite { .. }
+        ));
     }
 
     #[test]
