@@ -36,6 +36,13 @@ fn ok(what: &str, o: Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `ALTER SYSTEM {change}` on the server at `port` (an `archive_command` change), then a
+/// configuration reload.
+fn alter_archive_command(port: u16, change: &str) {
+    ok(change, psql(port, &format!("ALTER SYSTEM {change}")));
+    ok("reload", psql(port, "SELECT pg_reload_conf()"));
+}
+
 fn psql(port: u16, sql: &str) -> Output {
     as_pg(
         "psql",
@@ -330,11 +337,7 @@ fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_gr
     let env = up("1s");
     let (topo, p1) = (&env.topo, env.p1);
     // 1. archive_command broken, then commits and a completed segment that cannot be archived.
-    ok(
-        "break archive_command",
-        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
-    );
-    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    alter_archive_command(p1, "SET archive_command = '/bin/false'");
     ok(
         "commits",
         psql(
@@ -366,11 +369,7 @@ fn unarchived_wal_counts_in_the_rpo_and_a_broken_archive_command_degrades_the_gr
         .then_some(())
     });
     // 4. archive_command repaired: everything reaches the replica, protected with RPO 0.
-    ok(
-        "repair archive_command",
-        psql(p1, "ALTER SYSTEM RESET archive_command"),
-    );
-    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    alter_archive_command(p1, "RESET archive_command");
     topo.wait_status(&[], Duration::from_secs(30), "protected, RPO 0", |st| {
         let g = pg_group(st)?;
         (g["state"] == "protected"
@@ -391,11 +390,7 @@ fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
     env.start_standby();
     let (p1, primary) = (env.p1, env.primary.clone());
     // 1. archive_command broken, then commits that never reach the replica site.
-    ok(
-        "break archive_command",
-        psql(p1, "ALTER SYSTEM SET archive_command = '/bin/false'"),
-    );
-    ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+    alter_archive_command(p1, "SET archive_command = '/bin/false'");
     ok(
         "commits",
         psql(
