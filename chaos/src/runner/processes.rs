@@ -528,7 +528,13 @@ mod tests {
                 "process group {p} outlived stop_all: {:?}",
                 group_members(*p)
             );
-            assert!(!alive(*p));
+            // Once in CI (a loaded 2-core machine, other tests spawning in parallel) a pid
+            // answered kill(0) just after stop_all with its group already empty: allow it a
+            // bounded moment to be reaped rather than judge one instant.
+            assert!(
+                wait_gone(&[*p], Duration::from_secs(2)).is_empty(),
+                "pid {p} still alive 2 s after stop_all"
+            );
         }
         assert!(pids_in(&dir).unwrap().is_empty());
     }
