@@ -225,7 +225,7 @@ fn unmount_while_a_file_is_open_detaches_lazily() -> TestResult {
 /// the mount and on the backing disk. `cargo test -p tandem-chaos --release --test powerfs
 /// -- --ignored --nocapture powerfs_throughput`.
 #[test]
-#[ignore = "benchmark"]
+#[ignore = "benchmark, not a check: prints powerfs and disk throughput; run with --release --ignored --nocapture"]
 fn powerfs_throughput() -> TestResult {
     let Some(m) = mount()? else { return Ok(()) };
     let disk = tempfile::tempdir()?;

@@ -43,6 +43,18 @@ fn alter_archive_command(port: u16, change: &str) {
     ok("reload", psql(port, "SELECT pg_reload_conf()"));
 }
 
+/// `tandem failover pg` (its runbook's `ready_command` set to `true`): exit code, stdout, stderr.
+fn failover_pg(topo: &Topo) -> (i32, String, String) {
+    topo.tandem(&[
+        "failover",
+        "pg",
+        "--config",
+        topo.config.to_str().unwrap(),
+        "--param",
+        "ready_command=true",
+    ])
+}
+
 fn psql(port: u16, sql: &str) -> Output {
     as_pg(
         "psql",
@@ -427,14 +439,7 @@ fn a_failover_records_the_unarchived_wal_in_its_data_loss_window() {
     );
     // 3. Failover to hcm: the recorded window is at least what status showed before the loss.
     let topo = &env.topo;
-    let (code, out, err) = topo.tandem(&[
-        "failover",
-        "pg",
-        "--config",
-        topo.config.to_str().unwrap(),
-        "--param",
-        "ready_command=true",
-    ]);
+    let (code, out, err) = failover_pg(topo);
     if code != 0 {
         dump_logs(topo);
     }
@@ -958,14 +963,7 @@ fn returning_old_primary_receives_archive_files_after_a_failover() {
     // 2. hanoi is lost; fail over to hcm.
     let hanoi = procs.iter().position(|p| p.name == "hanoi-rep").unwrap();
     procs[hanoi].kill9();
-    let (code, out, err) = topo.tandem(&[
-        "failover",
-        "pg",
-        "--config",
-        topo.config.to_str().unwrap(),
-        "--param",
-        "ready_command=true",
-    ]);
+    let (code, out, err) = failover_pg(&topo);
     if code != 0 {
         dump_logs(&topo);
     }

@@ -53,12 +53,13 @@ impl Coordinator {
             ));
         }
         let node = self.inner.name.clone();
-        let read = |p: std::path::PathBuf| {
-            std::fs::read_to_string(&p)
+        let read = |p: std::path::PathBuf| async move {
+            tokio::fs::read_to_string(&p)
+                .await
                 .map_err(|e| Status::internal(format!("SignAuditHead: {}: {e}", p.display())))
         };
-        let key_pem = read(certs::key_path(&tls.dir, &node))?;
-        let certificate_pem = read(certs::cert_path(&tls.dir, &node))?;
+        let key_pem = read(certs::key_path(&tls.dir, &node)).await?;
+        let certificate_pem = read(certs::cert_path(&tls.dir, &node)).await?;
         let claim = HeadClaim {
             cluster: self.topo().cluster.name.clone(),
             signer: node,

@@ -82,10 +82,46 @@ impl NodeBlocks {
     }
 }
 
+/// [`poll_pg_feeds`] on the blocking pool, never on the async reactor (it reads folders and
+/// may run `pg_controldata`); a group without postgres resources costs nothing.
+pub(super) async fn pg_feeds(
+    topo: &Topology,
+    site: &str,
+    g: &Group,
+    trackers: &mut BTreeMap<String, Tracker>,
+    now_ms: i64,
+) -> Vec<ResourceHealth> {
+    if !g
+        .resources
+        .iter()
+        .any(|r| matches!(r.kind, ResourceKind::Postgres { .. }))
+    {
+        trackers.clear();
+        return Vec::new();
+    }
+    let (topo, site, g) = (topo.clone(), site.to_owned(), g.clone());
+    let mut owned = std::mem::take(trackers);
+    let polled = tokio::task::spawn_blocking(move || {
+        let feeds = poll_pg_feeds(&topo, &site, &g, &mut owned, now_ms);
+        (feeds, owned)
+    })
+    .await;
+    match polled {
+        Ok((feeds, owned)) => {
+            *trackers = owned;
+            feeds
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "polling pg_wal failed");
+            Vec::new()
+        }
+    }
+}
+
 /// Polls the `pg_wal` folder of every postgres resource of primary group `g` at `site`
 /// (blocking reads of a few directory entries and page headers; `pg_controldata` only for a
 /// stopped server with unarchived WAL) and judges each feed with its tracker in `trackers`.
-pub(super) fn pg_feeds(
+fn poll_pg_feeds(
     topo: &Topology,
     site: &str,
     g: &Group,

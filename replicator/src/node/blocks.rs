@@ -7,6 +7,7 @@ use super::lease::RoleCell;
 use super::lock::lock;
 use super::resync::start_resync;
 use super::runtime::{NodeRtShared, Resolver, RoleState};
+use super::transitions::retire_replica;
 use crate::receive::BlockSource;
 use crate::resync::BlockServer;
 use std::collections::HashMap;
@@ -193,7 +194,7 @@ impl BlockSource for NodeBlocks {
                 rt.service.remove_group(&req.group);
                 lock(&rt.me.replicas).remove(&req.group);
                 // Wait out the batch being applied; no later frame is applied to these files.
-                tokio::task::spawn_blocking(move || rg.retire())
+                retire_replica(rg)
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
                 start_resync(&rt, g, epoch, &primary, &req.reason)

@@ -29,7 +29,8 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 g.last_tick = Instant::now();
                 let ready = g.cell.writable() || *draining;
                 let now_ms = tandem_core::clock::Clock::now_ms(&SystemClock::new());
-                let feeds = pg_feeds(&rt.topo, &rt.node.site, &g.cfg, &mut g.pg_feeds, now_ms);
+                let feeds =
+                    pg_feeds(&rt.topo, &rt.node.site, &g.cfg, &mut g.pg_feeds, now_ms).await;
                 Some(GroupProgress {
                     group: name.clone(),
                     role: "primary".into(),

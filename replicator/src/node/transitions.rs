@@ -32,7 +32,12 @@ pub(super) async fn stop_role(g: &mut GroupRt) {
                 let _ = s.stop().await;
             }
         }
-        RoleState::Replica { rg: Some(rg), .. } => retire_replica(rg).await,
+        RoleState::Replica { rg: Some(rg), .. } => {
+            let name = rg.name().to_owned();
+            if let Err(e) = retire_replica(rg).await {
+                warn!(group = %name, error = %e, "retiring the replica failed");
+            }
+        }
         RoleState::Replica { rg: None, .. } | RoleState::Unknown => {}
     }
 }
@@ -42,11 +47,13 @@ pub(super) async fn stop_role(g: &mut GroupRt) {
 /// service only stops new streams: a stream opened earlier holds the group, and over a stalled
 /// link (a partition that TCP outlives) it delivers the old primary's frames seconds later,
 /// onto files that have since become the new primary's.
-pub(super) async fn retire_replica(rg: Arc<ReplicaGroup>) {
-    let name = rg.name().to_owned();
-    if let Err(e) = tokio::task::spawn_blocking(move || rg.retire()).await {
-        warn!(group = %name, error = %e, "retiring the replica failed");
-    }
+///
+/// # Errors
+/// The blocking task that retires it did not finish (it panicked or was cancelled).
+pub(super) async fn retire_replica(
+    rg: Arc<ReplicaGroup>,
+) -> std::result::Result<(), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || rg.retire()).await
 }
 
 /// Switchover at the primary: stops intake, then (in a task) waits out in-flight writes,
