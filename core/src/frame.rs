@@ -82,6 +82,15 @@ pub enum ChangeKind {
     /// most [`MAX_TAG_LEN`] bytes), `resource` is empty. Everything before it in the stream is
     /// in the checkpoint: a consistent cut of the whole group.
     Checkpoint = 8,
+    /// A piece of the WAL segment PostgreSQL is writing, streamed as it is written (see the
+    /// `walfile` module): `offset` is the byte offset of the piece in the segment, `data` the
+    /// segment's file name, the segment size and the bytes. The replica writes it into the
+    /// segment's `.partial` file; a [`ChangeKind::WalEnd`] publishes the complete segment.
+    WalStream = 9,
+    /// The streamed WAL segment is complete: `offset` is its size, `data` its file name and
+    /// the blake3 of its whole content (as [`ChangeKind::WalEnd`]); the replica checks its
+    /// `.partial` file against both and publishes it under its own name. A barrier.
+    WalStreamEnd = 10,
 }
 
 /// Longest checkpoint tag, in bytes.
@@ -99,6 +108,8 @@ impl ChangeKind {
             6 => ChangeKind::WalChunk,
             7 => ChangeKind::WalEnd,
             8 => ChangeKind::Checkpoint,
+            9 => ChangeKind::WalStream,
+            10 => ChangeKind::WalStreamEnd,
             _ => return None,
         })
     }
@@ -112,6 +123,8 @@ impl ChangeKind {
                 | ChangeKind::WalChunk
                 | ChangeKind::WalEnd
                 | ChangeKind::Checkpoint
+                | ChangeKind::WalStream
+                | ChangeKind::WalStreamEnd
         )
     }
 
@@ -122,6 +135,7 @@ impl ChangeKind {
             ChangeKind::Barrier
                 | ChangeKind::DbCommit
                 | ChangeKind::WalEnd
+                | ChangeKind::WalStreamEnd
                 | ChangeKind::Checkpoint
         )
     }

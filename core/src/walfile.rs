@@ -100,6 +100,108 @@ pub fn changes(
     Ok(out)
 }
 
+/// Smallest WAL segment size PostgreSQL allows (`initdb --wal-segsize 1`); the largest is
+/// [`MAX_FILE_LEN`].
+pub const MIN_SEGMENT_LEN: u64 = 1 << 20;
+
+/// The parsed `data` of a [`ChangeKind::WalStream`] change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPiece<'a> {
+    /// The WAL segment's file name (`000000010000000000000003`).
+    pub name: &'a str,
+    /// The segment size in bytes (a power of two from 1 MiB to 1 GiB).
+    pub segment_len: u64,
+    /// The WAL bytes at the change's offset in the segment.
+    pub bytes: &'a [u8],
+}
+
+/// A [`ChangeKind::WalStream`] change: `bytes` at `offset` of WAL segment `name` (of
+/// `segment_len` bytes) of `resource`. `data` is `name_len u8, name, segment_len u64 BE,
+/// bytes`.
+///
+/// # Errors
+/// A bad name ([`check_name`]), a segment size that is not a power of two from 1 MiB to 1 GiB,
+/// or a piece that runs past the end of the segment.
+pub fn stream_piece(
+    resource: &str,
+    name: &str,
+    segment_len: u64,
+    offset: u64,
+    bytes: &[u8],
+    captured_ms: i64,
+) -> Result<Change, &'static str> {
+    check_name(name)?;
+    check_segment(segment_len, offset, bytes.len())?;
+    let mut rest = Vec::with_capacity(8 + bytes.len());
+    rest.extend_from_slice(&segment_len.to_be_bytes());
+    rest.extend_from_slice(bytes);
+    let data = with_name(name, &rest);
+    Ok(Change {
+        resource: resource.to_owned(),
+        kind: ChangeKind::WalStream,
+        offset,
+        length: data.len() as u64,
+        captured_ms,
+        data,
+    })
+}
+
+fn check_segment(segment_len: u64, offset: u64, len: usize) -> Result<(), &'static str> {
+    if !segment_len.is_power_of_two() || !(MIN_SEGMENT_LEN..=MAX_FILE_LEN).contains(&segment_len) {
+        return Err("WAL segment size is not a power of two from 1 MiB to 1 GiB");
+    }
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > segment_len)
+    {
+        return Err("streamed WAL runs past the end of its segment");
+    }
+    Ok(())
+}
+
+/// Parses the `data` of a [`ChangeKind::WalStream`] change at `offset`.
+///
+/// # Errors
+/// What is malformed: the name, a missing or bad segment size, or bytes past the segment end.
+pub fn parse_stream(data: &[u8], offset: u64) -> Result<StreamPiece<'_>, &'static str> {
+    let piece = parse(data, false)?;
+    let (len, bytes) = piece
+        .bytes
+        .split_first_chunk::<8>()
+        .ok_or("streamed WAL piece without its segment size")?;
+    let segment_len = u64::from_be_bytes(*len);
+    check_segment(segment_len, offset, bytes.len())?;
+    Ok(StreamPiece {
+        name: piece.name,
+        segment_len,
+        bytes,
+    })
+}
+
+/// The [`ChangeKind::WalStreamEnd`] that publishes streamed segment `name` of `segment_len`
+/// bytes whose whole content hashes to `hash`.
+///
+/// # Errors
+/// A bad name ([`check_name`]).
+pub fn stream_end(
+    resource: &str,
+    name: &str,
+    segment_len: u64,
+    hash: &blake3::Hash,
+    captured_ms: i64,
+) -> Result<Change, &'static str> {
+    check_name(name)?;
+    let data = with_name(name, hash.as_bytes());
+    Ok(Change {
+        resource: resource.to_owned(),
+        kind: ChangeKind::WalStreamEnd,
+        offset: segment_len,
+        length: data.len() as u64,
+        captured_ms,
+        data,
+    })
+}
+
 /// Parses the `data` of a WAL chunk or end change.
 ///
 /// # Errors
@@ -124,6 +226,32 @@ pub fn parse(data: &[u8], end: bool) -> Result<WalPiece<'_>, &'static str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_stream_piece_round_trips_and_bad_ones_are_refused() {
+        let c = stream_piece("db", "000000010000000000000003", 16 << 20, 8192, b"wal", 7).unwrap();
+        assert_eq!(c.kind, ChangeKind::WalStream);
+        assert_eq!(c.length, c.data.len() as u64);
+        let p = parse_stream(&c.data, c.offset).unwrap();
+        assert_eq!(
+            (p.name, p.segment_len, p.bytes),
+            ("000000010000000000000003", 16 << 20, &b"wal"[..])
+        );
+        assert!(stream_piece("db", "s", 16 << 20, (16 << 20) - 2, b"wal", 0).is_err());
+        assert!(stream_piece("db", "s", 3 << 20, 0, b"wal", 0).is_err());
+        assert!(stream_piece("db", "s", 1 << 19, 0, b"wal", 0).is_err());
+        assert!(stream_piece("db", "../s", 16 << 20, 0, b"wal", 0).is_err());
+        // The same data read at an offset that puts it past the segment end.
+        assert!(parse_stream(&c.data, (16 << 20) - 1).is_err());
+        assert!(parse_stream(&c.data[..c.data.len() - 10], 0).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_stream_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64), off in any::<u64>()) {
+            let _ = parse_stream(&data, off);
+        }
+    }
 
     #[test]
     fn names_that_could_leave_the_archive_folder_are_refused() {

@@ -6,6 +6,14 @@
 //! under its final name is always complete and durable, which is what `tandem wal fetch`
 //! (PostgreSQL's `restore_command`) relies on. While a file is incomplete the replica's
 //! watermark stays just before its first chunk, so a restart resends the whole file.
+//!
+//! Streamed WAL (`WalStream` changes, sent as PostgreSQL writes it) goes into `NAME.partial`,
+//! a file of the segment's full size (zeroes past the bytes received), written in place and
+//! made durable with the batch, before its Ack ([`WalArchive::sync`]): an acknowledged piece
+//! is on disk here. `tandem wal fetch` serves a segment's `.partial` while the segment itself
+//! is not here, so the standby replays streamed WAL up to the newest piece — also at
+//! promotion. `WalStreamEnd` checks the complete segment's size and blake3 and publishes it
+//! under its own name.
 //! All methods do blocking I/O.
 
 use crate::error::{ReplicatorError, Result};
@@ -19,6 +27,21 @@ use tandem_core::walfile;
 
 /// Suffix of a file being received.
 pub const TMP_SUFFIX: &str = ".tmp";
+/// Suffix of a WAL segment being streamed.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// The segment being streamed into its `.partial` file.
+#[derive(Debug)]
+struct Streaming {
+    name: String,
+    path: PathBuf,
+    file: File,
+    segment_len: u64,
+    /// Written since the last [`WalArchive::sync`].
+    dirty: bool,
+    /// Created since the last sync: the folder must be synced too.
+    created: bool,
+}
 
 #[derive(Debug)]
 struct Incoming {
@@ -35,6 +58,7 @@ pub struct WalArchive {
     resource: String,
     dir: PathBuf,
     incoming: Option<Incoming>,
+    streaming: Option<Streaming>,
 }
 
 impl WalArchive {
@@ -55,6 +79,7 @@ impl WalArchive {
             resource: resource.to_owned(),
             dir: dir.to_owned(),
             incoming: None,
+            streaming: None,
         })
     }
 
@@ -115,6 +140,8 @@ impl WalArchive {
         let end = match c.kind {
             ChangeKind::WalChunk => false,
             ChangeKind::WalEnd => true,
+            ChangeKind::WalStream => return self.apply_stream(c, seq),
+            ChangeKind::WalStreamEnd => return self.publish_stream(c, seq),
             other => {
                 return Err(self.bad(seq, format!("a {other:?} change for a postgres archive")))
             }
@@ -185,6 +212,131 @@ impl WalArchive {
             .map_err(|e| ReplicatorError::io("fsync dir", &self.dir, e))?;
         tracing::debug!(resource = %self.resource, file = %inc.name, bytes = inc.written, "archive file durable");
         Ok(())
+    }
+}
+
+impl WalArchive {
+    /// Writes a `WalStream` piece into its segment's `.partial` file (created at the
+    /// segment's full size when missing; kept when present, so a resent piece overwrites the
+    /// same bytes and a restart continues the file).
+    fn apply_stream(&mut self, c: &Change, seq: Seq) -> Result<()> {
+        let piece = walfile::parse_stream(&c.data, c.offset).map_err(|r| self.bad(seq, r))?;
+        let same = self
+            .streaming
+            .as_ref()
+            .is_some_and(|s| s.name == piece.name && s.segment_len == piece.segment_len);
+        if !same {
+            self.sync()?;
+            let path = self.dir.join(format!("{}{PARTIAL_SUFFIX}", piece.name));
+            let created = !path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| ReplicatorError::io("open", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| ReplicatorError::io("stat", &path, e))?
+                .len();
+            if len != piece.segment_len {
+                file.set_len(piece.segment_len)
+                    .map_err(|e| ReplicatorError::io("set_len", &path, e))?;
+            }
+            self.streaming = Some(Streaming {
+                name: piece.name.to_owned(),
+                path,
+                file,
+                segment_len: piece.segment_len,
+                dirty: true,
+                created,
+            });
+        }
+        if let Some(s) = self.streaming.as_mut() {
+            s.file
+                .write_all_at(piece.bytes, c.offset)
+                .map_err(|e| ReplicatorError::io("pwrite", &s.path, e))?;
+            s.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// `WalStreamEnd`: the segment's `.partial` file must have the announced size and
+    /// blake3; it is synced and renamed to the segment's name (replacing a copy the archive
+    /// path may have published: the same bytes), and the folder synced.
+    fn publish_stream(&mut self, c: &Change, seq: Seq) -> Result<()> {
+        let piece = walfile::parse(&c.data, true).map_err(|r| self.bad(seq, r))?;
+        if self
+            .streaming
+            .as_ref()
+            .is_some_and(|s| s.name == piece.name)
+        {
+            self.sync()?;
+            self.streaming = None;
+        }
+        let path = self.dir.join(format!("{}{PARTIAL_SUFFIX}", piece.name));
+        let dest = self.dir.join(piece.name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Published already (a resent end after a restart).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dest.exists() => return Ok(()),
+            Err(e) => return Err(ReplicatorError::io("open", &path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| ReplicatorError::io("stat", &path, e))?
+            .len();
+        if len != c.offset {
+            let why = format!(
+                "end of streamed segment {} ({} bytes) but its .partial file has {len}",
+                piece.name, c.offset
+            );
+            return Err(self.bad(seq, why));
+        }
+        let got = hash_file(&file, &path)?;
+        if got.as_bytes()[..] != piece.bytes[..] {
+            let why = format!(
+                "streamed segment {}: blake3 {got} of the .partial file does not match the primary's",
+                piece.name
+            );
+            return Err(self.bad(seq, why));
+        }
+        file.sync_all()
+            .map_err(|e| ReplicatorError::io("fsync", &path, e))?;
+        std::fs::rename(&path, &dest).map_err(|e| ReplicatorError::io("rename", &dest, e))?;
+        self.sync_dir()?;
+        tracing::debug!(resource = %self.resource, file = %piece.name, "streamed segment durable");
+        Ok(())
+    }
+
+    /// Makes the streamed bytes written since the last call durable (and the `.partial`
+    /// file's name, when it was created since). Called before the watermark covering them is
+    /// persisted.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] naming the file or folder.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(s) = self.streaming.as_mut() else {
+            return Ok(());
+        };
+        if s.dirty {
+            s.file
+                .sync_data()
+                .map_err(|e| ReplicatorError::io("fdatasync", &s.path, e))?;
+            s.dirty = false;
+        }
+        if s.created {
+            s.created = false;
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ReplicatorError::io("fsync dir", &self.dir, e))
     }
 }
 
@@ -290,6 +442,94 @@ mod tests {
             std::fs::read(dir.path().join("00000002.history")).unwrap(),
             b""
         );
+    }
+
+    const SEG: u64 = 1 << 20;
+
+    fn piece(name: &str, off: u64, bytes: &[u8]) -> Change {
+        walfile::stream_piece("pg", name, SEG, off, bytes, 0).unwrap()
+    }
+
+    #[test]
+    fn streamed_wal_lands_in_a_full_size_partial_file_and_is_published_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = WalArchive::open("pg", dir.path()).unwrap();
+        let name = "000000010000000000000003";
+        let seg = file(SEG as usize, 6);
+        let half = SEG as usize / 2;
+        a.apply(&piece(name, 0, &seg[..100]), Seq(1)).unwrap();
+        a.apply(&piece(name, 100, &seg[100..half]), Seq(2)).unwrap();
+        a.sync().unwrap();
+        let partial = dir.path().join(format!("{name}.partial"));
+        let on_disk = std::fs::read(&partial).unwrap();
+        assert_eq!(
+            on_disk.len() as u64,
+            SEG,
+            "a .partial file has the segment's size"
+        );
+        assert_eq!(&on_disk[..half], &seg[..half]);
+        assert!(
+            on_disk[half..].iter().all(|b| *b == 0),
+            "zeroes past the newest piece"
+        );
+        assert!(!dir.path().join(name).exists());
+        // A restart: a new archive object continues the same file (a resent piece too).
+        let mut a = WalArchive::open("pg", dir.path()).unwrap();
+        a.apply(&piece(name, 100, &seg[100..half]), Seq(2)).unwrap();
+        a.apply(&piece(name, half as u64, &seg[half..]), Seq(3))
+            .unwrap();
+        let end = walfile::stream_end("pg", name, SEG, &blake3::hash(&seg), 0).unwrap();
+        a.apply(&end, Seq(4)).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), seg);
+        assert!(!partial.exists());
+        // A resent end after the publish is harmless.
+        a.apply(&end, Seq(4)).unwrap();
+    }
+
+    #[test]
+    fn a_streamed_segment_with_a_gap_or_other_bytes_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = WalArchive::open("pg", dir.path()).unwrap();
+        let name = "000000010000000000000004";
+        let seg = file(SEG as usize, 7);
+        // The middle piece never arrived: zeroes there, so the hash differs.
+        a.apply(&piece(name, 0, &seg[..10]), Seq(1)).unwrap();
+        a.apply(&piece(name, 20, &seg[20..]), Seq(2)).unwrap();
+        let end = walfile::stream_end("pg", name, SEG, &blake3::hash(&seg), 0).unwrap();
+        let e = a.apply(&end, Seq(3)).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        assert!(!dir.path().join(name).exists());
+        // An end that claims another size.
+        let end = walfile::stream_end("pg", name, SEG * 2, &blake3::hash(&seg), 0).unwrap();
+        let e = a.apply(&end, Seq(3)).unwrap_err().to_string();
+        assert!(e.contains("its .partial file has"), "{e}");
+        // An end for a segment never streamed.
+        let end = walfile::stream_end(
+            "pg",
+            "000000010000000000000009",
+            SEG,
+            &blake3::hash(&seg),
+            0,
+        )
+        .unwrap();
+        assert!(a.apply(&end, Seq(4)).is_err());
+    }
+
+    #[test]
+    fn streamed_pieces_and_an_archive_push_of_the_same_segment_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = WalArchive::open("pg", dir.path()).unwrap();
+        let name = "000000010000000000000005";
+        let seg = file(SEG as usize, 8);
+        let pushed = walfile::changes("pg", name, &seg, 0).unwrap();
+        a.apply(&piece(name, 0, &seg[..4096]), Seq(1)).unwrap();
+        a.apply(&pushed[0], Seq(2)).unwrap();
+        a.apply(&piece(name, 4096, &seg[4096..]), Seq(3)).unwrap();
+        a.apply(&pushed[1], Seq(4)).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), seg);
+        let end = walfile::stream_end("pg", name, SEG, &blake3::hash(&seg), 0).unwrap();
+        a.apply(&end, Seq(5)).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), seg);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::cmd::status::runtime;
 use crate::cmd::ConnectNet;
 use crate::exit::bad_input;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,13 +142,29 @@ fn fetch(a: FetchArgs) -> Result<()> {
             ))
         }
     };
-    let src = dir.join(&a.name);
-    if !src.exists() {
+    let src = source(&dir, &a.name).ok_or_else(|| {
         // PostgreSQL's "not available (yet)": a plain failure, exit 1.
-        bail!("{} is not in the archive {}", a.name, dir.display());
-    }
+        anyhow::anyhow!("{} is not in the archive {}", a.name, dir.display())
+    })?;
     copy_atomically(&src, &a.dest)?;
     Ok(())
+}
+
+/// The file that answers a request for `name`: the archived file itself, or, for a WAL
+/// segment not archived (complete) yet, its `.partial` file of streamed WAL — the segment's
+/// full size, zeroes past the newest piece, which PostgreSQL reads as the end of the WAL
+/// available so far (and asks again later).
+fn source(dir: &Path, name: &str) -> Option<PathBuf> {
+    let whole = dir.join(name);
+    if whole.exists() {
+        return Some(whole);
+    }
+    let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let partial = dir.join(format!(
+        "{name}{}",
+        tandem_replicator::pg_archive::PARTIAL_SUFFIX
+    ));
+    (is_segment && partial.exists()).then_some(partial)
 }
 
 /// Copies `src` to `dest` through a temporary file in the same folder, so PostgreSQL never

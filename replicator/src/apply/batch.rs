@@ -345,6 +345,10 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
                 .map_err(|e| ReplicatorError::io("fdatasync", &r.path, e))?;
         }
     }
+    // Streamed WAL written into `.partial` files.
+    for a in inner.archives.values_mut() {
+        a.sync()?;
+    }
     if let Some(h) = inner.history.as_mut() {
         // Points recorded since the last flush (the undo records were synced before the data
         // they undo was written, by `Deferred::flush`), before the watermark covering them.

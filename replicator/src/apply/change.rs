@@ -183,7 +183,9 @@ pub(super) fn apply_change(
         ChangeKind::Barrier
         | ChangeKind::Checkpoint
         | ChangeKind::WalChunk
-        | ChangeKind::WalEnd => return Err(unsupported()),
+        | ChangeKind::WalEnd
+        | ChangeKind::WalStream
+        | ChangeKind::WalStreamEnd => return Err(unsupported()),
     }
     Ok(Some(c.resource.clone()))
 }
