@@ -47,6 +47,7 @@ pub mod nbd;
 pub mod node;
 pub mod pg_archive;
 pub mod pg_feed;
+pub mod pg_stream;
 pub mod pipeline;
 pub mod quarantine;
 pub mod receive;

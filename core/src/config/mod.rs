@@ -30,7 +30,7 @@ mod validate;
 
 pub use diagnostic::{display_lines, line_col, nearest, ConfigError, Diagnostic};
 pub use model::{
-    is_loopback_address, Capture, Cluster, Coordinator, Group, Mode, Node, NodeRole, Resource,
-    ResourceKind, Runbooks, Site, Tls, Topology, DEFAULT_POSTGRES_BIN_DIR,
+    is_loopback_address, Capture, Cluster, Coordinator, Group, Mode, Node, NodeRole, PgStream,
+    Resource, ResourceKind, Runbooks, Site, Tls, Topology, DEFAULT_POSTGRES_BIN_DIR,
 };
 pub use units::{Bandwidth, BandwidthWindow, ByteSize, HumanDuration, TimeOfDay, UnitError};

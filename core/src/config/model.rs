@@ -354,7 +354,45 @@ pub enum ResourceKind {
         replica_port: u16,
         /// Folder of `pg_ctl`, `initdb` and friends.
         bin_dir: PathBuf,
+        /// Stream WAL as PostgreSQL writes it (a physical replication connection from the
+        /// primary site's replicator), not only archived segments. `None`: archiving only.
+        stream: Option<PgStream>,
     },
+}
+
+/// How a primary site's replicator connects to its PostgreSQL server as a physical
+/// replication client (`stream = true`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PgStream {
+    /// The role it connects as (needs the REPLICATION attribute). Default `postgres`.
+    pub user: String,
+    /// An absolute path: the folder of the server's unix socket; otherwise a TCP host.
+    /// Default `127.0.0.1`.
+    pub host: String,
+    /// A file holding the role's password (SCRAM-SHA-256 or cleartext), read at each
+    /// connection; none for `trust` or `peer`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl PgStream {
+    /// The replication slot and `application_name` of `group`'s resource `resource`:
+    /// `tandem_GROUP_RESOURCE`, lower case, characters other than letters, digits and `_`
+    /// as `_`, at most 63 bytes (PostgreSQL's limit). Name it in
+    /// `synchronous_standby_names` for COMMITs that wait for the other site.
+    pub fn slot_name(group: &str, resource: &str) -> String {
+        let mut s: String = format!("tandem_{group}_{resource}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        s.truncate(63);
+        s
+    }
 }
 
 /// How a volume's changes are captured on its primary site.

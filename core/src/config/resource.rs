@@ -5,7 +5,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
 
-use super::model::{defaults, Capture, Resource, ResourceKind, DEFAULT_POSTGRES_BIN_DIR};
+use super::model::{defaults, Capture, PgStream, Resource, ResourceKind, DEFAULT_POSTGRES_BIN_DIR};
 use super::units::{ByteSize, HumanDuration};
 
 /// The flat form of a resource as written in the file; converted with per-field checks.
@@ -36,6 +36,14 @@ pub(super) struct RawResource {
     replica_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bin_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +76,10 @@ impl RawResource {
                 not_for_kind("port", self.port.is_some());
                 not_for_kind("replica_port", self.replica_port.is_some());
                 not_for_kind("bin_dir", self.bin_dir.is_some());
+                not_for_kind("stream", self.stream.is_some());
+                not_for_kind("stream_user", self.stream_user.is_some());
+                not_for_kind("stream_host", self.stream_host.is_some());
+                not_for_kind("stream_password_file", self.stream_password_file.is_some());
                 if self.kind == RawKind::Sqlite {
                     not_for_kind("size", self.size.is_some());
                     not_for_kind("block_size", self.block_size.is_some());
@@ -82,8 +94,33 @@ impl RawResource {
                 not_for_kind("replica_path", self.replica_path.is_some());
                 not_for_kind("capture", self.capture.is_some());
                 not_for_kind("scan_interval", self.scan_interval.is_some());
+                if self.stream != Some(true) {
+                    for (field, present) in [
+                        ("stream_user", self.stream_user.is_some()),
+                        ("stream_host", self.stream_host.is_some()),
+                        ("stream_password_file", self.stream_password_file.is_some()),
+                    ] {
+                        if present {
+                            problems.push((
+                                field,
+                                format!("`{field}` applies only with stream = true"),
+                            ));
+                        }
+                    }
+                }
             }
         }
+        let stream = (self.stream == Some(true)).then(|| PgStream {
+            user: self
+                .stream_user
+                .clone()
+                .unwrap_or_else(|| "postgres".into()),
+            host: self
+                .stream_host
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            password_file: self.stream_password_file.clone(),
+        });
         let kind = match self.kind {
             RawKind::Volume => {
                 if self.size.is_none() {
@@ -142,6 +179,7 @@ impl RawResource {
                         bin_dir: self
                             .bin_dir
                             .unwrap_or_else(|| PathBuf::from(DEFAULT_POSTGRES_BIN_DIR)),
+                        stream,
                     }),
                     _ => None,
                 }
@@ -191,8 +229,15 @@ impl From<&Resource> for RawResource {
                 port,
                 replica_port,
                 bin_dir,
+                stream,
             } => {
                 raw.kind = RawKind::Postgres;
+                if let Some(st) = stream {
+                    raw.stream = Some(true);
+                    raw.stream_user = Some(st.user.clone());
+                    raw.stream_host = Some(st.host.clone());
+                    raw.stream_password_file = st.password_file.clone();
+                }
                 raw.data_dir = Some(data_dir.clone());
                 raw.replica_data_dir = Some(replica_data_dir.clone());
                 raw.port = Some(*port);

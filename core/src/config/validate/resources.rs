@@ -42,7 +42,7 @@ pub(super) fn check_resources(
         );
         check_volume(d, g, r, &here);
         check_sqlite(d, g, r, &here);
-        check_postgres(d, r, &here);
+        check_postgres(d, g, r, &here);
         check_shared_files(t, d, g, r, &here, files);
     }
 }
@@ -104,14 +104,37 @@ fn check_sqlite(d: &mut Diags<'_>, g: &Group, r: &Resource, here: &str) {
     }
 }
 
-/// A PostgreSQL resource: neither port may be 0.
-fn check_postgres(d: &mut Diags<'_>, r: &Resource, here: &str) {
+/// A PostgreSQL resource: neither port may be 0; a sync group streams its WAL (archiving
+/// alone never makes a COMMIT wait for the replica site); a streaming role and host are named.
+fn check_postgres(d: &mut Diags<'_>, g: &Group, r: &Resource, here: &str) {
     let ResourceKind::Postgres {
-        port, replica_port, ..
+        port,
+        replica_port,
+        stream,
+        ..
     } = &r.kind
     else {
         return;
     };
+    match stream {
+        None if g.mode == Mode::Sync => d.push(
+            &format!("{here}.kind"),
+            "a postgres resource in a sync group needs stream = true: archived WAL reaches the \
+             replica only after the COMMIT has returned, so without streaming (and Tandem named \
+             in synchronous_standby_names) the COMMIT never waits for the replica and an RPO of \
+             0 cannot be kept"
+                .to_string(),
+        ),
+        Some(st) if st.user.is_empty() => d.push(
+            &format!("{here}.stream_user"),
+            "stream_user is empty".to_string(),
+        ),
+        Some(st) if st.host.is_empty() => d.push(
+            &format!("{here}.stream_host"),
+            "stream_host is empty".to_string(),
+        ),
+        _ => {}
+    }
     if *port == 0 {
         d.push(&format!("{here}.port"), "port must not be 0".to_string());
     }
