@@ -51,7 +51,7 @@ impl Splitter {
                 "wal_segment_size {seg_len} is not a power of two from 1 MiB to 1 GiB"
             ));
         }
-        if start % seg_len != 0 {
+        if !start.is_multiple_of(seg_len) {
             return Err(format!(
                 "streaming must start at a segment start, not at {start:#x}"
             ));
@@ -99,7 +99,7 @@ impl Splitter {
             self.hasher.update(piece);
             self.next += n as u64;
             bytes = rest;
-            if self.next % self.seg_len == 0 {
+            if self.next.is_multiple_of(self.seg_len) {
                 let hash = std::mem::take(&mut self.hasher).finalize();
                 out.push(
                     walfile::stream_end(&self.resource, &name, self.seg_len, &hash, captured_ms)
