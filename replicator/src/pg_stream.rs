@@ -218,6 +218,81 @@ impl Exposure {
     }
 }
 
+impl Exposure {
+    /// The bound for WAL at `pos` without forgetting anything: the send time of the newest
+    /// message whose WAL end is at or before `pos`, if one is known.
+    pub fn bound_for(&self, pos: u64) -> Option<i64> {
+        self.marks
+            .iter()
+            .rev()
+            .find(|(end, _)| *end <= pos)
+            .map(|(_, ms)| *ms)
+    }
+}
+
+/// The state of one resource's stream, shared by its task and the heartbeat.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStatus {
+    /// A replication session is open.
+    pub connected: bool,
+    /// Why the last session ended or could not start.
+    pub last_error: Option<String>,
+    /// What the server said about its WAL end.
+    pub exposure: Exposure,
+    /// The WAL position durable at the replica (the flush position reported to the server).
+    pub flushed: u64,
+    /// The server's timeline being streamed.
+    pub timeline: u32,
+}
+
+fn lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
+}
+
+/// The health a heartbeat reports for a postgres resource with `stream = true`: the archive
+/// feed's `feed` as read from `pg_wal`, judged with the stream's status.
+///
+/// Streaming: healthy whatever the archiver does (the archive is the fallback), and the age
+/// of the oldest WAL not durable at the replica is the stream's bound ([`Exposure`]), or the
+/// archive feed's when the stream knows no message from before that WAL (just started).
+/// Not streaming: unhealthy (the group shows degraded with the reason), and the age is the
+/// older of the two bounds — WAL streamed but not archived is not counted as safe by the
+/// archive feed, so this may count too much, never too little.
+pub fn judge(
+    mut feed: tandem_core::proto::ResourceHealth,
+    st: &mut StreamStatus,
+) -> tandem_core::proto::ResourceHealth {
+    let flushed = st.flushed;
+    let stream_bound = st.exposure.at_risk_since(flushed);
+    let archive = format!("archive feed {}: {}", feed.state, feed.detail);
+    if st.connected {
+        feed.oldest_unarchived_ms = match stream_bound {
+            Ok(None) => 0,
+            Ok(Some(ms)) => ms,
+            Err(()) => feed.oldest_unarchived_ms,
+        };
+        feed.detail = format!(
+            "streaming timeline {}: WAL durable at the replica through {}, server at {}; {archive}",
+            st.timeline,
+            lsn(flushed),
+            lsn(st.exposure.server_end().max(flushed))
+        );
+        feed.state = "streaming".into();
+        feed.healthy = true;
+        return feed;
+    }
+    if let Ok(Some(ms)) = stream_bound {
+        feed.oldest_unarchived_ms = match feed.oldest_unarchived_ms {
+            0 => ms,
+            f => f.min(ms),
+        };
+    }
+    let why = st.last_error.as_deref().unwrap_or("not connected yet");
+    feed.detail = format!("not streaming ({why}); {archive}");
+    feed.healthy = false;
+    feed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +389,70 @@ mod tests {
         let mut fresh = Exposure::default();
         fresh.observe(900, 5);
         assert_eq!(fresh.at_risk_since(50), Err(()));
+    }
+
+    fn feed(state: &str, oldest: i64) -> tandem_core::proto::ResourceHealth {
+        tandem_core::proto::ResourceHealth {
+            resource: "db".into(),
+            state: state.into(),
+            healthy: state == "archiving",
+            oldest_unarchived_ms: oldest,
+            detail: "d".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_live_stream_reports_its_own_bound_and_a_broken_one_degrades_and_keeps_the_older() {
+        let mut st = StreamStatus {
+            connected: true,
+            flushed: 1000,
+            timeline: 1,
+            ..Default::default()
+        };
+        st.exposure.observe(1000, 50);
+        st.exposure.observe(1200, 70);
+        // The archive feed counts a whole unarchived segment from 10; the stream knows better.
+        let h = judge(feed("archiving", 10), &mut st);
+        assert_eq!(
+            (h.state.as_str(), h.healthy, h.oldest_unarchived_ms),
+            ("streaming", true, 50)
+        );
+        assert!(
+            h.detail.contains("through 0/3E8, server at 0/4B0"),
+            "{}",
+            h.detail
+        );
+        st.flushed = 1200;
+        assert_eq!(judge(feed("stalled", 10), &mut st).oldest_unarchived_ms, 0);
+        // Just connected, nothing known from before the unflushed WAL: the archive's bound.
+        let mut fresh = StreamStatus {
+            connected: true,
+            ..Default::default()
+        };
+        fresh.exposure.observe(900, 60);
+        assert_eq!(
+            judge(feed("archiving", 10), &mut fresh).oldest_unarchived_ms,
+            10
+        );
+        // Down: unhealthy, named, and the older bound of the two.
+        st.connected = false;
+        st.exposure.observe(1500, 90); // written after 70, not durable at the replica
+        st.last_error = Some("connect: refused".into());
+        let h = judge(feed("archiving", 80), &mut st);
+        assert!(
+            !h.healthy && h.detail.contains("not streaming (connect: refused)"),
+            "{h:?}"
+        );
+        assert_eq!(h.oldest_unarchived_ms, 70);
+        assert_eq!(
+            judge(feed("archiving", 0), &mut st).oldest_unarchived_ms,
+            70
+        );
+        assert_eq!(
+            judge(feed("archiving", 60), &mut st).oldest_unarchived_ms,
+            60
+        );
     }
 
     proptest! {

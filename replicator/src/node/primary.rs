@@ -87,6 +87,7 @@ pub(super) async fn become_primary(
     let (stop_tx, stop_rx) = watch::channel(false);
     start_scans(rt, g, epoch, &pipeline, &stop_rx).await?;
     start_sqlite(rt, g, &pipeline, &stop_rx);
+    super::pg_stream::start_pg_streams(rt, g, &pipeline, &stop_rx);
     g.sources_stop = Some(stop_tx);
     g.cell
         .fenced

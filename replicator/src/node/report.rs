@@ -29,8 +29,18 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 g.last_tick = Instant::now();
                 let ready = g.cell.writable() || *draining;
                 let now_ms = tandem_core::clock::Clock::now_ms(&SystemClock::new());
-                let feeds =
-                    pg_feeds(&rt.topo, &rt.node.site, &g.cfg, &mut g.pg_feeds, now_ms).await;
+                let feeds: Vec<_> =
+                    pg_feeds(&rt.topo, &rt.node.site, &g.cfg, &mut g.pg_feeds, now_ms)
+                        .await
+                        .into_iter()
+                        .map(|h| match g.pg_streams.get(&h.resource) {
+                            Some(s) => crate::pg_stream::judge(
+                                h,
+                                &mut s.lock().unwrap_or_else(|p| p.into_inner()),
+                            ),
+                            None => h,
+                        })
+                        .collect();
                 Some(GroupProgress {
                     group: name.clone(),
                     role: "primary".into(),

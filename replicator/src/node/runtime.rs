@@ -80,6 +80,8 @@ pub(super) struct GroupRt {
     pub(super) resync: watch::Sender<ResyncProgress>,
     /// Each postgres resource's WAL feed as the primary's polls saw it (RPO and health).
     pub(super) pg_feeds: BTreeMap<String, crate::pg_feed::Tracker>,
+    /// Each streaming postgres resource's stream (primary only; replaced at each promotion).
+    pub(super) pg_streams: BTreeMap<String, super::pg_stream::Shared>,
 }
 
 /// The running node: its config, data folder, Replication service, groups and coordinators.

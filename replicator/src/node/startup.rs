@@ -220,6 +220,7 @@ pub(super) fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
         })
         .0,
         pg_feeds: Default::default(),
+        pg_streams: Default::default(),
     }
 }
 

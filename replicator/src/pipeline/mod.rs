@@ -376,6 +376,11 @@ impl GroupPipeline {
         }
     }
 
+    /// The highest seq the replica has acknowledged durable, as it changes.
+    pub fn replica_durable(&self) -> tokio::sync::watch::Receiver<Seq> {
+        self.shared.durable_replica.subscribe()
+    }
+
     /// A snapshot of progress; RPO now = now − `oldest_unacked_capture_ms`.
     pub fn progress(&self) -> Progress {
         let sh = &self.shared;
