@@ -27,6 +27,8 @@
 //!   segment files, retention, point selection, rewinding a copy (pure codec + file store).
 //! - [`pg_archive`]: the replica's PostgreSQL archive folder, rebuilt from WAL changes.
 //! - [`pg_feed`]: the primary's PostgreSQL WAL feed: WAL not archived yet (RPO) and health.
+//! - [`pg_repl`]: a PostgreSQL physical replication client (IDENTIFY_SYSTEM, slots,
+//!   START_REPLICATION, status updates), with its pure codec and SCRAM-SHA-256.
 //! - [`durable_dir`]: folders created with their parents fsynced (they survive a power loss).
 //! - [`meta`]: small durable metadata files (magic, version, checksum, atomic rename).
 //! - [`validate`]: pure validation of replication requests before a handler acts.
@@ -47,6 +49,7 @@ pub mod nbd;
 pub mod node;
 pub mod pg_archive;
 pub mod pg_feed;
+pub mod pg_repl;
 pub mod pg_stream;
 pub mod pipeline;
 pub mod quarantine;
