@@ -7,10 +7,10 @@
 //! (PostgreSQL's `restore_command`) relies on. While a file is incomplete the replica's
 //! watermark stays just before its first chunk, so a restart resends the whole file.
 //!
-//! Streamed WAL (`WalStream` changes, sent as PostgreSQL writes it) goes into `NAME.partial`,
+//! Streamed WAL (`WalStream` changes, sent as PostgreSQL writes it) goes into `NAME.streaming` (not `.streaming`, a name PostgreSQL itself archives at a promotion),
 //! a file of the segment's full size (zeroes past the bytes received), written in place and
 //! made durable with the batch, before its Ack ([`WalArchive::sync`]): an acknowledged piece
-//! is on disk here. `tandem wal fetch` serves a segment's `.partial` while the segment itself
+//! is on disk here. `tandem wal fetch` serves a segment's `.streaming` while the segment itself
 //! is not here, so the standby replays streamed WAL up to the newest piece — also at
 //! promotion. `WalStreamEnd` checks the complete segment's size and blake3 and publishes it
 //! under its own name.
@@ -28,9 +28,9 @@ use tandem_core::walfile;
 /// Suffix of a file being received.
 pub const TMP_SUFFIX: &str = ".tmp";
 /// Suffix of a WAL segment being streamed.
-pub const PARTIAL_SUFFIX: &str = ".partial";
+pub const PARTIAL_SUFFIX: &str = ".streaming";
 
-/// The segment being streamed into its `.partial` file.
+/// The segment being streamed into its `.streaming` file.
 #[derive(Debug)]
 struct Streaming {
     name: String,
@@ -216,7 +216,7 @@ impl WalArchive {
 }
 
 impl WalArchive {
-    /// Writes a `WalStream` piece into its segment's `.partial` file (created at the
+    /// Writes a `WalStream` piece into its segment's `.streaming` file (created at the
     /// segment's full size when missing; kept when present, so a resent piece overwrites the
     /// same bytes and a restart continues the file).
     fn apply_stream(&mut self, c: &Change, seq: Seq) -> Result<()> {
@@ -262,7 +262,7 @@ impl WalArchive {
         Ok(())
     }
 
-    /// `WalStreamEnd`: the segment's `.partial` file must have the announced size and
+    /// `WalStreamEnd`: the segment's `.streaming` file must have the announced size and
     /// blake3; it is synced and renamed to the segment's name (replacing a copy the archive
     /// path may have published: the same bytes), and the folder synced.
     fn publish_stream(&mut self, c: &Change, seq: Seq) -> Result<()> {
@@ -289,7 +289,7 @@ impl WalArchive {
             .len();
         if len != c.offset {
             let why = format!(
-                "end of streamed segment {} ({} bytes) but its .partial file has {len}",
+                "end of streamed segment {} ({} bytes) but its .streaming file has {len}",
                 piece.name, c.offset
             );
             return Err(self.bad(seq, why));
@@ -297,7 +297,7 @@ impl WalArchive {
         let got = hash_file(&file, &path)?;
         if got.as_bytes()[..] != piece.bytes[..] {
             let why = format!(
-                "streamed segment {}: blake3 {got} of the .partial file does not match the primary's",
+                "streamed segment {}: blake3 {got} of the .streaming file does not match the primary's",
                 piece.name
             );
             return Err(self.bad(seq, why));
@@ -310,7 +310,7 @@ impl WalArchive {
         Ok(())
     }
 
-    /// Makes the streamed bytes written since the last call durable (and the `.partial`
+    /// Makes the streamed bytes written since the last call durable (and the `.streaming`
     /// file's name, when it was created since). Called before the watermark covering them is
     /// persisted.
     ///
@@ -460,12 +460,12 @@ mod tests {
         a.apply(&piece(name, 0, &seg[..100]), Seq(1)).unwrap();
         a.apply(&piece(name, 100, &seg[100..half]), Seq(2)).unwrap();
         a.sync().unwrap();
-        let partial = dir.path().join(format!("{name}.partial"));
+        let partial = dir.path().join(format!("{name}.streaming"));
         let on_disk = std::fs::read(&partial).unwrap();
         assert_eq!(
             on_disk.len() as u64,
             SEG,
-            "a .partial file has the segment's size"
+            "a .streaming file has the segment's size"
         );
         assert_eq!(&on_disk[..half], &seg[..half]);
         assert!(
@@ -502,7 +502,7 @@ mod tests {
         // An end that claims another size.
         let end = walfile::stream_end("pg", name, SEG * 2, &blake3::hash(&seg), 0).unwrap();
         let e = a.apply(&end, Seq(3)).unwrap_err().to_string();
-        assert!(e.contains("its .partial file has"), "{e}");
+        assert!(e.contains("its .streaming file has"), "{e}");
         // An end for a segment never streamed.
         let end = walfile::stream_end(
             "pg",

@@ -2,6 +2,8 @@
 //! ports, start and signal real node processes, and ask the real CLI for status.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pg;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::fmt::Write as _;

@@ -151,7 +151,7 @@ fn fetch(a: FetchArgs) -> Result<()> {
 }
 
 /// The file that answers a request for `name`: the archived file itself, or, for a WAL
-/// segment not archived (complete) yet, its `.partial` file of streamed WAL — the segment's
+/// segment not archived (complete) yet, its `.streaming` file of streamed WAL — the segment's
 /// full size, zeroes past the newest piece, which PostgreSQL reads as the end of the WAL
 /// available so far (and asks again later).
 fn source(dir: &Path, name: &str) -> Option<PathBuf> {
