@@ -159,6 +159,84 @@ pub fn promote(bin_dir: &Path, data_dir: &Path, timeout: Duration) -> Result<Str
     }
 }
 
+/// Rewinds the stopped cluster at `data_dir` onto the timeline of the running server
+/// `source` (a libpq connection string) with `pg_rewind` (which first finishes crash recovery
+/// of a cluster that was not shut down cleanly). The cluster needs `wal_log_hints = on` or
+/// data checksums. Returns pg_rewind's report.
+///
+/// # Errors
+/// pg_rewind failed (its output says why: no common timeline, no `wal_log_hints`, ...).
+pub fn rewind(bin_dir: &Path, data_dir: &Path, source: &str) -> Result<String, PgError> {
+    let mut cmd = command(bin_dir, "pg_rewind", data_dir)?;
+    cmd.arg("-D")
+        .arg(data_dir)
+        .arg(format!("--source-server={source}"))
+        .arg("--progress")
+        .env("LC_ALL", "C");
+    let out = cmd.output().map_err(|source| PgError::Spawn {
+        program: bin_dir.join("pg_rewind"),
+        source,
+    })?;
+    // pg_rewind reports on stderr.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+    .trim()
+    .to_owned();
+    if !out.status.success() {
+        return Err(PgError::Failed {
+            program: bin_dir.join("pg_rewind"),
+            status: out.status.to_string(),
+            output: text,
+        });
+    }
+    Ok(text)
+}
+
+/// `pg_ctl start -w` of the cluster at `data_dir`, its server log in `log`.
+///
+/// # Errors
+/// pg_ctl failed (its output, and the log's path to read).
+pub fn start(bin_dir: &Path, data_dir: &Path, log: &Path) -> Result<String, PgError> {
+    let mut cmd = command(bin_dir, "pg_ctl", data_dir)?;
+    cmd.arg("start")
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", "60"]);
+    run(cmd).map_err(|e| match e {
+        PgError::Failed {
+            program,
+            status,
+            output,
+        } => PgError::Failed {
+            program,
+            status,
+            output: format!("{output} (server log: {})", log.display()),
+        },
+        other => other,
+    })
+}
+
+/// `pg_ctl stop -m fast -w` of the cluster at `data_dir`, when it runs (`postmaster.pid`).
+///
+/// # Errors
+/// pg_ctl failed.
+pub fn stop_fast(bin_dir: &Path, data_dir: &Path) -> Result<bool, PgError> {
+    if !data_dir.join("postmaster.pid").exists() {
+        return Ok(false);
+    }
+    let mut cmd = command(bin_dir, "pg_ctl", data_dir)?;
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "-t", "60"]);
+    run(cmd).map(|_| true)
+}
+
 /// Runs one SQL query with `psql` (from `bin_dir`, else `/usr/bin`) against the server on
 /// `port` of this host, as the data directory's owner; returns the unaligned, tuples-only
 /// output. `PGHOST` (default `127.0.0.1`), `PGUSER` and `PGDATABASE` (default `postgres`)

@@ -24,6 +24,49 @@ pub fn segment_start(lsn: u64, seg_len: u64) -> u64 {
     lsn - lsn % seg_len
 }
 
+/// The timeline to stream the segment starting at `start` (`seg_len` bytes) from: the
+/// timeline holding its last byte ([`timeline_of`]). The segment in which a timeline switched
+/// is read from the new timeline's file, which holds the old timeline's WAL up to the switch.
+///
+/// # Errors
+/// A malformed history line.
+pub fn timeline_for_segment(
+    history: &str,
+    start: u64,
+    seg_len: u64,
+    current: u32,
+) -> Result<u32, String> {
+    timeline_of(history, start + seg_len - 1, current)
+}
+
+/// The timeline that holds WAL position `lsn` on a server now on timeline `current`, from the
+/// current timeline's history file (`parent_tli<TAB>switch_lsn<TAB>reason` per line, oldest
+/// first): the first timeline that ended after `lsn`, else the current one. A line that does
+/// not parse is an error naming it.
+///
+/// # Errors
+/// A malformed history line.
+pub fn timeline_of(history: &str, lsn: u64, current: u32) -> Result<u32, String> {
+    for line in history.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let parsed = (|| {
+            let tli: u32 = f.next()?.parse().ok()?;
+            let (hi, lo) = f.next()?.split_once('/')?;
+            let end = u64::from_str_radix(hi, 16).ok()? << 32 | u64::from_str_radix(lo, 16).ok()?;
+            Some((tli, end))
+        })();
+        let (tli, end) = parsed.ok_or_else(|| format!("timeline history line {line:?}"))?;
+        if lsn < end {
+            return Ok(tli);
+        }
+    }
+    Ok(current)
+}
+
 /// Cuts the WAL a server streams (contiguous bytes from a segment start) into `WalStream`
 /// pieces, each within one segment, and a `WalStreamEnd` (size and blake3) after every
 /// segment completed.
@@ -131,6 +174,11 @@ impl Acks {
     /// WAL up to `end` went into the stream with last seq `seq`.
     pub fn submitted(&mut self, seq: Seq, end: u64) {
         self.pending.push_back((seq, end));
+    }
+
+    /// The end of the WAL submitted to the stream (acknowledged or not).
+    pub fn submitted_end(&self) -> u64 {
+        self.pending.back().map_or(self.flushed, |p| p.1)
     }
 
     /// The replica acknowledged every seq up to `durable`: returns the new flushed position
@@ -357,6 +405,19 @@ mod tests {
             .contains("expected next"));
         assert!(Splitter::new("db", 1, SEG, start + 1).is_err());
         assert!(Splitter::new("db", 1, 3 << 20, 0).is_err());
+    }
+
+    #[test]
+    fn a_position_before_a_switch_point_is_on_the_parent_timeline() {
+        let h = "1\t0/5000060\tno recovery target specified\n\n2\t0/9000000\tbefore 2000-01-01\n";
+        assert_eq!(timeline_of(h, 0x300_0000, 3), Ok(1));
+        assert_eq!(timeline_of(h, 0x500_0060, 3), Ok(2));
+        assert_eq!(timeline_of(h, 0x900_0000, 3), Ok(3));
+        assert_eq!(timeline_of("", 5, 1), Ok(1));
+        assert!(timeline_of("x\ty", 5, 2).is_err());
+        // The segment holding the switch point is read from the new timeline's file.
+        assert_eq!(timeline_for_segment(h, 0x500_0000, 1 << 24, 3), Ok(2));
+        assert_eq!(timeline_for_segment(h, 0x400_0000, 1 << 24, 3), Ok(1));
     }
 
     #[test]

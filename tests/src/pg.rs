@@ -296,7 +296,7 @@ pub fn up_with(s: &Setup<'_>) -> Env {
         ),
     );
     let common = format!(
-        "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_timeout = {archive_timeout}\nwal_retrieve_retry_interval = 200ms\ntimezone = 'UTC'\nlog_timezone = 'UTC'\nmax_wal_senders = 4\nshared_buffers = 32MB\nfsync = on\n",
+        "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_timeout = {archive_timeout}\nwal_retrieve_retry_interval = 200ms\ntimezone = 'UTC'\nlog_timezone = 'UTC'\nmax_wal_senders = 4\nwal_log_hints = on\nshared_buffers = 32MB\nfsync = on\n",
         pg.display()
     );
     let conf = primary.join("postgresql.conf");
@@ -454,16 +454,20 @@ impl Env {
 
     /// Step 5: `tandem switchover pg` with a drain that switches WAL and stops the primary.
     pub fn switch_over(&self) {
+        self.switch_over_stopping(&self.primary, self.p1);
+    }
+
+    /// `tandem switchover pg` whose drain switches WAL and stops the server at `dir` (`port`),
+    /// the current primary.
+    pub fn switch_over_stopping(&self, dir: &Path, port: u16) {
         let Env {
             ref topo,
-            ref primary,
             ref standby,
-            p1,
             ..
         } = *self;
         let drain = format!(
-            "runuser -u {PG_USER} -- {BIN}/psql -X -h 127.0.0.1 -p {p1} -d postgres -c 'SELECT pg_switch_wal()' && runuser -u {PG_USER} -- {BIN}/pg_ctl -D {} -m fast -w stop",
-            primary.display()
+            "runuser -u {PG_USER} -- {BIN}/psql -X -h 127.0.0.1 -p {port} -d postgres -c 'SELECT pg_switch_wal()' && runuser -u {PG_USER} -- {BIN}/pg_ctl -D {} -m fast -w stop",
+            dir.display()
         );
         let (code, out, err) = topo.tandem(&[
             "switchover",

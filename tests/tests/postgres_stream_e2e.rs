@@ -177,3 +177,101 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
     // At most one transaction per client committed at hcm without pgbench hearing of it.
     assert!(have <= committed + 4, "{have} rows for {committed} commits");
 }
+
+/// A switchover under pgbench loses nothing; the old primary rejoins as a standby of the new
+/// one with `tandem wal rejoin` (pg_rewind, no full copy), follows its streamed WAL, and a
+/// switch back under pgbench again loses nothing.
+#[test]
+fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
+    if pg_missing() {
+        return;
+    }
+    let env = up_with(&Setup {
+        archive_timeout: "3600s",
+        mode: "sync",
+        stream: true,
+    });
+    env.start_standby();
+    let (p1, p2) = (env.p1, env.p2);
+    let init = Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(Path::new(BIN).join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p1.to_string(),
+            "-i",
+            "-s",
+            "1",
+            "-q",
+        ])
+        .arg("postgres")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    ok("pgbench -i", init);
+    // 1. Switchover while pgbench writes: the drain stops hanoi's server mid-run.
+    let logs = env.root.join("pg/logs-1");
+    let mut bench = pgbench_in_background(p1, &logs, 60);
+    wait_until("pgbench commits", Duration::from_secs(20), || {
+        (logged_commits(&logs) > 100).then(String::new)
+    });
+    env.switch_over();
+    wait_exit(&mut bench, Duration::from_secs(60));
+    let committed = logged_commits(&logs) + 0;
+    let have = count(p2, "SELECT count(*) FROM pgbench_history");
+    eprintln!("switchover: pgbench saw {committed} commits, hcm holds {have}");
+    assert!(have >= committed, "switchover lost {}", committed - have);
+    assert!(have <= committed + 4, "{have} rows for {committed} commits");
+    // 2. hanoi's old primary rejoins as hcm's standby without a full copy.
+    let (code, out, err) = env.topo.tandem(&[
+        "wal",
+        "rejoin",
+        "pg",
+        "--config",
+        env.topo.config.to_str().unwrap(),
+        "--site",
+        "hanoi",
+        "--tandem-bin",
+        env.tandem.to_str().unwrap(),
+    ]);
+    if code != 0 {
+        dump_logs(&env.topo);
+    }
+    assert_eq!(code, 0, "rejoin failed:\n{out}\n{err}");
+    eprintln!("{out}{err}");
+    assert!(err.contains("pg_rewind"), "{err}");
+    // 3. More writes at hcm, then the switch back while pgbench writes there.
+    let logs2 = env.root.join("pg/logs-2");
+    let mut bench = pgbench_in_background(p2, &logs2, 60);
+    let t0 = Instant::now();
+    while logged_commits(&logs2) <= 100 {
+        if t0.elapsed() > Duration::from_secs(20) {
+            dump_logs(&env.topo);
+            let (_, st, _) = env.topo.tandem(&[
+                "status",
+                "--config",
+                env.topo.config.to_str().unwrap(),
+                "--json",
+            ]);
+            panic!("no commits at hcm after the rejoin:\n{st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.switch_over_stopping(&env.standby, p2);
+    wait_exit(&mut bench, Duration::from_secs(60));
+    let committed2 = logged_commits(&logs2);
+    let back = count(p1, "SELECT count(*) FROM pgbench_history");
+    eprintln!("switch back: pgbench saw {committed2} more commits, hanoi holds {back}");
+    assert!(
+        back >= have + committed2,
+        "switch back lost {}",
+        have + committed2 - back
+    );
+    assert!(back <= have + committed2 + 4, "{back} rows");
+    assert_eq!(
+        ok("recovery state", psql(p1, "SELECT pg_is_in_recovery()")).trim(),
+        "f"
+    );
+}

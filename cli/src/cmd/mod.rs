@@ -18,6 +18,7 @@ pub mod runs;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_rejoin;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

@@ -23,6 +23,10 @@ pub enum WalCmd {
     /// PATH; exits 1 when it is not (yet) there. Use
     /// `restore_command = 'tandem wal fetch %f %p --archive DIR'`.
     Fetch(FetchArgs),
+    /// Turn a site's old PostgreSQL primary into a standby of the group's current primary:
+    /// stop it, pg_rewind it from the primary, write standby.signal and a restore_command
+    /// reading this site's archive folder, and start it (no full copy).
+    Rejoin(crate::cmd::wal_rejoin::RejoinArgs),
 }
 
 /// Arguments of `tandem wal push`.
@@ -74,6 +78,7 @@ pub fn run(c: WalCmd) -> Result<()> {
     match c {
         WalCmd::Push(a) => push(a),
         WalCmd::Fetch(a) => fetch(a),
+        WalCmd::Rejoin(a) => crate::cmd::wal_rejoin::run(a),
     }
 }
 

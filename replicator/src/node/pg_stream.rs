@@ -10,7 +10,9 @@
 use super::lease::RoleCell;
 use super::runtime::{GroupRt, NodeRt};
 use crate::pg_repl::{Client, ConnConfig, Lsn, StatusWriter, WalEvent, WalReader};
-use crate::pg_stream::{segment_start, Acks, Splitter, StreamStatus, STATUS_INTERVAL_MS};
+use crate::pg_stream::{
+    segment_start, timeline_for_segment, Acks, Splitter, StreamStatus, STATUS_INTERVAL_MS,
+};
 use crate::pipeline::GroupPipeline;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -102,9 +104,11 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_said = String::new();
+    // The end of the WAL submitted so far: the next session goes on from there.
+    let mut resume = 0u64;
     while !*stop.borrow() {
         let ended = tokio::select! {
-            r = session(&t, &cell, &pipeline, &status) => r,
+            r = session(&t, &cell, &pipeline, &status, &mut resume) => r,
             _ = stop.changed() => break,
         };
         let why = match ended {
@@ -135,6 +139,7 @@ async fn session(
     cell: &Arc<RoleCell>,
     pipeline: &Arc<GroupPipeline>,
     status: &Shared,
+    resume: &mut u64,
 ) -> Result<(), String> {
     let password = match &t.password_file {
         Some(p) => Some(
@@ -168,28 +173,71 @@ async fn session(
         Some((lsn, _)) => lsn.0,
         None => sys.xlog_pos.0,
     };
-    let start = segment_start(from, seg_len);
-    let mut splitter = Splitter::new(&t.resource, sys.timeline, seg_len, start)?;
+    // From the segment holding the slot's position, or the end of what this task submitted
+    // already (WAL acknowledged to the server moves the slot only later).
+    let start = segment_start(from.max(*resume), seg_len);
+    // A slot made on a just-promoted server starts before the switch point: that WAL is on
+    // the parent timeline, streamed as such up to its end (then the next session goes on).
+    let tli = if sys.timeline > 1 {
+        let (_, history) = c
+            .timeline_history(sys.timeline)
+            .await
+            .map_err(|e| e.to_string())?;
+        timeline_for_segment(
+            &String::from_utf8_lossy(&history),
+            start,
+            seg_len,
+            sys.timeline,
+        )?
+    } else {
+        sys.timeline
+    };
+    let mut splitter = Splitter::new(&t.resource, tli, seg_len, start)?;
     let (reader, writer) = c
-        .start(&t.slot, Lsn(start), sys.timeline)
+        .start(&t.slot, Lsn(start), tli)
         .await
         .map_err(|e| e.to_string())?;
     {
         let mut st = lock(status);
         st.connected = true;
         st.last_error = None;
-        st.timeline = sys.timeline;
+        st.timeline = tli;
         st.flushed = st.flushed.max(from);
     }
-    info!(group = %t.group, resource = %t.resource, timeline = sys.timeline, from = %Lsn(start), "WAL stream open");
+    info!(group = %t.group, resource = %t.resource, timeline = tli, server_timeline = sys.timeline, from = %Lsn(start), "WAL stream open");
     let acks = Arc::new(Mutex::new(Acks::new(from)));
     let reply = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel::<(Vec<Change>, u64)>(64);
-    tokio::select! {
-        r = read(reader, &mut splitter, status, &tx, &reply) => r,
-        r = submit(rx, cell, pipeline, &acks, &reply) => r,
-        r = feedback(writer, pipeline, &acks, status, &reply) => r,
-    }
+    // The submitter journals everything read before the reader ended (the end of a timeline
+    // is a normal end), so the next session goes on after it.
+    let wake = reply.clone();
+    let work = async {
+        let (read, submitted) = tokio::join!(
+            async move {
+                let r = read(reader, &mut splitter, status, &tx, &wake).await;
+                drop(tx);
+                r
+            },
+            submit(rx, cell, pipeline, &acks, &reply)
+        );
+        read.and(submitted)
+    };
+    tokio::pin!(work);
+    let ended = tokio::select! {
+        r = &mut work => r,
+        r = feedback(writer, pipeline, &acks, status, &reply) => {
+            // The reader ends too once the connection or stream is gone: let the submitter
+            // journal what was read (bounded, should the reader hang).
+            let rest = tokio::time::timeout(Duration::from_secs(30), &mut work).await;
+            r.and(rest.unwrap_or_else(|_| Err("the reader did not stop within 30 s".into())))
+        }
+    };
+    *resume = (*resume).max(
+        acks.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .submitted_end(),
+    );
+    ended
 }
 
 /// Reads the server's messages: WAL becomes changes for the submitter, every message's WAL
@@ -279,7 +327,7 @@ async fn submit(
         // The replica may have acknowledged it already.
         wake.notify_one();
     }
-    Err("the reader stopped".into())
+    Ok(())
 }
 
 /// Tells the server the WAL position durable at the replica: when the replica acknowledges
