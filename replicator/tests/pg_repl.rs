@@ -358,6 +358,9 @@ async fn a_synchronous_commit_returns_only_after_the_client_reports_its_flush() 
     assert!(c.ensure_physical_slot("tandem_sync").await.unwrap());
     let (from, _) = c.slot_restart_lsn("tandem_sync").await.unwrap().unwrap();
     let (mut rd, mut st) = c.start("tandem_sync", from, 1).await.unwrap();
+    // PostgreSQL counts a receiver as a synchronous standby once it reported a valid flush
+    // position (until then pg_stat_replication shows it as async): report where it starts.
+    st.send(from, from, from, false).await.unwrap();
     pg.wait_for(
         "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'tandem_test'",
         "sync",

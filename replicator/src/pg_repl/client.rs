@@ -386,6 +386,11 @@ impl Client {
     /// from `from`. The connection becomes a [`WalReader`] and a [`StatusWriter`], usable from
     /// different tasks.
     ///
+    /// Send a first status update at once (flush = the durable position, e.g. `from`):
+    /// PostgreSQL takes a receiver that never reported a valid flush position for an
+    /// asynchronous one, so until then it is not the synchronous standby that
+    /// `synchronous_standby_names` names (and COMMITs waiting for that name keep waiting).
+    ///
     /// # Errors
     /// [`PgReplError::Invalid`] for a bad slot name; [`PgReplError::Server`] when the server
     /// refuses (no such slot `42704`, WAL already removed `58P01`, a position past the

@@ -445,3 +445,24 @@ fn server_errors_name_the_call_sqlstate_and_message_and_say_if_retryable() {
     assert!(PgReplError::server("x", &shutdown).is_retryable());
     assert_eq!(ErrorFields::default().sqlstate(), "?????");
 }
+
+proptest::proptest! {
+    /// The fuzz target's property on every run of the suite: arbitrary bytes never panic the
+    /// decoder, and whatever decodes re-encodes to exactly the bytes it came from.
+    #[test]
+    fn arbitrary_bytes_decode_to_messages_that_re_encode_to_the_same_bytes(
+        tag in proptest::sample::select(b"RSKZTDCIEWdcNv".to_vec()),
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+    ) {
+        let mut buf = vec![tag];
+        buf.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        buf.extend_from_slice(&body);
+        if let Ok(Some((msg, used))) = decode(&buf) {
+            proptest::prop_assert_eq!(used, buf.len());
+            proptest::prop_assert_eq!(msg.encode(), buf);
+        }
+        if let Ok(r) = ReplicationMessage::decode(body.clone()) {
+            proptest::prop_assert_eq!(r.encode(), body);
+        }
+    }
+}
