@@ -524,6 +524,14 @@ async fn server_errors_name_the_call_the_sqlstate_and_the_object() {
         "{text}"
     );
     assert!(!e.is_retryable());
+    // A slot held by another stream: "in use", worth retrying (the holder may be exiting).
+    let mut c = Client::connect(&pg.unix("tandem_err")).await.unwrap();
+    assert!(c.ensure_physical_slot("busy").await.unwrap());
+    let (_rd, _st) = c.start("busy", sys.xlog_pos, 1).await.unwrap();
+    let c2 = Client::connect(&pg.unix("tandem_err2")).await.unwrap();
+    let e = c2.start("busy", sys.xlog_pos, 1).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("55006"), "{e}");
+    assert!(e.is_retryable(), "{e}");
     // A missing socket names its path.
     let mut cfg = pg.unix("x");
     cfg.port = free_port();

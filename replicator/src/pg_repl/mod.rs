@@ -186,13 +186,14 @@ pub enum PgReplError {
 impl PgReplError {
     /// Whether trying again later can succeed: socket failures, timeouts, a closed connection,
     /// and server errors of classes 08 (connection), 53 (resources: too many connections),
-    /// 57 (shutdown, recovery) and 58 (system).
+    /// 57 (shutdown, recovery), 58 (system), and `55006` (object in use: the slot is still held
+    /// by the previous connection's walsender, which exits shortly).
     pub fn is_retryable(&self) -> bool {
         match self {
             PgReplError::Io { .. }
             | PgReplError::ConnectTimeout { .. }
             | PgReplError::Closed { .. } => true,
-            PgReplError::Server { sqlstate, .. } => ["08", "53", "57", "58"]
+            PgReplError::Server { sqlstate, .. } => ["08", "53", "57", "58", "55006"]
                 .iter()
                 .any(|c| sqlstate.starts_with(c)),
             PgReplError::Auth(_) | PgReplError::Protocol { .. } | PgReplError::Invalid(_) => false,

@@ -443,6 +443,10 @@ fn server_errors_name_the_call_sqlstate_and_message_and_say_if_retryable() {
     assert!(!e.is_retryable());
     let shutdown = ErrorFields(vec![(b'C', "57P01".into())]);
     assert!(PgReplError::server("x", &shutdown).is_retryable());
+    let slot_busy = ErrorFields(vec![(b'C', "55006".into())]);
+    assert!(PgReplError::server("x", &slot_busy).is_retryable());
+    let other_55 = ErrorFields(vec![(b'C', "55000".into())]);
+    assert!(!PgReplError::server("x", &other_55).is_retryable());
     assert_eq!(ErrorFields::default().sqlstate(), "?????");
 }
 
