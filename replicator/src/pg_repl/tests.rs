@@ -470,3 +470,37 @@ proptest::proptest! {
         }
     }
 }
+
+proptest::proptest! {
+    /// Valid messages with one byte replaced, inserted or deleted (the length field then
+    /// corrected): the decoder either refuses them or decodes something that re-encodes to the
+    /// same bytes.
+    #[test]
+    fn mutated_valid_messages_are_refused_or_round_trip(
+        pick in 0usize..20,
+        at in 0usize..64,
+        to in proptest::num::u8::ANY,
+        op in 0u8..3,
+    ) {
+        let all = samples();
+        let mut buf = all[pick % all.len()].encode();
+        let i = at % buf.len();
+        match op {
+            0 => buf[i] = to,
+            1 => buf.insert(i.max(5), to),
+            _ if buf.len() > 5 => {
+                buf.remove(i.max(5));
+            }
+            _ => {}
+        }
+        if op > 0 {
+            let len = (buf.len() - 1) as i32;
+            buf[1..5].copy_from_slice(&len.to_be_bytes());
+        }
+        let mut rest = &buf[..];
+        while let Ok(Some((msg, used))) = decode(rest) {
+            proptest::prop_assert_eq!(msg.encode(), rest[..used].to_vec());
+            rest = &rest[used..];
+        }
+    }
+}
