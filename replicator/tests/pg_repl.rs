@@ -635,6 +635,20 @@ where
 }
 
 #[tokio::test]
+async fn a_nul_byte_in_a_connection_setting_is_refused_before_connecting() {
+    let cfg = ConnConfig {
+        host: "/nonexistent".into(),
+        port: 5432,
+        user: "a\0b".into(),
+        password: None,
+        application_name: "t".into(),
+        connect_timeout: Duration::from_secs(1),
+    };
+    let e = Client::connect(&cfg).await.unwrap_err();
+    assert_eq!(e.to_string(), "connection setting user contains a NUL byte");
+}
+
+#[tokio::test]
 async fn connect_times_out_against_a_server_that_never_answers() {
     let cfg = fake_server(|mut s| async move {
         let mut buf = [0u8; 256];

@@ -17,6 +17,10 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// Smallest read issued, so that small messages do not cost a syscall each.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Rows accepted in the result of one replication command (they return one): bounds the
+/// memory a misbehaving server can make the client hold.
+const MAX_ROWS: usize = 64;
+
 /// The md5 refusal, word for word what an operator needs to fix it.
 const MD5_REFUSED: &str = "server asks for md5 authentication, which Tandem does not support: \
 use scram-sha-256 or trust/peer for the replication user in pg_hba.conf";
@@ -99,7 +103,15 @@ impl MsgReader {
                 BackendMessage::RowDescription(fields) => {
                     rs.columns = fields.into_iter().map(|f| f.name).collect();
                 }
-                BackendMessage::DataRow(row) => rs.rows.push(row),
+                BackendMessage::DataRow(row) => {
+                    if rs.rows.len() >= MAX_ROWS {
+                        return Err(PgReplError::protocol(
+                            call,
+                            format!("more than {MAX_ROWS} rows for a replication command"),
+                        ));
+                    }
+                    rs.rows.push(row);
+                }
                 BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse => {}
                 BackendMessage::ErrorResponse(f) => {
                     err.get_or_insert_with(|| PgReplError::server(call, &f));
@@ -132,11 +144,7 @@ impl MsgWriter {
             source,
         };
         self.wr.write_all(msg).await.map_err(io)?;
-        self.wr.flush().await.map_err(|source| PgReplError::Io {
-            call: call.to_owned(),
-            target: self.target.clone(),
-            source,
-        })
+        self.wr.flush().await.map_err(io)
     }
 }
 
@@ -206,6 +214,18 @@ impl Client {
     }
 
     async fn connect_now(cfg: &ConnConfig, target: &str) -> Result<Client, PgReplError> {
+        let fields = [
+            ("user", Some(cfg.user.as_str())),
+            ("application_name", Some(cfg.application_name.as_str())),
+            ("password", cfg.password.as_deref()),
+        ];
+        for (name, value) in fields {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(PgReplError::Invalid(format!(
+                    "connection setting {name} contains a NUL byte"
+                )));
+            }
+        }
         let (rd, wr) = open(cfg, target).await?;
         let mut c = Client {
             rd: MsgReader {
