@@ -10,7 +10,9 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tandem_replicator::pg_repl::{Client, ConnConfig, Lsn, PgReplError, WalEvent, WalReader};
+use tandem_replicator::pg_repl::{
+    segment_name, Client, ConnConfig, Lsn, PgReplError, WalEvent, WalReader,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -224,9 +226,7 @@ impl Cluster {
         let mut pos = lsn.0;
         let end = lsn.0 + len as u64;
         while pos < end {
-            let segno = pos / SEG;
-            let per_id = 0x1_0000_0000 / SEG;
-            let name = format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id);
+            let name = segment_name(tli, Lsn(pos), SEG).unwrap();
             let file = std::fs::File::open(self.data.join("pg_wal").join(&name)).unwrap();
             let n = (end - pos).min(SEG - pos % SEG) as usize;
             let mut buf = vec![0u8; n];
@@ -263,8 +263,11 @@ async fn read_until(rd: &mut WalReader, target: Lsn) -> Vec<(Lsn, Vec<u8>)> {
     let mut got = Vec::new();
     let mut end = Lsn(0);
     while end < target {
-        if let WalEvent::Data { start, bytes, .. } = next(rd).await {
-            end = Lsn(start.0 + bytes.len() as u64);
+        let ev = next(rd).await;
+        if let Some(e) = ev.data_end() {
+            end = e;
+        }
+        if let WalEvent::Data { start, bytes, .. } = ev {
             got.push((start, bytes));
         }
     }

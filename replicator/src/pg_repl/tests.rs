@@ -296,6 +296,56 @@ fn lsn_prints_and_parses_as_postgres_does() {
 }
 
 #[test]
+fn segment_names_invert_the_segment_start_of_pg_feed() {
+    let cases = [
+        (
+            1u32,
+            0x0300_0028u64,
+            16u64 << 20,
+            "000000010000000000000003",
+        ),
+        (2, 0x1_0000_0000, 16 << 20, "000000020000000100000000"),
+        (1, 0x1_FF00_0000, 16 << 20, "0000000100000001000000FF"),
+        (
+            3,
+            0x5_0000_0000 + 3 * (1 << 20) + 7,
+            1 << 20,
+            "000000030000000500000003",
+        ),
+        (1, 0x4000_0000, 1 << 30, "000000010000000000000001"),
+    ];
+    for (i, (tli, lsn, seg, name)) in cases.iter().enumerate() {
+        let got = segment_name(*tli, Lsn(*lsn), *seg).unwrap();
+        assert_eq!(got, *name, "#{i}");
+        assert_eq!(
+            crate::pg_feed::segment_start(&got, *seg),
+            Some(lsn - lsn % seg),
+            "#{i}"
+        );
+    }
+    for bad in [0, 1000, 1 << 19, 3 << 20, 1 << 31] {
+        assert_eq!(segment_name(1, Lsn(0), bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn only_data_events_have_a_data_end() {
+    let d = WalEvent::Data {
+        start: Lsn(100),
+        wal_end: Lsn(500),
+        send_time_ms: 0,
+        bytes: vec![0; 28],
+    };
+    assert_eq!(d.data_end(), Some(Lsn(128)));
+    let k = WalEvent::Keepalive {
+        wal_end: Lsn(500),
+        send_time_ms: 0,
+        reply_requested: false,
+    };
+    assert_eq!(k.data_end(), None);
+}
+
+#[test]
 fn sizes_parse_with_postgres_units() {
     let cases = [
         ("16MB", 16 << 20),
