@@ -704,3 +704,59 @@ async fn an_unsupported_authentication_method_is_named() {
         "{e}"
     );
 }
+
+/// Reads one length-prefixed frontend message (the startup message when `tagged` is false).
+async fn read_frontend(s: &mut tokio::net::TcpStream, tagged: bool) -> Vec<u8> {
+    if tagged {
+        s.read_u8().await.unwrap();
+    }
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    body
+}
+
+fn xlog_data(start: u64, data: &[u8]) -> Vec<u8> {
+    let mut payload = vec![b'w'];
+    payload.extend_from_slice(&start.to_be_bytes());
+    payload.extend_from_slice(&(start + 1000).to_be_bytes());
+    payload.extend_from_slice(&0i64.to_be_bytes());
+    payload.extend_from_slice(data);
+    let mut msg = vec![b'd'];
+    msg.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+    msg.extend(payload);
+    msg
+}
+
+#[tokio::test]
+async fn a_gap_in_the_wal_stream_is_refused_naming_both_positions() {
+    let cfg = fake_server(|mut s| async move {
+        read_frontend(&mut s, false).await;
+        // AuthenticationOk, ReadyForQuery.
+        s.write_all(b"R\x00\x00\x00\x08\x00\x00\x00\x00Z\x00\x00\x00\x05I")
+            .await
+            .unwrap();
+        let q = read_frontend(&mut s, true).await;
+        assert!(q.starts_with(b"START_REPLICATION SLOT s PHYSICAL 0/100 TIMELINE 1\0"));
+        // CopyBothResponse, WAL at 0/100 (10 bytes), then WAL at 0/114: 10 bytes missing.
+        s.write_all(b"W\x00\x00\x00\x07\x00\x00\x00").await.unwrap();
+        s.write_all(&xlog_data(0x100, &[1; 10])).await.unwrap();
+        s.write_all(&xlog_data(0x114, &[2; 10])).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let c = Client::connect(&cfg).await.unwrap();
+    let (mut rd, _st) = c.start("s", Lsn(0x100), 1).await.unwrap();
+    let first = rd.next().await.unwrap();
+    assert_eq!(first.data_end(), Some(Lsn(0x10A)));
+    let e = rd.next().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("WAL data at 0/114, expected 0/10A: a gap or an overlap"),
+        "{e}"
+    );
+    assert!(
+        rd.next().await.is_err(),
+        "the stream is over after the error"
+    );
+}

@@ -446,6 +446,7 @@ impl Client {
                 rd: self.rd,
                 wr: Arc::clone(&wr),
                 state,
+                expected: from,
             },
             StatusWriter { wr },
         ))
@@ -499,6 +500,8 @@ pub struct WalReader {
     rd: MsgReader,
     wr: Arc<Mutex<MsgWriter>>,
     state: StreamState,
+    /// Where the next WAL data must start: the stream is contiguous from the start position.
+    expected: Lsn,
 }
 
 impl std::fmt::Debug for WalReader {
@@ -519,6 +522,9 @@ impl WalReader {
     ///
     /// Cancel-safe while streaming (a `timeout` around it loses nothing), except during the
     /// end-of-timeline exchange.
+    ///
+    /// WAL data is checked to continue the stream exactly (the first at the start position,
+    /// each next one where the previous ended): a gap or an overlap is a protocol error.
     ///
     /// # Errors
     /// [`PgReplError::Server`] when the server fails the stream (e.g. WAL removed); I/O,
@@ -561,12 +567,16 @@ impl WalReader {
                         wal_end,
                         send_time,
                         data,
-                    } => WalEvent::Data {
-                        start,
-                        wal_end,
-                        send_time_ms: codec::pg_micros_to_unix_ms(send_time),
-                        bytes: data,
-                    },
+                    } => {
+                        self.expected = next_position(self.expected, start, data.len())
+                            .map_err(|e| PgReplError::protocol(CALL, e))?;
+                        WalEvent::Data {
+                            start,
+                            wal_end,
+                            send_time_ms: codec::pg_micros_to_unix_ms(send_time),
+                            bytes: data,
+                        }
+                    }
                     ReplicationMessage::Keepalive {
                         wal_end,
                         send_time,
@@ -596,6 +606,24 @@ impl WalReader {
         };
         Ok(ev)
     }
+}
+
+/// Checks that WAL data of `len` bytes at `start` continues the stream exactly where it stands
+/// (`expected`) and returns the position after it.
+///
+/// # Errors
+/// A message naming both positions for a gap or an overlap, or a position past 2^64.
+fn next_position(expected: Lsn, start: Lsn, len: usize) -> Result<Lsn, String> {
+    if start != expected {
+        return Err(format!(
+            "WAL data at {start}, expected {expected}: a gap or an overlap in the stream"
+        ));
+    }
+    start
+        .0
+        .checked_add(len as u64)
+        .map(Lsn)
+        .ok_or_else(|| format!("WAL data at {start} +{len} ends past the last position"))
 }
 
 /// The sending half of a replication stream: standby status updates.
@@ -642,5 +670,21 @@ impl StatusWriter {
             ));
         }
         wr.send("standby status update", &msg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_data_must_continue_the_stream_exactly() {
+        assert_eq!(next_position(Lsn(100), Lsn(100), 28), Ok(Lsn(128)));
+        assert_eq!(next_position(Lsn(100), Lsn(100), 0), Ok(Lsn(100)));
+        for (i, start) in [Lsn(99), Lsn(101), Lsn(0)].into_iter().enumerate() {
+            let e = next_position(Lsn(100), start, 1).unwrap_err();
+            assert!(e.contains("expected 0/64"), "#{i}: {e}");
+        }
+        assert!(next_position(Lsn(u64::MAX), Lsn(u64::MAX), 1).is_err());
     }
 }
