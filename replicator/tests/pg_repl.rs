@@ -284,6 +284,11 @@ async fn streamed_wal_equals_pg_wal_and_the_reported_flush_moves_the_slot() {
     let mut c = Client::connect(&pg.unix("tandem_stream_test"))
         .await
         .unwrap();
+    assert!(
+        c.parameter("server_version").unwrap().starts_with("15."),
+        "{:?}",
+        c.parameter("server_version")
+    );
     let sys = c.identify_system().await.unwrap();
     let sysid = pg
         .psql("SELECT system_identifier FROM pg_control_system()")

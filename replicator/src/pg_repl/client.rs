@@ -6,6 +6,7 @@
 use super::codec::{self, Authentication, BackendMessage, ReplicationMessage, ResultSet};
 use super::scram::{self, ScramClient};
 use super::{ConnConfig, Lsn, PgReplError, SystemInfo, WalEvent};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,6 +32,8 @@ struct MsgReader {
     buf: Vec<u8>,
     start: usize,
     target: String,
+    /// The run-time parameters the server reported (ParameterStatus), latest value each.
+    params: BTreeMap<String, String>,
 }
 
 impl MsgReader {
@@ -84,7 +87,9 @@ impl MsgReader {
                         f.message()
                     );
                 }
-                BackendMessage::ParameterStatus { .. } => {}
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.params.insert(name, value);
+                }
                 m => return Ok(m),
             }
         }
@@ -233,6 +238,7 @@ impl Client {
                 buf: Vec::new(),
                 start: 0,
                 target: target.to_owned(),
+                params: BTreeMap::new(),
             },
             wr: MsgWriter {
                 wr,
@@ -332,6 +338,12 @@ impl Client {
             .map_err(|_| PgReplError::protocol(CALL, "server-final message is not UTF-8"))?;
         sc.verify_server_final(server_final)
             .map_err(|e| PgReplError::Auth(e.to_string()))
+    }
+
+    /// A run-time parameter the server reported (`server_version`, `server_encoding`,
+    /// `integer_datetimes`, ...), as of the last message read.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.rd.params.get(name).map(String::as_str)
     }
 
     /// Runs one command as a simple query and returns its rows.
