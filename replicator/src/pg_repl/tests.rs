@@ -92,6 +92,47 @@ fn two_messages_in_one_buffer_are_decoded_one_at_a_time() {
 }
 
 #[test]
+fn the_fuzz_seeds_decode_whole_and_round_trip() {
+    let seeds: [(&str, &[u8], usize); 4] = [
+        (
+            "connect",
+            include_bytes!("../../../fuzz/seeds/pg_repl_message/connect"),
+            4,
+        ),
+        (
+            "sasl",
+            include_bytes!("../../../fuzz/seeds/pg_repl_message/sasl"),
+            3,
+        ),
+        (
+            "identify_system",
+            include_bytes!("../../../fuzz/seeds/pg_repl_message/identify_system"),
+            4,
+        ),
+        (
+            "stream",
+            include_bytes!("../../../fuzz/seeds/pg_repl_message/stream"),
+            9,
+        ),
+    ];
+    for (name, bytes, count) in seeds {
+        let mut rest = bytes;
+        let mut n = 0;
+        while let Some((msg, used)) = decode(rest).unwrap() {
+            assert_eq!(msg.encode(), &rest[..used], "{name} message {n}");
+            if let BackendMessage::CopyData(p) = msg {
+                let r = ReplicationMessage::decode(p.clone()).unwrap();
+                assert_eq!(r.encode(), p, "{name} message {n}");
+            }
+            rest = &rest[used..];
+            n += 1;
+        }
+        assert!(rest.is_empty(), "{name}: {} bytes left", rest.len());
+        assert_eq!(n, count, "{name}");
+    }
+}
+
+#[test]
 fn golden_bytes_of_an_error_response_and_a_status_update() {
     let err = BackendMessage::ErrorResponse(ErrorFields(vec![(b'C', "42710".into())]));
     assert_eq!(err.encode(), b"E\x00\x00\x00\x0cC42710\x00\x00");
