@@ -10,7 +10,9 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tandem_replicator::pg_repl::{Client, ConnConfig, Lsn, PgReplError, WalEvent, WalReader};
+use tandem_replicator::pg_repl::{
+    segment_name, Client, ConnConfig, Lsn, PgReplError, WalEvent, WalReader,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -224,9 +226,7 @@ impl Cluster {
         let mut pos = lsn.0;
         let end = lsn.0 + len as u64;
         while pos < end {
-            let segno = pos / SEG;
-            let per_id = 0x1_0000_0000 / SEG;
-            let name = format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id);
+            let name = segment_name(tli, Lsn(pos), SEG).unwrap();
             let file = std::fs::File::open(self.data.join("pg_wal").join(&name)).unwrap();
             let n = (end - pos).min(SEG - pos % SEG) as usize;
             let mut buf = vec![0u8; n];
@@ -263,8 +263,11 @@ async fn read_until(rd: &mut WalReader, target: Lsn) -> Vec<(Lsn, Vec<u8>)> {
     let mut got = Vec::new();
     let mut end = Lsn(0);
     while end < target {
-        if let WalEvent::Data { start, bytes, .. } = next(rd).await {
-            end = Lsn(start.0 + bytes.len() as u64);
+        let ev = next(rd).await;
+        if let Some(e) = ev.data_end() {
+            end = e;
+        }
+        if let WalEvent::Data { start, bytes, .. } = ev {
             got.push((start, bytes));
         }
     }
@@ -281,6 +284,11 @@ async fn streamed_wal_equals_pg_wal_and_the_reported_flush_moves_the_slot() {
     let mut c = Client::connect(&pg.unix("tandem_stream_test"))
         .await
         .unwrap();
+    assert!(
+        c.parameter("server_version").unwrap().starts_with("15."),
+        "{:?}",
+        c.parameter("server_version")
+    );
     let sys = c.identify_system().await.unwrap();
     let sysid = pg
         .psql("SELECT system_identifier FROM pg_control_system()")
@@ -358,6 +366,9 @@ async fn a_synchronous_commit_returns_only_after_the_client_reports_its_flush() 
     assert!(c.ensure_physical_slot("tandem_sync").await.unwrap());
     let (from, _) = c.slot_restart_lsn("tandem_sync").await.unwrap().unwrap();
     let (mut rd, mut st) = c.start("tandem_sync", from, 1).await.unwrap();
+    // PostgreSQL counts a receiver as a synchronous standby once it reported a valid flush
+    // position (until then pg_stat_replication shows it as async): report where it starts.
+    st.send(from, from, from, false).await.unwrap();
     pg.wait_for(
         "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'tandem_test'",
         "sync",
@@ -521,6 +532,14 @@ async fn server_errors_name_the_call_the_sqlstate_and_the_object() {
         "{text}"
     );
     assert!(!e.is_retryable());
+    // A slot held by another stream: "in use", worth retrying (the holder may be exiting).
+    let mut c = Client::connect(&pg.unix("tandem_err")).await.unwrap();
+    assert!(c.ensure_physical_slot("busy").await.unwrap());
+    let (_rd, _st) = c.start("busy", sys.xlog_pos, 1).await.unwrap();
+    let c2 = Client::connect(&pg.unix("tandem_err2")).await.unwrap();
+    let e = c2.start("busy", sys.xlog_pos, 1).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("55006"), "{e}");
+    assert!(e.is_retryable(), "{e}");
     // A missing socket names its path.
     let mut cfg = pg.unix("x");
     cfg.port = free_port();
@@ -624,6 +643,20 @@ where
 }
 
 #[tokio::test]
+async fn a_nul_byte_in_a_connection_setting_is_refused_before_connecting() {
+    let cfg = ConnConfig {
+        host: "/nonexistent".into(),
+        port: 5432,
+        user: "a\0b".into(),
+        password: None,
+        application_name: "t".into(),
+        connect_timeout: Duration::from_secs(1),
+    };
+    let e = Client::connect(&cfg).await.unwrap_err();
+    assert_eq!(e.to_string(), "connection setting user contains a NUL byte");
+}
+
+#[tokio::test]
 async fn connect_times_out_against_a_server_that_never_answers() {
     let cfg = fake_server(|mut s| async move {
         let mut buf = [0u8; 256];
@@ -674,5 +707,61 @@ async fn an_unsupported_authentication_method_is_named() {
             "server asks for authentication method 7 (GSSAPI), which Tandem does not support"
         ),
         "{e}"
+    );
+}
+
+/// Reads one length-prefixed frontend message (the startup message when `tagged` is false).
+async fn read_frontend(s: &mut tokio::net::TcpStream, tagged: bool) -> Vec<u8> {
+    if tagged {
+        s.read_u8().await.unwrap();
+    }
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    body
+}
+
+fn xlog_data(start: u64, data: &[u8]) -> Vec<u8> {
+    let mut payload = vec![b'w'];
+    payload.extend_from_slice(&start.to_be_bytes());
+    payload.extend_from_slice(&(start + 1000).to_be_bytes());
+    payload.extend_from_slice(&0i64.to_be_bytes());
+    payload.extend_from_slice(data);
+    let mut msg = vec![b'd'];
+    msg.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+    msg.extend(payload);
+    msg
+}
+
+#[tokio::test]
+async fn a_gap_in_the_wal_stream_is_refused_naming_both_positions() {
+    let cfg = fake_server(|mut s| async move {
+        read_frontend(&mut s, false).await;
+        // AuthenticationOk, ReadyForQuery.
+        s.write_all(b"R\x00\x00\x00\x08\x00\x00\x00\x00Z\x00\x00\x00\x05I")
+            .await
+            .unwrap();
+        let q = read_frontend(&mut s, true).await;
+        assert!(q.starts_with(b"START_REPLICATION SLOT s PHYSICAL 0/100 TIMELINE 1\0"));
+        // CopyBothResponse, WAL at 0/100 (10 bytes), then WAL at 0/114: 10 bytes missing.
+        s.write_all(b"W\x00\x00\x00\x07\x00\x00\x00").await.unwrap();
+        s.write_all(&xlog_data(0x100, &[1; 10])).await.unwrap();
+        s.write_all(&xlog_data(0x114, &[2; 10])).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let c = Client::connect(&cfg).await.unwrap();
+    let (mut rd, _st) = c.start("s", Lsn(0x100), 1).await.unwrap();
+    let first = rd.next().await.unwrap();
+    assert_eq!(first.data_end(), Some(Lsn(0x10A)));
+    let e = rd.next().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("WAL data at 0/114, expected 0/10A: a gap or an overlap"),
+        "{e}"
+    );
+    assert!(
+        rd.next().await.is_err(),
+        "the stream is over after the error"
     );
 }

@@ -6,6 +6,7 @@
 use super::codec::{self, Authentication, BackendMessage, ReplicationMessage, ResultSet};
 use super::scram::{self, ScramClient};
 use super::{ConnConfig, Lsn, PgReplError, SystemInfo, WalEvent};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,6 +18,10 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// Smallest read issued, so that small messages do not cost a syscall each.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Rows accepted in the result of one replication command (they return one): bounds the
+/// memory a misbehaving server can make the client hold.
+const MAX_ROWS: usize = 64;
+
 /// The md5 refusal, word for word what an operator needs to fix it.
 const MD5_REFUSED: &str = "server asks for md5 authentication, which Tandem does not support: \
 use scram-sha-256 or trust/peer for the replication user in pg_hba.conf";
@@ -27,6 +32,8 @@ struct MsgReader {
     buf: Vec<u8>,
     start: usize,
     target: String,
+    /// The run-time parameters the server reported (ParameterStatus), latest value each.
+    params: BTreeMap<String, String>,
 }
 
 impl MsgReader {
@@ -80,7 +87,9 @@ impl MsgReader {
                         f.message()
                     );
                 }
-                BackendMessage::ParameterStatus { .. } => {}
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.params.insert(name, value);
+                }
                 m => return Ok(m),
             }
         }
@@ -99,7 +108,15 @@ impl MsgReader {
                 BackendMessage::RowDescription(fields) => {
                     rs.columns = fields.into_iter().map(|f| f.name).collect();
                 }
-                BackendMessage::DataRow(row) => rs.rows.push(row),
+                BackendMessage::DataRow(row) => {
+                    if rs.rows.len() >= MAX_ROWS {
+                        return Err(PgReplError::protocol(
+                            call,
+                            format!("more than {MAX_ROWS} rows for a replication command"),
+                        ));
+                    }
+                    rs.rows.push(row);
+                }
                 BackendMessage::CommandComplete(_) | BackendMessage::EmptyQueryResponse => {}
                 BackendMessage::ErrorResponse(f) => {
                     err.get_or_insert_with(|| PgReplError::server(call, &f));
@@ -132,11 +149,7 @@ impl MsgWriter {
             source,
         };
         self.wr.write_all(msg).await.map_err(io)?;
-        self.wr.flush().await.map_err(|source| PgReplError::Io {
-            call: call.to_owned(),
-            target: self.target.clone(),
-            source,
-        })
+        self.wr.flush().await.map_err(io)
     }
 }
 
@@ -206,6 +219,18 @@ impl Client {
     }
 
     async fn connect_now(cfg: &ConnConfig, target: &str) -> Result<Client, PgReplError> {
+        let fields = [
+            ("user", Some(cfg.user.as_str())),
+            ("application_name", Some(cfg.application_name.as_str())),
+            ("password", cfg.password.as_deref()),
+        ];
+        for (name, value) in fields {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(PgReplError::Invalid(format!(
+                    "connection setting {name} contains a NUL byte"
+                )));
+            }
+        }
         let (rd, wr) = open(cfg, target).await?;
         let mut c = Client {
             rd: MsgReader {
@@ -213,6 +238,7 @@ impl Client {
                 buf: Vec::new(),
                 start: 0,
                 target: target.to_owned(),
+                params: BTreeMap::new(),
             },
             wr: MsgWriter {
                 wr,
@@ -314,6 +340,12 @@ impl Client {
             .map_err(|e| PgReplError::Auth(e.to_string()))
     }
 
+    /// A run-time parameter the server reported (`server_version`, `server_encoding`,
+    /// `integer_datetimes`, ...), as of the last message read.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.rd.params.get(name).map(String::as_str)
+    }
+
     /// Runs one command as a simple query and returns its rows.
     async fn query(&mut self, call: &str, sql: &str) -> Result<ResultSet, PgReplError> {
         self.wr.send(call, &codec::query(sql)).await?;
@@ -386,6 +418,11 @@ impl Client {
     /// from `from`. The connection becomes a [`WalReader`] and a [`StatusWriter`], usable from
     /// different tasks.
     ///
+    /// Send a first status update at once (flush = the durable position, e.g. `from`):
+    /// PostgreSQL takes a receiver that never reported a valid flush position for an
+    /// asynchronous one, so until then it is not the synchronous standby that
+    /// `synchronous_standby_names` names (and COMMITs waiting for that name keep waiting).
+    ///
     /// # Errors
     /// [`PgReplError::Invalid`] for a bad slot name; [`PgReplError::Server`] when the server
     /// refuses (no such slot `42704`, WAL already removed `58P01`, a position past the
@@ -421,6 +458,7 @@ impl Client {
                 rd: self.rd,
                 wr: Arc::clone(&wr),
                 state,
+                expected: from,
             },
             StatusWriter { wr },
         ))
@@ -474,6 +512,8 @@ pub struct WalReader {
     rd: MsgReader,
     wr: Arc<Mutex<MsgWriter>>,
     state: StreamState,
+    /// Where the next WAL data must start: the stream is contiguous from the start position.
+    expected: Lsn,
 }
 
 impl std::fmt::Debug for WalReader {
@@ -494,6 +534,9 @@ impl WalReader {
     ///
     /// Cancel-safe while streaming (a `timeout` around it loses nothing), except during the
     /// end-of-timeline exchange.
+    ///
+    /// WAL data is checked to continue the stream exactly (the first at the start position,
+    /// each next one where the previous ended): a gap or an overlap is a protocol error.
     ///
     /// # Errors
     /// [`PgReplError::Server`] when the server fails the stream (e.g. WAL removed); I/O,
@@ -536,12 +579,16 @@ impl WalReader {
                         wal_end,
                         send_time,
                         data,
-                    } => WalEvent::Data {
-                        start,
-                        wal_end,
-                        send_time_ms: codec::pg_micros_to_unix_ms(send_time),
-                        bytes: data,
-                    },
+                    } => {
+                        self.expected = next_position(self.expected, start, data.len())
+                            .map_err(|e| PgReplError::protocol(CALL, e))?;
+                        WalEvent::Data {
+                            start,
+                            wal_end,
+                            send_time_ms: codec::pg_micros_to_unix_ms(send_time),
+                            bytes: data,
+                        }
+                    }
                     ReplicationMessage::Keepalive {
                         wal_end,
                         send_time,
@@ -571,6 +618,24 @@ impl WalReader {
         };
         Ok(ev)
     }
+}
+
+/// Checks that WAL data of `len` bytes at `start` continues the stream exactly where it stands
+/// (`expected`) and returns the position after it.
+///
+/// # Errors
+/// A message naming both positions for a gap or an overlap, or a position past 2^64.
+fn next_position(expected: Lsn, start: Lsn, len: usize) -> Result<Lsn, String> {
+    if start != expected {
+        return Err(format!(
+            "WAL data at {start}, expected {expected}: a gap or an overlap in the stream"
+        ));
+    }
+    start
+        .0
+        .checked_add(len as u64)
+        .map(Lsn)
+        .ok_or_else(|| format!("WAL data at {start} +{len} ends past the last position"))
 }
 
 /// The sending half of a replication stream: standby status updates.
@@ -617,5 +682,21 @@ impl StatusWriter {
             ));
         }
         wr.send("standby status update", &msg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_data_must_continue_the_stream_exactly() {
+        assert_eq!(next_position(Lsn(100), Lsn(100), 28), Ok(Lsn(128)));
+        assert_eq!(next_position(Lsn(100), Lsn(100), 0), Ok(Lsn(100)));
+        for (i, start) in [Lsn(99), Lsn(101), Lsn(0)].into_iter().enumerate() {
+            let e = next_position(Lsn(100), start, 1).unwrap_err();
+            assert!(e.contains("expected 0/64"), "#{i}: {e}");
+        }
+        assert!(next_position(Lsn(u64::MAX), Lsn(u64::MAX), 1).is_err());
     }
 }

@@ -64,6 +64,34 @@ impl FromStr for Lsn {
     }
 }
 
+/// The name of the WAL segment file (24 hex digits: timeline, log, segment) holding `lsn` on
+/// timeline `tli`, for segments of `seg_size` bytes; `None` unless `seg_size` is a power of two
+/// from 1 MiB to 1 GiB (what initdb allows). The inverse of [`crate::pg_feed::segment_start`].
+pub fn segment_name(tli: u32, lsn: Lsn, seg_size: u64) -> Option<String> {
+    if !seg_size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&seg_size) {
+        return None;
+    }
+    let segno = lsn.0 / seg_size;
+    let per_log = 0x1_0000_0000 / seg_size;
+    Some(format!(
+        "{tli:08X}{:08X}{:08X}",
+        segno / per_log,
+        segno % per_log
+    ))
+}
+
+impl WalEvent {
+    /// For WAL data, the position just after its last byte (`start + bytes.len()`).
+    pub fn data_end(&self) -> Option<Lsn> {
+        match self {
+            WalEvent::Data { start, bytes, .. } => {
+                Some(Lsn(start.0.saturating_add(bytes.len() as u64)))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
@@ -186,13 +214,14 @@ pub enum PgReplError {
 impl PgReplError {
     /// Whether trying again later can succeed: socket failures, timeouts, a closed connection,
     /// and server errors of classes 08 (connection), 53 (resources: too many connections),
-    /// 57 (shutdown, recovery) and 58 (system).
+    /// 57 (shutdown, recovery), 58 (system), and `55006` (object in use: the slot is still held
+    /// by the previous connection's walsender, which exits shortly).
     pub fn is_retryable(&self) -> bool {
         match self {
             PgReplError::Io { .. }
             | PgReplError::ConnectTimeout { .. }
             | PgReplError::Closed { .. } => true,
-            PgReplError::Server { sqlstate, .. } => ["08", "53", "57", "58"]
+            PgReplError::Server { sqlstate, .. } => ["08", "53", "57", "58", "55006"]
                 .iter()
                 .any(|c| sqlstate.starts_with(c)),
             PgReplError::Auth(_) | PgReplError::Protocol { .. } | PgReplError::Invalid(_) => false,
