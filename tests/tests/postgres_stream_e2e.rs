@@ -275,3 +275,199 @@ fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
         "f"
     );
 }
+
+/// pgbench's throughput and mean latency: (tps, ms).
+fn pgbench_run(port: u16, secs: u32) -> (f64, f64) {
+    let out = ok(
+        "pgbench run",
+        as_pg(
+            "pgbench",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-n",
+                "-T",
+                &secs.to_string(),
+                "postgres",
+            ],
+        ),
+    );
+    let field = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (field("tps = "), field("latency average = "))
+}
+
+/// The status RPO sampled every 100 ms while `f` runs: sorted samples.
+fn sampled_rpo<T>(env: &Env, f: impl FnOnce() -> T) -> (T, Vec<i64>) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let sampler = sc.spawn(|| {
+            let mut v = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(r) = env
+                    .topo
+                    .status(&[])
+                    .ok()
+                    .and_then(|st| pg_group(&st)?["rpo_ms"].as_i64())
+                {
+                    v.push(r);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            v
+        });
+        let t = f();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut v = sampler.join().unwrap();
+        v.sort_unstable();
+        (t, v)
+    })
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Benchmark, not a test (ignored): pgbench (`-c 4 -j 2`, 15 s each, scale 1) on one primary,
+/// in one run: through Tandem's stream async and sync (the slot in
+/// `synchronous_standby_names`), with PostgreSQL's own synchronous streaming standby on the
+/// same machine, and with no replication (Tandem's replicator stopped, no standby). Prints TPS,
+/// mean latency, the ratio to PostgreSQL's own sync standby, and the status RPO while Tandem
+/// streams. Run with `cargo build --release --workspace --bins && cargo test --release -p
+/// tandem-tests --test postgres_stream_e2e -- --ignored --nocapture bench_`.
+#[test]
+#[ignore = "benchmark: run by hand, figures in docs/BENCHMARKS.md"]
+fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
+    if pg_missing() {
+        return;
+    }
+    let mut env = up_with(&Setup {
+        archive_timeout: "60s",
+        mode: "async",
+        stream: true,
+    });
+    env.start_standby();
+    let p1 = env.p1;
+    let init = Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(Path::new(BIN).join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p1.to_string(),
+            "-i",
+            "-s",
+            "1",
+            "-q",
+        ])
+        .arg("postgres")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    ok("pgbench -i", init);
+    let sync_names = |names: &str| {
+        ok(
+            "set",
+            psql(
+                p1,
+                &format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'"),
+            ),
+        );
+        ok("reload", psql(p1, "SELECT pg_reload_conf()"));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let secs = 15;
+    let mut rows = Vec::new();
+    let (r, rpo) = sampled_rpo(&env, || pgbench_run(p1, secs));
+    rows.push(("Tandem stream, async", r, Some(rpo)));
+    sync_names("tandem_pg_db");
+    let (r, rpo) = sampled_rpo(&env, || pgbench_run(p1, secs));
+    rows.push((
+        "Tandem stream, sync (synchronous_standby_names)",
+        r,
+        Some(rpo),
+    ));
+    // PostgreSQL's own synchronous standby on this machine.
+    let native = env.root.join("pg/native");
+    let p3 = tandem_tests::free_port();
+    ok(
+        "pg_basebackup",
+        as_pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p1.to_string(),
+                "-D",
+                native.to_str().unwrap(),
+                "-c",
+                "fast",
+            ],
+        ),
+    );
+    let conf = native.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "port = {p3}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={p1} user=postgres application_name=native'\n"
+    ));
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(native.join("standby.signal"), b"").unwrap();
+    chown_pg(&native);
+    start_server(&native);
+    let _native = Servers(vec![native.clone()]);
+    sync_names("native");
+    let (r, _) = sampled_rpo(&env, || pgbench_run(p1, secs));
+    rows.push(("PostgreSQL's own sync standby", r, None));
+    // No replication: no standby, Tandem's primary replicator stopped.
+    ok(
+        "stop native",
+        as_pg(
+            "pg_ctl",
+            &["-D", native.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        ),
+    );
+    sync_names("");
+    let hanoi = env
+        .procs
+        .iter()
+        .position(|p| p.name == "hanoi-rep")
+        .unwrap();
+    env.procs[hanoi].kill9();
+    let r = pgbench_run(p1, secs);
+    rows.push(("no replication", r, None));
+    let native_tps = rows[2].1 .0;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("pgbench -c 4 -j 2 -T {secs}, scale 1, one machine; load before the runs: {load}");
+    println!("| setup | TPS | mean latency ms | TPS / PostgreSQL sync standby | status RPO p50 / p99 / max ms |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, (tps, lat), rpo) in &rows {
+        let rpo = rpo.as_ref().map_or("-".to_string(), |v| {
+            format!(
+                "{} / {} / {}",
+                pct(v, 0.5),
+                pct(v, 0.99),
+                v.last().copied().unwrap_or(0)
+            )
+        });
+        println!(
+            "| {name} | {tps:.0} | {lat:.2} | {:.2} | {rpo} |",
+            tps / native_tps
+        );
+    }
+}
