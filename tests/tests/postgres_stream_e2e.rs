@@ -471,3 +471,129 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
         );
     }
 }
+
+/// Commit times (unix ms) of the transactions in pgbench's `-l` logs, sorted.
+fn commit_times(logs: &Path) -> Vec<i64> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(logs).unwrap().flatten() {
+        for l in std::fs::read_to_string(e.path())
+            .unwrap_or_default()
+            .lines()
+        {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() >= 6 && f[2].parse::<u64>().is_ok() {
+                if let (Ok(s), Ok(us)) = (f[4].parse::<i64>(), f[5].parse::<i64>()) {
+                    v.push(s * 1000 + us / 1000);
+                }
+            }
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
+/// An async streaming group: the primary site is lost under pgbench. What is lost (counted
+/// against pgbench's log) spans no more than the data-loss window the failover recorded
+/// allows: its `rpo_ms` at the last primary report, plus the time from that report to the
+/// loss; and status showed a streaming RPO of well under a second before.
+#[test]
+fn an_async_streaming_group_loses_only_what_its_recorded_window_allows() {
+    if pg_missing() {
+        return;
+    }
+    let mut env = up_with(&Setup {
+        archive_timeout: "3600s",
+        mode: "async",
+        stream: true,
+    });
+    env.start_standby();
+    let p1 = env.p1;
+    let init = Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(Path::new(BIN).join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p1.to_string(),
+            "-i",
+            "-s",
+            "1",
+            "-q",
+        ])
+        .arg("postgres")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    ok("pgbench -i", init);
+    let logs = env.root.join("pg/bench-logs");
+    let mut bench = pgbench_in_background(p1, &logs, 60);
+    let mut shown = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20)
+        && (shown.len() < 20 || logged_commits(&logs) < 300)
+    {
+        if let Some(g) = env.topo.status(&[]).ok().and_then(|st| pg_group(&st)) {
+            if g["resources"][0]["health"]["state"] == "streaming" {
+                shown.push(g["rpo_ms"].as_i64().unwrap_or(-1));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hanoi = env
+        .procs
+        .iter()
+        .position(|p| p.name == "hanoi-rep")
+        .unwrap();
+    let killed_ms = chrono::Utc::now().timestamp_millis();
+    env.procs[hanoi].kill9();
+    kill9_server(&env.primary);
+    wait_exit(&mut bench, Duration::from_secs(60));
+    let times = commit_times(&logs);
+    let (code, out, err) = failover_pg(&env.topo);
+    if code != 0 {
+        dump_logs(&env.topo);
+    }
+    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+    let window: serde_json::Value = out
+        .split("data-loss window ")
+        .nth(1)
+        .and_then(|rest| serde_json::Deserializer::from_str(rest).into_iter().next())
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no data-loss window in the failover's output:\n{out}"));
+    let have = count(env.p2, "SELECT count(*) FROM pgbench_history");
+    let committed = times.len() as u64;
+    let lost = committed.saturating_sub(have) as usize;
+    // The lost transactions are (at most) the newest ones pgbench saw committed.
+    let lost_span = if lost > 0 {
+        killed_ms - times[times.len() - lost]
+    } else {
+        0
+    };
+    let rpo_ms = window["rpo_ms"].as_i64().unwrap();
+    let report_ms = window["progress_at_ms"].as_i64().unwrap();
+    let allowed = rpo_ms + (killed_ms - report_ms).max(0);
+    shown.sort_unstable();
+    eprintln!(
+        "pgbench saw {committed} commits, hcm holds {have}: {lost} lost, the newest {lost_span} ms \
+         before the kill; recorded rpo_ms {rpo_ms} at a report {} ms before the kill (allows \
+         {allowed} ms); status RPO while streaming p50 {} max {} ms",
+        killed_ms - report_ms,
+        shown.get(shown.len() / 2).copied().unwrap_or(-1),
+        shown.last().copied().unwrap_or(-1)
+    );
+    assert!(
+        shown.len() >= 10,
+        "status showed streaming only {} times",
+        shown.len()
+    );
+    assert!(
+        lost_span <= allowed,
+        "lost {lost} transactions spanning {lost_span} ms; the recorded window allows {allowed} ms"
+    );
+    assert!(
+        shown[shown.len() / 2] < 1000,
+        "status RPO while streaming async: median {} ms",
+        shown[shown.len() / 2]
+    );
+}
