@@ -453,7 +453,7 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
     rows.push(("no replication", r, None));
     let native_tps = rows[2].1 .0;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("pgbench -c 4 -j 2 -T {secs}, scale 1, one machine; load before the runs: {load}");
+    println!("pgbench -c 4 -j 2 -T {secs}, scale 1, one machine; load average after the runs: {load}");
     println!("| setup | TPS | mean latency ms | TPS / PostgreSQL sync standby | status RPO p50 / p99 / max ms |");
     println!("| --- | --- | --- | --- | --- |");
     for (name, (tps, lat), rpo) in &rows {
