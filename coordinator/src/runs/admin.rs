@@ -262,7 +262,7 @@ fn summary(id: &str, run: &Run) -> RunSummary {
 }
 
 /// The name of a run's status (`running`, `succeeded`, ...), as its JSON form tags it.
-fn status_name(status: &tandem_runbooks::run::RunStatus) -> String {
+pub(crate) fn status_name(status: &tandem_runbooks::run::RunStatus) -> String {
     let v = serde_json::to_value(status).unwrap_or(Value::Null);
     v.as_str()
         .or_else(|| v["status"].as_str())
