@@ -1,0 +1,115 @@
+//! Drills on a schedule, with real processes: a group with `drill_every = "3s"` gets its drill
+//! started by the coordinator leader by itself, attributed to the coordinator with a
+//! `scheduled:` reason in the audit chain; status shows the next due drill; while replication
+//! is paused the due drill is refused with the reason shown and becomes overdue; once resumed
+//! it starts again.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use std::time::Duration;
+use tandem_tests::{dump_logs, NodeProc, Topo, TopoOpts};
+
+fn audit(topo: &Topo) -> Vec<Value> {
+    let (code, out, err) = topo.tandem(&["audit", "--json"]);
+    assert_eq!(code, 0, "tandem audit: {err}");
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn drill_of(st: &Value) -> Value {
+    st["groups"][0]["drill"].clone()
+}
+
+#[test]
+fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause() {
+    let topo = Topo::new(TopoOpts {
+        group_extra: "drill_every = \"3s\"",
+        ..TopoOpts::default()
+    });
+    let mut procs: Vec<NodeProc> = topo
+        .coordinators
+        .iter()
+        .map(|n| NodeProc::start(&topo, n))
+        .collect();
+    procs.push(NodeProc::start(&topo, "hanoi-rep"));
+    procs.push(NodeProc::start(&topo, "hcm-rep"));
+
+    // 1. Nobody asks for a drill: the leader starts one once the group is protected.
+    let first = topo.wait_status(&[], Duration::from_secs(40), "a scheduled drill", |st| {
+        drill_of(st)["last_run_id"].as_str().map(str::to_owned)
+    });
+
+    // 2. The audit chain has its start, by the coordinator, with the schedule's reason.
+    let recs = audit(&topo);
+    let start = recs
+        .iter()
+        .find(|r| r["kind"] == "drill" && r["detail"]["run_id"] == first.as_str())
+        .unwrap_or_else(|| panic!("no drill record of {first}"));
+    assert_eq!(start["detail"]["phase"], "start");
+    assert_eq!(start["actor"], "coordinator", "{start}");
+    let reason = start["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("scheduled: drill_every 3s, "),
+        "{start}"
+    );
+
+    // 3. Status shows the schedule: due 3 s after the last drill's start; the text says so.
+    let st = topo.status(&[]).unwrap();
+    let d = drill_of(&st);
+    assert_eq!(d["every_ms"], 3_000, "{d}");
+    let last = d["last_drill_ms"].as_i64().unwrap();
+    assert_eq!(d["next_due_ms"].as_i64(), Some(last + 3_000), "{d}");
+    let (_, text, _) = topo.tandem(&["status"]);
+    assert!(text.contains("drill: every 3s, last "), "{text}");
+
+    // 4. Paused: the due drill is refused, the reason shown, and it becomes overdue.
+    let (code, _, err) = topo.tandem(&["pause", "vol", "--reason", "drill schedule test"]);
+    assert_eq!(code, 0, "pause: {err}");
+    let held = topo.wait_status(&[], Duration::from_secs(40), "a refused drill", |st| {
+        let d = drill_of(st);
+        let refused = d["refused"].as_str().unwrap_or_default();
+        (refused.contains("paused") && d["overdue"] == true).then(|| d.clone())
+    });
+    assert!(
+        held["retry_at_ms"].as_i64().is_some(),
+        "a retry time: {held}"
+    );
+    let paused_run = held["last_run_id"].as_str().unwrap().to_owned();
+    let (_, text, _) = topo.tandem(&["status"]);
+    assert!(
+        text.contains("OVERDUE; not started since "),
+        "status text: {text}"
+    );
+    let st = topo.status(&[]).unwrap();
+    assert_eq!(
+        drill_of(&st)["last_run_id"].as_str(),
+        Some(paused_run.as_str()),
+        "no drill starts while paused"
+    );
+
+    // 5. Resumed: the overdue drill starts, and the refusal is gone.
+    let (code, _, err) = topo.tandem(&["resume", "vol"]);
+    assert_eq!(code, 0, "resume: {err}");
+    topo.wait_status(&[], Duration::from_secs(30), "the next drill", |st| {
+        let d = drill_of(st);
+        (d["last_run_id"].as_str() != Some(paused_run.as_str()) && d["refused"].is_null())
+            .then_some(())
+    });
+    let scheduled = audit(&topo)
+        .iter()
+        .filter(|r| {
+            r["kind"] == "drill"
+                && r["detail"]["phase"] == "start"
+                && r["actor"] == "coordinator"
+                && r["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|x| x.starts_with("scheduled:"))
+        })
+        .count();
+    if scheduled < 2 {
+        dump_logs(&topo);
+    }
+    assert!(scheduled >= 2, "{scheduled} scheduled drill starts");
+    drop(procs);
+}
