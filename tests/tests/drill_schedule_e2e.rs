@@ -49,10 +49,7 @@ fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause()
     assert_eq!(start["detail"]["phase"], "start");
     assert_eq!(start["actor"], "coordinator", "{start}");
     let reason = start["detail"]["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.starts_with("scheduled: drill_every 3s, "),
-        "{start}"
-    );
+    assert!(reason.starts_with("scheduled: drill_every 3s, "), "{start}");
 
     // 3. Status shows the schedule: due 3 s after the last drill's start; the text says so.
     let st = topo.status(&[]).unwrap();

@@ -93,7 +93,7 @@ pub(crate) async fn start_scheduled_drill(
         actor,
         &params,
         None,
-        Some(schedule),
+        Some(Box::new(schedule)),
     )
     .await
 }
@@ -106,7 +106,7 @@ async fn start_run(
     actor: &str,
     params: &BTreeMap<String, String>,
     rto_from_ms: Option<i64>,
-    schedule: Option<ScheduledDrill>,
+    schedule: Option<Box<ScheduledDrill>>,
 ) -> Result<String, Status> {
     let (rb, hash) = load_runbook(c, group, kind)?;
     let (primary, replica, epoch) = c

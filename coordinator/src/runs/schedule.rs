@@ -176,14 +176,23 @@ mod tests {
         g
     }
 
+    /// (group, last drill, run under way, retry at, now, expected kind)
+    type Case<'a> = (
+        &'a Group,
+        Option<i64>,
+        Option<&'a str>,
+        Option<i64>,
+        i64,
+        &'a str,
+    );
+
     #[test]
     fn the_scheduler_starts_only_a_due_drill_of_a_group_that_may_drill() {
         let ok = group(GroupState::Protected, false);
         let degraded = group(GroupState::Degraded, false);
         let paused = group(GroupState::Protected, true);
         let every = 3_000;
-        // (group, last drill, run under way, retry at, now) -> expected kind
-        let cases: [(&Group, Option<i64>, Option<&str>, Option<i64>, i64, &str); 8] = [
+        let cases: [Case<'_>; 8] = [
             (&ok, None, None, None, 3_999, "not-due"),
             (&ok, None, None, None, 4_000, "start"),
             (&ok, Some(10_000), None, None, 12_999, "not-due"),

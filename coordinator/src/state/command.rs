@@ -237,7 +237,7 @@ pub enum Command {
         rto_from_ms: Option<i64>,
         /// Set when the coordinators start a drill on the group's `drill_every` schedule.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        schedule: Option<ScheduledDrill>,
+        schedule: Option<Box<ScheduledDrill>>,
     },
     /// Applies one event to a run with [`tandem_runbooks::run::record`]; the event's own time
     /// is replaced by the command's. Refused (unchanged) when the event does not fit the run.

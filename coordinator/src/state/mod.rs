@@ -218,7 +218,7 @@ fn dispatch(
                 plan,
                 started_by,
                 rto_from_ms: *rto_from_ms,
-                schedule: schedule.as_ref(),
+                schedule: schedule.as_deref(),
             },
         ),
         Command::RunEvent { run_id, event, .. } => run_event(state, ev, now, run_id, event),

@@ -25,11 +25,11 @@ fn scheduled(s: &State, at_ms: i64, group: &str, last: Option<i64>) -> Command {
     } = &mut cmd
     {
         *started_by = COORDINATOR_ACTOR.into();
-        *schedule = Some(ScheduledDrill {
+        *schedule = Some(Box::new(ScheduledDrill {
             every_ms: EVERY,
             last_drill_ms: last,
             reason: format!("scheduled: drill_every 3s, last drill at {last:?}"),
-        });
+        }));
     }
     cmd
 }
