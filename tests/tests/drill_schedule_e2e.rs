@@ -1,8 +1,9 @@
 //! Drills on a schedule, with real processes: a group with `drill_every = "3s"` gets its drill
 //! started by the coordinator leader by itself, attributed to the coordinator with a
 //! `scheduled:` reason in the audit chain; status shows the next due drill; while replication
-//! is paused the due drill is refused with the reason shown and becomes overdue; once resumed
-//! it starts again.
+//! is paused the due drill is refused with the reason shown and becomes overdue, by the new
+//! leader too once the leader is lost; once resumed it starts again, never more often than
+//! the schedule.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::Value;
@@ -22,7 +23,8 @@ fn drill_of(st: &Value) -> Value {
 }
 
 #[test]
-fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause() {
+fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause_and_a_leader_change()
+{
     let topo = Topo::new(TopoOpts {
         group_extra: "drill_every = \"3s\"",
         ..TopoOpts::default()
@@ -85,7 +87,27 @@ fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause()
         "no drill starts while paused"
     );
 
-    // 5. Resumed: the overdue drill starts, and the refusal is gone.
+    // 5. The leader is lost: the new one reads the same last drill from the replicated runs
+    //    and refuses the due drill for the same reason (no drill is started twice, none
+    //    forgotten).
+    let st = topo.status(&[]).unwrap();
+    let leader = st["leader"].as_str().unwrap().to_owned();
+    let i = topo.coordinators.iter().position(|c| *c == leader).unwrap();
+    procs[i].kill9();
+    topo.wait_status(
+        &[],
+        Duration::from_secs(30),
+        "a new leader's refusal",
+        |st| {
+            let d = drill_of(st);
+            (st["leader"].as_str().is_some_and(|l| l != leader)
+                && d["refused"].as_str().unwrap_or_default().contains("paused")
+                && d["last_run_id"].as_str() == Some(paused_run.as_str()))
+            .then_some(())
+        },
+    );
+
+    // 6. Resumed: the overdue drill starts, and the refusal is gone.
     let (code, _, err) = topo.tandem(&["resume", "vol"]);
     assert_eq!(code, 0, "resume: {err}");
     topo.wait_status(&[], Duration::from_secs(30), "the next drill", |st| {
@@ -93,7 +115,7 @@ fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause()
         (d["last_run_id"].as_str() != Some(paused_run.as_str()) && d["refused"].is_null())
             .then_some(())
     });
-    let scheduled = audit(&topo)
+    let scheduled: Vec<i64> = audit(&topo)
         .iter()
         .filter(|r| {
             r["kind"] == "drill"
@@ -103,10 +125,19 @@ fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause()
                     .as_str()
                     .is_some_and(|x| x.starts_with("scheduled:"))
         })
-        .count();
-    if scheduled < 2 {
+        .map(|r| r["at_ms"].as_i64().unwrap())
+        .collect();
+    if scheduled.len() < 2 {
         dump_logs(&topo);
     }
-    assert!(scheduled >= 2, "{scheduled} scheduled drill starts");
+    assert!(
+        scheduled.len() >= 2,
+        "{} scheduled drill starts",
+        scheduled.len()
+    );
+    // 7. Never more often than the schedule, across the pause and the leader change.
+    for w in scheduled.windows(2) {
+        assert!(w[1] - w[0] >= 3_000, "scheduled starts {scheduled:?}");
+    }
     drop(procs);
 }
