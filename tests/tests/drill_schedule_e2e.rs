@@ -139,5 +139,29 @@ fn a_scheduled_drill_starts_by_itself_as_the_coordinator_and_waits_out_a_pause_a
     for w in scheduled.windows(2) {
         assert!(w[1] - w[0] >= 3_000, "scheduled starts {scheduled:?}");
     }
+
+    // 8. The evidence lists the scheduled drills, started by the coordinator, and the cadence
+    //    (the pause made a gap over 3 s + 1 s: it missed, and says where).
+    let work = tempfile::tempdir().unwrap();
+    let ev = work.path().join("ev");
+    let (code, out, err) = topo.tandem(&["evidence", "export", "--out", ev.to_str().unwrap()]);
+    assert_eq!(code, 0, "evidence export: {out}\n{err}");
+    let runs: Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("runs.json")).unwrap()).unwrap();
+    let c = &runs["drill_cadence"][0];
+    assert_eq!(
+        (c["group"].as_str(), c["every_ms"].as_u64()),
+        (Some("vol"), Some(3_000))
+    );
+    let drills = c["drills"].as_array().unwrap();
+    let from_schedule: Vec<&Value> = drills.iter().filter(|d| d["scheduled"] == true).collect();
+    assert!(from_schedule.len() >= scheduled.len(), "{c}");
+    assert!(
+        from_schedule.iter().all(|d| d["actor"] == "coordinator"),
+        "{c}"
+    );
+    assert_eq!(c["held"], false, "the pause is a missed gap: {c}");
+    let report = std::fs::read_to_string(ev.join("report.html")).unwrap();
+    assert!(report.contains("Drill cadence"), "report section");
     drop(procs);
 }

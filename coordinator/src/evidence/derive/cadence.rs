@@ -24,7 +24,8 @@ pub struct CadenceDrill {
     pub start: String,
     /// Who started it (`coordinator` for a scheduled drill).
     pub actor: String,
-    /// Started by the coordinators on the group's schedule (`reason` recorded as `scheduled: ...`).
+    /// Started by the coordinators on the group's schedule: actor `coordinator` and a `reason`
+    /// that begins `scheduled:` (anyone else's record saying so is not believed).
     pub scheduled: bool,
     /// How it ended, when the window holds its end (`ok`, `failed`, ...).
     pub outcome: Option<String>,
@@ -122,7 +123,8 @@ fn drills_of(records: &[AuditRecord], runs: &[Run], group: &str) -> Vec<CadenceD
                 start_ms: r.at_ms,
                 start: super::iso_ms(r.at_ms),
                 actor: r.actor.clone(),
-                scheduled: s(&r.detail, "reason").is_some_and(|x| x.starts_with("scheduled")),
+                scheduled: r.actor == crate::state::COORDINATOR_ACTOR
+                    && s(&r.detail, "reason").is_some_and(|x| x.starts_with("scheduled:")),
                 outcome: run.and_then(|x| x.outcome.clone()),
             }
         })
@@ -150,12 +152,9 @@ mod tests {
         for (k, (at, scheduled)) in drills.iter().enumerate() {
             let id = format!("drill-vol-{k}");
             let mut start = json!({"run_id": id, "runbook": "drill", "phase": "start"});
-            let actor = if *scheduled {
-                start["reason"] = json!("scheduled: drill_every 10s, last drill at ...");
-                "coordinator"
-            } else {
-                "alice"
-            };
+            start["reason"] = json!("scheduled: drill_every 10s, last drill at ...");
+            // Only the coordinator's record is a scheduled drill; alice's claim is not.
+            let actor = if *scheduled { "coordinator" } else { "alice" };
             c.append(*at, actor, AuditKind::Drill, Some("vol"), start);
             c.append(
                 at + 100,
