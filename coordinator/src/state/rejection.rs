@@ -226,7 +226,7 @@ pub enum Rejection {
     /// group not in a state to drill, or no longer due (another drill started since the
     /// scheduler looked).
     #[error("group {group}: scheduled drill not started: {reason}")]
-    DrillNotDue {
+    ScheduledDrillRefused {
         /// Group.
         group: String,
         /// Why.
@@ -253,7 +253,7 @@ impl Rejection {
                 | Rejection::NotCaughtUp { .. }
                 | Rejection::StateForbids { .. }
                 | Rejection::SiteIsDown { .. }
-                | Rejection::DrillNotDue { .. }
+                | Rejection::ScheduledDrillRefused { .. }
         )
     }
 }

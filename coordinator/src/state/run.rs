@@ -34,7 +34,7 @@ fn check_scheduled(
     start: &RunStart<'_>,
     sched: &ScheduledDrill,
 ) -> Result<(), Rejection> {
-    let refuse = |reason: String| Rejection::DrillNotDue {
+    let refuse = |reason: String| Rejection::ScheduledDrillRefused {
         group: start.group.to_string(),
         reason,
     };

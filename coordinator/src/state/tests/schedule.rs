@@ -60,10 +60,10 @@ fn finish(s: &mut State, mut at: i64, group: &str) -> i64 {
 
 fn not_due(r: Result<Vec<Event>, Rejection>, words: &str) {
     match r {
-        Err(Rejection::DrillNotDue { reason, .. }) => {
+        Err(Rejection::ScheduledDrillRefused { reason, .. }) => {
             assert!(reason.contains(words), "{reason:?} lacks {words:?}")
         }
-        other => panic!("expected DrillNotDue ({words}), got {other:?}"),
+        other => panic!("expected ScheduledDrillRefused ({words}), got {other:?}"),
     }
 }
 
