@@ -60,6 +60,9 @@ pub struct ExportOptions {
     /// records before the window); the residency table starts from it.
     #[serde(default, skip_serializing_if = "ResidencyStart::is_empty")]
     pub residency_start: ResidencyStart,
+    /// `drill_every` per group (ms): the drills of those groups are checked against it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drill_every_ms: BTreeMap<String, u64>,
 }
 
 /// Chain summary in the manifest.
@@ -113,6 +116,9 @@ pub struct Manifest {
     /// Sites and groups as they stood at the window start (from the records before it).
     #[serde(default, skip_serializing_if = "ResidencyStart::is_empty")]
     pub residency_start: ResidencyStart,
+    /// `drill_every` per group used for the drill cadence (group → ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drill_every_ms: BTreeMap<String, u64>,
     /// The exported segment of the chain.
     pub chain: ChainSummary,
     /// Every other file with its size and BLAKE3.
@@ -130,6 +136,7 @@ impl Manifest {
             rpo_targets_ms: self.rpo_targets_ms.clone(),
             generated_at_ms: self.generated_at_ms,
             residency_start: self.residency_start.clone(),
+            drill_every_ms: self.drill_every_ms.clone(),
         }
     }
 }
@@ -381,6 +388,16 @@ pub fn render_window(
 ) -> Rendered {
     let mut runs: RunsDoc = derive::assemble(records, &opts.rto_targets_ms);
     runs.residency = derive::residency(records, &opts.residency_start);
+    runs.drill_cadence = derive::drill_cadence(
+        records,
+        &runs.runs,
+        &opts.drill_every_ms,
+        opts.from_ms
+            .or_else(|| records.first().map(|r| r.at_ms))
+            .unwrap_or(opts.generated_at_ms),
+        opts.to_ms
+            .map_or(opts.generated_at_ms, |t| t.min(opts.generated_at_ms)),
+    );
     let rpo: Vec<RpoRow> = derive::rpo_rows(records, &opts.rpo_targets_ms);
     let groups = derive::groups(records, &[&opts.rto_targets_ms, &opts.rpo_targets_ms]);
     let mut manifest = Manifest {
@@ -394,6 +411,7 @@ pub fn render_window(
         rto_targets_ms: opts.rto_targets_ms.clone(),
         rpo_targets_ms: opts.rpo_targets_ms.clone(),
         residency_start: opts.residency_start.clone(),
+        drill_every_ms: opts.drill_every_ms.clone(),
         chain: ChainSummary {
             first_index: records.first().map(|r| r.index),
             last_index: records.last().map(|r| r.index),

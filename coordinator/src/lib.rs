@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: the replicated state machine (`apply(state, command) -> events`), pure and
 //!   deterministic: topology, roles, epochs, leases, RPO history.
+//! - [`cadence`]: drills on a schedule, decided (due, overdue, retry, cadence held), pure.
 //! - [`audit`]: the blake3-chained audit log kept in that state, and its verifier.
 //! - [`evidence`]: evidence export for auditors (report, JSONL, runs, RPO CSV, manifest) and its
 //!   verifier.
@@ -17,6 +18,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod audit;
+pub mod cadence;
 pub mod error;
 pub mod evidence;
 pub mod handle;

@@ -133,8 +133,28 @@ pub fn families(doc: &ClusterStatus, is_leader: bool) -> Vec<Family> {
         "1 when replication of the group is paused.",
         Kind::Gauge,
     );
+    let mut drill_due = Family::new(
+        "tandem_group_drill_next_due_timestamp_seconds",
+        "When the group's next scheduled drill is due (unix seconds); groups with drill_every only.",
+        Kind::Gauge,
+    );
+    let mut drill_overdue = Family::new(
+        "tandem_group_drill_overdue",
+        "1 when the group's scheduled drill is past due by more than the grace (10% of drill_every, at least 1 s); 0 otherwise and for groups without drill_every.",
+        Kind::Gauge,
+    );
+    let mut drill_refused = Family::new(
+        "tandem_group_drill_refused",
+        "1 while the group's due drill could not start (the gates refused it; status says why).",
+        Kind::Gauge,
+    );
     for g in &doc.groups {
         let l = [("group", g.name.as_str())];
+        drill_overdue.push(&l, flag(g.drill.as_ref().is_some_and(|d| d.overdue)));
+        if let Some(d) = &g.drill {
+            drill_due.push(&l, ms_to_s(d.next_due_ms));
+            drill_refused.push(&l, flag(d.refused.is_some()));
+        }
         rpo.push(&l, ms_to_s(g.rpo_ms.max(0)));
         rpo_target.push(&l, ms_to_s(g.rpo_target_ms));
         rto_target.push(&l, ms_to_s(g.rto_target_ms));
@@ -165,6 +185,9 @@ pub fn families(doc: &ClusterStatus, is_leader: bool) -> Vec<Family> {
         lease_active,
         pending,
         paused,
+        drill_due,
+        drill_overdue,
+        drill_refused,
     ]);
     out
 }
@@ -267,6 +290,35 @@ mod tests {
         assert_eq!(
             states.iter().filter(|(_, v)| *v == 1.0).collect::<Vec<_>>(),
             vec![&("degraded".to_owned(), 1.0)]
+        );
+    }
+
+    #[test]
+    fn drill_schedules_map_to_due_overdue_and_refused() {
+        let mut d = doc();
+        let mut other = d.groups[0].clone();
+        other.name = "db".into();
+        d.groups[0].drill = Some(crate::status::DrillStatus {
+            every_ms: 3_000,
+            next_due_ms: 1_700_000_000_500,
+            overdue: true,
+            refused: Some("the group is degraded".into()),
+            ..Default::default()
+        });
+        d.groups.push(other);
+        let exp = parse_text(&render(&families(&d, true))).unwrap();
+        let v = |n: &str, g: &str| exp.value(n, &[("group", g)]);
+        assert_eq!(
+            v("tandem_group_drill_next_due_timestamp_seconds", "vol"),
+            Some(1_700_000_000.5)
+        );
+        assert_eq!(v("tandem_group_drill_overdue", "vol"), Some(1.0));
+        assert_eq!(v("tandem_group_drill_refused", "vol"), Some(1.0));
+        // A group without drill_every: never overdue, no due time.
+        assert_eq!(v("tandem_group_drill_overdue", "db"), Some(0.0));
+        assert_eq!(
+            v("tandem_group_drill_next_due_timestamp_seconds", "db"),
+            None
         );
     }
 

@@ -141,8 +141,41 @@ pub struct GroupStatus {
     /// with the coordinators' consent; automatic failover is suspended meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_degraded_since_ms: Option<i64>,
+    /// Drills on a schedule (`drill_every`); absent when the group has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillStatus>,
     /// The resources of the group.
     pub resources: Vec<ResourceStatus>,
+}
+
+/// A group's drill schedule (`drill_every`), as the leader sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillStatus {
+    /// `drill_every`, ms.
+    pub every_ms: u64,
+    /// Start (unix ms) of the group's last drill, whoever started it; absent if it never
+    /// drilled.
+    pub last_drill_ms: Option<i64>,
+    /// That drill's run id.
+    pub last_run_id: Option<String>,
+    /// That drill's status (`running`, `succeeded`, `failed`, `cancelled`).
+    pub last_status: Option<String>,
+    /// When the next drill is due (unix ms): the last drill's start, else the group's
+    /// creation, plus `drill_every`.
+    pub next_due_ms: i64,
+    /// Past due by more than the grace (10% of `drill_every`, at least 1 s).
+    pub overdue: bool,
+    /// The grace, ms.
+    pub grace_ms: i64,
+    /// Why the due drill could not start (the leader's last try), while it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Since when (unix ms) its starts have been refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_since_ms: Option<i64>,
+    /// When the leader tries again (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
 }
 
 /// A primary lease.

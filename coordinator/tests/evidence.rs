@@ -377,6 +377,7 @@ fn opts() -> ExportOptions {
         rpo_targets_ms: BTreeMap::new(),
         generated_at_ms: T0 + 1_000_000,
         residency_start: Default::default(),
+        drill_every_ms: BTreeMap::new(),
     }
 }
 
@@ -857,4 +858,44 @@ fn evidence_names_every_site_that_held_each_group() {
     let dir = tempfile::tempdir().unwrap();
     evidence::export(&recs, &o, dir.path()).unwrap();
     evidence::verify(dir.path()).unwrap();
+}
+
+#[test]
+fn an_export_with_a_drill_schedule_shows_the_cadence_and_verifies() {
+    let recs = build_chain();
+    let dir = tempfile::tempdir().unwrap();
+    // db drilled once (drill-7), long before the export: a 60 s schedule missed at the end.
+    let o = ExportOptions {
+        drill_every_ms: BTreeMap::from([("db".into(), 60_000)]),
+        ..opts()
+    };
+    evidence::export(&recs, &o, dir.path()).unwrap();
+    evidence::verify(dir.path()).unwrap();
+    let runs: Value = serde_json::from_str(&read(dir.path(), "runs.json")).unwrap();
+    let c = &runs["drill_cadence"][0];
+    assert_eq!(c["group"], "db");
+    assert_eq!(c["every_ms"], 60_000);
+    assert_eq!(c["drills"][0]["run_id"], "drill-7");
+    assert_eq!(c["drills"][0]["scheduled"], false);
+    assert_eq!(c["held"], false, "{c}");
+    let report = read(dir.path(), "report.html");
+    assert!(report.contains("<h2 id=\"drill-cadence\">Drill cadence</h2>"));
+    assert!(
+        report.contains("window-end"),
+        "the gap that missed is named"
+    );
+    // The schedule is part of what verify re-derives from: changing it is caught.
+    let mut m: Value = serde_json::from_str(&read(dir.path(), MANIFEST_FILE)).unwrap();
+    assert_eq!(m["drill_every_ms"]["db"], 60_000);
+    m["drill_every_ms"]["db"] = json!(86_400_000);
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    assert!(evidence::verify(dir.path()).is_err());
+    // Without a schedule nothing is added: earlier folders re-derive byte for byte.
+    let (plain, _) = exported();
+    assert!(!read(plain.path(), "runs.json").contains("drill_cadence"));
+    assert!(!read(plain.path(), MANIFEST_FILE).contains("drill_every_ms"));
 }

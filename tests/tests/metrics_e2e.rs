@@ -138,6 +138,8 @@ fn nodes_serve_prometheus_metrics_that_agree_with_status() {
     let topo = Topo::new(TopoOpts {
         mode: "async",
         metrics: true,
+        // A schedule that falls due long after the test: the drill series exist, no drill runs.
+        group_extra: "drill_every = \"1d\"",
         ..TopoOpts::default()
     });
     let mut names = topo.coordinators.clone();
@@ -260,6 +262,25 @@ fn scrape_leader(topo: &Topo, leader: &str, g: &serde_json::Value) -> Exposition
         &VOL,
     );
     assert!(lease > 0.0 && lease <= 2.5, "lease {lease}");
+    let due = has(
+        &c,
+        "tandem_group_drill_next_due_timestamp_seconds",
+        Kind::Gauge,
+        &VOL,
+    );
+    let want = g["drill"]["next_due_ms"].as_f64().unwrap();
+    assert!(
+        (due * 1000.0 - want).abs() < 1.0,
+        "due {due} s, status {want} ms"
+    );
+    assert_eq!(
+        has(&c, "tandem_group_drill_overdue", Kind::Gauge, &VOL),
+        0.0
+    );
+    assert_eq!(
+        has(&c, "tandem_group_drill_refused", Kind::Gauge, &VOL),
+        0.0
+    );
     c
 }
 

@@ -212,6 +212,11 @@ fn export(a: ExportArgs) -> Result<()> {
             .collect(),
         generated_at_ms: chrono::Utc::now().timestamp_millis(),
         residency_start: Default::default(),
+        drill_every_ms: topo
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.name.clone(), g.drill_every?.as_millis())))
+            .collect(),
     };
     let rendered = evidence::render(&records, &opts)
         .with_context(|| format!("exporting evidence to {}", a.out.display()))?;

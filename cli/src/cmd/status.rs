@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use std::time::Duration;
-use tandem_coordinator::status::ClusterStatus;
+use tandem_coordinator::status::{ClusterStatus, DrillStatus};
 use tandem_core::config::Topology;
 
 /// Arguments of `tandem status`.
@@ -217,6 +217,9 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
                 crate::timefmt::rfc3339(at)
             );
         }
+        if let Some(d) = &g.drill {
+            let _ = writeln!(o, "{:<10} {}", "", drill_line(d));
+        }
         for r in &g.resources {
             let _ = writeln!(
                 o,
@@ -234,6 +237,35 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         }
     }
     o
+}
+
+/// A group's drill schedule in one line: every, last drill, next due (`OVERDUE` past the
+/// grace) and why the due drill could not start, if it could not.
+pub fn drill_line(d: &DrillStatus) -> String {
+    let every = tandem_core::config::HumanDuration::from_millis(d.every_ms);
+    let last = match (d.last_drill_ms, &d.last_run_id) {
+        (Some(at), Some(id)) => format!(
+            "last {} ({id}, {})",
+            crate::timefmt::rfc3339(at),
+            d.last_status.as_deref().unwrap_or("?")
+        ),
+        _ => "never drilled".to_string(),
+    };
+    let mut line = format!(
+        "drill: every {every}, {last}, next due {}",
+        crate::timefmt::rfc3339(d.next_due_ms)
+    );
+    if d.overdue {
+        line.push_str(" OVERDUE");
+    }
+    if let Some(why) = &d.refused {
+        line.push_str(&format!(
+            "; not started since {}: {why}; next try {}",
+            crate::timefmt::rfc3339(d.refused_since_ms.unwrap_or_default()),
+            crate::timefmt::rfc3339(d.retry_at_ms.unwrap_or_default())
+        ));
+    }
+    line
 }
 
 /// The replicator listen address at `site` (the first replicator the topology has there).
@@ -266,4 +298,37 @@ pub async fn replicator_of(
         .with_context(|| format!("group {group:?} missing from the cluster status"))?;
     let site = if primary { &g.primary } else { &g.replica };
     Ok((site.clone(), replicator_at(topo, site)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drill_line_shows_the_next_due_drill_overdue_and_refusals() {
+        let mut d = DrillStatus {
+            every_ms: 30 * 86_400_000,
+            last_drill_ms: Some(0),
+            last_run_id: Some("drill-vol-0".into()),
+            last_status: Some("succeeded".into()),
+            next_due_ms: 30 * 86_400_000,
+            grace_ms: 3 * 86_400_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            drill_line(&d),
+            "drill: every 30d, last 1970-01-01T00:00:00.000Z (drill-vol-0, succeeded), next due 1970-01-31T00:00:00.000Z"
+        );
+        d.overdue = true;
+        d.refused = Some("the group is degraded (site hcm down)".into());
+        d.refused_since_ms = Some(1_000);
+        d.retry_at_ms = Some(301_000);
+        assert_eq!(
+            drill_line(&d),
+            "drill: every 30d, last 1970-01-01T00:00:00.000Z (drill-vol-0, succeeded), next due 1970-01-31T00:00:00.000Z OVERDUE; not started since 1970-01-01T00:00:01.000Z: the group is degraded (site hcm down); next try 1970-01-01T00:05:01.000Z"
+        );
+        d.last_drill_ms = None;
+        d.last_run_id = None;
+        assert!(drill_line(&d).contains(", never drilled, "));
+    }
 }

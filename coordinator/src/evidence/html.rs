@@ -265,6 +265,7 @@ pub fn render_report(
     }
     summary(&mut o, manifest, groups, runs, &by_group);
     residency(&mut o, runs);
+    drill_cadence(&mut o, runs);
     for g in groups {
         let samples = by_group.get(g.as_str()).map_or(&[][..], Vec::as_slice);
         group_section(&mut o, g, runs, samples);
@@ -389,6 +390,73 @@ fn summary(
             id = esc(g),
             g = esc(g),
         );
+    }
+    o.push_str("</table>");
+}
+
+/// Drill cadence: per group with a schedule, whether every gap between drills held
+/// `drill_every` plus the grace, the gaps that missed it, and the drills.
+fn drill_cadence(o: &mut String, runs: &RunsDoc) {
+    if runs.drill_cadence.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<h2 id=\"drill-cadence\">Drill cadence</h2><p>Groups with a drill schedule \
+         (<code>drill_every</code>): a gap between two drills (or from the window's start to the \
+         first, or from the last to the window's end) holds when it is at most \
+         <code>drill_every</code> plus the grace (10%, at least 1 s).</p>\
+         <table><tr><th>group</th><th>every</th><th>grace</th><th>drills</th>\
+         <th>scheduled</th><th>cadence held</th><th>gaps that missed</th></tr>",
+    );
+    for c in &runs.drill_cadence {
+        let missed: Vec<String> = c
+            .gaps
+            .iter()
+            .filter(|g| !g.held)
+            .map(|g| {
+                format!(
+                    "{} → {} ({}, {} ms)",
+                    iso_ms(g.from_ms),
+                    iso_ms(g.to_ms),
+                    g.between,
+                    g.gap_ms
+                )
+            })
+            .collect();
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{} ms</td><td>{} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&c.group),
+            c.every_ms,
+            c.grace_ms,
+            c.drills.len(),
+            c.drills.iter().filter(|d| d.scheduled).count(),
+            verdict(Some(c.held), "yes", "NO"),
+            if missed.is_empty() {
+                "—".to_string()
+            } else {
+                esc(&missed.join("; "))
+            },
+        );
+    }
+    o.push_str(
+        "</table><table><tr><th>group</th><th>drill</th><th>started</th><th>by</th>\
+         <th>scheduled</th><th>outcome</th><th>record</th></tr>",
+    );
+    for c in &runs.drill_cadence {
+        for d in &c.drills {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>#{}</td></tr>",
+                esc(&c.group),
+                esc(&d.run_id),
+                esc(&d.start),
+                esc(&d.actor),
+                if d.scheduled { "yes" } else { "no" },
+                d.outcome.as_deref().map_or_else(|| "—".to_string(), esc),
+                d.record_index,
+            );
+        }
     }
     o.push_str("</table>");
 }

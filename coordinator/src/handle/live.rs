@@ -118,6 +118,20 @@ pub(crate) struct Live {
     /// (failure-detector grace); see [`Live::leader_since`].
     pub(crate) leader_since: Option<(u64, i64)>,
     pub(crate) last_rpo_sample_ms: i64,
+    /// Per group: why its scheduled drill could not start, while it cannot (the drill
+    /// scheduler's, `runs::schedule`).
+    pub(crate) drill_refusals: HashMap<String, DrillRefusal>,
+}
+
+/// A scheduled drill the gates refused, as status shows it until it starts or is no longer due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DrillRefusal {
+    /// Why, as the last try was refused.
+    pub(crate) reason: String,
+    /// When the first try of this due drill was refused (leader ms).
+    pub(crate) since_ms: i64,
+    /// When it is tried again.
+    pub(crate) retry_at_ms: i64,
 }
 
 impl Live {

@@ -5,8 +5,8 @@
 use super::driver::drive_all;
 use super::redact::redact_secrets;
 use crate::handle::coordinator::Coordinator;
-use crate::state::Command;
 use crate::state::Run;
+use crate::state::{Command, ScheduledDrill, COORDINATOR_ACTOR};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tandem_core::proto::{RunAction, RunActionRequest, RunKind, RunSummary};
@@ -69,6 +69,45 @@ pub(crate) async fn start(
     params: &BTreeMap<String, String>,
     rto_from_ms: Option<i64>,
 ) -> Result<String, Status> {
+    start_run(c, kind, group, actor, params, rto_from_ms, None).await
+}
+
+/// Starts the group's drill on its `drill_every` schedule, as the coordinators
+/// ([`COORDINATOR_ACTOR`]), with the stock or the group's drill runbook and its default
+/// parameters: the same loading, planning and state gates as [`start`], and the state's
+/// schedule gates ([`Command::StartRun`]'s `schedule`). Returns the run id.
+///
+/// # Errors
+/// As [`start`], and `FailedPrecondition` when the state refuses the scheduled start.
+pub(crate) async fn start_scheduled_drill(
+    c: &Coordinator,
+    group: &str,
+    schedule: ScheduledDrill,
+) -> Result<String, Status> {
+    let params = BTreeMap::new();
+    let actor = COORDINATOR_ACTOR;
+    start_run(
+        c,
+        RunbookKind::Drill,
+        group,
+        actor,
+        &params,
+        None,
+        Some(Box::new(schedule)),
+    )
+    .await
+}
+
+/// [`start`], with the schedule of a scheduled drill.
+async fn start_run(
+    c: &Coordinator,
+    kind: RunbookKind,
+    group: &str,
+    actor: &str,
+    params: &BTreeMap<String, String>,
+    rto_from_ms: Option<i64>,
+    schedule: Option<Box<ScheduledDrill>>,
+) -> Result<String, Status> {
     let (rb, hash) = load_runbook(c, group, kind)?;
     let (primary, replica, epoch) = c
         .read(|s| {
@@ -101,6 +140,7 @@ pub(crate) async fn start(
         plan,
         started_by: actor.to_string(),
         rto_from_ms,
+        schedule,
     })
     .await?;
     info!(run = %run_id, %group, %kind, "run started");
@@ -222,7 +262,7 @@ fn summary(id: &str, run: &Run) -> RunSummary {
 }
 
 /// The name of a run's status (`running`, `succeeded`, ...), as its JSON form tags it.
-fn status_name(status: &tandem_runbooks::run::RunStatus) -> String {
+pub(crate) fn status_name(status: &tandem_runbooks::run::RunStatus) -> String {
     let v = serde_json::to_value(status).unwrap_or(Value::Null);
     v.as_str()
         .or_else(|| v["status"].as_str())

@@ -15,11 +15,13 @@
 //! - [`host`]: `exec`, `check` and `http` (child processes and TCP on this host; commands of a
 //!   step at a site go to [`site`]).
 //! - [`site`]: a step's command run by the replicator of its site (`Replication.RunStep`).
+//! - [`schedule`]: drills on a schedule (`drill_every`): the leader starts a due drill.
 //! - [`failure`]: what an attempt returns.
 //! - [`redact`]: credentials kept out of what the admin API shows.
 
 pub(crate) mod admin;
 pub(crate) mod driver;
+pub(crate) mod schedule;
 
 mod decide;
 mod failover;

@@ -1,6 +1,6 @@
 //! The coordinator process: starts raft, serves the admin API, the raft peer service and the
 //! metrics endpoint, and runs the leader's periodic work (bootstrap, failure detection,
-//! automatic failover, RPO samples, run drivers) until shutdown.
+//! automatic failover, RPO samples, scheduled drills, run drivers) until shutdown.
 
 use crate::handle::coordinator::{lock, Coordinator, CoordinatorSm, Inner};
 use crate::handle::live::Live;
@@ -125,7 +125,8 @@ async fn flush_refusals(c: Coordinator, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
-/// The leader's periodic work: bootstrap, failure detection, RPO samples, automatic failover.
+/// The leader's periodic work: bootstrap, failure detection, RPO samples, automatic failover,
+/// scheduled drills.
 async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -157,6 +158,7 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
         }
         detect_failures(&c, now, since).await;
         sample_rpo(&c, now).await;
+        crate::runs::schedule::tick(&c).await;
         crate::runs::driver::drive_all(&c);
     }
 }

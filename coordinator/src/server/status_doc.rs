@@ -7,8 +7,8 @@ use crate::handle::live::{Live, LiveGroup};
 use crate::state::GroupState;
 use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::status::{
-    CertStatus, ClusterStatus, FeedHealth, GroupStatus, LeaseStatus, MemberStatus, ResourceStatus,
-    SiteStatus as StSite, TlsStatus,
+    CertStatus, ClusterStatus, DrillStatus, FeedHealth, GroupStatus, LeaseStatus, MemberStatus,
+    ResourceStatus, SiteStatus as StSite, TlsStatus,
 };
 use tandem_core::config::{self, NodeRole, ResourceKind, Site, Topology};
 
@@ -190,7 +190,44 @@ fn group_status(
         history_oldest_ms: lg.history_oldest.map(|h| h.0),
         history_oldest_seq: lg.history_oldest.map(|h| h.1),
         sync_degraded_since_ms: g.sync_degraded_since,
+        drill: drill_status(s, live, cg, g, now),
         resources,
+    })
+}
+
+/// A group's drill schedule: due and overdue from the replicated runs ([`crate::cadence`]),
+/// and the leader's last refusal, if its due drill could not start.
+fn drill_status(
+    s: &State,
+    live: &Live,
+    cg: &config::Group,
+    g: &state::Group,
+    now: i64,
+) -> Option<DrillStatus> {
+    let every_ms = cg.drill_every?.as_millis();
+    let last = s
+        .runs()
+        .iter()
+        .filter(|(_, r)| r.group == g.name && r.kind == tandem_runbooks::RunbookKind::Drill)
+        .max_by_key(|(id, r)| (r.started_ms(), id.as_str()));
+    let sched = crate::cadence::schedule(
+        every_ms,
+        last.map(|(_, r)| r.started_ms()),
+        g.created_ms,
+        now,
+    );
+    let refusal = live.drill_refusals.get(&g.name);
+    Some(DrillStatus {
+        every_ms,
+        last_drill_ms: sched.last_drill_ms,
+        last_run_id: last.map(|(id, _)| id.clone()),
+        last_status: last.map(|(_, r)| crate::runs::admin::status_name(&r.state.status)),
+        next_due_ms: sched.next_due_ms,
+        overdue: sched.overdue,
+        grace_ms: crate::cadence::grace_ms(every_ms),
+        refused: refusal.map(|r| r.reason.clone()),
+        refused_since_ms: refusal.map(|r| r.since_ms),
+        retry_at_ms: refusal.map(|r| r.retry_at_ms),
     })
 }
 

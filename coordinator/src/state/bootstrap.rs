@@ -37,7 +37,7 @@ pub(super) fn bootstrap(
         insert_site(state, s);
     }
     for g in &new_groups {
-        insert_group(state, g);
+        insert_group(state, g, now);
     }
     let sites_added: Vec<String> = new_sites.iter().map(|s| s.name.clone()).collect();
     let groups_added: Vec<String> = new_groups.iter().map(|g| g.name.clone()).collect();
@@ -220,7 +220,7 @@ fn insert_site(state: &mut State, s: &SiteSpec) {
 }
 
 /// A new group: epoch 1, `resyncing` ("initial sync"), no lease.
-fn insert_group(state: &mut State, g: &GroupSpec) {
+fn insert_group(state: &mut State, g: &GroupSpec, now: i64) {
     state.groups.insert(
         g.name.clone(),
         Group {
@@ -244,6 +244,7 @@ fn insert_group(state: &mut State, g: &GroupSpec) {
             degraded_by_site: None,
             sync_degraded_since: None,
             allowed_jurisdictions: g.allowed_jurisdictions.clone(),
+            created_ms: Some(now),
         },
     );
 }

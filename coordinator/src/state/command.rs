@@ -2,7 +2,9 @@
 //! [`apply`](super::apply) needs to know about each: its time, its name and whether its
 //! refusals are audited. Pure data.
 
-use super::model::{ClusterSettings, GroupProgress, GroupSpec, GroupState, SiteSpec};
+use super::model::{
+    ClusterSettings, GroupProgress, GroupSpec, GroupState, ScheduledDrill, SiteSpec,
+};
 use crate::audit::AuditKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -211,7 +213,10 @@ pub enum Command {
     },
     /// Starts a runbook run of `group`: the run object is created from `plan` (made by the
     /// leader with [`tandem_runbooks::plan()`]) and audited. Refused while another run of the
-    /// group is unfinished, or if the id is taken.
+    /// group is unfinished, or if the id is taken. A drill started on the group's schedule
+    /// (`schedule`) is also refused unless it is a drill started by the coordinators, the
+    /// group is protected and not paused, its last drill is still the one the scheduler saw
+    /// and the next one is due ([`crate::cadence::next_due_ms`]).
     StartRun {
         /// Leader-stamped time.
         at_ms: i64,
@@ -230,6 +235,9 @@ pub enum Command {
         /// Start of the RTO clock when earlier than `at_ms` (outage detection of an automatic
         /// failover); `None`: the run's start.
         rto_from_ms: Option<i64>,
+        /// Set when the coordinators start a drill on the group's `drill_every` schedule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schedule: Option<Box<ScheduledDrill>>,
     },
     /// Applies one event to a run with [`tandem_runbooks::run::record`]; the event's own time
     /// is replaced by the command's. Refused (unchanged) when the event does not fit the run.

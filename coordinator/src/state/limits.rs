@@ -149,8 +149,12 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             runbook_hash,
             plan,
             started_by,
+            schedule,
             ..
         } => {
+            if let Some(s) = schedule {
+                check_reason(&s.reason)?;
+            }
             check_len("run_id", run_id, MAX_NAME_LEN)?;
             check_len("group", group, MAX_NAME_LEN)?;
             check_len("runbook_hash", runbook_hash, MAX_NAME_LEN)?;

@@ -102,6 +102,16 @@ impl State {
         self.runs.get(run_id)
     }
 
+    /// Start (leader ms) of the group's last drill run, whatever its outcome or who started
+    /// it; `None` when it never drilled. The drill schedule counts from it.
+    pub fn last_drill_ms(&self, group: &str) -> Option<i64> {
+        self.runs
+            .values()
+            .filter(|r| r.group == group && r.kind == tandem_runbooks::RunbookKind::Drill)
+            .map(Run::started_ms)
+            .max()
+    }
+
     /// The audit chain.
     pub fn audit(&self) -> &AuditChain {
         &self.audit

@@ -66,7 +66,7 @@ pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN
 pub use self::machine::State;
 pub use self::model::{
     ClusterSettings, DataLossWindow, Group, GroupProgress, GroupSpec, GroupState, Lease,
-    LeaseStatus, Mode, Progress, Role, RpoSample, Run, Site, SiteSpec, SiteStatus,
+    LeaseStatus, Mode, Progress, Role, RpoSample, Run, ScheduledDrill, Site, SiteSpec, SiteStatus,
     COORDINATOR_ACTOR, FIRST_EPOCH, RPO_RING_CAPACITY,
 };
 pub use self::rejection::Rejection;
@@ -204,6 +204,7 @@ fn dispatch(
             plan,
             started_by,
             rto_from_ms,
+            schedule,
             ..
         } => start_run(
             state,
@@ -217,6 +218,7 @@ fn dispatch(
                 plan,
                 started_by,
                 rto_from_ms: *rto_from_ms,
+                schedule: schedule.as_deref(),
             },
         ),
         Command::RunEvent { run_id, event, .. } => run_event(state, ev, now, run_id, event),

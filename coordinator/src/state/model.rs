@@ -221,6 +221,47 @@ pub struct Group {
     /// bootstrap); promotions and runs that would place data elsewhere are refused.
     #[serde(default)]
     pub allowed_jurisdictions: Vec<String>,
+    /// When the bootstrap that added the group was applied (leader ms); `None` in states from
+    /// before it was kept. A group that never drilled counts its drill schedule from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
+}
+
+impl Group {
+    /// Whether the coordinators may start a scheduled drill of the group in this state: only
+    /// a `protected` group whose replication is not paused (a drill of a degraded, failing
+    /// over or resyncing group would test a replica that is not current, or race the run
+    /// that moves it). `Err` says why not.
+    ///
+    /// # Errors
+    /// The reason, for status and logs.
+    pub fn scheduled_drill_allowed(&self) -> Result<(), String> {
+        if self.state != GroupState::Protected {
+            let why = if self.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.reason)
+            };
+            return Err(format!("the group is {}{why}", self.state.as_str()));
+        }
+        if self.paused {
+            return Err("replication of the group is paused".into());
+        }
+        Ok(())
+    }
+}
+
+/// A drill the coordinators start on the group's `drill_every` schedule: what the scheduler
+/// saw, so that the state machine starts it only while it is still due (a second leader that
+/// saw the same last drill is refused once the first one's drill is committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledDrill {
+    /// The group's `drill_every`, ms.
+    pub every_ms: u64,
+    /// Start of the group's last drill as the scheduler saw it (`None`: no drill on record).
+    pub last_drill_ms: Option<i64>,
+    /// Why, as the audit records it (`scheduled: drill_every 30d, last drill at ...`).
+    pub reason: String,
 }
 
 /// Progress of one group reported in a heartbeat.
@@ -262,5 +303,10 @@ impl Run {
     /// True while steps remain.
     pub fn is_running(&self) -> bool {
         self.state.status == RunStatus::Running
+    }
+
+    /// When the run started (leader ms).
+    pub fn started_ms(&self) -> i64 {
+        i64::try_from(self.state.started_ms).unwrap_or(i64::MAX)
     }
 }

@@ -222,6 +222,16 @@ pub enum Rejection {
         /// What is wrong.
         reason: String,
     },
+    /// A scheduled drill that may not start: not a drill started by the coordinators, the
+    /// group not in a state to drill, or no longer due (another drill started since the
+    /// scheduler looked).
+    #[error("group {group}: scheduled drill not started: {reason}")]
+    ScheduledDrillRefused {
+        /// Group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
     /// The event does not fit the run's state; the run is unchanged.
     #[error("{message}")]
     RunEventRefused {
@@ -243,6 +253,7 @@ impl Rejection {
                 | Rejection::NotCaughtUp { .. }
                 | Rejection::StateForbids { .. }
                 | Rejection::SiteIsDown { .. }
+                | Rejection::ScheduledDrillRefused { .. }
         )
     }
 }

@@ -4,7 +4,7 @@
 
 use super::event::Event;
 use super::machine::{get_group, to_json, State};
-use super::model::{GroupState, Run, SiteStatus, COORDINATOR_ACTOR};
+use super::model::{GroupState, Run, ScheduledDrill, SiteStatus, COORDINATOR_ACTOR};
 use super::rejection::Rejection;
 use super::residency::{check_residency, plan_placements};
 use super::role::change_group_state;
@@ -22,6 +22,42 @@ pub(super) struct RunStart<'a> {
     pub(super) plan: &'a Plan,
     pub(super) started_by: &'a str,
     pub(super) rto_from_ms: Option<i64>,
+    pub(super) schedule: Option<&'a ScheduledDrill>,
+}
+
+/// A drill on the group's schedule starts only if it is a drill the coordinators start, the
+/// group may drill ([`super::model::Group::scheduled_drill_allowed`]), the last drill is the
+/// one the scheduler saw, and the next one is due at `now`.
+fn check_scheduled(
+    state: &State,
+    now: i64,
+    start: &RunStart<'_>,
+    sched: &ScheduledDrill,
+) -> Result<(), Rejection> {
+    let refuse = |reason: String| Rejection::ScheduledDrillRefused {
+        group: start.group.to_string(),
+        reason,
+    };
+    if start.kind != RunbookKind::Drill || start.started_by != COORDINATOR_ACTOR {
+        return Err(refuse(format!(
+            "only a drill started by {COORDINATOR_ACTOR} runs on the schedule, not a {} started by {}",
+            start.kind, start.started_by
+        )));
+    }
+    let g = get_group(state, start.group)?;
+    g.scheduled_drill_allowed().map_err(refuse)?;
+    let last = state.last_drill_ms(start.group);
+    if last != sched.last_drill_ms {
+        return Err(refuse(format!(
+            "the last drill started at {:?} ms, not at {:?} as scheduled",
+            last, sched.last_drill_ms
+        )));
+    }
+    let due = crate::cadence::next_due_ms(last, g.created_ms, sched.every_ms);
+    if now < due {
+        return Err(refuse(format!("not due before {due} ms (now {now} ms)")));
+    }
+    Ok(())
 }
 
 pub(super) fn start_run(
@@ -53,6 +89,9 @@ pub(super) fn start_run(
                 since_ms,
             });
         }
+    }
+    if let Some(sched) = start.schedule {
+        check_scheduled(state, now, &start, sched)?;
     }
     if start.plan.group != start.group {
         return Err(Rejection::BadPlan {
@@ -97,6 +136,13 @@ pub(super) fn start_run(
         "replica": start.plan.replica,
         "rto_from_ms": run.rto_from_ms,
     });
+    if let Some(sched) = start.schedule {
+        detail["reason"] = json!(sched.reason);
+        detail["scheduled"] = json!({
+            "drill_every_ms": sched.every_ms,
+            "last_drill_ms": sched.last_drill_ms,
+        });
+    }
     let kind = if start.kind == RunbookKind::Drill {
         detail["phase"] = json!("start");
         AuditKind::Drill

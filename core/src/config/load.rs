@@ -260,6 +260,7 @@ const GROUP_UNITS: &[(&str, Unit)] = &[
     ("history", Unit::Duration),
     ("history_max", Unit::Size),
     ("checkpoint_interval", Unit::Duration),
+    ("drill_every", Unit::Duration),
 ];
 const RESOURCE_UNITS: &[(&str, Unit)] = &[
     ("size", Unit::Size),
@@ -430,6 +431,37 @@ mod tests {
             "rto_target = \"30s\"\nhistory = \"soon\"\n",
         );
         assert_diag(&bad, "groups[0].history", "history = ", "soon");
+    }
+
+    #[test]
+    fn drill_every_parses_is_off_by_default_and_has_a_floor() {
+        assert_eq!(parse(BASE).unwrap().groups[0].drill_every, None);
+        let every = |v: &str| {
+            edit(
+                BASE,
+                "rto_target = \"30s\"\n",
+                &format!("rto_target = \"30s\"\ndrill_every = \"{v}\"\n"),
+            )
+        };
+        let t = parse(&every("30d")).unwrap();
+        assert_eq!(
+            t.groups[0].drill_every,
+            Some(HumanDuration::from_secs(30 * 86_400))
+        );
+        let t = parse(&every("1s")).unwrap();
+        assert_eq!(t.groups[0].drill_every, Some(HumanDuration::from_secs(1)));
+        assert_diag(
+            &every("500ms"),
+            "groups[0].drill_every",
+            "drill_every = ",
+            "at least 1s",
+        );
+        assert_diag(
+            &every("monthly"),
+            "groups[0].drill_every",
+            "drill_every = ",
+            "monthly",
+        );
     }
 
     #[test]

@@ -263,6 +263,12 @@ pub struct Group {
     /// When not empty, the only jurisdictions where this group's data may live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_jurisdictions: Vec<String>,
+    /// Drills on a schedule: the coordinator leader starts the group's drill runbook when the
+    /// last drill (any, by its start) is this old, or this long after the group was created
+    /// when it never drilled (`"30d"`; at least 1s, see docs/config.md). No schedule when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_every: Option<HumanDuration>,
     /// Runbooks for this group; stock runbooks where not given.
     #[serde(default, skip_serializing_if = "Runbooks::is_default")]
     pub runbooks: Runbooks,

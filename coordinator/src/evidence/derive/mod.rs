@@ -8,8 +8,10 @@
 //! - [`runs`]: runs, approvals, verify results and refusals ([`assemble`]).
 //! - [`rpo`]: RPO samples and `rpo.csv`.
 //! - [`residency`]: where data stood and was held.
+//! - [`cadence`]: scheduled drills, and whether their cadence held.
 //! - [`fields`]: reading record details.
 
+pub mod cadence;
 pub mod fields;
 pub mod model;
 pub mod residency;
@@ -18,6 +20,7 @@ pub mod runs;
 #[cfg(test)]
 mod tests;
 
+pub use self::cadence::{drill_cadence, CadenceDrill, GroupCadence};
 pub use self::fields::{groups, iso_ms};
 pub use self::model::{
     Approval, Refusal, RpoRow, Run, RunKind, RunsDoc, Step, VerifyResult, RUNS_FORMAT, RUNS_VERSION,

@@ -188,6 +188,10 @@ pub struct RunsDoc {
     /// Per group, every site (and jurisdiction) that held its data during the window.
     #[serde(default)]
     pub residency: Vec<GroupResidency>,
+    /// Per group with a `drill_every`: the drills of the window and whether the cadence held
+    /// (absent when the export was given no schedule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drill_cadence: Vec<super::cadence::GroupCadence>,
     /// Records in the window whose actor is `unauthenticated`: made while the cluster ran
     /// without TLS (`[tls] insecure = true`), so nobody vouches for who acted.
     #[serde(default, skip_serializing_if = "Unauthenticated::is_none")]

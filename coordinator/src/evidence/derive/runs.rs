@@ -250,6 +250,7 @@ pub fn assemble(records: &[AuditRecord], rto_targets_ms: &BTreeMap<String, i64>)
         verify_results,
         refused,
         residency: Vec::new(),
+        drill_cadence: Vec::new(),
         unauthenticated: super::model::Unauthenticated::of(records),
     }
 }

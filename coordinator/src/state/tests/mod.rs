@@ -19,6 +19,7 @@ mod records;
 mod residency;
 mod role;
 mod run;
+mod schedule;
 mod sim;
 mod site;
 mod sync;
@@ -193,6 +194,7 @@ fn start_run_cmd(s: &State, at_ms: i64, run_id: &str, group: &str) -> Command {
         plan: drill_plan(s, group),
         started_by: "alice".into(),
         rto_from_ms: None,
+        schedule: None,
     }
 }
 

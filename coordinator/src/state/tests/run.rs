@@ -121,6 +121,7 @@ fn approvals_are_audited_with_the_approver() {
         plan,
         started_by: "alice".into(),
         rto_from_ms: Some(500),
+        schedule: None,
     };
     apply(&mut s, &cmd).unwrap();
     assert_eq!(s.run("r1").unwrap().rto_from_ms, 500);
@@ -160,6 +161,7 @@ fn evidence_shows_a_drill_run_with_its_steps_approval_and_rto() {
         plan,
         started_by: "alice".into(),
         rto_from_ms: None,
+        schedule: None,
     };
     apply(&mut s, &cmd).unwrap();
     let mut at = 1_000;

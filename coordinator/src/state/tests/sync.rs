@@ -28,6 +28,7 @@ fn failover_run_cmd(s: &State, at_ms: i64, run_id: &str, by: &str) -> Command {
         plan,
         started_by: by.into(),
         rto_from_ms: None,
+        schedule: None,
     }
 }
 

@@ -85,6 +85,10 @@ fn check_group_sites(t: &Topology, f: &Found, d: &mut Diags<'_>, g: &Group, i: u
     }
 }
 
+/// The shortest `drill_every` accepted: seconds are allowed so that tests can watch a
+/// scheduled drill start; production schedules are days.
+const MIN_DRILL_EVERY: Duration = Duration::from_secs(1);
+
 /// RTO and RPO targets, the approval threshold, and the journal/history/checkpoint limits.
 fn check_group_targets(c: &Cluster, d: &mut Diags<'_>, g: &Group, i: usize) {
     let p = |field: &str| format!("groups[{i}].{field}");
@@ -123,6 +127,19 @@ fn check_group_targets(c: &Cluster, d: &mut Diags<'_>, g: &Group, i: usize) {
         d.push(
             &p("history_max"),
             "history_max must be at least 1MiB".to_string(),
+        );
+    }
+    if g.drill_every
+        .is_some_and(|e| Duration::from(e) < MIN_DRILL_EVERY)
+        && !bad(d, "drill_every")
+    {
+        d.push(
+            &p("drill_every"),
+            format!(
+                "drill_every ({}) must be at least 1s (a drill every few seconds is for tests; \
+                 production schedules are days or weeks, e.g. \"30d\")",
+                g.drill_every.unwrap_or_default()
+            ),
         );
     }
     if g.history.is_some() && Duration::from(g.checkpoint_interval) < Duration::from_millis(100) {
