@@ -293,6 +293,9 @@ pub struct StreamStatus {
     pub timeline: u32,
 }
 
+/// A stream's status shared between its task and the heartbeat.
+pub type SharedStatus = std::sync::Arc<std::sync::Mutex<StreamStatus>>;
+
 fn lsn(v: u64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
 }

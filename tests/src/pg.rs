@@ -217,6 +217,8 @@ pub struct Setup<'a> {
     /// `stream = true` on the resource; with `mode = "sync"` the primary also names
     /// Tandem's slot in `synchronous_standby_names`.
     pub stream: bool,
+    /// `auto_failover = true`: the coordinators fail over on their own when hanoi is down.
+    pub auto_failover: bool,
 }
 
 /// An async group archiving only, with `archive_timeout`.
@@ -225,6 +227,7 @@ pub fn up(archive_timeout: &str) -> Env {
         archive_timeout,
         mode: "async",
         stream: false,
+        auto_failover: false,
     })
 }
 
@@ -240,8 +243,9 @@ pub fn up_with(s: &Setup<'_>) -> Env {
     let hcm_rep = topo.addr("hcm-rep").to_owned();
     let mut cfg = std::fs::read_to_string(&topo.config).unwrap();
     cfg.push_str(&format!(
-        "\n[[groups]]\nname = \"pg\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"{}\"\nrpo_target = \"10s\"\nrto_target = \"1m\"\n\n[[groups.resources]]\nname = \"db\"\nkind = \"postgres\"\ndata_dir = \"pg/hanoi\"\nreplica_data_dir = \"pg/hcm\"\nport = {p1}\nreplica_port = {p2}\nbin_dir = \"{BIN}\"\n{}",
+        "\n[[groups]]\nname = \"pg\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"{}\"\nrpo_target = \"10s\"\nrto_target = \"1m\"\nauto_failover = {}\n\n[[groups.resources]]\nname = \"db\"\nkind = \"postgres\"\ndata_dir = \"pg/hanoi\"\nreplica_data_dir = \"pg/hcm\"\nport = {p1}\nreplica_port = {p2}\nbin_dir = \"{BIN}\"\n{}",
         s.mode,
+        s.auto_failover,
         if s.stream { "stream = true\n" } else { "" }
     ));
     std::fs::write(&topo.config, cfg).unwrap();

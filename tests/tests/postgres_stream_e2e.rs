@@ -99,8 +99,10 @@ fn wait_exit(child: &mut Child, within: Duration) {
 }
 
 /// The primary site is lost (kill -9 of PostgreSQL and of hanoi's replicator) under pgbench;
-/// after the failover the promoted standby holds every transaction pgbench saw committed,
-/// read from the WAL streamed into hcm's archive folder (the current segment too).
+/// after the automatic failover the promoted standby holds every transaction pgbench saw
+/// committed, read from the WAL streamed into hcm's archive folder (the current segment too).
+/// Then hanoi's replicator comes back, its crashed server rejoins as hcm's standby with
+/// `tandem wal rejoin` (pg_rewind after crash recovery) and replays hcm's new writes.
 #[test]
 fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed() {
     if pg_missing() {
@@ -111,6 +113,7 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
         archive_timeout: "3600s",
         mode: "sync",
         stream: true,
+        auto_failover: true,
     });
     env.start_standby();
     let p1 = env.p1;
@@ -158,15 +161,35 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
         committed > 200,
         "pgbench committed only {committed} transactions"
     );
-    let (code, out, err) = failover_pg(&env.topo);
-    if code != 0 {
-        dump_logs(&env.topo);
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(env.standby.with_extension("log")).unwrap_or_default()
-        );
+    // The coordinators declare hanoi down and fail over on their own.
+    let t_loss = Instant::now();
+    let topo = &env.topo;
+    let t0 = Instant::now();
+    loop {
+        let st = topo.status(&[]).ok();
+        let g = st.as_ref().and_then(pg_group);
+        if g.as_ref()
+            .is_some_and(|g| g["primary"] == "hcm" && g["state"] != "failing-over")
+        {
+            let ready = ok("ready", psql(env.p2, "SELECT pg_is_in_recovery()"));
+            if ready.trim() == "f" {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            dump_logs(topo);
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(env.standby.with_extension("log")).unwrap_or_default()
+            );
+            panic!("no automatic failover within 90 s: {g:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(code, 0, "failover failed:\n{out}\n{err}");
+    eprintln!(
+        "automatic failover: hcm in production {} ms after the loss",
+        t_loss.elapsed().as_millis()
+    );
     let have = count(env.p2, "SELECT count(*) FROM pgbench_history");
     eprintln!("pgbench saw {committed} commits; the promoted standby holds {have}");
     assert!(
@@ -176,6 +199,38 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
     );
     // At most one transaction per client committed at hcm without pgbench hearing of it.
     assert!(have <= committed + 4, "{have} rows for {committed} commits");
+    // hanoi comes back: its replicator becomes hcm's replica, its server rejoins.
+    env.procs[hanoi] = tandem_tests::NodeProc::start(&env.topo, "hanoi-rep");
+    let (code, out, err) = env.topo.tandem(&[
+        "wal",
+        "rejoin",
+        "pg",
+        "--config",
+        env.topo.config.to_str().unwrap(),
+        "--site",
+        "hanoi",
+        "--tandem-bin",
+        env.tandem.to_str().unwrap(),
+    ]);
+    if code != 0 {
+        dump_logs(&env.topo);
+    }
+    assert_eq!(code, 0, "rejoin after the crash failed:\n{out}\n{err}");
+    eprintln!("{err}{out}");
+    ok(
+        "a write at hcm",
+        psql(env.p2, "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) SELECT 1, 1, 1, 9, now() FROM generate_series(1, 100)"),
+    );
+    let want = count(env.p2, "SELECT count(*) FROM pgbench_history");
+    wait_until(
+        "hanoi's standby to replay hcm's writes",
+        Duration::from_secs(60),
+        || {
+            let o = psql(env.p1, "SELECT count(*) FROM pgbench_history");
+            (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == want.to_string())
+                .then(String::new)
+        },
+    );
 }
 
 /// A switchover under pgbench loses nothing; the old primary rejoins as a standby of the new
@@ -190,6 +245,7 @@ fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
         archive_timeout: "3600s",
         mode: "sync",
         stream: true,
+        auto_failover: false,
     });
     env.start_standby();
     let (p1, p2) = (env.p1, env.p2);
@@ -359,6 +415,7 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
         archive_timeout: "60s",
         mode: "async",
         stream: true,
+        auto_failover: false,
     });
     env.start_standby();
     let p1 = env.p1;
@@ -453,7 +510,9 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
     rows.push(("no replication", r, None));
     let native_tps = rows[2].1 .0;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("pgbench -c 4 -j 2 -T {secs}, scale 1, one machine; load average after the runs: {load}");
+    println!(
+        "pgbench -c 4 -j 2 -T {secs}, scale 1, one machine; load average after the runs: {load}"
+    );
     println!("| setup | TPS | mean latency ms | TPS / PostgreSQL sync standby | status RPO p50 / p99 / max ms |");
     println!("| --- | --- | --- | --- | --- |");
     for (name, (tps, lat), rpo) in &rows {
@@ -505,6 +564,7 @@ fn an_async_streaming_group_loses_only_what_its_recorded_window_allows() {
         archive_timeout: "3600s",
         mode: "async",
         stream: true,
+        auto_failover: false,
     });
     env.start_standby();
     let p1 = env.p1;
@@ -529,13 +589,16 @@ fn an_async_streaming_group_loses_only_what_its_recorded_window_allows() {
     let logs = env.root.join("pg/bench-logs");
     let mut bench = pgbench_in_background(p1, &logs, 60);
     let mut shown = Vec::new();
+    let mut last_shown = (0i64, 0i64);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20)
         && (shown.len() < 20 || logged_commits(&logs) < 300)
     {
         if let Some(g) = env.topo.status(&[]).ok().and_then(|st| pg_group(&st)) {
             if g["resources"][0]["health"]["state"] == "streaming" {
-                shown.push(g["rpo_ms"].as_i64().unwrap_or(-1));
+                let r = g["rpo_ms"].as_i64().unwrap_or(-1);
+                shown.push(r);
+                last_shown = (r, chrono::Utc::now().timestamp_millis());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -590,6 +653,19 @@ fn an_async_streaming_group_loses_only_what_its_recorded_window_allows() {
     assert!(
         lost_span <= allowed,
         "lost {lost} transactions spanning {lost_span} ms; the recorded window allows {allowed} ms"
+    );
+    // Nor more than status last showed, carried forward to the loss, plus one heartbeat
+    // (500 ms: status reads the primary's last report).
+    let (rpo_shown, shown_at) = last_shown;
+    let by_status = rpo_shown + (killed_ms - shown_at) + 500;
+    eprintln!(
+        "status last showed RPO {rpo_shown} ms, {} ms before the kill",
+        killed_ms - shown_at
+    );
+    assert!(
+        lost_span <= by_status,
+        "lost {lost_span} ms of commits; status last showed {rpo_shown} ms, {} ms before the loss",
+        killed_ms - shown_at
     );
     assert!(
         shown[shown.len() / 2] < 1000,

@@ -23,8 +23,7 @@ use tandem_core::frame::Change;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
-/// The status of one resource's stream, shared with the heartbeat.
-pub(super) type Shared = Arc<Mutex<StreamStatus>>;
+use crate::pg_stream::SharedStatus as Shared;
 
 /// Most WAL (bytes) one submission to the pipeline carries.
 const MAX_SUBMIT: usize = 8 << 20;

@@ -81,7 +81,7 @@ pub(super) struct GroupRt {
     /// Each postgres resource's WAL feed as the primary's polls saw it (RPO and health).
     pub(super) pg_feeds: BTreeMap<String, crate::pg_feed::Tracker>,
     /// Each streaming postgres resource's stream (primary only; replaced at each promotion).
-    pub(super) pg_streams: BTreeMap<String, super::pg_stream::Shared>,
+    pub(super) pg_streams: BTreeMap<String, crate::pg_stream::SharedStatus>,
 }
 
 /// The running node: its config, data folder, Replication service, groups and coordinators.

@@ -93,7 +93,8 @@ impl WalEvent {
 }
 
 /// Where and how to connect.
-#[derive(Debug, Clone)]
+/// Its `Debug` never shows the password.
+#[derive(Clone)]
 pub struct ConnConfig {
     /// An absolute path: the directory of the server's unix socket (`{host}/.s.PGSQL.{port}`);
     /// otherwise a TCP host name or address.
@@ -108,6 +109,19 @@ pub struct ConnConfig {
     pub application_name: String,
     /// Bound on connecting and authenticating together.
     pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for ConnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// What `IDENTIFY_SYSTEM` returns.

@@ -44,14 +44,26 @@ pub enum ScramError {
     OutOfOrder(&'static str),
 }
 
-/// State of one SCRAM-SHA-256 exchange.
-#[derive(Debug)]
+/// State of one SCRAM-SHA-256 exchange. Its `Debug` never shows the password.
 pub struct ScramClient {
     password: String,
     nonce: String,
     client_first_bare: String,
     /// The server signature expected in server-final, once client-final is built.
     expected_server_signature: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("password", &"<redacted>")
+            .field("nonce", &self.nonce)
+            .field(
+                "expected_server_signature",
+                &self.expected_server_signature.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScramClient {

@@ -595,3 +595,23 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn debug_never_shows_the_password() {
+    let secret = "pw-7c1e5a93-never-printed";
+    let cfg = ConnConfig {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "tandem".into(),
+        password: Some(secret.into()),
+        application_name: "tandem_pg_db".into(),
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    let shown = format!("{cfg:?}");
+    assert!(
+        !shown.contains(secret) && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    let scram = super::scram::ScramClient::new("", secret, "nonce");
+    assert!(!format!("{scram:?}").contains(secret));
+}

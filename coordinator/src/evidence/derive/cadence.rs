@@ -4,55 +4,11 @@
 //! which gap missed it ([`crate::cadence::cadence`]). Pure: records and options in.
 
 use super::fields::s;
-use super::model::{Run, RunKind};
+use super::model::{CadenceDrill, GroupCadence, Run, RunKind};
 use crate::audit::{AuditKind, AuditRecord};
-use crate::cadence::{self, Gap};
-use serde::{Deserialize, Serialize};
+use crate::cadence;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// One drill of a group in the window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CadenceDrill {
-    /// The run id (or the evidence's id of the run).
-    pub run_id: String,
-    /// Its start record.
-    pub record_index: u64,
-    /// Its start (unix ms).
-    pub start_ms: i64,
-    /// Its start, RFC 3339 UTC.
-    pub start: String,
-    /// Who started it (`coordinator` for a scheduled drill).
-    pub actor: String,
-    /// Started by the coordinators on the group's schedule: actor `coordinator` and a `reason`
-    /// that begins `scheduled:` (anyone else's record saying so is not believed).
-    pub scheduled: bool,
-    /// How it ended, when the window holds its end (`ok`, `failed`, ...).
-    pub outcome: Option<String>,
-}
-
-/// Whether a group's drills held its schedule over the window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupCadence {
-    /// Group.
-    pub group: String,
-    /// `drill_every`, ms.
-    pub every_ms: u64,
-    /// Grace, ms: a gap held when it is at most `every_ms + grace_ms`.
-    pub grace_ms: i64,
-    /// Start of the stretch checked (unix ms): the window's start, or the group's creation
-    /// when the window holds it.
-    pub from_ms: i64,
-    /// End of the stretch checked (unix ms): the window's end, at most the export's time.
-    pub to_ms: i64,
-    /// The drills, in time order.
-    pub drills: Vec<CadenceDrill>,
-    /// Every gap checked (a stretch from the start to the first drill is listed only when it
-    /// is a miss).
-    pub gaps: Vec<Gap>,
-    /// True when every gap held.
-    pub held: bool,
-}
 
 /// The cadence of every group of `drill_every_ms` over the window `[from_ms, to_ms]` of
 /// `records` (`runs` assembled from the same records give the outcomes). A group created by a

@@ -20,10 +20,11 @@ pub mod runs;
 #[cfg(test)]
 mod tests;
 
-pub use self::cadence::{drill_cadence, CadenceDrill, GroupCadence};
+pub use self::cadence::drill_cadence;
 pub use self::fields::{groups, iso_ms};
 pub use self::model::{
-    Approval, Refusal, RpoRow, Run, RunKind, RunsDoc, Step, VerifyResult, RUNS_FORMAT, RUNS_VERSION,
+    Approval, CadenceDrill, GroupCadence, Refusal, RpoRow, Run, RunKind, RunsDoc, Step,
+    VerifyResult, RUNS_FORMAT, RUNS_VERSION,
 };
 pub use self::residency::{
     residency, residency_start, GroupPlacement, GroupResidency, HeldSite, ResidencyStart,

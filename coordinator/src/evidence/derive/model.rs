@@ -191,7 +191,7 @@ pub struct RunsDoc {
     /// Per group with a `drill_every`: the drills of the window and whether the cadence held
     /// (absent when the export was given no schedule).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drill_cadence: Vec<super::cadence::GroupCadence>,
+    pub drill_cadence: Vec<GroupCadence>,
     /// Records in the window whose actor is `unauthenticated`: made while the cluster ran
     /// without TLS (`[tls] insecure = true`), so nobody vouches for who acted.
     #[serde(default, skip_serializing_if = "Unauthenticated::is_none")]
@@ -252,4 +252,47 @@ impl RpoRow {
     pub fn over_target(&self) -> bool {
         self.target_ms.is_some_and(|t| self.rpo_ms > t)
     }
+}
+
+/// One drill of a group in the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CadenceDrill {
+    /// The run id (or the evidence's id of the run).
+    pub run_id: String,
+    /// Its start record.
+    pub record_index: u64,
+    /// Its start (unix ms).
+    pub start_ms: i64,
+    /// Its start, RFC 3339 UTC.
+    pub start: String,
+    /// Who started it (`coordinator` for a scheduled drill).
+    pub actor: String,
+    /// Started by the coordinators on the group's schedule: actor `coordinator` and a `reason`
+    /// that begins `scheduled:` (anyone else's record saying so is not believed).
+    pub scheduled: bool,
+    /// How it ended, when the window holds its end (`ok`, `failed`, ...).
+    pub outcome: Option<String>,
+}
+
+/// Whether a group's drills held its schedule over the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCadence {
+    /// Group.
+    pub group: String,
+    /// `drill_every`, ms.
+    pub every_ms: u64,
+    /// Grace, ms: a gap held when it is at most `every_ms + grace_ms`.
+    pub grace_ms: i64,
+    /// Start of the stretch checked (unix ms): the window's start, or the group's creation
+    /// when the window holds it.
+    pub from_ms: i64,
+    /// End of the stretch checked (unix ms): the window's end, at most the export's time.
+    pub to_ms: i64,
+    /// The drills, in time order.
+    pub drills: Vec<CadenceDrill>,
+    /// Every gap checked (a stretch from the start to the first drill is listed only when it
+    /// is a miss).
+    pub gaps: Vec<crate::cadence::Gap>,
+    /// True when every gap held.
+    pub held: bool,
 }
