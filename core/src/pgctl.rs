@@ -221,12 +221,21 @@ pub fn start(bin_dir: &Path, data_dir: &Path, log: &Path) -> Result<String, PgEr
     })
 }
 
-/// `pg_ctl stop -m fast -w` of the cluster at `data_dir`, when it runs (`postmaster.pid`).
+/// `pg_ctl stop -m fast -w` of the cluster at `data_dir` when a server runs there
+/// (`pg_ctl status`: a `postmaster.pid` left by a crash is not a running server). Returns
+/// whether one was stopped.
 ///
 /// # Errors
 /// pg_ctl failed.
 pub fn stop_fast(bin_dir: &Path, data_dir: &Path) -> Result<bool, PgError> {
-    if !data_dir.join("postmaster.pid").exists() {
+    let mut status = command(bin_dir, "pg_ctl", data_dir)?;
+    status.arg("status").arg("-D").arg(data_dir);
+    let out = status.output().map_err(|source| PgError::Spawn {
+        program: bin_dir.join("pg_ctl"),
+        source,
+    })?;
+    // 3: no server running (pg_ctl's documented exit code).
+    if out.status.code() == Some(3) {
         return Ok(false);
     }
     let mut cmd = command(bin_dir, "pg_ctl", data_dir)?;

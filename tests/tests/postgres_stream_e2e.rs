@@ -153,6 +153,7 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
         .iter()
         .position(|p| p.name == "hanoi-rep")
         .unwrap();
+    let t_loss = Instant::now();
     env.procs[hanoi].kill9();
     kill9_server(&env.primary);
     wait_exit(&mut bench, Duration::from_secs(60));
@@ -162,7 +163,6 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
         "pgbench committed only {committed} transactions"
     );
     // The coordinators declare hanoi down and fail over on their own.
-    let t_loss = Instant::now();
     let topo = &env.topo;
     let t0 = Instant::now();
     loop {

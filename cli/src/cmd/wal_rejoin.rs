@@ -137,7 +137,11 @@ pub fn run(a: RejoinArgs) -> Result<()> {
     ])
     .env("PGCONNECT_TIMEOUT", "5");
     tandem_core::pgctl::run(cp).context("CHECKPOINT on the primary before pg_rewind")?;
+    // pg_rewind copies the source's configuration files too (its port, its settings): keep
+    // this server's own, as Patroni does.
+    let kept = keep_config(&data_dir)?;
     let report = tandem_core::pgctl::rewind(bin_dir, &data_dir, &source)?;
+    restore_config(&data_dir, &kept)?;
     eprintln!("pg_rewind from {primary} ({source}):\n{report}");
     make_standby(&data_dir, &tandem, &archive)?;
     let log = data_dir.join("tandem-rejoin.log");
@@ -152,6 +156,40 @@ pub fn run(a: RejoinArgs) -> Result<()> {
         archive.display(),
         t0.elapsed().as_millis()
     );
+    Ok(())
+}
+
+/// The configuration files pg_rewind would overwrite with the source's.
+const CONFIG_FILES: [&str; 4] = [
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+];
+
+/// The bytes of each configuration file present in `data_dir`.
+fn keep_config(data_dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut kept = Vec::new();
+    for name in CONFIG_FILES {
+        let p = data_dir.join(name);
+        match std::fs::read(&p) {
+            Ok(bytes) => kept.push((p, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+    Ok(kept)
+}
+
+/// Puts back the files [`keep_config`] read (the directory's owner keeps owning them).
+fn restore_config(data_dir: &Path, kept: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let meta = std::fs::metadata(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    for (p, bytes) in kept {
+        std::fs::write(p, bytes).with_context(|| format!("restoring {}", p.display()))?;
+        std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("chown {}", p.display()))?;
+    }
     Ok(())
 }
 
