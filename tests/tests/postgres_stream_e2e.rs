@@ -298,6 +298,10 @@ fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
     assert_eq!(code, 0, "rejoin failed:\n{out}\n{err}");
     eprintln!("{out}{err}");
     assert!(err.contains("pg_rewind"), "{err}");
+    assert!(
+        err.contains("dropped the stale replication slot tandem_pg_db"),
+        "the old primary's slot was kept on the standby: {err}"
+    );
     // 3. More writes at hcm, then the switch back while pgbench writes there.
     let logs2 = env.root.join("pg/logs-2");
     let mut bench = pgbench_in_background(p2, &logs2, 60);

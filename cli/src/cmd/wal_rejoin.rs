@@ -147,6 +147,22 @@ pub fn run(a: RejoinArgs) -> Result<()> {
     let log = data_dir.join("tandem-rejoin.log");
     tandem_core::pgctl::start(bin_dir, &data_dir, &log)?;
     wait_in_recovery(bin_dir, &data_dir, port_at(&a.site))?;
+    // The slot this server had as primary survives pg_rewind and would keep its WAL forever
+    // on the standby; a new one is made when it is primary again.
+    let slot = tandem_core::config::PgStream::slot_name(&g.name, &r.name);
+    let dropped = tandem_core::pgctl::query(
+        bin_dir,
+        &data_dir,
+        port_at(&a.site),
+        &format!(
+            "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
+             WHERE slot_name = '{slot}' AND NOT active"
+        ),
+    )
+    .context("dropping the old primary's replication slot")?;
+    if dropped.trim() != "0" {
+        eprintln!("dropped the stale replication slot {slot}");
+    }
     println!(
         "{}/{}: the server at {} ({}) is a standby of {primary}, restoring from {}, in {} ms",
         g.name,
