@@ -352,22 +352,7 @@ impl Env {
             ref client,
             ..
         } = *self;
-        ok(
-            "pg_basebackup",
-            as_pg(
-                "pg_basebackup",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &p1.to_string(),
-                    "-D",
-                    standby.to_str().unwrap(),
-                    "-c",
-                    "fast",
-                ],
-            ),
-        );
+        base_backup(p1, standby);
         let archive = root.join("data/hcm-rep/archive/pg/db");
         let conf = standby.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
@@ -521,4 +506,46 @@ impl Env {
             || back.exists().then(String::new),
         );
     }
+}
+
+/// `pg_basebackup` of the server on `port` into `dest` (as the `postgres` user).
+pub fn base_backup(port: u16, dest: &Path) {
+    ok(
+        "pg_basebackup",
+        as_pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-D",
+                dest.to_str().unwrap(),
+                "-c",
+                "fast",
+            ],
+        ),
+    );
+}
+
+/// `pgbench -i -s 1` against the server on `port`.
+pub fn pgbench_init(port: u16) {
+    let out = Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(Path::new(BIN).join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            "-s",
+            "1",
+            "-q",
+        ])
+        .arg("postgres")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    ok("pgbench -i", out);
 }

@@ -117,24 +117,7 @@ fn a_sync_group_loses_no_committed_transaction_when_the_primary_site_is_killed()
     });
     env.start_standby();
     let p1 = env.p1;
-    let init = Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p1.to_string(),
-            "-i",
-            "-s",
-            "1",
-            "-q",
-        ])
-        .arg("postgres")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok("pgbench -i (each COMMIT waits for hcm)", init);
+    pgbench_init(p1);
     let logs: PathBuf = env.root.join("pg/bench-logs");
     let mut bench = pgbench_in_background(p1, &logs, 30);
     // Streaming, and the RPO status shows is small while pgbench commits.
@@ -249,24 +232,7 @@ fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
     });
     env.start_standby();
     let (p1, p2) = (env.p1, env.p2);
-    let init = Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p1.to_string(),
-            "-i",
-            "-s",
-            "1",
-            "-q",
-        ])
-        .arg("postgres")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok("pgbench -i", init);
+    pgbench_init(p1);
     // 1. Switchover while pgbench writes: the drain stops hanoi's server mid-run.
     let logs = env.root.join("pg/logs-1");
     let mut bench = pgbench_in_background(p1, &logs, 60);
@@ -423,24 +389,7 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
     });
     env.start_standby();
     let p1 = env.p1;
-    let init = Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p1.to_string(),
-            "-i",
-            "-s",
-            "1",
-            "-q",
-        ])
-        .arg("postgres")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok("pgbench -i", init);
+    pgbench_init(p1);
     let sync_names = |names: &str| {
         ok(
             "set",
@@ -466,22 +415,7 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
     // PostgreSQL's own synchronous standby on this machine.
     let native = env.root.join("pg/native");
     let p3 = tandem_tests::free_port();
-    ok(
-        "pg_basebackup",
-        as_pg(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p1.to_string(),
-                "-D",
-                native.to_str().unwrap(),
-                "-c",
-                "fast",
-            ],
-        ),
-    );
+    base_backup(p1, &native);
     let conf = native.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
@@ -572,24 +506,7 @@ fn an_async_streaming_group_loses_only_what_its_recorded_window_allows() {
     });
     env.start_standby();
     let p1 = env.p1;
-    let init = Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p1.to_string(),
-            "-i",
-            "-s",
-            "1",
-            "-q",
-        ])
-        .arg("postgres")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok("pgbench -i", init);
+    pgbench_init(p1);
     let logs = env.root.join("pg/bench-logs");
     let mut bench = pgbench_in_background(p1, &logs, 60);
     let mut shown = Vec::new();
