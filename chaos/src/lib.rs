@@ -20,6 +20,8 @@
 //! - [`workload`]: a seeded block-writer workload over any async write function.
 //! - [`nbd_client`]: a minimal NBD client (fixed newstyle, `NBD_OPT_GO`, read, write, flush,
 //!   disconnect) so workloads can write through NBD without qemu.
+//! - [`pg`]: throwaway PostgreSQL 15 servers run as the `postgres` user, pgbench's logs,
+//!   and the pure judgement of what a PostgreSQL failover may lose.
 //! - [`sim`]: a deterministic simulation of the coordinators (raft-rs + the state machine)
 //!   over an in-memory network, swept over seeds with invariants checked after every step.
 //! - [`scenario`]: chaos scenarios as TOML (fault timeline + checks).
@@ -36,6 +38,7 @@ pub mod dbcheck;
 pub mod history;
 pub mod mesh;
 pub mod nbd_client;
+pub mod pg;
 pub mod powerfs;
 pub mod proxy;
 pub mod rng;

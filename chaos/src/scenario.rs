@@ -290,6 +290,16 @@ pub enum Check {
     /// changes) on at least one of the folders it cut: a cut that found everything synced
     /// proves nothing.
     PowerCutsDroppedWrites,
+    /// PostgreSQL workload (`postgres = true`): every transaction pgbench saw committed at the
+    /// old primary is in the promoted server (sync); async: the lost ones (the newest) span no
+    /// more than the RPO status last showed before the loss, carried forward to it, plus the
+    /// status's delay (500 ms).
+    PgNoLostCommits,
+    /// PostgreSQL workload with the old primary back: `tandem wal rejoin` turns its crashed
+    /// server into a standby of the new primary with pg_rewind (no full copy), the group is
+    /// protected again, and the standby replays the new primary's writes until both servers
+    /// hold the same rows and balances.
+    PgRejoined,
 }
 
 impl Check {
@@ -302,6 +312,11 @@ impl Check {
                 | Check::DbIdenticalAfterRecovery
                 | Check::DbTailQuarantined
         )
+    }
+
+    /// True for the checks of the PostgreSQL workload (they need `postgres = true`).
+    pub fn is_postgres(self) -> bool {
+        matches!(self, Check::PgNoLostCommits | Check::PgRejoined)
     }
 }
 
@@ -354,6 +369,13 @@ pub struct Scenario {
     /// `sync_timeout` as `vol`) under a transaction writer that follows its primary.
     #[serde(default)]
     pub database: bool,
+    /// Also protect a PostgreSQL 15 cluster: a group `pg` (same mode and automatic failover as
+    /// `vol`) whose resource `db` streams WAL through Tandem (`stream = true`; sync: the
+    /// server names Tandem's slot in `synchronous_standby_names`), a standby at the replica
+    /// site, and pgbench with per-transaction logs at the primary. Killing the primary site's
+    /// replicator kills its server too (kill -9).
+    #[serde(default)]
+    pub postgres: bool,
     /// Record point-in-time history at the replica (`history = "1h"`, `checkpoint_interval =
     /// "1s"` on the volume group); needed by `checkpoint` faults.
     #[serde(default)]
@@ -553,7 +575,23 @@ impl Scenario {
                 ));
             }
         }
+        if !s.postgres {
+            if let Some(c) = s.checks.iter().find(|c| c.is_postgres()) {
+                return Err(bad(
+                    "checks".into(),
+                    format!("{c:?} needs `postgres = true`"),
+                ));
+            }
+        }
         let has = |a: FaultAction| s.faults.iter().any(|f| f.action == a);
+        if s.postgres && s.faults.iter().any(|f| f.action != FaultAction::Kill) {
+            // The workload follows one loss of the primary site; other faults would need
+            // their own PostgreSQL judgement.
+            return Err(bad(
+                "postgres".into(),
+                "the PostgreSQL workload supports only `kill` faults".into(),
+            ));
+        }
         if s.checks.contains(&Check::RecoversToCheckpoint) && !has(FaultAction::Checkpoint) {
             return Err(bad(
                 "checks".into(),
@@ -681,6 +719,22 @@ target = "site:primary"
         let t = t.replace("duration = ", "database = true\nduration = ");
         let s = Scenario::parse(&t, "x.toml").unwrap();
         assert!(s.database && s.checks == vec![Check::DbConsistent]);
+    }
+
+    #[test]
+    fn postgres_checks_need_the_postgres_workload_and_only_kills() {
+        let t = OK.replace(
+            "[\"no_lost_acknowledged_writes\"]",
+            "[\"pg_no_lost_commits\"]",
+        );
+        let e = Scenario::parse(&t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("checks") && e.contains("postgres = true"), "{e}");
+        let t = t.replace("duration = ", "postgres = true\nduration = ");
+        let s = Scenario::parse(&t, "x.toml").unwrap();
+        assert!(s.postgres && s.checks == vec![Check::PgNoLostCommits]);
+        let t = t.replace("action = \"kill\"", "action = \"pause\"");
+        let e = Scenario::parse(&t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("postgres") && e.contains("only `kill`"), "{e}");
     }
 
     #[test]

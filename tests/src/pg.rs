@@ -6,22 +6,15 @@
 use crate::{dump_logs, free_port, tandem_bin, NodeProc, Topo, TopoOpts};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The uid PostgreSQL's servers and tools run as (they refuse root).
-pub const PG_USER: &str = "postgres";
+use tandem_chaos::pg as cpg;
+pub use tandem_chaos::pg::{common_settings, PgClient, BIN, PG_USER};
 
 /// Runs a PostgreSQL binary as the `postgres` user.
 pub fn as_pg(prog: &str, args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join(prog))
-        .args(args)
-        .current_dir("/")
-        .output()
-        .unwrap()
+    cpg::as_pg(prog, args).unwrap()
 }
 
 pub fn ok(what: &str, o: Output) -> String {
@@ -55,25 +48,7 @@ pub fn failover_pg(topo: &Topo) -> (i32, String, String) {
 }
 
 pub fn psql(port: u16, sql: &str) -> Output {
-    as_pg(
-        "psql",
-        &[
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ],
-    )
+    cpg::psql(port, sql).unwrap()
 }
 
 /// Stops both servers when the test ends, however it ends.
@@ -82,23 +57,13 @@ pub struct Servers(pub Vec<PathBuf>);
 impl Drop for Servers {
     fn drop(&mut self) {
         for d in &self.0 {
-            if d.join("postmaster.pid").exists() {
-                let _ = as_pg(
-                    "pg_ctl",
-                    &["-D", d.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
-                );
-            }
+            cpg::stop_immediate(d);
         }
     }
 }
 
 pub fn chown_pg(path: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", &format!("{PG_USER}:{PG_USER}")])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chown {}", path.display());
+    cpg::chown_pg(path).unwrap();
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
@@ -150,62 +115,20 @@ pub fn pg_missing() -> bool {
 }
 
 pub fn start_server(dir: &Path) {
-    ok(
-        "pg_ctl start",
-        as_pg(
-            "pg_ctl",
-            &[
-                "-D",
-                dir.to_str().unwrap(),
-                "-l",
-                dir.with_extension("log").to_str().unwrap(),
-                "-w",
-                "-t",
-                "20",
-                "start",
-            ],
-        ),
-    );
+    cpg::start_server(dir).unwrap();
 }
 
 /// `archive_command`: `tandem wal push` as the `postgres` user, with the topology (for the
 /// replicators' TLS names and roots) and an operator certificate that user can read.
 pub fn archive_command(tandem: &Path, rep: &str, client: &PgClient) -> String {
-    format!(
-        "archive_command = 'TANDEM_LOG=warn TANDEM_CONFIG={} TANDEM_CERT={} TANDEM_KEY={} {} wal push %p --addr {rep} --group pg --resource db'\n",
-        client.config.display(),
-        client.cert.display(),
-        client.key.display(),
-        tandem.display()
-    )
-}
-
-/// What `tandem wal push` needs to dial a TLS replicator as the `postgres` user.
-pub struct PgClient {
-    pub config: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    cpg::archive_command(tandem, rep, "pg", "db", client)
 }
 
 /// Copies the operator certificate and key (0600, owned by root) into `dir`, owned by the
 /// `postgres` user, and makes the roots readable: an archive_command runs as that user.
 pub fn pg_client(config: &Path, dir: &Path) -> PgClient {
     let topo = tandem_core::config::Topology::load(config).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("operator.pem"), dir.join("operator.key"));
-    std::fs::copy(topo.tls.dir.join("operator.pem"), &cert).unwrap();
-    std::fs::copy(topo.tls.dir.join("operator.key"), &key).unwrap();
-    std::fs::set_permissions(&topo.tls.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let roots = topo.tls.peer_ca_path();
-    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
-    chown_pg(dir);
-    chown_pg(&cert);
-    chown_pg(&key);
-    PgClient {
-        config: config.to_owned(),
-        cert,
-        key,
-    }
+    cpg::pg_client(config, &topo.tls.dir, &topo.tls.peer_ca_path(), dir).unwrap()
 }
 
 /// How [`up_with`] sets the group and the primary up.
@@ -284,25 +207,8 @@ pub fn up_with(s: &Setup<'_>) -> Env {
     let tandem = root.join("tandem");
     std::fs::copy(tandem_bin(), &tandem).unwrap();
     std::fs::set_permissions(&tandem, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(
-        "initdb",
-        as_pg(
-            "initdb",
-            &[
-                "-D",
-                primary.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                PG_USER,
-                "--no-sync",
-            ],
-        ),
-    );
-    let common = format!(
-        "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_timeout = {archive_timeout}\nwal_retrieve_retry_interval = 200ms\ntimezone = 'UTC'\nlog_timezone = 'UTC'\nmax_wal_senders = 4\nwal_log_hints = on\nshared_buffers = 32MB\nfsync = on\n",
-        pg.display()
-    );
+    cpg::initdb(&primary).unwrap();
+    let common = common_settings(&pg, archive_timeout);
     let conf = primary.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
@@ -357,10 +263,9 @@ impl Env {
         let conf = standby.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(&format!(
-            "port = {p2}\n{}restore_command = 'TANDEM_LOG=warn {} wal fetch %f %p --archive {}'\n",
+            "port = {p2}\n{}{}",
             archive_command(tandem, hcm_rep, client),
-            tandem.display(),
-            archive.display()
+            cpg::restore_command(tandem, &archive)
         ));
         std::fs::write(&conf, text).unwrap();
         std::fs::write(standby.join("standby.signal"), b"").unwrap();
@@ -510,42 +415,10 @@ impl Env {
 
 /// `pg_basebackup` of the server on `port` into `dest` (as the `postgres` user).
 pub fn base_backup(port: u16, dest: &Path) {
-    ok(
-        "pg_basebackup",
-        as_pg(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-D",
-                dest.to_str().unwrap(),
-                "-c",
-                "fast",
-            ],
-        ),
-    );
+    cpg::base_backup(port, dest).unwrap();
 }
 
 /// `pgbench -i -s 1` against the server on `port`.
 pub fn pgbench_init(port: u16) {
-    let out = Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-i",
-            "-s",
-            "1",
-            "-q",
-        ])
-        .arg("postgres")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    ok("pgbench -i", out);
+    cpg::pgbench_init(port).unwrap();
 }

@@ -6,81 +6,30 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tandem_tests::dump_logs;
 use tandem_tests::pg::*;
 
-/// pgbench as the `postgres` user against `port`, writing its per-transaction logs (`-l`) in
-/// `logs` (owned by that user).
+/// pgbench as the `postgres` user against `port` (4 clients, 2 threads), writing its
+/// per-transaction logs (`-l`) in `logs`.
 fn pgbench_in_background(port: u16, logs: &Path, secs: u32) -> Child {
-    std::fs::create_dir_all(logs).unwrap();
-    chown_pg(logs);
-    Command::new("runuser")
-        .args(["-u", PG_USER, "--"])
-        .arg(Path::new(BIN).join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", "4", "-j", "2", "-n", "-l", "-T", &secs.to_string()])
-        .arg("postgres")
-        .current_dir(logs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    tandem_chaos::pg::pgbench_logged(port, (4, 2), logs, secs).unwrap()
 }
 
 /// Transactions pgbench saw committed: one line per transaction in its `-l` logs.
 fn logged_commits(logs: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(logs).unwrap().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        // client_id transaction_no time script_no time_epoch time_us: a failed
-        // transaction has no numeric time.
-        n += text
-            .lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .nth(2)
-                    .is_some_and(|t| t.parse::<u64>().is_ok())
-            })
-            .count() as u64;
-    }
-    n
+    commit_times(logs).len() as u64
+}
+
+/// Commit times (unix ms) of the transactions in pgbench's `-l` logs, sorted.
+fn commit_times(logs: &Path) -> Vec<i64> {
+    tandem_chaos::pg::logged_commit_times(logs)
 }
 
 /// kill -9 of a PostgreSQL server: the postmaster and every process it started, at once.
 fn kill9_server(data_dir: &Path) {
-    let pid = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
-    let pid = pid.lines().next().unwrap().trim().to_owned();
-    let children = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
-    let mut all = vec![pid];
-    all.extend(
-        String::from_utf8_lossy(&children.stdout)
-            .split_whitespace()
-            .map(str::to_owned),
-    );
-    // A backend may exit between pgrep and the kill: a missing pid is not a failure.
-    for p in &all {
-        let _ = Command::new("kill")
-            .args(["-9", p])
-            .stderr(Stdio::null())
-            .status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Command::new("kill")
-        .args(["-0", &all[0]])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "postmaster {} survived kill -9",
-            all[0]
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tandem_chaos::pg::kill9_server(data_dir).unwrap();
 }
 
 fn count(port: u16, sql: &str) -> u64 {
@@ -467,26 +416,6 @@ fn bench_pgbench_tandem_stream_beside_postgres_sync_standby() {
             tps / native_tps
         );
     }
-}
-
-/// Commit times (unix ms) of the transactions in pgbench's `-l` logs, sorted.
-fn commit_times(logs: &Path) -> Vec<i64> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(logs).unwrap().flatten() {
-        for l in std::fs::read_to_string(e.path())
-            .unwrap_or_default()
-            .lines()
-        {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() >= 6 && f[2].parse::<u64>().is_ok() {
-                if let (Ok(s), Ok(us)) = (f[4].parse::<i64>(), f[5].parse::<i64>()) {
-                    v.push(s * 1000 + us / 1000);
-                }
-            }
-        }
-    }
-    v.sort_unstable();
-    v
 }
 
 /// An async streaming group: the primary site is lost under pgbench. What is lost (counted

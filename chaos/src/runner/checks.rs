@@ -98,6 +98,7 @@ pub fn judge(j: &Judge<'_>, c: &Check, out: &mut Findings) -> Result<()> {
         Check::DbNoLostCommits | Check::DbConsistent | Check::DbIdenticalAfterRecovery => {
             super::dbjudge::copies(j, c, out)
         }
+        Check::PgNoLostCommits | Check::PgRejoined => super::pgjudge::judge_pg(j, c, out),
         Check::TailQuarantined => super::quarantine::tail_quarantined(j, out)?,
         Check::BitrotFoundAndRepaired => bitrot(j, out),
         Check::FailpointsFired => failpoints(j, out),

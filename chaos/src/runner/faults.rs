@@ -40,6 +40,9 @@ pub fn apply(ctx: &Ctx, f: &Fault, seed: u64, obs: &mut Observed, load: &mut Loa
     if let (Some(d), FaultAction::Kill) = (load.db.as_ref(), f.action) {
         d.before_kill(&nodes);
     }
+    if let (Some(p), FaultAction::Kill) = (load.pg.as_mut(), f.action) {
+        p.before_kill(&nodes)?;
+    }
     if f.action == FaultAction::PowerCut {
         return power_cut(ctx, f, &nodes, obs, load);
     }

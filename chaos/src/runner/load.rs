@@ -11,6 +11,7 @@ use tandem_coordinator::status::{ClusterStatus, GroupStatus};
 
 use super::cluster::Ctx;
 use super::dbrun::DbRun;
+use super::pgrun::PgRun;
 use super::writer::Writer;
 use crate::history::Recorder;
 use crate::scenario::Scenario;
@@ -29,10 +30,16 @@ pub struct Load {
     pub pinned: Vec<(String, Arc<Writer>)>,
     /// The database workload, when the scenario has one.
     pub db: Option<DbRun>,
+    /// The PostgreSQL workload, when the scenario has one.
+    pub pg: Option<PgRun>,
 }
 
 impl Load {
-    /// Starts the writers of scenario `s` against the group `g0` of the first status.
+    /// Starts the writers of scenario `s` against the group `g0` of the first status (and
+    /// pgbench on `pg`, prepared already).
+    ///
+    /// # Errors
+    /// pgbench could not be started.
     pub fn start(
         ctx: &Ctx,
         s: &Scenario,
@@ -40,7 +47,8 @@ impl Load {
         g0: &GroupStatus,
         seed: u64,
         dir: &Path,
-    ) -> Load {
+        mut pg: Option<PgRun>,
+    ) -> anyhow::Result<Load> {
         let cfg = WorkloadConfig {
             blocks_per_write: s.blocks_per_write.unwrap_or(4),
             op_timeout: Duration::from_secs(3),
@@ -71,12 +79,17 @@ impl Load {
         let db = s
             .database
             .then(|| DbRun::start(st0, dir.to_path_buf(), &rec));
-        Load {
+        if let Some(p) = pg.as_mut() {
+            // pgbench for the whole run and a margin; the loss of the site ends it sooner.
+            p.start(s.duration.as_millis().div_ceil(1000) as u32 + 30)?;
+        }
+        Ok(Load {
             rec,
             writer,
             pinned,
             db,
-        }
+            pg,
+        })
     }
 
     /// Points the writers at what the newest status says: the following writer at the

@@ -9,9 +9,10 @@
 //! - [`faults`]: applying each fault of the timeline; [`power`]: the power-loss file
 //!   systems under every node and power cuts; [`pitr`]: checkpoints and their recovery.
 //! - [`observe`]: what the runner saw while the faults ran.
-//! - [`load`], [`writer`], [`dbwriter`], [`dbrun`]: the workload writers and their runs.
+//! - [`load`], [`writer`], [`dbwriter`], [`dbrun`], [`pgrun`]: the workload writers and their
+//!   runs (block, SQLite, PostgreSQL).
 //! - [`recovery`]: healing, waking and restarting, then waiting until caught up.
-//! - [`checks`], [`dbjudge`], [`quarantine`]: evaluating each check; [`judge`]: what they
+//! - [`checks`], [`dbjudge`], [`pgjudge`], [`quarantine`]: evaluating each check; [`judge`]: what they
 //!   look at and what they found.
 //! - [`verify`]: verify and resync through the cluster client ([`tandem_core::client`]).
 //! - [`processes`]: starting, stopping and signalling nodes (also `tandem local`).
@@ -34,6 +35,8 @@ pub mod judge;
 pub mod load;
 pub mod nodefiles;
 pub mod observe;
+pub mod pgjudge;
+pub mod pgrun;
 pub mod pitr;
 pub mod power;
 pub mod processes;

@@ -140,6 +140,9 @@ impl Observed {
         if let Some(d) = load.db.as_mut() {
             d.observe(&st, &load.rec, failed, &self.killed);
         }
+        if let Some(p) = load.pg.as_mut() {
+            p.observe(&st, failed, &self.killed);
+        }
         self.last_st = Some(st);
     }
 }

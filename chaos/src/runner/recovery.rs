@@ -116,6 +116,9 @@ pub fn recover(ctx: &Ctx, s: &Scenario, load: &mut Load) -> Result<ClusterStatus
         };
         d.observe(&st_db, &load.rec, true, &[]);
     }
+    if let Some(p) = load.pg.as_mut() {
+        p.recover(ctx, s.checks.contains(&Check::PgRejoined));
+    }
     for (_, w) in &load.pinned {
         w.stop(&ctx.rt);
     }

@@ -16,7 +16,7 @@ use super::host::Host;
 use super::nodefiles::{node_env, set_clock, set_failpoints};
 use super::power::Feeds;
 use super::processes as proc;
-use super::topology::{db_group_text, topology_text};
+use super::topology::{db_group_text, pg_group_text, topology_text};
 use crate::mesh::Mesh;
 use crate::scenario::Scenario;
 
@@ -36,6 +36,13 @@ fn scenario_topology(s: &Scenario) -> Result<(String, Vec<(String, u16)>)> {
     let (mut text, ports) = topology_text(VOLUME_MIB, &s.mode, s.auto_failover)?;
     if s.database {
         text.push_str(&db_group_text(&s.mode, s.auto_failover));
+    }
+    if s.postgres {
+        let (p1, p2) = (
+            tandem_core::ports::free_port()?,
+            tandem_core::ports::free_port()?,
+        );
+        text.push_str(&pg_group_text(&s.mode, s.auto_failover, p1, p2));
     }
     if s.history {
         // Point-in-time history on the volume group (the first group of the text).

@@ -16,9 +16,10 @@ use super::host::Host;
 use super::judge::{Findings, Judge};
 use super::load::Load;
 use super::observe::Observed;
+use super::pgrun::PgRun;
 use super::recovery::{protected, recover, wake_all};
 use super::setup::start_cluster;
-use super::topology::{db_group, group};
+use super::topology::{db_group, group, pg_group};
 use crate::scenario::Scenario;
 
 /// How often the runner samples the status and looks for due faults.
@@ -41,13 +42,21 @@ pub fn run_scenario(
 ) -> Result<Value> {
     // 1. Bring the cluster up: topology, proxies, node files, every node, a leader.
     let ctx = start_cluster(s, dir, host)?;
+    // 1b. PostgreSQL: the primary server streaming through Tandem, a standby at the replica.
+    let pg = if s.postgres {
+        Some(PgRun::prepare(&ctx, &s.mode)?)
+    } else {
+        None
+    };
     // 2. Wait until the groups are protected, each primary with its lease.
     let st0 = ctx.wait("group protected with a lease", 60, &|st| {
-        protected(group(st)) && (!s.database || protected(db_group(st)))
+        protected(group(st))
+            && (!s.database || protected(db_group(st)))
+            && (!s.postgres || protected(pg_group(st)))
     })?;
     // 3. Start the writers at the first primary.
     let mut obs = Observed::new(&st0);
-    let mut load = Load::start(&ctx, s, &st0, &obs.g0, seed, dir);
+    let mut load = Load::start(&ctx, s, &st0, &obs.g0, seed, dir, pg)?;
     // 4. Run the fault timeline while sampling the status.
     let total = Duration::from_millis(duration.map(|d| d * 1000).unwrap_or(s.duration.as_millis()));
     run_timeline(&ctx, s, seed, total, &mut obs, &mut load)?;
@@ -82,6 +91,9 @@ pub fn run_scenario(
     };
     if let Some(d) = &load.db {
         out.notes.extend(d.notes());
+    }
+    if let Some(p) = &load.pg {
+        out.notes.extend(p.notes());
     }
     let j = Judge {
         ctx: &ctx,

@@ -142,6 +142,48 @@ replica_path = "databases/hcm/app.db"
     )
 }
 
+/// The PostgreSQL group of the chaos runner's `postgres = true` workload.
+pub const PG_GROUP: &str = "pg";
+/// Its resource.
+pub const PG_RESOURCE: &str = "db";
+
+/// The PostgreSQL group `pg` (resource `db`: the primary's cluster at `pg/hanoi` on port
+/// `port`, the standby's at `pg/hcm` on `replica_port`, WAL streamed through Tandem), appended
+/// to [`topology_text`] in the scenario's mode and automatic failover. Its RPO target is the
+/// volume group's; its RTO target allows for the standby's promotion.
+pub fn pg_group_text(mode: &str, auto_failover: bool, port: u16, replica_port: u16) -> String {
+    let rpo = if mode == "sync" { "0s" } else { "2s" };
+    format!(
+        r#"
+[[groups]]
+name = "{PG_GROUP}"
+primary = "hanoi"
+replica = "hcm"
+mode = "{mode}"
+rpo_target = "{rpo}"
+rto_target = "30s"
+auto_failover = {auto_failover}
+allowed_jurisdictions = ["VN"]
+
+[[groups.resources]]
+name = "{PG_RESOURCE}"
+kind = "postgres"
+data_dir = "pg/hanoi"
+replica_data_dir = "pg/hcm"
+port = {port}
+replica_port = {replica_port}
+bin_dir = "{bin}"
+stream = true
+"#,
+        bin = crate::pg::BIN
+    )
+}
+
+/// The PostgreSQL group in a status document.
+pub fn pg_group(st: &ClusterStatus) -> Option<&GroupStatus> {
+    st.groups.iter().find(|g| g.name == PG_GROUP)
+}
+
 /// The database group in a status document.
 pub fn db_group(st: &ClusterStatus) -> Option<&GroupStatus> {
     st.groups.iter().find(|g| g.name == DB_GROUP)
