@@ -28,6 +28,9 @@ pub enum CallerClass {
     Auditor,
     /// A person or tool with the viewer role.
     Viewer,
+    /// A database's WAL client (`wal-client` certificate, `NAME@GROUP`): pushes the WAL of its
+    /// own group and nothing else; the group is checked by the service beside the table.
+    WalClient,
     /// A certificate that does not chain to the cluster's CA: refused by the TLS handshake
     /// before any call is read (so it cannot be recorded under a name).
     UnknownCa,
@@ -43,7 +46,7 @@ pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 impl CallerClass {
     /// Every class, in the tables' column order.
-    pub const ALL: [CallerClass; 10] = [
+    pub const ALL: [CallerClass; 11] = [
         CallerClass::Coordinator,
         CallerClass::PrimaryReplicator,
         CallerClass::ReplicaReplicator,
@@ -51,6 +54,7 @@ impl CallerClass {
         CallerClass::Operator,
         CallerClass::Auditor,
         CallerClass::Viewer,
+        CallerClass::WalClient,
         CallerClass::UnknownCa,
         CallerClass::NoCertificate,
         CallerClass::Unauthenticated,
@@ -66,6 +70,7 @@ impl CallerClass {
             CallerClass::Operator => "operator",
             CallerClass::Auditor => "auditor",
             CallerClass::Viewer => "viewer",
+            CallerClass::WalClient => "WAL client",
             CallerClass::UnknownCa => "unknown CA",
             CallerClass::NoCertificate => "no certificate",
             CallerClass::Unauthenticated => "insecure (no TLS)",
@@ -104,6 +109,7 @@ pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>)
             Role::Operator => CallerClass::Operator,
             Role::Auditor => CallerClass::Auditor,
             Role::Viewer => CallerClass::Viewer,
+            Role::WalClient => CallerClass::WalClient,
         },
         Caller::Node(name) => match topo.node(name) {
             Some(n) if n.role == NodeRole::Coordinator => CallerClass::Coordinator,

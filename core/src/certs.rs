@@ -65,10 +65,22 @@ pub enum Role {
     Auditor,
     /// Read status only.
     Viewer,
+    /// Push the WAL of one group (`tandem wal push` as PostgreSQL's `archive_command`) and
+    /// nothing else: the certificate the database's OS user holds. Its name is `NAME@GROUP`;
+    /// the replicators refuse it for any other group ([`wal_client_group`]). Issued per group
+    /// by `tandem certs wal-client`, not by `certs init`.
+    WalClient,
+}
+
+/// The group a `wal-client` certificate named `name` (`NAME@GROUP`) may push WAL for: the
+/// part after the last `@`, if both parts are non-empty.
+pub fn wal_client_group(name: &str) -> Option<&str> {
+    let (who, group) = name.rsplit_once('@')?;
+    (!who.is_empty() && !group.is_empty()).then_some(group)
 }
 
 impl Role {
-    /// Every role, in order of power.
+    /// The admin roles, in order of power: one certificate each from `certs init`.
     pub const ALL: [Role; 3] = [Role::Operator, Role::Auditor, Role::Viewer];
 
     /// The role's name as written in certificates and messages.
@@ -77,12 +89,16 @@ impl Role {
             Role::Operator => "operator",
             Role::Auditor => "auditor",
             Role::Viewer => "viewer",
+            Role::WalClient => "wal-client",
         }
     }
 
     /// The role named `s`.
     pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
+        Role::ALL
+            .into_iter()
+            .chain([Role::WalClient])
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -445,7 +461,8 @@ impl Ca {
         dn.push(DnType::OrganizationalUnitName, role.as_str());
         let (cert, key) = self.issue(
             name,
-            vec![format!("{name}.{role}.client.tandem")],
+            // `NAME@GROUP` (a wal-client) as `NAME.GROUP`: `@` has no place in a DNS name.
+            vec![format!("{}.{role}.client.tandem", name.replace('@', "."))],
             dn,
             &[ExtendedKeyUsagePurpose::ClientAuth],
             valid_for,
@@ -531,14 +548,78 @@ pub fn rotate(
         Ca::load(dir)?
     };
     match Role::parse(node) {
+        Some(Role::WalClient) => Err(CertError::Generate {
+            what: node.to_owned(),
+            reason: "a wal-client certificate belongs to one group: issue it with \
+                     `tandem certs wal-client --group GROUP`"
+                .into(),
+        }),
         Some(role) => ca.issue_client(dir, node, node, role, valid_for),
         None => ca.issue_node(dir, node, valid_for),
     }
 }
 
+/// `tandem certs wal-client`: a `wal-client` certificate named `NAME@GROUP`, signed by the
+/// folder's CA, written as `wal-client-GROUP.pem` / `.key`; returns the certificate's path.
+///
+/// # Errors
+/// [`CertError`] naming the file; a name or group that is empty or holds `@`.
+pub fn issue_wal_client(
+    dir: &Path,
+    group: &str,
+    name: &str,
+    valid_for: Duration,
+) -> Result<PathBuf, CertError> {
+    let bad = |reason: &str| CertError::Generate {
+        what: format!("wal-client {name}@{group}"),
+        reason: reason.into(),
+    };
+    if group.is_empty() || group.contains('@') || group.contains('/') {
+        return Err(bad("the group must be a group name (no `@`, no `/`)"));
+    }
+    if name.is_empty() || name.contains('@') || name.contains('/') {
+        return Err(bad("the name must be non-empty, without `@` or `/`"));
+    }
+    let file = format!("wal-client-{group}");
+    let ca = Ca::load(dir)?;
+    ca.issue_client(
+        dir,
+        &file,
+        &format!("{name}@{group}"),
+        Role::WalClient,
+        valid_for,
+    )?;
+    Ok(cert_path(dir, &file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wal_client_certificate_names_its_group_and_parses_back() {
+        let dir = tempfile_dir();
+        init(&dir, "t", &["hanoi-rep"], DEFAULT_VALIDITY).unwrap();
+        let p = issue_wal_client(&dir, "pg", "postgres-hanoi", DEFAULT_VALIDITY).unwrap();
+        assert_eq!(p, cert_path(&dir, "wal-client-pg"));
+        let info = parse_cert(&read_pem_certs(&p).unwrap()[0]).unwrap();
+        assert_eq!(
+            info.subject,
+            CertSubject::Client {
+                name: "postgres-hanoi@pg".into(),
+                role: Role::WalClient
+            }
+        );
+        assert_eq!(wal_client_group("postgres-hanoi@pg"), Some("pg"));
+        assert_eq!(wal_client_group("a@b@pg"), Some("pg"));
+        assert_eq!(wal_client_group("@pg"), None);
+        assert_eq!(wal_client_group("pg@"), None);
+        assert_eq!(wal_client_group("operator"), None);
+        assert!(issue_wal_client(&dir, "p@g", "x", DEFAULT_VALIDITY).is_err());
+        assert!(issue_wal_client(&dir, "pg", "", DEFAULT_VALIDITY).is_err());
+        // Not by rotate: it would name no group.
+        assert!(rotate(&dir, "t", "wal-client", false, DEFAULT_VALIDITY).is_err());
+    }
 
     #[test]
     fn init_writes_node_and_role_certs_that_parse_back() {

@@ -119,16 +119,17 @@ pub fn start_server(dir: &Path) {
 }
 
 /// `archive_command`: `tandem wal push` as the `postgres` user, with the topology (for the
-/// replicators' TLS names and roots) and an operator certificate that user can read.
+/// replicators' TLS names and roots) and group `pg`'s wal-client certificate that user can read.
 pub fn archive_command(tandem: &Path, rep: &str, client: &PgClient) -> String {
     cpg::archive_command(tandem, rep, "pg", "db", client)
 }
 
-/// Copies the operator certificate and key (0600, owned by root) into `dir`, owned by the
-/// `postgres` user, and makes the roots readable: an archive_command runs as that user.
+/// Issues group `pg`'s `wal-client` certificate and copies it and its key into `dir`, owned
+/// by the `postgres` user, and makes the roots readable: an archive_command runs as that
+/// user, with no more rights than pushing that group's WAL.
 pub fn pg_client(config: &Path, dir: &Path) -> PgClient {
     let topo = tandem_core::config::Topology::load(config).unwrap();
-    cpg::pg_client(config, &topo.tls.dir, &topo.tls.peer_ca_path(), dir).unwrap()
+    cpg::pg_client(config, &topo.tls.dir, &topo.tls.peer_ca_path(), dir, "pg").unwrap()
 }
 
 /// How [`up_with`] sets the group and the primary up.

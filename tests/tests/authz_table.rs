@@ -200,6 +200,9 @@ fn every_caller_class_against_every_call_as_the_table_says() {
         Duration::from_secs(86_400),
     )
     .unwrap();
+    // A database's WAL client: it may call no coordinator at all.
+    tandem_core::certs::issue_wal_client(&certs, "vol", "postgres", Duration::from_secs(86_400))
+        .unwrap();
     let other_ca = tempfile::tempdir().unwrap();
     tandem_core::certs::init(
         other_ca.path(),
@@ -244,6 +247,11 @@ fn every_caller_class_against_every_call_as_the_table_says() {
             CallerClass::Viewer,
             "viewer".into(),
             net_as(&t, &certs, "viewer"),
+        ),
+        (
+            CallerClass::WalClient,
+            "postgres@vol".into(),
+            net_as(&t, &certs, "wal-client-vol"),
         ),
         (
             CallerClass::UnknownCa,

@@ -482,6 +482,76 @@ fn returning_old_primary_receives_archive_files_after_a_failover() {
         std::fs::read(at_hcm.join("000000010000000000000001")).unwrap(),
         vec![1; 3 << 20]
     );
+    // 1b. A wal-client certificate pushes its own group's WAL and nothing else.
+    let certs = root.join("certs");
+    for g in ["pg", "other"] {
+        let (code, out, err) = topo.tandem(&[
+            "certs",
+            "wal-client",
+            "--group",
+            g,
+            "--dir",
+            certs.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains(&format!("postgres@{g} may push WAL for group {g}")),
+            "{out}"
+        );
+    }
+    let as_client = |group: &str, args: &[&str]| {
+        let o = Command::new(tandem_bin())
+            .args(args)
+            .env("TANDEM_LOG", "warn")
+            .env("TANDEM_CONFIG", &topo.config)
+            .env("TANDEM_CERT", certs.join(format!("wal-client-{group}.pem")))
+            .env("TANDEM_KEY", certs.join(format!("wal-client-{group}.key")))
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let a2 = file("000000010000000000000002", 4);
+    let push_args = |path: &Path| {
+        vec![
+            "wal".to_string(),
+            "push".into(),
+            path.to_str().unwrap().into(),
+            "--addr".into(),
+            topo.addr("hanoi-rep").into(),
+            "--group".into(),
+            "pg".into(),
+            "--resource".into(),
+            "db".into(),
+            "--timeout-secs".into(),
+            "20".into(),
+        ]
+    };
+    let args = push_args(&a2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = as_client("other", &args);
+    assert_eq!(code, 1, "another group's WAL client pushed: {err}");
+    assert!(
+        err.contains(
+            "postgres@other (WAL client) may push WAL only for group other, not for group pg"
+        ),
+        "{err}"
+    );
+    assert!(!at_hcm.join("000000010000000000000002").exists());
+    let (code, err) = as_client("pg", &args);
+    assert_eq!(code, 0, "the group's own WAL client was refused: {err}");
+    assert_eq!(
+        std::fs::read(at_hcm.join("000000010000000000000002")).unwrap(),
+        vec![4; 3 << 20]
+    );
+    let (code, err) = as_client("pg", &["status"]);
+    assert_ne!(code, 0, "a WAL client read the status");
+    assert!(
+        err.contains("postgres@pg") && err.contains("may not call"),
+        "{err}"
+    );
     // 2. hanoi is lost; fail over to hcm.
     let hanoi = procs.iter().position(|p| p.name == "hanoi-rep").unwrap();
     procs[hanoi].kill9();

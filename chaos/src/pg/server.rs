@@ -322,23 +322,43 @@ pub fn logged_commit_times(logs: &Path) -> Vec<i64> {
 pub struct PgClient {
     /// The topology file.
     pub config: PathBuf,
-    /// A copy of the operator certificate that user can read.
+    /// A copy of the group's `wal-client` certificate that user can read.
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
 }
 
-/// Copies the operator certificate and key from `tls_dir` (0600, owned by root) into `dir`,
-/// owned by the `postgres` user, and makes `tls_dir` and `roots` readable: an
-/// `archive_command` runs as that user.
+/// Issues `group`'s `wal-client` certificate (`postgres@GROUP`: it may push that group's WAL
+/// and nothing else) with the CA in `tls_dir`, copies it and its key into `dir`, owned by the
+/// `postgres` user, and makes `tls_dir` and `roots` readable: an `archive_command` runs as
+/// that user.
 ///
 /// # Errors
-/// A copy, chmod or chown failed.
-pub fn pg_client(config: &Path, tls_dir: &Path, roots: &Path, dir: &Path) -> Result<PgClient> {
+/// The certificate could not be issued; a copy, chmod or chown failed.
+pub fn pg_client(
+    config: &Path,
+    tls_dir: &Path,
+    roots: &Path,
+    dir: &Path,
+    group: &str,
+) -> Result<PgClient> {
     std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
-    let (cert, key) = (dir.join("operator.pem"), dir.join("operator.key"));
-    for (from, to) in [("operator.pem", &cert), ("operator.key", &key)] {
-        std::fs::copy(tls_dir.join(from), to).with_context(|| {
+    tandem_core::certs::issue_wal_client(
+        tls_dir,
+        group,
+        PG_USER,
+        tandem_core::certs::DEFAULT_VALIDITY,
+    )?;
+    let file = format!("wal-client-{group}");
+    let (cert, key) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    for (from, to) in [
+        (format!("{file}.pem"), &cert),
+        (format!("{file}.key"), &key),
+    ] {
+        std::fs::copy(tls_dir.join(&from), to).with_context(|| {
             format!(
                 "copying {} to {}",
                 tls_dir.join(from).display(),

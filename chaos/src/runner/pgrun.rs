@@ -152,6 +152,7 @@ impl PgRun {
             &ctx.topo.tls.dir,
             &ctx.topo.tls.peer_ca_path(),
             &root.join("client"),
+            PG_GROUP,
         )?;
         let rep = |site: &str| -> Result<(String, PathBuf)> {
             let n = ctx

@@ -1,4 +1,5 @@
-//! `tandem certs init|rotate|show`: the CA, node and role certificates of a topology.
+//! `tandem certs init|rotate|wal-client|show`: the CA, node and role certificates of a
+//! topology.
 
 use crate::exit::bad_input;
 use anyhow::Result;
@@ -16,6 +17,11 @@ pub enum CertsCmd {
     /// Issue a new certificate for one node (or role) signed by the folder's CA; running nodes
     /// pick it up without restart (they watch their files and reload on SIGHUP).
     Rotate(RotateArgs),
+    /// Issue a `wal-client` certificate for one group (`wal-client-GROUP.pem` / `.key`, named
+    /// `NAME@GROUP`): it may push that group's WAL (`tandem wal push` as PostgreSQL's
+    /// `archive_command`) and nothing else. Give it to the database's OS user instead of the
+    /// operator certificate.
+    WalClient(WalClientArgs),
     /// List the certificates of a folder: who each names and when it expires.
     Show(ShowArgs),
 }
@@ -55,6 +61,23 @@ pub struct RotateArgs {
     pub days: u64,
 }
 
+/// Arguments of `tandem certs wal-client`.
+#[derive(Debug, ClapArgs)]
+pub struct WalClientArgs {
+    /// The group whose WAL the certificate may push.
+    #[arg(long)]
+    pub group: String,
+    /// Who holds it (recorded as the actor of its pushes): `NAME@GROUP`.
+    #[arg(long, default_value = "postgres")]
+    pub name: String,
+    /// The certificate folder (holds `ca.pem` and `ca.key`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Validity, in days.
+    #[arg(long, default_value = "365")]
+    pub days: u64,
+}
+
 /// Arguments of `tandem certs show`.
 #[derive(Debug, ClapArgs)]
 pub struct ShowArgs {
@@ -71,6 +94,7 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
     match cmd {
         CertsCmd::Init(a) => init(a),
         CertsCmd::Rotate(a) => rotate(a),
+        CertsCmd::WalClient(a) => wal_client(a),
         CertsCmd::Show(a) => show(a),
     }
 }
@@ -121,6 +145,21 @@ fn rotate(a: RotateArgs) -> Result<()> {
         } else {
             ""
         }
+    );
+    Ok(())
+}
+
+fn wal_client(a: WalClientArgs) -> Result<()> {
+    let p = certs::issue_wal_client(&a.dir, &a.group, &a.name, days(a.days)?)
+        .map_err(|e| bad_input(e.to_string()))?;
+    let at = certs::cert_file_not_after(&p)?;
+    println!(
+        "wrote {} and its key (not after {}): {}@{} may push WAL for group {} and nothing else",
+        p.display(),
+        fmt_time(at),
+        a.name,
+        a.group,
+        a.group
     );
     Ok(())
 }

@@ -118,6 +118,8 @@ pub fn allowed(call: Call, class: CallerClass) -> bool {
             Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::SignAuditHead
         ),
         C::Viewer => call == Call::Status,
+        // A database's WAL client talks to its replicator only.
+        C::WalClient => false,
         C::PrimaryReplicator => matches!(
             call,
             Call::Status

@@ -15,8 +15,9 @@
 //!   (operator; the chaos runner dials with the CLI's operator identity too); `Resync` also
 //!   from the group's primary replicator, whose shipper asks its replica to resync when the
 //!   journal overflowed (`replicator/src/ship.rs`).
-//! - `ArchiveWal`: `tandem wal push` as PostgreSQL's `archive_command`, with the operator
-//!   certificate the docs give the `postgres` user (docs/postgres.md).
+//! - `ArchiveWal`: `tandem wal push` as PostgreSQL's `archive_command`, with the group's
+//!   `wal-client` certificate the docs give the `postgres` user (docs/postgres.md), which may
+//!   push only for the group it names; an operator may too.
 //! - `RunStep`: the coordinator leader (the leader and plan checks are the call's own).
 //!
 //! Without TLS (`[tls] insecure = true`) nobody is authenticated and every call is allowed;
@@ -141,7 +142,7 @@ pub const CALLS: [(ReplicationCall, &str, &str); 12] = [
     (
         ReplicationCall::ArchiveWal,
         "ArchiveWal",
-        "PostgreSQL `archive_command` (`tandem wal push` with the operator certificate)",
+        "PostgreSQL `archive_command` (`tandem wal push`); a WAL client only for the group its certificate names (`NAME@GROUP`)",
     ),
     (
         ReplicationCall::Verify,
@@ -186,6 +187,8 @@ pub fn allowed(call: ReplicationCall, class: CallerClass) -> bool {
                 | R::Verify
         ),
         C::Auditor | C::Viewer => false,
+        // Only for its own group: checked beside the table (`Gate::authorize`).
+        C::WalClient => call == R::ArchiveWal,
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tandem_core::authz::{actor_of, classify, CallerClass, GroupSites};
-use tandem_core::certs::Role;
+use tandem_core::certs::{wal_client_group, Role};
 use tandem_core::config::{NodeRole, Topology};
 use tandem_core::ids::Epoch;
 use tandem_core::net::Caller;
@@ -101,10 +101,20 @@ impl Gate {
             _ => None,
         };
         let class = self.class(caller, view.as_ref());
+        let actor = actor_of(caller);
+        if class == CallerClass::WalClient
+            && call == ReplicationCall::ArchiveWal
+            && wal_client_group(&actor) != Some(group)
+        {
+            tracing::warn!(%actor, %call, %group, "refused Replication call: another group's WAL client");
+            return Err(Status::permission_denied(format!(
+                "certificate {actor} (WAL client) may push WAL only for group {}, not for group {group}",
+                wal_client_group(&actor).unwrap_or("(none: its name is not NAME@GROUP)")
+            )));
+        }
         if allowed(call, class) {
             return Ok(view);
         }
-        let actor = actor_of(caller);
         tracing::warn!(%actor, %class, %call, %group, "refused Replication call");
         Err(Status::permission_denied(format!(
             "certificate {actor} ({class}) may not call Replication.{call}{}",
@@ -143,6 +153,7 @@ impl Gate {
                 Role::Operator => CallerClass::Operator,
                 Role::Auditor => CallerClass::Auditor,
                 Role::Viewer => CallerClass::Viewer,
+                Role::WalClient => CallerClass::WalClient,
             },
         }
     }
