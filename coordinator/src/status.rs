@@ -216,6 +216,31 @@ pub struct ResourceStatus {
     /// (absent while the primary does not report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<FeedHealth>,
+    /// For postgres with `stream = true`: the standby at the replica site as that site's
+    /// replicator last probed it (absent while it does not report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
+}
+
+/// The standby server of a streamed PostgreSQL resource at the replica site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// The replica site.
+    pub site: String,
+    /// `replaying`, `not in recovery` (the server there is not a standby) or `unreachable`.
+    pub state: String,
+    /// The last replayed WAL position (`X/Y`), while replaying.
+    pub replay_lsn: Option<String>,
+    /// Its timeline.
+    pub replay_timeline: Option<u32>,
+    /// Bytes of WAL durable at the replica site (as the primary's stream last reported it)
+    /// not replayed yet; absent when either position is unknown or they are on different
+    /// timelines.
+    pub replay_lag_bytes: Option<u64>,
+    /// How long ago the probe ran (ms).
+    pub probed_ago_ms: i64,
+    /// One line: what the probe found.
+    pub detail: String,
 }
 
 /// The feed of a database resource at the primary (PostgreSQL: WAL archiving).

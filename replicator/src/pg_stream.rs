@@ -330,6 +330,8 @@ pub fn judge(
         );
         feed.state = "streaming".into();
         feed.healthy = true;
+        feed.durable_lsn = flushed;
+        feed.durable_timeline = st.timeline;
         return feed;
     }
     if let Ok(Some(ms)) = stream_bound {

@@ -182,6 +182,25 @@ fn a_switchover_then_a_rewind_rejoin_and_a_switch_back_lose_nothing() {
     env.start_standby();
     let (p1, p2) = (env.p1, env.p2);
     pgbench_init(p1);
+    // Status shows the standby at hcm replaying, and how far behind the WAL durable at hcm.
+    let (lag, text) = env.topo.wait_status(
+        &[],
+        Duration::from_secs(30),
+        "the standby replaying",
+        |st| {
+            let sb = &pg_group(st)?["resources"][0]["standby"];
+            (sb["site"] == "hcm" && sb["state"] == "replaying")
+                .then(|| sb["replay_lag_bytes"].as_u64())
+                .flatten()
+                .filter(|lag| *lag < 1 << 20)
+                .map(|lag| (lag, sb.to_string()))
+        },
+    );
+    eprintln!("standby once pgbench -i is replayed: {lag} B behind: {text}");
+    let (_, out, _) = env
+        .topo
+        .tandem(&["status", "--config", env.topo.config.to_str().unwrap()]);
+    assert!(out.contains("standby at hcm: replaying"), "{out}");
     // 1. Switchover while pgbench writes: the drain stops hanoi's server mid-run.
     let logs = env.root.join("pg/logs-1");
     let mut bench = pgbench_in_background(p1, &logs, 60);

@@ -234,9 +234,33 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
                     .map(|u| format!("  nbd {u}"))
                     .unwrap_or_default()
             );
+            if let Some(h) = &r.health {
+                let _ = writeln!(o, "{:<10}   feed: {} ({})", "", h.state, h.detail);
+            }
+            if let Some(sb) = &r.standby {
+                let _ = writeln!(o, "{:<10}   {}", "", standby_line(sb));
+            }
         }
     }
     o
+}
+
+/// A streamed PostgreSQL resource's standby in one line: `standby at hcm: replaying, 12288 B
+/// behind (replayed through 0/3000060, probed 1.2 s ago)`.
+pub fn standby_line(sb: &tandem_coordinator::status::StandbyStatus) -> String {
+    let behind = match sb.replay_lag_bytes {
+        Some(b) => format!(", {b} B behind"),
+        None => String::new(),
+    };
+    match &sb.replay_lsn {
+        Some(lsn) => format!(
+            "standby at {}: {}{behind} (replayed through {lsn}, probed {} ago)",
+            sb.site,
+            sb.state,
+            ms(sb.probed_ago_ms)
+        ),
+        None => format!("standby at {}: {} ({})", sb.site, sb.state, sb.detail),
+    }
 }
 
 /// A group's drill schedule in one line: every, last drill, next due (`OVERDUE` past the

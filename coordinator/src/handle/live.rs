@@ -24,6 +24,8 @@ pub(crate) struct ReplicaReport {
     pub at_ms: i64,
     /// What it says of itself (resync progress, last error).
     pub reason: String,
+    /// Its streamed PostgreSQL resources' standbys as it last probed them.
+    pub standbys: Vec<tandem_core::proto::ResourceHealth>,
 }
 
 /// Largest RPO (ms) at which a streaming replica counts as caught up for a group to be
@@ -190,6 +192,7 @@ impl Live {
                     durable_seq: p.durable_seq,
                     at_ms: now,
                     reason: p.reason.clone(),
+                    standbys: p.resources.clone(),
                 });
                 e.history_oldest = (p.history_oldest_ms > 0)
                     .then_some((p.history_oldest_ms, p.history_oldest_seq));

@@ -8,7 +8,7 @@ use crate::state::GroupState;
 use crate::state::{self, LeaseStatus as StLease, SiteStatus, State};
 use crate::status::{
     CertStatus, ClusterStatus, DrillStatus, FeedHealth, GroupStatus, LeaseStatus, MemberStatus,
-    ResourceStatus, SiteStatus as StSite, TlsStatus,
+    ResourceStatus, SiteStatus as StSite, StandbyStatus, TlsStatus,
 };
 use tandem_core::config::{self, NodeRole, ResourceKind, Site, Topology};
 
@@ -155,6 +155,15 @@ fn group_status(
                 .iter()
                 .find(|f| f.resource == r.name)
                 .map(|f| feed_health(f, now));
+            st.standby = lg
+                .replica
+                .as_ref()
+                .filter(|rep| rep.epoch == g.epoch.0)
+                .and_then(|rep| {
+                    let probe = rep.standbys.iter().find(|f| f.resource == r.name)?;
+                    let durable = feeds.iter().find(|f| f.resource == r.name);
+                    Some(standby_status(&rep.site, probe, durable, now))
+                });
             st
         })
         .collect();
@@ -303,6 +312,36 @@ fn feed_health(f: &tandem_core::proto::ResourceHealth, now: i64) -> FeedHealth {
     }
 }
 
+/// The standby of a streamed postgres resource: the replica's `probe`, its replay lag against
+/// the WAL the primary's stream reported durable at the replica site (`durable`), when both are
+/// known and on the same timeline. Pure.
+pub(crate) fn standby_status(
+    site: &str,
+    probe: &tandem_core::proto::ResourceHealth,
+    durable: Option<&tandem_core::proto::ResourceHealth>,
+    now: i64,
+) -> StandbyStatus {
+    let replaying = probe.standby == "replaying" && probe.replay_lsn > 0;
+    let lag = durable
+        .filter(|d| replaying && d.durable_lsn > 0 && d.durable_timeline == probe.replay_timeline)
+        .map(|d| d.durable_lsn.saturating_sub(probe.replay_lsn));
+    StandbyStatus {
+        site: site.to_owned(),
+        state: probe.standby.clone(),
+        replay_lsn: replaying.then(|| {
+            format!(
+                "{:X}/{:X}",
+                probe.replay_lsn >> 32,
+                probe.replay_lsn & 0xffff_ffff
+            )
+        }),
+        replay_timeline: replaying.then_some(probe.replay_timeline),
+        replay_lag_bytes: lag,
+        probed_ago_ms: (now - probe.probed_ms).max(0),
+        detail: probe.detail.clone(),
+    }
+}
+
 /// A lease as the status shows it.
 fn lease_status(l: &state::Lease, now: i64) -> LeaseStatus {
     LeaseStatus {
@@ -367,6 +406,7 @@ fn resource_status(
         port,
         bin_dir,
         health: None,
+        standby: None,
     }
 }
 
@@ -374,6 +414,46 @@ fn resource_status(
 mod tests {
     use super::*;
     use tandem_core::proto::ResourceHealth;
+
+    #[test]
+    fn the_standby_lag_is_what_is_durable_at_the_replica_and_not_replayed() {
+        let probe = ResourceHealth {
+            resource: "db".into(),
+            standby: "replaying".into(),
+            replay_lsn: 0x300_0000,
+            replay_timeline: 1,
+            probed_ms: 900,
+            ..Default::default()
+        };
+        let durable = |lsn, tli| ResourceHealth {
+            resource: "db".into(),
+            durable_lsn: lsn,
+            durable_timeline: tli,
+            ..Default::default()
+        };
+        let s = standby_status("hcm", &probe, Some(&durable(0x300_2000, 1)), 1000);
+        assert_eq!(s.replay_lag_bytes, Some(0x2000));
+        assert_eq!(s.replay_lsn.as_deref(), Some("0/3000000"));
+        assert_eq!((s.probed_ago_ms, s.site.as_str()), (100, "hcm"));
+        // An older primary report than the probe: no negative lag.
+        let s = standby_status("hcm", &probe, Some(&durable(0x200_0000, 1)), 1000);
+        assert_eq!(s.replay_lag_bytes, Some(0));
+        // Another timeline, no stream report, or no replay: no figure.
+        assert_eq!(
+            standby_status("hcm", &probe, Some(&durable(0x400_0000, 2)), 1000).replay_lag_bytes,
+            None
+        );
+        assert_eq!(
+            standby_status("hcm", &probe, None, 1000).replay_lag_bytes,
+            None
+        );
+        let down = ResourceHealth {
+            standby: "unreachable".into(),
+            ..probe.clone()
+        };
+        let s = standby_status("hcm", &down, Some(&durable(0x300_2000, 1)), 1000);
+        assert_eq!((s.replay_lag_bytes, s.replay_lsn), (None, None));
+    }
 
     fn feed(healthy: bool) -> ResourceHealth {
         ResourceHealth {

@@ -153,6 +153,7 @@ fn poll_pg_feeds(
             unarchived_segments: h.unarchived_segments,
             oldest_unarchived_ms: h.oldest_unarchived_ms.unwrap_or(0),
             detail: h.detail,
+            ..Default::default()
         });
     }
     trackers.retain(|name, _| g.resources.iter().any(|r| &r.name == name));

@@ -37,6 +37,7 @@ mod layout;
 pub(crate) mod lease;
 mod lock;
 mod metrics;
+mod pg_standby;
 mod pg_stream;
 mod primary;
 mod reconcile;

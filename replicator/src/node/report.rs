@@ -95,6 +95,7 @@ pub(super) async fn progress_report(rt: &NodeRt) -> HeartbeatRequest {
                 } else {
                     replica_reason(&g.last_error, &g.quarantined)
                 },
+                resources: g.pg_standbys.values().cloned().collect(),
                 ..Default::default()
             }),
         };

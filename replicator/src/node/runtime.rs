@@ -82,6 +82,8 @@ pub(super) struct GroupRt {
     pub(super) pg_feeds: BTreeMap<String, crate::pg_feed::Tracker>,
     /// Each streaming postgres resource's stream (primary only; replaced at each promotion).
     pub(super) pg_streams: BTreeMap<String, crate::pg_stream::SharedStatus>,
+    /// Each streamed postgres resource's standby as last probed (replica only).
+    pub(super) pg_standbys: BTreeMap<String, tandem_core::proto::ResourceHealth>,
 }
 
 /// The running node: its config, data folder, Replication service, groups and coordinators.

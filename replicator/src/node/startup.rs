@@ -95,11 +95,13 @@ pub async fn run(
     };
     info!(node = %name, listen = %node.listen, "replicator running");
     let hb = tokio::spawn(heartbeat_loop(rt.clone(), stop_rx.clone()));
+    let standbys = tokio::spawn(super::pg_standby::probe_loop(rt.clone(), stop_rx.clone()));
     shutdown.await;
     info!("replicator shutting down");
     let _ = stop_tx.send(true);
     service.close();
     let _ = hb.await;
+    let _ = standbys.await;
     let _ = grpc.await;
     if let Some(t) = nbd_task {
         let _ = t.await;
@@ -221,6 +223,7 @@ pub(super) fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
         .0,
         pg_feeds: Default::default(),
         pg_streams: Default::default(),
+        pg_standbys: Default::default(),
     }
 }
 

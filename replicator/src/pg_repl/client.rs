@@ -361,6 +361,22 @@ impl Client {
         super::system_info(&rs)
     }
 
+    /// `SHOW name`: a setting's value as text (`in_hot_standby`: `on` on a standby).
+    ///
+    /// # Errors
+    /// [`PgReplError::Invalid`] for a name other than letters, digits and `_`; I/O, server
+    /// and protocol errors.
+    pub async fn show(&mut self, name: &str) -> Result<String, PgReplError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(PgReplError::Invalid(format!("setting name {name:?}")));
+        }
+        let call = format!("SHOW {name}");
+        let rs = self.query(&call, &call).await?;
+        rs.required(0, name)
+            .map(str::to_owned)
+            .map_err(|e| PgReplError::protocol(&call, e))
+    }
+
     /// `SHOW wal_segment_size`, in bytes (16 MiB unless initdb chose otherwise).
     ///
     /// # Errors
