@@ -335,7 +335,142 @@ fn how_to_verify(o: &mut String, lang: Lang) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::audit::{AuditChain, AuditKind, AuditRecord};
+    use crate::evidence::{self, EvidenceError, ExportOptions, REPORT_FILE};
+    use serde_json::json;
+
+    /// A group on two VN sites, RPO samples, a drill with a step, a verify result.
+    fn chain() -> Vec<AuditRecord> {
+        let mut c = AuditChain::default();
+        let t0 = 1_700_000_000_000;
+        c.append(
+            t0,
+            "ops",
+            AuditKind::Bootstrap,
+            None,
+            json!({"sites_added": [{"name": "hanoi", "jurisdiction": "VN"},
+                                   {"name": "hcm", "jurisdiction": "VN"}],
+                   "groups_added": [{"name": "vol", "primary": "hanoi", "replica": "hcm",
+                                     "allowed_jurisdictions": ["VN"]}]}),
+        );
+        for k in 0..5 {
+            c.append(
+                t0 + 1_000 * k,
+                "coordinator",
+                AuditKind::RpoSample,
+                Some("vol"),
+                json!({"rpo_ms": 100 * k, "target_ms": 250}),
+            );
+        }
+        c.append(
+            t0 + 9_000,
+            "alice",
+            AuditKind::Drill,
+            Some("vol"),
+            json!({"run_id": "drill-1", "runbook": "drill", "phase": "start"}),
+        );
+        c.append(
+            t0 + 9_500,
+            "coordinator",
+            AuditKind::Drill,
+            Some("vol"),
+            json!({"run_id": "drill-1", "runbook": "drill", "phase": "end", "status": "ok",
+                   "ok": true, "rto_ms": 500}),
+        );
+        c.append(
+            t0 + 9_600,
+            "alice",
+            AuditKind::Verify,
+            Some("vol"),
+            json!({"root_match": true}),
+        );
+        c.records().to_vec()
+    }
+
+    fn opts(lang: Lang) -> ExportOptions {
+        ExportOptions {
+            cluster: "bank-dr".into(),
+            rto_targets_ms: BTreeMap::from([("vol".into(), 60_000)]),
+            generated_at_ms: 1_700_000_100_000,
+            lang,
+            ..ExportOptions::default()
+        }
+    }
+
+    fn report(lang: Lang) -> String {
+        let r = evidence::render(&chain(), &opts(lang)).unwrap();
+        let (_, html) = r.files.iter().find(|(n, _)| *n == REPORT_FILE).unwrap();
+        String::from_utf8(html.clone()).unwrap()
+    }
+
+    #[test]
+    fn every_link_of_the_report_leads_to_an_anchor_in_it() {
+        for lang in Lang::ALL {
+            let html = report(lang);
+            let links: Vec<&str> = html
+                .split("href=\"#")
+                .skip(1)
+                .filter_map(|s| s.split('"').next())
+                .collect();
+            assert!(links.len() >= 10, "{lang}: {links:?}");
+            for l in links {
+                assert!(
+                    html.contains(&format!("id=\"{l}\"")),
+                    "{lang}: #{l} leads nowhere"
+                );
+            }
+            assert_eq!(html.matches("<tr id=\"control-").count(), 6, "{lang}");
+            assert!(
+                html.contains("href=\"#run-drill-1\""),
+                "{lang}: the drill is linked"
+            );
+        }
+    }
+
+    #[test]
+    fn the_vietnamese_report_is_vietnamese_with_its_dates() {
+        let vi = report(Lang::Vi);
+        assert!(vi.contains("<html lang=\"vi\">"));
+        assert!(vi.contains("Đối chiếu với các yêu cầu kiểm soát"));
+        assert!(
+            vi.contains("14/11/2023 22:13:29"),
+            "the drill's start, dd/mm/yyyy"
+        );
+        for english in [
+            ">Summary<",
+            "Controls mapping",
+            "Data residency",
+            "How to verify",
+        ] {
+            assert!(!vi.contains(english), "{english:?} left in English");
+        }
+        let en = report(Lang::En);
+        assert!(en.contains("<html lang=\"en\">") && en.contains("2023-11-14T22:13:29.000Z"));
+        assert!(!en.contains("14/11/2023"));
+    }
+
+    #[test]
+    fn a_vietnamese_folder_verifies_and_its_language_is_part_of_what_verify_derives() {
+        let dir = tempfile::tempdir().unwrap();
+        evidence::export(&chain(), &opts(Lang::Vi), dir.path()).unwrap();
+        evidence::verify(dir.path()).unwrap();
+        let path = dir.path().join(evidence::MANIFEST_FILE);
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        assert!(manifest.contains("\"lang\": \"vi\""), "{manifest}");
+        // An English folder's manifest has no `lang`: folders from before still verify.
+        let en = tempfile::tempdir().unwrap();
+        evidence::export(&chain(), &opts(Lang::En), en.path()).unwrap();
+        let m = std::fs::read_to_string(en.path().join(evidence::MANIFEST_FILE)).unwrap();
+        assert!(!m.contains("\"lang\""));
+        // Claiming the Vietnamese report is English is caught.
+        std::fs::write(&path, manifest.replace("\"lang\": \"vi\",\n", "")).unwrap();
+        assert!(matches!(
+            evidence::verify(dir.path()),
+            Err(EvidenceError::DerivedMismatch { name, .. }) if name == REPORT_FILE
+        ));
+    }
 
     #[test]
     fn escapes_markup_in_names() {

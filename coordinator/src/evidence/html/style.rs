@@ -4,8 +4,8 @@
 /// The inline stylesheet.
 ///
 /// Print: A4 with 12 mm margins; every cell may break anywhere (`overflow-wrap:anywhere`), so
-/// a long hash, run id or record list wraps inside its column; wide tables take the page width
-/// with a fixed layout; charts scale to the page; verdicts carry a mark (✓ ✗) besides their
+/// a long hash, run id or record list wraps inside its column; tables take the page width with
+/// a fixed layout (on screen the browser sizes the columns); charts scale to the page; verdicts carry a mark (✓ ✗) besides their
 /// colour, and the charts use line styles, hatching and marker shapes, so a black-and-white
 /// print reads the same.
 pub const STYLE: &str = "\
@@ -14,7 +14,7 @@ h1{font-size:1.6em}h2{border-bottom:2px solid #1565c0;margin-top:2em}\
 table{border-collapse:collapse;margin:.6em 0 1.2em;max-width:100%}\
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;font-size:.92em;\
 overflow-wrap:anywhere}th{background:#eef3fa}\
-table.wide{width:100%;table-layout:fixed}\
+table.wide{width:100%}\
 .pass{color:#1b5e20;font-weight:bold}.fail{color:#b71c1c;font-weight:bold;text-decoration:underline}\
 .na{color:#666}code,.hash{font-family:ui-monospace,Consolas,monospace;font-size:.9em;\
 word-break:break-all;overflow-wrap:anywhere}\
@@ -36,7 +36,8 @@ nav.toc ol{columns:2}\
 body{margin:0;max-width:none;font-size:9pt;color:#000}\
 h1{font-size:15pt}h2{font-size:12pt;break-after:avoid;border-bottom:1.5pt solid #000}\
 h3,h4{break-after:avoid}\
-table{width:100%;table-layout:fixed}th,td{font-size:8pt;padding:2px 4px;border-color:#777}\
+table{width:100%;table-layout:fixed}table.identity{table-layout:auto}\
+th,td{font-size:8pt;padding:2px 4px;border-color:#777}\
 th{background:#eee}tr,svg{break-inside:avoid}\
 a{color:inherit;text-decoration:none}\
 .warn{color:#000;border-color:#000}\
