@@ -3,8 +3,9 @@
 
 /// The inline stylesheet.
 ///
-/// Print: A4 with 12 mm margins; every cell may break anywhere (`overflow-wrap:anywhere`), so
-/// a long hash, run id or record list wraps inside its column; tables take the page width with
+/// Print: A4 with 12 mm margins; cells wrap at spaces and break a word only when it cannot fit
+/// (`overflow-wrap:break-word`; hashes, run ids and record lists anywhere), so a long hash, run
+/// id or record list wraps inside its column; tables take the page width with
 /// a fixed layout (on screen the browser sizes the columns); charts scale to the page; verdicts carry a mark (✓ ✗) besides their
 /// colour, and the charts use line styles, hatching and marker shapes, so a black-and-white
 /// print reads the same.
@@ -13,8 +14,8 @@ body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:
 h1{font-size:1.6em}h2{border-bottom:2px solid #1565c0;margin-top:2em}\
 table{border-collapse:collapse;margin:.6em 0 1.2em;max-width:100%}\
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;font-size:.92em;\
-overflow-wrap:anywhere}th{background:#eef3fa}\
-table.wide{width:100%}\
+overflow-wrap:break-word}th{background:#eef3fa}td.records,td[id^=run-]{overflow-wrap:anywhere}\
+table.wide{width:100%}table.summary th,table.summary td{font-size:.82em;padding:3px 4px}\
 .pass{color:#1b5e20;font-weight:bold}.fail{color:#b71c1c;font-weight:bold;text-decoration:underline}\
 .na{color:#666}code,.hash{font-family:ui-monospace,Consolas,monospace;font-size:.9em;\
 word-break:break-all;overflow-wrap:anywhere}\
