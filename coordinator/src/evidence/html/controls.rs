@@ -19,7 +19,7 @@ pub fn human_ms(ms: u64) -> String {
         (60_000, "min"),
         (1_000, "s"),
     ] {
-        if ms >= unit && ms % unit == 0 {
+        if ms >= unit && ms.is_multiple_of(unit) {
             return format!("{} {name}", ms / unit);
         }
     }

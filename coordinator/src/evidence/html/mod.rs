@@ -321,10 +321,10 @@ fn summary(
 
 /// How an auditor checks the folder, closing the page.
 fn how_to_verify(o: &mut String, lang: Lang) {
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<section id=\"how-to-verify\"><h2>{}</h2><ol><li>{}</li><li>{}</li><li>{}</li>\
-         <li>{}</li></ol></section></body></html>\n",
+         <li>{}</li></ol></section></body></html>",
         tr(lang, T::HowToVerify),
         tr(lang, T::Verify1),
         tr(lang, T::Verify2),
