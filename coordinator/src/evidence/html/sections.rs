@@ -9,6 +9,13 @@ use crate::evidence::derive::controls::{location, Location};
 use crate::evidence::derive::{RpoRow, Run, RunsDoc};
 use std::fmt::Write as _;
 
+/// A time cell: the time in the language's format, escaped, with a line-break opportunity
+/// between date and time (`<wbr>` after the `T` of ISO 8601) so a narrow printed column breaks
+/// it there.
+pub(super) fn when(lang: Lang, ms: i64) -> String {
+    esc(&fmt_time(lang, ms)).replacen('T', "T<wbr>", 1)
+}
+
 /// `<tr>` of header cells.
 pub(super) fn header_row(lang: Lang, keys: &[T]) -> String {
     let mut o = String::from("<tr>");
@@ -175,7 +182,7 @@ pub(super) fn drill_cadence(o: &mut String, lang: Lang, runs: &RunsDoc) {
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>#{}</td></tr>",
                 esc(&c.group),
                 esc(&d.run_id),
-                esc(&fmt_time(lang, d.start_ms)),
+                when(lang, d.start_ms),
                 esc(&d.actor),
                 tr(lang, if d.scheduled { T::Yes } else { T::No }),
                 d.outcome.as_deref().map_or_else(|| "—".to_string(), esc),
@@ -262,7 +269,7 @@ fn verify_results(o: &mut String, lang: Lang, runs: &RunsDoc, g: &str) {
             o,
             "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             v.index,
-            esc(&fmt_time(lang, v.at_ms)),
+            when(lang, v.at_ms),
             esc(&v.actor),
             verdict(lang, v.ok, T::Match, T::Mismatch),
             esc(&v.detail.to_string())
@@ -280,7 +287,11 @@ fn operations(o: &mut String, lang: Lang, gruns: &[&Run]) {
     }
     let _ = write!(
         o,
-        "<table class=\"rto wide\">{}",
+        "<table class=\"rto wide\"><colgroup><col style=\"width:10%\"><col style=\"width:7%\">\
+         <col style=\"width:7%\"><col style=\"width:8%\"><col style=\"width:11%\">\
+         <col style=\"width:11%\"><col style=\"width:7%\"><col style=\"width:7%\">\
+         <col style=\"width:6%\"><col style=\"width:6%\"><col style=\"width:8%\">\
+         <col style=\"width:6%\"><col style=\"width:6%\"></colgroup>{}",
         header_row(
             lang,
             &[
@@ -356,8 +367,8 @@ fn operation_row(o: &mut String, lang: Lang, r: &Run) {
         kind_name(lang, r.kind),
         esc(&r.op),
         esc(&r.actor),
-        esc(&fmt_time(lang, r.start_ms)),
-        esc(&fmt_time(lang, r.end_ms)),
+        when(lang, r.start_ms),
+        when(lang, r.end_ms),
         opt_ms(r.rto_ms),
         opt_ms(r.rto_target_ms),
         verdict(lang, r.rto_met, T::Pass, T::Fail),
@@ -404,7 +415,7 @@ pub(super) fn approvals_table(o: &mut String, lang: Lang, runs: &RunsDoc, group:
             "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td></tr>",
             a.index,
-            esc(&fmt_time(lang, a.at_ms)),
+            when(lang, a.at_ms),
             esc(&a.approver),
             esc(&a.actor),
             esc(&a.decision),
@@ -442,7 +453,7 @@ pub(super) fn refused_table(o: &mut String, lang: Lang, runs: &RunsDoc, group: O
             o,
             "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.index,
-            esc(&fmt_time(lang, r.at_ms)),
+            when(lang, r.at_ms),
             esc(&r.actor),
             esc(&r.op),
             esc(&r.message)

@@ -39,7 +39,7 @@ h1{font-size:15pt}h2{font-size:12pt;break-after:avoid;border-bottom:1.5pt solid 
 h3,h4{break-after:avoid}\
 table{width:100%;table-layout:fixed}table.identity{table-layout:auto}\
 th,td{font-size:8pt;padding:2px 4px;border-color:#777}\
-th{background:#eee}tr,svg{break-inside:avoid}\
+th{background:#eee}tr,svg{break-inside:avoid}table.summary th{font-size:7pt}\
 a{color:inherit;text-decoration:none}\
 .warn{color:#000;border-color:#000}\
 nav.toc{display:none}}";
