@@ -9,6 +9,7 @@ use super::{esc, kind_name};
 use crate::evidence::derive::controls::{
     Anchor, Control, ControlRow, Evidence, Finding, Missing, Status,
 };
+use crate::evidence::derive::RunKind;
 use std::fmt::Write as _;
 
 /// A duration in the largest whole unit (`30 d`, `3 s`, `1500 ms`).
@@ -61,6 +62,59 @@ fn allowed(lang: Lang, a: &[String]) -> String {
     }
 }
 
+/// A recovery's measured RTO, with its target when it has one.
+fn rto_measured_text(
+    lang: Lang,
+    kind: RunKind,
+    run: &str,
+    group: &str,
+    ms: i64,
+    target_ms: Option<i64>,
+) -> String {
+    let (kind, run, group, ms) = (kind_name(lang, kind), esc(run), esc(group), ms.to_string());
+    let mut args = vec![
+        ("kind", kind),
+        ("run", &run),
+        ("group", &group),
+        ("ms", &ms),
+    ];
+    match target_ms.map(|t| t.to_string()) {
+        Some(t) => {
+            args.push(("target", &t));
+            fill(lang, T::EvRtoMeasured, &args)
+        }
+        None => fill(lang, T::EvRtoUnjudged, &args),
+    }
+}
+
+/// A recovery's data-loss window.
+fn data_loss_text(
+    lang: Lang,
+    kind: RunKind,
+    run: &str,
+    group: &str,
+    rpo_at_loss_ms: Option<i64>,
+    lost_changes: Option<u64>,
+) -> String {
+    let mut loss = rpo_at_loss_ms.map_or_else(
+        || tr(lang, T::LossRecorded).to_string(),
+        |ms| fill(lang, T::RpoAtLoss, &[("ms", &ms.to_string())]),
+    );
+    if let Some(n) = lost_changes {
+        loss.push_str(&fill(lang, T::LostChanges, &[("n", &n.to_string())]));
+    }
+    fill(
+        lang,
+        T::EvDataLoss,
+        &[
+            ("kind", kind_name(lang, kind)),
+            ("run", &esc(run)),
+            ("group", &esc(group)),
+            ("loss", &loss),
+        ],
+    )
+}
+
 /// A piece of evidence in words (values escaped).
 pub fn evidence_text(lang: Lang, e: &Evidence) -> String {
     match e {
@@ -111,23 +165,7 @@ pub fn evidence_text(lang: Lang, e: &Evidence) -> String {
             group,
             ms,
             target_ms,
-        } => {
-            let mut args = vec![
-                ("kind", kind_name(lang, *kind).to_string()),
-                ("run", esc(run)),
-                ("group", esc(group)),
-                ("ms", ms.to_string()),
-            ];
-            let key = match target_ms {
-                Some(t) => {
-                    args.push(("target", t.to_string()));
-                    T::EvRtoMeasured
-                }
-                None => T::EvRtoUnjudged,
-            };
-            let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            fill(lang, key, &args)
-        }
+        } => rto_measured_text(lang, *kind, run, group, *ms, *target_ms),
         Evidence::RpoSamples { group, n, max_ms } => fill(
             lang,
             T::EvRpoSamples,
@@ -153,25 +191,7 @@ pub fn evidence_text(lang: Lang, e: &Evidence) -> String {
             group,
             rpo_at_loss_ms,
             lost_changes,
-        } => {
-            let mut loss = rpo_at_loss_ms.map_or_else(
-                || tr(lang, T::LossRecorded).to_string(),
-                |ms| fill(lang, T::RpoAtLoss, &[("ms", &ms.to_string())]),
-            );
-            if let Some(n) = lost_changes {
-                loss.push_str(&fill(lang, T::LostChanges, &[("n", &n.to_string())]));
-            }
-            fill(
-                lang,
-                T::EvDataLoss,
-                &[
-                    ("kind", kind_name(lang, *kind)),
-                    ("run", &esc(run)),
-                    ("group", &esc(group)),
-                    ("loss", &loss),
-                ],
-            )
-        }
+        } => data_loss_text(lang, *kind, run, group, *rpo_at_loss_ms, *lost_changes),
         Evidence::Timeline {
             kind,
             run,
