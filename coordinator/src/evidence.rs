@@ -63,6 +63,9 @@ pub struct ExportOptions {
     /// `drill_every` per group (ms): the drills of those groups are checked against it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drill_every_ms: BTreeMap<String, u64>,
+    /// The language of `report.html` (`--lang`; English by default).
+    #[serde(default, skip_serializing_if = "html::Lang::is_default")]
+    pub lang: html::Lang,
 }
 
 /// Chain summary in the manifest.
@@ -119,6 +122,10 @@ pub struct Manifest {
     /// `drill_every` per group used for the drill cadence (group → ms).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drill_every_ms: BTreeMap<String, u64>,
+    /// The language `report.html` is written in (absent: English), so `verify` renders it
+    /// again in the same language.
+    #[serde(default, skip_serializing_if = "html::Lang::is_default")]
+    pub lang: html::Lang,
     /// The exported segment of the chain.
     pub chain: ChainSummary,
     /// Every other file with its size and BLAKE3.
@@ -137,6 +144,7 @@ impl Manifest {
             generated_at_ms: self.generated_at_ms,
             residency_start: self.residency_start.clone(),
             drill_every_ms: self.drill_every_ms.clone(),
+            lang: self.lang,
         }
     }
 }
@@ -412,6 +420,7 @@ pub fn render_window(
         rpo_targets_ms: opts.rpo_targets_ms.clone(),
         residency_start: opts.residency_start.clone(),
         drill_every_ms: opts.drill_every_ms.clone(),
+        lang: opts.lang,
         chain: ChainSummary {
             first_index: records.first().map(|r| r.index),
             last_index: records.last().map(|r| r.index),

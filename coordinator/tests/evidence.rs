@@ -378,6 +378,7 @@ fn opts() -> ExportOptions {
         generated_at_ms: T0 + 1_000_000,
         residency_start: Default::default(),
         drill_every_ms: BTreeMap::new(),
+        lang: Default::default(),
     }
 }
 

@@ -434,6 +434,7 @@ fn evidence(d: &Demo) -> Result<(PathBuf, bool)> {
             out: ev_dir.clone(),
             from: None,
             to: None,
+            lang: Default::default(),
         },
     ))?;
     let ok = tandem_coordinator::evidence::verify(&ev_dir).is_ok();

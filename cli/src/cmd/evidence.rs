@@ -1,5 +1,6 @@
-//! `tandem evidence export|verify`: the auditor's folder (report.html, audit.jsonl, runs.json,
-//! rpo.csv, signed-head.json, manifest.json) and its re-check, with `--ca` its authenticity.
+//! `tandem evidence export|verify|report`: the auditor's folder (report.html, audit.jsonl,
+//! runs.json, rpo.csv, signed-head.json, manifest.json), its re-check (with `--ca` its
+//! authenticity), and its report rendered again in another language.
 
 use crate::cmd::status::runtime;
 use crate::exit::bad_input;
@@ -8,6 +9,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tandem_coordinator::audit::AuditRecord;
+use tandem_coordinator::evidence::html::Lang;
 use tandem_coordinator::evidence::sign::{self, HeadClaim, SignedHead};
 use tandem_coordinator::evidence::{self, ChainSummary, ExportOptions};
 use tandem_core::proto::SignAuditHeadRequest;
@@ -20,6 +22,23 @@ pub enum EvidenceCmd {
     /// Re-check a folder: the audit chain, every file's blake3, and every derived file; with
     /// `--ca`, also that a coordinator of that CA signed the chain's head.
     Verify(VerifyArgs),
+    /// Render a verified folder's report.html again in another language, into a file outside
+    /// the folder's manifest (offline: no cluster needed).
+    Report(ReportArgs),
+}
+
+/// Arguments of `tandem evidence report`.
+#[derive(Debug, ClapArgs)]
+pub struct ReportArgs {
+    /// The evidence folder (verified first).
+    pub dir: PathBuf,
+    /// Language of the report: `en` (English, ISO 8601 dates) or `vi` (Vietnamese,
+    /// dd/mm/yyyy dates).
+    #[arg(long, default_value = "en")]
+    pub lang: Lang,
+    /// The HTML file to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `tandem evidence export`.
@@ -37,6 +56,10 @@ pub struct ExportArgs {
     /// End of the window (RFC 3339); default: now.
     #[arg(long)]
     pub to: Option<String>,
+    /// Language of report.html: `en` (English, ISO 8601 dates) or `vi` (Vietnamese,
+    /// dd/mm/yyyy dates). Recorded in the manifest, so verify renders it the same way.
+    #[arg(long, default_value = "en")]
+    pub lang: Lang,
 }
 
 /// Arguments of `tandem evidence verify`.
@@ -62,6 +85,7 @@ pub struct VerifyArgs {
 pub fn run(cmd: EvidenceCmd) -> Result<()> {
     match cmd {
         EvidenceCmd::Export(a) => export(a),
+        EvidenceCmd::Report(a) => report(a),
         EvidenceCmd::Verify(a) => {
             let report = evidence::verify(&a.dir)
                 .with_context(|| format!("{} does not verify", a.dir.display()))?;
@@ -133,6 +157,36 @@ fn authenticity(a: &VerifyArgs) -> Result<Option<sign::Authenticity>> {
             )
         })?;
     Ok(Some(ok))
+}
+
+/// `tandem evidence report`: verifies the folder, then renders its report in `--lang` from its
+/// `audit.jsonl` and manifest, exactly as an export in that language would have.
+fn report(a: ReportArgs) -> Result<()> {
+    evidence::verify(&a.dir).with_context(|| format!("{} does not verify", a.dir.display()))?;
+    let read = |name: &str| {
+        let path = a.dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let manifest = evidence::parse_manifest(&read(evidence::MANIFEST_FILE)?)?;
+    let records = evidence::parse_audit_jsonl(&read(evidence::AUDIT_FILE)?)?;
+    let mut opts = manifest.options();
+    opts.lang = a.lang;
+    let rendered = evidence::render_window(&records, &manifest.chain.first_prev_hash, &opts);
+    let html = rendered
+        .files
+        .iter()
+        .find(|(name, _)| *name == evidence::REPORT_FILE)
+        .map(|(_, bytes)| bytes.as_slice())
+        .unwrap_or_default();
+    std::fs::write(&a.out, html).with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "{}: the report of {} ({} audit records, verified) in {}",
+        a.out.display(),
+        a.dir.display(),
+        manifest.chain.records,
+        a.lang
+    );
+    Ok(())
 }
 
 fn parse_time(s: &str, field: &str) -> Result<i64> {
@@ -217,6 +271,7 @@ fn export(a: ExportArgs) -> Result<()> {
             .iter()
             .filter_map(|g| Some((g.name.clone(), g.drill_every?.as_millis())))
             .collect(),
+        lang: a.lang,
     };
     let rendered = evidence::render(&records, &opts)
         .with_context(|| format!("exporting evidence to {}", a.out.display()))?;

@@ -9,9 +9,11 @@
 //! - [`rpo`]: RPO samples and `rpo.csv`.
 //! - [`residency`]: where data stood and was held.
 //! - [`cadence`]: scheduled drills, and whether their cadence held.
+//! - [`controls`]: the audit controls each piece of evidence addresses, and what is missing.
 //! - [`fields`]: reading record details.
 
 pub mod cadence;
+pub mod controls;
 pub mod fields;
 pub mod model;
 pub mod residency;
@@ -21,6 +23,7 @@ pub mod runs;
 mod tests;
 
 pub use self::cadence::drill_cadence;
+pub use self::controls::{controls, AfterActionFacts, Control, ControlRow, ControlsInput};
 pub use self::fields::{groups, iso_ms};
 pub use self::model::{
     Approval, CadenceDrill, GroupCadence, Refusal, RpoRow, Run, RunKind, RunsDoc, Step,
