@@ -72,6 +72,11 @@ pub struct MemberStatus {
     pub address: String,
     /// `leader`, `follower`, or `unknown`.
     pub role: String,
+    /// How long ago the answering coordinator last received a raft message from it (ms);
+    /// absent for the answering coordinator itself and for one it never heard. A leader
+    /// hears every live follower at each raft heartbeat, a follower only the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ago_ms: Option<u64>,
 }
 
 /// One site.

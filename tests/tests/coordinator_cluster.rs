@@ -153,3 +153,52 @@ fn cut_off_minority_commits_nothing_and_majority_carries_on() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A witness site holds no replicator: status judges it by its coordinator as the leader hears
+/// it, `up` while it runs and `down` once it is killed (it read `unknown` before).
+#[test]
+fn status_shows_the_witness_site_up_then_down_with_its_coordinator() {
+    let topo = Topo::new(TopoOpts::default());
+    let mut procs: HashMap<String, NodeProc> = topo
+        .coordinators
+        .iter()
+        .map(|n| (n.clone(), NodeProc::start(&topo, n)))
+        .collect();
+    let site_status = |st: &serde_json::Value, name: &str| {
+        st["sites"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["status"].as_str().unwrap_or("").to_owned())
+    };
+    topo.wait_status(&[], Duration::from_secs(20), "the witness up", |st| {
+        (site_status(st, "danang").as_deref() == Some("up")).then_some(())
+    });
+    let witness = topo
+        .coordinators
+        .iter()
+        .find(|n| n.starts_with("danang"))
+        .unwrap()
+        .clone();
+    procs.get_mut(&witness).unwrap().kill9();
+    let others: Vec<&str> = topo
+        .coordinators
+        .iter()
+        .filter(|n| **n != witness)
+        .map(String::as_str)
+        .collect();
+    let st = topo.wait_status(&others, Duration::from_secs(20), "the witness down", |st| {
+        (site_status(st, "danang").as_deref() == Some("down")).then(|| st.clone())
+    });
+    let member = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == witness.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        member["heard_ago_ms"].as_u64().is_none_or(|a| a > 3_000),
+        "{member}"
+    );
+}

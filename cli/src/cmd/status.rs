@@ -23,14 +23,91 @@ pub struct Args {
     /// Refresh every second until interrupted.
     #[arg(long)]
     pub watch: bool,
+    /// Only these groups (may be repeated).
+    #[arg(long)]
+    pub group: Vec<String>,
+    /// Only groups with this site as primary or replica (may be repeated).
+    #[arg(long)]
+    pub site: Vec<String>,
+    /// Only groups in this state (`protected`, `degraded`, `failing-over`, ...; may be
+    /// repeated).
+    #[arg(long)]
+    pub state: Vec<String>,
+}
+
+/// Which groups `tandem status` shows: those matching every filter given (each filter
+/// matches any of its values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Group names.
+    pub groups: Vec<String>,
+    /// Sites (primary or replica).
+    pub sites: Vec<String>,
+    /// States.
+    pub states: Vec<String>,
+}
+
+impl Filter {
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.sites.is_empty() && self.states.is_empty()
+    }
+
+    /// Keeps the groups of `st` that match; the summary still counts every group.
+    pub fn apply(&self, st: &mut ClusterStatus) {
+        let any = |v: &[String], x: &str| v.is_empty() || v.iter().any(|f| f == x);
+        st.groups.retain(|g| {
+            any(&self.groups, &g.name)
+                && (self.sites.is_empty()
+                    || self
+                        .sites
+                        .iter()
+                        .any(|s| *s == g.primary || *s == g.replica))
+                && any(&self.states, &g.state)
+        });
+    }
+}
+
+/// One line over every group: how many are in each state, how many over their RPO target, and
+/// the largest RPO: `groups: 3 (2 protected, 1 degraded); 1 over its RPO target; RPO max 2.1s`.
+pub fn summary_line(st: &ClusterStatus) -> String {
+    let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+    for g in &st.groups {
+        *by_state.entry(g.state.as_str()).or_default() += 1;
+    }
+    let states: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let over = st
+        .groups
+        .iter()
+        .filter(|g| g.rpo_ms > g.rpo_target_ms)
+        .count();
+    let max = st.groups.iter().map(|g| g.rpo_ms).max().unwrap_or(0);
+    format!(
+        "groups: {} ({}); {over} over its RPO target; RPO max {}",
+        st.groups.len(),
+        if states.is_empty() {
+            "none".into()
+        } else {
+            states.join(", ")
+        },
+        ms(max)
+    )
 }
 
 /// Runs `tandem status`.
 pub fn run(a: Args) -> Result<()> {
     let addrs = coordinator_addrs(a.config.as_ref(), &a.addr)?;
     let rt = runtime()?;
+    let filter = Filter {
+        groups: a.group.clone(),
+        sites: a.site.clone(),
+        states: a.state.clone(),
+    };
     loop {
-        let st = rt.block_on(fetch(&addrs))?;
+        let mut st = rt.block_on(fetch(&addrs))?;
+        let summary = summary_line(&st);
+        let total = st.groups.len();
+        filter.apply(&mut st);
         if a.json {
             println!("{}", serde_json::to_string_pretty(&st)?);
         } else {
@@ -39,6 +116,10 @@ pub fn run(a: Args) -> Result<()> {
                 print!("\x1b[2J\x1b[H");
             }
             print!("{}", render(&st, a.watch));
+            println!("\n{summary}");
+            if !filter.is_empty() {
+                println!("shown: {} of {total} groups (filtered)", st.groups.len());
+            }
         }
         if !a.watch {
             return Ok(());
@@ -327,6 +408,60 @@ pub async fn replicator_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_keep_matching_groups_and_the_summary_counts_states() {
+        use tandem_coordinator::status::GroupStatus;
+        let g = |name: &str, p: &str, r: &str, state: &str, rpo: i64| GroupStatus {
+            name: name.into(),
+            primary: p.into(),
+            replica: r.into(),
+            state: state.into(),
+            rpo_ms: rpo,
+            rpo_target_ms: 1000,
+            ..Default::default()
+        };
+        let st = ClusterStatus {
+            groups: vec![
+                g("a", "hanoi", "hcm", "protected", 10),
+                g("b", "hcm", "hanoi", "degraded", 2500),
+                g("c", "hue", "hcm", "protected", 0),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            summary_line(&st),
+            "groups: 3 (1 degraded, 2 protected); 1 over its RPO target; RPO max 2.5s"
+        );
+        let names = |f: Filter| {
+            let mut s = st.clone();
+            f.apply(&mut s);
+            s.groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(Filter::default()), ["a", "b", "c"]);
+        let site = |s: &str| Filter {
+            sites: vec![s.into()],
+            ..Default::default()
+        };
+        assert_eq!(names(site("hanoi")), ["a", "b"]);
+        assert_eq!(names(site("hue")), ["c"]);
+        let f = Filter {
+            sites: vec!["hcm".into()],
+            states: vec!["protected".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(f), ["a", "c"]);
+        let f = Filter {
+            groups: vec!["b".into(), "c".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(f), ["b", "c"]);
+        let f = Filter {
+            states: vec!["failing-over".into()],
+            ..Default::default()
+        };
+        assert!(names(f).is_empty());
+    }
 
     #[test]
     fn the_drill_line_shows_the_next_due_drill_overdue_and_refusals() {

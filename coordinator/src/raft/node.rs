@@ -79,6 +79,9 @@ pub struct RaftStatus {
     pub learners: Vec<u64>,
     /// Whether the raft thread is still running.
     pub running: bool,
+    /// For each peer this node has received a raft message from: how long ago (ms, when the
+    /// status was published). A leader hears every live follower at each heartbeat.
+    pub heard_ms_ago: BTreeMap<u64, u64>,
 }
 
 struct Shared<SM> {
@@ -323,6 +326,7 @@ pub async fn start<SM: StateMachine>(
         voters: Vec::new(),
         learners: Vec::new(),
         running: true,
+        heard_ms_ago: BTreeMap::new(),
     }));
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), RaftError>>();
     let thread = {
@@ -400,6 +404,8 @@ struct Node<SM> {
     last_snapshot: u64,
     snapshot_every: u64,
     tick: Duration,
+    /// When a raft message from each peer last arrived.
+    heard: BTreeMap<u64, Instant>,
 }
 
 impl<SM: StateMachine> Node<SM> {
@@ -465,6 +471,7 @@ impl<SM: StateMachine> Node<SM> {
             last_snapshot: snap.index,
             snapshot_every: cfg.snapshot_every,
             tick: cfg.tick,
+            heard: BTreeMap::new(),
         };
         node.add_peers(peers);
         node.publish_status();
@@ -543,6 +550,7 @@ impl<SM: StateMachine> Node<SM> {
         match cmd {
             Cmd::Step(m) => {
                 if !is_blocked(&self.blocked, m.from) {
+                    self.heard.insert(m.from, Instant::now());
                     if let Err(e) = self.raw.step(*m) {
                         tracing::debug!(node = self.id, error = %e, "raft step refused a message");
                     }
@@ -822,6 +830,11 @@ impl<SM: StateMachine> Node<SM> {
         st.snapshot_index = self.storage.snapshot_metadata().index;
         st.voters = voters;
         st.learners = learners;
+        st.heard_ms_ago = self
+            .heard
+            .iter()
+            .map(|(id, at)| (*id, at.elapsed().as_millis() as u64))
+            .collect();
     }
 }
 

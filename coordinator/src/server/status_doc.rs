@@ -52,12 +52,19 @@ impl Coordinator {
         let now = self.now_ms();
         let live = lock(&self.inner.live);
         let t = &self.inner.topo;
-        let members = members(t, rs.leader_id);
+        let members = members(t, &rs);
+        let i_lead = rs.leader_id == Some(rs.id);
         self.read(|s| {
             let sites = t
                 .sites
                 .iter()
-                .map(|site| site_status(t, s, &live, site, now))
+                .map(|site| {
+                    let mut st = site_status(t, s, &live, site, now);
+                    if site.witness {
+                        st.status = witness_status(&site.name, &members, i_lead).into();
+                    }
+                    st
+                })
                 .collect();
             let groups = t
                 .groups
@@ -84,10 +91,12 @@ impl Coordinator {
 }
 
 /// The coordinators and their raft role as this node knows the leader.
-fn members(t: &Topology, leader_id: Option<u64>) -> Vec<MemberStatus> {
+fn members(t: &Topology, rs: &crate::raft::RaftStatus) -> Vec<MemberStatus> {
+    let leader_id = rs.leader_id;
     t.coordinators()
         .iter()
         .map(|c| MemberStatus {
+            heard_ago_ms: rs.heard_ms_ago.get(&c.raft_id).copied(),
             name: c.node.name.clone(),
             id: c.raft_id,
             site: c.node.site.clone(),
@@ -101,6 +110,31 @@ fn members(t: &Topology, leader_id: Option<u64>) -> Vec<MemberStatus> {
             },
         })
         .collect()
+}
+
+/// How recently a leader must have heard a coordinator for its site to count as up: a few raft
+/// heartbeats.
+pub(crate) const COORDINATOR_HEARD_WITHIN_MS: u64 = 3_000;
+
+/// A witness site's status: it holds no replicator, so it is judged by its coordinators. The
+/// leader hears every live coordinator at each raft heartbeat: `up` when one at the site is
+/// the answering leader or was heard within [`COORDINATOR_HEARD_WITHIN_MS`], `down` when the
+/// leader heard none of them within it; a follower cannot tell (`unknown`). Pure.
+pub(crate) fn witness_status(site: &str, members: &[MemberStatus], i_lead: bool) -> &'static str {
+    let at_site: Vec<&MemberStatus> = members.iter().filter(|m| m.site == site).collect();
+    if !i_lead || at_site.is_empty() {
+        return "unknown";
+    }
+    let up = at_site.iter().any(|m| {
+        m.role == "leader"
+            || m.heard_ago_ms
+                .is_some_and(|a| a <= COORDINATOR_HEARD_WITHIN_MS)
+    });
+    if up {
+        "up"
+    } else {
+        "down"
+    }
 }
 
 /// A site: its status in the state and when a replicator there was last heard.
@@ -414,6 +448,35 @@ fn resource_status(
 mod tests {
     use super::*;
     use tandem_core::proto::ResourceHealth;
+
+    #[test]
+    fn a_witness_site_is_judged_by_its_coordinators_as_the_leader_hears_them() {
+        let m = |name: &str, site: &str, role: &str, heard: Option<u64>| MemberStatus {
+            name: name.into(),
+            site: site.into(),
+            role: role.into(),
+            heard_ago_ms: heard,
+            ..Default::default()
+        };
+        let heard = |a| {
+            vec![
+                m("hanoi-coord", "hanoi", "leader", None),
+                m("danang-coord", "danang", "follower", a),
+            ]
+        };
+        assert_eq!(witness_status("danang", &heard(Some(120)), true), "up");
+        assert_eq!(witness_status("danang", &heard(Some(9_000)), true), "down");
+        assert_eq!(witness_status("danang", &heard(None), true), "down");
+        // A follower hears only the leader: it cannot tell.
+        assert_eq!(
+            witness_status("danang", &heard(Some(120)), false),
+            "unknown"
+        );
+        // The witness's coordinator is the leader answering.
+        let lead = vec![m("danang-coord", "danang", "leader", None)];
+        assert_eq!(witness_status("danang", &lead, true), "up");
+        assert_eq!(witness_status("nowhere", &lead, true), "unknown");
+    }
 
     #[test]
     fn the_standby_lag_is_what_is_durable_at_the_replica_and_not_replayed() {
