@@ -4,8 +4,8 @@
 
 use super::SimStats;
 use tandem_coordinator::state::{
-    ClusterSettings, Command, Event, GroupProgress, GroupSpec, GroupState, LeaseStatus, Mode,
-    Rejection, Role, SiteSpec, SiteStatus, State,
+    ClusterSettings, Command, Event, GroupProgress, GroupSpec, GroupState, LeaseRenewal,
+    LeaseStatus, Mode, Rejection, Role, SiteSpec, SiteStatus, State,
 };
 use tandem_core::ids::{Epoch, Seq};
 use tandem_core::mixed::XorShift;
@@ -215,6 +215,7 @@ impl Workload {
         let g = view.group(GROUP)?;
         let primary = g.primary_site == r.site;
         let belief = live_belief(r.belief, at_ms);
+        let mut renew = Vec::new();
         if primary {
             let lease_mine = g.lease.as_ref().filter(|l| {
                 l.holder == r.node && !matches!(l.status, LeaseStatus::Released { .. })
@@ -254,14 +255,22 @@ impl Workload {
                             epoch: g.epoch,
                         })
                     }
+                    // Renewed on its own (RenewLease) or with the heartbeat, as the
+                    // coordinators do (Heartbeat.renew), half the time each.
                     Some(b) if b.expires_ms - at_ms < ttl / 2 => {
-                        return Some(Command::RenewLease {
-                            at_ms,
+                        if rng.below(2) == 0 {
+                            return Some(Command::RenewLease {
+                                at_ms,
+                                group: GROUP.into(),
+                                node: r.node.into(),
+                                site: r.site.into(),
+                                epoch: b.epoch,
+                            });
+                        }
+                        renew.push(LeaseRenewal {
                             group: GROUP.into(),
-                            node: r.node.into(),
-                            site: r.site.into(),
                             epoch: b.epoch,
-                        })
+                        });
                     }
                     Some(_) => {}
                 }
@@ -288,6 +297,7 @@ impl Workload {
                     },
                     bytes_pending: pending * 4096,
                 }],
+                renew,
             })
         } else {
             let target = g.progress.last_captured_seq.0;
@@ -310,6 +320,7 @@ impl Workload {
                     rpo_ms: 0,
                     bytes_pending: 0,
                 }],
+                renew: Vec::new(),
             })
         }
     }

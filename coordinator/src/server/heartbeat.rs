@@ -5,7 +5,9 @@
 use super::authz::Who;
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::{in_sync_protects, replica_caught_up};
-use crate::state::{Command, GroupProgress, GroupState, LeaseStatus as StLease, Role, SiteStatus};
+use crate::state::{
+    Command, GroupProgress, GroupState, LeaseRenewal, LeaseStatus as StLease, Role, SiteStatus,
+};
 use tandem_core::ids::{Epoch, Seq};
 use tandem_core::net::Caller;
 use tandem_core::proto::{GroupLease, HeartbeatRequest};
@@ -22,11 +24,45 @@ impl Coordinator {
             lock(&self.inner.cert_seen).insert(r.node.clone(), r.cert_not_after);
         }
         lock(&self.inner.live).record(r, now);
-        // Commit the progress (for data-loss windows and evidence), then leases.
-        let _ = self.propose_cmd(heartbeat_command(r, now)).await;
+        // Commit the progress (for data-loss windows and evidence) with the renewal of every
+        // lease the node holds: one commit per heartbeat, whatever the number of groups.
+        let (renew, acquire) = self.renewals(r, now);
+        let mut cmd = heartbeat_command(r, now);
+        if let Command::Heartbeat { renew: rn, .. } = &mut cmd {
+            *rn = renew;
+        }
+        let _ = self.propose_cmd(cmd).await;
         self.protect_caught_up(r, now).await;
-        self.acquire_or_renew_leases(r).await;
+        self.acquire_leases(r, &acquire).await;
         self.leases_of(&r.node)
+    }
+
+    /// The primary groups `r` reports, split: those whose active, unexpired lease the node
+    /// holds (renewed with the heartbeat) and the others (asked for one by one).
+    fn renewals(&self, r: &HeartbeatRequest, now: i64) -> (Vec<LeaseRenewal>, Vec<String>) {
+        let mut renew = Vec::new();
+        let mut acquire = Vec::new();
+        self.read(|s| {
+            for p in r.groups.iter().filter(|p| p.role == "primary") {
+                let holds = s
+                    .group(&p.group)
+                    .and_then(|g| g.lease.as_ref())
+                    .is_some_and(|l| {
+                        l.holder == r.node
+                            && matches!(l.status, StLease::Active)
+                            && l.expires_ms > now
+                    });
+                if holds {
+                    renew.push(LeaseRenewal {
+                        group: p.group.clone(),
+                        epoch: Epoch(p.epoch),
+                    });
+                } else {
+                    acquire.push(p.group.clone());
+                }
+            }
+        });
+        (renew, acquire)
     }
 
     /// A replica that reports itself in sync with a caught-up primary ends an initial sync,
@@ -77,49 +113,23 @@ impl Coordinator {
         }
     }
 
-    /// The primary's lease of each group it reports: renewed when it holds it and it is
-    /// active, acquired otherwise (the state decides whether it may).
-    async fn acquire_or_renew_leases(&self, r: &HeartbeatRequest) {
-        let t0 = self.now_ms();
-        for p in r.groups.iter().filter(|p| p.role == "primary") {
-            let (holder, active) = self.read(|s| {
-                s.group(&p.group)
-                    .and_then(|g| g.lease.as_ref())
-                    .map(|l| {
-                        (
-                            l.holder.clone(),
-                            matches!(l.status, StLease::Active) && l.expires_ms > t0,
-                        )
-                    })
-                    .unwrap_or_default()
-            });
-            let (group, node, site, epoch) = (
-                p.group.clone(),
-                r.node.clone(),
-                r.site.clone(),
-                Epoch(p.epoch),
-            );
-            let (op, cmd) = if holder == r.node && active {
-                let cmd = Command::RenewLease {
-                    at_ms: 0,
-                    group,
-                    node,
-                    site,
-                    epoch,
-                };
-                ("renew_lease", cmd)
-            } else {
-                let cmd = Command::AcquireLease {
-                    at_ms: 0,
-                    group,
-                    node,
-                    site,
-                    epoch,
-                };
-                ("acquire_lease", cmd)
+    /// Asks for the lease of each primary group in `groups` the node reported without
+    /// holding its lease (the state decides whether it may have it).
+    async fn acquire_leases(&self, r: &HeartbeatRequest, groups: &[String]) {
+        for p in r
+            .groups
+            .iter()
+            .filter(|p| p.role == "primary" && groups.contains(&p.group))
+        {
+            let cmd = Command::AcquireLease {
+                at_ms: 0,
+                group: p.group.clone(),
+                node: r.node.clone(),
+                site: r.site.clone(),
+                epoch: Epoch(p.epoch),
             };
             if let Err(e) = self.propose_cmd(cmd).await {
-                tracing::debug!(group = %p.group, node = %r.node, "lease {op} refused: {}", e.message());
+                tracing::debug!(group = %p.group, node = %r.node, "lease acquire_lease refused: {}", e.message());
             }
         }
     }
@@ -188,6 +198,7 @@ pub fn heartbeat_command(r: &HeartbeatRequest, now: i64) -> Command {
         node: r.node.clone(),
         site: r.site.clone(),
         progress,
+        renew: Vec::new(),
     }
 }
 

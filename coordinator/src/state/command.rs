@@ -43,6 +43,11 @@ pub enum Command {
         site: String,
         /// Per-group progress.
         progress: Vec<GroupProgress>,
+        /// The leases this node holds that the leader renews with this heartbeat, each as
+        /// [`Command::RenewLease`] would (one commit per heartbeat, not one per group); a
+        /// renewal the state refuses leaves that lease as it was and the others renewed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        renew: Vec<LeaseRenewal>,
     },
     /// Asks for the group's lease: granted to a node at the primary site, in the current epoch,
     /// when no other holder's lease may be live; expiry = now + lease_ttl_ms. Refused while the
@@ -249,6 +254,15 @@ pub enum Command {
         /// What happened.
         event: RunEvent,
     },
+}
+
+/// One lease renewed with a heartbeat ([`Command::Heartbeat`]'s `renew`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewal {
+    /// Group.
+    pub group: String,
+    /// The holder's epoch.
+    pub epoch: Epoch,
 }
 
 impl Command {

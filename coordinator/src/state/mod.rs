@@ -60,7 +60,7 @@ mod run;
 mod site;
 mod snapshot;
 
-pub use self::command::Command;
+pub use self::command::{Command, LeaseRenewal};
 pub use self::event::Event;
 pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN};
 pub use self::machine::State;
@@ -126,8 +126,17 @@ fn dispatch(
             node,
             site,
             progress,
+            renew,
             ..
-        } => heartbeat(state, ev, now, node, site, progress),
+        } => {
+            heartbeat(state, ev, now, node, site, progress)?;
+            for r in renew {
+                // A refused renewal (lease revoked, failing over, another epoch) leaves that
+                // lease to run out, as a refused RenewLease would; the others are renewed.
+                let _ = renew_lease(state, ev, now, &r.group, node, site, r.epoch);
+            }
+            Ok(())
+        }
         Command::AcquireLease {
             group,
             node,

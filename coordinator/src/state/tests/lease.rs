@@ -95,6 +95,50 @@ fn renew_extends_a_live_lease_and_refuses_an_expired_one() {
 }
 
 #[test]
+fn a_heartbeat_renews_the_leases_it_names_as_renew_lease_would() {
+    let mut s = booted();
+    apply(&mut s, &acquire(0, "vol", "n1", "hanoi", 1)).unwrap();
+    let with = |at: i64, renew: Vec<crate::state::LeaseRenewal>| Command::Heartbeat {
+        at_ms: at,
+        node: "n1".into(),
+        site: "hanoi".into(),
+        progress: vec![progress("vol", Role::Primary, 1, 5, 5)],
+        renew,
+    };
+    let r = |g: &str, e: u64| crate::state::LeaseRenewal {
+        group: g.into(),
+        epoch: Epoch(e),
+    };
+    let ev = apply(&mut s, &with(600, vec![r("vol", 1)])).unwrap();
+    assert!(ev.contains(&Event::LeaseRenewed {
+        group: "vol".into(),
+        node: "n1".into(),
+        epoch: Epoch(1),
+        expires_ms: 600 + TTL,
+    }));
+    assert!(s.lease_live("vol", 600 + TTL - 1));
+    // A renewal the state refuses (another epoch, an unknown group) renews nothing and does
+    // not refuse the heartbeat; the progress is still recorded.
+    let before = s.group("vol").unwrap().lease.clone();
+    let ev = apply(&mut s, &with(700, vec![r("vol", 2), r("nope", 1)])).unwrap();
+    assert!(!ev.iter().any(|e| matches!(e, Event::LeaseRenewed { .. })));
+    assert_eq!(s.group("vol").unwrap().lease, before);
+    // An expired lease is not brought back by a heartbeat either.
+    let ev = apply(&mut s, &with(600 + TTL, vec![r("vol", 1)])).unwrap();
+    assert!(!ev.iter().any(|e| matches!(e, Event::LeaseRenewed { .. })));
+    assert!(!s.lease_live("vol", 600 + TTL));
+    // Renewals are not audited (the first heartbeat brings the site up, which is).
+    assert_eq!(
+        kinds(&s),
+        vec![
+            AuditKind::Bootstrap,
+            AuditKind::LeaseGranted,
+            AuditKind::SiteUp
+        ]
+    );
+}
+
+#[test]
 fn heartbeats_never_extend_a_lease() {
     let mut s = booted();
     apply(&mut s, &acquire(0, "vol", "n1", "hanoi", 1)).unwrap();

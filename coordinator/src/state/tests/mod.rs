@@ -126,6 +126,7 @@ fn heartbeat(at_ms: i64, node: &str, site: &str, progress: Vec<GroupProgress>) -
         node: node.into(),
         site: site.into(),
         progress,
+        renew: Vec::new(),
     }
 }
 

@@ -134,6 +134,15 @@ fn resolve(s: &State, at_ms: i64, op: &Op) -> Command {
                     rpo_ms: *c,
                     bytes_pending: *d,
                 }],
+                // Half the primary reports renew their lease with the heartbeat.
+                renew: if *primary && *c % 2 == 0 {
+                    vec![crate::state::LeaseRenewal {
+                        group: group.into(),
+                        epoch: resolve_epoch(s, group, e),
+                    }]
+                } else {
+                    Vec::new()
+                },
             }
         }
         Op::Acquire(g, n, site, e) | Op::Renew(g, n, site, e) => {
