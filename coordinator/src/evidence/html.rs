@@ -246,6 +246,7 @@ pub fn render_report(
     groups: &BTreeSet<String>,
     runs: &RunsDoc,
     rpo: &[RpoRow],
+    aar: &super::derive::AfterActionDoc,
 ) -> String {
     let mut o = String::with_capacity(64 * 1024);
     header(&mut o, manifest);
@@ -278,7 +279,7 @@ pub fn render_report(
         approvals_table(&mut o, runs, None);
         refused_table(&mut o, runs, None);
     }
-
+    super::aar_html::section(&mut o, aar);
     o.push_str(HOW_TO_VERIFY);
     o
 }

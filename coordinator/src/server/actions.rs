@@ -230,7 +230,10 @@ mod tests {
         .enumerate()
         {
             let err = add_action_command(&r, "alice").unwrap_err();
-            assert!(err.message().contains(want), "#{i}: expect {want}, got {err}");
+            assert!(
+                err.message().contains(want),
+                "#{i}: expect {want}, got {err}"
+            );
         }
         match add_action_command(&req("2027-01-31", "t"), "CN=alice").unwrap() {
             Command::AddAction { actor, due, .. } => {

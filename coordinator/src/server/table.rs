@@ -258,7 +258,12 @@ mod tests {
             .iter()
             .map(|(c, _, _)| *c)
             .filter(|c| allowed(*c, C::Auditor))
-            .filter(|c| !matches!(c, Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::Actions))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::Actions
+                )
+            })
             .collect();
         assert_eq!(writes, vec![Call::SignAuditHead, Call::SignReview]);
     }

@@ -72,13 +72,19 @@ pub(super) fn add_action(
     a: &NewAction<'_>,
 ) -> Result<(), Rejection> {
     get_group(state, a.group)?;
-    let run = state.runs.get(a.run_id).ok_or_else(|| Rejection::UnknownRun {
-        run_id: a.run_id.to_string(),
-    })?;
+    let run = state
+        .runs
+        .get(a.run_id)
+        .ok_or_else(|| Rejection::UnknownRun {
+            run_id: a.run_id.to_string(),
+        })?;
     if run.group != a.group {
         return Err(Rejection::ActionRefused {
             id: String::new(),
-            reason: format!("run {} is of group {}, not {}", a.run_id, run.group, a.group),
+            reason: format!(
+                "run {} is of group {}, not {}",
+                a.run_id, run.group, a.group
+            ),
         });
     }
     if !is_due_date(a.due) {
@@ -110,10 +116,7 @@ pub(super) fn add_action(
 }
 
 /// The open action `id`, or why not.
-fn open_action<'a>(
-    state: &'a mut State,
-    id: &str,
-) -> Result<&'a mut CorrectiveAction, Rejection> {
+fn open_action<'a>(state: &'a mut State, id: &str) -> Result<&'a mut CorrectiveAction, Rejection> {
     let action = state
         .actions
         .get_mut(id)
@@ -179,9 +182,12 @@ pub(super) fn sign_review(
     run_id: &str,
     note: &str,
 ) -> Result<(), Rejection> {
-    let run = state.runs.get(run_id).ok_or_else(|| Rejection::UnknownRun {
-        run_id: run_id.to_string(),
-    })?;
+    let run = state
+        .runs
+        .get(run_id)
+        .ok_or_else(|| Rejection::UnknownRun {
+            run_id: run_id.to_string(),
+        })?;
     if run.is_running() {
         return Err(Rejection::RunUnderWay {
             group: run.group.clone(),

@@ -203,7 +203,10 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_len("note", note, MAX_TEXT_LEN)?;
         }
         Command::SignReview {
-            actor, run_id, note, ..
+            actor,
+            run_id,
+            note,
+            ..
         } => {
             check_len("actor", actor, MAX_NAME_LEN)?;
             check_len("run_id", run_id, MAX_NAME_LEN)?;

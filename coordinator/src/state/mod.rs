@@ -254,7 +254,10 @@ fn dispatch(
             actor, id, note, ..
         } => close_action(state, ev, now, actor, id, note),
         Command::SignReview {
-            actor, run_id, note, ..
+            actor,
+            run_id,
+            note,
+            ..
         } => sign_review(state, ev, now, actor, run_id, note),
     }
 }

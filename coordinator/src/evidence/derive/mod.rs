@@ -9,8 +9,10 @@
 //! - [`rpo`]: RPO samples and `rpo.csv`.
 //! - [`residency`]: where data stood and was held.
 //! - [`cadence`]: scheduled drills, and whether their cadence held.
+//! - [`aar`]: the after-action report of each exercise (`after-action.json`).
 //! - [`fields`]: reading record details.
 
+pub mod aar;
 pub mod cadence;
 pub mod fields;
 pub mod model;
@@ -20,6 +22,7 @@ pub mod runs;
 #[cfg(test)]
 mod tests;
 
+pub use self::aar::{after_action, AarInputs, AfterActionDoc, AAR_FORMAT, AAR_VERSION};
 pub use self::cadence::drill_cadence;
 pub use self::fields::{groups, iso_ms};
 pub use self::model::{

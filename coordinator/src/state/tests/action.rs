@@ -87,7 +87,10 @@ fn actions_are_refused_for_bad_dates_other_groups_unknown_runs_and_once_closed()
     {
         let before = s.clone();
         let err = apply(&mut s, &cmd).unwrap_err();
-        assert!(err.to_string().contains(want), "#{i}: expect {want}, got {err}");
+        assert!(
+            err.to_string().contains(want),
+            "#{i}: expect {want}, got {err}"
+        );
         assert_eq!(s, before, "#{i}: a refusal changes nothing");
     }
     apply(&mut s, &add(10_000, "vol", "r1", "2027-01-31")).unwrap();
