@@ -181,7 +181,10 @@ impl Demo {
 fn with_drill_every(group_text: &str) -> Result<String> {
     let anchor = "rto_target = \"15s\"\n";
     if !group_text.contains(anchor) {
-        bail!("the demo's database group has no `{}` line to put drill_every after", anchor.trim());
+        bail!(
+            "the demo's database group has no `{}` line to put drill_every after",
+            anchor.trim()
+        );
     }
     Ok(group_text.replacen(
         anchor,
@@ -192,7 +195,11 @@ fn with_drill_every(group_text: &str) -> Result<String> {
 
 /// The database group's drill schedule in a status document.
 fn db_drill(st: &ClusterStatus) -> Option<&tandem_coordinator::status::DrillStatus> {
-    st.groups.iter().find(|g| g.name == DB_GROUP)?.drill.as_ref()
+    st.groups
+        .iter()
+        .find(|g| g.name == DB_GROUP)?
+        .drill
+        .as_ref()
 }
 
 /// The first drill the coordinators started on the database group's schedule, once it ended.
@@ -214,7 +221,9 @@ fn scheduled_drill(d: &Demo) -> Result<ScheduledDrill> {
         if let Some(dr) = db_drill(&st) {
             if let (Some(id), Some(status)) = (&dr.last_run_id, &dr.last_status) {
                 if status != "running" {
-                    let at = dr.last_drill_ms.map(tandem_coordinator::evidence::derive::iso_ms);
+                    let at = dr
+                        .last_drill_ms
+                        .map(tandem_coordinator::evidence::derive::iso_ms);
                     println!(
                         "scheduled drill {id} started at {} by the coordinators: {status}; next due {}",
                         at.unwrap_or_default(),

@@ -433,10 +433,22 @@ fn scope(
     };
     for r in indexes.iter().filter_map(|x| record(records, *x)) {
         let d = &r.detail;
-        add(s(d, "primary").or_else(|| s(d, "from")), "primary");
-        add(s(d, "replica").or_else(|| s(d, "to")), "replica");
-        if r.kind == AuditKind::RunbookStep {
-            add(s(d, "site"), "step");
+        match r.kind {
+            AuditKind::Drill | AuditKind::RunbookStep | AuditKind::Verify => {
+                add(s(d, "primary"), "primary");
+                add(s(d, "replica"), "replica");
+                // Steps the coordinators run themselves (notify) are at no site.
+                add(s(d, "site").filter(|x| x != "coordinator"), "step");
+            }
+            AuditKind::Operator => {
+                add(s(d, "from"), "primary");
+                add(s(d, "to"), "replica");
+            }
+            AuditKind::Promote => {
+                add(s(d, "from_site"), "primary");
+                add(s(d, "to_site"), "replica");
+            }
+            _ => {}
         }
     }
     let mut resources: BTreeSet<String> = BTreeSet::new();
@@ -497,10 +509,12 @@ fn integrity(
             ok: ["equal", "root_match", "ok", "match", "matched"]
                 .iter()
                 .find_map(|k| b(d, k)),
-            detail: if per.is_empty() {
+            detail: if !per.is_empty() {
+                per.join("; ")
+            } else if d.get("resource").is_some() {
                 resource_line(d)
             } else {
-                per.join("; ")
+                "no resource compared".into()
             },
         });
     }
@@ -513,7 +527,7 @@ fn resource_line(x: &Value) -> String {
     let name = s(x, "resource")
         .or_else(|| s(x, "name"))
         .unwrap_or_default();
-    let verdict = match b(x, "equal") {
+    let verdict = match b(x, "equal").or_else(|| b(x, "root_match")) {
         Some(true) => "equal",
         Some(false) => "DIFFERENT",
         None => "no verdict",
@@ -529,6 +543,9 @@ fn resource_line(x: &Value) -> String {
         "primary_rows",
         "replica_rows",
         "rows",
+        "primary_seq",
+        "seq",
+        "length",
     ] {
         match x.get(key) {
             Some(Value::String(v)) => {

@@ -263,3 +263,45 @@ fn the_derivation_is_a_function_of_its_inputs() {
     assert_eq!(doc(8_000).as_of, "1970-01-01");
     assert_eq!(doc(8_000).actions.len(), 2);
 }
+
+#[test]
+fn scope_names_sites_not_states_and_a_verify_without_resources_says_so() {
+    let mut c = AuditChain::default();
+    c.append(1_000, "ops", AuditKind::Drill, Some("db"), json!({"run_id": "d", "runbook": "drill", "phase": "start", "primary": "hanoi", "replica": "hcm"}));
+    c.append(
+        1_050,
+        C,
+        AuditKind::GroupState,
+        Some("db"),
+        json!({"from": "protected", "to": "drilling"}),
+    );
+    c.append(1_100, C, AuditKind::RunbookStep, Some("db"), json!({"run_id": "d", "runbook": "drill", "step": "announce", "action": "notify", "status": "started", "site": "coordinator"}));
+    c.append(1_200, C, AuditKind::Verify, Some("db"), json!({"run_id": "d", "ok": true, "root_match": true, "resources": [], "primary": "hanoi", "replica": "hcm"}));
+    c.append(1_300, C, AuditKind::Verify, Some("db"), json!({"run_id": "d", "root_match": true, "resources": [{"resource": "disk0", "root_match": true, "primary_root": "ab", "length": 4096}]}));
+    c.append(1_400, C, AuditKind::Drill, Some("db"), json!({"run_id": "d", "runbook": "drill", "phase": "end", "status": "ok", "ok": true, "rto_ms": 100}));
+    let recs = c.records().to_vec();
+    let runs = super::super::assemble(&recs, &BTreeMap::new());
+    let rpo = BTreeMap::new();
+    let d = after_action(
+        &recs,
+        &runs,
+        AarInputs {
+            rpo_targets_ms: &rpo,
+            generated_at_ms: 2_000,
+        },
+    );
+    let e = &d.exercises[0];
+    let sites: Vec<_> = e.scope.sites.iter().map(|s| s.site.as_str()).collect();
+    assert_eq!(sites, ["hanoi", "hcm"], "{:?}", e.scope.sites);
+    assert_eq!(e.integrity[0].detail, "no resource compared");
+    assert_eq!(
+        e.integrity[1].detail,
+        "disk0: equal, primary_root ab, length 4096"
+    );
+    assert_eq!(e.measured.data_loss_met, None, "no target, no judgement");
+    assert!(
+        e.deviations.is_empty(),
+        "no RTO target is not a deviation: {:?}",
+        e.deviations
+    );
+}
