@@ -651,7 +651,10 @@ fn edited_after_action_report_is_named_even_under_a_rehashed_manifest() {
     let name = evidence::AFTER_ACTION_FILE;
     let text = read(dir.path(), name);
     let edited = text.replacen("\"rto_met\": false", "\"rto_met\": true", 1);
-    assert_ne!(edited, text, "the failover missed its RTO target in this chain");
+    assert_ne!(
+        edited, text,
+        "the failover missed its RTO target in this chain"
+    );
     std::fs::write(dir.path().join(name), &edited).unwrap();
     match evidence::verify(dir.path()) {
         Err(EvidenceError::FileMismatch { name: n, .. }) => assert_eq!(n, name),
