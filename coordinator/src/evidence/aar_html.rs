@@ -35,6 +35,10 @@ pub struct AarText {
     /// .
     pub outcome: &'static str,
     /// .
+    pub started_by: &'static str,
+    /// Said of a drill the coordinators started on the schedule.
+    pub on_schedule: &'static str,
+    /// .
     pub scope: &'static str,
     /// .
     pub groups: &'static str,
@@ -179,6 +183,8 @@ pub const EN: AarText = AarText {
     start: "Start",
     end: "End",
     outcome: "Outcome",
+    started_by: "Started by",
+    on_schedule: "the coordinators, on the group's drill schedule (drill_every)",
     scope: "Scope",
     groups: "Groups",
     resources: "Resources",
@@ -311,7 +317,7 @@ fn exercise(o: &mut String, e: &Exercise, t: &AarText) {
         "<h3 id=\"aar-{id}\">{k} {id} — {gl} {g}</h3><table>\
          <tr><th>{rb}</th><td>{runbook}</td></tr>\
          <tr><th>{st}</th><td>{start}</td></tr><tr><th>{en}</th><td>{end}</td></tr>\
-         <tr><th>{oc}</th><td>{outcome}</td></tr>",
+         <tr><th>{oc}</th><td>{outcome}</td></tr><tr><th>{sb}</th><td>{by}</td></tr>",
         id = esc(&e.id),
         k = kind_name(t, e.kind),
         gl = t.group,
@@ -324,6 +330,12 @@ fn exercise(o: &mut String, e: &Exercise, t: &AarText) {
         end = esc(&e.end),
         oc = t.outcome,
         outcome = esc(e.outcome.as_deref().unwrap_or("—")),
+        sb = t.started_by,
+        by = if e.scheduled {
+            t.on_schedule.to_string()
+        } else {
+            format!("<code>{}</code>", esc(&e.started_by))
+        },
     );
     scope_rows(o, e, t);
     measured_rows(o, e, t);
@@ -657,6 +669,8 @@ mod tests {
                 end_ms: 1,
                 end: "e".into(),
                 outcome: Some("ok".into()),
+                started_by: "coordinator".into(),
+                scheduled: true,
                 scope: Scope {
                     groups: vec!["vol".into()],
                     ..Scope::default()
@@ -703,6 +717,7 @@ mod tests {
             "{o}"
         );
         assert!(o.contains(EN.no_schedule), "{o}");
+        assert!(o.contains(EN.on_schedule), "{o}");
         assert!(!o.contains("<1>"), "unescaped markup");
     }
 }

@@ -52,6 +52,12 @@ pub struct Exercise {
     pub end: String,
     /// How it ended (`ok`, `failed`, `ready`, `not ready`, `no report`), when recorded.
     pub outcome: Option<String>,
+    /// Who started it: a certificate identity, or `coordinator` (an automatic failover, a
+    /// drill on the schedule).
+    pub started_by: String,
+    /// A drill the coordinators started on the group's `drill_every` schedule (actor
+    /// `coordinator` and a `scheduled:` reason, as the drill cadence counts it).
+    pub scheduled: bool,
     /// What the exercise covered.
     pub scope: Scope,
     /// The business-impact targets it is judged against.
@@ -354,6 +360,15 @@ fn exercise(
             .copied(),
     };
     let measured = measured(run, &objectives);
+    let first = indexes.first().and_then(|x| record(records, *x));
+    let started_by = first
+        .map(|r| s(&r.detail, "started_by").unwrap_or_else(|| r.actor.clone()))
+        .unwrap_or_else(|| run.actor.clone());
+    let scheduled = first.is_some_and(|r| {
+        r.kind == AuditKind::Drill
+            && r.actor == crate::state::COORDINATOR_ACTOR
+            && s(&r.detail, "reason").is_some_and(|x| x.starts_with("scheduled:"))
+    });
     let mut e = Exercise {
         id,
         kind: run.kind,
@@ -363,6 +378,8 @@ fn exercise(
         end_ms,
         end: iso_ms(end_ms),
         outcome: run.outcome.clone(),
+        started_by,
+        scheduled,
         scope: scope(records, &indexes, group.as_deref(), &verify),
         objectives,
         participants: Vec::new(),
@@ -666,10 +683,14 @@ fn participants(records: &[AuditRecord], e: &Exercise) -> Vec<Participant> {
             v.push(what);
         }
     };
-    if let Some(first) = e.record_indexes.first().and_then(|x| record(records, *x)) {
-        let who = s(&first.detail, "started_by").unwrap_or_else(|| first.actor.clone());
-        add(&who, "started".into());
-    }
+    add(
+        &e.started_by,
+        if e.scheduled {
+            "started on the schedule".into()
+        } else {
+            "started".into()
+        },
+    );
     for a in &e.approvals {
         add(
             &a.approver,

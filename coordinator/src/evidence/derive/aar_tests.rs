@@ -305,3 +305,34 @@ fn scope_names_sites_not_states_and_a_verify_without_resources_says_so() {
         e.deviations
     );
 }
+
+#[test]
+fn a_drill_the_coordinators_started_on_the_schedule_says_so_and_a_claim_does_not() {
+    let mut c = AuditChain::default();
+    for (k, (actor, at)) in [(C, 1_000), ("alice", 5_000)].into_iter().enumerate() {
+        let id = format!("d{k}");
+        c.append(at, actor, AuditKind::Drill, Some("vol"), json!({"run_id": id, "runbook": "drill", "phase": "start", "reason": "scheduled: drill_every 10s, ..."}));
+        c.append(at + 100, C, AuditKind::Drill, Some("vol"), json!({"run_id": id, "runbook": "drill", "phase": "end", "status": "ok", "ok": true, "rto_ms": 50}));
+    }
+    let recs = c.records().to_vec();
+    let runs = super::super::assemble(&recs, &BTreeMap::new());
+    let rpo = BTreeMap::new();
+    let d = after_action(
+        &recs,
+        &runs,
+        AarInputs {
+            rpo_targets_ms: &rpo,
+            generated_at_ms: 9_000,
+        },
+    );
+    let got: Vec<_> = d
+        .exercises
+        .iter()
+        .map(|e| (e.started_by.as_str(), e.scheduled))
+        .collect();
+    assert_eq!(got, [(C, true), ("alice", false)]);
+    assert_eq!(
+        d.exercises[0].participants[0].did,
+        ["started on the schedule"]
+    );
+}
