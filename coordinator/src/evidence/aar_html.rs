@@ -4,7 +4,7 @@
 //! action. Pure. Every word a reader sees is in [`AarText`] ([`EN`] today), so another
 //! language is one more table.
 
-use super::derive::aar::{ActionView, AfterActionDoc, Exercise};
+use super::derive::aar::{Act, ActionView, AfterActionDoc, Deviation, Exercise};
 use super::derive::RunKind;
 use super::html::esc;
 use std::fmt::Write as _;
@@ -129,6 +129,8 @@ pub struct AarText {
     /// .
     pub no_actions: &'static str,
     /// .
+    pub no_actions_in_window: &'static str,
+    /// .
     pub action: &'static str,
     /// .
     pub owner: &'static str,
@@ -168,6 +170,55 @@ pub struct AarText {
     pub as_of: &'static str,
     /// .
     pub records: &'static str,
+    /// What a participant did (an `Act`), followed by the step or action it was about.
+    pub act_started: &'static str,
+    /// .
+    pub act_on_schedule: &'static str,
+    /// .
+    pub act_approved: &'static str,
+    /// .
+    pub act_rejected: &'static str,
+    /// .
+    pub act_confirmed: &'static str,
+    /// .
+    pub act_verified: &'static str,
+    /// .
+    pub act_refused: &'static str,
+    /// .
+    pub act_added: &'static str,
+    /// .
+    pub act_closed: &'static str,
+    /// .
+    pub act_signed: &'static str,
+    /// How the data-loss window was found (`Measured::data_loss_basis`).
+    pub basis_drill: &'static str,
+    /// .
+    pub basis_switchover: &'static str,
+    /// .
+    pub basis_failover: &'static str,
+    /// .
+    pub basis_not_recorded: &'static str,
+    /// Deviations, by kind; `{measured}`, `{target}`, `{step}`, `{actor}` and `{detail}` are
+    /// replaced by the deviation's fields.
+    pub dev_rto_missed: &'static str,
+    /// .
+    pub dev_rto_not_measured: &'static str,
+    /// .
+    pub dev_data_loss: &'static str,
+    /// .
+    pub dev_step_failed: &'static str,
+    /// .
+    pub dev_step_retried: &'static str,
+    /// .
+    pub dev_step_skipped: &'static str,
+    /// .
+    pub dev_approval_rejected: &'static str,
+    /// .
+    pub dev_refused: &'static str,
+    /// .
+    pub dev_outcome: &'static str,
+    /// .
+    pub dev_action_overdue: &'static str,
 }
 
 /// English.
@@ -230,6 +281,7 @@ pub const EN: AarText = AarText {
     no_deviations: "None: every target met, every step succeeded, nothing refused.",
     corrective_actions: "Corrective actions",
     no_actions: "No corrective action was recorded against this exercise.",
+    no_actions_in_window: "No corrective action was recorded in this window.",
     action: "Action",
     owner: "Owner",
     due: "Due",
@@ -250,7 +302,87 @@ pub const EN: AarText = AarText {
     all_actions: "All corrective actions",
     as_of: "State as of",
     records: "Records",
+    act_started: "started it",
+    act_on_schedule: "started it on the schedule",
+    act_approved: "approved step",
+    act_rejected: "rejected step",
+    act_confirmed: "confirmed done: step",
+    act_verified: "verified",
+    act_refused: "was refused",
+    act_added: "added action",
+    act_closed: "closed action",
+    act_signed: "signed the review",
+    basis_drill: "not applicable: a drill works on a copy at the replica site; the live group is not promoted",
+    basis_switchover: "planned switchover: the promotion is refused unless the replica holds every change the primary reported",
+    basis_failover: "the old primary's last reported RPO when the replica was promoted (acknowledged changes younger than this may be lost), and the changes known captured and not replicated",
+    basis_not_recorded: "no data-loss window recorded",
+    dev_rto_missed: "RTO {measured}, over the target of {target}",
+    dev_rto_not_measured: "No RTO was measured.",
+    dev_data_loss: "Data-loss window {measured}, over the RPO target of {target}",
+    dev_step_failed: "Step {step} failed",
+    dev_step_retried: "Step {step} failed and was retried",
+    dev_step_skipped: "Step {step} was skipped",
+    dev_approval_rejected: "{actor} rejected step {step}",
+    dev_refused: "{actor} was refused: {detail}",
+    dev_outcome: "The exercise ended: {detail}",
+    dev_action_overdue: "Action {detail} is open past its due date",
 };
+
+/// A participant's act in the language of `t`.
+fn act_text(t: &AarText, a: &Act) -> String {
+    let word = match a.act.as_str() {
+        "started" => t.act_started,
+        "started-on-schedule" => t.act_on_schedule,
+        "approved" => t.act_approved,
+        "rejected" => t.act_rejected,
+        "confirmed-done" => t.act_confirmed,
+        "verified" => t.act_verified,
+        "refused" => t.act_refused,
+        "added-action" => t.act_added,
+        "closed-action" => t.act_closed,
+        "signed-review" => t.act_signed,
+        other => other,
+    };
+    match &a.about {
+        Some(x) => format!("{} {}", esc(word), esc(x)),
+        None => esc(word),
+    }
+}
+
+/// A deviation's sentence in the language of `t` (its English `what` for a kind it does not
+/// know), escaped.
+fn deviation_text(t: &AarText, d: &Deviation) -> String {
+    let template = match d.kind.as_str() {
+        "rto-missed" => t.dev_rto_missed,
+        "rto-not-measured" => t.dev_rto_not_measured,
+        "data-loss-over-target" => t.dev_data_loss,
+        "step-failed" => t.dev_step_failed,
+        "step-retried" => t.dev_step_retried,
+        "step-skipped" => t.dev_step_skipped,
+        "approval-rejected" => t.dev_approval_rejected,
+        "refused" => t.dev_refused,
+        "outcome" => t.dev_outcome,
+        "action-overdue" => t.dev_action_overdue,
+        _ => return esc(&d.what),
+    };
+    let ms = |v: Option<i64>| v.map(secs).unwrap_or_default();
+    esc(&template
+        .replace("{measured}", &ms(d.measured_ms))
+        .replace("{target}", &ms(d.target_ms))
+        .replace("{step}", d.step.as_deref().unwrap_or("?"))
+        .replace("{actor}", d.actor.as_deref().unwrap_or("?"))
+        .replace("{detail}", d.detail.as_deref().unwrap_or("")))
+}
+
+/// How the data-loss window was found, in the language of `t`.
+fn basis_text(t: &AarText, basis: &str) -> &'static str {
+    match basis {
+        "drill" => t.basis_drill,
+        "switchover" => t.basis_switchover,
+        "failover" => t.basis_failover,
+        _ => t.basis_not_recorded,
+    }
+}
 
 /// `1234` ms as `1.234 s`.
 fn secs(ms: i64) -> String {
@@ -306,7 +438,11 @@ pub fn section_in(o: &mut String, doc: &AfterActionDoc, t: &AarText) {
         t.as_of,
         esc(&doc.as_of)
     );
-    actions_table(o, &doc.actions, t, true);
+    if doc.actions.is_empty() {
+        let _ = write!(o, "<p class=\"na\">{}</p>", t.no_actions_in_window);
+    } else {
+        actions_table(o, &doc.actions, t, true);
+    }
 }
 
 /// One exercise's report.
@@ -439,9 +575,12 @@ fn measured_rows(o: &mut String, e: &Exercise, t: &AarText) {
                 .map(|c| format!(", {c} {}", t.lost_changes))
                 .unwrap_or_default(),
             met(t, m.data_loss_met),
-            esc(&m.data_loss_basis)
+            basis_text(t, &m.data_loss_basis)
         ),
-        None => format!("<span class=\"na\">{}</span>", esc(&m.data_loss_basis)),
+        None => format!(
+            "<span class=\"na\">{}</span>",
+            basis_text(t, &m.data_loss_basis)
+        ),
     };
     let _ = write!(
         o,
@@ -461,7 +600,11 @@ fn participants(o: &mut String, e: &Exercise, t: &AarText) {
             o,
             "<tr><td><code>{}</code></td><td>{}</td></tr>",
             esc(&p.identity),
-            esc(&p.did.join(", "))
+            p.did
+                .iter()
+                .map(|a| act_text(t, a))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     o.push_str("</table>");
@@ -558,9 +701,8 @@ fn deviations(o: &mut String, e: &Exercise, t: &AarText) {
     for d in &e.deviations {
         let _ = write!(
             o,
-            "<li><span class=\"fail\">{}</span>: {}{}</li>",
-            esc(&d.kind),
-            esc(&d.what),
+            "<li><span class=\"fail\">{}</span>{}</li>",
+            deviation_text(t, d),
             d.record_index
                 .map(|x| format!(" (#{x})"))
                 .unwrap_or_default()
@@ -569,11 +711,8 @@ fn deviations(o: &mut String, e: &Exercise, t: &AarText) {
     o.push_str("</ul>");
 }
 
+/// The actions as a table (`with_run`: a column naming each one's exercise).
 fn actions_table(o: &mut String, actions: &[ActionView], t: &AarText, with_run: bool) {
-    if actions.is_empty() {
-        let _ = write!(o, "<p class=\"na\">{}</p>", t.no_actions);
-        return;
-    }
     let run_head = if with_run {
         format!("<th>{}</th>", t.run)
     } else {
@@ -652,7 +791,7 @@ fn sign_off(o: &mut String, e: &Exercise, t: &AarText) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::derive::aar::{Measured, AAR_FORMAT};
+    use crate::evidence::derive::aar::{Measured, Participant, AAR_FORMAT};
     use crate::evidence::derive::aar::{Objectives, Scope, SignOff};
 
     fn doc() -> AfterActionDoc {
@@ -679,7 +818,13 @@ mod tests {
                     rto_target_ms: Some(60_000),
                     rpo_target_ms: None,
                 },
-                participants: Vec::new(),
+                participants: vec![Participant {
+                    identity: "bob".into(),
+                    did: vec![Act {
+                        act: "approved".into(),
+                        about: Some("gate".into()),
+                    }],
+                }],
                 approvals: Vec::new(),
                 timeline: Vec::new(),
                 measured: Measured {
@@ -688,7 +833,16 @@ mod tests {
                     ..Measured::default()
                 },
                 integrity: Vec::new(),
-                deviations: Vec::new(),
+                deviations: vec![Deviation {
+                    kind: "rto-missed".into(),
+                    what: "English".into(),
+                    record_index: Some(7),
+                    step: None,
+                    actor: None,
+                    measured_ms: Some(1_500),
+                    target_ms: Some(1_000),
+                    detail: None,
+                }],
                 corrective_actions: Vec::new(),
                 sign_off: vec![SignOff {
                     by: "auditor".into(),
@@ -718,6 +872,12 @@ mod tests {
         );
         assert!(o.contains(EN.no_schedule), "{o}");
         assert!(o.contains(EN.on_schedule), "{o}");
+        assert!(
+            o.contains("RTO 1.500 s, over the target of 1.000 s</span> (#7)"),
+            "{o}"
+        );
+        assert!(o.contains(EN.no_actions_in_window), "{o}");
+        assert!(o.contains("approved step gate"), "{o}");
         assert!(!o.contains("<1>"), "unescaped markup");
     }
 }

@@ -120,8 +120,19 @@ pub struct Objectives {
 pub struct Participant {
     /// The certificate identity (or `coordinator` for the cluster itself).
     pub identity: String,
-    /// What it did (`started`, `approved step gate`, `added action A-1`, `signed review`).
-    pub did: Vec<String>,
+    /// What it did, in the order first seen.
+    pub did: Vec<Act>,
+}
+
+/// One thing a participant did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    /// `started`, `started-on-schedule`, `approved`, `rejected`, `confirmed-done` (a step),
+    /// `verified`, `refused` (was refused), `added-action`, `closed-action`, `signed-review`.
+    pub act: String,
+    /// The step or action it was about, when it was about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<String>,
 }
 
 /// RTO and data loss, measured against target.
@@ -138,7 +149,11 @@ pub struct Measured {
     pub data_loss_ms: Option<i64>,
     /// Changes known captured and not replicated at the promotion (failover).
     pub lost_changes: Option<i64>,
-    /// How `data_loss_ms` was found.
+    /// How `data_loss_ms` was found: `drill` (not applicable: a drill works on a copy),
+    /// `switchover` (0: a planned promotion is refused unless the replica has every change the
+    /// primary reported), `failover` (the old primary's last reported RPO when the replica was
+    /// promoted: acknowledged changes younger than this may be lost; with the changes known
+    /// captured and not replicated), `not-recorded`.
     pub data_loss_basis: String,
     /// `data_loss_ms <= rpo_target_ms`, when both are known.
     pub data_loss_met: Option<bool>,
@@ -165,10 +180,25 @@ pub struct Deviation {
     /// `rto-missed`, `rto-not-measured`, `data-loss-over-target`, `step-failed`,
     /// `step-retried`, `step-skipped`, `approval-rejected`, `refused`, `outcome`.
     pub kind: String,
-    /// What happened.
+    /// What happened, in English (the report renders it in its language from the fields).
     pub what: String,
     /// The record that shows it, when one does.
     pub record_index: Option<u64>,
+    /// The step, for step deviations and rejected approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Who, for refusals and rejected approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// What was measured (ms), for missed targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_ms: Option<i64>,
+    /// The target (ms), for missed targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ms: Option<i64>,
+    /// The refusal's message, the outcome, or the overdue action's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A corrective action as the window's records tell it.
@@ -403,23 +433,11 @@ fn exercise(
 /// RTO and data loss against the objectives.
 fn measured(run: &Run, o: &Objectives) -> Measured {
     let (data_loss_ms, lost_changes, basis) = match run.kind {
-        RunKind::Drill => (
-            None,
-            None,
-            "not applicable: a drill works on a copy at the replica site; the live group is not promoted".to_string(),
-        ),
-        RunKind::Switchover => (
-            Some(0),
-            Some(0),
-            "planned switchover: the promotion is refused unless the replica holds every change the primary reported".to_string(),
-        ),
+        RunKind::Drill => (None, None, "drill"),
+        RunKind::Switchover => (Some(0), Some(0), "switchover"),
         _ => match &run.data_loss_window {
-            Some(w) => (
-                i(w, "rpo_ms"),
-                i(w, "lost_changes"),
-                "the old primary's last reported RPO when the replica was promoted (the window in which acknowledged changes may be lost), and the changes known captured and not replicated".to_string(),
-            ),
-            None => (None, None, "no data-loss window recorded".to_string()),
+            Some(w) => (i(w, "rpo_ms"), i(w, "lost_changes"), "failover"),
+            None => (None, None, "not-recorded"),
         },
     };
     Measured {
@@ -428,7 +446,7 @@ fn measured(run: &Run, o: &Objectives) -> Measured {
         data_loss_met: data_loss_ms.zip(o.rpo_target_ms).map(|(l, t)| l <= t),
         data_loss_ms,
         lost_changes,
-        data_loss_basis: basis,
+        data_loss_basis: basis.into(),
     }
 }
 
@@ -585,28 +603,29 @@ fn one_line(text: &str) -> String {
 /// outcome other than success.
 fn deviations(e: &Exercise, refusals: &[&AuditRecord]) -> Vec<Deviation> {
     let mut out = Vec::new();
-    let dev = |kind: &str, what: String, record_index: Option<u64>| Deviation {
-        kind: kind.into(),
-        what,
-        record_index,
-    };
     let m = &e.measured;
     match (m.rto_ms, e.objectives.rto_target_ms) {
-        (Some(a), Some(t)) if a > t => out.push(dev(
-            "rto-missed",
-            format!("RTO {a} ms, over the target of {t} ms"),
-            None,
-        )),
-        (None, _) => out.push(dev("rto-not-measured", "no RTO was measured".into(), None)),
+        (Some(a), Some(t)) if a > t => out.push(Deviation {
+            measured_ms: Some(a),
+            target_ms: Some(t),
+            ..dev(
+                "rto-missed",
+                format!("RTO {a} ms, over the target of {t} ms"),
+            )
+        }),
+        (None, _) => out.push(dev("rto-not-measured", "no RTO was measured".into())),
         _ => {}
     }
     if let (Some(l), Some(t)) = (m.data_loss_ms, e.objectives.rpo_target_ms) {
         if l > t {
-            out.push(dev(
-                "data-loss-over-target",
-                format!("data-loss window {l} ms, over the RPO target of {t} ms"),
-                None,
-            ));
+            out.push(Deviation {
+                measured_ms: Some(l),
+                target_ms: Some(t),
+                ..dev(
+                    "data-loss-over-target",
+                    format!("data-loss window {l} ms, over the RPO target of {t} ms"),
+                )
+            });
         }
     }
     for st in &e.timeline {
@@ -617,44 +636,62 @@ fn deviations(e: &Exercise, refusals: &[&AuditRecord]) -> Vec<Deviation> {
             _ if st.ok == Some(false) => "step-failed",
             _ => continue,
         };
-        out.push(dev(
-            kind,
-            format!("step {} ended {status}", st.name),
-            Some(st.record_index),
-        ));
+        out.push(Deviation {
+            record_index: Some(st.record_index),
+            step: Some(st.name.clone()),
+            ..dev(kind, format!("step {} ended {status}", st.name))
+        });
     }
     for a in e.approvals.iter().filter(|a| a.decision == "rejected") {
-        out.push(dev(
-            "approval-rejected",
-            format!(
-                "{} rejected step {}",
-                a.approver,
-                a.step.as_deref().unwrap_or("?")
-            ),
-            Some(a.index),
-        ));
+        let step = a.step.clone().unwrap_or_else(|| "?".into());
+        let what = format!("{} rejected step {step}", a.approver);
+        out.push(Deviation {
+            record_index: Some(a.index),
+            actor: Some(a.approver.clone()),
+            step: Some(step),
+            ..dev("approval-rejected", what)
+        });
     }
     for r in refusals {
-        let what = s(&r.detail, "message")
+        let why = s(&r.detail, "message")
             .or_else(|| s(&r.detail, "reason"))
             .unwrap_or_default();
         let op = s(&r.detail, "op")
             .or_else(|| s(&r.detail, "call"))
             .unwrap_or_default();
-        out.push(dev(
-            "refused",
-            format!("{op} by {} refused: {what}", r.actor),
-            Some(r.index),
-        ));
+        let what = format!("{op} by {} refused: {why}", r.actor);
+        out.push(Deviation {
+            record_index: Some(r.index),
+            actor: Some(r.actor.clone()),
+            detail: Some(why),
+            ..dev("refused", what)
+        });
     }
     if let Some(o) = e
         .outcome
         .as_deref()
         .filter(|o| !matches!(*o, "ok" | "ready"))
     {
-        out.push(dev("outcome", format!("the exercise ended {o}"), None));
+        out.push(Deviation {
+            detail: Some(o.to_string()),
+            ..dev("outcome", format!("the exercise ended {o}"))
+        });
     }
     out
+}
+
+/// A deviation of `kind` with only its English sentence.
+fn dev(kind: &str, what: String) -> Deviation {
+    Deviation {
+        kind: kind.into(),
+        what,
+        record_index: None,
+        step: None,
+        actor: None,
+        measured_ms: None,
+        target_ms: None,
+        detail: None,
+    }
 }
 
 /// Actions of an exercise past their due date and still open.
@@ -662,58 +699,64 @@ fn action_deviations(actions: &[ActionView]) -> Vec<Deviation> {
     actions
         .iter()
         .filter(|a| a.state == "overdue")
-        .map(|a| Deviation {
-            kind: "action-overdue".into(),
-            what: format!(
-                "action {} is open past its due date {}",
-                a.id,
-                a.due.as_deref().unwrap_or("?")
-            ),
-            record_index: a.record_indexes.last().copied(),
+        .map(|a| {
+            let due = a.due.as_deref().unwrap_or("?");
+            Deviation {
+                record_index: a.record_indexes.last().copied(),
+                detail: Some(a.id.clone()),
+                ..dev(
+                    "action-overdue",
+                    format!("action {} is open past its due date {due}", a.id),
+                )
+            }
         })
         .collect()
 }
 
 /// Everyone whose certificate acted in the exercise, with what they did.
 fn participants(records: &[AuditRecord], e: &Exercise) -> Vec<Participant> {
-    let mut did: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut add = |who: &str, what: String| {
+    let mut did: BTreeMap<String, Vec<Act>> = BTreeMap::new();
+    let mut add = |who: &str, act: &str, about: Option<&str>| {
         let v = did.entry(who.to_string()).or_default();
-        if !v.contains(&what) {
-            v.push(what);
+        let a = Act {
+            act: act.into(),
+            about: about.map(str::to_owned),
+        };
+        if !v.contains(&a) {
+            v.push(a);
         }
     };
-    add(
-        &e.started_by,
-        if e.scheduled {
-            "started on the schedule".into()
-        } else {
-            "started".into()
-        },
-    );
+    let start = if e.scheduled {
+        "started-on-schedule"
+    } else {
+        "started"
+    };
+    add(&e.started_by, start, None);
     for a in &e.approvals {
-        add(
-            &a.approver,
-            format!("{} step {}", a.decision, a.step.as_deref().unwrap_or("?")),
-        );
+        let act = match a.decision.as_str() {
+            "rejected" => "rejected",
+            "confirmed-done" => "confirmed-done",
+            _ => "approved",
+        };
+        add(&a.approver, act, a.step.as_deref());
     }
     for r in e.record_indexes.iter().filter_map(|x| record(records, *x)) {
         if r.kind == AuditKind::Refused {
-            add(&r.actor, "was refused".into());
+            add(&r.actor, "refused", None);
         } else if r.kind == AuditKind::Verify {
-            add(&r.actor, "verified".into());
+            add(&r.actor, "verified", None);
         }
     }
     for a in &e.corrective_actions {
         if let Some(by) = &a.opened_by {
-            add(by, format!("added action {}", a.id));
+            add(by, "added-action", Some(&a.id));
         }
         if let Some(by) = &a.closed_by {
-            add(by, format!("closed action {}", a.id));
+            add(by, "closed-action", Some(&a.id));
         }
     }
     for so in &e.sign_off {
-        add(&so.by, "signed the review".into());
+        add(&so.by, "signed-review", None);
     }
     did.into_iter()
         .map(|(identity, did)| Participant { identity, did })

@@ -96,6 +96,17 @@ fn chain() -> Vec<AuditRecord> {
     c.records().to_vec()
 }
 
+/// What a participant did, as `act about` words.
+fn acts(did: &[Act]) -> String {
+    did.iter()
+        .map(|a| match &a.about {
+            Some(x) => format!("{} {x}", a.act),
+            None => a.act.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn doc(now_ms: i64) -> AfterActionDoc {
     let recs = chain();
     let rto = BTreeMap::from([("vol".to_string(), 1_000i64)]);
@@ -151,15 +162,15 @@ fn a_drill_report_has_scope_targets_people_timeline_checks_actions_and_sign_off(
     let people: Vec<_> = e
         .participants
         .iter()
-        .map(|p| (p.identity.as_str(), p.did.join(", ")))
+        .map(|p| (p.identity.as_str(), acts(&p.did)))
         .collect();
     assert_eq!(
         people,
         vec![
-            ("alice", "started, verified, added action A-2".to_string()),
-            ("auditor", "signed the review".to_string()),
-            ("bob", "approved step gate".to_string()),
-            ("erin", "closed action A-2".to_string()),
+            ("alice", "started, verified, added-action A-2".to_string()),
+            ("auditor", "signed-review".to_string()),
+            ("bob", "approved gate".to_string()),
+            ("erin", "closed-action A-2".to_string()),
         ]
     );
     assert_eq!(
@@ -229,6 +240,13 @@ fn a_failover_report_merges_its_run_and_lists_every_deviation() {
         "{:?}",
         e.deviations[3]
     );
+    assert_eq!(e.deviations[3].actor.as_deref(), Some("mallory"));
+    assert_eq!(
+        (e.deviations[0].measured_ms, e.deviations[0].target_ms),
+        (Some(1_500), Some(1_000))
+    );
+    assert_eq!(e.deviations[2].step.as_deref(), Some("verify"));
+    assert_eq!(e.deviations[5].detail.as_deref(), Some("A-1"));
     let a = &e.corrective_actions[0];
     assert_eq!(
         (a.id.as_str(), a.owner.as_deref(), a.state.as_str()),
@@ -238,11 +256,12 @@ fn a_failover_report_merges_its_run_and_lists_every_deviation() {
     assert!(e
         .participants
         .iter()
-        .any(|p| p.identity == "carol" && p.did == ["started"]));
+        .any(|p| p.identity == "carol" && acts(&p.did) == "started"));
+    assert_eq!((e.started_by.as_str(), e.scheduled), ("carol", false));
     assert!(e
         .participants
         .iter()
-        .any(|p| p.identity == "mallory" && p.did == ["was refused"]));
+        .any(|p| p.identity == "mallory" && acts(&p.did) == "refused"));
     assert!(e
         .integrity
         .iter()
@@ -332,7 +351,7 @@ fn a_drill_the_coordinators_started_on_the_schedule_says_so_and_a_claim_does_not
         .collect();
     assert_eq!(got, [(C, true), ("alice", false)]);
     assert_eq!(
-        d.exercises[0].participants[0].did,
-        ["started on the schedule"]
+        acts(&d.exercises[0].participants[0].did),
+        "started-on-schedule"
     );
 }
