@@ -110,6 +110,12 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Print the audit chain.
     Audit(cmd::ops::AuditArgs),
+    /// Corrective actions after an exercise: add, assign, close, list (operators).
+    #[command(subcommand)]
+    Action(cmd::action::ActionCmd),
+    /// Sign the after-action review of a finished run (auditors).
+    #[command(subcommand)]
+    Review(cmd::review::ReviewCmd),
     /// Run the whole product on this machine: three coordinators, two sites, a live
     /// workload, a failover, printed RPO/RTO and an evidence folder.
     Demo(cmd::demo::Args),
@@ -152,6 +158,8 @@ fn main() -> ExitCode {
         Command::Runbook(c) => cmd::runbook::run(c),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Audit(a) => cmd::ops::audit(a),
+        Command::Action(c) => cmd::action::run(c),
+        Command::Review(c) => cmd::review::run(c),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Checkpoint(a) => cmd::pitr::checkpoint(a),
         Command::Checkpoints(a) => cmd::pitr::checkpoints(a),

@@ -58,6 +58,12 @@ pub enum AuditKind {
     /// A point-in-time recovery: the recovered point (time, seq) and the merkle roots of the
     /// recovered copy, so evidence shows exactly which state was recovered.
     Recover,
+    /// A corrective action after an exercise was added, assigned or closed (`tandem action`);
+    /// written only by the state machine's action commands.
+    Action,
+    /// An auditor signed the review of a finished run (`tandem review sign`); written only by
+    /// the state machine's `sign_review` command.
+    Review,
 }
 
 impl AuditKind {

@@ -1,5 +1,6 @@
 //! Evidence for auditors: export a window of the audit chain as a folder an auditor can read and
-//! re-verify (`report.html`, `audit.jsonl`, `runs.json`, `rpo.csv`, `manifest.json`), and verify
+//! re-verify (`report.html`, `audit.jsonl`, `runs.json`, `rpo.csv`, `after-action.json`,
+//! `manifest.json`), and verify
 //! such a folder.
 //!
 //! The folder is a pure function of the records in the window and the [`ExportOptions`]:
@@ -10,6 +11,8 @@
 //! `docs/evidence.md`. Authenticity (`signed-head.json`, the leader's signature over the head)
 //! is [`sign`]'s: [`write_rendered`] adds the file, [`verify_signed`] checks it against a CA.
 
+pub mod aar_html;
+pub mod aar_text;
 pub mod derive;
 pub mod html;
 pub mod sign;
@@ -35,10 +38,18 @@ pub const RUNS_FILE: &str = "runs.json";
 pub const RPO_FILE: &str = "rpo.csv";
 /// The human-readable report.
 pub const REPORT_FILE: &str = "report.html";
+/// The after-action report of each exercise, derived from the records.
+pub const AFTER_ACTION_FILE: &str = "after-action.json";
 /// The manifest: window, chain summary and the hash of every other file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The files the manifest lists, in the order it lists them.
-pub const LISTED_FILES: [&str; 4] = [AUDIT_FILE, RUNS_FILE, RPO_FILE, REPORT_FILE];
+pub const LISTED_FILES: [&str; 5] = [
+    AUDIT_FILE,
+    RUNS_FILE,
+    RPO_FILE,
+    AFTER_ACTION_FILE,
+    REPORT_FILE,
+];
 
 /// What to export.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,11 +443,20 @@ pub fn render_window(
         },
         files: Vec::new(),
     };
-    let report = html::render_report(&manifest, &groups, &runs, &rpo);
+    let aar = derive::after_action(
+        records,
+        &runs,
+        derive::AarInputs {
+            rpo_targets_ms: &opts.rpo_targets_ms,
+            generated_at_ms: opts.generated_at_ms,
+        },
+    );
+    let report = html::render_report(&manifest, &groups, &runs, &rpo, &aar);
     let files: Vec<(&'static str, Vec<u8>)> = vec![
         (AUDIT_FILE, audit_jsonl(records)),
         (RUNS_FILE, pretty(&runs)),
         (RPO_FILE, derive::rpo_csv(&rpo).into_bytes()),
+        (AFTER_ACTION_FILE, pretty(&aar)),
         (REPORT_FILE, report.into_bytes()),
     ];
     manifest.files = files
@@ -500,7 +520,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), EvidenceErro
 }
 
 /// Exports the window of `records` selected by `opts` into `out_dir` (created if missing):
-/// `audit.jsonl`, `runs.json`, `rpo.csv`, `report.html`, then `manifest.json` last, each written
+/// `audit.jsonl`, `runs.json`, `rpo.csv`, `after-action.json`, `report.html`, then
+/// `manifest.json` last, each written
 /// tmp → fsync → rename, and the folder fsynced.
 ///
 /// A window is verified as a segment: its first record's `prev_hash` is recorded in the manifest
@@ -722,12 +743,12 @@ fn read_listed(dir: &Path, name: &str) -> Result<Vec<u8>, EvidenceError> {
 }
 
 /// Verifies an evidence folder, stopping at the first problem:
-/// 1. `manifest.json` parses, has the right format and version and lists the four files;
+/// 1. `manifest.json` parses, has the right format and version and lists the five files;
 /// 2. `audit.jsonl` parses line by line, each line canonical, and the chain holds from the
 ///    manifest's `first_prev_hash` (a changed byte names that record's index and line);
 /// 3. the chain's first/last index, count and head match the manifest;
 /// 4. every listed file exists and matches its size and BLAKE3 (in manifest order);
-/// 5. `runs.json`, `rpo.csv` and `report.html` equal what `audit.jsonl` derives with the
+/// 5. `runs.json`, `rpo.csv`, `after-action.json` and `report.html` equal what `audit.jsonl` derives with the
 ///    manifest's options (so a file edited under a re-hashed manifest is still named).
 ///
 /// # Errors

@@ -413,8 +413,8 @@ fn full_export_verifies_and_lists_every_file() {
     let (dir, recs) = exported();
     let report = evidence::verify(dir.path()).unwrap();
     assert_eq!(report.records, recs.len() as u64);
-    assert_eq!(report.files_checked.len(), 4);
-    assert_eq!(report.files_rederived.len(), 4);
+    assert_eq!(report.files_checked.len(), 5);
+    assert_eq!(report.files_rederived.len(), 5);
     assert_eq!(report.manifest.chain.head_hash, recs.last().unwrap().hash);
     assert_eq!(report.manifest.chain.first_index, Some(0));
     let m: Value = serde_json::from_str(&read(dir.path(), MANIFEST_FILE)).unwrap();
@@ -430,7 +430,7 @@ fn full_export_verifies_and_lists_every_file() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
 }
 
 #[test]
@@ -644,6 +644,28 @@ fn forged_report_under_a_rehashed_manifest_is_named() {
         matches!(&err, EvidenceError::DerivedMismatch { name, .. } if name == REPORT_FILE),
         "{err:?}"
     );
+}
+
+#[test]
+fn edited_after_action_report_is_named_even_under_a_rehashed_manifest() {
+    let (dir, _) = exported();
+    let name = evidence::AFTER_ACTION_FILE;
+    let text = read(dir.path(), name);
+    let edited = text.replacen("\"rto_met\": false", "\"rto_met\": true", 1);
+    assert_ne!(
+        edited, text,
+        "the failover missed its RTO target in this chain"
+    );
+    std::fs::write(dir.path().join(name), &edited).unwrap();
+    match evidence::verify(dir.path()) {
+        Err(EvidenceError::FileMismatch { name: n, .. }) => assert_eq!(n, name),
+        other => panic!("expected an after-action.json mismatch, got {other:?}"),
+    }
+    forge_manifest(dir.path());
+    match evidence::verify(dir.path()) {
+        Err(EvidenceError::DerivedMismatch { name: n, .. }) => assert_eq!(n, name),
+        other => panic!("expected an after-action.json derivation mismatch, got {other:?}"),
+    }
 }
 
 #[test]

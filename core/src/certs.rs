@@ -59,9 +59,11 @@ pub enum CertError {
 /// An admin role carried by a client certificate (subject OU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// Drills, switchover, failover, approvals, runbook runs; everything an auditor may.
+    /// Drills, switchover, failover, approvals, runbook runs, corrective actions; everything
+    /// an auditor may but sign a review.
     Operator,
-    /// Read status, the audit chain and evidence; nothing else.
+    /// Read status, the audit chain and evidence, and sign the review of a finished run (its
+    /// one write); nothing else.
     Auditor,
     /// Read status only.
     Viewer,

@@ -1,8 +1,9 @@
 //! Fuzz the coordinator's admin handlers: arbitrary bytes decoded (prost) as each request
 //! message of the `Coordinator` service, then the pure part of the handler: a `Propose`'s
 //! command JSON (coordinators only), a `Heartbeat`'s progress, a `Record`, `Pause`, `Resume`,
-//! `ReleaseLease` and `SyncDegraded` become a state-machine command (actor and node as the
-//! certificate would give them), which is applied to a bootstrapped state. Nothing panics; a
+//! `ReleaseLease`, `SyncDegraded`, `AddAction`, `AssignAction`, `CloseAction` and `SignReview`
+//! become a state-machine command (actor and node as the certificate would give them), which
+//! is applied to a bootstrapped state. Nothing panics; a
 //! refused command changes no group or site.
 //!
 //! Input: the first byte picks the message type, the rest is the encoded message.
@@ -12,8 +13,11 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
-use tandem_coordinator::server::{heartbeat_command, record_command};
+use tandem_coordinator::server::{add_action_command, heartbeat_command, record_command};
 use tandem_coordinator::state::{apply, Command, State};
+use tandem_core::proto::{
+    AddActionRequest, AssignActionRequest, CloseActionRequest, SignReviewRequest,
+};
 use tandem_core::proto::{
     AuditRequest, GetRunRequest, GroupCall, HeartbeatRequest, PlannedStepRequest, ProposeRequest,
     RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsRequest, StartRunRequest,
@@ -87,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let now = 1_000_000;
-    match kind % 12 {
+    match kind % 14 {
         0 => {
             if let Ok(r) = ProposeRequest::decode(body) {
                 if let Ok(cmd) = serde_json::from_str::<Value>(&r.command) {
@@ -149,6 +153,27 @@ fuzz_target!(|data: &[u8]| {
         }
         10 => {
             let _ = PlannedStepRequest::decode(body);
+        }
+        11 => {
+            if let Ok(r) = AddActionRequest::decode(body) {
+                if let Ok(cmd) = add_action_command(&r, "operator") {
+                    apply_typed(cmd, now);
+                }
+            }
+        }
+        12 => {
+            if let Ok(r) = AssignActionRequest::decode(body) {
+                let actor = "operator".to_string();
+                apply_typed(Command::AssignAction { at_ms: 0, actor, id: r.id, owner: r.owner }, now);
+            }
+            if let Ok(r) = CloseActionRequest::decode(body) {
+                let actor = "operator".to_string();
+                apply_typed(Command::CloseAction { at_ms: 0, actor, id: r.id, note: r.note }, now);
+            }
+            if let Ok(r) = SignReviewRequest::decode(body) {
+                let actor = "auditor".to_string();
+                apply_typed(Command::SignReview { at_ms: 0, actor, run_id: r.run_id, note: r.note }, now);
+            }
         }
         _ => {
             let _ = StatusRequest::decode(body);

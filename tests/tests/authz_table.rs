@@ -173,6 +173,40 @@ async fn make(
             })
             .await
             .map(drop),
+        // Actions on an unknown run or action and a review of an unknown run: an allowed
+        // caller passes the gate and the state machine refuses them.
+        Call::AddAction => c
+            .add_action(AddActionRequest {
+                group: "vol".into(),
+                run_id: unknown_run.clone(),
+                title: "walk".into(),
+                owner: "walk".into(),
+                due: "2030-01-01".into(),
+            })
+            .await
+            .map(drop),
+        Call::AssignAction => c
+            .assign_action(AssignActionRequest {
+                id: "A-0".into(),
+                owner: "walk".into(),
+            })
+            .await
+            .map(drop),
+        Call::CloseAction => c
+            .close_action(CloseActionRequest {
+                id: "A-0".into(),
+                note: "walk".into(),
+            })
+            .await
+            .map(drop),
+        Call::Actions => c.actions(ActionsRequest::default()).await.map(drop),
+        Call::SignReview => c
+            .sign_review(SignReviewRequest {
+                run_id: unknown_run.clone(),
+                note: String::new(),
+            })
+            .await
+            .map(drop),
     }
 }
 

@@ -25,8 +25,45 @@ fn demo_runs_to_a_green_summary() {
         "{stdout}"
     );
     assert!(!stdout.contains("[FAIL]"), "{stdout}");
-    // The evidence folder it names verifies on its own.
+    assert!(
+        stdout.contains("[PASS] drill on the schedule started by the coordinators and succeeded"),
+        "{stdout}"
+    );
+    // The evidence shows the scheduled drill: in the drill cadence (started by the
+    // coordinators on the schedule) and as an exercise of the after-action reports.
     let ev = dir.path().join("evidence");
+    let read = |name: &str| std::fs::read_to_string(ev.join(name)).unwrap();
+    let runs: serde_json::Value = serde_json::from_str(&read("runs.json")).unwrap();
+    let scheduled: Vec<&str> = runs["drill_cadence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["group"] == "db")
+        .flat_map(|c| c["drills"].as_array().unwrap())
+        .filter(|d| d["scheduled"] == true && d["actor"] == "coordinator")
+        .map(|d| d["run_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !scheduled.is_empty(),
+        "no scheduled drill in {}",
+        runs["drill_cadence"]
+    );
+    let aar: serde_json::Value = serde_json::from_str(&read("after-action.json")).unwrap();
+    assert!(
+        aar["exercises"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == scheduled[0] && e["kind"] == "drill"),
+        "the scheduled drill {} has no after-action report",
+        scheduled[0]
+    );
+    let report = read("report.html");
+    assert!(
+        report.contains(&format!("id=\"aar-{}\"", scheduled[0])),
+        "report section"
+    );
+    // The evidence folder it names verifies on its own.
     let v = Command::new(tandem_bin())
         .args(["evidence", "verify"])
         .arg(&ev)

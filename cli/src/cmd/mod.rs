@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `run(args) -> Result<()>`.
 
+pub mod action;
 pub mod bench;
 pub mod certs;
 pub mod chaos;
@@ -13,6 +14,7 @@ pub mod pitr;
 pub mod probe;
 pub mod quarantine;
 pub mod resync;
+pub mod review;
 pub mod runbook;
 pub mod runs;
 pub mod status;

@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tandem_core::proto::coordinator_server::Coordinator as CoordinatorApi;
 use tandem_core::proto::{
+    ActionReply, ActionsReply, ActionsRequest, AddActionRequest, AssignActionRequest,
+    CloseActionRequest, SignReviewReply, SignReviewRequest,
+};
+use tandem_core::proto::{
     AuditReply, AuditRequest, Decided, GetRunReply, GetRunRequest, GroupCall, HeartbeatReply,
     HeartbeatRequest, PlannedStepReply, PlannedStepRequest, ProposeReply, ProposeRequest,
     RecordKind, RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsReply, RunsRequest,
@@ -223,6 +227,41 @@ impl CoordinatorApi for Coordinator {
         req: Request<SignAuditHeadRequest>,
     ) -> Result<Response<SignAuditHeadReply>, Status> {
         self.sign_audit_head_call(req).await
+    }
+
+    async fn add_action(
+        &self,
+        req: Request<AddActionRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        self.add_action_call(req).await
+    }
+
+    async fn assign_action(
+        &self,
+        req: Request<AssignActionRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        self.assign_action_call(req).await
+    }
+
+    async fn close_action(
+        &self,
+        req: Request<CloseActionRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        self.close_action_call(req).await
+    }
+
+    async fn actions(
+        &self,
+        req: Request<ActionsRequest>,
+    ) -> Result<Response<ActionsReply>, Status> {
+        self.actions_call(req).await
+    }
+
+    async fn sign_review(
+        &self,
+        req: Request<SignReviewRequest>,
+    ) -> Result<Response<SignReviewReply>, Status> {
+        self.sign_review_call(req).await
     }
 
     async fn propose(

@@ -10,10 +10,12 @@
 //! - [`heartbeat`]: a replicator's heartbeat on the leader.
 //! - [`status_doc`]: the status document.
 //! - [`sign_head`]: the leader signs an audit-chain head for an evidence export.
+//! - [`actions`]: corrective actions and the auditor's sign-off of a run's review.
 //! - [`steps`]: `PlannedStep`, the committed step a replicator is asked to run.
 //!
 //! The shared handle ([`crate::handle`]) lies below this module and [`crate::runs`].
 
+mod actions;
 mod api;
 mod authz;
 mod heartbeat;
@@ -23,6 +25,7 @@ mod status_doc;
 mod steps;
 pub mod table;
 
+pub use self::actions::add_action_command;
 pub use self::api::record_command;
 pub use self::heartbeat::heartbeat_command;
 pub use self::process::{run, ServerError};

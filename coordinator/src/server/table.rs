@@ -37,10 +37,20 @@ pub enum Call {
     Propose,
     /// The leader signs an audit-chain head for an evidence export.
     SignAuditHead,
+    /// Add a corrective action after an exercise.
+    AddAction,
+    /// Give an open corrective action to a new owner.
+    AssignAction,
+    /// Close a corrective action.
+    CloseAction,
+    /// The list of corrective actions.
+    Actions,
+    /// An auditor signs the review of a finished run.
+    SignReview,
 }
 
 /// Every call with its name and what it is (the table's rows, in order).
-pub const CALLS: [(Call, &str, &str); 15] = [
+pub const CALLS: [(Call, &str, &str); 20] = [
     (Call::Status, "Status", "cluster status"),
     (Call::Audit, "Audit", "pages of the audit chain"),
     (Call::Runs, "Runs", "the list of runbook runs"),
@@ -92,6 +102,19 @@ pub const CALLS: [(Call, &str, &str); 15] = [
         "SignAuditHead",
         "the leader signs the head of an evidence export (a record in its own chain) with its node key",
     ),
+    (
+        Call::AddAction,
+        "AddAction",
+        "add a corrective action (title, owner, due date) against a run of a group",
+    ),
+    (Call::AssignAction, "AssignAction", "give an open corrective action to a new owner"),
+    (Call::CloseAction, "CloseAction", "close a corrective action with a note"),
+    (Call::Actions, "Actions", "the list of corrective actions"),
+    (
+        Call::SignReview,
+        "SignReview",
+        "sign the after-action review of a finished run: the auditor's one write (a review record in the chain); an operator may not",
+    ),
 ];
 
 /// May a caller of `class` make `call`? Group-scoped calls are classed by the group's sites
@@ -112,10 +135,18 @@ pub fn allowed(call: Call, class: CallerClass) -> bool {
                 | Call::SyncDegraded
                 | Call::PlannedStep
                 | Call::Propose
+                | Call::SignReview
         ),
+        // Read-only but for one write: signing a run's review.
         C::Auditor => matches!(
             call,
-            Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::SignAuditHead
+            Call::Status
+                | Call::Audit
+                | Call::Runs
+                | Call::GetRun
+                | Call::SignAuditHead
+                | Call::Actions
+                | Call::SignReview
         ),
         C::Viewer => call == Call::Status,
         // A database's WAL client talks to its replicator only.
@@ -202,6 +233,41 @@ mod tests {
         assert!(!allowed(Call::Pause, C::Auditor));
         assert!(!allowed(Call::Audit, C::Viewer));
         assert!(allowed(Call::Pause, C::Operator));
+    }
+
+    #[test]
+    fn only_an_auditor_signs_a_review_and_only_an_operator_changes_actions() {
+        use CallerClass as C;
+        assert!(allowed(Call::SignReview, C::Auditor));
+        for class in [
+            C::Operator,
+            C::Viewer,
+            C::PrimaryReplicator,
+            C::ReplicaReplicator,
+            C::OtherReplicator,
+            C::UnknownCa,
+            C::NoCertificate,
+        ] {
+            assert!(!allowed(Call::SignReview, class), "{class}");
+        }
+        for call in [Call::AddAction, Call::AssignAction, Call::CloseAction] {
+            assert!(allowed(call, C::Operator), "{call:?}");
+            assert!(!allowed(call, C::Auditor), "{call:?}");
+            assert!(!allowed(call, C::Viewer), "{call:?}");
+        }
+        // The auditor's only writes: the review, and asking the leader to sign an export.
+        let writes: Vec<_> = CALLS
+            .iter()
+            .map(|(c, _, _)| *c)
+            .filter(|c| allowed(*c, C::Auditor))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Call::Status | Call::Audit | Call::Runs | Call::GetRun | Call::Actions
+                )
+            })
+            .collect();
+        assert_eq!(writes, vec![Call::SignAuditHead, Call::SignReview]);
     }
 
     #[test]

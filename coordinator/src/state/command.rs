@@ -254,6 +254,58 @@ pub enum Command {
         /// What happened.
         event: RunEvent,
     },
+    /// Adds a corrective action (`A-<n>`) against a run of `group`, owned by `owner`, due on
+    /// `due` (`YYYY-MM-DD`). Refused for an unknown group or run, a run of another group or a
+    /// malformed date.
+    AddAction {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Who adds it (the certificate's identity).
+        actor: String,
+        /// Group.
+        group: String,
+        /// The run it follows from.
+        run_id: String,
+        /// What is to be done.
+        title: String,
+        /// Who is to do it.
+        owner: String,
+        /// Due date, `YYYY-MM-DD`.
+        due: String,
+    },
+    /// Gives an open action to a new owner.
+    AssignAction {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Who assigns.
+        actor: String,
+        /// The action.
+        id: String,
+        /// Its new owner.
+        owner: String,
+    },
+    /// Closes an open action.
+    CloseAction {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Who closes it.
+        actor: String,
+        /// The action.
+        id: String,
+        /// What was done.
+        note: String,
+    },
+    /// The reviewer signs the after-action review of a finished run (a `review` record).
+    SignReview {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// The reviewer (an auditor's certificate identity).
+        actor: String,
+        /// The run.
+        run_id: String,
+        /// The reviewer's note (may be empty).
+        note: String,
+    },
 }
 
 /// One lease renewed with a heartbeat ([`Command::Heartbeat`]'s `renew`).
@@ -304,7 +356,11 @@ impl Command {
             | Command::RpoSample { at_ms, .. }
             | Command::Record { at_ms, .. }
             | Command::StartRun { at_ms, .. }
-            | Command::RunEvent { at_ms, .. } => *at_ms = now_ms,
+            | Command::RunEvent { at_ms, .. }
+            | Command::AddAction { at_ms, .. }
+            | Command::AssignAction { at_ms, .. }
+            | Command::CloseAction { at_ms, .. }
+            | Command::SignReview { at_ms, .. } => *at_ms = now_ms,
         }
     }
 
@@ -327,7 +383,11 @@ impl Command {
             | Command::RpoSample { at_ms, .. }
             | Command::Record { at_ms, .. }
             | Command::StartRun { at_ms, .. }
-            | Command::RunEvent { at_ms, .. } => *at_ms,
+            | Command::RunEvent { at_ms, .. }
+            | Command::AddAction { at_ms, .. }
+            | Command::AssignAction { at_ms, .. }
+            | Command::CloseAction { at_ms, .. }
+            | Command::SignReview { at_ms, .. } => *at_ms,
         }
     }
 
@@ -351,6 +411,10 @@ impl Command {
             Command::Record { .. } => "record",
             Command::StartRun { .. } => "start_run",
             Command::RunEvent { .. } => "run_event",
+            Command::AddAction { .. } => "add_action",
+            Command::AssignAction { .. } => "assign_action",
+            Command::CloseAction { .. } => "close_action",
+            Command::SignReview { .. } => "sign_review",
         }
     }
 
@@ -374,7 +438,11 @@ impl Command {
             | Command::RpoSample { .. }
             | Command::Record { .. }
             | Command::StartRun { .. }
-            | Command::RunEvent { .. } => None,
+            | Command::RunEvent { .. }
+            | Command::AddAction { .. }
+            | Command::AssignAction { .. }
+            | Command::CloseAction { .. }
+            | Command::SignReview { .. } => None,
         }
     }
 }

@@ -165,6 +165,11 @@ pub enum Event {
         /// The run's status after it.
         status: RunStatus,
     },
+    /// A corrective action was added, assigned or closed.
+    ActionChanged {
+        /// The action.
+        id: String,
+    },
     /// An audit record was appended.
     Audited {
         /// Its index.

@@ -172,6 +172,46 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_len("run_id", run_id, MAX_NAME_LEN)?;
             check_run_event(event)?;
         }
+        Command::AddAction {
+            actor,
+            group,
+            run_id,
+            title,
+            owner,
+            due,
+            ..
+        } => {
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_len("group", group, MAX_NAME_LEN)?;
+            check_len("run_id", run_id, MAX_NAME_LEN)?;
+            check_len("title", title, MAX_TEXT_LEN)?;
+            check_len("owner", owner, MAX_NAME_LEN)?;
+            check_len("due", due, MAX_NAME_LEN)?;
+        }
+        Command::AssignAction {
+            actor, id, owner, ..
+        } => {
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_len("id", id, MAX_NAME_LEN)?;
+            check_len("owner", owner, MAX_NAME_LEN)?;
+        }
+        Command::CloseAction {
+            actor, id, note, ..
+        } => {
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_len("id", id, MAX_NAME_LEN)?;
+            check_len("note", note, MAX_TEXT_LEN)?;
+        }
+        Command::SignReview {
+            actor,
+            run_id,
+            note,
+            ..
+        } => {
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_len("run_id", run_id, MAX_NAME_LEN)?;
+            check_text("note", note, MAX_TEXT_LEN)?;
+        }
         Command::Record {
             actor,
             group,

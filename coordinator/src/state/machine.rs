@@ -2,6 +2,7 @@
 //! audit) and the helpers every command room uses (group lookup, audit append, settings in
 //! ms). Pure: no I/O, no clock.
 
+use super::action::CorrectiveAction;
 use super::event::Event;
 use super::model::{ClusterSettings, Group, LeaseStatus, Run, Site};
 use super::rejection::Rejection;
@@ -20,6 +21,8 @@ pub struct State {
     pub(super) audit: AuditChain,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) runs: BTreeMap<String, Run>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) actions: BTreeMap<String, CorrectiveAction>,
 }
 
 impl State {
@@ -110,6 +113,11 @@ impl State {
             .filter(|r| r.group == group && r.kind == tandem_runbooks::RunbookKind::Drill)
             .map(Run::started_ms)
             .max()
+    }
+
+    /// Corrective actions by id (`A-1`, `A-2`, ...; a map orders `A-10` before `A-2`).
+    pub fn actions(&self) -> &BTreeMap<String, CorrectiveAction> {
+        &self.actions
     }
 
     /// The audit chain.

@@ -38,12 +38,14 @@
 //! - `rpo`, `record`: committed RPO samples and generic audit records.
 //! - `residency`: where a group's data may be placed.
 //! - `run`: runbook runs (start, events, closing records).
+//! - `action`: corrective actions after an exercise and the reviewer's sign-off of a run.
 //! - `snapshot`: the durable snapshot format (magic, version, checksum).
 //!
 //! Rooms import each other by their own paths (`super::machine::State`), never through this
 //! file; `rejection` is `pub(crate)` so that `crate::error` names it directly. The tests, which
 //! drive [`apply`] as a whole, are in `tests/`, one file per topic.
 
+mod action;
 mod bootstrap;
 mod command;
 mod event;
@@ -60,6 +62,7 @@ mod run;
 mod site;
 mod snapshot;
 
+pub use self::action::{is_due_date, ActionClosure, CorrectiveAction};
 pub use self::command::{Command, LeaseRenewal};
 pub use self::event::Event;
 pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN};
@@ -73,6 +76,7 @@ pub use self::rejection::Rejection;
 pub use self::residency::plan_placements;
 pub use self::snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 
+use self::action::{add_action, assign_action, close_action, sign_review, NewAction};
 use self::bootstrap::bootstrap;
 use self::lease::{acquire_lease, release_lease, renew_lease, sync_degraded};
 use self::limits::check_limits;
@@ -231,6 +235,39 @@ fn dispatch(
             },
         ),
         Command::RunEvent { run_id, event, .. } => run_event(state, ev, now, run_id, event),
+        Command::AddAction {
+            actor,
+            group,
+            run_id,
+            title,
+            owner,
+            due,
+            ..
+        } => add_action(
+            state,
+            ev,
+            now,
+            &NewAction {
+                actor,
+                group,
+                run_id,
+                title,
+                owner,
+                due,
+            },
+        ),
+        Command::AssignAction {
+            actor, id, owner, ..
+        } => assign_action(state, ev, now, actor, id, owner),
+        Command::CloseAction {
+            actor, id, note, ..
+        } => close_action(state, ev, now, actor, id, note),
+        Command::SignReview {
+            actor,
+            run_id,
+            note,
+            ..
+        } => sign_review(state, ev, now, actor, run_id, note),
     }
 }
 

@@ -232,6 +232,14 @@ pub enum Rejection {
         /// Why.
         reason: String,
     },
+    /// A corrective action may not be added, assigned or closed.
+    #[error("action {id}: {reason}")]
+    ActionRefused {
+        /// The action (empty when adding).
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The event does not fit the run's state; the run is unchanged.
     #[error("{message}")]
     RunEventRefused {

@@ -9,9 +9,11 @@
 //! - [`rpo`]: RPO samples and `rpo.csv`.
 //! - [`residency`]: where data stood and was held.
 //! - [`cadence`]: scheduled drills, and whether their cadence held.
+//! - [`aar`]: the after-action report of each exercise (`after-action.json`).
 //! - [`controls`]: the audit controls each piece of evidence addresses, and what is missing.
 //! - [`fields`]: reading record details.
 
+pub mod aar;
 pub mod cadence;
 pub mod controls;
 pub mod fields;
@@ -22,6 +24,7 @@ pub mod runs;
 #[cfg(test)]
 mod tests;
 
+pub use self::aar::{after_action, AarInputs, AfterActionDoc, AAR_FORMAT, AAR_VERSION};
 pub use self::cadence::drill_cadence;
 pub use self::controls::{controls, AfterActionFacts, Control, ControlRow, ControlsInput};
 pub use self::fields::{groups, iso_ms};

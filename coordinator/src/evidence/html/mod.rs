@@ -18,7 +18,7 @@ pub use self::chart::{chart_points, rpo_chart, MAX_CHART_POINTS};
 pub use self::text::{fill, fmt_time, tr, Lang, T};
 
 use super::derive::controls::{controls as control_rows, AfterActionFacts, ControlsInput};
-use super::derive::{RpoRow, Run, RunKind, RunsDoc};
+use super::derive::{AfterActionDoc, RpoRow, Run, RunKind, RunsDoc};
 use super::Manifest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -75,19 +75,35 @@ pub fn render_report(
     groups: &BTreeSet<String>,
     runs: &RunsDoc,
     rpo: &[RpoRow],
+    aar: &AfterActionDoc,
 ) -> String {
-    render_report_with(manifest, groups, runs, rpo, None)
+    render_report_with(manifest, groups, runs, rpo, Some(aar))
 }
 
-/// [`render_report`] with the after-action facts of the window, which the controls mapping
-/// counts as evidence (reports, corrective actions, signed reviews).
+/// What the controls mapping counts of the after-action reports: reports, actions open,
+/// closed and overdue, signed reviews. Pure.
+pub fn after_action_facts(aar: &AfterActionDoc) -> AfterActionFacts {
+    let state = |s: &str| aar.actions.iter().filter(|a| a.state == s).count();
+    AfterActionFacts {
+        reports: aar.exercises.len(),
+        actions_open: state("open") + state("overdue"),
+        actions_closed: state("closed"),
+        actions_overdue: state("overdue"),
+        signed_reviews: aar.exercises.iter().map(|e| e.sign_off.len()).sum(),
+    }
+}
+
+/// [`render_report`] with or without the after-action reports of the window (their section,
+/// and the facts the controls mapping counts: reports, corrective actions, signed reviews).
 pub fn render_report_with(
     manifest: &Manifest,
     groups: &BTreeSet<String>,
     runs: &RunsDoc,
     rpo: &[RpoRow],
-    after_action: Option<&AfterActionFacts>,
+    aar: Option<&AfterActionDoc>,
 ) -> String {
+    let facts = aar.map(after_action_facts);
+    let after_action = facts.as_ref();
     let lang = manifest.lang;
     let mut o = String::with_capacity(64 * 1024);
     header(&mut o, lang, manifest);
@@ -136,6 +152,9 @@ pub fn render_report_with(
         let _ = write!(o, "<h2>{}</h2>", tr(lang, T::NotTiedToGroup));
         sections::approvals_table(&mut o, lang, runs, None);
         sections::refused_table(&mut o, lang, runs, None);
+    }
+    if let Some(doc) = aar {
+        super::aar_html::section_in(&mut o, doc, super::aar_text::for_lang(lang));
     }
     how_to_verify(&mut o, lang);
     o

@@ -13,6 +13,7 @@ use tandem_core::ids::{Epoch, GroupId, Seq};
 use tandem_runbooks::run::{self as rb, RunEvent, RunStatus};
 use tandem_runbooks::{Action, Plan, ResolvedSite, RunbookKind};
 
+mod action;
 mod bootstrap;
 mod lease;
 mod records;
