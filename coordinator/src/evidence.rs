@@ -11,8 +11,6 @@
 //! `docs/evidence.md`. Authenticity (`signed-head.json`, the leader's signature over the head)
 //! is [`sign`]'s: [`write_rendered`] adds the file, [`verify_signed`] checks it against a CA.
 
-pub mod aar_html;
-pub mod aar_text;
 pub mod derive;
 pub mod html;
 pub mod sign;

@@ -14,8 +14,7 @@ use anyhow::{bail, Context, Result};
 use tandem_coordinator::status::{ClusterStatus, GroupStatus};
 
 use super::cluster::Ctx;
-use super::recovery::protected;
-use super::topology::{pg_group, PG_GROUP, PG_RESOURCE};
+use super::topology::{pg_group, protected, PG_GROUP, PG_RESOURCE};
 use crate::pg;
 
 /// pgbench clients (one thread): enough commits in flight to lose some, light on 2 cores.

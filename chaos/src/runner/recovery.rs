@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use tandem_coordinator::status::{ClusterStatus, GroupStatus};
+use tandem_coordinator::status::ClusterStatus;
 
 use super::cluster::Ctx;
 use super::load::Load;
@@ -20,12 +20,7 @@ use crate::scenario::{Check, Scenario};
 /// How long the woken old primary has to answer the write it must refuse.
 const OLD_PRIMARY_ANSWER: Duration = Duration::from_secs(10);
 
-/// True when the group is protected and its primary holds an active lease.
-pub fn protected(g: Option<&GroupStatus>) -> bool {
-    g.is_some_and(|g| {
-        g.state == "protected" && g.lease.as_ref().is_some_and(|l| l.status == "active")
-    })
-}
+pub use super::topology::protected;
 
 /// Heals, resets and wakes everything; restarts what was killed. Returns whether the woken
 /// old primary refused a write (when the scenario checks it).

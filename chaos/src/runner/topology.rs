@@ -193,3 +193,10 @@ pub fn db_group(st: &ClusterStatus) -> Option<&GroupStatus> {
 pub fn group(st: &ClusterStatus) -> Option<&GroupStatus> {
     st.groups.iter().find(|g| g.name == VOLUME_GROUP)
 }
+
+/// True when the group is protected and its primary holds an active lease.
+pub fn protected(g: Option<&GroupStatus>) -> bool {
+    g.is_some_and(|g| {
+        g.state == "protected" && g.lease.as_ref().is_some_and(|l| l.status == "active")
+    })
+}

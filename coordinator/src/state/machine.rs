@@ -2,8 +2,8 @@
 //! audit) and the helpers every command room uses (group lookup, audit append, settings in
 //! ms). Pure: no I/O, no clock.
 
-use super::action::CorrectiveAction;
 use super::event::Event;
+use super::model::CorrectiveAction;
 use super::model::{ClusterSettings, Group, LeaseStatus, Run, Site};
 use super::rejection::Rejection;
 use crate::audit::{AuditChain, AuditKind, AuditRecord};

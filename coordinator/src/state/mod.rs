@@ -62,11 +62,12 @@ mod run;
 mod site;
 mod snapshot;
 
-pub use self::action::{is_due_date, ActionClosure, CorrectiveAction};
+pub use self::action::is_due_date;
 pub use self::command::{Command, LeaseRenewal};
 pub use self::event::Event;
 pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN};
 pub use self::machine::State;
+pub use self::model::{ActionClosure, CorrectiveAction};
 pub use self::model::{
     ClusterSettings, DataLossWindow, Group, GroupProgress, GroupSpec, GroupState, Lease,
     LeaseStatus, Mode, Progress, Role, RpoSample, Run, ScheduledDrill, Site, SiteSpec, SiteStatus,

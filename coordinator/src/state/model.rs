@@ -310,3 +310,37 @@ impl Run {
         i64::try_from(self.state.started_ms).unwrap_or(i64::MAX)
     }
 }
+
+/// A corrective action as the state machine holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectiveAction {
+    /// `A-<n>`.
+    pub id: String,
+    /// The group it is about.
+    pub group: String,
+    /// The run (exercise) it follows from.
+    pub run_id: String,
+    /// What is to be done.
+    pub title: String,
+    /// Who is to do it.
+    pub owner: String,
+    /// Due date, `YYYY-MM-DD`.
+    pub due: String,
+    /// Who added it (certificate identity).
+    pub opened_by: String,
+    /// When (leader ms).
+    pub opened_ms: i64,
+    /// Who closed it, when and why; `None` while open.
+    pub closed: Option<ActionClosure>,
+}
+
+/// How an action was closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionClosure {
+    /// Who closed it (certificate identity).
+    pub by: String,
+    /// When (leader ms).
+    pub at_ms: i64,
+    /// What was done.
+    pub note: String,
+}

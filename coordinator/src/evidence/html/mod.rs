@@ -7,7 +7,11 @@
 //! - [`chart`]: the RPO chart and the step timelines (SVG).
 //! - [`sections`]: data residency, drill cadence and each group's section.
 //! - [`controls`]: the controls mapping (decided in [`crate::evidence::derive::controls`]).
+//! - [`aar`], [`aar_text`]: the after-action reports (derived in
+//!   [`crate::evidence::derive::aar`]) and their words in each language.
 
+pub mod aar;
+pub mod aar_text;
 pub mod chart;
 pub mod controls;
 pub mod sections;
@@ -154,7 +158,7 @@ pub fn render_report_with(
         sections::refused_table(&mut o, lang, runs, None);
     }
     if let Some(doc) = aar {
-        super::aar_html::section_in(&mut o, doc, super::aar_text::for_lang(lang));
+        aar::section_in(&mut o, doc, aar_text::for_lang(lang));
     }
     how_to_verify(&mut o, lang);
     o

@@ -265,8 +265,8 @@ texts! {
         "Chạy <code>tandem evidence verify DIR --ca ca.pem</code>: lệnh kiểm tra lại chuỗi và từng tệp, chỉ ra bản ghi hoặc tệp đầu tiên không khớp, và kiểm tra ngoại tuyến rằng một coordinator thuộc CA của cụm đã ký đỉnh chuỗi."
     ],
     Verify2 => [
-        "By hand: compute the BLAKE3 hash of each file (<code>b3sum audit.jsonl runs.json rpo.csv report.html</code>) and compare with <code>manifest.json</code>.",
-        "Kiểm tra thủ công: tính mã băm BLAKE3 của từng tệp (<code>b3sum audit.jsonl runs.json rpo.csv report.html</code>) và so với <code>manifest.json</code>."
+        "By hand: compute the BLAKE3 hash of each file (<code>b3sum audit.jsonl runs.json rpo.csv after-action.json report.html</code>) and compare with <code>manifest.json</code>.",
+        "Kiểm tra thủ công: tính mã băm BLAKE3 của từng tệp (<code>b3sum audit.jsonl runs.json rpo.csv after-action.json report.html</code>) và so với <code>manifest.json</code>."
     ],
     Verify3 => [
         "Each line of <code>audit.jsonl</code> is one record. Its <code>hash</code> must equal BLAKE3(the 32 bytes of <code>prev_hash</code> ‖ the compact JSON of the record without <code>hash</code>, fields in the order index, at_ms, actor, kind, group, detail, prev_hash, object keys inside detail sorted). Each <code>prev_hash</code> must equal the previous line's <code>hash</code>; the first equals the manifest's <code>first_prev_hash</code> (all zeros when the window starts at record 0).",

@@ -4,10 +4,10 @@
 //! action. Pure. Every word a reader sees is in [`AarText`] ([`EN`] today), so another
 //! language is one more table.
 
-use super::derive::aar::{Act, ActionView, AfterActionDoc, Deviation, Exercise};
-use super::derive::RunKind;
 use super::aar_text::{AarText, EN};
-use super::html::esc;
+use super::esc;
+use crate::evidence::derive::aar::{Act, ActionView, AfterActionDoc, Deviation, Exercise};
+use crate::evidence::derive::RunKind;
 use std::fmt::Write as _;
 
 /// A participant's act in the language of `t`.

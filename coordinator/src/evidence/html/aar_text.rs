@@ -1,7 +1,7 @@
-//! Every word of the after-action section of `report.html` ([`super::aar_html`]), in English
+//! Every word of the after-action section of `report.html` (`html/aar.rs`), in English
 //! ([`EN`]) and Vietnamese ([`VI`]); [`for_lang`] picks the report's. Data only.
 
-use super::html::Lang;
+use super::text::Lang;
 
 /// Every user-visible string of the after-action section.
 #[derive(Debug, Clone, Copy)]
@@ -322,7 +322,6 @@ pub const EN: AarText = AarText {
     dev_action_overdue: "Action {detail} is open past its due date",
 };
 
-
 /// The table of `lang`.
 pub fn for_lang(lang: Lang) -> &'static AarText {
     match lang {
@@ -477,7 +476,10 @@ mod tests {
             (EN.basis_failover, VI.basis_failover),
         ] {
             assert_ne!(en, vi);
-            assert!(vi.chars().any(|c| "ảạấầậắằặếềệốồộớờợứừựđ".contains(c)), "{vi}");
+            assert!(
+                vi.chars().any(|c| "ảạấầậắằặếềệốồộớờợứừựđ".contains(c)),
+                "{vi}"
+            );
         }
         assert_eq!(for_lang(Lang::Vi).title, VI.title);
         assert_eq!(for_lang(Lang::En).title, EN.title);
