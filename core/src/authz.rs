@@ -247,6 +247,6 @@ mod tests {
         let row = md.lines().nth(2).unwrap();
         assert_eq!(row.matches("yes").count(), 1, "{md}");
         assert_eq!(row.matches("TLS").count(), 2, "{md}");
-        assert_eq!(row.matches(" no ").count(), 7, "{md}");
+        assert_eq!(row.matches(" no ").count(), 8, "{md}");
     }
 }
