@@ -123,7 +123,7 @@ pub fn open_path_to(dir: &Path) -> Result<()> {
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o005))
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o001))
                 .with_context(|| format!("letting {PG_USER} enter {}", p.display()))?;
         }
         d = p.parent();
