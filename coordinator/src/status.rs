@@ -107,6 +107,13 @@ pub struct GroupStatus {
     pub mode: String,
     /// `protected`, `degraded`, `failing-over`, `failed-over`, `drilling`, `resyncing`, ...
     pub state: String,
+    /// The replicator host that serves the group at its primary site (its placement: the
+    /// topology's `hosts` pin, else the placement function); empty when none does.
+    #[serde(default)]
+    pub primary_host: String,
+    /// The replicator host that serves it at its replica site.
+    #[serde(default)]
+    pub replica_host: String,
     /// Why the group is in its state, when not protected.
     pub reason: String,
     /// RPO now in milliseconds: how much data would be lost if the primary died now.

@@ -93,6 +93,9 @@ impl fmt::Display for CallerClass {
 /// the deciding side knows them now (the coordinators' state, or what a replica last heard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupSites<'a> {
+    /// The group the call is about: a replicator counts as its primary's or replica's only
+    /// when the group is placed on it ([`Topology::host_for`]).
+    pub group: &'a str,
     /// The site that is primary now.
     pub primary: &'a str,
     /// The site that is replica now.
@@ -114,6 +117,7 @@ pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>)
         Caller::Node(name) => match topo.node(name) {
             Some(n) if n.role == NodeRole::Coordinator => CallerClass::Coordinator,
             Some(n) => match sites {
+                Some(s) if !serves(topo, s.group, &n.site, &n.name) => CallerClass::OtherReplicator,
                 Some(s) if n.site == s.primary => CallerClass::PrimaryReplicator,
                 Some(s) if n.site == s.replica => CallerClass::ReplicaReplicator,
                 _ => CallerClass::OtherReplicator,
@@ -121,6 +125,12 @@ pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>)
             None => CallerClass::OtherReplicator,
         },
     }
+}
+
+/// Whether replicator `node` at `site` is the host `group` is placed on there.
+fn serves(topo: &Topology, group: &str, site: &str, node: &str) -> bool {
+    topo.host_for_group(group, site)
+        .is_some_and(|h| h.name == node)
 }
 
 /// The actor to record for a checked caller: the certificate's name (node or person/tool),
@@ -186,6 +196,7 @@ mod tests {
         let rep = |site: &str| t.replicators_at(site)[0].name.clone();
         let g = &t.groups[0];
         let sites = GroupSites {
+            group: &g.name,
             primary: &g.primary,
             replica: &g.replica,
         };
@@ -201,6 +212,7 @@ mod tests {
         );
         // Roles swap: the same certificate is judged by where the group stands now.
         let swapped = GroupSites {
+            group: &g.name,
             primary: &g.replica,
             replica: &g.primary,
         };
@@ -224,6 +236,33 @@ mod tests {
         assert_eq!(class(client(Role::Auditor)), CallerClass::Auditor);
         assert_eq!(class(client(Role::Viewer)), CallerClass::Viewer);
         assert_eq!(class(Caller::Anonymous), CallerClass::Unauthenticated);
+    }
+
+    #[test]
+    fn a_replicator_at_the_site_that_does_not_serve_the_group_is_another_replicator() {
+        let text = format!(
+            "{}\n[[nodes]]\nname = \"hanoi-rep-2\"\nsite = \"hanoi\"\nrole = \"replicator\"\n\
+             listen = \"127.0.0.1:7999\"\ndata_dir = \"data/hanoi-rep-2\"\n",
+            include_str!("../../examples/two-sites.toml")
+        );
+        let t = Topology::parse(&text, "three.toml").expect("topology parses");
+        for g in t.groups.iter().filter(|g| g.primary == "hanoi") {
+            let host = t.host_for(g, "hanoi").map(|n| n.name.clone());
+            let sites = GroupSites {
+                group: &g.name,
+                primary: &g.primary,
+                replica: &g.replica,
+            };
+            for n in t.replicators_at("hanoi") {
+                let want = if host.as_deref() == Some(n.name.as_str()) {
+                    CallerClass::PrimaryReplicator
+                } else {
+                    CallerClass::OtherReplicator
+                };
+                let got = classify(&t, &Caller::Node(n.name.clone()), Some(sites));
+                assert_eq!(got, want, "{} for group {}", n.name, g.name);
+            }
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn checkpoint(ctx: &Ctx, f: &Fault, obs: &mut Observed, load: &mut Load) -> 
         bail!("checkpoint {tag:?}: no status to find the primary");
     };
     load.writer.stop(&ctx.rt);
-    let primary = Replicator::new(ctx.net.clone(), replicator_at(ctx, &g.primary)?);
+    let primary = Replicator::new(ctx.net.clone(), replicator_at(ctx, &g.name, &g.primary)?);
     let marked = ctx
         .rt
         .block_on(primary.checkpoint(VOLUME_GROUP, &tag))
@@ -96,7 +96,7 @@ pub fn judge_recoveries(j: &Judge<'_>, out: &mut Findings) {
 /// Recovers checkpoint `tag` at the replicator of `site`; returns the image's hash and the
 /// point's seq.
 fn recover_and_hash(ctx: &Ctx, site: &str, tag: &str) -> Result<(String, u64)> {
-    let rep = Replicator::new(ctx.net.clone(), replicator_at(ctx, site)?);
+    let rep = Replicator::new(ctx.net.clone(), replicator_at(ctx, VOLUME_GROUP, site)?);
     let req = RecoverRequest {
         group: VOLUME_GROUP.to_owned(),
         at_ms: 0,

@@ -46,13 +46,12 @@ pub fn verify_group(ctx: &Ctx, host: &Host<'_>, name: &str, notes: &mut Vec<Stri
     }
 }
 
-/// The replicator listen address at `site`.
-pub(super) fn replicator_at(ctx: &Ctx, site: &str) -> Result<String> {
+/// The listen address of the replicator that serves `group` at `site` (its placement).
+pub(super) fn replicator_at(ctx: &Ctx, group: &str, site: &str) -> Result<String> {
     ctx.topo
-        .replicators_at(site)
-        .first()
+        .host_for_group(group, site)
         .map(|n| n.listen.clone())
-        .with_context(|| format!("no replicator at site {site}"))
+        .with_context(|| format!("no replicator serves group {group} at site {site}"))
 }
 
 /// The group's (primary, replica) sites from the status.
@@ -82,7 +81,7 @@ fn verify_once(ctx: &Ctx, host: &Host<'_>, name: &str) -> Result<()> {
     }
     ctx.rt.block_on(async {
         let (psite, rsite) = sites_of(ctx, name).await?;
-        let primary = Replicator::new(ctx.net.clone(), replicator_at(ctx, &psite)?);
+        let primary = Replicator::new(ctx.net.clone(), replicator_at(ctx, name, &psite)?);
         let mut results = Vec::new();
         let mut all_equal = true;
         for r in &group.resources {
@@ -123,7 +122,7 @@ fn verify_once(ctx: &Ctx, host: &Host<'_>, name: &str) -> Result<()> {
 pub fn resync_group(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.rt.block_on(async {
         let (_, rsite) = sites_of(ctx, name).await?;
-        let replica = Replicator::new(ctx.net.clone(), replicator_at(ctx, &rsite)?);
+        let replica = Replicator::new(ctx.net.clone(), replicator_at(ctx, name, &rsite)?);
         let mut stream = replica
             .resync(name, &format!("tandem resync by {ACTOR}"))
             .await

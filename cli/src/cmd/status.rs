@@ -290,6 +290,17 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         if !g.reason.is_empty() {
             let _ = writeln!(o, "{:<10} reason: {}", "", g.reason);
         }
+        if !g.primary_host.is_empty() || !g.replica_host.is_empty() {
+            let _ = writeln!(
+                o,
+                "{:<10} hosts: {} at {}, {} at {}",
+                "",
+                or_none(&g.primary_host),
+                g.primary,
+                or_none(&g.replica_host),
+                g.replica
+            );
+        }
         if let (Some(at), Some(seq)) = (g.history_oldest_ms, g.history_oldest_seq) {
             let _ = writeln!(
                 o,
@@ -324,6 +335,15 @@ pub fn render(st: &ClusterStatus, colour: bool) -> String {
         }
     }
     o
+}
+
+/// `s`, or `(none)` when empty.
+fn or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "(none)"
+    } else {
+        s
+    }
 }
 
 /// A streamed PostgreSQL resource's standby in one line: `standby at hcm: replaying, 12288 B
@@ -373,15 +393,14 @@ pub fn drill_line(d: &DrillStatus) -> String {
     line
 }
 
-/// The replicator listen address at `site` (the first replicator the topology has there).
+/// The listen address of the replicator that serves `group` at `site` (its placement).
 ///
 /// # Errors
-/// The topology has no replicator at that site.
-pub fn replicator_at(topo: &Topology, site: &str) -> Result<String> {
-    topo.replicators_at(site)
-        .first()
+/// No replicator at that site serves the group.
+pub fn replicator_at(topo: &Topology, group: &str, site: &str) -> Result<String> {
+    topo.host_for_group(group, site)
         .map(|n| n.listen.clone())
-        .with_context(|| format!("no replicator at site {site}"))
+        .with_context(|| format!("no replicator serves group {group} at site {site}"))
 }
 
 /// The site and replicator listen address of the group's current primary (`primary = true`)
@@ -402,7 +421,7 @@ pub async fn replicator_of(
         .find(|g| g.name == group)
         .with_context(|| format!("group {group:?} missing from the cluster status"))?;
     let site = if primary { &g.primary } else { &g.replica };
-    Ok((site.clone(), replicator_at(topo, site)?))
+    Ok((site.clone(), replicator_at(topo, group, site)?))
 }
 
 #[cfg(test)]

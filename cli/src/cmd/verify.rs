@@ -270,7 +270,8 @@ pub fn run(a: Args) -> Result<()> {
             .find(|g| g.name == a.group)
             .context("group missing from status")?;
         let (psite, rsite) = (g.primary.clone(), g.replica.clone());
-        let primary = crate::cmd::replicator(&crate::cmd::status::replicator_at(&topo, &psite)?)?;
+        let primary =
+            crate::cmd::replicator(&crate::cmd::status::replicator_at(&topo, &a.group, &psite)?)?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let mut results = Vec::new();
         let mut all_equal = true;

@@ -209,13 +209,15 @@ fn restore_config(data_dir: &Path, kept: &[(PathBuf, Vec<u8>)]) -> Result<()> {
     Ok(())
 }
 
-/// This site's archive folder of the resource: where its replicator writes the primary's WAL.
+/// This site's archive folder of the resource: where the replicator that serves the group
+/// there writes the primary's WAL.
 fn archive_dir(topo: &Topology, site: &str, g: &Group, r: &Resource) -> Result<PathBuf> {
-    let node = topo
-        .replicators_at(site)
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad_input(format!("no replicator at site {site}")))?;
+    let node = topo.host_for(g, site).ok_or_else(|| {
+        bad_input(format!(
+            "no replicator serves group {} at site {site}",
+            g.name
+        ))
+    })?;
     Ok(tandem_replicator::node::archive_dir(
         &topo.node_data_dir(node),
         &g.name,

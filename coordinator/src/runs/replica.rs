@@ -32,13 +32,13 @@ const VERIFY_CHUNK_BLOCKS: u64 = 64;
 /// `verify`: in effect unbounded, as the step's timeout bounds the whole comparison.
 const VERIFY_BARRIER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// The replication address (`http://...`) of the first replicator at `site`.
-fn replicator_addr(c: &Coordinator, site: &str) -> Result<String, Failure> {
+/// The replication address (`http://...`) of the replicator that serves `group` at `site`
+/// (its placement).
+fn replicator_addr(c: &Coordinator, group: &str, site: &str) -> Result<String, Failure> {
     c.topo()
-        .replicators_at(site)
-        .first()
+        .host_for_group(group, site)
         .map(|n| format!("http://{}", n.listen))
-        .ok_or_else(|| Failure::new(format!("no replicator at site {site}")))
+        .ok_or_else(|| Failure::new(format!("no replicator serves group {group} at site {site}")))
 }
 
 async fn replication_client(
@@ -117,7 +117,7 @@ pub(super) async fn verify(c: &Coordinator, run: &Run) -> StepResult {
                 .collect()
         })
         .unwrap_or_default();
-    let pc = Replicator::new(c.net().clone(), replicator_addr(c, &primary)?);
+    let pc = Replicator::new(c.net().clone(), replicator_addr(c, group, &primary)?);
     let mut rows = Vec::new();
     let mut all_match = true;
     for res in &resources {
@@ -174,7 +174,7 @@ pub(super) async fn snapshot(
         ResolvedSite::Site(s) => s.clone(),
         ResolvedSite::Coordinator => run.state.plan.replica.clone(),
     };
-    let mut client = replication_client(c, &replicator_addr(c, &site)?).await?;
+    let mut client = replication_client(c, &replicator_addr(c, &run.group, &site)?).await?;
     let req = SnapshotRequest {
         group: run.group.clone(),
         name: snapshot_name(run, name),
@@ -204,7 +204,7 @@ pub(super) async fn recover(
         ResolvedSite::Site(s) => s.clone(),
         ResolvedSite::Coordinator => run.state.plan.replica.clone(),
     };
-    let mut client = replication_client(c, &replicator_addr(c, &site)?).await?;
+    let mut client = replication_client(c, &replicator_addr(c, &run.group, &site)?).await?;
     let (at_ms, tag) = match point {
         tandem_runbooks::RecoverPoint::Checkpoint(t) => (0, t.clone()),
         tandem_runbooks::RecoverPoint::Ago(d) => (c.now_ms() - d.as_millis() as i64, String::new()),

@@ -86,9 +86,9 @@ pub(super) async fn run_at_site(
     )))
 }
 
-/// The replicators of `site` as `(node, address)`, the one to ask first first: the holder of
-/// the group's lease when it is at this site, then the most recently heard from, then the
-/// others in topology order.
+/// The replicators of `site` as `(node, address)`, the one to ask first first: the host the
+/// group is placed on there, then the holder of the group's lease when it is at this site,
+/// then the most recently heard from, then the others in topology order.
 fn candidates(c: &Coordinator, run: &Run, site: &str) -> Vec<(String, String)> {
     let (holder, heard) = c.read(|s| {
         let holder = s
@@ -100,9 +100,14 @@ fn candidates(c: &Coordinator, run: &Run, site: &str) -> Vec<(String, String)> {
             s.site(site).map(|x| x.nodes.clone()).unwrap_or_default();
         (holder, heard)
     });
+    let placed = c
+        .topo()
+        .host_for_group(&run.group, site)
+        .map(|n| n.name.clone());
     let mut nodes = c.topo().replicators_at(site);
     nodes.sort_by_key(|n| {
         (
+            placed.as_deref() != Some(n.name.as_str()),
             holder.as_deref() != Some(n.name.as_str()),
             Reverse(heard.get(&n.name).copied().unwrap_or(i64::MIN)),
         )

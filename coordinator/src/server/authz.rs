@@ -112,13 +112,14 @@ impl Coordinator {
         let sites = group.filter(|_| table::group_scoped(call)).and_then(|g| {
             self.read(|s| {
                 s.group(g)
-                    .map(|g| (g.primary_site.clone(), g.replica_site.clone()))
+                    .map(|x| (g, x.primary_site.clone(), x.replica_site.clone()))
             })
         });
         let class = classify(
             self.topo(),
             &caller,
-            sites.as_ref().map(|(p, r)| GroupSites {
+            sites.as_ref().map(|(g, p, r)| GroupSites {
+                group: g,
                 primary: p,
                 replica: r,
             }),

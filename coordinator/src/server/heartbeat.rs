@@ -114,13 +114,25 @@ impl Coordinator {
     }
 
     /// Asks for the lease of each primary group in `groups` the node reported without
-    /// holding its lease (the state decides whether it may have it).
+    /// holding its lease, when the topology places the group on that node at its site (the
+    /// state then decides whether it may have it, and refuses a host other than the one that
+    /// first held it there).
     async fn acquire_leases(&self, r: &HeartbeatRequest, groups: &[String]) {
         for p in r
             .groups
             .iter()
             .filter(|p| p.role == "primary" && groups.contains(&p.group))
         {
+            let placed = self.topo().host_for_group(&p.group, &r.site);
+            if placed.is_none_or(|h| h.name != r.node) {
+                warn!(
+                    group = %p.group,
+                    node = %r.node,
+                    placed_on = placed.map_or("(no replicator)", |h| h.name.as_str()),
+                    "lease refused: the topology places the group on another host at this site"
+                );
+                continue;
+            }
             let cmd = Command::AcquireLease {
                 at_ms: 0,
                 group: p.group.clone(),

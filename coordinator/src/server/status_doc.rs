@@ -203,7 +203,15 @@ fn group_status(
         .collect();
     let (state, feed_reason) = shown_state(g.state, feeds);
     let mut reason = group_reason(g, &lg, fresh);
-    if let Some(why) = feed_reason {
+    let host = |site: &str| t.host_for(cg, site).map(|n| n.name.clone());
+    let (primary_host, replica_host) = (host(&g.primary_site), host(&g.replica_site));
+    let moved = [
+        (&g.primary_site, &primary_host),
+        (&g.replica_site, &replica_host),
+    ]
+    .into_iter()
+    .filter_map(|(site, placed)| placement_changed(g, site, placed.as_deref()));
+    for why in feed_reason.into_iter().chain(moved) {
         if !reason.is_empty() {
             reason.push_str("; ");
         }
@@ -216,6 +224,8 @@ fn group_status(
         epoch: g.epoch.0,
         mode: g.mode.to_string(),
         state: state.into(),
+        primary_host: primary_host.unwrap_or_default(),
+        replica_host: replica_host.unwrap_or_default(),
         reason,
         rpo_ms,
         rpo_target_ms: g.rpo_target_ms as i64,
@@ -235,6 +245,21 @@ fn group_status(
         sync_degraded_since_ms: g.sync_degraded_since,
         drill: drill_status(s, live, cg, g, now),
         resources,
+    })
+}
+
+/// When the topology now places the group at `site` on another host than the one that held
+/// its lease there (where its data lives): the words for the reason. The lease stays refused
+/// to the new host.
+fn placement_changed(g: &state::Group, site: &str, placed: Option<&str>) -> Option<String> {
+    let recorded = g.hosts.get(site)?;
+    (placed != Some(recorded.as_str())).then(|| {
+        format!(
+            "placement changed at {site}: the topology places the group on {}, its data lives \
+             on {recorded}; the lease stays with {recorded}'s placement (restore it with \
+             hosts = {{ {site} = \"{recorded}\" }})",
+            placed.unwrap_or("no replicator")
+        )
     })
 }
 
@@ -409,9 +434,8 @@ fn resource_status(
         .unwrap_or_default();
     let nbd_url = match r.kind {
         ResourceKind::Volume { .. } => t
-            .replicators_at(&g.primary_site)
-            .iter()
-            .find_map(|n| n.nbd_listen.clone())
+            .host_for(cg, &g.primary_site)
+            .and_then(|n| n.nbd_listen.clone())
             .map(|a| format!("nbd://{a}/{}", r.name)),
         _ => None,
     };

@@ -243,6 +243,7 @@ fn insert_group(state: &mut State, g: &GroupSpec, now: i64) {
             last_failover: None,
             degraded_by_site: None,
             sync_degraded_since: None,
+            hosts: Default::default(),
             allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             created_ms: Some(now),
         },

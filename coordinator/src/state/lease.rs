@@ -68,6 +68,14 @@ pub(super) fn acquire_lease(
             action: "acquire_lease".into(),
         });
     }
+    if let Some(recorded) = g.hosts.get(site).filter(|r| r.as_str() != node) {
+        return Err(Rejection::PlacedElsewhere {
+            group: group.to_string(),
+            site: site.to_string(),
+            node: node.to_string(),
+            recorded: recorded.clone(),
+        });
+    }
     let mut expires_ms = now.saturating_add(ttl);
     let mut renewal = false;
     if let Some(l) = &g.lease {
@@ -102,6 +110,7 @@ pub(super) fn acquire_lease(
         });
         return Ok(());
     }
+    g.hosts.insert(site.to_string(), node.to_string());
     let previous = g.lease.replace(Lease {
         holder: node.to_string(),
         site: site.to_string(),

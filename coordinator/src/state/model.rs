@@ -225,6 +225,11 @@ pub struct Group {
     /// before it was kept. A group that never drilled counts its drill schedule from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_ms: Option<i64>,
+    /// The replicator host granted the group's lease at each site, by site: the host where
+    /// its data lives there. The lease is refused to any other host at that site (a changed
+    /// placement must never move a group silently). Filled at each site's first grant.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
 }
 
 impl Group {

@@ -116,6 +116,24 @@ pub enum Rejection {
         /// Expiry plus drift margin.
         until_ms: i64,
     },
+    /// The group's data at that site lives on another replicator host (recorded at its
+    /// first lease there): a placement change never moves a group by itself.
+    #[error(
+        "group {group}: its data at site {site} lives on {recorded}, not {node} (the host \
+         that first held its lease there); a group moves to another host only by a planned \
+         move, which is not built yet: restore the placement with hosts = {{ {site} = \
+         \"{recorded}\" }} in the topology"
+    )]
+    PlacedElsewhere {
+        /// Group.
+        group: String,
+        /// Site.
+        site: String,
+        /// The host asking.
+        node: String,
+        /// The host recorded.
+        recorded: String,
+    },
     /// The node holds no active lease to renew or release.
     #[error("group {group}: {node} holds no lease to {action}")]
     NoLease {

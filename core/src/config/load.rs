@@ -262,6 +262,7 @@ const GROUP_UNITS: &[(&str, Unit)] = &[
     ("checkpoint_interval", Unit::Duration),
     ("drill_every", Unit::Duration),
 ];
+const NODE_UNITS: &[(&str, Unit)] = &[("capacity", Unit::Size)];
 const RESOURCE_UNITS: &[(&str, Unit)] = &[
     ("size", Unit::Size),
     ("block_size", Unit::Size),
@@ -325,6 +326,13 @@ fn check_units(root: &mut DeTable<'_>, diags: &mut Diags<'_>) {
 
     if let Some(DeValue::Table(cluster)) = root.get_mut("cluster").map(Spanned::get_mut) {
         check_table(cluster, "cluster", CLUSTER_UNITS, diags);
+    }
+    if let Some(DeValue::Array(nodes)) = root.get_mut("nodes").map(Spanned::get_mut) {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if let DeValue::Table(node) = node.get_mut() {
+                check_table(node, &format!("nodes[{i}]"), NODE_UNITS, diags);
+            }
+        }
     }
     if let Some(DeValue::Array(groups)) = root.get_mut("groups").map(Spanned::get_mut) {
         for (i, group) in groups.iter_mut().enumerate() {

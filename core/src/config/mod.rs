@@ -12,6 +12,8 @@
 //! Rooms (all pure but `load`, which alone reads a file):
 //! - `units`: the humane value types, their parsing, display and one shared serde visitor;
 //! - `model`: the topology structs and enums and their lookups;
+//! - `placement`: which replicator host serves a group at a site (pins, then weighted
+//!   rendezvous hashing over declared capacity);
 //! - `resource`: a resource's flat file form and its per-field checks;
 //! - `diagnostic`: `Diagnostic`, `ConfigError`, `line_col` and the path-to-place collector;
 //! - `load`: reading, TOML parsing with spans, unit pre-checks, path resolution;
@@ -22,6 +24,7 @@
 mod diagnostic;
 mod load;
 mod model;
+mod placement;
 mod resource;
 #[cfg(test)]
 mod testutil;
@@ -33,4 +36,5 @@ pub use model::{
     is_loopback_address, Capture, Cluster, Coordinator, Group, Mode, Node, NodeRole, PgStream,
     Resource, ResourceKind, Runbooks, Site, Tls, Topology, DEFAULT_POSTGRES_BIN_DIR,
 };
+pub use placement::place;
 pub use units::{Bandwidth, BandwidthWindow, ByteSize, HumanDuration, TimeOfDay, UnitError};

@@ -3,6 +3,7 @@
 //! resource paths). Plain data and pure queries; no I/O.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -180,6 +181,11 @@ pub struct Node {
     /// `DATA_DIR/recovered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recover_root: Option<PathBuf>,
+    /// Replicators only: the volume bytes this host offers to the groups placed on it
+    /// (`"2TiB"`). Weighs the placement of unpinned groups ([`Topology::host_for`]) and is
+    /// checked against the volumes placed here. Unset: weight of 1 GiB, no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ByteSize>,
 }
 
 pub use crate::group::Mode;
@@ -272,6 +278,11 @@ pub struct Group {
     /// Runbooks for this group; stock runbooks where not given.
     #[serde(default, skip_serializing_if = "Runbooks::is_default")]
     pub runbooks: Runbooks,
+    /// The replicator host that serves the group at a site, per site
+    /// (`hosts = { hanoi = "hanoi-rep-2" }`); sites not named here are placed by
+    /// [`Topology::host_for`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
     /// The protected resources (`[[groups.resources]]`), in file order.
     #[serde(default)]
     pub resources: Vec<Resource>,

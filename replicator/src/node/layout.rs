@@ -102,11 +102,11 @@ pub(super) fn replica_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> 
         .collect()
 }
 
-/// The URL of the (first) replicator at `site`.
-pub(super) fn peer_replicator(rt: &NodeRt, site: &str) -> Option<String> {
+/// The URL of the replicator that serves `g` at `site` (its placement: the pin in `hosts`,
+/// else [`tandem_core::config::place`]).
+pub(super) fn peer_replicator(rt: &NodeRt, g: &Group, site: &str) -> Option<String> {
     rt.topo
-        .replicators_at(site)
-        .first()
+        .host_for(g, site)
         .map(|n| format!("http://{}", n.listen))
 }
 

@@ -178,10 +178,11 @@ fn start_shipper(
     pipeline: &Arc<GroupPipeline>,
     replica_site: &str,
 ) -> Option<ShipperHandle> {
-    if let Some(addr) = peer_replicator(rt, replica_site) {
-        lock(&rt.me.peers).insert(g.cfg.name.clone(), addr);
+    let addr = peer_replicator(rt, &g.cfg, replica_site);
+    if let Some(addr) = &addr {
+        lock(&rt.me.peers).insert(g.cfg.name.clone(), addr.clone());
     }
-    peer_replicator(rt, replica_site).map(|addr| {
+    addr.map(|addr| {
         let mut cfg = ShipConfig::new(&addr, &rt.node.name);
         cfg.net = rt.me.net.clone();
         cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);

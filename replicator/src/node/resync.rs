@@ -33,9 +33,10 @@ pub(super) fn start_resync(
     primary_site: &str,
     why: &str,
 ) -> Result<()> {
-    let Some(addr) = peer_replicator(rt, primary_site) else {
+    let Some(addr) = peer_replicator(rt, &g.cfg, primary_site) else {
         return Err(ReplicatorError::Task(format!(
-            "no replicator at {primary_site}"
+            "no replicator serves {} at {primary_site}",
+            g.cfg.name
         )));
     };
     let rdir = replica_dir(rt, &g.cfg.name);

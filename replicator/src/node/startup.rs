@@ -45,11 +45,10 @@ pub async fn run(
         })?;
     let data_dir = topo.node_data_dir(&node);
     crate::durable_dir::create_dir_durable(&data_dir)?;
-    let site = node.site.clone();
     let net = Net::for_node(&topo, &name).map_err(|e| ReplicatorError::Task(e.to_string()))?;
     net.spawn_reloader();
 
-    let opened = open_groups(&topo, &site)?;
+    let opened = open_groups(&topo, &node)?;
     let exports = opened.exports;
     let rt = build_runtime(&topo, &node, data_dir, &net, opened.groups, opened.shared);
     let service = rt.service.clone();
@@ -128,19 +127,17 @@ struct Shared {
     wal_pushes: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
 }
 
-/// Opens every group this site takes part in. Every volume of every such group is exported
-/// over NBD; an export is writable only while this site is primary with a live lease.
-fn open_groups(topo: &Topology, site: &str) -> Result<Opened> {
+/// Opens every group placed on this node (at its site: `hosts`, else the placement function).
+/// Every volume of every such group is exported over NBD; an export is writable only while
+/// this site is primary with a live lease.
+fn open_groups(topo: &Topology, node: &Node) -> Result<Opened> {
+    let site = node.site.as_str();
     let mut exports = ExportMap::new();
     let mut groups = BTreeMap::new();
     let mut paths = HashMap::new();
     let mut cells = HashMap::new();
     let mut wal_pushes = HashMap::new();
-    for g in topo
-        .groups
-        .iter()
-        .filter(|g| g.primary == site || g.replica == site)
-    {
+    for g in topo.groups_served_by(node) {
         let cell = Arc::new(RoleCell::default());
         cell.may_overflow.store(
             g.resources

@@ -100,7 +100,7 @@ impl Gate {
             (Some(v), true) => Some(v.require(group)?),
             _ => None,
         };
-        let class = self.class(caller, view.as_ref());
+        let class = self.class(caller, group, view.as_ref());
         let actor = actor_of(caller);
         if class == CallerClass::WalClient
             && call == ReplicationCall::ArchiveWal
@@ -139,8 +139,9 @@ impl Gate {
         replicator && call.judged_by_sites()
     }
 
-    fn class(&self, caller: &Caller, view: Option<&GroupView>) -> CallerClass {
+    fn class(&self, caller: &Caller, group: &str, view: Option<&GroupView>) -> CallerClass {
         let sites = view.map(|v| GroupSites {
+            group,
             primary: &v.primary,
             replica: &v.replica,
         });

@@ -46,6 +46,8 @@ fn lease_granted_only_at_primary_site_in_current_epoch() {
 fn second_holder_waits_for_expiry_plus_drift() {
     let mut s = booted();
     apply(&mut s, &acquire(0, "vol", "n1", "hanoi", 1)).unwrap();
+    // A state from before hosts were recorded: only the drift rule stands between n1 and n2.
+    s.groups.get_mut("vol").unwrap().hosts.clear();
     assert_eq!(
         apply(&mut s, &acquire(TTL + DRIFT - 1, "vol", "n2", "hanoi", 1)),
         Err(Rejection::LeaseHeld {
@@ -212,4 +214,40 @@ fn new_leases_refused_while_failing_over_or_switching_over() {
             "{st:?}"
         );
     }
+}
+
+#[test]
+fn another_host_at_the_site_never_takes_a_group_whose_data_lives_elsewhere() {
+    let mut s = booted();
+    apply(&mut s, &acquire(0, "vol", "n1", "hanoi", 1)).unwrap();
+    assert_eq!(
+        s.group("vol")
+            .unwrap()
+            .hosts
+            .get("hanoi")
+            .map(String::as_str),
+        Some("n1")
+    );
+    // Not while n1's lease is live, nor ever after: n1 holds the data at hanoi.
+    for at in [1, TTL + DRIFT, 10 * TTL] {
+        assert_eq!(
+            apply(&mut s, &acquire(at, "vol", "n2", "hanoi", 1)),
+            Err(Rejection::PlacedElsewhere {
+                group: "vol".into(),
+                site: "hanoi".into(),
+                node: "n2".into(),
+                recorded: "n1".into(),
+            })
+        );
+    }
+    let msg = Rejection::PlacedElsewhere {
+        group: "vol".into(),
+        site: "hanoi".into(),
+        node: "n2".into(),
+        recorded: "n1".into(),
+    }
+    .to_string();
+    assert!(msg.contains("hosts = { hanoi = \"n1\" }"), "{msg}");
+    // The recorded host itself comes back after its lease ended.
+    assert!(apply(&mut s, &acquire(10 * TTL, "vol", "n1", "hanoi", 1)).is_ok());
 }

@@ -71,9 +71,10 @@ fn fenced_lease_still_blocks_promotion_until_expiry_plus_drift() {
         apply(&mut s, &renew(150, "vol", "n1", "hanoi", 1)),
         Err(Rejection::WrongEpoch { .. })
     ));
+    // n2 is not where the group's data lives at hanoi (n1 first held it there).
     assert!(matches!(
         apply(&mut s, &acquire(150, "vol", "n2", "hanoi", 2)),
-        Err(Rejection::LeaseHeld { .. })
+        Err(Rejection::PlacedElsewhere { .. })
     ));
     assert!(matches!(
         apply(&mut s, &promote(TTL + DRIFT - 1, "vol", "hcm", false)),

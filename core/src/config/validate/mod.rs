@@ -6,10 +6,12 @@
 //!   timings;
 //! - [`nodes`]: sites, nodes, the coordinator quorum and its spread over sites;
 //! - [`groups`]: protection groups (sites, residency, RPO/RTO targets, journal and history);
-//! - [`resources`]: the resources of a group (volumes, databases, files shared by two).
+//! - [`resources`]: the resources of a group (volumes, databases, files shared by two);
+//! - [`placement`]: a group's `hosts` pins and each replicator's `capacity`.
 
 mod groups;
 mod nodes;
+mod placement;
 mod resources;
 
 use std::collections::HashMap;
@@ -43,6 +45,8 @@ pub(in crate::config) fn validate(t: &Topology, f: &Found, d: &mut Diags<'_>) {
     nodes::check_coordinator_count(t, f, d);
     nodes::check_coordinator_spread(t, f, d);
     groups::check_groups(t, f, d);
+    placement::check_hosts(t, f, d);
+    placement::check_capacity(t, f, d);
 }
 
 /// True when none of the cluster `fields` had a value that failed to parse (a check of them
