@@ -4,6 +4,8 @@
 //! - [`state`]: the replicated state machine (`apply(state, command) -> events`), pure and
 //!   deterministic: topology, roles, epochs, leases, RPO history.
 //! - [`cadence`]: drills on a schedule, decided (due, overdue, retry, cadence held), pure.
+//! - [`host_loss`]: the loss of one replicator host of several at a site, decided (which
+//!   groups fail over, which degrade), pure.
 //! - [`audit`]: the blake3-chained audit log kept in that state, and its verifier.
 //! - [`evidence`]: evidence export for auditors (report, JSONL, runs, RPO CSV, manifest) and its
 //!   verifier.
@@ -22,6 +24,7 @@ pub mod cadence;
 pub mod error;
 pub mod evidence;
 pub mod handle;
+pub mod host_loss;
 pub mod metrics;
 pub mod raft;
 pub mod refusals;

@@ -2,16 +2,19 @@
 //! `tandem local up`, groups spread over them by the placement function and one pinned with
 //! `hosts`; status names the host serving each group at each site, the lease is held by the
 //! primary host, and a write through the pinned group's NBD export reaches the replica
-//! byte for byte (verify).
+//! byte for byte (verify). Then one primary-site host is killed (kill -9): only its groups fail
+//! over, with the write they acknowledged; the other hosts' groups keep their role and epoch
+//! and still take writes.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
+use tandem_core::config::Topology;
 use tandem_tests::{free_port, tandem_quiet as tandem, wait_group_of};
 
-/// Groups `p1`..`p6`, each one 1 MiB async volume; `p6` pinned.
+/// Groups `p1`..`p6`, each one 1 MiB sync volume with automatic failover; `p6` pinned.
 const GROUPS: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
 
 fn more_hosts_and_groups(mut text: String) -> String {
@@ -35,8 +38,8 @@ fn more_hosts_and_groups(mut text: String) -> String {
         };
         let _ = write!(
             text,
-            "\n[[groups]]\nname = \"{g}\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"async\"\n\
-             rpo_target = \"5s\"\nrto_target = \"1m\"\n{pin}\n[[groups.resources]]\nname = \"{g}d\"\n\
+            "\n[[groups]]\nname = \"{g}\"\nprimary = \"hanoi\"\nreplica = \"hcm\"\nmode = \"sync\"\n\
+             auto_failover = true\nrto_target = \"1m\"\n{pin}\n[[groups.resources]]\nname = \"{g}d\"\n\
              kind = \"volume\"\nsize = \"1MiB\"\npath = \"volumes/hanoi/{g}.img\"\n\
              replica_path = \"volumes/hcm/{g}.img\"\n"
         );
@@ -54,7 +57,7 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let topo = tandem_core::config::Topology::load(&config).unwrap();
+    let topo = Topology::load(&config).unwrap();
     let run = dir.path().join("run");
     tandem_tests::local_up(&config, &run);
 
@@ -64,7 +67,10 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
         let want_p = topo.host_for(cg, "hanoi").unwrap().name.clone();
         let want_r = topo.host_for(cg, "hcm").unwrap().name.clone();
         if g == "p6" {
-            assert_eq!((want_p.as_str(), want_r.as_str()), ("hanoi-rep-3", "hcm-rep-2"));
+            assert_eq!(
+                (want_p.as_str(), want_r.as_str()),
+                ("hanoi-rep-3", "hcm-rep-2")
+            );
         }
         wait_group_of(
             &config,
@@ -104,10 +110,23 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
             .as_str()
             .unwrap()
             .to_owned();
-        let port = topo.node("hanoi-rep-3").unwrap().nbd_listen.clone().unwrap();
+        let port = topo
+            .node("hanoi-rep-3")
+            .unwrap()
+            .nbd_listen
+            .clone()
+            .unwrap();
         assert!(url.contains(&port), "{url} is not hanoi-rep-3's export");
         let w = Command::new("qemu-io")
-            .args(["-f", "raw", "-t", "none", &url, "-c", "write -P 171 0 65536"])
+            .args([
+                "-f",
+                "raw",
+                "-t",
+                "none",
+                &url,
+                "-c",
+                "write -P 171 0 65536",
+            ])
             .output()
             .unwrap();
         assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
@@ -123,5 +142,83 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
     } else {
         eprintln!("SKIPPED the write: qemu-io is not installed (apt-get install qemu-utils)");
     }
+    lose_one_host(&dir, &config, &topo);
     let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+}
+
+/// Kills hanoi-rep-3 (p6's primary host): its groups fail over to hcm, the others do not.
+fn lose_one_host(dir: &tempfile::TempDir, config: &std::path::Path, topo: &Topology) {
+    let cfg = config.to_str().unwrap();
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&tandem(&["status", "--json", "--config", cfg]).stdout).unwrap()
+    };
+    let before = status();
+    let epoch = |st: &serde_json::Value, g: &str| {
+        st["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|x| x["name"] == g))
+            .map(|x| x["epoch"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let on_lost: Vec<&str> = GROUPS
+        .into_iter()
+        .filter(|g| {
+            topo.host_for_group(g, "hanoi")
+                .is_some_and(|h| h.name == "hanoi-rep-3")
+        })
+        .collect();
+    assert!(on_lost.contains(&"p6"));
+    assert!(
+        on_lost.len() < GROUPS.len(),
+        "every group is on hanoi-rep-3"
+    );
+    let pid = std::fs::read_to_string(dir.path().join("run/hanoi-rep-3.pid")).unwrap();
+    let kill = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for g in &on_lost {
+        wait_group_of(
+            config,
+            g,
+            "failed over to hcm",
+            Duration::from_secs(60),
+            &|st| {
+                st["primary"] == "hcm"
+                    && st["lease"]["status"] == "active"
+                    && st["lease"]["holder"] == topo.host_for_group(g, "hcm").unwrap().name.as_str()
+            },
+        );
+    }
+    // p6's acknowledged write is at hcm-rep-2, now its primary.
+    if Command::new("qemu-io").arg("--version").output().is_ok() {
+        let img = std::fs::read(dir.path().join("volumes/hcm/p6.img")).unwrap();
+        assert!(img[..65536].iter().all(|b| *b == 171), "p6 lost its write");
+    }
+    // The other hosts' groups never changed role or epoch, and still take writes.
+    let after = status();
+    for g in GROUPS.into_iter().filter(|g| !on_lost.contains(g)) {
+        let st = after["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|x| x["name"] == g))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(st["primary"], "hanoi", "{g}: {st}");
+        assert_eq!(epoch(&after, g), epoch(&before, g), "{g}: {st}");
+        assert_ne!(st["state"], "failing-over", "{g}: {st}");
+        if let Some(url) = st["resources"][0]["nbd_url"].as_str() {
+            if Command::new("qemu-io").arg("--version").output().is_ok() {
+                let w = Command::new("qemu-io")
+                    .args(["-f", "raw", "-t", "none", url, "-c", "write -P 7 4096 4096"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    w.status.success(),
+                    "{g}: {}",
+                    String::from_utf8_lossy(&w.stderr)
+                );
+            }
+        }
+    }
 }

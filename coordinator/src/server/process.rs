@@ -16,7 +16,7 @@ use tandem_core::clock::SlewedClock;
 use tandem_core::config::{NodeRole, Topology};
 use tandem_core::net::Net;
 use tandem_core::proto::coordinator_server::CoordinatorServer;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Errors of the coordinator process.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,7 @@ async fn background(c: Coordinator, mut stop: tokio::sync::watch::Receiver<bool>
             continue;
         }
         detect_failures(&c, now, since).await;
+        detect_host_failures(&c, now, since).await;
         sample_rpo(&c, now).await;
         crate::runs::schedule::tick(&c).await;
         crate::runs::driver::drive_all(&c);
@@ -210,56 +211,123 @@ async fn detect_failures(c: &Coordinator, now: i64, leader_since: i64) {
 
 async fn start_auto_failovers(c: &Coordinator, site: &str, detected_ms: i64) {
     for g in c.inner.topo.groups.iter().filter(|g| g.auto_failover) {
-        let (primary, state, rpo, sync_degraded) = match c.read(|s| {
-            s.group(&g.name).map(|x| {
-                (
-                    x.primary_site.clone(),
-                    x.state,
-                    x.progress.rpo_ms,
-                    x.sync_degraded_since,
-                )
+        start_auto_failover(c, g, site, detected_ms).await;
+    }
+}
+
+/// Starts the failover runbook of `g` when its primary is at `site` (declared lost at
+/// `detected_ms`), it is protected or degraded, no run of it is under way, and its policy
+/// allows it (no sync degradation, the RPO within `max_data_loss`).
+async fn start_auto_failover(
+    c: &Coordinator,
+    g: &tandem_core::config::Group,
+    site: &str,
+    detected_ms: i64,
+) {
+    let Some((primary, state, rpo, sync_degraded)) = c.read(|s| {
+        s.group(&g.name).map(|x| {
+            (
+                x.primary_site.clone(),
+                x.state,
+                x.progress.rpo_ms,
+                x.sync_degraded_since,
+            )
+        })
+    }) else {
+        return;
+    };
+    if !g.auto_failover
+        || primary != site
+        || !matches!(state, GroupState::Protected | GroupState::Degraded)
+    {
+        return;
+    }
+    if let Some(since) = sync_degraded {
+        warn!(group = %g.name, since_ms = since, "the primary acknowledged writes without the replica: automatic failover would lose them; waiting for an operator");
+        return;
+    }
+    if let Some(max) = g.max_data_loss {
+        if rpo > max.as_millis() {
+            warn!(group = %g.name, rpo_ms = rpo, "automatic failover would lose more than max_data_loss: waiting for an operator");
+            return;
+        }
+    }
+    let under_way = c.read(|s| {
+        s.runs()
+            .values()
+            .any(|r| r.group == g.name && r.is_running())
+    });
+    if under_way {
+        return;
+    }
+    // RTO counts from the moment the outage began to be detected.
+    let detect = c.inner.topo.cluster.detect_after.as_millis() as i64;
+    let began = detected_ms - detect;
+    info!(group = %g.name, "automatic failover: starting the failover runbook");
+    match crate::runs::admin::start(
+        c,
+        tandem_runbooks::RunbookKind::Failover,
+        &g.name,
+        COORDINATOR_ACTOR,
+        &BTreeMap::new(),
+        Some(began),
+    )
+    .await
+    {
+        Ok(id) => info!(group = %g.name, run = %id, "automatic failover run started"),
+        Err(e) => warn!(group = %g.name, "automatic failover not started: {}", e.message()),
+    }
+}
+
+/// One replicator host silent while others at its site report ([`crate::host_loss`]): the
+/// groups whose primary it serves fail over by their own policy, the protected groups whose
+/// replica it serves are degraded; the other hosts' groups are untouched.
+async fn detect_host_failures(c: &Coordinator, now: i64, leader_since: i64) {
+    use crate::host_loss::{host_actions, silent_hosts, GroupRoles, HostAction};
+    let t = &c.inner.topo;
+    let detect = t.cluster.detect_after.as_millis() as i64;
+    let lost = {
+        let live = lock(&c.inner.live);
+        silent_hosts(t, &live.node_seen, now, leader_since, detect)
+    };
+    if lost.is_empty() {
+        return;
+    }
+    let groups: Vec<GroupRoles> = c.read(|s| {
+        s.groups()
+            .values()
+            .map(|g| GroupRoles {
+                group: g.name.clone(),
+                primary: g.primary_site.clone(),
+                replica: g.replica_site.clone(),
+                state: g.state,
             })
-        }) {
-            Some(v) => v,
-            None => continue,
-        };
-        if primary != site || !matches!(state, GroupState::Protected | GroupState::Degraded) {
-            continue;
-        }
-        if let Some(since) = sync_degraded {
-            warn!(group = %g.name, since_ms = since, "the primary acknowledged writes without the replica: automatic failover would lose them; waiting for an operator");
-            continue;
-        }
-        if let Some(max) = g.max_data_loss {
-            if rpo > max.as_millis() {
-                warn!(group = %g.name, rpo_ms = rpo, "automatic failover would lose more than max_data_loss: waiting for an operator");
-                continue;
+            .collect()
+    });
+    for action in host_actions(t, &lost, &groups) {
+        match action {
+            HostAction::FailOver { group, host, site } => {
+                if let Some(g) = t.group(&group) {
+                    debug!(%group, %host, %site, "primary host lost");
+                    start_auto_failover(c, g, &site, now).await;
+                }
             }
-        }
-        let under_way = c.read(|s| {
-            s.runs()
-                .values()
-                .any(|r| r.group == g.name && r.is_running())
-        });
-        if under_way {
-            continue;
-        }
-        // RTO counts from the moment the outage began to be detected.
-        let detect = c.inner.topo.cluster.detect_after.as_millis() as i64;
-        let began = detected_ms - detect;
-        info!(group = %g.name, "automatic failover: starting the failover runbook");
-        match crate::runs::admin::start(
-            c,
-            tandem_runbooks::RunbookKind::Failover,
-            &g.name,
-            COORDINATOR_ACTOR,
-            &BTreeMap::new(),
-            Some(began),
-        )
-        .await
-        {
-            Ok(id) => info!(group = %g.name, run = %id, "automatic failover run started"),
-            Err(e) => warn!(group = %g.name, "automatic failover not started: {}", e.message()),
+            HostAction::Degrade {
+                group,
+                host,
+                reason,
+            } => {
+                warn!(%group, %host, "replica host lost: group degraded");
+                let _ = c
+                    .propose_cmd(Command::SetGroupState {
+                        at_ms: 0,
+                        group,
+                        state: GroupState::Degraded,
+                        reason,
+                        actor: COORDINATOR_ACTOR.into(),
+                    })
+                    .await;
+            }
         }
     }
 }
