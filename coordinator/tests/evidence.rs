@@ -45,6 +45,7 @@ fn set_state(s: &mut State, at_ms: i64, group: &str, state: GroupState) {
             state,
             reason: "test".into(),
             actor: "alice".into(),
+            host: None,
         },
     );
 }

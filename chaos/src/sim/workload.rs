@@ -375,6 +375,7 @@ impl Workload {
             state,
             reason: reason.into(),
             actor: "operator".into(),
+            host: None,
         };
         match op.phase {
             Phase::Bootstrap => None,

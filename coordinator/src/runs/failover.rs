@@ -28,6 +28,7 @@ async fn set_state(
         state,
         reason: format!("run {}: {reason}", run.state.run_id),
         actor: crate::state::COORDINATOR_ACTOR.into(),
+        host: None,
     })
     .await
     .map(|_| ())

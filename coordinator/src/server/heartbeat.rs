@@ -70,13 +70,17 @@ impl Coordinator {
     /// ([`in_sync_protects`]): the group is protected again. Caught up: the replica
     /// holds everything the primary has captured, or (under a steady stream of writes,
     /// where that instant may never come) everything the primary knows it acknowledged,
-    /// with the primary's RPO under IN_SYNC_MAX_RPO_MS.
+    /// with the primary's RPO under IN_SYNC_MAX_RPO_MS. Only the group's placed host at its
+    /// site counts, and it is recorded as where the group's data lives there.
     async fn protect_caught_up(&self, r: &HeartbeatRequest, now: i64) {
-        for p in r
-            .groups
-            .iter()
-            .filter(|p| p.role == "replica" && p.state == "in-sync")
-        {
+        for p in r.groups.iter().filter(|p| {
+            p.role == "replica"
+                && p.state == "in-sync"
+                && self
+                    .topo()
+                    .host_for_group(&p.group, &r.site)
+                    .is_some_and(|h| h.name == r.node)
+        }) {
             let state = self.read(|s| {
                 s.group(&p.group).map(|g| {
                     let up = |site: &str| s.site(site).is_some_and(|x| x.status == SiteStatus::Up);
@@ -106,6 +110,7 @@ impl Coordinator {
                             state: GroupState::Protected,
                             reason: "replica in sync".into(),
                             actor: r.node.clone(),
+                            host: Some(r.node.clone()),
                         })
                         .await;
                 }

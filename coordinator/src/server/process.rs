@@ -325,6 +325,7 @@ async fn detect_host_failures(c: &Coordinator, now: i64, leader_since: i64) {
                         state: GroupState::Degraded,
                         reason,
                         actor: COORDINATOR_ACTOR.into(),
+                        host: None,
                     })
                     .await;
             }

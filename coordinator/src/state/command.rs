@@ -154,6 +154,11 @@ pub enum Command {
         reason: String,
         /// Who.
         actor: String,
+        /// With `protected`: the replicator host whose in-sync report protects the group; it
+        /// is recorded as the host holding the group's data at the replica site (so a
+        /// failover may promote it there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     /// Pauses replication of a group (refused if already paused).
     PauseReplication {

@@ -109,6 +109,7 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             group,
             actor,
             reason,
+            host: None,
             ..
         }
         | Command::PauseReplication {
@@ -125,6 +126,18 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
         } => {
             check_len("group", group, MAX_NAME_LEN)?;
             check_len("actor", actor, MAX_NAME_LEN)?;
+            check_reason(reason)?;
+        }
+        Command::SetGroupState {
+            group,
+            actor,
+            reason,
+            host: Some(host),
+            ..
+        } => {
+            check_len("group", group, MAX_NAME_LEN)?;
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_len("host", host, MAX_NAME_LEN)?;
             check_reason(reason)?;
         }
         Command::Promote {

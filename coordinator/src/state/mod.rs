@@ -186,8 +186,20 @@ fn dispatch(
             state: to,
             reason,
             actor,
+            host,
             ..
-        } => set_group_state(state, ev, now, group, *to, reason, actor),
+        } => set_group_state(
+            state,
+            ev,
+            now,
+            group,
+            role::StateChange {
+                to: *to,
+                reason,
+                actor,
+                host: host.as_deref(),
+            },
+        ),
         Command::PauseReplication {
             group,
             actor,

@@ -212,17 +212,38 @@ pub(super) fn change_group_state(
     Ok(())
 }
 
+/// A `set_group_state` command's change: the new state, why, who, and (with `protected`) the
+/// replica host whose in-sync report protects the group.
+pub(super) struct StateChange<'a> {
+    pub(super) to: GroupState,
+    pub(super) reason: &'a str,
+    pub(super) actor: &'a str,
+    pub(super) host: Option<&'a str>,
+}
+
 pub(super) fn set_group_state(
     state: &mut State,
     ev: &mut Vec<Event>,
     now: i64,
     group: &str,
-    to: GroupState,
-    reason: &str,
-    actor: &str,
+    change: StateChange<'_>,
 ) -> Result<(), Rejection> {
-    get_group(state, group)?;
-    change_group_state(state, ev, now, group, to, reason, actor, None)
+    let StateChange {
+        to,
+        reason,
+        actor,
+        host,
+    } = change;
+    let g = get_group(state, group)?;
+    let replica_site = g.replica_site.clone();
+    change_group_state(state, ev, now, group, to, reason, actor, None)?;
+    // The replica host that proved itself in sync now holds the group's data at its site.
+    if let (GroupState::Protected, Some(host)) = (to, host) {
+        group_mut(state, group)?
+            .hosts
+            .insert(replica_site, host.to_string());
+    }
+    Ok(())
 }
 
 pub(super) fn set_paused(

@@ -201,6 +201,7 @@ fn new_leases_refused_while_failing_over_or_switching_over() {
                 state: st,
                 reason: "runbook".into(),
                 actor: "runbook".into(),
+                host: None,
             },
         )
         .unwrap();
@@ -250,4 +251,49 @@ fn another_host_at_the_site_never_takes_a_group_whose_data_lives_elsewhere() {
     assert!(msg.contains("hosts = { hanoi = \"n1\" }"), "{msg}");
     // The recorded host itself comes back after its lease ended.
     assert!(apply(&mut s, &acquire(10 * TTL, "vol", "n1", "hanoi", 1)).is_ok());
+}
+
+#[test]
+fn a_replica_host_proven_in_sync_is_recorded_and_may_take_the_lease_after_a_failover() {
+    let mut s = booted();
+    apply(&mut s, &acquire(0, "vol", "n1", "hanoi", 1)).unwrap();
+    // hcm's host was r1 (it held the lease there once) ...
+    s.groups
+        .get_mut("vol")
+        .unwrap()
+        .hosts
+        .insert("hcm".into(), "r1".into());
+    // ... then the group's replica moved to r2, which resynced and reported in sync.
+    apply(
+        &mut s,
+        &Command::SetGroupState {
+            at_ms: 10,
+            group: "vol".into(),
+            state: GroupState::Protected,
+            reason: "replica in sync".into(),
+            actor: "r2".into(),
+            host: Some("r2".into()),
+        },
+    )
+    .unwrap();
+    let hosts = &s.group("vol").unwrap().hosts;
+    assert_eq!(hosts.get("hcm").map(String::as_str), Some("r2"));
+    assert_eq!(hosts.get("hanoi").map(String::as_str), Some("n1"));
+    // A state change without a host records nothing.
+    apply(
+        &mut s,
+        &Command::SetGroupState {
+            at_ms: 20,
+            group: "vol".into(),
+            state: GroupState::Protected,
+            reason: "operator".into(),
+            actor: "ops".into(),
+            host: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.group("vol").unwrap().hosts.get("hcm").map(String::as_str),
+        Some("r2")
+    );
 }

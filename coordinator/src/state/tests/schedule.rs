@@ -12,6 +12,7 @@ fn protect(s: &mut State, at_ms: i64, group: &str) {
         state: GroupState::Protected,
         reason: String::new(),
         actor: COORDINATOR_ACTOR.into(),
+        host: None,
     };
     apply(s, &cmd).unwrap();
 }

@@ -192,6 +192,7 @@ fn resolve(s: &State, at_ms: i64, op: &Op) -> Command {
             state: STATES[*st],
             reason: "test".into(),
             actor,
+            host: None,
         },
         Op::Pause(g) => Command::PauseReplication {
             at_ms,

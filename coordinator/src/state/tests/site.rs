@@ -56,6 +56,7 @@ fn site_down_degrades_protected_groups_and_site_up_restores_them() {
                 state: GroupState::Protected,
                 reason: "initial sync done".into(),
                 actor: "replicator".into(),
+                host: None,
             },
         )
         .unwrap();
@@ -68,6 +69,7 @@ fn site_down_degrades_protected_groups_and_site_up_restores_them() {
             state: GroupState::Drilling,
             reason: "quarterly drill".into(),
             actor: "alice".into(),
+            host: None,
         },
     )
     .unwrap();

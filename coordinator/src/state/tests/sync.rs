@@ -132,6 +132,7 @@ fn a_failover_that_ends_without_promoting_leaves_the_group_degraded_not_failing_
             state: GroupState::FailingOver,
             reason: "run f-1: fencing".into(),
             actor: COORDINATOR_ACTOR.into(),
+            host: None,
         };
         apply(&mut s, &failing).unwrap();
         apply(&mut s, &fence(40, "vol")).unwrap();
@@ -172,6 +173,7 @@ fn a_failover_that_ends_without_promoting_while_the_primary_site_is_down_ends_wh
         state: GroupState::Protected,
         reason: "replica in sync".into(),
         actor: "hcm-rep".into(),
+        host: None,
     };
     apply(&mut s, &protect).unwrap();
     // 1. The primary site goes down: degraded by it; the automatic failover starts.
@@ -192,6 +194,7 @@ fn a_failover_that_ends_without_promoting_while_the_primary_site_is_down_ends_wh
         state: GroupState::FailingOver,
         reason: "run f-1: fencing".into(),
         actor: COORDINATOR_ACTOR.into(),
+        host: None,
     };
     apply(&mut s, &failing).unwrap();
     apply(&mut s, &fence(40, "vol")).unwrap();
