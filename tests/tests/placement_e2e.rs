@@ -222,3 +222,87 @@ fn lose_one_host(dir: &tempfile::TempDir, config: &std::path::Path, topo: &Topol
         }
     }
 }
+
+#[test]
+fn a_replica_side_moved_by_a_new_pin_is_resynced_on_its_new_host() {
+    let (dir, config) = tandem_tests::example_topology(more_hosts_and_groups);
+    let cfg = config.to_str().unwrap();
+    let run = dir.path().join("run");
+    tandem_tests::local_up(&config, &run);
+    let protected_on = |host: &'static str| {
+        move |st: &serde_json::Value| {
+            st["state"] == "protected"
+                && st["replica_host"] == host
+                && st["lease"]["remaining_ms"].as_i64() > Some(0)
+        }
+    };
+    wait_group_of(
+        &config,
+        "p6",
+        "protected",
+        Duration::from_secs(90),
+        &protected_on("hcm-rep-2"),
+    );
+    let have_qemu = Command::new("qemu-io").arg("--version").output().is_ok();
+    if have_qemu {
+        let st: serde_json::Value = serde_json::from_slice(
+            &tandem(&["status", "--json", "--config", cfg, "--group", "p6"]).stdout,
+        )
+        .unwrap();
+        let url = st["groups"][0]["resources"][0]["nbd_url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let w = Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-t",
+                "none",
+                &url,
+                "-c",
+                "write -P 99 0 131072",
+            ])
+            .output()
+            .unwrap();
+        assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    }
+    let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+    // The replica side of p6 moves from hcm-rep-2 to hcm-rep-3 (whose copy is empty).
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "hosts = { hanoi = \"hanoi-rep-3\", hcm = \"hcm-rep-2\" }",
+        "hosts = { hanoi = \"hanoi-rep-3\", hcm = \"hcm-rep-3\" }",
+    );
+    std::fs::write(&config, text).unwrap();
+    tandem_tests::local_up(&config, &run);
+    wait_group_of(
+        &config,
+        "p6",
+        "protected again, on the new replica host",
+        Duration::from_secs(90),
+        &protected_on("hcm-rep-3"),
+    );
+    // Once hcm-rep-3 reports in sync it is recorded as where p6's data lives at hcm.
+    wait_group_of(
+        &config,
+        "p6",
+        "hcm-rep-3 recorded (no placement-changed reason)",
+        Duration::from_secs(30),
+        &|st| {
+            !st["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("placement changed")
+        },
+    );
+    if have_qemu {
+        let v = tandem(&["verify", "p6", "--config", cfg]);
+        assert!(
+            v.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+}

@@ -71,7 +71,8 @@ impl Coordinator {
     /// holds everything the primary has captured, or (under a steady stream of writes,
     /// where that instant may never come) everything the primary knows it acknowledged,
     /// with the primary's RPO under IN_SYNC_MAX_RPO_MS. Only the group's placed host at its
-    /// site counts, and it is recorded as where the group's data lives there.
+    /// site counts, and it is recorded as where the group's data lives there (also for a
+    /// protected group whose recorded replica host differs: one commit, then they agree).
     async fn protect_caught_up(&self, r: &HeartbeatRequest, now: i64) {
         for p in r.groups.iter().filter(|p| {
             p.role == "replica"
@@ -85,7 +86,8 @@ impl Coordinator {
                 s.group(&p.group).map(|g| {
                     let up = |site: &str| s.site(site).is_some_and(|x| x.status == SiteStatus::Up);
                     let sites_up = up(&g.primary_site) && up(&g.replica_site);
-                    (g.state, g.epoch.0, sites_up)
+                    let recorded = g.hosts.get(&g.replica_site).cloned();
+                    (g.state, g.epoch.0, sites_up, recorded)
                 })
             });
             let caught_up = {
@@ -101,14 +103,19 @@ impl Coordinator {
                         )
                 })
             };
-            if let Some((state, epoch, sites_up)) = state {
-                if in_sync_protects(state, sites_up) && caught_up && epoch == p.epoch {
+            if let Some((state, epoch, sites_up, recorded)) = state {
+                // A protected group whose replica now lives on another host (a changed
+                // placement, resynced there) records that host.
+                let new_host =
+                    state == GroupState::Protected && recorded.as_deref() != Some(r.node.as_str());
+                let protects = in_sync_protects(state, sites_up) || new_host;
+                if protects && caught_up && epoch == p.epoch {
                     let _ = self
                         .propose_cmd(Command::SetGroupState {
                             at_ms: 0,
                             group: p.group.clone(),
                             state: GroupState::Protected,
-                            reason: "replica in sync".into(),
+                            reason: format!("replica in sync on {}", r.node),
                             actor: r.node.clone(),
                             host: Some(r.node.clone()),
                         })
