@@ -383,6 +383,16 @@ pub fn local_up(config: &Path, run: &Path) {
     );
 }
 
+/// Runs `tandem local down --dir RUN` when dropped, so that a failing test (a panic) leaves no
+/// node running behind it.
+pub struct LocalDown(pub PathBuf);
+
+impl Drop for LocalDown {
+    fn drop(&mut self) {
+        let _ = tandem_quiet(&["local", "down", "--dir", &self.0.to_string_lossy()]);
+    }
+}
+
 /// Runs `tandem ARGS` with warnings-only logs and returns its output.
 pub fn tandem_quiet(args: &[&str]) -> std::process::Output {
     Command::new(tandem_bin())

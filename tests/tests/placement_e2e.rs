@@ -60,6 +60,7 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
     let topo = Topology::load(&config).unwrap();
     let run = dir.path().join("run");
     tandem_tests::local_up(&config, &run);
+    let _down = tandem_tests::LocalDown(run.clone());
 
     let mut at_hanoi = BTreeSet::new();
     for g in GROUPS {
@@ -229,6 +230,7 @@ fn a_replica_side_moved_by_a_new_pin_is_resynced_on_its_new_host() {
     let cfg = config.to_str().unwrap();
     let run = dir.path().join("run");
     tandem_tests::local_up(&config, &run);
+    let _down = tandem_tests::LocalDown(run.clone());
     let protected_on = |host: &'static str| {
         move |st: &serde_json::Value| {
             st["state"] == "protected"
