@@ -520,16 +520,20 @@ impl Encoder {
         }
         let hash = hash_payload(&self.raw);
         let bound = zstd::zstd_safe::compress_bound(self.raw.len());
-        let mut out = Vec::with_capacity(HEADER_LEN + bound);
+        let mut out = Vec::with_capacity(HEADER_LEN + bound.max(self.raw.len()));
         out.resize(HEADER_LEN, 0);
-        // Compress into the tail of `out`; fall back to storing raw when it does not pay.
+        // Compress into the spare capacity after the header (not zeroed first: a cursor at
+        // the header's end, so zstd writes there and `out` grows by what it wrote); fall back
+        // to storing raw when it does not pay.
         let mut compressed = false;
         if self.raw.len() >= MIN_COMPRESS_LEN {
-            out.resize(HEADER_LEN + bound, 0);
+            let mut tail = std::io::Cursor::new(out);
+            tail.set_position(HEADER_LEN as u64);
             let n = self
                 .compressor
-                .compress_to_buffer(&self.raw, &mut out[HEADER_LEN..])
+                .compress_to_buffer(&self.raw, &mut tail)
                 .map_err(|e| FrameError::Encode(format!("zstd: {e}")))?;
+            out = tail.into_inner();
             if n + self.raw.len() / STORE_RAW_THRESHOLD_DIV < self.raw.len() {
                 out.truncate(HEADER_LEN + n);
                 compressed = true;
@@ -652,11 +656,12 @@ impl Decoder {
                 have: bytes.len(),
             })?;
         let raw: &[u8] = if header.flags & FLAG_ZSTD != 0 {
+            // Into the spare capacity (not zeroed first); `raw` grows by what zstd wrote.
             self.raw.clear();
-            self.raw.resize(header.raw_len as usize, 0);
+            self.raw.reserve(header.raw_len as usize);
             let n = self
                 .decompressor
-                .decompress_to_buffer(payload, &mut self.raw[..])
+                .decompress_to_buffer(payload, &mut self.raw)
                 .map_err(|e| FrameError::Decompress(e.to_string()))?;
             if n != header.raw_len as usize {
                 return Err(FrameError::DecompressedLength {
