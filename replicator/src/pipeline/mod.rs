@@ -106,7 +106,7 @@ impl GroupPipeline {
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
         let (etx, erx) = mpsc::channel(1);
         let (wtx, wrx) = mpsc::channel(4);
-        ordered::spawn_ordered(encoders, tasks::encode_job, erx, wtx);
+        ordered::spawn_ordered(encoders, tasks::encode_job, tasks::small_job, erx, wtx);
         let writer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()

@@ -26,11 +26,14 @@ pub(crate) fn parallelism() -> usize {
 
 /// Spawns the stage: takes jobs from `rx`, runs `work(state, job)` on the blocking pool with
 /// one of `states` (so at most `states.len()` at once; at least one state is required) and
-/// sends the results to `tx` in the order the jobs arrived. Ends when `rx` is closed and every
-/// result is sent, when `tx` closes, or when a job panics.
-pub(crate) fn spawn_ordered<S, J, R, F>(
+/// sends the results to `tx` in the order the jobs arrived. A job `small` says is cheap (a
+/// 4 KiB write) and that arrives while nothing runs is done at once on the stage's own task
+/// instead: no hop to the blocking pool on the latency path of a lone small write. Ends when
+/// `rx` is closed and every result is sent, when `tx` closes, or when a job panics.
+pub(crate) fn spawn_ordered<S, J, R, F, G>(
     states: Vec<S>,
     work: F,
+    small: G,
     rx: mpsc::Receiver<J>,
     tx: mpsc::Sender<R>,
 ) -> JoinHandle<()>
@@ -39,13 +42,15 @@ where
     J: Send + 'static,
     R: Send + 'static,
     F: Fn(&mut S, J) -> R + Send + Sync + Copy + 'static,
+    G: Fn(&J) -> bool + Send + 'static,
 {
-    tokio::spawn(run_ordered(states, work, rx, tx))
+    tokio::spawn(run_ordered(states, work, small, rx, tx))
 }
 
-async fn run_ordered<S, J, R, F>(
+async fn run_ordered<S, J, R, F, G>(
     mut idle: Vec<S>,
     work: F,
+    small: G,
     mut rx: mpsc::Receiver<J>,
     tx: mpsc::Sender<R>,
 ) where
@@ -53,6 +58,7 @@ async fn run_ordered<S, J, R, F>(
     J: Send + 'static,
     R: Send + 'static,
     F: Fn(&mut S, J) -> R + Send + Sync + Copy + 'static,
+    G: Fn(&J) -> bool + Send + 'static,
 {
     let mut running = FuturesOrdered::new();
     let mut open = !idle.is_empty();
@@ -71,6 +77,14 @@ async fn run_ordered<S, J, R, F>(
                 }
             }
             job = rx.recv(), if open && !idle.is_empty() => match (job, idle.pop()) {
+                (Some(job), Some(mut state)) if running.is_empty() && small(&job) => {
+                    // Nothing before it: in order by itself.
+                    let result = work(&mut state, job);
+                    idle.push(state);
+                    if tx.send(result).await.is_err() {
+                        return;
+                    }
+                }
                 (Some(job), Some(mut state)) => {
                     running.push_back(tokio::task::spawn_blocking(move || {
                         let r = work(&mut state, job);
@@ -120,6 +134,8 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(ms));
                 (i, Arc::clone(&p.held))
             },
+            // Zero-delay jobs are "small": done on the stage's task when nothing runs.
+            |(_, ms): &(usize, u64)| *ms == 0,
             jrx,
             rtx,
         );
@@ -172,6 +188,7 @@ mod tests {
                 b.wait();
                 i
             },
+            |_: &(usize, Arc<std::sync::Barrier>)| false,
             jrx,
             rtx,
         );
@@ -197,7 +214,7 @@ mod tests {
         let (jtx, jrx) = mpsc::channel(4);
         let (rtx, rrx) = mpsc::channel(1);
         drop(rrx);
-        let stage = spawn_ordered(vec![()], |_: &mut (), i: u32| i, jrx, rtx);
+        let stage = spawn_ordered(vec![()], |_: &mut (), i: u32| i, |_: &u32| true, jrx, rtx);
         jtx.send(1).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), stage)
             .await

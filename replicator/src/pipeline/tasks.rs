@@ -195,6 +195,16 @@ pub(super) fn encode_job(enc: &mut Encoder, job: EncodeJob) -> WriteJob {
     }
 }
 
+/// Below this many raw bytes a batch is encoded on the stage's own task when nothing else is
+/// being encoded (see [`super::ordered::spawn_ordered`]): a lone small write skips the hop to
+/// the blocking pool.
+const SMALL_JOB_BYTES: u64 = 64 << 10;
+
+/// Whether `job` is small enough to encode inline.
+pub(super) fn small_job(job: &EncodeJob) -> bool {
+    job.raw_bytes < SMALL_JOB_BYTES
+}
+
 /// A submission as the batcher tracks it: (channel, last seq, number of changes, give back?,
 /// hold?).
 type Owner = (Done, Seq, usize, bool, bool);
