@@ -502,44 +502,12 @@ impl Encoder {
     /// Encodes `changes` as one frame at `meta`.
     ///
     /// # Errors
-    /// [`FrameError::Encode`] if the batch breaks a hard limit (too many changes, a raw payload
-    /// over [`MAX_RAW_LEN`], a resource name over [`MAX_RESOURCE_LEN`], a data length that
-    /// disagrees with its kind).
+    /// As [`check_batch`], or [`FrameError::Encode`] if zstd fails.
     pub fn encode(&mut self, meta: FrameMeta, changes: &[Change]) -> Result<Vec<u8>, FrameError> {
-        if changes.len() > MAX_CHANGES as usize {
-            return Err(FrameError::Encode(format!(
-                "{} changes exceed the limit {MAX_CHANGES}",
-                changes.len()
-            )));
-        }
-        let raw_len: usize = changes.iter().map(Change::encoded_len).sum();
-        if raw_len > MAX_RAW_LEN as usize {
-            return Err(FrameError::Encode(format!(
-                "raw payload of {raw_len} bytes exceeds the limit {MAX_RAW_LEN}"
-            )));
-        }
+        let raw_len = check_batch(changes)?;
         self.raw.clear();
         self.raw.reserve(raw_len);
-        for (i, c) in changes.iter().enumerate() {
-            if c.resource.len() > MAX_RESOURCE_LEN {
-                return Err(FrameError::Encode(format!(
-                    "change #{i}: resource name of {} bytes exceeds {MAX_RESOURCE_LEN}",
-                    c.resource.len()
-                )));
-            }
-            if c.kind.carries_data() && c.length != c.data.len() as u64 {
-                return Err(FrameError::Encode(format!(
-                    "change #{i}: length {} but {} data bytes",
-                    c.length,
-                    c.data.len()
-                )));
-            }
-            if !c.kind.carries_data() && !c.data.is_empty() {
-                return Err(FrameError::Encode(format!(
-                    "change #{i}: a {:?} carries no data",
-                    c.kind
-                )));
-            }
+        for c in changes {
             self.raw.push(c.kind as u8);
             self.raw.push(c.resource.len() as u8);
             self.raw.extend_from_slice(c.resource.as_bytes());
@@ -552,16 +520,20 @@ impl Encoder {
         }
         let hash = hash_payload(&self.raw);
         let bound = zstd::zstd_safe::compress_bound(self.raw.len());
-        let mut out = Vec::with_capacity(HEADER_LEN + bound);
+        let mut out = Vec::with_capacity(HEADER_LEN + bound.max(self.raw.len()));
         out.resize(HEADER_LEN, 0);
-        // Compress into the tail of `out`; fall back to storing raw when it does not pay.
+        // Compress into the spare capacity after the header (not zeroed first: a cursor at
+        // the header's end, so zstd writes there and `out` grows by what it wrote); fall back
+        // to storing raw when it does not pay.
         let mut compressed = false;
         if self.raw.len() >= MIN_COMPRESS_LEN {
-            out.resize(HEADER_LEN + bound, 0);
+            let mut tail = std::io::Cursor::new(out);
+            tail.set_position(HEADER_LEN as u64);
             let n = self
                 .compressor
-                .compress_to_buffer(&self.raw, &mut out[HEADER_LEN..])
+                .compress_to_buffer(&self.raw, &mut tail)
                 .map_err(|e| FrameError::Encode(format!("zstd: {e}")))?;
+            out = tail.into_inner();
             if n + self.raw.len() / STORE_RAW_THRESHOLD_DIV < self.raw.len() {
                 out.truncate(HEADER_LEN + n);
                 compressed = true;
@@ -585,6 +557,51 @@ impl Encoder {
         );
         Ok(out)
     }
+}
+
+/// Checks that `changes` can be encoded as one frame and returns their raw payload length,
+/// so that a caller can refuse a bad batch before giving it seqs (the pipeline encodes
+/// frames in parallel and cannot take seqs back once later frames have them).
+///
+/// # Errors
+/// [`FrameError::Encode`] if the batch breaks a hard limit (too many changes, a raw payload
+/// over [`MAX_RAW_LEN`], a resource name over [`MAX_RESOURCE_LEN`], a data length that
+/// disagrees with its kind).
+pub fn check_batch(changes: &[Change]) -> Result<usize, FrameError> {
+    if changes.len() > MAX_CHANGES as usize {
+        return Err(FrameError::Encode(format!(
+            "{} changes exceed the limit {MAX_CHANGES}",
+            changes.len()
+        )));
+    }
+    let raw_len: usize = changes.iter().map(Change::encoded_len).sum();
+    if raw_len > MAX_RAW_LEN as usize {
+        return Err(FrameError::Encode(format!(
+            "raw payload of {raw_len} bytes exceeds the limit {MAX_RAW_LEN}"
+        )));
+    }
+    for (i, c) in changes.iter().enumerate() {
+        if c.resource.len() > MAX_RESOURCE_LEN {
+            return Err(FrameError::Encode(format!(
+                "change #{i}: resource name of {} bytes exceeds {MAX_RESOURCE_LEN}",
+                c.resource.len()
+            )));
+        }
+        if c.kind.carries_data() && c.length != c.data.len() as u64 {
+            return Err(FrameError::Encode(format!(
+                "change #{i}: length {} but {} data bytes",
+                c.length,
+                c.data.len()
+            )));
+        }
+        if !c.kind.carries_data() && !c.data.is_empty() {
+            return Err(FrameError::Encode(format!(
+                "change #{i}: a {:?} carries no data",
+                c.kind
+            )));
+        }
+    }
+    Ok(raw_len)
 }
 
 /// Decodes frames, reusing one zstd context and one buffer.
@@ -639,11 +656,12 @@ impl Decoder {
                 have: bytes.len(),
             })?;
         let raw: &[u8] = if header.flags & FLAG_ZSTD != 0 {
+            // Into the spare capacity (not zeroed first); `raw` grows by what zstd wrote.
             self.raw.clear();
-            self.raw.resize(header.raw_len as usize, 0);
+            self.raw.reserve(header.raw_len as usize);
             let n = self
                 .decompressor
-                .decompress_to_buffer(payload, &mut self.raw[..])
+                .decompress_to_buffer(payload, &mut self.raw)
                 .map_err(|e| FrameError::Decompress(e.to_string()))?;
             if n != header.raw_len as usize {
                 return Err(FrameError::DecompressedLength {
@@ -916,6 +934,11 @@ mod tests {
                 .encode(meta(), &[Change::barrier(&long, 0)]),
             Err(FrameError::Encode(_))
         ));
+        // The same checks, before any seq is given.
+        assert!(check_batch(&[Change::barrier(&long, 0)]).is_err());
+        let ok = sample();
+        let raw: usize = ok.iter().map(Change::encoded_len).sum();
+        assert_eq!(check_batch(&ok).ok(), Some(raw));
     }
 
     fn arb_change() -> impl Strategy<Value = Change> {

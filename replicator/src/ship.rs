@@ -505,7 +505,10 @@ async fn stream_frames(
                 Err(s) => return broken(format!("stream: {s}"), f.progressed),
             },
             _ = local.changed(), if !have_new => {}
-            read = tokio::task::spawn_blocking(move || journal.frames_from(from, budget)), if can_send => {
+            // Lazy: select! evaluates the expression of a disabled branch too, and
+            // spawn_blocking starts at once, so an eager read ran (and was thrown away) on every
+            // turn of the loop, window full or not.
+            read = async move { tokio::task::spawn_blocking(move || journal.frames_from(from, budget)).await }, if can_send => {
                 let frames = match read {
                     Ok(Ok(fr)) => fr,
                     Ok(Err(e)) => return broken(format!("journal read: {e}"), f.progressed),

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use tandem_core::fault;
-use tandem_core::frame::{Change, ChangeKind, FrameHeader};
+use tandem_core::frame::{Change, ChangeKind, Decoder, Frame, FrameError, FrameHeader};
 use tandem_core::ids::Seq;
 use tandem_core::proto::{ship_response, Ack, Refusal, ShipResponse};
 
@@ -32,6 +32,21 @@ impl ReplicaGroup {
         frames: Vec<Vec<u8>>,
         stream: &mut StreamState,
     ) -> Result<Vec<ShipResponse>> {
+        let frames = frames.into_iter().map(Received::new).collect();
+        self.receive_received(frames, stream)
+    }
+
+    /// As [`Self::receive_batch`], for frames whose payloads may have been decoded ahead
+    /// ([`Received::decode`], off this group's lock and in parallel): a decoded payload is
+    /// used where the frame would be decoded, so every check comes in the same order.
+    ///
+    /// # Errors
+    /// As [`Self::receive_batch`].
+    pub fn receive_received(
+        &self,
+        frames: Vec<Received>,
+        stream: &mut StreamState,
+    ) -> Result<Vec<ShipResponse>> {
         let mut guard = self.inner();
         let inner: &mut Inner = &mut guard;
         if inner.retired {
@@ -39,8 +54,8 @@ impl ReplicaGroup {
         }
         let durable = inner.persisted;
         let mut batch = Batch::default();
-        for bytes in frames {
-            match self.receive_frame(inner, &bytes, durable, stream, &mut batch) {
+        for frame in frames {
+            match self.receive_frame(inner, frame, durable, stream, &mut batch) {
                 Ok(Flow::Next) => {}
                 Ok(Flow::Stop) => break,
                 Err(e) => {
@@ -65,11 +80,12 @@ impl ReplicaGroup {
     fn receive_frame(
         &self,
         inner: &mut Inner,
-        bytes: &[u8],
+        received: Received,
         durable: Seq,
         stream: &mut StreamState,
         batch: &mut Batch,
     ) -> Result<Flow> {
+        let bytes = &received.bytes[..];
         let wm = inner.watermark;
         let refuse = |reason: String, fatal: bool| Refusal {
             seq: wm.0 + 1,
@@ -123,7 +139,11 @@ impl ReplicaGroup {
             }
             Verdict::Apply { skip } => skip,
         };
-        let mut frame = match inner.decoder.decode_payload(header, bytes) {
+        let decoded = match received.decoded {
+            Some(d) => d,
+            None => inner.decoder.decode_payload(header, bytes),
+        };
+        let mut frame = match decoded {
             Ok(f) => f,
             Err(e) => {
                 stream.awaiting_resend = true;
@@ -235,6 +255,42 @@ fn check_frame_bounds(
         }
     }
     Ok(())
+}
+
+/// A frame as it arrived on a Ship stream, with its payload decoded ahead of the apply when
+/// it was ([`Received::decode`]).
+#[derive(Debug)]
+pub struct Received {
+    bytes: Vec<u8>,
+    /// The decoded payload (decompressed, blake3 checked, changes parsed), or why it is
+    /// refused; `None` when not decoded yet (or the header does not parse: the apply refuses
+    /// it).
+    decoded: Option<std::result::Result<Frame, FrameError>>,
+}
+
+impl Received {
+    /// A frame not decoded yet: the apply decodes it under the group's lock.
+    pub fn new(bytes: Vec<u8>) -> Received {
+        Received {
+            bytes,
+            decoded: None,
+        }
+    }
+
+    /// Decodes the frame's payload now with `decoder` (decompress, check blake3, parse the
+    /// changes), so that the apply, which must go in seq order under the group's lock, only
+    /// checks and writes. Pure CPU work: run it on the blocking pool, several frames at once.
+    pub fn decode(decoder: &mut Decoder, bytes: Vec<u8>) -> Received {
+        let decoded = FrameHeader::parse(&bytes)
+            .ok()
+            .map(|h| decoder.decode_payload(h, &bytes));
+        Received { bytes, decoded }
+    }
+
+    /// The frame's encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// What a batch has done so far: the files it wrote, the writes it holds until their undo

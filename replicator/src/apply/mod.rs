@@ -40,6 +40,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use self::batch::Received;
 pub use self::group::{HistoryView, Recovered, ReplicaGroup, StreamState};
 pub use self::lineage::{LINEAGE_META_FILE, LINEAGE_META_MAGIC};
 pub use self::sqlite::MAX_DB_TXN_BYTES;

@@ -720,3 +720,36 @@ fn a_sqlite_commits_undo_is_durable_before_its_pages_survives_a_power_loss() {
     let db = std::fs::read(out.join("db.img")).unwrap();
     assert_eq!(db[512], 7, "page 2 as it was at the checkpoint");
 }
+
+#[test]
+fn frames_decoded_ahead_are_applied_and_refused_as_if_decoded_in_the_apply() {
+    // The same stream of frames, once decoded under the lock and once decoded ahead.
+    let frames = || {
+        let f1 = enc("g", 1, 1, &[Change::write("vol", 0, vec![7; 4096], 0)]);
+        let f2 = enc("g", 1, 2, &[Change::write("vol", 4096, vec![8; 4096], 0)]);
+        let mut bad = enc("g", 1, 3, &[Change::write("vol", 0, vec![9; 4096], 0)]);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        vec![f1.clone(), f2, f1, bad]
+    };
+    let (_d1, plain) = setup();
+    let mut st = StreamState::default();
+    let want = plain.receive_batch(frames(), &mut st).unwrap();
+    let (_d2, ahead) = setup();
+    let mut st = StreamState::default();
+    let mut dec = tandem_core::frame::Decoder::new().unwrap();
+    let received = frames()
+        .into_iter()
+        .map(|f| Received::decode(&mut dec, f))
+        .collect();
+    let got = ahead.receive_received(received, &mut st).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(acked(&got), Some(2));
+    let r = refusal(&got).unwrap();
+    assert!(!r.fatal && r.resume_from == 3, "{r:?}");
+    assert_eq!(ahead.watermark(), Seq(2));
+    assert_eq!(
+        ahead.read_resource("vol", 0, 8192).unwrap(),
+        plain.read_resource("vol", 0, 8192).unwrap()
+    );
+}

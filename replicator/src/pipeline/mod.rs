@@ -3,18 +3,22 @@
 //! locally (async mode) or on the replica (sync mode).
 //!
 //! Tasks: `submit` → bounded queue → batcher task (assigns seqs, lingers up to
-//! `batch_max_delay` only while the writer is busy, encodes in `spawn_blocking`) → bounded
-//! queue → one writer thread (drains what is queued, one [`Journal::append`] = one fdatasync,
-//! completes every waiter). The shipper (the `ship` room, which depends on this one) reads the journal from there.
+//! `batch_max_delay` only while earlier frames are on their way to the journal) → queue of one
+//! → encoders (`ordered`: up to one frame per core compressed and hashed at once on the
+//! blocking pool, released in seq order) → bounded queue → one writer thread (drains what is
+//! queued, one [`Journal::append`] = one fdatasync, completes every waiter). The shipper (the
+//! `ship` room, which depends on this one) reads the journal from there.
 
 //!
 //! Rooms: [`config`] (settings, mode, consent), [`progress`] (what heartbeats report),
-//! `shared` (the state the tasks share), `tasks` (batcher, writer, consent loop),
+//! `shared` (the state the tasks share), `tasks` (batcher, encode job, writer, consent loop),
+//! `ordered` (the bounded, order-keeping parallel stage),
 //! `durability` (image writes before shipping, images durable before a trim, the lease
 //! before an acknowledgement), and here the [`GroupPipeline`] handle.
 
 mod config;
 mod durability;
+pub(crate) mod ordered;
 mod progress;
 mod release;
 mod shared;
@@ -96,9 +100,13 @@ impl GroupPipeline {
         if let Some(consent) = cfg.sync_consent.clone() {
             tokio::spawn(consent_loop(Arc::clone(&shared), consent));
         }
-        let encoder = Encoder::new(cfg.zstd_level)?;
+        let encoders = (0..ordered::parallelism())
+            .map(|_| Encoder::new(cfg.zstd_level))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+        let (etx, erx) = mpsc::channel(1);
         let (wtx, wrx) = mpsc::channel(4);
+        ordered::spawn_ordered(encoders, tasks::encode_job, tasks::small_job, erx, wtx);
         let writer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -109,8 +117,7 @@ impl GroupPipeline {
         let batcher = tokio::spawn(batcher_loop(
             Arc::clone(&shared),
             rx,
-            wtx,
-            encoder,
+            etx,
             journal.next_seq(),
             cfg.batch_max_bytes.max(1),
             cfg.batch_max_delay,

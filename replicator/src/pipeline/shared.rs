@@ -35,8 +35,11 @@ pub(super) struct Submission {
 /// changes it gets back (empty unless it asked for them), and whether it holds its frame.
 pub(super) type Waiter = (Done, Seq, Vec<Change>, bool);
 
+/// An encoded frame on its way to the journal writer, in seq order.
 pub(super) struct WriteJob {
     pub(super) frame: NewFrame,
+    /// Why the encoder failed (then `frame.bytes` is empty): the group is fenced.
+    pub(super) failed: Option<tandem_core::frame::FrameError>,
     pub(super) raw_bytes: u64,
     pub(super) waiters: Vec<Waiter>,
 }

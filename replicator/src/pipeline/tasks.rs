@@ -7,7 +7,7 @@ use crate::journal::NewFrame;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tandem_core::frame::{Change, Encoder, FrameMeta, MAX_RAW_LEN};
+use tandem_core::frame::{check_batch, Change, Encoder, FrameMeta, MAX_CHANGES, MAX_RAW_LEN};
 use tandem_core::ids::Seq;
 use tokio::sync::mpsc;
 
@@ -54,16 +54,19 @@ pub(super) async fn consent_loop(sh: Arc<Shared>, consent: Arc<dyn SyncConsent>)
     }
 }
 
+/// Collects submissions into batches and gives each its seqs, lingering up to `max_delay`
+/// for more only while earlier frames are still on their way to the journal; sends each batch
+/// to the encoders ([`encode_job`], run in parallel by [`super::ordered`], which keeps their
+/// order). A submission the codec would refuse is refused alone, before it takes a seq: seqs
+/// once given cannot be taken back from the frames encoded after it.
 pub(super) async fn batcher_loop(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Submission>,
-    wtx: mpsc::Sender<WriteJob>,
-    encoder: Encoder,
+    etx: mpsc::Sender<EncodeJob>,
     mut next_seq: Seq,
     max_bytes: usize,
     max_delay: Duration,
 ) {
-    let mut encoder = Some(encoder);
     let mut carry: Option<Submission> = None;
     loop {
         let first = match carry.take() {
@@ -73,7 +76,11 @@ pub(super) async fn batcher_loop(
                 None => break,
             },
         };
+        let Some(first) = admit(&shared, first) else {
+            continue;
+        };
         let mut bytes = first.raw_bytes as usize;
+        let mut count = first.changes.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + max_delay;
         while bytes < max_bytes {
@@ -92,74 +99,110 @@ pub(super) async fn batcher_loop(
                 }
             };
             let Some(s) = next else { break };
-            if bytes + s.raw_bytes as usize > MAX_RAW_LEN as usize {
+            let Some(s) = admit(&shared, s) else {
+                continue;
+            };
+            if bytes + s.raw_bytes as usize > MAX_RAW_LEN as usize
+                || count + s.changes.len() > MAX_CHANGES as usize
+            {
                 carry = Some(s);
                 break;
             }
             bytes += s.raw_bytes as usize;
+            count += s.changes.len();
             batch.push(s);
         }
-        let first_seq = next_seq;
-        let mut changes = Vec::new();
-        // (channel, last seq, number of changes, give back?, hold?) per submission, in batch
-        // order.
-        let mut owners = Vec::with_capacity(batch.len());
-        let mut raw_bytes = 0;
-        for s in batch {
-            let n = s.changes.len();
-            next_seq = Seq(next_seq.0 + n as u64);
-            owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back, s.hold));
-            raw_bytes += s.raw_bytes;
-            changes.extend(s.changes);
-        }
-        let meta = FrameMeta {
-            group: shared.group_id,
-            epoch: shared.epoch(),
-            first_seq,
-        };
-        let Some(mut enc) = encoder.take() else { break };
-        let oldest = changes.iter().map(|c| c.captured_ms).min().unwrap_or(0);
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = enc.encode(meta, &changes);
-            (enc, r, changes)
-        })
-        .await;
-        let (enc, encoded, changes) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                let waiters = give_back(owners, Vec::new());
-                fail_waiters(waiters, &ReplicatorError::Task(e.to_string()));
-                break;
-            }
-        };
-        // Moves (never copies) each change back to the submitter that wants it; the others
-        // are dropped here, once encoded, as before.
-        let waiters = give_back(owners, changes);
-        encoder = Some(enc);
-        let bytes = match encoded {
-            Ok(b) => b,
-            Err(e) => {
-                next_seq = first_seq;
-                shared.queued_bytes.fetch_sub(raw_bytes, Ordering::SeqCst);
-                fail_waiters(waiters, &ReplicatorError::Frame(e));
-                continue;
-            }
-        };
+        let job = seal(&shared, batch, &mut next_seq);
         shared.inflight_frames.fetch_add(1, Ordering::SeqCst);
-        let job = WriteJob {
-            frame: NewFrame {
-                bytes,
-                first_seq,
-                last_seq: Seq(next_seq.0 - 1),
-                oldest_capture_ms: oldest,
-            },
-            raw_bytes,
-            waiters,
-        };
-        if wtx.send(job).await.is_err() {
+        if let Err(mpsc::error::SendError(job)) = etx.send(job).await {
+            let e = ReplicatorError::Closed(shared.group.clone());
+            fail_waiters(give_back(job.owners, Vec::new()), &e);
             break;
         }
     }
+}
+
+/// Checks a submission as the codec will (see [`check_batch`]): refused alone, with its
+/// queued bytes released, when the codec would refuse it.
+fn admit(shared: &Shared, s: Submission) -> Option<Submission> {
+    match check_batch(&s.changes) {
+        Ok(_) => Some(s),
+        Err(e) => {
+            shared.queued_bytes.fetch_sub(s.raw_bytes, Ordering::SeqCst);
+            let _ = s.done.send(Err(ReplicatorError::Frame(e)));
+            None
+        }
+    }
+}
+
+/// Gives a batch its seqs from `next_seq` on (advancing it) and makes it an encode job.
+fn seal(shared: &Shared, batch: Vec<Submission>, next_seq: &mut Seq) -> EncodeJob {
+    let first_seq = *next_seq;
+    let mut changes = Vec::with_capacity(batch.iter().map(|s| s.changes.len()).sum());
+    let mut owners = Vec::with_capacity(batch.len());
+    let mut raw_bytes = 0;
+    for s in batch {
+        let n = s.changes.len();
+        *next_seq = Seq(next_seq.0 + n as u64);
+        owners.push((s.done, Seq(next_seq.0 - 1), n, s.give_back, s.hold));
+        raw_bytes += s.raw_bytes;
+        changes.extend(s.changes);
+    }
+    EncodeJob {
+        meta: FrameMeta {
+            group: shared.group_id,
+            epoch: shared.epoch(),
+            first_seq,
+        },
+        last_seq: Seq(next_seq.0 - 1),
+        oldest_capture_ms: changes.iter().map(|c| c.captured_ms).min().unwrap_or(0),
+        changes,
+        owners,
+        raw_bytes,
+    }
+}
+
+/// A batch with its seqs, on its way to an encoder.
+pub(super) struct EncodeJob {
+    meta: FrameMeta,
+    last_seq: Seq,
+    oldest_capture_ms: i64,
+    changes: Vec<Change>,
+    owners: Vec<Owner>,
+    raw_bytes: u64,
+}
+
+/// Encodes one batch (on the blocking pool, with one of the stage's encoders) and moves (never
+/// copies) each change back to the submitter that wants it; the others are dropped here, once
+/// encoded.
+pub(super) fn encode_job(enc: &mut Encoder, job: EncodeJob) -> WriteJob {
+    let encoded = enc.encode(job.meta, &job.changes);
+    let waiters = give_back(job.owners, job.changes);
+    let (bytes, failed) = match encoded {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    WriteJob {
+        frame: NewFrame {
+            bytes,
+            first_seq: job.meta.first_seq,
+            last_seq: job.last_seq,
+            oldest_capture_ms: job.oldest_capture_ms,
+        },
+        failed,
+        raw_bytes: job.raw_bytes,
+        waiters,
+    }
+}
+
+/// Below this many raw bytes a batch is encoded on the stage's own task when nothing else is
+/// being encoded (see [`super::ordered::spawn_ordered`]): a lone small write skips the hop to
+/// the blocking pool.
+const SMALL_JOB_BYTES: u64 = 64 << 10;
+
+/// Whether `job` is small enough to encode inline.
+pub(super) fn small_job(job: &EncodeJob) -> bool {
+    job.raw_bytes < SMALL_JOB_BYTES
 }
 
 /// A submission as the batcher tracks it: (channel, last seq, number of changes, give back?,
@@ -191,53 +234,83 @@ pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>)
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        let frames: Vec<NewFrame> = jobs
-            .iter_mut()
-            .map(|j| NewFrame {
-                bytes: std::mem::take(&mut j.frame.bytes),
-                first_seq: j.frame.first_seq,
-                last_seq: j.frame.last_seq,
-                oldest_capture_ms: j.frame.oldest_capture_ms,
-            })
-            .collect();
-        let result = shared.journal.append(&frames);
-        let raw: u64 = jobs.iter().map(|j| j.raw_bytes).sum();
-        shared.queued_bytes.fetch_sub(raw, Ordering::SeqCst);
-        shared
-            .inflight_frames
-            .fetch_sub(jobs.len(), Ordering::SeqCst);
-        match result {
-            Ok(()) => {
-                // Released to the shipper at once, or once the image writes of its holders
-                // are done (`durability`).
-                let gated: Vec<(Seq, usize)> = jobs
-                    .iter()
-                    .map(|j| {
-                        let holds = j.waiters.iter().filter(|w| w.3).count();
-                        (j.frame.last_seq, holds)
-                    })
-                    .collect();
-                shared.journaled(&gated);
-                for j in jobs {
-                    let frame = j.frame.last_seq;
-                    for (w, seq, changes, hold) in j.waiters {
-                        let hold = hold.then(|| {
-                            let gate: Arc<dyn super::durability::ImageGate> = shared.clone();
-                            ImageHold::new(gate, frame, seq)
-                        });
-                        let _ = w.send(Ok((seq, changes, hold)));
-                    }
+        // A frame the encoder failed (zstd itself: the batcher refused what the codec checks)
+        // leaves a hole in the seqs of the frames after it: journal those before it, then
+        // fence and stop.
+        let failed = jobs
+            .iter()
+            .position(|j| j.failed.is_some())
+            .map(|i| jobs.split_off(i));
+        if !jobs.is_empty() && !append_and_complete(&shared, jobs) {
+            break;
+        }
+        if let Some(rest) = failed {
+            let reason = rest
+                .first()
+                .and_then(|j| j.failed.as_ref())
+                .map_or_else(String::new, ToString::to_string);
+            shared.fence(format!("encoding a frame failed: {reason}"));
+            let e = ReplicatorError::Task(format!("encoding a frame failed: {reason}"));
+            for j in rest {
+                shared.queued_bytes.fetch_sub(j.raw_bytes, Ordering::SeqCst);
+                shared.inflight_frames.fetch_sub(1, Ordering::SeqCst);
+                fail_waiters(j.waiters, &e);
+            }
+            break;
+        }
+    }
+}
+
+/// Appends `jobs` to the journal (one fdatasync) and answers their waiters. Returns false if
+/// the append failed (the group is fenced and the waiters failed).
+fn append_and_complete(shared: &Arc<Shared>, mut jobs: Vec<WriteJob>) -> bool {
+    let frames: Vec<NewFrame> = jobs
+        .iter_mut()
+        .map(|j| NewFrame {
+            bytes: std::mem::take(&mut j.frame.bytes),
+            first_seq: j.frame.first_seq,
+            last_seq: j.frame.last_seq,
+            oldest_capture_ms: j.frame.oldest_capture_ms,
+        })
+        .collect();
+    let result = shared.journal.append(&frames);
+    let raw: u64 = jobs.iter().map(|j| j.raw_bytes).sum();
+    shared.queued_bytes.fetch_sub(raw, Ordering::SeqCst);
+    shared
+        .inflight_frames
+        .fetch_sub(jobs.len(), Ordering::SeqCst);
+    match result {
+        Ok(()) => {
+            // Released to the shipper at once, or once the image writes of its holders
+            // are done (`durability`).
+            let gated: Vec<(Seq, usize)> = jobs
+                .iter()
+                .map(|j| {
+                    let holds = j.waiters.iter().filter(|w| w.3).count();
+                    (j.frame.last_seq, holds)
+                })
+                .collect();
+            shared.journaled(&gated);
+            for j in jobs {
+                let frame = j.frame.last_seq;
+                for (w, seq, changes, hold) in j.waiters {
+                    let hold = hold.then(|| {
+                        let gate: Arc<dyn super::durability::ImageGate> = shared.clone();
+                        ImageHold::new(gate, frame, seq)
+                    });
+                    let _ = w.send(Ok((seq, changes, hold)));
                 }
             }
-            Err(e) => {
-                tracing::error!(group = %shared.group, error = %e, "journal append failed");
-                shared.fence(format!("journal append failed: {e}"));
-                for j in jobs {
-                    fail_waiters(j.waiters, &e);
-                }
-                // Seqs are now out of step with the journal: stop taking work.
-                break;
+            true
+        }
+        Err(e) => {
+            tracing::error!(group = %shared.group, error = %e, "journal append failed");
+            shared.fence(format!("journal append failed: {e}"));
+            for j in jobs {
+                fail_waiters(j.waiters, &e);
             }
+            // Seqs are now out of step with the journal: stop taking work.
+            false
         }
     }
 }

@@ -1,11 +1,13 @@
-//! One Ship stream on the replica: batches the frames that arrived together, applies each batch
-//! on the blocking pool ([`ReplicaGroup::receive_batch`]) and sends its acknowledgements.
+//! One Ship stream on the replica: a reader task takes the frames off the stream, decoders
+//! decompress and verify them in parallel ahead of the apply (bounded, order kept), and the
+//! apply loop batches the frames decoded so far, applies each batch in seq order on the
+//! blocking pool ([`ReplicaGroup::receive_received`]) and sends its acknowledgements.
 
 use super::peers::Views;
-use crate::apply::{ReplicaGroup, StreamState};
-use futures::{FutureExt, StreamExt};
+use crate::apply::{Received, ReplicaGroup, StreamState};
+use crate::pipeline::ordered;
 use std::sync::Arc;
-use tandem_core::frame::FrameHeader;
+use tandem_core::frame::{Decoder, FrameHeader};
 use tandem_core::proto::{ship_request, ship_response, ShipRequest, ShipResponse};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -33,10 +35,10 @@ pub(super) fn response(msg: ship_response::Msg) -> Result<ShipResponse, Status> 
 /// The first frame of `frames` whose epoch is newer than the epoch the coordinators gave this
 /// replicator for `group` (a frame must never raise the fence above it), as a refusal. A frame
 /// whose header does not parse is left to the apply, which refuses it.
-fn frame_above_bound(views: &Views, group: &str, frames: &[Vec<u8>]) -> Option<Status> {
+fn frame_above_bound(views: &Views, group: &str, frames: &[Received]) -> Option<Status> {
     let bound = views.get(group).map(|v| v.epoch);
     frames.iter().find_map(|f| {
-        let e = FrameHeader::parse(f).ok()?.meta.epoch;
+        let e = FrameHeader::parse(f.bytes()).ok()?.meta.epoch;
         match bound {
             Some(b) if e <= b => None,
             _ => {
@@ -50,44 +52,120 @@ fn frame_above_bound(views: &Views, group: &str, frames: &[Vec<u8>]) -> Option<S
     })
 }
 
+/// What the reader hands the decoders: a frame, or a message that has no place in the
+/// stream (the stream is refused once the frames before it are through).
+enum Inbound {
+    Frame(Vec<u8>),
+    NotAFrame,
+}
+
+/// A decoder's output: the frame decoded ahead of the apply, or the refusal in its place.
+enum Decoded {
+    Frame(Received),
+    NotAFrame,
+}
+
+/// Frames decoded ahead of the apply, besides those in the decoders: the decoded payloads
+/// wait here while a batch is applied (bounded: at most this many frames).
+const DECODED_AHEAD: usize = 8;
+
+/// Reads the stream's messages into `jobs` until it ends, fails or is refused.
+async fn read_inbound(mut inbound: Streaming<ShipRequest>, jobs: mpsc::Sender<Inbound>) {
+    loop {
+        let item = match inbound.message().await {
+            Ok(Some(ShipRequest {
+                msg: Some(ship_request::Msg::Frame(f)),
+            })) => Inbound::Frame(f),
+            Ok(Some(_)) => Inbound::NotAFrame,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "ship stream ended");
+                return;
+            }
+        };
+        let last = matches!(item, Inbound::NotAFrame);
+        if jobs.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn decode(decoder: &mut Decoder, item: Inbound) -> Decoded {
+    match item {
+        Inbound::Frame(bytes) => Decoded::Frame(Received::decode(decoder, bytes)),
+        Inbound::NotAFrame => Decoded::NotAFrame,
+    }
+}
+
+/// Below this many encoded bytes a frame is decoded on the stage's own task when nothing else
+/// is being decoded: a lone small frame (a sync 4 KiB write) skips the hop to the blocking pool.
+const SMALL_FRAME_BYTES: usize = 32 << 10;
+
+fn small(item: &Inbound) -> bool {
+    match item {
+        Inbound::Frame(bytes) => bytes.len() < SMALL_FRAME_BYTES,
+        Inbound::NotAFrame => true,
+    }
+}
+
+/// Ends the reader when the stream ends (which drops the inbound half of the call).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one Ship stream after its Welcome from `state` (the seq jumps its `Hello` announced);
 /// with `views`, every frame's epoch is bounded by the group's current view (see
 /// [`frame_above_bound`]).
+///
+/// Frames are read by their own task and decompressed and verified in parallel (up to one per
+/// core, [`crate::pipeline::ordered`]) ahead of the apply, which takes them in the order they
+/// came: the apply (seq order, under the group's lock) only checks, writes and syncs.
 pub(super) async fn run_stream(
     group: Arc<ReplicaGroup>,
-    mut inbound: Streaming<ShipRequest>,
+    inbound: Streaming<ShipRequest>,
     tx: mpsc::Sender<Result<ShipResponse, Status>>,
     mut closed: watch::Receiver<bool>,
     views: Option<Views>,
     mut state: StreamState,
 ) {
+    let decoders: Vec<Decoder> = match (0..ordered::parallelism())
+        .map(|_| Decoder::new())
+        .collect()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            return;
+        }
+    };
+    let (jtx, jrx) = mpsc::channel(1);
+    let (dtx, mut decoded) = mpsc::channel(DECODED_AHEAD);
+    let _reader = AbortOnDrop(tokio::spawn(read_inbound(inbound, jtx)));
+    ordered::spawn_ordered(decoders, decode, small, jrx, dtx);
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
+        let first = tokio::select! {
+            m = decoded.recv() => m,
             _ = async { let _ = closed.wait_for(|c| *c).await; } => {
                 let _ = tx.send(Err(Status::unavailable("replica service closed"))).await;
                 return;
             }
         };
-        let first = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(group = group.name(), error = %e, "ship stream ended");
-                break;
-            }
-        };
+        let Some(first) = first else { break };
         let received = std::time::Instant::now();
         let mut frames = Vec::new();
         let mut bytes = 0usize;
         let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.msg {
-                Some(ship_request::Msg::Frame(f)) => {
-                    bytes += f.len();
+        while let Some(d) = next.take() {
+            match d {
+                Decoded::Frame(f) => {
+                    bytes += f.bytes().len();
                     frames.push(f);
                 }
-                _ => {
+                Decoded::NotAFrame => {
                     let _ = tx
                         .send(Err(Status::invalid_argument("only frames after Hello")))
                         .await;
@@ -97,10 +175,7 @@ pub(super) async fn run_stream(
             if frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
                 break;
             }
-            next = match inbound.next().now_or_never() {
-                Some(Some(Ok(m))) => Some(m),
-                _ => None,
-            };
+            next = decoded.try_recv().ok();
         }
         if let Some(refused) = views
             .as_ref()
@@ -111,7 +186,8 @@ pub(super) async fn run_stream(
         }
         let g = Arc::clone(&group);
         let joined =
-            tokio::task::spawn_blocking(move || (g.receive_batch(frames, &mut state), state)).await;
+            tokio::task::spawn_blocking(move || (g.receive_received(frames, &mut state), state))
+                .await;
         let (result, st) = match joined {
             Ok(x) => x,
             Err(e) => {
