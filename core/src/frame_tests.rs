@@ -1,0 +1,230 @@
+//! Tests of the frame codec (`frame.rs`).
+
+use super::*;
+use proptest::prelude::*;
+
+fn meta() -> FrameMeta {
+    FrameMeta {
+        group: GroupId::from_name("vol"),
+        epoch: Epoch(3),
+        first_seq: Seq(100),
+    }
+}
+
+fn sample() -> Vec<Change> {
+    vec![
+        Change::write(
+            "disk0",
+            4096,
+            b"hello hello hello hello".to_vec(),
+            1_700_000_000_000,
+        ),
+        Change::trim("disk0", 0, 65536, 1_700_000_000_001),
+        Change::barrier("disk0", 1_700_000_000_002),
+    ]
+}
+
+#[test]
+fn frame_round_trips() {
+    let bytes = Encoder::new(1).unwrap().encode(meta(), &sample()).unwrap();
+    let f = Decoder::new().unwrap().decode(&bytes).unwrap();
+    assert_eq!(f.changes, sample());
+    assert_eq!(f.header.meta, meta());
+    assert_eq!(f.header.last_seq(), Seq(102));
+}
+
+#[test]
+fn golden_header_bytes() {
+    let bytes = Encoder::new(1)
+        .unwrap()
+        .encode(meta(), &[Change::barrier("d", 7)])
+        .unwrap();
+    assert_eq!(&bytes[0..4], b"TNDF");
+    assert_eq!(&bytes[4..6], &[1, 0]);
+    assert_eq!(&bytes[6..8], &[0, 0], "a tiny payload is stored raw");
+    assert_eq!(&bytes[16..24], &3u64.to_le_bytes());
+    assert_eq!(&bytes[24..32], &100u64.to_le_bytes());
+    assert_eq!(&bytes[32..36], &1u32.to_le_bytes());
+    // kind, name len, name, offset, length, time, data len
+    let raw: Vec<u8> = [
+        &[3u8, 1, b'd'][..],
+        &0u64.to_le_bytes(),
+        &0u64.to_le_bytes(),
+        &7i64.to_le_bytes(),
+        &0u32.to_le_bytes(),
+    ]
+    .concat();
+    assert_eq!(&bytes[HEADER_LEN..], &raw[..]);
+    assert_eq!(&bytes[44..76], blake3::hash(&raw).as_bytes());
+}
+
+#[test]
+fn compressible_payload_is_compressed() {
+    let changes = vec![Change::write("d", 0, vec![7u8; 1 << 16], 1)];
+    let bytes = Encoder::new(1).unwrap().encode(meta(), &changes).unwrap();
+    let h = FrameHeader::parse(&bytes).unwrap();
+    assert_eq!(h.flags, FLAG_ZSTD);
+    assert!(bytes.len() < 1000);
+    assert_eq!(
+        Decoder::new().unwrap().decode(&bytes).unwrap().changes,
+        changes
+    );
+}
+
+#[test]
+fn header_with_huge_raw_len_is_refused_before_allocating() {
+    let mut bytes = Encoder::new(1).unwrap().encode(meta(), &sample()).unwrap();
+    bytes[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+    let check = header_check(&bytes[..76]);
+    bytes[76..84].copy_from_slice(&check);
+    assert!(matches!(
+        FrameHeader::parse(&bytes),
+        Err(FrameError::LimitExceeded {
+            field: "raw_len",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn each_check_has_its_own_error() {
+    let good = Encoder::new(1).unwrap().encode(meta(), &sample()).unwrap();
+    let mut d = Decoder::new().unwrap();
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(matches!(d.decode(&b), Err(FrameError::BadMagic { .. })));
+    let mut b = good.clone();
+    b[4] = 9;
+    assert!(matches!(
+        d.decode(&b),
+        Err(FrameError::UnsupportedVersion { found: 9 })
+    ));
+    let mut b = good.clone();
+    b[20] ^= 1;
+    assert_eq!(d.decode(&b), Err(FrameError::HeaderChecksum));
+    let mut b = good.clone();
+    let last = b.len() - 1;
+    b[last] ^= 0x40;
+    assert!(matches!(
+        d.decode(&b),
+        Err(FrameError::PayloadChecksum) | Err(FrameError::Decompress(_))
+    ));
+    assert!(matches!(
+        d.decode(&good[..good.len() - 1]),
+        Err(FrameError::Truncated { .. })
+    ));
+    let mut b = good.clone();
+    b.push(0);
+    assert!(matches!(
+        d.decode(&b),
+        Err(FrameError::TrailingBytes { .. })
+    ));
+    assert!(matches!(
+        d.decode(&good[..10]),
+        Err(FrameError::Truncated {
+            needed: HEADER_LEN,
+            have: 10
+        })
+    ));
+}
+
+#[test]
+fn encoder_refuses_inconsistent_changes() {
+    let mut c = Change::write("d", 0, vec![1, 2, 3], 0);
+    c.length = 4;
+    assert!(matches!(
+        Encoder::new(1).unwrap().encode(meta(), &[c]),
+        Err(FrameError::Encode(_))
+    ));
+    let long = "x".repeat(300);
+    assert!(matches!(
+        Encoder::new(1)
+            .unwrap()
+            .encode(meta(), &[Change::barrier(&long, 0)]),
+        Err(FrameError::Encode(_))
+    ));
+    // The same checks, before any seq is given.
+    assert!(check_batch(&[Change::barrier(&long, 0)]).is_err());
+    let ok = sample();
+    let raw: usize = ok.iter().map(Change::encoded_len).sum();
+    assert_eq!(check_batch(&ok).ok(), Some(raw));
+}
+
+fn arb_change() -> impl Strategy<Value = Change> {
+    (
+        0u8..8,
+        "[a-z0-9]{1,12}",
+        any::<u64>(),
+        any::<u64>(),
+        any::<i64>(),
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            (0usize..8192, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+        ],
+    )
+        .prop_map(|(k, resource, offset, len, t, data)| {
+            let kind = ChangeKind::from_u8(k + 1).unwrap_or(ChangeKind::Write);
+            let (length, data) = if kind.carries_data() {
+                (data.len() as u64, data)
+            } else {
+                (len, Vec::new())
+            };
+            Change {
+                resource,
+                kind,
+                offset,
+                length,
+                captured_ms: t,
+                data,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn any_batch_round_trips(changes in proptest::collection::vec(arb_change(), 0..24),
+                             epoch in any::<u64>(), seq in any::<u64>()) {
+        let m = FrameMeta { group: GroupId(seq ^ 0x55), epoch: Epoch(epoch), first_seq: Seq(seq) };
+        let bytes = Encoder::new(1).unwrap().encode(m, &changes).unwrap();
+        let f = Decoder::new().unwrap().decode(&bytes).unwrap();
+        prop_assert_eq!(f.header.meta, m);
+        prop_assert_eq!(f.changes, changes);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_detected(changes in proptest::collection::vec(arb_change(), 1..8),
+                                   pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let bytes = Encoder::new(1).unwrap().encode(meta(), &changes).unwrap();
+        let mut bad = bytes.clone();
+        let i = pos.index(bad.len());
+        bad[i] ^= 1 << bit;
+        prop_assert!(Decoder::new().unwrap().decode(&bad).is_err(), "flip at byte {} bit {} not detected", i, bit);
+    }
+
+    #[test]
+    fn any_truncation_is_detected(changes in proptest::collection::vec(arb_change(), 1..8),
+                                  cut in any::<prop::sample::Index>()) {
+        let bytes = Encoder::new(1).unwrap().encode(meta(), &changes).unwrap();
+        let n = cut.index(bytes.len());
+        prop_assert!(Decoder::new().unwrap().decode(&bytes[..n]).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Decoder::new().unwrap().decode(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_behind_a_valid_header_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 0..512), count in 0u32..64, zstd in any::<bool>()) {
+        // A forged header with a correct header check: the payload checks must still hold.
+        let mut bytes = vec![0u8; HEADER_LEN];
+        let flags = if zstd { FLAG_ZSTD } else { 0 };
+        let raw_len = if zstd { 4096 } else { body.len() as u32 };
+        write_header(&mut bytes, flags, meta(), count, raw_len, body.len() as u32, blake3::hash(&body).as_bytes());
+        bytes.extend_from_slice(&body);
+        let _ = Decoder::new().unwrap().decode(&bytes);
+    }
+}
