@@ -22,6 +22,7 @@ use super::cmd::{is_blocked, Blocked, Cmd, Parts, Reply};
 pub use super::cmd::{Committed, MembershipChange};
 use super::storage::error::StorageError;
 use super::storage::format::{decode_peers, encode_peers};
+use super::snapshot_policy::{SnapshotInputs, SnapshotPolicy};
 use super::storage::sled_store::SledStorage;
 use super::transport::{self, PeerSender, PeerService};
 use super::{RaftError, RaftNodeConfig, StateMachine};
@@ -402,7 +403,10 @@ struct Node<SM> {
     applied: u64,
     conf_index: u64,
     last_snapshot: u64,
+    /// When the stored snapshot was taken (or the node started).
+    last_snapshot_at: Instant,
     snapshot_every: u64,
+    snapshot_policy: SnapshotPolicy,
     tick: Duration,
     /// When a raft message from each peer last arrived.
     heard: BTreeMap<u64, Instant>,
@@ -469,7 +473,12 @@ impl<SM: StateMachine> Node<SM> {
             applied: snap.index,
             conf_index,
             last_snapshot: snap.index,
+            last_snapshot_at: Instant::now(),
             snapshot_every: cfg.snapshot_every,
+            snapshot_policy: SnapshotPolicy {
+                every: cfg.snapshot_every,
+                min_interval: cfg.snapshot_min_interval,
+            },
             tick: cfg.tick,
             heard: BTreeMap::new(),
         };
@@ -684,6 +693,7 @@ impl<SM: StateMachine> Node<SM> {
         self.applied = index;
         self.conf_index = index;
         self.last_snapshot = index;
+        self.last_snapshot_at = Instant::now();
         // Proposals at or below the snapshot may or may not be in it.
         let rest = self.pending.split_off(&(index + 1));
         for (i, p) in std::mem::replace(&mut self.pending, rest) {
@@ -789,14 +799,20 @@ impl<SM: StateMachine> Node<SM> {
         Ok(Ok(Vec::new()))
     }
 
-    /// Every `snapshot_every` applied entries: snapshot the state machine and compact the
-    /// log, keeping a tail of `snapshot_every / 4` entries so a follower that is only a
-    /// little behind still catches up from the log.
+    /// When [`SnapshotPolicy::due`]: snapshot the state machine and compact the log,
+    /// keeping a tail of `snapshot_every / 4` entries so a follower that is only a little
+    /// behind still catches up from the log.
     fn snapshot_if_due(&mut self) -> Result<(), RaftError> {
-        let wanted = self.storage.take_snapshot_wanted() && self.applied > self.last_snapshot;
-        if !wanted && self.applied < self.last_snapshot + self.snapshot_every {
+        let due = self.snapshot_policy.due(SnapshotInputs {
+            applied: self.applied,
+            last_snapshot: self.last_snapshot,
+            since_last: self.last_snapshot_at.elapsed(),
+            wanted: self.storage.snapshot_wanted(),
+        });
+        if !due {
             return Ok(());
         }
+        self.storage.take_snapshot_wanted();
         let sm_bytes = lock(&self.sm).snapshot();
         let data = encode_snapshot_data(&self.peers, &sm_bytes);
         let cs = self.raw.raft.prs().conf().to_conf_state();
@@ -805,6 +821,7 @@ impl<SM: StateMachine> Node<SM> {
         let compact_to = (self.applied + 1).saturating_sub(keep);
         self.storage.compact(compact_to)?;
         self.last_snapshot = self.applied;
+        self.last_snapshot_at = Instant::now();
         tracing::debug!(
             node = self.id,
             index = self.applied,
