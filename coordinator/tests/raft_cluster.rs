@@ -502,7 +502,13 @@ async fn whole_cluster_restarts_from_its_own_snapshots_and_compacted_logs() {
     let applied = c.converge(last).await;
     assert_eq!(applied, (0..30).map(cmd).collect::<Vec<_>>());
     for id in 1..=3 {
-        let restores = c.handle(id).state_machine().lock().unwrap().restores.clone();
+        let restores = c
+            .handle(id)
+            .state_machine()
+            .lock()
+            .unwrap()
+            .restores
+            .clone();
         let own = usize::try_from(snap_before[&id]).unwrap();
         assert!(
             restores.first().is_some_and(|n| *n > 0 && *n < own),

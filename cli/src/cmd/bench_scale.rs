@@ -299,7 +299,8 @@ mod tests {
 
     #[test]
     fn stat_cpu_ticks_counts_fields_after_the_command_name() {
-        let line = "4242 (tandem node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        let line =
+            "4242 (tandem node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
         assert_eq!(stat_cpu_ticks(line), Some(300));
         assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);

@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 
 use super::cmd::{is_blocked, Blocked, Cmd, Parts, Reply};
 pub use super::cmd::{Committed, MembershipChange};
+use super::snapshot_policy::{SnapshotInputs, SnapshotPolicy};
 use super::storage::error::StorageError;
 use super::storage::format::{decode_peers, encode_peers};
-use super::snapshot_policy::{SnapshotInputs, SnapshotPolicy};
 use super::storage::sled_store::SledStorage;
 use super::transport::{self, PeerSender, PeerService};
 use super::{RaftError, RaftNodeConfig, StateMachine};

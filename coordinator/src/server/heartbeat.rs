@@ -186,7 +186,11 @@ pub const PROGRESS_REFRESH_MS: i64 = 10_000;
 /// [`PROGRESS_REFRESH_MS`]. The committed progress feeds data-loss windows; with many idle
 /// groups, committing every figure at every heartbeat made the raft log grow with the
 /// groups (issue 20). Pure.
-pub fn progress_worth_committing(committed: Option<&Progress>, p: &GroupProgress, now: i64) -> bool {
+pub fn progress_worth_committing(
+    committed: Option<&Progress>,
+    p: &GroupProgress,
+    now: i64,
+) -> bool {
     let Some(c) = committed else {
         return true;
     };
@@ -353,7 +357,11 @@ mod tests {
             (report(Role::Primary), 50_000 + PROGRESS_REFRESH_MS, true),
             (report(Role::Replica), 50_000 + PROGRESS_REFRESH_MS, false),
             (report(Role::Replica), 52_000 + PROGRESS_REFRESH_MS, true),
-            (with(Role::Primary, |p| p.last_captured_seq = Seq(101)), now, true),
+            (
+                with(Role::Primary, |p| p.last_captured_seq = Seq(101)),
+                now,
+                true,
+            ),
             (with(Role::Primary, |p| p.rpo_ms = 0), now, true),
             (with(Role::Primary, |p| p.bytes_pending = 0), now, true),
             (with(Role::Replica, |p| p.durable_seq = Seq(91)), now, true),
@@ -372,6 +380,10 @@ mod tests {
             primary_report_ms: None,
             ..committed()
         };
-        assert!(progress_worth_committing(Some(&never), &report(Role::Primary), now));
+        assert!(progress_worth_committing(
+            Some(&never),
+            &report(Role::Primary),
+            now
+        ));
     }
 }

@@ -727,7 +727,8 @@ mod tests {
     fn snapshot_bytes_live_apart_and_only_the_latest_is_kept() {
         let s = storage_3_to_5();
         let cs = s.conf_state().0;
-        s.create_snapshot(4, cs.clone(), b"state@4".to_vec()).unwrap();
+        s.create_snapshot(4, cs.clone(), b"state@4".to_vec())
+            .unwrap();
         s.create_snapshot(5, cs, b"state@5".to_vec()).unwrap();
         assert_eq!(s.snapshot_data().unwrap(), b"state@5");
         let (n, bytes) = s.snapshot_footprint().unwrap();
