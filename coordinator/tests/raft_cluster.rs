@@ -50,10 +50,15 @@ struct Cluster {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     snapshot_every: u64,
+    snapshot_min_interval: Duration,
 }
 
 impl Cluster {
     async fn new(n: u64, snapshot_every: u64) -> Cluster {
+        Cluster::with_interval(n, snapshot_every, Duration::ZERO).await
+    }
+
+    async fn with_interval(n: u64, snapshot_every: u64, min_interval: Duration) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut listeners = BTreeMap::new();
         let mut peers = BTreeMap::new();
@@ -72,6 +77,7 @@ impl Cluster {
             dir: tmp.path().to_path_buf(),
             _tmp: tmp,
             snapshot_every,
+            snapshot_min_interval: min_interval,
         };
         for (id, l) in listeners {
             c.launch(id, l).await;
@@ -90,6 +96,7 @@ impl Cluster {
         cfg.election_tick = 10;
         cfg.heartbeat_tick = 2;
         cfg.snapshot_every = self.snapshot_every;
+        cfg.snapshot_min_interval = self.snapshot_min_interval;
         cfg.propose_timeout = Duration::from_secs(3);
         let handle = start(cfg, LogSm::default()).await.unwrap();
         let (stop, stop_rx) = oneshot::channel::<()>();
@@ -459,5 +466,86 @@ async fn added_voter_catches_up_by_snapshot_and_then_votes() {
     let st = c.handle(4);
     st.wait_applied(last, Duration::from_secs(5)).await.unwrap();
     assert_eq!(st.status().voters, vec![2, 3, 4]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restarts_from_its_own_snapshots_and_compacted_logs() {
+    // 1. Three nodes, snapshot and compact every 5 entries; 30 commands.
+    let mut c = Cluster::new(3, 5).await;
+    let mut last = 0;
+    for i in 0..30 {
+        last = c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    c.converge(last).await;
+    // 2. Every node snapshotted past the bootstrap snapshot and compacted its log.
+    let mut snap_before = BTreeMap::new();
+    for id in 1..=3 {
+        let st = c.handle(id).status();
+        assert!(
+            st.snapshot_index > 1 && st.snapshot_index <= st.applied,
+            "node {id}: {st:?}"
+        );
+        snap_before.insert(id, st.snapshot_index);
+    }
+
+    // 3. Stop all three, start all three from their data dirs.
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id).await;
+    }
+
+    // 4. Each rebuilt its state from its own snapshot (not from the bootstrap one, not
+    //    from a peer: the first restore holds what its snapshot held), then the log after it.
+    let applied = c.converge(last).await;
+    assert_eq!(applied, (0..30).map(cmd).collect::<Vec<_>>());
+    for id in 1..=3 {
+        let restores = c
+            .handle(id)
+            .state_machine()
+            .lock()
+            .unwrap()
+            .restores
+            .clone();
+        let own = usize::try_from(snap_before[&id]).unwrap();
+        assert!(
+            restores.first().is_some_and(|n| *n > 0 && *n < own),
+            "node {id}: restores {restores:?}, its snapshot was at index {own}"
+        );
+    }
+
+    // 5. The restarted cluster keeps committing and snapshotting.
+    for i in 30..40 {
+        last = c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    assert_eq!(c.converge(last).await, (0..40).map(cmd).collect::<Vec<_>>());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_wait_for_the_least_interval_until_the_log_reaches_its_cap() {
+    // 1. Snapshot every 5 entries but at most once a minute: 40 entries take no snapshot
+    //    (the bootstrap snapshot is at index 1).
+    let c = Cluster::with_interval(3, 5, Duration::from_secs(60)).await;
+    let mut last = 0;
+    for i in 0..40 {
+        last = c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    c.converge(last).await;
+    for h in c.live() {
+        assert_eq!(h.status().snapshot_index, 1, "node {}", h.id());
+    }
+
+    // 2. Past 16 x 5 entries the log is compacted whatever the time.
+    for i in 40..90 {
+        last = c.propose(&cmd(i), Duration::from_secs(5)).await;
+    }
+    c.converge(last).await;
+    for h in c.live() {
+        let st = h.status();
+        assert!(st.snapshot_index >= 80, "node {}: {st:?}", h.id());
+    }
     c.shutdown().await;
 }

@@ -1,4 +1,4 @@
-//! `tandem bench coordinator|replication|recover|sqlite`: measurements against real local processes (the
+//! `tandem bench coordinator|replication|recover|sqlite|scale`: measurements against real local processes (the
 //! figures in docs/BENCHMARKS.md come from here and from the criterion benches).
 
 use crate::cmd::status::{fetch, runtime};
@@ -33,6 +33,9 @@ pub enum BenchCmd {
     /// transaction (commit to visible in the replica's file) beside the RPO `tandem status`
     /// reported meanwhile, and whether status told the truth.
     Sqlite(SqliteArgs),
+    /// Many small async groups on 3 coordinators and 2 replicators: status latency, raft
+    /// commits per second, coordinator CPU, memory, disk writes and raft store size.
+    Scale(crate::cmd::bench_scale::ScaleArgs),
 }
 
 /// Arguments of `tandem bench sqlite`.
@@ -132,10 +135,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Replication(a) => replication(a),
         BenchCmd::Recover(a) => recover(a),
         BenchCmd::Sqlite(a) => sqlite(a),
+        BenchCmd::Scale(a) => crate::cmd::bench_scale::run(a),
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -143,8 +147,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-struct Cluster {
-    dir: PathBuf,
+pub(crate) struct Cluster {
+    pub(crate) dir: PathBuf,
     temp: bool,
 }
 
@@ -157,7 +161,7 @@ impl Drop for Cluster {
     }
 }
 
-fn cluster(
+pub(crate) fn cluster(
     dir: Option<&Path>,
     mode: &str,
     volume_mib: u64,

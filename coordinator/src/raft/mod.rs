@@ -5,6 +5,7 @@
 //! - [`transport`]: the `RaftPeer` gRPC service and one bounded sender per peer.
 //! - [`cmd`]: the commands the raft thread takes and what it answers.
 //! - [`log`]: a slog drain that forwards raft-rs's logs to `tracing`.
+//! - [`snapshot_policy`]: when a snapshot is taken and the log compacted (pure).
 //!
 //! Start a node with [`start`], add [`peer_service`] to the node's tonic server, and propose
 //! commands with [`RaftHandle::propose`]. The replicated state machine is any
@@ -18,6 +19,7 @@
 pub mod cmd;
 pub mod log;
 pub mod node;
+pub mod snapshot_policy;
 pub mod storage;
 pub mod transport;
 
@@ -128,8 +130,12 @@ pub struct RaftNodeConfig {
     pub election_tick: usize,
     /// Heartbeat interval in ticks.
     pub heartbeat_tick: usize,
-    /// Take a state machine snapshot and compact the log every this many applied entries.
+    /// Take a state machine snapshot and compact the log every this many applied entries
+    /// (no sooner than `snapshot_min_interval`; see [`snapshot_policy`]).
     pub snapshot_every: u64,
+    /// Least time between two snapshots taken to compact the log: a snapshot is the whole
+    /// state machine, so with many groups it must not follow the commit rate.
+    pub snapshot_min_interval: Duration,
     /// How long [`RaftHandle::propose`] waits for the entry to apply locally.
     pub propose_timeout: Duration,
     /// Start with no configuration and wait to be added by [`RaftHandle::change_membership`]
@@ -144,7 +150,7 @@ pub struct RaftNodeConfig {
 
 impl RaftNodeConfig {
     /// A config with defaults: 100 ms tick, election 10 ticks, heartbeat 3 ticks, snapshot
-    /// every 1000 entries, 5 s proposal timeout.
+    /// every 1000 entries with no least interval, 5 s proposal timeout.
     pub fn new(id: u64, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
         RaftNodeConfig {
             id,
@@ -154,6 +160,7 @@ impl RaftNodeConfig {
             election_tick: 10,
             heartbeat_tick: 3,
             snapshot_every: 1000,
+            snapshot_min_interval: Duration::ZERO,
             propose_timeout: Duration::from_secs(5),
             join: false,
             net: tandem_core::net::Net::plaintext(),

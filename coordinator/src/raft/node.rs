@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::cmd::{is_blocked, Blocked, Cmd, Parts, Reply};
 pub use super::cmd::{Committed, MembershipChange};
+use super::snapshot_policy::{SnapshotInputs, SnapshotPolicy};
 use super::storage::error::StorageError;
 use super::storage::format::{decode_peers, encode_peers};
 use super::storage::sled_store::SledStorage;
@@ -402,7 +403,14 @@ struct Node<SM> {
     applied: u64,
     conf_index: u64,
     last_snapshot: u64,
+    /// When the stored snapshot was taken (or the node started).
+    last_snapshot_at: Instant,
+    /// Bytes of the entries applied since the stored snapshot.
+    log_bytes: u64,
+    /// Size of the stored snapshot.
+    snapshot_bytes: u64,
     snapshot_every: u64,
+    snapshot_policy: SnapshotPolicy,
     tick: Duration,
     /// When a raft message from each peer last arrived.
     heard: BTreeMap<u64, Instant>,
@@ -433,8 +441,10 @@ impl<SM: StateMachine> Node<SM> {
             storage.apply_snapshot(snap)?;
         }
         let snap = storage.snapshot_metadata();
+        let mut snapshot_bytes = 0;
         if snap.index > 0 {
             let data = storage.snapshot_data()?;
+            snapshot_bytes = data.len() as u64;
             let (snap_peers, sm_bytes) = decode_snapshot_data(&data).map_err(RaftError::Restore)?;
             lock(&sm).restore(sm_bytes).map_err(RaftError::Restore)?;
             for (id, addr) in snap_peers {
@@ -469,7 +479,14 @@ impl<SM: StateMachine> Node<SM> {
             applied: snap.index,
             conf_index,
             last_snapshot: snap.index,
+            last_snapshot_at: Instant::now(),
+            log_bytes: 0,
+            snapshot_bytes,
             snapshot_every: cfg.snapshot_every,
+            snapshot_policy: SnapshotPolicy {
+                every: cfg.snapshot_every,
+                min_interval: cfg.snapshot_min_interval,
+            },
             tick: cfg.tick,
             heard: BTreeMap::new(),
         };
@@ -684,6 +701,9 @@ impl<SM: StateMachine> Node<SM> {
         self.applied = index;
         self.conf_index = index;
         self.last_snapshot = index;
+        self.last_snapshot_at = Instant::now();
+        self.log_bytes = 0;
+        self.snapshot_bytes = data.len() as u64;
         // Proposals at or below the snapshot may or may not be in it.
         let rest = self.pending.split_off(&(index + 1));
         for (i, p) in std::mem::replace(&mut self.pending, rest) {
@@ -701,6 +721,7 @@ impl<SM: StateMachine> Node<SM> {
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for e in entries {
             let index = e.index;
+            self.log_bytes += e.data.len() as u64;
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => Ok(Vec::new()),
                 EntryType::EntryNormal => Ok(lock(&self.sm).apply(index, &e.data)),
@@ -789,22 +810,33 @@ impl<SM: StateMachine> Node<SM> {
         Ok(Ok(Vec::new()))
     }
 
-    /// Every `snapshot_every` applied entries: snapshot the state machine and compact the
-    /// log, keeping a tail of `snapshot_every / 4` entries so a follower that is only a
-    /// little behind still catches up from the log.
+    /// When [`SnapshotPolicy::due`]: snapshot the state machine and compact the log,
+    /// keeping a tail of `snapshot_every / 4` entries so a follower that is only a little
+    /// behind still catches up from the log.
     fn snapshot_if_due(&mut self) -> Result<(), RaftError> {
-        let wanted = self.storage.take_snapshot_wanted() && self.applied > self.last_snapshot;
-        if !wanted && self.applied < self.last_snapshot + self.snapshot_every {
+        let due = self.snapshot_policy.due(SnapshotInputs {
+            applied: self.applied,
+            last_snapshot: self.last_snapshot,
+            since_last: self.last_snapshot_at.elapsed(),
+            wanted: self.storage.snapshot_wanted(),
+            log_bytes: self.log_bytes,
+            snapshot_bytes: self.snapshot_bytes,
+        });
+        if !due {
             return Ok(());
         }
+        self.storage.take_snapshot_wanted();
         let sm_bytes = lock(&self.sm).snapshot();
         let data = encode_snapshot_data(&self.peers, &sm_bytes);
+        self.snapshot_bytes = data.len() as u64;
         let cs = self.raw.raft.prs().conf().to_conf_state();
         self.storage.create_snapshot(self.applied, cs, data)?;
         let keep = self.snapshot_every / 4;
         let compact_to = (self.applied + 1).saturating_sub(keep);
         self.storage.compact(compact_to)?;
         self.last_snapshot = self.applied;
+        self.last_snapshot_at = Instant::now();
+        self.log_bytes = 0;
         tracing::debug!(
             node = self.id,
             index = self.applied,

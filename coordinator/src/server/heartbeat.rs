@@ -6,7 +6,8 @@ use super::authz::Who;
 use crate::handle::coordinator::{lock, Coordinator};
 use crate::handle::live::{in_sync_protects, replica_caught_up};
 use crate::state::{
-    Command, GroupProgress, GroupState, LeaseRenewal, LeaseStatus as StLease, Role, SiteStatus,
+    Command, GroupProgress, GroupState, LeaseRenewal, LeaseStatus as StLease, Progress, Role,
+    SiteStatus,
 };
 use tandem_core::ids::{Epoch, Seq};
 use tandem_core::net::Caller;
@@ -28,8 +29,20 @@ impl Coordinator {
         // lease the node holds: one commit per heartbeat, whatever the number of groups.
         let (renew, acquire) = self.renewals(r, now);
         let mut cmd = heartbeat_command(r, now);
-        if let Command::Heartbeat { renew: rn, .. } = &mut cmd {
+        if let Command::Heartbeat {
+            renew: rn,
+            progress,
+            ..
+        } = &mut cmd
+        {
             *rn = renew;
+            // Only the figures that moved, and each group's at least every
+            // PROGRESS_REFRESH_MS: an idle group costs no log bytes at every heartbeat.
+            self.read(|s| {
+                progress.retain(|p| {
+                    progress_worth_committing(s.group(&p.group).map(|g| &g.progress), p, now)
+                })
+            });
         }
         let _ = self.propose_cmd(cmd).await;
         self.protect_caught_up(r, now).await;
@@ -186,6 +199,42 @@ impl Coordinator {
     }
 }
 
+/// How old a group's committed progress (for the reporting role) may grow while its figures
+/// do not move before a heartbeat commits them again.
+pub const PROGRESS_REFRESH_MS: i64 = 10_000;
+
+/// Whether the progress `p` a heartbeat reports is worth a place in the committed heartbeat,
+/// given the group's committed progress (`None`: an unknown group, left to the state to
+/// ignore): when it moves a figure (epoch, durable seq; for a primary also captured seq, RPO
+/// or bytes pending), or when the committed report of that role is older than
+/// [`PROGRESS_REFRESH_MS`]. The committed progress feeds data-loss windows; with many idle
+/// groups, committing every figure at every heartbeat made the raft log grow with the
+/// groups (issue 20). Pure.
+pub fn progress_worth_committing(
+    committed: Option<&Progress>,
+    p: &GroupProgress,
+    now: i64,
+) -> bool {
+    let Some(c) = committed else {
+        return true;
+    };
+    let reported = match p.role {
+        Role::Primary => c.primary_report_ms,
+        Role::Replica => c.replica_report_ms,
+    };
+    let stale = match reported {
+        None => true,
+        Some(at) => now.saturating_sub(at) >= PROGRESS_REFRESH_MS,
+    };
+    let moved = p.epoch != c.epoch
+        || p.durable_seq > c.durable_seq
+        || (p.role == Role::Primary
+            && (p.last_captured_seq > c.last_captured_seq
+                || p.rpo_ms != c.rpo_ms
+                || p.bytes_pending != c.bytes_pending));
+    stale || moved
+}
+
 /// The `heartbeat` state-machine command for a replicator's heartbeat request received at
 /// `now`: the progress of its primary and replica groups, RPO computed from the oldest
 /// unacknowledged capture time (reports of another role are dropped). Pure: the
@@ -286,5 +335,79 @@ impl Coordinator {
             warn!(node = %r.node, %site, dropped = ?shown, "heartbeat reports groups that are not this site's in the topology; ignored");
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed() -> Progress {
+        Progress {
+            epoch: Epoch(3),
+            last_captured_seq: Seq(100),
+            durable_seq: Seq(90),
+            rpo_ms: 200,
+            bytes_pending: 4096,
+            primary_report_ms: Some(50_000),
+            replica_report_ms: Some(52_000),
+        }
+    }
+
+    fn report(role: Role) -> GroupProgress {
+        GroupProgress {
+            group: "vol".into(),
+            role,
+            epoch: Epoch(3),
+            last_captured_seq: Seq(100),
+            durable_seq: Seq(90),
+            rpo_ms: 200,
+            bytes_pending: 4096,
+        }
+    }
+
+    #[test]
+    fn idle_progress_is_committed_only_when_it_moves_or_grows_old() {
+        let now = 55_000;
+        let c = committed();
+        let with = |role, f: fn(&mut GroupProgress)| {
+            let mut p = report(role);
+            f(&mut p);
+            p
+        };
+        let tests: Vec<(GroupProgress, i64, bool)> = vec![
+            (report(Role::Primary), now, false),
+            (report(Role::Replica), now, false),
+            (report(Role::Primary), 50_000 + PROGRESS_REFRESH_MS, true),
+            (report(Role::Replica), 50_000 + PROGRESS_REFRESH_MS, false),
+            (report(Role::Replica), 52_000 + PROGRESS_REFRESH_MS, true),
+            (
+                with(Role::Primary, |p| p.last_captured_seq = Seq(101)),
+                now,
+                true,
+            ),
+            (with(Role::Primary, |p| p.rpo_ms = 0), now, true),
+            (with(Role::Primary, |p| p.bytes_pending = 0), now, true),
+            (with(Role::Replica, |p| p.durable_seq = Seq(91)), now, true),
+            (with(Role::Replica, |p| p.epoch = Epoch(4)), now, true),
+            // A replica's view of the primary's figures is not its to move.
+            (with(Role::Replica, |p| p.rpo_ms = 7), now, false),
+            // Lower figures than committed move nothing (the state keeps the highest).
+            (with(Role::Primary, |p| p.durable_seq = Seq(80)), now, false),
+        ];
+        for (i, (p, at, want)) in tests.into_iter().enumerate() {
+            let got = progress_worth_committing(Some(&c), &p, at);
+            assert_eq!(got, want, "#{i}: {p:?} at {at}: expect {want}, got {got}");
+        }
+        assert!(progress_worth_committing(None, &report(Role::Primary), now));
+        let never = Progress {
+            primary_report_ms: None,
+            ..committed()
+        };
+        assert!(progress_worth_committing(
+            Some(&never),
+            &report(Role::Primary),
+            now
+        ));
     }
 }

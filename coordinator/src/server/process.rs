@@ -5,7 +5,7 @@
 use crate::handle::coordinator::{lock, Coordinator, CoordinatorSm, Inner};
 use crate::handle::live::Live;
 use crate::raft::{self, RaftError, RaftNodeConfig};
-use crate::state::Command;
+use crate::state::{Command, GroupRpo};
 use crate::state::{GroupState, SiteStatus, COORDINATOR_ACTOR};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -69,7 +69,10 @@ pub async fn run(
     let net = Net::for_node(&topo, &name).map_err(|e| ServerError::Topology(e.to_string()))?;
     net.spawn_reloader();
     let mut cfg = RaftNodeConfig::new(id, peers, data_dir.join("raft"));
+    // A snapshot is the whole state (it grows with the groups): at most one per 30 s for
+    // compaction, however fast heartbeats and RPO samples commit (issue 20).
     cfg.snapshot_every = 2000;
+    cfg.snapshot_min_interval = Duration::from_secs(30);
     cfg.net = net.clone();
     cfg.peer_names = names.clone();
     let handle = raft::start(cfg, CoordinatorSm::default()).await?;
@@ -347,13 +350,22 @@ async fn sample_rpo(c: &Coordinator, now: i64) {
     if !due {
         return;
     }
+    // One commit for every group (issue 20: one per group was O(groups) commits per interval,
+    // proposed one after the other, and fell behind the interval at a thousand groups).
     let doc = c.status_doc(false);
-    for g in doc.groups {
+    let samples: Vec<GroupRpo> = doc
+        .groups
+        .iter()
+        .map(|g| GroupRpo {
+            group: g.name.clone(),
+            rpo_ms: u64::try_from(g.rpo_ms.max(0)).unwrap_or(0),
+        })
+        .collect();
+    for chunk in samples.chunks(crate::state::MAX_ENTRIES) {
         let _ = c
-            .propose_cmd(Command::RpoSample {
+            .propose_cmd(Command::RpoSamples {
                 at_ms: 0,
-                group: g.name.clone(),
-                rpo_ms: u64::try_from(g.rpo_ms.max(0)).unwrap_or(0),
+                samples: chunk.to_vec(),
             })
             .await;
     }

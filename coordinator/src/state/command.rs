@@ -207,6 +207,15 @@ pub enum Command {
         /// RPO now.
         rpo_ms: u64,
     },
+    /// The RPO samples of many groups in one commit (the leader's sampler sends one per
+    /// interval, whatever the number of groups): each as [`Command::RpoSample`] would; a
+    /// group the state does not know is skipped, the others are sampled.
+    RpoSamples {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// One sample per group.
+        samples: Vec<GroupRpo>,
+    },
     /// A generic audit record (operator commands, runbook steps, verify results). Only
     /// [`AuditKind::is_recordable`] kinds; `detail` may not contain floating-point numbers.
     Record {
@@ -313,6 +322,15 @@ pub enum Command {
     },
 }
 
+/// One group's RPO in [`Command::RpoSamples`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRpo {
+    /// Group.
+    pub group: String,
+    /// RPO now.
+    pub rpo_ms: u64,
+}
+
 /// One lease renewed with a heartbeat ([`Command::Heartbeat`]'s `renew`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRenewal {
@@ -359,6 +377,7 @@ impl Command {
             | Command::SiteDown { at_ms, .. }
             | Command::SiteUp { at_ms, .. }
             | Command::RpoSample { at_ms, .. }
+            | Command::RpoSamples { at_ms, .. }
             | Command::Record { at_ms, .. }
             | Command::StartRun { at_ms, .. }
             | Command::RunEvent { at_ms, .. }
@@ -386,6 +405,7 @@ impl Command {
             | Command::SiteDown { at_ms, .. }
             | Command::SiteUp { at_ms, .. }
             | Command::RpoSample { at_ms, .. }
+            | Command::RpoSamples { at_ms, .. }
             | Command::Record { at_ms, .. }
             | Command::StartRun { at_ms, .. }
             | Command::RunEvent { at_ms, .. }
@@ -413,6 +433,7 @@ impl Command {
             Command::SiteDown { .. } => "site_down",
             Command::SiteUp { .. } => "site_up",
             Command::RpoSample { .. } => "rpo_sample",
+            Command::RpoSamples { .. } => "rpo_samples",
             Command::Record { .. } => "record",
             Command::StartRun { .. } => "start_run",
             Command::RunEvent { .. } => "run_event",
@@ -441,6 +462,7 @@ impl Command {
             | Command::SiteDown { .. }
             | Command::SiteUp { .. }
             | Command::RpoSample { .. }
+            | Command::RpoSamples { .. }
             | Command::Record { .. }
             | Command::StartRun { .. }
             | Command::RunEvent { .. }

@@ -156,6 +156,12 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_len("site", site, MAX_NAME_LEN)?;
         }
         Command::RpoSample { group, .. } => check_len("group", group, MAX_NAME_LEN)?,
+        Command::RpoSamples { samples, .. } => {
+            check_count("samples", samples.len())?;
+            for s in samples {
+                check_len("samples.group", &s.group, MAX_NAME_LEN)?;
+            }
+        }
         Command::StartRun {
             run_id,
             group,

@@ -14,7 +14,7 @@
 //!   `set_group_state`, `pause_replication`, `resume_replication`) append one `refused` audit
 //!   record, and so does a `start_run` refused for residency (a plan placing data outside the
 //!   group's `allowed_jurisdictions`). Refusals of high-rate commands (`heartbeat`, `acquire_lease`, `renew_lease`,
-//!   `site_down`, `site_up`, `rpo_sample`, `record`) and of commands over the size limits are not
+//!   `site_down`, `site_up`, `rpo_sample`, `rpo_samples`, `record`) and of commands over the size limits are not
 //!   recorded, so a retrying replicator cannot flood the chain. `clock_ms` does not advance on a
 //!   refusal.
 //! - Leases never depend on heartbeats: only `acquire_lease`/`renew_lease` extend a lease, so
@@ -63,7 +63,7 @@ mod site;
 mod snapshot;
 
 pub use self::action::is_due_date;
-pub use self::command::{Command, LeaseRenewal};
+pub use self::command::{Command, GroupRpo, LeaseRenewal};
 pub use self::event::Event;
 pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN};
 pub use self::machine::State;
@@ -215,6 +215,13 @@ fn dispatch(
         Command::SiteDown { site, .. } => site_status(state, ev, now, site, false, None),
         Command::SiteUp { site, .. } => site_status(state, ev, now, site, true, None),
         Command::RpoSample { group, rpo_ms, .. } => rpo_sample(state, ev, now, group, *rpo_ms),
+        Command::RpoSamples { samples, .. } => {
+            for s in samples {
+                // An unknown group is refused before anything changes: skip it.
+                let _ = rpo_sample(state, ev, now, &s.group, s.rpo_ms);
+            }
+            Ok(())
+        }
         Command::Record {
             actor,
             kind,

@@ -136,9 +136,10 @@ pub struct Progress {
     pub rpo_ms: u64,
     /// Bytes journaled and not yet acknowledged.
     pub bytes_pending: u64,
-    /// When the primary last reported.
+    /// When a report of the primary was last committed (heartbeats commit a group's figures
+    /// when they move, and at least every 10 s while the primary reports).
     pub primary_report_ms: Option<i64>,
-    /// When the replica last reported.
+    /// When a report of the replica was last committed (as for the primary).
     pub replica_report_ms: Option<i64>,
 }
 

@@ -102,15 +102,31 @@ pub(super) const K_TRUNCATED: &[u8] = b"m:truncated";
 
 pub(super) const K_SNAP_META: &[u8] = b"m:snap_meta";
 
+/// Where the snapshot bytes lived before they got a tree of their own (read once, to move
+/// them, when a store of the old layout is opened).
 pub(super) const K_SNAP_DATA: &[u8] = b"m:snap_data";
+
+/// The sled tree that holds the snapshot bytes, apart from the log and the metadata: sled
+/// rewrites a whole node when it consolidates the deltas of any key in it, so a snapshot
+/// kept beside the hard state (written at every commit) was rewritten tens of times a second.
+pub(super) const SNAP_TREE: &[u8] = b"snapshots";
+
+/// Key of the snapshot taken at `index` in [`SNAP_TREE`]: `s` + big-endian index.
+pub(super) fn snap_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b's';
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
 
 pub(super) const K_PEERS: &[u8] = b"m:peers";
 
 fn key_name(key: &[u8]) -> String {
-    if key.len() == 9 && key[0] == b'e' {
+    if key.len() == 9 && (key[0] == b'e' || key[0] == b's') {
         let mut b = [0u8; 8];
         b.copy_from_slice(&key[1..]);
-        format!("entry {}", u64::from_be_bytes(b))
+        let what = if key[0] == b'e' { "entry" } else { "snapshot" };
+        format!("{what} {}", u64::from_be_bytes(b))
     } else {
         String::from_utf8_lossy(key).into_owned()
     }

@@ -14,8 +14,8 @@ use raft::{GetEntriesContext, RaftState, Storage};
 use super::error::StorageError;
 use super::format::{
     corrupt, decode_pb, decode_peers, encode_pb, encode_peers, entry_key, open_sealed, seal,
-    seal_u64_pair, u64_pair, K_CONF_STATE, K_HARD_STATE, K_PEERS, K_SNAP_DATA, K_SNAP_META,
-    K_TRUNCATED,
+    seal_u64_pair, snap_key, u64_pair, K_CONF_STATE, K_HARD_STATE, K_PEERS, K_SNAP_DATA,
+    K_SNAP_META, K_TRUNCATED, SNAP_TREE,
 };
 
 /// The in-memory mirror of the small metadata, so `Storage` reads do not touch sled.
@@ -38,6 +38,9 @@ struct Meta {
 #[derive(Clone)]
 pub struct SledStorage {
     db: sled::Db,
+    /// The snapshot bytes, by index (only the one the metadata names is kept), in a tree of
+    /// their own so writes to the log and the hard state never rewrite them.
+    snaps: sled::Tree,
     /// The folder sled keeps its files in (`None` for a temporary database): fsynced with
     /// every flush, so files sled created or renamed (its log, snapshots, blobs) keep their
     /// names through a power loss (sled syncs the files, not the folders).
@@ -74,6 +77,19 @@ fn sync_file(path: &Path) -> Result<(), StorageError> {
             source,
         }),
     }
+}
+
+/// Removes every snapshot in `snaps` but the one at `keep` (older ones, or one written by a
+/// run that stopped before its metadata).
+fn prune_snapshots(snaps: &sled::Tree, keep: u64) -> Result<(), StorageError> {
+    let keep = snap_key(keep);
+    for k in snaps.iter().keys() {
+        let k = k?;
+        if k[..] != keep[..] {
+            snaps.remove(k)?;
+        }
+    }
+    Ok(())
 }
 
 /// True for sled's "could not acquire lock" error (EWOULDBLOCK on the folder's lock file).
@@ -188,6 +204,13 @@ impl SledStorage {
         if let Some(v) = db.get(K_SNAP_META)? {
             meta.snap_meta = decode_pb(K_SNAP_META, &v)?;
         }
+        let snaps = db.open_tree(SNAP_TREE)?;
+        if let Some(v) = db.get(K_SNAP_DATA)? {
+            // The older layout: move the bytes to their tree, then forget the old key.
+            snaps.insert(snap_key(meta.snap_meta.index), v)?;
+            db.remove(K_SNAP_DATA)?;
+        }
+        prune_snapshots(&snaps, meta.snap_meta.index)?;
         meta.last_index = meta.truncated.0;
         if let Some((k, v)) = db.scan_prefix(b"e").next_back().transpose()? {
             let e: Entry = decode_pb(&k, &v)?;
@@ -195,6 +218,7 @@ impl SledStorage {
         }
         Ok(SledStorage {
             db,
+            snaps,
             dir: None,
             synced_blobs: Arc::default(),
             log_file: None,
@@ -324,16 +348,19 @@ impl SledStorage {
             what: "conf state",
             source,
         })?);
+        // The bytes first, under their own index: the metadata below never names bytes that
+        // are not stored.
+        self.snaps.insert(snap_key(meta.index), seal(&snap.data))?;
         let mut batch = sled::Batch::default();
         for i in first..=m.last_index {
             batch.remove(&entry_key(i));
         }
         batch.insert(K_SNAP_META, encode_pb("snapshot metadata", &meta)?);
-        batch.insert(K_SNAP_DATA, seal(&snap.data));
         batch.insert(K_TRUNCATED, seal_u64_pair(meta.index, meta.term));
         batch.insert(K_HARD_STATE, encode_pb("hard state", &hs)?);
         batch.insert(K_CONF_STATE, seal(&cs_p));
         self.db.apply_batch(batch)?;
+        prune_snapshots(&self.snaps, meta.index)?;
         m.hard_state = hs;
         m.conf_state = cs;
         m.conf_index = meta.index;
@@ -367,10 +394,11 @@ impl SledStorage {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(conf_state);
-        let mut batch = sled::Batch::default();
-        batch.insert(K_SNAP_META, encode_pb("snapshot metadata", &meta)?);
-        batch.insert(K_SNAP_DATA, seal(&data));
-        self.db.apply_batch(batch)?;
+        // The bytes first, then the metadata that names them, then the older bytes go.
+        self.snaps.insert(snap_key(index), seal(&data))?;
+        self.db
+            .insert(K_SNAP_META, encode_pb("snapshot metadata", &meta)?)?;
+        prune_snapshots(&self.snaps, index)?;
         self.wl().snap_meta = meta;
         Ok(())
     }
@@ -466,12 +494,34 @@ impl SledStorage {
     /// # Errors
     /// Corrupt value or sled fails.
     pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
-        match self.db.get(K_SNAP_DATA)? {
-            None => Ok(Vec::new()),
-            Some(v) => Ok(open_sealed(&v)
-                .map_err(|r| corrupt(K_SNAP_DATA, r))?
-                .to_vec()),
+        let index = self.rl().snap_meta.index;
+        let key = snap_key(index);
+        match self.snaps.get(key)? {
+            None if index == 0 => Ok(Vec::new()),
+            None => Err(corrupt(&key, "the snapshot the metadata names is missing")),
+            Some(v) => Ok(open_sealed(&v).map_err(|r| corrupt(&key, r))?.to_vec()),
         }
+    }
+
+    /// How many snapshots the store holds and their total size in bytes (one once a
+    /// snapshot is complete; two only between writing a new one and removing the old).
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn snapshot_footprint(&self) -> Result<(usize, u64), StorageError> {
+        let mut n = 0;
+        let mut bytes = 0;
+        for kv in self.snaps.iter() {
+            let (_, v) = kv?;
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Whether raft asked for a newer snapshot than the stored one (the flag stays set).
+    pub fn snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.load(Ordering::Acquire)
     }
 
     /// Whether raft asked for a newer snapshot than the stored one; clears the flag.
@@ -671,6 +721,56 @@ mod tests {
             s.peers().unwrap().get(&1).map(String::as_str),
             Some("http://a")
         );
+    }
+
+    #[test]
+    fn snapshot_bytes_live_apart_and_only_the_latest_is_kept() {
+        let s = storage_3_to_5();
+        let cs = s.conf_state().0;
+        s.create_snapshot(4, cs.clone(), b"state@4".to_vec())
+            .unwrap();
+        s.create_snapshot(5, cs, b"state@5".to_vec()).unwrap();
+        assert_eq!(s.snapshot_data().unwrap(), b"state@5");
+        let (n, bytes) = s.snapshot_footprint().unwrap();
+        assert_eq!(n, 1, "older snapshots are removed");
+        assert!(bytes >= 7);
+        assert_eq!(s.db.get(K_SNAP_DATA).unwrap(), None, "not beside the log");
+        // The same on a received snapshot.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 9;
+        snap.data = b"leader@9".to_vec().into();
+        s.apply_snapshot(snap).unwrap();
+        assert_eq!(s.snapshot_data().unwrap(), b"leader@9");
+        assert_eq!(s.snapshot_footprint().unwrap().0, 1);
+    }
+
+    #[test]
+    fn store_of_the_older_layout_moves_its_snapshot_on_open() {
+        let db = temp_db();
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 2;
+        meta.term = 1;
+        db.insert(K_SNAP_META, encode_pb("snapshot metadata", &meta).unwrap())
+            .unwrap();
+        db.insert(K_SNAP_DATA, seal(b"old layout")).unwrap();
+        // A snapshot written by a run that stopped before its metadata: dropped.
+        db.open_tree(SNAP_TREE)
+            .unwrap()
+            .insert(snap_key(7), seal(b"orphan"))
+            .unwrap();
+        let s = SledStorage::from_db(db.clone()).unwrap();
+        assert_eq!(s.snapshot_data().unwrap(), b"old layout");
+        assert_eq!(db.get(K_SNAP_DATA).unwrap(), None);
+        assert_eq!(s.snapshot_footprint().unwrap().0, 1);
+    }
+
+    #[test]
+    fn snapshot_named_but_missing_is_reported() {
+        let s = storage_3_to_5();
+        s.snaps.remove(snap_key(2)).unwrap();
+        let err = s.snapshot_data().unwrap_err();
+        assert!(err.to_string().contains("snapshot 2"), "got {err}");
     }
 
     #[test]

@@ -31,6 +31,56 @@ fn rpo_ring_is_bounded_and_samples_are_audited() {
 }
 
 #[test]
+fn rpo_samples_of_many_groups_commit_as_one_and_skip_unknown_groups() {
+    // One command samples every group as one RpoSample per group would.
+    let mut one_by_one = booted();
+    for (g, rpo) in [("vol", 100), ("db", 9_000)] {
+        apply(
+            &mut one_by_one,
+            &Command::RpoSample {
+                at_ms: 7,
+                group: g.into(),
+                rpo_ms: rpo,
+            },
+        )
+        .unwrap();
+    }
+    let mut batched = booted();
+    let sample = |group: &str, rpo_ms| GroupRpo {
+        group: group.into(),
+        rpo_ms,
+    };
+    let ev = apply(
+        &mut batched,
+        &Command::RpoSamples {
+            at_ms: 7,
+            samples: vec![sample("vol", 100), sample("ghost", 5), sample("db", 9_000)],
+        },
+    )
+    .unwrap();
+    let sampled = ev
+        .iter()
+        .filter(|e| matches!(e, Event::RpoSampled { .. }))
+        .count();
+    assert_eq!(sampled, 2, "the unknown group is skipped: {ev:?}");
+    assert_eq!(to_json(&batched), to_json(&one_by_one));
+    // Too many samples in one command are refused whole, unaudited.
+    let many = (0..=MAX_ENTRIES).map(|_| sample("vol", 1)).collect();
+    let before = batched.audit().len();
+    assert!(matches!(
+        apply(
+            &mut batched,
+            &Command::RpoSamples {
+                at_ms: 8,
+                samples: many
+            }
+        ),
+        Err(Rejection::FieldLength { .. })
+    ));
+    assert_eq!(batched.audit().len(), before);
+}
+
+#[test]
 fn record_refuses_internal_kinds_floats_and_unknown_groups() {
     let mut s = booted();
     let rec = |kind, group: Option<&str>, detail| Command::Record {

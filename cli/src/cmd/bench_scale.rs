@@ -1,0 +1,327 @@
+//! `tandem bench scale`: many small async groups on 3 local coordinators and 2 replicators
+//! (real processes on loopback, as `bench replication` starts them); reports what the
+//! coordinators cost while the groups idle or take a light write load: `tandem status` latency,
+//! raft commits per second, coordinator CPU, memory and disk writes (from `/proc`), and the
+//! raft store on disk at the end. The figures of "Scale (issue 20)" in docs/BENCHMARKS.md.
+
+use crate::cmd::bench::{cluster, pct};
+use crate::cmd::status::{fetch, runtime};
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_chaos::nbd_client::NbdPool;
+use tandem_chaos::runner::processes as proc;
+
+/// Arguments of `tandem bench scale`.
+#[derive(Debug, ClapArgs)]
+pub struct ScaleArgs {
+    /// Number of async groups (one small volume each, primary hanoi, replica hcm).
+    #[arg(long, default_value = "10")]
+    pub groups: usize,
+    /// Seconds of the measured window (after every group is protected).
+    #[arg(long, default_value = "60")]
+    pub secs: u64,
+    /// Size of each group's volume in MiB.
+    #[arg(long, default_value = "1")]
+    pub volume_mib: u64,
+    /// Light write load: 4 KiB writes per second spread over all groups in turn (0 = idle).
+    #[arg(long, default_value = "0")]
+    pub writes_per_sec: u64,
+    /// How often `tandem status` is asked during the window (ms).
+    #[arg(long, default_value = "500")]
+    pub status_every_ms: u64,
+    /// Most seconds to wait for every group to be protected before the window starts.
+    #[arg(long, default_value = "300")]
+    pub ready_secs: u64,
+    /// Folder for the cluster (default: a temp folder, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// The `[[groups]]` tables of groups 2..=n (group 1 is the `vol` group `cluster` writes).
+pub fn groups_toml(n: usize, volume_mib: u64) -> String {
+    let mut out = String::new();
+    for i in 2..=n {
+        let _ = write!(
+            out,
+            r#"
+[[groups]]
+name = "g{i:04}"
+primary = "hanoi"
+replica = "hcm"
+mode = "async"
+rpo_target = "5s"
+rto_target = "30s"
+journal_max = "16MiB"
+[[groups.resources]]
+name = "d{i:04}"
+kind = "volume"
+size = "{volume_mib}MiB"
+path = "volumes/hanoi/d{i:04}.img"
+replica_path = "volumes/hcm/d{i:04}.img"
+"#
+        );
+    }
+    out
+}
+
+/// The NBD export names of the `n` groups `cluster` + [`groups_toml`] declare.
+fn exports(n: usize) -> Vec<String> {
+    let mut v = vec!["disk0".to_string()];
+    v.extend((2..=n).map(|i| format!("d{i:04}")));
+    v
+}
+
+/// What `/proc` says of one process at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcSample {
+    /// User + system CPU time, clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// Bytes the process caused to be written to storage (`write_bytes`).
+    pub write_bytes: u64,
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line; the command name in
+/// parentheses may hold spaces, so fields are counted after its closing parenthesis.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": field 3 (state) is f[0], so field k is f[k - 3].
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The value of `key` (e.g. `VmRSS:`, `write_bytes:`) in a `/proc` key-value file.
+pub fn proc_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn sample(pid: i32) -> Option<ProcSample> {
+    let rd = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+    Some(ProcSample {
+        cpu_ticks: stat_cpu_ticks(&rd("stat")?)?,
+        rss_kib: proc_field(&rd("status")?, "VmRSS:")?,
+        write_bytes: proc_field(&rd("io")?, "write_bytes:").unwrap_or(0),
+    })
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times: Linux reports them in USER_HZ, which is
+/// 100 on every architecture it exports to user space.
+const USER_HZ: f64 = 100.0;
+
+/// Total bytes and file count under `dir`, and the same for its `blobs` subfolder (sled's
+/// large values).
+fn du(dir: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => {
+                    bytes += m.len();
+                    files += 1;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (bytes, files)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs `tandem bench scale`.
+pub fn run(a: ScaleArgs) -> Result<()> {
+    if a.groups == 0 {
+        return Err(crate::exit::bad_input("--groups must be at least 1"));
+    }
+    let load_before = loadavg();
+    let t_start = Instant::now();
+    let more = groups_toml(a.groups, a.volume_mib);
+    let (c, addrs, nbd_port) = cluster(a.dir.as_deref(), "async", a.volume_mib, "", &more, false)?;
+    let run_dir = c.dir.join("run");
+    let coords = ["c1", "c2", "c3"];
+    let pids: Vec<i32> = coords
+        .iter()
+        .map(|n| proc::read_pid(&run_dir, n))
+        .collect::<Result<_>>()?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        // 1. Every group protected (bounded).
+        let deadline = Instant::now() + Duration::from_secs(a.ready_secs);
+        loop {
+            if let Ok(st) = fetch(&addrs).await {
+                let protected = st.groups.iter().filter(|g| g.state == "protected").count();
+                if st.groups.len() == a.groups && protected == a.groups {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{protected} of {} groups protected after {}s",
+                        a.groups,
+                        a.ready_secs
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let ready_secs = t_start.elapsed().as_secs_f64();
+        // 2. The window: light load, status asked as the CLI asks it, /proc before and after.
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let load = (a.writes_per_sec > 0).then(|| {
+            let (stop, written) = (stop.clone(), written.clone());
+            let addr = SocketAddr::from(([127, 0, 0, 1], nbd_port));
+            let pools: Vec<NbdPool> = exports(a.groups)
+                .into_iter()
+                .map(|e| NbdPool::new(addr, e, 1))
+                .collect();
+            let every = Duration::from_secs_f64(1.0 / a.writes_per_sec as f64);
+            let slots = (a.volume_mib << 20) / 4096;
+            tokio::spawn(async move {
+                let block = tandem_core::mixed::mixed(5, 4096);
+                let mut tick = tokio::time::interval(every);
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    let pool = &pools[(i % pools.len() as u64) as usize];
+                    let off = ((i / pools.len() as u64 * 7919) % slots.max(1)) * 4096;
+                    if pool.write(off, &block, false).await.is_ok() {
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    i += 1;
+                }
+            })
+        });
+        let st0 = fetch(&addrs).await?;
+        let before: Vec<Option<ProcSample>> = pids.iter().map(|p| sample(*p)).collect();
+        let t0 = Instant::now();
+        let mut lat = Vec::new();
+        let mut rss_max = vec![0u64; pids.len()];
+        let mut doc_bytes = 0usize;
+        while t0.elapsed() < Duration::from_secs(a.secs) {
+            let t = Instant::now();
+            match fetch(&addrs).await {
+                Ok(st) => {
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    doc_bytes = serde_json::to_vec(&st).map(|v| v.len()).unwrap_or(0);
+                }
+                Err(e) => tracing::debug!(error = %e, "status failed during the window"),
+            }
+            for (m, p) in rss_max.iter_mut().zip(&pids) {
+                *m = (*m).max(sample(*p).map_or(0, |s| s.rss_kib));
+            }
+            tokio::time::sleep(Duration::from_millis(a.status_every_ms)).await;
+        }
+        let window = t0.elapsed().as_secs_f64();
+        let after: Vec<Option<ProcSample>> = pids.iter().map(|p| sample(*p)).collect();
+        let st1 = fetch(&addrs).await?;
+        stop.store(true, Ordering::SeqCst);
+        if let Some(l) = load {
+            let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
+        }
+        lat.sort_by(|x, y| x.total_cmp(y));
+        let hz = USER_HZ;
+        let mut per_coord = Vec::new();
+        for (i, name) in coords.iter().enumerate() {
+            let (b, e) = (before[i].unwrap_or_default(), after[i].unwrap_or_default());
+            let raft = c.dir.join("data").join(name).join("raft");
+            let (store_bytes, store_files) = du(&raft);
+            let (blob_bytes, blob_files) = du(&raft.join("blobs"));
+            per_coord.push(json!({
+                "node": name,
+                "cpu_pct_of_a_core": (e.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / hz / window * 100.0,
+                "rss_mib_end": e.rss_kib as f64 / 1024.0,
+                "rss_mib_max": rss_max[i] as f64 / 1024.0,
+                "disk_write_mb_per_s": (e.write_bytes.saturating_sub(b.write_bytes)) as f64 / window / 1e6,
+                "raft_store_mb_end": store_bytes as f64 / 1e6,
+                "raft_store_files": store_files,
+                "sled_blobs_mb_end": blob_bytes as f64 / 1e6,
+                "sled_blob_files": blob_files,
+            }));
+        }
+        let commits = st1.commit_index.saturating_sub(st0.commit_index) as f64 / window;
+        let audit = st1.audit_len.saturating_sub(st0.audit_len) as f64 / window;
+        let protected = st1.groups.iter().filter(|g| g.state == "protected").count();
+        anyhow::Ok(json!({
+            "groups": a.groups,
+            "volume_mib": a.volume_mib,
+            "writes_per_sec_asked": a.writes_per_sec,
+            "writes_per_sec_done": written.load(Ordering::SeqCst) as f64 / window,
+            "seconds_to_all_protected": ready_secs,
+            "window_secs": window,
+            "groups_protected_at_end": protected,
+            "status": {
+                "calls": lat.len(),
+                "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
+                "target_p99_ms": 200.0,
+                "ratio_p99_to_target": pct(&lat, 0.99) / 200.0,
+                "document_kb": doc_bytes as f64 / 1e3,
+            },
+            "raft_commits_per_sec": commits,
+            "raft_commits_per_sec_per_group": commits / a.groups as f64,
+            "audit_records_per_sec": audit,
+            "coordinators": per_coord,
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+        }))
+    });
+    drop(c);
+    let report: Value = report?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_ticks_counts_fields_after_the_command_name() {
+        let line =
+            "4242 (tandem node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        assert_eq!(stat_cpu_ticks(line), Some(300));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn proc_field_reads_rss_and_write_bytes() {
+        let status = "Name:\ttandem\nVmRSS:\t   51200 kB\nThreads:\t9\n";
+        assert_eq!(proc_field(status, "VmRSS:"), Some(51200));
+        let io = "rchar: 10\nwchar: 20\nwrite_bytes: 4096\ncancelled_write_bytes: 0\n";
+        assert_eq!(proc_field(io, "write_bytes:"), Some(4096));
+        assert_eq!(proc_field(io, "missing:"), None);
+    }
+
+    #[test]
+    fn groups_toml_declares_the_groups_after_the_first() {
+        let t = groups_toml(3, 2);
+        assert_eq!(t.matches("[[groups]]").count(), 2);
+        assert!(t.contains("name = \"g0002\"") && t.contains("name = \"d0003\""));
+        assert!(t.contains("size = \"2MiB\""));
+        assert_eq!(exports(3), vec!["disk0", "d0002", "d0003"]);
+        assert_eq!(groups_toml(1, 1), "");
+    }
+}
