@@ -177,7 +177,9 @@ pub async fn resync(
     let written = wanted.clone();
     let after = blocking(move || -> Result<MerkleTree, ResyncError> {
         file.sync_data().map_err(io("fdatasync", &path))?;
-        if full_rehash {
+        // Reading back more than half the blocks costs a whole re-hash, which runs on all
+        // cores: take it.
+        if full_rehash || written.len() as u64 * 2 > merkle::block_count(length, block_size) {
             return Ok(scan::hash_file(&path, block_size)?);
         }
         read_back_tree(&file, &path, &local, &written, block_size, length)

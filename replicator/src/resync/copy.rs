@@ -279,6 +279,9 @@ fn measure(sample: &[Vec<u8>], elapsed: Duration, cap: Option<u64>) -> LinkEstim
     }
 }
 
+/// Blocks decoded and checked: `(index, bytes)`.
+type Decoded = Vec<(u64, Vec<u8>)>;
+
 /// Decodes every block of `reply` and checks it (length bounds, leaf), spread over the cores.
 /// Blocking.
 fn decode_all(
@@ -287,7 +290,7 @@ fn decode_all(
     live: bool,
     block_size: u32,
     path: &Path,
-) -> Result<Vec<(u64, Vec<u8>)>, ResyncError> {
+) -> Result<Decoded, ResyncError> {
     let workers = worker_count();
     let mut blocks = reply.blocks;
     let per = blocks.len().div_ceil(workers).max(1);
@@ -297,7 +300,7 @@ fn decode_all(
         parts.push(std::mem::replace(&mut blocks, tail));
     }
     parts.push(blocks);
-    let decoded: Vec<Result<Vec<(u64, Vec<u8>)>, ResyncError>> = std::thread::scope(|s| {
+    let decoded: Vec<Result<Decoded, ResyncError>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|part| {
