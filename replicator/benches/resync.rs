@@ -325,10 +325,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     // 1. Resync of a 1 % difference, beside hashing from disk and from memory.
     resync_one_percent(c, &files, &rt);
-    // 2. Initial sync (every block moves), beside raw read + zstd-1 + blake3 on one core.
-    initial_sync(c, &files, &rt);
-    // 3. rsync on the same files, as the peer.
+    // 2. rsync on the same files, as the peer, right after.
     rsync_comparison(&files);
+    // 3. Initial sync (every block moves), beside raw read + zstd-1 + blake3 on one core.
+    initial_sync(c, &files, &rt);
 }
 
 fn resync_one_percent(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) {
