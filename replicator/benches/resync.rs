@@ -1,10 +1,12 @@
 //! Resync benchmark: 1 GiB mixed file, 1% of 64 KiB blocks changed, over loopback gRPC.
 //!
-//! Measures (criterion, small samples): `hash_file` speed on 1 GiB, resync time without and
-//! with gRPC zstd, and prints the bytes that crossed the TCP connection (counted by a proxy)
-//! next to `rsync --inplace --no-whole-file --stats` on the same files when rsync is installed.
-//! Initial sync (`initial_sync_1gib`): the same resync into a missing target, without and with
-//! zstd, next to the raw speed of reading + zstd-1 + blake3 of the source on one core.
+//! Measures (criterion, small samples): `hash_file` speed on 1 GiB, resync time with the blocks
+//! raw, per-block zstd at levels 1 and 3, chosen per link (`auto`: off on loopback), and the
+//! old gRPC stream zstd, and prints the bytes that crossed the TCP connection (counted by a
+//! proxy) next to `rsync --inplace --no-whole-file --stats` on the same files when rsync is
+//! installed. Initial sync (`initial_sync_1gib`): the same resync into a missing target, raw,
+//! per-block zstd-1 and gRPC zstd, next to the raw speed of reading + zstd-1 + blake3 of the
+//! source on one core. `bench/resync-vs-rsync.sh` runs it with the load average.
 //! Files go to `TANDEM_BENCH_DIR` (default: the system temp dir); size with
 //! `TANDEM_BENCH_MIB` (default 1024).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -26,7 +28,7 @@ use tandem_core::proto::{
     MerkleReply, MerkleRequest, ReadBlocksReply, ReadBlocksRequest, ShipRequest, ShipResponse,
     SnapshotReply, SnapshotRequest,
 };
-use tandem_replicator::resync::{self, BlockServer, ResyncOptions};
+use tandem_replicator::resync::{self, BlockServer, Compression, ResyncOptions};
 use tandem_replicator::scan;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -323,10 +325,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     // 1. Resync of a 1 % difference, beside hashing from disk and from memory.
     resync_one_percent(c, &files, &rt);
-    // 2. Initial sync (every block moves), beside raw read + zstd-1 + blake3 on one core.
-    initial_sync(c, &files, &rt);
-    // 3. rsync on the same files, as the peer.
+    // 2. rsync on the same files, as the peer, right after.
     rsync_comparison(&files);
+    // 3. Initial sync (every block moves), beside raw read + zstd-1 + blake3 on one core.
+    initial_sync(c, &files, &rt);
 }
 
 fn resync_one_percent(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) {
@@ -351,16 +353,20 @@ fn resync_one_percent(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Run
         })
     });
 
-    for (name, zstd, full_rehash) in [
-        ("resync", false, true),
-        ("resync_zstd", true, true),
-        ("resync_readback", false, false),
-        ("resync_zstd_readback", true, false),
+    // (name, gRPC zstd on the stream, full re-hash, per-block compression)
+    for (name, zstd, full_rehash, compression) in [
+        ("resync_grpc_zstd_readback", true, false, Compression::Off),
+        ("resync_off_readback", false, false, Compression::Off),
+        ("resync_auto_readback", false, false, Compression::Auto),
+        ("resync_zstd1_readback", false, false, Compression::Zstd(1)),
+        ("resync_zstd3_readback", false, false, Compression::Zstd(3)),
+        ("resync_zstd3", false, true, Compression::Zstd(3)),
     ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
         let options = ResyncOptions {
             full_rehash,
+            compression,
             ..ResyncOptions::default()
         };
         let mut last = None;
@@ -390,9 +396,10 @@ fn resync_one_percent(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Run
         });
         if let Some((report, tcp)) = last {
             println!(
-                "{name}: {} of {} blocks differ; protobuf bytes {} ; TCP bytes both ways {} ; last run {:?}",
+                "{name}: {} of {} blocks differ; zstd level {}; protobuf bytes {} ; TCP bytes both ways {} ; last run {:?}",
                 report.blocks_differing,
                 report.blocks_total,
+                report.zstd_level,
                 report.bytes_sent_over_wire,
                 tcp,
                 report.duration
@@ -427,7 +434,11 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
         })
     });
     let fresh = files.target.with_extension("fresh");
-    for (name, zstd) in [("initial_sync", false), ("initial_sync_zstd", true)] {
+    for (name, zstd, compression) in [
+        ("initial_sync_off", false, Compression::Off),
+        ("initial_sync_zstd1", false, Compression::Zstd(1)),
+        ("initial_sync_grpc_zstd", true, Compression::Off),
+    ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
         let mut last = None;
@@ -445,7 +456,10 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
                             "vol",
                             &fresh,
                             BS,
-                            ResyncOptions::default(),
+                            ResyncOptions {
+                                compression,
+                                ..ResyncOptions::default()
+                            },
                         ))
                         .unwrap();
                     total += started.elapsed();
@@ -456,8 +470,8 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
         });
         if let Some((report, tcp)) = last {
             println!(
-                "{name}: {} blocks pulled; TCP bytes both ways {tcp} ; last run {:?}",
-                report.blocks_differing, report.duration
+                "{name}: {} blocks pulled; zstd level {}; TCP bytes both ways {tcp} ; last run {:?}",
+                report.blocks_differing, report.zstd_level, report.duration
             );
         }
     }

@@ -20,7 +20,7 @@ use tandem_core::clock::Clock;
 use tandem_core::frame::Change;
 use tokio::sync::watch;
 
-/// Size of one read when hashing a file: 4 MiB (rounded down to whole blocks).
+/// Size of one read when reading a file in bulk: 4 MiB (rounded down to whole blocks).
 pub const READ_CHUNK: usize = 4 << 20;
 
 /// Largest `Change::write` the scanner makes: 1 MiB (or one block when blocks are larger), and
@@ -92,11 +92,12 @@ pub fn hash_file(path: &Path, block_size: u32) -> Result<MerkleTree, ScanError> 
     hash_file_with_progress(path, block_size, &mut |_, _| {})
 }
 
-/// Hashes a file into a merkle tree, reporting `(blocks_hashed, blocks_total)` after each read.
+/// Hashes a file into a merkle tree, reporting `(blocks_hashed, blocks_total)` as it goes.
 ///
-/// Two threads: one reads 4 MiB chunks with `pread` while the caller's thread hashes the
-/// previous chunk block by block, so reading and hashing overlap. The length is taken when the
-/// file is opened; if the file shrinks meanwhile the tree describes the bytes actually read.
+/// Every core works ([`hash_threads`]): each worker takes the next 1 MiB chunk, reads it with
+/// `pread` and hashes it block by block while it is still in the cache, and the caller's thread
+/// places the leaves and reports. The length is taken when the file is opened; if the file
+/// shrinks meanwhile the tree describes the bytes read up to the first short read.
 ///
 /// # Errors
 /// [`ScanError::Io`] when the file cannot be opened or read, [`ScanError::Merkle`] for a block
@@ -109,56 +110,106 @@ pub fn hash_file_with_progress(
     merkle::check_block_size(block_size)?;
     let file = File::open(path).map_err(io_err("open", path))?;
     let length = file.metadata().map_err(io_err("stat", path))?.len();
-    let bs = block_size as usize;
-    let chunk = (READ_CHUNK / bs).max(1) * bs;
     let total = merkle::block_count(length, block_size);
-    let mut leaves: Vec<Hash> = Vec::with_capacity(total as usize);
-    let mut read_total: u64 = 0;
+    let (leaves, read) = hash_range(&file, path, block_size, 0..total, length, progress)?;
+    Ok(MerkleTree::from_leaves(block_size, read, leaves)?)
+}
 
-    // Buffers circulate: reader fills one, hasher hashes it and sends it back.
-    let (full_tx, full_rx) = mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(2);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..3 {
-        let _ = empty_tx.send(vec![0u8; chunk.min(length as usize).max(1)]);
-    }
-    std::thread::scope(|s| -> Result<(), ScanError> {
-        // Owned by this closure so an early return hangs up on the reader and it stops.
-        let full_rx = full_rx;
-        let empty_tx = empty_tx;
-        let file = &file;
-        s.spawn(move || {
-            let mut offset = 0u64;
-            while offset < length {
-                let Ok(mut buf) = empty_rx.recv() else {
-                    return; // hasher gone (error): stop reading
-                };
-                let want = ((length - offset) as usize).min(chunk);
-                let r = read_full_at(file, &mut buf[..want], offset);
-                let n = match &r {
-                    Ok(n) => *n,
-                    Err(_) => 0,
-                };
-                let stop = r.is_err() || n < want;
-                if full_tx.send(r.map(|n| (buf, n))).is_err() || stop {
-                    return;
+/// Size of one worker's read when hashing in parallel: 1 MiB (rounded down to whole blocks),
+/// small enough to be hashed while it is still in the core's cache.
+pub const HASH_CHUNK: usize = 1 << 20;
+
+/// Threads that hash a file: one per core, at most 8.
+pub fn hash_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// Leaves of blocks `blocks` (within `length`) of `file`, hashed on every core; returns them
+/// and the bytes they cover, which stop at the first short read (the file shrank). Reports
+/// `(blocks hashed, blocks asked)` after each chunk.
+fn hash_range(
+    file: &File,
+    path: &Path,
+    block_size: u32,
+    blocks: std::ops::Range<u64>,
+    length: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Vec<Hash>, u64), ScanError> {
+    let bs = u64::from(block_size);
+    let per_chunk = (HASH_CHUNK as u64 / bs).max(1);
+    let count = blocks.end.saturating_sub(blocks.start);
+    let chunks = count.div_ceil(per_chunk);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let workers = (hash_threads() as u64).min(chunks).max(1) as usize;
+    // (chunk, leaves, bytes wanted, bytes read) from the workers, or a read error.
+    type Done = std::io::Result<(u64, Vec<Hash>, u64, u64)>;
+    let (tx, rx) = mpsc::sync_channel::<Done>(workers * 2);
+    let mut slots: Vec<Option<(Vec<Hash>, u64, u64)>> = (0..chunks).map(|_| None).collect();
+    let mut hashed = 0u64;
+    let mut failed: Option<std::io::Error> = None;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let (tx, next) = (tx.clone(), &next);
+            s.spawn(move || {
+                let mut buf = vec![0u8; (per_chunk * bs) as usize];
+                loop {
+                    let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if c >= chunks {
+                        return;
+                    }
+                    let first = blocks.start + c * per_chunk;
+                    let n_blocks = per_chunk.min(blocks.end - first);
+                    let offset = first * bs;
+                    let want = (n_blocks * bs).min(length.saturating_sub(offset));
+                    let r = read_full_at(file, &mut buf[..want as usize], offset).map(|n| {
+                        let leaves = buf[..n].chunks(bs as usize).map(merkle::leaf_hash);
+                        (c, leaves.collect(), want, n as u64)
+                    });
+                    let stop = r.is_err();
+                    if tx.send(r).is_err() || stop {
+                        // The caller stopped listening (an error), or this read failed.
+                        next.store(chunks, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
                 }
-                offset += n as u64;
-            }
-        });
-        while let Ok(msg) = full_rx.recv() {
-            let (buf, n) = msg.map_err(io_err("read", path))?;
-            leaves.extend(buf[..n].chunks(bs).map(merkle::leaf_hash));
-            read_total += n as u64;
-            progress(leaves.len() as u64, total);
-            let _ = empty_tx.send(buf);
+            });
         }
-        Ok(())
-    })?;
-    Ok(MerkleTree::from_leaves(block_size, read_total, leaves)?)
+        drop(tx);
+        while let Ok(done) = rx.recv() {
+            match done {
+                Ok((c, leaves, want, n)) => {
+                    hashed += leaves.len() as u64;
+                    slots[c as usize] = Some((leaves, want, n));
+                    progress(hashed, count);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    next.store(chunks, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(io_err("read", path)(e));
+    }
+    let mut leaves = Vec::with_capacity(count as usize);
+    let mut read = 0u64;
+    for slot in slots {
+        let Some((l, want, n)) = slot else { break };
+        leaves.extend(l);
+        read += n;
+        if n < want {
+            break; // the file shrank meanwhile
+        }
+    }
+    Ok((leaves, read))
 }
 
 /// Hashes blocks `[first, first + count)` of a file (clipped to its length) and returns their
-/// leaves and the file's length. Reads 4 MiB at a time.
+/// leaves and the file's length. Hashes on every core, as [`hash_file_with_progress`].
 ///
 /// # Errors
 /// [`ScanError::Io`] when the file cannot be opened or read, [`ScanError::Merkle`] for a block
@@ -172,25 +223,17 @@ pub fn hash_blocks(
     merkle::check_block_size(block_size)?;
     let file = File::open(path).map_err(io_err("open", path))?;
     let length = file.metadata().map_err(io_err("stat", path))?.len();
-    let bs = u64::from(block_size);
     let end = first
         .saturating_add(count)
         .min(merkle::block_count(length, block_size));
-    let per_read = (READ_CHUNK as u64 / bs).max(1);
-    let mut leaves = Vec::with_capacity(end.saturating_sub(first) as usize);
-    let mut buf = vec![0u8; (per_read * bs) as usize];
-    let mut b = first;
-    while b < end {
-        let n_blocks = per_read.min(end - b);
-        let offset = b * bs;
-        let want = (n_blocks * bs).min(length - offset) as usize;
-        let n = read_full_at(&file, &mut buf[..want], offset).map_err(io_err("read", path))?;
-        leaves.extend(buf[..n].chunks(bs as usize).map(merkle::leaf_hash));
-        if n < want {
-            break; // the file shrank meanwhile
-        }
-        b += n_blocks;
-    }
+    let (leaves, _) = hash_range(
+        &file,
+        path,
+        block_size,
+        first.min(end)..end,
+        length,
+        &mut |_, _| {},
+    )?;
     Ok((leaves, length))
 }
 

@@ -89,6 +89,7 @@ mod tests {
             resource: "r".into(),
             block_size: bs,
             blocks: vec![0; n],
+            ..Default::default()
         };
         assert!(check_read_blocks(&req(64, 64 << 10), 1024).is_ok());
         assert!(check_read_blocks(&req(1025, 4096), 1024).is_err());

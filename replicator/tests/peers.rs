@@ -310,6 +310,7 @@ async fn blocks_are_read_only_by_the_pair_and_recover_writes_only_under_its_root
         resource: "disk0".into(),
         block_size: 4096,
         blocks: vec![0],
+        ..Default::default()
     };
     // 1. Outside the pair, the witness coordinator, the auditor: refused by name.
     for cert in ["hue-rep", "danang-coord1", "auditor", "viewer"] {

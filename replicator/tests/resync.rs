@@ -455,3 +455,46 @@ async fn resync_of_an_unknown_resource_is_not_found_and_not_retryable() {
         "target created for a refused resync"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_blocks_cross_at_the_set_or_chosen_level_and_land_identical() {
+    // Mixed data (zstd ratio about 3): 4 of 257 blocks of 64 KiB differ, the partial tail too.
+    let len = 16 * MIB + 1000;
+    let source = tandem_core::mixed::mixed(3, len);
+    let mut target = source.clone();
+    let changed = [3u64, 40, 41, 256];
+    for &i in &changed {
+        let at = i as usize * BS as usize;
+        let end = (at + BS as usize).min(len);
+        target[at..end].copy_from_slice(&tandem_core::mixed::mixed(900 + i, end - at));
+    }
+    let expected = merkle::byte_ranges(&merkle::coalesce(changed), BS, len as u64);
+    let raw = changed.len() as u64 * u64::from(BS);
+    let cases = [
+        // (setting, link cap, level expected: None = any level above 0)
+        (resync::Compression::Off, None, Some(0)),
+        (resync::Compression::Zstd(3), None, Some(3)),
+        // A 1 MB/s link is far slower than zstd: auto compresses.
+        (resync::Compression::Auto, Some(1_000_000), None),
+    ];
+    for (i, (compression, cap, level)) in cases.into_iter().enumerate() {
+        let options = ResyncOptions {
+            compression,
+            link_bytes_per_sec: cap,
+            ..ResyncOptions::default()
+        };
+        let r = resync_case(&source, &target, expected.clone(), false, options).await;
+        assert_eq!(r.blocks_differing, changed.len() as u64, "#{i}");
+        match level {
+            Some(l) => assert_eq!(r.zstd_level, l, "#{i}: level"),
+            None => assert!(r.zstd_level > 0, "#{i}: expect a level got 0"),
+        }
+        if r.zstd_level > 0 && compression != resync::Compression::Auto {
+            assert!(
+                r.bytes_sent_over_wire < raw / 2,
+                "#{i}: {} bytes for {raw} raw",
+                r.bytes_sent_over_wire
+            );
+        }
+    }
+}

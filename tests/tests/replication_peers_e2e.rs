@@ -122,6 +122,7 @@ fn steps(topo: &Topo) {
             resource: "disk0".into(),
             block_size: 4096,
             blocks: vec![0, 1],
+            ..Default::default()
         };
         for cert in ["auditor", "danang-coord1"] {
             let e = client(topo, cert, "hanoi-rep")

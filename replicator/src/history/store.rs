@@ -86,12 +86,52 @@ pub struct History {
     /// whole before the next one starts): what a power loss keeps.
     synced: u64,
     total: u64,
-    zstd: Zstd,
+    /// One context per core the undo data of one change is compressed on.
+    zstd: Vec<Zstd>,
 }
 
 /// One zstd context reused for every record (creating one per record costs more than
 /// compressing a 4 KiB block).
 struct Zstd(zstd::bulk::Compressor<'static>);
+
+/// Undo data of one change at least this long is split over the cores.
+pub const PARALLEL_MIN_LEN: u64 = 256 << 10;
+
+/// Smallest record a split makes.
+const MIN_PIECE: u64 = 64 << 10;
+
+/// Bytes of old data per undo record when `total` bytes are kept for one change with
+/// `contexts` compressors: one piece per compressor for large changes (at least 64 KiB,
+/// at most [`MAX_RECORD_DATA`]), otherwise [`MAX_RECORD_DATA`]. Pure.
+pub fn piece_len(total: u64, contexts: usize) -> u64 {
+    if contexts <= 1 || total < PARALLEL_MIN_LEN {
+        return MAX_RECORD_DATA as u64;
+    }
+    total
+        .div_ceil(contexts as u64)
+        .clamp(MIN_PIECE, MAX_RECORD_DATA as u64)
+}
+
+/// Encodes `records` with one context each (the first on this thread, the others on their
+/// own), in order.
+fn encode_all(contexts: &mut [Zstd], records: &[Record]) -> Result<Vec<Vec<u8>>> {
+    let mut pairs = records.iter().zip(contexts.iter_mut());
+    let Some((first, ctx)) = pairs.next() else {
+        return Ok(Vec::new());
+    };
+    std::thread::scope(|s| {
+        let others: Vec<_> = pairs
+            .map(|(r, c)| s.spawn(move || encode_with(r, &mut |d| c.0.compress(d).ok())))
+            .collect();
+        let mut out = vec![encode_with(first, &mut |d| ctx.0.compress(d).ok())?];
+        for h in others {
+            out.push(h.join().map_err(|_| {
+                ReplicatorError::Task("an undo compression thread panicked".into())
+            })??);
+        }
+        Ok(out)
+    })
+}
 
 impl std::fmt::Debug for Zstd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,10 +165,14 @@ impl History {
             }
         }
         names.sort();
-        let zstd = zstd::bulk::Compressor::new(cfg.level)
-            .map_err(|e| ReplicatorError::io("zstd context", dir, e))?;
+        let mut zstd = Vec::new();
+        for _ in 0..crate::scan::hash_threads().min(4) {
+            let c = zstd::bulk::Compressor::new(cfg.level)
+                .map_err(|e| ReplicatorError::io("zstd context", dir, e))?;
+            zstd.push(Zstd(c));
+        }
         let mut h = History {
-            zstd: Zstd(zstd),
+            zstd,
             dir: dir.to_owned(),
             group,
             cfg,
@@ -228,8 +272,12 @@ impl History {
     }
 
     fn append(&mut self, r: &Record) -> Result<()> {
-        let zc = &mut self.zstd.0;
-        let bytes = encode_with(r, &mut |d| zc.compress(d).ok())?;
+        let bytes = encode_all(&mut self.zstd, std::slice::from_ref(r))?;
+        self.append_encoded(r, bytes.concat())
+    }
+
+    /// Appends record `r`, encoded as `bytes`.
+    fn append_encoded(&mut self, r: &Record, bytes: Vec<u8>) -> Result<()> {
         let rotate = self
             .segments
             .back()
@@ -326,24 +374,35 @@ impl History {
             .map_err(|e| ReplicatorError::io("stat", path, e))?
             .len();
         let end = offset.saturating_add(len).min(old_len);
+        let piece = piece_len(end.saturating_sub(offset), self.zstd.len());
         let mut at = offset;
         loop {
-            let n = end.saturating_sub(at).min(MAX_RECORD_DATA as u64) as usize;
-            let mut data = vec![0u8; n];
-            file.read_exact_at(&mut data, at)
-                .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
-            let done = at + n as u64 >= end;
-            self.append(&Record {
-                kind: RecordKind::Undo,
-                last: last && done,
-                seq,
-                captured_ms,
-                name: resource.to_owned(),
-                offset: at,
-                old_len,
-                data,
-            })?;
-            at += n as u64;
+            // Up to one piece per context: read in order, compressed in parallel, appended in
+            // order.
+            let mut batch = Vec::new();
+            let mut done = false;
+            while batch.len() < self.zstd.len().max(1) && !done {
+                let n = end.saturating_sub(at).min(piece) as usize;
+                let mut data = vec![0u8; n];
+                file.read_exact_at(&mut data, at)
+                    .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
+                done = at + n as u64 >= end;
+                batch.push(Record {
+                    kind: RecordKind::Undo,
+                    last: last && done,
+                    seq,
+                    captured_ms,
+                    name: resource.to_owned(),
+                    offset: at,
+                    old_len,
+                    data,
+                });
+                at += n as u64;
+            }
+            let encoded = encode_all(&mut self.zstd, &batch)?;
+            for (r, bytes) in batch.iter().zip(encoded) {
+                self.append_encoded(r, bytes)?;
+            }
             if done {
                 return Ok(());
             }

@@ -291,8 +291,9 @@ impl Pull<'_> {
         }
     }
 
-    /// A Replication client of the primary. Blocks and leaves cross the WAN zstd-compressed
-    /// (the server compresses when asked).
+    /// A Replication client of the primary. Blocks cross compressed as the resync chooses per
+    /// link (`ReadBlocksRequest::zstd_level`); no gRPC compression on top (leaves are hashes,
+    /// blocks are compressed already).
     async fn dial(&self) -> Result<ReplicationClient<Channel>> {
         let net = &self.rt.me.net;
         let ep = net
@@ -303,8 +304,7 @@ impl Pull<'_> {
             .connect(ep)
             .await
             .map_err(|e| self.transport(e.to_string()))?;
-        Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch))
-            .accept_compressed(tonic::codec::CompressionEncoding::Zstd))
+        Ok(tandem_core::grpc_limits!(ReplicationClient::new(ch)))
     }
 
     /// Resyncs volume `resource` (image at `path`, `(block size, configured size)`) by merkle
@@ -345,6 +345,8 @@ impl Pull<'_> {
                     .join(format!("{}-epoch{}-{ms}.blocks", resource, e.0))
             }),
             max_length: Some(size),
+            // Compression chosen per link; the link is no faster than the group's cap.
+            link_bytes_per_sec: g.max_bandwidth.map(|b| b.bytes_per_sec),
             ..ResyncOptions::default()
         };
         let report = resync::resync(client, &g.name, resource, path, block_size, opts)
@@ -353,7 +355,8 @@ impl Pull<'_> {
         info!(
             group = %g.name, resource = %resource,
             differing_blocks = report.blocks_differing, total_blocks = report.blocks_total,
-            wire_bytes = report.bytes_sent_over_wire, ms = report.duration.as_millis() as u64,
+            wire_bytes = report.bytes_sent_over_wire, zstd_level = report.zstd_level,
+            ms = report.duration.as_millis() as u64,
             from_seq = report.source_watermark, "resynced from the primary"
         );
         if let Some(q) = &report.quarantine {

@@ -3,10 +3,11 @@
 //! re-hashes. Network and file I/O.
 
 use super::compare::{hex, verify};
+use super::copy::{copy_blocks, keep_old, Copy, Keeper, Target, Tick};
 use super::error::{io, rpc_err, ResyncError};
-use super::limits::{MAX_BLOCKS_PER_REQUEST, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES};
+use super::limits::MAX_MESSAGE_BYTES;
 use super::options::{ResyncOptions, ResyncReport, ResyncTick};
-use crate::bounds::{block_bounds, change_bounds};
+use crate::bounds::change_bounds;
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::quarantine::QuarantineWriter;
 use crate::scan;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_core::proto::replication_client::ReplicationClient;
-use tandem_core::proto::{MerkleRequest, ReadBlocksReply, ReadBlocksRequest};
+use tandem_core::proto::MerkleRequest;
 use tonic::transport::Channel;
 
 /// Fetches the source's tree with the `Merkle` RPC and checks its root against its leaves.
@@ -158,22 +159,27 @@ pub async fn resync(
         let (f, path) = (file.clone(), target.to_path_buf());
         blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
     }
+    let source = Arc::new(source);
     let copy = Copy {
         group,
         resource,
-        source: &source,
+        source: source.clone(),
         live_source: options.live_source,
         batch_blocks: options.batch_blocks,
         keeper: keeper.clone(),
+        compression: options.compression,
+        link_cap: options.link_bytes_per_sec,
     };
-    let wire = copy_blocks(&mut client, &copy, &target_file, &wanted, wire, &tick).await?;
+    let copied = copy_blocks(&mut client, &copy, &target_file, &wanted, wire, &tick).await?;
 
     let path = target.to_path_buf();
     let full_rehash = options.full_rehash;
     let written = wanted.clone();
     let after = blocking(move || -> Result<MerkleTree, ResyncError> {
         file.sync_data().map_err(io("fdatasync", &path))?;
-        if full_rehash {
+        // Reading back more than half the blocks costs a whole re-hash, which runs on all
+        // cores: take it.
+        if full_rehash || written.len() as u64 * 2 > merkle::block_count(length, block_size) {
             return Ok(scan::hash_file(&path, block_size)?);
         }
         read_back_tree(&file, &path, &local, &written, block_size, length)
@@ -191,7 +197,8 @@ pub async fn resync(
         blocks_total: total,
         blocks_differing: wanted.len() as u64,
         differing_bytes: report.differing_bytes,
-        bytes_sent_over_wire: wire,
+        bytes_sent_over_wire: copied.wire,
+        zstd_level: copied.level,
         length,
         root: check.root_b,
         duration: started.elapsed(),
@@ -206,31 +213,6 @@ pub async fn resync(
                 .to_path_buf()
         }),
     })
-}
-
-/// Reports a [`ResyncTick`] to the caller's [`ResyncOptions::progress`], if any.
-type Tick = Arc<dyn Fn(ResyncTick) + Send + Sync>;
-
-/// The quarantine file a failback keeps overwritten blocks in, shared with the write tasks.
-type Keeper = Arc<std::sync::Mutex<QuarantineWriter>>;
-
-/// The local file being resynced.
-struct Target {
-    path: PathBuf,
-    file: Arc<File>,
-    block_size: u32,
-    /// Its length before the resync.
-    old_len: u64,
-}
-
-/// What the copy of the differing blocks pulls from where.
-struct Copy<'a> {
-    group: &'a str,
-    resource: &'a str,
-    source: &'a MerkleTree,
-    live_source: bool,
-    batch_blocks: usize,
-    keeper: Option<Keeper>,
 }
 
 /// Hashes the local target on the blocking pool (an empty tree when it does not exist yet),
@@ -320,111 +302,6 @@ async fn quarantine_old(
     Ok(keeper)
 }
 
-/// Pulls the `wanted` blocks with `ReadBlocks` in batches and writes them (old content kept
-/// first when quarantining); one batch is written on the blocking pool while the next is in
-/// flight, so memory is bounded by two batches. Returns the protobuf bytes exchanged so far
-/// (`wire` before it).
-async fn copy_blocks(
-    client: &mut ReplicationClient<Channel>,
-    copy: &Copy<'_>,
-    target: &Target,
-    wanted: &[u64],
-    mut wire: u64,
-    tick: &Tick,
-) -> Result<u64, ResyncError> {
-    let (block_size, bs) = (target.block_size, u64::from(target.block_size));
-    let per_request = copy
-        .batch_blocks
-        .clamp(1, MAX_BLOCKS_PER_REQUEST)
-        .min((MAX_REPLY_BYTES / bs).max(1) as usize);
-    let mut writing: Option<tokio::task::JoinHandle<Result<(), ResyncError>>> = None;
-    let differing = wanted.len() as u64;
-    let mut copied = 0u64;
-    let copy_tick = |copied: u64, wire: u64| {
-        tick(ResyncTick {
-            phase: "copying",
-            bytes_done: copied * bs,
-            bytes_total: differing * bs,
-            blocks_differing: differing,
-            blocks_copied: copied,
-            wire_bytes: wire,
-        })
-    };
-    copy_tick(0, wire);
-    for batch in wanted.chunks(per_request) {
-        let req = ReadBlocksRequest {
-            group: copy.group.to_string(),
-            resource: copy.resource.to_string(),
-            block_size,
-            blocks: batch.to_vec(),
-        };
-        wire += req.encoded_len() as u64;
-        let reply = client
-            .read_blocks(req)
-            .await
-            .map_err(|s| rpc_err("ReadBlocks", copy.group, copy.resource, s))?
-            .into_inner();
-        wire += reply.encoded_len() as u64;
-        check_blocks(batch, &reply, copy.source, copy.live_source)?;
-        check_block_bounds(&reply, bs, copy.source.length(), &target.path)?;
-        if let Some(previous) = writing.take() {
-            previous
-                .await
-                .map_err(|e| ResyncError::Task(e.to_string()))??;
-        }
-        let (f, path, k) = (
-            target.file.clone(),
-            target.path.clone(),
-            copy.keeper.clone(),
-        );
-        let local_len = target.old_len;
-        writing = Some(tokio::task::spawn_blocking(move || {
-            if let Some(k) = &k {
-                let indexes: Vec<u64> = reply.blocks.iter().map(|b| b.index).collect();
-                keep_old(k, &f, &path, &indexes, bs, local_len)?;
-            }
-            for b in &reply.blocks {
-                f.write_all_at(&b.data, b.index * bs)
-                    .map_err(io("write", &path))?;
-            }
-            Ok(())
-        }));
-        copied += batch.len() as u64;
-        copy_tick(copied, wire);
-    }
-    if let Some(last) = writing {
-        last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
-    }
-    Ok(wire)
-}
-
-/// Reads the current content of blocks `indexes` of the target (those inside its old length
-/// `local_len`) and keeps them durably in the quarantine file, before they are overwritten.
-fn keep_old(
-    keeper: &std::sync::Mutex<QuarantineWriter>,
-    file: &File,
-    path: &Path,
-    indexes: &[u64],
-    bs: u64,
-    local_len: u64,
-) -> Result<(), ResyncError> {
-    let mut old = Vec::new();
-    for &i in indexes {
-        let at = i * bs;
-        if at >= local_len {
-            continue;
-        }
-        let mut buf = vec![0u8; bs.min(local_len - at) as usize];
-        file.read_exact_at(&mut buf, at).map_err(io("read", path))?;
-        old.push((i, buf));
-    }
-    keeper
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .keep(&old)
-        .map_err(ResyncError::Quarantine)
-}
-
 /// The target's tree after a resync without re-reading it all: the leaves hashed before for the
 /// blocks left alone, and the hashes of the written blocks read back from the file.
 fn read_back_tree(
@@ -453,116 +330,10 @@ fn read_back_tree(
     Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
 }
 
-/// Checks every block of a `ReadBlocks` reply lies within the source's length (the target's
-/// length once resynced): a live source's blocks are not checked against its leaves, so
-/// their index and length are the wire's. Pure.
-fn check_block_bounds(
-    reply: &ReadBlocksReply,
-    bs: u64,
-    length: u64,
-    path: &Path,
-) -> Result<(), ResyncError> {
-    for b in &reply.blocks {
-        block_bounds(b.index, bs, b.data.len() as u64, length).map_err(|e| {
-            ResyncError::OutOfBounds {
-                path: path.to_path_buf(),
-                what: format!("block {}", b.index),
-                source: e,
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// Checks a `ReadBlocks` reply holds exactly the asked blocks, each matching the source's leaf.
-fn check_blocks(
-    asked: &[u64],
-    reply: &ReadBlocksReply,
-    source: &MerkleTree,
-    live_source: bool,
-) -> Result<(), ResyncError> {
-    let bad = |reason: String| ResyncError::BadReply {
-        rpc: "ReadBlocks",
-        reason,
-    };
-    if reply.blocks.len() != asked.len() {
-        return Err(bad(format!(
-            "{} blocks for {} asked",
-            reply.blocks.len(),
-            asked.len()
-        )));
-    }
-    for (want, got) in asked.iter().zip(&reply.blocks) {
-        if got.index != *want {
-            return Err(bad(format!("block {} where {} was asked", got.index, want)));
-        }
-        let leaf = source.leaves().get(*want as usize);
-        if !live_source && leaf != Some(&merkle::leaf_hash(&got.data)) {
-            return Err(bad(format!(
-                "block {} ({} bytes) does not match the source's leaf",
-                got.index,
-                got.data.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use tandem_core::proto::Block;
-
-    #[test]
-    fn check_blocks_refuses_a_block_that_does_not_match_the_leaf() {
-        let src = MerkleTree::from_bytes(4, b"aaaabbbbcc").unwrap();
-        let good = ReadBlocksReply {
-            blocks: vec![
-                Block {
-                    index: 1,
-                    data: b"bbbb".to_vec(),
-                },
-                Block {
-                    index: 2,
-                    data: b"cc".to_vec(),
-                },
-            ],
-        };
-        assert!(check_blocks(&[1, 2], &good, &src, false).is_ok());
-        let mut bad = good.clone();
-        bad.blocks[1].data = b"cd".to_vec();
-        let err = check_blocks(&[1, 2], &bad, &src, false).unwrap_err();
-        assert!(err.to_string().contains("block 2"), "{err}");
-        assert!(check_blocks(&[2, 1], &good, &src, false).is_err());
-        assert!(check_blocks(&[1], &good, &src, false).is_err());
-    }
-
-    #[test]
-    fn a_pulled_block_past_the_source_length_is_refused_naming_the_file() {
-        let block = |index, len: usize| Block {
-            index,
-            data: vec![7; len],
-        };
-        let p = Path::new("/data/vol.img");
-        let ok = ReadBlocksReply {
-            blocks: vec![block(0, 4), block(2, 2)],
-        };
-        assert!(check_block_bounds(&ok, 4, 10, p).is_ok());
-        for (i, b) in [block(2, 4), block(3, 1), block(u64::MAX / 2, 4)]
-            .into_iter()
-            .enumerate()
-        {
-            let reply = ReadBlocksReply { blocks: vec![b] };
-            let err = check_block_bounds(&reply, 4, 10, p)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.starts_with("/data/vol.img: block ") && err.contains("out of bounds"),
-                "#{i}: expect a named out-of-bounds refusal got {err}"
-            );
-        }
-    }
 
     #[test]
     fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {

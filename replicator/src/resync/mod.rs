@@ -7,18 +7,22 @@
 //! Server: [`BlockServer`] answers `Merkle` and `ReadBlocks` for resources a resolver maps to
 //! files; the replication service delegates those two RPCs to it.
 //!
-//! Compression: the protocol carries raw block bytes. gRPC message compression (zstd) is a
-//! transport choice: the server enables it with `ReplicationServer::send_compressed(Zstd)`,
-//! the client with `ReplicationClient::accept_compressed(Zstd)`; this module works either way.
+//! Compression: `ReadBlocks` asks for a zstd level and the server compresses each block on all
+//! its cores, sending the frame only when it is smaller ([`Compression`]: off, a level, or
+//! chosen per link by [`choose_level`] from a raw probe batch). gRPC message compression is
+//! not needed (leaves are hashes and do not compress); the module works with it too.
 //!
 //! Rooms: `limits` (per-request bounds), `error` ([`ResyncError`]), `options` (tuning and
-//! reports of a resync), `compare` (two trees compared, pure), `chunked` (verify at barriers
-//! chunk by chunk through a [`MerkleSource`]), `client` ([`resync`] and [`fetch_tree`]),
-//! `server` ([`BlockServer`]).
+//! reports of a resync), `compression` (the level per link, pure, and the block codec),
+//! `compare` (two trees compared, pure), `chunked` (verify at barriers chunk by chunk through
+//! a [`MerkleSource`]), `client` ([`resync`] and [`fetch_tree`]), `copy` (the pipelined pull
+//! of the differing blocks), `server` ([`BlockServer`]).
 
 mod chunked;
 mod client;
 mod compare;
+pub mod compression;
+mod copy;
 mod error;
 pub mod limits;
 mod options;
@@ -30,6 +34,8 @@ pub use self::chunked::{
 };
 pub use self::client::{fetch_tree, fetch_tree_at, resync};
 pub use self::compare::{hex, verify, VerifyReport};
+pub use self::compression::{choose_level, Compression, LinkEstimate};
+pub use self::copy::PIPELINE_DEPTH;
 pub use self::error::ResyncError;
 pub use self::limits::{
     DEFAULT_BATCH_BLOCKS, MAX_BLOCKS_PER_REQUEST, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES,

@@ -1,6 +1,7 @@
 //! What a caller tunes in a resync ([`ResyncOptions`]) and what it hears back: progress
 //! ([`ResyncTick`]) and the [`ResyncReport`]. Data only.
 
+use super::compression::Compression;
 use super::limits::DEFAULT_BATCH_BLOCKS;
 use crate::merkle::Hash;
 use std::ops::Range;
@@ -29,6 +30,8 @@ pub struct ResyncReport {
     /// The source's watermark when it computed its leaves (`MerkleReply::watermark`): every
     /// change up to it is in the resynced copy.
     pub source_watermark: u64,
+    /// The zstd level the blocks crossed at (0: raw), as set or chosen for the link.
+    pub zstd_level: i32,
     /// Blocks whose old content was kept in the quarantine file before they were overwritten.
     pub quarantined_blocks: u64,
     /// The quarantine file, when one was written.
@@ -79,6 +82,11 @@ pub struct ResyncOptions {
     /// The largest length the target may have (a volume's configured size): a source whose
     /// copy is longer is refused before anything is written. `None`: any length.
     pub max_length: Option<u64>,
+    /// How the pulled blocks are compressed on the wire (default: chosen per link).
+    pub compression: Compression,
+    /// A known cap on the link, bytes per second (a group's `max_bandwidth`): an automatic
+    /// choice takes the link as no faster. `None`: measured only.
+    pub link_bytes_per_sec: Option<u64>,
 }
 
 impl std::fmt::Debug for ResyncOptions {
@@ -90,6 +98,8 @@ impl std::fmt::Debug for ResyncOptions {
             .field("progress", &self.progress.is_some())
             .field("quarantine", &self.quarantine)
             .field("max_length", &self.max_length)
+            .field("compression", &self.compression)
+            .field("link_bytes_per_sec", &self.link_bytes_per_sec)
             .finish()
     }
 }
@@ -103,6 +113,8 @@ impl Default for ResyncOptions {
             progress: None,
             quarantine: None,
             max_length: None,
+            compression: Compression::Auto,
+            link_bytes_per_sec: None,
         }
     }
 }
