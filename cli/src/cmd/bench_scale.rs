@@ -4,7 +4,7 @@
 //! raft commits per second, coordinator CPU, memory and disk writes (from `/proc`), and the
 //! raft store on disk at the end. The figures of "Scale (issue 20)" in docs/BENCHMARKS.md.
 
-use crate::cmd::bench::{cluster, pct};
+use crate::cmd::bench_cluster::{cluster, pct};
 use crate::cmd::status::{fetch, runtime};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
