@@ -60,6 +60,8 @@ pub mod scan_capture;
 pub mod ship;
 pub mod sqlite;
 pub mod sqlite_wal;
+#[cfg(test)]
+mod testdata;
 pub mod validate;
 pub mod verify;
 pub mod volume;

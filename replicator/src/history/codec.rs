@@ -465,15 +465,7 @@ mod tests {
 
     #[test]
     fn incompressible_undo_data_is_stored_raw_after_a_probe_only() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let noise: Vec<u8> = (0..256 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::testdata::noise(256 << 10);
         let mut sizes = Vec::new();
         let mut spy = |d: &[u8]| {
             sizes.push(d.len());

@@ -82,15 +82,7 @@ fn one_change_larger_than_a_segment_is_split_into_records_and_rewound() {
     let vp = d.path().join("v.img");
     let f = open_file(&vp);
     // Incompressible, so the records really are about 1 MiB each.
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let old: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let old = crate::testdata::noise(3 << 20);
     f.write_all_at(&old, 0).unwrap();
     let mut cfg = HistoryConfig::new(3_600_000);
     cfg.segment_bytes = 1 << 20;

@@ -66,15 +66,7 @@ async fn a_change_refused_by_a_full_journal_comes_back_for_a_retry() {
     let p = GroupPipeline::open(cfg).await.unwrap();
     // An empty journal takes one submission whatever its size; the next is refused.
     // Incompressible bytes, so the journal really holds more than its limit.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..128 << 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = crate::testdata::noise(128 << 10);
     let first = Change::write("disk0", 0, noise, 0);
     p.journal_and_return(vec![first]).await.unwrap();
     let change = write(0, 4096, 2);

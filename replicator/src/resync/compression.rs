@@ -231,15 +231,7 @@ mod tests {
     #[test]
     fn an_incompressible_block_goes_raw_and_a_compressible_one_as_a_frame() {
         let mut enc = zstd::bulk::Compressor::new(1).unwrap();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::testdata::noise(4096);
         let (wire, raw) = encode_block(&mut enc, noise.clone()).unwrap();
         assert!(raw == 0 && wire == noise, "noise went as a frame");
         assert_eq!(decode_block(wire, raw, 4096).unwrap(), noise);

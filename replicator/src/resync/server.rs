@@ -247,13 +247,7 @@ mod tests {
         // Blocks 0..8 compress (text), 8..16 do not (noise); a partial tail block.
         let mut data = b"replica journal epoch ".repeat(8 * 4096 / 22 + 1);
         data.truncate(8 * 4096);
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..8 * 4096 + 100 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            data.push(x as u8);
-        }
+        data.extend(crate::testdata::noise(8 * 4096 + 100));
         std::fs::write(&p, &data).unwrap();
         let path = p.clone();
         let server = BlockServer::new(move |_: &str, _: &str| Some(path.clone()));
