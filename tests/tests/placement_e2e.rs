@@ -103,14 +103,7 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
 
     // A write through the pinned group's export (on hanoi-rep-3) reaches hcm-rep-2.
     if Command::new("qemu-io").arg("--version").output().is_ok() {
-        let st: serde_json::Value = serde_json::from_slice(
-            &tandem(&["status", "--json", "--config", cfg, "--group", "p6"]).stdout,
-        )
-        .unwrap();
-        let url = st["groups"][0]["resources"][0]["nbd_url"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let url = nbd_url(cfg, "p6");
         let port = topo
             .node("hanoi-rep-3")
             .unwrap()
@@ -145,6 +138,18 @@ fn groups_are_served_by_their_placed_hosts_and_status_names_them() {
     }
     lose_one_host(&dir, &config, &topo);
     let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+}
+
+/// The NBD URL of `group`'s first volume, from `tandem status`.
+fn nbd_url(cfg: &str, group: &str) -> String {
+    let st: serde_json::Value = serde_json::from_slice(
+        &tandem(&["status", "--json", "--config", cfg, "--group", group]).stdout,
+    )
+    .unwrap();
+    st["groups"][0]["resources"][0]["nbd_url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Kills hanoi-rep-3 (p6's primary host): its groups fail over to hcm, the others do not.
@@ -247,14 +252,7 @@ fn a_replica_side_moved_by_a_new_pin_is_resynced_on_its_new_host() {
     );
     let have_qemu = Command::new("qemu-io").arg("--version").output().is_ok();
     if have_qemu {
-        let st: serde_json::Value = serde_json::from_slice(
-            &tandem(&["status", "--json", "--config", cfg, "--group", "p6"]).stdout,
-        )
-        .unwrap();
-        let url = st["groups"][0]["resources"][0]["nbd_url"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let url = nbd_url(cfg, "p6");
         let w = Command::new("qemu-io")
             .args([
                 "-f",

@@ -4,7 +4,7 @@
 
 use super::compare::{hex, verify};
 use super::copy::{copy_blocks, keep_old, Copy, Keeper, Target, Tick};
-use super::error::{io, rpc_err, ResyncError};
+use super::error::{blocking, io, rpc_err, ResyncError};
 use super::limits::MAX_MESSAGE_BYTES;
 use super::options::{ResyncOptions, ResyncReport, ResyncTick};
 use crate::bounds::change_bounds;
@@ -81,14 +81,6 @@ pub async fn fetch_tree_at(
         });
     }
     Ok((tree, bytes, reply.watermark))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ResyncError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResyncError::Task(e.to_string()))
 }
 
 /// Resyncs the local file `target` to the source's copy of `group`/`resource`.

@@ -5,7 +5,7 @@
 use super::compression::{
     choose_level, decode_block, worker_count, Compression, LinkEstimate, PROBE_BLOCKS,
 };
-use super::error::{io, rpc_err, ResyncError};
+use super::error::{blocking, io, rpc_err, ResyncError};
 use super::limits::{MAX_BLOCKS_PER_REQUEST, MAX_REPLY_BYTES};
 use super::options::ResyncTick;
 use crate::bounds::block_bounds;
@@ -200,14 +200,6 @@ impl Run {
         self.report();
         Ok(())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ResyncError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResyncError::Task(e.to_string()))
 }
 
 /// What a `ReadBlocks` needs, owned, so requests can be in flight together.

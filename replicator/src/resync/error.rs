@@ -125,3 +125,12 @@ pub(super) fn io<'a>(
         source,
     }
 }
+
+/// Runs `f` on the blocking pool; a panicked or cancelled task is a [`ResyncError::Task`].
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ResyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ResyncError::Task(e.to_string()))
+}
