@@ -162,6 +162,21 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
                 check_len("samples.group", &s.group, MAX_NAME_LEN)?;
             }
         }
+        Command::StartRun { .. }
+        | Command::RunEvent { .. }
+        | Command::AddAction { .. }
+        | Command::AssignAction { .. }
+        | Command::CloseAction { .. }
+        | Command::SignReview { .. }
+        | Command::Record { .. } => check_run_limits(cmd)?,
+    }
+    Ok(())
+}
+
+/// Limits of the commands about runs, corrective actions, reviews and records (the rest of
+/// [`check_limits`]).
+fn check_run_limits(cmd: &Command) -> Result<(), Rejection> {
+    match cmd {
         Command::StartRun {
             run_id,
             group,
@@ -250,6 +265,7 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
                 });
             }
         }
+        _ => {}
     }
     Ok(())
 }

@@ -222,6 +222,24 @@ fn dispatch(
             }
             Ok(())
         }
+        Command::Record { .. }
+        | Command::StartRun { .. }
+        | Command::RunEvent { .. }
+        | Command::AddAction { .. }
+        | Command::AssignAction { .. }
+        | Command::CloseAction { .. }
+        | Command::SignReview { .. } => dispatch_runs(state, ev, now, cmd),
+    }
+}
+
+/// [`dispatch`] of records, runs, corrective actions and reviews.
+fn dispatch_runs(
+    state: &mut State,
+    ev: &mut Vec<Event>,
+    now: i64,
+    cmd: &Command,
+) -> Result<(), Rejection> {
+    match cmd {
         Command::Record {
             actor,
             kind,
@@ -288,6 +306,8 @@ fn dispatch(
             note,
             ..
         } => sign_review(state, ev, now, actor, run_id, note),
+        // Never reached: `dispatch` sends only the commands above here.
+        _ => Ok(()),
     }
 }
 
