@@ -87,14 +87,11 @@ impl Coordinator {
     /// site counts, and it is recorded as where the group's data lives there (also for a
     /// protected group whose recorded replica host differs: one commit, then they agree).
     async fn protect_caught_up(&self, r: &HeartbeatRequest, now: i64) {
-        for p in r.groups.iter().filter(|p| {
-            p.role == "replica"
-                && p.state == "in-sync"
-                && self
-                    .topo()
-                    .host_for_group(&p.group, &r.site)
-                    .is_some_and(|h| h.name == r.node)
-        }) {
+        for p in r
+            .groups
+            .iter()
+            .filter(|p| p.role == "replica" && p.state == "in-sync")
+        {
             let state = self.read(|s| {
                 s.group(&p.group).map(|g| {
                     let up = |site: &str| s.site(site).is_some_and(|x| x.status == SiteStatus::Up);
@@ -122,7 +119,14 @@ impl Coordinator {
                 let new_host =
                     state == GroupState::Protected && recorded.as_deref() != Some(r.node.as_str());
                 let protects = in_sync_protects(state, sites_up) || new_host;
-                if protects && caught_up && epoch == p.epoch {
+                // The placement is checked last: it hashes over the site's hosts, and most
+                // in-sync reports of a steady cluster protect nothing.
+                let placed_here = || {
+                    self.topo()
+                        .host_for_group(&p.group, &r.site)
+                        .is_some_and(|h| h.name == r.node)
+                };
+                if protects && caught_up && epoch == p.epoch && placed_here() {
                     let _ = self
                         .propose_cmd(Command::SetGroupState {
                             at_ms: 0,
