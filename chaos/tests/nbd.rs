@@ -33,7 +33,7 @@ async fn tandem_server() -> Server {
     let volume = Arc::new(FileVolume::create(&path, SIZE).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut exports = ExportMap::new();
+    let exports = ExportMap::new();
     exports
         .insert("disk0", volume as Arc<dyn VolumeBackend>)
         .unwrap();

@@ -126,7 +126,7 @@ async fn start(pki: &Pki, tls: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk0.img");
     let volume = Arc::new(FileVolume::create(&path, SIZE).unwrap());
-    let mut exports = ExportMap::new();
+    let exports = ExportMap::new();
     exports
         .insert("disk0", volume as Arc<dyn VolumeBackend>)
         .unwrap();

@@ -62,6 +62,9 @@ enum Command {
     Pause(cmd::ops::GroupArgs),
     /// Resume replication of a paused group.
     Resume(cmd::ops::GroupArgs),
+    /// Move a group's replica side to another replicator host at the same site: the new host
+    /// resyncs from the primary while writes go on, then holds the group's data (audited).
+    Move(cmd::move_group::Args),
     /// Mark a tagged checkpoint in a group's stream (at the primary: a consistent cut).
     Checkpoint(cmd::pitr::CheckpointArgs),
     /// List the recovery points the replica's history holds.
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Pause(a) => cmd::ops::pause(a),
         Command::Resume(a) => cmd::ops::resume(a),
+        Command::Move(a) => cmd::move_group::run(a),
         Command::Failover(a) => cmd::runs::start("failover", a),
         Command::Switchover(a) => cmd::runs::start("switchover", a),
         Command::Drill(a) => cmd::runs::start("drill", a),

@@ -64,6 +64,9 @@ pub enum AuditKind {
     /// An auditor signed the review of a finished run (`tandem review sign`); written only by
     /// the state machine's `sign_review` command.
     Review,
+    /// A planned move of a group's replica side to another host started or completed
+    /// (`tandem move`); written only by the state machine.
+    Move,
 }
 
 impl AuditKind {

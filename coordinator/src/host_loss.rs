@@ -27,6 +27,9 @@ pub struct GroupRoles {
     pub replica: String,
     /// Current state.
     pub state: GroupState,
+    /// Where its data lives, by site, as the coordinators record it (a planned move's
+    /// target included); a site not named here is the topology's placement.
+    pub hosts: std::collections::BTreeMap<String, String>,
 }
 
 /// A replicator host silent past the detection window while its site is not.
@@ -114,7 +117,7 @@ pub fn host_actions(
     groups: &[GroupRoles],
 ) -> Vec<HostAction> {
     let served_by = |g: &GroupRoles, site: &str| -> Option<&SilentHost> {
-        let host = topo.host_for_group(&g.group, site)?;
+        let host = topo.placed_host(&g.group, site, g.hosts.get(site).map(String::as_str))?;
         lost.iter().find(|l| l.site == site && l.host == host.name)
     };
     let mut out = Vec::new();
@@ -195,6 +198,7 @@ mod tests {
                 primary: "a".into(),
                 replica: "b".into(),
                 state,
+                hosts: Default::default(),
             })
             .collect()
     }

@@ -100,6 +100,10 @@ pub struct GroupSites<'a> {
     pub primary: &'a str,
     /// The site that is replica now.
     pub replica: &'a str,
+    /// Where the group's data lives, by site, as the deciding side knows it (the
+    /// coordinators' record, a planned move's target; what a replicator last heard): a
+    /// site named here overrides the topology's placement ([`Topology::placed_host`]).
+    pub hosts: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// The class of a checked caller. `sites` is `None` for calls about no group; a replicator is
@@ -117,7 +121,7 @@ pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>)
         Caller::Node(name) => match topo.node(name) {
             Some(n) if n.role == NodeRole::Coordinator => CallerClass::Coordinator,
             Some(n) => match sites {
-                Some(s) if !serves(topo, s.group, &n.site, &n.name) => CallerClass::OtherReplicator,
+                Some(s) if !serves(topo, s, &n.site, &n.name) => CallerClass::OtherReplicator,
                 Some(s) if n.site == s.primary => CallerClass::PrimaryReplicator,
                 Some(s) if n.site == s.replica => CallerClass::ReplicaReplicator,
                 _ => CallerClass::OtherReplicator,
@@ -127,9 +131,10 @@ pub fn classify(topo: &Topology, caller: &Caller, sites: Option<GroupSites<'_>>)
     }
 }
 
-/// Whether replicator `node` at `site` is the host `group` is placed on there.
-fn serves(topo: &Topology, group: &str, site: &str, node: &str) -> bool {
-    topo.host_for_group(group, site)
+/// Whether replicator `node` at `site` is the host the group of `s` is placed on there.
+fn serves(topo: &Topology, s: GroupSites<'_>, site: &str, node: &str) -> bool {
+    let recorded = s.hosts.and_then(|h| h.get(site)).map(String::as_str);
+    topo.placed_host(s.group, site, recorded)
         .is_some_and(|h| h.name == node)
 }
 
@@ -199,6 +204,7 @@ mod tests {
             group: &g.name,
             primary: &g.primary,
             replica: &g.replica,
+            hosts: None,
         };
         let class = |c: Caller| classify(&t, &c, Some(sites));
         assert_eq!(class(Caller::Node(coord)), CallerClass::Coordinator);
@@ -215,6 +221,7 @@ mod tests {
             group: &g.name,
             primary: &g.replica,
             replica: &g.primary,
+            hosts: None,
         };
         assert_eq!(
             classify(&t, &Caller::Node(rep(&g.replica)), Some(swapped)),
@@ -252,6 +259,7 @@ mod tests {
                 group: &g.name,
                 primary: &g.primary,
                 replica: &g.replica,
+                hosts: None,
             };
             for n in t.replicators_at("hanoi") {
                 let want = if host.as_deref() == Some(n.name.as_str()) {
@@ -263,6 +271,58 @@ mod tests {
                 assert_eq!(got, want, "{} for group {}", n.name, g.name);
             }
         }
+    }
+
+    #[test]
+    fn a_recorded_host_overrides_the_topology_placement_at_its_site_only() {
+        let text = format!(
+            "{}\n[[nodes]]\nname = \"hcm-rep-2\"\nsite = \"hcm\"\nrole = \"replicator\"\n\
+             listen = \"127.0.0.1:7999\"\ndata_dir = \"data/hcm-rep-2\"\n",
+            include_str!("../../examples/two-sites.toml")
+        );
+        let t = Topology::parse(&text, "three.toml").expect("topology parses");
+        let g = t
+            .groups
+            .iter()
+            .find(|g| g.replica == "hcm")
+            .expect("a group replicated to hcm");
+        let placed = t
+            .host_for(g, "hcm")
+            .map(|n| n.name.clone())
+            .expect("placed");
+        let other = t
+            .replicators_at("hcm")
+            .into_iter()
+            .find(|n| n.name != placed)
+            .map(|n| n.name.clone())
+            .expect("a second hcm replicator");
+        // The coordinators recorded (or a planned move targets) the other host at hcm.
+        let hosts: std::collections::BTreeMap<String, String> =
+            [("hcm".to_string(), other.clone())].into();
+        let sites = GroupSites {
+            group: &g.name,
+            primary: &g.primary,
+            replica: &g.replica,
+            hosts: Some(&hosts),
+        };
+        let class = |n: &str| classify(&t, &Caller::Node(n.to_string()), Some(sites));
+        assert_eq!(class(&other), CallerClass::ReplicaReplicator);
+        assert_eq!(class(&placed), CallerClass::OtherReplicator);
+        // The primary site is not named: the topology still decides there.
+        let primary = t
+            .host_for(g, &g.primary)
+            .map(|n| n.name.clone())
+            .expect("placed");
+        assert_eq!(class(&primary), CallerClass::PrimaryReplicator);
+        // A recorded name that is no replicator at the site is ignored.
+        let bogus: std::collections::BTreeMap<String, String> =
+            [("hcm".to_string(), primary.clone())].into();
+        let sites = GroupSites {
+            hosts: Some(&bogus),
+            ..sites
+        };
+        let got = classify(&t, &Caller::Node(placed.clone()), Some(sites));
+        assert_eq!(got, CallerClass::ReplicaReplicator);
     }
 
     #[test]

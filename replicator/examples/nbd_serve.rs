@@ -20,7 +20,7 @@ async fn main() {
     let port: u16 = args[3].parse().expect("PORT is a number");
     let export = args.get(4).cloned().unwrap_or_else(|| "disk0".into());
     let volume = FileVolume::create(&path, size).expect("open image");
-    let mut exports = ExportMap::new();
+    let exports = ExportMap::new();
     exports
         .insert(export.clone(), Arc::new(volume) as Arc<dyn VolumeBackend>)
         .expect("export name");

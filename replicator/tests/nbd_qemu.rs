@@ -59,7 +59,7 @@ impl Server {
     ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut exports = ExportMap::new();
+        let exports = ExportMap::new();
         exports
             .insert("disk0", Arc::clone(&volume) as Arc<dyn VolumeBackend>)
             .unwrap();

@@ -139,6 +139,7 @@ impl Replica {
                 primary: primary.into(),
                 replica: "hcm".into(),
                 epoch: Epoch(epoch),
+                hosts: Default::default(),
             },
         );
     }

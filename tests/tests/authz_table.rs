@@ -67,7 +67,7 @@ async fn client(net: &Net, addr: &str) -> Result<CoordinatorClient<Channel>, Str
 }
 
 /// One call of the table with a request that has no lasting effect beyond a pause that the
-/// next row resumes (unknown runs, an unknown group for StartRun, an epoch-0 lease release).
+/// next row resumes (unknown runs, an unknown group for StartRun and Move, an epoch-0 lease release).
 async fn make(
     c: &mut CoordinatorClient<Channel>,
     call: Call,
@@ -125,6 +125,15 @@ async fn make(
                 kind: RecordKind::Note.into(),
                 group: String::new(),
                 detail_json: r#"{"text":"authz walk"}"#.into(),
+            })
+            .await
+            .map(drop),
+        Call::Move => c
+            .r#move(MoveRequest {
+                group: "no-such-group".into(),
+                site: "hcm".into(),
+                to: "hcm-rep".into(),
+                reason: "authz walk".into(),
             })
             .await
             .map(drop),

@@ -229,8 +229,44 @@ fn lose_one_host(dir: &tempfile::TempDir, config: &std::path::Path, topo: &Topol
     }
 }
 
+/// A writer on `url` until `stop`: 64 KiB writes, pattern `1 + n % 250` at slot `n % 16`,
+/// one qemu-io process each; returns each slot's last acknowledged pattern, the number of
+/// writes and the longest one.
+fn write_until(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<Option<u8>>, usize, Duration)> {
+    std::thread::spawn(move || {
+        let mut last = vec![None; 16];
+        let (mut n, mut longest) = (0usize, Duration::ZERO);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let (slot, pattern) = (n % 16, (1 + n % 250) as u8);
+            let cmd = format!("write -P {pattern} {} 65536", slot * 65536);
+            let t = std::time::Instant::now();
+            let w = Command::new("qemu-io")
+                .args(["-f", "raw", "-t", "none", &url, "-c", &cmd])
+                .output()
+                .unwrap();
+            longest = longest.max(t.elapsed());
+            assert!(
+                w.status.success() && !String::from_utf8_lossy(&w.stdout).contains("failed"),
+                "write {n} failed during the move: {}{}",
+                String::from_utf8_lossy(&w.stdout),
+                String::from_utf8_lossy(&w.stderr)
+            );
+            last[slot] = Some(pattern);
+            n += 1;
+        }
+        (last, n, longest)
+    })
+}
+
 #[test]
-fn a_replica_side_moved_by_a_new_pin_is_resynced_on_its_new_host() {
+fn tandem_move_takes_the_replica_side_to_another_host_under_writes() {
+    if Command::new("qemu-io").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: qemu-io is not installed (apt-get install qemu-utils)");
+        return;
+    }
     let (dir, config) = tandem_tests::example_topology(more_hosts_and_groups);
     let cfg = config.to_str().unwrap();
     let run = dir.path().join("run");
@@ -250,59 +286,143 @@ fn a_replica_side_moved_by_a_new_pin_is_resynced_on_its_new_host() {
         Duration::from_secs(90),
         &protected_on("hcm-rep-2"),
     );
-    let have_qemu = Command::new("qemu-io").arg("--version").output().is_ok();
-    if have_qemu {
-        let url = nbd_url(cfg, "p6");
-        let w = Command::new("qemu-io")
-            .args([
-                "-f",
-                "raw",
-                "-t",
-                "none",
-                &url,
-                "-c",
-                "write -P 99 0 131072",
-            ])
-            .output()
-            .unwrap();
-        assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    // hcm-rep-3 becomes a host with its own disk: restarted from a copy of the topology in
+    // another folder, its volumes and data resolve there (on one machine, the hosts of a
+    // site otherwise share the topology's folder).
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(&config, other.path().join("topology.toml")).unwrap();
+    let topo = Topology::load(&config).unwrap();
+    let tls = topo.tls.dir.file_name().unwrap();
+    std::os::unix::fs::symlink(&topo.tls.dir, other.path().join(tls)).unwrap();
+    let pid = std::fs::read_to_string(run.join("hcm-rep-3.pid")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let log = std::fs::File::create(other.path().join("hcm-rep-3.log")).unwrap();
+    let mut rep3 = Command::new(tandem_tests::tandem_bin())
+        .args(["node", "--config"])
+        .arg(other.path().join("topology.toml"))
+        .args(["--name", "hcm-rep-3"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
-    let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
-    // The replica side of p6 moves from hcm-rep-2 to hcm-rep-3 (whose copy is empty).
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "hosts = { hanoi = \"hanoi-rep-3\", hcm = \"hcm-rep-2\" }",
-        "hosts = { hanoi = \"hanoi-rep-3\", hcm = \"hcm-rep-3\" }",
+    let _rep3 = Kill(&mut rep3);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = write_until(nbd_url(cfg, "p6"), stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let moved = tandem(&[
+        "move",
+        "p6",
+        "--site",
+        "hcm",
+        "--to",
+        "hcm-rep-3",
+        "--reason",
+        "rebalance",
+        "--config",
+        cfg,
+        "--timeout-secs",
+        "120",
+    ]);
+    let out = String::from_utf8_lossy(&moved.stdout).into_owned();
+    assert!(
+        moved.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&moved.stderr)
     );
-    std::fs::write(&config, text).unwrap();
-    tandem_tests::local_up(&config, &run);
+    assert!(out.contains("moved p6 at hcm to hcm-rep-3"), "{out}");
+    // Writes go on after the move, to the new host.
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (last, writes, longest) = writer.join().unwrap();
+    eprintln!("{writes} writes during the move, the longest {longest:?}");
+    assert!(writes >= 4, "only {writes} writes");
+    // The topology still pins p6 to hcm-rep-2: status says where the data lives now, and
+    // that the file no longer agrees, until it is changed.
     wait_group_of(
         &config,
         "p6",
-        "protected again, on the new replica host",
-        Duration::from_secs(90),
-        &protected_on("hcm-rep-3"),
-    );
-    // Once hcm-rep-3 reports in sync it is recorded as where p6's data lives at hcm.
-    wait_group_of(
-        &config,
-        "p6",
-        "hcm-rep-3 recorded (no placement-changed reason)",
+        "protected by hcm-rep-3, the pin in the file named as changed",
         Duration::from_secs(30),
         &|st| {
-            !st["reason"]
-                .as_str()
-                .unwrap_or("")
-                .contains("placement changed")
+            protected_on("hcm-rep-3")(st)
+                && st["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("its data lives on hcm-rep-3, which keeps serving it")
         },
     );
-    if have_qemu {
-        let v = tandem(&["verify", "p6", "--config", cfg]);
-        assert!(
-            v.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
+    let v = tandem(&["verify", "p6", "--config", cfg]);
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // Nothing acknowledged is missing from the new host's own copy.
+    let copy = std::fs::read(other.path().join("volumes/hcm/p6.img")).unwrap();
+    for (slot, want) in last.iter().enumerate() {
+        if let Some(p) = want {
+            let got = &copy[slot * 65536..(slot + 1) * 65536];
+            assert!(
+                got.iter().all(|b| b == p),
+                "slot {slot}: want {p}, got {}",
+                got[0]
+            );
+        }
     }
+    // The move is in the audit chain, started and completed, under the operator's name.
+    let audit =
+        String::from_utf8_lossy(&tandem(&["audit", "--json", "--config", cfg]).stdout).into_owned();
+    let phases: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "move")
+        .collect();
+    assert_eq!(phases.len(), 2, "{phases:?}");
+    assert_eq!(phases[0]["detail"]["phase"], "started");
+    assert_eq!(phases[0]["detail"]["from"], "hcm-rep-2");
+    assert_eq!(phases[1]["detail"]["phase"], "completed");
+    assert_eq!(phases[1]["actor"], "hcm-rep-3");
+    // A second move to the same host is refused, naming why.
+    let again = tandem(&[
+        "move",
+        "p6",
+        "--site",
+        "hcm",
+        "--to",
+        "hcm-rep-3",
+        "--config",
+        cfg,
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // The primary side does not move this way.
+    let primary = tandem(&[
+        "move",
+        "p6",
+        "--site",
+        "hanoi",
+        "--to",
+        "hanoi-rep-2",
+        "--config",
+        cfg,
+    ]);
+    assert!(!primary.status.success());
     let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod evidence;
 pub mod local;
+pub mod move_group;
 pub mod node;
 pub mod ops;
 pub mod pitr;

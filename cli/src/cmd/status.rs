@@ -403,6 +403,21 @@ pub fn replicator_at(topo: &Topology, group: &str, site: &str) -> Result<String>
         .with_context(|| format!("no replicator serves group {group} at site {site}"))
 }
 
+/// The listen address of the replicator the status names as `host` for `group` at `site`
+/// (where the coordinators record its data); the topology's placement when the status names
+/// none (an older coordinator).
+///
+/// # Errors
+/// The host is no replicator at that site, or none serves the group there.
+pub fn host_addr(topo: &Topology, group: &str, site: &str, host: &str) -> Result<String> {
+    if host.is_empty() {
+        return replicator_at(topo, group, site);
+    }
+    topo.placed_host(group, site, Some(host))
+        .map(|n| n.listen.clone())
+        .with_context(|| format!("no replicator serves group {group} at site {site}"))
+}
+
 /// The site and replicator listen address of the group's current primary (`primary = true`)
 /// or replica, from the cluster status.
 ///
@@ -420,8 +435,12 @@ pub async fn replicator_of(
         .iter()
         .find(|g| g.name == group)
         .with_context(|| format!("group {group:?} missing from the cluster status"))?;
-    let site = if primary { &g.primary } else { &g.replica };
-    Ok((site.clone(), replicator_at(topo, group, site)?))
+    let (site, host) = if primary {
+        (&g.primary, &g.primary_host)
+    } else {
+        (&g.replica, &g.replica_host)
+    };
+    Ok((site.clone(), host_addr(topo, group, site, host)?))
 }
 
 #[cfg(test)]

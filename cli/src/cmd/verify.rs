@@ -270,8 +270,12 @@ pub fn run(a: Args) -> Result<()> {
             .find(|g| g.name == a.group)
             .context("group missing from status")?;
         let (psite, rsite) = (g.primary.clone(), g.replica.clone());
-        let primary =
-            crate::cmd::replicator(&crate::cmd::status::replicator_at(&topo, &a.group, &psite)?)?;
+        let primary = crate::cmd::replicator(&crate::cmd::status::host_addr(
+            &topo,
+            &a.group,
+            &psite,
+            &g.primary_host,
+        )?)?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let mut results = Vec::new();
         let mut all_equal = true;

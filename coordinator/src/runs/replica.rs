@@ -35,8 +35,12 @@ const VERIFY_BARRIER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The replication address (`http://...`) of the replicator that serves `group` at `site`
 /// (its placement).
 fn replicator_addr(c: &Coordinator, group: &str, site: &str) -> Result<String, Failure> {
+    let recorded = c.read(|s| {
+        s.group(group)
+            .and_then(|g| g.host_at(site).map(str::to_owned))
+    });
     c.topo()
-        .host_for_group(group, site)
+        .placed_host(group, site, recorded.as_deref())
         .map(|n| format!("http://{}", n.listen))
         .ok_or_else(|| Failure::new(format!("no replicator serves group {group} at site {site}")))
 }

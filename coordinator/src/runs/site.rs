@@ -100,9 +100,13 @@ fn candidates(c: &Coordinator, run: &Run, site: &str) -> Vec<(String, String)> {
             s.site(site).map(|x| x.nodes.clone()).unwrap_or_default();
         (holder, heard)
     });
+    let recorded = c.read(|s| {
+        s.group(&run.group)
+            .and_then(|g| g.host_at(site).map(str::to_owned))
+    });
     let placed = c
         .topo()
-        .host_for_group(&run.group, site)
+        .placed_host(&run.group, site, recorded.as_deref())
         .map(|n| n.name.clone());
     let mut nodes = c.topo().replicators_at(site);
     nodes.sort_by_key(|n| {

@@ -16,10 +16,10 @@ use tandem_core::proto::{
 };
 use tandem_core::proto::{
     AuditReply, AuditRequest, Decided, GetRunReply, GetRunRequest, GroupCall, HeartbeatReply,
-    HeartbeatRequest, PlannedStepReply, PlannedStepRequest, ProposeReply, ProposeRequest,
-    RecordKind, RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsReply, RunsRequest,
-    SignAuditHeadReply, SignAuditHeadRequest, StartRunReply, StartRunRequest, StatusReply,
-    StatusRequest, SyncDegradedRequest,
+    HeartbeatRequest, MoveRequest, PlannedStepReply, PlannedStepRequest, ProposeReply,
+    ProposeRequest, RecordKind, RecordRequest, ReleaseLeaseRequest, RunActionRequest, RunsReply,
+    RunsRequest, SignAuditHeadReply, SignAuditHeadRequest, StartRunReply, StartRunRequest,
+    StatusReply, StatusRequest, SyncDegradedRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -45,6 +45,35 @@ impl Coordinator {
         let cmd = Command::pause_or_resume(pause, r.group, actor, r.reason);
         let events = self.propose_cmd(cmd).await?;
         Ok(Response::new(decided(self, &events)))
+    }
+}
+
+impl Coordinator {
+    /// A move's target must be a replicator of the topology at the move's site.
+    fn check_move_target(&self, r: &MoveRequest) -> Result<(), Status> {
+        use tandem_core::config::NodeRole;
+        let topo = self.topo();
+        if topo.group(&r.group).is_none() {
+            return Err(Status::not_found(format!(
+                "move: no group {:?} in the topology",
+                r.group
+            )));
+        }
+        match topo.node(&r.to) {
+            None => Err(Status::invalid_argument(format!(
+                "move: to = {:?} is no node of the topology",
+                r.to
+            ))),
+            Some(n) if n.role != NodeRole::Replicator => Err(Status::invalid_argument(format!(
+                "move: to = {:?} is a {}, not a replicator",
+                r.to, n.role
+            ))),
+            Some(n) if n.site != r.site => Err(Status::invalid_argument(format!(
+                "move: to = {:?} is at site {:?}, not {:?}",
+                r.to, n.site, r.site
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -153,6 +182,24 @@ impl CoordinatorApi for Coordinator {
         let cmd = record_command(&r, &who.actor)?;
         on_leader!(self, who, r, record);
         let events = self.propose_cmd(cmd).await?;
+        Ok(Response::new(decided(self, &events)))
+    }
+
+    async fn r#move(&self, req: Request<MoveRequest>) -> Result<Response<Decided>, Status> {
+        let who = self.gate(&req, Call::Move, None).await?;
+        let r = req.into_inner();
+        on_leader!(self, who, r, r#move);
+        self.check_move_target(&r)?;
+        let events = self
+            .propose_cmd(Command::MoveGroup {
+                at_ms: 0,
+                group: r.group,
+                site: r.site,
+                to: r.to,
+                actor: who.actor,
+                reason: r.reason,
+            })
+            .await?;
         Ok(Response::new(decided(self, &events)))
     }
 

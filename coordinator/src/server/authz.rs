@@ -111,17 +111,20 @@ impl Coordinator {
         };
         let sites = group.filter(|_| table::group_scoped(call)).and_then(|g| {
             self.read(|s| {
-                s.group(g)
-                    .map(|x| (g, x.primary_site.clone(), x.replica_site.clone()))
+                s.group(g).map(|x| {
+                    let hosts = x.placed_hosts();
+                    (g, x.primary_site.clone(), x.replica_site.clone(), hosts)
+                })
             })
         });
         let class = classify(
             self.topo(),
             &caller,
-            sites.as_ref().map(|(g, p, r)| GroupSites {
+            sites.as_ref().map(|(g, p, r, h)| GroupSites {
                 group: g,
                 primary: p,
                 replica: r,
+                hosts: Some(h),
             }),
         );
         let actor = actor_of(&caller);

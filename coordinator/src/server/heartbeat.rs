@@ -97,7 +97,8 @@ impl Coordinator {
                     let up = |site: &str| s.site(site).is_some_and(|x| x.status == SiteStatus::Up);
                     let sites_up = up(&g.primary_site) && up(&g.replica_site);
                     let recorded = g.hosts.get(&g.replica_site).cloned();
-                    (g.state, g.epoch.0, sites_up, recorded)
+                    let placed = g.host_at(&g.replica_site).map(str::to_owned);
+                    (g.state, g.epoch.0, sites_up, recorded, placed)
                 })
             });
             let caught_up = {
@@ -113,17 +114,18 @@ impl Coordinator {
                         )
                 })
             };
-            if let Some((state, epoch, sites_up, recorded)) = state {
+            if let Some((state, epoch, sites_up, recorded, placed)) = state {
                 // A protected group whose replica now lives on another host (a changed
                 // placement, resynced there) records that host.
                 let new_host =
                     state == GroupState::Protected && recorded.as_deref() != Some(r.node.as_str());
                 let protects = in_sync_protects(state, sites_up) || new_host;
                 // The placement is checked last: it hashes over the site's hosts, and most
-                // in-sync reports of a steady cluster protect nothing.
+                // in-sync reports of a steady cluster protect nothing. A recorded host (or a
+                // planned move's target) wins over the topology's placement.
                 let placed_here = || {
                     self.topo()
-                        .host_for_group(&p.group, &r.site)
+                        .placed_host(&p.group, &r.site, placed.as_deref())
                         .is_some_and(|h| h.name == r.node)
                 };
                 if protects && caught_up && epoch == p.epoch && placed_here() {
@@ -152,7 +154,13 @@ impl Coordinator {
             .iter()
             .filter(|p| p.role == "primary" && groups.contains(&p.group))
         {
-            let placed = self.topo().host_for_group(&p.group, &r.site);
+            let recorded = self.read(|s| {
+                s.group(&p.group)
+                    .and_then(|g| g.host_at(&r.site).map(str::to_owned))
+            });
+            let placed = self
+                .topo()
+                .placed_host(&p.group, &r.site, recorded.as_deref());
             if placed.is_none_or(|h| h.name != r.node) {
                 warn!(
                     group = %p.group,
@@ -196,6 +204,7 @@ impl Coordinator {
                         state: g.state.as_str().into(),
                         paused: g.paused,
                         lease_remaining_ms: mine.map(|l| l.expires_ms - now).unwrap_or(0),
+                        hosts: g.placed_hosts().into_iter().collect(),
                     }
                 })
                 .collect()

@@ -304,6 +304,7 @@ async fn detect_host_failures(c: &Coordinator, now: i64, leader_since: i64) {
                 primary: g.primary_site.clone(),
                 replica: g.replica_site.clone(),
                 state: g.state,
+                hosts: g.placed_hosts(),
             })
             .collect()
     });

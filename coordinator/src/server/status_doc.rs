@@ -203,14 +203,18 @@ fn group_status(
         .collect();
     let (state, feed_reason) = shown_state(g.state, feeds);
     let mut reason = group_reason(g, &lg, fresh);
-    let host = |site: &str| t.host_for(cg, site).map(|n| n.name.clone());
+    // Where the data lives (the coordinators' record, a planned move's target), else the
+    // topology's placement; a "placement changed" reason when the topology now says
+    // otherwise than the record.
+    let host = |site: &str| {
+        t.placed_host(&g.name, site, g.host_at(site))
+            .map(|n| n.name.clone())
+    };
     let (primary_host, replica_host) = (host(&g.primary_site), host(&g.replica_site));
-    let moved = [
-        (&g.primary_site, &primary_host),
-        (&g.replica_site, &replica_host),
-    ]
-    .into_iter()
-    .filter_map(|(site, placed)| placement_changed(g, site, placed.as_deref()));
+    let configured = |site: &str| t.host_for(cg, site).map(|n| n.name.clone());
+    let moved = [&g.primary_site, &g.replica_site]
+        .into_iter()
+        .filter_map(|site| placement_changed(g, site, configured(site).as_deref()));
     for why in feed_reason.into_iter().chain(moved) {
         if !reason.is_empty() {
             reason.push_str("; ");
@@ -252,13 +256,23 @@ fn group_status(
 /// its lease there (where its data lives): the words for the reason. The lease stays refused
 /// to the new host.
 fn placement_changed(g: &state::Group, site: &str, placed: Option<&str>) -> Option<String> {
+    if g.moving.as_ref().is_some_and(|m| m.site == site) {
+        // The state's reason already says where it moves.
+        return None;
+    }
     let recorded = g.hosts.get(site)?;
     (placed != Some(recorded.as_str())).then(|| {
+        let placed = placed.unwrap_or("no replicator");
+        let name = &g.name;
+        let how = if *site == g.replica_site && placed != "no replicator" {
+            format!("move it with `tandem move {name} --site {site} --to {placed}`, or ")
+        } else {
+            String::new()
+        };
         format!(
-            "placement changed at {site}: the topology places the group on {}, its data lives \
-             on {recorded}; the lease stays with {recorded}'s placement (restore it with \
-             hosts = {{ {site} = \"{recorded}\" }})",
-            placed.unwrap_or("no replicator")
+            "placement changed at {site}: the topology places the group on {placed}, its data \
+             lives on {recorded}, which keeps serving it ({how}restore the topology with hosts \
+             = {{ {site} = \"{recorded}\" }})"
         )
     })
 }
@@ -434,7 +448,7 @@ fn resource_status(
         .unwrap_or_default();
     let nbd_url = match r.kind {
         ResourceKind::Volume { .. } => t
-            .host_for(cg, &g.primary_site)
+            .placed_host(&g.name, &g.primary_site, g.host_at(&g.primary_site))
             .and_then(|n| n.nbd_listen.clone())
             .map(|a| format!("nbd://{a}/{}", r.name)),
         _ => None,

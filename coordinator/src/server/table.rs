@@ -25,6 +25,8 @@ pub enum Call {
     RunAction,
     /// Add a note or an operator's result to the audit chain.
     Record,
+    /// Start a planned move of a group's replica side to another host at its site.
+    Move,
     /// A replicator's liveness, progress and lease renewal.
     Heartbeat,
     /// The lease holder gives its lease up.
@@ -50,7 +52,7 @@ pub enum Call {
 }
 
 /// Every call with its name and what it is (the table's rows, in order).
-pub const CALLS: [(Call, &str, &str); 20] = [
+pub const CALLS: [(Call, &str, &str); 21] = [
     (Call::Status, "Status", "cluster status"),
     (Call::Audit, "Audit", "pages of the audit chain"),
     (Call::Runs, "Runs", "the list of runbook runs"),
@@ -71,6 +73,11 @@ pub const CALLS: [(Call, &str, &str); 20] = [
         Call::Record,
         "Record",
         "a note, or a verify/recover/resync result the CLI produced (kinds note, operator, verify, recover only)",
+    ),
+    (
+        Call::Move,
+        "Move",
+        "start a planned move of a group's replica side to another replicator host at that site (the leader checks the host against the topology)",
     ),
     (
         Call::Heartbeat,
@@ -215,6 +222,7 @@ mod tests {
                 Call::StartRun,
                 Call::RunAction,
                 Call::Record,
+                Call::Move,
                 Call::Propose,
                 Call::Audit,
             ] {

@@ -244,6 +244,7 @@ fn insert_group(state: &mut State, g: &GroupSpec, now: i64) {
             degraded_by_site: None,
             sync_degraded_since: None,
             hosts: Default::default(),
+            moving: None,
             allowed_jurisdictions: g.allowed_jurisdictions.clone(),
             created_ms: Some(now),
         },

@@ -160,6 +160,25 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
     },
+    /// Starts a planned move of a group's replica side to another replicator host at that
+    /// site (`tandem move`): the group resyncs on `to`, and the in-sync report of `to`
+    /// records it there ([`Command::SetGroupState`] with `host`). Refused during a failover,
+    /// switchover or another move, for the primary side, and when `to` already holds it.
+    MoveGroup {
+        /// Leader-stamped time.
+        at_ms: i64,
+        /// Group.
+        group: String,
+        /// The site whose host changes (must be the group's replica site).
+        site: String,
+        /// The replicator at `site` that takes the group's data there (checked against the
+        /// topology by the leader before it proposes).
+        to: String,
+        /// Who (the certificate's identity).
+        actor: String,
+        /// Why.
+        reason: String,
+    },
     /// Pauses replication of a group (refused if already paused).
     PauseReplication {
         /// Leader-stamped time.
@@ -372,6 +391,7 @@ impl Command {
             | Command::Promote { at_ms, .. }
             | Command::SyncDegraded { at_ms, .. }
             | Command::SetGroupState { at_ms, .. }
+            | Command::MoveGroup { at_ms, .. }
             | Command::PauseReplication { at_ms, .. }
             | Command::ResumeReplication { at_ms, .. }
             | Command::SiteDown { at_ms, .. }
@@ -400,6 +420,7 @@ impl Command {
             | Command::Promote { at_ms, .. }
             | Command::SyncDegraded { at_ms, .. }
             | Command::SetGroupState { at_ms, .. }
+            | Command::MoveGroup { at_ms, .. }
             | Command::PauseReplication { at_ms, .. }
             | Command::ResumeReplication { at_ms, .. }
             | Command::SiteDown { at_ms, .. }
@@ -428,6 +449,7 @@ impl Command {
             Command::Promote { .. } => "promote",
             Command::SyncDegraded { .. } => "sync_degraded",
             Command::SetGroupState { .. } => "set_group_state",
+            Command::MoveGroup { .. } => "move_group",
             Command::PauseReplication { .. } => "pause_replication",
             Command::ResumeReplication { .. } => "resume_replication",
             Command::SiteDown { .. } => "site_down",
@@ -453,6 +475,7 @@ impl Command {
             Command::Fence { actor, group, .. }
             | Command::Promote { actor, group, .. }
             | Command::SetGroupState { actor, group, .. }
+            | Command::MoveGroup { actor, group, .. }
             | Command::PauseReplication { actor, group, .. }
             | Command::ResumeReplication { actor, group, .. } => Some((actor, Some(group))),
             Command::Heartbeat { .. }

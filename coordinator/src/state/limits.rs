@@ -140,6 +140,20 @@ pub(super) fn check_limits(cmd: &Command) -> Result<(), Rejection> {
             check_len("host", host, MAX_NAME_LEN)?;
             check_reason(reason)?;
         }
+        Command::MoveGroup {
+            group,
+            site,
+            to,
+            actor,
+            reason,
+            ..
+        } => {
+            check_len("group", group, MAX_NAME_LEN)?;
+            check_len("site", site, MAX_NAME_LEN)?;
+            check_len("to", to, MAX_NAME_LEN)?;
+            check_len("actor", actor, MAX_NAME_LEN)?;
+            check_reason(reason)?;
+        }
         Command::Promote {
             group,
             to_site,

@@ -53,6 +53,7 @@ mod lease;
 mod limits;
 mod machine;
 mod model;
+mod moves;
 mod record;
 pub(crate) mod rejection;
 mod residency;
@@ -69,7 +70,7 @@ pub use self::limits::{MAX_DETAIL_BYTES, MAX_ENTRIES, MAX_NAME_LEN, MAX_TEXT_LEN
 pub use self::machine::State;
 pub use self::model::{ActionClosure, CorrectiveAction};
 pub use self::model::{
-    ClusterSettings, DataLossWindow, Group, GroupProgress, GroupSpec, GroupState, Lease,
+    ClusterSettings, DataLossWindow, Group, GroupMove, GroupProgress, GroupSpec, GroupState, Lease,
     LeaseStatus, Mode, Progress, Role, RpoSample, Run, ScheduledDrill, Site, SiteSpec, SiteStatus,
     COORDINATOR_ACTOR, FIRST_EPOCH, RPO_RING_CAPACITY,
 };
@@ -82,6 +83,7 @@ use self::bootstrap::bootstrap;
 use self::lease::{acquire_lease, release_lease, renew_lease, sync_degraded};
 use self::limits::check_limits;
 use self::machine::to_json;
+use self::moves::{cancel_move, complete_move, start_move, MoveStart};
 use self::record::record;
 use self::role::{fence, promote, set_group_state, set_paused};
 use self::rpo::rpo_sample;
@@ -172,7 +174,10 @@ fn dispatch(
             reason,
             planned,
             ..
-        } => promote(state, ev, now, group, to_site, actor, reason, *planned),
+        } => {
+            promote(state, ev, now, group, to_site, actor, reason, *planned)?;
+            cancel_move(state, ev, now, group, actor, to_site)
+        }
         Command::SyncDegraded {
             group,
             node,
@@ -188,18 +193,26 @@ fn dispatch(
             actor,
             host,
             ..
-        } => set_group_state(
-            state,
-            ev,
-            now,
-            group,
-            role::StateChange {
-                to: *to,
-                reason,
-                actor,
-                host: host.as_deref(),
-            },
-        ),
+        } => {
+            set_group_state(
+                state,
+                ev,
+                now,
+                group,
+                role::StateChange {
+                    to: *to,
+                    reason,
+                    actor,
+                    host: host.as_deref(),
+                },
+            )?;
+            match (to, host) {
+                (GroupState::Protected, Some(host)) => {
+                    complete_move(state, ev, now, group, host, actor)
+                }
+                _ => Ok(()),
+            }
+        }
         Command::PauseReplication {
             group,
             actor,
@@ -212,6 +225,25 @@ fn dispatch(
             reason,
             ..
         } => set_paused(state, ev, now, group, actor, reason, false),
+        Command::MoveGroup {
+            group,
+            site,
+            to,
+            actor,
+            reason,
+            ..
+        } => start_move(
+            state,
+            ev,
+            now,
+            &MoveStart {
+                group,
+                site,
+                to,
+                actor,
+                reason,
+            },
+        ),
         Command::SiteDown { site, .. } => site_status(state, ev, now, site, false, None),
         Command::SiteUp { site, .. } => site_status(state, ev, now, site, true, None),
         Command::RpoSample { group, rpo_ms, .. } => rpo_sample(state, ev, now, group, *rpo_ms),

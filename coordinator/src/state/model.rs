@@ -231,9 +231,47 @@ pub struct Group {
     /// placement must never move a group silently). Filled at each site's first grant.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, String>,
+    /// A planned move of the group's replica side to another host at that site (`tandem
+    /// move`), from its start until the new host's in-sync report records it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<GroupMove>,
+}
+
+/// A planned move of a group's replica side to another replicator host at the same site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMove {
+    /// The site whose host changes (the group's replica site when the move started).
+    pub site: String,
+    /// The host recorded there when the move started (`None`: none recorded yet).
+    pub from: Option<String>,
+    /// The host that will hold the group's data there.
+    pub to: String,
+    /// When the move started (leader ms).
+    pub since_ms: i64,
+    /// Who started it (the certificate's identity).
+    pub actor: String,
 }
 
 impl Group {
+    /// The host that holds (or, during a planned move, is taking over) the group's data at
+    /// `site` as the coordinators record it: the move's target, else the recorded host.
+    /// `None`: nothing recorded there yet (the topology's placement applies).
+    pub fn host_at(&self, site: &str) -> Option<&str> {
+        match &self.moving {
+            Some(m) if m.site == site => Some(m.to.as_str()),
+            _ => self.hosts.get(site).map(String::as_str),
+        }
+    }
+
+    /// [`Group::host_at`] for every site the coordinators name a host at.
+    pub fn placed_hosts(&self) -> BTreeMap<String, String> {
+        let mut hosts = self.hosts.clone();
+        if let Some(m) = &self.moving {
+            hosts.insert(m.site.clone(), m.to.clone());
+        }
+        hosts
+    }
+
     /// Whether the coordinators may start a scheduled drill of the group in this state: only
     /// a `protected` group whose replication is not paused (a drill of a degraded, failing
     /// over or resyncing group would test a replica that is not current, or race the run

@@ -121,7 +121,7 @@ pub enum Rejection {
     #[error(
         "group {group}: its data at site {site} lives on {recorded}, not {node} (the host \
          that first held its lease there); a group moves to another host only by a planned \
-         move, which is not built yet: restore the placement with hosts = {{ {site} = \
+         move (`tandem move`, replica side): restore the placement with hosts = {{ {site} = \
          \"{recorded}\" }} in the topology"
     )]
     PlacedElsewhere {
@@ -255,6 +255,18 @@ pub enum Rejection {
     ActionRefused {
         /// The action (empty when adding).
         id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A planned move may not start.
+    #[error("group {group}: no move to {to} at {site}: {reason}")]
+    MoveRefused {
+        /// Group.
+        group: String,
+        /// Site.
+        site: String,
+        /// The target host.
+        to: String,
         /// Why.
         reason: String,
     },

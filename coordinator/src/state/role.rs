@@ -180,6 +180,7 @@ pub(super) fn promote(
         "state": new_state,
         "loss": to_json(&loss),
     });
+
     state.record_audit(ev, now, actor, AuditKind::Promote, Some(group), detail);
     Ok(())
 }

@@ -317,6 +317,30 @@ impl Cluster {
         .await
     }
 
+    /// Starts a planned move of `group`'s replica side at `site` to the replicator `to`.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`].
+    pub async fn move_group(
+        &self,
+        group: &str,
+        site: &str,
+        to: &str,
+        reason: &str,
+    ) -> Result<Decided, ClientError> {
+        let req = crate::proto::MoveRequest {
+            group: group.into(),
+            site: site.into(),
+            to: to.into(),
+            reason: reason.into(),
+        };
+        self.call("Move", |mut c| {
+            let req = req.clone();
+            async move { c.r#move(req).await }
+        })
+        .await
+    }
+
     /// Resumes replication of `group`.
     ///
     /// # Errors

@@ -60,6 +60,23 @@ impl Topology {
         self.group(group).and_then(|g| self.host_for(g, site))
     }
 
+    /// The replicator host that holds `group`'s data at `site` as the deciding side knows it:
+    /// `recorded` (the coordinators' record of where the data lives there, or the target of a
+    /// planned `tandem move`) when it names a replicator at that site, else the topology's
+    /// placement ([`Topology::host_for_group`]). Once the coordinators have recorded a host,
+    /// only a planned move changes it; a changed pin in the topology alone moves nothing.
+    pub fn placed_host(&self, group: &str, site: &str, recorded: Option<&str>) -> Option<&Node> {
+        if let Some(name) = recorded {
+            if let Some(n) = self
+                .node(name)
+                .filter(|n| n.site == site && n.role == NodeRole::Replicator)
+            {
+                return Some(n);
+            }
+        }
+        self.host_for_group(group, site)
+    }
+
     /// The groups `node` serves: those with a side at its site that are placed on it.
     pub fn groups_served_by<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = &'a Group> {
         self.groups.iter().filter(move |g| {

@@ -103,15 +103,17 @@ impl NbdError {
 }
 
 /// The exports a server offers, by name. Names are listed in sorted order by `NBD_OPT_LIST`.
-#[derive(Default, Clone)]
+/// Exports may be added and removed while the server runs (a group moved onto or off this
+/// replicator); a connection keeps the backend it negotiated.
+#[derive(Default)]
 pub struct ExportMap {
-    exports: BTreeMap<String, Arc<dyn VolumeBackend>>,
+    exports: std::sync::RwLock<BTreeMap<String, Arc<dyn VolumeBackend>>>,
 }
 
 impl std::fmt::Debug for ExportMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportMap")
-            .field("names", &self.exports.keys().collect::<Vec<_>>())
+            .field("names", &self.names())
             .finish()
     }
 }
@@ -127,7 +129,7 @@ impl ExportMap {
     /// # Errors
     /// `InvalidExportName` when the name is over 4096 bytes or contains NUL.
     pub fn insert(
-        &mut self,
+        &self,
         name: impl Into<String>,
         backend: Arc<dyn VolumeBackend>,
     ) -> Result<(), NbdError> {
@@ -144,27 +146,46 @@ impl ExportMap {
                 reason: "contains NUL",
             });
         }
-        self.exports.insert(name, backend);
+        self.write().insert(name, backend);
         Ok(())
     }
 
+    /// Removes an export; connections that negotiated it keep their backend until they close.
+    pub fn remove(&self, name: &str) -> Option<Arc<dyn VolumeBackend>> {
+        self.write().remove(name)
+    }
+
     /// The backend of an export.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn VolumeBackend>> {
-        self.exports.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<dyn VolumeBackend>> {
+        self.read().get(name).cloned()
     }
 
     /// Export names in sorted order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.exports.keys().map(String::as_str)
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// Number of exports.
     pub fn len(&self) -> usize {
-        self.exports.len()
+        self.read().len()
     }
 
     /// True when there are no exports.
     pub fn is_empty(&self) -> bool {
-        self.exports.is_empty()
+        self.read().is_empty()
+    }
+
+    /// The table for reading; a writer that panicked left it whole (every change is one map
+    /// operation), so a poisoned lock is read as is.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn VolumeBackend>>> {
+        self.exports
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn VolumeBackend>>> {
+        self.exports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -538,7 +538,7 @@ impl Connection {
                     );
                     self.send_out().await?;
                     info!(peer = %self.peer, export = %name, tls = self.tls_on, client = self.identity.as_deref().unwrap_or("-"), "nbd client entered transmission");
-                    return Ok(Negotiated::Export(name, Arc::clone(backend), slot));
+                    return Ok(Negotiated::Export(name, backend, slot));
                 }
                 ClientOption::Abort => {
                     proto::encode_option_reply(
@@ -553,7 +553,7 @@ impl Connection {
                 }
                 ClientOption::List => {
                     for name in exports.names() {
-                        proto::encode_rep_server(name, &mut self.out);
+                        proto::encode_rep_server(&name, &mut self.out);
                     }
                     proto::encode_option_reply(proto::OPT_LIST, proto::REP_ACK, &[], &mut self.out);
                     self.send_out().await?;
@@ -606,7 +606,7 @@ impl Connection {
                     self.send_out().await?;
                     if let Some(slot) = slot {
                         info!(peer = %self.peer, export = %request.name, tls = self.tls_on, client = self.identity.as_deref().unwrap_or("-"), "nbd client entered transmission");
-                        return Ok(Negotiated::Export(request.name, Arc::clone(backend), slot));
+                        return Ok(Negotiated::Export(request.name, backend, slot));
                     }
                 }
                 ClientOption::StartTls => self.start_tls().await?,

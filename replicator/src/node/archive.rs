@@ -24,12 +24,15 @@ impl NodeBlocks {
         req: ArchiveWalRequest,
     ) -> std::result::Result<ArchiveWalReply, Status> {
         let key = (req.group.clone(), req.resource.clone());
-        let one = self.shared.wal_pushes.get(&key).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "group {:?} has no postgres resource {:?} on this replicator",
-                req.group, req.resource
-            ))
-        })?;
+        let one = lock(&self.shared.wal_pushes)
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "group {:?} has no postgres resource {:?} on this replicator",
+                    req.group, req.resource
+                ))
+            })?;
         let now = SystemClock::new().now_ms();
         let changes = tandem_core::walfile::changes(&req.resource, &req.name, &req.data, now)
             .map_err(|r| Status::invalid_argument(format!("archive file {:?}: {r}", req.name)))?;

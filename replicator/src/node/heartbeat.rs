@@ -3,6 +3,7 @@
 //! [`super::decide`].
 
 use super::coordinators::connect_within;
+use super::hosting::follow_placement;
 use super::reconcile::reconcile;
 use super::report::progress_report;
 use super::runtime::NodeRt;
@@ -59,7 +60,7 @@ pub(super) async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bo
             warn!("no coordinator answered the heartbeat; the lease will run out");
             continue;
         };
-        for lease in reply.leases {
+        for lease in &reply.leases {
             // Known groups only: a name the topology does not hold is not this node's.
             if rt.topo.group(&lease.group).is_some() {
                 rt.views.learn(
@@ -68,9 +69,15 @@ pub(super) async fn heartbeat_loop(rt: Arc<NodeRt>, mut stop: watch::Receiver<bo
                         primary: lease.primary.clone(),
                         replica: lease.replica.clone(),
                         epoch: Epoch(lease.epoch),
+                        hosts: lease.hosts.clone().into_iter().collect(),
                     },
                 );
             }
+        }
+        // Where the coordinators record each group's data at this site decides which groups
+        // run here, before any of them takes a role from this answer.
+        follow_placement(&rt, &reply.leases).await;
+        for lease in reply.leases {
             if let Err(e) = reconcile(&rt, &lease, sent).await {
                 warn!(group = %lease.group, "role change failed: {e}");
                 if let Some(g) = rt.groups.lock().await.get_mut(&lease.group) {

@@ -102,11 +102,13 @@ pub(super) fn replica_paths(rt: &NodeRt, g: &Group) -> HashMap<String, PathBuf> 
         .collect()
 }
 
-/// The URL of the replicator that serves `g` at `site` (its placement: the pin in `hosts`,
-/// else [`tandem_core::config::place`]).
+/// The URL of the replicator that serves `g` at `site`: where the coordinators last said its
+/// data lives there (a planned move's target included), else its placement in the topology
+/// (the pin in `hosts`, else [`tandem_core::config::place`]).
 pub(super) fn peer_replicator(rt: &NodeRt, g: &Group, site: &str) -> Option<String> {
+    let recorded = rt.views.host_at(&g.name, site);
     rt.topo
-        .host_for(g, site)
+        .placed_host(&g.name, site, recorded.as_deref())
         .map(|n| format!("http://{}", n.listen))
 }
 

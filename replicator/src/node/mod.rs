@@ -33,6 +33,7 @@ mod coordinators;
 mod copies;
 mod decide;
 mod heartbeat;
+mod hosting;
 mod layout;
 pub(crate) mod lease;
 mod lock;

@@ -170,6 +170,36 @@ async fn open_pipeline(
     Ok(Arc::new(GroupPipeline::open(cfg).await?))
 }
 
+/// A primary whose replica host changed (a planned `tandem move` of the replica side) ships
+/// to the new host: the old shipper stops and a new one starts towards the host the
+/// coordinators now record (which resyncs first: it holds nothing, or an older copy). Does
+/// nothing while the host is the same, or while the group drains for a switchover.
+pub(super) async fn follow_replica_host(rt: &NodeRt, g: &mut GroupRt, replica_site: &str) {
+    let want = peer_replicator(rt, &g.cfg, replica_site);
+    if want.is_none() || lock(&rt.me.peers).get(&g.cfg.name) == want.as_ref() {
+        return;
+    }
+    let pipeline = match &mut g.role {
+        RoleState::Primary {
+            pipeline,
+            shipper,
+            draining: false,
+            ..
+        } => {
+            if let Some(s) = shipper.take() {
+                let _ = s.stop().await;
+            }
+            pipeline.clone()
+        }
+        _ => return,
+    };
+    info!(group = %g.cfg.name, to = want.as_deref().unwrap_or(""), "the replica host changed: shipping to the new one");
+    let started = start_shipper(rt, g, &pipeline, replica_site);
+    if let RoleState::Primary { shipper, .. } = &mut g.role {
+        *shipper = started;
+    }
+}
+
 /// Records the replica replicator at `replica_site` as the group's peer and starts shipping
 /// to it (with the group's bandwidth limit and schedule); none when no replicator is there.
 fn start_shipper(

@@ -5,7 +5,7 @@
 use super::decide::{lease_deadline, transition, Told, Transition};
 use super::lease::unsafe_skip_lease_check;
 use super::lock::lock;
-use super::primary::become_primary;
+use super::primary::{become_primary, follow_replica_host};
 use super::runtime::{NodeRt, RoleState};
 use super::transitions::{become_replica, start_drain};
 use crate::error::Result;
@@ -48,6 +48,9 @@ pub(super) async fn reconcile(rt: &Arc<NodeRt>, lease: &GroupLease, sent: Instan
             }
         }
         Transition::BecomeReplica => become_replica(rt, g, epoch, &lease.primary).await?,
+    }
+    if matches!(g.role, RoleState::Primary { .. }) {
+        follow_replica_host(rt, g, &lease.replica).await;
     }
     Ok(())
 }

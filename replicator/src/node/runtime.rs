@@ -99,6 +99,9 @@ pub(super) struct NodeRt {
     pub(super) me: Arc<NodeRtShared>,
 }
 
+/// One archive push at a time for a postgres resource.
+pub(super) type WalPushGate = Arc<tokio::sync::Mutex<()>>;
+
 /// Parts of the node the gRPC block source needs.
 #[derive(Default)]
 pub(super) struct NodeRtShared {
@@ -106,15 +109,17 @@ pub(super) struct NodeRtShared {
     pub(super) cells: Mutex<HashMap<String, Arc<RoleCell>>>,
     /// group -> replica group (replica groups answer with their watermark)
     pub(super) replicas: Mutex<HashMap<String, Arc<ReplicaGroup>>>,
-    /// (group, resource) -> local path
-    pub(super) paths: HashMap<(String, String), PathBuf>,
+    /// (group, resource) -> local path, for the groups this node hosts
+    pub(super) paths: Mutex<HashMap<(String, String), PathBuf>>,
+    /// The NBD exports of the groups this node hosts (changed when a group moves here or away).
+    pub(super) exports: Arc<crate::nbd::ExportMap>,
     /// group -> the replica replicator's URL, while this node is the group's primary
     pub(super) peers: Mutex<HashMap<String, String>>,
     /// The node itself, once running (the Resync RPC changes its groups' roles).
     pub(super) node: std::sync::OnceLock<std::sync::Weak<NodeRt>>,
     /// (group, resource) of every postgres resource -> its archive pushes, one at a time (the
     /// replica rebuilds one file at a time per resource).
-    pub(super) wal_pushes: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    pub(super) wal_pushes: Mutex<HashMap<(String, String), WalPushGate>>,
     /// This node's site and its jurisdiction, and each group's allowed jurisdictions: a copy
     /// this node writes (drill snapshot, recovered copy) lands at this site.
     pub(super) residency: Residency,

@@ -231,7 +231,7 @@ mod tests {
         // A stream opened while this site was the replica applies its frames...
         rg.receive_batch(vec![frame(1, 1)], &mut stream).unwrap();
         assert_eq!(rg.watermark(), Seq(1));
-        let mut g = super::super::startup::group_rt(cfg, Arc::default());
+        let mut g = super::super::hosting::group_rt(cfg, Arc::default());
         g.role = RoleState::Replica {
             epoch: Epoch(1),
             rg: Some(Arc::clone(&rg)),

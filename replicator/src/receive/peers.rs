@@ -24,6 +24,9 @@ pub struct GroupView {
     pub replica: String,
     /// The group's epoch.
     pub epoch: Epoch,
+    /// Where the group's data lives, by site, as the coordinators record it (a planned
+    /// move's target included); a site not named here is the topology's placement.
+    pub hosts: std::collections::BTreeMap<String, String>,
 }
 
 /// The latest [`GroupView`] of every group this replicator heard of, shared between the
@@ -57,6 +60,15 @@ impl Views {
             .unwrap_or_else(|p| p.into_inner())
             .get(group)
             .cloned()
+    }
+
+    /// The host the coordinators last recorded for `group`'s data at `site`, if any.
+    pub fn host_at(&self, group: &str, site: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .and_then(|v| v.hosts.get(site).cloned())
     }
 
     /// The view of `group`, or `unavailable` (the caller retries) when the coordinators have
@@ -144,6 +156,7 @@ impl Gate {
             group,
             primary: &v.primary,
             replica: &v.replica,
+            hosts: Some(&v.hosts),
         });
         match (&self.topo, caller) {
             (Some(t), _) => classify(t, caller, sites),
@@ -246,6 +259,7 @@ mod tests {
             primary: p.into(),
             replica: "b".into(),
             epoch: Epoch(e),
+            hosts: Default::default(),
         };
         v.learn("g", at(3, "a"));
         v.learn("g", at(2, "x"));

@@ -4,7 +4,7 @@
 use super::machine::to_json;
 use super::*;
 use crate::audit::verify_chain;
-use crate::audit::{AuditChain, AuditKind};
+use crate::audit::{AuditChain, AuditKind, AuditRecord};
 use crate::error::Error;
 use proptest::prelude::*;
 use serde_json::json;
@@ -16,6 +16,7 @@ use tandem_runbooks::{Action, Plan, ResolvedSite, RunbookKind};
 mod action;
 mod bootstrap;
 mod lease;
+mod moves;
 mod records;
 mod residency;
 mod role;
