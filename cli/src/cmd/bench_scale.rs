@@ -1,16 +1,17 @@
-//! `tandem bench scale`: many small async groups on 3 local coordinators and 2 replicators
+//! `tandem bench scale`: many small async groups on 3 local coordinators and 2 replicators (or
+//! `--hosts-per-site H` per site, and `--kill-host` to time the loss of one)
 //! (real processes on loopback, as `bench replication` starts them); reports what the
 //! coordinators cost while the groups idle or take a light write load: `tandem status` latency,
 //! raft commits per second, coordinator CPU, memory and disk writes (from `/proc`), and the
 //! raft store on disk at the end. The figures of "Scale (issue 20)" in docs/BENCHMARKS.md.
 
 use crate::cmd::bench_cluster::{cluster, pct};
+use crate::cmd::bench_hostloss::{hosts_toml, lose_host, nbd_targets};
 use crate::cmd::status::{fetch, runtime};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,14 @@ pub struct ScaleArgs {
     /// Folder for the cluster (default: a temp folder, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Replicator hosts per site (the groups are spread over them by the placement function).
+    #[arg(long, default_value = "1")]
+    pub hosts_per_site: usize,
+    /// After the window, kill one primary-site host (`hanoi-rep-2`) and time the automatic
+    /// failover of every group it served (needs `--hosts-per-site` of 2 or more: with one
+    /// host per site that is the loss of the site). Turns `auto_failover` on for every group.
+    #[arg(long)]
+    pub kill_host: bool,
 }
 
 /// The `[[groups]]` tables of groups 2..=n (group 1 is the `vol` group `cluster` writes).
@@ -69,13 +78,6 @@ replica_path = "volumes/hcm/d{i:04}.img"
         );
     }
     out
-}
-
-/// The NBD export names of the `n` groups `cluster` + [`groups_toml`] declare.
-fn exports(n: usize) -> Vec<String> {
-    let mut v = vec!["disk0".to_string()];
-    v.extend((2..=n).map(|i| format!("d{i:04}")));
-    v
 }
 
 /// What `/proc` says of one process at one moment.
@@ -156,10 +158,28 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     if a.groups == 0 {
         return Err(crate::exit::bad_input("--groups must be at least 1"));
     }
+    if a.hosts_per_site == 0 || (a.kill_host && a.hosts_per_site < 2) {
+        return Err(crate::exit::bad_input(
+            "--hosts-per-site must be at least 1, and at least 2 with --kill-host",
+        ));
+    }
     let load_before = loadavg();
     let t_start = Instant::now();
-    let more = groups_toml(a.groups, a.volume_mib);
-    let (c, addrs, nbd_port) = cluster(a.dir.as_deref(), "async", a.volume_mib, "", &more, false)?;
+    let mut more = groups_toml(a.groups, a.volume_mib);
+    let mut extra = String::new();
+    if a.kill_host {
+        more = more.replace("mode = \"async\"", "mode = \"async\"\nauto_failover = true");
+        extra.push_str("auto_failover = true");
+    }
+    more.push_str(&hosts_toml(a.hosts_per_site)?);
+    let (c, addrs, _) = cluster(
+        a.dir.as_deref(),
+        "async",
+        a.volume_mib,
+        &extra,
+        &more,
+        false,
+    )?;
     let run_dir = c.dir.join("run");
     let coords = ["c1", "c2", "c3"];
     let pids: Vec<i32> = coords
@@ -190,12 +210,13 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         // 2. The window: light load, status asked as the CLI asks it, /proc before and after.
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
-        let load = (a.writes_per_sec > 0).then(|| {
+        // Each group's export on its primary host, as status names it.
+        let targets = nbd_targets(&fetch(&addrs).await?);
+        let load = (a.writes_per_sec > 0 && !targets.is_empty()).then(|| {
             let (stop, written) = (stop.clone(), written.clone());
-            let addr = SocketAddr::from(([127, 0, 0, 1], nbd_port));
-            let pools: Vec<NbdPool> = exports(a.groups)
+            let pools: Vec<NbdPool> = targets
                 .into_iter()
-                .map(|e| NbdPool::new(addr, e, 1))
+                .map(|(addr, e)| NbdPool::new(addr, e, 1))
                 .collect();
             let every = Duration::from_secs_f64(1.0 / a.writes_per_sec as f64);
             let slots = (a.volume_mib << 20) / 4096;
@@ -241,6 +262,11 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         if let Some(l) = load {
             let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
         }
+        let host_loss = if a.kill_host {
+            Some(lose_host(&addrs, &run_dir, "hanoi-rep-2", Duration::from_secs(300)).await?)
+        } else {
+            None
+        };
         lat.sort_by(|x, y| x.total_cmp(y));
         let hz = USER_HZ;
         let mut per_coord = Vec::new();
@@ -279,6 +305,8 @@ pub fn run(a: ScaleArgs) -> Result<()> {
                 "ratio_p99_to_target": pct(&lat, 0.99) / 200.0,
                 "document_kb": doc_bytes as f64 / 1e3,
             },
+            "hosts_per_site": a.hosts_per_site,
+            "host_loss": host_loss,
             "raft_commits_per_sec": commits,
             "raft_commits_per_sec_per_group": commits / a.groups as f64,
             "audit_records_per_sec": audit,
@@ -321,7 +349,6 @@ mod tests {
         assert_eq!(t.matches("[[groups]]").count(), 2);
         assert!(t.contains("name = \"g0002\"") && t.contains("name = \"d0003\""));
         assert!(t.contains("size = \"2MiB\""));
-        assert_eq!(exports(3), vec!["disk0", "d0002", "d0003"]);
         assert_eq!(groups_toml(1, 1), "");
     }
 }
