@@ -228,3 +228,77 @@ pub(super) fn group_rt(g: &Group, cell: Arc<RoleCell>) -> GroupRt {
         pg_standbys: Default::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The example topology plus a second replicator at hcm.
+    fn topo() -> Topology {
+        let text = format!(
+            "{}\n[[nodes]]\nname = \"hcm-rep-2\"\nsite = \"hcm\"\nrole = \"replicator\"\n\
+             listen = \"127.0.0.1:7998\"\ndata_dir = \"data/hcm-rep-2\"\n",
+            include_str!("../../../examples/two-sites.toml")
+        );
+        Topology::parse(&text, "three.toml").expect("topology parses")
+    }
+
+    fn lease(group: &str, hcm_host: Option<&str>) -> GroupLease {
+        GroupLease {
+            group: group.into(),
+            epoch: 1,
+            primary: "hanoi".into(),
+            replica: "hcm".into(),
+            hosts: hcm_host
+                .map(|h| [("hcm".to_string(), h.to_string())].into())
+                .unwrap_or_default(),
+            ..GroupLease::default()
+        }
+    }
+
+    #[test]
+    fn groups_follow_the_recorded_host_and_a_primary_never_closes() {
+        let t = topo();
+        let g = t
+            .groups
+            .iter()
+            .find(|g| g.replica == "hcm")
+            .unwrap()
+            .name
+            .clone();
+        let placed = t.host_for_group(&g, "hcm").unwrap().name.clone();
+        let other = if placed == "hcm-rep-2" {
+            "hcm-rep"
+        } else {
+            "hcm-rep-2"
+        };
+        let node = |n: &str| t.node(n).unwrap().clone();
+        let none = BTreeSet::new();
+        let hosted: BTreeSet<String> = [g.clone()].into();
+        // No record: the topology's placement.
+        assert_eq!(
+            hosting_changes(&t, &node(&placed), &[lease(&g, None)], &none, &none),
+            vec![HostingChange::Open(g.clone())]
+        );
+        assert!(hosting_changes(&t, &node(other), &[lease(&g, None)], &none, &none).is_empty());
+        // Recorded (or moving) on the other host: it opens, the placed one closes.
+        let moved = [lease(&g, Some(other))];
+        assert_eq!(
+            hosting_changes(&t, &node(other), &moved, &none, &none),
+            vec![HostingChange::Open(g.clone())]
+        );
+        assert_eq!(
+            hosting_changes(&t, &node(&placed), &moved, &hosted, &none),
+            vec![HostingChange::Close(g.clone())]
+        );
+        // ... unless it is the group's primary here.
+        assert!(hosting_changes(&t, &node(&placed), &moved, &hosted, &hosted).is_empty());
+        // A record naming no replicator of the site is ignored; unknown groups too.
+        let bogus = [lease(&g, Some("hanoi-rep"))];
+        assert!(hosting_changes(&t, &node(&placed), &bogus, &hosted, &none).is_empty());
+        assert!(
+            hosting_changes(&t, &node(&placed), &[lease("nope", None)], &none, &none).is_empty()
+        );
+    }
+}
