@@ -426,3 +426,113 @@ fn tandem_move_takes_the_replica_side_to_another_host_under_writes() {
     assert!(!primary.status.success());
     let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
 }
+
+#[test]
+fn a_failover_during_a_move_cancels_it_and_promotes_the_old_replica_host() {
+    if Command::new("qemu-io").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: qemu-io is not installed (apt-get install qemu-utils)");
+        return;
+    }
+    let (dir, config) = tandem_tests::example_topology(more_hosts_and_groups);
+    let cfg = config.to_str().unwrap();
+    let run = dir.path().join("run");
+    tandem_tests::local_up(&config, &run);
+    let _down = tandem_tests::LocalDown(run.clone());
+    wait_group_of(
+        &config,
+        "p6",
+        "protected on hcm-rep-2",
+        Duration::from_secs(90),
+        &|st| {
+            st["state"] == "protected"
+                && st["replica_host"] == "hcm-rep-2"
+                && st["lease"]["remaining_ms"].as_i64() > Some(0)
+        },
+    );
+    let w = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-t",
+            "none",
+            &nbd_url(cfg, "p6"),
+            "-c",
+            "write -P 77 0 65536",
+        ])
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    // The move's target is down: the move cannot end.
+    let kill = |node: &str| {
+        let pid = std::fs::read_to_string(run.join(format!("{node}.pid"))).unwrap();
+        assert!(Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    kill("hcm-rep-3");
+    let moved = tandem(&[
+        "move",
+        "p6",
+        "--site",
+        "hcm",
+        "--to",
+        "hcm-rep-3",
+        "--no-wait",
+        "--config",
+        cfg,
+    ]);
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    wait_group_of(
+        &config,
+        "p6",
+        "moving to hcm-rep-3",
+        Duration::from_secs(10),
+        &|st| st["state"] == "degraded" && st["replica_host"] == "hcm-rep-3",
+    );
+    // Give hcm-rep-2 a heartbeat to close the group, then lose p6's primary host.
+    std::thread::sleep(Duration::from_secs(2));
+    kill("hanoi-rep-3");
+    wait_group_of(
+        &config,
+        "p6",
+        "failed over to the old replica host",
+        Duration::from_secs(90),
+        &|st| {
+            st["primary"] == "hcm"
+                && st["lease"]["status"] == "active"
+                && st["lease"]["holder"] == "hcm-rep-2"
+        },
+    );
+    // The write p6 acknowledged before the move is in the promoted copy.
+    let r = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-t",
+            "none",
+            &nbd_url(cfg, "p6"),
+            "-c",
+            "read -P 77 0 65536",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        r.status.success() && !out.contains("Pattern verification failed"),
+        "{out}"
+    );
+    let audit =
+        String::from_utf8_lossy(&tandem(&["audit", "--json", "--config", cfg]).stdout).into_owned();
+    let cancelled = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|r| r["kind"] == "move" && r["detail"]["phase"] == "cancelled");
+    assert!(cancelled, "no cancelled move in the chain");
+    let _ = tandem(&["local", "down", "--dir", run.to_str().unwrap()]);
+}

@@ -161,8 +161,9 @@ pub enum Command {
         host: Option<String>,
     },
     /// Starts a planned move of a group's replica side to another replicator host at that
-    /// site (`tandem move`): the group resyncs on `to`, and the in-sync report of `to`
-    /// records it there ([`Command::SetGroupState`] with `host`). Refused during a failover,
+    /// site (`tandem move`): the group is degraded while it resyncs on `to`, and the in-sync
+    /// report of `to` records it there ([`Command::SetGroupState`] with `host`). Refused
+    /// during a failover,
     /// switchover or another move, for the primary side, and when `to` already holds it.
     MoveGroup {
         /// Leader-stamped time.

@@ -4,9 +4,12 @@
 //!
 //! While a move runs, [`Group::host_at`](super::model::Group::host_at) names the new host:
 //! the primary ships to it, it resyncs (merkle diff against the primary), and the trust
-//! boundary counts only it as the group's replica replicator there. The group is
-//! `resyncing` meanwhile: the replica site's copy is not current until the new host reports
-//! itself in sync, which records it as where the data lives and ends the move.
+//! boundary counts only it as the group's replica replicator there. The group is `degraded`
+//! meanwhile (the replica site's copy is not current until the new host reports itself in
+//! sync, which records it as where the data lives and ends the move), so a loss of the
+//! primary during the move is handled as for any degraded group: an automatic failover by the
+//! group's own policy (never when a sync primary acknowledged writes without the replica),
+//! which promotes the old host.
 
 use super::event::Event;
 use super::machine::{get_group, group_mut, State};
@@ -85,7 +88,7 @@ pub(super) fn start_move(
         ev,
         now,
         m.group,
-        GroupState::Resyncing,
+        GroupState::Degraded,
         &reason,
         m.actor,
         None,

@@ -40,7 +40,7 @@ fn a_move_names_the_new_host_until_its_in_sync_report_records_it() {
     assert_eq!(g.host_at("hcm"), Some("hcm-rep-1"));
     apply(&mut s, &move_cmd(100, "vol", "hcm", "hcm-rep-2")).unwrap();
     let g = s.group("vol").unwrap();
-    assert_eq!(g.state, GroupState::Resyncing);
+    assert_eq!(g.state, GroupState::Degraded);
     assert!(
         g.reason.contains("from hcm-rep-1 to hcm-rep-2"),
         "{}",
