@@ -14,7 +14,9 @@
 //! - [`history`]: operations and histories as JSON lines, plus a shared recorder with one clock.
 //! - [`checker`]: pure checkers (lost acknowledged writes, split brain, monotonic epochs,
 //!   replica prefix, identical after resync, RTO, double promotion, no write acknowledged
-//!   after the lease ended, RPO rising under a fault and recovering).
+//!   after the lease ended, RPO rising under a fault and recovering; for the loss of one
+//!   host among several: the RTO to the first write at the new primary, and the other hosts'
+//!   groups keeping their role and never ceasing to write).
 //! - [`dbcheck`]: pure checkers for the database workload (committed transactions lost, the
 //!   database a commit prefix with integrity ok, replica identical to the primary).
 //! - [`workload`]: a seeded block-writer workload over any async write function.

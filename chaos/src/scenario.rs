@@ -300,6 +300,11 @@ pub enum Check {
     /// protected again, and the standby replays the new primary's writes until both servers
     /// hold the same rows and balances.
     PgRejoined,
+    /// Several hosts per site (`hosts_per_site`): the groups of every host the scenario did not
+    /// kill never changed primary site, primary host or epoch (in any status sample, nor in
+    /// the audit chain), and their writes never stopped: no write failed or ended unknown,
+    /// and the longest gap between acknowledged writes stayed within `max_write_gap`.
+    OtherGroupsUndisturbed,
 }
 
 impl Check {
@@ -317,6 +322,22 @@ impl Check {
     /// True for the checks of the PostgreSQL workload (they need `postgres = true`).
     pub fn is_postgres(self) -> bool {
         matches!(self, Check::PgNoLostCommits | Check::PgRejoined)
+    }
+
+    /// True for the checks a scenario with several hosts per site can judge (each group by
+    /// itself); `other_groups_undisturbed` needs such a scenario.
+    pub fn fits_hosts(self) -> bool {
+        matches!(
+            self,
+            Check::NoLostAcknowledgedWrites
+                | Check::IdenticalAfterRecovery
+                | Check::RtoWithinTarget
+                | Check::FailedOver
+                | Check::EpochsMonotonic
+                | Check::AuditChainValid
+                | Check::NoDoublePromotion
+                | Check::OtherGroupsUndisturbed
+        )
     }
 }
 
@@ -380,6 +401,18 @@ pub struct Scenario {
     /// "1s"` on the volume group); needed by `checkpoint` faults.
     #[serde(default)]
     pub history: bool,
+    /// Replicator hosts per data site (2 to 8; default one, `SITE-rep`): the topology gets
+    /// hosts `SITE-rep-1` .. `SITE-rep-N` and `groups` volume groups pinned over them, each
+    /// under its own writer (the hosts workload; `kill` faults of `node:` targets only).
+    #[serde(default)]
+    pub hosts_per_site: Option<u32>,
+    /// With `hosts_per_site`: how many volume groups (at least one per host, at most 24).
+    #[serde(default)]
+    pub groups: Option<u32>,
+    /// With `hosts_per_site`: the longest gap between two acknowledged writes of a group
+    /// that `other_groups_undisturbed` allows (default the topology's `detect_after`).
+    #[serde(default)]
+    pub max_write_gap: Option<HumanDuration>,
 }
 
 /// A node started with a skewed `Clock`.
@@ -615,7 +648,65 @@ impl Scenario {
         if s.faults.windows(2).any(|w| w[1].at < w[0].at) {
             return Err(bad("faults".into(), "faults must be in time order".into()));
         }
+        s.check_hosts().map_err(|(f, m)| bad(f, m))?;
         Ok(s)
+    }
+
+    /// True for a scenario with several replicator hosts per site (the hosts workload).
+    pub fn has_hosts(&self) -> bool {
+        self.hosts_per_site.is_some()
+    }
+
+    /// The hosts workload's volume groups: `groups`, by default one per host.
+    pub fn group_count(&self) -> u32 {
+        self.groups.or(self.hosts_per_site).unwrap_or(1)
+    }
+
+    /// The fields of the hosts workload fit together; returns (field, message) otherwise.
+    fn check_hosts(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: &str| Err((f.to_owned(), m.to_owned()));
+        let Some(hosts) = self.hosts_per_site else {
+            if self.groups.is_some() || self.max_write_gap.is_some() {
+                return err("hosts_per_site", "`groups` and `max_write_gap` need it");
+            }
+            if self.checks.contains(&Check::OtherGroupsUndisturbed) {
+                return err("checks", "other_groups_undisturbed needs `hosts_per_site`");
+            }
+            return Ok(());
+        };
+        if !(2..=8).contains(&hosts) {
+            return err("hosts_per_site", "must be between 2 and 8");
+        }
+        if self.groups.is_some_and(|g| g < hosts || g > 24) {
+            return err(
+                "groups",
+                "must be between hosts_per_site and 24 (one per host)",
+            );
+        }
+        if self.database || self.postgres || self.history || self.clients_at_every_site {
+            return err(
+                "hosts_per_site",
+                "the hosts workload writes volume groups only (no database, postgres, \
+                 history or clients_at_every_site)",
+            );
+        }
+        if let Some(c) = self.checks.iter().find(|c| !c.fits_hosts()) {
+            return Err((
+                "checks".into(),
+                format!("{c:?} does not judge the hosts workload"),
+            ));
+        }
+        if let Some(i) = self
+            .faults
+            .iter()
+            .position(|f| f.action != FaultAction::Kill || !f.target.starts_with("node:"))
+        {
+            return Err((
+                format!("faults[{i}]"),
+                "the hosts workload supports only `kill` of `node:NAME` targets".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// True when a fault moves a clock (`clock`, `strobe`): every node then follows a clock file.
@@ -735,6 +826,48 @@ target = "site:primary"
         let t = t.replace("action = \"kill\"", "action = \"pause\"");
         let e = Scenario::parse(&t, "x.toml").unwrap_err().to_string();
         assert!(e.contains("postgres") && e.contains("only `kill`"), "{e}");
+    }
+
+    #[test]
+    fn the_hosts_workload_takes_only_its_checks_and_node_kills() {
+        let t = OK
+            .replace("site:primary", "node:hanoi-rep-3")
+            .replace("duration = ", "hosts_per_site = 3\ngroups = 6\nduration = ");
+        let s = Scenario::parse(&t, "x.toml").unwrap();
+        assert!(s.has_hosts() && s.groups == Some(6));
+        let undisturbed = t.replace(
+            "[\"no_lost_acknowledged_writes\"]",
+            "[\"other_groups_undisturbed\"]",
+        );
+        assert!(Scenario::parse(&undisturbed, "x.toml").is_ok());
+        for (from, to, field) in [
+            ("groups = 6", "groups = 2", "groups"),
+            ("hosts_per_site = 3", "hosts_per_site = 1", "hosts_per_site"),
+            ("node:hanoi-rep-3", "site:primary", "faults[0]"),
+            ("action = \"kill\"", "action = \"pause\"", "faults[0]"),
+            ("no_lost_acknowledged_writes", "no_split_brain", "checks"),
+            ("groups = 6", "groups = 6\nhistory = true", "hosts_per_site"),
+        ] {
+            let e = Scenario::parse(&t.replace(from, to), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{from} -> {to}: {e}");
+        }
+        // Without hosts_per_site, its fields and its check are refused.
+        let e = Scenario::parse(
+            &OK.replace("duration = ", "groups = 3\nduration = "),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hosts_per_site"), "{e}");
+        let e = Scenario::parse(
+            &OK.replace("no_lost_acknowledged_writes", "other_groups_undisturbed"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs `hosts_per_site`"), "{e}");
     }
 
     #[test]

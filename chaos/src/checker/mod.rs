@@ -10,8 +10,10 @@
 //! | `epochs` | no two writable primaries per epoch, no ack after a fence, no double promotion, epochs monotonic per observer |
 //! | `replica` | the replica applied a prefix in order; corruption caught; torn tail repaired; identical after resync |
 //! | `recovery` | the RPO rose and recovered; the RTO within target |
+//! | `hosts` | one host of several lost: the RTO to the first write at the new primary; the other hosts' groups kept their role and never stopped writing |
 
 mod epochs;
+mod hosts;
 mod recovery;
 mod replica;
 mod verdict;
@@ -20,6 +22,10 @@ mod writes;
 pub use self::epochs::{
     epoch_observations, epochs_monotonic, no_ack_after_fence, no_double_promotion,
     promotions_from_history, split_brain, EpochObservation, Promotion,
+};
+pub use self::hosts::{
+    ack_gaps, first_write_after, role_never_changed, rto_to_first_write, writes_never_stopped,
+    AckGaps, RoleSample,
 };
 pub use self::recovery::{rpo_recovers, rto_within_target, RpoSample};
 pub use self::replica::{

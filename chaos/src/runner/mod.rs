@@ -18,6 +18,8 @@
 //! - [`processes`]: starting, stopping and signalling nodes (also `tandem local`).
 //! - [`nodefiles`]: the clock program and failpoint files each node follows.
 //! - [`topology`]: the embedded topology (also `tandem demo`).
+//! - [`hosts`]: the hosts workload: several replicator hosts per site, a writer per group,
+//!   single hosts killed; its own steps, checks and report row.
 //! - [`host`]: what the caller provides (identity, quarantine reader, database verifier).
 //!
 //! Errors are `anyhow` throughout the runner: it is a test harness whose every error ends as
@@ -31,6 +33,7 @@ pub mod dbrun;
 pub mod dbwriter;
 pub mod faults;
 pub mod host;
+pub mod hosts;
 pub mod judge;
 pub mod load;
 pub mod nodefiles;

@@ -13,6 +13,7 @@ use tandem_core::config::Topology;
 
 use super::cluster::Ctx;
 use super::host::Host;
+use super::hosts::topology::hosts_topology_text;
 use super::nodefiles::{node_env, set_clock, set_failpoints};
 use super::power::Feeds;
 use super::processes as proc;
@@ -33,6 +34,15 @@ pub fn addrs_of(topo: &Topology) -> Vec<String> {
 
 /// The topology text of scenario `s` and the ports it chose.
 fn scenario_topology(s: &Scenario) -> Result<(String, Vec<(String, u16)>)> {
+    if let Some(hosts) = s.hosts_per_site {
+        return hosts_topology_text(
+            hosts,
+            s.group_count(),
+            super::hosts::VOLUME_MIB,
+            &s.mode,
+            s.auto_failover,
+        );
+    }
     let (mut text, ports) = topology_text(VOLUME_MIB, &s.mode, s.auto_failover)?;
     if s.database {
         text.push_str(&db_group_text(&s.mode, s.auto_failover));

@@ -40,6 +40,10 @@ pub fn run_scenario(
     duration: Option<u64>,
     host: &Host<'_>,
 ) -> Result<Value> {
+    if s.has_hosts() {
+        // Several hosts per site and a writer per group: steps of their own.
+        return super::hosts::run_hosts_scenario(s, dir, seed, duration, host);
+    }
     // 1. Bring the cluster up: topology, proxies, node files, every node, a leader.
     let ctx = start_cluster(s, dir, host)?;
     // 1b. PostgreSQL: the primary server streaming through Tandem, a standby at the replica.
