@@ -11,11 +11,13 @@
 //! | `replica` | the replica applied a prefix in order; corruption caught; torn tail repaired; identical after resync |
 //! | `recovery` | the RPO rose and recovered; the RTO within target |
 //! | `hosts` | one host of several lost: the RTO to the first write at the new primary; the other hosts' groups kept their role and never stopped writing |
+//! | `replica_host` | one host at the replica site lost: its groups degraded while it is down and protected again after it returns |
 
 mod epochs;
 mod hosts;
 mod recovery;
 mod replica;
+mod replica_host;
 mod verdict;
 mod writes;
 
@@ -31,5 +33,6 @@ pub use self::recovery::{rpo_recovers, rto_within_target, RpoSample};
 pub use self::replica::{
     corruption_caught, identical_after_resync, replica_prefix, torn_tail_repaired, ReplicaEvent,
 };
+pub use self::replica_host::{degraded_then_protected, ResyncBounds, ResyncTimes, StateSample};
 pub use self::verdict::{ReplicationMode, Verdict};
 pub use self::writes::{lost_acknowledged_writes, tail_quarantined};

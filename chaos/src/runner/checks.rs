@@ -104,9 +104,9 @@ pub fn judge(j: &Judge<'_>, c: &Check, out: &mut Findings) -> Result<()> {
         Check::FailpointsFired => failpoints(j, out),
         Check::CorruptionCaught => corruption(j, out),
         Check::RecoversToCheckpoint => super::pitr::judge_recoveries(j, out),
-        Check::OtherGroupsUndisturbed => out
-            .failures
-            .push("other_groups_undisturbed needs `hosts_per_site`".into()),
+        Check::OtherGroupsUndisturbed | Check::ReplicaGroupsResync => {
+            out.failures.push(format!("{c:?} needs `hosts_per_site`"))
+        }
         Check::PowerCutsDroppedWrites => {
             let idle = j.obs.power_cuts.iter().filter(|d| !**d).count();
             if j.obs.power_cuts.is_empty() || idle > 0 {

@@ -1,7 +1,9 @@
 //! Judging a hosts run: each check of the scenario evaluated group by group, with the groups
 //! the killed hosts served (the *lost* groups: they must fail over, lose nothing
 //! acknowledged, and write again within their RTO target) apart from the others (they must
-//! not notice). The judging is the pure checkers of [`crate::checker`]; this room gathers
+//! not notice, but for the groups whose replica host was killed: they are degraded while it
+//! is down, protected again once it returns, and sync ones may wait `sync_timeout` for the
+//! coordinators' consent to write without their replica). The judging is the pure checkers of [`crate::checker`]; this room gathers
 //! their inputs. I/O: volume images, the audit chain, verify calls.
 
 use std::collections::BTreeMap;
@@ -16,8 +18,9 @@ use tandem_core::ids::Epoch;
 use super::load::{group_in, HostsLoad};
 use super::observe::HostsObserved;
 use crate::checker::{
-    ack_gaps, epochs_monotonic, lost_acknowledged_writes, no_double_promotion, role_never_changed,
-    rto_to_first_write, writes_never_stopped, EpochObservation, Promotion,
+    ack_gaps, degraded_then_protected, epochs_monotonic, lost_acknowledged_writes,
+    no_double_promotion, role_never_changed, rto_to_first_write, writes_never_stopped,
+    EpochObservation, Promotion, ReplicationMode, ResyncBounds, ResyncTimes,
 };
 use crate::history::History;
 use crate::runner::cluster::Ctx;
@@ -29,6 +32,15 @@ use crate::scenario::{Check, Scenario};
 /// How long the audited RTO of every lost group's failover is waited for: it is recorded when
 /// the failover run ends, which may come a little after the group writes again.
 const AUDIT_WAIT: Duration = Duration::from_secs(20);
+/// How long after `detect_after` a group whose replica host was killed may be seen
+/// degraded: the host's last heartbeat may come up to one interval (250 ms) before the kill
+/// rather than at it, but the leader looks every 200 ms, commits the state change through
+/// Raft, and the runner samples the status every 150 ms; 1 s leaves room on a loaded machine.
+const DEGRADE_SLACK_MS: u64 = 1000;
+/// How long after its replica host is restarted a group must be seen protected again: the
+/// replicator starts (a debug build on a loaded machine), the primary ships what the replica
+/// missed, the replica reports itself in sync and the coordinators commit the change.
+const PROTECT_WITHIN_MS: u64 = 15_000;
 
 /// Everything a check of a hosts run may look at.
 pub struct HostsJudge<'a> {
@@ -65,18 +77,25 @@ pub struct HostsFindings {
     pub audited_rto_ms: BTreeMap<String, Option<i64>>,
     /// Per other group: the longest gap between acknowledged writes, before and after the kill.
     pub gaps_ms: BTreeMap<String, (u64, u64)>,
+    /// Per group whose replica host was killed: when it was seen degraded and protected again.
+    pub resync: BTreeMap<String, ResyncTimes>,
 }
 
 impl HostsJudge<'_> {
     /// Why the run shows nothing about the loss of one host, if it does not: the killed hosts
-    /// served no group, or every group.
+    /// served no group (as primary or replica), or every group.
     pub fn pointless(&self) -> Option<String> {
-        (self.obs.lost_groups.is_empty() || self.other_groups().is_empty()).then(|| {
+        let touched =
+            |g: &String| self.obs.lost_groups.contains(g) || self.obs.replica_lost.contains_key(g);
+        let hit = self.obs.first.keys().filter(|g| touched(g)).count();
+        (hit == 0 || hit == self.obs.first.len()).then(|| {
             format!(
-                "the killed hosts {:?} served the primary of {} of the {} groups: a host loss \
-                 shows something only when some groups are lost and some are not",
+                "the killed hosts {:?} served the primary of {} and the replica of {} of the {} \
+                 groups: a host loss shows something only when some groups are hit and some \
+                 are not",
                 self.obs.killed,
                 self.obs.lost_groups.len(),
+                self.obs.replica_lost.len(),
                 self.obs.first.len()
             )
         })
@@ -171,6 +190,7 @@ pub fn judge_hosts(j: &HostsJudge<'_>, c: Check, out: &mut HostsFindings) -> Res
             }
         }
         Check::OtherGroupsUndisturbed => undisturbed(j, out)?,
+        Check::ReplicaGroupsResync => resync(j, out),
         other => out
             .failures
             .push(format!("{other:?} does not judge the hosts workload")),
@@ -185,9 +205,15 @@ fn lost_writes(j: &HostsJudge<'_>, out: &mut HostsFindings) {
     };
     let mode = mode_of(j.s);
     // Async only: an acknowledgement in flight at the kill reaches the history a little later.
-    let failure_at = j.obs.kill_ms.map_or(u64::MAX, |k| k + 500);
+    // A group that did not fail over may lose nothing, in either mode.
+    let kill_at = j.obs.kill_ms.map_or(u64::MAX, |k| k + 500);
     let window = j.obs.max_rpo.max(0) as u64 + 1500;
     for g in j.obs.first.keys() {
+        let failure_at = if j.obs.lost_groups.contains(g) {
+            kill_at
+        } else {
+            u64::MAX
+        };
         let Some(site) = group_in(end, g).map(|x| x.primary.clone()) else {
             out.failures.push(format!("{g}: not in the final status"));
             continue;
@@ -288,8 +314,22 @@ fn rto(j: &HostsJudge<'_>, out: &mut HostsFindings) -> Result<()> {
     Ok(())
 }
 
+/// The longest write gap `other_groups_undisturbed` allows group `g`: `max_gap_ms`, plus its
+/// `sync_timeout` when it is a sync group whose replica host was killed (its primary waits
+/// that long for the replica, then acknowledges on its journal with the coordinators'
+/// consent).
+fn gap_bound(j: &HostsJudge<'_>, g: &str, max_gap_ms: u64) -> u64 {
+    let waits = mode_of(j.s) == ReplicationMode::Sync && j.obs.replica_lost.contains_key(g);
+    let sync_timeout = j
+        .ctx
+        .topo
+        .group(g)
+        .map_or(0, |x| x.sync_timeout.as_millis());
+    max_gap_ms + if waits { sync_timeout } else { 0 }
+}
+
 /// Every other group: role and epoch never changed, no promotion audited, writes never
-/// stopped (no write failed, no gap over `max_write_gap`).
+/// stopped (no write failed, no gap over `max_write_gap`, [`gap_bound`]).
 fn undisturbed(j: &HostsJudge<'_>, out: &mut HostsFindings) -> Result<()> {
     let records = j.audit()?;
     let max_gap = j.s.max_write_gap.map_or_else(
@@ -312,7 +352,7 @@ fn undisturbed(j: &HostsJudge<'_>, out: &mut HostsFindings) -> Result<()> {
         let h = j.history(g);
         for v in [
             role_never_changed(&first, samples, promotions),
-            writes_never_stopped(&h, from, until, max_gap),
+            writes_never_stopped(&h, from, until, gap_bound(j, g, max_gap)),
         ] {
             out.failures
                 .extend(v.violations.iter().map(|x| format!("{g}: {x}")));
@@ -326,7 +366,12 @@ fn undisturbed(j: &HostsJudge<'_>, out: &mut HostsFindings) -> Result<()> {
         out.gaps_ms.insert(g.clone(), gaps);
     }
     out.notes.push(format!(
-        "other groups' longest write gap allowed: {max_gap} ms (before, after the kill: {})",
+        "other groups' longest write gap allowed: {max_gap} ms{} (before, after the kill: {})",
+        if j.obs.replica_lost.is_empty() || mode_of(j.s) != ReplicationMode::Sync {
+            String::new()
+        } else {
+            " + sync_timeout for the groups whose replica host was killed".to_owned()
+        },
         out.gaps_ms
             .iter()
             .map(|(g, (b, a))| format!("{g} {b}/{a}"))
@@ -334,4 +379,33 @@ fn undisturbed(j: &HostsJudge<'_>, out: &mut HostsFindings) -> Result<()> {
             .join(", ")
     ));
     Ok(())
+}
+
+/// Every group whose replica host was killed: degraded for its silence while it was down,
+/// protected again after its restart ([`degraded_then_protected`]).
+fn resync(j: &HostsJudge<'_>, out: &mut HostsFindings) {
+    if j.obs.replica_lost.is_empty() {
+        out.failures.push(format!(
+            "replica_groups_resync: the killed hosts {:?} served no group's replica",
+            j.obs.killed
+        ));
+        return;
+    }
+    let bounds = ResyncBounds {
+        degrade_within_ms: j.ctx.topo.cluster.detect_after.as_millis() + DEGRADE_SLACK_MS,
+        protect_within_ms: PROTECT_WITHIN_MS,
+    };
+    for (g, host) in &j.obs.replica_lost {
+        let Some(&kill) = j.obs.killed_at.get(host) else {
+            continue;
+        };
+        let samples = j.obs.states.get(g).map(Vec::as_slice).unwrap_or(&[]);
+        let restart = j.obs.restarted_at.get(host).copied();
+        let (v, times) = degraded_then_protected(samples, host, kill, restart, bounds);
+        out.failures
+            .extend(v.violations.iter().map(|x| format!("{g}: {x}")));
+        out.notes
+            .extend(v.notes.iter().map(|x| format!("{g}: {x}")));
+        out.resync.insert(g.clone(), times);
+    }
 }

@@ -7,10 +7,12 @@
 //! Rooms:
 //! - [`topology`]: the hosts, the groups and their pins.
 //! - [`load`]: one writer and one history per group, following its primary host.
-//! - [`observe`]: every group's role in every status sample; the kills.
+//! - [`observe`]: every group's role and state in every status sample; the kills and
+//!   restarts.
 //! - [`judge`]: the checks, group by group: the groups the killed hosts served must fail
 //!   over, lose nothing acknowledged and write again within their RTO target; the others
-//!   must never change role and never stop writing.
+//!   must never change role and never stop writing; those whose replica host was killed
+//!   must be degraded while it is down and protected again after it returns.
 
 pub mod judge;
 pub mod load;
@@ -27,14 +29,14 @@ use tandem_coordinator::status::ClusterStatus;
 
 use self::judge::{judge_hosts, HostsFindings, HostsJudge};
 use self::load::{group_in, HostsLoad};
-use self::observe::{kill, HostsObserved};
+use self::observe::{kill, restart, HostsObserved};
 use self::topology::group_name;
 use super::cluster::Ctx;
 use super::host::Host;
 use super::recovery::protected;
 use super::setup::start_cluster;
 use crate::history::History;
-use crate::scenario::Scenario;
+use crate::scenario::{FaultAction, Scenario};
 
 /// Volume size of every group, in MiB.
 pub const VOLUME_MIB: u64 = 8;
@@ -88,8 +90,8 @@ pub fn run_hosts_scenario(
     // 4. Run the fault timeline while sampling the status and following the primaries.
     let total = Duration::from_millis(duration.map(|d| d * 1000).unwrap_or(s.duration.as_millis()));
     run_timeline(&ctx, s, total, &mut obs, &load)?;
-    // 5. Stop the writers (the end of the judged window), start the killed hosts again and
-    //    wait until every group is protected and caught up.
+    // 5. Stop the writers (the end of the judged window), start the killed hosts not
+    //    restarted yet and wait until every group is protected and caught up.
     let end_ms = load.stop(&ctx);
     let mut out = HostsFindings {
         notes: std::mem::take(&mut obs.notes),
@@ -129,7 +131,7 @@ pub fn run_hosts_scenario(
 }
 
 /// Step 4: until `total` has passed, every tick: sample the status (the writers follow it),
-/// kill the hosts that are due.
+/// kill or restart the hosts that are due.
 fn run_timeline(
     ctx: &Ctx,
     s: &Scenario,
@@ -146,17 +148,21 @@ fn run_timeline(
             obs.sample(st, load.now_ms());
         }
         while let Some(f) = faults.next_if(|f| start.elapsed() >= f.at.as_duration()) {
-            kill(ctx, f, obs, load.now_ms())?;
+            if f.action == FaultAction::Restart {
+                restart(ctx, f, obs, load.now_ms())?;
+            } else {
+                kill(ctx, f, obs, load.now_ms())?;
+            }
         }
         std::thread::sleep(TICK);
     }
     Ok(())
 }
 
-/// Step 5: starts the killed hosts again and waits until every group is protected and
+/// Step 5: starts the killed hosts still down again and waits until every group is protected and
 /// caught up; returns that status.
 fn recover(ctx: &Ctx, obs: &HostsObserved, names: &[String]) -> Result<ClusterStatus> {
-    for n in &obs.killed {
+    for n in &obs.down() {
         ctx.start(n)?;
     }
     ctx.wait(
@@ -192,6 +198,7 @@ fn report(s: &Scenario, obs: &HostsObserved, load: &HostsLoad, out: HostsFinding
         .iter()
         .map(|(g, first)| {
             let lost = obs.lost_groups.contains(g);
+            let resync = out.resync.get(g);
             let acked = load
                 .groups
                 .iter()
@@ -205,6 +212,9 @@ fn report(s: &Scenario, obs: &HostsObserved, load: &HostsLoad, out: HostsFinding
                 "audited_rto_ms": out.audited_rto_ms.get(g).copied().flatten(),
                 "max_gap_before_kill_ms": out.gaps_ms.get(g).map(|x| x.0),
                 "max_gap_after_kill_ms": out.gaps_ms.get(g).map(|x| x.1),
+                "replica_host_lost": obs.replica_lost.get(g),
+                "degraded_after_kill_ms": resync.and_then(|t| t.degraded_after_ms),
+                "protected_after_restart_ms": resync.and_then(|t| t.protected_after_ms),
             });
             (g.clone(), v)
         })
