@@ -75,7 +75,7 @@ async fn make(
 ) -> Result<(), tonic::Status> {
     let unknown_run = "no-such-run".to_string();
     match call {
-        Call::Status => c.status(StatusRequest {}).await.map(drop),
+        Call::Status => c.status(StatusRequest::default()).await.map(drop),
         Call::Audit => c
             .audit(AuditRequest {
                 from_index: 0,

@@ -112,7 +112,7 @@ fn certificates_from_another_ca_and_plaintext_clients_are_refused() {
     rt().block_on(async {
         let r = match coordinator(&foreign, &addr).await {
             Ok(mut cl) => cl
-                .status(StatusRequest {})
+                .status(StatusRequest::default())
                 .await
                 .map(|_| ())
                 .map_err(|s| s.to_string()),
@@ -149,7 +149,7 @@ fn certificates_from_another_ca_and_plaintext_clients_are_refused() {
         let plain = Net::plaintext();
         let r = match coordinator(&plain, &addr).await {
             Ok(mut cl) => cl
-                .status(StatusRequest {})
+                .status(StatusRequest::default())
                 .await
                 .map(|_| ())
                 .map_err(|s| s.to_string()),
@@ -164,7 +164,11 @@ fn certificates_from_another_ca_and_plaintext_clients_are_refused() {
     let ok = c.client_as(&c.certs(), "operator");
     rt().block_on(async {
         let mut cl = coordinator(&ok, &addr).await.unwrap();
-        let st = cl.status(StatusRequest {}).await.unwrap().into_inner();
+        let st = cl
+            .status(StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
         let v: serde_json::Value = serde_json::from_str(&st.json).unwrap();
         assert_eq!(v["tls"]["enabled"], true);
         let certs = v["tls"]["certs"].as_array().unwrap();

@@ -144,7 +144,9 @@ pub fn run(a: Args) -> Result<()> {
     runtime()?.block_on(async {
         let mut c = crate::cmd::ops::connect(&addrs).await?;
         let r = c
-            .status(StatusRequest {})
+            .status(StatusRequest {
+                groups: vec![a.group.clone()],
+            })
             .await
             .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?
             .into_inner();

@@ -134,7 +134,7 @@ fn live_roles(cfg: &PathBuf, group: &str) -> Option<(String, String, Epoch)> {
         .await
         .ok()?
         .ok()?;
-        let r = c.status(StatusRequest {}).await.ok()?.into_inner();
+        let r = c.status(StatusRequest::default()).await.ok()?.into_inner();
         serde_json::from_str(&r.json).ok()
     })?;
     let g = doc["groups"]

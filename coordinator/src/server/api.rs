@@ -94,16 +94,20 @@ fn decided(c: &Coordinator, events: &Value) -> Decided {
 impl CoordinatorApi for Coordinator {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         self.gate(&req, Call::Status, None).await?;
+        let only = req.into_inner().groups;
         let mut stale = false;
         if !self.is_leader() {
             if let Ok(mut c) = self.leader_client().await {
-                if let Ok(r) = c.status(StatusRequest {}).await {
+                let ask = StatusRequest {
+                    groups: only.clone(),
+                };
+                if let Ok(r) = c.status(ask).await {
                     return Ok(r);
                 }
             }
             stale = true;
         }
-        let doc = self.status_doc(stale);
+        let doc = self.status_doc(stale, &only);
         let json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(StatusReply { json }))
     }

@@ -353,7 +353,7 @@ async fn sample_rpo(c: &Coordinator, now: i64) {
     }
     // One commit for every group (issue 20: one per group was O(groups) commits per interval,
     // proposed one after the other, and fell behind the interval at a thousand groups).
-    let doc = c.status_doc(false);
+    let doc = c.status_doc(false, &[]);
     let samples: Vec<GroupRpo> = doc
         .groups
         .iter()
@@ -384,8 +384,9 @@ async fn serve_metrics(
     };
     let registry = tandem_core::metrics::global().clone();
     let c = c.clone();
-    registry
-        .register_collector(move || crate::metrics::families(&c.status_doc(false), c.is_leader()));
+    registry.register_collector(move || {
+        crate::metrics::families(&c.status_doc(false, &[]), c.is_leader())
+    });
     let (bound, _task) = tandem_core::metrics::start(addr, registry, stop)
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;

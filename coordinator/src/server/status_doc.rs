@@ -46,8 +46,9 @@ impl Coordinator {
     }
 
     /// The status document as this node sees it (`stale`: a follower that could not reach
-    /// the leader answers from its own copy of the state).
-    pub(crate) fn status_doc(&self, stale: bool) -> ClusterStatus {
+    /// the leader answers from its own copy of the state), with only the groups named in
+    /// `only` when it names any.
+    pub(crate) fn status_doc(&self, stale: bool, only: &[String]) -> ClusterStatus {
         let rs = self.inner.raft.status();
         let now = self.now_ms();
         let live = lock(&self.inner.live);
@@ -69,6 +70,7 @@ impl Coordinator {
             let groups = t
                 .groups
                 .iter()
+                .filter(|cg| only.is_empty() || only.contains(&cg.name))
                 .filter_map(|cg| group_status(t, s, &live, cg, now))
                 .collect();
             ClusterStatus {

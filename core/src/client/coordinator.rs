@@ -108,7 +108,7 @@ impl Cluster {
         const CALL: &str = "status";
         let mut c = self.dial(CALL, addr, Some(STATUS_TIMEOUT)).await?;
         let reply = c
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .map_err(|s| ClientError::refused(CALL, addr, &s))?
             .into_inner();
