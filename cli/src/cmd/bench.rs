@@ -351,7 +351,10 @@ fn cpu_per_gb(
     written: u64,
 ) -> Value {
     let gb = (written as f64 / 1e9).max(1e-9);
-    let per = |i: usize| match (before.get(i).copied().flatten(), after.get(i).copied().flatten()) {
+    let per = |i: usize| match (
+        before.get(i).copied().flatten(),
+        after.get(i).copied().flatten(),
+    ) {
         (Some(b), Some(a)) => (
             (a.0 - b.0) / gb,
             (a.1 - b.1) / gb,

@@ -115,7 +115,11 @@ pub fn stat_minor_faults(stat: &str) -> Option<u64> {
 pub(crate) fn cpu_secs(pid: i32) -> Option<(f64, f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (u, s) = stat_user_sys_ticks(&stat)?;
-    Some((u as f64 / USER_HZ, s as f64 / USER_HZ, stat_minor_faults(&stat)?))
+    Some((
+        u as f64 / USER_HZ,
+        s as f64 / USER_HZ,
+        stat_minor_faults(&stat)?,
+    ))
 }
 
 /// The value of `key` (e.g. `VmRSS:`, `write_bytes:`) in a `/proc` key-value file.
