@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `TNDF` |
 //! | 4 | 2 | version (1) |
-//! | 6 | 2 | flags (bit 0: payload is zstd-compressed; otherwise stored raw) |
+//! | 6 | 2 | flags (bit 0: payload is zstd-compressed, as one or more concatenated zstd frames; otherwise stored raw) |
 //! | 8 | 8 | group id |
 //! | 16 | 8 | epoch |
 //! | 24 | 8 | first seq |
@@ -16,6 +16,12 @@
 //! | 40 | 4 | payload length on the wire (compressed length) |
 //! | 44 | 32 | blake3 of the raw payload |
 //! | 76 | 8 | header check: first 8 bytes of blake3 of bytes 0..76 |
+//!
+//! A compressed payload may be several zstd frames one after the other (zstd decompresses
+//! them as one): the [`Encoder`] compresses each data of [`DIRECT_MIN_LEN`] bytes or more
+//! as a zstd frame of its own, straight from its change, and the [`Decoder`] decompresses such
+//! a frame straight into the change's data buffer; neither copies the data through a staging
+//! buffer. Every build of this version reads either layout.
 //!
 //! The header check lets a receiver trust the epoch and seq fields (and refuse a frame) before
 //! it spends anything on decompression. The raw payload is a sequence of changes:
@@ -501,48 +507,55 @@ impl Encoder {
 
     /// Encodes `changes` as one frame at `meta`.
     ///
+    /// The raw payload is never assembled in one buffer when it holds large data: the small
+    /// parts (change headers, small data) are gathered and compressed together, and each data
+    /// of at least [`DIRECT_MIN_LEN`] bytes is compressed straight from its change as a zstd
+    /// frame of its own, into the output after the header; blake3 is fed the same pieces in
+    /// order. The payload is then a concatenation of zstd frames, which every decoder of this
+    /// format reads as one (zstd decompresses concatenated frames into one output).
+    ///
     /// # Errors
     /// As [`check_batch`], or [`FrameError::Encode`] if zstd fails.
     pub fn encode(&mut self, meta: FrameMeta, changes: &[Change]) -> Result<Vec<u8>, FrameError> {
+        self.encode_into(meta, changes, Vec::new())
+    }
+
+    /// As [`Encoder::encode`], into `out` (cleared first; its capacity is reused, so a caller
+    /// that hands back the buffers of frames it is done with allocates none per frame).
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`].
+    pub fn encode_into(
+        &mut self,
+        meta: FrameMeta,
+        changes: &[Change],
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>, FrameError> {
         let raw_len = check_batch(changes)?;
-        self.raw.clear();
-        self.raw.reserve(raw_len);
-        for c in changes {
-            self.raw.push(c.kind as u8);
-            self.raw.push(c.resource.len() as u8);
-            self.raw.extend_from_slice(c.resource.as_bytes());
-            self.raw.extend_from_slice(&c.offset.to_le_bytes());
-            self.raw.extend_from_slice(&c.length.to_le_bytes());
-            self.raw.extend_from_slice(&c.captured_ms.to_le_bytes());
-            self.raw
-                .extend_from_slice(&(c.data.len() as u32).to_le_bytes());
-            self.raw.extend_from_slice(&c.data);
-        }
-        let hash = hash_payload(&self.raw);
-        let bound = zstd::zstd_safe::compress_bound(self.raw.len());
-        let mut out = Vec::with_capacity(HEADER_LEN + bound.max(self.raw.len()));
+        let mut hash = blake3::Hasher::new();
+        // Room for every piece's bound (one zstd frame per large data, one per run of small
+        // parts between them): the output never moves while zstd writes it.
+        let direct = changes
+            .iter()
+            .filter(|c| c.data.len() >= DIRECT_MIN_LEN)
+            .count();
+        let room = zstd::zstd_safe::compress_bound(raw_len) + (2 * direct + 1) * FRAME_SLACK;
+        out.clear();
+        out.reserve(HEADER_LEN + room.max(raw_len));
         out.resize(HEADER_LEN, 0);
-        // Compress into the spare capacity after the header (not zeroed first: a cursor at
-        // the header's end, so zstd writes there and `out` grows by what it wrote); fall back
-        // to storing raw when it does not pay.
-        let mut compressed = false;
-        if self.raw.len() >= MIN_COMPRESS_LEN {
-            let mut tail = std::io::Cursor::new(out);
-            tail.set_position(HEADER_LEN as u64);
-            let n = self
-                .compressor
-                .compress_to_buffer(&self.raw, &mut tail)
-                .map_err(|e| FrameError::Encode(format!("zstd: {e}")))?;
-            out = tail.into_inner();
-            if n + self.raw.len() / STORE_RAW_THRESHOLD_DIV < self.raw.len() {
-                out.truncate(HEADER_LEN + n);
-                compressed = true;
-            } else {
-                out.truncate(HEADER_LEN);
-            }
-        }
+        let compressed = raw_len >= MIN_COMPRESS_LEN
+            && self.compress_pieces(changes, &mut out, &mut hash, raw_len)?;
         if !compressed {
-            out.extend_from_slice(&self.raw);
+            // Stored raw: the pieces copied after the header (hashed here unless the
+            // compression attempt hashed them already).
+            out.truncate(HEADER_LEN);
+            for c in changes {
+                push_head(c, &mut out);
+                out.extend_from_slice(&c.data);
+            }
+            if raw_len < MIN_COMPRESS_LEN {
+                hash.update(&out[HEADER_LEN..]);
+            }
         }
         let payload_len = (out.len() - HEADER_LEN) as u32;
         let flags = if compressed { FLAG_ZSTD } else { 0 };
@@ -551,12 +564,80 @@ impl Encoder {
             flags,
             meta,
             changes.len() as u32,
-            self.raw.len() as u32,
+            raw_len as u32,
             payload_len,
-            &hash,
+            hash.finalize().as_bytes(),
         );
         Ok(out)
     }
+
+    /// Compresses the payload of `changes` piece by piece after the header in `out` (see
+    /// [`Encoder::encode`]), hashing every piece; returns whether it paid (saved at least
+    /// 1/32 of `raw_len`). `out` is left with the header and whatever was written.
+    fn compress_pieces(
+        &mut self,
+        changes: &[Change],
+        out: &mut Vec<u8>,
+        hash: &mut blake3::Hasher,
+        raw_len: usize,
+    ) -> Result<bool, FrameError> {
+        self.raw.clear();
+        for c in changes {
+            let at = self.raw.len();
+            push_head(c, &mut self.raw);
+            hash.update(&self.raw[at..]);
+            hash.update(&c.data);
+            if c.data.len() >= DIRECT_MIN_LEN {
+                let small = std::mem::take(&mut self.raw);
+                self.compress_into(&small, out)?;
+                self.raw = small;
+                self.raw.clear();
+                self.compress_into(&c.data, out)?;
+            } else {
+                self.raw.extend_from_slice(&c.data);
+            }
+        }
+        let small = std::mem::take(&mut self.raw);
+        self.compress_into(&small, out)?;
+        self.raw = small;
+        let n = out.len() - HEADER_LEN;
+        Ok(n + raw_len / STORE_RAW_THRESHOLD_DIV < raw_len)
+    }
+
+    /// Appends `piece` to `out` as one zstd frame (nothing for an empty piece), written into
+    /// the spare capacity (not zeroed first).
+    fn compress_into(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        out.reserve(zstd::zstd_safe::compress_bound(piece.len()));
+        let at = out.len() as u64;
+        let mut tail = std::io::Cursor::new(out);
+        tail.set_position(at);
+        self.compressor
+            .compress_to_buffer(piece, &mut tail)
+            .map_err(|e| FrameError::Encode(format!("zstd: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Data at least this long is compressed as a zstd frame of its own, straight from its change
+/// (and decompressed straight into its own buffer): never copied into a staging buffer.
+pub const DIRECT_MIN_LEN: usize = 64 << 10;
+
+/// Room per zstd frame beyond `compress_bound` of its part (frame header and last block).
+const FRAME_SLACK: usize = 64;
+
+/// Appends the fixed part of a change in the raw payload to `out`: kind, name length, name,
+/// offset, length, capture time, data length (everything but the data).
+fn push_head(c: &Change, out: &mut Vec<u8>) {
+    out.push(c.kind as u8);
+    out.push(c.resource.len() as u8);
+    out.extend_from_slice(c.resource.as_bytes());
+    out.extend_from_slice(&c.offset.to_le_bytes());
+    out.extend_from_slice(&c.length.to_le_bytes());
+    out.extend_from_slice(&c.captured_ms.to_le_bytes());
+    out.extend_from_slice(&(c.data.len() as u32).to_le_bytes());
 }
 
 /// Checks that `changes` can be encoded as one frame and returns their raw payload length,
@@ -655,28 +736,25 @@ impl Decoder {
                 needed: header.frame_len(),
                 have: bytes.len(),
             })?;
-        let raw: &[u8] = if header.flags & FLAG_ZSTD != 0 {
-            // Into the spare capacity (not zeroed first); `raw` grows by what zstd wrote.
-            self.raw.clear();
-            self.raw.reserve(header.raw_len as usize);
-            let n = self
-                .decompressor
-                .decompress_to_buffer(payload, &mut self.raw)
-                .map_err(|e| FrameError::Decompress(e.to_string()))?;
-            if n != header.raw_len as usize {
-                return Err(FrameError::DecompressedLength {
-                    expected: header.raw_len,
-                    found: n,
-                });
+        if header.flags & FLAG_ZSTD != 0 {
+            // Piece by piece (see `frame_pieces`): a change's large data is decompressed
+            // straight into its own buffer, never copied out of the payload.
+            let parts = pieces::decompress(
+                &mut self.decompressor,
+                payload,
+                header.raw_len as usize,
+                &mut self.raw,
+            )?;
+            if pieces::hash(&self.raw, &parts) != header.payload_hash {
+                return Err(FrameError::PayloadChecksum);
             }
-            &self.raw
-        } else {
-            payload
-        };
-        if hash_payload(raw) != header.payload_hash {
+            let changes = pieces::parse(&self.raw, parts, header.change_count)?;
+            return Ok(Frame { header, changes });
+        }
+        if hash_payload(payload) != header.payload_hash {
             return Err(FrameError::PayloadChecksum);
         }
-        let changes = parse_changes(raw, header.change_count)?;
+        let changes = parse_changes(payload, header.change_count)?;
         Ok(Frame { header, changes })
     }
 }
@@ -788,6 +866,9 @@ fn parse_changes(raw: &[u8], count: u32) -> Result<Vec<Change>, FrameError> {
     }
     Ok(changes)
 }
+
+#[path = "frame_pieces.rs"]
+mod pieces;
 
 #[cfg(test)]
 #[path = "frame_tests.rs"]

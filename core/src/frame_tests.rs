@@ -150,6 +150,145 @@ fn encoder_refuses_inconsistent_changes() {
     assert_eq!(check_batch(&ok).ok(), Some(raw));
 }
 
+/// The raw payload of `changes`, as the format lays it out.
+fn raw_payload(changes: &[Change]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for c in changes {
+        push_head(c, &mut raw);
+        raw.extend_from_slice(&c.data);
+    }
+    raw
+}
+
+/// A frame whose compressed payload is `parts` (ranges of the raw payload of `changes`),
+/// each compressed as one zstd frame.
+fn frame_of_parts(changes: &[Change], cuts: &[usize]) -> Vec<u8> {
+    let raw = raw_payload(changes);
+    let mut payload = Vec::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&raw.len())) {
+        payload.extend(zstd::bulk::compress(&raw[from..to], 1).unwrap());
+        from = to;
+    }
+    let mut bytes = vec![0u8; HEADER_LEN];
+    write_header(
+        &mut bytes,
+        FLAG_ZSTD,
+        meta(),
+        changes.len() as u32,
+        raw.len() as u32,
+        payload.len() as u32,
+        blake3::hash(&raw).as_bytes(),
+    );
+    bytes.extend(payload);
+    bytes
+}
+
+fn large_mix() -> Vec<Change> {
+    let big = |seed: u8| -> Vec<u8> {
+        (0..(1usize << 20))
+            .map(|i| seed.wrapping_add((i / 13) as u8))
+            .collect()
+    };
+    vec![
+        Change::write("disk0", 0, big(1), 1),
+        Change::write("disk0", 1 << 20, b"small".to_vec(), 2),
+        Change::barrier("disk0", 3),
+        Change::write("disk0", 2 << 20, big(2), 4),
+        Change::write("disk0", 3 << 20, big(3), 5),
+        Change::trim("disk0", 0, 4096, 6),
+    ]
+}
+
+#[test]
+fn large_data_is_compressed_as_frames_of_its_own_and_round_trips() {
+    let changes = large_mix();
+    let bytes = Encoder::new(1).unwrap().encode(meta(), &changes).unwrap();
+    let h = FrameHeader::parse(&bytes).unwrap();
+    assert_eq!(h.flags, FLAG_ZSTD);
+    assert_eq!(
+        &h.payload_hash,
+        blake3::hash(&raw_payload(&changes)).as_bytes()
+    );
+    // Head, big(1), heads and small data, big(2), head, big(3), head: seven zstd frames.
+    let mut payload = &bytes[HEADER_LEN..];
+    let mut frames = 0;
+    while !payload.is_empty() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(payload).unwrap();
+        payload = &payload[n..];
+        frames += 1;
+    }
+    assert_eq!(frames, 7);
+    let f = Decoder::new().unwrap().decode(&bytes).unwrap();
+    assert_eq!(f.changes, changes);
+    // One zstd decompression of the whole payload (what a build before this layout did)
+    // reads the same raw payload.
+    let whole = zstd::bulk::decompress(&bytes[HEADER_LEN..], h.raw_len as usize).unwrap();
+    assert_eq!(whole, raw_payload(&changes));
+}
+
+#[test]
+fn payloads_cut_anywhere_into_zstd_frames_decode_the_same() {
+    let changes = large_mix();
+    let raw_len = raw_payload(&changes).len();
+    let mut d = Decoder::new().unwrap();
+    // (cuts, why): one frame as older builds wrote; cuts inside data, inside a change head,
+    // at a data start but not its end.
+    let cases: [(&[usize], &str); 4] = [
+        (&[], "one zstd frame"),
+        (&[100_000, 700_000], "cut inside the first data"),
+        (&[20, 1 << 20], "cut inside the first head"),
+        (
+            &[37, raw_len - 90_000],
+            "a large piece that is not one change's data",
+        ),
+    ];
+    for (i, (cuts, why)) in cases.iter().enumerate() {
+        let bytes = frame_of_parts(&changes, cuts);
+        let got = d.decode(&bytes).map(|f| f.changes);
+        assert_eq!(
+            got.as_ref().ok(),
+            Some(&changes),
+            "#{i} ({why}): got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn pieces_that_do_not_add_up_to_the_raw_length_are_refused() {
+    let changes = large_mix();
+    let good = frame_of_parts(&changes, &[]);
+    let h = FrameHeader::parse(&good).unwrap();
+    let raw = raw_payload(&changes);
+    let mut d = Decoder::new().unwrap();
+    // One more zstd frame after the payload: too many bytes.
+    let mut extra = good[HEADER_LEN..].to_vec();
+    extra.extend(zstd::bulk::compress(&[7u8; 100_000], 1).unwrap());
+    // The last 200 000 bytes missing: too few.
+    let short = zstd::bulk::compress(&raw[..raw.len() - 200_000], 1).unwrap();
+    for (i, payload) in [extra, short].into_iter().enumerate() {
+        let mut bytes = vec![0u8; HEADER_LEN];
+        write_header(
+            &mut bytes,
+            FLAG_ZSTD,
+            meta(),
+            h.change_count,
+            h.raw_len,
+            payload.len() as u32,
+            &h.payload_hash,
+        );
+        bytes.extend(payload);
+        let got = d.decode(&bytes);
+        assert!(
+            matches!(
+                got,
+                Err(FrameError::DecompressedLength { .. }) | Err(FrameError::Decompress(_))
+            ),
+            "#{i}: got {got:?}"
+        );
+    }
+}
+
 fn arb_change() -> impl Strategy<Value = Change> {
     (
         0u8..8,
@@ -160,6 +299,9 @@ fn arb_change() -> impl Strategy<Value = Change> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..2048),
             (0usize..8192, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+            // Large enough to be a zstd frame of its own (see `DIRECT_MIN_LEN`).
+            (DIRECT_MIN_LEN - 2..DIRECT_MIN_LEN + 50_000, any::<u8>())
+                .prop_map(|(n, b)| (0..n).map(|i| b.wrapping_add((i / 7) as u8)).collect()),
         ],
     )
         .prop_map(|(k, resource, offset, len, t, data)| {

@@ -3,6 +3,7 @@
 //! - [`net`]: the one place that makes gRPC channels and servers (plaintext or mutual TLS).
 //! - [`client`]: the typed cluster client (coordinators and replicators) over gRPC.
 //! - [`certs`]: the CA and node/role certificates (`tandem certs`), and reading them.
+//! - [`buffers`]: reusable data buffers of the data path (bounded), so a write allocates none.
 //! - [`bytes`]: hex, little-endian reads and the poison-tolerant mutex lock, defined once.
 //! - [`ids`]: position and identity newtypes (`Seq`, `Epoch`, `GroupId`).
 //! - [`frame`]: the frame codec, the unit on the wire and in the journal.
@@ -19,6 +20,7 @@
 //! - [`proto`]: the generated gRPC code (`proto/tandem.proto`).
 
 pub mod authz;
+pub mod buffers;
 pub mod bytes;
 pub mod certs;
 pub mod client;

@@ -418,6 +418,8 @@ impl VolumeBackend for FileVolume {
             tandem_core::fault::check("primary-image-write")
                 .and_then(|()| file.write_all_at(&data, offset))
                 .map_err(|e| io_error("write", path, offset, e))?;
+            // The bytes are in the file: the buffer serves a later write.
+            tandem_core::buffers::give(data);
             if fua {
                 file.sync_data()
                     .map_err(|e| io_error("write", path, offset, e))?;

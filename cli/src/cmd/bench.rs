@@ -231,6 +231,12 @@ fn replication(a: ReplArgs) -> Result<()> {
         "",
         a.insecure,
     )?;
+    let run_dir = c.dir.join("run");
+    let replicators: Vec<i32> = ["hanoi-rep", "hcm-rep"]
+        .iter()
+        .map(|n| tandem_chaos::runner::processes::read_pid(&run_dir, n))
+        .collect::<Result<_>>()?;
+    let load_before = crate::cmd::bench_scale::loadavg();
     let rt = runtime()?;
     let report = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -251,6 +257,7 @@ fn replication(a: ReplArgs) -> Result<()> {
         let bytes = Arc::new(AtomicU64::new(0));
         let lat = Arc::new(Mutex::new(Vec::new()));
         let slots = (a.volume_mib << 20) / write_len as u64;
+        let cpu_before = replicator_cpu(&replicators);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..a.concurrency as u64 {
@@ -299,6 +306,7 @@ fn replication(a: ReplArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let end_to_end_secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_per_gb(&cpu_before, &replicator_cpu(&replicators), written);
         let st = fetch(&addrs).await?;
         let g = st.groups.first().cloned().unwrap_or_default();
         rpo.sort_by(|x, y| x.total_cmp(y));
@@ -316,11 +324,51 @@ fn replication(a: ReplArgs) -> Result<()> {
             "wire_compression_ratio": if g.bytes_shipped > 0 { g.bytes_raw as f64 / g.bytes_shipped as f64 } else { 0.0 },
             "rpo_ms": {"p50": pct(&rpo, 0.5), "p99": pct(&rpo, 0.99), "max": pct(&rpo, 1.0)},
             "write_latency_ms": {"p50": pct(&l, 0.5), "p99": pct(&l, 0.99)},
+            "replicator_cpu_secs_per_gb": cpu,
+            "loadavg_before": load_before,
+            "loadavg_after": crate::cmd::bench_scale::loadavg(),
         }))
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     drop(c);
     Ok(())
+}
+
+/// (user, system) CPU seconds and minor page faults of each of `pids` so far (`None` for a
+/// process that is gone).
+fn replicator_cpu(pids: &[i32]) -> Vec<Option<(f64, f64, u64)>> {
+    pids.iter()
+        .map(|p| crate::cmd::bench_scale::cpu_secs(*p))
+        .collect()
+}
+
+/// CPU seconds the replicator processes spent per GB (1e9 bytes) written between two samples
+/// (primary first, then replica): user + system of both, and each split, with the minor
+/// page faults per GB; a process missing from either sample counts zero (pure).
+fn cpu_per_gb(
+    before: &[Option<(f64, f64, u64)>],
+    after: &[Option<(f64, f64, u64)>],
+    written: u64,
+) -> Value {
+    let gb = (written as f64 / 1e9).max(1e-9);
+    let per = |i: usize| match (
+        before.get(i).copied().flatten(),
+        after.get(i).copied().flatten(),
+    ) {
+        (Some(b), Some(a)) => (
+            (a.0 - b.0) / gb,
+            (a.1 - b.1) / gb,
+            a.2.saturating_sub(b.2) as f64 / gb,
+        ),
+        _ => (0.0, 0.0, 0.0),
+    };
+    let (pu, ps, pf) = per(0);
+    let (ru, rs, rf) = per(1);
+    json!({
+        "total": pu + ps + ru + rs,
+        "primary": {"user": pu, "sys": ps, "minor_faults": pf},
+        "replica": {"user": ru, "sys": rs, "minor_faults": rf},
+    })
 }
 
 /// A reusable raw zstd level-1 compressor (one context, one core) returning the compressed size.
@@ -831,5 +879,21 @@ mod tests {
         // No sample cannot vouch.
         assert!(!rpo_verdict(&[50.0], &[], 10.0).truthful);
         assert!(!rpo_verdict(&[], &[50.0], 10.0).truthful);
+    }
+
+    #[test]
+    fn cpu_per_gb_divides_each_process_delta_by_the_gigabytes_written() {
+        let before = [Some((1.0, 0.5, 10)), Some((2.0, 1.0, 0))];
+        let after = [Some((4.0, 1.5, 60)), Some((4.0, 1.5, 0))];
+        let v = cpu_per_gb(&before, &after, 500_000_000);
+        // (3 + 1 + 2 + 0.5) s over 0.5 GB.
+        assert_eq!(v["total"], 13.0);
+        assert_eq!(v["primary"]["user"], 6.0);
+        assert_eq!(v["replica"]["sys"], 1.0);
+        assert_eq!(v["primary"]["minor_faults"], 100.0);
+        // A process that vanished counts zero, not as a panic.
+        let v = cpu_per_gb(&before, &[after[0], None], 1_000_000_000);
+        assert_eq!(v["replica"]["user"], 0.0);
+        assert_eq!(v["total"], 4.0);
     }
 }

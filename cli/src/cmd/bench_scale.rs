@@ -94,12 +94,34 @@ pub struct ProcSample {
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line; the command name in
 /// parentheses may hold spaces, so fields are counted after its closing parenthesis.
 pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    stat_user_sys_ticks(stat).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) (fields 14 and 15) of a `/proc/PID/stat` line, clock ticks.
+pub fn stat_user_sys_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ")": field 3 (state) is f[0], so field k is f[k - 3].
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
+}
+
+/// Minor page faults (field 10) of a `/proc/PID/stat` line.
+pub fn stat_minor_faults(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// (user, system) CPU seconds and minor page faults of `pid` so far; `None` when it is gone.
+pub(crate) fn cpu_secs(pid: i32) -> Option<(f64, f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (u, s) = stat_user_sys_ticks(&stat)?;
+    Some((
+        u as f64 / USER_HZ,
+        s as f64 / USER_HZ,
+        stat_minor_faults(&stat)?,
+    ))
 }
 
 /// The value of `key` (e.g. `VmRSS:`, `write_bytes:`) in a `/proc` key-value file.
@@ -147,7 +169,8 @@ fn du(dir: &Path) -> (u64, u64) {
     (bytes, files)
 }
 
-fn loadavg() -> String {
+/// `/proc/loadavg` as one line (empty when unreadable).
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -330,6 +353,8 @@ mod tests {
         let line =
             "4242 (tandem node) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
         assert_eq!(stat_cpu_ticks(line), Some(300));
+        assert_eq!(stat_user_sys_ticks(line), Some((250, 50)));
+        assert_eq!(stat_minor_faults(line), Some(100));
         assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }

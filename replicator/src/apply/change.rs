@@ -166,6 +166,8 @@ pub(super) fn apply_change(
             };
             if !keeps_history {
                 write_now(r, c, len)?;
+                // Written: the buffer serves a later frame's data.
+                tandem_core::buffers::give(std::mem::take(&mut c.data));
                 return Ok(Some(c.resource.clone()));
             }
             if history.is_some() && deferred.conflicts(&c.resource, c.offset, len) {

@@ -94,10 +94,13 @@ impl Deferred {
                 continue;
             };
             match held.op {
-                Op::Write(data) => r
-                    .file
-                    .write_all_at(&data, held.offset)
-                    .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?,
+                Op::Write(data) => {
+                    r.file
+                        .write_all_at(&data, held.offset)
+                        .map_err(|e| ReplicatorError::io("pwrite", &r.path, e))?;
+                    // Written: the buffer serves a later frame's data.
+                    tandem_core::buffers::give(data);
+                }
                 Op::Zero(n) => crate::volume::zero_fill(&r.file, held.offset, n, |_, e| {
                     ReplicatorError::io("pwrite zeroes", &r.path, e)
                 })?,

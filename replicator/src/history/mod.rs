@@ -10,7 +10,12 @@
 //!
 //! Crash safety (power loss included): the records of a batch are appended and the segment
 //! is fdatasync'd ([`History::sync`]) BEFORE any of the data they undo is written (the
-//! applier holds those writes back until then), and the watermark is persisted after both. So
+//! applier holds those writes back until then), and the watermark is persisted after both.
+//! The old bytes are read on the apply thread when the change is applied (before any held
+//! write); their compression runs on encoder threads meanwhile, and the records are appended
+//! in seq order by the next sync (or point record), which waits for them: appending and
+//! syncing stay one ordered step before the data write, as they were when the apply thread
+//! compressed each record itself. So
 //! whatever new bytes reached a file, the record of the old ones is durable. The last record
 //! of each seq carries [`FLAG_LAST`]; after a restart, seqs up to the last complete one are not
 //! recorded again (their recorded old bytes are the right ones; records past the watermark
@@ -50,8 +55,8 @@
 //!
 //! Rooms: `codec` (segment header and record formats: encode, parse, check; pure), `select`
 //! (recovery points and [`select_point`]; pure), `store` ([`History`]: segment files, append,
-//! sync, retention, reopen after a crash), `rewind` (undo records applied to a copy, newest
-//! first).
+//! sync, retention, reopen after a crash), `workers` (the undo encoder threads), `rewind`
+//! (undo records applied to a copy, newest first).
 
 mod codec;
 mod rewind;
@@ -59,6 +64,7 @@ mod select;
 mod store;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 pub use self::codec::{
     decode_record_body, decode_segment_header, encode_record, encode_segment_header,

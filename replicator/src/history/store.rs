@@ -8,6 +8,7 @@ use super::codec::{
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::select::Point;
+use super::workers::{Encoders, Pending};
 use crate::error::{ReplicatorError, Result};
 use crate::meta::sync_dir;
 use std::collections::VecDeque;
@@ -86,13 +87,13 @@ pub struct History {
     /// whole before the next one starts): what a power loss keeps.
     synced: u64,
     total: u64,
-    /// One context per core the undo data of one change is compressed on.
-    zstd: Vec<Zstd>,
+    /// The undo encoders (one zstd context per core, off the apply thread).
+    encoders: Encoders,
+    /// Undo records submitted to the encoders and not appended yet, in seq order: every one
+    /// is appended (in this order) before the next point record and before any sync, so
+    /// before the data it undoes can be written (see the module docs of `history`).
+    pending: VecDeque<Pending>,
 }
-
-/// One zstd context reused for every record (creating one per record costs more than
-/// compressing a 4 KiB block).
-struct Zstd(zstd::bulk::Compressor<'static>);
 
 /// Undo data of one change at least this long is split over the cores.
 pub const PARALLEL_MIN_LEN: u64 = 256 << 10;
@@ -110,33 +111,6 @@ pub fn piece_len(total: u64, contexts: usize) -> u64 {
     total
         .div_ceil(contexts as u64)
         .clamp(MIN_PIECE, MAX_RECORD_DATA as u64)
-}
-
-/// Encodes `records` with one context each (the first on this thread, the others on their
-/// own), in order.
-fn encode_all(contexts: &mut [Zstd], records: &[Record]) -> Result<Vec<Vec<u8>>> {
-    let mut pairs = records.iter().zip(contexts.iter_mut());
-    let Some((first, ctx)) = pairs.next() else {
-        return Ok(Vec::new());
-    };
-    std::thread::scope(|s| {
-        let others: Vec<_> = pairs
-            .map(|(r, c)| s.spawn(move || encode_with(r, &mut |d| c.0.compress(d).ok())))
-            .collect();
-        let mut out = vec![encode_with(first, &mut |d| ctx.0.compress(d).ok())?];
-        for h in others {
-            out.push(h.join().map_err(|_| {
-                ReplicatorError::Task("an undo compression thread panicked".into())
-            })??);
-        }
-        Ok(out)
-    })
-}
-
-impl std::fmt::Debug for Zstd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Zstd")
-    }
 }
 
 fn segment_name(base: Seq) -> String {
@@ -165,14 +139,10 @@ impl History {
             }
         }
         names.sort();
-        let mut zstd = Vec::new();
-        for _ in 0..crate::scan::hash_threads().min(4) {
-            let c = zstd::bulk::Compressor::new(cfg.level)
-                .map_err(|e| ReplicatorError::io("zstd context", dir, e))?;
-            zstd.push(Zstd(c));
-        }
+        let encoders = Encoders::start(crate::scan::hash_threads().min(4), cfg.level, dir)?;
         let mut h = History {
-            zstd,
+            encoders,
+            pending: VecDeque::new(),
             dir: dir.to_owned(),
             group,
             cfg,
@@ -253,6 +223,7 @@ impl History {
     /// # Errors
     /// [`ReplicatorError::Io`] removing a segment.
     pub fn reset(&mut self, watermark: Seq) -> Result<()> {
+        self.pending.clear();
         self.active = None;
         for s in self.segments.drain(..) {
             remove(&s.path)?;
@@ -271,9 +242,27 @@ impl History {
         seq > self.last_complete
     }
 
+    /// Appends a record that carries no data (a point), after every pending undo record.
     fn append(&mut self, r: &Record) -> Result<()> {
-        let bytes = encode_all(&mut self.zstd, std::slice::from_ref(r))?;
-        self.append_encoded(r, bytes.concat())
+        self.drain()?;
+        let bytes = encode_with(r, &mut |_| None)?;
+        self.append_encoded(r, bytes)
+    }
+
+    /// Appends every undo record handed to the encoders, in the order they were handed over.
+    /// On an error the rest are dropped (their writes are never made: the batch is rolled
+    /// back and applied again, recording them again).
+    fn drain(&mut self) -> Result<()> {
+        while let Some(p) = self.pending.pop_front() {
+            let appended = p
+                .wait()
+                .and_then(|(r, bytes)| self.append_encoded(&r, bytes));
+            if let Err(e) = appended {
+                self.pending.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Appends record `r`, encoded as `bytes`.
@@ -353,10 +342,13 @@ impl History {
 
     /// Records the old bytes of `[offset, offset + len)` of `file` (length before the change:
     /// its current length) for the change at `seq`, in records of at most
-    /// [`MAX_RECORD_DATA`]; `last` marks the final record of the seq. Call it BEFORE writing.
+    /// [`MAX_RECORD_DATA`]; `last` marks the final record of the seq. Call it BEFORE writing,
+    /// and write only after [`History::sync`]: the old bytes are read now, compressed by the
+    /// encoder threads meanwhile, and appended (in order) by the next sync or point record.
     ///
     /// # Errors
-    /// [`ReplicatorError::Io`] reading the resource or appending.
+    /// [`ReplicatorError::Io`] reading the resource (an encoding or append error comes from
+    /// the sync or point record that appends it).
     #[allow(clippy::too_many_arguments)]
     pub fn record_undo(
         &mut self,
@@ -374,35 +366,29 @@ impl History {
             .map_err(|e| ReplicatorError::io("stat", path, e))?
             .len();
         let end = offset.saturating_add(len).min(old_len);
-        let piece = piece_len(end.saturating_sub(offset), self.zstd.len());
+        let piece = piece_len(end.saturating_sub(offset), self.encoders.len());
         let mut at = offset;
         loop {
-            // Up to one piece per context: read in order, compressed in parallel, appended in
-            // order.
-            let mut batch = Vec::new();
-            let mut done = false;
-            while batch.len() < self.zstd.len().max(1) && !done {
-                let n = end.saturating_sub(at).min(piece) as usize;
-                let mut data = vec![0u8; n];
-                file.read_exact_at(&mut data, at)
-                    .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
-                done = at + n as u64 >= end;
-                batch.push(Record {
-                    kind: RecordKind::Undo,
-                    last: last && done,
-                    seq,
-                    captured_ms,
-                    name: resource.to_owned(),
-                    offset: at,
-                    old_len,
-                    data,
-                });
-                at += n as u64;
-            }
-            let encoded = encode_all(&mut self.zstd, &batch)?;
-            for (r, bytes) in batch.iter().zip(encoded) {
-                self.append_encoded(r, bytes)?;
-            }
+            // Read here, in order (before any held write of the batch is made); compressed by
+            // the encoders, one piece per core at once, while this thread goes on; appended
+            // in this order by the next `drain`.
+            let n = end.saturating_sub(at).min(piece) as usize;
+            let mut data = tandem_core::buffers::take(n);
+            data.resize(n, 0);
+            file.read_exact_at(&mut data, at)
+                .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
+            let done = at + n as u64 >= end;
+            self.pending.push_back(self.encoders.submit(Record {
+                kind: RecordKind::Undo,
+                last: last && done,
+                seq,
+                captured_ms,
+                name: resource.to_owned(),
+                offset: at,
+                old_len,
+                data,
+            }));
+            at += n as u64;
             if done {
                 return Ok(());
             }
@@ -452,11 +438,13 @@ impl History {
         Ok(())
     }
 
-    /// Makes every appended record durable (before the watermark covering them is persisted).
+    /// Appends every pending undo record (in order) and makes every record durable: before
+    /// any data they undo is written, and before the watermark covering them is persisted.
     ///
     /// # Errors
     /// [`ReplicatorError::Io`].
     pub fn sync(&mut self) -> Result<()> {
+        self.drain()?;
         if self.dirty {
             if let (Some(f), Some(s)) = (self.active.as_ref(), self.segments.back()) {
                 f.sync_data()
@@ -489,6 +477,7 @@ impl History {
     /// # Errors
     /// [`ReplicatorError::Io`] removing a file.
     pub fn trim(&mut self, now_ms: i64) -> Result<usize> {
+        self.drain()?;
         let mut removed = 0;
         while self.segments.len() > 1 {
             let s = &self.segments[0];

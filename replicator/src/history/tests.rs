@@ -20,10 +20,12 @@ fn open_file(p: &Path) -> File {
         .unwrap()
 }
 
-/// Applies writes to a file through the history as the applier does.
+/// Applies writes to a file through the history as the applier does: the undo record
+/// durable, then the write.
 fn write(h: &mut History, f: &File, p: &Path, seq: u64, ms: i64, off: u64, data: &[u8]) {
     h.record_undo(Seq(seq), ms, "v", f, p, off, data.len() as u64, true)
         .unwrap();
+    h.sync().unwrap();
     f.write_all_at(data, off).unwrap();
 }
 
@@ -245,4 +247,47 @@ fn trimming_moves_the_oldest_point_forward_and_keeps_newer_ones() {
     }
     h2.trim(0).unwrap();
     assert!(h2.bytes() <= 300 + 200, "{}", h2.bytes());
+}
+
+#[test]
+fn undo_records_are_compressed_off_the_caller_and_appended_in_order_by_the_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    let old = tandem_core::mixed::mixed(9, 4 << 20);
+    f.write_all_at(&old, 0).unwrap();
+    let mut h = History::open(
+        &d.path().join("h"),
+        GroupId(1),
+        Seq(0),
+        HistoryConfig::new(3_600_000),
+    )
+    .unwrap();
+    h.record_point(Seq(1), 0, RecordKind::Barrier, "v", true)
+        .unwrap();
+    let before = h.bytes();
+    // Four changes of 1 MiB, each read now and handed to the encoders.
+    for i in 0..4u64 {
+        h.record_undo(Seq(2 + i), 1, "v", &f, &vp, i << 20, 1 << 20, true)
+            .unwrap();
+    }
+    assert_eq!(h.bytes(), before, "nothing appended before the sync");
+    assert!(h.wants(Seq(5)));
+    // The data may be written only once the sync has returned.
+    h.sync().unwrap();
+    assert!(h.bytes() > before, "appended by the sync");
+    assert!(!h.wants(Seq(5)), "every record of seq 5 is in the history");
+    f.write_all_at(&vec![0xAB; 4 << 20], 0).unwrap();
+    let files = HashMap::from([("v".to_string(), (open_file(&vp), vp.clone()))]);
+    let records = rewind(&h.snapshot().unwrap(), Seq(1), Seq(5), &files).unwrap();
+    assert!(records >= 4, "{records} records");
+    assert!(std::fs::read(&vp).unwrap() == old);
+    // A point record appends what is pending first: the points stay in seq order.
+    h.record_undo(Seq(6), 2, "v", &f, &vp, 0, 4096, true)
+        .unwrap();
+    h.record_point(Seq(7), 2, RecordKind::Barrier, "v", true)
+        .unwrap();
+    assert!(!h.wants(Seq(6)));
+    let seqs: Vec<u64> = h.points().iter().map(|p| p.seq.0).collect();
+    assert_eq!(seqs, vec![1, 7]);
 }

@@ -380,6 +380,29 @@ impl Connection {
         }
     }
 
+    /// Reads exactly `len` more bytes onto the end of `buf` (into its spare capacity: tokio's
+    /// `read_to_end` tracks what is initialised, so nothing is zeroed first, and a buffer
+    /// made with room for `len` never grows); false if shutdown is requested first, as
+    /// [`Connection::read_rest`].
+    async fn read_payload(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<bool, NbdError> {
+        let want = buf.len() + len;
+        let mut limited = (&mut self.io).take(len as u64);
+        tokio::select! {
+            biased;
+            read = limited.read_to_end(buf) => {
+                read?;
+                if buf.len() < want {
+                    return Err(NbdError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the client closed after {} of a {len}-byte payload", len - (want - buf.len())),
+                    )));
+                }
+                Ok(true)
+            }
+            () = shutdown_requested(&mut self.shutdown) => Ok(false),
+        }
+    }
+
     /// Sends and clears the staged output.
     async fn send_out(&mut self) -> Result<(), NbdError> {
         self.io.write_all(&self.out).await?;
@@ -639,12 +662,14 @@ impl Connection {
             }
             // Bad magic or an oversized write payload: framing cannot continue, close.
             let header = proto::parse_request_header(&raw)?;
-            // The payload is read into its own buffer and moved from here to the backend
-            // (and by `GroupVolume` into the journal and back to the image): never copied.
+            // The payload is read into its own buffer (a reused one: the image write gives
+            // it back, see `tandem_core::buffers`) and moved from here to the backend (and by
+            // `GroupVolume` into the journal and back to the image): never copied, and never
+            // zeroed before the socket fills it.
             let mut data = Vec::new();
             if header.payload_len() > 0 {
-                data = vec![0u8; header.payload_len()];
-                if !bounded(limit, self.read_rest(&mut data)).await? {
+                data = tandem_core::buffers::take(header.payload_len());
+                if !bounded(limit, self.read_payload(&mut data, header.payload_len())).await? {
                     return Ok(());
                 }
             }

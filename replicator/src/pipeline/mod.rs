@@ -96,6 +96,7 @@ impl GroupPipeline {
             shutdown: watch::channel(false).0,
             overflow: Mutex::new(None),
             durability: Default::default(),
+            spare_frames: Mutex::new(Vec::new()),
         });
         if let Some(consent) = cfg.sync_consent.clone() {
             tokio::spawn(consent_loop(Arc::clone(&shared), consent));

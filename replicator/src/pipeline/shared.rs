@@ -87,7 +87,17 @@ pub(crate) struct Shared {
     /// What must hold before a change is let go: image writes before shipping, images
     /// durable before a trim, the lease before an acknowledgement.
     pub(super) durability: Durability,
+    /// Buffers of frames already journaled, for the encoders to write the next frames into
+    /// (at most [`SPARE_FRAMES`]): no allocation per frame.
+    pub(super) spare_frames: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most frame buffers kept for reuse (the encoders, plus the frames on their way to the
+/// journal).
+pub(super) const SPARE_FRAMES: usize = 8;
+
+/// Largest frame buffer kept for reuse: a rare huge frame's buffer is freed, not kept.
+const SPARE_FRAME_MAX: usize = 8 << 20;
 
 /// Frames dropped from a full journal: the replica must be resynced past `through`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +111,27 @@ pub(super) struct Overflow {
 }
 
 impl Shared {
+    /// A journaled frame's buffer to encode the next frame into (empty when none is kept).
+    pub(super) fn take_spare_frame(&self) -> Vec<u8> {
+        self.spare_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the buffer of a frame the journal has written, for a later frame (dropped when
+    /// enough are kept, or when it is very large).
+    pub(super) fn give_spare_frame(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_FRAME_MAX {
+            return;
+        }
+        let mut spare = self.spare_frames.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_FRAMES {
+            spare.push(buf);
+        }
+    }
+
     pub(crate) fn epoch(&self) -> Epoch {
         Epoch(self.epoch.load(Ordering::SeqCst))
     }

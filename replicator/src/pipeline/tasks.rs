@@ -149,6 +149,7 @@ fn seal(shared: &Shared, batch: Vec<Submission>, next_seq: &mut Seq) -> EncodeJo
         changes.extend(s.changes);
     }
     EncodeJob {
+        out: shared.take_spare_frame(),
         meta: FrameMeta {
             group: shared.group_id,
             epoch: shared.epoch(),
@@ -164,6 +165,8 @@ fn seal(shared: &Shared, batch: Vec<Submission>, next_seq: &mut Seq) -> EncodeJo
 
 /// A batch with its seqs, on its way to an encoder.
 pub(super) struct EncodeJob {
+    /// The buffer to encode into (a journaled frame's, reused).
+    out: Vec<u8>,
     meta: FrameMeta,
     last_seq: Seq,
     oldest_capture_ms: i64,
@@ -176,7 +179,7 @@ pub(super) struct EncodeJob {
 /// copies) each change back to the submitter that wants it; the others are dropped here, once
 /// encoded.
 pub(super) fn encode_job(enc: &mut Encoder, job: EncodeJob) -> WriteJob {
-    let encoded = enc.encode(job.meta, &job.changes);
+    let encoded = enc.encode_into(job.meta, &job.changes, job.out);
     let waiters = give_back(job.owners, job.changes);
     let (bytes, failed) = match encoded {
         Ok(b) => (b, None),
@@ -274,6 +277,9 @@ fn append_and_complete(shared: &Arc<Shared>, mut jobs: Vec<WriteJob>) -> bool {
         })
         .collect();
     let result = shared.journal.append(&frames);
+    for f in frames {
+        shared.give_spare_frame(f.bytes);
+    }
     let raw: u64 = jobs.iter().map(|j| j.raw_bytes).sum();
     shared.queued_bytes.fetch_sub(raw, Ordering::SeqCst);
     shared
