@@ -4,7 +4,8 @@
 //! buffers freed and allocated again would otherwise be handed back to the kernel by the
 //! allocator and faulted in, page by page, zeroed, on the next write.
 //!
-//! Bounded: at most [`KEPT`] buffers, each of [`MIN_KEPT`] to [`MAX_KEPT`] bytes of capacity.
+//! Bounded: at most [`KEPT`] buffers, each of [`MIN_KEPT`] to [`MAX_KEPT`] bytes of capacity,
+//! and at most [`KEPT_BYTES`] of capacity in all (an idle replicator holds no more than that).
 
 use std::sync::Mutex;
 
@@ -14,6 +15,8 @@ pub const KEPT: usize = 32;
 pub const MIN_KEPT: usize = 64 << 10;
 /// Largest capacity kept (a rare huge buffer is freed, not kept).
 pub const MAX_KEPT: usize = 8 << 20;
+/// Most capacity kept in all: 32 one-MiB writes in flight, or a few large ones.
+pub const KEPT_BYTES: usize = 32 << 20;
 
 /// A bounded set of spare buffers.
 struct Pool(Mutex<Vec<Vec<u8>>>);
@@ -40,7 +43,8 @@ impl Pool {
         }
         buf.clear();
         let mut spare = crate::bytes::lock(&self.0);
-        if spare.len() < KEPT {
+        let held: usize = spare.iter().map(Vec::capacity).sum();
+        if spare.len() < KEPT && held + buf.capacity() <= KEPT_BYTES {
             spare.push(buf);
         }
     }
@@ -90,5 +94,16 @@ mod tests {
         assert!(spare
             .iter()
             .all(|b| (MIN_KEPT..=MAX_KEPT).contains(&b.capacity())));
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_byte_bound() {
+        let pool = Pool(Mutex::new(Vec::new()));
+        for _ in 0..KEPT {
+            pool.give(Vec::with_capacity(MAX_KEPT));
+        }
+        let held: usize = crate::bytes::lock(&pool.0).iter().map(Vec::capacity).sum();
+        assert!(held <= KEPT_BYTES, "{held} bytes kept");
+        assert_eq!(held / MAX_KEPT, KEPT_BYTES / MAX_KEPT);
     }
 }
