@@ -39,8 +39,12 @@ pub enum AuditKind {
     ReplicationPaused,
     /// Replication of a group was resumed.
     ReplicationResumed,
-    /// An RPO sample was committed.
+    /// An RPO sample was committed (clusters bootstrapped before `rpo_audit_every_ms`: one record
+    /// per sample).
     RpoSample,
+    /// A summary of a group's RPO samples since its previous RPO record: written when the RPO
+    /// crosses the target (either way), and otherwise at most once per audit interval.
+    RpoSummary,
     /// A role, epoch, lease or operator command was refused; the detail says why.
     Refused,
     /// An operator command recorded by the CLI or admin API.

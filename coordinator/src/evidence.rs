@@ -167,8 +167,10 @@ pub struct ExportSummary {
     pub manifest: Manifest,
     /// Number of runs in `runs.json`.
     pub runs: usize,
-    /// Number of RPO samples in `rpo.csv`.
-    pub rpo_samples: usize,
+    /// Number of RPO samples `rpo.csv` accounts for (its `samples` column added up).
+    pub rpo_samples: u64,
+    /// Number of rows of `rpo.csv` (RPO records: single samples and summaries).
+    pub rpo_rows: usize,
 }
 
 /// What [`verify`] checked, when everything matched.
@@ -326,8 +328,10 @@ pub struct Rendered {
     pub manifest: Manifest,
     /// Number of runs.
     pub runs: usize,
-    /// Number of RPO samples.
-    pub rpo_samples: usize,
+    /// Number of RPO samples the RPO rows account for.
+    pub rpo_samples: u64,
+    /// Number of RPO rows (`rpo.csv` lines after the header).
+    pub rpo_rows: usize,
 }
 
 impl Rendered {
@@ -468,7 +472,8 @@ pub fn render_window(
     Rendered {
         files,
         runs: runs.runs.len(),
-        rpo_samples: rpo.len(),
+        rpo_samples: derive::rpo_totals(&rpo).map_or(0, |t| t.0),
+        rpo_rows: rpo.len(),
         manifest,
     }
 }
@@ -567,6 +572,7 @@ pub fn write_rendered(
         dir: out_dir.to_path_buf(),
         runs: rendered.runs,
         rpo_samples: rendered.rpo_samples,
+        rpo_rows: rendered.rpo_rows,
         manifest: rendered.manifest,
     })
 }

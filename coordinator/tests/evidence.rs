@@ -87,6 +87,7 @@ fn bootstrap(s: &mut State) {
                 lease_ttl_ms: 2_000,
                 drift_margin_ms: 500,
                 detect_after_ms: 3_000,
+                rpo_audit_every_ms: None,
             },
             sites: vec![
                 SiteSpec {
@@ -472,10 +473,11 @@ fn rpo_csv_has_every_sample_with_its_target() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("group,at_ms,iso_time,rpo_ms,rpo_target_ms")
+        Some("group,at_ms,iso_time,rpo_ms,rpo_target_ms,samples,over_samples,min_ms,max_ms,over_target_ms,since_ms")
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), VOL_SAMPLES + DB_SAMPLES + 10);
+    // A chain from before the audit interval: one row per `rpo_sample` record, a summary of one.
     assert_eq!(
         rows[0],
         vec![
@@ -483,7 +485,13 @@ fn rpo_csv_has_every_sample_with_its_target() {
             "1700000001000",
             "2023-11-14T22:13:21.000Z",
             "1000",
-            "5000"
+            "5000",
+            "1",
+            "0",
+            "1000",
+            "1000",
+            "",
+            "1700000001000"
         ]
     );
     assert!(rows.iter().filter(|r| r[0] == "db").all(|r| r[4] == "1000"));
@@ -732,7 +740,11 @@ fn window_export_verifies_as_a_segment() {
     let report = evidence::verify(dir.path()).unwrap();
     assert_eq!(report.manifest.chain.first_index, Some(first.index));
     let csv = read(dir.path(), RPO_FILE);
-    assert_eq!(csv.lines().count() - 1, summary.rpo_samples);
+    assert_eq!(csv.lines().count() - 1, summary.rpo_rows);
+    assert_eq!(
+        summary.rpo_samples, summary.rpo_rows as u64,
+        "one sample per row"
+    );
     assert!(csv
         .lines()
         .skip(1)

@@ -403,6 +403,7 @@ impl Sim {
             lease_ttl_ms: cfg.lease_ttl_ms,
             drift_margin_ms: cfg.drift_margin_ms,
             detect_after_ms: cfg.detect_after_ms,
+            rpo_audit_every_ms: None,
         };
         let mut trace = blake3::Hasher::new();
         trace.update(&seed.to_le_bytes());

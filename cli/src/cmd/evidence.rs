@@ -293,11 +293,12 @@ fn export(a: ExportArgs) -> Result<()> {
         );
     }
     println!(
-        "evidence written to {}: {} audit records, {} runs, {} RPO samples, chain head {}",
+        "evidence written to {}: {} audit records, {} runs, {} RPO samples in {} rows, chain head {}",
         summary.dir.display(),
         summary.manifest.chain.records,
         summary.runs,
         summary.rpo_samples,
+        summary.rpo_rows,
         summary.manifest.chain.head_hash
     );
     println!(

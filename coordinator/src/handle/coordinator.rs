@@ -191,6 +191,7 @@ impl Coordinator {
             lease_ttl_ms: t.cluster.lease_ttl.as_millis(),
             drift_margin_ms: t.cluster.drift_margin.as_millis(),
             detect_after_ms: t.cluster.detect_after.as_millis(),
+            rpo_audit_every_ms: Some(t.cluster.rpo_audit_interval.as_millis()),
         };
         let sites: Vec<SiteSpec> = t
             .sites

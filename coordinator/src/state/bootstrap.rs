@@ -29,7 +29,8 @@ pub(super) fn bootstrap(
     let new_groups = new_groups(state, &new_sites, groups)?;
     check_residency(state, &new_sites, &new_groups)?;
     let first = state.settings.is_none();
-    if !first && new_sites.is_empty() && new_groups.is_empty() {
+    let same_settings = state.settings.as_ref() == Some(settings);
+    if !first && same_settings && new_sites.is_empty() && new_groups.is_empty() {
         return Ok(());
     }
     state.settings = Some(*settings);
@@ -58,15 +59,23 @@ fn invalid(reason: String) -> Rejection {
     Rejection::InvalidBootstrap { reason }
 }
 
-/// The settings must be positive and, after the first bootstrap, unchanged.
+/// The settings must be positive and, after the first bootstrap, unchanged, except the RPO audit
+/// interval (an evidence cadence, not a safety timing), which a later bootstrap may set or change.
 fn check_settings(state: &State, settings: &ClusterSettings) -> Result<(), Rejection> {
+    if settings.rpo_audit_every_ms == Some(0) {
+        return Err(invalid("rpo_audit_every_ms must be positive".into()));
+    }
     if settings.lease_ttl_ms == 0 || settings.detect_after_ms == 0 {
         return Err(invalid(
             "lease_ttl_ms and detect_after_ms must be positive".into(),
         ));
     }
     if let Some(existing) = &state.settings {
-        if existing != settings {
+        let fixed = |s: &ClusterSettings| ClusterSettings {
+            rpo_audit_every_ms: None,
+            ..*s
+        };
+        if fixed(existing) != fixed(settings) {
             return Err(Rejection::BootstrapConflict {
                 field: "settings".into(),
             });
@@ -240,6 +249,7 @@ fn insert_group(state: &mut State, g: &GroupSpec, now: i64) {
                 ..Progress::default()
             },
             rpo_samples: VecDeque::new(),
+            rpo_window: None,
             last_failover: None,
             degraded_by_site: None,
             sync_degraded_since: None,

@@ -35,7 +35,8 @@
 //! - `site`: heartbeats and site up/down, with the group moves they cause.
 //! - `lease`: lease grant, renewal, release, and a sync group's degradation.
 //! - `role`: fence, promotion, group state and pause/resume.
-//! - `rpo`, `record`: committed RPO samples and generic audit records.
+//! - `rpo`, `record`: committed RPO samples (and when they are audited) and generic audit
+//!   records.
 //! - `residency`: where a group's data may be placed.
 //! - `run`: runbook runs (start, events, closing records).
 //! - `action`: corrective actions after an exercise and the reviewer's sign-off of a run.
@@ -71,11 +72,12 @@ pub use self::machine::State;
 pub use self::model::{ActionClosure, CorrectiveAction};
 pub use self::model::{
     ClusterSettings, DataLossWindow, Group, GroupMove, GroupProgress, GroupSpec, GroupState, Lease,
-    LeaseStatus, Mode, Progress, Role, RpoSample, Run, ScheduledDrill, Site, SiteSpec, SiteStatus,
-    COORDINATOR_ACTOR, FIRST_EPOCH, RPO_RING_CAPACITY,
+    LeaseStatus, Mode, Progress, Role, RpoSample, RpoWindow, Run, ScheduledDrill, Site, SiteSpec,
+    SiteStatus, COORDINATOR_ACTOR, FIRST_EPOCH, RPO_RING_CAPACITY,
 };
 pub use self::rejection::Rejection;
 pub use self::residency::plan_placements;
+pub use self::rpo::{rpo_audit_step, RpoAuditReason, RpoSummary};
 pub use self::snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 
 use self::action::{add_action, assign_action, close_action, sign_review, NewAction};

@@ -25,6 +25,13 @@ pub struct ClusterSettings {
     pub drift_margin_ms: u64,
     /// How long without heartbeats before the leader's failure detector proposes `site_down`.
     pub detect_after_ms: u64,
+    /// At most how often a group's RPO is audited when it does not cross its target: one
+    /// `rpo_summary` record per group per interval (crossings are recorded at once). `None` in
+    /// states bootstrapped before it existed: every sample is then audited as an `rpo_sample`
+    /// record, as before, so replaying an old log gives the same chain. A later bootstrap may
+    /// change it (it is an evidence cadence, not a safety timing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_audit_every_ms: Option<u64>,
 }
 
 /// A site as declared at bootstrap.
@@ -152,6 +159,32 @@ pub struct RpoSample {
     pub rpo_ms: u64,
 }
 
+/// What a group's RPO samples were since its last RPO audit record: what the next
+/// `rpo_summary` record will say. O(1) per group whatever the number of samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RpoWindow {
+    /// When the group's last RPO record was written (leader ms).
+    pub recorded_ms: i64,
+    /// When the last sample was taken (recorded or not).
+    pub last_at_ms: i64,
+    /// Whether the last sample was over the target (the state the chain last showed, or the one
+    /// it will show at the next crossing).
+    pub last_over: bool,
+    /// Samples since the last record (0 right after a record).
+    pub samples: u64,
+    /// Of those, how many were over the target.
+    pub over_samples: u64,
+    /// When the first of them was taken.
+    pub since_ms: i64,
+    /// Smallest RPO among them.
+    pub min_ms: u64,
+    /// Largest RPO among them: the worst RPO of the interval, which the record keeps.
+    pub max_ms: u64,
+    /// Time over target since the last record: each gap between two samples counts as over
+    /// when the earlier sample was over.
+    pub over_target_ms: u64,
+}
+
 /// What a promotion may have lost, from the last progress the coordinators knew.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataLossWindow {
@@ -208,6 +241,10 @@ pub struct Group {
     pub progress: Progress,
     /// Recent committed RPO samples, oldest first, at most [`RPO_RING_CAPACITY`].
     pub rpo_samples: VecDeque<RpoSample>,
+    /// The RPO samples not yet summarized in the audit chain (`None` before the first one, and
+    /// while every sample is audited on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_window: Option<RpoWindow>,
     /// Data-loss window of the last promotion.
     pub last_failover: Option<DataLossWindow>,
     /// Set when a `site_down` moved the group from protected to degraded; `site_up` of that

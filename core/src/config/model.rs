@@ -111,6 +111,10 @@ pub struct Cluster {
     /// How often the leader commits an RPO sample to the replicated log.
     #[serde(default = "defaults::rpo_sample_interval")]
     pub rpo_sample_interval: HumanDuration,
+    /// At most how often a group's RPO samples are summarized into the audit chain when the RPO
+    /// does not cross the group's target (crossings are audited at once).
+    #[serde(default = "defaults::rpo_audit_interval")]
+    pub rpo_audit_interval: HumanDuration,
 }
 
 /// One data centre, or a witness site that hosts only a coordinator.
@@ -484,6 +488,9 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn rpo_sample_interval() -> HumanDuration {
         HumanDuration::from_secs(5)
+    }
+    pub(in crate::config) fn rpo_audit_interval() -> HumanDuration {
+        HumanDuration::from_secs(60)
     }
     pub(in crate::config) fn sync_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)

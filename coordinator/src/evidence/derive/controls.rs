@@ -620,23 +620,25 @@ fn rpo_of<'a>(input: &ControlsInput<'a>, g: &str) -> (Vec<&'a RpoRow>, Option<i6
 }
 
 /// RPO samples of a group as evidence (and a finding when some were over target), or missing.
+/// Counts samples, not rows: a summary row stands for all the samples it summarizes.
 fn rpo_samples(row: &mut ControlRow, input: &ControlsInput<'_>, g: &str) {
     let (samples, _) = rpo_of(input, g);
-    let Some(max_ms) = samples.iter().map(|r| r.rpo_ms).max() else {
+    let Some((n, over, max_ms)) = super::rpo::rpo_totals(samples) else {
         row.missing.push(Missing::NoRpoSamples(g.to_string()));
         return;
     };
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let over = usize::try_from(over).unwrap_or(usize::MAX);
     row.evidence.push(Evidence::RpoSamples {
         group: g.to_string(),
-        n: samples.len(),
+        n,
         max_ms,
     });
-    let over = samples.iter().filter(|r| r.over_target()).count();
     if over > 0 {
         row.findings.push(Finding::RpoOver {
             group: g.to_string(),
             over,
-            n: samples.len(),
+            n,
             max_ms,
         });
     }

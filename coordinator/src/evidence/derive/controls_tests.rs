@@ -61,13 +61,7 @@ fn doc(runs: Vec<Run>) -> RunsDoc {
 }
 
 fn sample(rpo_ms: u64, target: u64) -> RpoRow {
-    RpoRow {
-        group: "vol".into(),
-        index: 1,
-        at_ms: 1,
-        rpo_ms,
-        target_ms: Some(target),
-    }
+    RpoRow::single("vol".into(), 1, 1, rpo_ms, Some(target))
 }
 
 struct Fixture {

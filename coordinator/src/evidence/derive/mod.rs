@@ -35,5 +35,5 @@ pub use self::model::{
 pub use self::residency::{
     residency, residency_start, GroupPlacement, GroupResidency, HeldSite, ResidencyStart,
 };
-pub use self::rpo::{rpo_csv, rpo_rows, RPO_CSV_HEADER};
+pub use self::rpo::{rpo_csv, rpo_rows, rpo_totals, RPO_CSV_HEADER};
 pub use self::runs::{assemble, APPROVAL_LEAD_MS};

@@ -232,25 +232,63 @@ impl Unauthenticated {
     }
 }
 
-/// One committed RPO sample, a row of `rpo.csv`.
+/// One RPO record, a row of `rpo.csv`: a single sample (`rpo_sample` records, chains from before
+/// the audit interval) or a summary of the samples since the group's previous RPO record
+/// (`rpo_summary` records). A single sample reads as a summary of one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RpoRow {
     /// Group.
     pub group: String,
     /// Audit record index.
     pub index: u64,
-    /// When (unix ms).
+    /// When (unix ms): the time of the row's last sample.
     pub at_ms: i64,
-    /// RPO at that time.
+    /// RPO of the last sample, at `at_ms`.
     pub rpo_ms: u64,
     /// Target: the record's `target_ms`, else the export's target for the group.
     pub target_ms: Option<u64>,
+    /// Samples the row stands for (1 for an `rpo_sample` record).
+    pub samples: u64,
+    /// Of those, how many were over the target.
+    pub over_samples: u64,
+    /// Smallest RPO among them.
+    pub min_ms: u64,
+    /// Largest RPO among them: the worst of the interval.
+    pub max_ms: u64,
+    /// Time over target the row covers; `None` for a single sample (not measured then).
+    pub over_target_ms: Option<u64>,
+    /// When the row's first sample was taken (`at_ms` for a single sample).
+    pub since_ms: i64,
 }
 
 impl RpoRow {
-    /// Whether the sample exceeds its target.
+    /// The row of a single sample: a summary of one, over target when `rpo_ms > target_ms`, no
+    /// time over target.
+    pub fn single(
+        group: String,
+        index: u64,
+        at_ms: i64,
+        rpo_ms: u64,
+        target_ms: Option<u64>,
+    ) -> RpoRow {
+        RpoRow {
+            group,
+            index,
+            at_ms,
+            rpo_ms,
+            target_ms,
+            samples: 1,
+            over_samples: u64::from(target_ms.is_some_and(|t| rpo_ms > t)),
+            min_ms: rpo_ms,
+            max_ms: rpo_ms,
+            over_target_ms: None,
+            since_ms: at_ms,
+        }
+    }
+
+    /// Whether any sample of the row exceeds its target.
     pub fn over_target(&self) -> bool {
-        self.target_ms.is_some_and(|t| self.rpo_ms > t)
+        self.over_samples > 0
     }
 }
 

@@ -171,9 +171,55 @@ fn rpo_target_comes_from_record_then_from_options() {
     assert!(!rows[1].over_target());
     assert_eq!(
         rpo_csv(&rows),
-        "group,at_ms,iso_time,rpo_ms,rpo_target_ms\n\
-         a,5,1970-01-01T00:00:00.005Z,70,50\n\
-         b,6,1970-01-01T00:00:00.006Z,10,20\n"
+        "group,at_ms,iso_time,rpo_ms,rpo_target_ms,samples,over_samples,min_ms,max_ms,over_target_ms,since_ms\n\
+         a,5,1970-01-01T00:00:00.005Z,70,50,1,1,70,70,,5\n\
+         b,6,1970-01-01T00:00:00.006Z,10,20,1,0,10,10,,6\n"
+    );
+}
+
+#[test]
+fn old_samples_and_new_summaries_derive_side_by_side() {
+    // A chain from before the audit interval (per-sample records) continued by summaries.
+    let recs = chain(&[
+        (
+            1_000,
+            "coordinator",
+            AuditKind::RpoSample,
+            Some("a"),
+            json!({"rpo_ms": 70, "target_ms": 50, "over_target": true}),
+        ),
+        (
+            61_000,
+            "coordinator",
+            AuditKind::RpoSummary,
+            Some("a"),
+            json!({"reason": "within", "samples": 12, "over_samples": 3, "since_ms": 6_000,
+                   "min_ms": 5, "max_ms": 900, "last_ms": 20, "target_ms": 50,
+                   "over_target_ms": 15_000, "over_target": false}),
+        ),
+        (
+            62_000,
+            "alice",
+            AuditKind::Note,
+            Some("a"),
+            json!({"text": "x"}),
+        ),
+    ]);
+    let rows = rpo_rows(&recs, &BTreeMap::new());
+    assert_eq!(rows.len(), 2);
+    let s = &rows[1];
+    assert_eq!(
+        (s.samples, s.over_samples, s.max_ms, s.rpo_ms),
+        (12, 3, 900, 20)
+    );
+    assert!(
+        s.over_target(),
+        "its last sample is within, but 3 were over"
+    );
+    assert_eq!(rpo_totals(&rows), Some((13, 4, 900)));
+    assert_eq!(
+        rpo_csv(&rows).lines().nth(2),
+        Some("a,61000,1970-01-01T00:01:01.000Z,20,50,12,3,5,900,15000,6000")
     );
 }
 

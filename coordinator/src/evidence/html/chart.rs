@@ -8,7 +8,7 @@ use crate::evidence::derive::{RpoRow, Run};
 use std::fmt::Write as _;
 
 /// Most points drawn in one RPO chart; longer series are reduced to the maximum of each bucket so
-/// peaks stay visible (the CSV keeps every sample).
+/// peaks stay visible (the CSV keeps every row).
 pub const MAX_CHART_POINTS: usize = 1_500;
 
 /// Chart width in SVG units (the page scales it down to fit).
@@ -19,19 +19,20 @@ const MARGIN_R: f64 = 16.0;
 const MARGIN_T: f64 = 28.0;
 const MARGIN_B: f64 = 34.0;
 
-/// Reduces `rows` to at most `max` points: every sample when few enough, else the highest sample
-/// of each of `max` equal runs of samples.
+/// Reduces `rows` to at most `max` points, each the worst RPO of its row (a summary row's
+/// `max_ms`, a single sample's RPO): every row when few enough, else the highest row of each of
+/// `max` equal runs of rows.
 pub fn chart_points(rows: &[&RpoRow], max: usize) -> Vec<(i64, u64, Option<u64>)> {
     if rows.len() <= max || max == 0 {
         return rows
             .iter()
-            .map(|r| (r.at_ms, r.rpo_ms, r.target_ms))
+            .map(|r| (r.at_ms, r.max_ms, r.target_ms))
             .collect();
     }
     let per = rows.len().div_ceil(max);
     rows.chunks(per)
-        .filter_map(|c| c.iter().max_by_key(|r| r.rpo_ms))
-        .map(|r| (r.at_ms, r.rpo_ms, r.target_ms))
+        .filter_map(|c| c.iter().max_by_key(|r| r.max_ms))
+        .map(|r| (r.at_ms, r.max_ms, r.target_ms))
         .collect()
 }
 
@@ -251,13 +252,29 @@ mod tests {
     use super::*;
 
     fn row(at_ms: i64, rpo_ms: u64, target: Option<u64>) -> RpoRow {
-        RpoRow {
-            group: "g".into(),
-            index: at_ms as u64,
-            at_ms,
-            rpo_ms,
-            target_ms: target,
-        }
+        RpoRow::single("g".into(), at_ms as u64, at_ms, rpo_ms, target)
+    }
+
+    #[test]
+    fn a_summary_row_is_drawn_at_its_worst_and_marked_over_target() {
+        // A summary whose last sample is back within target but whose worst was over.
+        let summary = RpoRow {
+            rpo_ms: 10,
+            samples: 12,
+            over_samples: 2,
+            min_ms: 10,
+            max_ms: 900,
+            over_target_ms: Some(10_000),
+            since_ms: 0,
+            ..row(60_000, 10, Some(50))
+        };
+        let refs = [&summary];
+        assert_eq!(
+            chart_points(&refs, MAX_CHART_POINTS),
+            vec![(60_000, 900, Some(50))]
+        );
+        let svg = rpo_chart(Lang::En, "g", &refs);
+        assert_eq!(svg.matches("<circle class=\"over\"").count(), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use self::chart::{chart_points, rpo_chart, MAX_CHART_POINTS};
 pub use self::text::{fill, fmt_time, tr, Lang, T};
 
 use super::derive::controls::{controls as control_rows, AfterActionFacts, ControlsInput};
-use super::derive::{AfterActionDoc, RpoRow, Run, RunKind, RunsDoc};
+use super::derive::{rpo_totals, AfterActionDoc, RpoRow, Run, RunKind, RunsDoc};
 use super::Manifest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -300,7 +300,10 @@ fn summary(
             Some(judged.iter().all(|m| *m))
         };
         let samples = by_group.get(g.as_str()).map_or(&[][..], Vec::as_slice);
-        let over = samples.iter().filter(|r| r.over_target()).count();
+        let (n_samples, over, max_rpo) = match rpo_totals(samples.iter().copied()) {
+            Some((n, over, max)) => (n, over, Some(max)),
+            None => (0, 0, None),
+        };
         let (vok, vbad) = runs
             .verify_results
             .iter()
@@ -322,12 +325,8 @@ fn summary(
             opt_ms(target),
             opt_ms(worst),
             verdict(lang, met, T::Yes, T::No),
-            samples.len(),
-            samples
-                .iter()
-                .map(|r| r.rpo_ms)
-                .max()
-                .map_or_else(|| "—".into(), |m| format!("{m} ms")),
+            n_samples,
+            max_rpo.map_or_else(|| "—".into(), |m| format!("{m} ms")),
             runs.approvals
                 .iter()
                 .filter(|a| a.group.as_deref() == Some(g.as_str()))

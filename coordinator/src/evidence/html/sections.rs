@@ -6,7 +6,7 @@ use super::chart::{rpo_chart, step_timeline};
 use super::text::{fill, fmt_time, tr, Lang, T};
 use super::{esc, kind_name, opt_ms, verdict};
 use crate::evidence::derive::controls::{location, Location};
-use crate::evidence::derive::{RpoRow, Run, RunsDoc};
+use crate::evidence::derive::{rpo_totals, RpoRow, Run, RunsDoc};
 use std::fmt::Write as _;
 
 /// A time cell: the time in the language's format, escaped, with a line-break opportunity
@@ -221,8 +221,7 @@ pub(super) fn group_section(
         tr(lang, T::RpoOverTime)
     );
     o.push_str(&rpo_chart(lang, g, samples));
-    if !samples.is_empty() {
-        let over = samples.iter().filter(|r| r.over_target()).count();
+    if let Some((n, over, _)) = rpo_totals(samples.iter().copied()) {
         let _ = write!(
             o,
             "<p class=\"legend\">{}</p>",
@@ -230,7 +229,8 @@ pub(super) fn group_section(
                 lang,
                 T::ChartLegend,
                 &[
-                    ("n", &samples.len().to_string()),
+                    ("n", &n.to_string()),
+                    ("rows", &samples.len().to_string()),
                     ("over", &over.to_string())
                 ]
             )

@@ -236,8 +236,8 @@ texts! {
     ChartTarget => ["target", "mục tiêu"],
     ChartOver => ["over target", "vượt mục tiêu"],
     ChartLegend => [
-        "{n} samples; solid line: RPO; dashed line: target; hollow circles: samples over target ({over}). Every sample is in rpo.csv.",
-        "{n} mẫu; đường liền: RPO; đường nét đứt: mục tiêu; vòng tròn rỗng: mẫu vượt mục tiêu ({over}). Mọi mẫu đều có trong rpo.csv."
+        "{n} samples in {rows} rows of rpo.csv (a row is one sample or a summary of the samples since the previous row); solid line: RPO, the worst of each row; dashed line: target; hollow circles: rows with samples over target ({over} samples over target).",
+        "{n} mẫu trong {rows} dòng của rpo.csv (mỗi dòng là một mẫu hoặc bản tóm tắt các mẫu kể từ dòng trước); đường liền: RPO, giá trị xấu nhất của mỗi dòng; đường nét đứt: mục tiêu; vòng tròn rỗng: dòng có mẫu vượt mục tiêu ({over} mẫu vượt mục tiêu)."
     ],
     TimelineLegend => [
         "Bars: solid: step succeeded; hatched: step failed; outlined: result not recorded.",

@@ -35,6 +35,7 @@ fn settings() -> ClusterSettings {
         lease_ttl_ms: TTL as u64,
         drift_margin_ms: DRIFT as u64,
         detect_after_ms: 3_000,
+        rpo_audit_every_ms: None,
     }
 }
 

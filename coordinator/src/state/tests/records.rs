@@ -81,6 +81,71 @@ fn rpo_samples_of_many_groups_commit_as_one_and_skip_unknown_groups() {
 }
 
 #[test]
+fn with_an_audit_interval_rpo_is_summarized_and_breaches_recorded_at_once() {
+    // 1. A later bootstrap sets the audit interval (the only setting it may change) and is
+    //    audited; the same bootstrap again is a no-op.
+    let mut s = booted();
+    let mut with_interval = bootstrap_cmd(1);
+    if let Command::Bootstrap { settings, .. } = &mut with_interval {
+        settings.rpo_audit_every_ms = Some(60_000);
+    }
+    apply(&mut s, &with_interval).unwrap();
+    assert_eq!(s.settings().unwrap().rpo_audit_every_ms, Some(60_000));
+    assert_eq!(s.audit().len(), 2);
+    apply(&mut s, &with_interval).unwrap();
+    assert_eq!(s.audit().len(), 2);
+    let mut changed_ttl = with_interval.clone();
+    if let Command::Bootstrap { settings, .. } = &mut changed_ttl {
+        settings.lease_ttl_ms += 1;
+    }
+    assert!(matches!(
+        apply(&mut s, &changed_ttl),
+        Err(Rejection::BootstrapConflict { .. })
+    ));
+    assert_eq!(s.audit().records()[2].kind, AuditKind::Refused);
+    // 2. Three minutes of 5 s samples (target 5 s) with one breach of 15 s at 100 s.
+    let mut kinds = Vec::new();
+    for k in 0..=36i64 {
+        let at = 10 + k * 5_000;
+        let rpo_ms = if (20..23).contains(&k) {
+            7_000 + k as u64
+        } else {
+            100
+        };
+        let ev = apply(
+            &mut s,
+            &Command::RpoSamples {
+                at_ms: at,
+                samples: vec![GroupRpo {
+                    group: "vol".into(),
+                    rpo_ms,
+                }],
+            },
+        )
+        .unwrap();
+        assert!(matches!(ev[0], Event::RpoSampled { .. }));
+        if ev.iter().any(|e| matches!(e, Event::Audited { .. })) {
+            kinds.push(k);
+        }
+    }
+    // 3. First sample, 60 s, the breach's start (20) and end (23), then 60 s after the end.
+    assert_eq!(kinds, vec![0, 12, 20, 23, 35]);
+    let recs = s.audit_range(3, 100);
+    assert!(
+        recs.iter().all(|r| r.kind == AuditKind::RpoSummary),
+        "{recs:#?}"
+    );
+    let end = &recs[3].detail;
+    assert_eq!(end["reason"], json!("within"));
+    assert_eq!(end["max_ms"], json!(7_022));
+    assert_eq!(end["over_samples"], json!(2));
+    assert_eq!(end["over_target_ms"], json!(15_000));
+    assert_eq!(s.group("vol").unwrap().rpo_samples.len(), 37);
+    // 4. The snapshot keeps the pending window and restores to the same state.
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+}
+
+#[test]
 fn record_refuses_internal_kinds_floats_and_unknown_groups() {
     let mut s = booted();
     let rec = |kind, group: Option<&str>, detail| Command::Record {

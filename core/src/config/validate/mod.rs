@@ -65,6 +65,7 @@ fn check_cluster(c: &Cluster, d: &mut Diags<'_>) {
         ("heartbeat_interval", c.heartbeat_interval),
         ("detect_after", c.detect_after),
         ("rpo_sample_interval", c.rpo_sample_interval),
+        ("rpo_audit_interval", c.rpo_audit_interval),
     ] {
         if value.is_zero() {
             d.push(&format!("cluster.{field}"), "must be above 0s".to_string());
