@@ -13,7 +13,7 @@ use tandem_core::config::Topology;
 
 use super::cluster::Ctx;
 use super::host::Host;
-use super::hosts::topology::hosts_topology_text;
+use super::hosts::topology::{hosts_topology_text, VOLUME_MIB as HOSTS_VOLUME_MIB};
 use super::nodefiles::{node_env, set_clock, set_failpoints};
 use super::power::Feeds;
 use super::processes as proc;
@@ -38,7 +38,7 @@ fn scenario_topology(s: &Scenario) -> Result<(String, Vec<(String, u16)>)> {
         return hosts_topology_text(
             hosts,
             s.group_count(),
-            super::hosts::VOLUME_MIB,
+            HOSTS_VOLUME_MIB,
             &s.mode,
             s.auto_failover,
         );

@@ -38,8 +38,7 @@ use super::setup::start_cluster;
 use crate::history::History;
 use crate::scenario::{FaultAction, Scenario};
 
-/// Volume size of every group, in MiB.
-pub const VOLUME_MIB: u64 = 8;
+pub use self::topology::VOLUME_MIB;
 /// How often the runner samples the status and looks for due faults.
 const TICK: Duration = Duration::from_millis(150);
 /// How long the groups have to be protected, at the start and after the recovery.

@@ -12,6 +12,9 @@ use crate::runner::topology::topology_text;
 
 /// Where the embedded topology's replicators begin: everything before it (cluster, sites,
 /// coordinators) is kept.
+/// Volume size of every group, in MiB.
+pub const VOLUME_MIB: u64 = 8;
+
 const FIRST_REPLICATOR: &str = "\n[[nodes]]\nname = \"hanoi-rep\"\n";
 /// The data sites, primary first.
 const SITES: [&str; 2] = ["hanoi", "hcm"];
