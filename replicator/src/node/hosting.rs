@@ -137,16 +137,19 @@ pub(super) async fn follow_placement(rt: &Arc<NodeRt>, leases: &[GroupLease]) {
                 let as_replica = leases
                     .iter()
                     .any(|l| l.group == name && l.replica == rt.node.site);
-                if as_replica && rdir.exists() {
-                    let now = SystemClock::new().now_ms().max(0) as u64;
-                    if let Err(e) =
+                // Files and fsyncs: off the reactor (the heartbeat loop runs on it).
+                let (rt2, cfg) = (rt.clone(), cfg.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    if as_replica && rdir.exists() {
+                        let now = SystemClock::new().now_ms().max(0) as u64;
                         crate::meta::write_meta(&rdir.join(RESYNC_MARKER), *b"RSYN", &[now])
-                    {
-                        warn!(group = %name, "marking an old copy for resync failed: {e}");
-                        continue;
+                            .map_err(|e| format!("marking an old copy for resync: {e}"))?;
                     }
-                }
-                match open_group(&rt.topo, &rt.node, &rt.me, cfg) {
+                    open_group(&rt2.topo, &rt2.node, &rt2.me, &cfg).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the opening task failed: {e}")));
+                match opened {
                     Ok(g) => {
                         info!(group = %name, "the coordinators place the group on this host: opened");
                         rt.groups.lock().await.insert(name, g);
