@@ -5,6 +5,8 @@
 
 use super::drivers::Drivers;
 use super::live::{Live, LiveGroup};
+use crate::audit::backfill::{evictable, gap_after_restore};
+use crate::audit::store::AuditStore;
 use crate::raft::{RaftError, RaftHandle, StateMachine};
 use crate::state::{self, ClusterSettings, Command, GroupSpec, SiteSpec, State};
 use serde_json::{json, Value};
@@ -18,14 +20,82 @@ use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::ProposeRequest;
 use tonic::Status;
 
-/// The replicated state machine as raft-rs sees it: JSON commands in, JSON results out.
+/// How many recent audit records the state keeps in memory (and in every raft snapshot) once
+/// they are in the audit store: about 2 MB at the size of RPO summaries.
+pub const AUDIT_TAIL_KEEP: u64 = 4_096;
+
+/// The replicated state machine as raft-rs sees it: JSON commands in, JSON results out. The
+/// audit records it appends are written to the audit store as they are applied, and the state
+/// keeps only a tail of them.
 #[derive(Debug, Default)]
 pub struct CoordinatorSm {
     /// The state.
     pub state: State,
+    /// The audit chain on disk, once the raft node opened its store (`None`: every record stays
+    /// in memory, as in tests that drive the state machine without a store).
+    pub audit: Option<AuditStore>,
+}
+
+impl CoordinatorSm {
+    /// Writes the records appended since the store's end, then drops from the state's tail the
+    /// records the store holds, beyond the last [`AUDIT_TAIL_KEEP`] (in batches of a quarter of
+    /// that). A failed write drops nothing: the records stay in memory and are written with the
+    /// next ones.
+    fn persist_audit(&mut self) {
+        let Some(store) = &self.audit else { return };
+        let chain = self.state.audit();
+        let written = match store.end() {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(error = %e, "audit store unreadable; records stay in memory");
+                return;
+            }
+        };
+        let new = chain
+            .tail_range(written.max(chain.tail_first()), usize::MAX)
+            .unwrap_or_default();
+        if let Err(e) = store.put(new) {
+            tracing::error!(error = %e, "audit records not written; they stay in memory");
+            return;
+        }
+        let next = chain.len() as u64;
+        let end = written.max(next);
+        let drop = evictable(chain.tail_first(), next, end, AUDIT_TAIL_KEEP);
+        if drop >= AUDIT_TAIL_KEEP / 4 {
+            let before = chain.tail_first() + drop;
+            self.state.drop_audit_before(before);
+        }
+    }
+
+    /// After a snapshot was installed: the records the node now lacks (between what its store
+    /// held and the snapshot's tail) become its gap, and the tail is written.
+    fn store_restored_tail(&mut self) -> Result<(), String> {
+        let Some(store) = &self.audit else {
+            return Ok(());
+        };
+        let chain = self.state.audit();
+        let end = store.end().map_err(|e| e.to_string())?;
+        let gap = gap_after_restore(
+            store.gap().map_err(|e| e.to_string())?,
+            end,
+            chain.tail_first(),
+        );
+        store.put(chain.records()).map_err(|e| e.to_string())?;
+        store.set_gap(gap).map_err(|e| e.to_string())?;
+        if let Some(g) = gap {
+            tracing::warn!(%g, "audit records missing after a snapshot: back-filling from a peer");
+        }
+        self.persist_audit();
+        Ok(())
+    }
 }
 
 impl StateMachine for CoordinatorSm {
+    fn attach(&mut self, db: &sled::Db) -> Result<(), String> {
+        self.audit = Some(AuditStore::open(db).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
         let out = match serde_json::from_slice::<Command>(data) {
             Ok(cmd) => match state::apply(&mut self.state, &cmd) {
@@ -34,6 +104,7 @@ impl StateMachine for CoordinatorSm {
             },
             Err(e) => json!({ "rejected": null, "message": format!("undecodable command: {e}") }),
         };
+        self.persist_audit();
         serde_json::to_vec(&out).unwrap_or_default()
     }
 
@@ -43,7 +114,7 @@ impl StateMachine for CoordinatorSm {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         self.state = State::restore(snapshot).map_err(|e| e.to_string())?;
-        Ok(())
+        self.store_restored_tail()
     }
 }
 

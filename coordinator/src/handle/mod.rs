@@ -6,7 +6,9 @@
 //! - [`coordinator`]: the handle: propose (here or through the leader), read the state.
 //! - [`live`]: the leader's live (not replicated) figures from heartbeats (pure).
 //! - [`drivers`]: the driver tasks of the runs this node drives while it leads.
+//! - [`audit`]: reading the audit chain (tail, store, gap) and what the back-fill needs.
 
+pub mod audit;
 pub mod coordinator;
 pub mod drivers;
 pub mod live;

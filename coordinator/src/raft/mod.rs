@@ -38,6 +38,16 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8>;
     /// Serialises the whole state (taken at the last applied index).
     fn snapshot(&self) -> Vec<u8>;
+    /// Called once, when the node has opened its store and before any restore or apply: a
+    /// state machine that keeps data of its own beside the raft log (the coordinator's audit
+    /// records) opens it in the same sled database, so one flush makes both durable. Default:
+    /// nothing.
+    ///
+    /// # Errors
+    /// The data cannot be opened; the node then stops.
+    fn attach(&mut self, _db: &sled::Db) -> Result<(), String> {
+        Ok(())
+    }
     /// Replaces the whole state with a snapshot produced by [`StateMachine::snapshot`].
     ///
     /// # Errors

@@ -428,6 +428,7 @@ impl<SM: StateMachine> Node<SM> {
         rt: tokio::runtime::Handle,
     ) -> Result<Self, RaftError> {
         let storage = open_with_retry(cfg)?;
+        lock(&sm).attach(storage.db()).map_err(RaftError::Restore)?;
         let mut peers = storage.peers()?;
         if storage.is_fresh() && !cfg.join {
             // As five_mem_node: every initial voter starts from the same snapshot at index 1

@@ -4,6 +4,7 @@
 use super::authz::forwarded;
 use super::table::Call;
 use crate::audit::AuditKind;
+use crate::handle::audit::AuditReadError;
 use crate::handle::coordinator::Coordinator;
 use crate::runs::admin;
 use crate::state::Command;
@@ -120,12 +121,13 @@ impl CoordinatorApi for Coordinator {
         } else {
             r.limit.min(10_000)
         } as usize;
-        let records = self.read(|s| {
-            audit_page(
-                s.audit_range(r.from_index, limit),
-                tandem_core::limits::MAX_AUDIT_REPLY_BYTES,
-            )
-        });
+        let records = self
+            .audit_records(r.from_index, limit)
+            .map_err(|e| match e {
+                AuditReadError::Missing(_) => Status::unavailable(e.to_string()),
+                AuditReadError::Store(_) => Status::internal(e.to_string()),
+            })?;
+        let records = audit_page(&records, tandem_core::limits::MAX_AUDIT_REPLY_BYTES);
         Ok(Response::new(AuditReply { records }))
     }
 

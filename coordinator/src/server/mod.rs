@@ -11,6 +11,7 @@
 //! - [`status_doc`]: the status document.
 //! - [`sign_head`]: the leader signs an audit-chain head for an evidence export.
 //! - [`actions`]: corrective actions and the auditor's sign-off of a run's review.
+//! - [`backfill`]: after a snapshot, the audit records this node lacks, from a peer, verified.
 //! - [`steps`]: `PlannedStep`, the committed step a replicator is asked to run.
 //!
 //! The shared handle ([`crate::handle`]) lies below this module and [`crate::runs`].
@@ -18,6 +19,7 @@
 mod actions;
 mod api;
 mod authz;
+mod backfill;
 mod heartbeat;
 mod process;
 mod sign_head;

@@ -98,6 +98,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let bg = tokio::spawn(background(coord.clone(), stop_rx.clone()));
     tokio::spawn(flush_refusals(coord.clone(), stop_rx.clone()));
+    tokio::spawn(super::backfill::backfill_audit(
+        coord.clone(),
+        stop_rx.clone(),
+    ));
     serve_metrics(&coord, node.metrics_listen.as_deref(), stop_rx.clone()).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(node = %name, %addr, raft_id = id, tls = net.is_tls(), "coordinator listening");

@@ -37,12 +37,12 @@ impl Coordinator {
             let mut c = self.leader_client().await?;
             return c.sign_audit_head(forwarded(r, &who)).await;
         }
-        let own = self.read(|s| {
-            s.audit_range(r.index, 1)
-                .first()
-                .filter(|rec| rec.index == r.index)
-                .map(|rec| rec.hash.clone())
-        });
+        let own = self
+            .audit_records(r.index, 1)
+            .map_err(|e| Status::unavailable(format!("SignAuditHead: {e}")))?
+            .into_iter()
+            .find(|rec| rec.index == r.index)
+            .map(|rec| rec.hash);
         if let Some(why) = refusal(r.index, &r.hash, own.as_deref()) {
             return Err(Status::failed_precondition(why));
         }

@@ -125,9 +125,17 @@ impl State {
         &self.audit
     }
 
-    /// Up to `limit` audit records from index `from`, oldest first.
+    /// Up to `limit` audit records from index `from`, oldest first, among those held in memory
+    /// (empty past the end and below [`AuditChain::tail_first`]: read older ones from the
+    /// coordinator's audit store).
     pub fn audit_range(&self, from: u64, limit: usize) -> &[AuditRecord] {
         self.audit.range(from, limit)
+    }
+
+    /// Drops the audit records below `index` from memory. The coordinator calls it once they
+    /// are in its audit store; the chain's head is unchanged, so no command decides differently.
+    pub fn drop_audit_before(&mut self, index: u64) {
+        self.audit.drop_before(index);
     }
 
     /// The drift margin in ms (0 before bootstrap).

@@ -8,8 +8,12 @@ use serde::Deserialize;
 
 /// Magic string at the start of a state snapshot.
 pub const SNAPSHOT_MAGIC: &str = "tandem-coordinator-state";
-/// Version of the snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the snapshot format this build writes. Version 2: the audit chain may be a head and
+/// a tail (`{"next_index", "head_hash", "tail"}`) instead of every record; this build reads
+/// versions 1 and 2.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Oldest snapshot version this build reads.
+pub const SNAPSHOT_VERSION_MIN: u32 = 1;
 
 /// Header of a snapshot, read first so a newer version is refused before its body is parsed.
 #[derive(Deserialize)]
@@ -27,7 +31,7 @@ struct SnapshotFile {
 
 impl State {
     /// Serializes the state as a JSON snapshot:
-    /// `{"magic":"tandem-coordinator-state","version":1,"checksum":"<blake3 hex of state>","state":{...}}`.
+    /// `{"magic":"tandem-coordinator-state","version":2,"checksum":"<blake3 hex of state>","state":{...}}`.
     /// Byte-identical for identical states.
     pub fn snapshot(&self) -> Vec<u8> {
         // Serializing strings, integers, maps with string keys and `Value`s cannot fail.
@@ -45,8 +49,9 @@ impl State {
         out
     }
 
-    /// Reads a snapshot written by [`State::snapshot`], checking magic, version, checksum and
-    /// the audit chain.
+    /// Reads a snapshot written by [`State::snapshot`] (or by a build of version 1), checking
+    /// magic, version, checksum and the audit chain (the tail, ending at the head, when the
+    /// chain is a head and a tail).
     ///
     /// # Errors
     /// [`Error::SnapshotDecode`], [`Error::SnapshotMagic`], [`Error::SnapshotVersion`],
@@ -62,7 +67,7 @@ impl State {
                 expected: SNAPSHOT_MAGIC,
             });
         }
-        if header.version != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&header.version) {
             return Err(Error::SnapshotVersion {
                 found: header.version,
                 supported: SNAPSHOT_VERSION,

@@ -235,6 +235,12 @@ impl SledStorage {
         self.meta.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The sled database, for a state machine that keeps its own tree in it (flushed with the
+    /// log by [`SledStorage::flush`]).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Whether nothing was ever stored (a fresh data directory).
     pub fn is_fresh(&self) -> bool {
         let m = self.rl();

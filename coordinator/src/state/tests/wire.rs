@@ -29,11 +29,42 @@ fn snapshot_format_is_golden() {
     assert_eq!(
         String::from_utf8(snap).unwrap(),
         format!(
-            "{{\"magic\":\"tandem-coordinator-state\",\"version\":1,\"checksum\":\"{}\",\"state\":{}}}",
+            "{{\"magic\":\"tandem-coordinator-state\",\"version\":2,\"checksum\":\"{}\",\"state\":{}}}",
             blake3::hash(EMPTY_STATE.as_bytes()).to_hex(),
             EMPTY_STATE
         )
     );
+    // A version 1 snapshot (every record in the chain) is read as it always was.
+    let v1 = format!(
+        "{{\"magic\":\"tandem-coordinator-state\",\"version\":1,\"checksum\":\"{}\",\"state\":{}}}",
+        blake3::hash(EMPTY_STATE.as_bytes()).to_hex(),
+        EMPTY_STATE
+    );
+    assert_eq!(State::restore(v1.as_bytes()).unwrap(), State::new());
+}
+
+#[test]
+fn a_snapshot_of_a_trimmed_chain_carries_the_head_and_tail_and_restores() {
+    let mut s = booted();
+    for i in 0..20 {
+        let note = Command::Record {
+            at_ms: i,
+            actor: "alice".into(),
+            kind: AuditKind::Note,
+            group: None,
+            detail: json!({ "n": i }),
+        };
+        apply(&mut s, &note).unwrap();
+    }
+    let len = s.audit().len();
+    s.drop_audit_before(len as u64 - 5);
+    let snap = s.snapshot();
+    let text = String::from_utf8(snap.clone()).unwrap();
+    assert!(text.contains("\"audit\":{\"next_index\":"), "{text}");
+    let back = State::restore(&snap).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.audit().len(), len);
+    assert_eq!(back.audit().records().len(), 5);
 }
 
 const EMPTY_STATE: &str = r#"{"settings":null,"clock_ms":0,"sites":{},"groups":{},"audit":[]}"#;
@@ -69,12 +100,12 @@ fn corrupted_snapshot_is_refused() {
         State::restore(&snap[..snap.len() / 2]),
         Err(Error::SnapshotDecode { .. })
     ));
-    let v2 = text.replacen("\"version\":1", "\"version\":2", 1);
+    let v3 = text.replacen("\"version\":2", "\"version\":3", 1);
     assert!(matches!(
-        State::restore(v2.as_bytes()),
+        State::restore(v3.as_bytes()),
         Err(Error::SnapshotVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     let other = text.replacen("tandem-coordinator-state", "something-else", 1);

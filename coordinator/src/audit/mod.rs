@@ -4,6 +4,14 @@
 //! bytes are the compact JSON of the record without its `hash`, fields in declaration order
 //! (`index, at_ms, actor, kind, group, detail, prev_hash`). The first record's `prev_hash` is
 //! [`ZERO_HASH`]. Hashes are stored as lowercase hex so exported JSON stays readable.
+//!
+//! The replicated state holds the head of the chain and a tail of recent records
+//! ([`AuditChain`]); the coordinator writes every record to disk as it is applied
+//! ([`store`]) and reads older ones from there. [`backfill`] decides what a node lacks after
+//! installing a snapshot and whether a page a peer sends is the chain's own.
+
+pub mod backfill;
+pub mod store;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -269,11 +277,86 @@ pub fn verify_segment(
     Ok(())
 }
 
-/// The append-only chain kept in the replicated state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// The chain as the replicated state holds it: the head (the next index and the hash of the last
+/// record) and a tail of the most recent records. Older records live on disk (the coordinator's
+/// audit store); the state machine never needs them, it only appends after the head.
+///
+/// Serialized as the array of every record while nothing was dropped from the tail (the format
+/// of every state before the tail existed, byte for byte), else as
+/// `{"next_index", "head_hash", "tail": [...]}`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditChain {
-    records: Vec<AuditRecord>,
+    next_index: u64,
+    head_hash: String,
+    tail: Vec<AuditRecord>,
+}
+
+impl Default for AuditChain {
+    fn default() -> Self {
+        AuditChain {
+            next_index: 0,
+            head_hash: ZERO_HASH.to_string(),
+            tail: Vec::new(),
+        }
+    }
+}
+
+/// The two serialized forms of [`AuditChain`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ChainForm {
+    /// Every record from index 0.
+    Whole(Vec<AuditRecord>),
+    /// The head and a tail.
+    Tail {
+        next_index: u64,
+        head_hash: String,
+        tail: Vec<AuditRecord>,
+    },
+}
+
+impl Serialize for AuditChain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.tail_first() == 0 {
+            self.tail.serialize(s)
+        } else {
+            #[derive(Serialize)]
+            struct TailRef<'a> {
+                next_index: u64,
+                head_hash: &'a str,
+                tail: &'a [AuditRecord],
+            }
+            TailRef {
+                next_index: self.next_index,
+                head_hash: &self.head_hash,
+                tail: &self.tail,
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditChain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match ChainForm::deserialize(d)? {
+            ChainForm::Whole(tail) => AuditChain {
+                next_index: tail.len() as u64,
+                head_hash: tail
+                    .last()
+                    .map_or_else(|| ZERO_HASH.to_string(), |r| r.hash.clone()),
+                tail,
+            },
+            ChainForm::Tail {
+                next_index,
+                head_hash,
+                tail,
+            } => AuditChain {
+                next_index,
+                head_hash,
+                tail,
+            },
+        })
+    }
 }
 
 impl AuditChain {
@@ -286,8 +369,7 @@ impl AuditChain {
         group: Option<&str>,
         detail: Value,
     ) -> u64 {
-        let index = self.records.len() as u64;
-        let prev = self.head_hash().to_string();
+        let index = self.next_index;
         let mut rec = AuditRecord {
             index,
             at_ms,
@@ -295,50 +377,102 @@ impl AuditChain {
             kind,
             group: group.map(str::to_string),
             detail,
-            prev_hash: prev,
+            prev_hash: self.head_hash.clone(),
             hash: String::new(),
         };
         // The head hash is always one we computed ourselves (or verified on restore), so it is
         // valid hex; fall back to an empty hash that verify_chain would flag, never panic.
         rec.hash = rec.compute_hash().unwrap_or_default();
-        self.records.push(rec);
+        self.head_hash.clone_from(&rec.hash);
+        self.tail.push(rec);
+        self.next_index = index.saturating_add(1);
         index
     }
 
-    /// Every record, oldest first.
+    /// The records held in memory, oldest first: the whole chain until older records are
+    /// dropped to the audit store ([`AuditChain::drop_before`]), then the tail from
+    /// [`AuditChain::tail_first`].
     pub fn records(&self) -> &[AuditRecord] {
-        &self.records
+        &self.tail
     }
 
-    /// Up to `limit` records starting at index `from` (empty past the end).
-    pub fn range(&self, from: u64, limit: usize) -> &[AuditRecord] {
-        let len = self.records.len();
-        let start = usize::try_from(from).unwrap_or(usize::MAX).min(len);
+    /// Index of the oldest record held in memory (`len()` when none is).
+    pub fn tail_first(&self) -> u64 {
+        self.next_index.saturating_sub(self.tail.len() as u64)
+    }
+
+    /// Up to `limit` records from index `from`, if `from` is in the tail or at its end (empty
+    /// past the end); `None` when `from` is older than the tail (read the audit store).
+    pub fn tail_range(&self, from: u64, limit: usize) -> Option<&[AuditRecord]> {
+        let first = self.tail_first();
+        if from < first {
+            return None;
+        }
+        let len = self.tail.len();
+        let start = usize::try_from(from - first).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(limit).min(len);
-        &self.records[start..end]
+        Some(&self.tail[start..end])
+    }
+
+    /// Up to `limit` records from index `from` among those held in memory (empty past the end
+    /// and before the tail).
+    pub fn range(&self, from: u64, limit: usize) -> &[AuditRecord] {
+        self.tail_range(from, limit).unwrap_or(&[])
+    }
+
+    /// Drops the records below `index` from memory (they must be in the audit store first).
+    /// The head is unchanged.
+    pub fn drop_before(&mut self, index: u64) {
+        let n = index
+            .saturating_sub(self.tail_first())
+            .min(self.tail.len() as u64);
+        self.tail.drain(..usize::try_from(n).unwrap_or(0));
     }
 
     /// Hash of the last record, [`ZERO_HASH`] when empty.
     pub fn head_hash(&self) -> &str {
-        self.records.last().map_or(ZERO_HASH, |r| r.hash.as_str())
+        &self.head_hash
     }
 
-    /// Number of records.
+    /// Number of records in the chain (in memory or not): the index of the next one.
     pub fn len(&self) -> usize {
-        self.records.len()
+        usize::try_from(self.next_index).unwrap_or(usize::MAX)
     }
 
     /// Whether the chain has no record yet.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.next_index == 0
     }
 
-    /// Verifies the whole chain (see [`verify_chain`]).
+    /// Verifies what is held: the whole chain from index 0 when nothing was dropped (see
+    /// [`verify_chain`]), else the tail as a segment that ends at the head (its own links and
+    /// hashes, the last record's hash being the head, the indexes ending at `len() - 1`).
     ///
     /// # Errors
     /// The first bad record.
     pub fn verify(&self) -> Result<(), ChainError> {
-        verify_chain(&self.records)
+        let first = self.tail_first();
+        let prev = match self.tail.first() {
+            Some(r) if first > 0 => r.prev_hash.as_str(),
+            _ => ZERO_HASH,
+        };
+        verify_segment(&self.tail, first, prev)?;
+        let last_hash = self.tail.last().map_or(ZERO_HASH, |r| r.hash.as_str());
+        if self.tail.is_empty() && first > 0 {
+            if blake3::Hash::from_hex(&self.head_hash).is_err() {
+                return Err(ChainError::MalformedHash {
+                    index: first.saturating_sub(1),
+                    field: "hash",
+                });
+            }
+        } else if self.head_hash != last_hash {
+            return Err(ChainError::HashMismatch {
+                index: first
+                    .saturating_add(self.tail.len() as u64)
+                    .saturating_sub(1),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -472,6 +606,62 @@ mod tests {
         assert!(c.range(10, 5).is_empty());
         assert!(c.range(u64::MAX, 5).is_empty());
         assert_eq!(c.range(8, 100).len(), 2);
+    }
+
+    #[test]
+    fn a_whole_chain_serializes_as_the_array_it_always_was() {
+        let c = chain_of(3);
+        let as_array = serde_json::to_vec(c.records()).unwrap();
+        assert_eq!(serde_json::to_vec(&c).unwrap(), as_array);
+        let back: AuditChain = serde_json::from_slice(&as_array).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.verify(), Ok(()));
+    }
+
+    #[test]
+    fn a_trimmed_chain_keeps_its_head_and_round_trips_as_head_and_tail() {
+        let mut c = chain_of(10);
+        let head = c.head_hash().to_string();
+        c.drop_before(6);
+        assert_eq!((c.len(), c.tail_first(), c.records().len()), (10, 6, 4));
+        assert_eq!(c.head_hash(), head);
+        assert_eq!(c.tail_range(2, 5), None, "older than the tail");
+        assert_eq!(c.tail_range(8, 5).map(|r| r.len()), Some(2));
+        assert_eq!(c.tail_range(10, 5).map(|r| r.len()), Some(0));
+        assert_eq!(c.verify(), Ok(()));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.starts_with(r#"{"next_index":10,"head_hash":""#),
+            "{json}"
+        );
+        let back: AuditChain = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        // Appending continues after the head, linked to it.
+        let mut c2 = back.clone();
+        let i = c2.append(2_000, "bob", AuditKind::Note, None, json!({}));
+        assert_eq!(i, 10);
+        assert_eq!(c2.records().last().unwrap().prev_hash, head);
+        // Everything dropped: the head alone still verifies and appends.
+        let mut all = c.clone();
+        all.drop_before(10);
+        assert!(all.records().is_empty());
+        assert_eq!(all.verify(), Ok(()));
+        let back: AuditChain = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
+        assert_eq!(back.head_hash(), head);
+    }
+
+    #[test]
+    fn a_tail_that_does_not_end_at_the_head_is_refused() {
+        let mut c = chain_of(8);
+        c.drop_before(4);
+        let mut v: Value = serde_json::to_value(&c).unwrap();
+        v["head_hash"] = json!("ab".repeat(32));
+        let bad: AuditChain = serde_json::from_value(v).unwrap();
+        assert_eq!(bad.verify(), Err(ChainError::HashMismatch { index: 7 }));
+        let mut v: Value = serde_json::to_value(&c).unwrap();
+        v["next_index"] = json!(9);
+        let bad: AuditChain = serde_json::from_value(v).unwrap();
+        assert!(matches!(bad.verify(), Err(ChainError::IndexGap { .. })));
     }
 
     #[test]
