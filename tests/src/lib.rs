@@ -68,6 +68,8 @@ pub struct TopoOpts {
     /// Plaintext links (`[tls] insecure = true`) instead of mTLS with certificates generated
     /// into `DIR/certs`.
     pub insecure: bool,
+    /// Extra `key = value` lines for `[cluster]` (`snapshot_entries = 16`).
+    pub cluster_extra: &'static str,
 }
 
 impl Default for TopoOpts {
@@ -82,6 +84,7 @@ impl Default for TopoOpts {
             group_extra: "",
             resource_extra: "",
             insecure: false,
+            cluster_extra: "",
         }
     }
 }
@@ -94,8 +97,8 @@ impl Topo {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "[cluster]\nname = \"test\"\nlease_ttl = \"{}\"\ndrift_margin = \"300ms\"\nheartbeat_interval = \"200ms\"\ndetect_after = \"1500ms\"\nrpo_sample_interval = \"2s\"\n",
-            o.lease_ttl
+            "[cluster]\nname = \"test\"\nlease_ttl = \"{}\"\ndrift_margin = \"300ms\"\nheartbeat_interval = \"200ms\"\ndetect_after = \"1500ms\"\nrpo_sample_interval = \"2s\"\n{}\n",
+            o.lease_ttl, o.cluster_extra
         );
         for (s, w) in [("hanoi", false), ("hcm", false), ("danang", true)] {
             let _ = writeln!(t, "[[sites]]\nname = \"{s}\"\nwitness = {w}\n");

@@ -21,24 +21,44 @@ use tandem_core::proto::ProposeRequest;
 use tonic::Status;
 
 /// How many recent audit records the state keeps in memory (and in every raft snapshot) once
-/// they are in the audit store: about 2 MB at the size of RPO summaries.
+/// they are in the audit store, unless `[cluster] audit_memory_records` says otherwise: about
+/// 2 MB at the size of RPO summaries.
 pub const AUDIT_TAIL_KEEP: u64 = 4_096;
 
 /// The replicated state machine as raft-rs sees it: JSON commands in, JSON results out. The
 /// audit records it appends are written to the audit store as they are applied, and the state
 /// keeps only a tail of them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CoordinatorSm {
     /// The state.
     pub state: State,
     /// The audit chain on disk, once the raft node opened its store (`None`: every record stays
     /// in memory, as in tests that drive the state machine without a store).
     pub audit: Option<AuditStore>,
+    /// How many of the newest records stay in memory once on disk ([`AUDIT_TAIL_KEEP`] unless
+    /// configured).
+    pub tail_keep: u64,
+}
+
+impl Default for CoordinatorSm {
+    fn default() -> Self {
+        CoordinatorSm::with_tail_keep(AUDIT_TAIL_KEEP)
+    }
 }
 
 impl CoordinatorSm {
+    /// An empty state machine that keeps the newest `tail_keep` audit records in memory (at
+    /// least 4).
+    pub fn with_tail_keep(tail_keep: u64) -> Self {
+        CoordinatorSm {
+            state: State::default(),
+            audit: None,
+            tail_keep: tail_keep.max(4),
+        }
+    }
+
     /// Writes the records appended since the store's end, then drops from the state's tail the
-    /// records the store holds, beyond the last [`AUDIT_TAIL_KEEP`] (in batches of a quarter of
+    /// records the store holds, beyond the last `tail_keep` (in batches of a quarter of
     /// that). A failed write drops nothing: the records stay in memory and are written with the
     /// next ones.
     fn persist_audit(&mut self) {
@@ -60,8 +80,8 @@ impl CoordinatorSm {
         }
         let next = chain.len() as u64;
         let end = written.max(next);
-        let drop = evictable(chain.tail_first(), next, end, AUDIT_TAIL_KEEP);
-        if drop >= AUDIT_TAIL_KEEP / 4 {
+        let drop = evictable(chain.tail_first(), next, end, self.tail_keep);
+        if drop >= self.tail_keep / 4 {
             let before = chain.tail_first() + drop;
             self.state.drop_audit_before(before);
         }

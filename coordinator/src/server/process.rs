@@ -69,13 +69,17 @@ pub async fn run(
     let net = Net::for_node(&topo, &name).map_err(|e| ServerError::Topology(e.to_string()))?;
     net.spawn_reloader();
     let mut cfg = RaftNodeConfig::new(id, peers, data_dir.join("raft"));
-    // A snapshot is the whole state (it grows with the groups): at most one per 30 s for
-    // compaction, however fast heartbeats and RPO samples commit (issue 20).
-    cfg.snapshot_every = 2000;
-    cfg.snapshot_min_interval = Duration::from_secs(30);
+    // A snapshot is the whole state (it grows with the groups): by default at most one per
+    // 30 s for compaction, however fast heartbeats and RPO samples commit (issue 20).
+    cfg.snapshot_every = topo.cluster.snapshot_entries.max(1);
+    cfg.snapshot_min_interval = topo.cluster.snapshot_min_interval.as_duration();
     cfg.net = net.clone();
     cfg.peer_names = names.clone();
-    let handle = raft::start(cfg, CoordinatorSm::default()).await?;
+    let handle = raft::start(
+        cfg,
+        CoordinatorSm::with_tail_keep(topo.cluster.audit_memory_records),
+    )
+    .await?;
     let inner = Arc::new(Inner {
         topo: topo.clone(),
         name: name.clone(),

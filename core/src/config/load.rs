@@ -251,6 +251,7 @@ const CLUSTER_UNITS: &[(&str, Unit)] = &[
     ("detect_after", Unit::Duration),
     ("rpo_sample_interval", Unit::Duration),
     ("rpo_audit_interval", Unit::Duration),
+    ("snapshot_min_interval", Unit::Duration),
 ];
 const GROUP_UNITS: &[(&str, Unit)] = &[
     ("rpo_target", Unit::Duration),

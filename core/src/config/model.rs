@@ -115,6 +115,17 @@ pub struct Cluster {
     /// does not cross the group's target (crossings are audited at once).
     #[serde(default = "defaults::rpo_audit_interval")]
     pub rpo_audit_interval: HumanDuration,
+    /// Each coordinator takes a snapshot of its state and compacts its raft log once this many
+    /// entries were applied since the last one (and no sooner than `snapshot_min_interval`).
+    #[serde(default = "defaults::snapshot_entries")]
+    pub snapshot_entries: u64,
+    /// Least time between two snapshots a coordinator takes to compact its log.
+    #[serde(default = "defaults::snapshot_min_interval")]
+    pub snapshot_min_interval: HumanDuration,
+    /// How many of the newest audit records a coordinator keeps in memory (and in every raft
+    /// snapshot); older ones are read from its disk.
+    #[serde(default = "defaults::audit_memory_records")]
+    pub audit_memory_records: u64,
 }
 
 /// One data centre, or a witness site that hosts only a coordinator.
@@ -491,6 +502,15 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn rpo_audit_interval() -> HumanDuration {
         HumanDuration::from_secs(60)
+    }
+    pub(in crate::config) fn snapshot_entries() -> u64 {
+        2_000
+    }
+    pub(in crate::config) fn snapshot_min_interval() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub(in crate::config) fn audit_memory_records() -> u64 {
+        4_096
     }
     pub(in crate::config) fn sync_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)

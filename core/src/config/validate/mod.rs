@@ -57,6 +57,10 @@ fn cluster_clean(d: &Diags<'_>, fields: &[&str]) -> bool {
         .all(|name| !d.bad.contains(&format!("cluster.{name}")))
 }
 
+/// Least `snapshot_entries` and `audit_memory_records`: a coordinator keeps a quarter of each
+/// as its margin (log entries after a snapshot, records dropped from memory at once).
+const MIN_CLUSTER_COUNT: u64 = 16;
+
 /// The `[cluster]` timings: none zero, and none contradicting another.
 fn check_cluster(c: &Cluster, d: &mut Diags<'_>) {
     check_name(d, "cluster.name", "cluster", &c.name);
@@ -94,6 +98,17 @@ fn check_cluster(c: &Cluster, d: &mut Diags<'_>) {
                 c.lease_ttl, c.heartbeat_interval
             ),
         );
+    }
+    for (field, value) in [
+        ("snapshot_entries", c.snapshot_entries),
+        ("audit_memory_records", c.audit_memory_records),
+    ] {
+        if value < MIN_CLUSTER_COUNT {
+            d.push(
+                &format!("cluster.{field}"),
+                format!("{field} is {value}; it must be at least {MIN_CLUSTER_COUNT}"),
+            );
+        }
     }
     if cluster_clean(d, &["drift_margin", "lease_ttl"]) && c.drift_margin >= c.lease_ttl {
         d.push(
@@ -179,6 +194,38 @@ pub(super) fn check_address(diags: &mut Diags<'_>, path: &str, addr: &str) {
 #[cfg(test)]
 mod tests {
     use crate::config::testutil::*;
+
+    #[test]
+    fn snapshot_and_audit_memory_counts_below_the_floor_are_refused() {
+        let text = edit(
+            BASE,
+            "name = \"t\"",
+            "name = \"t\"\nsnapshot_entries = 4\naudit_memory_records = 0",
+        );
+        assert_diag(
+            &text,
+            "cluster.snapshot_entries",
+            "snapshot_entries = 4",
+            "at least 16",
+        );
+        assert_diag(
+            &text,
+            "cluster.audit_memory_records",
+            "audit_memory_records = 0",
+            "at least 16",
+        );
+        let ok = edit(
+            BASE,
+            "name = \"t\"",
+            "name = \"t\"\nsnapshot_entries = 16\nsnapshot_min_interval = \"0s\"\naudit_memory_records = 64",
+        );
+        let t = parse(&ok).unwrap();
+        assert_eq!(
+            (t.cluster.snapshot_entries, t.cluster.audit_memory_records),
+            (16, 64)
+        );
+        assert!(t.cluster.snapshot_min_interval.is_zero());
+    }
 
     #[test]
     fn cluster_timings_that_contradict_each_other_are_refused() {
