@@ -262,7 +262,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         let before: Vec<Option<ProcSample>> = pids.iter().map(|p| sample(*p)).collect();
         let t0 = Instant::now();
         let mut lat = Vec::new();
-        let mut rss_max = vec![0u64; pids.len()];
+        let mut rss = RssSeries::new(pids.len(), RSS_PARTS, a.secs);
         let mut doc_bytes = 0usize;
         while t0.elapsed() < Duration::from_secs(a.secs) {
             let t = Instant::now();
@@ -273,9 +273,11 @@ pub fn run(a: ScaleArgs) -> Result<()> {
                 }
                 Err(e) => tracing::debug!(error = %e, "status failed during the window"),
             }
-            for (m, p) in rss_max.iter_mut().zip(&pids) {
-                *m = (*m).max(sample(*p).map_or(0, |s| s.rss_kib));
-            }
+            let now: Vec<u64> = pids
+                .iter()
+                .map(|p| sample(*p).map_or(0, |s| s.rss_kib))
+                .collect();
+            rss.add(t0.elapsed().as_secs_f64(), &now);
             tokio::time::sleep(Duration::from_millis(a.status_every_ms)).await;
         }
         let window = t0.elapsed().as_secs_f64();
@@ -291,25 +293,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
             None
         };
         lat.sort_by(|x, y| x.total_cmp(y));
-        let hz = USER_HZ;
-        let mut per_coord = Vec::new();
-        for (i, name) in coords.iter().enumerate() {
-            let (b, e) = (before[i].unwrap_or_default(), after[i].unwrap_or_default());
-            let raft = c.dir.join("data").join(name).join("raft");
-            let (store_bytes, store_files) = du(&raft);
-            let (blob_bytes, blob_files) = du(&raft.join("blobs"));
-            per_coord.push(json!({
-                "node": name,
-                "cpu_pct_of_a_core": (e.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / hz / window * 100.0,
-                "rss_mib_end": e.rss_kib as f64 / 1024.0,
-                "rss_mib_max": rss_max[i] as f64 / 1024.0,
-                "disk_write_mb_per_s": (e.write_bytes.saturating_sub(b.write_bytes)) as f64 / window / 1e6,
-                "raft_store_mb_end": store_bytes as f64 / 1e6,
-                "raft_store_files": store_files,
-                "sled_blobs_mb_end": blob_bytes as f64 / 1e6,
-                "sled_blob_files": blob_files,
-            }));
-        }
+        let per_coord = coordinator_figures(&c.dir, &coords, &before, &after, &rss, window);
         let commits = st1.commit_index.saturating_sub(st0.commit_index) as f64 / window;
         let audit = st1.audit_len.saturating_sub(st0.audit_len) as f64 / window;
         let protected = st1.groups.iter().filter(|g| g.state == "protected").count();
@@ -344,6 +328,92 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
+/// Parts of the window the RSS series is cut into (`rss_mib_max_by_part`).
+const RSS_PARTS: usize = 10;
+
+/// Each coordinator's largest RSS in each equal part of the window: memory that levels off shows
+/// as equal maxima in the later parts, memory that grows as rising ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RssSeries {
+    /// `max[part][coordinator]`, KiB.
+    max: Vec<Vec<u64>>,
+    /// The window's length, seconds.
+    secs: f64,
+}
+
+impl RssSeries {
+    /// An empty series of `parts` parts of a `secs`-long window for `n` coordinators.
+    pub fn new(n: usize, parts: usize, secs: u64) -> Self {
+        RssSeries {
+            max: vec![vec![0; n]; parts.max(1)],
+            secs: secs.max(1) as f64,
+        }
+    }
+
+    /// One sample of every coordinator's RSS (KiB) at `t` seconds into the window (a sample
+    /// past the end counts in the last part).
+    pub fn add(&mut self, t: f64, rss_kib: &[u64]) {
+        let parts = self.max.len();
+        let part = ((t / self.secs * parts as f64) as usize).min(parts - 1);
+        for (m, r) in self.max[part].iter_mut().zip(rss_kib) {
+            *m = (*m).max(*r);
+        }
+    }
+
+    /// Coordinator `i`'s largest RSS over the whole window, KiB.
+    pub fn overall(&self, i: usize) -> u64 {
+        self.max
+            .iter()
+            .filter_map(|p| p.get(i))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Coordinator `i`'s largest RSS in each part, MiB (0: no sample in that part).
+    pub fn by_part_mib(&self, i: usize) -> Vec<f64> {
+        self.max
+            .iter()
+            .map(|p| {
+                p.get(i)
+                    .map_or(0.0, |k| (*k as f64 / 1024.0 * 10.0).round() / 10.0)
+            })
+            .collect()
+    }
+}
+
+/// The `/proc` and disk figures of each coordinator over the window.
+fn coordinator_figures(
+    dir: &Path,
+    coords: &[&str],
+    before: &[Option<ProcSample>],
+    after: &[Option<ProcSample>],
+    rss: &RssSeries,
+    window: f64,
+) -> Vec<Value> {
+    let mut per_coord = Vec::new();
+    for (i, name) in coords.iter().enumerate() {
+        let b = before.get(i).copied().flatten().unwrap_or_default();
+        let e = after.get(i).copied().flatten().unwrap_or_default();
+        let raft = dir.join("data").join(name).join("raft");
+        let (store_bytes, store_files) = du(&raft);
+        let (blob_bytes, blob_files) = du(&raft.join("blobs"));
+        per_coord.push(json!({
+            "node": name,
+            "cpu_pct_of_a_core": (e.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / USER_HZ / window * 100.0,
+            "rss_mib_end": e.rss_kib as f64 / 1024.0,
+            "rss_mib_max": rss.overall(i) as f64 / 1024.0,
+            "rss_mib_max_by_part": rss.by_part_mib(i),
+            "disk_write_mb_per_s": (e.write_bytes.saturating_sub(b.write_bytes)) as f64 / window / 1e6,
+            "raft_store_mb_end": store_bytes as f64 / 1e6,
+            "raft_store_files": store_files,
+            "sled_blobs_mb_end": blob_bytes as f64 / 1e6,
+            "sled_blob_files": blob_files,
+        }));
+    }
+    per_coord
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +436,19 @@ mod tests {
         let io = "rchar: 10\nwchar: 20\nwrite_bytes: 4096\ncancelled_write_bytes: 0\n";
         assert_eq!(proc_field(io, "write_bytes:"), Some(4096));
         assert_eq!(proc_field(io, "missing:"), None);
+    }
+
+    #[test]
+    fn rss_series_keeps_each_parts_maximum_per_coordinator() {
+        let mut r = RssSeries::new(2, 4, 100);
+        r.add(0.0, &[1024, 2048]);
+        r.add(10.0, &[4096, 1024]);
+        r.add(60.0, &[2048, 8192]);
+        r.add(250.0, &[3072, 0]);
+        assert_eq!(r.by_part_mib(0), vec![4.0, 0.0, 2.0, 3.0]);
+        assert_eq!(r.by_part_mib(1), vec![2.0, 0.0, 8.0, 0.0]);
+        assert_eq!((r.overall(0), r.overall(1)), (4096, 8192));
+        assert_eq!(r.by_part_mib(5), vec![0.0; 4]);
     }
 
     #[test]
