@@ -274,6 +274,25 @@ fn a_coordinator_back_after_compaction_back_fills_the_audit_chain_from_a_peer() 
     // 3. It comes back: a snapshot, then the gap filled from a peer, then the whole chain
     // served from its own disk and memory alone.
     procs.insert(down.clone(), NodeProc::start(&topo, &down));
+    // Asked first, while it may still lack records, it never answers with a partial chain:
+    // `tandem audit` passes it over for the next coordinator.
+    let (code, out, err) = topo.tandem(&[
+        "audit",
+        "--json",
+        "--limit",
+        "100000",
+        "--addr",
+        topo.addr(&down),
+        "--addr",
+        topo.addr(&lead),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let first: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        first[..whole.len()],
+        whole[..],
+        "a partial or different chain"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let got = loop {
         match chain_of(&topo, &down) {

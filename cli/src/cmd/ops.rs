@@ -116,16 +116,30 @@ pub fn resume(a: GroupArgs) -> Result<()> {
 pub fn audit(a: AuditArgs) -> Result<()> {
     let addrs = coordinator_addrs(a.target.config.as_ref(), &a.target.addr)?;
     let records = runtime()?.block_on(async {
-        let mut c = connect(&addrs).await?;
-        let r = c
-            .audit(AuditRequest {
+        // A coordinator that lacks the records asked (back-filling after a snapshot) answers
+        // Unavailable: ask the next one.
+        let mut last = anyhow::anyhow!("no coordinator address");
+        for addr in &addrs {
+            let mut c = match connect(std::slice::from_ref(addr)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let req = AuditRequest {
                 from_index: a.from,
                 limit: a.limit,
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        anyhow::Ok(r.records)
+            };
+            match c.audit(req).await {
+                Ok(r) => return anyhow::Ok(r.into_inner().records),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    last = anyhow::anyhow!("{addr}: {}", s.message());
+                }
+                Err(s) => anyhow::bail!("{}", s.message()),
+            }
+        }
+        Err(last)
     })?;
     for r in &records {
         if a.json {

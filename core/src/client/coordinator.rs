@@ -230,8 +230,9 @@ impl Cluster {
         None
     }
 
-    /// The whole audit chain, page by page, from the first coordinator that can be reached,
-    /// each record decoded as `T`.
+    /// The whole audit chain, page by page, from the first coordinator that can be reached and
+    /// holds it all (one that answers `Unavailable`, e.g. still back-filling records it lacks
+    /// after a snapshot, is passed over), each record decoded as `T`.
     ///
     /// # Errors
     /// No coordinator reachable, the audit call refused, or a record that does not decode.
@@ -247,15 +248,25 @@ impl Cluster {
                 }
             };
             let mut out: Vec<T> = Vec::new();
+            let mut whole = true;
             loop {
-                let r = c
+                let r = match c
                     .audit(AuditRequest {
                         from_index: out.len() as u64,
                         limit: AUDIT_PAGE,
                     })
                     .await
-                    .map_err(|s| ClientError::refused(CALL, addr, &s))?
-                    .into_inner();
+                {
+                    Ok(r) => r.into_inner(),
+                    // This coordinator lacks some records (it installed a snapshot and is
+                    // back-filling) or went away: read the whole chain from the next one.
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        last = ClientError::refused(CALL, addr, &s);
+                        whole = false;
+                        break;
+                    }
+                    Err(s) => return Err(ClientError::refused(CALL, addr, &s)),
+                };
                 if r.records.is_empty() {
                     break;
                 }
@@ -267,7 +278,9 @@ impl Cluster {
                     })?);
                 }
             }
-            return Ok(out);
+            if whole {
+                return Ok(out);
+            }
         }
         Err(last)
     }
