@@ -18,6 +18,11 @@ use super::format::{
     K_SNAP_META, K_TRUNCATED, SNAP_TREE,
 };
 
+/// sled's page cache for the raft database (log, snapshot, audit tree). Its default, 1 GiB,
+/// lets a coordinator's memory grow with everything it writes, the audit chain included
+/// (issue 20); the hot set is the log's tail and the hard state, far below this.
+const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 /// The in-memory mirror of the small metadata, so `Storage` reads do not touch sled.
 #[derive(Debug, Default, Clone)]
 struct Meta {
@@ -111,7 +116,11 @@ impl SledStorage {
         // for it, bounded, then report the lock.
         let mut tries = 0;
         let db = loop {
-            match sled::Config::new().path(dir).open() {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(SLED_CACHE_BYTES)
+                .open()
+            {
                 Err(sled::Error::Io(e)) if tries < 30 && is_lock_busy(&e) => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
