@@ -43,6 +43,19 @@ pub(crate) fn cluster(
     more_groups: &str,
     insecure: bool,
 ) -> Result<(Cluster, Vec<String>, u16)> {
+    cluster_with(dir, mode, volume_mib, group_extra, more_groups, insecure, "")
+}
+
+/// [`cluster`] with extra `key = value` lines in `[cluster]` (`rpo_sample_interval = "1s"`).
+pub(crate) fn cluster_with(
+    dir: Option<&Path>,
+    mode: &str,
+    volume_mib: u64,
+    group_extra: &str,
+    more_groups: &str,
+    insecure: bool,
+    cluster_extra: &str,
+) -> Result<(Cluster, Vec<String>, u16)> {
     let (dir, temp) = match dir {
         Some(d) => (d.to_path_buf(), false),
         None => (
@@ -58,6 +71,7 @@ pub(crate) fn cluster(
     let text = format!(
         r#"[cluster]
 name = "bench"
+{cluster_extra}
 [[sites]]
 name = "hanoi"
 [[sites]]

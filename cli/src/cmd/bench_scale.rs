@@ -5,7 +5,7 @@
 //! raft commits per second, coordinator CPU, memory and disk writes (from `/proc`), and the
 //! raft store on disk at the end. The figures of "Scale (issue 20)" in docs/BENCHMARKS.md.
 
-use crate::cmd::bench_cluster::{cluster, pct};
+use crate::cmd::bench_cluster::{cluster_with, pct};
 use crate::cmd::bench_hostloss::{hosts_toml, lose_host, nbd_targets};
 use crate::cmd::status::{fetch, runtime};
 use anyhow::{bail, Result};
@@ -51,6 +51,11 @@ pub struct ScaleArgs {
     /// host per site that is the loss of the site). Turns `auto_failover` on for every group.
     #[arg(long)]
     pub kill_host: bool,
+    /// The cluster's `rpo_sample_interval` (default 5 s): each group keeps its last 720
+    /// samples, so a shorter interval fills that ring within the window and shows whether
+    /// memory levels off once everything bounded is full.
+    #[arg(long, default_value = "5s")]
+    pub rpo_sample_interval: String,
 }
 
 /// The `[[groups]]` tables of groups 2..=n (group 1 is the `vol` group `cluster` writes).
@@ -195,13 +200,18 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         extra.push_str("auto_failover = true");
     }
     more.push_str(&hosts_toml(a.hosts_per_site)?);
-    let (c, addrs, _) = cluster(
+    let sample_every = a
+        .rpo_sample_interval
+        .parse::<tandem_core::config::HumanDuration>()
+        .map_err(|e| crate::exit::bad_input(format!("--rpo-sample-interval: {e}")))?;
+    let (c, addrs, _) = cluster_with(
         a.dir.as_deref(),
         "async",
         a.volume_mib,
         &extra,
         &more,
         false,
+        &format!("rpo_sample_interval = \"{sample_every}\""),
     )?;
     let run_dir = c.dir.join("run");
     let coords = ["c1", "c2", "c3"];
