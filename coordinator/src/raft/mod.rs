@@ -22,6 +22,7 @@ pub mod node;
 pub mod snapshot_policy;
 pub mod storage;
 pub mod transport;
+mod trim;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -715,6 +715,7 @@ impl<SM: StateMachine> Node<SM> {
                 "proposal overtaken by a snapshot"
             );
         }
+        super::trim::release_freed_memory();
         tracing::info!(node = self.id, index, "installed raft snapshot");
         Ok(())
     }
@@ -838,6 +839,8 @@ impl<SM: StateMachine> Node<SM> {
         self.last_snapshot = self.applied;
         self.last_snapshot_at = Instant::now();
         self.log_bytes = 0;
+        drop(sm_bytes);
+        super::trim::release_freed_memory();
         tracing::debug!(
             node = self.id,
             index = self.applied,
