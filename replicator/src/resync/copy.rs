@@ -14,6 +14,7 @@ use crate::merkle::{self, Hash, MerkleTree};
 use crate::quarantine::QuarantineWriter;
 use futures::StreamExt as _;
 use prost::Message as _;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,11 @@ use tonic::transport::Channel;
 /// `ReadBlocks` requests in flight at once: one being read and compressed at the source, one
 /// crossing the link, while the previous reply is decoded and written here.
 pub const PIPELINE_DEPTH: usize = 3;
+
+/// Replies decoded, checked and written at once (on the blocking pool): the next reply is
+/// decoded while the one before is still being written. Blocks of different replies are
+/// distinct, so their writes need no order.
+pub const WRITES_IN_FLIGHT: usize = 2;
 
 /// Reports a [`ResyncTick`] to the caller's progress callback, if any.
 pub(super) type Tick = Arc<dyn Fn(ResyncTick) + Send + Sync>;
@@ -90,10 +96,11 @@ pub(super) struct Copied {
 }
 
 /// Pulls the `wanted` blocks with `ReadBlocks` and writes them (old content kept first when
-/// quarantining). Up to [`PIPELINE_DEPTH`] requests are in flight while one reply is decoded,
-/// checked and written on the blocking pool, so memory is bounded by `PIPELINE_DEPTH + 1`
-/// batches. With [`Compression::Auto`] a first probe batch crosses raw and the level for the
-/// rest is chosen from it. `wire` is the protobuf bytes exchanged before.
+/// quarantining). Up to [`PIPELINE_DEPTH`] requests are in flight while up to
+/// [`WRITES_IN_FLIGHT`] replies are decoded, checked and written on the blocking pool, so
+/// memory is bounded by `PIPELINE_DEPTH + WRITES_IN_FLIGHT` batches. With
+/// [`Compression::Auto`] a first probe batch crosses raw and the level for the rest is chosen
+/// from it. `wire` is the protobuf bytes exchanged before.
 pub(super) async fn copy_blocks(
     client: &mut ReplicationClient<Channel>,
     copy: &Copy<'_>,
@@ -112,7 +119,7 @@ pub(super) async fn copy_blocks(
         leaves: Vec::new(),
         copied: 0,
         differing: wanted.len() as u64,
-        writing: None,
+        writing: VecDeque::new(),
         tick: tick.clone(),
         bs,
     };
@@ -159,9 +166,8 @@ pub(super) async fn copy_blocks(
         run.wire += bytes;
         run.write(copy, target, &batch, reply).await?;
     }
-    if let Some(last) = run.writing.take() {
-        let leaves = last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
-        run.leaves.extend(leaves);
+    while !run.writing.is_empty() {
+        run.finish_oldest().await?;
     }
     Ok(Copied {
         wire: run.wire,
@@ -174,13 +180,14 @@ pub(super) async fn copy_blocks(
 type SentLeaves = Vec<(u64, Hash)>;
 
 /// The state of one copy: bytes and blocks so far, the leaves sent with them, and the write
-/// task in progress (it answers the leaves of its blocks).
+/// tasks in progress, oldest first, at most [`WRITES_IN_FLIGHT`] (each answers the leaves of
+/// its blocks).
 struct Run {
     wire: u64,
     leaves: Vec<(u64, Hash)>,
     copied: u64,
     differing: u64,
-    writing: Option<JoinHandle<Result<SentLeaves, ResyncError>>>,
+    writing: VecDeque<JoinHandle<Result<SentLeaves, ResyncError>>>,
     tick: Tick,
     bs: u64,
 }
@@ -197,9 +204,20 @@ impl Run {
         })
     }
 
-    /// Checks the reply names `batch`, waits for the previous write, and hands this one to the
-    /// blocking pool: decode and check every block (all cores), keep the old content when
-    /// quarantining, write.
+    /// Waits for the oldest write task and keeps the leaves it answers.
+    async fn finish_oldest(&mut self) -> Result<(), ResyncError> {
+        if let Some(oldest) = self.writing.pop_front() {
+            let leaves = oldest
+                .await
+                .map_err(|e| ResyncError::Task(e.to_string()))??;
+            self.leaves.extend(leaves);
+        }
+        Ok(())
+    }
+
+    /// Checks the reply names `batch`, waits while [`WRITES_IN_FLIGHT`] writes are under way,
+    /// and hands this one to the blocking pool: decode and check every block (all cores), keep
+    /// the old content when quarantining, write.
     async fn write(
         &mut self,
         copy: &Copy<'_>,
@@ -208,11 +226,8 @@ impl Run {
         reply: ReadBlocksReply,
     ) -> Result<(), ResyncError> {
         check_indexes(batch, &reply)?;
-        if let Some(previous) = self.writing.take() {
-            let leaves = previous
-                .await
-                .map_err(|e| ResyncError::Task(e.to_string()))??;
-            self.leaves.extend(leaves);
+        while self.writing.len() >= WRITES_IN_FLIGHT {
+            self.finish_oldest().await?;
         }
         let (f, path, k) = (
             target.file.clone(),
@@ -221,7 +236,7 @@ impl Run {
         );
         let (local_len, bs, block_size) = (target.old_len, self.bs, target.block_size);
         let (expect, live) = (copy.expect.clone(), copy.live_source);
-        self.writing = Some(tokio::task::spawn_blocking(move || {
+        self.writing.push_back(tokio::task::spawn_blocking(move || {
             let blocks = decode_all(reply, &expect, live, block_size, &path)?;
             if let Some(k) = &k {
                 let indexes: Vec<u64> = blocks.iter().map(|b| b.0).collect();
