@@ -421,12 +421,16 @@ async fn an_initial_sync_checks_each_block_against_the_leaf_sent_with_it() {
     let src_path = dir.path().join("source");
     std::fs::write(&src_path, &source).unwrap();
     let want = MerkleTree::from_bytes(BS, &source).unwrap();
-    // A missing target and an empty one: no hashing phase, every block checked and written.
+    // A missing target, an empty one and a sparse one (nothing allocated, as a new replica's
+    // image): no hashing phase, every block checked and written.
     let mut client = serve(&src_path, false).await;
-    for (i, existing) in [false, true].into_iter().enumerate() {
+    for (i, existing) in [None, Some(0), Some(source.len() as u64)]
+        .into_iter()
+        .enumerate()
+    {
         let dst = dir.path().join(format!("fresh-{i}"));
-        if existing {
-            std::fs::write(&dst, b"").unwrap();
+        if let Some(len) = existing {
+            std::fs::File::create(&dst).unwrap().set_len(len).unwrap();
         }
         let ticks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = ticks.clone();
@@ -472,6 +476,38 @@ async fn an_initial_sync_checks_each_block_against_the_leaf_sent_with_it() {
         );
         assert!(!err.is_retryable());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_sync_leaves_the_zero_blocks_of_a_sparse_target_unwritten() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB of data, 8 MiB of zeros, 64 KiB of data.
+    let mut source = noise(13, 4 * MIB);
+    source.resize(12 * MIB, 0);
+    source.extend(noise(14, 64 << 10));
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let dst = dir.path().join("sparse");
+    std::fs::File::create(&dst)
+        .unwrap()
+        .set_len(source.len() as u64)
+        .unwrap();
+    if std::fs::metadata(&dst).unwrap().blocks() != 0 {
+        eprintln!("this file system allocates a set_len file; nothing to show");
+        return;
+    }
+    let mut client = serve(&src_path, false).await;
+    let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.blocks_differing, report.blocks_total);
+    assert!(std::fs::read(&dst).unwrap() == source);
+    let allocated = std::fs::metadata(&dst).unwrap().blocks() * 512;
+    assert!(
+        allocated < 6 * MIB as u64,
+        "{allocated} bytes allocated for 4 MiB + 64 KiB of data"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

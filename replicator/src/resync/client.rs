@@ -95,8 +95,8 @@ pub async fn fetch_tree_at(
 /// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
 /// change during the resync (take it at a barrier).
 ///
-/// An initial sync (the target missing or empty) does not wait for the source to hash its whole
-/// file: the source hashes each block as it reads it for `ReadBlocks` and sends the leaf with
+/// An initial sync (the target missing, empty or not allocated at all) does not wait for the
+/// source to hash its whole file: the source hashes each block as it reads it for `ReadBlocks` and sends the leaf with
 /// it (see [`initial_sync`]); a source that predates that gets the path above.
 ///
 /// # Errors
@@ -122,7 +122,7 @@ pub async fn resync(
             p(t);
         }
     });
-    if target_is_empty(target).await {
+    if target_is_blank(target).await {
         match initial_sync(
             &mut client,
             (group, resource),
@@ -168,6 +168,7 @@ pub async fn resync(
         file: file.clone(),
         block_size,
         old_len: local.length(),
+        holes: false,
     };
     let keeper = quarantine_old(&options, &target_file, &wanted, length).await?;
     if local.length() != length {
@@ -230,9 +231,11 @@ pub async fn resync(
     })
 }
 
-/// An initial sync of `target` (missing or empty): every block moves, so the source's tree is
-/// not fetched first. A one-block ranged `Merkle` answers the source's length and watermark
-/// (taken before it reads, as for the whole tree); the blocks are pulled with their leaves
+/// An initial sync of `target` (missing, empty or unallocated: it reads as zeros): every block
+/// moves, so the source's tree is not fetched first; blocks of zeros are checked but not
+/// written (they stay holes). A one-block ranged `Merkle` answers the source's length and
+/// watermark (taken before it reads, as for the whole tree); the blocks are pulled with their
+/// leaves
 /// (`ReadBlocksRequest::leaves`: the source hashes each block from the read it compresses, on
 /// all its cores), each checked against its leaf before it is written (a live source's too);
 /// the source's tree is built from those leaves and its root must equal the target's re-hash.
@@ -291,6 +294,7 @@ async fn initial_sync(
         file: file.clone(),
         block_size,
         old_len: 0,
+        holes: true,
     };
     let copy = Copy {
         group,
@@ -330,11 +334,13 @@ async fn initial_sync(
     })
 }
 
-/// Whether the target is missing or empty (an initial sync); an error reading its metadata is
-/// left to the full path to report.
-async fn target_is_empty(target: &Path) -> bool {
+/// Whether the target holds nothing (an initial sync): missing, empty, or with no block
+/// allocated (a sparse image made for a new copy reads as zeros). An error reading its
+/// metadata is left to the full path to report.
+async fn target_is_blank(target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
     match tokio::fs::metadata(target).await {
-        Ok(meta) => meta.len() == 0,
+        Ok(meta) => meta.len() == 0 || meta.blocks() == 0,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }

@@ -47,6 +47,9 @@ pub(super) struct Target {
     pub(super) block_size: u32,
     /// Its length before the resync.
     pub(super) old_len: u64,
+    /// It reads as zeros wherever nothing is written (a new or unallocated file): blocks of
+    /// zeros are checked but not written, so they stay holes.
+    pub(super) holes: bool,
 }
 
 /// What each pulled block is checked against.
@@ -235,6 +238,7 @@ impl Run {
             copy.keeper.clone(),
         );
         let (local_len, bs, block_size) = (target.old_len, self.bs, target.block_size);
+        let holes = target.holes;
         let (expect, live) = (copy.expect.clone(), copy.live_source);
         self.writing.push_back(tokio::task::spawn_blocking(move || {
             let blocks = decode_all(reply, &expect, live, block_size, &path)?;
@@ -244,9 +248,12 @@ impl Run {
             }
             let mut leaves = Vec::new();
             for (index, data, leaf) in &blocks {
+                leaves.extend(leaf.map(|l| (*index, l)));
+                if holes && all_zero(data) {
+                    continue;
+                }
                 f.write_all_at(data, index * bs)
                     .map_err(io("write", &path))?;
-                leaves.extend(leaf.map(|l| (*index, l)));
             }
             Ok(leaves)
         }));
@@ -433,6 +440,12 @@ fn decode_checked(
         });
     }
     Ok((index, data, sent))
+}
+
+/// Whether `data` is all zeros (4 KiB at a time, so a block of data stops early). Pure.
+fn all_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Checks a `ReadBlocks` reply holds exactly the asked blocks, in the asked order. Pure.
@@ -689,6 +702,17 @@ mod tests {
             }
             let t = tree_from_sent_leaves(8, len as u64, sent).unwrap();
             proptest::prop_assert_eq!(t.root(), whole.root());
+        }
+    }
+
+    #[test]
+    fn only_blocks_of_zeros_are_all_zero() {
+        assert!(all_zero(&[]));
+        assert!(all_zero(&[0; 65536]));
+        for at in [0, 1, 4095, 4096, 65535] {
+            let mut b = vec![0u8; 65536];
+            b[at] = 1;
+            assert!(!all_zero(&b), "a 1 at {at}");
         }
     }
 
