@@ -28,6 +28,18 @@ type Resolver = Box<dyn Fn(&str, &str) -> Option<PathBuf> + Send + Sync>;
 /// Test-only service: `Merkle` and `ReadBlocks` go to the block server, `Ship` is not served.
 struct TestReplication {
     blocks: BlockServer<Resolver>,
+    tamper: Tamper,
+}
+
+/// What the test service does to `ReadBlocks` replies.
+#[derive(Clone, Copy, Default)]
+enum Tamper {
+    #[default]
+    Nothing,
+    /// Answers no leaves, as a source that predates them.
+    StripLeaves,
+    /// Flips a bit of this block's leaf.
+    BadLeaf(u64),
 }
 
 #[tonic::async_trait]
@@ -78,10 +90,16 @@ impl Replication for TestReplication {
         &self,
         request: Request<ReadBlocksRequest>,
     ) -> Result<Response<ReadBlocksReply>, Status> {
-        self.blocks
-            .read_blocks(request.into_inner())
-            .await
-            .map(Response::new)
+        let mut reply = self.blocks.read_blocks(request.into_inner()).await?;
+        for b in &mut reply.blocks {
+            match self.tamper {
+                Tamper::Nothing => {}
+                Tamper::StripLeaves => b.leaf.clear(),
+                Tamper::BadLeaf(i) if i == b.index && !b.leaf.is_empty() => b.leaf[0] ^= 1,
+                Tamper::BadLeaf(_) => {}
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn snapshot(
@@ -136,11 +154,20 @@ impl Replication for TestReplication {
 
 /// Serves `path` as group "g", resource "vol" on 127.0.0.1:0; returns a connected client.
 async fn serve(path: &Path, zstd: bool) -> ReplicationClient<tonic::transport::Channel> {
+    serve_with(path, zstd, Tamper::Nothing).await
+}
+
+async fn serve_with(
+    path: &Path,
+    zstd: bool,
+    tamper: Tamper,
+) -> ReplicationClient<tonic::transport::Channel> {
     let path = path.to_path_buf();
     let resolver: Resolver =
         Box::new(move |g: &str, r: &str| (g == "g" && r == "vol").then(|| path.clone()));
     let mut svc = ReplicationServer::new(TestReplication {
         blocks: BlockServer::new(resolver),
+        tamper,
     })
     .max_encoding_message_size(resync::MAX_MESSAGE_BYTES);
     if zstd {
@@ -380,6 +407,117 @@ async fn resync_creates_a_missing_target() {
     std::fs::write(&src_path, &source).unwrap();
     let mut client = serve(&src_path, false).await;
     let dst = dir.path().join("new-target");
+    let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.blocks_differing, report.blocks_total);
+    assert!(std::fs::read(&dst).unwrap() == source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_sync_checks_each_block_against_the_leaf_sent_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = tandem_core::mixed::mixed(5, 5 * MIB + 77);
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let want = MerkleTree::from_bytes(BS, &source).unwrap();
+    // A missing target, an empty one and a sparse one (nothing allocated, as a new replica's
+    // image): no hashing phase, every block checked and written.
+    let mut client = serve(&src_path, false).await;
+    for (i, existing) in [None, Some(0), Some(source.len() as u64)]
+        .into_iter()
+        .enumerate()
+    {
+        let dst = dir.path().join(format!("fresh-{i}"));
+        if let Some(len) = existing {
+            std::fs::File::create(&dst).unwrap().set_len(len).unwrap();
+        }
+        let ticks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = ticks.clone();
+        let options = ResyncOptions {
+            batch_blocks: 8,
+            compression: resync::Compression::Zstd(1),
+            progress: Some(std::sync::Arc::new(move |t: resync::ResyncTick| {
+                sink.lock().unwrap().push(t)
+            })),
+            ..ResyncOptions::default()
+        };
+        let report = resync::resync(&mut client, "g", "vol", &dst, BS, options)
+            .await
+            .unwrap();
+        assert_eq!(report.blocks_differing, report.blocks_total, "#{i}");
+        assert_eq!((report.root, report.zstd_level), (want.root(), 1), "#{i}");
+        assert!(
+            report.bytes_sent_over_wire < source.len() as u64 / 2,
+            "#{i}"
+        );
+        assert!(std::fs::read(&dst).unwrap() == source, "#{i}");
+        let ticks = ticks.lock().unwrap();
+        assert!(
+            ticks.iter().all(|t| t.phase == "copying"),
+            "#{i}: {ticks:?}"
+        );
+        assert_eq!(ticks.last().unwrap().blocks_copied, report.blocks_total);
+    }
+    // A block that does not match the leaf sent with it is refused, from a live source too.
+    let mut client = serve_with(&src_path, false, Tamper::BadLeaf(40)).await;
+    for live_source in [false, true] {
+        let dst = dir.path().join(format!("bad-{live_source}"));
+        let options = ResyncOptions {
+            live_source,
+            ..ResyncOptions::default()
+        };
+        let err = resync::resync(&mut client, "g", "vol", &dst, BS, options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ResyncError::BadReply { reason, .. } if reason.contains("block 40")),
+            "live {live_source}: {err}"
+        );
+        assert!(!err.is_retryable());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_sync_leaves_the_zero_blocks_of_a_sparse_target_unwritten() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB of data, 8 MiB of zeros, 64 KiB of data.
+    let mut source = noise(13, 4 * MIB);
+    source.resize(12 * MIB, 0);
+    source.extend(noise(14, 64 << 10));
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let dst = dir.path().join("sparse");
+    std::fs::File::create(&dst)
+        .unwrap()
+        .set_len(source.len() as u64)
+        .unwrap();
+    if std::fs::metadata(&dst).unwrap().blocks() != 0 {
+        eprintln!("this file system allocates a set_len file; nothing to show");
+        return;
+    }
+    let mut client = serve(&src_path, false).await;
+    let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.blocks_differing, report.blocks_total);
+    assert!(std::fs::read(&dst).unwrap() == source);
+    let allocated = std::fs::metadata(&dst).unwrap().blocks() * 512;
+    assert!(
+        allocated < 6 * MIB as u64,
+        "{allocated} bytes allocated for 4 MiB + 64 KiB of data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_sync_from_a_source_without_leaves_hashes_both_sides_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = noise(12, 2 * MIB + 3);
+    let src_path = dir.path().join("source");
+    std::fs::write(&src_path, &source).unwrap();
+    let mut client = serve_with(&src_path, false, Tamper::StripLeaves).await;
+    let dst = dir.path().join("fresh");
     let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
         .await
         .unwrap();

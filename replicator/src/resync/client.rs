@@ -3,7 +3,9 @@
 //! re-hashes. Network and file I/O.
 
 use super::compare::{hex, verify};
-use super::copy::{copy_blocks, keep_old, Copy, Keeper, Target, Tick};
+use super::copy::{
+    copy_blocks, keep_old, tree_from_sent_leaves, Copy, Expect, Keeper, Target, Tick,
+};
 use super::error::{blocking, io, rpc_err, ResyncError};
 use super::limits::MAX_MESSAGE_BYTES;
 use super::options::{ResyncOptions, ResyncReport, ResyncTick};
@@ -87,11 +89,15 @@ pub async fn fetch_tree_at(
 ///
 /// Only differing blocks move: the source's leaves come with `Merkle`, the target is hashed
 /// locally (off the reactor), and the differing blocks are pulled with `ReadBlocks` in batches
-/// of [`ResyncOptions::batch_blocks`] (memory bounded by two batches). Each pulled block is
-/// checked against the source's leaf before it is written. The target is created if missing and
-/// set to the source's length; after `fdatasync` it is re-hashed (see
+/// of [`ResyncOptions::batch_blocks`] (memory bounded by a few batches in flight). Each pulled
+/// block is checked against the source's leaf before it is written. The target is created if
+/// missing and set to the source's length; it is synced (`fdatasync`) and re-hashed (see
 /// [`ResyncOptions::full_rehash`]) and its root must equal the source's. The source must not
 /// change during the resync (take it at a barrier).
+///
+/// An initial sync (the target missing, empty or not allocated at all) does not wait for the
+/// source to hash its whole file: the source hashes each block as it reads it for `ReadBlocks` and sends the leaf with
+/// it (see [`initial_sync`]); a source that predates that gets the path above.
 ///
 /// # Errors
 /// [`ResyncError::Rpc`] when a call fails, [`ResyncError::BadReply`] for a block that does not
@@ -116,6 +122,23 @@ pub async fn resync(
             p(t);
         }
     });
+    if target_is_blank(target).await {
+        match initial_sync(
+            &mut client,
+            (group, resource),
+            target,
+            block_size,
+            &options,
+            (&tick, started),
+        )
+        .await
+        {
+            // An older source: hash both sides first, as below (what was written is kept and
+            // found equal).
+            Err(ResyncError::NoLeaf { .. }) => {}
+            done => return done,
+        }
+    }
     // Hash the local target while the source hashes its copy.
     let local_task = hash_target(target.to_path_buf(), block_size, tick.clone());
     let (source, wire, source_watermark) =
@@ -145,6 +168,7 @@ pub async fn resync(
         file: file.clone(),
         block_size,
         old_len: local.length(),
+        holes: false,
     };
     let keeper = quarantine_old(&options, &target_file, &wanted, length).await?;
     if local.length() != length {
@@ -155,7 +179,7 @@ pub async fn resync(
     let copy = Copy {
         group,
         resource,
-        source: source.clone(),
+        expect: Expect::Tree(source.clone()),
         live_source: options.live_source,
         batch_blocks: options.batch_blocks,
         keeper: keeper.clone(),
@@ -168,12 +192,12 @@ pub async fn resync(
     let full_rehash = options.full_rehash;
     let written = wanted.clone();
     let after = blocking(move || -> Result<MerkleTree, ResyncError> {
-        file.sync_data().map_err(io("fdatasync", &path))?;
         // Reading back more than half the blocks costs a whole re-hash, which runs on all
         // cores: take it.
         if full_rehash || written.len() as u64 * 2 > merkle::block_count(length, block_size) {
-            return Ok(scan::hash_file(&path, block_size)?);
+            return sync_and_rehash(&file, &path, block_size);
         }
+        file.sync_data().map_err(io("fdatasync", &path))?;
         read_back_tree(&file, &path, &local, &written, block_size, length)
     })
     .await??;
@@ -204,6 +228,132 @@ pub async fn resync(
                 .path()
                 .to_path_buf()
         }),
+    })
+}
+
+/// An initial sync of `target` (missing, empty or unallocated: it reads as zeros): every block
+/// moves, so the source's tree is not fetched first; blocks of zeros are checked but not
+/// written (they stay holes). A one-block ranged `Merkle` answers the source's length and
+/// watermark (taken before it reads, as for the whole tree); the blocks are pulled with their
+/// leaves
+/// (`ReadBlocksRequest::leaves`: the source hashes each block from the read it compresses, on
+/// all its cores), each checked against its leaf before it is written (a live source's too);
+/// the source's tree is built from those leaves and its root must equal the target's re-hash.
+///
+/// # Errors
+/// As [`resync`]; [`ResyncError::NoLeaf`] when the source predates leaves in `ReadBlocks`
+/// (the caller falls back to hashing both sides first).
+async fn initial_sync(
+    client: &mut ReplicationClient<Channel>,
+    (group, resource): (&str, &str),
+    target: &Path,
+    block_size: u32,
+    options: &ResyncOptions,
+    (tick, started): (&Tick, Instant),
+) -> Result<ResyncReport, ResyncError> {
+    merkle::check_block_size(block_size)?;
+    let req = MerkleRequest {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        block_size,
+        first_block: 0,
+        block_count: 1,
+        ..Default::default()
+    };
+    let req_len = req.encoded_len() as u64;
+    let reply = client
+        .merkle(req)
+        .await
+        .map_err(|s| rpc_err("Merkle", group, resource, s))?
+        .into_inner();
+    let wire = req_len + reply.encoded_len() as u64;
+    if reply.block_size != block_size {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: format!(
+                "block_size {} but {} was asked",
+                reply.block_size, block_size
+            ),
+        });
+    }
+    let length = reply.length;
+    if let Some(max) = options.max_length {
+        change_bounds(0, length, max).map_err(|e| ResyncError::OutOfBounds {
+            path: target.to_path_buf(),
+            what: "source length".into(),
+            source: e,
+        })?;
+    }
+    let file = Arc::new(open_target(target).await?);
+    let (f, path) = (file.clone(), target.to_path_buf());
+    blocking(move || f.set_len(length).map_err(io("truncate", &path))).await??;
+    let total = merkle::block_count(length, block_size);
+    let wanted: Vec<u64> = (0..total).collect();
+    let target_file = Target {
+        path: target.to_path_buf(),
+        file: file.clone(),
+        block_size,
+        old_len: 0,
+        holes: true,
+    };
+    let copy = Copy {
+        group,
+        resource,
+        expect: Expect::Leaves { length },
+        live_source: options.live_source,
+        batch_blocks: options.batch_blocks,
+        keeper: None,
+        compression: options.compression,
+        link_cap: options.link_bytes_per_sec,
+    };
+    let copied = copy_blocks(client, &copy, &target_file, &wanted, wire, tick).await?;
+    let source = tree_from_sent_leaves(block_size, length, copied.leaves)?;
+    let path = target.to_path_buf();
+    let after = blocking(move || sync_and_rehash(&file, &path, block_size)).await??;
+    let check = verify(&source, &after)?;
+    if !check.equal && !options.live_source {
+        return Err(ResyncError::RootMismatch {
+            source_root: hex(&check.root_a),
+            target_root: hex(&check.root_b),
+            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
+        });
+    }
+    let before = verify(&source, &MerkleTree::empty(block_size)?)?;
+    Ok(ResyncReport {
+        blocks_total: total,
+        blocks_differing: total,
+        differing_bytes: before.differing_bytes,
+        bytes_sent_over_wire: copied.wire,
+        zstd_level: copied.level,
+        length,
+        root: check.root_b,
+        duration: started.elapsed(),
+        source_watermark: reply.watermark,
+        quarantined_blocks: 0,
+        quarantine: None,
+    })
+}
+
+/// Whether the target holds nothing (an initial sync): missing, empty, or with no block
+/// allocated (a sparse image made for a new copy reads as zeros). An error reading its
+/// metadata is left to the full path to report.
+async fn target_is_blank(target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match tokio::fs::metadata(target).await {
+        Ok(meta) => meta.len() == 0 || meta.blocks() == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `fdatasync` of the target and its re-hash at the same time (the sync writes out the pages
+/// the hash reads); both must succeed. Blocking.
+fn sync_and_rehash(file: &File, path: &Path, block_size: u32) -> Result<MerkleTree, ResyncError> {
+    std::thread::scope(|s| {
+        let sync = s.spawn(|| file.sync_data().map_err(io("fdatasync", path)));
+        let tree = scan::hash_file(path, block_size).map_err(ResyncError::from);
+        sync.join()
+            .unwrap_or_else(|_| Err(ResyncError::Task("the fdatasync thread panicked".into())))?;
+        tree
     })
 }
 

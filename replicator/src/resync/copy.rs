@@ -1,5 +1,6 @@
 //! The copy phase of a resync: pulls the differing blocks with `ReadBlocks`, several requests in
-//! flight, decodes and checks each block against the source's leaf on all cores, keeps what a
+//! flight, decodes and checks each block against the source's leaf on all cores (a leaf of the
+//! source's tree, or the one the source sends with the block, [`Expect`]), keeps what a
 //! failback overwrites, and writes. Network and file I/O; the checks are pure.
 
 use super::compression::{
@@ -9,10 +10,11 @@ use super::error::{blocking, io, rpc_err, ResyncError};
 use super::limits::{MAX_BLOCKS_PER_REQUEST, MAX_REPLY_BYTES};
 use super::options::ResyncTick;
 use crate::bounds::block_bounds;
-use crate::merkle::{self, MerkleTree};
+use crate::merkle::{self, Hash, MerkleTree};
 use crate::quarantine::QuarantineWriter;
 use futures::StreamExt as _;
 use prost::Message as _;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,11 @@ use tonic::transport::Channel;
 /// crossing the link, while the previous reply is decoded and written here.
 pub const PIPELINE_DEPTH: usize = 3;
 
+/// Replies decoded, checked and written at once (on the blocking pool): the next reply is
+/// decoded while the one before is still being written. Blocks of different replies are
+/// distinct, so their writes need no order.
+pub const WRITES_IN_FLIGHT: usize = 2;
+
 /// Reports a [`ResyncTick`] to the caller's progress callback, if any.
 pub(super) type Tick = Arc<dyn Fn(ResyncTick) + Send + Sync>;
 
@@ -40,13 +47,40 @@ pub(super) struct Target {
     pub(super) block_size: u32,
     /// Its length before the resync.
     pub(super) old_len: u64,
+    /// It reads as zeros wherever nothing is written (a new or unallocated file): blocks of
+    /// zeros are checked but not written, so they stay holes.
+    pub(super) holes: bool,
+}
+
+/// What each pulled block is checked against.
+#[derive(Clone)]
+pub(super) enum Expect {
+    /// The source's tree, fetched before the copy (`Merkle`).
+    Tree(Arc<MerkleTree>),
+    /// The leaf the source sends with each block (`ReadBlocksRequest::leaves`), hashed from
+    /// the bytes it read for that block; `length` is the source's length. Checked even when the
+    /// source is live (the leaf and the block come from the same read).
+    Leaves {
+        /// The source's length, bytes.
+        length: u64,
+    },
+}
+
+impl Expect {
+    /// The source's length.
+    fn length(&self) -> u64 {
+        match self {
+            Expect::Tree(t) => t.length(),
+            Expect::Leaves { length } => *length,
+        }
+    }
 }
 
 /// What the copy of the differing blocks pulls from where, and how.
 pub(super) struct Copy<'a> {
     pub(super) group: &'a str,
     pub(super) resource: &'a str,
-    pub(super) source: Arc<MerkleTree>,
+    pub(super) expect: Expect,
     pub(super) live_source: bool,
     pub(super) batch_blocks: usize,
     pub(super) keeper: Option<Keeper>,
@@ -55,18 +89,21 @@ pub(super) struct Copy<'a> {
     pub(super) link_cap: Option<u64>,
 }
 
-/// What the copy did: protobuf bytes exchanged (with those before it), and the zstd level the
-/// blocks crossed at (0: raw).
+/// What the copy did: protobuf bytes exchanged (with those before it), the zstd level the
+/// blocks crossed at (0: raw), and with [`Expect::Leaves`] the checked leaf of every block
+/// pulled (in the order written, not sorted).
 pub(super) struct Copied {
     pub(super) wire: u64,
     pub(super) level: i32,
+    pub(super) leaves: Vec<(u64, Hash)>,
 }
 
 /// Pulls the `wanted` blocks with `ReadBlocks` and writes them (old content kept first when
-/// quarantining). Up to [`PIPELINE_DEPTH`] requests are in flight while one reply is decoded,
-/// checked and written on the blocking pool, so memory is bounded by `PIPELINE_DEPTH + 1`
-/// batches. With [`Compression::Auto`] a first probe batch crosses raw and the level for the
-/// rest is chosen from it. `wire` is the protobuf bytes exchanged before.
+/// quarantining). Up to [`PIPELINE_DEPTH`] requests are in flight while up to
+/// [`WRITES_IN_FLIGHT`] replies are decoded, checked and written on the blocking pool, so
+/// memory is bounded by `PIPELINE_DEPTH + WRITES_IN_FLIGHT` batches. With
+/// [`Compression::Auto`] a first probe batch crosses raw and the level for the rest is chosen
+/// from it. `wire` is the protobuf bytes exchanged before.
 pub(super) async fn copy_blocks(
     client: &mut ReplicationClient<Channel>,
     copy: &Copy<'_>,
@@ -82,9 +119,10 @@ pub(super) async fn copy_blocks(
         .min((MAX_REPLY_BYTES / bs).max(1) as usize);
     let mut run = Run {
         wire,
+        leaves: Vec::new(),
         copied: 0,
         differing: wanted.len() as u64,
-        writing: None,
+        writing: VecDeque::new(),
         tick: tick.clone(),
         bs,
     };
@@ -94,6 +132,7 @@ pub(super) async fn copy_blocks(
         group: copy.group.to_string(),
         resource: copy.resource.to_string(),
         block_size: target.block_size,
+        leaves: matches!(copy.expect, Expect::Leaves { .. }),
     };
     let mut rest = wanted;
     let level = match copy.compression {
@@ -130,21 +169,28 @@ pub(super) async fn copy_blocks(
         run.wire += bytes;
         run.write(copy, target, &batch, reply).await?;
     }
-    if let Some(last) = run.writing.take() {
-        last.await.map_err(|e| ResyncError::Task(e.to_string()))??;
+    while !run.writing.is_empty() {
+        run.finish_oldest().await?;
     }
     Ok(Copied {
         wire: run.wire,
         level,
+        leaves: run.leaves,
     })
 }
 
-/// The state of one copy: bytes and blocks so far, and the write task in progress.
+/// `(block, leaf)` of blocks pulled with [`Expect::Leaves`], in the order written.
+type SentLeaves = Vec<(u64, Hash)>;
+
+/// The state of one copy: bytes and blocks so far, the leaves sent with them, and the write
+/// tasks in progress, oldest first, at most [`WRITES_IN_FLIGHT`] (each answers the leaves of
+/// its blocks).
 struct Run {
     wire: u64,
+    leaves: Vec<(u64, Hash)>,
     copied: u64,
     differing: u64,
-    writing: Option<JoinHandle<Result<(), ResyncError>>>,
+    writing: VecDeque<JoinHandle<Result<SentLeaves, ResyncError>>>,
     tick: Tick,
     bs: u64,
 }
@@ -161,9 +207,20 @@ impl Run {
         })
     }
 
-    /// Checks the reply names `batch`, waits for the previous write, and hands this one to the
-    /// blocking pool: decode and check every block (all cores), keep the old content when
-    /// quarantining, write.
+    /// Waits for the oldest write task and keeps the leaves it answers.
+    async fn finish_oldest(&mut self) -> Result<(), ResyncError> {
+        if let Some(oldest) = self.writing.pop_front() {
+            let leaves = oldest
+                .await
+                .map_err(|e| ResyncError::Task(e.to_string()))??;
+            self.leaves.extend(leaves);
+        }
+        Ok(())
+    }
+
+    /// Checks the reply names `batch`, waits while [`WRITES_IN_FLIGHT`] writes are under way,
+    /// and hands this one to the blocking pool: decode and check every block (all cores), keep
+    /// the old content when quarantining, write.
     async fn write(
         &mut self,
         copy: &Copy<'_>,
@@ -172,10 +229,8 @@ impl Run {
         reply: ReadBlocksReply,
     ) -> Result<(), ResyncError> {
         check_indexes(batch, &reply)?;
-        if let Some(previous) = self.writing.take() {
-            previous
-                .await
-                .map_err(|e| ResyncError::Task(e.to_string()))??;
+        while self.writing.len() >= WRITES_IN_FLIGHT {
+            self.finish_oldest().await?;
         }
         let (f, path, k) = (
             target.file.clone(),
@@ -183,18 +238,24 @@ impl Run {
             copy.keeper.clone(),
         );
         let (local_len, bs, block_size) = (target.old_len, self.bs, target.block_size);
-        let (source, live) = (copy.source.clone(), copy.live_source);
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            let blocks = decode_all(reply, &source, live, block_size, &path)?;
+        let holes = target.holes;
+        let (expect, live) = (copy.expect.clone(), copy.live_source);
+        self.writing.push_back(tokio::task::spawn_blocking(move || {
+            let blocks = decode_all(reply, &expect, live, block_size, &path)?;
             if let Some(k) = &k {
                 let indexes: Vec<u64> = blocks.iter().map(|b| b.0).collect();
                 keep_old(k, &f, &path, &indexes, bs, local_len)?;
             }
-            for (index, data) in &blocks {
+            let mut leaves = Vec::new();
+            for (index, data, leaf) in &blocks {
+                leaves.extend(leaf.map(|l| (*index, l)));
+                if holes && all_zero(data) {
+                    continue;
+                }
                 f.write_all_at(data, index * bs)
                     .map_err(io("write", &path))?;
             }
-            Ok(())
+            Ok(leaves)
         }));
         self.copied += batch.len() as u64;
         self.report();
@@ -209,6 +270,8 @@ struct Fetcher {
     group: String,
     resource: String,
     block_size: u32,
+    /// Ask the source for each block's leaf ([`Expect::Leaves`]).
+    leaves: bool,
 }
 
 impl Fetcher {
@@ -225,6 +288,7 @@ impl Fetcher {
             block_size: self.block_size,
             blocks: blocks.clone(),
             zstd_level: level,
+            leaves: self.leaves,
         };
         let sent = req.encoded_len() as u64;
         let reply = match self.client.read_blocks(req).await {
@@ -271,14 +335,14 @@ fn measure(sample: &[Vec<u8>], elapsed: Duration, cap: Option<u64>) -> LinkEstim
     }
 }
 
-/// Blocks decoded and checked: `(index, bytes)`.
-type Decoded = Vec<(u64, Vec<u8>)>;
+/// Blocks decoded and checked: `(index, bytes, the leaf the source sent with it)`.
+type Decoded = Vec<(u64, Vec<u8>, Option<Hash>)>;
 
 /// Decodes every block of `reply` and checks it (length bounds, leaf), spread over the cores.
 /// Blocking.
 fn decode_all(
     reply: ReadBlocksReply,
-    source: &MerkleTree,
+    expect: &Expect,
     live: bool,
     block_size: u32,
     path: &Path,
@@ -298,7 +362,7 @@ fn decode_all(
             .map(|part| {
                 s.spawn(move || {
                     part.into_iter()
-                        .map(|b| decode_checked(b, source, live, block_size, path))
+                        .map(|b| decode_checked(b, expect, live, block_size, path))
                         .collect()
                 })
             })
@@ -318,16 +382,31 @@ fn decode_all(
     Ok(out)
 }
 
-/// One pulled block, decoded, refused when it reaches past the source's length or (unless the
-/// source is live) does not match the source's leaf. Pure but for the decompression.
+/// One pulled block, decoded, refused when it reaches past the source's length or does not
+/// match its leaf: the source tree's (unless the source is live) or the one sent with it
+/// (always; a block without one is [`ResyncError::NoLeaf`]). Answers the sent leaf. Pure but
+/// for the decompression.
 fn decode_checked(
     block: tandem_core::proto::Block,
-    source: &MerkleTree,
+    expect: &Expect,
     live: bool,
     block_size: u32,
     path: &Path,
-) -> Result<(u64, Vec<u8>), ResyncError> {
+) -> Result<(u64, Vec<u8>, Option<Hash>), ResyncError> {
     let index = block.index;
+    let sent: Option<Hash> = match expect {
+        Expect::Tree(_) => None,
+        Expect::Leaves { .. } => match Hash::try_from(block.leaf.as_slice()) {
+            Ok(leaf) => Some(leaf),
+            Err(_) if block.leaf.is_empty() => return Err(ResyncError::NoLeaf { block: index }),
+            Err(_) => {
+                return Err(ResyncError::BadReply {
+                    rpc: "ReadBlocks",
+                    reason: format!("block {index}: a leaf of {} bytes", block.leaf.len()),
+                })
+            }
+        },
+    };
     let data = decode_block(block.data, block.raw_length, block_size).map_err(|reason| {
         ResyncError::BadReply {
             rpc: "ReadBlocks",
@@ -338,15 +417,20 @@ fn decode_checked(
         index,
         u64::from(block_size),
         data.len() as u64,
-        source.length(),
+        expect.length(),
     )
     .map_err(|e| ResyncError::OutOfBounds {
         path: path.to_path_buf(),
         what: format!("block {index}"),
         source: e,
     })?;
-    let leaf = source.leaves().get(index as usize);
-    if !live && leaf != Some(&merkle::leaf_hash(&data)) {
+    // The leaf to match: none for a live source's tree (its blocks may have moved on).
+    let want: Option<Option<&Hash>> = match expect {
+        Expect::Tree(_) if live => None,
+        Expect::Tree(t) => Some(t.leaves().get(index as usize)),
+        Expect::Leaves { .. } => Some(sent.as_ref()),
+    };
+    if want.is_some_and(|w| w != Some(&merkle::leaf_hash(&data))) {
         return Err(ResyncError::BadReply {
             rpc: "ReadBlocks",
             reason: format!(
@@ -355,7 +439,13 @@ fn decode_checked(
             ),
         });
     }
-    Ok((index, data))
+    Ok((index, data, sent))
+}
+
+/// Whether `data` is all zeros (4 KiB at a time, so a block of data stops early). Pure.
+fn all_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Checks a `ReadBlocks` reply holds exactly the asked blocks, in the asked order. Pure.
@@ -406,6 +496,41 @@ pub(super) fn keep_old(
         .map_err(ResyncError::Quarantine)
 }
 
+/// The source's tree from the leaves sent with every block of an initial sync, in any order:
+/// each block of `length` exactly once. Pure.
+///
+/// # Errors
+/// [`ResyncError::BadReply`] when a block is missing, repeated or past the end.
+pub(super) fn tree_from_sent_leaves(
+    block_size: u32,
+    length: u64,
+    mut leaves: Vec<(u64, Hash)>,
+) -> Result<MerkleTree, ResyncError> {
+    let total = merkle::block_count(length, block_size);
+    leaves.sort_unstable_by_key(|l| l.0);
+    let bad = |reason: String| ResyncError::BadReply {
+        rpc: "ReadBlocks",
+        reason,
+    };
+    if leaves.len() as u64 != total {
+        return Err(bad(format!(
+            "{} leaves for the {total} blocks of the source",
+            leaves.len()
+        )));
+    }
+    if let Some((at, (index, _))) = leaves
+        .iter()
+        .enumerate()
+        .find(|(at, (index, _))| *index != *at as u64)
+    {
+        return Err(bad(format!(
+            "leaf of block {index} where block {at} was due"
+        )));
+    }
+    let leaves = leaves.into_iter().map(|(_, l)| l).collect();
+    Ok(MerkleTree::from_leaves(block_size, length, leaves)?)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -417,7 +542,12 @@ mod tests {
             index,
             data: data.to_vec(),
             raw_length: 0,
+            leaf: Vec::new(),
         }
+    }
+
+    fn tree(data: &[u8]) -> Expect {
+        Expect::Tree(Arc::new(MerkleTree::from_bytes(4, data).unwrap()))
     }
 
     #[test]
@@ -432,7 +562,7 @@ mod tests {
 
     #[test]
     fn a_block_that_does_not_match_the_leaf_is_refused_unless_the_source_is_live() {
-        let src = MerkleTree::from_bytes(4, b"aaaabbbbcc").unwrap();
+        let src = tree(b"aaaabbbbcc");
         let p = Path::new("/data/vol.img");
         assert!(decode_checked(block(2, b"cc"), &src, false, 4, p).is_ok());
         let err = decode_checked(block(2, b"cd"), &src, false, 4, p).unwrap_err();
@@ -445,22 +575,24 @@ mod tests {
             index: 1,
             data: frame.clone(),
             raw_length: 4,
+            leaf: Vec::new(),
         };
         assert_eq!(
             decode_checked(wire, &src, false, 4, p).unwrap(),
-            (1, b"bbbb".to_vec())
+            (1, b"bbbb".to_vec(), None)
         );
         let lying = Block {
             index: 1,
             data: frame,
             raw_length: 3,
+            leaf: Vec::new(),
         };
         assert!(decode_checked(lying, &src, true, 4, p).is_err());
     }
 
     #[test]
     fn a_pulled_block_past_the_source_length_is_refused_naming_the_file() {
-        let src = MerkleTree::from_bytes(4, b"aaaabbbbcc").unwrap();
+        let src = tree(b"aaaabbbbcc");
         let p = Path::new("/data/vol.img");
         assert!(decode_checked(block(0, &[7; 4]), &src, true, 4, p).is_ok());
         assert!(decode_checked(block(2, &[7; 2]), &src, true, 4, p).is_ok());
@@ -483,7 +615,7 @@ mod tests {
     #[test]
     fn decode_all_keeps_the_order_across_workers() {
         let data: Vec<u8> = (0..40u8).collect();
-        let src = MerkleTree::from_bytes(4, &data).unwrap();
+        let src = tree(&data);
         let reply = ReadBlocksReply {
             blocks: (0..10u64)
                 .rev()
@@ -493,6 +625,95 @@ mod tests {
         let out = decode_all(reply, &src, false, 4, Path::new("/x")).unwrap();
         let order: Vec<u64> = out.iter().map(|b| b.0).collect();
         assert_eq!(order, (0..10).rev().collect::<Vec<_>>());
+    }
+
+    fn with_leaf(index: u64, data: &[u8], leaf: &[u8]) -> Block {
+        Block {
+            leaf: leaf.to_vec(),
+            ..block(index, data)
+        }
+    }
+
+    #[test]
+    fn a_block_is_checked_against_the_leaf_sent_with_it_even_from_a_live_source() {
+        let p = Path::new("/data/vol.img");
+        let expect = Expect::Leaves { length: 10 };
+        let leaf = merkle::leaf_hash(b"cc");
+        for live in [false, true] {
+            let (i, data, sent) =
+                decode_checked(with_leaf(2, b"cc", &leaf), &expect, live, 4, p).unwrap();
+            assert_eq!((i, data, sent), (2, b"cc".to_vec(), Some(leaf)));
+            let err = decode_checked(with_leaf(2, b"cd", &leaf), &expect, live, 4, p).unwrap_err();
+            assert!(err.to_string().contains("does not match"), "{err}");
+        }
+        // No leaf: a source that predates them; a leaf of the wrong size: a bad reply.
+        let err = decode_checked(block(2, b"cc"), &expect, false, 4, p).unwrap_err();
+        assert!(matches!(err, ResyncError::NoLeaf { block: 2 }), "{err:?}");
+        let err = decode_checked(with_leaf(2, b"cc", &leaf[..31]), &expect, false, 4, p);
+        assert!(matches!(err, Err(ResyncError::BadReply { .. })));
+        // Bounds come from the length the source gave.
+        let err = decode_checked(with_leaf(2, b"ccc", &leaf), &expect, false, 4, p).unwrap_err();
+        assert!(err.to_string().contains("out of bounds"), "{err}");
+    }
+
+    #[test]
+    fn sent_leaves_make_the_source_tree_only_when_every_block_came_once() {
+        let data = b"aaaabbbbccccd";
+        let whole = MerkleTree::from_bytes(4, data).unwrap();
+        let sent: Vec<(u64, Hash)> = data
+            .chunks(4)
+            .enumerate()
+            .map(|(i, b)| (i as u64, merkle::leaf_hash(b)))
+            .collect();
+        let mut shuffled = sent.clone();
+        shuffled.reverse();
+        shuffled.swap(0, 2);
+        let t = tree_from_sent_leaves(4, 13, shuffled).unwrap();
+        assert_eq!(t.root(), whole.root());
+        let mut missing = sent.clone();
+        missing.pop();
+        assert!(tree_from_sent_leaves(4, 13, missing).is_err());
+        let mut twice = sent.clone();
+        twice[3] = twice[2];
+        assert!(tree_from_sent_leaves(4, 13, twice).is_err());
+        let mut past = sent.clone();
+        past[3].0 = 9;
+        assert!(tree_from_sent_leaves(4, 13, past).is_err());
+        assert!(tree_from_sent_leaves(4, 0, Vec::new()).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sent_leaves_in_any_order_give_the_same_root(
+            len in 0usize..200, seed in proptest::prelude::any::<u64>(),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + seed) as u8).collect();
+            let whole = MerkleTree::from_bytes(8, &data).unwrap();
+            let mut sent: Vec<(u64, Hash)> = data
+                .chunks(8)
+                .enumerate()
+                .map(|(i, b)| (i as u64, merkle::leaf_hash(b)))
+                .collect();
+            // A deterministic shuffle from the seed.
+            let n = sent.len();
+            for i in 0..n {
+                let j = (seed.wrapping_mul(i as u64 + 7) % n as u64) as usize;
+                sent.swap(i, j);
+            }
+            let t = tree_from_sent_leaves(8, len as u64, sent).unwrap();
+            proptest::prop_assert_eq!(t.root(), whole.root());
+        }
+    }
+
+    #[test]
+    fn only_blocks_of_zeros_are_all_zero() {
+        assert!(all_zero(&[]));
+        assert!(all_zero(&[0; 65536]));
+        for at in [0, 1, 4095, 4096, 65535] {
+            let mut b = vec![0u8; 65536];
+            b[at] = 1;
+            assert!(!all_zero(&b), "a 1 at {at}");
+        }
     }
 
     #[test]

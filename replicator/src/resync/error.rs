@@ -74,6 +74,13 @@ pub enum ResyncError {
     /// was overwritten).
     #[error("quarantine: {0}")]
     Quarantine(String),
+    /// A block was asked with its leaf and came without one: the source predates leaves in
+    /// `ReadBlocks` (an initial sync then hashes the whole source first, as before).
+    #[error("the source sent block {block} without its leaf (it predates leaves in ReadBlocks)")]
+    NoLeaf {
+        /// The block.
+        block: u64,
+    },
 }
 
 impl ResyncError {
@@ -95,6 +102,7 @@ impl ResyncError {
             ResyncError::BadReply { .. }
             | ResyncError::OutOfBounds { .. }
             | ResyncError::Merkle(_)
+            | ResyncError::NoLeaf { .. }
             | ResyncError::Task(_) => false,
         }
     }

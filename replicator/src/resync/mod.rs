@@ -35,7 +35,7 @@ pub use self::chunked::{
 pub use self::client::{fetch_tree, fetch_tree_at, resync};
 pub use self::compare::{hex, verify, VerifyReport};
 pub use self::compression::{choose_level, Compression, LinkEstimate};
-pub use self::copy::PIPELINE_DEPTH;
+pub use self::copy::{PIPELINE_DEPTH, WRITES_IN_FLIGHT};
 pub use self::error::ResyncError;
 pub use self::limits::{
     DEFAULT_BATCH_BLOCKS, MAX_BLOCKS_PER_REQUEST, MAX_MESSAGE_BYTES, MAX_REPLY_BYTES,

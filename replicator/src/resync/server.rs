@@ -139,8 +139,10 @@ where
     }
 
     /// Answers `ReadBlocks`: the asked blocks in the asked order (the last may be partial),
-    /// each zstd-compressed at the asked level when that makes it smaller. Reading and
-    /// compressing are spread over the cores ([`worker_count`]).
+    /// each zstd-compressed at the asked level when that makes it smaller, and with
+    /// `leaves` each block's merkle leaf, hashed from the same read while the block is in the
+    /// core's cache. Reading, hashing and compressing are spread over the cores
+    /// ([`worker_count`]), each worker taking a contiguous part, the order kept.
     ///
     /// # Errors
     /// `invalid_argument` for a bad block size or too many blocks or bytes in one request,
@@ -152,7 +154,7 @@ where
             .map_err(Status::invalid_argument)?;
         let bs = u64::from(req.block_size);
         let level = req.zstd_level.clamp(0, MAX_LEVEL);
-        let blocks = req.blocks;
+        let (blocks, leaves) = (req.blocks, req.leaves);
         tokio::task::spawn_blocking(move || -> Result<ReadBlocksReply, Status> {
             let unavailable = |op: &str, e: std::io::Error| {
                 Status::unavailable(format!("{op} {}: {e}", path.display()))
@@ -166,14 +168,18 @@ where
                     path.display()
                 )));
             }
-            let workers = if level > 0 { worker_count() } else { 1 };
+            let workers = if level > 0 || leaves {
+                worker_count()
+            } else {
+                1
+            };
             let per = blocks.len().div_ceil(workers).max(1);
             let parts: Vec<Result<Vec<Block>, Status>> = std::thread::scope(|s| {
                 let handles: Vec<_> = blocks
                     .chunks(per)
                     .map(|part| {
                         let file = &file;
-                        s.spawn(move || read_part(file, part, bs, length, level))
+                        s.spawn(move || read_part(file, part, (bs, length), level, leaves))
                     })
                     .collect();
                 handles
@@ -197,14 +203,14 @@ where
     }
 }
 
-/// Reads blocks `part` (each starting before `length`) of `file` and compresses each at `level`
-/// (0: raw). Blocking.
+/// Reads blocks `part` (each starting before `length`) of `file`, hashes each into its leaf
+/// when `leaves` asks, and compresses each at `level` (0: raw). Blocking.
 fn read_part(
     file: &File,
     part: &[u64],
-    bs: u64,
-    length: u64,
+    (bs, length): (u64, u64),
     level: i32,
+    leaves: bool,
 ) -> Result<Vec<Block>, Status> {
     let mut enc = match level {
         0 => None,
@@ -220,6 +226,11 @@ fn read_part(
         let mut data = vec![0u8; len];
         file.read_exact_at(&mut data, start)
             .map_err(|e| Status::unavailable(format!("read block {index}: {e}")))?;
+        let leaf = if leaves {
+            merkle::leaf_hash(&data).to_vec()
+        } else {
+            Vec::new()
+        };
         let (data, raw_length) = match enc.as_mut() {
             None => (data, 0),
             Some(enc) => encode_block(enc, data)
@@ -229,6 +240,7 @@ fn read_part(
             index,
             data,
             raw_length,
+            leaf,
         });
     }
     Ok(out)
@@ -252,7 +264,7 @@ mod tests {
         let path = p.clone();
         let server = BlockServer::new(move |_: &str, _: &str| Some(path.clone()));
         let asked: Vec<u64> = (0..17).rev().collect();
-        for level in [0, 1, 3] {
+        for (level, leaves) in [(0, false), (1, false), (3, false), (0, true), (1, true)] {
             let reply = server
                 .read_blocks(ReadBlocksRequest {
                     group: "g".into(),
@@ -260,6 +272,7 @@ mod tests {
                     block_size: 4096,
                     blocks: asked.clone(),
                     zstd_level: level,
+                    leaves,
                 })
                 .await
                 .unwrap();
@@ -275,6 +288,12 @@ mod tests {
                     "level {level} block {}",
                     b.index
                 );
+                let leaf = if leaves {
+                    merkle::leaf_hash(want).to_vec()
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(b.leaf, leaf, "level {level} block {}: its leaf", b.index);
                 assert_eq!(decode_block(b.data, b.raw_length, 4096).unwrap(), want);
             }
         }
