@@ -8,6 +8,7 @@
 
 use crate::error::ReplicatorError;
 use crate::journal::FrameEntry;
+use crate::lineage::{judge_tail, Tail};
 use crate::pipeline::{GroupPipeline, Shared};
 use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, STREAM_WINDOW};
 use std::collections::VecDeque;
@@ -235,11 +236,12 @@ async fn session(
         tx,
         inbound,
         watermark,
+        primary_durable,
     } = match open_stream(shared, cfg).await {
         Ok(o) => o,
         Err(end) => return end,
     };
-    match resync_reason(shared, watermark) {
+    match resync_reason(shared, watermark, primary_durable) {
         Some(JournalGap::Behind(why)) => {
             return ask_resync(&mut client, shared, watermark, why).await
         }
@@ -262,6 +264,8 @@ struct Opened {
     tx: mpsc::Sender<ShipRequest>,
     inbound: tonic::Streaming<ShipResponse>,
     watermark: Seq,
+    /// The highest seq a primary announced durable to the replica (`None`: unknown).
+    primary_durable: Option<Seq>,
 }
 
 /// Connects, sends Hello and waits for the replica's Welcome (its watermark and fence).
@@ -321,7 +325,7 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
         Ok(None) => return Err(broken("stream closed before Welcome", false)),
         Err(s) => return Err(broken(format!("awaiting Welcome: {s}"), false)),
     };
-    let watermark = match welcome.msg {
+    let (watermark, primary_durable) = match welcome.msg {
         Some(ship_response::Msg::Welcome(w)) => {
             if w.epoch > shared.epoch().0 {
                 return Err(SessionEnd::Fatal(format!(
@@ -330,7 +334,7 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
                     shared.epoch()
                 )));
             }
-            Seq(w.watermark)
+            (Seq(w.watermark), w.primary_durable.map(Seq))
         }
         Some(ship_response::Msg::Refusal(r)) if r.fatal => return Err(SessionEnd::Fatal(r.reason)),
         other => return Err(broken(format!("expected Welcome, got {other:?}"), false)),
@@ -340,17 +344,23 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
         tx,
         inbound,
         watermark,
+        primary_durable,
     })
 }
 
 /// Why the journal cannot bring a replica at `watermark` up to date, if it cannot, with the
-/// journal's bounds that showed it.
-fn resync_reason(shared: &Shared, watermark: Seq) -> Option<JournalGap> {
+/// journal's bounds that showed it. `primary_durable` is what the replica's `Welcome` said
+/// a primary had announced durable to it.
+fn resync_reason(
+    shared: &Shared,
+    watermark: Seq,
+    primary_durable: Option<Seq>,
+) -> Option<JournalGap> {
     // The journal publishes a frame (to `frames_from`) a moment before `durable_local` moves.
     let last_local = (*shared.durable_local.borrow()).max(shared.journal.last_seq());
     let trimmed = shared.journal.trimmed_through();
     let gaps = crate::lineage::jumps(&shared.journal.lineage());
-    journal_gap(watermark, last_local, trimmed, &gaps).map(|gap| match gap {
+    journal_gap(watermark, last_local, trimmed, &gaps, primary_durable).map(|gap| match gap {
         Gap::Behind(reason) => JournalGap::Behind(ResyncWhy {
             reason,
             last_local,
@@ -382,17 +392,34 @@ enum JournalGap {
 /// - Behind: the frames it needs next are gone (dropped when the journal overflowed, or
 ///   journaled in an older epoch this primary continued from); a merkle resync from this
 ///   (live) primary mends it, resuming from our seq at hashing time.
-/// - Ahead: its watermark is past the journal's last frame, or inside a gap the journal left
-///   after a reopen: it holds frames this primary lost after making them durable (frames are
-///   shipped only once fdatasync'd). Seqs are never reused, so nothing the replica holds is
-///   overwritten by mistake, but a resync from here would discard writes a sync group
-///   acknowledged: replication stops with this reason until an operator decides.
-fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq, gaps: &[(Seq, Seq)]) -> Option<Gap> {
+/// - Past the journal: its watermark is past the journal's last frame, or inside a gap the
+///   journal left after a reopen: it holds frames this primary lost. Frames are shipped
+///   before the primary's own journal sync ends, so [`crate::lineage::judge_tail`] decides
+///   with `primary_durable` (the highest seq a primary announced durable to the replica):
+///   frames never announced durable were never acknowledged, and the replica is resynced
+///   from here (Behind: the resync drops them, and the group is protected again only after
+///   it); otherwise this primary lost frames it had made durable, which a sync group may
+///   have acknowledged: replication stops with this reason until an operator decides (Ahead).
+fn journal_gap(
+    watermark: Seq,
+    last_local: Seq,
+    trimmed: Seq,
+    gaps: &[(Seq, Seq)],
+    primary_durable: Option<Seq>,
+) -> Option<Gap> {
     let in_gap = gaps
         .iter()
         .find(|(after, first)| watermark > *after && watermark < *first);
     if watermark > last_local || in_gap.is_some() {
         let kept = in_gap.map_or(last_local, |(after, _)| *after);
+        if judge_tail(watermark, kept, primary_durable) == Tail::RollBack {
+            return Some(Gap::Behind(format!(
+                "the replica holds seqs {}..={watermark}, which this primary lost before its \
+                 journal sync ended (never acknowledged; it holds the history only through seq \
+                 {kept}): they are rolled back by a resync from the primary",
+                kept.0 + 1
+            )));
+        }
         Some(Gap::Ahead(format!(
             "lost durable tail: the replica holds seqs {}..={watermark}, which the primary's journal \
              lost after making them durable (it holds the history only through seq {kept}); \
@@ -621,6 +648,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_replica_past_the_journal_is_rolled_back_only_when_the_primary_never_announced_it_durable()
+    {
+        let gaps = [(Seq(20), Seq(65540))];
+        // (watermark, last_local, primary_durable) -> resync (true) or stop (false)
+        let cases = [
+            (12, 10, Some(10), true),
+            (12, 10, Some(7), true),
+            (12, 10, Some(11), false),
+            (12, 10, None, false),
+            (25, 65545, Some(20), true),
+            (25, 65545, Some(21), false),
+            (25, 65545, None, false),
+        ];
+        for (i, (wm, local, p, resync)) in cases.into_iter().enumerate() {
+            let got = journal_gap(Seq(wm), Seq(local), Seq(3), &gaps, p.map(Seq));
+            match (&got, resync) {
+                (Some(Gap::Behind(why)), true) if why.contains("rolled back") => {}
+                (Some(Gap::Ahead(why)), false) if why.contains("lost durable tail") => {}
+                _ => panic!("#{i}: expect resync={resync} got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_replica_resyncs_only_when_behind_and_stops_the_group_when_ahead() {
         // (watermark, last_local, trimmed) -> None, or (ahead?, reason containing)
         let gaps = [(Seq(20), Seq(65540))];
@@ -636,7 +687,7 @@ mod tests {
             (25, 65545, 3, Some((true, "holds seqs 21..=25"))),
         ];
         for (i, (wm, local, trimmed, want)) in cases.into_iter().enumerate() {
-            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed), &gaps);
+            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed), &gaps, None);
             match (want, &got) {
                 (None, None) => {}
                 (Some((true, w)), Some(Gap::Ahead(g))) if g.contains(w) => {}

@@ -53,6 +53,9 @@ pub struct ReplicaGroup {
     inner: Mutex<Inner>,
     pub(super) applied_frames: AtomicU64,
     pub(super) applied_changes: AtomicU64,
+    /// The highest seq a primary announced durable in its journal (0: none since this
+    /// process opened the group); see [`crate::lineage::judge_tail`].
+    primary_durable: AtomicU64,
 }
 
 /// Per-stream receive state kept between batches (one per Ship stream).
@@ -168,6 +171,7 @@ impl ReplicaGroup {
             }),
             applied_frames: AtomicU64::new(0),
             applied_changes: AtomicU64::new(0),
+            primary_durable: AtomicU64::new(0),
         })
     }
 
@@ -202,6 +206,25 @@ impl ReplicaGroup {
     /// The group name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A primary announced its journal durable through `seq` (kept in memory only: a
+    /// restarted replica does not know, and then a tail past the primary's history stops the
+    /// group rather than being rolled back).
+    pub fn note_primary_durable(&self, seq: Seq) {
+        self.primary_durable
+            .fetch_max(seq.0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The highest seq a primary announced durable to this process, if any.
+    pub fn primary_durable(&self) -> Option<Seq> {
+        match self
+            .primary_durable
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => None,
+            s => Some(Seq(s)),
+        }
     }
 
     /// Highest seq applied and durable here.
