@@ -157,6 +157,7 @@ enum SessionEnd {
 }
 
 async fn run(shared: Arc<Shared>, cfg: ShipConfig, mut stop: watch::Receiver<bool>) -> ShipExit {
+    let _trimmer = AbortOnDrop(tokio::spawn(trim_loop(Arc::clone(&shared))));
     let mut backoff = cfg.backoff_min;
     let mut failures = 0u32;
     let mut refusals = 0u32;
@@ -203,6 +204,30 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// Trims the journal behind the replica's acknowledgements, coalescing them: off the
+/// shipper's loop, so the image sync a trim may need never delays the next frame (a sync
+/// write's frame leaves while the primary's journal sync runs).
+async fn trim_loop(shared: Arc<Shared>) {
+    let mut acked = shared.durable_replica.subscribe();
+    loop {
+        let seq = *acked.borrow_and_update();
+        // The images are made durable through `seq` before the frames are trimmed.
+        shared.trim_acked(seq).await;
+        if acked.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
     shared.note_acked(seq);
     shared.durable_replica.send_if_modified(|s| {
@@ -213,8 +238,6 @@ async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
             false
         }
     });
-    // The images are made durable through `seq` before the frames are trimmed.
-    shared.trim_acked(seq).await;
 }
 
 fn broken(reason: impl ToString, progressed: bool) -> SessionEnd {
@@ -504,8 +527,23 @@ async fn stream_frames(
         inflight_bytes: 0,
         pace_at: tokio::time::Instant::now(),
     };
-    let mut local = shared.durable_local.subscribe();
+    // Frames are sent once written to the journal, before (and while) the primary's own
+    // fdatasync runs; the replica is told how far that sync got (`Durable`), which decides
+    // what becomes of a tail it holds past a restarted primary's (`lineage::judge_tail`).
+    let mut local = shared.shippable.subscribe();
+    let mut synced = shared.journal_synced.subscribe();
+    let mut told = Seq(0);
     loop {
+        let durable = *synced.borrow_and_update();
+        if durable > told {
+            let req = ShipRequest {
+                msg: Some(ship_request::Msg::Durable(durable.0)),
+            };
+            if tx.send(req).await.is_err() {
+                return broken("request stream closed", f.progressed);
+            }
+            told = durable;
+        }
         let have_new = *local.borrow_and_update() >= f.next;
         let can_send =
             have_new && f.inflight_bytes < cfg.window_bytes && f.inflight.len() < cfg.window_frames;
@@ -532,6 +570,7 @@ async fn stream_frames(
                 Err(s) => return broken(format!("stream: {s}"), f.progressed),
             },
             _ = local.changed(), if !have_new => {}
+            _ = synced.changed() => {}
             // Lazy: select! evaluates the expression of a disabled branch too, and
             // spawn_blocking starts at once, so an eager read ran (and was thrown away) on every
             // turn of the loop, window full or not.
@@ -541,10 +580,9 @@ async fn stream_frames(
                     Ok(Err(e)) => return broken(format!("journal read: {e}"), f.progressed),
                     Err(e) => return broken(ReplicatorError::Task(e.to_string()), f.progressed),
                 };
-                // Only frames released to the shipper (their image writes done, see the
-                // pipeline's `durability`): the journal may hold later ones already.
+                // Only frames the writer released (whole group commits).
                 let mut frames = frames;
-                frames.retain(|(e, _)| e.last_seq <= *shared.durable_local.borrow());
+                frames.retain(|(e, _)| e.last_seq <= *shared.shippable.borrow());
                 if frames.is_empty() {
                     // Nothing at or after `next` yet (the replica is ahead of the journal):
                     // poll again shortly rather than spin.
