@@ -412,6 +412,23 @@ fn start_with_failpoints(topo: &Topo, name: &str, fp: &std::path::Path) -> NodeP
     }
 }
 
+/// Writes `ws` through the export at `url` once it takes writes (a restarted primary's
+/// export is read-only until it holds its lease again; the status may say so late).
+fn write_once_writable(c: &Cluster, url: &str, ws: &[(u64, u64, u8)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = qemu_write(url, ws);
+        if out.status.success() {
+            return;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&c.topo);
+            panic!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Sync writes leave for the replica while the primary's journal sync runs. A primary that
 /// loses power after the replica made a write durable but before its own journal sync ended
 /// comes back without that write (never acknowledged), the replica holding it: the replica is
@@ -440,12 +457,7 @@ fn a_replica_holding_a_write_the_restarted_primary_lost_before_its_sync_is_rolle
     });
     let url = c.url("hanoi-rep");
     let acked = writes(31, 40, MIB16);
-    let out = qemu_write(&url, &acked);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_once_writable(&c, &url, &acked);
     c.wait_caught_up();
 
     // 2. Power loss at the primary between shipping and its journal sync: the failpoint
@@ -467,24 +479,34 @@ fn a_replica_holding_a_write_the_restarted_primary_lost_before_its_sync_is_rolle
         log.contains("failpoint journal-before-fsync-shipped fired"),
         "the failpoint fired"
     );
-    let replica_holds = c.image("hcm")[1 << 20] == 0xee;
+    // The failpoint waited for the replica's durable acknowledgement: it holds the write.
+    assert_eq!(
+        c.image("hcm")[1 << 20],
+        0xee,
+        "the replica holds the lost write"
+    );
 
     // 3. Restarted without a failover: its journal ends below what the replica applied. The
     //    replica is resynced from it (the write is rolled back), then protected again.
     std::fs::write(&fp, "").unwrap();
     c.restart("hanoi-rep");
-    c.wait_group(Duration::from_secs(60), "protected again, caught up", |g| {
-        g["state"] == "protected"
-            && g["lease"]["status"] == "active"
-            && g["durable_seq"] == g["last_captured_seq"]
-    });
-    let log = std::fs::read_to_string(c.topo.path().join("hanoi-rep.log")).unwrap();
-    if replica_holds {
-        assert!(
-            log.contains("rolled back by a resync from the primary"),
-            "the primary asked the replica to roll back"
-        );
+    let log_path = c.topo.path().join("hanoi-rep.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("rolled back by a resync from the primary") {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&c.topo);
+            panic!("the primary never asked the replica to roll back");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+    c.wait_group(Duration::from_secs(60), "protected again", |g| {
+        g["state"] == "protected" && g["lease"]["status"] == "active"
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         !log.contains("lost durable tail"),
         "not mistaken for a lost durable tail"
@@ -493,12 +515,7 @@ fn a_replica_holding_a_write_the_restarted_primary_lost_before_its_sync_is_rolle
     // 4. Writes replicate again; the copies are equal by `tandem verify` and byte for byte;
     //    every acknowledged write is on both.
     let more = writes(32, 20, MIB16);
-    let out = qemu_write(&url, &more);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_once_writable(&c, &url, &more);
     c.wait_caught_up();
     let cfg = c.topo.config.display().to_string();
     let (code, out, err) = c.topo.tandem(&["verify", "vol", "--config", &cfg]);
