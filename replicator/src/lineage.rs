@@ -18,10 +18,15 @@
 //!   ≤ kept): the primary lost them before its own sync ended, so no write among them was
 //!   acknowledged; the copy is rolled back by a resync from the primary (which replaces it
 //!   and unbinds it) before the group is protected again;
-//! - the primary had announced some of them durable, or the replica does not know (it
-//!   restarted since): the primary lost frames it had made durable (a lost durable tail,
+//! - the primary had announced some of them durable, or the replica never heard any
+//!   announcement: the primary lost frames it had made durable (a lost durable tail,
 //!   which sync mode may have acknowledged): the group stops with that reason until an
 //!   operator decides; it is never resynced silently in the direction that drops them.
+//!
+//! The replica persists `primary_durable` with each watermark (no sync of its own), so after
+//! its own restart it knows the value as of its last durable batch; announcements that came
+//! later are lost with the restart, which makes the rule roll back where it could have
+//! stopped only if the primary's disk also lost frames it had made durable (two faults).
 
 use tandem_core::ids::{Epoch, Seq};
 
@@ -190,14 +195,14 @@ pub enum Tail {
     /// which drops them, before the group is protected again.
     RollBack,
     /// The primary announced a seq past `kept` durable (it lost frames it had made durable,
-    /// which may have been acknowledged), or the replica cannot tell (`primary_durable`
-    /// unknown): stop until an operator decides.
+    /// which may have been acknowledged), or the replica cannot tell (it never heard an
+    /// announcement): stop until an operator decides.
     LostDurable,
 }
 
 /// Decides what becomes of a copy at `watermark` when the primary's journal keeps its
 /// history only through `kept`, given the highest seq the primary announced durable to this
-/// replica (`None`: unknown, e.g. the replica restarted since) (pure).
+/// replica (`None`: it never heard one, e.g. from a primary of an older build) (pure).
 ///
 /// The rule rests on two facts: the primary acknowledges a write only after its own journal
 /// made it durable, and an honest disk keeps what was made durable, so a seq past `kept` that
