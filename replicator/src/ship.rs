@@ -570,7 +570,10 @@ async fn stream_frames(
                 Err(s) => return broken(format!("stream: {s}"), f.progressed),
             },
             _ = local.changed(), if !have_new => {}
-            _ = synced.changed() => {}
+            // Only while no read is due: a journal sync at every group commit (a flood of
+            // writes while the replica catches up) must never starve the read below, which
+            // a woken loop would drop and start again.
+            _ = synced.changed(), if !can_send => {}
             // Lazy: select! evaluates the expression of a disabled branch too, and
             // spawn_blocking starts at once, so an eager read ran (and was thrown away) on every
             // turn of the loop, window full or not.
