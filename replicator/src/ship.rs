@@ -204,9 +204,9 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Trims the journal behind the replica's acknowledgements, coalescing them: off the
-/// shipper's loop, so the image sync a trim may need never delays the next frame (a sync
-/// write's frame leaves while the primary's journal sync runs).
+/// Trims the journal behind the replica's acknowledgements, coalescing them (at most one
+/// round per [`TRIM_EVERY`]): off the shipper's loop, so the image sync a trim may need never
+/// delays the next frame (a sync write's frame leaves while the primary's journal sync runs).
 async fn trim_loop(shared: Arc<Shared>) {
     let mut acked = shared.durable_replica.subscribe();
     loop {
@@ -216,8 +216,14 @@ async fn trim_loop(shared: Arc<Shared>) {
         if acked.changed().await.is_err() {
             return;
         }
+        // Acks that come meanwhile are trimmed together: one image sync per round, not one
+        // per sync write.
+        tokio::time::sleep(TRIM_EVERY).await;
     }
 }
+
+/// The shortest time between two trims (each may cost an image fdatasync).
+const TRIM_EVERY: Duration = Duration::from_millis(20);
 
 /// Ends a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
@@ -495,6 +501,12 @@ async fn ask_resync(
     }
 }
 
+/// At most one `Durable` announcement per this interval (the latest value): not one more
+/// message per sync write. A replica that hears it late only rolls back where it could have
+/// stopped if the primary's disk also lost frames it had made durable (see
+/// [`crate::lineage`]).
+const TELL_EVERY: Duration = Duration::from_millis(10);
+
 /// Frames sent and not yet acknowledged, and where the stream stands.
 struct Flight {
     acked: Seq,
@@ -533,9 +545,11 @@ async fn stream_frames(
     let mut local = shared.shippable.subscribe();
     let mut synced = shared.journal_synced.subscribe();
     let mut told = Seq(0);
+    let mut tell_at = tokio::time::Instant::now();
     loop {
         let durable = *synced.borrow_and_update();
-        if durable > told {
+        let now = tokio::time::Instant::now();
+        if durable > told && now >= tell_at {
             let req = ShipRequest {
                 msg: Some(ship_request::Msg::Durable(durable.0)),
             };
@@ -543,7 +557,9 @@ async fn stream_frames(
                 return broken("request stream closed", f.progressed);
             }
             told = durable;
+            tell_at = now + TELL_EVERY;
         }
+        let tell_due = durable > told;
         let have_new = *local.borrow_and_update() >= f.next;
         let can_send =
             have_new && f.inflight_bytes < cfg.window_bytes && f.inflight.len() < cfg.window_frames;
@@ -573,7 +589,8 @@ async fn stream_frames(
             // Only while no read is due: a journal sync at every group commit (a flood of
             // writes while the replica catches up) must never starve the read below, which
             // a woken loop would drop and start again.
-            _ = synced.changed(), if !can_send => {}
+            _ = synced.changed(), if !can_send && !tell_due => {}
+            _ = tokio::time::sleep_until(tell_at), if !can_send && tell_due => {}
             // Lazy: select! evaluates the expression of a disabled branch too, and
             // spawn_blocking starts at once, so an eager read ran (and was thrown away) on every
             // turn of the loop, window full or not.
