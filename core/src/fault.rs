@@ -32,6 +32,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "primary, journal append: frames written, before their fdatasync (lose: the unsynced tail is dropped)",
     ),
     (
+        "journal-before-fsync-shipped",
+        "primary, journal append: frames written and released to the shipper, before their fdatasync (lose: waits for the replica's ack, then drops the unsynced tail: the replica holds seqs the primary lost)",
+    ),
+    (
         "journal-after-fsync",
         "primary, journal append: frames durable, before the writes waiting on them are answered",
     ),

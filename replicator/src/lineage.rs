@@ -7,10 +7,26 @@
 //! journal still holds). The journal keeps the list of [`GenerationStart`]s its untrimmed
 //! history crosses, and the shipper sends it in `Hello`. The replica stores the generation it
 //! is bound to beside its watermark and, at each `Hello`, [`judge`]s the primary's lineage:
-//! its copy must be a prefix of the primary's history. A replica holding seqs past what the
-//! primary's journal kept of its generation saw frames the primary lost after it had made
-//! them durable (a lost durable tail): the group stops with that reason until an operator
-//! decides; it is never resynced silently in the direction that drops those frames.
+//! its copy must be a prefix of the primary's history.
+//!
+//! A replica may hold seqs past what the primary's journal kept: the primary ships a frame as
+//! soon as it is written to its journal, while its own fdatasync runs (the two syncs overlap,
+//! and a write is acknowledged only once both are done). [`judge_tail`] decides what becomes
+//! of such a tail, on both sides of a (re)connect, from the highest seq the primary had
+//! announced durable to the replica (`primary_durable`):
+//! - every seq past what the primary kept was announced durable by nobody (`primary_durable`
+//!   ≤ kept): the primary lost them before its own sync ended, so no write among them was
+//!   acknowledged; the copy is rolled back by a resync from the primary (which replaces it
+//!   and unbinds it) before the group is protected again;
+//! - the primary had announced some of them durable, or the replica never heard any
+//!   announcement: the primary lost frames it had made durable (a lost durable tail,
+//!   which sync mode may have acknowledged): the group stops with that reason until an
+//!   operator decides; it is never resynced silently in the direction that drops them.
+//!
+//! The replica persists `primary_durable` with each watermark (no sync of its own), so after
+//! its own restart it knows the value as of its last durable batch; announcements that came
+//! later are lost with the restart, which makes the rule roll back where it could have
+//! stopped only if the primary's disk also lost frames it had made durable (two faults).
 
 use tandem_core::ids::{Epoch, Seq};
 
@@ -44,6 +60,16 @@ pub enum Judgement {
         /// The generation to bind to (`None`: the sender announced no lineage).
         bind: Option<u64>,
     },
+    /// The copy holds seqs past what the primary's journal kept, none of which the primary
+    /// announced durable: they were never acknowledged; the copy is bound to nothing new and
+    /// must be rolled back by a resync from the primary (which the primary asks for), before
+    /// any frame.
+    RollBack {
+        /// The copy's watermark.
+        watermark: Seq,
+        /// The last seq of that history the primary kept.
+        kept: Seq,
+    },
     /// The copy holds seqs the primary's journal lost after making them durable.
     LostTail {
         /// The generation the copy is bound to.
@@ -71,7 +97,7 @@ impl Judgement {
     /// The refusal text for a judgement that refuses, naming generations and seqs.
     pub fn reason(&self, group: &str) -> Option<String> {
         match self {
-            Judgement::Accept { .. } => None,
+            Judgement::Accept { .. } | Judgement::RollBack { .. } => None,
             Judgement::LostTail {
                 replica_generation,
                 watermark,
@@ -108,7 +134,9 @@ impl Judgement {
 /// - No lineage (an older primary): accept, bind nothing.
 /// - Unbound: accept (the primary compares the watermark with its journal), bind.
 /// - Bound to a generation in the lineage: the primary's history keeps that generation's
-///   history through the smallest `after` of every later start; the copy must not be past it.
+///   history through the smallest `after` of every later start; a copy past it is rolled
+///   back or stops the group, as [`judge_tail`] says with `primary_durable` (the highest seq
+///   the primary announced durable to this replica, `None` when unknown).
 /// - Bound to an unknown generation: accept if the `Hello` comes in a newer epoch than the
 ///   binding (the coordinators chose this primary since; the epoch fence and resync rules
 ///   decide), else the histories differ.
@@ -117,6 +145,7 @@ pub fn judge(
     watermark: Seq,
     epoch: Epoch,
     starts: &[GenerationStart],
+    primary_durable: Option<Seq>,
 ) -> Judgement {
     let Some(current) = starts.last() else {
         return Judgement::Accept { bind: None };
@@ -128,15 +157,22 @@ pub fn judge(
     match starts.iter().position(|s| s.generation == bound.generation) {
         Some(k) => {
             let cut = starts[k + 1..].iter().min_by_key(|s| s.after);
-            match cut {
-                Some(s) if watermark > s.after => Judgement::LostTail {
+            let Some(s) = cut else {
+                return Judgement::Accept { bind };
+            };
+            match judge_tail(watermark, s.after, primary_durable) {
+                Tail::Within => Judgement::Accept { bind },
+                Tail::RollBack => Judgement::RollBack {
+                    watermark,
+                    kept: s.after,
+                },
+                Tail::LostDurable => Judgement::LostTail {
                     replica_generation: bound.generation,
                     watermark,
                     kept: s.after,
                     primary_generation: s.generation,
                     first: s.first,
                 },
-                _ => Judgement::Accept { bind },
             }
         }
         None if epoch > bound.epoch => Judgement::Accept { bind },
@@ -144,6 +180,42 @@ pub fn judge(
             replica_generation: bound.generation,
             primary_generation: current.generation,
         },
+    }
+}
+
+/// What becomes of a replica copy at `watermark` whose history the primary's journal keeps
+/// only through `kept` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The copy holds nothing past `kept`: replication continues from the journal.
+    Within,
+    /// Every seq past `kept` is one the primary never announced durable: it lost them before
+    /// its own journal sync ended, and none was acknowledged (a write is acknowledged only
+    /// once the primary's journal holds it durably too). Resync the copy from the primary,
+    /// which drops them, before the group is protected again.
+    RollBack,
+    /// The primary announced a seq past `kept` durable (it lost frames it had made durable,
+    /// which may have been acknowledged), or the replica cannot tell (it never heard an
+    /// announcement): stop until an operator decides.
+    LostDurable,
+}
+
+/// Decides what becomes of a copy at `watermark` when the primary's journal keeps its
+/// history only through `kept`, given the highest seq the primary announced durable to this
+/// replica (`None`: it never heard one, e.g. from a primary of an older build) (pure).
+///
+/// The rule rests on two facts: the primary acknowledges a write only after its own journal
+/// made it durable, and an honest disk keeps what was made durable, so a seq past `kept` that
+/// was never announced durable was never acknowledged. When the replica heard the primary
+/// announce durability past `kept`, the disk lost a durable tail and rolling back could drop
+/// acknowledged writes: that case (and not knowing) stops the group instead.
+pub fn judge_tail(watermark: Seq, kept: Seq, primary_durable: Option<Seq>) -> Tail {
+    if watermark <= kept {
+        return Tail::Within;
+    }
+    match primary_durable {
+        Some(p) if p <= kept => Tail::RollBack,
+        _ => Tail::LostDurable,
     }
 }
 
@@ -228,11 +300,11 @@ mod tests {
             (bound(3, 1), 50, 2, accept9.clone()),
         ];
         for (i, (b, wm, epoch, want)) in cases.into_iter().enumerate() {
-            let got = judge(b, Seq(wm), Epoch(epoch), &lineage);
+            let got = judge(b, Seq(wm), Epoch(epoch), &lineage, None);
             assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
         }
         assert_eq!(
-            judge(bound(3, 1), Seq(9), Epoch(1), &[]),
+            judge(bound(3, 1), Seq(9), Epoch(1), &[], None),
             Judgement::Accept { bind: None },
             "an older primary announces no lineage"
         );
@@ -242,7 +314,7 @@ mod tests {
     fn a_later_deeper_loss_cuts_an_older_generation_shorter() {
         // 8 kept 7's history through 100; then 9 lost some of it too, keeping only 90.
         let lineage = [start(7, 1, 0), start(8, 65537, 100), start(9, 131073, 90)];
-        let j = judge(bound(7, 1), Seq(95), Epoch(1), &lineage);
+        let j = judge(bound(7, 1), Seq(95), Epoch(1), &lineage, None);
         assert!(
             matches!(
                 j,
@@ -259,6 +331,51 @@ mod tests {
             why.contains("seqs 91..=95") && why.contains("fail over"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn judge_tail_table() {
+        // (watermark, kept, primary_durable) -> verdict
+        let cases = [
+            (10, 10, None, Tail::Within),
+            (9, 10, Some(3), Tail::Within),
+            (0, 0, None, Tail::Within),
+            (12, 10, Some(10), Tail::RollBack),
+            (12, 10, Some(4), Tail::RollBack),
+            (12, 10, Some(0), Tail::RollBack),
+            (12, 10, Some(11), Tail::LostDurable),
+            (12, 10, Some(12), Tail::LostDurable),
+            (12, 10, Some(99), Tail::LostDurable),
+            (12, 10, None, Tail::LostDurable),
+        ];
+        for (i, (wm, kept, p, want)) in cases.into_iter().enumerate() {
+            let got = judge_tail(Seq(wm), Seq(kept), p.map(Seq));
+            assert_eq!(got, want, "#{i}: expect {want:?} got {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_tail_the_primary_never_announced_durable_is_rolled_back_not_bound() {
+        // The primary (generation 8) lost 101..=105 before its journal sync ended; it had
+        // announced 100 durable. Reopened as generation 9 after 100.
+        let lineage = [start(8, 1, 0), start(9, 65537, 100)];
+        let j = judge(bound(8, 1), Seq(105), Epoch(1), &lineage, Some(Seq(100)));
+        assert_eq!(
+            j,
+            Judgement::RollBack {
+                watermark: Seq(105),
+                kept: Seq(100)
+            }
+        );
+        assert_eq!(
+            j.reason("g"),
+            None,
+            "accepted: the primary asks for the resync"
+        );
+        let j = judge(bound(8, 1), Seq(105), Epoch(1), &lineage, Some(Seq(103)));
+        assert!(matches!(j, Judgement::LostTail { .. }), "{j:?}");
+        let j = judge(bound(8, 1), Seq(100), Epoch(1), &lineage, Some(Seq(100)));
+        assert_eq!(j, Judgement::Accept { bind: Some(9) });
     }
 
     #[test]

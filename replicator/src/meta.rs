@@ -137,6 +137,23 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| ReplicatorError::io("fsync dir", dir, e))
 }
 
+/// Decodes one slot of `count` values; a slot an older format wrote with fewer values (its
+/// header says how many) is read with the missing ones as 0 (pure). So a slot file gains a
+/// value without a migration; a binary that knows fewer values refuses the newer file.
+fn decode_slot(magic: [u8; 4], bytes: &[u8], count: usize) -> Result<Vec<u64>, String> {
+    let n = match bytes.get(6..8) {
+        Some(c) => u16::from_le_bytes([c[0], c[1]]) as usize,
+        None => count,
+    };
+    if n == 0 || n >= count {
+        return decode_meta(magic, bytes, count);
+    }
+    let len = 8 + n * 8 + 8;
+    let mut v = decode_meta(magic, bytes.get(..len).unwrap_or(bytes), n)?;
+    v.resize(count, 0);
+    Ok(v)
+}
+
 /// Bytes between the two slots of a [`SlotFile`] (each slot in its own 4 KiB block).
 pub const SLOT_STRIDE: u64 = 4096;
 
@@ -200,7 +217,7 @@ impl SlotFile {
                 Err(e) => return Err(ReplicatorError::io("read", path, e)),
             };
             buf.truncate(got);
-            match decode_meta(magic, &buf, count + 1) {
+            match decode_slot(magic, &buf, count + 1) {
                 Ok(v) => {
                     if best.as_ref().is_none_or(|b| v[0] > b[0]) {
                         best = Some(v);
@@ -247,6 +264,33 @@ impl SlotFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_file_gains_a_value_read_as_zero_from_older_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.slots");
+        let (mut f, _) = SlotFile::open(&p, *b"TNDW", 2, &[0, 1]).unwrap();
+        f.write(&[7, 2]).unwrap();
+        drop(f);
+        let (mut f, v) = SlotFile::open(&p, *b"TNDW", 3, &[0, 0, 0]).unwrap();
+        assert_eq!(v, vec![7, 2, 0], "the newer slot, the new value 0");
+        f.write(&[8, 2, 5]).unwrap();
+        drop(f);
+        // One slot of each format: the newest counter wins.
+        assert_eq!(
+            SlotFile::open(&p, *b"TNDW", 3, &[0, 0, 0]).unwrap().1,
+            vec![8, 2, 5]
+        );
+        // An older binary (2 values) refuses the newer slot but reads the older one.
+        assert_eq!(
+            SlotFile::open(&p, *b"TNDW", 2, &[0, 0]).unwrap().1,
+            vec![7, 2]
+        );
+        // A damaged older slot is still refused.
+        let mut bad = encode_meta(*b"TNDW", &[1, 7, 2]);
+        bad[10] ^= 1;
+        assert!(decode_slot(*b"TNDW", &bad, 4).is_err());
+    }
 
     #[test]
     fn meta_golden_bytes() {

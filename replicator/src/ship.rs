@@ -8,6 +8,7 @@
 
 use crate::error::ReplicatorError;
 use crate::journal::FrameEntry;
+use crate::lineage::{judge_tail, Tail};
 use crate::pipeline::{GroupPipeline, Shared};
 use crate::receive::{CONNECTION_WINDOW, H2_FRAME_SIZE, STREAM_WINDOW};
 use std::collections::VecDeque;
@@ -156,6 +157,7 @@ enum SessionEnd {
 }
 
 async fn run(shared: Arc<Shared>, cfg: ShipConfig, mut stop: watch::Receiver<bool>) -> ShipExit {
+    let _trimmer = AbortOnDrop(tokio::spawn(trim_loop(Arc::clone(&shared))));
     let mut backoff = cfg.backoff_min;
     let mut failures = 0u32;
     let mut refusals = 0u32;
@@ -202,6 +204,36 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// Trims the journal behind the replica's acknowledgements, coalescing them (at most one
+/// round per [`TRIM_EVERY`]): off the shipper's loop, so the image sync a trim may need never
+/// delays the next frame (a sync write's frame leaves while the primary's journal sync runs).
+async fn trim_loop(shared: Arc<Shared>) {
+    let mut acked = shared.durable_replica.subscribe();
+    loop {
+        let seq = *acked.borrow_and_update();
+        // The images are made durable through `seq` before the frames are trimmed.
+        shared.trim_acked(seq).await;
+        if acked.changed().await.is_err() {
+            return;
+        }
+        // Acks that come meanwhile are trimmed together: one image sync per round, not one
+        // per sync write.
+        tokio::time::sleep(TRIM_EVERY).await;
+    }
+}
+
+/// The shortest time between two trims (each may cost an image fdatasync).
+const TRIM_EVERY: Duration = Duration::from_millis(20);
+
+/// Ends a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
     shared.note_acked(seq);
     shared.durable_replica.send_if_modified(|s| {
@@ -212,8 +244,6 @@ async fn on_acked(shared: &Arc<Shared>, seq: Seq) {
             false
         }
     });
-    // The images are made durable through `seq` before the frames are trimmed.
-    shared.trim_acked(seq).await;
 }
 
 fn broken(reason: impl ToString, progressed: bool) -> SessionEnd {
@@ -235,11 +265,12 @@ async fn session(
         tx,
         inbound,
         watermark,
+        primary_durable,
     } = match open_stream(shared, cfg).await {
         Ok(o) => o,
         Err(end) => return end,
     };
-    match resync_reason(shared, watermark) {
+    match resync_reason(shared, watermark, primary_durable) {
         Some(JournalGap::Behind(why)) => {
             return ask_resync(&mut client, shared, watermark, why).await
         }
@@ -262,6 +293,8 @@ struct Opened {
     tx: mpsc::Sender<ShipRequest>,
     inbound: tonic::Streaming<ShipResponse>,
     watermark: Seq,
+    /// The highest seq a primary announced durable to the replica (`None`: unknown).
+    primary_durable: Option<Seq>,
 }
 
 /// Connects, sends Hello and waits for the replica's Welcome (its watermark and fence).
@@ -321,7 +354,7 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
         Ok(None) => return Err(broken("stream closed before Welcome", false)),
         Err(s) => return Err(broken(format!("awaiting Welcome: {s}"), false)),
     };
-    let watermark = match welcome.msg {
+    let (watermark, primary_durable) = match welcome.msg {
         Some(ship_response::Msg::Welcome(w)) => {
             if w.epoch > shared.epoch().0 {
                 return Err(SessionEnd::Fatal(format!(
@@ -330,7 +363,7 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
                     shared.epoch()
                 )));
             }
-            Seq(w.watermark)
+            (Seq(w.watermark), w.primary_durable.map(Seq))
         }
         Some(ship_response::Msg::Refusal(r)) if r.fatal => return Err(SessionEnd::Fatal(r.reason)),
         other => return Err(broken(format!("expected Welcome, got {other:?}"), false)),
@@ -340,17 +373,23 @@ async fn open_stream(shared: &Arc<Shared>, cfg: &ShipConfig) -> Result<Opened, S
         tx,
         inbound,
         watermark,
+        primary_durable,
     })
 }
 
 /// Why the journal cannot bring a replica at `watermark` up to date, if it cannot, with the
-/// journal's bounds that showed it.
-fn resync_reason(shared: &Shared, watermark: Seq) -> Option<JournalGap> {
+/// journal's bounds that showed it. `primary_durable` is what the replica's `Welcome` said
+/// a primary had announced durable to it.
+fn resync_reason(
+    shared: &Shared,
+    watermark: Seq,
+    primary_durable: Option<Seq>,
+) -> Option<JournalGap> {
     // The journal publishes a frame (to `frames_from`) a moment before `durable_local` moves.
     let last_local = (*shared.durable_local.borrow()).max(shared.journal.last_seq());
     let trimmed = shared.journal.trimmed_through();
     let gaps = crate::lineage::jumps(&shared.journal.lineage());
-    journal_gap(watermark, last_local, trimmed, &gaps).map(|gap| match gap {
+    journal_gap(watermark, last_local, trimmed, &gaps, primary_durable).map(|gap| match gap {
         Gap::Behind(reason) => JournalGap::Behind(ResyncWhy {
             reason,
             last_local,
@@ -382,17 +421,34 @@ enum JournalGap {
 /// - Behind: the frames it needs next are gone (dropped when the journal overflowed, or
 ///   journaled in an older epoch this primary continued from); a merkle resync from this
 ///   (live) primary mends it, resuming from our seq at hashing time.
-/// - Ahead: its watermark is past the journal's last frame, or inside a gap the journal left
-///   after a reopen: it holds frames this primary lost after making them durable (frames are
-///   shipped only once fdatasync'd). Seqs are never reused, so nothing the replica holds is
-///   overwritten by mistake, but a resync from here would discard writes a sync group
-///   acknowledged: replication stops with this reason until an operator decides.
-fn journal_gap(watermark: Seq, last_local: Seq, trimmed: Seq, gaps: &[(Seq, Seq)]) -> Option<Gap> {
+/// - Past the journal: its watermark is past the journal's last frame, or inside a gap the
+///   journal left after a reopen: it holds frames this primary lost. Frames are shipped
+///   before the primary's own journal sync ends, so [`crate::lineage::judge_tail`] decides
+///   with `primary_durable` (the highest seq a primary announced durable to the replica):
+///   frames never announced durable were never acknowledged, and the replica is resynced
+///   from here (Behind: the resync drops them, and the group is protected again only after
+///   it); otherwise this primary lost frames it had made durable, which a sync group may
+///   have acknowledged: replication stops with this reason until an operator decides (Ahead).
+fn journal_gap(
+    watermark: Seq,
+    last_local: Seq,
+    trimmed: Seq,
+    gaps: &[(Seq, Seq)],
+    primary_durable: Option<Seq>,
+) -> Option<Gap> {
     let in_gap = gaps
         .iter()
         .find(|(after, first)| watermark > *after && watermark < *first);
     if watermark > last_local || in_gap.is_some() {
         let kept = in_gap.map_or(last_local, |(after, _)| *after);
+        if judge_tail(watermark, kept, primary_durable) == Tail::RollBack {
+            return Some(Gap::Behind(format!(
+                "the replica holds seqs {}..={watermark}, which this primary lost before its \
+                 journal sync ended (never acknowledged; it holds the history only through seq \
+                 {kept}): they are rolled back by a resync from the primary",
+                kept.0 + 1
+            )));
+        }
         Some(Gap::Ahead(format!(
             "lost durable tail: the replica holds seqs {}..={watermark}, which the primary's journal \
              lost after making them durable (it holds the history only through seq {kept}); \
@@ -445,6 +501,12 @@ async fn ask_resync(
     }
 }
 
+/// At most one `Durable` announcement per this interval (the latest value): not one more
+/// message per sync write. A replica that hears it late only rolls back where it could have
+/// stopped if the primary's disk also lost frames it had made durable (see
+/// [`crate::lineage`]).
+const TELL_EVERY: Duration = Duration::from_millis(10);
+
 /// Frames sent and not yet acknowledged, and where the stream stands.
 struct Flight {
     acked: Seq,
@@ -477,8 +539,27 @@ async fn stream_frames(
         inflight_bytes: 0,
         pace_at: tokio::time::Instant::now(),
     };
-    let mut local = shared.durable_local.subscribe();
+    // Frames are sent once written to the journal, before (and while) the primary's own
+    // fdatasync runs; the replica is told how far that sync got (`Durable`), which decides
+    // what becomes of a tail it holds past a restarted primary's (`lineage::judge_tail`).
+    let mut local = shared.shippable.subscribe();
+    let mut synced = shared.journal_synced.subscribe();
+    let mut told = Seq(0);
+    let mut tell_at = tokio::time::Instant::now();
     loop {
+        let durable = *synced.borrow_and_update();
+        let now = tokio::time::Instant::now();
+        if durable > told && now >= tell_at {
+            let req = ShipRequest {
+                msg: Some(ship_request::Msg::Durable(durable.0)),
+            };
+            if tx.send(req).await.is_err() {
+                return broken("request stream closed", f.progressed);
+            }
+            told = durable;
+            tell_at = now + TELL_EVERY;
+        }
+        let tell_due = durable > told;
         let have_new = *local.borrow_and_update() >= f.next;
         let can_send =
             have_new && f.inflight_bytes < cfg.window_bytes && f.inflight.len() < cfg.window_frames;
@@ -505,6 +586,11 @@ async fn stream_frames(
                 Err(s) => return broken(format!("stream: {s}"), f.progressed),
             },
             _ = local.changed(), if !have_new => {}
+            // Only while no read is due: a journal sync at every group commit (a flood of
+            // writes while the replica catches up) must never starve the read below, which
+            // a woken loop would drop and start again.
+            _ = synced.changed(), if !can_send && !tell_due => {}
+            _ = tokio::time::sleep_until(tell_at), if !can_send && tell_due => {}
             // Lazy: select! evaluates the expression of a disabled branch too, and
             // spawn_blocking starts at once, so an eager read ran (and was thrown away) on every
             // turn of the loop, window full or not.
@@ -514,10 +600,9 @@ async fn stream_frames(
                     Ok(Err(e)) => return broken(format!("journal read: {e}"), f.progressed),
                     Err(e) => return broken(ReplicatorError::Task(e.to_string()), f.progressed),
                 };
-                // Only frames released to the shipper (their image writes done, see the
-                // pipeline's `durability`): the journal may hold later ones already.
+                // Only frames the writer released (whole group commits).
                 let mut frames = frames;
-                frames.retain(|(e, _)| e.last_seq <= *shared.durable_local.borrow());
+                frames.retain(|(e, _)| e.last_seq <= *shared.shippable.borrow());
                 if frames.is_empty() {
                     // Nothing at or after `next` yet (the replica is ahead of the journal):
                     // poll again shortly rather than spin.
@@ -621,6 +706,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_replica_past_the_journal_is_rolled_back_only_when_the_primary_never_announced_it_durable()
+    {
+        let gaps = [(Seq(20), Seq(65540))];
+        // (watermark, last_local, primary_durable) -> resync (true) or stop (false)
+        let cases = [
+            (12, 10, Some(10), true),
+            (12, 10, Some(7), true),
+            (12, 10, Some(11), false),
+            (12, 10, None, false),
+            (25, 65545, Some(20), true),
+            (25, 65545, Some(21), false),
+            (25, 65545, None, false),
+        ];
+        for (i, (wm, local, p, resync)) in cases.into_iter().enumerate() {
+            let got = journal_gap(Seq(wm), Seq(local), Seq(3), &gaps, p.map(Seq));
+            match (&got, resync) {
+                (Some(Gap::Behind(why)), true) if why.contains("rolled back") => {}
+                (Some(Gap::Ahead(why)), false) if why.contains("lost durable tail") => {}
+                _ => panic!("#{i}: expect resync={resync} got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_replica_resyncs_only_when_behind_and_stops_the_group_when_ahead() {
         // (watermark, last_local, trimmed) -> None, or (ahead?, reason containing)
         let gaps = [(Seq(20), Seq(65540))];
@@ -636,7 +745,7 @@ mod tests {
             (25, 65545, 3, Some((true, "holds seqs 21..=25"))),
         ];
         for (i, (wm, local, trimmed, want)) in cases.into_iter().enumerate() {
-            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed), &gaps);
+            let got = journal_gap(Seq(wm), Seq(local), Seq(trimmed), &gaps, None);
             match (want, &got) {
                 (None, None) => {}
                 (Some((true, w)), Some(Gap::Ahead(g))) if g.contains(w) => {}

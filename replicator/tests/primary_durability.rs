@@ -150,11 +150,13 @@ async fn the_journal_is_trimmed_only_through_writes_the_images_hold_durably() {
     replica.close();
 }
 
-/// An image write that fails after its change was journaled fences the group: the change and
-/// every later one stay unshipped (the replica never holds a write the primary lacks), later
-/// writes are refused, nothing more is acknowledged, and the status says why.
+/// An image write that fails after its change was journaled fences the group: later writes
+/// are refused, nothing more is acknowledged, and the status says why. Frames leave once
+/// written to the journal, so the replica may hold the failed write (never acknowledged; the
+/// primary's journal holds it durably and a restart replays it onto the image), but nothing
+/// journaled after the fence.
 #[tokio::test]
-async fn an_image_write_failure_fences_the_group_and_ships_nothing_from_it_on() {
+async fn an_image_write_failure_fences_the_group_and_acknowledges_nothing_from_it_on() {
     let dir = tempfile::tempdir().unwrap();
     let replica = start_replica(dir.path()).await;
     let p = open(dir.path(), Mode::Async).await;
@@ -185,10 +187,10 @@ async fn an_image_write_failure_fences_the_group_and_ships_nothing_from_it_on() 
         "{refused}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        replica.group.watermark(),
-        Seq(1),
-        "nothing from seq 2 on shipped"
+    assert!(
+        replica.group.watermark() <= s3,
+        "nothing journaled after the fence shipped: {}",
+        replica.group.watermark()
     );
     let pr = p.progress();
     assert!(

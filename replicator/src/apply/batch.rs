@@ -167,7 +167,7 @@ impl ReplicaGroup {
             return Ok(Flow::Stop);
         }
         if header.meta.epoch > inner.fence {
-            inner.meta.write(&[durable.0, header.meta.epoch.0])?;
+            inner.persist_meta(durable, header.meta.epoch)?;
             inner.fence = header.meta.epoch;
         }
         if let Some(e) = self.apply_changes(inner, &header, &mut frame.changes, skip, batch)? {
@@ -413,7 +413,7 @@ fn sync_and_persist(inner: &mut Inner, touched: &BTreeSet<String>) -> Result<()>
     fault::check("replica-before-watermark")
         .map_err(|e| ReplicatorError::io("write watermark", inner.meta.path(), e))?;
     let (wm, fence) = (resume_mark(inner), inner.fence);
-    inner.meta.write(&[wm.0, fence.0])?;
+    inner.persist_meta(wm, fence)?;
     inner.persisted = wm;
     inner.unsynced.clear();
     if let Some(h) = inner.history.as_mut() {

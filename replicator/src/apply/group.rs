@@ -3,7 +3,8 @@
 
 use super::sqlite::lock_connection;
 use super::state::{
-    sqlite_from_file, Inner, Resource, REPLICA_META_FILE, REPLICA_META_MAGIC, SQLITE_FROM_MAGIC,
+    sqlite_from_file, Inner, Resource, REPLICA_META_FILE, REPLICA_META_MAGIC, REPLICA_META_VALUES,
+    SQLITE_FROM_MAGIC,
 };
 use crate::error::{ReplicatorError, Result};
 use crate::history::{History, HistoryConfig, Point, Selector};
@@ -13,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tandem_core::fault;
 use tandem_core::frame::Decoder;
 use tandem_core::ids::{Epoch, GroupId, Seq};
@@ -53,6 +54,9 @@ pub struct ReplicaGroup {
     inner: Mutex<Inner>,
     pub(super) applied_frames: AtomicU64,
     pub(super) applied_changes: AtomicU64,
+    /// The highest seq a primary announced durable in its journal (0: none); persisted with
+    /// the watermark (see [`crate::lineage::judge_tail`]).
+    primary_durable: Arc<AtomicU64>,
 }
 
 /// Per-stream receive state kept between batches (one per Ship stream).
@@ -101,8 +105,14 @@ impl ReplicaGroup {
     ) -> Result<ReplicaGroup> {
         crate::durable_dir::create_dir_durable(dir)?;
         let meta_path = dir.join(REPLICA_META_FILE);
-        let (meta, v) = SlotFile::open(&meta_path, REPLICA_META_MAGIC, 2, &[0, 0])?;
+        let (meta, v) = SlotFile::open(
+            &meta_path,
+            REPLICA_META_MAGIC,
+            REPLICA_META_VALUES,
+            &[0; REPLICA_META_VALUES],
+        )?;
         let (watermark, fence) = (Seq(v[0]), Epoch(v[1]));
+        let primary_durable = Arc::new(AtomicU64::new(v.get(2).copied().unwrap_or(0)));
         let mut res = HashMap::new();
         for (rname, path) in resources {
             let existed = path.exists();
@@ -154,6 +164,7 @@ impl ReplicaGroup {
             inner: Mutex::new(Inner {
                 dir: dir.to_owned(),
                 meta,
+                primary_durable: Arc::clone(&primary_durable),
                 watermark,
                 persisted: watermark,
                 fence,
@@ -168,6 +179,7 @@ impl ReplicaGroup {
             }),
             applied_frames: AtomicU64::new(0),
             applied_changes: AtomicU64::new(0),
+            primary_durable,
         })
     }
 
@@ -202,6 +214,26 @@ impl ReplicaGroup {
     /// The group name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A primary announced its journal durable through `seq`: kept in memory at once and
+    /// persisted with the next watermark (no fdatasync of its own), so a restarted replica
+    /// knows it up to the last batch it made durable.
+    pub fn note_primary_durable(&self, seq: Seq) {
+        self.primary_durable
+            .fetch_max(seq.0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The highest seq a primary announced durable (as far as persisted, after a restart),
+    /// if any.
+    pub fn primary_durable(&self) -> Option<Seq> {
+        match self
+            .primary_durable
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => None,
+            s => Some(Seq(s)),
+        }
     }
 
     /// Highest seq applied and durable here.
@@ -364,7 +396,7 @@ impl ReplicaGroup {
             fault::check("replica-before-fence")
                 .map_err(|e| ReplicatorError::io("persist fence", inner.meta.path(), e))?;
             let wm = inner.persisted;
-            inner.meta.write(&[wm.0, epoch.0])?;
+            inner.persist_meta(wm, epoch)?;
             inner.fence = epoch;
         }
         Ok(())
@@ -402,7 +434,7 @@ impl ReplicaGroup {
     pub fn reset_watermark(&self, seq: Seq) -> Result<()> {
         let mut inner = self.inner();
         let fence = inner.fence;
-        inner.meta.write(&[seq.0, fence.0])?;
+        inner.persist_meta(seq, fence)?;
         inner.watermark = seq;
         inner.persisted = seq;
         inner.pending.clear();

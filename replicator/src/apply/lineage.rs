@@ -55,7 +55,13 @@ impl ReplicaGroup {
     pub fn judge_lineage(&self, epoch: Epoch, starts: &[GenerationStart]) -> Result<Judgement> {
         let inner = self.inner();
         let bound = read_bound(&inner.dir)?;
-        let verdict = judge(bound, inner.watermark, epoch, starts);
+        let verdict = judge(
+            bound,
+            inner.watermark,
+            epoch,
+            starts,
+            self.primary_durable(),
+        );
         match &verdict {
             Judgement::Accept {
                 bind: Some(generation),
@@ -69,6 +75,11 @@ impl ReplicaGroup {
                 }
             }
             Judgement::Accept { bind: None } => {}
+            Judgement::RollBack { watermark, kept } => {
+                tracing::warn!(group = %self.name(), %watermark, %kept,
+                    "this copy holds seqs the primary lost before its journal sync ended (never acknowledged): \
+                     it must be resynced from the primary");
+            }
             refused => {
                 tracing::error!(group = %self.name(), reason = ?refused.reason(self.name()), "refusing the primary's history");
             }

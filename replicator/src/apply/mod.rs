@@ -8,7 +8,8 @@
 //! fdatasync the history BEFORE their data is written (`deferred`: unsynced data may reach the
 //! disk at any moment, and must never get there before the record of what it overwrote),
 //! `pwrite` its changes, fdatasync every touched file, THEN
-//! persist the watermark (`replica.slots`: watermark and epoch fence, one fdatasync), THEN
+//! persist the watermark (`replica.slots`: watermark, epoch fence and the highest seq the primary
+//! announced durable, one fdatasync), THEN
 //! acknowledge.
 //! All methods do blocking I/O: call them from `spawn_blocking`.
 //!

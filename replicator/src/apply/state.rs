@@ -11,8 +11,9 @@ use tandem_core::ids::{Epoch, Seq};
 
 /// Magic of the replica metadata file.
 pub const REPLICA_META_MAGIC: [u8; 4] = *b"TNDW";
-/// Name of the replica metadata file (a [`SlotFile`] of watermark and fence) in the group
-/// directory.
+/// Name of the replica metadata file (a [`SlotFile`] of watermark, fence and the highest seq
+/// a primary announced durable, see [`crate::lineage::judge_tail`]) in the group directory.
+/// Files written before the third value read it as 0 (unknown).
 pub const REPLICA_META_FILE: &str = "replica.slots";
 
 /// Pages of a SQLite transaction received but not yet committed.
@@ -57,6 +58,9 @@ pub(super) struct Inner {
     /// The group's replica folder (metadata files).
     pub(super) dir: PathBuf,
     pub(super) meta: SlotFile,
+    /// The highest seq a primary announced durable (0: none), shared with the stream reader
+    /// that notes it; persisted with every metadata write.
+    pub(super) primary_durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) watermark: Seq,
     /// The watermark as persisted and acknowledged (lower than `watermark` while a SQLite
     /// transaction is buffered).
@@ -77,4 +81,18 @@ pub(super) struct Inner {
     /// power loss at the `replica-before-fsync` failpoint garbles. Kept only in a build with
     /// failpoints.
     pub(super) unsynced: Vec<(String, u64, u64)>,
+}
+
+/// Values in [`REPLICA_META_FILE`].
+pub(super) const REPLICA_META_VALUES: usize = 3;
+
+impl Inner {
+    /// Persists the watermark `wm` and fence `fence` (one fdatasync), with the highest seq a
+    /// primary announced durable so far.
+    pub(super) fn persist_meta(&mut self, wm: Seq, fence: Epoch) -> crate::error::Result<()> {
+        let p = self
+            .primary_durable
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.meta.write(&[wm.0, fence.0, p])
+    }
 }

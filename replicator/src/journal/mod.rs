@@ -525,14 +525,27 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends frames durably (group commit): reserves their seqs durably if they are past
-    /// the reservation, writes them all, one fdatasync, then publishes them to readers. Only
-    /// one thread may call this.
+    /// Appends frames durably (group commit): [`Self::write`], then [`Self::sync`]. Only one
+    /// thread may call this.
+    ///
+    /// # Errors
+    /// As [`Self::write`] and [`Self::sync`].
+    pub fn append(&self, frames: &[NewFrame]) -> Result<()> {
+        self.write(frames)?;
+        self.sync()
+    }
+
+    /// Writes frames (the first half of a group commit): reserves their seqs durably if they
+    /// are past the reservation, writes them all to the current segment (not yet
+    /// fdatasync'ed) and publishes them to readers ([`Self::frames_from`], [`Self::last_seq`]),
+    /// so the shipper may send them while [`Self::sync`] makes them durable. Until that sync
+    /// returns, a power loss may drop them: nothing may be acknowledged on them before it.
+    /// Only one thread may call this.
     ///
     /// # Errors
     /// [`ReplicatorError::InvalidSubmission`] if the seqs do not continue the journal;
-    /// [`ReplicatorError::Io`] on write or sync failure (the frames are then not published).
-    pub fn append(&self, frames: &[NewFrame]) -> Result<()> {
+    /// [`ReplicatorError::Io`] on write failure (the frames are then not published).
+    pub fn write(&self, frames: &[NewFrame]) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut expect = self.next_seq();
         for f in frames {
@@ -621,6 +634,28 @@ impl Journal {
             });
             *cur += len;
         }
+        drop(w);
+        let mut st = self.state();
+        for e in entries {
+            st.pending_bytes += u64::from(e.len);
+            st.index.push_back(e);
+        }
+        if !frames.is_empty() {
+            st.next_seq = expect;
+            st.last_seq = Seq(expect.0 - 1);
+        }
+        Ok(())
+    }
+
+    /// Makes every frame [`Self::write`] wrote durable: one fdatasync of the current segment
+    /// (the second half of a group commit; segments closed by a rotation were synced then).
+    /// Only the writer thread may call this.
+    ///
+    /// # Errors
+    /// [`ReplicatorError::Io`] on sync failure: the frames written since the last sync may or
+    /// may not be durable (readers may already have read them).
+    pub fn sync(&self) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let synced = w.synced;
         let mut now_synced = None;
         if let Some((key, file, cur)) = &w.current {
@@ -657,16 +692,22 @@ impl Journal {
         if let Some(len) = now_synced {
             w.synced = len;
         }
-        let mut st = self.state();
-        for e in entries {
-            st.pending_bytes += u64::from(e.len);
-            st.index.push_back(e);
-        }
-        if !frames.is_empty() {
-            st.next_seq = expect;
-            st.last_seq = Seq(expect.0 - 1);
-        }
         Ok(())
+    }
+
+    /// A power loss for the failpoints: cuts the current segment back to its length at the
+    /// last fdatasync (what the page cache had not written is gone) and makes that durable.
+    /// The caller then aborts the process.
+    pub(crate) fn lose_unsynced(&self) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, file, cur)) = &w.current {
+            let _ = file.set_len(w.synced).and_then(|()| file.sync_all());
+            eprintln!(
+                "power loss: dropped {} unsynced bytes of {}",
+                cur - w.synced,
+                segment_path(&self.dir, *key).display()
+            );
+        }
     }
 
     /// Reads whole frames covering seqs from `from` on, oldest first, up to about `max_bytes`

@@ -58,7 +58,7 @@ pub(super) fn stored_watermark(dir: &Path) -> Result<Option<u64>> {
     if !path.exists() {
         return Ok(None);
     }
-    let (_, v) = crate::meta::SlotFile::open(&path, crate::apply::REPLICA_META_MAGIC, 2, &[0, 0])?;
+    let (_, v) = crate::meta::SlotFile::open(&path, crate::apply::REPLICA_META_MAGIC, 3, &[0; 3])?;
     Ok(v.first().copied())
 }
 

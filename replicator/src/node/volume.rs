@@ -12,8 +12,10 @@ use tandem_core::clock::{Clock, SystemClock};
 use tandem_core::frame::Change;
 use tandem_core::ids::Seq;
 
-/// The write path of one protected volume: journal (and replica, in sync mode) first, then the
-/// local image; writable only while this site is primary and holds a live lease.
+/// The write path of one protected volume: the change is journaled (its frame shipped to the
+/// replica while the journal's fdatasync runs), written to the local image once durable in
+/// the journal, and acknowledged once the mode's promise holds (sync: the replica has it
+/// durable too); writable only while this site is primary and holds a live lease.
 pub struct GroupVolume {
     pub(super) resource: String,
     pub(super) file: FileVolume,
@@ -83,13 +85,15 @@ pub(super) struct Journaled {
     pub(super) pipeline: Arc<GroupPipeline>,
     pub(super) seq: Seq,
     pub(super) resource: String,
-    /// Its frame is not shipped until the image write is done; a failure fences the group.
+    /// Its frame is not released (covered by the image sync before a trim) until the image
+    /// write is done; a failure fences the group.
     pub(super) hold: Option<ImageHold>,
 }
 
 impl Journaled {
-    /// The image write of the change ended with `r`: releases its frame to the shipper, or
-    /// fences the group (the replica must never hold a write this image lacks).
+    /// The image write of the change ended with `r`: releases its frame (the image sync
+    /// before a trim covers it), or fences the group (nothing more is acknowledged; the
+    /// journal keeps the write for a replay, so the copies converge).
     /// A failed image write answers EIO whatever the file said (ENOSPC, EPERM...): the change
     /// is journaled, and a restart's replay writes it, so it may still land.
     pub(super) fn imaged<T>(&mut self, r: Result<T, VolumeError>) -> Result<T, VolumeError> {

@@ -1,11 +1,15 @@
 //! What must hold before the primary lets go of a change, and when:
 //!
-//! - **Shipping waits for the image write.** A change journaled for a volume is written to the
-//!   image after the journal. Its frame is released to the shipper (`durable_local` moves
-//!   past it) only once every such write of the frame said it is done ([`ImageHold`]); frames
-//!   are released in seq order. An image write that fails fences the group for good: the frame
-//!   and every later one stay unshipped, so the replica never holds a write the primary lacks,
-//!   and nothing more is acknowledged.
+//! - **The image write waits for the journal; shipping does not wait for either.** A frame is
+//!   shipped as soon as the journal writer wrote it (`shippable`), while the journal's
+//!   fdatasync runs; a change journaled for a volume is written to the image once the journal
+//!   holds it durably. The frame is *released* (`durable_local` moves past it: what the image
+//!   sync before a trim covers) only once every such write of the frame said it is done
+//!   ([`ImageHold`]); frames are released in seq order. An image write that fails fences the
+//!   group for good: nothing more is acknowledged or trimmed. The replica may already hold
+//!   that write: the primary's journal holds it durably and a restart replays it onto the
+//!   image, so the copies converge; and a replica holding seqs the primary lost before its
+//!   fdatasync (a crash in between) is rolled back by a resync ([`crate::lineage::judge_tail`]).
 //! - **Images durable before a trim.** The journal is the only durable copy of a write until
 //!   the image holding it is fdatasync'ed. Before a trim removes frames the images are synced
 //!   once (one sync per trim round, covering every released frame), and the journal is never
@@ -117,8 +121,9 @@ pub(super) trait ImageGate: Send + Sync + std::fmt::Debug {
     fn image_failed(&self, seq: Seq, error: &str);
 }
 
-/// A journaled change whose image write is pending: its frame is not shipped until
-/// [`ImageHold::written`]. [`ImageHold::failed`], or dropping it unfinished, fences the group.
+/// A journaled change whose image write is pending: its frame is not released (the image sync
+/// before a trim does not cover it) until [`ImageHold::written`]. [`ImageHold::failed`], or
+/// dropping it unfinished, fences the group.
 #[derive(Debug)]
 pub struct ImageHold {
     shared: Arc<dyn ImageGate>,
@@ -142,14 +147,14 @@ impl ImageHold {
         self.seq
     }
 
-    /// The image write is done: the frame may be shipped once its other writes are too.
+    /// The image write is done: the frame is released once its other writes are too.
     pub fn written(mut self) {
         self.done = true;
         self.shared.release(self.frame);
     }
 
-    /// The image write failed with `error`: the group is fenced, this frame and every later
-    /// one stay unshipped, nothing more is acknowledged.
+    /// The image write failed with `error`: the group is fenced, nothing more is acknowledged
+    /// or trimmed (the journal keeps the write for a replay).
     pub fn failed(mut self, error: &str) {
         self.done = true;
         self.shared.image_failed(self.seq, error);

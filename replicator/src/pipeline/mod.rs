@@ -6,8 +6,10 @@
 //! `batch_max_delay` only while earlier frames are on their way to the journal) → queue of one
 //! → encoders (`ordered`: up to one frame per core compressed and hashed at once on the
 //! blocking pool, released in seq order) → bounded queue → one writer thread (drains what is
-//! queued, one [`Journal::append`] = one fdatasync, completes every waiter). The shipper (the
-//! `ship` room, which depends on this one) reads the journal from there.
+//! queued, one [`Journal::write`], then one [`Journal::sync`] = one fdatasync, completes every
+//! waiter). The shipper (the `ship` room, which depends on this one) reads the journal from
+//! there as soon as the frames are written (`shippable`), so the replica makes a frame durable
+//! while the primary's fdatasync runs; a write is acknowledged only once both are done.
 
 //!
 //! Rooms: [`config`] (settings, mode, consent), [`progress`] (what heartbeats report),
@@ -80,6 +82,8 @@ impl GroupPipeline {
             mode: cfg.mode,
             fenced: watch::channel(None).0,
             durable_local: watch::channel(last).0,
+            shippable: watch::channel(last).0,
+            journal_synced: watch::channel(last).0,
             durable_replica: watch::channel(trimmed).0,
             queued_bytes: AtomicU64::new(0),
             inflight_frames: AtomicUsize::new(0),
@@ -193,9 +197,10 @@ impl GroupPipeline {
     }
 
     /// As [`Self::journal_and_return`], for a caller that writes the changes to a local image
-    /// next (the NBD write path): their frame is not shipped until the returned
-    /// [`ImageHold`] says the image write is done; a failed (or abandoned) image write fences
-    /// the group, so the replica never holds a write this site lacks.
+    /// next (the NBD write path): their frame is not released (covered by the image sync
+    /// before a trim) until the returned [`ImageHold`] says the image write is done; a failed
+    /// (or abandoned) image write fences the group (nothing more is acknowledged; the journal
+    /// keeps the write, and a restart replays it onto the image).
     ///
     /// # Errors
     /// As [`Self::journal_and_return`].

@@ -25,8 +25,9 @@ pub(super) struct Submission {
     /// Hand the changes back once durable (the caller still needs their data) instead of
     /// dropping them once encoded.
     pub(super) give_back: bool,
-    /// The submitter writes an image after the journal: its frame is not shipped until it
-    /// says the image write is done ([`ImageHold`]).
+    /// The submitter writes an image after the journal: its frame is not released (covered
+    /// by the image sync before a trim) until it says the image write is done
+    /// ([`ImageHold`]).
     pub(super) hold: bool,
     pub(super) done: Done,
 }
@@ -65,7 +66,14 @@ pub(crate) struct Shared {
     pub(super) mode: Mode,
     pub(super) epoch: AtomicU64,
     pub(crate) fenced: watch::Sender<Option<String>>,
+    /// Journaled (durable locally) and every image write of it done: what the image sync
+    /// before a trim covers (see `durability`).
     pub(crate) durable_local: watch::Sender<Seq>,
+    /// Written to the journal (maybe not yet durable): what the shipper may send. Ahead of
+    /// `journal_synced` while a group commit's fdatasync runs.
+    pub(crate) shippable: watch::Sender<Seq>,
+    /// Durable in the journal: what the shipper announces to the replica (`Durable`).
+    pub(crate) journal_synced: watch::Sender<Seq>,
     pub(crate) durable_replica: watch::Sender<Seq>,
     pub(super) queued_bytes: AtomicU64,
     pub(super) inflight_frames: AtomicUsize,

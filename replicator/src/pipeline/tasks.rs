@@ -1,6 +1,7 @@
 //! The pipeline's tasks: the batcher (assigns seqs, batches, encodes off the reactor), the one
-//! journal writer thread (one append = one fdatasync, then every waiter), and the loop that
-//! brings the coordinators' view of a sync degradation in line with the pipeline's.
+//! journal writer thread (one write, released to the shipper, then one fdatasync, then every
+//! waiter), and the loop that brings the coordinators' view of a sync degradation in line with
+//! the pipeline's.
 
 use crate::error::ReplicatorError;
 use crate::journal::NewFrame;
@@ -264,8 +265,44 @@ pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteJob>)
     }
 }
 
-/// Appends `jobs` to the journal (one fdatasync) and answers their waiters. Returns false if
-/// the append failed (the group is fenced and the waiters failed).
+/// Failpoint `journal-before-fsync-shipped`: frames through `last` are written and released
+/// to the shipper, their fdatasync not yet run. `lose` waits (up to 5 s) for the replica to
+/// acknowledge them durable, then drops the journal's unsynced tail and aborts: a power loss
+/// that leaves the replica holding seqs this primary lost (never acknowledged). `crash`
+/// aborts at once; `eio` / `enospc` fail the sync.
+fn shipped_before_sync(shared: &Shared, last: Seq) -> crate::error::Result<()> {
+    use tandem_core::fault::{self, Injected};
+    const NAME: &str = "journal-before-fsync-shipped";
+    match fault::hit(NAME) {
+        None => Ok(()),
+        Some(Injected::Crash) => fault::crash(NAME),
+        Some(Injected::LoseUnsynced) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while *shared.durable_replica.borrow() < last && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            eprintln!(
+                "failpoint {NAME}: replica durable through {}, journal synced through {}",
+                *shared.durable_replica.borrow(),
+                *shared.journal_synced.borrow()
+            );
+            shared.journal.lose_unsynced();
+            fault::crash(NAME)
+        }
+        Some(inj @ (Injected::Eio | Injected::Enospc)) => Err(ReplicatorError::io(
+            "fdatasync",
+            std::path::PathBuf::from("journal"),
+            inj.io_error(NAME),
+        )),
+    }
+}
+
+/// Appends `jobs` to the journal and answers their waiters: writes the frames, lets the
+/// shipper send them (`shippable`), then one fdatasync; the waiters hear only after it, so no
+/// write is acknowledged before it is durable here (and, in sync mode, the acknowledgement
+/// also waits for the replica). Returns false if the append failed (the group is fenced and
+/// the waiters failed; frames already shipped were never acknowledged, see
+/// [`crate::lineage::judge_tail`]).
 fn append_and_complete(shared: &Arc<Shared>, mut jobs: Vec<WriteJob>) -> bool {
     let frames: Vec<NewFrame> = jobs
         .iter_mut()
@@ -276,7 +313,17 @@ fn append_and_complete(shared: &Arc<Shared>, mut jobs: Vec<WriteJob>) -> bool {
             oldest_capture_ms: j.frame.oldest_capture_ms,
         })
         .collect();
-    let result = shared.journal.append(&frames);
+    let last = jobs.last().map(|j| j.frame.last_seq);
+    let result = shared.journal.write(&frames).and_then(|()| {
+        if let Some(last) = last {
+            shared.shippable.send_replace(last);
+            shipped_before_sync(shared, last)?;
+        }
+        shared.journal.sync()
+    });
+    if let (Ok(()), Some(last)) = (&result, last) {
+        shared.journal_synced.send_replace(last);
+    }
     for f in frames {
         shared.give_spare_frame(f.bytes);
     }

@@ -417,6 +417,7 @@ impl Replication for ReplicationService {
                     .send(response(ship_response::Msg::Welcome(Welcome {
                         watermark: watermark.0,
                         epoch: fence.0,
+                        primary_durable: group.primary_durable().map(|s| s.0),
                     })))
                     .await;
                 let state = StreamState {

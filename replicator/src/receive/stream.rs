@@ -8,6 +8,7 @@ use crate::apply::{Received, ReplicaGroup, StreamState};
 use crate::pipeline::ordered;
 use std::sync::Arc;
 use tandem_core::frame::{Decoder, FrameHeader};
+use tandem_core::ids::Seq;
 use tandem_core::proto::{ship_request, ship_response, ShipRequest, ShipResponse};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -69,13 +70,25 @@ enum Decoded {
 /// wait here while a batch is applied (bounded: at most this many frames).
 const DECODED_AHEAD: usize = 8;
 
-/// Reads the stream's messages into `jobs` until it ends, fails or is refused.
-async fn read_inbound(mut inbound: Streaming<ShipRequest>, jobs: mpsc::Sender<Inbound>) {
+/// Reads the stream's messages into `jobs` until it ends, fails or is refused; notes the
+/// primary's durability announcements on `group` as they come.
+async fn read_inbound(
+    group: Arc<ReplicaGroup>,
+    mut inbound: Streaming<ShipRequest>,
+    jobs: mpsc::Sender<Inbound>,
+) {
     loop {
         let item = match inbound.message().await {
             Ok(Some(ShipRequest {
                 msg: Some(ship_request::Msg::Frame(f)),
             })) => Inbound::Frame(f),
+            Ok(Some(ShipRequest {
+                msg: Some(ship_request::Msg::Durable(d)),
+            })) => {
+                // Not part of the frame order: noted at once (see `lineage::judge_tail`).
+                group.note_primary_durable(Seq(d));
+                continue;
+            }
             Ok(Some(_)) => Inbound::NotAFrame,
             Ok(None) => return,
             Err(e) => {
@@ -144,7 +157,7 @@ pub(super) async fn run_stream(
     };
     let (jtx, jrx) = mpsc::channel(1);
     let (dtx, mut decoded) = mpsc::channel(DECODED_AHEAD);
-    let _reader = AbortOnDrop(tokio::spawn(read_inbound(inbound, jtx)));
+    let _reader = AbortOnDrop(tokio::spawn(read_inbound(Arc::clone(&group), inbound, jtx)));
     ordered::spawn_ordered(decoders, decode, small, jrx, dtx);
     loop {
         let first = tokio::select! {
