@@ -43,7 +43,15 @@ pub(crate) fn cluster(
     more_groups: &str,
     insecure: bool,
 ) -> Result<(Cluster, Vec<String>, u16)> {
-    cluster_with(dir, mode, volume_mib, group_extra, more_groups, insecure, "")
+    cluster_with(
+        dir,
+        mode,
+        volume_mib,
+        group_extra,
+        more_groups,
+        insecure,
+        "",
+    )
 }
 
 /// [`cluster`] with extra `key = value` lines in `[cluster]` (`rpo_sample_interval = "1s"`).
