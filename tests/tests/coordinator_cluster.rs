@@ -14,22 +14,29 @@ fn audit_has(topo: &Topo, ask: &str, needle: &str) -> bool {
     code == 0 && out.contains(needle)
 }
 
+/// Starts every coordinator and waits for a leader with the topology bootstrapped: the
+/// processes by name, and the leader's name.
+fn start_coordinators(topo: &Topo) -> (HashMap<String, NodeProc>, String) {
+    let procs: HashMap<String, NodeProc> = topo
+        .coordinators
+        .iter()
+        .map(|n| (n.clone(), NodeProc::start(topo, n)))
+        .collect();
+    let lead = topo.wait_status(&[], Duration::from_secs(20), "a leader and groups", |st| {
+        (st["groups"].as_array().is_some_and(|g| !g.is_empty()))
+            .then(|| leader(st))
+            .flatten()
+    });
+    (procs, lead)
+}
+
 fn leader_loss_and_catch_up(coords: [usize; 3]) {
     let topo = Topo::new(TopoOpts {
         coords,
         ..TopoOpts::default()
     });
     // 1. Start every coordinator; a leader is elected and the topology bootstrapped.
-    let mut procs: HashMap<String, NodeProc> = topo
-        .coordinators
-        .iter()
-        .map(|n| (n.clone(), NodeProc::start(&topo, n)))
-        .collect();
-    let first = topo.wait_status(&[], Duration::from_secs(20), "a leader and groups", |st| {
-        (st["groups"].as_array().is_some_and(|g| !g.is_empty()))
-            .then(|| leader(st))
-            .flatten()
-    });
+    let (mut procs, first) = start_coordinators(&topo);
     let term0 = topo.status(&[]).unwrap()["term"].as_u64().unwrap();
 
     // 2. kill -9 the leader: another is elected and status keeps answering.
@@ -242,16 +249,7 @@ fn a_coordinator_back_after_compaction_back_fills_the_audit_chain_from_a_peer() 
             "snapshot_entries = 16\nsnapshot_min_interval = \"0s\"\naudit_memory_records = 32",
         ..TopoOpts::default()
     });
-    let mut procs: HashMap<String, NodeProc> = topo
-        .coordinators
-        .iter()
-        .map(|n| (n.clone(), NodeProc::start(&topo, n)))
-        .collect();
-    let lead = topo.wait_status(&[], Duration::from_secs(20), "a leader and groups", |st| {
-        (st["groups"].as_array().is_some_and(|g| !g.is_empty()))
-            .then(|| leader(st))
-            .flatten()
-    });
+    let (mut procs, lead) = start_coordinators(&topo);
     // 1. Some records every node applies.
     for i in 0..10 {
         one_record(&topo, &lead, i);

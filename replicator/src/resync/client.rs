@@ -41,6 +41,34 @@ pub async fn fetch_tree(
         .map(|(t, b, _)| (t, b))
 }
 
+/// One `Merkle` call: the reply, whose block size must be the one asked, and the bytes both
+/// ways on the wire.
+async fn merkle_call(
+    client: &mut ReplicationClient<Channel>,
+    req: MerkleRequest,
+    group: &str,
+    resource: &str,
+) -> Result<(tandem_core::proto::MerkleReply, u64), ResyncError> {
+    let block_size = req.block_size;
+    let req_len = req.encoded_len() as u64;
+    let reply = client
+        .merkle(req)
+        .await
+        .map_err(|s| rpc_err("Merkle", group, resource, s))?
+        .into_inner();
+    let bytes = req_len + reply.encoded_len() as u64;
+    if reply.block_size != block_size {
+        return Err(ResyncError::BadReply {
+            rpc: "Merkle",
+            reason: format!(
+                "block_size {} but {} was asked",
+                reply.block_size, block_size
+            ),
+        });
+    }
+    Ok((reply, bytes))
+}
+
 /// [`fetch_tree`], also returning the source's watermark at the time it hashed.
 ///
 /// # Errors
@@ -59,22 +87,7 @@ pub async fn fetch_tree_at(
         barrier: false,
         ..Default::default()
     };
-    let req_len = req.encoded_len() as u64;
-    let reply = client
-        .merkle(req)
-        .await
-        .map_err(|s| rpc_err("Merkle", group, resource, s))?
-        .into_inner();
-    let bytes = req_len + reply.encoded_len() as u64;
-    if reply.block_size != block_size {
-        return Err(ResyncError::BadReply {
-            rpc: "Merkle",
-            reason: format!(
-                "block_size {} but {} was asked",
-                reply.block_size, block_size
-            ),
-        });
-    }
+    let (reply, bytes) = merkle_call(client, req, group, resource).await?;
     let tree = MerkleTree::from_leaves_bytes(reply.block_size, reply.length, &reply.leaves)?;
     if reply.root.as_slice() != tree.root().as_slice() {
         return Err(ResyncError::BadReply {
@@ -260,22 +273,7 @@ async fn initial_sync(
         block_count: 1,
         ..Default::default()
     };
-    let req_len = req.encoded_len() as u64;
-    let reply = client
-        .merkle(req)
-        .await
-        .map_err(|s| rpc_err("Merkle", group, resource, s))?
-        .into_inner();
-    let wire = req_len + reply.encoded_len() as u64;
-    if reply.block_size != block_size {
-        return Err(ResyncError::BadReply {
-            rpc: "Merkle",
-            reason: format!(
-                "block_size {} but {} was asked",
-                reply.block_size, block_size
-            ),
-        });
-    }
+    let (reply, wire) = merkle_call(client, req, group, resource).await?;
     let length = reply.length;
     if let Some(max) = options.max_length {
         change_bounds(0, length, max).map_err(|e| ResyncError::OutOfBounds {
