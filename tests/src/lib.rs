@@ -266,6 +266,11 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `tandem node --config CONFIG --name NAME`, logging to DIR/NAME.log.
     pub fn start(topo: &Topo, name: &str) -> NodeProc {
+        NodeProc::start_with_env(topo, name, &[])
+    }
+
+    /// [`NodeProc::start`] with extra environment variables (a failpoint file, `NODE_HOME`).
+    pub fn start_with_env(topo: &Topo, name: &str, env: &[(&str, &std::ffi::OsStr)]) -> NodeProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -276,6 +281,7 @@ impl NodeProc {
             .arg(&topo.config)
             .args(["--name", name])
             .env("TANDEM_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -390,26 +390,11 @@ fn a_scanned_volume_written_by_others_reaches_a_byte_identical_replica_across_a_
 
 /// Starts node `name` as [`NodeProc::start`] does, following the failpoint file `fp`.
 fn start_with_failpoints(topo: &Topo, name: &str, fp: &std::path::Path) -> NodeProc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(topo.path().join(format!("{name}.log")))
-        .unwrap();
-    let child = Command::new(tandem_tests::tandem_bin())
-        .args(["node", "--config"])
-        .arg(&topo.config)
-        .args(["--name", name])
-        .env("TANDEM_LOG", "info")
-        .env(tandem_core::fault::FAILPOINTS_FILE_ENV, fp)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    NodeProc {
-        name: name.to_owned(),
-        child,
-    }
+    NodeProc::start_with_env(
+        topo,
+        name,
+        &[(tandem_core::fault::FAILPOINTS_FILE_ENV, fp.as_os_str())],
+    )
 }
 
 /// Writes `ws` through the export at `url` once it takes writes (a restarted primary's

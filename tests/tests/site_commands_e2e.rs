@@ -7,14 +7,13 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tandem_core::config::Topology;
 use tandem_core::net::Net;
 use tandem_core::proto::coordinator_client::CoordinatorClient;
 use tandem_core::proto::replication_client::ReplicationClient;
 use tandem_core::proto::{PlannedStepRequest, RunStepRequest};
-use tandem_tests::{dump_logs, tandem_bin, NodeProc, Topo, TopoOpts};
+use tandem_tests::{dump_logs, NodeProc, Topo, TopoOpts};
 
 /// The environment variable that tells each node process its own folder: only that process
 /// (and its children) has it, so a file written under `$NODE_HOME` says which process ran
@@ -30,26 +29,7 @@ fn home(topo: &Topo, name: &str) -> PathBuf {
 fn start(topo: &Topo, name: &str) -> NodeProc {
     let dir = home(topo, name);
     std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(topo.path().join(format!("{name}.log")))
-        .unwrap();
-    let child = Command::new(tandem_bin())
-        .args(["node", "--config"])
-        .arg(&topo.config)
-        .args(["--name", name])
-        .env("TANDEM_LOG", "info")
-        .env(NODE_HOME, &dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    NodeProc {
-        name: name.to_owned(),
-        child,
-    }
+    NodeProc::start_with_env(topo, name, &[(NODE_HOME, dir.as_os_str())])
 }
 
 /// Every node started (each with its own `NODE_HOME`), the volume group protected.

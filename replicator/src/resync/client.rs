@@ -2,7 +2,7 @@
 //! differing blocks with `ReadBlocks` (keeping what a failback overwrites), writes, syncs and
 //! re-hashes. Network and file I/O.
 
-use super::compare::{hex, verify};
+use super::compare::{hex, verify, VerifyReport};
 use super::copy::{
     copy_blocks, keep_old, tree_from_sent_leaves, Copy, Expect, Keeper, Target, Tick,
 };
@@ -39,6 +39,24 @@ pub async fn fetch_tree(
     fetch_tree_at(client, group, resource, block_size)
         .await
         .map(|(t, b, _)| (t, b))
+}
+
+/// Compares the source's tree with the target's after the copy: a difference is an error
+/// naming the ranges, unless the source is live (it changed under the copy).
+fn roots_agree(
+    source: &MerkleTree,
+    after: &MerkleTree,
+    live_source: bool,
+) -> Result<VerifyReport, ResyncError> {
+    let check = verify(source, after)?;
+    if !check.equal && !live_source {
+        return Err(ResyncError::RootMismatch {
+            source_root: hex(&check.root_a),
+            target_root: hex(&check.root_b),
+            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
+        });
+    }
+    Ok(check)
 }
 
 /// One `Merkle` call: the reply, whose block size must be the one asked, and the bytes both
@@ -214,14 +232,7 @@ pub async fn resync(
         read_back_tree(&file, &path, &local, &written, block_size, length)
     })
     .await??;
-    let check = verify(&source, &after)?;
-    if !check.equal && !options.live_source {
-        return Err(ResyncError::RootMismatch {
-            source_root: hex(&check.root_a),
-            target_root: hex(&check.root_b),
-            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
-        });
-    }
+    let check = roots_agree(&source, &after, options.live_source)?;
     Ok(ResyncReport {
         blocks_total: total,
         blocks_differing: wanted.len() as u64,
@@ -308,14 +319,7 @@ async fn initial_sync(
     let source = tree_from_sent_leaves(block_size, length, copied.leaves)?;
     let path = target.to_path_buf();
     let after = blocking(move || sync_and_rehash(&file, &path, block_size)).await??;
-    let check = verify(&source, &after)?;
-    if !check.equal && !options.live_source {
-        return Err(ResyncError::RootMismatch {
-            source_root: hex(&check.root_a),
-            target_root: hex(&check.root_b),
-            ranges: merkle::describe_byte_ranges(&check.differing_bytes),
-        });
-    }
+    let check = roots_agree(&source, &after, options.live_source)?;
     let before = verify(&source, &MerkleTree::empty(block_size)?)?;
     Ok(ResyncReport {
         blocks_total: total,
