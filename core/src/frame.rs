@@ -483,6 +483,8 @@ impl FrameError {
 pub struct Encoder {
     compressor: zstd::bulk::Compressor<'static>,
     raw: Vec<u8>,
+    /// The zstd level the context is set to; 0: frames are stored raw.
+    level: i32,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -496,13 +498,39 @@ impl Encoder {
     ///
     /// # Errors
     /// [`FrameError::Encode`] if zstd cannot create its context.
+    /// Level 0 stores every frame raw (zstd's own level 0 would mean its default level).
     pub fn new(level: i32) -> Result<Encoder, FrameError> {
-        let compressor =
-            zstd::bulk::Compressor::new(level).map_err(|e| FrameError::Encode(e.to_string()))?;
+        let compressor = zstd::bulk::Compressor::new(level.max(1))
+            .map_err(|e| FrameError::Encode(e.to_string()))?;
         Ok(Encoder {
             compressor,
             raw: Vec::new(),
+            level: level.max(0),
         })
+    }
+
+    /// The level frames are encoded at (0: stored raw).
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Encodes the next frames at `level` (0: stored raw); the zstd context is kept. A frame
+    /// of any level decodes the same way.
+    ///
+    /// # Errors
+    /// [`FrameError::Encode`] if zstd refuses the level.
+    pub fn set_level(&mut self, level: i32) -> Result<(), FrameError> {
+        let level = level.max(0);
+        if level == self.level {
+            return Ok(());
+        }
+        if level > 0 {
+            self.compressor
+                .set_compression_level(level)
+                .map_err(|e| FrameError::Encode(format!("zstd level {level}: {e}")))?;
+        }
+        self.level = level;
+        Ok(())
     }
 
     /// Encodes `changes` as one frame at `meta`.
@@ -543,8 +571,8 @@ impl Encoder {
         out.clear();
         out.reserve(HEADER_LEN + room.max(raw_len));
         out.resize(HEADER_LEN, 0);
-        let compressed = raw_len >= MIN_COMPRESS_LEN
-            && self.compress_pieces(changes, &mut out, &mut hash, raw_len)?;
+        let attempt = raw_len >= MIN_COMPRESS_LEN && self.level > 0;
+        let compressed = attempt && self.compress_pieces(changes, &mut out, &mut hash, raw_len)?;
         if !compressed {
             // Stored raw: the pieces copied after the header (hashed here unless the
             // compression attempt hashed them already).
@@ -553,7 +581,7 @@ impl Encoder {
                 push_head(c, &mut out);
                 out.extend_from_slice(&c.data);
             }
-            if raw_len < MIN_COMPRESS_LEN {
+            if !attempt {
                 hash.update(&out[HEADER_LEN..]);
             }
         }

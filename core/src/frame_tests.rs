@@ -336,6 +336,25 @@ proptest! {
     }
 
     #[test]
+    fn any_batch_round_trips_at_any_level_one_encoder_switching(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec(arb_change(), 0..12), prop_oneof![Just(0i32), Just(-3i32), 1i32..6]),
+            1..6)) {
+        let mut enc = Encoder::new(1).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        for (changes, level) in batches {
+            enc.set_level(level).unwrap();
+            prop_assert_eq!(enc.level(), level.max(0));
+            let bytes = enc.encode(meta(), &changes).unwrap();
+            if level <= 0 {
+                prop_assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]) & FLAG_ZSTD, 0, "level {} compressed", level);
+            }
+            let f = dec.decode(&bytes).unwrap();
+            prop_assert_eq!(f.changes, changes);
+        }
+    }
+
+    #[test]
     fn any_flipped_bit_is_detected(changes in proptest::collection::vec(arb_change(), 1..8),
                                    pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let bytes = Encoder::new(1).unwrap().encode(meta(), &changes).unwrap();

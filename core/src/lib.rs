@@ -10,6 +10,7 @@
 //! - [`group`]: a group's mode, a replicator's role and a group's state, defined once.
 //! - [`ranges`]: the one formatter of differing byte ranges and their wire form.
 //! - [`config`]: the topology config (TOML) and its validation.
+//! - [`compression`]: the compression setting of a stream (`auto`, `off`, `zstd-N`).
 //! - [`clock`]: the `Clock` that tests and the chaos harness can skew.
 //! - [`limits`]: hard size limits on everything read from the network (gRPC messages).
 //! - [`nbd`]: the pure NBD wire codec (handshake, requests, replies); no I/O.
@@ -25,6 +26,7 @@ pub mod bytes;
 pub mod certs;
 pub mod client;
 pub mod clock;
+pub mod compression;
 pub mod config;
 pub mod fault;
 pub mod frame;

@@ -539,6 +539,7 @@ async fn stream_frames(
         inflight_bytes: 0,
         pace_at: tokio::time::Instant::now(),
     };
+    shared.ship_next.store(f.next.0, Ordering::Relaxed);
     // Frames are sent once written to the journal, before (and while) the primary's own
     // fdatasync runs; the replica is told how far that sync got (`Durable`), which decides
     // what becomes of a tail it holds past a restarted primary's (`lineage::judge_tail`).
@@ -691,6 +692,7 @@ async fn send_frames(
             return Some(broken("request stream closed", f.progressed));
         }
         f.next = entry.last_seq.next();
+        shared.ship_next.store(f.next.0, Ordering::Relaxed);
         f.inflight.push_back((entry.last_seq, len));
         f.inflight_bytes += len;
         shared.frames_shipped.fetch_add(1, Ordering::Relaxed);

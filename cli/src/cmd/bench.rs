@@ -123,6 +123,10 @@ pub struct ReplArgs {
     /// costs.
     #[arg(long)]
     pub insecure: bool,
+    /// The group's `compression` setting: `zstd-1` (the default), `zstd-N`, `off` or `auto`
+    /// (the level follows the backlog the link leaves).
+    #[arg(long, default_value = "zstd-1")]
+    pub compression: tandem_core::compression::Compression,
     /// Folder for the cluster (default: a temp folder, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -222,12 +226,15 @@ fn replication(a: ReplArgs) -> Result<()> {
     let zstd_mbps = sample.len() as f64 / t.elapsed().as_secs_f64() / 1e6;
     let ratio = sample.len() as f64 / compressed as f64;
 
-    let extra = if a.history { "history = \"1h\"" } else { "" };
+    let mut extra = format!("compression = \"{}\"", a.compression);
+    if a.history {
+        extra.push_str("\nhistory = \"1h\"");
+    }
     let (c, addrs, nbd_port) = cluster(
         a.dir.as_deref(),
         &a.mode,
         a.volume_mib,
-        extra,
+        &extra,
         "",
         a.insecure,
     )?;
@@ -314,7 +321,7 @@ fn replication(a: ReplArgs) -> Result<()> {
         l.sort_by(|x, y| x.total_cmp(y));
         let e2e = written as f64 / end_to_end_secs / 1e6;
         anyhow::Ok(json!({
-            "mode": a.mode, "history": a.history, "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
+            "mode": a.mode, "history": a.history, "compression": a.compression.to_string(), "auto_level_changes": auto_level_changes(&run_dir.join("hanoi-rep.log")), "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
             "written_mb": written as f64 / 1e6,
             "intake_mb_per_s": written as f64 / write_secs / 1e6,
             "replicated_mb_per_s_end_to_end": e2e,
@@ -332,6 +339,43 @@ fn replication(a: ReplArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     drop(c);
     Ok(())
+}
+
+/// The levels `compression = "auto"` moved to, in order, from the primary's log (each change
+/// is logged once: `compression: level changed (auto)` with `level=N`).
+fn auto_level_changes(log: &Path) -> Vec<i64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("compression: level changed"))
+        .filter_map(|l| {
+            // Log lines may carry ANSI colour codes between a field's name and its value.
+            let l = strip_ansi(l);
+            let at = l.find("level=")? + "level=".len();
+            let digits: String = l[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// (user, system) CPU seconds and minor page faults of each of `pids` so far (`None` for a
@@ -879,6 +923,23 @@ mod tests {
         // No sample cannot vouch.
         assert!(!rpo_verdict(&[50.0], &[], 10.0).truthful);
         assert!(!rpo_verdict(&[], &[50.0], 10.0).truthful);
+    }
+
+    #[test]
+    fn auto_level_changes_are_read_from_a_coloured_log() {
+        let dir = std::env::temp_dir().join(format!("tandem-auto-level-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("hanoi-rep.log");
+        std::fs::write(
+            &log,
+            "\u{1b}[2mt\u{1b}[0m INFO compression: level changed (auto) \u{1b}[3mgroup\u{1b}[0m\u{1b}[2m=\u{1b}[0mvol \u{1b}[3mlevel\u{1b}[0m\u{1b}[2m=\u{1b}[0m0 backlog=0\n\
+             other line level=9\n\
+             INFO compression: level changed (auto) group=vol level=3 backlog=99\n",
+        )
+        .unwrap();
+        assert_eq!(auto_level_changes(&log), vec![0, 3]);
+        assert!(auto_level_changes(&dir.join("missing.log")).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -266,6 +266,11 @@ pub struct Group {
     /// that holds the time of day wins, `max_bandwidth` applies outside them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bandwidth_schedule: Vec<BandwidthWindow>,
+    /// How the primary compresses the group's frames (journal and wire): `zstd-1` (the
+    /// default), `zstd-N`, `off`, or `auto` (the level follows the replication backlog: raw
+    /// while the link keeps up, more compression while frames wait for it).
+    #[serde(default = "defaults::compression")]
+    pub compression: crate::compression::Compression,
     /// Most journal the primary keeps for frames not yet acknowledged. Default 1GiB.
     #[serde(default = "defaults::journal_max")]
     pub journal_max: ByteSize,
@@ -511,6 +516,9 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn audit_memory_records() -> u64 {
         4_096
+    }
+    pub(in crate::config) fn compression() -> crate::compression::Compression {
+        crate::compression::Compression::Zstd(1)
     }
     pub(in crate::config) fn sync_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)

@@ -474,6 +474,19 @@ impl Journal {
         self.state().pending_bytes
     }
 
+    /// Encoded bytes of the untrimmed frames that end at or after `seq` (the backlog from a
+    /// send position): walks the index from the newest frame back, so it costs the frames
+    /// counted.
+    pub fn bytes_from(&self, seq: Seq) -> u64 {
+        self.state()
+            .index
+            .iter()
+            .rev()
+            .take_while(|e| e.last_seq >= seq)
+            .map(|e| u64::from(e.len))
+            .sum()
+    }
+
     /// Earliest capture time of any change not yet trimmed, unix ms.
     pub fn oldest_unacked_capture_ms(&self) -> Option<i64> {
         self.state().index.front().map(|e| e.oldest_capture_ms)

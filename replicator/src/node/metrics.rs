@@ -46,6 +46,11 @@ pub(super) async fn serve_metrics(rt: &Arc<NodeRt>, stop: watch::Receiver<bool>)
             "Raw bytes captured over bytes shipped on the wire.",
             Kind::Gauge,
         );
+        let mut level = fam(
+            "tandem_compression_level",
+            "zstd level this primary encodes frames at now (0: stored raw); moves under compression = \"auto\".",
+            Kind::Gauge,
+        );
         let mut journal = fam(
             "tandem_journal_bytes",
             "Encoded bytes in the journal not yet acknowledged by the replica.",
@@ -102,6 +107,7 @@ pub(super) async fn serve_metrics(rt: &Arc<NodeRt>, stop: watch::Receiver<bool>)
                 if pr.bytes_shipped_total > 0 {
                     ratio.push(&l, pr.bytes_raw_total as f64 / pr.bytes_shipped_total as f64);
                 }
+                level.push(&l, f64::from(pr.zstd_level));
                 journal.push(&l, p.journal().pending_bytes() as f64);
                 rpo.push(&l, pr.rpo_ms(clock.now_ms()) as f64 / 1000.0);
             }
@@ -110,7 +116,7 @@ pub(super) async fn serve_metrics(rt: &Arc<NodeRt>, stop: watch::Receiver<bool>)
             watermark.push(&[("group", group)], rg.watermark().0 as f64);
         }
         vec![
-            bytes, frames, ratio, journal, jmax, rpo, lease, writable, watermark,
+            bytes, frames, ratio, level, journal, jmax, rpo, lease, writable, watermark,
         ]
     });
     let (bound, _task) = tandem_core::metrics::start(&addr, registry, stop)

@@ -37,6 +37,7 @@ mod hosting;
 mod layout;
 pub(crate) mod lease;
 mod lock;
+mod malloc;
 mod metrics;
 mod pg_standby;
 mod pg_stream;

@@ -167,6 +167,7 @@ async fn open_pipeline(
         }));
     }
     cfg.mode = g.cfg.mode;
+    cfg.compression = g.cfg.compression;
     Ok(Arc::new(GroupPipeline::open(cfg).await?))
 }
 

@@ -38,6 +38,7 @@ pub async fn run(
         .ok_or_else(|| {
             ReplicatorError::Task(format!("{name} is not a replicator of the topology"))
         })?;
+    super::malloc::fix_thresholds();
     let data_dir = topo.node_data_dir(&node);
     crate::durable_dir::create_dir_durable(&data_dir)?;
     let net = Net::for_node(&topo, &name).map_err(|e| ReplicatorError::Task(e.to_string()))?;

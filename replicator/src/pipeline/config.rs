@@ -6,6 +6,7 @@ use crate::journal::DEFAULT_SEGMENT_BYTES;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+pub use tandem_core::compression::Compression;
 use tandem_core::frame::DEFAULT_LEVEL;
 use tandem_core::ids::Epoch;
 
@@ -47,8 +48,9 @@ pub struct PipelineConfig {
     pub batch_max_delay: Duration,
     /// Async or sync acknowledgement.
     pub mode: Mode,
-    /// zstd level for frames.
-    pub zstd_level: i32,
+    /// How frames are compressed: a fixed zstd level, raw, or `Auto` (the level follows the
+    /// backlog the link leaves, [`super::adapt`]).
+    pub compression: Compression,
     /// Submissions that may wait in the intake queue (backpressure beyond that).
     pub queue_depth: usize,
     /// Size at which journal segments rotate.
@@ -74,7 +76,7 @@ impl PipelineConfig {
             batch_max_bytes: 1 << 20,
             batch_max_delay: Duration::from_millis(2),
             mode: Mode::Async,
-            zstd_level: DEFAULT_LEVEL,
+            compression: Compression::Zstd(DEFAULT_LEVEL),
             queue_depth: 256,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             sync_timeout: None,

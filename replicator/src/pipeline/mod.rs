@@ -18,6 +18,7 @@
 //! `durability` (image writes before shipping, images durable before a trim, the lease
 //! before an acknowledgement), and here the [`GroupPipeline`] handle.
 
+pub mod adapt;
 mod config;
 mod durability;
 pub(crate) mod ordered;
@@ -28,7 +29,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use self::config::{ConsentFuture, Mode, PipelineConfig, SyncConsent};
+pub use self::config::{Compression, ConsentFuture, Mode, PipelineConfig, SyncConsent};
 pub use self::durability::{ImageHold, ImageSync, LeaseDeadline};
 pub use self::progress::{GroupState, Progress};
 pub use self::shared::NotJournaled;
@@ -73,6 +74,11 @@ impl GroupPipeline {
         let journal = Arc::new(journal);
         let last = journal.last_seq();
         let trimmed = journal.trimmed_through();
+        let start_level = match cfg.compression {
+            Compression::Off => 0,
+            Compression::Zstd(l) => l,
+            Compression::Auto => adapt::Adapt::default().level(),
+        };
         let shared = Arc::new(Shared {
             group: cfg.group.clone(),
             group_id,
@@ -90,6 +96,8 @@ impl GroupPipeline {
             bytes_raw_total: AtomicU64::new(0),
             bytes_shipped_total: AtomicU64::new(0),
             frames_shipped: AtomicU64::new(0),
+            zstd_level: std::sync::atomic::AtomicI32::new(start_level),
+            ship_next: AtomicU64::new(0),
             journal_full: Mutex::new(false),
             sync_timeout: cfg.sync_timeout,
             sync_degraded: std::sync::atomic::AtomicBool::new(false),
@@ -105,8 +113,11 @@ impl GroupPipeline {
         if let Some(consent) = cfg.sync_consent.clone() {
             tokio::spawn(consent_loop(Arc::clone(&shared), consent));
         }
+        if cfg.compression == Compression::Auto {
+            tokio::spawn(tasks::adapt_loop(Arc::clone(&shared)));
+        }
         let encoders = (0..ordered::parallelism())
-            .map(|_| Encoder::new(cfg.zstd_level))
+            .map(|_| Encoder::new(start_level))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
         let (etx, erx) = mpsc::channel(1);
@@ -452,6 +463,7 @@ impl GroupPipeline {
             bytes_pending: sh.journal.pending_bytes(),
             bytes_raw_total: sh.bytes_raw_total.load(Ordering::Relaxed),
             bytes_shipped_total: sh.bytes_shipped_total.load(Ordering::Relaxed),
+            zstd_level: sh.zstd_level.load(Ordering::Relaxed),
             frames_shipped: sh.frames_shipped.load(Ordering::Relaxed),
             state: if reasons.is_empty() {
                 GroupState::Protected

@@ -25,6 +25,8 @@ pub struct Progress {
     pub bytes_shipped_total: u64,
     /// Frames sent to the replica since open (resends included).
     pub frames_shipped: u64,
+    /// The zstd level frames are encoded at now (0: stored raw).
+    pub zstd_level: i32,
     /// Protected or degraded.
     pub state: GroupState,
     /// Why degraded (empty when protected).

@@ -80,6 +80,12 @@ pub(crate) struct Shared {
     pub(super) bytes_raw_total: AtomicU64,
     pub(crate) bytes_shipped_total: AtomicU64,
     pub(crate) frames_shipped: AtomicU64,
+    /// The level the next frames are encoded at (0: raw); fixed by the setting, or moved by
+    /// the `auto` loop ([`super::adapt`]).
+    pub(super) zstd_level: std::sync::atomic::AtomicI32,
+    /// The first seq the shipper has not sent yet (0 before a shipper ran): frames from there
+    /// on are the backlog the link leaves.
+    pub(crate) ship_next: AtomicU64,
     pub(super) journal_full: Mutex<bool>,
     pub(super) sync_timeout: Option<Duration>,
     pub(super) sync_degraded: std::sync::atomic::AtomicBool,

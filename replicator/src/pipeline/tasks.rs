@@ -12,6 +12,7 @@ use tandem_core::frame::{check_batch, Change, Encoder, FrameMeta, MAX_CHANGES, M
 use tandem_core::ids::Seq;
 use tokio::sync::mpsc;
 
+use super::adapt;
 use super::config::SyncConsent;
 use super::durability::ImageHold;
 use super::shared::{Done, Shared, Submission, Waiter, WriteJob};
@@ -51,6 +52,31 @@ pub(super) async fn consent_loop(sh: Arc<Shared>, consent: Arc<dyn SyncConsent>)
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
             }
+        }
+    }
+}
+
+/// Under `compression = "auto"`: every [`adapt::TICK`] looks at the backlog the link leaves
+/// (encoded bytes of the journaled frames the shipper has not sent) and sets the level the next
+/// frames are sealed with, until shutdown.
+pub(super) async fn adapt_loop(sh: Arc<Shared>) {
+    let mut shutdown = sh.shutdown.subscribe();
+    let mut adapt = adapt::Adapt::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(adapt::TICK) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let from = Seq(sh
+            .ship_next
+            .load(Ordering::Relaxed)
+            .max(sh.journal.trimmed_through().0 + 1));
+        let backlog = sh.journal.bytes_from(from);
+        let before = sh.zstd_level.load(Ordering::Relaxed);
+        let level = adapt.observe(backlog);
+        if level != before {
+            tracing::info!(group = %sh.group, level, backlog, "compression: level changed (auto)");
+            sh.zstd_level.store(level, Ordering::Relaxed);
         }
     }
 }
@@ -161,6 +187,7 @@ fn seal(shared: &Shared, batch: Vec<Submission>, next_seq: &mut Seq) -> EncodeJo
         changes,
         owners,
         raw_bytes,
+        level: shared.zstd_level.load(Ordering::Relaxed),
     }
 }
 
@@ -174,12 +201,18 @@ pub(super) struct EncodeJob {
     changes: Vec<Change>,
     owners: Vec<Owner>,
     raw_bytes: u64,
+    /// The level to encode at (0: raw), as the group's setting or `auto` had it at seal time.
+    level: i32,
 }
 
 /// Encodes one batch (on the blocking pool, with one of the stage's encoders) and moves (never
 /// copies) each change back to the submitter that wants it; the others are dropped here, once
 /// encoded.
 pub(super) fn encode_job(enc: &mut Encoder, job: EncodeJob) -> WriteJob {
+    if let Err(e) = enc.set_level(job.level) {
+        // The encoder keeps its level: the frame is still encoded, and decodes the same.
+        tracing::warn!(level = job.level, error = %e, "zstd refused a level");
+    }
     let encoded = enc.encode_into(job.meta, &job.changes, job.out);
     let waiters = give_back(job.owners, job.changes);
     let (bytes, failed) = match encoded {

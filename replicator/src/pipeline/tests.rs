@@ -158,3 +158,72 @@ async fn a_submission_the_codec_refuses_takes_no_seq() {
         "the group is not fenced"
     );
 }
+
+/// Whether each journaled frame is compressed (its zstd flag), oldest first.
+fn frame_compressed(p: &GroupPipeline) -> Vec<bool> {
+    let j = p.journal();
+    j.frames_from(Seq(1), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, bytes)| {
+            u16::from_le_bytes([bytes[6], bytes[7]]) & tandem_core::frame::FLAG_ZSTD != 0
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn auto_compression_starts_at_level_1_and_climbs_while_no_shipper_drains_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PipelineConfig::new("g", dir.path());
+    cfg.compression = Compression::Auto;
+    let p = GroupPipeline::open(cfg).await.unwrap();
+    assert_eq!(p.progress().zstd_level, 1);
+    // Noise does not compress, so 40 MiB of it is 40 MiB of journal; nothing ships it, so all
+    // of it is backlog, over the 16 MiB mark at every look.
+    let mut rng = tandem_core::mixed::XorShift::new(7);
+    for i in 0..40u64 {
+        let data: Vec<u8> = (0..(1 << 20) / 8)
+            .flat_map(|_| rng.next_u64().to_le_bytes())
+            .collect();
+        p.submit(vec![Change::write("disk0", i << 20, data, 0)])
+            .await
+            .unwrap();
+    }
+    // Two looks at a backlog over the mark: level 1 → 3.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while p.progress().zstd_level != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "level stayed {}",
+            p.progress().zstd_level
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.close().await;
+}
+
+#[tokio::test]
+async fn a_fixed_setting_never_moves_and_off_stores_every_frame_raw() {
+    for (setting, compressed) in [(Compression::Off, false), (Compression::Zstd(3), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = PipelineConfig::new("g", dir.path());
+        cfg.compression = setting;
+        let p = GroupPipeline::open(cfg).await.unwrap();
+        for i in 0..4u64 {
+            let text = b"replica primary journal ".repeat(2000);
+            p.submit(vec![Change::write("disk0", i << 16, text, 0)])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(adapt::TICK * 2).await;
+        let want = if compressed { 3 } else { 0 };
+        assert_eq!(p.progress().zstd_level, want, "{setting}");
+        let frames = frame_compressed(&p);
+        assert!(!frames.is_empty());
+        assert!(
+            frames.iter().all(|c| *c == compressed),
+            "{setting}: {frames:?}"
+        );
+        p.close().await;
+    }
+}

@@ -7,11 +7,7 @@
 //! a higher level buys a better ratio for as long as the compressor still keeps up with what the
 //! link drains (`C_level ≥ B·ratio`).
 
-use std::fmt;
-use std::str::FromStr;
-
-/// zstd's highest level this module asks for (higher levels are far slower for little gain).
-pub const MAX_LEVEL: i32 = 19;
+pub use tandem_core::compression::{Compression, MAX_LEVEL};
 
 /// Below this level-1 ratio (raw / compressed) the data is taken as incompressible.
 pub const MIN_RATIO: f64 = 1.1;
@@ -28,52 +24,6 @@ const LEVEL_SPEED: [(i32, f64); 6] = [
     (12, 0.08),
     (19, 0.01),
 ];
-
-/// How a resync compresses the blocks it pulls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    /// Chosen per link: a small first batch crosses raw to measure the link, a sample of it is
-    /// compressed at level 1 to measure the compressor, and [`choose_level`] decides.
-    #[default]
-    Auto,
-    /// Blocks cross raw.
-    Off,
-    /// zstd at this level (clamped to `1..=MAX_LEVEL`).
-    Zstd(i32),
-}
-
-impl FromStr for Compression {
-    type Err = String;
-
-    /// `auto`, `off`, `zstd` (level 1) or `zstd-N`.
-    fn from_str(s: &str) -> Result<Compression, String> {
-        match s.trim() {
-            "auto" => Ok(Compression::Auto),
-            "off" | "none" => Ok(Compression::Off),
-            "zstd" => Ok(Compression::Zstd(1)),
-            other => other
-                .strip_prefix("zstd-")
-                .and_then(|l| l.parse::<i32>().ok())
-                .filter(|l| (1..=MAX_LEVEL).contains(l))
-                .map(Compression::Zstd)
-                .ok_or_else(|| {
-                    format!(
-                        "compression {s:?}: expected auto, off, zstd or zstd-1..zstd-{MAX_LEVEL}"
-                    )
-                }),
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Compression::Auto => f.write_str("auto"),
-            Compression::Off => f.write_str("off"),
-            Compression::Zstd(l) => write!(f, "zstd-{l}"),
-        }
-    }
-}
 
 /// What an automatic choice knows about the link and the compressor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,17 +181,6 @@ mod tests {
         assert_eq!(choose_level(Compression::Zstd(3), &e), 3);
         assert_eq!(choose_level(Compression::Zstd(0), &e), 1);
         assert_eq!(choose_level(Compression::Zstd(99), &e), MAX_LEVEL);
-    }
-
-    #[test]
-    fn compression_settings_parse_and_print_back() {
-        for s in ["auto", "off", "zstd-1", "zstd-3", "zstd-19"] {
-            assert_eq!(s.parse::<Compression>().unwrap().to_string(), s);
-        }
-        assert_eq!("zstd".parse::<Compression>(), Ok(Compression::Zstd(1)));
-        for bad in ["zstd-0", "zstd-20", "lz4", "zstd-x", ""] {
-            assert!(bad.parse::<Compression>().is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]
