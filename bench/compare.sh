@@ -5,10 +5,12 @@
 #   bench/compare.sh [--skip-resync]
 #
 # 1. async replication through NBD, 1 MiB x 8 in flight, 10 s, against raw zstd-1 on one core
-#    on the same data (`tandem bench replication`; target >= 1.0);
+#    on the same data (`tandem bench replication`; target >= 1.0), with the group's default
+#    compression (zstd-1), then with `compression = "auto"` and `"off"`;
 # 2. the same with point-in-time history on (target: at most 15 % slower than without);
 # 3. 4 KiB write and write + flush latency through qemu-io, against qemu-nbd on a local file
-#    (bench/nbd-latency.sh 500; targets <= 2.0 and <= 2.5);
+#    (bench/nbd-latency.sh 500; targets <= 2.0 and <= 2.5), and a flush with nothing left to
+#    make durable (target <= 50 us);
 # 4. resync of 1 GiB with 1 % of its blocks changed against rsync, and initial sync of 1 GiB
 #    against read + zstd-1 + blake3 on one core (bench/resync-vs-rsync.sh, a criterion bench;
 #    its own lines are printed: targets <= 1/3 of rsync's time and bytes, >= 0.9 of raw).
@@ -48,6 +50,15 @@ e2e=$(field "$out/repl.json" replicated_mb_per_s_end_to_end)
 raw=$(field "$out/repl.json" raw_zstd1_mb_per_s_one_core)
 summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' 'async MB/s vs raw zstd-1 (1 core)' "$e2e" "$raw" \
     "$(echo "$e2e / $raw" | bc -l)" '>= 1.0')")
+for c in auto off; do
+    echo "== 1$c. the same, compression = $c (load $(load))"
+    "$tandem" bench replication --volume-mib 1024 --write-kib 1024 --concurrency 8 --secs 10 \
+        --compression "$c" >"$out/repl-$c.json"
+    e=$(field "$out/repl-$c.json" replicated_mb_per_s_end_to_end)
+    r=$(field "$out/repl-$c.json" raw_zstd1_mb_per_s_one_core)
+    summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' "async MB/s, compression = $c, vs raw zstd-1" "$e" "$r" \
+        "$(echo "$e / $r" | bc -l)" '>= 1.0')")
+done
 
 echo "== 2. the same with history (load $(load))"
 "$tandem" bench replication --volume-mib 1024 --write-kib 1024 --concurrency 8 --secs 10 \
@@ -63,6 +74,8 @@ while read -r _ _ kind t p ratio; do
     [ "$kind" = write+flush ] && target='<= 2.5'
     summary+=("$(printf '%-44s %10s %10s %7s  %s' "4 KiB $kind us (qemu-nbd)" "$t" "$p" "$ratio" "$target")")
 done < <(grep '^4 KiB' "$out/nbd.txt")
+read -r tf pf < <(grep '^flush, nothing' "$out/nbd.txt" | awk '{print $(NF-2), $(NF-1)}')
+summary+=("$(printf '%-44s %10s %10s %7s  %s' 'flush, nothing left to sync, us (qemu-nbd)' "$tf" "$pf" '-' '<= 50 us')")
 
 if ! $skip_resync; then
     echo "== 4. resync and initial sync vs rsync and raw (load $(load))"

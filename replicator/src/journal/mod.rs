@@ -475,16 +475,17 @@ impl Journal {
     }
 
     /// Encoded bytes of the untrimmed frames that end at or after `seq` (the backlog from a
-    /// send position): walks the index from the newest frame back, so it costs the frames
-    /// counted.
-    pub fn bytes_from(&self, seq: Seq) -> u64 {
-        self.state()
-            .index
-            .iter()
-            .rev()
-            .take_while(|e| e.last_seq >= seq)
-            .map(|e| u64::from(e.len))
-            .sum()
+    /// send position), counted up to `cap`: walks the index from the newest frame back and
+    /// stops there, so a look at a long backlog of small frames holds the lock briefly.
+    pub fn bytes_from(&self, seq: Seq, cap: u64) -> u64 {
+        let mut sum = 0u64;
+        for e in self.state().index.iter().rev() {
+            if e.last_seq < seq || sum >= cap {
+                break;
+            }
+            sum += u64::from(e.len);
+        }
+        sum.min(cap)
     }
 
     /// Earliest capture time of any change not yet trimmed, unix ms.

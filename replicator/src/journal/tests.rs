@@ -43,6 +43,29 @@ fn write_frames(j: &Journal, count: u64) -> Vec<NewFrame> {
 }
 
 #[test]
+fn bytes_from_counts_the_frames_ending_at_or_after_a_seq_up_to_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    let frames = write_frames(&j, 4); // seqs 1-2, 3-4, 5-6, 7-8
+    let len = |i: usize| frames[i].bytes.len() as u64;
+    let all: u64 = (0..4).map(len).sum();
+    assert_eq!(j.bytes_from(Seq(1), u64::MAX), all);
+    assert_eq!(
+        j.bytes_from(Seq(4), u64::MAX),
+        len(1) + len(2) + len(3),
+        "seq 4 is in the second frame"
+    );
+    assert_eq!(j.bytes_from(Seq(9), u64::MAX), 0, "nothing past the end");
+    assert_eq!(j.bytes_from(Seq(1), len(3) + 1), len(3) + 1, "capped");
+    j.trim_through(Seq(4)).unwrap();
+    assert_eq!(
+        j.bytes_from(Seq(1), u64::MAX),
+        len(2) + len(3),
+        "trimmed frames are gone"
+    );
+}
+
+#[test]
 fn journal_golden_layout_is_concatenated_frames_in_seq_named_segments() {
     let dir = tempfile::tempdir().unwrap();
     let j = open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();

@@ -24,6 +24,9 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// steps the level up: two ship windows (8 MiB each) are waiting.
 pub const HIGH_BACKLOG: u64 = 16 << 20;
 
+/// Backlogs are counted up to this (a larger one is as high as this, and not shrinking).
+pub const BACKLOG_CAP: u64 = 2 * HIGH_BACKLOG;
+
 /// A backlog at most this large for [`CALM_TICKS`] looks in a row steps the level down.
 pub const LOW_BACKLOG: u64 = 2 << 20;
 

@@ -71,7 +71,7 @@ pub(super) async fn adapt_loop(sh: Arc<Shared>) {
             .ship_next
             .load(Ordering::Relaxed)
             .max(sh.journal.trimmed_through().0 + 1));
-        let backlog = sh.journal.bytes_from(from);
+        let backlog = sh.journal.bytes_from(from, adapt::BACKLOG_CAP);
         let before = sh.zstd_level.load(Ordering::Relaxed);
         let level = adapt.observe(backlog);
         if level != before {
