@@ -323,6 +323,11 @@ fn scrape_primary_replicator(topo: &Topo) -> Exposition {
     assert!(has(&p, "tandem_replication_frames_total", Kind::Counter, &VOL) >= 1.0);
     let ratio = has(&p, "tandem_compression_ratio", Kind::Gauge, &VOL);
     assert!((ratio - raw / wire).abs() < 1e-6 && ratio > 1.0, "{ratio}");
+    assert_eq!(
+        has(&p, "tandem_compression_level", Kind::Gauge, &VOL),
+        1.0,
+        "the default compression is zstd-1"
+    );
     assert_eq!(has(&p, "tandem_journal_bytes", Kind::Gauge, &VOL), 0.0);
     assert!(has(&p, "tandem_journal_max_bytes", Kind::Gauge, &VOL) > 0.0);
     let lease = has(&p, "tandem_lease_remaining_seconds", Kind::Gauge, &VOL);
