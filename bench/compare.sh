@@ -41,6 +41,14 @@ trap 'rm -rf "$out"' EXIT
 field() {
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d[sys.argv[2]])' "$1" "$2"
 }
+# disk FILE: the disk line of a report: bytes the device wrote per byte replicated, its write
+# rate during the run, and its durable sequential write rate measured alone in the same run.
+disk() {
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["disk"]
+print("disk: %.2f bytes written per byte replicated, %.0f MB/s during the run, %.0f MB/s alone (fdatasync)" % (
+    d.get("written_per_byte_replicated", float("nan")), d.get("write_mb_per_s_during_run", float("nan")),
+    d["durable_write_mb_per_s_alone"]))' "$1"
+}
 
 summary=()
 echo "== 1. async replication vs raw zstd-1 (load $(load))"
@@ -50,6 +58,7 @@ e2e=$(field "$out/repl.json" replicated_mb_per_s_end_to_end)
 raw=$(field "$out/repl.json" raw_zstd1_mb_per_s_one_core)
 summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' 'async MB/s vs raw zstd-1 (1 core)' "$e2e" "$raw" \
     "$(echo "$e2e / $raw" | bc -l)" '>= 1.0')")
+summary+=("    $(disk "$out/repl.json")")
 for c in auto off; do
     echo "== 1$c. the same, compression = $c (load $(load))"
     "$tandem" bench replication --volume-mib 1024 --write-kib 1024 --concurrency 8 --secs 10 \
@@ -58,6 +67,7 @@ for c in auto off; do
     r=$(field "$out/repl-$c.json" raw_zstd1_mb_per_s_one_core)
     summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' "async MB/s, compression = $c, vs raw zstd-1" "$e" "$r" \
         "$(echo "$e / $r" | bc -l)" '>= 1.0')")
+    summary+=("    $(disk "$out/repl-$c.json")")
 done
 
 echo "== 2. the same with history (load $(load))"

@@ -264,6 +264,9 @@ fn replication(a: ReplArgs) -> Result<()> {
         let bytes = Arc::new(AtomicU64::new(0));
         let lat = Arc::new(Mutex::new(Vec::new()));
         let slots = (a.volume_mib << 20) / write_len as u64;
+        // The physical limit of the disk both sites share here, in the same run.
+        let disk_mb_per_s = crate::cmd::bench_disk::durable_write_mb_per_s(&c.dir, 512)?;
+        let disk_before = crate::cmd::bench_disk::written_bytes(&c.dir);
         let cpu_before = replicator_cpu(&replicators);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
@@ -314,6 +317,16 @@ fn replication(a: ReplArgs) -> Result<()> {
         }
         let end_to_end_secs = t0.elapsed().as_secs_f64();
         let cpu = cpu_per_gb(&cpu_before, &replicator_cpu(&replicators), written);
+        let disk = match (disk_before, crate::cmd::bench_disk::written_bytes(&c.dir)) {
+            (Some((dev, a)), Some((_, b))) => json!({
+                "device": dev,
+                "written_mb": b.saturating_sub(a) as f64 / 1e6,
+                "written_per_byte_replicated": b.saturating_sub(a) as f64 / written.max(1) as f64,
+                "write_mb_per_s_during_run": b.saturating_sub(a) as f64 / end_to_end_secs / 1e6,
+                "durable_write_mb_per_s_alone": disk_mb_per_s,
+            }),
+            _ => json!({ "durable_write_mb_per_s_alone": disk_mb_per_s }),
+        };
         let st = fetch(&addrs).await?;
         let g = st.groups.first().cloned().unwrap_or_default();
         rpo.sort_by(|x, y| x.total_cmp(y));
@@ -332,6 +345,7 @@ fn replication(a: ReplArgs) -> Result<()> {
             "rpo_ms": {"p50": pct(&rpo, 0.5), "p99": pct(&rpo, 0.99), "max": pct(&rpo, 1.0)},
             "write_latency_ms": {"p50": pct(&l, 0.5), "p99": pct(&l, 0.99)},
             "replicator_cpu_secs_per_gb": cpu,
+            "disk": disk,
             "loadavg_before": load_before,
             "loadavg_after": crate::cmd::bench_scale::loadavg(),
         }))

@@ -3,6 +3,7 @@
 pub mod action;
 pub mod bench;
 pub mod bench_cluster;
+pub mod bench_disk;
 pub mod bench_hostloss;
 pub mod bench_scale;
 pub mod certs;
