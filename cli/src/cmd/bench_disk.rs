@@ -86,15 +86,18 @@ mod tests {
         );
     }
 
+    /// glibc's `makedev`.
+    fn makedev(major: u64, minor: u64) -> u64 {
+        ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12)
+    }
+
     #[test]
     fn device_numbers_decode_as_glibc_encodes_them() {
-        // makedev(253, 1) and makedev(259, 70000).
-        assert_eq!((libc_major(0xfd01), libc_minor(0xfd01)), (253, 1));
-        let dev = ((259u64 & 0xfff) << 8)
-            | ((259u64 & !0xfff) << 32)
-            | (70_000u64 & 0xff)
-            | ((70_000u64 & !0xff) << 12);
-        assert_eq!((libc_major(dev), libc_minor(dev)), (259, 70_000));
+        for (major, minor) in [(253, 1), (8, 0), (4100, 70_000), (259, 300)] {
+            let dev = makedev(major, minor);
+            assert_eq!((libc_major(dev), libc_minor(dev)), (major, minor));
+        }
+        assert_eq!(makedev(253, 1), 0xfd01);
     }
 
     #[test]
