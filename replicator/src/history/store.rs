@@ -8,7 +8,7 @@ use super::codec::{
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::select::Point;
-use super::workers::{Encoders, Pending};
+use super::workers::{Encoders, Pending, Spare};
 use crate::error::{ReplicatorError, Result};
 use crate::meta::sync_dir;
 use std::collections::VecDeque;
@@ -41,7 +41,7 @@ impl HistoryConfig {
             max_bytes: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             checkpoint_interval_ms: 5000,
-            level: 1,
+            level: DEFAULT_UNDO_LEVEL,
         }
     }
 }
@@ -93,7 +93,14 @@ pub struct History {
     /// is appended (in this order) before the next point record and before any sync, so
     /// before the data it undoes can be written (see the module docs of `history`).
     pending: VecDeque<Pending>,
+    /// Old-data buffers back from the encoders, for the next reads.
+    spare: Spare,
 }
+
+/// zstd level of undo data: -1 (zstd's fastest strategy, no entropy coding of literals)
+/// costs about a fifth less CPU than level 1 on mixed volume data for about 7 % more history
+/// bytes (docs/BENCHMARKS.md, "Cost of keeping history").
+pub const DEFAULT_UNDO_LEVEL: i32 = -1;
 
 /// Undo data of one change at least this long is split over the cores.
 pub const PARALLEL_MIN_LEN: u64 = 256 << 10;
@@ -143,6 +150,7 @@ impl History {
         let mut h = History {
             encoders,
             pending: VecDeque::new(),
+            spare: Spare::default(),
             dir: dir.to_owned(),
             group,
             cfg,
@@ -254,9 +262,10 @@ impl History {
     /// back and applied again, recording them again).
     fn drain(&mut self) -> Result<()> {
         while let Some(p) = self.pending.pop_front() {
-            let appended = p
-                .wait()
-                .and_then(|(r, bytes)| self.append_encoded(&r, bytes));
+            let appended = p.wait().and_then(|(mut r, bytes)| {
+                self.spare.keep(std::mem::take(&mut r.data));
+                self.append_encoded(&r, bytes?)
+            });
             if let Err(e) = appended {
                 self.pending.clear();
                 return Err(e);
@@ -373,8 +382,7 @@ impl History {
             // the encoders, one piece per core at once, while this thread goes on; appended
             // in this order by the next `drain`.
             let n = end.saturating_sub(at).min(piece) as usize;
-            let mut data = tandem_core::buffers::take(n);
-            data.resize(n, 0);
+            let mut data = self.spare.take(n);
             file.read_exact_at(&mut data, at)
                 .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
             let done = at + n as u64 >= end;
