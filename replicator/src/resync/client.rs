@@ -200,6 +200,7 @@ pub async fn resync(
         block_size,
         old_len: local.length(),
         holes: false,
+        verify_writes: false,
     };
     let keeper = quarantine_old(&options, &target_file, &wanted, length).await?;
     if local.length() != length {
@@ -304,6 +305,7 @@ async fn initial_sync(
         block_size,
         old_len: 0,
         holes: true,
+        verify_writes: !options.full_rehash,
     };
     let copy = Copy {
         group,
@@ -318,7 +320,16 @@ async fn initial_sync(
     let copied = copy_blocks(client, &copy, &target_file, &wanted, wire, tick).await?;
     let source = tree_from_sent_leaves(block_size, length, copied.leaves)?;
     let path = target.to_path_buf();
-    let after = blocking(move || sync_and_rehash(&file, &path, block_size)).await??;
+    let full_rehash = options.full_rehash;
+    let verified = source.clone();
+    let after = blocking(move || {
+        if full_rehash {
+            return sync_and_rehash(&file, &path, block_size);
+        }
+        file.sync_data().map_err(io("fdatasync", &path))?;
+        verified_tree(&file, &path, verified)
+    })
+    .await??;
     let check = roots_agree(&source, &after, options.live_source)?;
     let before = verify(&source, &MerkleTree::empty(block_size)?)?;
     Ok(ResyncReport {
@@ -344,6 +355,24 @@ async fn target_is_blank(target: &Path) -> bool {
     match tokio::fs::metadata(target).await {
         Ok(meta) => meta.len() == 0 || meta.blocks() == 0,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The target's tree after an initial sync that read every block back as it wrote it
+/// ([`Target::verify_writes`](super::copy::Target)): each block read back from its place equal
+/// to the bytes that matched its leaf, so its leaves are the source's, `verified`. A target
+/// whose length is not the source's any more (another writer) is re-hashed instead, and the
+/// root check names what differs. Blocking.
+fn verified_tree(
+    file: &File,
+    path: &Path,
+    verified: MerkleTree,
+) -> Result<MerkleTree, ResyncError> {
+    let now = file.metadata().map_err(io("stat", path))?.len();
+    if now == verified.length() {
+        Ok(verified)
+    } else {
+        Ok(scan::hash_file(path, verified.block_size())?)
     }
 }
 
