@@ -263,7 +263,10 @@ pub async fn resync(
 /// leaves
 /// (`ReadBlocksRequest::leaves`: the source hashes each block from the read it compresses, on
 /// all its cores), each checked against its leaf before it is written (a live source's too);
-/// the source's tree is built from those leaves and its root must equal the target's re-hash.
+/// the source's tree is built from those leaves. With [`ResyncOptions::full_rehash`] its root
+/// must equal the target's re-hash after the `fdatasync`; without, every block was read back
+/// from its place as it was written and equalled the checked bytes, so after the `fdatasync`
+/// the target's tree is that tree (unless its length changed: then it is re-hashed).
 ///
 /// # Errors
 /// As [`resync`]; [`ResyncError::NoLeaf`] when the source predates leaves in `ReadBlocks`
