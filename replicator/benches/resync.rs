@@ -439,7 +439,12 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
     for (name, zstd, compression, full_rehash) in [
         ("initial_sync_off", false, Compression::Off, false),
         ("initial_sync_zstd1", false, Compression::Zstd(1), false),
-        ("initial_sync_zstd1_rehash", false, Compression::Zstd(1), true),
+        (
+            "initial_sync_zstd1_rehash",
+            false,
+            Compression::Zstd(1),
+            true,
+        ),
         ("initial_sync_grpc_zstd", true, Compression::Off, false),
     ] {
         let counter = Arc::new(Counter::default());
