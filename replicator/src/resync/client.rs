@@ -512,6 +512,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_verified_tree_stands_only_while_the_target_keeps_the_source_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let data = vec![3u8; 2 * 4096 + 9];
+        std::fs::write(&p, &data).unwrap();
+        let source = MerkleTree::from_bytes(4096, &data).unwrap();
+        let file = File::open(&p).unwrap();
+        assert_eq!(verified_tree(&file, &p, source.clone()).unwrap(), source);
+        // Grown by another writer: re-hashed, and the root check then sees it.
+        let mut longer = data.clone();
+        longer.extend([7u8; 100]);
+        std::fs::write(&p, &longer).unwrap();
+        let after = verified_tree(&file, &p, source.clone()).unwrap();
+        assert_eq!(after, MerkleTree::from_bytes(4096, &longer).unwrap());
+        assert!(roots_agree(&source, &after, false).is_err());
+    }
+
+    #[test]
     fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
