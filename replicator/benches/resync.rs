@@ -434,10 +434,18 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
         })
     });
     let fresh = files.target.with_extension("fresh");
-    for (name, zstd, compression) in [
-        ("initial_sync_off", false, Compression::Off),
-        ("initial_sync_zstd1", false, Compression::Zstd(1)),
-        ("initial_sync_grpc_zstd", true, Compression::Off),
+    // As the node runs it (`full_rehash: false`: every block read back as it is written), and
+    // once with the whole target re-hashed after the copy instead.
+    for (name, zstd, compression, full_rehash) in [
+        ("initial_sync_off", false, Compression::Off, false),
+        ("initial_sync_zstd1", false, Compression::Zstd(1), false),
+        (
+            "initial_sync_zstd1_rehash",
+            false,
+            Compression::Zstd(1),
+            true,
+        ),
+        ("initial_sync_grpc_zstd", true, Compression::Off, false),
     ] {
         let counter = Arc::new(Counter::default());
         let mut client = rt.block_on(serve(&files.source, zstd, counter.clone()));
@@ -458,6 +466,7 @@ fn initial_sync(c: &mut Criterion, files: &Files, rt: &tokio::runtime::Runtime) 
                             BS,
                             ResyncOptions {
                                 compression,
+                                full_rehash,
                                 ..ResyncOptions::default()
                             },
                         ))

@@ -422,12 +422,13 @@ async fn an_initial_sync_checks_each_block_against_the_leaf_sent_with_it() {
     std::fs::write(&src_path, &source).unwrap();
     let want = MerkleTree::from_bytes(BS, &source).unwrap();
     // A missing target, an empty one and a sparse one (nothing allocated, as a new replica's
-    // image): no hashing phase, every block checked and written.
+    // image): no hashing phase, every block checked and written; at the end the whole target
+    // re-hashed, or (as the node runs it) each block read back as it was written.
     let mut client = serve(&src_path, false).await;
-    for (i, existing) in [None, Some(0), Some(source.len() as u64)]
+    let cases = [None, Some(0), Some(source.len() as u64)]
         .into_iter()
-        .enumerate()
-    {
+        .flat_map(|existing| [(existing, true), (existing, false)]);
+    for (i, (existing, full_rehash)) in cases.enumerate() {
         let dst = dir.path().join(format!("fresh-{i}"));
         if let Some(len) = existing {
             std::fs::File::create(&dst).unwrap().set_len(len).unwrap();
@@ -436,6 +437,7 @@ async fn an_initial_sync_checks_each_block_against_the_leaf_sent_with_it() {
         let sink = ticks.clone();
         let options = ResyncOptions {
             batch_blocks: 8,
+            full_rehash,
             compression: resync::Compression::Zstd(1),
             progress: Some(std::sync::Arc::new(move |t: resync::ResyncTick| {
                 sink.lock().unwrap().push(t)
@@ -498,7 +500,12 @@ async fn an_initial_sync_leaves_the_zero_blocks_of_a_sparse_target_unwritten() {
         return;
     }
     let mut client = serve(&src_path, false).await;
-    let report = resync::resync(&mut client, "g", "vol", &dst, BS, ResyncOptions::default())
+    // As the node runs it: each block (a hole too) read back as it is written.
+    let options = ResyncOptions {
+        full_rehash: false,
+        ..ResyncOptions::default()
+    };
+    let report = resync::resync(&mut client, "g", "vol", &dst, BS, options)
         .await
         .unwrap();
     assert_eq!(report.blocks_differing, report.blocks_total);

@@ -200,6 +200,7 @@ pub async fn resync(
         block_size,
         old_len: local.length(),
         holes: false,
+        verify_writes: false,
     };
     let keeper = quarantine_old(&options, &target_file, &wanted, length).await?;
     if local.length() != length {
@@ -262,7 +263,10 @@ pub async fn resync(
 /// leaves
 /// (`ReadBlocksRequest::leaves`: the source hashes each block from the read it compresses, on
 /// all its cores), each checked against its leaf before it is written (a live source's too);
-/// the source's tree is built from those leaves and its root must equal the target's re-hash.
+/// the source's tree is built from those leaves. With [`ResyncOptions::full_rehash`] its root
+/// must equal the target's re-hash after the `fdatasync`; without, every block was read back
+/// from its place as it was written and equalled the checked bytes, so after the `fdatasync`
+/// the target's tree is that tree (unless its length changed: then it is re-hashed).
 ///
 /// # Errors
 /// As [`resync`]; [`ResyncError::NoLeaf`] when the source predates leaves in `ReadBlocks`
@@ -304,6 +308,7 @@ async fn initial_sync(
         block_size,
         old_len: 0,
         holes: true,
+        verify_writes: !options.full_rehash,
     };
     let copy = Copy {
         group,
@@ -318,7 +323,16 @@ async fn initial_sync(
     let copied = copy_blocks(client, &copy, &target_file, &wanted, wire, tick).await?;
     let source = tree_from_sent_leaves(block_size, length, copied.leaves)?;
     let path = target.to_path_buf();
-    let after = blocking(move || sync_and_rehash(&file, &path, block_size)).await??;
+    let full_rehash = options.full_rehash;
+    let verified = source.clone();
+    let after = blocking(move || {
+        if full_rehash {
+            return sync_and_rehash(&file, &path, block_size);
+        }
+        file.sync_data().map_err(io("fdatasync", &path))?;
+        verified_tree(&file, &path, verified)
+    })
+    .await??;
     let check = roots_agree(&source, &after, options.live_source)?;
     let before = verify(&source, &MerkleTree::empty(block_size)?)?;
     Ok(ResyncReport {
@@ -344,6 +358,24 @@ async fn target_is_blank(target: &Path) -> bool {
     match tokio::fs::metadata(target).await {
         Ok(meta) => meta.len() == 0 || meta.blocks() == 0,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The target's tree after an initial sync that read every block back as it wrote it
+/// ([`Target::verify_writes`](super::copy::Target)): each block read back from its place equal
+/// to the bytes that matched its leaf, so its leaves are the source's, `verified`. A target
+/// whose length is not the source's any more (another writer) is re-hashed instead, and the
+/// root check names what differs. Blocking.
+fn verified_tree(
+    file: &File,
+    path: &Path,
+    verified: MerkleTree,
+) -> Result<MerkleTree, ResyncError> {
+    let now = file.metadata().map_err(io("stat", path))?.len();
+    if now == verified.length() {
+        Ok(verified)
+    } else {
+        Ok(scan::hash_file(path, verified.block_size())?)
     }
 }
 
@@ -478,6 +510,24 @@ fn read_back_tree(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_verified_tree_stands_only_while_the_target_keeps_the_source_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let data = vec![3u8; 2 * 4096 + 9];
+        std::fs::write(&p, &data).unwrap();
+        let source = MerkleTree::from_bytes(4096, &data).unwrap();
+        let file = File::open(&p).unwrap();
+        assert_eq!(verified_tree(&file, &p, source.clone()).unwrap(), source);
+        // Grown by another writer: re-hashed, and the root check then sees it.
+        let mut longer = data.clone();
+        longer.extend([7u8; 100]);
+        std::fs::write(&p, &longer).unwrap();
+        let after = verified_tree(&file, &p, source.clone()).unwrap();
+        assert_eq!(after, MerkleTree::from_bytes(4096, &longer).unwrap());
+        assert!(roots_agree(&source, &after, false).is_err());
+    }
 
     #[test]
     fn read_back_tree_equals_a_full_rehash_and_sees_a_bad_write() {

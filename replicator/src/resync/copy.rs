@@ -50,6 +50,10 @@ pub(super) struct Target {
     /// It reads as zeros wherever nothing is written (a new or unallocated file): blocks of
     /// zeros are checked but not written, so they stay holes.
     pub(super) holes: bool,
+    /// Read every block back right after it is written (or left a hole) and compare it with
+    /// what was checked ([`Dest::landed`]): what an initial sync verifies instead of re-hashing
+    /// the whole target after the copy.
+    pub(super) verify_writes: bool,
 }
 
 /// What each pulled block is checked against.
@@ -229,6 +233,7 @@ impl Run {
         reply: ReadBlocksReply,
     ) -> Result<(), ResyncError> {
         check_indexes(batch, &reply)?;
+        let batch_span = span(batch);
         while self.writing.len() >= WRITES_IN_FLIGHT {
             self.finish_oldest().await?;
         }
@@ -238,23 +243,43 @@ impl Run {
             copy.keeper.clone(),
         );
         let (local_len, bs, block_size) = (target.old_len, self.bs, target.block_size);
-        let holes = target.holes;
         let (expect, live) = (copy.expect.clone(), copy.live_source);
+        let dest = Dest {
+            file: f,
+            path,
+            block_size,
+            length: expect.length(),
+            holes: target.holes,
+            verify: target.verify_writes,
+        };
         self.writing.push_back(tokio::task::spawn_blocking(move || {
-            let blocks = decode_all(reply, &expect, live, block_size, &path)?;
-            if let Some(k) = &k {
-                let indexes: Vec<u64> = blocks.iter().map(|b| b.0).collect();
-                keep_old(k, &f, &path, &indexes, bs, local_len)?;
-            }
-            let mut leaves = Vec::new();
-            for (index, data, leaf) in &blocks {
-                leaves.extend(leaf.map(|l| (*index, l)));
-                if holes && all_zero(data) {
-                    continue;
+            let leaves: SentLeaves = match &k {
+                // Nothing to keep: each worker writes a block as soon as it is checked, while
+                // it is still in the core's cache.
+                None => on_workers(reply.blocks, |b| {
+                    let (index, data, leaf) =
+                        decode_checked(b, &expect, live, block_size, &dest.path)?;
+                    dest.place(index, &data)?;
+                    Ok(leaf.map(|l| (index, l)))
+                })?
+                .into_iter()
+                .flatten()
+                .collect(),
+                // A failback: every block of the reply checked, their old content kept, then
+                // written.
+                Some(k) => {
+                    let blocks = decode_all(reply, &expect, live, block_size, &dest.path)?;
+                    let indexes: Vec<u64> = blocks.iter().map(|b| b.0).collect();
+                    keep_old(k, &dest.file, &dest.path, &indexes, bs, local_len)?;
+                    let mut leaves = Vec::new();
+                    for (index, data, leaf) in &blocks {
+                        leaves.extend(leaf.map(|l| (*index, l)));
+                        dest.place(*index, data)?;
+                    }
+                    leaves
                 }
-                f.write_all_at(data, index * bs)
-                    .map_err(io("write", &path))?;
-            }
+            };
+            start_writeback(&dest.file, batch_span, bs);
             Ok(leaves)
         }));
         self.copied += batch.len() as u64;
@@ -347,8 +372,19 @@ fn decode_all(
     block_size: u32,
     path: &Path,
 ) -> Result<Decoded, ResyncError> {
+    on_workers(reply.blocks, |b| {
+        decode_checked(b, expect, live, block_size, path)
+    })
+}
+
+/// Runs `work` on every block of `blocks`, spread over the cores ([`worker_count`]), each
+/// worker taking a contiguous part; answers in the order of `blocks`, or the first error.
+/// Blocking.
+fn on_workers<T: Send>(
+    mut blocks: Vec<tandem_core::proto::Block>,
+    work: impl Fn(tandem_core::proto::Block) -> Result<T, ResyncError> + Sync,
+) -> Result<Vec<T>, ResyncError> {
     let workers = worker_count();
-    let mut blocks = reply.blocks;
     let per = blocks.len().div_ceil(workers).max(1);
     let mut parts: Vec<Vec<tandem_core::proto::Block>> = Vec::new();
     while blocks.len() > per {
@@ -356,16 +392,11 @@ fn decode_all(
         parts.push(std::mem::replace(&mut blocks, tail));
     }
     parts.push(blocks);
-    let decoded: Vec<Result<Decoded, ResyncError>> = std::thread::scope(|s| {
+    let work = &work;
+    let done: Vec<Result<Vec<T>, ResyncError>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|part| {
-                s.spawn(move || {
-                    part.into_iter()
-                        .map(|b| decode_checked(b, expect, live, block_size, path))
-                        .collect()
-                })
-            })
+            .map(|part| s.spawn(move || part.into_iter().map(work).collect()))
             .collect();
         handles
             .into_iter()
@@ -376,10 +407,107 @@ fn decode_all(
             .collect()
     });
     let mut out = Vec::new();
-    for part in decoded {
+    for part in done {
         out.extend(part?);
     }
     Ok(out)
+}
+
+/// Where checked blocks go: the target file and what placing a block there needs.
+struct Dest {
+    file: Arc<File>,
+    path: PathBuf,
+    block_size: u32,
+    /// The source's length: where the tree puts each block.
+    length: u64,
+    /// See [`Target::holes`].
+    holes: bool,
+    /// See [`Target::verify_writes`].
+    verify: bool,
+}
+
+impl Dest {
+    /// Writes checked block `index` at its place, except a block of zeros into a sparse target
+    /// (it stays a hole), and with `verify` reads it back and compares ([`Dest::landed`]).
+    /// Blocking.
+    fn place(&self, index: u64, data: &[u8]) -> Result<(), ResyncError> {
+        if !(self.holes && all_zero(data)) {
+            self.put(data, index * u64::from(self.block_size))?;
+        }
+        if self.verify {
+            self.landed(index, data)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at byte `at`. Blocking.
+    fn put(&self, data: &[u8], at: u64) -> Result<(), ResyncError> {
+        self.file
+            .write_all_at(data, at)
+            .map_err(io("write", &self.path))
+    }
+
+    /// Checks block `index` reads back as `data` from where the merkle tree puts it
+    /// ([`merkle::block_range_to_bytes`], computed apart from the write's offset) and is exactly
+    /// as long: [`ResyncError::NotLanded`] for a write that did not land, landed elsewhere or
+    /// short, or a hole left over data. Blocking (reads the block, from the page cache as a
+    /// rule).
+    fn landed(&self, index: u64, data: &[u8]) -> Result<(), ResyncError> {
+        thread_local! {
+            static BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let range = merkle::block_range_to_bytes(&(index..index + 1), self.block_size, self.length);
+        let not_landed = || ResyncError::NotLanded {
+            path: self.path.clone(),
+            block: index,
+            at: range.start,
+        };
+        if range.end - range.start != data.len() as u64 {
+            return Err(not_landed());
+        }
+        BACK.with(|cell| {
+            let mut back = cell.borrow_mut();
+            back.resize(data.len(), 0);
+            self.file
+                .read_exact_at(&mut back, range.start)
+                .map_err(io("read back", &self.path))?;
+            if back.as_slice() != data {
+                return Err(not_landed());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The blocks `[first, last]` a batch spans (`None` when empty). Pure.
+fn span(batch: &[u64]) -> Option<(u64, u64)> {
+    Some((*batch.iter().min()?, *batch.iter().max()?))
+}
+
+/// Starts writing the blocks of `span` out to the disk without waiting for it (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the copy's writes reach the disk while the
+/// next blocks move and the final `fdatasync` finds little left. A hint: its failure is
+/// ignored, the final `fdatasync` makes every block durable all the same. Blocking (it may
+/// wait for room in the disk's queue).
+fn start_writeback(file: &File, span: Option<(u64, u64)>, bs: u64) {
+    #[cfg(target_os = "linux")]
+    if let Some((first, last)) = span {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(at), Ok(len)) = (
+            libc::off64_t::try_from(first.saturating_mul(bs)),
+            libc::off64_t::try_from((last - first + 1).saturating_mul(bs)),
+        ) else {
+            return;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: sync_file_range takes the descriptor of a file `file` keeps open for the
+        // call, two integers and flags, and no pointers.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, span, bs);
 }
 
 /// One pulled block, decoded, refused when it reaches past the source's length or does not
@@ -703,6 +831,96 @@ mod tests {
             let t = tree_from_sent_leaves(8, len as u64, sent).unwrap();
             proptest::prop_assert_eq!(t.root(), whole.root());
         }
+    }
+
+    fn dest(path: &Path, length: u64, holes: bool, verify: bool) -> Dest {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Dest {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            block_size: 4,
+            length,
+            holes,
+            verify,
+        }
+    }
+
+    #[test]
+    fn a_verified_write_refuses_a_block_not_where_the_tree_puts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, [0u8; 10]).unwrap();
+        let d = dest(&p, 10, false, true);
+        d.place(1, b"bbbb").unwrap();
+        d.place(2, b"cc").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"\0\0\0\0bbbbcc");
+        // Written one byte off, or not written at all: refused, naming the block and its place.
+        d.put(b"aaaa", 1).unwrap();
+        let err = d.landed(0, b"aaaa").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ResyncError::NotLanded {
+                    block: 0,
+                    at: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("block 0"), "{err}");
+        let err = d.landed(2, b"dd").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ResyncError::NotLanded {
+                    block: 2,
+                    at: 8,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A block of another length than its place holds (short, or past the source's end).
+        assert!(d.landed(1, b"bbb").is_err());
+        assert!(d.landed(2, b"cccc").is_err());
+    }
+
+    #[test]
+    fn a_block_of_zeros_left_a_hole_over_data_is_refused_only_when_writes_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        // Not blank after all: block 1 holds data where the copy expected a hole.
+        std::fs::write(&p, b"\0\0\0\0xxxx").unwrap();
+        let err = dest(&p, 8, true, true).place(1, &[0; 4]).unwrap_err();
+        assert!(
+            matches!(err, ResyncError::NotLanded { block: 1, .. }),
+            "{err:?}"
+        );
+        dest(&p, 8, true, true).place(0, &[0; 4]).unwrap();
+        // Unverified (a full re-hash follows), the hole is not looked at.
+        dest(&p, 8, true, false).place(1, &[0; 4]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"\0\0\0\0xxxx");
+        // Without holes the zeros are written.
+        dest(&p, 8, false, true).place(1, &[0; 4]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), [0; 8]);
+    }
+
+    #[test]
+    fn a_batch_spans_its_lowest_to_its_highest_block() {
+        assert_eq!(span(&[]), None);
+        assert_eq!(span(&[7]), Some((7, 7)));
+        assert_eq!(span(&[9, 3, 5]), Some((3, 9)));
+        // Starting writeback is a hint that never fails the copy, even on a read-only file.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, [1u8; 16]).unwrap();
+        start_writeback(&File::open(&p).unwrap(), Some((0, 3)), 4);
+        start_writeback(&File::open(&p).unwrap(), Some((u64::MAX - 1, u64::MAX)), 4);
     }
 
     #[test]

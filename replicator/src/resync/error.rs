@@ -81,6 +81,17 @@ pub enum ResyncError {
         /// The block.
         block: u64,
     },
+    /// A block read back from the target right after it was written is not what was written
+    /// there (a write that did not land, landed short or elsewhere, or another writer).
+    #[error("{}: block {block} read back at byte {at} is not what was written there", .path.display())]
+    NotLanded {
+        /// The target file.
+        path: PathBuf,
+        /// The block.
+        block: u64,
+        /// Its first byte in the file.
+        at: u64,
+    },
 }
 
 impl ResyncError {
@@ -97,6 +108,7 @@ impl ResyncError {
             ),
             ResyncError::Io { .. }
             | ResyncError::RootMismatch { .. }
+            | ResyncError::NotLanded { .. }
             | ResyncError::Quarantine(_) => true,
             ResyncError::Scan(e) => e.is_retryable(),
             ResyncError::BadReply { .. }

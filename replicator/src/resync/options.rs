@@ -71,8 +71,10 @@ pub struct ResyncOptions {
     /// to date (writes are idempotent and replayed in order).
     pub live_source: bool,
     /// After writing, re-hash the whole target (true, the default: also catches a concurrent
-    /// writer on the target) or only read back the written blocks and combine their hashes with
-    /// the leaves hashed before (false: one full read less).
+    /// writer on the target) or only read back the written blocks (false: one full read less).
+    /// A resync by merkle diff then combines their hashes with the leaves hashed before; an
+    /// initial sync reads each block back as it writes it and compares the bytes with those
+    /// that matched the source's leaf, and hashes nothing twice.
     pub full_rehash: bool,
     /// Called as hashing and copying advance (about every 4 MiB hashed, every batch pulled).
     pub progress: Option<ProgressFn>,
