@@ -38,6 +38,23 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
 }
 
+/// The exit code a signal asked for (128 + the signal), 0 while none came. Set before the nodes
+/// are killed, so the run, which sees its nodes die, leaves the exit to the signal thread.
+static STOP_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// After a signal: waits while the signal thread kills and reaps every node and exits the
+/// process with 128 + the signal (a scenario that failed because its nodes were killed must not
+/// end the process first, with its own code and nodes still running). Returns at once when no
+/// signal came.
+fn yield_to_a_stop() {
+    let code = STOP_CODE.load(std::sync::atomic::Ordering::SeqCst);
+    if code != 0 {
+        // The signal thread ends the process; this bound only matters if it died.
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        std::process::exit(code);
+    }
+}
+
 /// On SIGTERM or SIGINT, kills every node this run started (their process groups, reaped)
 /// and exits 128 + the signal: the nodes run detached in groups of their own, and a runner
 /// stopped from outside (a timeout, ^C) would otherwise leave whole clusters running.
@@ -65,6 +82,7 @@ fn end_clusters_on_signal() {
                 }
             });
             if let Some(code) = code {
+                STOP_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
                 let killed = proc::kill_all_started();
                 eprintln!(
                     "stopped: killed the process groups of {} nodes",
@@ -108,6 +126,7 @@ pub fn run(cmd: ChaosCmd) -> Result<()> {
             Ok(r) => r,
             Err(e) => json!({"scenario": s.name, "verdict": "ERROR", "error": format!("{e:#}")}),
         };
+        yield_to_a_stop();
         let _ = proc::stop_all(&dir.join("run"));
         println!("   {}", row["verdict"]);
         rows.push(row);
@@ -165,6 +184,7 @@ pub fn run(cmd: ChaosCmd) -> Result<()> {
     if rows.iter().all(|r| r["verdict"] == "PASS") {
         Ok(())
     } else {
+        yield_to_a_stop();
         bail!("some scenarios failed")
     }
 }
