@@ -83,12 +83,12 @@ impl std::fmt::Debug for ShipConfig {
 }
 
 impl ShipConfig {
-    /// Defaults: 8 MiB / 1024 frames window, degraded after 5 refusals, backoff 50 ms..2 s.
+    /// Defaults: 32 MiB / 1024 frames window (the `ship_window` default), degraded after 5 refusals, backoff 50 ms..2 s.
     pub fn new(addr: &str, from_node: &str) -> ShipConfig {
         ShipConfig {
             addr: addr.to_owned(),
             from_node: from_node.to_owned(),
-            window_bytes: 8 << 20,
+            window_bytes: 32 << 20,
             window_frames: 1024,
             max_refusals: 5,
             backoff_min: Duration::from_millis(50),

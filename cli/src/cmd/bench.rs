@@ -127,6 +127,10 @@ pub struct ReplArgs {
     /// (the level follows the backlog the link leaves).
     #[arg(long, default_value = "zstd-1")]
     pub compression: tandem_core::compression::Compression,
+    /// The group's `ship_window` setting (`"32MiB"`, the default; see docs/config.md): most
+    /// frame bytes sent and not yet acknowledged.
+    #[arg(long)]
+    pub ship_window: Option<tandem_core::config::ByteSize>,
     /// Folder for the cluster (default: a temp folder, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -229,6 +233,9 @@ fn replication(a: ReplArgs) -> Result<()> {
     let mut extra = format!("compression = \"{}\"", a.compression);
     if a.history {
         extra.push_str("\nhistory = \"1h\"");
+    }
+    if let Some(w) = a.ship_window {
+        extra.push_str(&format!("\nship_window = \"{w}\""));
     }
     let (c, addrs, nbd_port) = cluster(
         a.dir.as_deref(),
@@ -334,7 +341,7 @@ fn replication(a: ReplArgs) -> Result<()> {
         l.sort_by(|x, y| x.total_cmp(y));
         let e2e = written as f64 / end_to_end_secs / 1e6;
         anyhow::Ok(json!({
-            "mode": a.mode, "history": a.history, "compression": a.compression.to_string(), "auto_level_changes": auto_level_changes(&run_dir.join("hanoi-rep.log")), "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
+            "mode": a.mode, "history": a.history, "compression": a.compression.to_string(), "ship_window": a.ship_window.map(|w| w.to_string()), "auto_level_changes": auto_level_changes(&run_dir.join("hanoi-rep.log")), "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
             "written_mb": written as f64 / 1e6,
             "intake_mb_per_s": written as f64 / write_secs / 1e6,
             "replicated_mb_per_s_end_to_end": e2e,
@@ -362,8 +369,6 @@ fn auto_level_changes(log: &Path) -> Vec<i64> {
     text.lines()
         .filter(|l| l.contains("compression: level changed"))
         .filter_map(|l| {
-            // Log lines may carry ANSI colour codes between a field's name and its value.
-            let l = strip_ansi(l);
             let at = l.find("level=")? + "level=".len();
             let digits: String = l[at..]
                 .chars()
@@ -372,24 +377,6 @@ fn auto_level_changes(log: &Path) -> Vec<i64> {
             digits.parse().ok()
         })
         .collect()
-}
-
-/// `line` without ANSI escape sequences (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// (user, system) CPU seconds and minor page faults of each of `pids` so far (`None` for a
@@ -940,13 +927,13 @@ mod tests {
     }
 
     #[test]
-    fn auto_level_changes_are_read_from_a_coloured_log() {
+    fn auto_level_changes_are_read_from_a_plain_log() {
         let dir = std::env::temp_dir().join(format!("tandem-auto-level-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("hanoi-rep.log");
         std::fs::write(
             &log,
-            "\u{1b}[2mt\u{1b}[0m INFO compression: level changed (auto) \u{1b}[3mgroup\u{1b}[0m\u{1b}[2m=\u{1b}[0mvol \u{1b}[3mlevel\u{1b}[0m\u{1b}[2m=\u{1b}[0m0 backlog=0\n\
+            "t INFO compression: level changed (auto) group=vol level=0 backlog=0\n\
              other line level=9\n\
              INFO compression: level changed (auto) group=vol level=3 backlog=99\n",
         )

@@ -259,6 +259,7 @@ const GROUP_UNITS: &[(&str, Unit)] = &[
     ("max_data_loss", Unit::Duration),
     ("max_bandwidth", Unit::Bandwidth),
     ("journal_max", Unit::Size),
+    ("ship_window", Unit::Size),
     ("history", Unit::Duration),
     ("history_max", Unit::Size),
     ("checkpoint_interval", Unit::Duration),

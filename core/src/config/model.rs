@@ -274,6 +274,10 @@ pub struct Group {
     /// Most journal the primary keeps for frames not yet acknowledged. Default 1GiB.
     #[serde(default = "defaults::journal_max")]
     pub journal_max: ByteSize,
+    /// Most encoded frame bytes the primary has sent to the replica and not yet seen
+    /// acknowledged (the shipping window). Default 32MiB; from 1MiB to 1GiB.
+    #[serde(default = "defaults::ship_window")]
+    pub ship_window: ByteSize,
     /// Point-in-time recovery: how far back the replica keeps undo history (`"24h"`); no
     /// history is kept when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -528,6 +532,9 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn journal_max() -> ByteSize {
         ByteSize::gib(1)
+    }
+    pub(in crate::config) fn ship_window() -> ByteSize {
+        ByteSize::mib(32)
     }
     pub(in crate::config) fn checkpoint_interval() -> HumanDuration {
         HumanDuration::from_secs(5)

@@ -216,6 +216,7 @@ fn start_shipper(
     addr.map(|addr| {
         let mut cfg = ShipConfig::new(&addr, &rt.node.name);
         cfg.net = rt.me.net.clone();
+        cfg.window_bytes = usize::try_from(g.cfg.ship_window.0).unwrap_or(usize::MAX);
         cfg.max_bytes_per_sec = g.cfg.max_bandwidth.map(|b| b.bytes_per_sec);
         if !g.cfg.bandwidth_schedule.is_empty() {
             let group = g.cfg.clone();

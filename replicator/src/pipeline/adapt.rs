@@ -21,7 +21,7 @@ pub const LADDER: [i32; 3] = [0, 1, 3];
 pub const TICK: Duration = Duration::from_millis(200);
 
 /// A backlog (encoded bytes journaled, not yet sent) at least this large and not shrinking
-/// steps the level up: two ship windows (8 MiB each) are waiting.
+/// steps the level up: half the default ship window is waiting behind a full window.
 pub const HIGH_BACKLOG: u64 = 16 << 20;
 
 /// Backlogs are counted up to this (a larger one is as high as this, and not shrinking).

@@ -123,6 +123,16 @@ fn check_group_targets(c: &Cluster, d: &mut Diags<'_>, g: &Group, i: usize) {
             format!("journal_max ({}) must be at least 1MiB", g.journal_max),
         );
     }
+    if g.ship_window < ByteSize::mib(1) || g.ship_window > ByteSize::gib(1) {
+        d.push(
+            &p("ship_window"),
+            format!(
+                "ship_window ({}) must be from 1MiB to 1GiB (frames are up to 1MiB; the window \
+                 is memory and socket buffer at both sites)",
+                g.ship_window
+            ),
+        );
+    }
     if g.history_max.is_some_and(|m| m < ByteSize::mib(1)) {
         d.push(
             &p("history_max"),
@@ -195,6 +205,29 @@ mod tests {
             "replica = \"a\"",
             "same as the primary",
         );
+    }
+
+    #[test]
+    fn ship_window_outside_1mib_to_1gib_is_refused_and_defaults_to_32mib() {
+        let t = parse(BASE).unwrap();
+        assert_eq!(t.groups[0].ship_window, ByteSize::mib(32));
+        for bad in ["512KiB", "2GiB"] {
+            let line = format!("rto_target = \"30s\"\nship_window = \"{bad}\"");
+            let text = edit(BASE, "rto_target = \"30s\"", &line);
+            assert_diag(
+                &text,
+                "groups[0].ship_window",
+                &format!("ship_window = \"{bad}\""),
+                "must be from 1MiB to 1GiB",
+            );
+        }
+        let text = edit(
+            BASE,
+            "rto_target = \"30s\"",
+            "rto_target = \"30s\"\nship_window = \"64MiB\"",
+        );
+        let t = parse(&text).unwrap();
+        assert_eq!(t.groups[0].ship_window, ByteSize::mib(64));
     }
 
     #[test]
