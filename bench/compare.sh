@@ -7,7 +7,8 @@
 # 1. async replication through NBD, 1 MiB x 8 in flight, 10 s, against raw zstd-1 on one core
 #    on the same data (`tandem bench replication`; target >= 1.0), with the group's default
 #    compression (zstd-1), then with `compression = "auto"` and `"off"`;
-# 2. the same with point-in-time history on (target: at most 15 % slower than without);
+# 2. the same with point-in-time history on (target: at most 15 % slower than without), with
+#    the undo data compressed (the default) and raw (`history_compress = false`);
 # 3. 4 KiB write and write + flush latency through qemu-io, against qemu-nbd on a local file
 #    (bench/nbd-latency.sh 500; targets <= 2.0 and <= 2.5), and a flush with nothing left to
 #    make durable (target <= 50 us);
@@ -76,6 +77,12 @@ echo "== 2. the same with history (load $(load))"
 hist=$(field "$out/hist.json" replicated_mb_per_s_end_to_end)
 summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' 'async MB/s with history vs without' "$hist" "$e2e" \
     "$(echo "$hist / $e2e" | bc -l)" '>= 0.85')")
+echo "== 2raw. the same, history_compress = false (load $(load))"
+"$tandem" bench replication --volume-mib 1024 --write-kib 1024 --concurrency 8 --secs 10 \
+    --history --history-compress false >"$out/hist-raw.json"
+hraw=$(field "$out/hist-raw.json" replicated_mb_per_s_end_to_end)
+summary+=("$(printf '%-44s %10.1f %10.1f %7.2f  %s' 'history, history_compress = false, vs without' "$hraw" "$e2e" \
+    "$(echo "$hraw / $e2e" | bc -l)" '>= 0.85')")
 
 echo "== 3. NBD latency vs qemu-nbd (load $(load))"
 TANDEM="$tandem" bench/nbd-latency.sh 500 | tee "$out/nbd.txt"

@@ -119,6 +119,10 @@ pub struct ReplArgs {
     /// records.
     #[arg(long)]
     pub history: bool,
+    /// With `--history`: the group's `history_compress` setting (`false` stores the undo
+    /// data raw).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub history_compress: bool,
     /// Plaintext links (`[tls] insecure = true`) instead of mTLS: run both to see what TLS
     /// costs.
     #[arg(long)]
@@ -233,6 +237,9 @@ fn replication(a: ReplArgs) -> Result<()> {
     let mut extra = format!("compression = \"{}\"", a.compression);
     if a.history {
         extra.push_str("\nhistory = \"1h\"");
+        if !a.history_compress {
+            extra.push_str("\nhistory_compress = false");
+        }
     }
     if let Some(w) = a.ship_window {
         extra.push_str(&format!("\nship_window = \"{w}\""));
@@ -341,7 +348,7 @@ fn replication(a: ReplArgs) -> Result<()> {
         l.sort_by(|x, y| x.total_cmp(y));
         let e2e = written as f64 / end_to_end_secs / 1e6;
         anyhow::Ok(json!({
-            "mode": a.mode, "history": a.history, "compression": a.compression.to_string(), "ship_window": a.ship_window.map(|w| w.to_string()), "auto_level_changes": auto_level_changes(&run_dir.join("hanoi-rep.log")), "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
+            "mode": a.mode, "history": a.history, "history_compress": a.history && a.history_compress, "compression": a.compression.to_string(), "ship_window": a.ship_window.map(|w| w.to_string()), "auto_level_changes": auto_level_changes(&run_dir.join("hanoi-rep.log")), "tls": !a.insecure, "write_kib": a.write_kib, "concurrency": a.concurrency,
             "written_mb": written as f64 / 1e6,
             "intake_mb_per_s": written as f64 / write_secs / 1e6,
             "replicated_mb_per_s_end_to_end": e2e,

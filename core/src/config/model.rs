@@ -286,6 +286,10 @@ pub struct Group {
     /// it is exceeded. No size cap when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_max: Option<ByteSize>,
+    /// With `history`: compress the undo data (zstd, a fast level). Default true; false
+    /// stores it raw: less CPU at the replica per byte applied, more bytes of history.
+    #[serde(default = "defaults::yes")]
+    pub history_compress: bool,
     /// With `history`: how often the replica marks a group-wide checkpoint (a consistent cut of
     /// the group's stream). Default 5s.
     #[serde(default = "defaults::checkpoint_interval")]
@@ -532,6 +536,9 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn journal_max() -> ByteSize {
         ByteSize::gib(1)
+    }
+    pub(in crate::config) fn yes() -> bool {
+        true
     }
     pub(in crate::config) fn ship_window() -> ByteSize {
         ByteSize::mib(32)

@@ -23,6 +23,9 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const FLAG_LAST: u8 = 1;
 /// Record flag: the data is zstd-compressed.
 pub const FLAG_ZSTD: u8 = 2;
+/// Record flag: the old bytes are `raw_len` zero bytes and none are stored (the range was a
+/// hole of the resource: nothing was read, compressed or written for it).
+pub const FLAG_ZERO: u8 = 4;
 /// Default size at which the active segment is closed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Data shorter than this is stored raw.
@@ -81,8 +84,11 @@ pub struct Record {
     pub offset: u64,
     /// Length of the resource before the change (undo).
     pub old_len: u64,
-    /// The old bytes (undo); empty for points.
+    /// The old bytes (undo); empty for points and for a hole.
     pub data: Vec<u8>,
+    /// With no `data`: the old bytes were this many zero bytes, a hole of the resource
+    /// ([`FLAG_ZERO`]); 0 otherwise.
+    pub zeros: u32,
 }
 
 /// The parsed, checked header of a record.
@@ -90,7 +96,7 @@ pub struct Record {
 pub struct RecordHeader {
     /// What it is.
     pub kind: RecordKind,
-    /// Flag bits ([`FLAG_LAST`], [`FLAG_ZSTD`]).
+    /// Flag bits ([`FLAG_LAST`], [`FLAG_ZSTD`], [`FLAG_ZERO`]).
     pub flags: u8,
     /// Name length.
     pub name_len: u16,
@@ -224,10 +230,20 @@ pub(super) fn encode_with(
     if r.name.len() > MAX_NAME_LEN {
         return Err(bad(format!("name of {} bytes", r.name.len())));
     }
-    if r.data.len() > MAX_RECORD_DATA {
-        return Err(bad(format!("data of {} bytes", r.data.len())));
+    if r.data.len() > MAX_RECORD_DATA || r.zeros as usize > MAX_RECORD_DATA {
+        return Err(bad(format!(
+            "data of {} bytes, {} zero bytes",
+            r.data.len(),
+            r.zeros
+        )));
+    }
+    if r.zeros > 0 && !r.data.is_empty() {
+        return Err(bad("a record of zero bytes with data".into()));
     }
     let mut flags = if r.last { FLAG_LAST } else { 0 };
+    if r.zeros > 0 {
+        flags |= FLAG_ZERO;
+    }
     let compressed = if r.data.len() >= MIN_COMPRESS_LEN && worth_compressing(&r.data, compress) {
         compress(&r.data).filter(|c| c.len() + r.data.len() / 32 <= r.data.len())
     } else {
@@ -249,7 +265,12 @@ pub(super) fn encode_with(
     out.extend_from_slice(&r.captured_ms.to_le_bytes());
     out.extend_from_slice(&r.offset.to_le_bytes());
     out.extend_from_slice(&r.old_len.to_le_bytes());
-    out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+    let raw_len = if r.zeros > 0 {
+        r.zeros
+    } else {
+        r.data.len() as u32
+    };
+    out.extend_from_slice(&raw_len.to_le_bytes());
     out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
     out.extend_from_slice(hasher.finalize().as_bytes());
     let c = check8(&out[..80]);
@@ -282,8 +303,13 @@ pub fn parse_record_header(b: &[u8]) -> std::result::Result<RecordHeader, String
     let kind =
         RecordKind::from_u8(b[4]).ok_or_else(|| format!("unknown kind {} at byte 4", b[4]))?;
     let flags = b[5];
-    if flags & !(FLAG_LAST | FLAG_ZSTD) != 0 {
+    if flags & !(FLAG_LAST | FLAG_ZSTD | FLAG_ZERO) != 0 {
         return Err(format!("unknown flags {flags:#04x} at byte 5"));
+    }
+    if flags & FLAG_ZERO != 0 && (flags & FLAG_ZSTD != 0 || kind != RecordKind::Undo) {
+        return Err(format!(
+            "flags {flags:#04x} at byte 5: zero bytes only in an uncompressed undo record"
+        ));
     }
     let name_len = u16::from_le_bytes([b[6], b[7]]);
     if usize::from(name_len) > MAX_NAME_LEN {
@@ -300,10 +326,12 @@ pub fn parse_record_header(b: &[u8]) -> std::result::Result<RecordHeader, String
     }
     let max_stored = if flags & FLAG_ZSTD != 0 {
         zstd::zstd_safe::compress_bound(raw_len as usize) as u32
+    } else if flags & FLAG_ZERO != 0 {
+        0
     } else {
         raw_len
     };
-    if stored_len > max_stored || (flags & FLAG_ZSTD == 0 && stored_len != raw_len) {
+    if stored_len > max_stored || (flags & FLAG_ZSTD == 0 && stored_len != max_stored) {
         return Err(format!(
             "stored length {stored_len} at byte 44 (raw {raw_len})"
         ));
@@ -362,6 +390,11 @@ pub fn decode_record_body(h: &RecordHeader, body: &[u8]) -> std::result::Result<
     } else {
         stored.to_vec()
     };
+    let zeros = if h.flags & FLAG_ZERO != 0 {
+        h.raw_len
+    } else {
+        0
+    };
     Ok(Record {
         kind: h.kind,
         last: h.flags & FLAG_LAST != 0,
@@ -371,6 +404,7 @@ pub fn decode_record_body(h: &RecordHeader, body: &[u8]) -> std::result::Result<
         offset: h.offset,
         old_len: h.old_len,
         data,
+        zeros,
     })
 }
 
@@ -388,7 +422,61 @@ mod tests {
             offset: 4096,
             old_len: 1 << 20,
             data,
+            zeros: 0,
         }
+    }
+
+    #[test]
+    fn a_hole_is_a_record_of_zero_bytes_with_nothing_stored() {
+        let mut r = undo(7, Vec::new());
+        r.zeros = 1 << 20;
+        let mut compressed = 0;
+        let b = encode_with(&r, &mut |d| {
+            compressed += 1;
+            zstd::bulk::compress(d, 1).ok()
+        })
+        .unwrap();
+        assert_eq!(compressed, 0, "nothing to compress");
+        assert_eq!(b.len(), RECORD_HEADER_LEN + "disk0".len());
+        let h = parse_record_header(&b).unwrap();
+        assert_eq!(
+            (h.flags & FLAG_ZERO, h.raw_len, h.stored_len),
+            (FLAG_ZERO, 1 << 20, 0)
+        );
+        assert_eq!(decode_record_body(&h, &b[RECORD_HEADER_LEN..]).unwrap(), r);
+        // Zero bytes and data at once, or more zero bytes than a record holds: refused.
+        let mut both = undo(7, vec![1]);
+        both.zeros = 4;
+        assert!(encode_record(&both, 1).is_err());
+        r.zeros = MAX_RECORD_DATA as u32 + 1;
+        assert!(encode_record(&r, 1).is_err());
+    }
+
+    #[test]
+    fn a_zero_record_header_that_stores_bytes_or_compresses_is_refused() {
+        let mut r = undo(7, Vec::new());
+        r.zeros = 4096;
+        let good = encode_record(&r, 1).unwrap();
+        let reseal = |mut b: Vec<u8>| {
+            let c = check8(&b[..80]);
+            b[80..88].copy_from_slice(&c);
+            b
+        };
+        // A stored length for a hole.
+        let mut b = good.clone();
+        b[44..48].copy_from_slice(&16u32.to_le_bytes());
+        let e = parse_record_header(&reseal(b)).unwrap_err();
+        assert!(e.contains("stored length 16 at byte 44"), "{e}");
+        // Zero bytes said to be compressed.
+        let mut b = good.clone();
+        b[5] |= FLAG_ZSTD;
+        let e = parse_record_header(&reseal(b)).unwrap_err();
+        assert!(e.contains("at byte 5: zero bytes only"), "{e}");
+        // A point record marked as zero bytes.
+        let mut b = good;
+        b[4] = RecordKind::Checkpoint as u8;
+        let e = parse_record_header(&reseal(b)).unwrap_err();
+        assert!(e.contains("at byte 5: zero bytes only"), "{e}");
     }
 
     #[test]
@@ -503,7 +591,7 @@ mod tests {
                               data in proptest::collection::vec(any::<u8>(), 0..600),
                               name in "[a-z0-9]{0,20}", last in any::<bool>()) {
             let r = Record { kind: RecordKind::Undo, last, seq: Seq(seq), captured_ms: ms,
-                             name, offset: seq / 3, old_len: seq / 2, data };
+                             name, offset: seq / 3, old_len: seq / 2, data, zeros: 0 };
             let b = encode_record(&r, 1).unwrap();
             let h = parse_record_header(&b).unwrap();
             prop_assert_eq!(h.record_len() as usize, b.len());

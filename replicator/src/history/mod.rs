@@ -42,7 +42,7 @@
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `TNDU` |
 //! | 4 | 1 | kind (1 undo, 2 barrier, 3 checkpoint, 4 tagged checkpoint) |
-//! | 5 | 1 | flags (bit 0: last record of its seq; bit 1: data zstd-compressed) |
+//! | 5 | 1 | flags (bit 0: last record of its seq; bit 1: data zstd-compressed; bit 2: the old bytes are `raw length` zero bytes, none stored: the range was a hole, which is not read) |
 //! | 6 | 2 | name length (resource for undo and barrier, tag for checkpoints) |
 //! | 8 | 8 | seq |
 //! | 16 | 8 | capture time, unix ms |
@@ -69,8 +69,8 @@ mod workers;
 pub use self::codec::{
     decode_record_body, decode_segment_header, encode_record, encode_segment_header,
     parse_record_header, Record, RecordHeader, RecordKind, DEFAULT_SEGMENT_BYTES, FLAG_LAST,
-    FLAG_ZSTD, HISTORY_VERSION, MAX_NAME_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN, RECORD_MAGIC,
-    SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    FLAG_ZERO, FLAG_ZSTD, HISTORY_VERSION, MAX_NAME_LEN, MAX_RECORD_DATA, RECORD_HEADER_LEN,
+    RECORD_MAGIC, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 pub use self::rewind::rewind;
 pub use self::select::{select_point, Point, Selector};

@@ -2,8 +2,8 @@
 //! applied newest first. File I/O on the copy only.
 
 use super::codec::{
-    decode_record_body, decode_segment_header, parse_record_header, RecordKind, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    decode_record_body, decode_segment_header, parse_record_header, Record, RecordKind,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::store::SegmentSnap;
 use crate::error::{ReplicatorError, Result};
@@ -28,6 +28,7 @@ pub fn rewind(
     files: &HashMap<String, (File, PathBuf)>,
 ) -> Result<u64> {
     let mut applied = 0u64;
+    let mut zeros = Vec::new();
     let mut reached = target >= upto;
     if let Some(first) = segments.first() {
         let mut head = [0u8; SEGMENT_HEADER_LEN];
@@ -91,7 +92,7 @@ pub fn rewind(
                     format!("undo record for unknown resource {:?}", r.name),
                 ));
             };
-            f.write_all_at(&r.data, r.offset)
+            write_old_bytes(f, &r, &mut zeros)
                 .map_err(|e| ReplicatorError::io("pwrite undo", path, e))?;
             let len = f
                 .metadata()
@@ -118,4 +119,17 @@ pub fn rewind(
             .map_err(|e| ReplicatorError::io("fdatasync", path, e))?;
     }
     Ok(applied)
+}
+
+/// Writes the old bytes of undo record `r` back into `f`: its data, or its zero bytes (a hole
+/// when recorded) from `zeros`, a buffer of zeros grown as needed.
+fn write_old_bytes(f: &File, r: &Record, zeros: &mut Vec<u8>) -> std::io::Result<()> {
+    if r.zeros == 0 {
+        return f.write_all_at(&r.data, r.offset);
+    }
+    let n = r.zeros as usize;
+    if zeros.len() < n {
+        zeros.resize(n, 0);
+    }
+    f.write_all_at(&zeros[..n], r.offset)
 }

@@ -29,8 +29,9 @@ pub struct HistoryConfig {
     pub segment_bytes: u64,
     /// Periodic checkpoint interval (ms of capture time).
     pub checkpoint_interval_ms: i64,
-    /// zstd level of undo data.
-    pub level: i32,
+    /// zstd level of undo data; `None` stores it raw (no compression: less CPU per byte
+    /// applied, more bytes of history).
+    pub level: Option<i32>,
 }
 
 impl HistoryConfig {
@@ -41,7 +42,7 @@ impl HistoryConfig {
             max_bytes: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             checkpoint_interval_ms: 5000,
-            level: DEFAULT_UNDO_LEVEL,
+            level: Some(DEFAULT_UNDO_LEVEL),
         }
     }
 }
@@ -382,9 +383,19 @@ impl History {
             // the encoders, one piece per core at once, while this thread goes on; appended
             // in this order by the next `drain`.
             let n = end.saturating_sub(at).min(piece) as usize;
-            let mut data = self.spare.take(n);
-            file.read_exact_at(&mut data, at)
-                .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
+            // A hole is recorded as zero bytes, not read: reading it would have the kernel
+            // zero-fill page cache for it only to copy the zeros out and compress them.
+            let zeros = if n > 0 && is_hole(file, at, n as u64) {
+                n as u32
+            } else {
+                0
+            };
+            let mut data = Vec::new();
+            if zeros == 0 {
+                data = self.spare.take(n);
+                file.read_exact_at(&mut data, at)
+                    .map_err(|e| ReplicatorError::io("read old bytes", path, e))?;
+            }
             let done = at + n as u64 >= end;
             self.pending.push_back(self.encoders.submit(Record {
                 kind: RecordKind::Undo,
@@ -395,6 +406,7 @@ impl History {
                 offset: at,
                 old_len,
                 data,
+                zeros,
             }));
             at += n as u64;
             if done {
@@ -428,6 +440,7 @@ impl History {
             offset: 0,
             old_len: 0,
             data: Vec::new(),
+            zeros: 0,
         })
     }
 
@@ -651,4 +664,26 @@ fn scan_segment(path: &Path, group: GroupId, newest: bool) -> Result<Scanned> {
     }
     out.seg.bytes = at as u64;
     Ok(out)
+}
+
+/// Whether `[at, at + len)` of `file` holds no data: the file system's `SEEK_DATA` puts the
+/// next data at or past its end, or finds none. Data written and not yet allocated (in the
+/// page cache) is data to `SEEK_DATA` on ext4, XFS, btrfs and tmpfs. Any error, or a file
+/// system that knows no holes (its `SEEK_DATA` answers `at`), answers false: the bytes are
+/// read. `lseek` moves the descriptor's offset, which no reader or writer of a resource uses
+/// (they read and write at positions).
+pub(super) fn is_hole(file: &File, at: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(from) = libc::off_t::try_from(at) else {
+        return false;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: lseek takes the descriptor of a file `file` keeps open for the call, an offset
+    // and a constant, and no pointers.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), from, libc::SEEK_DATA) };
+    if next >= 0 {
+        return next as u64 >= at.saturating_add(len);
+    }
+    // ENXIO: no data at or after `at` (a hole up to the end of the file).
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
 }

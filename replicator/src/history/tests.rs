@@ -291,3 +291,98 @@ fn undo_records_are_compressed_off_the_caller_and_appended_in_order_by_the_sync(
     let seqs: Vec<u64> = h.points().iter().map(|p| p.seq.0).collect();
     assert_eq!(seqs, vec![1, 7]);
 }
+
+/// The flags of every record in the history's segment files, in order.
+fn record_flags(dir: &Path) -> Vec<u8> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hist"))
+        .collect();
+    segs.sort();
+    let mut flags = Vec::new();
+    for s in segs {
+        let b = std::fs::read(&s).unwrap();
+        let mut at = codec::SEGMENT_HEADER_LEN;
+        while at < b.len() {
+            let h = codec::parse_record_header(&b[at..]).unwrap();
+            flags.push(h.flags);
+            at += h.record_len() as usize;
+        }
+    }
+    flags
+}
+
+#[test]
+fn a_hole_is_recorded_as_zero_bytes_and_data_in_the_page_cache_is_read() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    f.set_len(8 << 20).unwrap();
+    // Data at [1 MiB, 2 MiB), written and never synced: in the page cache only.
+    let data = crate::testdata::noise(1 << 20);
+    f.write_all_at(&data, 1 << 20).unwrap();
+    assert!(!store::is_hole(&f, 1 << 20, 4096));
+    assert!(
+        !store::is_hole(&f, (1 << 20) - 4096, 8192),
+        "a hole that runs into data"
+    );
+    if !store::is_hole(&f, 4 << 20, 1 << 20) {
+        eprintln!("SKIPPED: this file system reports no holes (SEEK_DATA), everything is read");
+        return;
+    }
+    assert!(store::is_hole(&f, 0, 1 << 20));
+    assert!(
+        store::is_hole(&f, 2 << 20, 6 << 20),
+        "a hole to the end of the file"
+    );
+
+    let hd = d.path().join("h");
+    let mut h = History::open(&hd, GroupId(1), Seq(0), HistoryConfig::new(3_600_000)).unwrap();
+    h.record_point(Seq(1), 0, RecordKind::Barrier, "v", true)
+        .unwrap();
+    let before = std::fs::read(&vp).unwrap();
+    // One write over the hole and the data, one over a hole only.
+    write(&mut h, &f, &vp, 2, 1, 0, &vec![9u8; 2 << 20]);
+    write(&mut h, &f, &vp, 3, 2, 5 << 20, &vec![8u8; 1 << 20]);
+    h.sync().unwrap();
+    let flags = record_flags(&hd);
+    let zero = flags.iter().filter(|&&x| x & codec::FLAG_ZERO != 0).count();
+    let read = flags.len() - 1 - zero;
+    assert!(zero >= 2, "the hole pieces are zero records: {flags:?}");
+    assert!(read >= 1, "the data piece was read: {flags:?}");
+    let files = HashMap::from([("v".to_string(), (open_file(&vp), vp.clone()))]);
+    rewind(&h.snapshot().unwrap(), Seq(1), Seq(3), &files).unwrap();
+    assert!(
+        std::fs::read(&vp).unwrap() == before,
+        "rewound to the hole and the data"
+    );
+}
+
+#[test]
+fn with_no_level_undo_data_is_stored_raw_and_rewound() {
+    let d = tempfile::tempdir().unwrap();
+    let vp = d.path().join("v.img");
+    let f = open_file(&vp);
+    let old = b"old bytes of a volume ".repeat(50_000);
+    f.write_all_at(&old, 0).unwrap();
+    f.sync_data().unwrap();
+    let hd = d.path().join("h");
+    let mut cfg = HistoryConfig::new(3_600_000);
+    cfg.level = None;
+    let mut h = History::open(&hd, GroupId(1), Seq(0), cfg).unwrap();
+    h.record_point(Seq(1), 0, RecordKind::Barrier, "v", true)
+        .unwrap();
+    write(&mut h, &f, &vp, 2, 1, 0, &vec![1u8; old.len()]);
+    h.sync().unwrap();
+    let flags = record_flags(&hd);
+    assert!(flags.len() > 1);
+    assert!(
+        flags.iter().all(|x| x & codec::FLAG_ZSTD == 0),
+        "compressible data stored raw: {flags:?}"
+    );
+    assert!(h.bytes() > old.len() as u64, "raw: at least the old bytes");
+    let files = HashMap::from([("v".to_string(), (open_file(&vp), vp.clone()))]);
+    rewind(&h.snapshot().unwrap(), Seq(1), Seq(2), &files).unwrap();
+    assert!(std::fs::read(&vp).unwrap() == old);
+}

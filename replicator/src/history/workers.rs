@@ -54,18 +54,21 @@ impl std::fmt::Debug for Encoders {
 }
 
 impl Encoders {
-    /// Starts `n` (at least one) workers compressing at zstd `level`; `dir` names the history
-    /// in errors and thread names.
+    /// Starts `n` (at least one) workers compressing at zstd `level` (`None`: encoding only,
+    /// the data stored raw); `dir` names the history in errors and thread names.
     ///
     /// # Errors
     /// [`ReplicatorError::Io`] when zstd cannot make a context or a thread cannot start.
-    pub(super) fn start(n: usize, level: i32, dir: &Path) -> Result<Encoders> {
+    pub(super) fn start(n: usize, level: Option<i32>, dir: &Path) -> Result<Encoders> {
         let mut contexts = Vec::new();
         for _ in 0..n.max(1) {
-            contexts.push(
-                zstd::bulk::Compressor::new(level)
-                    .map_err(|e| ReplicatorError::io("zstd context", dir, e))?,
-            );
+            contexts.push(match level {
+                Some(l) => Some(
+                    zstd::bulk::Compressor::new(l)
+                        .map_err(|e| ReplicatorError::io("zstd context", dir, e))?,
+                ),
+                None => None,
+            });
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -87,7 +90,9 @@ impl Encoders {
                     let Ok(Job { record, done }) = job else {
                         return;
                     };
-                    let bytes = encode_with(&record, &mut |d| z.compress(d).ok());
+                    let bytes = encode_with(&record, &mut |d| {
+                        z.as_mut().and_then(|z| z.compress(d).ok())
+                    });
                     // The history may have stopped waiting (reset, dropped): nothing to do.
                     let _ = done.send((record, bytes));
                 })

@@ -39,6 +39,9 @@ pub(super) fn open_replica(rt: &NodeRt, g: &Group) -> Result<ReplicaGroup> {
                 crate::history::HistoryConfig::new(Duration::from(keep).as_millis() as i64);
             cfg.max_bytes = g.history_max.map(|m| m.bytes());
             cfg.checkpoint_interval_ms = Duration::from(g.checkpoint_interval).as_millis() as i64;
+            if !g.history_compress {
+                cfg.level = None;
+            }
             // Segments of about 1/16 of the size cap, so trimming is fine-grained.
             if let Some(m) = cfg.max_bytes {
                 cfg.segment_bytes = (m / 16).clamp(1 << 20, crate::history::DEFAULT_SEGMENT_BYTES);

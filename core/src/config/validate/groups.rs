@@ -231,6 +231,17 @@ mod tests {
     }
 
     #[test]
+    fn history_compress_defaults_to_true() {
+        assert!(parse(BASE).unwrap().groups[0].history_compress);
+        let text = edit(
+            BASE,
+            "rto_target = \"30s\"",
+            "rto_target = \"30s\"\nhistory = \"1h\"\nhistory_compress = false",
+        );
+        assert!(!parse(&text).unwrap().groups[0].history_compress);
+    }
+
+    #[test]
     fn group_on_unknown_site_is_refused() {
         let text = edit(BASE, "primary = \"a\"", "primary = \"hanoi\"");
         assert_diag(
