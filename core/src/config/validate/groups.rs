@@ -128,7 +128,7 @@ fn check_group_targets(c: &Cluster, d: &mut Diags<'_>, g: &Group, i: usize) {
             &p("ship_window"),
             format!(
                 "ship_window ({}) must be from 1MiB to 1GiB (frames are up to 1MiB; the window \
-                 is memory and socket buffer at both sites)",
+                 is memory at the primary, per group)",
                 g.ship_window
             ),
         );
